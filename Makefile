@@ -1,0 +1,52 @@
+# Thin wrapper over CMake for the common commands.
+#   make          build build/ckpt, build/libckpt.a, build/libckpt.so
+#   make test     install missing Debian packages, build, run every test
+#                 (gcc build, then a clang ASan+UBSan build)
+#   make demo     the tool at work on example checkpoints
+#   make fuzz     libFuzzer on every target for FUZZ_SECONDS each
+#   make deps     install the Debian packages ckpt needs (idempotent)
+
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+FUZZ_SECONDS ?= 60
+CMAKE_FLAGS ?=
+
+.PHONY: all build deps test test-release test-asan demo fuzz clean
+
+all: build
+
+deps:
+	@sh scripts/install-deps.sh
+
+build:
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build -j$(JOBS)
+
+test: deps test-release test-asan
+
+test-release:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPT_WERROR=ON $(CMAKE_FLAGS)
+	cmake --build build -j$(JOBS)
+	cd build && ctest --output-on-failure -j$(JOBS)
+
+test-asan:
+	CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCKPT_SANITIZE=ON -DCKPT_WERROR=ON $(CMAKE_FLAGS)
+	cmake --build build-asan -j$(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -j$(JOBS)
+
+demo: deps build
+	@sh scripts/demo.sh
+
+fuzz: deps
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPT_FUZZ=ON -DCKPT_SANITIZE=ON
+	cmake --build build-fuzz -j$(JOBS)
+	@for t in build-fuzz/fuzz/fuzz_*; do \
+		n=$$(basename $$t); mkdir -p build-fuzz/corpus/$$n; \
+		dict=""; [ -f fuzz/$$n.dict ] && dict="-dict=fuzz/$$n.dict"; \
+		echo "== $$n for $(FUZZ_SECONDS)s"; \
+		$$t $$dict -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+			build-fuzz/corpus/$$n fuzz/corpus/$$n || exit 1; \
+	done
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,694 @@
+/*
+ * ckpt - command-line tool over libckpt. Uses only the public header.
+ */
+#include <ckpt.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define EXIT_SAME_OK 0
+#define EXIT_BAD 1
+#define EXIT_ERROR 2
+
+static const char *PROG = "ckpt";
+
+static void print_error(const char *path, const ckpt_error *err)
+{
+    char buf[768];
+    ckpt_error_format(err, buf, sizeof(buf));
+    fprintf(stderr, "%s: %s: %s\n", PROG, path, buf);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt <command> [options] FILE...\n"
+            "\n"
+            "Read PyTorch checkpoints safely: no Python, no pickle code ever runs.\n"
+            "Formats: torch.save zip (1.6+), legacy torch.save (< 1.6), safetensors, plain pickle.\n"
+            "\n"
+            "commands:\n"
+            "  inspect FILE [--json] [--full]   format details, value tree, tensor table, totals\n"
+            "  verify FILE...                   check structure, every CRC32 and every tensor's bounds\n"
+            "  version                          print the version\n"
+            "\n"
+            "exit status: 0 success, 1 verify found a problem, 2 error (file cannot be read)\n"
+            "run 'ckpt <command> --help' for a command's options.\n");
+}
+
+/* ---- shape/text helpers ------------------------------------------------- */
+
+static void shape_text(const ckpt_tensor_info *ti, char *buf, size_t size)
+{
+    size_t n = 0;
+    n += (size_t)snprintf(buf + n, size - n, "[");
+    for (uint32_t i = 0; i < ti->ndim && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)ti->shape[i]);
+    if (n < size)
+        snprintf(buf + n, size - n, "]");
+}
+
+static void human_bytes(uint64_t b, char *buf, size_t size)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%llu B", (unsigned long long)b);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+/* Decimal text of a little-endian two's complement integer. */
+static char *bigint_text(const unsigned char *p, size_t n)
+{
+    bool neg = n && (p[n - 1] & 0x80);
+    unsigned char *mag = malloc(n ? n : 1);
+    char *out = malloc(n * 3 + 3);
+    if (!mag || !out) {
+        free(mag);
+        free(out);
+        return NULL;
+    }
+    unsigned carry = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (neg) {
+            unsigned v = (unsigned)(unsigned char)~p[i] + carry;
+            mag[i] = (unsigned char)v;
+            carry = v >> 8;
+        } else {
+            mag[i] = p[i];
+        }
+    }
+    size_t len = 0, top = n;
+    while (top && mag[top - 1] == 0)
+        top--;
+    if (!top)
+        out[len++] = '0';
+    while (top) {
+        unsigned rem = 0;
+        for (size_t i = top; i-- > 0;) {
+            unsigned cur = (rem << 8) | mag[i];
+            mag[i] = (unsigned char)(cur / 10);
+            rem = cur % 10;
+        }
+        out[len++] = (char)('0' + rem);
+        while (top && mag[top - 1] == 0)
+            top--;
+    }
+    if (neg)
+        out[len++] = '-';
+    for (size_t i = 0; i < len / 2; i++) {
+        char c = out[i];
+        out[i] = out[len - 1 - i];
+        out[len - 1 - i] = c;
+    }
+    out[len] = 0;
+    free(mag);
+    return out;
+}
+
+static char *hex_text(const unsigned char *p, size_t n)
+{
+    char *out = malloc(n * 2 + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", p[i]);
+    out[2 * n] = 0;
+    return out;
+}
+
+/* ---- value tree as JSON ------------------------------------------------ */
+
+#define TREE_MAX_DEPTH 200
+
+static json_t *tagged(const char *tag, json_t *v)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, tag, v);
+    return o;
+}
+
+static json_t *tensor_summary_json(const ckpt_tensor *t)
+{
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(t, &ti);
+    json_t *o = json_object();
+    json_object_set_new(o, "dtype", json_string(ckpt_dtype_name(ti.dtype)));
+    json_t *shape = json_array();
+    for (uint32_t i = 0; i < ti.ndim; i++)
+        json_array_append_new(shape, json_integer(ti.shape[i]));
+    json_object_set_new(o, "shape", shape);
+    if (ti.is_parameter)
+        json_object_set_new(o, "parameter", json_true());
+    return tagged("$tensor", o);
+}
+
+static json_t *value_json(const ckpt_value *v, const ckpt_value **path, int depth);
+
+static json_t *seq_json(const ckpt_value *v, const ckpt_value **path, int depth)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < ckpt_value_len(v); i++)
+        json_array_append_new(a, value_json(ckpt_value_item(v, i), path, depth + 1));
+    return a;
+}
+
+static json_t *dict_json(const ckpt_value *v, const ckpt_value **path, int depth)
+{
+    bool all_str = true;
+    size_t n = ckpt_value_len(v);
+    for (size_t i = 0; i < n && all_str; i++) {
+        const ckpt_value *k = ckpt_value_key(v, i);
+        size_t len;
+        const char *s = ckpt_value_str(k, &len);
+        all_str = ckpt_value_kind(k) == CKPT_STR && strlen(s) == len;
+    }
+    if (all_str) {
+        json_t *o = json_object();
+        for (size_t i = 0; i < n; i++) {
+            const char *k = ckpt_value_str(ckpt_value_key(v, i), NULL);
+            json_t *val = value_json(ckpt_value_dict_value(v, i), path, depth + 1);
+            if (json_object_set_new(o, k, val) != 0) {
+                all_str = false; /* key not valid UTF-8 for JSON */
+                break;
+            }
+        }
+        if (all_str)
+            return o;
+        json_decref(o);
+    }
+    json_t *pairs = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array();
+        json_array_append_new(p, value_json(ckpt_value_key(v, i), path, depth + 1));
+        json_array_append_new(p, value_json(ckpt_value_dict_value(v, i), path, depth + 1));
+        json_array_append_new(pairs, p);
+    }
+    return tagged("$dict", pairs);
+}
+
+static json_t *value_json(const ckpt_value *v, const ckpt_value **path, int depth)
+{
+    if (depth >= TREE_MAX_DEPTH)
+        return tagged("$truncated", json_true());
+    for (int i = 0; i < depth; i++) {
+        if (path[i] == v)
+            return tagged("$cycle", json_true());
+    }
+    path[depth] = v;
+    size_t len;
+    const char *s;
+    switch (ckpt_value_kind(v)) {
+    case CKPT_NONE: return json_null();
+    case CKPT_BOOLEAN: return json_boolean(ckpt_value_bool(v));
+    case CKPT_INT: return json_integer(ckpt_value_int(v));
+    case CKPT_BIGINT: {
+        s = ckpt_value_str(v, &len);
+        char *t = bigint_text((const unsigned char *)s, len);
+        json_t *r = tagged("$int", json_string(t ? t : "?"));
+        free(t);
+        return r;
+    }
+    case CKPT_FLOAT: {
+        double d = ckpt_value_float(v);
+        if (isnan(d))
+            return tagged("$float", json_string("nan"));
+        if (isinf(d))
+            return tagged("$float", json_string(d > 0 ? "inf" : "-inf"));
+        return json_real(d);
+    }
+    case CKPT_COMPLEX: {
+        double re, im;
+        ckpt_value_complex(v, &re, &im);
+        json_t *a = json_array();
+        json_array_append_new(a, isfinite(re) ? json_real(re) : json_string(isnan(re) ? "nan" : re > 0 ? "inf" : "-inf"));
+        json_array_append_new(a, isfinite(im) ? json_real(im) : json_string(isnan(im) ? "nan" : im > 0 ? "inf" : "-inf"));
+        return tagged("$complex", a);
+    }
+    case CKPT_STR: {
+        s = ckpt_value_str(v, &len);
+        json_t *r = json_stringn(s, len);
+        if (r)
+            return r;
+        char *h = hex_text((const unsigned char *)s, len);
+        r = tagged("$str_utf8_hex", json_string(h ? h : ""));
+        free(h);
+        return r;
+    }
+    case CKPT_BYTES: {
+        s = ckpt_value_str(v, &len);
+        char *h = hex_text((const unsigned char *)s, len);
+        json_t *r = tagged("$bytes", json_string(h ? h : ""));
+        free(h);
+        return r;
+    }
+    case CKPT_LIST: return seq_json(v, path, depth);
+    case CKPT_TUPLE: return tagged("$tuple", seq_json(v, path, depth));
+    case CKPT_SET: return tagged("$set", seq_json(v, path, depth));
+    case CKPT_SIZE: return tagged("$size", seq_json(v, path, depth));
+    case CKPT_DICT: return dict_json(v, path, depth);
+    case CKPT_ORDERED_DICT: {
+        json_t *o = tagged("$odict", dict_json(v, path, depth));
+        const ckpt_value *st = ckpt_value_state(v);
+        if (st)
+            json_object_set_new(o, "$state", value_json(st, path, depth + 1));
+        return o;
+    }
+    case CKPT_DEVICE: return tagged("$device", json_string(ckpt_value_str(v, NULL)));
+    case CKPT_DTYPE: return tagged("$dtype", json_string(ckpt_dtype_name(ckpt_value_dtype(v))));
+    case CKPT_GLOBAL: return tagged("$global", json_string(ckpt_value_str(v, NULL)));
+    case CKPT_TENSOR: return tensor_summary_json(ckpt_value_tensor(v));
+    }
+    return json_null();
+}
+
+/* ---- inspect ---------------------------------------------------------- */
+
+static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+static int inspect_json(const char *path, ckpt_file *f)
+{
+    ckpt_file_info fi;
+    ckpt_file_get_info(f, &fi);
+    json_t *o = json_object();
+    json_object_set_new(o, "file", json_string(path));
+    json_object_set_new(o, "format", json_string(ckpt_format_name(fi.format)));
+    json_t *d = json_object();
+    json_object_set_new(d, "file_size", json_integer((json_int_t)fi.file_size));
+    json_object_set_new(d, "prefix", str_or_null(fi.prefix));
+    json_object_set_new(d, "version", str_or_null(fi.version));
+    json_object_set_new(d, "byteorder", str_or_null(fi.byteorder));
+    json_object_set_new(d, "serialization_id", str_or_null(fi.serialization_id));
+    json_object_set_new(d, "format_version", str_or_null(fi.format_version));
+    json_object_set_new(d, "storage_alignment", str_or_null(fi.storage_alignment));
+    json_object_set_new(d, "pickle_protocol", fi.pickle_protocol >= 0 ? json_integer(fi.pickle_protocol) : json_null());
+    if (fi.format == CKPT_FORMAT_TORCH_LEGACY)
+        json_object_set_new(d, "legacy_protocol_version", json_integer(fi.legacy_protocol_version));
+    json_object_set_new(d, "data_alignment", json_integer((json_int_t)fi.data_alignment));
+    json_object_set_new(d, "big_endian", json_boolean(fi.big_endian));
+    json_object_set_new(d, "records", json_integer((json_int_t)fi.record_count));
+    json_object_set_new(d, "storages", json_integer((json_int_t)fi.storage_count));
+    json_object_set_new(o, "details", d);
+
+    json_t *recs = json_array();
+    for (size_t i = 0; i < fi.record_count; i++) {
+        ckpt_record_info ri;
+        if (ckpt_file_record(f, i, &ri) != CKPT_OK)
+            continue;
+        json_t *r = json_object();
+        json_object_set_new(r, "name", json_string(ri.name));
+        json_object_set_new(r, "data_offset", json_integer((json_int_t)ri.data_offset));
+        json_object_set_new(r, "size", json_integer((json_int_t)ri.size));
+        if (ri.compressed)
+            json_object_set_new(r, "stored_size", json_integer((json_int_t)ri.stored_size));
+        if (ri.has_crc) {
+            char crc[16];
+            snprintf(crc, sizeof(crc), "%08x", ri.crc32);
+            json_object_set_new(r, "crc32", json_string(crc));
+        }
+        json_object_set_new(r, "compressed", json_boolean(ri.compressed));
+        json_array_append_new(recs, r);
+    }
+    json_object_set_new(o, "records", recs);
+
+    json_t *ts = json_array();
+    uint64_t total_bytes = 0, total_params = 0;
+    for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
+        const char *name;
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        json_t *r = json_object();
+        json_object_set_new(r, "name", json_string(name));
+        json_object_set_new(r, "dtype", json_string(ckpt_dtype_name(ti.dtype)));
+        json_t *shape = json_array(), *stride = json_array();
+        for (uint32_t k = 0; k < ti.ndim; k++) {
+            json_array_append_new(shape, json_integer(ti.shape[k]));
+            json_array_append_new(stride, json_integer(ti.stride[k]));
+        }
+        json_object_set_new(r, "shape", shape);
+        json_object_set_new(r, "stride", stride);
+        json_object_set_new(r, "storage_offset", json_integer(ti.storage_offset));
+        json_object_set_new(r, "numel", json_integer((json_int_t)ti.numel));
+        json_object_set_new(r, "nbytes", json_integer((json_int_t)ti.nbytes));
+        json_object_set_new(r, "requires_grad", json_boolean(ti.requires_grad));
+        json_object_set_new(r, "parameter", json_boolean(ti.is_parameter));
+        json_object_set_new(r, "contiguous", json_boolean(ti.is_contiguous));
+        json_object_set_new(r, "storage", str_or_null(ti.storage_key));
+        json_object_set_new(r, "storage_index", ti.has_storage ? json_integer(ti.storage_index) : json_null());
+        json_object_set_new(r, "storage_nbytes", json_integer((json_int_t)ti.storage_nbytes));
+        json_object_set_new(r, "location", str_or_null(ti.location));
+        json_object_set_new(r, "record", str_or_null(ti.record));
+        json_object_set_new(r, "data_offset", ti.storage_file_offset == CKPT_NO_OFFSET ? json_null() : json_integer((json_int_t)ti.storage_file_offset));
+        json_array_append_new(ts, r);
+        total_bytes += ti.nbytes;
+        total_params += ti.numel;
+    }
+    json_object_set_new(o, "tensors", ts);
+    json_t *tot = json_object();
+    json_object_set_new(tot, "tensors", json_integer((json_int_t)ckpt_file_tensor_count(f)));
+    json_object_set_new(tot, "parameters", json_integer((json_int_t)total_params));
+    json_object_set_new(tot, "bytes", json_integer((json_int_t)total_bytes));
+    json_object_set_new(o, "totals", tot);
+    const ckpt_value *path_stack[TREE_MAX_DEPTH];
+    if (fi.metadata)
+        json_object_set_new(o, "metadata", value_json(fi.metadata, path_stack, 0));
+    json_object_set_new(o, "tree", value_json(ckpt_file_root(f), path_stack, 0));
+    int rc = json_dumpf(o, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    fputc('\n', stdout);
+    return rc == 0 ? 0 : EXIT_ERROR;
+}
+
+/* Human tree: containers show up to `width` items unless full. */
+typedef struct tree_ctx {
+    bool full;
+    size_t width;
+    const ckpt_value *path[TREE_MAX_DEPTH];
+} tree_ctx;
+
+static void print_scalar(const ckpt_value *v)
+{
+    size_t len;
+    const char *s;
+    switch (ckpt_value_kind(v)) {
+    case CKPT_NONE: printf("None"); break;
+    case CKPT_BOOLEAN: printf(ckpt_value_bool(v) ? "True" : "False"); break;
+    case CKPT_INT: printf("%lld", (long long)ckpt_value_int(v)); break;
+    case CKPT_BIGINT: {
+        s = ckpt_value_str(v, &len);
+        char *t = bigint_text((const unsigned char *)s, len);
+        printf("%s", t ? t : "?");
+        free(t);
+        break;
+    }
+    case CKPT_FLOAT: printf("%.17g", ckpt_value_float(v)); break;
+    case CKPT_COMPLEX: {
+        double re, im;
+        ckpt_value_complex(v, &re, &im);
+        printf("(%.17g%+.17gj)", re, im);
+        break;
+    }
+    case CKPT_STR:
+        s = ckpt_value_str(v, &len);
+        if (len > 200)
+            printf("'%.200s...' (%zu bytes)", s, len);
+        else
+            printf("'%s'", s);
+        break;
+    case CKPT_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
+    case CKPT_DEVICE: printf("device('%s')", ckpt_value_str(v, NULL)); break;
+    case CKPT_DTYPE: printf("torch.%s", ckpt_dtype_name(ckpt_value_dtype(v))); break;
+    case CKPT_GLOBAL: printf("%s", ckpt_value_str(v, NULL)); break;
+    case CKPT_SIZE:
+        printf("torch.Size([");
+        for (size_t i = 0; i < ckpt_value_len(v); i++)
+            printf("%s%lld", i ? ", " : "", (long long)ckpt_value_int(ckpt_value_item(v, i)));
+        printf("])");
+        break;
+    case CKPT_TENSOR: {
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
+        char shape[256];
+        shape_text(&ti, shape, sizeof(shape));
+        printf("%s %s %s", ti.is_parameter ? "Parameter" : "tensor", ckpt_dtype_name(ti.dtype), shape);
+        if (ti.location && strcmp(ti.location, "cpu") != 0)
+            printf(" on %s", ti.location);
+        break;
+    }
+    default: break;
+    }
+}
+
+static bool is_container(ckpt_kind k)
+{
+    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
+           k == CKPT_ORDERED_DICT;
+}
+
+static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
+{
+    ckpt_kind k = ckpt_value_kind(v);
+    if (!is_container(k)) {
+        print_scalar(v);
+        putchar('\n');
+        return;
+    }
+    const char *names[] = {[CKPT_LIST] = "list", [CKPT_TUPLE] = "tuple", [CKPT_SET] = "set",
+                           [CKPT_DICT] = "dict", [CKPT_ORDERED_DICT] = "OrderedDict"};
+    size_t n = ckpt_value_len(v);
+    printf("%s (%zu)\n", names[k], n);
+    for (int i = 0; i < depth; i++) {
+        if (c->path[i] == v) {
+            printf("%*s<cycle>\n", (depth + 1) * 2, "");
+            return;
+        }
+    }
+    if (depth + 1 >= TREE_MAX_DEPTH) {
+        printf("%*s...\n", (depth + 1) * 2, "");
+        return;
+    }
+    c->path[depth] = v;
+    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    size_t shown = c->full || n <= c->width ? n : c->width;
+    for (size_t i = 0; i < shown; i++) {
+        printf("%*s", (depth + 1) * 2, "");
+        if (is_dict) {
+            const ckpt_value *key = ckpt_value_key(v, i);
+            if (ckpt_value_kind(key) == CKPT_STR)
+                printf("%s: ", ckpt_value_str(key, NULL));
+            else {
+                print_scalar(key);
+                printf(": ");
+            }
+            print_tree(c, ckpt_value_dict_value(v, i), depth + 1);
+        } else {
+            printf("[%zu] ", i);
+            print_tree(c, ckpt_value_item(v, i), depth + 1);
+        }
+    }
+    if (shown < n)
+        printf("%*s... %zu more (use --full)\n", (depth + 1) * 2, "", n - shown);
+}
+
+static int inspect_human(const char *path, ckpt_file *f, bool full)
+{
+    ckpt_file_info fi;
+    ckpt_file_get_info(f, &fi);
+    char b1[64];
+    human_bytes(fi.file_size, b1, sizeof(b1));
+    printf("File:     %s (%s)\n", path, b1);
+    printf("Format:   %s\n", ckpt_format_name(fi.format));
+    if (fi.prefix)
+        printf("Prefix:   %s\n", fi.prefix);
+    if (fi.version)
+        printf("Version:  %s\n", fi.version);
+    if (fi.format == CKPT_FORMAT_TORCH_ZIP)
+        printf("Byteorder: %s\n", fi.byteorder ? fi.byteorder : "(no record: little, torch < 2.1)");
+    if (fi.serialization_id)
+        printf("Serialization id: %s\n", fi.serialization_id);
+    if (fi.format_version)
+        printf("Format version: %s\n", fi.format_version);
+    if (fi.storage_alignment)
+        printf("Storage alignment: %s\n", fi.storage_alignment);
+    if (fi.legacy_protocol_version)
+        printf("Legacy protocol: %lld\n", (long long)fi.legacy_protocol_version);
+    if (fi.pickle_protocol >= 0)
+        printf("Pickle protocol: %d\n", fi.pickle_protocol);
+    if (fi.data_alignment)
+        printf("Data alignment: %llu bytes%s\n", (unsigned long long)fi.data_alignment,
+               fi.data_alignment >= 64 ? " (zero-copy)" : "");
+    printf("Records:  %zu   Storages: %zu\n", fi.record_count, fi.storage_count);
+    if (fi.metadata) {
+        printf("Metadata:\n");
+        for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++)
+            printf("  %s: %s\n", ckpt_value_str(ckpt_value_key(fi.metadata, i), NULL),
+                   ckpt_value_str(ckpt_value_dict_value(fi.metadata, i), NULL));
+    }
+    printf("\nTree:\n  ");
+    tree_ctx *tc = calloc(1, sizeof(*tc));
+    if (!tc)
+        return EXIT_ERROR;
+    tc->full = full;
+    tc->width = 20;
+    print_tree(tc, ckpt_file_root(f), 1);
+    free(tc);
+
+    size_t nt = ckpt_file_tensor_count(f);
+    uint64_t total_bytes = 0, total_params = 0;
+    size_t wname = 4;
+    for (size_t i = 0; i < nt; i++) {
+        const char *name;
+        ckpt_file_tensor(f, i, &name);
+        size_t l = strlen(name);
+        if (l > wname)
+            wname = l > 60 ? 60 : l;
+    }
+    if (nt) {
+        printf("\nTensors:\n  %-*s  %-9s  %-18s  %12s  %-8s  %s\n", (int)wname, "NAME", "DTYPE",
+               "SHAPE", "BYTES", "STORAGE", "LOCATION");
+    }
+    for (size_t i = 0; i < nt; i++) {
+        const char *name;
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        char shape[256];
+        shape_text(&ti, shape, sizeof(shape));
+        printf("  %-*s  %-9s  %-18s  %12llu  %-8s  %s%s\n", (int)wname, name,
+               ckpt_dtype_name(ti.dtype), shape, (unsigned long long)ti.nbytes,
+               ti.storage_key ? ti.storage_key : "-", ti.location ? ti.location : "-",
+               ti.is_contiguous ? "" : " (view)");
+        total_bytes += ti.nbytes;
+        total_params += ti.numel;
+    }
+    human_bytes(total_bytes, b1, sizeof(b1));
+    printf("\nTotals:   %zu tensors, %llu elements, %llu bytes (%s)\n", nt,
+           (unsigned long long)total_params, (unsigned long long)total_bytes, b1);
+    return 0;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    bool json = false, full = false;
+    const char *path = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (strcmp(argv[i], "--full") == 0)
+            full = true;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            printf("usage: ckpt inspect FILE [--json] [--full]\n"
+                   "  Shows the format and its details, the value tree (tensors summarized),\n"
+                   "  a table of tensors (name, dtype, shape, bytes, storage, location) and totals.\n"
+                   "  --json   one JSON object: format, details, records, tensors, totals, tree\n"
+                   "  --full   show every item of large containers in the tree\n");
+            return 0;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "%s: inspect: unknown option '%s'\n", PROG, argv[i]);
+            return EXIT_ERROR;
+        } else if (!path)
+            path = argv[i];
+        else {
+            fprintf(stderr, "%s: inspect: one file at a time\n", PROG);
+            return EXIT_ERROR;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: ckpt inspect FILE [--json] [--full]\n");
+        return EXIT_ERROR;
+    }
+    ckpt_file *f;
+    ckpt_error err;
+    if (ckpt_open(path, NULL, &f, &err) != CKPT_OK) {
+        print_error(path, &err);
+        return EXIT_ERROR;
+    }
+    int rc = json ? inspect_json(path, f) : inspect_human(path, f, full);
+    ckpt_close(f);
+    return rc;
+}
+
+/* ---- verify ------------------------------------------------------------ */
+
+static int verify_one(const char *path, bool quiet)
+{
+    ckpt_file *f;
+    ckpt_error err;
+    ckpt_status st = ckpt_open(path, NULL, &f, &err);
+    if (st == CKPT_OK) {
+        st = ckpt_file_verify(f, &err);
+        if (st == CKPT_OK && !quiet) {
+            ckpt_file_info fi;
+            ckpt_file_get_info(f, &fi);
+            uint64_t bytes = 0;
+            for (size_t i = 0; i < fi.record_count; i++) {
+                ckpt_record_info ri;
+                if (ckpt_file_record(f, i, &ri) == CKPT_OK)
+                    bytes += ri.size;
+            }
+            printf("ok: %s: %s, %zu records, %zu tensors, %llu bytes checked%s\n", path,
+                   ckpt_format_name(fi.format), fi.record_count, fi.tensor_count,
+                   (unsigned long long)bytes,
+                   fi.format == CKPT_FORMAT_TORCH_ZIP ? " (CRC32 of every record)" : "");
+        }
+        ckpt_close(f);
+    }
+    if (st == CKPT_OK)
+        return 0;
+    print_error(path, &err);
+    switch (st) {
+    case CKPT_ERR_FORMAT:
+    case CKPT_ERR_CORRUPT:
+    case CKPT_ERR_LIMIT:
+    case CKPT_ERR_UNSAFE:
+        return EXIT_BAD;
+    default:
+        return EXIT_ERROR;
+    }
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+    bool quiet = false;
+    int files = 0, worst = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
+            quiet = true;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            printf("usage: ckpt verify FILE... [-q]\n"
+                   "  Checks the structure, every record's CRC32, every record inside the file,\n"
+                   "  every storage's size and every tensor's bytes inside its storage.\n"
+                   "  exit 0 all good; 1 a file is corrupt (the first problem is named with its\n"
+                   "  record and byte offset); 2 a file cannot be read at all.\n");
+            return 0;
+        }
+    }
+    for (int i = 0; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1])
+            continue;
+        files++;
+        int rc = verify_one(argv[i], quiet);
+        if (rc > worst)
+            worst = rc;
+    }
+    if (!files) {
+        fprintf(stderr, "usage: ckpt verify FILE... [-q]\n");
+        return EXIT_ERROR;
+    }
+    return worst;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_ERROR;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("ckpt %s\n", ckpt_version());
+        return 0;
+    }
+    if (strcmp(cmd, "inspect") == 0)
+        return cmd_inspect(argc - 2, argv + 2);
+    if (strcmp(cmd, "verify") == 0)
+        return cmd_verify(argc - 2, argv + 2);
+    fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
+    usage(stderr);
+    return EXIT_ERROR;
+}

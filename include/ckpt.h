@@ -1,0 +1,387 @@
+/*
+ * ckpt.h - read PyTorch checkpoints safely, without Python.
+ *
+ * The one public header of libckpt. Every exported symbol starts with ckpt_.
+ *
+ * Reading model:
+ *   ckpt_open() maps a file read-only, detects its format from its content
+ *   (torch zip, torch legacy, safetensors, plain pickle), interprets every
+ *   pickle with a data-only interpreter (nothing is ever called or imported)
+ *   and returns a handle that owns a tree of values. Tensors in that tree
+ *   point into the map: their bytes are borrowed from the file and stay valid
+ *   until ckpt_close(). Copies are made only when needed (misaligned data,
+ *   compressed records, big-endian data) or asked for (ckpt_tensor_copy).
+ *
+ *   A handle is not thread-safe while tensor data is being resolved; after
+ *   ckpt_file_resolve_all() every read-only accessor may be used from any
+ *   number of threads.
+ */
+#ifndef CKPT_H
+#define CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(CKPT_BUILDING_LIBRARY)
+#define CKPT_API __attribute__((visibility("default")))
+#else
+#define CKPT_API
+#endif
+
+/* ========================================================================
+ * Version
+ * ======================================================================== */
+
+#define CKPT_VERSION_MAJOR 0
+#define CKPT_VERSION_MINOR 1
+#define CKPT_VERSION_PATCH 0
+#define CKPT_VERSION_STRING "0.1.0"
+
+/* The library's version string, e.g. "0.1.0". */
+CKPT_API const char *ckpt_version(void);
+
+/* ========================================================================
+ * Errors
+ * ======================================================================== */
+
+/* Stable result codes: values never change between releases. */
+typedef enum ckpt_status {
+    CKPT_OK = 0,
+    CKPT_ERR_IO = 1,          /* open/read/mmap failed (errno in the message) */
+    CKPT_ERR_NOMEM = 2,       /* allocation failed */
+    CKPT_ERR_FORMAT = 3,      /* malformed input: bad structure, bounds, opcode */
+    CKPT_ERR_UNSUPPORTED = 4, /* well-formed, but a feature ckpt does not read */
+    CKPT_ERR_UNSAFE = 5,      /* a pickle names a global outside the allow-list */
+    CKPT_ERR_LIMIT = 6,       /* a configured limit was exceeded */
+    CKPT_ERR_CORRUPT = 7,     /* checksum mismatch (CRC32) */
+    CKPT_ERR_NOT_FOUND = 8,   /* a name or record does not exist */
+    CKPT_ERR_INVALID_ARG = 9, /* the caller passed something wrong */
+    CKPT_ERR_TYPE = 10        /* a value is not of the kind asked for */
+} ckpt_status;
+
+/* Short constant name of a status, e.g. "CKPT_ERR_FORMAT". */
+CKPT_API const char *ckpt_status_name(ckpt_status status);
+
+#define CKPT_NO_OFFSET UINT64_MAX
+
+/*
+ * Detailed error. Filled by every function that takes one (may be NULL).
+ * record: the part of the file that was wrong ("archive/data.pkl",
+ *         "safetensors header", "central directory", ...), or "".
+ * offset: byte offset inside that record (inside the file when record is
+ *         ""), or CKPT_NO_OFFSET.
+ * file_offset: the same position as an absolute offset in the file, or
+ *         CKPT_NO_OFFSET when it has none (e.g. inside an inflated record).
+ */
+typedef struct ckpt_error {
+    ckpt_status status;
+    uint64_t offset;
+    uint64_t file_offset;
+    char record[160];
+    char message[352];
+} ckpt_error;
+
+/* Formats an error as one line: "RECORD at byte N: MESSAGE". Returns buf. */
+CKPT_API const char *ckpt_error_format(const ckpt_error *err, char *buf, size_t size);
+
+/* ========================================================================
+ * Limits (protect the host from hostile files)
+ * ======================================================================== */
+
+typedef struct ckpt_limits {
+    size_t struct_size;            /* sizeof(ckpt_limits), set by ckpt_limits_default */
+    uint64_t max_pickle_bytes;     /* size of one pickle stream (default 1 GiB) */
+    uint64_t max_stack_depth;      /* pickle VM stack + mark stack (default 1,000,000) */
+    uint64_t max_memo_entries;     /* pickle memo slots, also the largest index (default 1,000,000) */
+    uint64_t max_container_len;    /* items in one list/dict/tuple/set (default 100,000,000) */
+    uint64_t max_value_bytes;      /* total memory of the value tree (default 1 GiB) */
+    uint64_t max_nesting;          /* container nesting depth for walks (default 1,000) */
+    uint64_t max_ndim;             /* tensor dimensions (default 64) */
+    uint64_t max_zip_entries;      /* zip central directory entries (default 1,000,000) */
+    uint64_t max_inflated_bytes;   /* one deflated record, inflated (default 4 GiB) */
+    uint64_t max_inflate_ratio;    /* inflated / compressed size (default 1,000) */
+    uint64_t max_header_bytes;     /* safetensors JSON header (default 100,000,000) */
+} ckpt_limits;
+
+/* Fills *limits with the safe defaults above. */
+CKPT_API void ckpt_limits_default(ckpt_limits *limits);
+
+/* ========================================================================
+ * Data types
+ * ======================================================================== */
+
+/* Values are stable. Names are PyTorch's without "torch." (ckpt_dtype_name). */
+typedef enum ckpt_dtype {
+    CKPT_DTYPE_INVALID = 0,
+    CKPT_FLOAT64 = 1,
+    CKPT_FLOAT32 = 2,
+    CKPT_FLOAT16 = 3,
+    CKPT_BFLOAT16 = 4,
+    CKPT_COMPLEX128 = 5,
+    CKPT_COMPLEX64 = 6,
+    CKPT_COMPLEX32 = 7,
+    CKPT_INT64 = 8,
+    CKPT_INT32 = 9,
+    CKPT_INT16 = 10,
+    CKPT_INT8 = 11,
+    CKPT_UINT64 = 12,
+    CKPT_UINT32 = 13,
+    CKPT_UINT16 = 14,
+    CKPT_UINT8 = 15,
+    CKPT_BOOL = 16,
+    CKPT_FLOAT8_E5M2 = 17,
+    CKPT_FLOAT8_E4M3FN = 18,
+    CKPT_FLOAT8_E5M2FNUZ = 19,
+    CKPT_FLOAT8_E4M3FNUZ = 20,
+    CKPT_FLOAT8_E8M0FNU = 21,
+    CKPT_QINT8 = 22,
+    CKPT_QUINT8 = 23,
+    CKPT_QINT32 = 24,
+    CKPT_QUINT4X2 = 25,
+    CKPT_QUINT2X4 = 26,
+    CKPT_BITS8 = 27,
+    CKPT_BITS16 = 28,
+    CKPT_BITS1X8 = 29,
+    CKPT_BITS2X4 = 30,
+    CKPT_BITS4X2 = 31,
+    CKPT_FLOAT4_E2M1FN_X2 = 32,
+    CKPT_FLOAT4_E2M1 = 33,  /* safetensors F4: 4 bits per element */
+    CKPT_FLOAT6_E2M3 = 34,  /* safetensors F6_E2M3: 6 bits per element */
+    CKPT_FLOAT6_E3M2 = 35,  /* safetensors F6_E3M2: 6 bits per element */
+    CKPT_DTYPE_COUNT_
+} ckpt_dtype;
+
+/* "float32", "bfloat16", ...; "invalid" for an unknown value. */
+CKPT_API const char *ckpt_dtype_name(ckpt_dtype dtype);
+/* Parses a name as printed by ckpt_dtype_name (also "torch.float32"). */
+CKPT_API ckpt_dtype ckpt_dtype_from_name(const char *name);
+/* Bits per element (4 for float4, 6 for float6, 8 x bytes otherwise); 0 if unknown. */
+CKPT_API unsigned ckpt_dtype_bits(ckpt_dtype dtype);
+/* Bytes per element; 0 for sub-byte dtypes. */
+CKPT_API size_t ckpt_dtype_size(ckpt_dtype dtype);
+/* safetensors' name ("F32", "BF16", ...), or NULL when it has none. */
+CKPT_API const char *ckpt_dtype_safetensors_name(ckpt_dtype dtype);
+/* true for floating dtypes (float64..float8, not complex, not quantized). */
+CKPT_API bool ckpt_dtype_is_floating(ckpt_dtype dtype);
+
+/* ========================================================================
+ * Values: the tree a checkpoint holds
+ * ======================================================================== */
+
+typedef enum ckpt_kind {
+    CKPT_NONE = 0,
+    CKPT_BOOLEAN = 1,
+    CKPT_INT = 2,         /* fits in int64_t */
+    CKPT_BIGINT = 3,      /* larger int: little-endian two's complement bytes */
+    CKPT_FLOAT = 4,
+    CKPT_COMPLEX = 5,
+    CKPT_STR = 6,         /* UTF-8, may hold NUL: use the length */
+    CKPT_BYTES = 7,       /* bytes or bytearray */
+    CKPT_LIST = 8,
+    CKPT_TUPLE = 9,
+    CKPT_SET = 10,        /* set or frozenset */
+    CKPT_DICT = 11,
+    CKPT_ORDERED_DICT = 12,
+    CKPT_SIZE = 13,       /* torch.Size: a tuple of ints */
+    CKPT_DEVICE = 14,     /* torch.device: text "cpu", "cuda:0" */
+    CKPT_DTYPE = 15,      /* a torch dtype object */
+    CKPT_TENSOR = 16,     /* a tensor or Parameter */
+    CKPT_GLOBAL = 17      /* a reference to an allowed class or constant, e.g.
+                             torch.per_tensor_affine: text "module.name" */
+} ckpt_kind;
+
+typedef struct ckpt_value ckpt_value;
+typedef struct ckpt_tensor ckpt_tensor;
+
+/* "none", "bool", "int", ... */
+CKPT_API const char *ckpt_kind_name(ckpt_kind kind);
+
+/* All accessors accept NULL and return a neutral result (0, NULL, false). */
+CKPT_API ckpt_kind ckpt_value_kind(const ckpt_value *v);
+CKPT_API bool ckpt_value_bool(const ckpt_value *v);
+CKPT_API int64_t ckpt_value_int(const ckpt_value *v);           /* INT, BOOLEAN */
+CKPT_API double ckpt_value_float(const ckpt_value *v);          /* FLOAT, INT */
+CKPT_API void ckpt_value_complex(const ckpt_value *v, double *re, double *im);
+/* Text or bytes of STR, BYTES, BIGINT, DEVICE, DTYPE (its name) and GLOBAL.
+ * NUL-terminated; *len (may be NULL) gets the length without the NUL. */
+CKPT_API const char *ckpt_value_str(const ckpt_value *v, size_t *len);
+CKPT_API ckpt_dtype ckpt_value_dtype(const ckpt_value *v);      /* DTYPE */
+/* Items of LIST, TUPLE, SET, SIZE; entries of DICT, ORDERED_DICT. */
+CKPT_API size_t ckpt_value_len(const ckpt_value *v);
+CKPT_API const ckpt_value *ckpt_value_item(const ckpt_value *v, size_t i);
+CKPT_API const ckpt_value *ckpt_value_key(const ckpt_value *v, size_t i);
+CKPT_API const ckpt_value *ckpt_value_dict_value(const ckpt_value *v, size_t i);
+/* Dict lookup by a text key; NULL when absent. */
+CKPT_API const ckpt_value *ckpt_value_get(const ckpt_value *v, const char *key);
+/* State an object was built with: an ORDERED_DICT's attributes (a dict with
+ * "_metadata" for state dicts), a tensor's BUILD state; NULL when none. */
+CKPT_API const ckpt_value *ckpt_value_state(const ckpt_value *v);
+CKPT_API const ckpt_tensor *ckpt_value_tensor(const ckpt_value *v);
+
+/* ========================================================================
+ * Tensors
+ * ======================================================================== */
+
+typedef struct ckpt_tensor_info {
+    ckpt_dtype dtype;
+    uint32_t ndim;
+    const int64_t *shape;      /* ndim sizes */
+    const int64_t *stride;     /* ndim strides, in elements */
+    int64_t storage_offset;    /* in elements */
+    uint64_t numel;
+    uint64_t nbytes;           /* numel x element size (rounded up for sub-byte) */
+    bool requires_grad;
+    bool is_parameter;         /* saved as torch.nn.Parameter */
+    bool is_contiguous;        /* row-major, no gaps */
+    bool has_storage;          /* false for meta tensors */
+    bool big_endian;           /* bytes in the file are big-endian */
+    const char *storage_key;   /* record key in the file ("0", "1", ...) */
+    const char *location;      /* "cpu", "cuda:0", ... as saved */
+    const char *record;        /* record holding the bytes, e.g. "archive/data/0" */
+    uint64_t storage_nbytes;   /* bytes of the whole storage */
+    uint64_t storage_file_offset; /* where the storage's bytes start in the file,
+                                      CKPT_NO_OFFSET when not stored plainly */
+    uint32_t storage_index;    /* index in the file's storage table */
+} ckpt_tensor_info;
+
+CKPT_API void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info);
+
+typedef struct ckpt_file ckpt_file;
+
+/*
+ * Pointer to the tensor's first element (storage + storage_offset) in native
+ * byte order; index it with the strides. Borrowed: valid until ckpt_close().
+ * Zero-copy when the file's bytes are aligned and native-endian; otherwise the
+ * storage is copied once into memory the handle owns. *zero_copy (may be NULL)
+ * tells which. Meta tensors and empty storages give NULL with CKPT_OK.
+ */
+CKPT_API ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t,
+                                      const void **data, bool *zero_copy,
+                                      ckpt_error *err);
+
+/* Copies the tensor as a contiguous row-major array in native byte order into
+ * dst (dst_size >= nbytes), whatever its strides. */
+CKPT_API ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t,
+                                      void *dst, size_t dst_size,
+                                      ckpt_error *err);
+
+/* ========================================================================
+ * Reading files
+ * ======================================================================== */
+
+typedef enum ckpt_format {
+    CKPT_FORMAT_UNKNOWN = 0,
+    CKPT_FORMAT_TORCH_ZIP = 1,     /* torch.save, PyTorch >= 1.6 */
+    CKPT_FORMAT_TORCH_LEGACY = 2,  /* torch.save before 1.6 / _use_new_zipfile_serialization=False */
+    CKPT_FORMAT_SAFETENSORS = 3,
+    CKPT_FORMAT_PICKLE = 4         /* a plain pickle stream (no tensors) */
+} ckpt_format;
+
+/* "torch-zip", "torch-legacy", "safetensors", "pickle", "unknown". */
+CKPT_API const char *ckpt_format_name(ckpt_format format);
+
+/* Flags for ckpt_open_options.flags. */
+#define CKPT_OPEN_VERIFY_CRC 0x1u   /* check every record's CRC32 while opening */
+
+typedef struct ckpt_open_options {
+    size_t struct_size;    /* sizeof(ckpt_open_options) */
+    unsigned flags;        /* CKPT_OPEN_* */
+    ckpt_limits limits;    /* limits.struct_size == 0 means defaults */
+} ckpt_open_options;
+
+/* Fills *opts with defaults (no flags, default limits). */
+CKPT_API void ckpt_open_options_default(ckpt_open_options *opts);
+
+/*
+ * Opens and indexes a checkpoint. opts may be NULL (defaults). On success
+ * *out owns the map and the value tree; free it with ckpt_close(). On failure
+ * *out is NULL and err says why.
+ */
+CKPT_API ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts,
+                               ckpt_file **out, ckpt_error *err);
+
+/* Same over caller memory, which must outlive the handle (nothing is copied). */
+CKPT_API ckpt_status ckpt_open_memory(const void *data, size_t size,
+                                      const ckpt_open_options *opts,
+                                      ckpt_file **out, ckpt_error *err);
+
+/* Frees everything the handle owns; NULL is a no-op. */
+CKPT_API void ckpt_close(ckpt_file *f);
+
+/* Details of the file's format, for display. Strings are NULL when absent. */
+typedef struct ckpt_file_info {
+    ckpt_format format;
+    uint64_t file_size;
+    const char *prefix;             /* torch zip: archive prefix, e.g. "archive" */
+    const char *version;            /* torch zip: content of "version" ("3") */
+    const char *byteorder;          /* torch zip: "little"/"big"; NULL if no record */
+    const char *serialization_id;   /* torch zip: .data/serialization_id */
+    const char *format_version;     /* torch zip: .format_version */
+    const char *storage_alignment;  /* torch zip: .storage_alignment */
+    int pickle_protocol;            /* protocol of the main pickle (PROTO), -1 if none */
+    int64_t legacy_protocol_version;/* legacy: 1001; else 0 */
+    uint64_t data_alignment;        /* largest power of two (<= 4096) dividing the
+                                       file offset of every stored tensor record;
+                                       0 when there are none */
+    size_t record_count;            /* zip records, safetensors tensors, legacy storages */
+    size_t storage_count;
+    size_t tensor_count;
+    bool big_endian;                /* tensor data is stored big-endian */
+    const ckpt_value *metadata;     /* safetensors __metadata__ (a DICT), or NULL */
+} ckpt_file_info;
+
+CKPT_API void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info);
+
+/* The root value: what torch.load would return. */
+CKPT_API const ckpt_value *ckpt_file_root(const ckpt_file *f);
+
+/*
+ * Tensors, flattened in the order they appear in the tree, each named by its
+ * path from the root: dict keys as text, list/tuple/set positions as decimal
+ * numbers, joined by ".": "model.net.0.weight", "optimizer.state.0.exp_avg".
+ * A tensor object reachable by two paths is listed under both.
+ */
+CKPT_API size_t ckpt_file_tensor_count(const ckpt_file *f);
+CKPT_API const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i,
+                                             const char **name);
+/* By name; NULL when absent. */
+CKPT_API const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name);
+
+/* Raw records of the file (zip entries; one per tensor for safetensors;
+ * one per storage for legacy). */
+typedef struct ckpt_record_info {
+    const char *name;
+    uint64_t header_offset;   /* zip: local header offset; else = data_offset */
+    uint64_t data_offset;     /* where the record's bytes start in the file */
+    uint64_t stored_size;     /* bytes in the file */
+    uint64_t size;            /* bytes once inflated */
+    uint32_t crc32;           /* declared CRC32 (zip), 0 otherwise */
+    bool compressed;          /* deflated */
+    bool has_crc;
+} ckpt_record_info;
+
+CKPT_API size_t ckpt_file_record_count(const ckpt_file *f);
+CKPT_API ckpt_status ckpt_file_record(const ckpt_file *f, size_t i, ckpt_record_info *info);
+
+/* Resolves the data of every storage now (inflating/copying where needed), so
+ * later ckpt_tensor_data calls are read-only. */
+CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
+
+/*
+ * Checks everything: every record's CRC32, every record inside the file,
+ * every tensor's bytes inside its storage, every storage's size. Returns
+ * CKPT_OK, CKPT_ERR_CORRUPT (checksum) or CKPT_ERR_FORMAT, with the first
+ * problem (record and offset) in err.
+ */
+CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CKPT_H */

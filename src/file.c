@@ -1,0 +1,597 @@
+/*
+ * file.c - opening a checkpoint: mapping, format detection, the handle, the
+ * named tensor list, storage resolution and verification.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *ckpt_format_name(ckpt_format format)
+{
+    switch (format) {
+    case CKPT_FORMAT_TORCH_ZIP: return "torch-zip";
+    case CKPT_FORMAT_TORCH_LEGACY: return "torch-legacy";
+    case CKPT_FORMAT_SAFETENSORS: return "safetensors";
+    case CKPT_FORMAT_PICKLE: return "pickle";
+    case CKPT_FORMAT_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+/* ---- format detection -------------------------------------------------- */
+
+static bool looks_like_safetensors(const uint8_t *p, uint64_t size)
+{
+    if (size < 10)
+        return false;
+    uint64_t n = ckpt__le64(p);
+    return n >= 2 && n <= size - 8 && p[8] == '{';
+}
+
+static bool looks_like_tar(const uint8_t *p, uint64_t size)
+{
+    return size >= 512 && memcmp(p + 257, "ustar", 5) == 0;
+}
+
+static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
+{
+    const uint8_t *p = f->map;
+    uint64_t n = f->map_size;
+    if (n == 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "empty file: not a checkpoint");
+    if (ckpt__zip_detect(p, n)) {
+        f->format = CKPT_FORMAT_TORCH_ZIP;
+        return ckpt__open_torch_zip(f, err);
+    }
+    if (n >= 8 && memcmp(p, "PYTORCH1", 8) == 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "PyTorch 1.0-preview format (PYTORCH1) is not supported; "
+                          "re-save it with a current torch.save");
+    if (looks_like_safetensors(p, n)) {
+        f->format = CKPT_FORMAT_SAFETENSORS;
+        return ckpt__open_safetensors(f, err);
+    }
+    if (looks_like_tar(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "pre-0.4 torch tar format is not supported; load and re-save it "
+                          "with PyTorch >= 1.6");
+    if (p[0] == 0x80 || strchr("(}]).NIJKLFGSVUXacdlpt", p[0]) != NULL) {
+        /* A pickle: legacy torch file when its first pickle is the magic number. */
+        return ckpt__open_torch_legacy(f, err);
+    }
+    if (n >= 8 && memcmp(p, "\x89PNG", 4) == 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "not a checkpoint: a PNG image");
+    return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                      "not a checkpoint: unknown format (first byte 0x%02x)", p[0]);
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+void ckpt_close(ckpt_file *f)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->storage_count; i++)
+        free(f->storages[i]->owned);
+    free(f->storages);
+    free(f->tensors);
+    free(f->name_index);
+    free(f->records);
+    ckpt__zip_close(&f->zip);
+    ckpt__arena_free(&f->arena);
+    if (f->mapped && f->map_size)
+        munmap((void *)f->map, f->map_size);
+    free(f);
+}
+
+static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt_error *err)
+{
+    ckpt_open_options_default(&f->opts);
+    if (opts) {
+        f->opts.flags = opts->flags;
+        if (opts->limits.struct_size != 0)
+            f->opts.limits = opts->limits;
+    }
+    f->pickle_protocol = -1;
+    ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
+    CKPT_RETURN_IF_ERROR(detect_and_open(f, err));
+    CKPT_RETURN_IF_ERROR(ckpt__file_collect_tensors(f, err));
+    if (f->opts.flags & CKPT_OPEN_VERIFY_CRC)
+        CKPT_RETURN_IF_ERROR(ckpt_file_verify(f, err));
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_options *opts,
+                             ckpt_file **out, ckpt_error *err)
+{
+    if (!out || (!data && size))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    *out = NULL;
+    ckpt_file *f = calloc(1, sizeof(*f));
+    if (!f)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    f->map = data;
+    f->map_size = size;
+    ckpt_status st = open_common(f, opts, err);
+    if (st != CKPT_OK) {
+        ckpt_close(f);
+        return st;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file **out,
+                      ckpt_error *err)
+{
+    if (!out || !path)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    *out = NULL;
+    ckpt_status st = CKPT_OK;
+    ckpt_file *f = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot stat: %s", strerror(errno));
+        goto out;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "is a directory");
+        goto out;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        goto out;
+    }
+    if (sb.st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot map: %s",
+                            strerror(errno));
+            goto out;
+        }
+        f->map = m;
+        f->map_size = (uint64_t)sb.st_size;
+        f->mapped = true;
+    }
+    st = open_common(f, opts, err);
+out:
+    close(fd);
+    if (st != CKPT_OK) {
+        ckpt_close(f);
+        return st;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+/* ---- accessors ---------------------------------------------------------- */
+
+static uint64_t pow2_alignment(uint64_t off)
+{
+    uint64_t a = 1;
+    while (a < 4096 && off % (a * 2) == 0)
+        a *= 2;
+    return a;
+}
+
+void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
+{
+    if (!info)
+        return;
+    memset(info, 0, sizeof(*info));
+    info->pickle_protocol = -1;
+    if (!f)
+        return;
+    info->format = f->format;
+    info->file_size = f->map_size;
+    info->prefix = f->prefix;
+    info->version = f->version;
+    info->byteorder = f->byteorder;
+    info->serialization_id = f->serialization_id;
+    info->format_version = f->format_version;
+    info->storage_alignment = f->storage_alignment;
+    info->pickle_protocol = f->pickle_protocol;
+    info->legacy_protocol_version = f->legacy_protocol_version;
+    info->record_count = ckpt_file_record_count(f);
+    info->storage_count = f->storage_count;
+    info->tensor_count = f->tensor_count;
+    info->big_endian = f->big_endian;
+    info->metadata = f->metadata;
+    uint64_t align = 0;
+    for (size_t i = 0; i < f->storage_count; i++) {
+        const ckpt__storage *s = f->storages[i];
+        if (s->base || s->file_offset == CKPT_NO_OFFSET || s->nbytes == 0)
+            continue;
+        uint64_t a = pow2_alignment(s->file_offset);
+        if (align == 0 || a < align)
+            align = a;
+    }
+    info->data_alignment = align;
+}
+
+const ckpt_value *ckpt_file_root(const ckpt_file *f) { return f ? f->root : NULL; }
+size_t ckpt_file_tensor_count(const ckpt_file *f) { return f ? f->tensor_count : 0; }
+
+const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i, const char **name)
+{
+    if (!f || i >= f->tensor_count) {
+        if (name)
+            *name = NULL;
+        return NULL;
+    }
+    if (name)
+        *name = f->tensors[i].name;
+    return f->tensors[i].tensor;
+}
+
+static uint64_t hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name)
+{
+    if (!f || !name || !f->name_index_cap)
+        return NULL;
+    size_t mask = f->name_index_cap - 1;
+    for (size_t slot = hash_name(name) & mask;; slot = (slot + 1) & mask) {
+        uint32_t e = f->name_index[slot];
+        if (e == 0)
+            return NULL;
+        if (strcmp(f->tensors[e - 1].name, name) == 0)
+            return f->tensors[e - 1].tensor;
+    }
+}
+
+size_t ckpt_file_record_count(const ckpt_file *f)
+{
+    if (!f)
+        return 0;
+    return f->has_zip ? f->zip.count : f->record_count;
+}
+
+ckpt_status ckpt_file_record(const ckpt_file *f, size_t i, ckpt_record_info *info)
+{
+    if (!f || !info || i >= ckpt_file_record_count(f))
+        return CKPT_ERR_INVALID_ARG;
+    if (!f->has_zip) {
+        *info = f->records[i];
+        return CKPT_OK;
+    }
+    const ckpt__zip_entry *e = &f->zip.entries[i];
+    memset(info, 0, sizeof(*info));
+    info->name = e->name;
+    info->header_offset = e->header_offset;
+    info->data_offset = e->data_offset;
+    info->stored_size = e->comp_size;
+    info->size = e->size;
+    info->crc32 = e->crc32;
+    info->compressed = e->method != 0;
+    info->has_crc = true;
+    return CKPT_OK;
+}
+
+/* ---- storages ------------------------------------------------------------ */
+
+ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *err)
+{
+    if (f->storage_count == f->storage_cap) {
+        size_t cap = f->storage_cap ? f->storage_cap * 2 : 16;
+        ckpt__storage **p = realloc(f->storages, cap * sizeof(*p));
+        if (!p)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        f->storages = p;
+        f->storage_cap = cap;
+    }
+    s->index = (uint32_t)f->storage_count;
+    f->storages[f->storage_count++] = s;
+    return CKPT_OK;
+}
+
+static size_t storage_alignment_needed(const ckpt__storage *s)
+{
+    size_t a = ckpt_dtype_size(s->dtype);
+    if (a == 0 || a == 1)
+        a = 1;
+    if (s->untyped)
+        a = 16; /* may hold any dtype */
+    return a > 16 ? 16 : a;
+}
+
+ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err)
+{
+    if (s->base)
+        s = s->base;
+    if (s->resolved)
+        return CKPT_OK;
+    const uint8_t *src = NULL;
+    uint8_t *owned = NULL;
+    if (s->record_index >= 0) {
+        CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)s->record_index, &f->opts.limits,
+                                            &src, &owned, err));
+    } else if (s->file_offset != CKPT_NO_OFFSET) {
+        uint64_t end;
+        if (!ckpt__add_u64(s->file_offset, s->nbytes, &end) || end > f->map_size)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                              "storage bytes run past the end of the file");
+        src = f->map + s->file_offset;
+    } else if (s->nbytes != 0) {
+        return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                          "storage '%s' has no data", s->key ? s->key : "?");
+    }
+    size_t align = storage_alignment_needed(s);
+    bool aligned = ((uintptr_t)src % align) == 0;
+    if (!owned && (s->big_endian || !aligned) && s->nbytes) {
+        void *copy = NULL;
+        if (posix_memalign(&copy, 64, (size_t)s->nbytes) != 0)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, s->record, CKPT_NO_OFFSET,
+                              "out of memory copying %llu bytes", (unsigned long long)s->nbytes);
+        memcpy(copy, src, (size_t)s->nbytes);
+        owned = copy;
+    }
+    if (owned && s->big_endian)
+        ckpt__byteswap(owned, s->nbytes / (ckpt_dtype_size(s->dtype) ? ckpt_dtype_size(s->dtype) : 1),
+                       s->dtype);
+    s->owned = owned;
+    s->data = owned ? owned : src;
+    s->resolved = true;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err)
+{
+    if (!f)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    for (size_t i = 0; i < f->storage_count; i++)
+        CKPT_RETURN_IF_ERROR(ckpt__storage_resolve(f, f->storages[i], err));
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
+{
+    if (!f)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    if (f->has_zip) {
+        for (size_t i = 0; i < f->zip.count; i++)
+            CKPT_RETURN_IF_ERROR(ckpt__zip_check_crc(&f->zip, i, &f->opts.limits, err));
+    }
+    /* Every tensor was checked against its storage when the tree was built;
+     * check again here so verify stands on its own, then touch the data. */
+    for (size_t i = 0; i < f->tensor_count; i++) {
+        ckpt_tensor *t = f->tensors[i].tensor;
+        ckpt_tensor copy = *t;
+        CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(&copy, &f->opts.limits, f->tensors[i].name,
+                                                   CKPT_NO_OFFSET, err));
+    }
+    return ckpt_file_resolve_all(f, err);
+}
+
+/* ---- the named tensor list --------------------------------------------- */
+
+typedef struct name_buf {
+    char *p;
+    size_t len, cap;
+} name_buf;
+
+static bool nb_reserve(name_buf *b, size_t more)
+{
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return false;
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static bool nb_append(name_buf *b, const char *s, size_t n)
+{
+    if (!nb_reserve(b, n + 1))
+        return false;
+    if (b->len)
+        b->p[b->len++] = '.';
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return true;
+}
+
+/* Text of a dict key in a tensor name. */
+static bool nb_append_key(name_buf *b, const ckpt_value *k)
+{
+    char tmp[64];
+    switch (k->kind) {
+    case CKPT_STR:
+    case CKPT_BYTES:
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+        return nb_append(b, k->u.s.ptr, k->u.s.len);
+    case CKPT_INT:
+        snprintf(tmp, sizeof(tmp), "%lld", (long long)k->u.i);
+        return nb_append(b, tmp, strlen(tmp));
+    case CKPT_BOOLEAN:
+        return nb_append(b, k->u.b ? "True" : "False", k->u.b ? 4 : 5);
+    case CKPT_FLOAT:
+        snprintf(tmp, sizeof(tmp), "%.17g", k->u.f);
+        return nb_append(b, tmp, strlen(tmp));
+    case CKPT_NONE:
+        return nb_append(b, "None", 4);
+    case CKPT_DTYPE:
+        return nb_append(b, ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
+    default:
+        return nb_append(b, "?", 1);
+    }
+}
+
+typedef struct collect_ctx {
+    ckpt_file *f;
+    name_buf nb;
+    ckpt_error *err;
+} collect_ctx;
+
+static ckpt_status add_tensor(collect_ctx *c, ckpt_tensor *t)
+{
+    ckpt_file *f = c->f;
+    if (f->tensor_count == f->tensor_cap) {
+        size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
+        ckpt__tensor_ref *p = realloc(f->tensors, cap * sizeof(*p));
+        if (!p)
+            return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        f->tensors = p;
+        f->tensor_cap = cap;
+    }
+    const char *name = ckpt__arena_strdup(&f->arena, c->nb.p ? c->nb.p : "", c->nb.len);
+    if (!name)
+        return ckpt__fail(c->err, ckpt__arena_over_limit(&f->arena, c->nb.len + 1)
+                                      ? CKPT_ERR_LIMIT : CKPT_ERR_NOMEM,
+                          "", CKPT_NO_OFFSET, "no memory for tensor names");
+    f->tensors[f->tensor_count].name = name;
+    f->tensors[f->tensor_count].tensor = t;
+    f->tensor_count++;
+    return CKPT_OK;
+}
+
+/* torch.save(storage) pickles a bare storage: present it as a 1-D tensor
+ * over all of its elements, as torch.load gives a TypedStorage. */
+static ckpt_status storage_to_tensor(collect_ctx *c, ckpt_value *v)
+{
+    ckpt__storage *s = v->u.storage;
+    ckpt__arena *a = &c->f->arena;
+    ckpt_tensor *t = ckpt__arena_alloc(a, sizeof(*t));
+    int64_t *dims = ckpt__arena_alloc(a, 2 * sizeof(int64_t));
+    if (!t || !dims)
+        return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    size_t esize = ckpt_dtype_size(s->dtype);
+    t->dtype = s->dtype;
+    t->ndim = 1;
+    t->shape = dims;
+    t->stride = dims + 1;
+    dims[0] = (int64_t)(s->nbytes / (esize ? esize : 1));
+    dims[1] = 1;
+    t->storage = s;
+    CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, &c->f->opts.limits, s->record, CKPT_NO_OFFSET,
+                                               c->err));
+    v->kind = CKPT_TENSOR;
+    v->u.tensor.t = t;
+    v->u.tensor.state = NULL;
+    return CKPT_OK;
+}
+
+static bool names_children(const ckpt_value *v)
+{
+    switch (v->kind) {
+    case CKPT_TENSOR:
+    case CKPT__KIND_STORAGE:
+    case CKPT_LIST:
+    case CKPT_TUPLE:
+    case CKPT_SET:
+    case CKPT_DICT:
+    case CKPT_ORDERED_DICT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static ckpt_status walk(collect_ctx *c, ckpt_value *v, uint64_t depth)
+{
+    if (!v)
+        return CKPT_OK;
+    if (v->kind == CKPT__KIND_STORAGE)
+        CKPT_RETURN_IF_ERROR(storage_to_tensor(c, v));
+    if (depth > c->f->opts.limits.max_nesting)
+        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "values nested deeper than %llu at '%s'",
+                          (unsigned long long)c->f->opts.limits.max_nesting,
+                          c->nb.p ? c->nb.p : "");
+    switch (v->kind) {
+    case CKPT_TENSOR:
+        return add_tensor(c, v->u.tensor.t);
+    case CKPT_LIST:
+    case CKPT_TUPLE:
+    case CKPT_SET:
+    case CKPT_DICT:
+    case CKPT_ORDERED_DICT:
+        break;
+    default:
+        return CKPT_OK;
+    }
+    if (v->flags & CKPT__VF_VISITING)
+        return CKPT_OK; /* a cycle through the memo: already on the path */
+    v->flags |= CKPT__VF_VISITING;
+    ckpt_status st = CKPT_OK;
+    size_t saved = c->nb.len;
+    bool is_dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    size_t n = is_dict ? v->u.dict.len : v->u.seq.len;
+    for (size_t i = 0; i < n && st == CKPT_OK; i++) {
+        ckpt_value *child = is_dict ? v->u.dict.vals[i] : v->u.seq.items[i];
+        /* Only containers and tensors produce names: skip plain leaves fast. */
+        if (!names_children(child))
+            continue;
+        bool ok;
+        if (is_dict) {
+            ok = nb_append_key(&c->nb, v->u.dict.keys[i]);
+        } else {
+            char tmp[32];
+            int len = snprintf(tmp, sizeof(tmp), "%zu", i);
+            ok = nb_append(&c->nb, tmp, (size_t)len);
+        }
+        if (!ok) {
+            st = ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            break;
+        }
+        st = walk(c, child, depth + 1);
+        c->nb.len = saved;
+        if (c->nb.p)
+            c->nb.p[saved] = 0;
+    }
+    v->flags &= (uint16_t)~CKPT__VF_VISITING;
+    return st;
+}
+
+ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
+{
+    collect_ctx c = {.f = f, .err = err};
+    ckpt_status st = walk(&c, f->root, 0);
+    free(c.nb.p);
+    if (st != CKPT_OK)
+        return st;
+    size_t cap = 16;
+    while (cap < f->tensor_count * 2)
+        cap *= 2;
+    f->name_index = calloc(cap, sizeof(uint32_t));
+    if (!f->name_index)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    f->name_index_cap = cap;
+    for (size_t i = 0; i < f->tensor_count; i++) {
+        size_t slot = hash_name(f->tensors[i].name) & (cap - 1);
+        bool dup = false;
+        while (f->name_index[slot]) {
+            if (strcmp(f->tensors[f->name_index[slot] - 1].name, f->tensors[i].name) == 0) {
+                dup = true; /* the first one keeps the name */
+                break;
+            }
+            slot = (slot + 1) & (cap - 1);
+        }
+        if (!dup)
+            f->name_index[slot] = (uint32_t)(i + 1);
+    }
+    return CKPT_OK;
+}

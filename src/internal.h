@@ -1,0 +1,284 @@
+/*
+ * internal.h - shared declarations of libckpt's source files.
+ * Internal symbols start with ckpt__ (two underscores) and are hidden in the
+ * shared library.
+ */
+#ifndef CKPT_INTERNAL_H
+#define CKPT_INTERNAL_H
+
+#define CKPT_BUILDING_LIBRARY 1
+#include "ckpt.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define CKPT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define CKPT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define CKPT_PRINTF(a, b)
+#define CKPT_UNLIKELY(x) (x)
+#endif
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* Fills err (may be NULL) and returns status. offset is inside record. */
+ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
+                       uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/* Sets err->file_offset = base + err->offset when both are known. */
+void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
+
+#define CKPT_RETURN_IF_ERROR(expr)                                   \
+    do {                                                             \
+        ckpt_status ckpt__st = (expr);                               \
+        if (ckpt__st != CKPT_OK) return ckpt__st;                    \
+    } while (0)
+
+/* ---- checked arithmetic ---------------------------------------------- */
+
+static inline bool ckpt__mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool ckpt__add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* ---- little-endian loads --------------------------------------------- */
+
+static inline uint16_t ckpt__le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t ckpt__le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t ckpt__le64(const uint8_t *p)
+{
+    return (uint64_t)ckpt__le32(p) | ((uint64_t)ckpt__le32(p + 4) << 32);
+}
+
+/* ---- arena: every value of a file lives here, freed at once ----------- */
+
+typedef struct ckpt__arena_block ckpt__arena_block;
+typedef struct ckpt__arena {
+    ckpt__arena_block *head;
+    uint64_t used;      /* bytes handed out, counted against limit */
+    uint64_t limit;     /* max_value_bytes */
+} ckpt__arena;
+
+void ckpt__arena_init(ckpt__arena *a, uint64_t limit);
+void ckpt__arena_free(ckpt__arena *a);
+/* Zeroed, 16-byte aligned memory; NULL when out of memory or over the limit
+ * (ckpt__arena_over_limit tells which). */
+void *ckpt__arena_alloc(ckpt__arena *a, size_t size);
+bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more);
+/* Copies size bytes and appends a NUL. */
+char *ckpt__arena_strdup(ckpt__arena *a, const char *s, size_t size);
+
+/* ---- storages and tensors -------------------------------------------- */
+
+typedef struct ckpt__storage {
+    uint32_t index;            /* in the file's storage table */
+    const char *key;           /* "0", "1", ... */
+    const char *location;      /* "cpu", "cuda:0", ... */
+    ckpt_dtype dtype;          /* typed storage dtype; UINT8 for UntypedStorage */
+    bool untyped;              /* UntypedStorage: holds any dtype */
+    uint64_t nbytes;           /* declared numel x element size */
+    const char *record;        /* record name, e.g. "archive/data/0" */
+    struct ckpt__storage *base;/* legacy storage views: the root storage */
+    uint64_t base_offset;      /* byte offset inside base */
+    /* where the bytes are: filled by the format layer */
+    uint64_t file_offset;      /* CKPT_NO_OFFSET when not stored plainly */
+    int32_t record_index;      /* zip entry index, -1 when none */
+    bool big_endian;
+    bool resolved;
+    const uint8_t *data;       /* native-endian, aligned bytes once resolved */
+    uint8_t *owned;            /* malloc'd copy, when one was needed */
+} ckpt__storage;
+
+struct ckpt_tensor {
+    ckpt_dtype dtype;
+    uint32_t ndim;
+    int64_t *shape;
+    int64_t *stride;
+    int64_t storage_offset;
+    uint64_t numel;
+    ckpt__storage *storage;    /* NULL for meta tensors */
+    bool requires_grad;
+    bool is_parameter;
+};
+
+/* Checks shape/stride/offset (overflow-safe) against the storage and fills
+ * numel. record/offset name the place for errors. */
+ckpt_status ckpt__tensor_validate(ckpt_tensor *t, const ckpt_limits *limits,
+                                  const char *record, uint64_t offset, ckpt_error *err);
+bool ckpt__tensor_is_contiguous(const ckpt_tensor *t);
+/* Byte-swaps n elements of elem_size bytes in place (complex: per half). */
+void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype);
+
+/* ---- values ------------------------------------------------------------ */
+
+/* Internal kinds extend ckpt_kind; never visible through ckpt_value_kind. */
+enum {
+    CKPT__KIND_STORAGE = 100,  /* result of persistent_load: a storage */
+    CKPT__KIND_MARK = 101      /* never stored: the VM keeps marks apart */
+};
+
+struct ckpt_value {
+    uint16_t kind;             /* ckpt_kind or CKPT__KIND_* */
+    uint16_t flags;            /* CKPT__VF_* */
+    uint32_t global_id;        /* CKPT_GLOBAL: ckpt__global id */
+    union {
+        bool b;
+        int64_t i;
+        double f;
+        struct { double re, im; } c;
+        struct { const char *ptr; size_t len; } s;   /* STR BYTES BIGINT DEVICE GLOBAL */
+        struct { ckpt_value **items; size_t len, cap; } seq; /* LIST TUPLE SET SIZE */
+        struct {
+            ckpt_value **keys;
+            ckpt_value **vals;
+            size_t len, cap;
+            uint32_t *index;       /* hash index: slot -> entry+1, 0 = empty */
+            size_t index_cap;      /* power of two, 0 = no index yet */
+            ckpt_value *state;     /* BUILD state (OrderedDict attributes) */
+        } dict;                    /* DICT ORDERED_DICT */
+        ckpt_dtype dtype;
+        struct { ckpt_tensor *t; ckpt_value *state; } tensor;
+        ckpt__storage *storage;
+    } u;
+};
+
+#define CKPT__VF_VISITING 0x1u     /* on the current walk path (cycle guard) */
+
+ckpt_value *ckpt__value_new(ckpt__arena *a, int kind);
+ckpt_value *ckpt__value_str(ckpt__arena *a, int kind, const char *s, size_t len);
+/* Appends to LIST/TUPLE/SET/SIZE; false on out of memory / limit. */
+bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item);
+/* dict[key] = val with Python semantics: an existing equal key keeps its
+ * place and gets the new value. false on out of memory / limit. */
+bool ckpt__dict_set(ckpt__arena *a, ckpt_value *dict, ckpt_value *key, ckpt_value *val);
+/* Python equality of plain keys (numbers across bool/int/float, text, bytes, tuples). */
+bool ckpt__value_equal(const ckpt_value *x, const ckpt_value *y);
+
+/* ---- pickle interpreter --------------------------------------------- */
+
+/* The closed set of globals the interpreter knows (see pickle_read.c). */
+typedef struct ckpt__pickle_ctx ckpt__pickle_ctx;
+
+/* Turns a persistent id (the value of BINPERSID/PERSID) into a value. */
+typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ctx,
+                                                const ckpt_value *pid, uint64_t offset,
+                                                ckpt_value **out, ckpt_error *err);
+
+struct ckpt__pickle_ctx {
+    const ckpt_limits *limits;
+    ckpt__arena *arena;
+    const char *record;                 /* for error messages */
+    ckpt__persistent_load_fn persistent_load;
+    void *user;
+    int protocol;                       /* out: PROTO seen, -1 when none */
+};
+
+/*
+ * Interprets one pickle (up to and including STOP) from data[0..size).
+ * *consumed (may be NULL) gets the bytes used. Offsets in errors are relative
+ * to data. Nothing is called or imported: allowed globals are evaluated by
+ * their data-only meaning; any other global is CKPT_ERR_UNSAFE naming
+ * module.name and its offset.
+ */
+ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t size,
+                           size_t *consumed, ckpt_value **out, ckpt_error *err);
+
+/* ---- zip layer ------------------------------------------------------- */
+
+typedef struct ckpt__zip_entry {
+    const char *name;          /* NUL-terminated copy */
+    size_t name_len;
+    uint64_t header_offset;    /* local file header */
+    uint64_t data_offset;      /* first byte of data */
+    uint64_t comp_size;
+    uint64_t size;
+    uint32_t crc32;
+    uint16_t method;           /* 0 stored, 8 deflated */
+    uint16_t flags;
+} ckpt__zip_entry;
+
+typedef struct ckpt__zip {
+    const uint8_t *base;
+    uint64_t size;
+    ckpt__zip_entry *entries;  /* central directory order */
+    size_t count;
+    uint32_t *sorted;          /* indices sorted by name, for lookup */
+    char *names;               /* storage for names */
+} ckpt__zip;
+
+/* true when the bytes look like a zip (local header or empty-archive EOCD). */
+bool ckpt__zip_detect(const uint8_t *data, uint64_t size);
+/* Parses the central directory and checks every entry strictly (see zip_read.c). */
+ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
+                           const ckpt_limits *limits, ckpt_error *err);
+void ckpt__zip_close(ckpt__zip *z);
+/* Index of the entry with this exact name, or -1. */
+long ckpt__zip_find(const ckpt__zip *z, const char *name);
+/* The entry's bytes: stored ones point into the map (*owned = NULL); deflated
+ * ones are inflated into a malloc'd buffer returned in *owned too. */
+ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                           const uint8_t **data, uint8_t **owned, ckpt_error *err);
+/* Checks the entry's CRC32 (of the inflated bytes for deflated entries). */
+ckpt_status ckpt__zip_check_crc(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                                ckpt_error *err);
+
+/* ---- formats ----------------------------------------------------------- */
+
+typedef struct ckpt__tensor_ref {
+    const char *name;
+    ckpt_tensor *tensor;
+} ckpt__tensor_ref;
+
+struct ckpt_file {
+    ckpt_open_options opts;
+    ckpt_format format;
+    const uint8_t *map;
+    uint64_t map_size;
+    bool mapped;                  /* munmap at close */
+    ckpt__arena arena;
+    ckpt_value *root;
+
+    ckpt__zip zip;
+    bool has_zip;
+
+    ckpt__storage **storages;
+    size_t storage_count, storage_cap;
+
+    ckpt__tensor_ref *tensors;
+    size_t tensor_count, tensor_cap;
+    uint32_t *name_index;         /* hash of tensor names: slot -> i+1 */
+    size_t name_index_cap;
+
+    /* records for formats without a zip: safetensors tensors, legacy storages */
+    ckpt_record_info *records;
+    size_t record_count;
+
+    const char *prefix, *version, *byteorder, *serialization_id;
+    const char *format_version, *storage_alignment;
+    int pickle_protocol;
+    int64_t legacy_protocol_version;
+    bool big_endian;
+    ckpt_value *metadata;
+};
+
+ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err);
+/* Legacy files, and plain pickles (format PICKLE) when the magic is absent. */
+ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err);
+ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err);
+
+/* Adds a storage to the file's table (it gets its index). */
+ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
+/* Walks the root and fills the named tensor list and its index. */
+ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err);
+/* Sets s->data: zero-copy into the map when aligned and native-endian,
+ * else a copy (byte-swapped when big-endian). */
+ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
+
+#endif /* CKPT_INTERNAL_H */

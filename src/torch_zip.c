@@ -1,0 +1,292 @@
+/*
+ * torch_zip.c - the torch.save zip format (PyTorch >= 1.6): records, the
+ * data.pkl pickle and its storages.
+ */
+#include "internal.h"
+#include "pickle.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Storages by key, so views of one storage share it. */
+typedef struct storage_table {
+    ckpt__storage **slots;
+    size_t cap, count;
+} storage_table;
+
+typedef struct zip_load {
+    ckpt_file *f;
+    storage_table table;
+    const char *pkl_record;
+    uint64_t pkl_base;          /* file offset of data.pkl bytes, or NO_OFFSET */
+    char *name_buf;             /* scratch for record names */
+    size_t name_cap;
+} zip_load;
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static ckpt__storage **table_slot(storage_table *t, const char *key, size_t len)
+{
+    size_t mask = t->cap - 1;
+    for (size_t i = hash_bytes(key, len) & mask;; i = (i + 1) & mask) {
+        ckpt__storage *s = t->slots[i];
+        if (!s || (strlen(s->key) == len && memcmp(s->key, key, len) == 0))
+            return &t->slots[i];
+    }
+}
+
+static bool table_grow(storage_table *t)
+{
+    if (t->cap && (t->count + 1) * 2 <= t->cap)
+        return true;
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    storage_table n = {calloc(cap, sizeof(*n.slots)), cap, t->count};
+    if (!n.slots)
+        return false;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->slots[i])
+            *table_slot(&n, t->slots[i]->key, strlen(t->slots[i]->key)) = t->slots[i];
+    }
+    free(t->slots);
+    *t = n;
+    return true;
+}
+
+static const char *join_record(zip_load *L, const char *name)
+{
+    size_t need = strlen(L->f->prefix) + 1 + strlen(name) + 1;
+    if (need > L->name_cap) {
+        char *p = realloc(L->name_buf, need);
+        if (!p)
+            return NULL;
+        L->name_buf = p;
+        L->name_cap = need;
+    }
+    snprintf(L->name_buf, L->name_cap, "%s/%s", L->f->prefix, name);
+    return L->name_buf;
+}
+
+/* Reads a small text record (version, byteorder, ...) into the arena, trimmed. */
+static ckpt_status read_text_record(zip_load *L, const char *name, const char **out,
+                                    ckpt_error *err)
+{
+    *out = NULL;
+    const char *full = join_record(L, name);
+    if (!full)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    long idx = ckpt__zip_find(&L->f->zip, full);
+    if (idx < 0)
+        return CKPT_OK;
+    const ckpt__zip_entry *e = &L->f->zip.entries[idx];
+    if (e->size > 4096)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, e->name, 0,
+                          "record is %llu bytes; expected a short text",
+                          (unsigned long long)e->size);
+    const uint8_t *data;
+    uint8_t *owned = NULL;
+    CKPT_RETURN_IF_ERROR(ckpt__zip_read(&L->f->zip, (size_t)idx, &L->f->opts.limits, &data,
+                                        &owned, err));
+    size_t n = (size_t)e->size;
+    while (n && (data[n - 1] == '\n' || data[n - 1] == '\r' || data[n - 1] == ' '))
+        n--;
+    *out = ckpt__arena_strdup(&L->f->arena, (const char *)data, n);
+    free(owned);
+    if (!*out)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    if (memchr(*out, 0, n))
+        return ckpt__fail(err, CKPT_ERR_FORMAT, e->name, 0, "record holds a NUL byte");
+    return CKPT_OK;
+}
+
+static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
+
+/* persistent_load: ('storage', storage_type, key, location, numel) */
+static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const ckpt_value *pid,
+                                       uint64_t offset, ckpt_value **out, ckpt_error *err)
+{
+    zip_load *L = user;
+    ckpt_file *f = L->f;
+    const char *rec = ctx->record;
+    if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 5)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                          "persistent id is not a ('storage', type, key, location, numel) tuple");
+    ckpt_value **it = pid->u.seq.items;
+    if (!is_str(it[0]) || strcmp(it[0]->u.s.ptr, "storage") != 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, rec, offset,
+                          "persistent id of type '%s' (only 'storage' is known)",
+                          is_str(it[0]) ? it[0]->u.s.ptr : ckpt_kind_name(ckpt_value_kind(it[0])));
+    if (pid->u.seq.len != 5)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                          "storage persistent id has %zu items, expected 5", pid->u.seq.len);
+    bool untyped = false;
+    ckpt_dtype dtype = ckpt__storage_type_dtype(it[1], &untyped);
+    if (dtype == CKPT_DTYPE_INVALID)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                          "storage type is not a torch storage class");
+    if (!is_str(it[2]) || it[2]->u.s.len == 0 || memchr(it[2]->u.s.ptr, '/', it[2]->u.s.len) ||
+        strstr(it[2]->u.s.ptr, ".."))
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage key is not a plain name");
+    if (!is_str(it[3]))
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage location is not a string");
+    if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                          "storage size is not a non-negative integer");
+    uint64_t nbytes;
+    if (!ckpt__mul_u64((uint64_t)it[4]->u.i, ckpt_dtype_size(dtype), &nbytes))
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size overflows");
+
+    const char *key = it[2]->u.s.ptr;
+    size_t key_len = it[2]->u.s.len;
+    if (!table_grow(&L->table))
+        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+    ckpt__storage **slot = table_slot(&L->table, key, key_len);
+    ckpt__storage *s = *slot;
+    if (s) {
+        if (s->nbytes != nbytes || (!untyped && !s->untyped && s->dtype != dtype))
+            return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                              "storage '%s' is referenced as %s x %llu bytes and as %s x %llu bytes",
+                              key, ckpt_dtype_name(s->dtype), (unsigned long long)s->nbytes,
+                              ckpt_dtype_name(dtype), (unsigned long long)nbytes);
+    } else {
+        char data_name[64 + 8];
+        snprintf(data_name, sizeof(data_name), "data/%.*s", (int)(key_len > 64 ? 64 : key_len), key);
+        const char *full = join_record(L, data_name);
+        if (!full)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+        long idx = key_len > 64 ? -1 : ckpt__zip_find(&f->zip, full);
+        if (idx < 0)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                              "storage '%s' has no record '%s'", key, full);
+        const ckpt__zip_entry *e = &f->zip.entries[idx];
+        /* torch < 2.10 did not check this: a short record overflowed the heap. */
+        if (e->size != nbytes)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                              "record '%s' holds %llu bytes but its storage declares %llu "
+                              "(%lld x %s)",
+                              e->name, (unsigned long long)e->size, (unsigned long long)nbytes,
+                              (long long)it[4]->u.i, ckpt_dtype_name(dtype));
+        s = ckpt__arena_alloc(&f->arena, sizeof(*s));
+        if (!s)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+        s->key = it[2]->u.s.ptr;
+        s->location = it[3]->u.s.ptr;
+        s->dtype = dtype;
+        s->untyped = untyped;
+        s->nbytes = nbytes;
+        s->record = e->name;
+        s->record_index = (int32_t)idx;
+        s->file_offset = e->method == 0 ? e->data_offset : CKPT_NO_OFFSET;
+        s->big_endian = f->big_endian;
+        CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, s, err));
+        *slot = s;
+        L->table.count++;
+    }
+    ckpt_value *v = ckpt__value_new(&f->arena, CKPT__KIND_STORAGE);
+    if (!v)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+    v->u.storage = s;
+    *out = v;
+    return CKPT_OK;
+}
+
+static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
+{
+    zip_load L = {.f = f};
+    ckpt_status st = ckpt__zip_open(&f->zip, f->map, f->map_size, &f->opts.limits, err);
+    if (st != CKPT_OK)
+        return st;
+    f->has_zip = true;
+    if (f->zip.count == 0)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, "zip", 0, "empty zip archive: not a checkpoint");
+
+    /* The prefix comes from the first central-directory entry; every entry must share it. */
+    const char *first = f->zip.entries[0].name;
+    const char *slash = strchr(first, '/');
+    if (!slash)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, first, CKPT_NO_OFFSET,
+                          "record is not in a subdirectory (torch requires '<prefix>/<name>')");
+    f->prefix = ckpt__arena_strdup(&f->arena, first, (size_t)(slash - first));
+    if (!f->prefix)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    size_t plen = (size_t)(slash - first) + 1;
+    bool torchscript = false, model_json = false;
+    for (size_t i = 0; i < f->zip.count; i++) {
+        const char *n = f->zip.entries[i].name;
+        if (strncmp(n, first, plen) != 0)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, n, CKPT_NO_OFFSET,
+                              "record is outside the archive prefix '%s/'", f->prefix);
+        const char *rest = n + plen;
+        if (strcmp(rest, "constants.pkl") == 0 || has_prefix(rest, "code/"))
+            torchscript = true;
+        if (strcmp(rest, "model.json") == 0)
+            model_json = true;
+    }
+    if (torchscript || model_json)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "TorchScript archive (%s): it holds code that torch.jit.load runs; "
+                          "ckpt reads plain torch.save checkpoints only",
+                          model_json ? "model.json" : "constants.pkl, code/");
+
+    if ((st = read_text_record(&L, "version", &f->version, err)) != CKPT_OK)
+        goto out;
+    if (!f->version && (st = read_text_record(&L, ".data/version", &f->version, err)) != CKPT_OK)
+        goto out;
+    if ((st = read_text_record(&L, "byteorder", &f->byteorder, err)) != CKPT_OK ||
+        (st = read_text_record(&L, ".data/serialization_id", &f->serialization_id, err)) != CKPT_OK ||
+        (st = read_text_record(&L, ".format_version", &f->format_version, err)) != CKPT_OK ||
+        (st = read_text_record(&L, ".storage_alignment", &f->storage_alignment, err)) != CKPT_OK)
+        goto out;
+    if (f->byteorder) {
+        if (strcmp(f->byteorder, "big") == 0) {
+            f->big_endian = true;
+        } else if (strcmp(f->byteorder, "little") != 0) {
+            st = ckpt__fail(err, CKPT_ERR_FORMAT, join_record(&L, "byteorder"), 0,
+                            "byteorder is '%s', expected 'little' or 'big'", f->byteorder);
+            goto out;
+        }
+    }
+
+    const char *pkl_name = join_record(&L, "data.pkl");
+    long idx = pkl_name ? ckpt__zip_find(&f->zip, pkl_name) : -1;
+    if (idx < 0) {
+        st = ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+                        "no '%s/data.pkl' record: not a torch.save checkpoint", f->prefix);
+        goto out;
+    }
+    const ckpt__zip_entry *pe = &f->zip.entries[idx];
+    if (pe->size > f->opts.limits.max_pickle_bytes) {
+        st = ckpt__fail(err, CKPT_ERR_LIMIT, pe->name, 0, "pickle is %llu bytes (limit %llu)",
+                        (unsigned long long)pe->size,
+                        (unsigned long long)f->opts.limits.max_pickle_bytes);
+        goto out;
+    }
+    const uint8_t *pkl;
+    uint8_t *owned = NULL;
+    if ((st = ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err)) != CKPT_OK)
+        goto out;
+    ckpt__pickle_ctx ctx = {
+        .limits = &f->opts.limits,
+        .arena = &f->arena,
+        .record = pe->name,
+        .persistent_load = zip_persistent_load,
+        .user = &L,
+        .protocol = -1,
+    };
+    st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, &f->root, err);
+    free(owned);
+    f->pickle_protocol = ctx.protocol;
+    if (st != CKPT_OK && pe->method == 0)
+        ckpt__error_set_file_base(err, pe->data_offset);
+out:
+    free(L.table.slots);
+    free(L.name_buf);
+    return st;
+}
