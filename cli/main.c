@@ -29,7 +29,8 @@ static void usage(FILE *out)
             "usage: ckpt <command> [options] FILE...\n"
             "\n"
             "Read PyTorch checkpoints safely: no Python, no pickle code ever runs.\n"
-            "Formats: torch.save zip (1.6+), legacy torch.save (< 1.6), safetensors, plain pickle.\n"
+            "Formats: torch.save zip (1.6+), legacy torch.save (< 1.6), safetensors, sharded\n"
+            "indexes (*.index.json), plain pickle.\n"
             "\n"
             "commands:\n"
             "  inspect FILE [--json] [--full]   format details, value tree, tensor table, totals\n"
@@ -298,6 +299,8 @@ static int inspect_json(const char *path, ckpt_file *f)
     json_object_set_new(d, "big_endian", json_boolean(fi.big_endian));
     json_object_set_new(d, "records", json_integer((json_int_t)fi.record_count));
     json_object_set_new(d, "storages", json_integer((json_int_t)fi.storage_count));
+    if (fi.format == CKPT_FORMAT_SHARDED)
+        json_object_set_new(d, "shards", json_integer((json_int_t)fi.shard_count));
     json_object_set_new(o, "details", d);
 
     json_t *recs = json_array();
@@ -508,12 +511,17 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     if (fi.data_alignment)
         printf("Data alignment: %llu bytes%s\n", (unsigned long long)fi.data_alignment,
                fi.data_alignment >= 64 ? " (zero-copy)" : "");
-    printf("Records:  %zu   Storages: %zu\n", fi.record_count, fi.storage_count);
+    if (fi.format == CKPT_FORMAT_SHARDED)
+        printf("Shards:   %zu\n", fi.shard_count);
+    else
+        printf("Records:  %zu   Storages: %zu\n", fi.record_count, fi.storage_count);
     if (fi.metadata) {
         printf("Metadata:\n");
-        for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++)
-            printf("  %s: %s\n", ckpt_value_str(ckpt_value_key(fi.metadata, i), NULL),
-                   ckpt_value_str(ckpt_value_dict_value(fi.metadata, i), NULL));
+        for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++) {
+            printf("  %s: ", ckpt_value_str(ckpt_value_key(fi.metadata, i), NULL));
+            print_scalar(ckpt_value_dict_value(fi.metadata, i));
+            putchar('\n');
+        }
     }
     printf("\nTree:\n  ");
     tree_ctx *tc = calloc(1, sizeof(*tc));

@@ -279,10 +279,12 @@ typedef enum ckpt_format {
     CKPT_FORMAT_TORCH_ZIP = 1,     /* torch.save, PyTorch >= 1.6 */
     CKPT_FORMAT_TORCH_LEGACY = 2,  /* torch.save before 1.6 / _use_new_zipfile_serialization=False */
     CKPT_FORMAT_SAFETENSORS = 3,
-    CKPT_FORMAT_PICKLE = 4         /* a plain pickle stream (no tensors) */
+    CKPT_FORMAT_PICKLE = 4,        /* a plain pickle stream (no tensors) */
+    CKPT_FORMAT_SHARDED = 5        /* an index (model.safetensors.index.json,
+                                      pytorch_model.bin.index.json) over shard files */
 } ckpt_format;
 
-/* "torch-zip", "torch-legacy", "safetensors", "pickle", "unknown". */
+/* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "unknown". */
 CKPT_API const char *ckpt_format_name(ckpt_format format);
 
 /* Flags for ckpt_open_options.flags. */
@@ -305,7 +307,8 @@ CKPT_API void ckpt_open_options_default(ckpt_open_options *opts);
 CKPT_API ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts,
                                ckpt_file **out, ckpt_error *err);
 
-/* Same over caller memory, which must outlive the handle (nothing is copied). */
+/* Same over caller memory, which must outlive the handle (nothing is copied).
+ * A sharded index cannot be opened this way (its shards are files). */
 CKPT_API ckpt_status ckpt_open_memory(const void *data, size_t size,
                                       const ckpt_open_options *opts,
                                       ckpt_file **out, ckpt_error *err);
@@ -332,7 +335,9 @@ typedef struct ckpt_file_info {
     size_t storage_count;
     size_t tensor_count;
     bool big_endian;                /* tensor data is stored big-endian */
-    const ckpt_value *metadata;     /* safetensors __metadata__ (a DICT), or NULL */
+    const ckpt_value *metadata;     /* safetensors __metadata__, a sharded index's
+                                       "metadata" (a DICT), or NULL */
+    size_t shard_count;             /* sharded: the shard files opened */
 } ckpt_file_info;
 
 CKPT_API void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info);
@@ -353,7 +358,7 @@ CKPT_API const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i,
 CKPT_API const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name);
 
 /* Raw records of the file (zip entries; one per tensor for safetensors;
- * one per storage for legacy). */
+ * one per storage for legacy; one per shard file for a sharded index). */
 typedef struct ckpt_record_info {
     const char *name;
     uint64_t header_offset;   /* zip: local header offset; else = data_offset */

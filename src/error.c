@@ -50,6 +50,23 @@ void ckpt__error_set_file_base(ckpt_error *err, uint64_t base)
         err->file_offset = abs;
 }
 
+void ckpt__error_prefix_record(ckpt_error *err, const char *prefix)
+{
+    if (!err || !prefix)
+        return;
+    char rec[sizeof(err->record)];
+    size_t cap = sizeof(rec) - 1, n = 0;
+    for (const char *parts[3] = {prefix, ": ", err->record}, **p = parts; p < parts + 3; p++) {
+        size_t len = strlen(*p);
+        if (len > cap - n)
+            len = cap - n;
+        memcpy(rec + n, *p, len);
+        n += len;
+    }
+    rec[n] = 0;
+    memcpy(err->record, rec, n + 1);
+}
+
 const char *ckpt_error_format(const ckpt_error *err, char *buf, size_t size)
 {
     if (!buf || size == 0)

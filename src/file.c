@@ -19,6 +19,7 @@ const char *ckpt_format_name(ckpt_format format)
     case CKPT_FORMAT_TORCH_LEGACY: return "torch-legacy";
     case CKPT_FORMAT_SAFETENSORS: return "safetensors";
     case CKPT_FORMAT_PICKLE: return "pickle";
+    case CKPT_FORMAT_SHARDED: return "sharded";
     case CKPT_FORMAT_UNKNOWN: break;
     }
     return "unknown";
@@ -57,6 +58,10 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
         f->format = CKPT_FORMAT_SAFETENSORS;
         return ckpt__open_safetensors(f, err);
     }
+    if (ckpt__sharded_detect(p, n)) {
+        f->format = CKPT_FORMAT_SHARDED;
+        return ckpt__open_sharded(f, err);
+    }
     if (looks_like_tar(p, n))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                           "pre-0.4 torch tar format is not supported; load and re-save it "
@@ -79,6 +84,9 @@ void ckpt_close(ckpt_file *f)
         return;
     for (size_t i = 0; i < f->storage_count; i++)
         free(f->storages[i]->owned);
+    for (size_t i = 0; i < f->shard_count; i++)
+        ckpt_close(f->shards[i]);
+    free(f->shards);
     free(f->storages);
     free(f->tensors);
     free(f->name_index);
@@ -152,6 +160,7 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
         st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         goto out;
     }
+    f->path = path;
     if (sb.st_size > 0) {
         void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
@@ -164,6 +173,7 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
         f->mapped = true;
     }
     st = open_common(f, opts, err);
+    f->path = NULL; /* the caller's string: not kept past open */
 out:
     close(fd);
     if (st != CKPT_OK) {
@@ -207,6 +217,7 @@ void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
     info->tensor_count = f->tensor_count;
     info->big_endian = f->big_endian;
     info->metadata = f->metadata;
+    info->shard_count = f->shard_count;
     uint64_t align = 0;
     for (size_t i = 0; i < f->storage_count; i++) {
         const ckpt__storage *s = f->storages[i];
@@ -297,6 +308,7 @@ ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *e
         f->storage_cap = cap;
     }
     s->index = (uint32_t)f->storage_count;
+    s->owner = f;
     f->storages[f->storage_count++] = s;
     return CKPT_OK;
 }
@@ -315,6 +327,8 @@ ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *er
 {
     if (s->base)
         s = s->base;
+    if (s->owner)
+        f = s->owner; /* a shard's storage */
     if (s->resolved)
         return CKPT_OK;
     const uint8_t *src = NULL;
@@ -367,6 +381,13 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
     if (f->has_zip) {
         for (size_t i = 0; i < f->zip.count; i++)
             CKPT_RETURN_IF_ERROR(ckpt__zip_check_crc(&f->zip, i, &f->opts.limits, err));
+    }
+    for (size_t i = 0; i < f->shard_count; i++) {
+        ckpt_status st = ckpt_file_verify(f->shards[i], err);
+        if (st != CKPT_OK) {
+            ckpt__error_prefix_record(err, f->records[i].name);
+            return st;
+        }
     }
     /* Every tensor was checked against its storage when the tree was built;
      * check again here so verify stands on its own, then touch the data. */

@@ -27,6 +27,8 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
                        uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
 /* Sets err->file_offset = base + err->offset when both are known. */
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
+/* Makes err->record "prefix: record" (e.g. the shard file of a sharded index). */
+void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
 
 #define CKPT_RETURN_IF_ERROR(expr)                                   \
     do {                                                             \
@@ -86,6 +88,7 @@ typedef struct ckpt__storage {
     uint64_t nbytes;           /* declared numel x element size */
     const char *record;        /* record name, e.g. "archive/data/0" */
     struct ckpt__storage *base;/* legacy storage views: the root storage */
+    ckpt_file *owner;          /* the file holding the bytes (set when added) */
     uint64_t base_offset;      /* byte offset inside base */
     /* where the bytes are: filled by the format layer */
     uint64_t file_offset;      /* CKPT_NO_OFFSET when not stored plainly */
@@ -266,12 +269,19 @@ struct ckpt_file {
     int64_t legacy_protocol_version;
     bool big_endian;
     ckpt_value *metadata;
+
+    ckpt_file **shards;           /* sharded index: the shard files it opened */
+    size_t shard_count;
+    const char *path;             /* as given to ckpt_open, NULL for memory */
 };
 
 ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err);
 /* Legacy files, and plain pickles (format PICKLE) when the magic is absent. */
 ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err);
 ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err);
+/* true when the bytes look like a sharded checkpoint index (JSON with weight_map). */
+bool ckpt__sharded_detect(const uint8_t *data, uint64_t size);
+ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err);
 
 /* Adds a storage to the file's table (it gets its index). */
 ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
