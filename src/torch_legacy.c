@@ -182,6 +182,13 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     if (!is_legacy_magic(magic)) {
         f->format = CKPT_FORMAT_PICKLE;
         f->root = magic;
+        /* Readers that stop at the first STOP miss what follows (a known
+         * scanner bypass): anything after it is an error. */
+        if (pos != f->map_size)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, "pickle", pos,
+                              "%llu bytes follow the pickle's STOP opcode (%s)",
+                              (unsigned long long)(f->map_size - pos),
+                              f->map[pos] == 0x80 ? "a second pickle" : "trailing data");
         return CKPT_OK;
     }
     f->format = CKPT_FORMAT_TORCH_LEGACY;
