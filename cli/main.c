@@ -131,6 +131,14 @@ static char *hex_text(const unsigned char *p, size_t n)
 /* ---- value tree as JSON ------------------------------------------------ */
 
 #define TREE_MAX_DEPTH 200
+/* Containers shared through the pickle memo repeat in the tree; a budget of
+ * nodes keeps output bounded when sharing nests (2^depth paths). */
+#define TREE_MAX_NODES 2000000
+
+typedef struct tree_walk {
+    const ckpt_value *path[TREE_MAX_DEPTH];
+    uint64_t nodes_left;
+} tree_walk;
 
 static json_t *tagged(const char *tag, json_t *v)
 {
@@ -154,17 +162,17 @@ static json_t *tensor_summary_json(const ckpt_tensor *t)
     return tagged("$tensor", o);
 }
 
-static json_t *value_json(const ckpt_value *v, const ckpt_value **path, int depth);
+static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth);
 
-static json_t *seq_json(const ckpt_value *v, const ckpt_value **path, int depth)
+static json_t *seq_json(const ckpt_value *v, tree_walk *w, int depth)
 {
     json_t *a = json_array();
     for (size_t i = 0; i < ckpt_value_len(v); i++)
-        json_array_append_new(a, value_json(ckpt_value_item(v, i), path, depth + 1));
+        json_array_append_new(a, value_json(ckpt_value_item(v, i), w, depth + 1));
     return a;
 }
 
-static json_t *dict_json(const ckpt_value *v, const ckpt_value **path, int depth)
+static json_t *dict_json(const ckpt_value *v, tree_walk *w, int depth)
 {
     bool all_str = true;
     size_t n = ckpt_value_len(v);
@@ -178,7 +186,7 @@ static json_t *dict_json(const ckpt_value *v, const ckpt_value **path, int depth
         json_t *o = json_object();
         for (size_t i = 0; i < n; i++) {
             const char *k = ckpt_value_str(ckpt_value_key(v, i), NULL);
-            json_t *val = value_json(ckpt_value_dict_value(v, i), path, depth + 1);
+            json_t *val = value_json(ckpt_value_dict_value(v, i), w, depth + 1);
             if (json_object_set_new(o, k, val) != 0) {
                 all_str = false; /* key not valid UTF-8 for JSON */
                 break;
@@ -191,22 +199,23 @@ static json_t *dict_json(const ckpt_value *v, const ckpt_value **path, int depth
     json_t *pairs = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *p = json_array();
-        json_array_append_new(p, value_json(ckpt_value_key(v, i), path, depth + 1));
-        json_array_append_new(p, value_json(ckpt_value_dict_value(v, i), path, depth + 1));
+        json_array_append_new(p, value_json(ckpt_value_key(v, i), w, depth + 1));
+        json_array_append_new(p, value_json(ckpt_value_dict_value(v, i), w, depth + 1));
         json_array_append_new(pairs, p);
     }
     return tagged("$dict", pairs);
 }
 
-static json_t *value_json(const ckpt_value *v, const ckpt_value **path, int depth)
+static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth)
 {
-    if (depth >= TREE_MAX_DEPTH)
+    if (depth >= TREE_MAX_DEPTH || w->nodes_left == 0)
         return tagged("$truncated", json_true());
+    w->nodes_left--;
     for (int i = 0; i < depth; i++) {
-        if (path[i] == v)
+        if (w->path[i] == v)
             return tagged("$cycle", json_true());
     }
-    path[depth] = v;
+    w->path[depth] = v;
     size_t len;
     const char *s;
     switch (ckpt_value_kind(v)) {
@@ -253,16 +262,16 @@ static json_t *value_json(const ckpt_value *v, const ckpt_value **path, int dept
         free(h);
         return r;
     }
-    case CKPT_LIST: return seq_json(v, path, depth);
-    case CKPT_TUPLE: return tagged("$tuple", seq_json(v, path, depth));
-    case CKPT_SET: return tagged("$set", seq_json(v, path, depth));
-    case CKPT_SIZE: return tagged("$size", seq_json(v, path, depth));
-    case CKPT_DICT: return dict_json(v, path, depth);
+    case CKPT_LIST: return seq_json(v, w, depth);
+    case CKPT_TUPLE: return tagged("$tuple", seq_json(v, w, depth));
+    case CKPT_SET: return tagged("$set", seq_json(v, w, depth));
+    case CKPT_SIZE: return tagged("$size", seq_json(v, w, depth));
+    case CKPT_DICT: return dict_json(v, w, depth);
     case CKPT_ORDERED_DICT: {
-        json_t *o = tagged("$odict", dict_json(v, path, depth));
+        json_t *o = tagged("$odict", dict_json(v, w, depth));
         const ckpt_value *st = ckpt_value_state(v);
         if (st)
-            json_object_set_new(o, "$state", value_json(st, path, depth + 1));
+            json_object_set_new(o, "$state", value_json(st, w, depth + 1));
         return o;
     }
     case CKPT_DEVICE: return tagged("$device", json_string(ckpt_value_str(v, NULL)));
@@ -363,10 +372,16 @@ static int inspect_json(const char *path, ckpt_file *f)
     json_object_set_new(tot, "parameters", json_integer((json_int_t)total_params));
     json_object_set_new(tot, "bytes", json_integer((json_int_t)total_bytes));
     json_object_set_new(o, "totals", tot);
-    const ckpt_value *path_stack[TREE_MAX_DEPTH];
+    tree_walk *w = calloc(1, sizeof(*w));
+    if (!w) {
+        json_decref(o);
+        return EXIT_ERROR;
+    }
+    w->nodes_left = TREE_MAX_NODES;
     if (fi.metadata)
-        json_object_set_new(o, "metadata", value_json(fi.metadata, path_stack, 0));
-    json_object_set_new(o, "tree", value_json(ckpt_file_root(f), path_stack, 0));
+        json_object_set_new(o, "metadata", value_json(fi.metadata, w, 0));
+    json_object_set_new(o, "tree", value_json(ckpt_file_root(f), w, 0));
+    free(w);
     int rc = json_dumpf(o, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(o);
     fputc('\n', stdout);
@@ -377,6 +392,7 @@ static int inspect_json(const char *path, ckpt_file *f)
 typedef struct tree_ctx {
     bool full;
     size_t width;
+    uint64_t nodes_left;
     const ckpt_value *path[TREE_MAX_DEPTH];
 } tree_ctx;
 
@@ -457,10 +473,11 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
             return;
         }
     }
-    if (depth + 1 >= TREE_MAX_DEPTH) {
+    if (depth + 1 >= TREE_MAX_DEPTH || c->nodes_left == 0) {
         printf("%*s...\n", (depth + 1) * 2, "");
         return;
     }
+    c->nodes_left--;
     c->path[depth] = v;
     bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
     size_t shown = c->full || n <= c->width ? n : c->width;
@@ -529,6 +546,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         return EXIT_ERROR;
     tc->full = full;
     tc->width = 20;
+    tc->nodes_left = TREE_MAX_NODES;
     print_tree(tc, ckpt_file_root(f), 1);
     free(tc);
 

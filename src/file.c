@@ -465,6 +465,7 @@ typedef struct collect_ctx {
     ckpt_file *f;
     name_buf nb;
     ckpt_error *err;
+    uint64_t visits_left;   /* containers shared through the memo multiply paths */
 } collect_ctx;
 
 static ckpt_status add_tensor(collect_ctx *c, ckpt_tensor *t)
@@ -542,6 +543,10 @@ static ckpt_status walk(collect_ctx *c, ckpt_value *v, uint64_t depth)
                           "values nested deeper than %llu at '%s'",
                           (unsigned long long)c->f->opts.limits.max_nesting,
                           c->nb.p ? c->nb.p : "");
+    if (c->visits_left-- == 0)
+        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "containers shared through the pickle memo make too many paths "
+                          "to name (at '%s')", c->nb.p ? c->nb.p : "");
     switch (v->kind) {
     case CKPT_TENSOR:
         return add_tensor(c, v->u.tensor.t);
@@ -589,7 +594,11 @@ static ckpt_status walk(collect_ctx *c, ckpt_value *v, uint64_t depth)
 
 ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
 {
-    collect_ctx c = {.f = f, .err = err};
+    /* Naming follows every path, so a container shared k times is walked k
+     * times; sharing nested n deep makes 2^n paths from a few hundred bytes.
+     * Allow a generous multiple of the tree's size, then refuse. */
+    collect_ctx c = {.f = f, .err = err,
+                     .visits_left = 1000000 + f->arena.used / 8};
     ckpt_status st = walk(&c, f->root, 0);
     free(c.nb.p);
     if (st != CKPT_OK)

@@ -689,9 +689,10 @@ static ckpt_status seq_add(vm *m, ckpt_value *seq, ckpt_value *item)
 static ckpt_status dict_put(vm *m, ckpt_value *d, ckpt_value *k, ckpt_value *v)
 {
     CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)d->u.dict.len + 1));
-    /* hashing k, and comparing it with up to a scan's worth of keys */
+    /* Hashing k and comparing it: with an index about twice, else once
+     * per entry scanned. Bounded, so no overflow. */
     uint64_t cost = ckpt__key_cost(k);
-    CKPT_RETURN_IF_ERROR(charge(m, cost > UINT64_MAX / 16 ? UINT64_MAX : cost * 9));
+    CKPT_RETURN_IF_ERROR(charge(m, cost * (d->u.dict.index_cap ? 2 : 1 + d->u.dict.len)));
     if (!ckpt__dict_set(m->arena, d, k, v)) {
         uint64_t cap = d->u.dict.cap ? d->u.dict.cap : 2;
         return oom(m, cap * 4 * sizeof(ckpt_value *) + ((uint64_t)d->u.dict.len + 1) * 16);
@@ -1998,11 +1999,12 @@ static ckpt_status run(vm *m, ckpt_value **result)
             m->ctx->protocol = (int)u32;
             break;
         case OP_FRAME:
-            /* Only a hint for buffering; opcodes may cross frames. It must
-             * still not promise more than there is. */
+            /* Only a buffering hint: opcodes may cross frames, and a frame
+             * may claim more than there is (CPython's C unpickler stops
+             * there, its Python one reads on). Every opcode checks its own
+             * bounds, so nothing depends on it; stopping here would only
+             * hide what follows from a scan. */
             CKPT_RETURN_IF_ERROR(read_u64(m, &u64));
-            if (u64 > (uint64_t)(m->end - m->pos))
-                return truncated(m, u64, true);
             break;
         case OP_STOP:
             if (m->sp <= fence(m))
@@ -2343,7 +2345,14 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
     m.work_limit = (uint64_t)m.end * 64 + ((uint64_t)1 << 30);
 
     ckpt_value *result = NULL;
-    ckpt_status st = run(&m, &result);
+    ckpt_status st;
+    /* never NULL: stack + mark is computed even when the stack is empty */
+    m.stack_cap = 64;
+    m.stack = malloc(m.stack_cap * sizeof(*m.stack));
+    if (!m.stack)
+        st = ckpt__fail(err, CKPT_ERR_NOMEM, ctx->record, 0, "out of memory");
+    else
+        st = run(&m, &result);
     if (st == CKPT_OK) {
         *out = result;
         if (consumed)

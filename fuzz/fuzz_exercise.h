@@ -1,0 +1,104 @@
+/*
+ * fuzz_exercise.h - what every fuzz target does with an opened file: verify
+ * it, read every tensor (data pointer and a contiguous copy), and walk the
+ * value tree through the public accessors. Included by fuzz_*.c.
+ */
+#ifndef CKPT_FUZZ_EXERCISE_H
+#define CKPT_FUZZ_EXERCISE_H
+
+#include <ckpt.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Largest copy made: a stride-0 view may describe far more bytes than the file. */
+#define FUZZ_MAX_COPY ((uint64_t)64 << 20)
+
+/* Visits values to a bounded depth and count; returns a checksum so the
+ * accessors cannot be optimized away. */
+static uint64_t fuzz_walk(const ckpt_value *v, int depth, uint64_t *budget)
+{
+    if (!v || depth > 64 || *budget == 0)
+        return 0;
+    (*budget)--;
+    uint64_t h = (uint64_t)ckpt_value_kind(v);
+    size_t len = 0;
+    const char *s = ckpt_value_str(v, &len);
+    if (s)
+        h += len + (len ? (unsigned char)s[0] : 0);
+    h += (uint64_t)ckpt_value_int(v) + (uint64_t)ckpt_value_bool(v);
+    double re = 0, im = 0;
+    ckpt_value_complex(v, &re, &im);
+    h += (uint64_t)(re == re) + (uint64_t)ckpt_value_dtype(v);
+    const ckpt_tensor *t = ckpt_value_tensor(v);
+    if (t) {
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        h += ti.numel + ti.ndim;
+    }
+    size_t n = ckpt_value_len(v);
+    ckpt_kind k = ckpt_value_kind(v);
+    bool dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    for (size_t i = 0; i < n && *budget; i++) {
+        if (dict) {
+            h += fuzz_walk(ckpt_value_key(v, i), depth + 1, budget);
+            h += fuzz_walk(ckpt_value_dict_value(v, i), depth + 1, budget);
+        } else {
+            h += fuzz_walk(ckpt_value_item(v, i), depth + 1, budget);
+        }
+    }
+    if (dict && n) {
+        const char *key = ckpt_value_str(ckpt_value_key(v, 0), NULL);
+        if (key)
+            h += ckpt_value_get(v, key) != NULL;
+    }
+    h += fuzz_walk(ckpt_value_state(v), depth + 1, budget);
+    return h;
+}
+
+static void fuzz_exercise(const uint8_t *data, size_t size)
+{
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    char msg[768];
+    if (ckpt_open_memory(data, size, NULL, &f, &err) != CKPT_OK) {
+        ckpt_error_format(&err, msg, sizeof(msg));
+        return;
+    }
+    ckpt_file_info fi;
+    ckpt_file_get_info(f, &fi);
+    for (size_t i = 0; i < ckpt_file_record_count(f); i++) {
+        ckpt_record_info ri;
+        (void)ckpt_file_record(f, i, &ri);
+    }
+    if (ckpt_file_verify(f, &err) != CKPT_OK)
+        ckpt_error_format(&err, msg, sizeof(msg));
+    uint64_t budget = 100000;
+    volatile uint64_t sink = fuzz_walk(ckpt_file_root(f), 0, &budget);
+    if (fi.metadata)
+        sink += fuzz_walk(fi.metadata, 0, &budget);
+    for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
+        const char *name = NULL;
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
+        if (!t)
+            continue;
+        if (name && ckpt_file_find_tensor(f, name) == NULL)
+            abort(); /* every listed name must be found */
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        const void *p = NULL;
+        bool zc = false;
+        if (ckpt_tensor_data(f, t, &p, &zc, &err) != CKPT_OK || ti.nbytes > FUZZ_MAX_COPY)
+            continue;
+        void *dst = malloc(ti.nbytes ? (size_t)ti.nbytes : 1);
+        if (!dst)
+            continue;
+        if (ckpt_tensor_copy(f, t, dst, (size_t)ti.nbytes, &err) == CKPT_OK && ti.nbytes)
+            sink += ((const unsigned char *)dst)[ti.nbytes - 1];
+        free(dst);
+    }
+    (void)sink;
+    ckpt_close(f);
+}
+
+#endif /* CKPT_FUZZ_EXERCISE_H */

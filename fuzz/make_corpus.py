@@ -1,0 +1,219 @@
+#!/usr/bin/python3
+"""Rebuilds the fuzz seed corpora fuzz/corpus/fuzz_file/ and fuzz/corpus/fuzz_safetensors/.
+
+Seeds are small (<= 8 KiB): files copied byte for byte from the shared
+third-party corpus (see its MANIFEST.md for sources and licenses), files made
+with PyTorch (Debian's 1.13, /usr/bin/python3), and hand-made safetensors and
+pickles. Nothing is ever unpickled here.
+
+usage: /usr/bin/python3 fuzz/make_corpus.py [CORPUS_DIR]
+"""
+import io
+import json
+import os
+import pathlib
+import struct
+import sys
+import tempfile
+import zipfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+CORPUS = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else
+                      os.environ.get("CKPT_CORPUS", HERE.parent.parent / "shared" / "corpus"))
+MAX = 8192
+
+FROM_CORPUS_FILE = [
+    "benign/burn/src/pytorch/tests/reader/test_data/float32.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/parameter.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/scalar.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/legacy_shared_storage.pt",
+    "benign/candle/fortran_tensor_3d.pth",
+    "benign/gopickle/tensor_bfloat16_proto2_zip.pt",
+    "benign/gopickle/tensor_bool_proto4_zip.pt",
+    "benign/gopickle/tensor_float32_proto1.pt",
+    "benign/Pickle.jl/offset-strides.bin",
+    "benign/Pickle.jl/bool.bin",
+    "benign/Pickle.jl/builtin_type_p0.pkl",
+    "benign/Pickle.jl/builtin_type_p4.pkl",
+    "benign/bumblebee/storage_view.legacy.pt",
+    "benign/bumblebee/tensors.zip.pt",
+    "benign/modelaudit/samples/pickles/safe_model_with_encoding.pkl",
+    "benign/djl/list.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00005-of-00006.safetensors",
+    "malicious/picklescan/data/malicious1_v4.pkl",
+    "malicious/picklescan/data/malicious11.pkl",
+    "malicious/picklescan/data2/malicious1_crc.zip",
+]
+
+FROM_CORPUS_ST = [
+    "benign/djl/list.safetensors",
+    "benign/safetensors-cpp/model.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00001-of-00006.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00002-of-00006.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00003-of-00006.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00004-of-00006.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00005-of-00006.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00006-of-00006.safetensors",
+    "malicious/safetensors-cpp/safetensors_abuse_attempt_1.safetensors",
+]
+
+
+def seed_name(rel):
+    return rel.replace("/", "_")
+
+
+def safetensors(tensors, metadata=None, pad=True):
+    """tensors: [(name, dtype, shape, bytes)] packed in order."""
+    header, data, off = {}, b"", 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dt, shape, raw in tensors:
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        data += raw
+        off += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if pad:
+        text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def st_seeds():
+    out = {}
+    out["all_dtypes.safetensors"] = safetensors([
+        ("f64", "F64", [2], struct.pack("<2d", 1.5, -2.0)),
+        ("c64", "C64", [1], struct.pack("<2f", 1.0, -1.0)),
+        ("i64", "I64", [1], struct.pack("<q", -7)),
+        ("u64", "U64", [1], struct.pack("<Q", 2 ** 63)),
+        ("f32", "F32", [2, 1], struct.pack("<2f", 0.5, 3.0)),
+        ("i32", "I32", [1], struct.pack("<i", -3)),
+        ("u32", "U32", [1], struct.pack("<I", 9)),
+        ("bf16", "BF16", [2], b"\x80\x3f\x00\x40"),
+        ("f16", "F16", [1], b"\x00\x3c"),
+        ("i16", "I16", [1], b"\xff\xff"),
+        ("u16", "U16", [1], b"\x01\x00"),
+        ("e5m2", "F8_E5M2", [2], b"\x3c\xbc"),
+        ("e4m3", "F8_E4M3", [2], b"\x38\xb8"),
+        ("e8m0", "F8_E8M0", [1], b"\x7f"),
+        ("i8", "I8", [1], b"\x80"),
+        ("u8", "U8", [], b"\x07"),
+        ("b", "BOOL", [3], b"\x01\x00\x01"),
+        ("f4", "F4", [2], b"\x21"),
+        ("f6", "F6_E2M3", [4], b"\x01\x02\x03"),
+        ("empty", "F32", [0, 3], b""),
+    ], metadata={"format": "pt", "note": "seed"})
+    out["unaligned.safetensors"] = safetensors([
+        ("a", "U8", [3], b"abc"), ("b", "F32", [1], struct.pack("<f", 2.0))], pad=False)
+    out["duplicate_key.safetensors"] = (
+        lambda t: struct.pack("<Q", len(t)) + t + b"\0" * 8)(
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+        b'"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}')
+    out["overlap.safetensors"] = (
+        lambda t: struct.pack("<Q", len(t)) + t + b"\0" * 12)(
+        b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}')
+    out["nul_name.safetensors"] = (
+        lambda t: struct.pack("<Q", len(t)) + t + b"\0" * 4)(
+        b'{"a\\u0000b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
+    out["huge_header_len.safetensors"] = struct.pack("<Q", 2 ** 64 - 1) + \
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}' + b"\0" * 4
+    # a bare header: fuzz_safetensors adds the length prefix itself
+    out["bare_header.json"] = b'{"x":{"dtype":"I16","shape":[0],"data_offsets":[0,0]}}'
+    return out
+
+
+def pickle_seeds():
+    import pickle
+    out = {}
+    obj = {"epoch": 3, "lr": 1e-3, "name": "run-ü", "big": 2 ** 70, "raw": b"\x00\xff",
+           "ba": bytearray(b"xy"), "t": (1, 2.5, None, True), "s": {1, 2}, "fs": frozenset("ab"),
+           "c": complex(1, -1), "nested": [[1, [2, {3: "x"}]]], "inf": float("inf")}
+    for proto in (0, 2, 4, 5):
+        out[f"plain_p{proto}.pkl"] = pickle.dumps(obj, protocol=proto)
+    return out
+
+
+def torch_seeds():
+    import collections
+
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "interop"))
+    import ckptgen
+
+    out = {}
+
+    def save(obj, name, **kw):
+        buf = io.BytesIO()
+        torch.save(obj, buf, **kw)
+        out[name] = buf.getvalue()
+
+    x = torch.arange(12, dtype=torch.float32)
+    views = {"x": x, "v": x[3:7], "t": x.view(3, 4).t(), "e": torch.arange(2.).expand(3, 2),
+             "p": torch.nn.Parameter(torch.ones(2)), "z": torch.tensor(1.5), "n": torch.empty(0)}
+    save(views, "views.pt")
+    save(views, "views_legacy.pt", _use_new_zipfile_serialization=False)
+    save(views, "views_p4.pt", pickle_protocol=4)
+    plain = {"i": -5, "big": 2 ** 70, "f": float("nan"), "s": "ü", "b": b"\x00", "n": None,
+             "tu": (1,), "se": {1}, "sz": torch.Size([2]), "dt": torch.bfloat16,
+             "dev": torch.device("cuda", 0), "k": {1: torch.ones(1, dtype=torch.int8)}}
+    save(plain, "plain_values.pt")
+    sd = collections.OrderedDict([("w", torch.ones(2, 2)), ("b", torch.zeros(2))])
+    sd._metadata = collections.OrderedDict([("", {"version": 1})])
+    save(sd, "state_dict.pt")
+    dts = {str(d): torch.ones(2, dtype=d) for d in (
+        torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.int16, torch.bool,
+        torch.uint8)}
+    save(dts, "dtypes.pt")
+    save({"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)}, "quantized.pt")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = pathlib.Path(tmp)
+        src = d / "src.pt"
+        torch.save({"a": torch.arange(4, dtype=torch.int32),
+                    "b": torch.ones(2, dtype=torch.float64), "v": x[1:3]}, src)
+        ckptgen.make_big_endian(src, d / "be.pt")
+        out["big_endian.pt"] = (d / "be.pt").read_bytes()
+        ckptgen.make_deflated(src, d / "deflated.pt")
+        out["deflated.pt"] = (d / "deflated.pt").read_bytes()
+
+    orig = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda s: "cuda:1"
+    try:
+        save({"g": torch.ones(3)}, "cuda_location.pt")
+    finally:
+        torch.serialization.location_tag = orig
+
+    # a TorchScript-looking archive (constants.pkl): must be refused, never read
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("m/constants.pkl", b"\x80\x02).")
+        z.writestr("m/code/__torch__.py", b"def forward(self):\n    return 1\n")
+        z.writestr("m/version", b"3\n")
+    out["torchscript_like.pt"] = buf.getvalue()
+    return out
+
+
+def write(dirname, files):
+    d = HERE / "corpus" / dirname
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        assert len(data) <= MAX, (name, len(data))
+        (d / name).write_bytes(data)
+    print(f"{d}: {len(files)} seeds")
+
+
+def main():
+    file_seeds = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_FILE}
+    file_seeds.update(torch_seeds())
+    file_seeds.update(pickle_seeds())
+    st = st_seeds()
+    file_seeds["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
+    write("fuzz_file", file_seeds)
+    st_files = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_ST}
+    st_files.update(st)
+    write("fuzz_safetensors", st_files)
+
+
+if __name__ == "__main__":
+    main()

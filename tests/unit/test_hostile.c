@@ -1,0 +1,1264 @@
+/*
+ * test_hostile.c - hostile input through the public API only:
+ * ckpt_open_memory, ckpt_file_verify, ckpt_tensor_data/ckpt_tensor_copy of
+ * every tensor, ckpt_close.
+ *
+ *  (a) every truncation of small real files ($CKPT_CORPUS);
+ *  (b) seeded random 1-4 byte changes, thousands per file;
+ *  (c) crafted inputs built here: safetensors headers (huge lengths, overflowing
+ *      shapes, overlapping/gapped offsets, duplicate keys, NUL in names) and
+ *      pickles, alone and as data.pkl of a torch zip built here (memo and stack
+ *      bombs, deep nesting, exponential sharing, huge shapes, views larger than
+ *      their storage, storages larger than their records: CVE-2026-24747).
+ *
+ * Crafted cases run in a child process with a time limit, so that a hang or a
+ * crash is reported as that case's failure. Every crafted family also has a
+ * well-formed twin that must open, so a builder bug cannot make a test pass.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ckpt.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Largest tensor copy the exercise makes (stride-0 views can be huge). */
+#define MAX_COPY_BYTES ((uint64_t)64 << 20)
+
+/* ---- growable byte buffer ----------------------------------------------- */
+
+typedef struct buf {
+    uint8_t *p;
+    size_t len, cap;
+} buf;
+
+static void b_put(buf *b, const void *src, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        assert_non_null(p);
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+
+static void b_u8(buf *b, unsigned v)
+{
+    uint8_t c = (uint8_t)v;
+    b_put(b, &c, 1);
+}
+
+static void b_le(buf *b, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        b_u8(b, (unsigned)(v >> (8 * i)) & 0xffu);
+}
+
+static void b_str(buf *b, const char *s) { b_put(b, s, strlen(s)); }
+
+static void b_free(buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- running the library -------------------------------------------------- */
+
+typedef struct outcome {
+    int finished;            /* 1 ran to the end; 0 timed out; <0 killed by signal -n */
+    double seconds;
+    ckpt_status open_status;
+    ckpt_status verify_status;  /* CKPT_OK when not reached */
+    ckpt_status copy_status;    /* first failing tensor read, CKPT_OK otherwise */
+    size_t tensors;
+    ckpt_error err;          /* the open error, or the first later one */
+} outcome;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static bool valid_status(ckpt_status st) { return st >= CKPT_OK && st <= CKPT_ERR_TYPE; }
+
+/* Opens, verifies and reads every tensor of data[0..size). */
+static void exercise(const void *data, size_t size, const ckpt_open_options *opts, outcome *o)
+{
+    memset(o, 0, sizeof(*o));
+    double t0 = now_s();
+    ckpt_file *f = (ckpt_file *)(uintptr_t)1;
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    o->open_status = ckpt_open_memory(data, size, opts, &f, &err);
+    if (o->open_status != CKPT_OK) {
+        assert_null(f);
+        o->err = err;
+    } else {
+        assert_non_null(f);
+        ckpt_error verr;
+        o->verify_status = ckpt_file_verify(f, &verr);
+        if (o->verify_status != CKPT_OK)
+            o->err = verr;
+        o->tensors = ckpt_file_tensor_count(f);
+        for (size_t i = 0; i < o->tensors; i++) {
+            const char *name = NULL;
+            const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
+            assert_non_null(t);
+            assert_non_null(name);
+            ckpt_tensor_info ti;
+            ckpt_tensor_get_info(t, &ti);
+            const void *p;
+            bool zc;
+            ckpt_error terr;
+            ckpt_status st = ckpt_tensor_data(f, t, &p, &zc, &terr);
+            if (st == CKPT_OK && ti.nbytes <= MAX_COPY_BYTES) {
+                void *dst = malloc(ti.nbytes ? (size_t)ti.nbytes : 1);
+                assert_non_null(dst);
+                st = ckpt_tensor_copy(f, t, dst, (size_t)ti.nbytes, &terr);
+                free(dst);
+            }
+            if (st != CKPT_OK && o->copy_status == CKPT_OK) {
+                o->copy_status = st;
+                if (o->verify_status == CKPT_OK)
+                    o->err = terr;
+            }
+        }
+        ckpt_close(f);
+    }
+    o->seconds = now_s() - t0;
+    o->finished = 1;
+}
+
+/* Checks the contract of a failed call: a known status, and a message. */
+static void check_error_shape(const outcome *o, const char *what)
+{
+    ckpt_status st = o->open_status != CKPT_OK ? o->open_status
+                     : o->verify_status != CKPT_OK ? o->verify_status : o->copy_status;
+    if (!valid_status(st))
+        fail_msg("%s: unknown status %d", what, (int)st);
+    if (st == CKPT_OK)
+        return;
+    if (o->err.status != st)
+        fail_msg("%s: err.status %d != returned %d", what, (int)o->err.status, (int)st);
+    if (o->err.message[0] == 0)
+        fail_msg("%s: %s without a message", what, ckpt_status_name(st));
+    if (memchr(o->err.message, 0, sizeof(o->err.message)) == NULL ||
+        memchr(o->err.record, 0, sizeof(o->err.record)) == NULL)
+        fail_msg("%s: error strings not terminated", what);
+}
+
+/* Runs exercise() in a child with a time limit; the outcome comes back by pipe. */
+static outcome run_isolated(const void *data, size_t size, const ckpt_open_options *opts,
+                            double limit_s)
+{
+    outcome o;
+    memset(&o, 0, sizeof(o));
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(NULL);
+    double t0 = now_s();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        outcome c;
+        exercise(data, size, opts, &c);
+        const char *p = (const char *)&c;
+        size_t left = sizeof(c);
+        while (left) {
+            ssize_t w = write(fds[1], p, left);
+            if (w <= 0)
+                _exit(3);
+            p += w;
+            left -= (size_t)w;
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    char *dst = (char *)&o;
+    bool timed_out = false;
+    while (got < sizeof(o)) {
+        int left_ms = (int)((limit_s - (now_s() - t0)) * 1000);
+        if (left_ms <= 0) {
+            timed_out = true;
+            break;
+        }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&pfd, 1, left_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0) {
+            timed_out = true;
+            break;
+        }
+        ssize_t n = read(fds[0], dst + got, sizeof(o) - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int wst = 0;
+    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
+    }
+    if (timed_out) {
+        memset(&o, 0, sizeof(o));
+        o.finished = 0;
+        o.seconds = now_s() - t0;
+    } else if (WIFSIGNALED(wst)) {
+        memset(&o, 0, sizeof(o));
+        o.finished = -WTERMSIG(wst);
+    } else if (got != sizeof(o) || !WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
+        /* a sanitizer report exits with a status, or the child failed an assert */
+        memset(&o, 0, sizeof(o));
+        o.finished = -1000 - (WIFEXITED(wst) ? WEXITSTATUS(wst) : 0);
+    }
+    return o;
+}
+
+static void require_finished(const outcome *o, const char *what, double limit_s)
+{
+    if (o->finished == 0)
+        fail_msg("%s: no result within %.0f s (hang)", what, limit_s);
+    if (o->finished < 0)
+        fail_msg("%s: the process died (signal or sanitizer exit, code %d)", what, o->finished);
+}
+
+/* Crafted hostile input: must finish in time and fail at open with one of the
+ * allowed statuses and a message. */
+static const outcome *expect_open_error(outcome *store, const void *data, size_t size,
+                                        const char *what, ckpt_status a, ckpt_status b)
+{
+    const double limit = 60.0;
+    *store = run_isolated(data, size, NULL, limit);
+    require_finished(store, what, limit);
+    check_error_shape(store, what);
+    if (store->open_status == CKPT_OK)
+        fail_msg("%s: opened (CKPT_OK, %zu tensors, verify %s, copy %s); expected %s", what,
+                 store->tensors, ckpt_status_name(store->verify_status),
+                 ckpt_status_name(store->copy_status), ckpt_status_name(a));
+    char line[768];
+    print_message("  %-58s %s: %s\n", what, ckpt_status_name(store->open_status),
+                  ckpt_error_format(&store->err, line, sizeof(line)));
+    if (store->open_status != a && store->open_status != b)
+        fail_msg("%s: %s (%s: %s); expected %s%s%s", what, ckpt_status_name(store->open_status),
+                 store->err.record, store->err.message, ckpt_status_name(a),
+                 b != a ? " or " : "", b != a ? ckpt_status_name(b) : "");
+    return store;
+}
+
+static void expect_opens(const void *data, size_t size, const char *what, size_t tensors)
+{
+    outcome o = run_isolated(data, size, NULL, 60.0);
+    require_finished(&o, what, 60.0);
+    if (o.open_status != CKPT_OK || o.verify_status != CKPT_OK || o.copy_status != CKPT_OK)
+        fail_msg("%s (well-formed control): open %s verify %s copy %s: %s: %s", what,
+                 ckpt_status_name(o.open_status), ckpt_status_name(o.verify_status),
+                 ckpt_status_name(o.copy_status), o.err.record, o.err.message);
+    if (o.tensors != tensors)
+        fail_msg("%s (well-formed control): %zu tensors, expected %zu", what, o.tensors, tensors);
+}
+
+/* ---- corpus files --------------------------------------------------------- */
+
+static uint8_t *read_corpus(const char *rel, size_t *size)
+{
+    const char *root = getenv("CKPT_CORPUS");
+    if (!root || !*root)
+        return NULL;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", root, rel);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    buf b = {0};
+    uint8_t tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
+        b_put(&b, tmp, n);
+    fclose(fp);
+    *size = b.len;
+    return b.p ? b.p : calloc(1, 1);
+}
+
+#define ZIP_FILE "benign/burn/src/pytorch/tests/reader/test_data/float32.pt"
+#define LEGACY_FILE "benign/Pickle.jl/offset-strides.bin"
+#define ST_FILE "benign/SafeTensors.jl/non_sharded/model.safetensors"
+#define PICKLE_FILE "benign/Pickle.jl/builtin_type_p2.pkl"
+
+static uint8_t *need_corpus(const char *rel, size_t *size)
+{
+    uint8_t *p = read_corpus(rel, size);
+    if (!p) {
+        print_message("CKPT_CORPUS not set or %s missing: skipped\n", rel);
+        skip();
+    }
+    return p;
+}
+
+/* ---- (a) truncation ------------------------------------------------------ */
+
+static void truncate_all(const char *rel, bool must_fail, size_t tensors)
+{
+    size_t size;
+    uint8_t *full = need_corpus(rel, &size);
+    outcome o;
+    exercise(full, size, NULL, &o);
+    if (o.open_status != CKPT_OK || o.verify_status != CKPT_OK || o.copy_status != CKPT_OK)
+        fail_msg("%s does not open whole: %s: %s", rel, o.err.record, o.err.message);
+    assert_int_equal(o.tensors, tensors);
+    for (size_t len = 0; len < size; len++) {
+        /* an exact-size copy, so that any read past the end is caught by ASan */
+        uint8_t *part = malloc(len ? len : 1);
+        assert_non_null(part);
+        memcpy(part, full, len);
+        exercise(part, len, NULL, &o);
+        free(part);
+        char what[256];
+        snprintf(what, sizeof(what), "%s cut to %zu of %zu bytes", rel, len, size);
+        check_error_shape(&o, what);
+        if (must_fail && o.open_status == CKPT_OK)
+            fail_msg("%s: opened", what);
+        if (o.open_status != CKPT_OK && o.open_status != CKPT_ERR_FORMAT &&
+            o.open_status != CKPT_ERR_UNSUPPORTED && o.open_status != CKPT_ERR_LIMIT &&
+            o.open_status != CKPT_ERR_UNSAFE && o.open_status != CKPT_ERR_INVALID_ARG)
+            fail_msg("%s: unexpected %s: %s", what, ckpt_status_name(o.open_status),
+                     o.err.message);
+    }
+    free(full);
+}
+
+static void test_truncate_torch_zip(void **state)
+{
+    (void)state;
+    truncate_all(ZIP_FILE, true, 1);
+}
+
+static void test_truncate_legacy(void **state)
+{
+    (void)state;
+    truncate_all(LEGACY_FILE, false, 2);
+}
+
+static void test_truncate_safetensors(void **state)
+{
+    (void)state;
+    truncate_all(ST_FILE, true, 36);
+}
+
+/* ---- (b) random byte changes ------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    /* xorshift64* */
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void mutate_many(const char *rel, uint64_t seed, int rounds)
+{
+    size_t size;
+    uint8_t *orig = need_corpus(rel, &size);
+    uint8_t *work = malloc(size);
+    assert_non_null(work);
+    uint64_t s = seed;
+    double worst = 0;
+    int opened = 0;
+    for (int r = 0; r < rounds; r++) {
+        memcpy(work, orig, size);
+        int flips = 1 + (int)(rng_next(&s) % 4);
+        for (int k = 0; k < flips; k++) {
+            size_t pos = (size_t)(rng_next(&s) % size);
+            uint8_t v = (uint8_t)rng_next(&s);
+            if (v == work[pos])
+                v ^= 0x80;
+            work[pos] = v;
+        }
+        outcome o;
+        exercise(work, size, NULL, &o);
+        char what[256];
+        snprintf(what, sizeof(what), "%s, seed %llu, round %d", rel, (unsigned long long)seed, r);
+        check_error_shape(&o, what);
+        if (o.seconds > worst)
+            worst = o.seconds;
+        if (o.seconds > 5.0)
+            fail_msg("%s: took %.1f s", what, o.seconds);
+        opened += o.open_status == CKPT_OK;
+    }
+    print_message("%s: %d rounds, %d opened, slowest %.3f s\n", rel, rounds, opened, worst);
+    free(work);
+    free(orig);
+}
+
+static void test_mutate_torch_zip(void **state)
+{
+    (void)state;
+    mutate_many(ZIP_FILE, 0x1234567ULL, 3000);
+}
+
+static void test_mutate_legacy(void **state)
+{
+    (void)state;
+    mutate_many(LEGACY_FILE, 0xC0FFEEULL, 3000);
+}
+
+static void test_mutate_safetensors(void **state)
+{
+    (void)state;
+    mutate_many(ST_FILE, 0xBADC0DEULL, 3000);
+}
+
+static void test_mutate_pickle(void **state)
+{
+    (void)state;
+    mutate_many(PICKLE_FILE, 0x5EEDULL, 2000);
+}
+
+/* ---- (c) crafted safetensors ---------------------------------------------------- */
+
+/* header length field, header text, then `data_len` bytes of data */
+static buf st_file(uint64_t declared_len, const char *header, size_t data_len)
+{
+    buf b = {0};
+    b_le(&b, declared_len, 8);
+    b_str(&b, header);
+    for (size_t i = 0; i < data_len; i++)
+        b_u8(&b, (unsigned)(i * 7 + 1));
+    return b;
+}
+
+static buf st_make(const char *header, size_t data_len)
+{
+    return st_file(strlen(header), header, data_len);
+}
+
+static void st_expect(const char *header, size_t data_len, const char *what, ckpt_status a,
+                      ckpt_status b)
+{
+    buf f = st_make(header, data_len);
+    outcome o;
+    expect_open_error(&o, f.p, f.len, what, a, b);
+    if (o.err.record[0] == 0)
+        fail_msg("%s: the error names no record (%s)", what, o.err.message);
+    b_free(&f);
+}
+
+static void test_safetensors_crafted(void **state)
+{
+    (void)state;
+    /* well-formed twins */
+    buf ok = st_make("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                     "\"b\":{\"dtype\":\"I16\",\"shape\":[2,2],\"data_offsets\":[8,16]}}", 16);
+    expect_opens(ok.p, ok.len, "safetensors control", 2);
+    b_free(&ok);
+    ok = st_make("{\"__metadata__\":{\"k\":\"v\"},"
+                 "\"a\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1]}}", 1);
+    expect_opens(ok.p, ok.len, "safetensors control 2", 1);
+    b_free(&ok);
+
+    /* header lengths */
+    const uint64_t lens[] = {UINT64_MAX, 1ULL << 63, (1ULL << 63) - 1, 100000001ULL, 1000};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        buf f = st_file(lens[i], "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                        4);
+        char what[96];
+        snprintf(what, sizeof(what), "safetensors header length %llu",
+                 (unsigned long long)lens[i]);
+        outcome o;
+        expect_open_error(&o, f.p, f.len, what, CKPT_ERR_FORMAT, CKPT_ERR_LIMIT);
+        b_free(&f);
+    }
+
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],"
+              "\"data_offsets\":[0,4]}}", 4, "shape product overflows", CKPT_ERR_FORMAT,
+              CKPT_ERR_LIMIT);
+    st_expect("{\"a\":{\"dtype\":\"F64\",\"shape\":[2305843009213693952],"
+              "\"data_offsets\":[0,8]}}", 8, "byte size overflows", CKPT_ERR_FORMAT,
+              CKPT_ERR_LIMIT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+              "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12,
+              "overlapping offsets", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+              "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 20,
+              "bytes after the last tensor", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+              "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12,
+              "gap between tensors", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+              "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+              "two tensors on the same bytes", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4,
+              "data past the end of the file", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+              "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
+              "duplicate JSON keys", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+              "NUL in a tensor name", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
+              "byte length != shape x dtype", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 4,
+              "reversed offsets", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4,
+              "negative dimension", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]", 4,
+              "JSON cut short", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"X99\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+              "unknown dtype", CKPT_ERR_UNSUPPORTED, CKPT_ERR_FORMAT);
+    st_expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, "no data_offsets",
+              CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"__metadata__\":{\"k\":1},"
+              "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+              "non-string metadata", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    st_expect("{\"\xff\xfe\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+              "invalid UTF-8 in the header", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    {
+        /* 65 dimensions of 1: more than max_ndim */
+        buf h = {0};
+        b_str(&h, "{\"a\":{\"dtype\":\"U8\",\"shape\":[1");
+        for (int i = 1; i < 65; i++)
+            b_str(&h, ",1");
+        b_str(&h, "],\"data_offsets\":[0,1]}}");
+        b_u8(&h, 0);
+        st_expect((const char *)h.p, 1, "65 dimensions", CKPT_ERR_LIMIT, CKPT_ERR_FORMAT);
+        b_free(&h);
+    }
+}
+
+/* ---- pickle writer (protocol 2 opcodes) --------------------------------------------- */
+
+static void pk_proto(buf *b) { b_u8(b, 0x80); b_u8(b, 2); }
+static void pk_stop(buf *b) { b_u8(b, '.'); }
+
+static void pk_int(buf *b, int64_t v)
+{
+    if (v >= 0 && v < 256) {
+        b_u8(b, 'K');
+        b_u8(b, (unsigned)v);
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+        b_u8(b, 'J');
+        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
+    } else {
+        b_u8(b, 0x8a); /* LONG1, 8 bytes two's complement */
+        b_u8(b, 8);
+        b_le(b, (uint64_t)v, 8);
+    }
+}
+
+static void pk_unicode(buf *b, const char *s)
+{
+    b_u8(b, 'X');
+    b_le(b, strlen(s), 4);
+    b_str(b, s);
+}
+
+static void pk_global(buf *b, const char *module, const char *name)
+{
+    b_u8(b, 'c');
+    b_str(b, module);
+    b_u8(b, '\n');
+    b_str(b, name);
+    b_u8(b, '\n');
+}
+
+static void pk_int_tuple(buf *b, const int64_t *v, int n)
+{
+    b_u8(b, '(');
+    for (int i = 0; i < n; i++)
+        pk_int(b, v[i]);
+    b_u8(b, 't');
+}
+
+/* _rebuild_tensor_v2(storage, offset, shape, stride, requires_grad, OrderedDict()) */
+static void pk_tensor(buf *b, const char *storage_class, const char *key, int64_t storage_numel,
+                      int64_t offset, const int64_t *shape, const int64_t *stride, int ndim)
+{
+    pk_global(b, "torch._utils", "_rebuild_tensor_v2");
+    b_u8(b, '(');
+    b_u8(b, '(');
+    pk_unicode(b, "storage");
+    pk_global(b, "torch", storage_class);
+    pk_unicode(b, key);
+    pk_unicode(b, "cpu");
+    pk_int(b, storage_numel);
+    b_u8(b, 't');
+    b_u8(b, 'Q'); /* BINPERSID */
+    pk_int(b, offset);
+    pk_int_tuple(b, shape, ndim);
+    pk_int_tuple(b, stride, ndim);
+    b_u8(b, 0x89); /* NEWFALSE */
+    pk_global(b, "collections", "OrderedDict");
+    b_u8(b, ')');
+    b_u8(b, 'R');
+    b_u8(b, 't');
+    b_u8(b, 'R');
+}
+
+/* {"t": tensor} */
+static buf pk_one_tensor(const char *storage_class, int64_t storage_numel, int64_t offset,
+                         const int64_t *shape, const int64_t *stride, int ndim)
+{
+    buf b = {0};
+    pk_proto(&b);
+    b_u8(&b, '}');
+    pk_unicode(&b, "t");
+    pk_tensor(&b, storage_class, "0", storage_numel, offset, shape, stride, ndim);
+    b_u8(&b, 's');
+    pk_stop(&b);
+    return b;
+}
+
+/* ---- torch zip writer: stored entries, data aligned to 64 like PyTorch --------------------- */
+
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+typedef struct zrec {
+    const char *name;
+    const uint8_t *data;
+    size_t size;
+} zrec;
+
+typedef struct zbuilt {
+    buf file;
+    uint64_t data_offset[8];  /* where each record's data starts */
+} zbuilt;
+
+static zbuilt zip_build(const zrec *recs, int n)
+{
+    zbuilt z;
+    memset(&z, 0, sizeof(z));
+    assert_true(n <= 8);
+    uint64_t header_off[8];
+    buf *b = &z.file;
+    for (int i = 0; i < n; i++) {
+        size_t name_len = strlen(recs[i].name);
+        header_off[i] = b->len;
+        size_t start = b->len + 30 + name_len + 4;
+        size_t pad = (64 - start % 64) % 64;
+        uint32_t crc = crc32_of(recs[i].data, recs[i].size);
+        b_le(b, 0x04034b50u, 4);
+        b_le(b, 20, 2);      /* version needed */
+        b_le(b, 0x0800, 2);  /* UTF-8 names */
+        b_le(b, 0, 2);       /* stored */
+        b_le(b, 0, 4);       /* time, date */
+        b_le(b, crc, 4);
+        b_le(b, recs[i].size, 4);
+        b_le(b, recs[i].size, 4);
+        b_le(b, name_len, 2);
+        b_le(b, 4 + pad, 2);
+        b_str(b, recs[i].name);
+        b_u8(b, 'F');
+        b_u8(b, 'B');
+        b_le(b, pad, 2);
+        for (size_t k = 0; k < pad; k++)
+            b_u8(b, 'Z');
+        z.data_offset[i] = b->len;
+        b_put(b, recs[i].data, recs[i].size);
+    }
+    uint64_t cd_start = b->len;
+    for (int i = 0; i < n; i++) {
+        size_t name_len = strlen(recs[i].name);
+        b_le(b, 0x02014b50u, 4);
+        b_le(b, 20, 2);
+        b_le(b, 20, 2);
+        b_le(b, 0x0800, 2);
+        b_le(b, 0, 2);
+        b_le(b, 0, 4);
+        b_le(b, crc32_of(recs[i].data, recs[i].size), 4);
+        b_le(b, recs[i].size, 4);
+        b_le(b, recs[i].size, 4);
+        b_le(b, name_len, 2);
+        b_le(b, 0, 2);  /* extra */
+        b_le(b, 0, 2);  /* comment */
+        b_le(b, 0, 2);  /* disk */
+        b_le(b, 0, 2);  /* internal attributes */
+        b_le(b, 0, 4);  /* external attributes */
+        b_le(b, header_off[i], 4);
+        b_str(b, recs[i].name);
+    }
+    uint64_t cd_size = b->len - cd_start;
+    b_le(b, 0x06054b50u, 4);
+    b_le(b, 0, 2);
+    b_le(b, 0, 2);
+    b_le(b, (uint64_t)n, 2);
+    b_le(b, (uint64_t)n, 2);
+    b_le(b, cd_size, 4);
+    b_le(b, cd_start, 4);
+    b_le(b, 0, 2);
+    return z;
+}
+
+/* archive/data.pkl = pkl, archive/data/0 = storage bytes (may be NULL), archive/version */
+static zbuilt torch_zip(const buf *pkl, const uint8_t *storage, size_t storage_len)
+{
+    static const uint8_t version[] = "3\n";
+    zrec recs[3];
+    int n = 0;
+    recs[n++] = (zrec){"archive/data.pkl", pkl->p, pkl->len};
+    if (storage)
+        recs[n++] = (zrec){"archive/data/0", storage, storage_len};
+    recs[n++] = (zrec){"archive/version", version, 2};
+    return zip_build(recs, n);
+}
+
+static uint8_t FLOATS[4096];
+
+static void fill_floats(void)
+{
+    for (size_t i = 0; i < sizeof(FLOATS); i++)
+        FLOATS[i] = (uint8_t)(i * 13 + 5);
+}
+
+static void test_torch_zip_control(void **state)
+{
+    (void)state;
+    fill_floats();
+    const int64_t shape[] = {2, 3}, stride[] = {3, 1};
+    buf p = pk_one_tensor("FloatStorage", 6, 0, shape, stride, 2);
+    zbuilt z = torch_zip(&p, FLOATS, 24);
+    expect_opens(z.file.p, z.file.len, "torch zip control", 1);
+
+    /* read back in-process: the values come from the record we wrote */
+    ckpt_file *f;
+    ckpt_error err;
+    assert_int_equal(ckpt_open_memory(z.file.p, z.file.len, NULL, &f, &err), CKPT_OK);
+    const char *name;
+    const ckpt_tensor *t = ckpt_file_tensor(f, 0, &name);
+    assert_string_equal(name, "t");
+    float out[6];
+    assert_int_equal(ckpt_tensor_copy(f, t, out, sizeof(out), &err), CKPT_OK);
+    assert_memory_equal(out, FLOATS, sizeof(out));
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(t, &ti);
+    assert_int_equal(ti.storage_file_offset, z.data_offset[1]);
+    ckpt_close(f);
+
+    /* the same pickle as a plain pickle file: a tensor needs storages -> refused or no data */
+    outcome o = run_isolated(p.p, p.len, NULL, 60.0);
+    require_finished(&o, "tensor pickle without a zip", 60.0);
+    check_error_shape(&o, "tensor pickle without a zip");
+    b_free(&p);
+    b_free(&z.file);
+}
+
+/* A hostile pickle, alone and as archive/data.pkl; in the zip the error must
+ * name the pickle record and an offset inside it. */
+static void pickle_expect(const buf *pkl, const char *what, ckpt_status a, ckpt_status b)
+{
+    outcome o;
+    char w[160];
+    snprintf(w, sizeof(w), "%s (plain pickle)", what);
+    expect_open_error(&o, pkl->p, pkl->len, w, a, b);
+    zbuilt z = torch_zip(pkl, FLOATS, sizeof(FLOATS));
+    snprintf(w, sizeof(w), "%s (torch zip)", what);
+    expect_open_error(&o, z.file.p, z.file.len, w, a, b);
+    /* Parser errors name the record and an offset in it; errors found after
+     * parsing (e.g. nesting, in the tensor walk) may have neither. */
+    if (o.err.record[0] ? strcmp(o.err.record, "archive/data.pkl") != 0
+                        : o.err.offset != CKPT_NO_OFFSET)
+        fail_msg("%s: error record '%s' offset %llu, expected archive/data.pkl (%s)", w,
+                 o.err.record, (unsigned long long)o.err.offset, o.err.message);
+    if (o.err.offset != CKPT_NO_OFFSET) {
+        if (o.err.offset > pkl->len)
+            fail_msg("%s: offset %llu is past the pickle (%zu bytes)", w,
+                     (unsigned long long)o.err.offset, pkl->len);
+        if (o.err.file_offset != CKPT_NO_OFFSET &&
+            o.err.file_offset != z.data_offset[0] + o.err.offset)
+            fail_msg("%s: file_offset %llu != record start %llu + offset %llu", w,
+                     (unsigned long long)o.err.file_offset,
+                     (unsigned long long)z.data_offset[0], (unsigned long long)o.err.offset);
+    }
+    b_free(&z.file);
+}
+
+static void test_pickle_memo_bombs(void **state)
+{
+    (void)state;
+    fill_floats();
+    /* a memo index far past max_memo_entries */
+    buf p = {0};
+    pk_proto(&p);
+    b_u8(&p, ']');
+    b_u8(&p, 'r');
+    b_le(&p, 0xFFFFFFF0u, 4);
+    pk_stop(&p);
+    pickle_expect(&p, "LONG_BINPUT 4294967280", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+
+    /* 1.2 million memo slots */
+    pk_proto(&p);
+    b_u8(&p, 'N');
+    for (uint32_t i = 0; i < 1200000; i++) {
+        b_u8(&p, 'r');
+        b_le(&p, i, 4);
+    }
+    pk_stop(&p);
+    pickle_expect(&p, "1.2M memo entries", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+
+    /* control: a few memo entries are fine */
+    pk_proto(&p);
+    b_u8(&p, 'N');
+    for (uint32_t i = 0; i < 1000; i++) {
+        b_u8(&p, 'r');
+        b_le(&p, i, 4);
+    }
+    pk_stop(&p);
+    expect_opens(p.p, p.len, "1000 memo entries", 0);
+    b_free(&p);
+}
+
+static void test_pickle_exponential_sharing(void **state)
+{
+    /* "billion laughs": level k is a list holding level k-1 twice (by memo), 64
+     * levels, so the tree has 2^64 paths but only 64 lists. Opening must not
+     * walk every path: any status, within the time limit. */
+    (void)state;
+    buf p = {0};
+    pk_proto(&p);
+    b_u8(&p, ']');
+    b_u8(&p, 'q');
+    b_u8(&p, 0);
+    for (unsigned k = 1; k < 64; k++) {
+        b_u8(&p, ']');
+        b_u8(&p, '(');
+        b_u8(&p, 'h');
+        b_u8(&p, k - 1);
+        b_u8(&p, 'h');
+        b_u8(&p, k - 1);
+        b_u8(&p, 'e');
+        b_u8(&p, 'q');
+        b_u8(&p, k);
+    }
+    pk_stop(&p);
+    for (int form = 0; form < 2; form++) {
+        zbuilt z = {0};
+        const void *data = p.p;
+        size_t size = p.len;
+        if (form == 1) {
+            fill_floats();
+            z = torch_zip(&p, FLOATS, 16);
+            data = z.file.p;
+            size = z.file.len;
+        }
+        const char *what = form ? "2^64 paths by memo sharing (torch zip)"
+                                : "2^64 paths by memo sharing (plain pickle)";
+        outcome o = run_isolated(data, size, NULL, 10.0);
+        b_free(&z.file);
+        if (o.finished != 1)
+            b_free(&p);
+        require_finished(&o, what, 10.0);
+        check_error_shape(&o, what);
+        if (o.open_status == CKPT_OK)
+            assert_int_equal(o.tensors, 0);
+    }
+    b_free(&p);
+}
+
+static void test_pickle_stack_bombs(void **state)
+{
+    (void)state;
+    fill_floats();
+    buf p = {0};
+    pk_proto(&p);
+    for (int i = 0; i < 10000000; i++)
+        b_u8(&p, '(');
+    pk_stop(&p);
+    pickle_expect(&p, "10M MARKs", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+
+    pk_proto(&p);
+    for (int i = 0; i < 10000000; i++)
+        b_u8(&p, ']');
+    pk_stop(&p);
+    pickle_expect(&p, "10M EMPTY_LISTs on the stack", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+}
+
+static void test_pickle_deep_nesting(void **state)
+{
+    (void)state;
+    fill_floats();
+    /* 100,000 lists pushed, then appended into each other: [[[[...]]]] */
+    buf p = {0};
+    pk_proto(&p);
+    for (int i = 0; i < 100000; i++)
+        b_u8(&p, ']');
+    for (int i = 0; i < 99999; i++)
+        b_u8(&p, 'a');
+    pk_stop(&p);
+    pickle_expect(&p, "100,000 nested lists", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+
+    /* the same depth built with MARK/LIST: 100,000 nested through marks */
+    pk_proto(&p);
+    for (int i = 0; i < 100000; i++)
+        b_u8(&p, '(');
+    for (int i = 0; i < 100000; i++)
+        b_u8(&p, 'l'); /* LIST: items since the last mark become one list */
+    pk_stop(&p);
+    pickle_expect(&p, "100,000 nested MARK/LIST", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
+    b_free(&p);
+
+    /* control: 100 levels are fine */
+    pk_proto(&p);
+    for (int i = 0; i < 100; i++)
+        b_u8(&p, ']');
+    for (int i = 0; i < 99; i++)
+        b_u8(&p, 'a');
+    pk_stop(&p);
+    expect_opens(p.p, p.len, "100 nested lists", 0);
+    b_free(&p);
+}
+
+/* Small well-formed pickles: each must open (plain and in a torch zip). */
+static void test_pickle_tiny_values(void **state)
+{
+    (void)state;
+    fill_floats();
+    struct {
+        const char *what;
+        const char *bytes;
+        size_t len;
+    } cases[] = {
+#define PK(s) s, sizeof(s) - 1
+        {"empty tuple", PK("\x80\x02).")},
+        {"empty tuple by MARK/TUPLE", PK("\x80\x02(t.")},
+        {"empty list", PK("\x80\x02].")},
+        {"empty dict", PK("\x80\x02}.")},
+        {"None", PK("\x80\x02N.")},
+        {"empty list by MARK/LIST", PK("\x80\x02(l.")},
+        {"empty dict by MARK/DICT", PK("\x80\x02(d.")},
+        {"protocol 0 int", PK("I42\n.")},
+        {"empty tuple in a protocol 4 frame",
+         PK("\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00).")},
+#undef PK
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char what[96];
+        snprintf(what, sizeof(what), "%s (plain pickle)", cases[i].what);
+        expect_opens(cases[i].bytes, cases[i].len, what, 0);
+        buf p = {0};
+        b_put(&p, cases[i].bytes, cases[i].len);
+        zbuilt z = torch_zip(&p, FLOATS, 16);
+        snprintf(what, sizeof(what), "%s (torch zip)", cases[i].what);
+        expect_opens(z.file.p, z.file.len, what, 0);
+        b_free(&z.file);
+        b_free(&p);
+    }
+}
+
+static void test_pickle_malformed(void **state)
+{
+    (void)state;
+    fill_floats();
+    struct {
+        const char *what;
+        const char *bytes;
+        size_t len;
+        ckpt_status a, b;
+    } cases[] = {
+        {"STOP on an empty stack", "\x80\x02.", 3, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"APPEND without a list", "\x80\x02K\x01" "a.", 6, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"BINGET of an unset slot", "\x80\x02h\x05.", 5, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"BINUNICODE past the end", "\x80\x02X\xff\xff\xff\x7f" "abc.", 11, CKPT_ERR_FORMAT,
+         CKPT_ERR_LIMIT},
+        {"no STOP", "\x80\x02]", 3, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"unknown opcode", "\x80\x02\xff.", 4, CKPT_ERR_FORMAT, CKPT_ERR_UNSUPPORTED},
+        {"SETITEM on a list", "\x80\x02]K\x01K\x02s.", 9, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"TUPLE without MARK", "\x80\x02K\x01t.", 6, CKPT_ERR_FORMAT, CKPT_ERR_FORMAT},
+        {"LONG1 longer than the input", "\x80\x02\x8a\xff\x01.", 6, CKPT_ERR_FORMAT,
+         CKPT_ERR_FORMAT},
+        {"REDUCE of a non-callable", "\x80\x02K\x01)R.", 7, CKPT_ERR_FORMAT, CKPT_ERR_UNSAFE},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        buf p = {0};
+        b_put(&p, cases[i].bytes, cases[i].len);
+        pickle_expect(&p, cases[i].what, cases[i].a, cases[i].b);
+        b_free(&p);
+    }
+}
+
+static void test_pickle_unsafe_global(void **state)
+{
+    (void)state;
+    fill_floats();
+    buf p = {0};
+    pk_proto(&p);
+    pk_global(&p, "os", "system");
+    pk_unicode(&p, "echo pwned");
+    b_u8(&p, 0x85);
+    b_u8(&p, 'R');
+    pk_stop(&p);
+    outcome o;
+    expect_open_error(&o, p.p, p.len, "os.system (plain pickle)", CKPT_ERR_UNSAFE,
+                      CKPT_ERR_UNSAFE);
+    if (!strstr(o.err.message, "os.system") && !strstr(o.err.message, "os system"))
+        fail_msg("message does not name os.system: %s", o.err.message);
+    assert_int_equal(o.err.offset, 2); /* the GLOBAL opcode */
+    zbuilt z = torch_zip(&p, FLOATS, 16);
+    expect_open_error(&o, z.file.p, z.file.len, "os.system (torch zip)", CKPT_ERR_UNSAFE,
+                      CKPT_ERR_UNSAFE);
+    assert_string_equal(o.err.record, "archive/data.pkl");
+    assert_int_equal(o.err.offset, 2);
+    assert_int_equal(o.err.file_offset, z.data_offset[0] + 2);
+    b_free(&z.file);
+    b_free(&p);
+
+    /* STACK_GLOBAL built from memo entries (scanner evasion) */
+    pk_proto(&p);
+    p.p[1] = 4;
+    pk_unicode(&p, "posix");
+    b_u8(&p, 0x94); /* MEMOIZE */
+    pk_unicode(&p, "system");
+    b_u8(&p, 0x94);
+    b_u8(&p, '0');  /* POP */
+    b_u8(&p, '0');
+    b_u8(&p, 'h');
+    b_u8(&p, 0);
+    b_u8(&p, 'h');
+    b_u8(&p, 1);
+    b_u8(&p, 0x93); /* STACK_GLOBAL */
+    pk_unicode(&p, "id");
+    b_u8(&p, 0x85);
+    b_u8(&p, 'R');
+    pk_stop(&p);
+    pickle_expect(&p, "STACK_GLOBAL posix.system from the memo", CKPT_ERR_UNSAFE,
+                  CKPT_ERR_UNSAFE);
+    b_free(&p);
+
+    /* a benign pickle then a second one with the payload */
+    b_put(&p, "\x80\x02]q\x00.", 6);
+    pk_proto(&p);
+    pk_global(&p, "builtins", "eval");
+    pk_unicode(&p, "1");
+    b_u8(&p, 0x85);
+    b_u8(&p, 'R');
+    pk_stop(&p);
+    outcome o2;
+    expect_open_error(&o2, p.p, p.len, "second pickle after STOP (plain pickle)",
+                      CKPT_ERR_UNSAFE, CKPT_ERR_FORMAT);
+    b_free(&p);
+}
+
+/* {"t": tensor} in a torch zip whose archive/data/0 has storage_bytes bytes */
+static void tensor_zip_expect(const char *storage_class, int64_t storage_numel,
+                              size_t storage_bytes, int64_t offset, const int64_t *shape,
+                              const int64_t *stride, int ndim, const char *what,
+                              ckpt_status a, ckpt_status b)
+{
+    fill_floats();
+    buf p = pk_one_tensor(storage_class, storage_numel, offset, shape, stride, ndim);
+    zbuilt z = torch_zip(&p, FLOATS, storage_bytes);
+    outcome o;
+    expect_open_error(&o, z.file.p, z.file.len, what, a, b);
+    /* found while reading the pickle: it names the pickle and where in it */
+    if (strcmp(o.err.record, "archive/data.pkl") != 0 || o.err.offset == CKPT_NO_OFFSET ||
+        o.err.offset >= p.len)
+        fail_msg("%s: error at '%s' byte %llu, expected a place inside archive/data.pkl (%s)",
+                 what, o.err.record, (unsigned long long)o.err.offset, o.err.message);
+    if (o.err.file_offset != CKPT_NO_OFFSET && o.err.file_offset != z.data_offset[0] + o.err.offset)
+        fail_msg("%s: file_offset %llu != %llu", what, (unsigned long long)o.err.file_offset,
+                 (unsigned long long)(z.data_offset[0] + o.err.offset));
+    b_free(&z.file);
+    b_free(&p);
+}
+
+static void test_tensor_bounds(void **state)
+{
+    (void)state;
+    {
+        const int64_t shape[] = {4}, stride[] = {1};
+        fill_floats();
+        buf p = pk_one_tensor("FloatStorage", 4, 0, shape, stride, 1);
+        zbuilt z = torch_zip(&p, FLOATS, 16);
+        expect_opens(z.file.p, z.file.len, "float[4] in 16 bytes (control)", 1);
+        b_free(&z.file);
+        b_free(&p);
+    }
+    {
+        const int64_t shape[] = {INT64_C(1) << 62, INT64_C(1) << 62};
+        const int64_t stride[] = {INT64_C(1) << 62, 1};
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 2,
+                          "shape [2^62, 2^62]", CKPT_ERR_FORMAT, CKPT_ERR_LIMIT);
+    }
+    {
+        const int64_t shape[] = {INT64_C(1) << 62, INT64_C(1) << 62};
+        const int64_t stride[] = {0, 0};
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 2,
+                          "shape [2^62, 2^62] with stride 0 (numel overflows)",
+                          CKPT_ERR_FORMAT, CKPT_ERR_LIMIT);
+    }
+    {
+        const int64_t shape[] = {10}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 1,
+                          "view of 10 elements on a storage of 4", CKPT_ERR_FORMAT,
+                          CKPT_ERR_FORMAT);
+    }
+    {
+        const int64_t shape[] = {2}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 4, 16, 3, shape, stride, 1,
+                          "view at offset 3 of 2 elements on a storage of 4",
+                          CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    }
+    {
+        const int64_t shape[] = {2, 2}, stride[] = {INT64_C(1) << 61, 1};
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 2,
+                          "stride 2^61 (element offset x size overflows)", CKPT_ERR_FORMAT,
+                          CKPT_ERR_LIMIT);
+    }
+    {
+        const int64_t shape[] = {2}, stride[] = {-1};
+        tensor_zip_expect("FloatStorage", 4, 16, 1, shape, stride, 1, "negative stride",
+                          CKPT_ERR_FORMAT, CKPT_ERR_UNSUPPORTED);
+    }
+    {
+        const int64_t shape[] = {-2}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 1, "negative size",
+                          CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    }
+    {
+        const int64_t shape[] = {1}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 4, 16, -1, shape, stride, 1,
+                          "negative storage offset", CKPT_ERR_FORMAT, CKPT_ERR_FORMAT);
+    }
+    {
+        /* CVE-2026-24747: the storage says 1024 floats, the record holds 16 bytes */
+        const int64_t shape[] = {4}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 1024, 16, 0, shape, stride, 1,
+                          "storage of 1024 floats in a 16-byte record", CKPT_ERR_FORMAT,
+                          CKPT_ERR_FORMAT);
+    }
+    {
+        /* ... and the reverse: a record longer than the storage */
+        const int64_t shape[] = {4}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", 4, 64, 0, shape, stride, 1,
+                          "storage of 4 floats in a 64-byte record", CKPT_ERR_FORMAT,
+                          CKPT_ERR_FORMAT);
+    }
+    {
+        const int64_t shape[] = {4}, stride[] = {1};
+        tensor_zip_expect("FloatStorage", INT64_C(1) << 62, 16, 0, shape, stride, 1,
+                          "storage numel 2^62", CKPT_ERR_FORMAT, CKPT_ERR_LIMIT);
+    }
+    {
+        /* a storage record that does not exist */
+        fill_floats();
+        const int64_t shape[] = {4}, stride[] = {1};
+        buf p = pk_one_tensor("FloatStorage", 4, 0, shape, stride, 1);
+        zbuilt z = torch_zip(&p, NULL, 0);
+        outcome o;
+        expect_open_error(&o, z.file.p, z.file.len, "missing storage record", CKPT_ERR_FORMAT,
+                          CKPT_ERR_NOT_FOUND);
+        b_free(&z.file);
+        b_free(&p);
+    }
+    {
+        /* 65 dimensions */
+        int64_t shape[65], stride[65];
+        for (int i = 0; i < 65; i++) {
+            shape[i] = 1;
+            stride[i] = 1;
+        }
+        tensor_zip_expect("FloatStorage", 4, 16, 0, shape, stride, 65, "65 dimensions",
+                          CKPT_ERR_LIMIT, CKPT_ERR_FORMAT);
+    }
+}
+
+/* A configured limit: a deflated record inflating far beyond its size. */
+static void test_zip_inflate_ratio(void **state)
+{
+    (void)state;
+    /* Stored zip where the central directory claims a 5 GiB inflated size for
+     * a deflated data.pkl: refused before inflating. */
+    buf pk = {0};
+    pk_proto(&pk);
+    b_u8(&pk, 'N');
+    pk_stop(&pk);
+    zbuilt z = torch_zip(&pk, NULL, 0);
+    /* patch the first entry: method 8 and uncompressed size 0xFFFFFFFE in both headers */
+    uint8_t *f = z.file.p;
+    size_t len = z.file.len;
+    f[8] = 8;
+    memset(f + 22, 0xFE, 4);
+    f[25] = 0xFF;
+    size_t cd = 0;
+    for (size_t i = len - 22; i > 0; i--) {
+        if (f[i] == 'P' && f[i + 1] == 'K' && f[i + 2] == 1 && f[i + 3] == 2) {
+            cd = i;
+            /* keep looking for the first central entry */
+        }
+    }
+    assert_true(cd > 0);
+    f[cd + 10] = 8;
+    memset(f + cd + 24, 0xFE, 4);
+    f[cd + 27] = 0xFF;
+    outcome o = run_isolated(f, len, NULL, 60.0);
+    require_finished(&o, "deflated data.pkl claiming 4 GiB", 60.0);
+    check_error_shape(&o, "deflated data.pkl claiming 4 GiB");
+    if (o.open_status == CKPT_OK)
+        fail_msg("a 6-byte deflated record claiming 4 GiB opened");
+    b_free(&z.file);
+    b_free(&pk);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_truncate_torch_zip),
+        cmocka_unit_test(test_truncate_legacy),
+        cmocka_unit_test(test_truncate_safetensors),
+        cmocka_unit_test(test_mutate_torch_zip),
+        cmocka_unit_test(test_mutate_legacy),
+        cmocka_unit_test(test_mutate_safetensors),
+        cmocka_unit_test(test_mutate_pickle),
+        cmocka_unit_test(test_safetensors_crafted),
+        cmocka_unit_test(test_torch_zip_control),
+        cmocka_unit_test(test_pickle_memo_bombs),
+        cmocka_unit_test(test_pickle_exponential_sharing),
+        cmocka_unit_test(test_pickle_stack_bombs),
+        cmocka_unit_test(test_pickle_deep_nesting),
+        cmocka_unit_test(test_pickle_tiny_values),
+        cmocka_unit_test(test_pickle_malformed),
+        cmocka_unit_test(test_pickle_unsafe_global),
+        cmocka_unit_test(test_tensor_bounds),
+        cmocka_unit_test(test_zip_inflate_ratio),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
