@@ -160,7 +160,8 @@ typedef enum ckpt_dtype {
 CKPT_API const char *ckpt_dtype_name(ckpt_dtype dtype);
 /* Parses a name as printed by ckpt_dtype_name (also "torch.float32"). */
 CKPT_API ckpt_dtype ckpt_dtype_from_name(const char *name);
-/* Bits per element (4 for float4, 6 for float6, 8 x bytes otherwise); 0 if unknown. */
+/* Bits per element (4 for float4 and quint4x2, 2 for quint2x4, 6 for float6,
+ * 8 x bytes otherwise); 0 if unknown. */
 CKPT_API unsigned ckpt_dtype_bits(ckpt_dtype dtype);
 /* Bytes per element; 0 for sub-byte dtypes. */
 CKPT_API size_t ckpt_dtype_size(ckpt_dtype dtype);

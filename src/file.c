@@ -357,8 +357,7 @@ ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *er
         owned = copy;
     }
     if (owned && s->big_endian)
-        ckpt__byteswap(owned, s->nbytes / (ckpt_dtype_size(s->dtype) ? ckpt_dtype_size(s->dtype) : 1),
-                       s->dtype);
+        ckpt__byteswap(owned, s->nbytes / ckpt__storage_elem_size(s->dtype), s->dtype);
     s->owned = owned;
     s->data = owned ? owned : src;
     s->resolved = true;
@@ -500,12 +499,11 @@ static ckpt_status storage_to_tensor(collect_ctx *c, ckpt_value *v)
     int64_t *dims = ckpt__arena_alloc(a, 2 * sizeof(int64_t));
     if (!t || !dims)
         return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-    size_t esize = ckpt_dtype_size(s->dtype);
     t->dtype = s->dtype;
     t->ndim = 1;
     t->shape = dims;
     t->stride = dims + 1;
-    dims[0] = (int64_t)(s->nbytes / (esize ? esize : 1));
+    dims[0] = (int64_t)(s->nbytes * 8 / ckpt_dtype_bits(s->dtype));
     dims[1] = 1;
     t->storage = s;
     CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, &c->f->opts.limits, s->record, CKPT_NO_OFFSET,

@@ -111,6 +111,13 @@ struct ckpt_tensor {
     bool is_parameter;
 };
 
+/* Bytes per storage element: a byte for packed sub-byte dtypes (quint4x2). */
+static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
+{
+    size_t n = ckpt_dtype_size(d);
+    return n ? n : 1;
+}
+
 /* Checks shape/stride/offset (overflow-safe) against the storage and fills
  * numel. record/offset name the place for errors. */
 ckpt_status ckpt__tensor_validate(ckpt_tensor *t, const ckpt_limits *limits,
@@ -166,7 +173,7 @@ bool ckpt__value_equal(const ckpt_value *x, const ckpt_value *y);
 
 /* ---- pickle interpreter --------------------------------------------- */
 
-/* The closed set of globals the interpreter knows (see pickle_read.c). */
+/* The closed set of globals the interpreter knows (see pickle_call.c). */
 typedef struct ckpt__pickle_ctx ckpt__pickle_ctx;
 
 /* Turns a persistent id (the value of BINPERSID/PERSID) into a value. */

@@ -1,6 +1,6 @@
 /*
- * pickle.h - what the pickle interpreter (pickle_read.c) and the value tree
- * (value.c) share with the format layers beyond internal.h.
+ * pickle.h - what the pickle interpreter (pickle_read.c, pickle_call.c) and
+ * the value tree (value.c) share with the format layers beyond internal.h.
  */
 #ifndef CKPT_PICKLE_H
 #define CKPT_PICKLE_H
@@ -29,6 +29,7 @@ enum ckpt__global_id {
     CKPT__G_SET,                    /* builtins.set */
     CKPT__G_FROZENSET,              /* builtins.frozenset */
     CKPT__G_COMPLEX,                /* builtins.complex */
+    CKPT__G_TORCH_VERSION,          /* torch.torch_version.TorchVersion: a str */
 
     /* torch._utils rebuild functions */
     CKPT__G_REBUILD_TENSOR,

@@ -70,7 +70,7 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage key or location is not a string");
     if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size is not a non-negative integer");
-    size_t esize = ckpt_dtype_size(dtype);
+    size_t esize = ckpt__storage_elem_size(dtype);
     uint64_t nbytes;
     if (!ckpt__mul_u64((uint64_t)it[4]->u.i, esize, &nbytes))
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size overflows");
@@ -251,7 +251,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
             goto out;
         }
         uint64_t numel = ckpt__le64(f->map + pos);
-        size_t esize = ckpt_dtype_size(s->dtype);
+        size_t esize = ckpt__storage_elem_size(s->dtype);
         uint64_t nbytes;
         if (!ckpt__mul_u64(numel, esize, &nbytes) || nbytes != s->nbytes) {
             st = ckpt__fail(err, CKPT_ERR_FORMAT, s->record, 0,

@@ -138,7 +138,7 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
                           "storage size is not a non-negative integer");
     uint64_t nbytes;
-    if (!ckpt__mul_u64((uint64_t)it[4]->u.i, ckpt_dtype_size(dtype), &nbytes))
+    if (!ckpt__mul_u64((uint64_t)it[4]->u.i, ckpt__storage_elem_size(dtype), &nbytes))
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size overflows");
 
     const char *key = it[2]->u.s.ptr;
