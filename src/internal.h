@@ -118,6 +118,35 @@ static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
     return n ? n : 1;
 }
 
+/* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */
+typedef struct ckpt__storage_pid {
+    ckpt_dtype dtype;
+    bool untyped;
+    const char *key;           /* 1 to 64 bytes, no '/' or ".." */
+    size_t key_len;
+    const char *location;
+    uint64_t numel;            /* in storage elements (bytes when untyped) */
+    uint64_t nbytes;
+    const ckpt_value *view;    /* the legacy 6th item, NULL when items == 5 */
+} ckpt__storage_pid;
+
+/* Checks a persistent id of exactly `items` items (5 zip, 6 legacy). */
+ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const char *record,
+                                    uint64_t offset, ckpt__storage_pid *out, ckpt_error *err);
+
+/* Storages by key (open addressing over s->key). */
+typedef struct ckpt__storage_table {
+    ckpt__storage **slots;
+    size_t cap, count;
+} ckpt__storage_table;
+
+ckpt__storage *ckpt__storage_table_find(const ckpt__storage_table *t, const char *key, size_t len);
+bool ckpt__storage_table_add(ckpt__storage_table *t, ckpt__storage *s);
+void ckpt__storage_table_free(ckpt__storage_table *t);
+/* A CKPT__KIND_STORAGE value for the pickle interpreter. */
+ckpt_status ckpt__storage_value(ckpt__arena *a, ckpt__storage *s, const char *record,
+                                uint64_t offset, ckpt_value **out, ckpt_error *err);
+
 /* Checks shape/stride/offset (overflow-safe) against the storage and fills
  * numel. record/offset name the place for errors. */
 ckpt_status ckpt__tensor_validate(ckpt_tensor *t, const ckpt_limits *limits,

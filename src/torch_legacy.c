@@ -19,15 +19,12 @@ typedef struct legacy_load {
     ckpt_file *f;
     ckpt__storage **roots;     /* root storages, in order of first use */
     size_t count, cap;
+    ckpt__storage_table table; /* the same, by key */
 } legacy_load;
 
 static ckpt__storage *find_root(legacy_load *L, const char *key)
 {
-    for (size_t i = 0; i < L->count; i++) {
-        if (strcmp(L->roots[i]->key, key) == 0)
-            return L->roots[i];
-    }
-    return NULL;
+    return ckpt__storage_table_find(&L->table, key, strlen(key));
 }
 
 static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
@@ -43,6 +40,8 @@ static ckpt_status add_root(legacy_load *L, ckpt__storage *s, ckpt_error *err)
         L->cap = cap;
     }
     L->roots[L->count++] = s;
+    if (!ckpt__storage_table_add(&L->table, s))
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
     return ckpt__file_add_storage(L->f, s, err);
 }
 
@@ -59,22 +58,12 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     if (is_str(it[0]) && strcmp(it[0]->u.s.ptr, "module") == 0)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, rec, offset,
                           "whole pickled modules with source code are not supported");
-    if (!is_str(it[0]) || strcmp(it[0]->u.s.ptr, "storage") != 0 || pid->u.seq.len != 6)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                          "persistent id is not ('storage', type, key, location, numel, view)");
-    bool untyped = false;
-    ckpt_dtype dtype = ckpt__storage_type_dtype(it[1], &untyped);
-    if (dtype == CKPT_DTYPE_INVALID)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage type is not a torch storage class");
-    if (!is_str(it[2]) || !is_str(it[3]))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage key or location is not a string");
-    if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size is not a non-negative integer");
+    ckpt__storage_pid p;
+    CKPT_RETURN_IF_ERROR(ckpt__storage_pid_parse(pid, 6, rec, offset, &p, err));
+    ckpt_dtype dtype = p.dtype;
     size_t esize = ckpt__storage_elem_size(dtype);
-    uint64_t nbytes;
-    if (!ckpt__mul_u64((uint64_t)it[4]->u.i, esize, &nbytes))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size overflows");
-    ckpt__storage *root = find_root(L, it[2]->u.s.ptr);
+    uint64_t nbytes = p.nbytes;
+    ckpt__storage *root = find_root(L, p.key);
     if (root) {
         if (root->nbytes != nbytes || root->dtype != dtype)
             return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
@@ -84,10 +73,10 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
         root = ckpt__arena_alloc(&f->arena, sizeof(*root));
         if (!root)
             return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-        root->key = it[2]->u.s.ptr;
-        root->location = it[3]->u.s.ptr;
+        root->key = p.key;
+        root->location = p.location;
         root->dtype = dtype;
-        root->untyped = untyped;
+        root->untyped = p.untyped;
         root->nbytes = nbytes;
         root->record_index = -1;
         root->file_offset = CKPT_NO_OFFSET;
@@ -100,7 +89,7 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
         CKPT_RETURN_IF_ERROR(add_root(L, root, err));
     }
     ckpt__storage *result = root;
-    const ckpt_value *view = it[5];
+    const ckpt_value *view = p.view;
     if (view->kind != CKPT_NONE) {
         /* (view_key, offset, view_size), in elements */
         if (view->kind != CKPT_TUPLE || view->u.seq.len != 3 || !is_str(view->u.seq.items[0]) ||
@@ -127,12 +116,7 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
         CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, v, err));
         result = v;
     }
-    ckpt_value *val = ckpt__value_new(&f->arena, CKPT__KIND_STORAGE);
-    if (!val)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-    val->u.storage = result;
-    *out = val;
-    return CKPT_OK;
+    return ckpt__storage_value(&f->arena, result, rec, offset, out, err);
 }
 
 /* Runs one pickle at *pos; advances *pos. */
@@ -296,5 +280,6 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     }
 out:
     free(L.roots);
+    ckpt__storage_table_free(&L.table);
     return st;
 }

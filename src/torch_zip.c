@@ -8,55 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Storages by key, so views of one storage share it. */
-typedef struct storage_table {
-    ckpt__storage **slots;
-    size_t cap, count;
-} storage_table;
-
 typedef struct zip_load {
     ckpt_file *f;
-    storage_table table;
+    ckpt__storage_table table;
     const char *pkl_record;
     uint64_t pkl_base;          /* file offset of data.pkl bytes, or NO_OFFSET */
     char *name_buf;             /* scratch for record names */
     size_t name_cap;
 } zip_load;
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
-    return h;
-}
-
-static ckpt__storage **table_slot(storage_table *t, const char *key, size_t len)
-{
-    size_t mask = t->cap - 1;
-    for (size_t i = hash_bytes(key, len) & mask;; i = (i + 1) & mask) {
-        ckpt__storage *s = t->slots[i];
-        if (!s || (strlen(s->key) == len && memcmp(s->key, key, len) == 0))
-            return &t->slots[i];
-    }
-}
-
-static bool table_grow(storage_table *t)
-{
-    if (t->cap && (t->count + 1) * 2 <= t->cap)
-        return true;
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    storage_table n = {calloc(cap, sizeof(*n.slots)), cap, t->count};
-    if (!n.slots)
-        return false;
-    for (size_t i = 0; i < t->cap; i++) {
-        if (t->slots[i])
-            *table_slot(&n, t->slots[i]->key, strlen(t->slots[i]->key)) = t->slots[i];
-    }
-    free(t->slots);
-    *t = n;
-    return true;
-}
 
 static const char *join_record(zip_load *L, const char *name)
 {
@@ -104,8 +63,6 @@ static ckpt_status read_text_record(zip_load *L, const char *name, const char **
     return CKPT_OK;
 }
 
-static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
-
 /* persistent_load: ('storage', storage_type, key, location, numel) */
 static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const ckpt_value *pid,
                                        uint64_t offset, ckpt_value **out, ckpt_error *err)
@@ -113,86 +70,50 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
     zip_load *L = user;
     ckpt_file *f = L->f;
     const char *rec = ctx->record;
-    if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 5)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                          "persistent id is not a ('storage', type, key, location, numel) tuple");
-    ckpt_value **it = pid->u.seq.items;
-    if (!is_str(it[0]) || strcmp(it[0]->u.s.ptr, "storage") != 0)
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, rec, offset,
-                          "persistent id of type '%s' (only 'storage' is known)",
-                          is_str(it[0]) ? it[0]->u.s.ptr : ckpt_kind_name(ckpt_value_kind(it[0])));
-    if (pid->u.seq.len != 5)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                          "storage persistent id has %zu items, expected 5", pid->u.seq.len);
-    bool untyped = false;
-    ckpt_dtype dtype = ckpt__storage_type_dtype(it[1], &untyped);
-    if (dtype == CKPT_DTYPE_INVALID)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                          "storage type is not a torch storage class");
-    if (!is_str(it[2]) || it[2]->u.s.len == 0 || memchr(it[2]->u.s.ptr, '/', it[2]->u.s.len) ||
-        strstr(it[2]->u.s.ptr, ".."))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage key is not a plain name");
-    if (!is_str(it[3]))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage location is not a string");
-    if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                          "storage size is not a non-negative integer");
-    uint64_t nbytes;
-    if (!ckpt__mul_u64((uint64_t)it[4]->u.i, ckpt__storage_elem_size(dtype), &nbytes))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage size overflows");
-
-    const char *key = it[2]->u.s.ptr;
-    size_t key_len = it[2]->u.s.len;
-    if (!table_grow(&L->table))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-    ckpt__storage **slot = table_slot(&L->table, key, key_len);
-    ckpt__storage *s = *slot;
+    ckpt__storage_pid p;
+    CKPT_RETURN_IF_ERROR(ckpt__storage_pid_parse(pid, 5, rec, offset, &p, err));
+    ckpt__storage *s = ckpt__storage_table_find(&L->table, p.key, p.key_len);
     if (s) {
-        if (s->nbytes != nbytes || (!untyped && !s->untyped && s->dtype != dtype))
+        if (s->nbytes != p.nbytes || (!p.untyped && !s->untyped && s->dtype != p.dtype))
             return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
                               "storage '%s' is referenced as %s x %llu bytes and as %s x %llu bytes",
-                              key, ckpt_dtype_name(s->dtype), (unsigned long long)s->nbytes,
-                              ckpt_dtype_name(dtype), (unsigned long long)nbytes);
-    } else {
-        char data_name[64 + 8];
-        snprintf(data_name, sizeof(data_name), "data/%.*s", (int)(key_len > 64 ? 64 : key_len), key);
-        const char *full = join_record(L, data_name);
-        if (!full)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-        long idx = key_len > 64 ? -1 : ckpt__zip_find(&f->zip, full);
-        if (idx < 0)
-            return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                              "storage '%s' has no record '%s'", key, full);
-        const ckpt__zip_entry *e = &f->zip.entries[idx];
-        /* torch < 2.10 did not check this: a short record overflowed the heap. */
-        if (e->size != nbytes)
-            return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
-                              "record '%s' holds %llu bytes but its storage declares %llu "
-                              "(%lld x %s)",
-                              e->name, (unsigned long long)e->size, (unsigned long long)nbytes,
-                              (long long)it[4]->u.i, ckpt_dtype_name(dtype));
-        s = ckpt__arena_alloc(&f->arena, sizeof(*s));
-        if (!s)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-        s->key = it[2]->u.s.ptr;
-        s->location = it[3]->u.s.ptr;
-        s->dtype = dtype;
-        s->untyped = untyped;
-        s->nbytes = nbytes;
-        s->record = e->name;
-        s->record_index = (int32_t)idx;
-        s->file_offset = e->method == 0 ? e->data_offset : CKPT_NO_OFFSET;
-        s->big_endian = f->big_endian;
-        CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, s, err));
-        *slot = s;
-        L->table.count++;
+                              p.key, ckpt_dtype_name(s->dtype), (unsigned long long)s->nbytes,
+                              ckpt_dtype_name(p.dtype), (unsigned long long)p.nbytes);
+        return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
     }
-    ckpt_value *v = ckpt__value_new(&f->arena, CKPT__KIND_STORAGE);
-    if (!v)
+    char data_name[64 + 8];
+    snprintf(data_name, sizeof(data_name), "data/%s", p.key);
+    const char *full = join_record(L, data_name);
+    if (!full)
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-    v->u.storage = s;
-    *out = v;
-    return CKPT_OK;
+    long idx = ckpt__zip_find(&f->zip, full);
+    if (idx < 0)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage '%s' has no record '%s'",
+                          p.key, full);
+    const ckpt__zip_entry *e = &f->zip.entries[idx];
+    /* torch < 2.10 did not check this: a short record overflowed the heap. */
+    if (e->size != p.nbytes)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
+                          "record '%s' holds %llu bytes but its storage declares %llu "
+                          "(%llu x %s)",
+                          e->name, (unsigned long long)e->size, (unsigned long long)p.nbytes,
+                          (unsigned long long)p.numel, ckpt_dtype_name(p.dtype));
+    s = ckpt__arena_alloc(&f->arena, sizeof(*s));
+    if (!s)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+    s->key = p.key;
+    s->location = p.location;
+    s->dtype = p.dtype;
+    s->untyped = p.untyped;
+    s->nbytes = p.nbytes;
+    s->record = e->name;
+    s->record_index = (int32_t)idx;
+    s->file_offset = e->method == 0 ? e->data_offset : CKPT_NO_OFFSET;
+    s->big_endian = f->big_endian;
+    CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, s, err));
+    if (!ckpt__storage_table_add(&L->table, s))
+        return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
+    return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
 }
 
 static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
@@ -286,7 +207,7 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
     if (st != CKPT_OK && pe->method == 0)
         ckpt__error_set_file_base(err, pe->data_offset);
 out:
-    free(L.table.slots);
+    ckpt__storage_table_free(&L.table);
     free(L.name_buf);
     return st;
 }
