@@ -6,6 +6,7 @@
 #   make fuzz     libFuzzer on every target for FUZZ_SECONDS each
 #   make deps     install the Debian packages ckpt needs (idempotent)
 
+MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?=

@@ -396,6 +396,20 @@ typedef struct tree_ctx {
     const ckpt_value *path[TREE_MAX_DEPTH];
 } tree_ctx;
 
+/* Shortest text that reads back as the same double, as Python's repr. */
+static void print_double(double d)
+{
+    char buf[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof(buf), "%.*g", prec, d);
+        if (strtod(buf, NULL) == d || prec == 17)
+            break;
+    }
+    if (!strpbrk(buf, ".eEn") && isfinite(d))
+        strcat(buf, ".0");
+    fputs(buf, stdout);
+}
+
 static void print_scalar(const ckpt_value *v)
 {
     size_t len;
@@ -411,11 +425,16 @@ static void print_scalar(const ckpt_value *v)
         free(t);
         break;
     }
-    case CKPT_FLOAT: printf("%.17g", ckpt_value_float(v)); break;
+    case CKPT_FLOAT: print_double(ckpt_value_float(v)); break;
     case CKPT_COMPLEX: {
         double re, im;
         ckpt_value_complex(v, &re, &im);
-        printf("(%.17g%+.17gj)", re, im);
+        putchar('(');
+        print_double(re);
+        if (!signbit(im))
+            putchar('+');
+        print_double(im);
+        printf("j)");
         break;
     }
     case CKPT_STR:
@@ -466,7 +485,11 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     const char *names[] = {[CKPT_LIST] = "list", [CKPT_TUPLE] = "tuple", [CKPT_SET] = "set",
                            [CKPT_DICT] = "dict", [CKPT_ORDERED_DICT] = "OrderedDict"};
     size_t n = ckpt_value_len(v);
-    printf("%s (%zu)\n", names[k], n);
+    const ckpt_value *meta = ckpt_value_get(ckpt_value_state(v), "_metadata");
+    if (meta)
+        printf("%s (%zu) with _metadata for %zu modules\n", names[k], n, ckpt_value_len(meta));
+    else
+        printf("%s (%zu)\n", names[k], n);
     for (int i = 0; i < depth; i++) {
         if (c->path[i] == v) {
             printf("%*s<cycle>\n", (depth + 1) * 2, "");

@@ -45,6 +45,6 @@ if [ -f "$CORPUS/malicious/modelscan/unsafe_zip_pytorch.pt" ]; then
     $CKPT inspect "$CORPUS/malicious/modelscan/unsafe_zip_pytorch.pt" || echo "(exit $?)"
 fi
 if [ -f "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetensors" ]; then
-    say "safetensors, read zero-copy"
+    say "safetensors with __metadata__ (aligned tensors are read zero-copy)"
     $CKPT inspect "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetensors" | head -n 16
 fi
