@@ -245,12 +245,9 @@ const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i, const char **n
     return f->tensors[i].tensor;
 }
 
-static uint64_t hash_name(const char *s)
+static uint64_t hash_name(const ckpt_file *f, const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
+    return ckpt__hash_keyed(f, s, strlen(s));
 }
 
 const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name)
@@ -258,7 +255,7 @@ const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name)
     if (!f || !name || !f->name_index_cap)
         return NULL;
     size_t mask = f->name_index_cap - 1;
-    for (size_t slot = hash_name(name) & mask;; slot = (slot + 1) & mask) {
+    for (size_t slot = hash_name(f, name) & mask;; slot = (slot + 1) & mask) {
         uint32_t e = f->name_index[slot];
         if (e == 0)
             return NULL;
@@ -609,7 +606,7 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
     f->name_index_cap = cap;
     for (size_t i = 0; i < f->tensor_count; i++) {
-        size_t slot = hash_name(f->tensors[i].name) & (cap - 1);
+        size_t slot = hash_name(f, f->tensors[i].name) & (cap - 1);
         bool dup = false;
         while (f->name_index[slot]) {
             if (strcmp(f->tensors[f->name_index[slot] - 1].name, f->tensors[i].name) == 0) {

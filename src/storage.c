@@ -50,18 +50,10 @@ ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const c
     return CKPT_OK;
 }
 
-static uint64_t hash_key(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
-    return h;
-}
-
 static ckpt__storage **table_slot(const ckpt__storage_table *t, const char *key, size_t len)
 {
     size_t mask = t->cap - 1;
-    for (size_t i = hash_key(key, len) & mask;; i = (i + 1) & mask) {
+    for (size_t i = ckpt__hash_keyed(t->slots, key, len) & mask;; i = (i + 1) & mask) {
         ckpt__storage *s = t->slots[i];
         if (!s || (strlen(s->key) == len && memcmp(s->key, key, len) == 0))
             return &t->slots[i];

@@ -279,7 +279,7 @@ typedef struct hash_key {
     uint64_t k0, k1;
 } hash_key;
 
-static hash_key dict_hash_key(const ckpt_value *dict)
+static hash_key dict_hash_key(const void *dict)
 {
     hash_key k;
     k.k0 = (uint64_t)(uintptr_t)dict * 0x9e3779b97f4a7c15ull;
@@ -290,6 +290,11 @@ static hash_key dict_hash_key(const ckpt_value *dict)
 static uint64_t hash_bytes(hash_key k, unsigned tag, const void *p, size_t n)
 {
     return siphash13(k.k0, k.k1 ^ tag, p, n);
+}
+
+uint64_t ckpt__hash_keyed(const void *owner, const void *p, size_t n)
+{
+    return hash_bytes(dict_hash_key(owner), 0, p, n);
 }
 
 static uint64_t hash_u64(hash_key k, unsigned tag, uint64_t x)
