@@ -14,6 +14,10 @@ ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const c
                                     uint64_t offset, ckpt__storage_pid *out, ckpt_error *err)
 {
     memset(out, 0, sizeof(*out));
+    if (pid && pid->kind == CKPT_STR)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, record, offset,
+                          "persistent id is text (PERSID of pickle protocol 0): torch.load "
+                          "cannot read such a file either");
     if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 1)
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "persistent id is not a tuple");
     ckpt_value **it = pid->u.seq.items;

@@ -52,10 +52,8 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     legacy_load *L = user;
     ckpt_file *f = L->f;
     const char *rec = ctx->record;
-    if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 1)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "persistent id is not a tuple");
-    ckpt_value **it = pid->u.seq.items;
-    if (is_str(it[0]) && strcmp(it[0]->u.s.ptr, "module") == 0)
+    if (pid && pid->kind == CKPT_TUPLE && pid->u.seq.len >= 1 && is_str(pid->u.seq.items[0]) &&
+        strcmp(pid->u.seq.items[0]->u.s.ptr, "module") == 0)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, rec, offset,
                           "whole pickled modules with source code are not supported");
     ckpt__storage_pid p;
