@@ -430,31 +430,95 @@ static bool nb_append(name_buf *b, const char *s, size_t n)
     return true;
 }
 
-/* Text of a dict key in a tensor name. */
-static bool nb_append_key(name_buf *b, const ckpt_value *k)
+/* Shortest text that reads back as the same double, like Python's repr. */
+static void float_text(double d, char *buf, size_t cap)
 {
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    if (!strpbrk(buf, ".eEni"))
+        snprintf(buf + strlen(buf), cap - strlen(buf), ".0");
+}
+
+/* Python's str() of a plain key, into buf (truncated at cap). Returns the
+ * length written. Tuples show their items' repr: (1, 'a'). */
+static size_t key_text(const ckpt_value *k, char *buf, size_t cap, bool quote, int depth)
+{
+    size_t n = 0;
+#define PUT(s, len)                                                  \
+    do {                                                             \
+        size_t l_ = (len);                                           \
+        if (l_ > cap - 1 - n)                                        \
+            l_ = cap - 1 - n;                                        \
+        memcpy(buf + n, (s), l_);                                    \
+        n += l_;                                                     \
+    } while (0)
     char tmp[64];
     switch (k->kind) {
     case CKPT_STR:
+        if (quote)
+            PUT("'", 1);
+        PUT(k->u.s.ptr, k->u.s.len);
+        if (quote)
+            PUT("'", 1);
+        break;
     case CKPT_BYTES:
     case CKPT_DEVICE:
     case CKPT_GLOBAL:
-        return nb_append(b, k->u.s.ptr, k->u.s.len);
+        PUT(k->u.s.ptr, k->u.s.len);
+        break;
     case CKPT_INT:
         snprintf(tmp, sizeof(tmp), "%lld", (long long)k->u.i);
-        return nb_append(b, tmp, strlen(tmp));
+        PUT(tmp, strlen(tmp));
+        break;
     case CKPT_BOOLEAN:
-        return nb_append(b, k->u.b ? "True" : "False", k->u.b ? 4 : 5);
+        PUT(k->u.b ? "True" : "False", k->u.b ? 4 : 5);
+        break;
     case CKPT_FLOAT:
-        snprintf(tmp, sizeof(tmp), "%.17g", k->u.f);
-        return nb_append(b, tmp, strlen(tmp));
+        float_text(k->u.f, tmp, sizeof(tmp));
+        PUT(tmp, strlen(tmp));
+        break;
     case CKPT_NONE:
-        return nb_append(b, "None", 4);
+        PUT("None", 4);
+        break;
     case CKPT_DTYPE:
-        return nb_append(b, ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
+        PUT("torch.", 6);
+        PUT(ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
+        break;
+    case CKPT_TUPLE:
+        if (depth > 4) {
+            PUT("(...)", 5);
+            break;
+        }
+        PUT("(", 1);
+        for (size_t i = 0; i < k->u.seq.len && n < cap - 1; i++) {
+            if (i)
+                PUT(", ", 2);
+            n += key_text(k->u.seq.items[i], buf + n, cap - n, true, depth + 1);
+        }
+        if (k->u.seq.len == 1)
+            PUT(",", 1);
+        PUT(")", 1);
+        break;
     default:
-        return nb_append(b, "?", 1);
+        PUT("?", 1);
+        break;
     }
+#undef PUT
+    buf[n] = 0;
+    return n;
+}
+
+/* Text of a dict key in a tensor name. */
+static bool nb_append_key(name_buf *b, const ckpt_value *k)
+{
+    if (k->kind == CKPT_STR)
+        return nb_append(b, k->u.s.ptr, k->u.s.len);
+    char buf[256];
+    size_t n = key_text(k, buf, sizeof(buf), false, 0);
+    return nb_append(b, buf, n);
 }
 
 typedef struct collect_ctx {
