@@ -348,7 +348,8 @@ CKPT_API const ckpt_value *ckpt_file_root(const ckpt_file *f);
 
 /*
  * Tensors, flattened in the order they appear in the tree, each named by its
- * path from the root: dict keys as text, list/tuple/set positions as decimal
+ * path from the root: dict keys as text (other keys as Python's str() shows
+ * them: 1, None, True, 2.5, (1, 'a')), list/tuple/set positions as decimal
  * numbers, joined by ".": "model.net.0.weight", "optimizer.state.0.exp_avg".
  * A tensor object reachable by two paths is listed under both.
  */
