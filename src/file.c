@@ -143,7 +143,8 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
     *out = NULL;
     ckpt_status st = CKPT_OK;
     ckpt_file *f = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot open: %s", strerror(errno));
     struct stat sb;
@@ -153,6 +154,11 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
     }
     if (S_ISDIR(sb.st_mode)) {
         st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "is a directory");
+        goto out;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                        "not a regular file (checkpoints are mapped from files)");
         goto out;
     }
     f = calloc(1, sizeof(*f));

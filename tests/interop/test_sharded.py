@@ -1,0 +1,104 @@
+"""Sharded checkpoints: an index JSON over shard files beside it."""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+
+def _safetensors(path, tensors):
+    """A minimal safetensors writer (FORMATS.md section 4) for test inputs."""
+    header, blobs, off = {}, [], 0
+    for name, arr in tensors.items():
+        raw = arr.tobytes()
+        header[name] = {"dtype": {"float32": "F32", "int64": "I64"}[str(arr.dtype)],
+                        "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * ((-len(h)) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_corpus_sharded_index(corpus_dir, tool):
+    index = corpus_dir / "benign/SafeTensors.jl/sharded/model.safetensors.index.json"
+    js = tool.inspect_json(index)
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert js["format"] == "sharded"
+    assert js["details"]["shards"] == len(set(weight_map.values()))
+    assert [t["name"] for t in js["tensors"]] == list(weight_map)
+    assert js["metadata"] == {"total_size": 4305}
+    res = tool.run("verify", index)
+    assert res.returncode == 0, res.describe()
+
+
+@pytest.fixture()
+def shard_dir(tmp_path):
+    rng = np.random.default_rng(5)
+    a = {"w1": rng.standard_normal((3, 4)).astype(np.float32)}
+    b = {"w2": np.arange(6, dtype=np.int64), "b2": rng.standard_normal(2).astype(np.float32)}
+    _safetensors(tmp_path / "model-00001-of-00002.safetensors", a)
+    torch.save({k: torch.from_numpy(v) for k, v in b.items()}, tmp_path / "model-00002-of-00002.bin")
+    index = {"metadata": {"total_size": 100, "format": "pt"},
+             "weight_map": {"w1": "model-00001-of-00002.safetensors",
+                            "w2": "model-00002-of-00002.bin",
+                            "b2": "model-00002-of-00002.bin"}}
+    (tmp_path / "model.index.json").write_text(json.dumps(index))
+    return tmp_path, {**a, **b}
+
+
+def test_mixed_shards_read_exactly(shard_dir, tool):
+    d, expected = shard_dir
+    js = tool.inspect_json(d / "model.index.json")
+    assert [t["name"] for t in js["tensors"]] == ["w1", "w2", "b2"]
+    assert js["metadata"] == {"total_size": 100, "format": "pt"}
+    index, blobs = tool.dump(d / "model.index.json")
+    for e, blob in zip(index, blobs):
+        assert blob == expected[e["name"]].tobytes(), e["name"]
+
+
+@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/passwd", "a/../../x", ""])
+def test_shard_names_must_stay_inside(shard_dir, tool, bad):
+    d, _ = shard_dir
+    index = {"weight_map": {"w1": bad}}
+    (d / "evil.index.json").write_text(json.dumps(index))
+    res = tool.run("inspect", d / "evil.index.json")
+    assert res.returncode == 2
+    assert "inside the index's directory" in res.stderr, res.describe()
+
+
+def test_tensor_missing_from_its_shard(shard_dir, tool):
+    d, _ = shard_dir
+    index = {"weight_map": {"nope": "model-00001-of-00002.safetensors"}}
+    (d / "missing.index.json").write_text(json.dumps(index))
+    res = tool.run("inspect", d / "missing.index.json")
+    assert res.returncode == 2
+    assert "'nope' is not in its shard" in res.stderr, res.describe()
+
+
+def test_fifo_shard_does_not_hang(shard_dir, tool):
+    d, _ = shard_dir
+    os.mkfifo(d / "pipe.safetensors")
+    (d / "fifo.index.json").write_text(json.dumps({"weight_map": {"w": "pipe.safetensors"}}))
+    res = tool.run("inspect", d / "fifo.index.json", timeout=20)
+    assert res.returncode == 2
+    assert "pipe.safetensors" in res.stderr and "not a regular file" in res.stderr, res.describe()
+
+
+def test_corrupt_shard_named_by_verify(shard_dir, tool):
+    d, _ = shard_dir
+    shard = d / "model-00002-of-00002.bin"
+    raw = bytearray(shard.read_bytes())
+    import zipfile
+    with zipfile.ZipFile(shard) as z:
+        info = z.getinfo("model-00002-of-00002/data/0")
+    # flip a byte inside the first storage record (located through its local header)
+    off = info.header_offset
+    name_len, extra_len = struct.unpack_from("<HH", raw, off + 26)
+    raw[off + 30 + name_len + extra_len] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    res = tool.run("verify", d / "model.index.json")
+    assert res.returncode == 1, res.describe()
+    assert "model-00002-of-00002.bin" in res.stderr and "CRC32" in res.stderr, res.describe()
