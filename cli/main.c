@@ -602,7 +602,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         total_params += ti.numel;
     }
     human_bytes(total_bytes, b1, sizeof(b1));
-    printf("\nTotals:   %zu tensors, %llu elements, %llu bytes (%s)\n", nt,
+    printf("\nTotals:   %zu tensors, %llu parameters, %llu bytes (%s)\n", nt,
            (unsigned long long)total_params, (unsigned long long)total_bytes, b1);
     return 0;
 }
