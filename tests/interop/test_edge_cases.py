@@ -123,3 +123,15 @@ def test_root_values(gen_dir, tool):
     js = tool.inspect_json(p)
     assert [t["name"] for t in js["tensors"]] == [""]
     assert json.dumps(js["tree"]) == json.dumps({"$tensor": {"dtype": "int64", "shape": [4]}})
+
+
+def test_meta_tensors_have_no_storage(gen_dir, tool):
+    p = _save(gen_dir, "meta", {"m": torch.empty(3, 4, device="meta"),
+                                "p": torch.nn.Parameter(torch.empty(2, device="meta"))})
+    ts = tool.inspect_json(p)["tensors"]
+    assert [(t["name"], t["dtype"], t["shape"], t["location"], t["storage"]) for t in ts] == [
+        ("m", "float32", [3, 4], "meta", None), ("p", "float32", [2], "meta", None)]
+    assert ts[1]["parameter"] is True and ts[1]["requires_grad"] is True
+    index, blobs = tool.dump(p)
+    assert blobs == [b"", b""] and [e["location"] for e in index] == ["meta", "meta"]
+    assert tool.run("verify", p).returncode == 0
