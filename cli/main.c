@@ -159,6 +159,8 @@ static json_t *tensor_summary_json(const ckpt_tensor *t)
     json_object_set_new(o, "shape", shape);
     if (ti.is_parameter)
         json_object_set_new(o, "parameter", json_true());
+    if (ti.layout != CKPT_LAYOUT_STRIDED)
+        json_object_set_new(o, "layout", json_string(ckpt_layout_name(ti.layout)));
     return tagged("$tensor", o);
 }
 
@@ -362,6 +364,9 @@ static int inspect_json(const char *path, ckpt_file *f)
         json_object_set_new(r, "location", str_or_null(ti.location));
         json_object_set_new(r, "record", str_or_null(ti.record));
         json_object_set_new(r, "data_offset", ti.storage_file_offset == CKPT_NO_OFFSET ? json_null() : json_integer((json_int_t)ti.storage_file_offset));
+        json_object_set_new(r, "layout", json_string(ckpt_layout_name(ti.layout)));
+        if (ti.layout != CKPT_LAYOUT_STRIDED)
+            json_object_set_new(r, "nnz", json_integer((json_int_t)ti.nnz));
         json_array_append_new(ts, r);
         total_bytes += ti.nbytes;
         total_params += ti.numel;
@@ -467,6 +472,8 @@ static void print_scalar(const ckpt_value *v)
         char shape[256];
         shape_text(&ti, shape, sizeof(shape));
         printf("%s %s %s", ti.is_parameter ? "Parameter" : "tensor", ckpt_dtype_name(ti.dtype), shape);
+        if (ti.layout != CKPT_LAYOUT_STRIDED)
+            printf(" %s, nnz %llu", ckpt_layout_name(ti.layout), (unsigned long long)ti.nnz);
         if (ti.location && strcmp(ti.location, "cpu") != 0)
             printf(" on %s", ti.location);
         break;
@@ -604,7 +611,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         printf("  %-*s  %-9s  %-18s  %12llu  %-8s  %s%s\n", (int)wname, name,
                ckpt_dtype_name(ti.dtype), shape, (unsigned long long)ti.nbytes,
                ti.storage_key ? ti.storage_key : "-", ti.location ? ti.location : "-",
-               ti.is_contiguous ? "" : " (view)");
+               ti.layout != CKPT_LAYOUT_STRIDED ? " (sparse)" : ti.is_contiguous ? "" : " (view)");
         total_bytes += ti.nbytes;
         total_params += ti.numel;
     }

@@ -228,6 +228,21 @@ CKPT_API const ckpt_tensor *ckpt_value_tensor(const ckpt_value *v);
  * Tensors
  * ======================================================================== */
 
+/* How a tensor's elements are stored. Sparse tensors have no strided data of
+ * their own: their parts (ckpt_tensor_sparse_part) are strided tensors, and
+ * ckpt_tensor_copy writes the dense array. */
+typedef enum ckpt_layout {
+    CKPT_LAYOUT_STRIDED = 0,
+    CKPT_LAYOUT_SPARSE_COO = 1,   /* parts: indices [sparse_dim, nnz], values [nnz, ...] */
+    CKPT_LAYOUT_SPARSE_CSR = 2,   /* parts: crow_indices, col_indices, values */
+    CKPT_LAYOUT_SPARSE_CSC = 3,   /* parts: ccol_indices, row_indices, values */
+    CKPT_LAYOUT_SPARSE_BSR = 4,   /* parts: crow_indices, col_indices, values (blocks) */
+    CKPT_LAYOUT_SPARSE_BSC = 5    /* parts: ccol_indices, row_indices, values (blocks) */
+} ckpt_layout;
+
+/* "strided", "sparse_coo", "sparse_csr", ... */
+CKPT_API const char *ckpt_layout_name(ckpt_layout layout);
+
 typedef struct ckpt_tensor_info {
     ckpt_dtype dtype;
     uint32_t ndim;
@@ -248,6 +263,8 @@ typedef struct ckpt_tensor_info {
     uint64_t storage_file_offset; /* where the storage's bytes start in the file,
                                       CKPT_NO_OFFSET when not stored plainly */
     uint32_t storage_index;    /* index in the file's storage table */
+    ckpt_layout layout;        /* sparse: storage fields describe the values part */
+    uint64_t nnz;              /* sparse: number of specified elements (or blocks) */
 } ckpt_tensor_info;
 
 CKPT_API void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info);
@@ -259,14 +276,21 @@ typedef struct ckpt_file ckpt_file;
  * byte order; index it with the strides. Borrowed: valid until ckpt_close().
  * Zero-copy when the file's bytes are aligned and native-endian; otherwise the
  * storage is copied once into memory the handle owns. *zero_copy (may be NULL)
- * tells which. Meta tensors and empty storages give NULL with CKPT_OK.
+ * tells which. Meta tensors and empty storages give NULL with CKPT_OK;
+ * sparse tensors give CKPT_ERR_UNSUPPORTED (read their parts instead).
  */
 CKPT_API ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t,
                                       const void **data, bool *zero_copy,
                                       ckpt_error *err);
 
+/* Part i of a sparse tensor (see ckpt_layout), a strided tensor; NULL past
+ * the last part or for strided tensors. */
+CKPT_API const ckpt_tensor *ckpt_tensor_sparse_part(const ckpt_tensor *t, unsigned i);
+
 /* Copies the tensor as a contiguous row-major array in native byte order into
- * dst (dst_size >= nbytes), whatever its strides. */
+ * dst (dst_size >= nbytes), whatever its strides. Sparse COO and CSR/CSC
+ * tensors are written dense (duplicate COO entries are summed, as torch's
+ * to_dense does); every index is checked against the shape first. */
 CKPT_API ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t,
                                       void *dst, size_t dst_size,
                                       ckpt_error *err);

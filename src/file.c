@@ -398,6 +398,13 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         ckpt_tensor copy = *t;
         CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(&copy, &f->opts.limits, f->tensors[i].name,
                                                    CKPT_NO_OFFSET, err));
+        if (t->layout != CKPT_LAYOUT_STRIDED) {
+            ckpt_status st = ckpt__sparse_check(f, t, err);
+            if (st != CKPT_OK) {
+                ckpt__error_prefix_record(err, f->tensors[i].name);
+                return st;
+            }
+        }
     }
     return ckpt_file_resolve_all(f, err);
 }

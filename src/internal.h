@@ -106,10 +106,23 @@ struct ckpt_tensor {
     int64_t *stride;
     int64_t storage_offset;
     uint64_t numel;
-    ckpt__storage *storage;    /* NULL for meta tensors */
+    ckpt__storage *storage;    /* NULL for meta and sparse tensors */
     bool requires_grad;
     bool is_parameter;
+    uint8_t layout;            /* ckpt_layout */
+    struct ckpt_tensor *parts[3]; /* sparse: see ckpt_layout */
 };
+
+/* Checks a sparse tensor's parts against its layout and shape (dtypes, part
+ * shapes, nnz); the indices themselves are checked by ckpt__sparse_check. */
+ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t offset,
+                                  ckpt_error *err);
+/* Checks every index of a sparse tensor against its shape (and compressed
+ * indices for monotony). */
+ckpt_status ckpt__sparse_check(ckpt_file *f, const ckpt_tensor *t, ckpt_error *err);
+/* Writes the dense array of a sparse tensor into dst (nbytes, zeroed here). */
+ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *dst,
+                                  ckpt_error *err);
 
 /* Bytes per storage element: a byte for packed sub-byte dtypes (quint4x2). */
 static inline size_t ckpt__storage_elem_size(ckpt_dtype d)

@@ -56,6 +56,7 @@ static const global_def GLOBALS[] = {
     G("torch._utils", "_rebuild_meta_tensor_no_storage", CKPT__G_REBUILD_META_TENSOR_NO_STORAGE),
     G("torch._utils", "_rebuild_qtensor", CKPT__G_REBUILD_QTENSOR),
     G("torch._utils", "_rebuild_sparse_tensor", CKPT__G_REBUILD_SPARSE_TENSOR),
+    G("torch._utils", "_rebuild_sparse_csr_tensor", CKPT__G_REBUILD_SPARSE_CSR_TENSOR),
     G("torch._utils", "_rebuild_wrapper_subclass", CKPT__G_REBUILD_WRAPPER_SUBCLASS),
     G("torch._utils", "_rebuild_device_tensor_from_numpy",
       CKPT__G_REBUILD_DEVICE_TENSOR_FROM_NUMPY),
@@ -426,6 +427,62 @@ static ckpt_status call_rebuild_qtensor(vm *m, const call *c, ckpt_value **out)
     return CKPT_OK;
 }
 
+/* _rebuild_sparse_tensor(layout, data), _rebuild_sparse_csr_tensor(layout, data):
+ * data is (indices, values, size[, is_coalesced]) for sparse_coo and
+ * (compressed_indices, plain_indices, values, size) for the compressed
+ * layouts. The parts are tensors already built from storages. */
+static ckpt_status call_rebuild_sparse(vm *m, const call *c, ckpt_value **out)
+{
+    CKPT_RETURN_IF_ERROR(check_nargs(m, c, 2, 2));
+    const ckpt_value *layout = c->args[0], *data = c->args[1];
+    if (layout->kind != CKPT_GLOBAL)
+        return bad_arg(m, c, 0, "layout", "a torch layout");
+    uint8_t lay;
+    switch (layout->global_id) {
+    case CKPT__G_SPARSE_COO: lay = CKPT_LAYOUT_SPARSE_COO; break;
+    case CKPT__G_SPARSE_CSR: lay = CKPT_LAYOUT_SPARSE_CSR; break;
+    case CKPT__G_SPARSE_CSC: lay = CKPT_LAYOUT_SPARSE_CSC; break;
+    case CKPT__G_SPARSE_BSR: lay = CKPT_LAYOUT_SPARSE_BSR; break;
+    case CKPT__G_SPARSE_BSC: lay = CKPT_LAYOUT_SPARSE_BSC; break;
+    default: return bad_arg(m, c, 0, "layout", "a sparse layout");
+    }
+    size_t nparts = lay == CKPT_LAYOUT_SPARSE_COO ? 2 : 3;
+    if (data->kind != CKPT_TUPLE || data->u.seq.len < nparts + 1 ||
+        data->u.seq.len > nparts + (lay == CKPT_LAYOUT_SPARSE_COO ? 2 : 1))
+        return bad_arg(m, c, 1, "data", lay == CKPT_LAYOUT_SPARSE_COO
+                                            ? "(indices, values, size[, is_coalesced])"
+                                            : "(compressed_indices, plain_indices, values, size)");
+    ckpt_tensor *t;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, sizeof(*t), (void **)&t));
+    for (size_t i = 0; i < nparts; i++) {
+        const ckpt_value *p = data->u.seq.items[i];
+        if (!p || p->kind != CKPT_TENSOR)
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: part %zu of the data is a %s, not a tensor",
+                                 c->name, i, kind_desc(p));
+        t->parts[i] = p->u.tensor.t;
+    }
+    call dims = *c;
+    dims.args = data->u.seq.items;
+    dims.nargs = data->u.seq.len;
+    uint32_t ndim;
+    CKPT_RETURN_IF_ERROR(arg_dims(m, &dims, nparts, "size", &ndim, &t->shape));
+    int64_t *stride;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, (ndim ? ndim : 1) * sizeof(int64_t), (void **)&stride));
+    int64_t acc = 1;
+    for (uint32_t d = ndim; d-- > 0;) {
+        stride[d] = acc;
+        if (t->shape[d] > 0 && acc <= INT64_MAX / t->shape[d])
+            acc *= t->shape[d];
+    }
+    t->ndim = ndim;
+    t->stride = stride;
+    t->layout = lay;
+    t->dtype = t->parts[nparts - 1]->dtype;
+    CKPT_RETURN_IF_ERROR(ckpt__sparse_validate(t, m->ctx->record, m->op_pos, m->err));
+    CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, m->limits, m->ctx->record, m->op_pos, m->err));
+    return new_tensor_value(m, t, out);
+}
+
 /* TorchVersion('1.13.0'): the text. */
 static ckpt_status call_torch_version(vm *m, const call *c, ckpt_value **out)
 {
@@ -748,8 +805,7 @@ static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
     case CKPT__G_REBUILD_QTENSOR: return call_rebuild_qtensor(m, c, out);
     case CKPT__G_TORCH_VERSION: return call_torch_version(m, c, out);
     case CKPT__G_REBUILD_SPARSE_TENSOR:
-        return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "sparse tensors are not supported (%s)",
-                             c->name);
+    case CKPT__G_REBUILD_SPARSE_CSR_TENSOR: return call_rebuild_sparse(m, c, out);
     case CKPT__G_REBUILD_WRAPPER_SUBCLASS:
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED,
                              "wrapper-subclass tensors are not supported (%s)",

@@ -122,8 +122,16 @@ void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
     info->requires_grad = t->requires_grad;
     info->is_parameter = t->is_parameter;
     info->is_contiguous = ckpt__tensor_is_contiguous(t);
+    info->layout = (ckpt_layout)t->layout;
     const ckpt__storage *s = t->storage;
-    info->has_storage = s != NULL;
+    if (t->layout != CKPT_LAYOUT_STRIDED) {
+        /* describe where the values are */
+        const ckpt_tensor *values = t->parts[t->layout == CKPT_LAYOUT_SPARSE_COO ? 1 : 2];
+        info->nnz = values->ndim ? (uint64_t)values->shape[0] : 0;
+        s = values->storage;
+        info->is_contiguous = false;
+    }
+    info->has_storage = t->storage != NULL;
     if (s) {
         const ckpt__storage *root = s->base ? s->base : s;
         info->storage_key = s->key;
@@ -139,6 +147,8 @@ void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
     }
 }
 
+static bool is_sparse(const ckpt_tensor *t) { return t->layout != CKPT_LAYOUT_STRIDED; }
+
 ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t, const void **data,
                              bool *zero_copy, ckpt_error *err)
 {
@@ -147,6 +157,10 @@ ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t, const void **da
     if (!f || !t || !data)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     *data = NULL;
+    if (is_sparse(t))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "a %s tensor has no strided data: read its parts, or copy it dense",
+                          ckpt_layout_name((ckpt_layout)t->layout));
     ckpt__storage *s = t->storage;
     if (!s || s->nbytes == 0)
         return CKPT_OK;
@@ -171,6 +185,8 @@ ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size
                           (unsigned long long)nbytes);
     if (nbytes == 0)
         return CKPT_OK;
+    if (is_sparse(t))
+        return ckpt__sparse_to_dense(f, t, dst, err);
     if (!t->storage)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "meta tensor has no data");

@@ -54,15 +54,17 @@ int main(int argc, char **argv)
         ckpt_tensor_get_info(t, &ti);
         const void *data;
         bool zc = false;
-        if (!ti.has_storage) /* meta tensors: no bytes */
+        bool sparse = ti.layout != CKPT_LAYOUT_STRIDED;
+        if (!ti.has_storage && !sparse) /* meta tensors: no bytes */
             ti.nbytes = 0;
-        if (ckpt_tensor_data(f, t, &data, &zc, &err) != CKPT_OK) {
+        if (!sparse && ckpt_tensor_data(f, t, &data, &zc, &err) != CKPT_OK) {
             fprintf(stderr, "ckpt_dump: %s: %s\n", name, ckpt_error_format(&err, msg, sizeof(msg)));
             rc = 2;
             break;
         }
         void *buf = malloc(ti.nbytes ? ti.nbytes : 1);
-        if (!buf || (ti.has_storage && ckpt_tensor_copy(f, t, buf, ti.nbytes, &err) != CKPT_OK)) {
+        if (!buf || ((ti.has_storage || sparse) &&
+                     ckpt_tensor_copy(f, t, buf, ti.nbytes, &err) != CKPT_OK)) {
             fprintf(stderr, "ckpt_dump: %s: copy failed\n", name);
             free(buf);
             rc = 2;

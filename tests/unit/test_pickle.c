@@ -1057,8 +1057,13 @@ static void test_tensors(void **state)
         assert_int_equal(ver->kind, CKPT_STR);
         assert_string_equal(ver->u.s.ptr, "1.13");
     }
-    FAILSP("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n)R.", CKPT_ERR_UNSUPPORTED, ANY,
-           "sparse");
+    FAILSP("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n)R.", CKPT_ERR_FORMAT, ANY,
+           "takes 2 arguments, 0 given");
+    /* a sparse layout is required, and tensors for the parts */
+    FAILSP("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\nctorch\nstrided\n)\x86R.",
+           CKPT_ERR_FORMAT, ANY, "must be a sparse layout");
+    FAILSP("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\nctorch\nsparse_coo\n"
+           "(K\x01K\x02K\x03\x85t\x86R.", CKPT_ERR_FORMAT, ANY, "part 0 of the data is a int");
     FAILSP("\x80\x02" "ctorch._utils\n_rebuild_nested_tensor\n)R.", CKPT_ERR_UNSUPPORTED, ANY,
            "nested");
     FAILSP("\x80\x02" "ctorch._utils\n_rebuild_wrapper_subclass\n)R.", CKPT_ERR_UNSUPPORTED, ANY,
