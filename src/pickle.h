@@ -30,6 +30,8 @@ enum ckpt__global_id {
     CKPT__G_FROZENSET,              /* builtins.frozenset */
     CKPT__G_COMPLEX,                /* builtins.complex */
     CKPT__G_TORCH_VERSION,          /* torch.torch_version.TorchVersion: a str */
+    CKPT__G_TENSOR_TYPE,            /* torch.FloatTensor, torch.cuda.LongTensor, ...:
+                                       allowed names, not callable here */
 
     /* torch._utils rebuild functions */
     CKPT__G_REBUILD_TENSOR,

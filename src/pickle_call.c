@@ -88,6 +88,17 @@ static const global_def GLOBALS[] = {
     D("bits2x4", CKPT_BITS2X4), D("bits4x2", CKPT_BITS4X2),
     D("float4_e2m1fn_x2", CKPT_FLOAT4_E2M1FN_X2),
 
+    /* the legacy tensor types (torch._tensor_classes) are on torch's list */
+    S("DoubleTensor", CKPT__G_TENSOR_TYPE),
+    S("FloatTensor", CKPT__G_TENSOR_TYPE),
+    S("HalfTensor", CKPT__G_TENSOR_TYPE),
+    S("BFloat16Tensor", CKPT__G_TENSOR_TYPE),
+    S("LongTensor", CKPT__G_TENSOR_TYPE),
+    S("IntTensor", CKPT__G_TENSOR_TYPE),
+    S("ShortTensor", CKPT__G_TENSOR_TYPE),
+    S("CharTensor", CKPT__G_TENSOR_TYPE),
+    S("ByteTensor", CKPT__G_TENSOR_TYPE),
+    S("BoolTensor", CKPT__G_TENSOR_TYPE),
     S("DoubleStorage", CKPT__G_DOUBLE_STORAGE),
     S("FloatStorage", CKPT__G_FLOAT_STORAGE),
     S("HalfStorage", CKPT__G_HALF_STORAGE),
@@ -818,6 +829,7 @@ static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "nested tensors are not supported (%s)",
                              c->name);
     case CKPT__G_TENSOR:
+    case CKPT__G_TENSOR_TYPE:
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "constructing %s directly is not supported",
                              c->name);
     default:

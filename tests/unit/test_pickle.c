@@ -1057,6 +1057,14 @@ static void test_tensors(void **state)
         assert_int_equal(ver->kind, CKPT_STR);
         assert_string_equal(ver->u.s.ptr, "1.13");
     }
+    {
+        /* legacy tensor types are allowed names, but never called */
+        ckpt_value *tt = OK("\x80\x02" "ctorch.cuda\nFloatTensor\n.");
+        assert_int_equal(tt->kind, CKPT_GLOBAL);
+        assert_string_equal(tt->u.s.ptr, "torch.cuda.FloatTensor");
+    }
+    FAILSP("\x80\x02" "ctorch\nLongTensor\n)R.", CKPT_ERR_UNSUPPORTED, ANY,
+           "constructing torch.LongTensor directly is not supported");
     FAILSP("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n)R.", CKPT_ERR_FORMAT, ANY,
            "takes 2 arguments, 0 given");
     /* a sparse layout is required, and tensors for the parts */
