@@ -561,7 +561,7 @@ static int hex_value(uint8_t c)
     return -1;
 }
 
-/* UNICODE: raw-unicode-escape. \uXXXX and \UXXXXXXXX are code points, a
+/* UNICODE: raw-unicode-escape. \u with 4 hex digits and \U with 8 are code points, a
  * backslash before anything else is literal (and keeps its follower
  * literal), every other byte is a latin-1 code point. */
 static ckpt_status decode_raw_unicode_escape(vm *m, const uint8_t *s, size_t n, ckpt_value **out)
