@@ -899,17 +899,19 @@ static ckpt_status op_dict(vm *m)
     return push(m, d);
 }
 
-static ckpt_status op_appends(vm *m)
+/* APPENDS (lists) and ADDITEMS (sets): the items since the mark join the
+ * container below it. */
+static ckpt_status op_extend(vm *m, int kind, const char *op, const char *what)
 {
     size_t mark = 0;
-    ckpt_value *list;
-    CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &list));
-    if (list->kind != CKPT_LIST)
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "APPENDS on a %s is not allowed (only on lists)",
-                             kind_desc(list));
-    CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)list->u.seq.len + (m->sp - mark)));
+    ckpt_value *seq;
+    CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &seq));
+    if (seq->kind != kind)
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s on a %s is not allowed (only on %s)", op,
+                             kind_desc(seq), what);
+    CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)seq->u.seq.len + (m->sp - mark)));
     for (size_t i = mark; i < m->sp; i++)
-        CKPT_RETURN_IF_ERROR(seq_add(m, list, m->stack[i]));
+        CKPT_RETURN_IF_ERROR(seq_add(m, seq, m->stack[i]));
     m->sp = mark;
     return CKPT_OK;
 }
@@ -926,21 +928,6 @@ static ckpt_status op_setitems(vm *m)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "odd number of items (%zu)", m->sp - mark);
     for (size_t i = mark; i < m->sp; i += 2)
         CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, m->stack[i], m->stack[i + 1]));
-    m->sp = mark;
-    return CKPT_OK;
-}
-
-static ckpt_status op_additems(vm *m)
-{
-    size_t mark = 0;
-    ckpt_value *set;
-    CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &set));
-    if (set->kind != CKPT_SET)
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "ADDITEMS on a %s is not allowed (only on sets)",
-                             kind_desc(set));
-    CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)set->u.seq.len + (m->sp - mark)));
-    for (size_t i = mark; i < m->sp; i++)
-        CKPT_RETURN_IF_ERROR(seq_add(m, set, m->stack[i]));
     m->sp = mark;
     return CKPT_OK;
 }
@@ -1256,7 +1243,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
             break;
         }
         case OP_APPENDS:
-            CKPT_RETURN_IF_ERROR(op_appends(m));
+            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_LIST, "APPENDS", "lists"));
             break;
         case OP_SETITEM: {
             CKPT_RETURN_IF_ERROR(need_items(m, 3));
@@ -1272,7 +1259,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
             CKPT_RETURN_IF_ERROR(op_setitems(m));
             break;
         case OP_ADDITEMS:
-            CKPT_RETURN_IF_ERROR(op_additems(m));
+            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_SET, "ADDITEMS", "sets"));
             break;
 
         /* ---- memo ---- */
