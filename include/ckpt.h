@@ -411,6 +411,148 @@ CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
  */
 CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
 
+/* ========================================================================
+ * Building values (for writing)
+ *
+ * A tree owns the values made in it; ckpt_tree_free() frees them all.
+ * Containers may hold values of the tree and values of open files
+ * (ckpt_file_root() and below): a file's values are referenced, not
+ * copied, so the file must stay open until the tree is saved.
+ * Constructors return NULL on failure; the tree remembers its first error,
+ * and saving a tree that has one returns it (check once, at the end).
+ * ======================================================================== */
+
+typedef struct ckpt_tree ckpt_tree;
+
+/* NULL when out of memory. */
+CKPT_API ckpt_tree *ckpt_tree_new(void);
+CKPT_API void ckpt_tree_free(ckpt_tree *tree);
+/* The tree's first error (CKPT_OK when none); err (may be NULL) gets it. */
+CKPT_API ckpt_status ckpt_tree_status(const ckpt_tree *tree, ckpt_error *err);
+
+CKPT_API ckpt_value *ckpt_new_none(ckpt_tree *tree);
+CKPT_API ckpt_value *ckpt_new_bool(ckpt_tree *tree, bool b);
+CKPT_API ckpt_value *ckpt_new_int(ckpt_tree *tree, int64_t i);
+CKPT_API ckpt_value *ckpt_new_float(ckpt_tree *tree, double d);
+CKPT_API ckpt_value *ckpt_new_complex(ckpt_tree *tree, double re, double im);
+/* UTF-8 text (checked); len SIZE_MAX means strlen(s). Copied. */
+CKPT_API ckpt_value *ckpt_new_str(ckpt_tree *tree, const char *s, size_t len);
+CKPT_API ckpt_value *ckpt_new_bytes(ckpt_tree *tree, const void *p, size_t len);
+CKPT_API ckpt_value *ckpt_new_list(ckpt_tree *tree);
+CKPT_API ckpt_value *ckpt_new_tuple(ckpt_tree *tree);
+CKPT_API ckpt_value *ckpt_new_set(ckpt_tree *tree);
+CKPT_API ckpt_value *ckpt_new_dict(ckpt_tree *tree);
+/* collections.OrderedDict, what state_dict() returns. */
+CKPT_API ckpt_value *ckpt_new_ordered_dict(ckpt_tree *tree);
+CKPT_API ckpt_value *ckpt_new_dtype(ckpt_tree *tree, ckpt_dtype dtype);
+/* torch.device: "cpu", "cuda:0", ... */
+CKPT_API ckpt_value *ckpt_new_device(ckpt_tree *tree, const char *device);
+/* torch.Size of ndim ints. */
+CKPT_API ckpt_value *ckpt_new_size(ckpt_tree *tree, uint32_t ndim, const int64_t *dims);
+
+/* Appends item to a LIST, TUPLE or SET made in this tree. */
+CKPT_API ckpt_status ckpt_append(ckpt_tree *tree, ckpt_value *seq, const ckpt_value *item);
+/* dict[key] = val for a DICT or ORDERED_DICT made in this tree, with Python's
+ * semantics (an equal key keeps its place and takes the new value). */
+CKPT_API ckpt_status ckpt_dict_put(ckpt_tree *tree, ckpt_value *dict, const ckpt_value *key,
+                                   const ckpt_value *val);
+/* The same with a text key. */
+CKPT_API ckpt_status ckpt_dict_put_str(ckpt_tree *tree, ckpt_value *dict, const char *key,
+                                       const ckpt_value *val);
+/* Attaches state: an ORDERED_DICT's attributes (a DICT holding "_metadata"
+ * for state dicts, see ckpt_value_state), or a tensor's BUILD state. */
+CKPT_API ckpt_status ckpt_set_state(ckpt_tree *tree, ckpt_value *v, const ckpt_value *state);
+
+/* A strided tensor over caller memory, borrowed (never copied): data must
+ * stay valid and unchanged until the tree is saved. */
+typedef struct ckpt_tensor_desc {
+    size_t struct_size;          /* sizeof(ckpt_tensor_desc) */
+    ckpt_dtype dtype;
+    uint32_t ndim;
+    const int64_t *shape;        /* ndim sizes */
+    const int64_t *stride;       /* ndim strides in elements; NULL: contiguous */
+    int64_t storage_offset;      /* in elements */
+    const void *data;            /* first byte of the storage, native byte order */
+    uint64_t storage_nbytes;     /* bytes of the storage; 0: exactly what the view spans */
+    const char *location;        /* location tag; NULL: "cpu" */
+    bool requires_grad;
+    bool is_parameter;           /* saved as torch.nn.Parameter */
+} ckpt_tensor_desc;
+
+/* Fills *desc with zeros, struct_size and dtype float32. */
+CKPT_API void ckpt_tensor_desc_init(ckpt_tensor_desc *desc);
+/* A tensor with a storage of its own. Shape, stride and offset are checked
+ * against storage_nbytes. */
+CKPT_API ckpt_value *ckpt_new_tensor(ckpt_tree *tree, const ckpt_tensor_desc *desc);
+/* A view sharing base's storage (base: a tensor of this tree or of an open
+ * file): desc's shape, stride, storage_offset, requires_grad and
+ * is_parameter are used; dtype must be base's; data and location are
+ * ignored. The storage is written once however many views share it. */
+CKPT_API ckpt_value *ckpt_new_view(ckpt_tree *tree, const ckpt_value *base,
+                                   const ckpt_tensor_desc *desc);
+/* A contiguous copy of a strided tensor (of this tree or of an open file) in
+ * another floating dtype, computed while saving (never held whole in memory):
+ * float64, float32, float16 and bfloat16, rounding to nearest even. Other
+ * dtypes give CKPT_ERR_TYPE. to == the tensor's dtype makes it contiguous. */
+CKPT_API ckpt_value *ckpt_new_cast(ckpt_tree *tree, const ckpt_value *tensor, ckpt_dtype to);
+
+/* Converts count elements between float64, float32, float16 and bfloat16
+ * (round to nearest even; NaN stays NaN, infinities and subnormals exact
+ * where representable). Other pairs: CKPT_ERR_TYPE unless from == to. */
+CKPT_API ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from,
+                                        const void *src, size_t count);
+
+/* ========================================================================
+ * Writing files
+ *
+ * Writes are crash-safe: the bytes go to a temporary file in the target's
+ * directory, which is fsync'ed, renamed over the target, and the directory
+ * fsync'ed. On any error the previous file is untouched and the temporary
+ * removed. Tensor bytes stream from their memory (or the source file's map)
+ * to the output: the writer's own memory is O(metadata).
+ * ======================================================================== */
+
+#define CKPT_SAVE_NO_FSYNC 0x1u   /* skip the fsyncs: faster, not durable */
+
+typedef struct ckpt_save_options {
+    size_t struct_size;          /* sizeof(ckpt_save_options) */
+    unsigned flags;              /* CKPT_SAVE_* */
+    /* torch zip: archive prefix; NULL: the file's base name without its last
+     * extension, as torch 1.13+ does ("archive" when that is empty). */
+    const char *prefix;
+    /* torch zip: write every tensor with this location tag ("cpu"), as
+     * map_location does; NULL keeps each tensor's tag. */
+    const char *location;
+    /* safetensors: extra __metadata__ entries, a DICT of text -> text. */
+    const ckpt_value *metadata;
+    /* Called as bytes are written (done, total), may be NULL. */
+    void (*progress)(void *user, uint64_t done, uint64_t total);
+    void *progress_user;
+} ckpt_save_options;
+
+CKPT_API void ckpt_save_options_default(ckpt_save_options *opts);
+
+/*
+ * Saves a value tree as a torch zip file that torch.load reads (and
+ * weights_only=True where the content allows): a protocol 2 pickle of only
+ * the opcodes every weights_only reader accepts, storages written once in
+ * order of first use, records aligned to 64 bytes, CRC32, data descriptors
+ * and ZIP64 as PyTorch writes them. The same tree gives the same bytes.
+ */
+CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
+                                     const ckpt_save_options *opts, ckpt_error *err);
+
+/*
+ * Saves the tensors of a tree as safetensors: one entry per tensor, named as
+ * ckpt_file_tensor names them, each contiguous; data in the reference order
+ * (dtype alignment descending, then name), starting at a multiple of 64.
+ * Subtrees without tensors (epoch, metrics, versions) go into __metadata__
+ * as JSON text under their path, with opts->metadata's entries. Sparse and
+ * quantized tensors, and two tensors under one name, are refused.
+ */
+CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
+                                           const ckpt_save_options *opts, ckpt_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -115,3 +115,11 @@ void ckpt_open_options_default(ckpt_open_options *opts)
     opts->struct_size = sizeof(*opts);
     ckpt_limits_default(&opts->limits);
 }
+
+void ckpt_save_options_default(ckpt_save_options *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->struct_size = sizeof(*opts);
+}

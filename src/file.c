@@ -411,151 +411,21 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 
 /* ---- the named tensor list --------------------------------------------- */
 
-typedef struct name_buf {
-    char *p;
-    size_t len, cap;
-} name_buf;
-
-static bool nb_reserve(name_buf *b, size_t more)
+static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_tensor *t, ckpt_error *err)
 {
-    if (b->len + more + 1 <= b->cap)
-        return true;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return false;
-    b->p = p;
-    b->cap = cap;
-    return true;
-}
-
-static bool nb_append(name_buf *b, const char *s, size_t n)
-{
-    if (!nb_reserve(b, n + 1))
-        return false;
-    if (b->len)
-        b->p[b->len++] = '.';
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-    return true;
-}
-
-/* Shortest text that reads back as the same double, like Python's repr. */
-static void float_text(double d, char *buf, size_t cap)
-{
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, cap, "%.*g", prec, d);
-        if (strtod(buf, NULL) == d)
-            break;
-    }
-    if (!strpbrk(buf, ".eEni"))
-        snprintf(buf + strlen(buf), cap - strlen(buf), ".0");
-}
-
-/* Python's str() of a plain key, into buf (truncated at cap). Returns the
- * length written. Tuples show their items' repr: (1, 'a'). */
-static size_t key_text(const ckpt_value *k, char *buf, size_t cap, bool quote, int depth)
-{
-    size_t n = 0;
-#define PUT(s, len)                                                  \
-    do {                                                             \
-        size_t l_ = (len);                                           \
-        if (l_ > cap - 1 - n)                                        \
-            l_ = cap - 1 - n;                                        \
-        memcpy(buf + n, (s), l_);                                    \
-        n += l_;                                                     \
-    } while (0)
-    char tmp[64];
-    switch (k->kind) {
-    case CKPT_STR:
-        if (quote)
-            PUT("'", 1);
-        PUT(k->u.s.ptr, k->u.s.len);
-        if (quote)
-            PUT("'", 1);
-        break;
-    case CKPT_BYTES:
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
-        PUT(k->u.s.ptr, k->u.s.len);
-        break;
-    case CKPT_INT:
-        snprintf(tmp, sizeof(tmp), "%lld", (long long)k->u.i);
-        PUT(tmp, strlen(tmp));
-        break;
-    case CKPT_BOOLEAN:
-        PUT(k->u.b ? "True" : "False", k->u.b ? 4 : 5);
-        break;
-    case CKPT_FLOAT:
-        float_text(k->u.f, tmp, sizeof(tmp));
-        PUT(tmp, strlen(tmp));
-        break;
-    case CKPT_NONE:
-        PUT("None", 4);
-        break;
-    case CKPT_DTYPE:
-        PUT("torch.", 6);
-        PUT(ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
-        break;
-    case CKPT_TUPLE:
-        if (depth > 4) {
-            PUT("(...)", 5);
-            break;
-        }
-        PUT("(", 1);
-        for (size_t i = 0; i < k->u.seq.len && n < cap - 1; i++) {
-            if (i)
-                PUT(", ", 2);
-            n += key_text(k->u.seq.items[i], buf + n, cap - n, true, depth + 1);
-        }
-        if (k->u.seq.len == 1)
-            PUT(",", 1);
-        PUT(")", 1);
-        break;
-    default:
-        PUT("?", 1);
-        break;
-    }
-#undef PUT
-    buf[n] = 0;
-    return n;
-}
-
-/* Text of a dict key in a tensor name. */
-static bool nb_append_key(name_buf *b, const ckpt_value *k)
-{
-    if (k->kind == CKPT_STR)
-        return nb_append(b, k->u.s.ptr, k->u.s.len);
-    char buf[256];
-    size_t n = key_text(k, buf, sizeof(buf), false, 0);
-    return nb_append(b, buf, n);
-}
-
-typedef struct collect_ctx {
-    ckpt_file *f;
-    name_buf nb;
-    ckpt_error *err;
-    uint64_t visits_left;   /* containers shared through the memo multiply paths */
-} collect_ctx;
-
-static ckpt_status add_tensor(collect_ctx *c, ckpt_tensor *t)
-{
-    ckpt_file *f = c->f;
     if (f->tensor_count == f->tensor_cap) {
         size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
         ckpt__tensor_ref *p = realloc(f->tensors, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         f->tensors = p;
         f->tensor_cap = cap;
     }
-    const char *name = ckpt__arena_strdup(&f->arena, c->nb.p ? c->nb.p : "", c->nb.len);
+    size_t len = strlen(name_text);
+    const char *name = ckpt__arena_strdup(&f->arena, name_text, len);
     if (!name)
-        return ckpt__fail(c->err, ckpt__arena_over_limit(&f->arena, c->nb.len + 1)
-                                      ? CKPT_ERR_LIMIT : CKPT_ERR_NOMEM,
+        return ckpt__fail(err, ckpt__arena_over_limit(&f->arena, len + 1)
+                                   ? CKPT_ERR_LIMIT : CKPT_ERR_NOMEM,
                           "", CKPT_NO_OFFSET, "no memory for tensor names");
     f->tensors[f->tensor_count].name = name;
     f->tensors[f->tensor_count].tensor = t;
@@ -565,14 +435,14 @@ static ckpt_status add_tensor(collect_ctx *c, ckpt_tensor *t)
 
 /* torch.save(storage) pickles a bare storage: present it as a 1-D tensor
  * over all of its elements, as torch.load gives a TypedStorage. */
-static ckpt_status storage_to_tensor(collect_ctx *c, ckpt_value *v)
+static ckpt_status storage_to_tensor(ckpt_file *f, ckpt_value *v, ckpt_error *err)
 {
     ckpt__storage *s = v->u.storage;
-    ckpt__arena *a = &c->f->arena;
+    ckpt__arena *a = &f->arena;
     ckpt_tensor *t = ckpt__arena_alloc(a, sizeof(*t));
     int64_t *dims = ckpt__arena_alloc(a, 2 * sizeof(int64_t));
     if (!t || !dims)
-        return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
     t->dtype = s->dtype;
     t->ndim = 1;
     t->shape = dims;
@@ -580,88 +450,22 @@ static ckpt_status storage_to_tensor(collect_ctx *c, ckpt_value *v)
     dims[0] = (int64_t)(s->nbytes * 8 / ckpt_dtype_bits(s->dtype));
     dims[1] = 1;
     t->storage = s;
-    CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, &c->f->opts.limits, s->record, CKPT_NO_OFFSET,
-                                               c->err));
+    CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, &f->opts.limits, s->record, CKPT_NO_OFFSET,
+                                               err));
     v->kind = CKPT_TENSOR;
     v->u.tensor.t = t;
     v->u.tensor.state = NULL;
     return CKPT_OK;
 }
 
-static bool names_children(const ckpt_value *v)
+static ckpt_status collect_one(void *user, const char *name, const ckpt_value *cv,
+                               ckpt_error *err)
 {
-    switch (v->kind) {
-    case CKPT_TENSOR:
-    case CKPT__KIND_STORAGE:
-    case CKPT_LIST:
-    case CKPT_TUPLE:
-    case CKPT_SET:
-    case CKPT_DICT:
-    case CKPT_ORDERED_DICT:
-        return true;
-    default:
-        return false;
-    }
-}
-
-static ckpt_status walk(collect_ctx *c, ckpt_value *v, uint64_t depth)
-{
-    if (!v)
-        return CKPT_OK;
+    ckpt_file *f = user;
+    ckpt_value *v = (ckpt_value *)(uintptr_t)cv; /* the file's own tree */
     if (v->kind == CKPT__KIND_STORAGE)
-        CKPT_RETURN_IF_ERROR(storage_to_tensor(c, v));
-    if (depth > c->f->opts.limits.max_nesting)
-        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
-                          "values nested deeper than %llu at '%s'",
-                          (unsigned long long)c->f->opts.limits.max_nesting,
-                          c->nb.p ? c->nb.p : "");
-    if (c->visits_left-- == 0)
-        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
-                          "containers shared through the pickle memo make too many paths "
-                          "to name (at '%s')", c->nb.p ? c->nb.p : "");
-    switch (v->kind) {
-    case CKPT_TENSOR:
-        return add_tensor(c, v->u.tensor.t);
-    case CKPT_LIST:
-    case CKPT_TUPLE:
-    case CKPT_SET:
-    case CKPT_DICT:
-    case CKPT_ORDERED_DICT:
-        break;
-    default:
-        return CKPT_OK;
-    }
-    if (v->flags & CKPT__VF_VISITING)
-        return CKPT_OK; /* a cycle through the memo: already on the path */
-    v->flags |= CKPT__VF_VISITING;
-    ckpt_status st = CKPT_OK;
-    size_t saved = c->nb.len;
-    bool is_dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
-    size_t n = is_dict ? v->u.dict.len : v->u.seq.len;
-    for (size_t i = 0; i < n && st == CKPT_OK; i++) {
-        ckpt_value *child = is_dict ? v->u.dict.vals[i] : v->u.seq.items[i];
-        /* Only containers and tensors produce names: skip plain leaves fast. */
-        if (!names_children(child))
-            continue;
-        bool ok;
-        if (is_dict) {
-            ok = nb_append_key(&c->nb, v->u.dict.keys[i]);
-        } else {
-            char tmp[32];
-            int len = snprintf(tmp, sizeof(tmp), "%zu", i);
-            ok = nb_append(&c->nb, tmp, (size_t)len);
-        }
-        if (!ok) {
-            st = ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-            break;
-        }
-        st = walk(c, child, depth + 1);
-        c->nb.len = saved;
-        if (c->nb.p)
-            c->nb.p[saved] = 0;
-    }
-    v->flags &= (uint16_t)~CKPT__VF_VISITING;
-    return st;
+        CKPT_RETURN_IF_ERROR(storage_to_tensor(f, v, err));
+    return add_tensor(f, name, v->u.tensor.t, err);
 }
 
 ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
@@ -669,12 +473,9 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
     /* Naming follows every path, so a container shared k times is walked k
      * times; sharing nested n deep makes 2^n paths from a few hundred bytes.
      * Allow a generous multiple of the tree's size, then refuse. */
-    collect_ctx c = {.f = f, .err = err,
-                     .visits_left = 1000000 + f->arena.used / 8};
-    ckpt_status st = walk(&c, f->root, 0);
-    free(c.nb.p);
-    if (st != CKPT_OK)
-        return st;
+    CKPT_RETURN_IF_ERROR(ckpt__walk_named_ex(f->root, f->opts.limits.max_nesting,
+                                             1000000 + f->arena.used / 8, collect_one, NULL, f,
+                                             err));
     size_t cap = 16;
     while (cap < f->tensor_count * 2)
         cap *= 2;

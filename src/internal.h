@@ -97,6 +97,10 @@ typedef struct ckpt__storage {
     bool resolved;
     const uint8_t *data;       /* native-endian, aligned bytes once resolved */
     uint8_t *owned;            /* malloc'd copy, when one was needed */
+    /* storages made by a ckpt_tree (owner NULL): either caller memory
+     * (data set, resolved true) or the elements of cast_src converted to
+     * dtype, produced while writing (data NULL) */
+    const struct ckpt_tensor *cast_src;
 } ckpt__storage;
 
 struct ckpt_tensor {
@@ -342,5 +346,70 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err);
 /* Sets s->data: zero-copy into the map when aligned and native-endian,
  * else a copy (byte-swapped when big-endian). */
 ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
+
+/* ---- trees and streaming (writers) ---------------------------------- */
+
+struct ckpt_tree {
+    ckpt__arena arena;          /* no limit: the caller builds what it wants */
+    ckpt_error err;             /* the first error */
+};
+
+/* Records err as the tree's first error (later ones are dropped). */
+void ckpt__tree_fail(ckpt_tree *tree, const ckpt_error *err);
+
+/* Bytes [off, off+len) of a storage in native byte order, len <= the
+ * storage's nbytes - off. *out gets memory valid until the next call on any
+ * storage: the storage's own bytes (zero-copy, buf unused) or buf, filled
+ * with len bytes (casts; buf must hold len bytes). File storages are
+ * resolved on first use. */
+ckpt_status ckpt__storage_read(ckpt__storage *s, uint64_t off, size_t len, uint8_t *buf,
+                               const uint8_t **out, ckpt_error *err);
+/* Bytes [off, off+len) of the tensor's elements in row-major order, as a
+ * contiguous copy would hold them (nbytes of ckpt_tensor_info in all).
+ * Same *out rule: zero-copy for contiguous tensors. Strided tensors only;
+ * sub-byte dtypes only when contiguous. */
+ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, uint8_t *buf,
+                              const uint8_t **out, ckpt_error *err);
+/* The tensor's byte count (numel x element size, rounded up for sub-byte). */
+uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t);
+
+/* Calls fn for every tensor of the tree with its name as ckpt_file_tensor
+ * gives it (a tensor reachable by two paths: twice), and, when leaf_fn is
+ * not NULL, for every maximal subtree that holds no tensor (its path and
+ * value). Bare storages (torch.save(storage)) come to tensor_fn as the
+ * internal storage kind. Stops at the first non-OK status, which it returns. */
+typedef ckpt_status (*ckpt__walk_fn)(void *user, const char *name, const ckpt_value *v,
+                                     ckpt_error *err);
+ckpt_status ckpt__walk_named(const ckpt_value *root, uint64_t max_nesting, ckpt__walk_fn tensor_fn,
+                             ckpt__walk_fn leaf_fn, void *user, ckpt_error *err);
+/* The same with a budget of visits (paths multiply through shared containers). */
+ckpt_status ckpt__walk_named_ex(const ckpt_value *root, uint64_t max_nesting,
+                                uint64_t max_visits, ckpt__walk_fn tensor_fn,
+                                ckpt__walk_fn leaf_fn, void *user, ckpt_error *err);
+/* Python's str() of a plain dict key (text as is, 1, None, (1, 'a')) into
+ * buf, truncated at cap; returns the length. */
+size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap);
+/* Shortest text that reads back as the same double, like Python's repr. */
+void ckpt__float_repr(double d, char *buf, size_t cap);
+
+/* ---- crash-safe output file ------------------------------------------ */
+
+typedef struct ckpt__out {
+    int fd;
+    char *path;                 /* the target */
+    char *tmp_path;             /* the temporary beside it */
+    uint64_t written;
+    unsigned flags;             /* CKPT_SAVE_* */
+} ckpt__out;
+
+/* Creates a temporary file in path's directory (O_EXCL, mode 0666 & ~umask). */
+ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err);
+/* Writes everything (retrying short writes and EINTR); errors name the target. */
+ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
+/* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
+ * the directory. On failure the temporary is removed. */
+ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err);
+/* Closes and removes the temporary; safe after a failed commit and twice. */
+void ckpt__out_abort(ckpt__out *o);
 
 #endif /* CKPT_INTERNAL_H */

@@ -1,0 +1,168 @@
+/*
+ * outfile.c - crash-safe output files.
+ *
+ * Bytes go to a temporary file created beside the target (same directory,
+ * so same filesystem), which is fsync'ed, closed and renamed over the
+ * target; then the directory is fsync'ed so the rename itself is durable.
+ * Until the rename, the target is untouched: a crash, a full disk or any
+ * error leaves the previous file as it was, and the temporary is removed.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static ckpt_status io_fail(ckpt_error *err, const char *what, const char *path, int e)
+{
+    return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "%s %s: %s", what, path,
+                      strerror(e));
+}
+
+/* The directory part of path ("." when none), malloc'd. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    size_t n = (size_t)(slash - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err)
+{
+    memset(o, 0, sizeof(*o));
+    o->fd = -1;
+    if (!path || !*path)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty output path");
+    size_t len = strlen(path);
+    if (path[len - 1] == '/')
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "output path %s names a directory", path);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "output path %s exists and is not a regular file", path);
+    o->path = strdup(path);
+    /* ".NAME.tmp-PID-N" beside the target: hidden, and recognisable by
+     * whoever cleans up after a crash. */
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
+    size_t cap = len + 64;
+    o->tmp_path = malloc(cap);
+    if (!o->path || !o->tmp_path) {
+        ckpt__out_abort(o);
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    }
+    unsigned long salt = (unsigned long)time(NULL) ^ ((unsigned long)(uintptr_t)o << 7);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        snprintf(o->tmp_path, cap, "%.*s.%s.tmp-%ld-%lx", (int)dir_len, path, path + dir_len,
+                 (long)getpid(), (salt + (unsigned long)attempt * 0x9e3779b9ul) & 0xffffffful);
+        o->fd = open(o->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (o->fd >= 0 || errno != EEXIST)
+            break;
+    }
+    if (o->fd < 0) {
+        int e = errno;
+        free(o->tmp_path);
+        o->tmp_path = NULL; /* nothing to remove */
+        ckpt__out_abort(o);
+        return io_fail(err, "cannot create a temporary file beside", path, e);
+    }
+    o->flags = flags;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err)
+{
+    const uint8_t *b = p;
+    while (n) {
+        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        ssize_t w = write(o->fd, b, chunk);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return io_fail(err, "cannot write", o->path, errno);
+        }
+        if (w == 0)
+            return io_fail(err, "cannot write", o->path, EIO);
+        b += w;
+        n -= (size_t)w;
+        o->written += (uint64_t)w;
+    }
+    return CKPT_OK;
+}
+
+/* fsync of the directory holding path, so a rename in it is durable. */
+static ckpt_status sync_dir(const char *path, ckpt_error *err)
+{
+    char *dir = dir_of(path);
+    if (!dir)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ckpt_status st = CKPT_OK;
+    if (fd < 0) {
+        st = io_fail(err, "cannot open directory", dir, errno);
+    } else {
+        /* Some filesystems cannot sync directories (EINVAL): nothing to do. */
+        if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
+            st = io_fail(err, "cannot sync directory", dir, errno);
+        close(fd);
+    }
+    free(dir);
+    return st;
+}
+
+ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
+{
+    ckpt_status st = CKPT_OK;
+    bool sync = !(o->flags & CKPT_SAVE_NO_FSYNC);
+    if (sync && fsync(o->fd) != 0)
+        st = io_fail(err, "cannot sync", o->path, errno);
+    if (st == CKPT_OK) {
+        int fd = o->fd;
+        o->fd = -1;
+        /* close reports delayed write errors on some filesystems (NFS) */
+        if (close(fd) != 0)
+            st = io_fail(err, "cannot write", o->path, errno);
+    }
+    if (st == CKPT_OK && rename(o->tmp_path, o->path) != 0)
+        st = io_fail(err, "cannot rename the temporary file over", o->path, errno);
+    if (st != CKPT_OK) {
+        ckpt__out_abort(o);
+        return st;
+    }
+    free(o->tmp_path);
+    o->tmp_path = NULL;
+    if (sync)
+        st = sync_dir(o->path, err);
+    free(o->path);
+    o->path = NULL;
+    return st;
+}
+
+void ckpt__out_abort(ckpt__out *o)
+{
+    if (!o)
+        return;
+    if (o->fd >= 0)
+        close(o->fd);
+    o->fd = -1;
+    if (o->tmp_path)
+        unlink(o->tmp_path);
+    free(o->tmp_path);
+    free(o->path);
+    o->tmp_path = NULL;
+    o->path = NULL;
+}

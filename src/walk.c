@@ -1,0 +1,277 @@
+/*
+ * walk.c - the naming walk: every tensor of a value tree with its name.
+ *
+ * Names are paths from the root: dict keys as text (other keys as Python's
+ * str() shows them), list/tuple/set positions as decimal numbers, joined by
+ * ".". The file's tensor list and the writers name tensors through this one
+ * walk, so a name means the same thing everywhere.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct name_buf {
+    char *p;
+    size_t len, cap;
+} name_buf;
+
+static bool nb_reserve(name_buf *b, size_t more)
+{
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return false;
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static bool nb_append(name_buf *b, const char *s, size_t n)
+{
+    if (!nb_reserve(b, n + 1))
+        return false;
+    if (b->len)
+        b->p[b->len++] = '.';
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return true;
+}
+
+/* Shortest text that reads back as the same double, like Python's repr. */
+void ckpt__float_repr(double d, char *buf, size_t cap)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    if (!strpbrk(buf, ".eEni"))
+        snprintf(buf + strlen(buf), cap - strlen(buf), ".0");
+}
+
+/* Python's str() of a plain key, into buf (truncated at cap). Returns the
+ * length written. Tuples show their items' repr: (1, 'a'). */
+static size_t key_text(const ckpt_value *k, char *buf, size_t cap, bool quote, int depth)
+{
+    size_t n = 0;
+#define PUT(s, len)                                                  \
+    do {                                                             \
+        size_t l_ = (len);                                           \
+        if (l_ > cap - 1 - n)                                        \
+            l_ = cap - 1 - n;                                        \
+        memcpy(buf + n, (s), l_);                                    \
+        n += l_;                                                     \
+    } while (0)
+    char tmp[64];
+    switch (k->kind) {
+    case CKPT_STR:
+        if (quote)
+            PUT("'", 1);
+        PUT(k->u.s.ptr, k->u.s.len);
+        if (quote)
+            PUT("'", 1);
+        break;
+    case CKPT_BYTES:
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+        PUT(k->u.s.ptr, k->u.s.len);
+        break;
+    case CKPT_INT:
+        snprintf(tmp, sizeof(tmp), "%lld", (long long)k->u.i);
+        PUT(tmp, strlen(tmp));
+        break;
+    case CKPT_BOOLEAN:
+        PUT(k->u.b ? "True" : "False", k->u.b ? 4 : 5);
+        break;
+    case CKPT_FLOAT:
+        ckpt__float_repr(k->u.f, tmp, sizeof(tmp));
+        PUT(tmp, strlen(tmp));
+        break;
+    case CKPT_NONE:
+        PUT("None", 4);
+        break;
+    case CKPT_DTYPE:
+        PUT("torch.", 6);
+        PUT(ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
+        break;
+    case CKPT_TUPLE:
+        if (depth > 4) {
+            PUT("(...)", 5);
+            break;
+        }
+        PUT("(", 1);
+        for (size_t i = 0; i < k->u.seq.len && n < cap - 1; i++) {
+            if (i)
+                PUT(", ", 2);
+            n += key_text(k->u.seq.items[i], buf + n, cap - n, true, depth + 1);
+        }
+        if (k->u.seq.len == 1)
+            PUT(",", 1);
+        PUT(")", 1);
+        break;
+    default:
+        PUT("?", 1);
+        break;
+    }
+#undef PUT
+    buf[n] = 0;
+    return n;
+}
+
+/* Text of a dict key in a tensor name. */
+static bool nb_append_key(name_buf *b, const ckpt_value *k)
+{
+    if (k->kind == CKPT_STR)
+        return nb_append(b, k->u.s.ptr, k->u.s.len);
+    char buf[256];
+    size_t n = key_text(k, buf, sizeof(buf), false, 0);
+    return nb_append(b, buf, n);
+}
+
+
+size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap)
+{
+    if (cap == 0)
+        return 0;
+    return key_text(k, buf, cap, false, 0);
+}
+
+typedef struct walk_ctx {
+    name_buf nb;
+    ckpt__walk_fn tensor_fn, leaf_fn;
+    void *user;
+    ckpt_error *err;
+    uint64_t max_nesting;
+    uint64_t visits_left;   /* containers shared through the memo multiply paths */
+} walk_ctx;
+
+static bool is_container(const ckpt_value *v)
+{
+    switch (v->kind) {
+    case CKPT_LIST:
+    case CKPT_TUPLE:
+    case CKPT_SET:
+    case CKPT_DICT:
+    case CKPT_ORDERED_DICT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool is_tensor_like(const ckpt_value *v)
+{
+    return v->kind == CKPT_TENSOR || v->kind == CKPT__KIND_STORAGE;
+}
+
+static size_t child_count(const ckpt_value *v)
+{
+    bool is_dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    return is_dict ? v->u.dict.len : v->u.seq.len;
+}
+
+static ckpt_value *child_at(const ckpt_value *v, size_t i)
+{
+    bool is_dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    return is_dict ? v->u.dict.vals[i] : v->u.seq.items[i];
+}
+
+/* true when a tensor is reachable from v (cycles and depth bounded). */
+static bool holds_tensor(ckpt_value *v, uint64_t depth, uint64_t max_depth)
+{
+    if (!v)
+        return false;
+    if (is_tensor_like(v))
+        return true;
+    if (!is_container(v) || depth > max_depth || (v->flags & CKPT__VF_VISITING))
+        return false;
+    v->flags |= CKPT__VF_VISITING;
+    bool found = false;
+    size_t n = child_count(v);
+    for (size_t i = 0; i < n && !found; i++)
+        found = holds_tensor(child_at(v, i), depth + 1, max_depth);
+    v->flags &= (uint16_t)~CKPT__VF_VISITING;
+    return found;
+}
+
+static ckpt_status nomem(walk_ctx *c)
+{
+    return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+}
+
+static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
+{
+    if (!v)
+        return CKPT_OK;
+    if (depth > c->max_nesting)
+        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "values nested deeper than %llu at '%s'",
+                          (unsigned long long)c->max_nesting, c->nb.p ? c->nb.p : "");
+    if (c->visits_left-- == 0)
+        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "containers shared through the pickle memo make too many paths "
+                          "to name (at '%s')", c->nb.p ? c->nb.p : "");
+    const char *name = c->nb.p ? c->nb.p : "";
+    if (is_tensor_like(v))
+        return c->tensor_fn(c->user, name, v, c->err);
+    if (!is_container(v) || (v->flags & CKPT__VF_VISITING))
+        return c->leaf_fn ? c->leaf_fn(c->user, name, v, c->err) : CKPT_OK;
+    if (c->leaf_fn && !holds_tensor(v, depth, c->max_nesting))
+        return c->leaf_fn(c->user, name, v, c->err);
+    v->flags |= CKPT__VF_VISITING;
+    ckpt_status st = CKPT_OK;
+    size_t saved = c->nb.len;
+    bool is_dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    size_t n = child_count(v);
+    for (size_t i = 0; i < n && st == CKPT_OK; i++) {
+        ckpt_value *child = child_at(v, i);
+        /* Without a leaf callback only containers and tensors matter:
+         * skip plain leaves fast. */
+        if (!c->leaf_fn && (!child || (!is_tensor_like(child) && !is_container(child))))
+            continue;
+        bool ok;
+        if (is_dict) {
+            ok = nb_append_key(&c->nb, v->u.dict.keys[i]);
+        } else {
+            char tmp[32];
+            int len = snprintf(tmp, sizeof(tmp), "%zu", i);
+            ok = nb_append(&c->nb, tmp, (size_t)len);
+        }
+        if (!ok) {
+            st = nomem(c);
+            break;
+        }
+        st = walk(c, child, depth + 1);
+        c->nb.len = saved;
+        if (c->nb.p)
+            c->nb.p[saved] = 0;
+    }
+    v->flags &= (uint16_t)~CKPT__VF_VISITING;
+    return st;
+}
+
+ckpt_status ckpt__walk_named_ex(const ckpt_value *root, uint64_t max_nesting,
+                                uint64_t max_visits, ckpt__walk_fn tensor_fn,
+                                ckpt__walk_fn leaf_fn, void *user, ckpt_error *err)
+{
+    walk_ctx c = {.tensor_fn = tensor_fn, .leaf_fn = leaf_fn, .user = user, .err = err,
+                  .max_nesting = max_nesting, .visits_left = max_visits};
+    /* The walk marks containers it is inside of (cycle guard) and clears
+     * the marks on the way out: the tree is unchanged afterwards. */
+    ckpt_status st = walk(&c, (ckpt_value *)(uintptr_t)root, 0);
+    free(c.nb.p);
+    return st;
+}
+
+ckpt_status ckpt__walk_named(const ckpt_value *root, uint64_t max_nesting, ckpt__walk_fn tensor_fn,
+                             ckpt__walk_fn leaf_fn, void *user, ckpt_error *err)
+{
+    return ckpt__walk_named_ex(root, max_nesting, UINT64_C(100000000), tensor_fn, leaf_fn, user,
+                               err);
+}
