@@ -2,15 +2,15 @@
  * cast.c - conversions between the floating dtypes checkpoints use:
  * float64, float32, float16 and bfloat16.
  *
- * Narrowing rounds to nearest, ties to even, like PyTorch's .to(dtype).
- * float64 -> float16/bfloat16 goes through float32 rounded to odd, which
- * keeps the final rounding exact (float32 has more than two extra bits).
+ * Narrowing rounds to nearest, ties to even, exactly as PyTorch's .to(dtype)
+ * does: float64 -> float16/bfloat16 rounds to float32 first, then to the
+ * narrow type (PyTorch's Half and BFloat16 are built from a float), so the
+ * files ckpt converts hold the bits torch would have written.
  * NaN stays NaN (quiet, sign and top payload bits kept), infinities stay
  * infinite, subnormals are produced and read exactly.
  */
 #include "internal.h"
 
-#include <math.h>
 
 static float bits_f32(uint32_t b)
 {
@@ -76,18 +76,6 @@ static uint16_t f32_to_bf16(float f)
     return (uint16_t)(x >> 16);
 }
 
-/* float64 -> float32 rounded to odd: truncate, then set the last bit when
- * inexact. A later round to nearest of fewer bits is then exact. */
-static float f64_to_f32_odd(double d)
-{
-    float r = (float)d;
-    if (isnan(d) || isinf(d) || (double)r == d)
-        return r;
-    if (fabs((double)r) > fabs(d))
-        r = nextafterf(r, 0.0f);
-    return bits_f32(f32_bits(r) | 1u);
-}
-
 static bool is_float_dtype(ckpt_dtype d)
 {
     return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
@@ -150,12 +138,12 @@ ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from, const 
             break;
         }
         case CKPT_FLOAT16: {
-            uint16_t h = f32_to_f16(wide ? f64_to_f32_odd(d) : f);
+            uint16_t h = f32_to_f16(wide ? (float)d : f);
             memcpy(o + i * 2, &h, 2);
             break;
         }
         default: {
-            uint16_t h = f32_to_bf16(wide ? f64_to_f32_odd(d) : f);
+            uint16_t h = f32_to_bf16(wide ? (float)d : f);
             memcpy(o + i * 2, &h, 2);
             break;
         }

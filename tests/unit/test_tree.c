@@ -96,15 +96,15 @@ static void test_half_rounding(void **state)
     assert_int_equal(to_bf16(f32_of(0x00018000u)), 0x0002);
     assert_true((to_bf16(NAN) & 0x7fc0) == 0x7fc0);
 
-    /* float64 -> float16 rounds once: a double just above a float16 tie
-     * must round up although float32 would make it the tie itself. */
+    /* float64 -> float16 rounds through float32, as torch does: a double
+     * just above a float16 tie becomes the tie, which goes to even. */
     double d = 1.0 + 0x1p-11 + 0x1p-40;
     uint16_t h;
     assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
-    assert_int_equal(h, 0x3c01);
+    assert_int_equal(h, 0x3c00);
     d = 1.0 + 0x1p-8 + 0x1p-40; /* bfloat16 tie + a little */
     assert_int_equal(ckpt_convert_dtype(CKPT_BFLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
-    assert_int_equal(h, 0x3f81);
+    assert_int_equal(h, 0x3f80);
     d = 1e300;
     assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
     assert_int_equal(h, 0x7c00);
@@ -249,6 +249,35 @@ static void test_tree_tensors(void **state)
     ckpt_tree_free(t);
 }
 
+/* Dict keys read as Python's str() shows them. */
+static void test_key_text(void **state)
+{
+    (void)state;
+    static const struct { double d; const char *text; } cases[] = {
+        {100.0, "100.0"}, {1e16, "1e+16"}, {1e15, "1000000000000000.0"}, {1.5e-5, "1.5e-05"},
+        {0.0001, "0.0001"}, {123456789012345678.0, "1.2345678901234568e+17"}, {-2.5, "-2.5"},
+        {0.1, "0.1"}, {5e-324, "5e-324"}, {-0.0, "-0.0"}, {1e22, "1e+22"}, {12345.678, "12345.678"},
+    };
+    ckpt_tree *t = ckpt_tree_new();
+    char buf[64];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ckpt_value_key_text(ckpt_new_float(t, cases[i].d), buf, sizeof(buf));
+        assert_string_equal(buf, cases[i].text);
+    }
+    ckpt_value *tup = ckpt_new_tuple(t);
+    ckpt_append(t, tup, ckpt_new_int(t, 1));
+    ckpt_append(t, tup, ckpt_new_str(t, "a", SIZE_MAX));
+    ckpt_value_key_text(tup, buf, sizeof(buf));
+    assert_string_equal(buf, "(1, 'a')");
+    ckpt_value_key_text(ckpt_new_none(t), buf, sizeof(buf));
+    assert_string_equal(buf, "None");
+    ckpt_value_key_text(ckpt_new_bool(t, true), buf, sizeof(buf));
+    assert_string_equal(buf, "True");
+    assert_int_equal(ckpt_value_key_text(ckpt_new_str(t, "abcdef", SIZE_MAX), buf, 4), 3);
+    assert_string_equal(buf, "abc");
+    ckpt_tree_free(t);
+}
+
 /* ---- crash-safe output --------------------------------------------------------- */
 
 static char *slurp(const char *path, size_t *n)
@@ -324,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_half_rounding),
         cmocka_unit_test(test_tree_values),
         cmocka_unit_test(test_tree_tensors),
+        cmocka_unit_test(test_key_text),
         cmocka_unit_test(test_outfile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,601 @@
+/*
+ * convert.c - `ckpt convert IN OUT`: between torch zip and safetensors,
+ * with subtree selection, key edits, dtype conversion and map_location.
+ */
+#include "cli.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { MAX_EDITS = 64 };
+
+typedef struct rename_rule {
+    const char *from, *to;
+} rename_rule;
+
+typedef struct convert_opts {
+    const char *in, *out, *to, *key, *dtype_name, *location;
+    const char *strip[MAX_EDITS];
+    size_t n_strip;
+    rename_rule rename[MAX_EDITS];
+    size_t n_rename;
+    const char *add_prefix;
+    const char *include[MAX_EDITS], *exclude[MAX_EDITS];
+    size_t n_include, n_exclude;
+    bool no_fsync, permissive, quiet;
+} convert_opts;
+
+static void convert_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt convert IN OUT [options]\n"
+            "\n"
+            "Writes IN (any format ckpt reads) as OUT. The output format comes from OUT's\n"
+            "extension (.safetensors; .pth .pt .bin .ckpt = torch zip) or --to.\n"
+            "pth -> pth keeps the whole tree (types, order, OrderedDict _metadata, views\n"
+            "sharing storages, location tags). To safetensors: one entry per tensor, named\n"
+            "as 'ckpt inspect' names them, made contiguous; plain values (epoch, metrics,\n"
+            "versions) go into __metadata__ as JSON text under their path.\n"
+            "\n"
+            "options:\n"
+            "  --to pth|safetensors   output format, whatever OUT's extension\n"
+            "  --key PATH             convert only this subtree (e.g. --key model)\n"
+            "  --strip-prefix P       remove P from the start of each key, once (repeatable)\n"
+            "  --add-prefix P         put P in front of each key\n"
+            "  --rename OLD=NEW       keys starting with OLD start with NEW instead (repeatable)\n"
+            "  --include GLOB         keep only keys matching a GLOB (repeatable)\n"
+            "  --exclude GLOB         drop keys matching a GLOB (repeatable)\n"
+            "  --dtype float32|float16|bfloat16|float64\n"
+            "                         convert floating tensors (round to nearest even);\n"
+            "                         others are left alone\n"
+            "  --map-location cpu     write every tensor with this location tag\n"
+            "  --permissive           open files holding non-allow-listed objects as inert\n"
+            "                         values (nothing runs); a pickled nn.Module gives its\n"
+            "                         state_dict() tensors\n"
+            "  --no-fsync             skip the fsyncs (faster, not crash-safe)\n"
+            "  -q, --quiet            no progress bar, no notes\n"
+            "\n"
+            "Key edits and filters apply to the keys of the converted dict (the state dict:\n"
+            "use --key to reach it inside a training checkpoint), in this order: --include\n"
+            "and --exclude on the keys as stored, then --strip-prefix, --rename,\n"
+            "--add-prefix. A state dict's _metadata (module versions) follows the edits,\n"
+            "as torch's consume_prefix_in_state_dict_if_present does.\n"
+            "exit status: 0 written, 2 error (OUT untouched)\n");
+}
+
+/* ---- output format -------------------------------------------------------- */
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* 1 torch, 2 safetensors, 0 unknown */
+static int format_of(const convert_opts *o)
+{
+    if (o->to) {
+        if (strcmp(o->to, "pth") == 0 || strcmp(o->to, "torch") == 0 || strcmp(o->to, "pt") == 0)
+            return 1;
+        if (strcmp(o->to, "safetensors") == 0)
+            return 2;
+        return 0;
+    }
+    if (ends_with(o->out, ".safetensors"))
+        return 2;
+    static const char *torch_ext[] = {".pth", ".pt", ".bin", ".ckpt", ".tar"};
+    for (size_t i = 0; i < sizeof(torch_ext) / sizeof(torch_ext[0]); i++)
+        if (ends_with(o->out, torch_ext[i]))
+            return 1;
+    return 0;
+}
+
+/* ---- --key ------------------------------------------------------------------ */
+
+/* Follows a dotted path: at a dict the longest key that is the whole rest
+ * or a prefix of it followed by '.', at a list/tuple a decimal index. */
+static const ckpt_value *find_path(const ckpt_value *v, const char *path)
+{
+    while (*path) {
+        ckpt_kind k = ckpt_value_kind(v);
+        size_t rest = strlen(path);
+        if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+            const ckpt_value *best = NULL;
+            size_t best_len = 0;
+            for (size_t i = 0; i < ckpt_value_len(v); i++) {
+                char text[512];
+                size_t len = cli_key_text(ckpt_value_key(v, i), text, sizeof(text));
+                if (len > rest || len < best_len || (len == best_len && best))
+                    continue;
+                if (memcmp(text, path, len) == 0 && (path[len] == 0 || path[len] == '.')) {
+                    best = ckpt_value_dict_value(v, i);
+                    best_len = len;
+                }
+            }
+            if (!best)
+                return NULL;
+            v = best;
+            path += best_len;
+        } else if (k == CKPT_LIST || k == CKPT_TUPLE) {
+            char *end;
+            unsigned long long i = strtoull(path, &end, 10);
+            if (end == path || (*end && *end != '.') || i >= ckpt_value_len(v))
+                return NULL;
+            v = ckpt_value_item(v, (size_t)i);
+            path = end;
+        } else {
+            return NULL;
+        }
+        if (*path == '.')
+            path++;
+    }
+    return v;
+}
+
+/* ---- key edits ------------------------------------------------------------- */
+
+static bool key_edits(const convert_opts *o)
+{
+    return o->n_strip || o->n_rename || o->add_prefix || o->n_include || o->n_exclude;
+}
+
+static bool keep_key(const convert_opts *o, const char *key)
+{
+    if (o->n_include) {
+        bool any = false;
+        for (size_t i = 0; i < o->n_include && !any; i++)
+            any = fnmatch(o->include[i], key, 0) == 0;
+        if (!any)
+            return false;
+    }
+    for (size_t i = 0; i < o->n_exclude; i++)
+        if (fnmatch(o->exclude[i], key, 0) == 0)
+            return false;
+    return true;
+}
+
+/* The edited key, malloc'd. as_module: a _metadata key, a module prefix
+ * without the trailing dot ("" is the root module). */
+static char *edit_key(const convert_opts *o, const char *key, bool as_module)
+{
+    /* Module names compare with a dot added, so "module" matches "module.". */
+    size_t klen = strlen(key);
+    char *k = malloc(klen + 2);
+    if (!k)
+        return NULL;
+    memcpy(k, key, klen + 1);
+    if (as_module && klen) {
+        k[klen] = '.';
+        k[klen + 1] = 0;
+    }
+    for (size_t i = 0; i < o->n_strip; i++) {
+        size_t pl = strlen(o->strip[i]);
+        if (strncmp(k, o->strip[i], pl) == 0)
+            memmove(k, k + pl, strlen(k + pl) + 1);
+    }
+    for (size_t i = 0; i < o->n_rename; i++) {
+        size_t fl = strlen(o->rename[i].from);
+        if (strncmp(k, o->rename[i].from, fl) == 0) {
+            size_t tl = strlen(o->rename[i].to), rest = strlen(k + fl);
+            char *n = malloc(tl + rest + 1);
+            if (!n) {
+                free(k);
+                return NULL;
+            }
+            memcpy(n, o->rename[i].to, tl);
+            memcpy(n + tl, k + fl, rest + 1);
+            free(k);
+            k = n;
+            break; /* one rename per key */
+        }
+    }
+    if (o->add_prefix) {
+        size_t pl = strlen(o->add_prefix), kl = strlen(k);
+        char *n = malloc(pl + kl + 1);
+        if (!n) {
+            free(k);
+            return NULL;
+        }
+        memcpy(n, o->add_prefix, pl);
+        memcpy(n + pl, k, kl + 1);
+        free(k);
+        k = n;
+    }
+    if (as_module) { /* back to a module name: drop the dot added above */
+        size_t n = strlen(k);
+        if (n && k[n - 1] == '.')
+            k[n - 1] = 0;
+    }
+    return k;
+}
+
+/* _metadata of a state dict, its keys edited like the state dict's. */
+static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
+                                       const ckpt_value *state)
+{
+    const ckpt_value *meta = ckpt_value_get(state, "_metadata");
+    if (!meta || (ckpt_value_kind(meta) != CKPT_ORDERED_DICT && ckpt_value_kind(meta) != CKPT_DICT))
+        return state;
+    ckpt_value *new_meta = ckpt_value_kind(meta) == CKPT_ORDERED_DICT
+                               ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
+    for (size_t i = 0; i < ckpt_value_len(meta); i++) {
+        const ckpt_value *key = ckpt_value_key(meta, i);
+        const ckpt_value *val = ckpt_value_dict_value(meta, i);
+        if (ckpt_value_kind(key) != CKPT_STR) {
+            ckpt_dict_put(tree, new_meta, key, val);
+            continue;
+        }
+        char *k = edit_key(o, ckpt_value_str(key, NULL), true);
+        if (!k)
+            return NULL;
+        ckpt_dict_put_str(tree, new_meta, k, val);
+        free(k);
+    }
+    ckpt_value *new_state = ckpt_new_dict(tree);
+    for (size_t i = 0; i < ckpt_value_len(state); i++) {
+        const ckpt_value *key = ckpt_value_key(state, i);
+        const char *ks = ckpt_value_kind(key) == CKPT_STR ? ckpt_value_str(key, NULL) : NULL;
+        ckpt_dict_put(tree, new_state, key,
+                      ks && strcmp(ks, "_metadata") == 0 ? new_meta
+                                                          : ckpt_value_dict_value(state, i));
+    }
+    return new_state;
+}
+
+/* A new dict of the root's kind with the kept entries under their edited keys. */
+static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
+                                         const ckpt_value *root, size_t *dropped)
+{
+    ckpt_kind kind = ckpt_value_kind(root);
+    ckpt_value *out = kind == CKPT_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
+    *dropped = 0;
+    for (size_t i = 0; i < ckpt_value_len(root); i++) {
+        const ckpt_value *key = ckpt_value_key(root, i);
+        char text[1024];
+        cli_key_text(key, text, sizeof(text));
+        if (!keep_key(o, text)) {
+            (*dropped)++;
+            continue;
+        }
+        if (ckpt_value_kind(key) != CKPT_STR) {
+            ckpt_dict_put(tree, out, key, ckpt_value_dict_value(root, i));
+            continue;
+        }
+        char *k = edit_key(o, ckpt_value_str(key, NULL), false);
+        if (!k)
+            return NULL;
+        ckpt_dict_put_str(tree, out, k, ckpt_value_dict_value(root, i));
+        free(k);
+    }
+    const ckpt_value *state = ckpt_value_state(root);
+    if (state && kind == CKPT_ORDERED_DICT)
+        ckpt_set_state(tree, out, edit_metadata(tree, o, state));
+    return out;
+}
+
+/* ---- --dtype ---------------------------------------------------------------- */
+
+typedef struct cast_memo {
+    const ckpt_value **from;
+    const ckpt_value **to;
+    size_t len, cap;
+} cast_memo;
+
+static bool castable(ckpt_dtype d)
+{
+    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
+}
+
+/* The tree with every strided floating tensor cast to `to`; containers that
+ * hold none are shared, not copied. A tensor reached twice is cast once. */
+static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dtype to,
+                                   cast_memo *memo, int depth, size_t *count)
+{
+    if (!v || depth > 1000)
+        return v;
+    ckpt_kind kind = ckpt_value_kind(v);
+    if (kind == CKPT_TENSOR) {
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
+        if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage || !castable(ti.dtype) ||
+            ti.dtype == to)
+            return v;
+        for (size_t i = 0; i < memo->len; i++)
+            if (memo->from[i] == v)
+                return memo->to[i];
+        const ckpt_value *c = ckpt_new_cast(tree, v, to);
+        if (memo->len == memo->cap) {
+            size_t cap = memo->cap ? memo->cap * 2 : 64;
+            const ckpt_value **f = realloc(memo->from, cap * sizeof(*f));
+            if (f)
+                memo->from = f;
+            const ckpt_value **t = realloc(memo->to, cap * sizeof(*t));
+            if (t)
+                memo->to = t;
+            if (!f || !t)
+                return NULL;
+            memo->cap = cap;
+        }
+        memo->from[memo->len] = v;
+        memo->to[memo->len++] = c;
+        (*count)++;
+        return c;
+    }
+    bool is_dict = kind == CKPT_DICT || kind == CKPT_ORDERED_DICT;
+    bool is_seq = kind == CKPT_LIST || kind == CKPT_TUPLE || kind == CKPT_SET;
+    if (!is_dict && !is_seq)
+        return v;
+    size_t n = ckpt_value_len(v);
+    const ckpt_value **kids = malloc((n ? n : 1) * sizeof(*kids));
+    if (!kids)
+        return NULL;
+    bool changed = false;
+    for (size_t i = 0; i < n; i++) {
+        const ckpt_value *child = is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i);
+        kids[i] = cast_tree(tree, child, to, memo, depth + 1, count);
+        changed |= kids[i] != child;
+    }
+    const ckpt_value *result = v;
+    if (changed) {
+        ckpt_value *c = kind == CKPT_DICT ? ckpt_new_dict(tree)
+                        : kind == CKPT_ORDERED_DICT ? ckpt_new_ordered_dict(tree)
+                        : kind == CKPT_LIST ? ckpt_new_list(tree)
+                        : kind == CKPT_TUPLE ? ckpt_new_tuple(tree) : ckpt_new_set(tree);
+        for (size_t i = 0; i < n; i++) {
+            if (is_dict)
+                ckpt_dict_put(tree, c, ckpt_value_key(v, i), kids[i]);
+            else
+                ckpt_append(tree, c, kids[i]);
+        }
+        if (kind == CKPT_ORDERED_DICT && ckpt_value_state(v))
+            ckpt_set_state(tree, c, ckpt_value_state(v));
+        result = c;
+    }
+    free(kids);
+    return result;
+}
+
+/* ---- progress -------------------------------------------------------------- */
+
+static void progress_bar(void *user, uint64_t done, uint64_t total)
+{
+    int *last = user;
+    if (total == 0)
+        return;
+    int pct = (int)(done * 100 / total);
+    if (pct == *last)
+        return;
+    *last = pct;
+    char bar[41];
+    int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[40] = 0;
+    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB", bar, pct, done / 1048576.0,
+            total / 1048576.0);
+    if (done >= total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* ---- the command ----------------------------------------------------------- */
+
+static int parse_args(int argc, char **argv, convert_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    size_t npos = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VAL()                                                               \
+    do {                                                                         \
+        if (!val) {                                                              \
+            fprintf(stderr, "ckpt convert: %s needs a value\n", a);              \
+            return -1;                                                           \
+        }                                                                        \
+        i++;                                                                     \
+    } while (0)
+#define PUSH(arr, n)                                                             \
+    do {                                                                         \
+        NEED_VAL();                                                              \
+        if (o->n == MAX_EDITS) {                                                 \
+            fprintf(stderr, "ckpt convert: too many %s options\n", a);           \
+            return -1;                                                           \
+        }                                                                        \
+        o->arr[o->n++] = val;                                                    \
+    } while (0)
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            convert_usage(stdout);
+            return 1;
+        } else if (strcmp(a, "--to") == 0) {
+            NEED_VAL();
+            o->to = val;
+        } else if (strcmp(a, "--key") == 0) {
+            NEED_VAL();
+            o->key = val;
+        } else if (strcmp(a, "--strip-prefix") == 0) {
+            PUSH(strip, n_strip);
+        } else if (strcmp(a, "--add-prefix") == 0) {
+            NEED_VAL();
+            o->add_prefix = val;
+        } else if (strcmp(a, "--rename") == 0) {
+            NEED_VAL();
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val || o->n_rename == MAX_EDITS) {
+                fprintf(stderr, "ckpt convert: --rename needs OLD=NEW\n");
+                return -1;
+            }
+            char *from = strndup(val, (size_t)(eq - val));
+            if (!from)
+                return -1;
+            o->rename[o->n_rename].from = from;
+            o->rename[o->n_rename++].to = eq + 1;
+        } else if (strcmp(a, "--include") == 0) {
+            PUSH(include, n_include);
+        } else if (strcmp(a, "--exclude") == 0) {
+            PUSH(exclude, n_exclude);
+        } else if (strcmp(a, "--dtype") == 0) {
+            NEED_VAL();
+            o->dtype_name = val;
+        } else if (strcmp(a, "--map-location") == 0) {
+            NEED_VAL();
+            o->location = val;
+        } else if (strcmp(a, "--no-fsync") == 0) {
+            o->no_fsync = true;
+        } else if (strcmp(a, "--permissive") == 0) {
+            o->permissive = true;
+        } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+            o->quiet = true;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "ckpt convert: unknown option %s\n", a);
+            return -1;
+        } else if (npos == 0) {
+            o->in = a;
+            npos++;
+        } else if (npos == 1) {
+            o->out = a;
+            npos++;
+        } else {
+            fprintf(stderr, "ckpt convert: too many files\n");
+            return -1;
+        }
+#undef PUSH
+#undef NEED_VAL
+    }
+    if (npos != 2) {
+        convert_usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+int ckpt_cli_convert(int argc, char **argv)
+{
+    convert_opts o;
+    int pr = parse_args(argc, argv, &o);
+    int rc = CLI_EXIT_ERROR;
+    if (pr != 0) {
+        rc = pr > 0 ? 0 : CLI_EXIT_ERROR;
+        goto done_args;
+    }
+    int fmt = format_of(&o);
+    if (fmt == 0) {
+        fprintf(stderr, "ckpt convert: cannot tell the output format of %s: use --to pth or "
+                        "--to safetensors\n", o.to ? o.to : o.out);
+        goto done_args;
+    }
+    ckpt_dtype to_dtype = CKPT_DTYPE_INVALID;
+    if (o.dtype_name) {
+        to_dtype = ckpt_dtype_from_name(o.dtype_name);
+        if (!castable(to_dtype)) {
+            fprintf(stderr, "ckpt convert: --dtype takes float32, float16, bfloat16 or "
+                            "float64, not '%s'\n", o.dtype_name);
+            goto done_args;
+        }
+    }
+
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    if (o.permissive)
+        oo.flags |= CKPT_OPEN_PERMISSIVE;
+    ckpt_error err;
+    ckpt_file *f = NULL;
+    if (ckpt_open(o.in, &oo, &f, &err) != CKPT_OK) {
+        cli_print_error(o.in, &err);
+        goto done_args;
+    }
+    ckpt_tree *tree = ckpt_tree_new();
+    if (!tree) {
+        fprintf(stderr, "ckpt convert: out of memory\n");
+        goto done_file;
+    }
+    ckpt_file_info info;
+    ckpt_file_get_info(f, &info);
+
+    const ckpt_value *root = ckpt_file_root(f);
+    if (o.key) {
+        root = find_path(root, o.key);
+        if (!root) {
+            fprintf(stderr, "ckpt convert: %s: no value at --key %s\n", o.in, o.key);
+            goto done_tree;
+        }
+    }
+    if (key_edits(&o)) {
+        ckpt_kind k = ckpt_value_kind(root);
+        if (k != CKPT_DICT && k != CKPT_ORDERED_DICT) {
+            fprintf(stderr, "ckpt convert: key edits and filters need a dict (the state dict); "
+                            "%s holds a %s there: use --key\n", o.in, ckpt_kind_name(k));
+            goto done_tree;
+        }
+        size_t dropped;
+        root = apply_key_edits(tree, &o, root, &dropped);
+        if (!root) {
+            fprintf(stderr, "ckpt convert: out of memory\n");
+            goto done_tree;
+        }
+    }
+    size_t casts = 0;
+    if (to_dtype != CKPT_DTYPE_INVALID) {
+        cast_memo memo = {0};
+        root = cast_tree(tree, root, to_dtype, &memo, 0, &casts);
+        free(memo.from);
+        free(memo.to);
+        if (!root) {
+            fprintf(stderr, "ckpt convert: out of memory\n");
+            goto done_tree;
+        }
+    }
+    if (ckpt_tree_status(tree, &err) != CKPT_OK) {
+        cli_print_error(o.in, &err);
+        goto done_tree;
+    }
+
+    ckpt_save_options so;
+    ckpt_save_options_default(&so);
+    if (o.no_fsync)
+        so.flags |= CKPT_SAVE_NO_FSYNC;
+    so.location = o.location;
+    int last_pct = -1;
+    if (!o.quiet && isatty(STDERR_FILENO)) {
+        so.progress = progress_bar;
+        so.progress_user = &last_pct;
+    }
+    ckpt_status st;
+    if (fmt == 2) {
+        /* Keep a safetensors input's metadata; mark torch-made content as
+         * "pt" like the reference writer's users do. */
+        const ckpt_value *meta = info.format == CKPT_FORMAT_SAFETENSORS ? info.metadata : NULL;
+        if (!meta) {
+            ckpt_value *m = ckpt_new_dict(tree);
+            ckpt_dict_put_str(tree, m, "format", ckpt_new_str(tree, "pt", SIZE_MAX));
+            meta = m;
+        }
+        so.metadata = meta;
+        st = ckpt_save_safetensors(o.out, root, &so, &err);
+    } else {
+        /* "format": "pt" is the reference writer's marker, nothing to lose */
+        size_t meta_len = ckpt_value_len(info.metadata);
+        if (meta_len == 1 && ckpt_value_get(info.metadata, "format"))
+            meta_len = 0;
+        if (!o.quiet && info.format == CKPT_FORMAT_SAFETENSORS && meta_len)
+            fprintf(stderr, "ckpt convert: note: %s's __metadata__ is not kept in a torch file\n",
+                    o.in);
+        st = ckpt_save_torch(o.out, root, &so, &err);
+    }
+    if (st != CKPT_OK) {
+        cli_print_error(o.out, &err);
+        goto done_tree;
+    }
+    rc = 0;
+done_tree:
+    ckpt_tree_free(tree);
+done_file:
+    ckpt_close(f);
+done_args:
+    for (size_t i = 0; i < o.n_rename; i++)
+        free((char *)(uintptr_t)o.rename[i].from);
+    return rc;
+}

@@ -1,0 +1,1175 @@
+/*
+ * diff.c - ckpt diff A B: what differs between two checkpoints, whatever
+ * their formats.
+ *
+ * Tensors are matched by name (ckpt_file_tensor's names; a name listed twice
+ * counts once, with its first tensor): names only in one file, dtypes and
+ * shapes that differ, and for tensors of one shape, how many elements differ
+ * and by how much at most. a and b are equal when |a - b| <= atol + rtol*|b|
+ * (numpy's allclose; the defaults 0 and 0 ask for exact equality); NaN equals
+ * NaN at the same position. float64/32/16 and bfloat16 compare as float64,
+ * integers and bool exactly (across widths and signedness; with a float on
+ * the other side, as float64), other dtypes byte by byte when both files
+ * have the same dtype (sub-byte dtypes count bytes, not elements). Values
+ * stream through fixed chunks: memory does not grow with the tensors
+ * (sparse tensors are compared through their dense copy).
+ *
+ * Plain values (everything but tensors) are compared leaf by leaf, by path
+ * (named like tensors), by their Python text: 1 and 1.0 differ, NaN equals
+ * NaN. A safetensors file holds no plain values, only __metadata__ text: two
+ * safetensors files compare their metadata ("__metadata__.KEY"); a
+ * safetensors file against another format compares tensors only.
+ */
+#include "cli.h"
+
+#include <ckpt.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DIFF_SAME 0
+#define DIFF_DIFFERENT 1
+#define DIFF_ERROR 2
+
+#define CHUNK_ELEMS 65536
+#define MAX_ELEM_BYTES 16           /* complex128 */
+#define MAX_DIMS 64
+#define PLAIN_MAX_DEPTH 1000
+#define PLAIN_MAX_VISITS 20000000   /* shared containers multiply paths */
+
+static const char *PROG = "ckpt";
+
+/* ---- small containers --------------------------------------------------- */
+
+typedef struct vec {
+    void *p;
+    size_t len, cap, esize;
+} vec;
+
+/* A zeroed new element at the end; NULL when out of memory. */
+static void *vec_push(vec *v)
+{
+    if (v->len == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 16;
+        void *p = realloc(v->p, cap * v->esize);
+        if (!p)
+            return NULL;
+        v->p = p;
+        v->cap = cap;
+    }
+    void *e = (char *)v->p + v->len++ * v->esize;
+    memset(e, 0, v->esize);
+    return e;
+}
+
+typedef struct text {
+    char *p;
+    size_t len, cap;
+    bool failed;
+} text;
+
+static void t_put(text *t, const char *s, size_t n)
+{
+    if (t->failed)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 64;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p) {
+            t->failed = true;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = 0;
+}
+
+static void t_str(text *t, const char *s) { t_put(t, s, strlen(s)); }
+
+static void t_fmt(text *t, const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        t_put(t, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* ---- Python's text of plain values ---------------------------------------- */
+
+/* repr(float): the shortest digits that read back as d. */
+static void t_float(text *t, double d)
+{
+    if (isnan(d)) {
+        t_str(t, "nan");
+        return;
+    }
+    if (isinf(d)) {
+        t_str(t, d > 0 ? "inf" : "-inf");
+        return;
+    }
+    char e[48];
+    for (int prec = 0; prec <= 17; prec++) {
+        snprintf(e, sizeof(e), "%.*e", prec, d);
+        if (strtod(e, NULL) == d)
+            break;
+    }
+    const char *q = e;
+    if (*q == '-') {
+        t_str(t, "-");
+        q++;
+    }
+    char digits[24];
+    size_t nd = 0;
+    for (; *q && *q != 'e'; q++) {
+        if (*q >= '0' && *q <= '9' && nd < sizeof(digits) - 1)
+            digits[nd++] = *q;
+    }
+    int exp = *q == 'e' ? atoi(q + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    if (exp < -4 || exp >= 16) {
+        t_put(t, digits, 1);
+        if (nd > 1) {
+            t_str(t, ".");
+            t_put(t, digits + 1, nd - 1);
+        }
+        t_fmt(t, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    } else if (exp < 0) {
+        t_str(t, "0.");
+        for (int i = 0; i < -exp - 1; i++)
+            t_str(t, "0");
+        t_put(t, digits, nd);
+    } else {
+        size_t ip = (size_t)exp + 1;
+        t_put(t, digits, nd < ip ? nd : ip);
+        for (size_t i = nd; i < ip; i++)
+            t_str(t, "0");
+        t_str(t, ".");
+        if (nd > ip)
+            t_put(t, digits + ip, nd - ip);
+        else
+            t_str(t, "0");
+    }
+}
+
+/* Decimal text of a little-endian two's complement integer. */
+static void t_bigint(text *t, const unsigned char *p, size_t n)
+{
+    unsigned char *mag = malloc(n + 1);
+    char *dec = malloc(n * 3 + 2);
+    if (!mag || !dec) {
+        free(mag);
+        free(dec);
+        t->failed = true;
+        return;
+    }
+    bool neg = n && (p[n - 1] & 0x80);
+    unsigned carry = 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v = neg ? (unsigned)(unsigned char)~p[i] + carry : p[i];
+        mag[i] = (unsigned char)v;
+        carry = neg ? v >> 8 : 0;
+    }
+    size_t len = 0, top = n;
+    do {
+        while (top && mag[top - 1] == 0)
+            top--;
+        unsigned rem = 0;
+        for (size_t i = top; i-- > 0;) {
+            unsigned cur = (rem << 8) | mag[i];
+            mag[i] = (unsigned char)(cur / 10);
+            rem = cur % 10;
+        }
+        dec[len++] = (char)('0' + rem);
+        while (top && mag[top - 1] == 0)
+            top--;
+    } while (top);
+    if (neg)
+        t_str(t, "-");
+    while (len)
+        t_put(t, &dec[--len], 1);
+    free(mag);
+    free(dec);
+}
+
+/* Python's repr of text or bytes: quotes, backslash escapes. */
+static void t_quoted(text *t, const char *s, size_t n, bool bytes)
+{
+    t_str(t, bytes ? "b'" : "'");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\'' || c == '\\')
+            t_fmt(t, "\\%c", c);
+        else if (c == '\n')
+            t_str(t, "\\n");
+        else if (c == '\r')
+            t_str(t, "\\r");
+        else if (c == '\t')
+            t_str(t, "\\t");
+        else if (c < 0x20 || c == 0x7f || (bytes && c >= 0x80))
+            t_fmt(t, "\\x%02x", c);
+        else
+            t_put(t, (const char *)&c, 1);
+    }
+    t_str(t, "'");
+}
+
+static void t_value(text *t, const ckpt_value *v, int depth)
+{
+    size_t len;
+    const char *s;
+    switch (ckpt_value_kind(v)) {
+    case CKPT_NONE: t_str(t, "None"); break;
+    case CKPT_BOOLEAN: t_str(t, ckpt_value_bool(v) ? "True" : "False"); break;
+    case CKPT_INT: t_fmt(t, "%lld", (long long)ckpt_value_int(v)); break;
+    case CKPT_BIGINT:
+        s = ckpt_value_str(v, &len);
+        t_bigint(t, (const unsigned char *)s, len);
+        break;
+    case CKPT_FLOAT: t_float(t, ckpt_value_float(v)); break;
+    case CKPT_COMPLEX: {
+        double re, im;
+        ckpt_value_complex(v, &re, &im);
+        t_str(t, "(");
+        t_float(t, re);
+        if (!signbit(im) || isnan(im))
+            t_str(t, "+");
+        t_float(t, im);
+        t_str(t, "j)");
+        break;
+    }
+    case CKPT_STR:
+        s = ckpt_value_str(v, &len);
+        t_quoted(t, s, len, false);
+        break;
+    case CKPT_BYTES:
+        s = ckpt_value_str(v, &len);
+        t_quoted(t, s, len, true);
+        break;
+    case CKPT_DEVICE: t_fmt(t, "device('%s')", ckpt_value_str(v, NULL)); break;
+    case CKPT_DTYPE: t_fmt(t, "torch.%s", ckpt_dtype_name(ckpt_value_dtype(v))); break;
+    case CKPT_GLOBAL: t_str(t, ckpt_value_str(v, NULL)); break;
+    case CKPT_SIZE:
+        t_str(t, "torch.Size([");
+        for (size_t i = 0; i < ckpt_value_len(v); i++)
+            t_fmt(t, "%s%lld", i ? ", " : "", (long long)ckpt_value_int(ckpt_value_item(v, i)));
+        t_str(t, "])");
+        break;
+    case CKPT_TUPLE:
+        /* tuples as keys: (1, 'a') */
+        if (depth > 4) {
+            t_str(t, "(...)");
+            break;
+        }
+        t_str(t, "(");
+        for (size_t i = 0; i < ckpt_value_len(v); i++) {
+            if (i)
+                t_str(t, ", ");
+            t_value(t, ckpt_value_item(v, i), depth + 1);
+        }
+        t_str(t, ckpt_value_len(v) == 1 ? ",)" : ")");
+        break;
+    case CKPT_LIST: t_str(t, ckpt_value_len(v) ? "[...]" : "[]"); break;
+    case CKPT_SET: t_str(t, ckpt_value_len(v) ? "{...}" : "set()"); break;
+    case CKPT_DICT: t_str(t, ckpt_value_len(v) ? "{...}" : "{}"); break;
+    case CKPT_ORDERED_DICT: t_str(t, ckpt_value_len(v) ? "OrderedDict(...)" : "OrderedDict()"); break;
+    case CKPT_TENSOR: t_str(t, "tensor"); break;
+    case CKPT_OBJECT: t_fmt(t, "<%s object>", ckpt_value_str(v, NULL)); break;
+    }
+}
+
+/* A dict key in a path, as tensor names show it: text as is, others as
+ * Python's str(). */
+static void t_key(text *t, const ckpt_value *k)
+{
+    size_t len;
+    const char *s;
+    if (ckpt_value_kind(k) == CKPT_STR) {
+        s = ckpt_value_str(k, &len);
+        t_put(t, s, len);
+        return;
+    }
+    char buf[256];
+    t_put(t, buf, cli_key_text(k, buf, sizeof(buf)));
+}
+
+/* ---- plain values: leaves by path ------------------------------------------ */
+
+typedef struct leaf {
+    char *path;
+    char *text;
+    size_t order;
+    bool matched;
+} leaf;
+
+typedef struct plain_walk {
+    vec leaves;                 /* of leaf */
+    text path;
+    const ckpt_value *stack[PLAIN_MAX_DEPTH];
+    uint64_t visits_left;
+    bool failed;                /* out of memory */
+    bool too_many;              /* past the visit budget */
+} plain_walk;
+
+static char *dup_text(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = 0;
+    }
+    return p;
+}
+
+static void add_leaf(plain_walk *w, const char *s)
+{
+    leaf *l = vec_push(&w->leaves);
+    if (!l) {
+        w->failed = true;
+        return;
+    }
+    l->order = w->leaves.len - 1;
+    l->path = dup_text(w->path.p ? w->path.p : "", w->path.len);
+    l->text = dup_text(s, strlen(s));
+    if (!l->path || !l->text)
+        w->failed = true;
+}
+
+static bool is_container(ckpt_kind k)
+{
+    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
+           k == CKPT_ORDERED_DICT;
+}
+
+static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
+{
+    if (w->failed || w->too_many)
+        return;
+    if (w->visits_left-- == 0) {
+        w->too_many = true;
+        return;
+    }
+    ckpt_kind k = ckpt_value_kind(v);
+    if (k == CKPT_TENSOR)
+        return;
+    if (!is_container(k) || ckpt_value_len(v) == 0) {
+        text t = {0};
+        t_value(&t, v, 0);
+        if (t.failed)
+            w->failed = true;
+        else
+            add_leaf(w, t.p ? t.p : "");
+        free(t.p);
+        return;
+    }
+    for (int i = 0; i < depth; i++) {
+        if (w->stack[i] == v) {
+            add_leaf(w, "<cycle>");
+            return;
+        }
+    }
+    if (depth >= PLAIN_MAX_DEPTH) {
+        add_leaf(w, "<nested too deep>");
+        return;
+    }
+    w->stack[depth] = v;
+    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    size_t saved = w->path.len;
+    for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
+        if (saved)
+            t_str(&w->path, ".");
+        if (is_dict)
+            t_key(&w->path, ckpt_value_key(v, i));
+        else
+            t_fmt(&w->path, "%zu", i);
+        if (w->path.failed) {
+            w->failed = true;
+            break;
+        }
+        plain_walk_value(w, is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i),
+                         depth + 1);
+        w->path.len = saved;
+        w->path.p[saved] = 0;
+    }
+}
+
+static void free_leaves(vec *v)
+{
+    leaf *l = v->p;
+    for (size_t i = 0; i < v->len; i++) {
+        free(l[i].path);
+        free(l[i].text);
+    }
+    free(v->p);
+}
+
+static int cmp_leaf(const void *a, const void *b)
+{
+    const leaf *x = *(const leaf *const *)a, *y = *(const leaf *const *)b;
+    int r = strcmp(x->path, y->path);
+    if (r)
+        return r;
+    return x->order < y->order ? -1 : (x->order > y->order);
+}
+
+/* The first leaf named path among sorted (by path, then order); NULL if none. */
+static leaf *find_leaf(leaf **sorted, size_t n, const char *path)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(sorted[mid]->path, path) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && strcmp(sorted[lo]->path, path) == 0 ? sorted[lo] : NULL;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+typedef struct tensor_pair {
+    const char *name;
+    const ckpt_tensor *a, *b;
+} tensor_pair;
+
+typedef struct value_diff {
+    const char *name;
+    uint64_t count, numel;
+    double max_abs;
+    bool has_max;               /* false for byte comparisons */
+} value_diff;
+
+typedef struct plain_diff {
+    const char *path;
+    const char *a, *b;          /* NULL when absent */
+} plain_diff;
+
+typedef struct diff_result {
+    vec only_a, only_b;         /* of const char * */
+    vec dtype, shape;           /* of tensor_pair */
+    vec values;                 /* of value_diff */
+    vec plain;                  /* of plain_diff */
+    size_t tensors_compared;
+    size_t plain_compared;
+    bool plain_skipped;
+} diff_result;
+
+/* ---- tensor values ---------------------------------------------------------- */
+
+typedef enum vclass { VC_FLOAT, VC_INT, VC_BYTES } vclass;
+
+static vclass value_class(ckpt_dtype d)
+{
+    switch (d) {
+    case CKPT_FLOAT64:
+    case CKPT_FLOAT32:
+    case CKPT_FLOAT16:
+    case CKPT_BFLOAT16:
+        return VC_FLOAT;
+    case CKPT_INT64:
+    case CKPT_INT32:
+    case CKPT_INT16:
+    case CKPT_INT8:
+    case CKPT_UINT64:
+    case CKPT_UINT32:
+    case CKPT_UINT16:
+    case CKPT_UINT8:
+    case CKPT_BOOL:
+        return VC_INT;
+    default:
+        return VC_BYTES;
+    }
+}
+
+/* A tensor's elements in row-major order, a chunk at a time. */
+typedef struct tsrc {
+    ckpt_tensor_info ti;
+    const uint8_t *base;        /* first element, indexed with the strides */
+    uint8_t *dense;             /* sparse tensors: their dense copy */
+    size_t esize;               /* bytes per element (1 for sub-byte dtypes: bytes) */
+    uint64_t count;             /* elements (bytes for sub-byte dtypes) */
+    bool contiguous;
+    uint64_t pos;               /* next element */
+    uint64_t idx[MAX_DIMS];     /* its index, for strided reads */
+    uint64_t off;               /* its offset in elements from base */
+} tsrc;
+
+static bool tsrc_open(tsrc *s, ckpt_file *f, const ckpt_tensor *t, const char *fname,
+                      const char *tname)
+{
+    memset(s, 0, sizeof(*s));
+    ckpt_tensor_get_info(t, &s->ti);
+    s->esize = ckpt_dtype_size(s->ti.dtype);
+    s->count = s->ti.numel;
+    if (s->esize == 0) {
+        s->esize = 1;
+        s->count = s->ti.nbytes;
+    }
+    ckpt_error err;
+    char msg[768];
+    if (s->ti.layout != CKPT_LAYOUT_STRIDED) {
+        s->dense = malloc(s->ti.nbytes ? (size_t)s->ti.nbytes : 1);
+        if (!s->dense) {
+            fprintf(stderr, "%s: %s: %s: out of memory for the dense copy\n", PROG, fname, tname);
+            return false;
+        }
+        if (ckpt_tensor_copy(f, t, s->dense, (size_t)s->ti.nbytes, &err) != CKPT_OK) {
+            fprintf(stderr, "%s: %s: %s: %s\n", PROG, fname, tname,
+                    ckpt_error_format(&err, msg, sizeof(msg)));
+            return false;
+        }
+        s->base = s->dense;
+        s->contiguous = true;
+        return true;
+    }
+    if (s->ti.ndim > MAX_DIMS) {
+        fprintf(stderr, "%s: %s: %s: more than %d dimensions\n", PROG, fname, tname, MAX_DIMS);
+        return false;
+    }
+    s->contiguous = s->ti.is_contiguous;
+    if (!s->ti.has_storage || s->count == 0)
+        return true;
+    const void *data;
+    if (ckpt_tensor_data(f, t, &data, NULL, &err) != CKPT_OK) {
+        fprintf(stderr, "%s: %s: %s: %s\n", PROG, fname, tname,
+                ckpt_error_format(&err, msg, sizeof(msg)));
+        return false;
+    }
+    s->base = data;
+    return true;
+}
+
+/* The next n elements: straight from the data when contiguous, else
+ * gathered into scratch (n x esize bytes). */
+static const uint8_t *tsrc_next(tsrc *s, size_t n, uint8_t *scratch)
+{
+    if (s->contiguous) {
+        const uint8_t *p = s->base + s->pos * s->esize;
+        s->pos += n;
+        return p;
+    }
+    uint32_t nd = s->ti.ndim;
+    for (size_t k = 0; k < n; k++) {
+        memcpy(scratch + k * s->esize, s->base + s->off * s->esize, s->esize);
+        for (uint32_t d = nd; d-- > 0;) {
+            s->off += (uint64_t)s->ti.stride[d];
+            if (++s->idx[d] < (uint64_t)s->ti.shape[d])
+                break;
+            s->off -= (uint64_t)s->ti.stride[d] * s->idx[d];
+            s->idx[d] = 0;
+        }
+    }
+    s->pos += n;
+    return scratch;
+}
+
+static void tsrc_close(tsrc *s) { free(s->dense); }
+
+/* An integer element, exactly: signed values and unsigned ones above
+ * INT64_MAX apart. */
+typedef struct ival {
+    int64_t s;
+    uint64_t u;
+    bool big;                   /* unsigned above INT64_MAX: u holds it */
+} ival;
+
+static ival load_int(ckpt_dtype d, const uint8_t *p)
+{
+    ival v = {0};
+    switch (d) {
+    case CKPT_INT64: { int64_t x; memcpy(&x, p, 8); v.s = x; break; }
+    case CKPT_INT32: { int32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_INT16: { int16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_INT8: { int8_t x; memcpy(&x, p, 1); v.s = x; break; }
+    case CKPT_UINT64: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if (x > (uint64_t)INT64_MAX) {
+            v.big = true;
+            v.u = x;
+        } else {
+            v.s = (int64_t)x;
+        }
+        break;
+    }
+    case CKPT_UINT32: { uint32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_UINT16: { uint16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_UINT8: v.s = p[0]; break;
+    case CKPT_BOOL: v.s = p[0] != 0; break;
+    default: break;
+    }
+    return v;
+}
+
+static long double ival_ld(ival v) { return v.big ? (long double)v.u : (long double)v.s; }
+
+static void to_double(ckpt_dtype d, const uint8_t *src, size_t n, double *out)
+{
+    if (value_class(d) == VC_FLOAT) {
+        if (ckpt_convert_dtype(CKPT_FLOAT64, out, d, src, n) == CKPT_OK)
+            return;
+    }
+    size_t es = ckpt_dtype_size(d);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (double)ival_ld(load_int(d, src + i * es));
+}
+
+typedef struct scratch {
+    uint8_t *raw_a, *raw_b;     /* CHUNK_ELEMS x MAX_ELEM_BYTES */
+    double *da, *db;            /* CHUNK_ELEMS */
+} scratch;
+
+typedef struct tol {
+    double atol, rtol;
+} tol;
+
+static void note_diff(value_diff *vd, double d)
+{
+    if (d > vd->max_abs || isinf(d))
+        vd->max_abs = d;
+}
+
+/* Compares the values of two tensors of one shape. false on a read error
+ * (printed); vd gets the count of differing elements. */
+static bool compare_values(ckpt_file *fa, const ckpt_tensor *a, ckpt_file *fb,
+                           const ckpt_tensor *b, const char *name, const char *path_a,
+                           const char *path_b, const tol *tl, scratch *sc, value_diff *vd,
+                           bool *compared)
+{
+    *compared = false;
+    tsrc sa, sb;
+    bool ok = tsrc_open(&sa, fa, a, path_a, name);
+    if (!ok) {
+        tsrc_close(&sa);
+        return false;
+    }
+    if (!tsrc_open(&sb, fb, b, path_b, name)) {
+        tsrc_close(&sa);
+        tsrc_close(&sb);
+        return false;
+    }
+    ckpt_dtype da = sa.ti.dtype, db = sb.ti.dtype;
+    vclass ca = value_class(da), cb = value_class(db);
+    bool numeric = ca != VC_BYTES && cb != VC_BYTES;
+    bool exact_int = ca == VC_INT && cb == VC_INT;
+    /* meta tensors have no values; dtypes without a common number compare
+     * only when they are the same dtype */
+    if (!sa.base || !sb.base || (!numeric && (da != db || sa.count != sb.count)))
+        goto out;
+    *compared = true;
+    vd->name = name;
+    vd->numel = numeric ? sa.ti.numel : sa.count;
+    vd->has_max = numeric;
+    bool exact = tl->atol == 0 && tl->rtol == 0;
+    for (uint64_t pos = 0; pos < sa.count;) {
+        size_t n = sa.count - pos < CHUNK_ELEMS ? (size_t)(sa.count - pos) : CHUNK_ELEMS;
+        const uint8_t *pa = tsrc_next(&sa, n, sc->raw_a);
+        const uint8_t *pb = tsrc_next(&sb, n, sc->raw_b);
+        if (!numeric) {
+            for (size_t i = 0; i < n; i++)
+                vd->count += memcmp(pa + i * sa.esize, pb + i * sb.esize, sa.esize) != 0;
+        } else if (exact_int) {
+            for (size_t i = 0; i < n; i++) {
+                ival x = load_int(da, pa + i * sa.esize), y = load_int(db, pb + i * sb.esize);
+                bool same = x.big == y.big && (x.big ? x.u == y.u : x.s == y.s);
+                if (same)
+                    continue;
+                long double lx = ival_ld(x), ly = ival_ld(y), d = fabsl(lx - ly);
+                note_diff(vd, (double)d);
+                if (exact || d > (long double)tl->atol + (long double)tl->rtol * fabsl(ly))
+                    vd->count++;
+            }
+        } else {
+            to_double(da, pa, n, sc->da);
+            to_double(db, pb, n, sc->db);
+            for (size_t i = 0; i < n; i++) {
+                double x = sc->da[i], y = sc->db[i];
+                if (x == y || (isnan(x) && isnan(y)))
+                    continue;
+                double d = fabs(x - y);
+                if (isnan(d))
+                    d = INFINITY; /* NaN against a number, or inf - inf */
+                note_diff(vd, d);
+                if (exact || !(d <= tl->atol + tl->rtol * fabs(y)))
+                    vd->count++;
+            }
+        }
+        pos += n;
+    }
+out:
+    tsrc_close(&sa);
+    tsrc_close(&sb);
+    return true;
+}
+
+static bool same_shape(const ckpt_tensor_info *x, const ckpt_tensor_info *y)
+{
+    if (x->ndim != y->ndim)
+        return false;
+    for (uint32_t i = 0; i < x->ndim; i++) {
+        if (x->shape[i] != y->shape[i])
+            return false;
+    }
+    return true;
+}
+
+/* ---- the comparison --------------------------------------------------------- */
+
+static bool push_ptr(vec *v, const void *p)
+{
+    const void **slot = vec_push(v);
+    if (!slot)
+        return false;
+    *slot = p;
+    return true;
+}
+
+static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const char *path_b,
+                         const tol *tl, diff_result *r)
+{
+    scratch sc = {0};
+    sc.raw_a = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
+    sc.raw_b = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
+    sc.da = malloc(CHUNK_ELEMS * sizeof(double));
+    sc.db = malloc(CHUNK_ELEMS * sizeof(double));
+    bool ok = sc.raw_a && sc.raw_b && sc.da && sc.db;
+    if (!ok)
+        fprintf(stderr, "%s: out of memory\n", PROG);
+    for (size_t i = 0; ok && i < ckpt_file_tensor_count(fa); i++) {
+        const char *name;
+        const ckpt_tensor *ta = ckpt_file_tensor(fa, i, &name);
+        if (ckpt_file_find_tensor(fa, name) != ta)
+            continue; /* a name listed twice: its first tensor stands for it */
+        const ckpt_tensor *tb = ckpt_file_find_tensor(fb, name);
+        if (!tb) {
+            ok = push_ptr(&r->only_a, name);
+            continue;
+        }
+        r->tensors_compared++;
+        ckpt_tensor_info ia, ib;
+        ckpt_tensor_get_info(ta, &ia);
+        ckpt_tensor_get_info(tb, &ib);
+        tensor_pair pair = {name, ta, tb};
+        tensor_pair *slot;
+        if (ia.dtype != ib.dtype) {
+            ok = (slot = vec_push(&r->dtype)) != NULL;
+            if (ok)
+                *slot = pair;
+        }
+        if (ok && !same_shape(&ia, &ib)) {
+            ok = (slot = vec_push(&r->shape)) != NULL;
+            if (ok)
+                *slot = pair;
+            continue;
+        }
+        value_diff vd = {0};
+        bool compared;
+        if (ok && !compare_values(fa, ta, fb, tb, name, path_a, path_b, tl, &sc, &vd, &compared))
+            ok = false;
+        else if (ok && compared && vd.count) {
+            value_diff *v = vec_push(&r->values);
+            ok = v != NULL;
+            if (ok)
+                *v = vd;
+        }
+    }
+    for (size_t i = 0; ok && i < ckpt_file_tensor_count(fb); i++) {
+        const char *name;
+        const ckpt_tensor *tb = ckpt_file_tensor(fb, i, &name);
+        if (ckpt_file_find_tensor(fb, name) == tb && !ckpt_file_find_tensor(fa, name))
+            ok = push_ptr(&r->only_b, name);
+    }
+    if (!ok && sc.raw_a && sc.raw_b && sc.da && sc.db)
+        fprintf(stderr, "%s: diff stopped\n", PROG);
+    free(sc.raw_a);
+    free(sc.raw_b);
+    free(sc.da);
+    free(sc.db);
+    return ok;
+}
+
+static bool collect_plain(ckpt_file *f, const char *path, plain_walk *w)
+{
+    memset(w, 0, sizeof(*w));
+    w->leaves.esize = sizeof(leaf);
+    w->visits_left = PLAIN_MAX_VISITS;
+    ckpt_file_info fi;
+    ckpt_file_get_info(f, &fi);
+    if (fi.format == CKPT_FORMAT_SAFETENSORS) {
+        if (fi.metadata) {
+            t_str(&w->path, "__metadata__");
+            plain_walk_value(w, fi.metadata, 0);
+        }
+    } else {
+        plain_walk_value(w, ckpt_file_root(f), 0);
+    }
+    free(w->path.p);
+    w->path.p = NULL;
+    if (w->failed || w->too_many) {
+        fprintf(stderr, "%s: %s: %s\n", PROG, path,
+                w->failed ? "out of memory reading plain values"
+                          : "containers shared many times make too many paths to compare");
+        return false;
+    }
+    return true;
+}
+
+static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
+{
+    leaf *la = wa->leaves.p, *lb = wb->leaves.p;
+    size_t na = wa->leaves.len, nb = wb->leaves.len;
+    leaf **sa = malloc((na ? na : 1) * sizeof(*sa)), **sb = malloc((nb ? nb : 1) * sizeof(*sb));
+    bool ok = sa && sb;
+    for (size_t i = 0; ok && i < na; i++)
+        sa[i] = &la[i];
+    for (size_t i = 0; ok && i < nb; i++)
+        sb[i] = &lb[i];
+    if (ok) {
+        qsort(sa, na, sizeof(*sa), cmp_leaf);
+        qsort(sb, nb, sizeof(*sb), cmp_leaf);
+    }
+    for (size_t i = 0; ok && i < na; i++) {
+        if (find_leaf(sa, na, la[i].path) != &la[i])
+            continue; /* a path seen twice: the first counts */
+        leaf *other = find_leaf(sb, nb, la[i].path);
+        r->plain_compared++;
+        if (other) {
+            other->matched = true;
+            if (strcmp(other->text, la[i].text) == 0)
+                continue;
+        }
+        plain_diff *d = vec_push(&r->plain);
+        ok = d != NULL;
+        if (ok)
+            *d = (plain_diff){la[i].path, la[i].text, other ? other->text : NULL};
+    }
+    for (size_t i = 0; ok && i < nb; i++) {
+        if (lb[i].matched || find_leaf(sb, nb, lb[i].path) != &lb[i])
+            continue;
+        r->plain_compared++;
+        plain_diff *d = vec_push(&r->plain);
+        ok = d != NULL;
+        if (ok)
+            *d = (plain_diff){lb[i].path, NULL, lb[i].text};
+    }
+    if (!ok)
+        fprintf(stderr, "%s: out of memory\n", PROG);
+    free(sa);
+    free(sb);
+    return ok;
+}
+
+/* ---- output ----------------------------------------------------------------- */
+
+static void shape_text(text *t, const ckpt_tensor *x)
+{
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(x, &ti);
+    t_str(t, "[");
+    for (uint32_t i = 0; i < ti.ndim; i++)
+        t_fmt(t, "%s%lld", i ? ", " : "", (long long)ti.shape[i]);
+    t_str(t, "]");
+}
+
+static const char *dtype_of(const ckpt_tensor *x)
+{
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(x, &ti);
+    return ckpt_dtype_name(ti.dtype);
+}
+
+static bool is_same(const diff_result *r)
+{
+    return !r->only_a.len && !r->only_b.len && !r->dtype.len && !r->shape.len &&
+           !r->values.len && !r->plain.len;
+}
+
+static void print_human(const diff_result *r)
+{
+    const char **names = r->only_a.p;
+    for (size_t i = 0; i < r->only_a.len; i++)
+        printf("only in A: %s\n", names[i]);
+    names = r->only_b.p;
+    for (size_t i = 0; i < r->only_b.len; i++)
+        printf("only in B: %s\n", names[i]);
+    const tensor_pair *pairs = r->dtype.p;
+    for (size_t i = 0; i < r->dtype.len; i++)
+        printf("dtype: %s  %s -> %s\n", pairs[i].name, dtype_of(pairs[i].a), dtype_of(pairs[i].b));
+    pairs = r->shape.p;
+    for (size_t i = 0; i < r->shape.len; i++) {
+        text sa = {0}, sb = {0};
+        shape_text(&sa, pairs[i].a);
+        shape_text(&sb, pairs[i].b);
+        printf("shape: %s  %s -> %s\n", pairs[i].name, sa.p ? sa.p : "?", sb.p ? sb.p : "?");
+        free(sa.p);
+        free(sb.p);
+    }
+    const value_diff *vals = r->values.p;
+    for (size_t i = 0; i < r->values.len; i++) {
+        printf("values: %s  %llu/%llu elements differ", vals[i].name, (unsigned long long)vals[i].count,
+               (unsigned long long)vals[i].numel);
+        if (vals[i].has_max)
+            printf(", max abs diff %.6g", vals[i].max_abs);
+        printf("\n");
+    }
+    const plain_diff *pd = r->plain.p;
+    for (size_t i = 0; i < r->plain.len; i++)
+        printf("value: %s  %s -> %s\n", pd[i].path[0] ? pd[i].path : "(root)",
+               pd[i].a ? pd[i].a : "(absent)", pd[i].b ? pd[i].b : "(absent)");
+    text sum = {0};
+    if (is_same(r)) {
+        t_fmt(&sum, "same: %zu tensors", r->tensors_compared);
+        if (!r->plain_skipped)
+            t_fmt(&sum, ", %zu plain values", r->plain_compared);
+    } else {
+        const struct { size_t n; const char *what; } parts[] = {
+            {r->only_a.len, "only in A"}, {r->only_b.len, "only in B"},
+            {r->dtype.len, "dtype"},      {r->shape.len, "shape"},
+            {r->values.len, "values"},    {r->plain.len, "plain values"},
+        };
+        t_str(&sum, "different:");
+        bool first = true;
+        for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+            if (!parts[i].n)
+                continue;
+            t_fmt(&sum, "%s %zu %s", first ? "" : ",", parts[i].n, parts[i].what);
+            first = false;
+        }
+        t_fmt(&sum, " (%zu tensors in both", r->tensors_compared);
+        if (!r->plain_skipped)
+            t_fmt(&sum, ", %zu plain values", r->plain_compared);
+        t_str(&sum, ")");
+    }
+    if (r->plain_skipped)
+        t_str(&sum, "; plain values not compared: one file is safetensors");
+    printf("%s\n", sum.p ? sum.p : "");
+    free(sum.p);
+}
+
+/* A JSON string; text that is not UTF-8 gets its high bytes as \xNN. */
+static json_t *jstr(const char *s)
+{
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    text t = {0};
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p >= 0x80)
+            t_fmt(&t, "\\x%02x", *p);
+        else
+            t_put(&t, (const char *)p, 1);
+    }
+    j = json_string(t.p ? t.p : "");
+    free(t.p);
+    return j;
+}
+
+static json_t *jshape(const ckpt_tensor *x)
+{
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(x, &ti);
+    json_t *a = json_array();
+    for (uint32_t i = 0; i < ti.ndim; i++)
+        json_array_append_new(a, json_integer(ti.shape[i]));
+    return a;
+}
+
+static int print_json(const diff_result *r)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "same", json_boolean(is_same(r)));
+    json_t *a = json_array();
+    const char **names = r->only_a.p;
+    for (size_t i = 0; i < r->only_a.len; i++)
+        json_array_append_new(a, jstr(names[i]));
+    json_object_set_new(o, "only_in_a", a);
+    a = json_array();
+    names = r->only_b.p;
+    for (size_t i = 0; i < r->only_b.len; i++)
+        json_array_append_new(a, jstr(names[i]));
+    json_object_set_new(o, "only_in_b", a);
+    a = json_array();
+    const tensor_pair *pairs = r->dtype.p;
+    for (size_t i = 0; i < r->dtype.len; i++)
+        json_array_append_new(a, json_pack("{s:o,s:s,s:s}", "name", jstr(pairs[i].name), "a",
+                                           dtype_of(pairs[i].a), "b", dtype_of(pairs[i].b)));
+    json_object_set_new(o, "dtype_mismatch", a);
+    a = json_array();
+    pairs = r->shape.p;
+    for (size_t i = 0; i < r->shape.len; i++)
+        json_array_append_new(a, json_pack("{s:o,s:o,s:o}", "name", jstr(pairs[i].name), "a",
+                                           jshape(pairs[i].a), "b", jshape(pairs[i].b)));
+    json_object_set_new(o, "shape_mismatch", a);
+    a = json_array();
+    const value_diff *vals = r->values.p;
+    for (size_t i = 0; i < r->values.len; i++) {
+        /* null when not a number: byte comparisons, infinite differences */
+        json_t *m = vals[i].has_max && isfinite(vals[i].max_abs) ? json_real(vals[i].max_abs)
+                                                                   : json_null();
+        json_array_append_new(a, json_pack("{s:o,s:I,s:I,s:o}", "name", jstr(vals[i].name),
+                                           "count", (json_int_t)vals[i].count, "numel",
+                                           (json_int_t)vals[i].numel, "max_abs_diff", m));
+    }
+    json_object_set_new(o, "value_mismatch", a);
+    a = json_array();
+    const plain_diff *pd = r->plain.p;
+    for (size_t i = 0; i < r->plain.len; i++)
+        json_array_append_new(a, json_pack("{s:o,s:o,s:o}", "path", jstr(pd[i].path), "a",
+                                           pd[i].a ? jstr(pd[i].a) : json_null(), "b",
+                                           pd[i].b ? jstr(pd[i].b) : json_null()));
+    json_object_set_new(o, "plain_mismatch", a);
+    json_object_set_new(o, "tensors_compared", json_integer((json_int_t)r->tensors_compared));
+    json_object_set_new(o, "plain_compared",
+                        r->plain_skipped ? json_null() : json_integer((json_int_t)r->plain_compared));
+    char *s = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    if (!s) {
+        fprintf(stderr, "%s: out of memory writing JSON\n", PROG);
+        return DIFF_ERROR;
+    }
+    size_t len = strlen(s);
+    bool ok = fwrite(s, 1, len, stdout) == len && fputc('\n', stdout) != EOF;
+    free(s);
+    return ok ? 0 : DIFF_ERROR;
+}
+
+/* ---- the command -------------------------------------------------------------- */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt diff A B [--atol X] [--rtol Y] [--json]\n"
+            "  Compares two checkpoints of any formats: tensor names only in one file,\n"
+            "  dtype and shape mismatches, and for tensors of one shape the elements whose\n"
+            "  values differ (|a - b| > atol + rtol*|b|; NaN equals NaN) with the largest\n"
+            "  difference; then plain values (epoch, metrics, ...) by path. A safetensors\n"
+            "  file's plain values are its __metadata__, compared only with another\n"
+            "  safetensors file.\n"
+            "  --atol X   absolute tolerance (default 0: exact)\n"
+            "  --rtol Y   relative tolerance (default 0)\n"
+            "  --json     one JSON object: same, only_in_a, only_in_b, dtype_mismatch,\n"
+            "             shape_mismatch, value_mismatch, plain_mismatch\n"
+            "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n");
+}
+
+static bool parse_tol(const char *opt, const char *s, double *out)
+{
+    char *end;
+    double v = s && *s ? strtod(s, &end) : NAN;
+    if (!s || !*s || *end || !isfinite(v) || v < 0) {
+        fprintf(stderr, "%s: diff: %s needs a finite number >= 0, not '%s'\n", PROG, opt,
+                s ? s : "");
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int ckpt_cli_diff(int argc, char **argv)
+{
+    tol tl = {0, 0};
+    bool json = false;
+    const char *paths[2] = {NULL, NULL};
+    int npaths = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(arg, "--json") == 0) {
+            json = true;
+        } else if (strcmp(arg, "--atol") == 0 || strcmp(arg, "--rtol") == 0) {
+            if (!parse_tol(arg, i + 1 < argc ? argv[i + 1] : NULL,
+                           arg[2] == 'a' ? &tl.atol : &tl.rtol))
+                return DIFF_ERROR;
+            i++;
+        } else if (strncmp(arg, "--atol=", 7) == 0 || strncmp(arg, "--rtol=", 7) == 0) {
+            char opt[7];
+            memcpy(opt, arg, 6);
+            opt[6] = 0;
+            if (!parse_tol(opt, arg + 7, arg[2] == 'a' ? &tl.atol : &tl.rtol))
+                return DIFF_ERROR;
+        } else if (arg[0] == '-' && arg[1]) {
+            fprintf(stderr, "%s: diff: unknown option '%s'\n", PROG, arg);
+            return DIFF_ERROR;
+        } else if (npaths < 2) {
+            paths[npaths++] = arg;
+        } else {
+            fprintf(stderr, "%s: diff: compares two files\n", PROG);
+            usage(stderr);
+            return DIFF_ERROR;
+        }
+    }
+    if (npaths != 2) {
+        usage(stderr);
+        return DIFF_ERROR;
+    }
+    ckpt_file *f[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        ckpt_error err;
+        if (ckpt_open(paths[k], NULL, &f[k], &err) != CKPT_OK) {
+            cli_print_error(paths[k], &err);
+            ckpt_close(f[0]);
+            return DIFF_ERROR;
+        }
+    }
+    int rc = DIFF_ERROR;
+    diff_result r;
+    memset(&r, 0, sizeof(r));
+    r.only_a.esize = r.only_b.esize = sizeof(const char *);
+    r.dtype.esize = r.shape.esize = sizeof(tensor_pair);
+    r.values.esize = sizeof(value_diff);
+    r.plain.esize = sizeof(plain_diff);
+    plain_walk *w[2] = {calloc(1, sizeof(plain_walk)), calloc(1, sizeof(plain_walk))};
+    if (!w[0] || !w[1]) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        goto out;
+    }
+    if (!diff_tensors(f[0], f[1], paths[0], paths[1], &tl, &r))
+        goto out;
+    ckpt_file_info ia, ib;
+    ckpt_file_get_info(f[0], &ia);
+    ckpt_file_get_info(f[1], &ib);
+    r.plain_skipped = (ia.format == CKPT_FORMAT_SAFETENSORS) != (ib.format == CKPT_FORMAT_SAFETENSORS);
+    if (!r.plain_skipped) {
+        if (!collect_plain(f[0], paths[0], w[0]) || !collect_plain(f[1], paths[1], w[1]) ||
+            !diff_plain(w[0], w[1], &r))
+            goto out;
+    }
+    if (json) {
+        rc = print_json(&r);
+    } else {
+        print_human(&r);
+        rc = fflush(stdout) == 0 ? 0 : DIFF_ERROR;
+    }
+    if (rc == 0)
+        rc = is_same(&r) ? DIFF_SAME : DIFF_DIFFERENT;
+out:
+    for (int k = 0; k < 2; k++) {
+        if (w[k])
+            free_leaves(&w[k]->leaves);
+        free(w[k]);
+    }
+    free(r.only_a.p);
+    free(r.only_b.p);
+    free(r.dtype.p);
+    free(r.shape.p);
+    free(r.values.p);
+    free(r.plain.p);
+    ckpt_close(f[0]);
+    ckpt_close(f[1]);
+    return rc;
+}

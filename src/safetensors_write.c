@@ -1,0 +1,1029 @@
+/*
+ * safetensors_write.c - saves the tensors of a value tree as safetensors.
+ *
+ * Layout: the 8-byte little-endian header length, a compact JSON header
+ * ("__metadata__" first, then the tensors in data order) padded with spaces
+ * so the data starts at a multiple of 64, then the tensors back to back in
+ * the reference writer's order: element size descending, then name (bytes).
+ * Element sizes are powers of two, so every tensor starts at a multiple of
+ * its own element size: readers may use the bytes in place.
+ *
+ * Choices where the format has no answer:
+ *  - a root that is itself a tensor is saved under the name "tensor";
+ *  - a tensor object reached by two paths is written twice, once under each
+ *    name (safetensors has no sharing; the reference save_file refuses);
+ *  - subtrees without tensors go into __metadata__ under their path (a
+ *    root dict without tensors: each entry under its key) as the text
+ *    Python's json.dumps would give (ensure_ascii, ", " and ": " separators,
+ *    NaN and Infinity tokens), with these extensions for what JSON lacks:
+ *    bytes as hex text, dtypes as "torch.float32", devices as "cuda:0",
+ *    complex as [re, im], torch.Size, tuples and sets as arrays, globals
+ *    (and inert objects) as "module.name"; dict keys as json.dumps makes
+ *    them (true, null, 1.5) and as Python's str() shows the others
+ *    ((1, 'a'));
+ *  - opts->metadata's entries are added after those and win on equal keys.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define ST_MAX_HEADER 100000000u     /* what the reference reader accepts */
+#define ST_DATA_ALIGN 64u
+#define ST_CHUNK (4u << 20)
+
+/* ---- a growable text buffer, bounded by the header limit ----------------- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool failed;        /* out of memory */
+    bool too_big;       /* past ST_MAX_HEADER */
+} sbuf;
+
+static void sb_put(sbuf *b, const void *s, size_t n)
+{
+    if (b->failed || b->too_big)
+        return;
+    if (n > ST_MAX_HEADER || b->len + n > ST_MAX_HEADER) {
+        b->too_big = true;
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+static void sb_chr(sbuf *b, char c) { sb_put(b, &c, 1); }
+
+static void sb_u64(sbuf *b, uint64_t v)
+{
+    char tmp[24];
+    snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    sb_str(b, tmp);
+}
+
+/* ---- UTF-8 ------------------------------------------------------------- */
+
+/* Decodes one code point at s[0..n); *used gets its length. Surrogates
+ * (which Python writes with 'surrogatepass') decode as themselves; any
+ * other invalid sequence gives -1 with *used = 1. */
+static long utf8_next(const unsigned char *s, size_t n, size_t *used)
+{
+    *used = 1;
+    unsigned c = s[0];
+    if (c < 0x80)
+        return (long)c;
+    size_t len;
+    unsigned long cp, min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+        min = 0x10000;
+    } else {
+        return -1;
+    }
+    if (n < len)
+        return -1;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return -1;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff)
+        return -1;
+    *used = len;
+    return (long)cp;
+}
+
+/* Strict UTF-8 (no surrogates) without NUL: what a JSON reader accepts. */
+static bool utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t used;
+        long cp = utf8_next(p + i, n - i, &used);
+        if (cp <= 0 || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += used;
+    }
+    return true;
+}
+
+/* A JSON string of valid UTF-8 text, non-ASCII kept as is (header keys). */
+static void sb_json_utf8(sbuf *b, const char *s, size_t n)
+{
+    sb_chr(b, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sb_put(b, s + run, i - run);
+        run = i + 1;
+        char tmp[8];
+        switch (c) {
+        case '"': sb_str(b, "\\\""); break;
+        case '\\': sb_str(b, "\\\\"); break;
+        case '\n': sb_str(b, "\\n"); break;
+        case '\r': sb_str(b, "\\r"); break;
+        case '\t': sb_str(b, "\\t"); break;
+        case '\b': sb_str(b, "\\b"); break;
+        case '\f': sb_str(b, "\\f"); break;
+        default:
+            snprintf(tmp, sizeof(tmp), "\\u%04x", c);
+            sb_str(b, tmp);
+        }
+    }
+    sb_put(b, s + run, n - run);
+    sb_chr(b, '"');
+}
+
+/* A JSON string as Python's json.dumps writes it (ensure_ascii): every
+ * character outside ' '..'~' escaped, lowercase hex, astral characters as
+ * surrogate pairs. Bytes that are not UTF-8 become U+FFFD. */
+static void sb_json_ascii(sbuf *b, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    sb_chr(b, '"');
+    for (size_t i = 0; i < n;) {
+        size_t used;
+        long cp = utf8_next(p + i, n - i, &used);
+        i += used;
+        char tmp[40];
+        if (cp < 0)
+            cp = 0xfffd;
+        switch (cp) {
+        case '"': sb_str(b, "\\\""); continue;
+        case '\\': sb_str(b, "\\\\"); continue;
+        case '\n': sb_str(b, "\\n"); continue;
+        case '\r': sb_str(b, "\\r"); continue;
+        case '\t': sb_str(b, "\\t"); continue;
+        case '\b': sb_str(b, "\\b"); continue;
+        case '\f': sb_str(b, "\\f"); continue;
+        default: break;
+        }
+        if (cp >= 0x20 && cp <= 0x7e) {
+            sb_chr(b, (char)cp);
+        } else if (cp < 0x10000) {
+            snprintf(tmp, sizeof(tmp), "\\u%04x", (unsigned)cp);
+            sb_str(b, tmp);
+        } else {
+            unsigned v = (unsigned)cp - 0x10000;
+            snprintf(tmp, sizeof(tmp), "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
+            sb_str(b, tmp);
+        }
+    }
+    sb_chr(b, '"');
+}
+
+/* ---- Python's text of numbers ------------------------------------------- */
+
+/* repr(float): the shortest digits that read back as d, in fixed notation
+ * for exponents -4..15 and scientific otherwise; json's tokens for NaN and
+ * the infinities. */
+static void sb_py_float(sbuf *b, double d)
+{
+    if (isnan(d)) {
+        sb_str(b, "NaN");
+        return;
+    }
+    if (isinf(d)) {
+        sb_str(b, d > 0 ? "Infinity" : "-Infinity");
+        return;
+    }
+    char e[48];
+    for (int prec = 0; prec <= 17; prec++) {
+        snprintf(e, sizeof(e), "%.*e", prec, d);
+        if (strtod(e, NULL) == d)
+            break;
+    }
+    /* e: [-]D[.DDD]e(+|-)XX */
+    const char *q = e;
+    bool neg = *q == '-';
+    if (neg)
+        q++;
+    char digits[24];
+    size_t nd = 0;
+    for (; *q && *q != 'e'; q++) {
+        if (*q >= '0' && *q <= '9' && nd < sizeof(digits) - 1)
+            digits[nd++] = *q;
+    }
+    digits[nd] = 0;
+    int exp = *q == 'e' ? atoi(q + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0')
+        digits[--nd] = 0;
+    if (neg)
+        sb_chr(b, '-');
+    if (exp >= -4 && exp < 16) {
+        if (exp < 0) {
+            sb_str(b, "0.");
+            for (int i = 0; i < -exp - 1; i++)
+                sb_chr(b, '0');
+            sb_put(b, digits, nd);
+        } else {
+            size_t ip = (size_t)exp + 1;
+            if (nd <= ip) {
+                sb_put(b, digits, nd);
+                for (size_t i = nd; i < ip; i++)
+                    sb_chr(b, '0');
+                sb_str(b, ".0");
+            } else {
+                sb_put(b, digits, ip);
+                sb_chr(b, '.');
+                sb_put(b, digits + ip, nd - ip);
+            }
+        }
+    } else {
+        sb_chr(b, digits[0]);
+        if (nd > 1) {
+            sb_chr(b, '.');
+            sb_put(b, digits + 1, nd - 1);
+        }
+        char tmp[16];
+        snprintf(tmp, sizeof(tmp), "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+        sb_str(b, tmp);
+    }
+}
+
+/* Decimal text of a little-endian two's complement integer of n bytes. */
+static void sb_bigint(sbuf *b, const unsigned char *p, size_t n)
+{
+    unsigned char *mag = malloc(n ? n : 1);
+    char *out = malloc(n * 3 + 3);
+    if (!mag || !out) {
+        free(mag);
+        free(out);
+        b->failed = true;
+        return;
+    }
+    bool neg = n && (p[n - 1] & 0x80);
+    unsigned carry = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (neg) {
+            unsigned v = (unsigned)(unsigned char)~p[i] + carry;
+            mag[i] = (unsigned char)v;
+            carry = v >> 8;
+        } else {
+            mag[i] = p[i];
+        }
+    }
+    size_t len = 0, top = n;
+    while (top && mag[top - 1] == 0)
+        top--;
+    if (!top)
+        out[len++] = '0';
+    while (top) {
+        unsigned rem = 0;
+        for (size_t i = top; i-- > 0;) {
+            unsigned cur = (rem << 8) | mag[i];
+            mag[i] = (unsigned char)(cur / 10);
+            rem = cur % 10;
+        }
+        out[len++] = (char)('0' + rem);
+        while (top && mag[top - 1] == 0)
+            top--;
+    }
+    if (neg)
+        out[len++] = '-';
+    for (size_t i = 0; i < len / 2; i++) {
+        char c = out[i];
+        out[i] = out[len - 1 - i];
+        out[len - 1 - i] = c;
+    }
+    sb_put(b, out, len);
+    free(mag);
+    free(out);
+}
+
+static void sb_hex(sbuf *b, const char *s, size_t n)
+{
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char two[2] = {HEX[c >> 4], HEX[c & 15]};
+        sb_put(b, two, 2);
+    }
+}
+
+/* ---- plain values as JSON text ------------------------------------------ */
+
+typedef struct json_walk {
+    const ckpt_value **path;    /* ancestors, for cycles */
+    uint64_t max_depth;
+    const char *where;          /* the leaf's name, for errors */
+    ckpt_error *err;
+    ckpt_status st;
+} json_walk;
+
+static bool is_seq(ckpt_kind k)
+{
+    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_SIZE;
+}
+
+/* Python's str() of a key that json.dumps cannot take (a tuple, ...). */
+static void sb_key_repr(sbuf *b, const ckpt_value *k, bool quote, int depth)
+{
+    size_t len;
+    const char *s;
+    switch (ckpt_value_kind(k)) {
+    case CKPT_STR:
+        s = ckpt_value_str(k, &len);
+        if (quote)
+            sb_chr(b, '\'');
+        sb_put(b, s, len);
+        if (quote)
+            sb_chr(b, '\'');
+        break;
+    case CKPT_INT: {
+        char tmp[24];
+        snprintf(tmp, sizeof(tmp), "%lld", (long long)ckpt_value_int(k));
+        sb_str(b, tmp);
+        break;
+    }
+    case CKPT_BIGINT:
+        s = ckpt_value_str(k, &len);
+        sb_bigint(b, (const unsigned char *)s, len);
+        break;
+    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(k) ? "True" : "False"); break;
+    case CKPT_NONE: sb_str(b, "None"); break;
+    case CKPT_FLOAT: {
+        double d = ckpt_value_float(k);
+        if (isnan(d))
+            sb_str(b, "nan");
+        else if (isinf(d))
+            sb_str(b, d > 0 ? "inf" : "-inf");
+        else
+            sb_py_float(b, d);
+        break;
+    }
+    case CKPT_COMPLEX: {
+        double re, im;
+        ckpt_value_complex(k, &re, &im);
+        sb_chr(b, '(');
+        sb_py_float(b, re);
+        if (!signbit(im))
+            sb_chr(b, '+');
+        sb_py_float(b, im);
+        sb_str(b, "j)");
+        break;
+    }
+    case CKPT_BYTES:
+        s = ckpt_value_str(k, &len);
+        sb_hex(b, s, len);
+        break;
+    case CKPT_DTYPE:
+        sb_str(b, "torch.");
+        sb_str(b, ckpt_dtype_name(ckpt_value_dtype(k)));
+        break;
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+        sb_str(b, ckpt_value_str(k, NULL));
+        break;
+    case CKPT_TUPLE:
+        if (depth > 8) {
+            sb_str(b, "(...)");
+            break;
+        }
+        sb_chr(b, '(');
+        for (size_t i = 0; i < ckpt_value_len(k); i++) {
+            if (i)
+                sb_str(b, ", ");
+            sb_key_repr(b, ckpt_value_item(k, i), true, depth + 1);
+        }
+        if (ckpt_value_len(k) == 1)
+            sb_chr(b, ',');
+        sb_chr(b, ')');
+        break;
+    default:
+        sb_chr(b, '?');
+        break;
+    }
+}
+
+/* A dict key as json.dumps converts it. */
+static void sb_json_key(sbuf *b, const ckpt_value *k)
+{
+    size_t len;
+    const char *s;
+    switch (ckpt_value_kind(k)) {
+    case CKPT_STR:
+        s = ckpt_value_str(k, &len);
+        sb_json_ascii(b, s, len);
+        return;
+    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(k) ? "\"true\"" : "\"false\""); return;
+    case CKPT_NONE: sb_str(b, "\"null\""); return;
+    case CKPT_FLOAT:
+        sb_chr(b, '"');
+        sb_py_float(b, ckpt_value_float(k));
+        sb_chr(b, '"');
+        return;
+    default: {
+        sbuf tmp = {0};
+        sb_key_repr(&tmp, k, false, 0);
+        if (tmp.failed || tmp.too_big) {
+            b->failed |= tmp.failed;
+            b->too_big |= tmp.too_big;
+        } else {
+            sb_json_ascii(b, tmp.p ? tmp.p : "", tmp.len);
+        }
+        free(tmp.p);
+        return;
+    }
+    }
+}
+
+static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t depth)
+{
+    if (w->st != CKPT_OK || b->failed || b->too_big)
+        return;
+    ckpt_kind k = ckpt_value_kind(v);
+    size_t len;
+    const char *s;
+    switch (k) {
+    case CKPT_NONE: sb_str(b, "null"); return;
+    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(v) ? "true" : "false"); return;
+    case CKPT_INT: {
+        char tmp[24];
+        snprintf(tmp, sizeof(tmp), "%lld", (long long)ckpt_value_int(v));
+        sb_str(b, tmp);
+        return;
+    }
+    case CKPT_BIGINT:
+        s = ckpt_value_str(v, &len);
+        sb_bigint(b, (const unsigned char *)s, len);
+        return;
+    case CKPT_FLOAT: sb_py_float(b, ckpt_value_float(v)); return;
+    case CKPT_COMPLEX: {
+        double re, im;
+        ckpt_value_complex(v, &re, &im);
+        sb_chr(b, '[');
+        sb_py_float(b, re);
+        sb_str(b, ", ");
+        sb_py_float(b, im);
+        sb_chr(b, ']');
+        return;
+    }
+    case CKPT_STR:
+        s = ckpt_value_str(v, &len);
+        sb_json_ascii(b, s, len);
+        return;
+    case CKPT_BYTES:
+        s = ckpt_value_str(v, &len);
+        sb_chr(b, '"');
+        sb_hex(b, s, len);
+        sb_chr(b, '"');
+        return;
+    case CKPT_DTYPE:
+        sb_str(b, "\"torch.");
+        sb_str(b, ckpt_dtype_name(ckpt_value_dtype(v)));
+        sb_chr(b, '"');
+        return;
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+    case CKPT_OBJECT: /* an inert object: its class's name */
+        s = ckpt_value_str(v, &len);
+        sb_json_ascii(b, s, len);
+        return;
+    case CKPT_TENSOR:
+        /* the walk hands over subtrees without tensors, so this is a
+         * cycle back to a container above */
+        w->st = ckpt__fail(w->err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                           "'%s' refers back to a container that holds it: safetensors "
+                           "metadata cannot hold a cycle", w->where);
+        return;
+    default:
+        break;
+    }
+    if (!is_seq(k) && k != CKPT_DICT && k != CKPT_ORDERED_DICT) {
+        sb_str(b, "null");
+        return;
+    }
+    if (depth >= w->max_depth) {
+        w->st = ckpt__fail(w->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                           "plain value '%s' nested deeper than %llu", w->where,
+                           (unsigned long long)w->max_depth);
+        return;
+    }
+    for (uint64_t i = 0; i < depth; i++) {
+        if (w->path[i] == v) {
+            w->st = ckpt__fail(w->err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                               "plain value '%s' contains itself: JSON cannot hold a cycle",
+                               w->where);
+            return;
+        }
+    }
+    w->path[depth] = v;
+    size_t n = ckpt_value_len(v);
+    if (is_seq(k)) {
+        sb_chr(b, '[');
+        for (size_t i = 0; i < n && w->st == CKPT_OK; i++) {
+            if (i)
+                sb_str(b, ", ");
+            sb_json_value(b, w, ckpt_value_item(v, i), depth + 1);
+        }
+        sb_chr(b, ']');
+    } else {
+        sb_chr(b, '{');
+        for (size_t i = 0; i < n && w->st == CKPT_OK; i++) {
+            if (i)
+                sb_str(b, ", ");
+            sb_json_key(b, ckpt_value_key(v, i));
+            sb_str(b, ": ");
+            sb_json_value(b, w, ckpt_value_dict_value(v, i), depth + 1);
+        }
+        sb_chr(b, '}');
+    }
+}
+
+/* ---- collecting tensors and metadata -------------------------------------- */
+
+typedef struct st_tensor {
+    char *name;
+    const ckpt_tensor *t;
+    const char *st_dtype;
+    size_t align;              /* element size (1 for sub-byte dtypes) */
+    uint64_t nbytes;
+    uint64_t begin;
+} st_tensor;
+
+typedef struct st_meta {
+    char *key;
+    char *val;                 /* JSON text or the caller's text */
+    size_t order;
+    bool from_opts;
+    bool dropped;              /* replaced by an entry of opts->metadata */
+} st_meta;
+
+typedef struct st_ctx {
+    const ckpt_value *root;
+    st_tensor *tensors;
+    size_t ntensors, tensors_cap;
+    st_meta *meta;
+    size_t nmeta, meta_cap;
+    uint64_t meta_bytes;       /* their text, bounded like the header */
+    uint64_t min_header;       /* the tensor entries' least header bytes */
+    const ckpt_value **path;   /* for json_walk */
+    uint64_t max_depth;
+} st_ctx;
+
+static bool is_quantized(ckpt_dtype d)
+{
+    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
+           d == CKPT_QUINT2X4;
+}
+
+static ckpt_status nomem(ckpt_error *err)
+{
+    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+}
+
+static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, ckpt_error *err)
+{
+    st_ctx *c = user;
+    const ckpt_tensor *t = ckpt_value_tensor(v);
+    if (v == c->root && name[0] == 0)
+        name = "tensor";
+    if (!t)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "tensor '%s' has no tensor data", name);
+    if (t->layout != CKPT_LAYOUT_STRIDED)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor '%s' is %s: safetensors holds only dense tensors", name,
+                          ckpt_layout_name((ckpt_layout)t->layout));
+    if (is_quantized(t->dtype))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor '%s' is quantized (%s): safetensors has no quantized dtypes "
+                          "and would lose its scale and zero point",
+                          name, ckpt_dtype_name(t->dtype));
+    const char *st_dtype = ckpt_dtype_safetensors_name(t->dtype);
+    if (!st_dtype)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor '%s' has dtype %s, which safetensors does not have", name,
+                          ckpt_dtype_name(t->dtype));
+    if (!t->storage)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor '%s' is a meta tensor: it has no data to save", name);
+    uint64_t bits;
+    if (!ckpt__mul_u64(t->numel, ckpt_dtype_bits(t->dtype), &bits) || bits % 8 != 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor '%s': %llu elements of %s do not fill whole bytes", name,
+                          (unsigned long long)t->numel, ckpt_dtype_name(t->dtype));
+    size_t nlen = strlen(name);
+    if (strcmp(name, "__metadata__") == 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "a tensor is named '__metadata__', the name safetensors keeps for "
+                          "metadata");
+    if (!utf8_valid(name, nlen))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "tensor name '%s' is not valid UTF-8 (a JSON header needs it)", name);
+    /* "NAME":{"dtype":"..","shape":[],"data_offsets":[0,0]} at the least:
+     * refuse as soon as the header surely outgrows what readers accept
+     * (names multiply through shared containers) */
+    c->min_header += nlen + 48;
+    if (c->min_header + c->meta_bytes > ST_MAX_HEADER)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "the header would exceed the %u bytes safetensors readers accept "
+                          "(too many tensors)",
+                          ST_MAX_HEADER);
+    if (c->ntensors == c->tensors_cap) {
+        size_t cap = c->tensors_cap ? c->tensors_cap * 2 : 64;
+        st_tensor *p = realloc(c->tensors, cap * sizeof(*p));
+        if (!p)
+            return nomem(err);
+        c->tensors = p;
+        c->tensors_cap = cap;
+    }
+    st_tensor *e = &c->tensors[c->ntensors];
+    memset(e, 0, sizeof(*e));
+    e->name = malloc(nlen + 1);
+    if (!e->name)
+        return nomem(err);
+    memcpy(e->name, name, nlen + 1);
+    e->t = t;
+    e->st_dtype = st_dtype;
+    e->align = ckpt_dtype_size(t->dtype) ? ckpt_dtype_size(t->dtype) : 1;
+    e->nbytes = bits / 8;
+    c->ntensors++;
+    return CKPT_OK;
+}
+
+static ckpt_status add_meta(st_ctx *c, const char *key, size_t klen, char *val, size_t vlen,
+                            bool from_opts, ckpt_error *err)
+{
+    uint64_t more = (uint64_t)klen + vlen;
+    if (c->min_header + c->meta_bytes + more > ST_MAX_HEADER) {
+        free(val);
+        return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "metadata exceeds the %u bytes a safetensors header may hold",
+                          ST_MAX_HEADER);
+    }
+    if (c->nmeta == c->meta_cap) {
+        size_t cap = c->meta_cap ? c->meta_cap * 2 : 16;
+        st_meta *p = realloc(c->meta, cap * sizeof(*p));
+        if (!p) {
+            free(val);
+            return nomem(err);
+        }
+        c->meta = p;
+        c->meta_cap = cap;
+    }
+    char *k = malloc(klen + 1);
+    if (!k) {
+        free(val);
+        return nomem(err);
+    }
+    memcpy(k, key, klen);
+    k[klen] = 0;
+    c->meta[c->nmeta] = (st_meta){.key = k, .val = val, .order = c->nmeta, .from_opts = from_opts};
+    c->nmeta++;
+    c->meta_bytes += more;
+    return CKPT_OK;
+}
+
+static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt_value *v,
+                            ckpt_error *err)
+{
+    if (!utf8_valid(name, nlen))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "metadata name '%s' is not valid UTF-8 without NUL (a JSON header "
+                          "needs it)",
+                          name);
+    sbuf b = {0};
+    json_walk w = {.path = c->path, .max_depth = c->max_depth, .where = name, .err = err};
+    sb_json_value(&b, &w, v, 0);
+    if (w.st != CKPT_OK || b.failed || b.too_big || !b.p) {
+        free(b.p);
+        if (w.st != CKPT_OK)
+            return w.st;
+        if (b.too_big)
+            return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                              "metadata '%s' exceeds the %u bytes a safetensors header may hold",
+                              name, ST_MAX_HEADER);
+        return nomem(err);
+    }
+    return add_meta(c, name, nlen, b.p, b.len, false, err);
+}
+
+static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ckpt_error *err)
+{
+    st_ctx *c = user;
+    ckpt_kind k = ckpt_value_kind(v);
+    if (name[0] || (k != CKPT_DICT && k != CKPT_ORDERED_DICT))
+        return add_leaf(c, name, strlen(name), v, err);
+    /* a root dict without tensors: an entry per key, as when it has some */
+    for (size_t i = 0; i < ckpt_value_len(v); i++) {
+        const ckpt_value *key = ckpt_value_key(v, i);
+        char buf[256];
+        const char *kname = buf;
+        size_t klen;
+        if (ckpt_value_kind(key) == CKPT_STR)
+            kname = ckpt_value_str(key, &klen);
+        else
+            klen = ckpt__key_text(key, buf, sizeof(buf));
+        CKPT_RETURN_IF_ERROR(add_leaf(c, kname, klen, ckpt_value_dict_value(v, i), err));
+    }
+    return CKPT_OK;
+}
+
+static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error *err)
+{
+    ckpt_kind k = ckpt_value_kind(md);
+    if (k != CKPT_DICT && k != CKPT_ORDERED_DICT)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "options' metadata must be a dict of text to text, not %s",
+                          ckpt_kind_name(k));
+    for (size_t i = 0; i < ckpt_value_len(md); i++) {
+        const ckpt_value *kv = ckpt_value_key(md, i), *vv = ckpt_value_dict_value(md, i);
+        size_t klen, vlen;
+        const char *ks = ckpt_value_str(kv, &klen), *vs = ckpt_value_str(vv, &vlen);
+        if (ckpt_value_kind(kv) != CKPT_STR || ckpt_value_kind(vv) != CKPT_STR)
+            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                              "options' metadata entry %zu is not text -> text", i);
+        if (!utf8_valid(ks, klen) || !utf8_valid(vs, vlen))
+            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                              "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
+        char *val = malloc(vlen + 1);
+        if (!val)
+            return nomem(err);
+        memcpy(val, vs, vlen);
+        val[vlen] = 0;
+        CKPT_RETURN_IF_ERROR(add_meta(c, ks, klen, val, vlen, true, err));
+    }
+    return CKPT_OK;
+}
+
+static int cmp_meta_key(const void *a, const void *b)
+{
+    const st_meta *x = *(const st_meta *const *)a, *y = *(const st_meta *const *)b;
+    int r = strcmp(x->key, y->key);
+    if (r)
+        return r;
+    return x->order < y->order ? -1 : (x->order > y->order);
+}
+
+/* Two leaves under one name are refused; the caller's entries replace leaves. */
+static ckpt_status settle_metadata(st_ctx *c, ckpt_error *err)
+{
+    if (c->nmeta < 2)
+        return CKPT_OK;
+    st_meta **by_key = malloc(c->nmeta * sizeof(*by_key));
+    if (!by_key)
+        return nomem(err);
+    for (size_t i = 0; i < c->nmeta; i++)
+        by_key[i] = &c->meta[i];
+    qsort(by_key, c->nmeta, sizeof(*by_key), cmp_meta_key);
+    ckpt_status st = CKPT_OK;
+    for (size_t i = 0; i + 1 < c->nmeta && st == CKPT_OK; i++) {
+        st_meta *x = by_key[i], *y = by_key[i + 1];
+        if (strcmp(x->key, y->key) != 0)
+            continue;
+        if (!x->from_opts && !y->from_opts) {
+            st = ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                            "two values are named '%s' (keys whose text is equal)", x->key);
+        } else if (x->from_opts != y->from_opts) {
+            /* the leaf keeps its place and takes the caller's text */
+            st_meta *leaf = x->from_opts ? y : x, *opt = x->from_opts ? x : y;
+            free(leaf->val);
+            leaf->val = opt->val;
+            opt->val = NULL;
+            opt->dropped = true;
+        }
+    }
+    free(by_key);
+    return st;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    const st_tensor *x = a, *y = b;
+    return strcmp(x->name, y->name);
+}
+
+static int cmp_data_order(const void *a, const void *b)
+{
+    const st_tensor *x = a, *y = b;
+    if (x->align != y->align)
+        return x->align > y->align ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* ---- the header ------------------------------------------------------ */
+
+static void build_header(const st_ctx *c, sbuf *h)
+{
+    sb_chr(h, '{');
+    bool first = true, any_meta = false;
+    for (size_t i = 0; i < c->nmeta; i++)
+        any_meta |= !c->meta[i].dropped;
+    if (any_meta) {
+        sb_str(h, "\"__metadata__\":{");
+        for (size_t i = 0; i < c->nmeta; i++) {
+            const st_meta *m = &c->meta[i];
+            if (m->dropped)
+                continue;
+            if (!first)
+                sb_chr(h, ',');
+            first = false;
+            sb_json_utf8(h, m->key, strlen(m->key));
+            sb_chr(h, ':');
+            sb_json_utf8(h, m->val, strlen(m->val));
+        }
+        sb_chr(h, '}');
+        first = false;
+    }
+    for (size_t i = 0; i < c->ntensors; i++) {
+        const st_tensor *e = &c->tensors[i];
+        if (!first)
+            sb_chr(h, ',');
+        first = false;
+        sb_json_utf8(h, e->name, strlen(e->name));
+        sb_str(h, ":{\"dtype\":\"");
+        sb_str(h, e->st_dtype);
+        sb_str(h, "\",\"shape\":[");
+        for (uint32_t d = 0; d < e->t->ndim; d++) {
+            if (d)
+                sb_chr(h, ',');
+            sb_u64(h, (uint64_t)e->t->shape[d]);
+        }
+        sb_str(h, "],\"data_offsets\":[");
+        sb_u64(h, e->begin);
+        sb_chr(h, ',');
+        sb_u64(h, e->begin + e->nbytes);
+        sb_str(h, "]}");
+    }
+    sb_chr(h, '}');
+    /* spaces up to the data alignment: JSON allows trailing whitespace */
+    while (!h->failed && !h->too_big && (8 + h->len) % ST_DATA_ALIGN != 0)
+        sb_chr(h, ' ');
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void progress(const ckpt_save_options *o, uint64_t done, uint64_t total)
+{
+    if (o->progress)
+        o->progress(o->progress_user, done, total);
+}
+
+static ckpt_status write_tensor(ckpt__out *out, const st_tensor *e, uint8_t *buf,
+                                const ckpt_save_options *o, uint64_t *done, uint64_t total,
+                                ckpt_error *err)
+{
+    for (uint64_t off = 0; off < e->nbytes;) {
+        size_t len = e->nbytes - off < ST_CHUNK ? (size_t)(e->nbytes - off) : ST_CHUNK;
+        const uint8_t *p;
+        ckpt_status st = ckpt__tensor_read(e->t, off, len, buf, &p, err);
+        if (st != CKPT_OK) {
+            ckpt__error_prefix_record(err, e->name);
+            return st;
+        }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        /* safetensors is little-endian */
+        if (p != buf)
+            memcpy(buf, p, len);
+        ckpt__byteswap(buf, len / e->align, e->t->dtype);
+        p = buf;
+#endif
+        CKPT_RETURN_IF_ERROR(ckpt__out_write(out, p, len, err));
+        off += len;
+        *done += len;
+        progress(o, *done, total);
+    }
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
+                                  const ckpt_save_options *opts, ckpt_error *err)
+{
+    if (!path || !root)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    ckpt_save_options o;
+    memset(&o, 0, sizeof(o));
+    o.struct_size = sizeof(o);
+    if (opts) {
+        size_t n = opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o);
+        memcpy(&o, opts, n);
+        o.struct_size = sizeof(o);
+    }
+    ckpt_limits lim;
+    ckpt_limits_default(&lim);
+
+    ckpt_status st = CKPT_OK;
+    st_ctx c = {.root = root, .max_depth = lim.max_nesting + 1};
+    sbuf h = {0};
+    uint8_t *buf = NULL;
+    ckpt__out out = {.fd = -1};
+    bool out_open = false;
+    c.path = malloc((size_t)c.max_depth * sizeof(*c.path));
+    if (!c.path) {
+        st = nomem(err);
+        goto done;
+    }
+    if ((st = ckpt__walk_named(root, lim.max_nesting, on_tensor, on_leaf, &c, err)) != CKPT_OK)
+        goto done;
+    if (o.metadata && (st = add_opts_metadata(&c, o.metadata, err)) != CKPT_OK)
+        goto done;
+    if ((st = settle_metadata(&c, err)) != CKPT_OK)
+        goto done;
+
+    if (c.ntensors > 1)
+        qsort(c.tensors, c.ntensors, sizeof(*c.tensors), cmp_name);
+    for (size_t i = 0; i + 1 < c.ntensors; i++) {
+        if (strcmp(c.tensors[i].name, c.tensors[i + 1].name) == 0) {
+            st = ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                            "two tensors are named '%s' (keys whose text is equal): "
+                            "safetensors needs one name per tensor",
+                            c.tensors[i].name);
+            goto done;
+        }
+    }
+    if (c.ntensors > 1)
+        qsort(c.tensors, c.ntensors, sizeof(*c.tensors), cmp_data_order);
+    uint64_t data_bytes = 0, max_tensor = 0;
+    for (size_t i = 0; i < c.ntensors; i++) {
+        c.tensors[i].begin = data_bytes;
+        if (!ckpt__add_u64(data_bytes, c.tensors[i].nbytes, &data_bytes)) {
+            st = ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET, "tensor bytes overflow");
+            goto done;
+        }
+        if (c.tensors[i].nbytes > max_tensor)
+            max_tensor = c.tensors[i].nbytes;
+    }
+
+    build_header(&c, &h);
+    if (h.failed) {
+        st = nomem(err);
+        goto done;
+    }
+    if (h.too_big) {
+        st = ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                        "the header would exceed the %u bytes safetensors readers accept "
+                        "(too many tensors or too much metadata)",
+                        ST_MAX_HEADER);
+        goto done;
+    }
+    uint64_t total = 8 + h.len + data_bytes;
+    if (max_tensor) {
+        buf = malloc(max_tensor < ST_CHUNK ? (size_t)max_tensor : ST_CHUNK);
+        if (!buf) {
+            st = nomem(err);
+            goto done;
+        }
+    }
+
+    if ((st = ckpt__out_open(&out, path, o.flags, err)) != CKPT_OK)
+        goto done;
+    out_open = true;
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
+    if ((st = ckpt__out_write(&out, len8, 8, err)) != CKPT_OK ||
+        (st = ckpt__out_write(&out, h.p, h.len, err)) != CKPT_OK)
+        goto done;
+    uint64_t done_bytes = 8 + h.len;
+    progress(&o, done_bytes, total);
+    for (size_t i = 0; i < c.ntensors; i++) {
+        if ((st = write_tensor(&out, &c.tensors[i], buf, &o, &done_bytes, total, err)) != CKPT_OK)
+            goto done;
+    }
+    st = ckpt__out_commit(&out, err);
+
+done:
+    if (out_open && st != CKPT_OK)
+        ckpt__out_abort(&out);
+    free(buf);
+    free(h.p);
+    for (size_t i = 0; i < c.ntensors; i++)
+        free(c.tensors[i].name);
+    free(c.tensors);
+    for (size_t i = 0; i < c.nmeta; i++) {
+        free(c.meta[i].key);
+        free(c.meta[i].val);
+    }
+    free(c.meta);
+    free(c.path);
+    return st;
+}

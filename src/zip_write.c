@@ -1,0 +1,350 @@
+/*
+ * zip_write.c - a streaming zip writer that lays records out as PyTorch's
+ * PyTorchStreamWriter (miniz built with ZIP64 on, no timestamps) does:
+ *
+ *   local header   version 0, flags 0x0808 (data descriptor, UTF-8; 0x0800
+ *                  for an empty record, which gets no descriptor), method 0,
+ *                  time, date, CRC and sizes 0
+ *   extra field    a ZIP64 record (id 1) when the size or the header offset
+ *                  reaches 0xFFFFFFFF: (size, 0) for a large size, then the
+ *                  offset for a large offset; then PyTorch's "FB" record,
+ *                  'Z' bytes that make the data start at a multiple of 64
+ *   data
+ *   descriptor     PK\7\8, CRC, sizes: 32-bit, or 64-bit when the local
+ *                  header has a ZIP64 record
+ *
+ * then the central directory (real CRC and sizes, 0xFFFFFFFF plus a ZIP64
+ * record (size, size, offset as needed) for large values), the ZIP64 end of
+ * central directory record and its locator (always, as PyTorch asks miniz
+ * for ZIP64 from the start) and the classic end record.
+ */
+#include "torch_write.h"
+
+#include <libdeflate.h>
+#include <stdlib.h>
+
+#define SIG_LOCAL       0x04034b50u
+#define SIG_CENTRAL     0x02014b50u
+#define SIG_DESCRIPTOR  0x08074b50u
+#define SIG_ZIP64_END   0x06064b50u
+#define SIG_ZIP64_LOC   0x07064b50u
+#define SIG_END         0x06054b50u
+
+#define LOCAL_SIZE      30u
+#define CENTRAL_SIZE    46u
+#define ZIP64_END_SIZE  56u
+#define ZIP64_LOC_SIZE  20u
+#define END_SIZE        22u
+
+#define FLAG_DESCRIPTOR 0x0008u
+#define FLAG_UTF8       0x0800u
+
+#define ALIGNMENT       64u
+#define WRITE_BUF_SIZE  ((size_t)64 * 1024)
+
+struct ckpt__zip_wentry {
+    size_t name_at;              /* in the names buffer */
+    uint16_t name_len;
+    uint16_t flags;
+    uint32_t crc;
+    uint64_t header_offset;
+    uint64_t size;
+};
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static const char *zip_record(void) { return "zip"; }
+
+void ckpt__zip_writer_init(ckpt__zip_writer *w, ckpt__out *out, uint64_t zip64_threshold)
+{
+    memset(w, 0, sizeof(*w));
+    w->out = out;
+    w->zip64_threshold = zip64_threshold ? zip64_threshold : CKPT__ZIP64_THRESHOLD;
+}
+
+void ckpt__zip_writer_free(ckpt__zip_writer *w)
+{
+    if (!w)
+        return;
+    free(w->entries);
+    free(w->names);
+    free(w->buf);
+    w->entries = NULL;
+    w->names = NULL;
+    w->buf = NULL;
+    w->count = w->cap = w->names_len = w->names_cap = w->buf_len = 0;
+}
+
+static ckpt_status flush(ckpt__zip_writer *w, ckpt_error *err)
+{
+    if (w->buf_len == 0)
+        return CKPT_OK;
+    size_t n = w->buf_len;
+    w->buf_len = 0;
+    return ckpt__out_write(w->out, w->buf, n, err);
+}
+
+/* Every byte of the archive goes through here: small pieces are gathered,
+ * large ones go straight to the file. */
+static ckpt_status emit(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err)
+{
+    if (!ckpt__add_u64(w->offset, n, &w->offset))
+        return ckpt__fail(err, CKPT_ERR_LIMIT, zip_record(), CKPT_NO_OFFSET,
+                          "archive size overflows");
+    if (n >= WRITE_BUF_SIZE / 2) {
+        CKPT_RETURN_IF_ERROR(flush(w, err));
+        return ckpt__out_write(w->out, p, n, err);
+    }
+    if (!w->buf) {
+        w->buf = malloc(WRITE_BUF_SIZE);
+        if (!w->buf)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET,
+                              "out of memory");
+    }
+    if (w->buf_len + n > WRITE_BUF_SIZE)
+        CKPT_RETURN_IF_ERROR(flush(w, err));
+    memcpy(w->buf + w->buf_len, p, n);
+    w->buf_len += n;
+    return CKPT_OK;
+}
+
+static bool is_large(const ckpt__zip_writer *w, uint64_t v) { return v >= w->zip64_threshold; }
+
+/* A 32-bit header slot: the value, or all ones when ZIP64 holds it. */
+static uint32_t slot32(const ckpt__zip_writer *w, uint64_t v)
+{
+    return is_large(w, v) || v > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)v;
+}
+
+static ckpt_status add_entry(ckpt__zip_writer *w, const char *name, size_t name_len,
+                             ckpt__zip_wentry **out, ckpt_error *err)
+{
+    if (w->count == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 16;
+        ckpt__zip_wentry *e = realloc(w->entries, cap * sizeof(*e));
+        if (!e)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET, "out of memory");
+        w->entries = e;
+        w->cap = cap;
+    }
+    if (w->names_len + name_len > w->names_cap) {
+        size_t cap = w->names_cap ? w->names_cap : 1024;
+        while (cap < w->names_len + name_len)
+            cap *= 2;
+        char *n = realloc(w->names, cap);
+        if (!n)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET, "out of memory");
+        w->names = n;
+        w->names_cap = cap;
+    }
+    ckpt__zip_wentry *e = &w->entries[w->count++];
+    memset(e, 0, sizeof(*e));
+    e->name_at = w->names_len;
+    e->name_len = (uint16_t)name_len;
+    memcpy(w->names + w->names_len, name, name_len);
+    w->names_len += name_len;
+    *out = e;
+    return CKPT_OK;
+}
+
+/* The ZIP64 extra record for an entry: (size, compressed size) when the size
+ * is large, then the header offset when it is large. comp is what the
+ * compressed-size field holds (0 in local headers, where miniz has not
+ * counted it yet). Returns its length, 0 when none is needed. */
+static size_t zip64_extra(const ckpt__zip_writer *w, uint8_t *p, uint64_t size, uint64_t comp,
+                          uint64_t offset)
+{
+    bool big_size = is_large(w, size), big_offset = is_large(w, offset);
+    if (!big_size && !big_offset)
+        return 0;
+    size_t n = 4;
+    if (big_size) {
+        put64(p + n, size);
+        put64(p + n + 8, comp);
+        n += 16;
+    }
+    if (big_offset) {
+        put64(p + n, offset);
+        n += 8;
+    }
+    put16(p, 0x0001);
+    put16(p + 2, (uint16_t)(n - 4));
+    return n;
+}
+
+ckpt_status ckpt__zip_record_begin(ckpt__zip_writer *w, const char *name, uint64_t size,
+                                   ckpt_error *err)
+{
+    if (w->in_record)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "a record is already being written");
+    size_t name_len = strlen(name);
+    if (name_len == 0 || name_len > 0xFFFF)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "record name of %zu bytes (a zip holds 1 to 65535)", name_len);
+    if (w->count >= UINT32_MAX - 1)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, zip_record(), CKPT_NO_OFFSET,
+                          "too many records for one zip");
+    uint64_t header_offset = w->offset;
+    ckpt__zip_wentry *e = NULL;
+    CKPT_RETURN_IF_ERROR(add_entry(w, name, name_len, &e, err));
+    e->header_offset = header_offset;
+    e->size = size;
+    e->flags = size ? FLAG_DESCRIPTOR | FLAG_UTF8 : FLAG_UTF8;
+
+    uint8_t z64[4 + 24];
+    size_t z64_len = zip64_extra(w, z64, size, 0, header_offset);
+    /* where the data would start with a padding record of no bytes */
+    uint64_t start = header_offset + LOCAL_SIZE + name_len + z64_len + 4;
+    size_t pad = (size_t)((ALIGNMENT - start % ALIGNMENT) % ALIGNMENT);
+
+    uint8_t h[LOCAL_SIZE];
+    memset(h, 0, sizeof(h));
+    put32(h, SIG_LOCAL);
+    put16(h + 6, e->flags);
+    put16(h + 26, (uint16_t)name_len);
+    put16(h + 28, (uint16_t)(z64_len + 4 + pad));
+    uint8_t fb[4 + ALIGNMENT];
+    fb[0] = 'F';
+    fb[1] = 'B';
+    put16(fb + 2, (uint16_t)pad);
+    memset(fb + 4, 'Z', pad);
+
+    CKPT_RETURN_IF_ERROR(emit(w, h, sizeof(h), err));
+    CKPT_RETURN_IF_ERROR(emit(w, name, name_len, err));
+    CKPT_RETURN_IF_ERROR(emit(w, z64, z64_len, err));
+    CKPT_RETURN_IF_ERROR(emit(w, fb, 4 + pad, err));
+    w->in_record = true;
+    w->size = size;
+    w->written = 0;
+    w->crc = 0;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err)
+{
+    if (!w->in_record)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "no record is being written");
+    if (n > w->size - w->written)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "record gets more than its declared %llu bytes",
+                          (unsigned long long)w->size);
+    if (n == 0)
+        return CKPT_OK;
+    w->crc = (uint32_t)libdeflate_crc32(w->crc, p, n);
+    w->written += n;
+    return emit(w, p, n, err);
+}
+
+ckpt_status ckpt__zip_record_end(ckpt__zip_writer *w, ckpt_error *err)
+{
+    if (!w->in_record)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "no record is being written");
+    ckpt__zip_wentry *e = &w->entries[w->count - 1];
+    if (w->written != w->size)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "record got %llu of its declared %llu bytes",
+                          (unsigned long long)w->written, (unsigned long long)w->size);
+    w->in_record = false;
+    e->crc = w->crc;
+    if (w->size == 0)
+        return CKPT_OK; /* no descriptor, as miniz */
+    uint8_t d[24];
+    size_t n;
+    put32(d, SIG_DESCRIPTOR);
+    put32(d + 4, e->crc);
+    if (is_large(w, e->size) || is_large(w, e->header_offset)) {
+        put64(d + 8, e->size);
+        put64(d + 16, e->size);
+        n = 24;
+    } else {
+        put32(d + 8, (uint32_t)e->size);
+        put32(d + 12, (uint32_t)e->size);
+        n = 16;
+    }
+    return emit(w, d, n, err);
+}
+
+ckpt_status ckpt__zip_add(ckpt__zip_writer *w, const char *name, const void *p, size_t n,
+                          ckpt_error *err)
+{
+    CKPT_RETURN_IF_ERROR(ckpt__zip_record_begin(w, name, n, err));
+    CKPT_RETURN_IF_ERROR(ckpt__zip_record_write(w, p, n, err));
+    return ckpt__zip_record_end(w, err);
+}
+
+ckpt_status ckpt__zip_finish(ckpt__zip_writer *w, ckpt_error *err)
+{
+    if (w->in_record)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
+                          "a record is still being written");
+    uint64_t cd_offset = w->offset;
+    for (size_t i = 0; i < w->count; i++) {
+        const ckpt__zip_wentry *e = &w->entries[i];
+        uint8_t z64[4 + 24];
+        size_t z64_len = zip64_extra(w, z64, e->size, e->size, e->header_offset);
+        uint8_t h[CENTRAL_SIZE];
+        memset(h, 0, sizeof(h));
+        put32(h, SIG_CENTRAL);
+        put16(h + 8, e->flags);
+        put32(h + 16, e->crc);
+        put32(h + 20, slot32(w, e->size));
+        put32(h + 24, slot32(w, e->size));
+        put16(h + 28, e->name_len);
+        put16(h + 30, (uint16_t)z64_len);
+        put32(h + 42, slot32(w, e->header_offset));
+        CKPT_RETURN_IF_ERROR(emit(w, h, sizeof(h), err));
+        CKPT_RETURN_IF_ERROR(emit(w, w->names + e->name_at, e->name_len, err));
+        CKPT_RETURN_IF_ERROR(emit(w, z64, z64_len, err));
+    }
+    uint64_t cd_size = w->offset - cd_offset;
+    uint64_t z64_end_offset = w->offset;
+
+    uint8_t z[ZIP64_END_SIZE];
+    memset(z, 0, sizeof(z));
+    put32(z, SIG_ZIP64_END);
+    put64(z + 4, ZIP64_END_SIZE - 12);
+    put16(z + 12, 0x031E); /* made by: miniz always says Unix, 3.0 */
+    put16(z + 14, 0x002D); /* needed: 4.5, ZIP64 */
+    put64(z + 24, w->count);
+    put64(z + 32, w->count);
+    put64(z + 40, cd_size);
+    put64(z + 48, cd_offset);
+    CKPT_RETURN_IF_ERROR(emit(w, z, sizeof(z), err));
+
+    uint8_t l[ZIP64_LOC_SIZE];
+    memset(l, 0, sizeof(l));
+    put32(l, SIG_ZIP64_LOC);
+    put64(l + 8, z64_end_offset);
+    put32(l + 16, 1);
+    CKPT_RETURN_IF_ERROR(emit(w, l, sizeof(l), err));
+
+    uint8_t e[END_SIZE];
+    memset(e, 0, sizeof(e));
+    put32(e, SIG_END);
+    uint16_t count16 = w->count >= 0xFFFF ? 0xFFFF : (uint16_t)w->count;
+    put16(e + 8, count16);
+    put16(e + 10, count16);
+    put32(e + 12, slot32(w, cd_size));
+    put32(e + 16, slot32(w, cd_offset));
+    CKPT_RETURN_IF_ERROR(emit(w, e, sizeof(e), err));
+    return flush(w, err);
+}
