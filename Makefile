@@ -3,7 +3,10 @@
 #   make test     install missing Debian packages, build, run every test
 #                 (gcc build, then a clang ASan+UBSan build)
 #   make demo     the tool at work on example checkpoints
-#   make fuzz     libFuzzer on every target for FUZZ_SECONDS each
+#   make fuzz     libFuzzer on every target for FUZZ_SECONDS each, with its
+#                 dictionary (fuzz_file.dict for targets without their own);
+#                 new inputs go to build-fuzz/corpus/<target>, crashes to
+#                 build-fuzz/artifacts
 #   make deps     install the Debian packages ckpt needs (idempotent)
 
 MAKEFLAGS += --no-print-directory
@@ -41,11 +44,15 @@ demo: deps build
 fuzz: deps
 	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPT_FUZZ=ON -DCKPT_SANITIZE=ON
 	cmake --build build-fuzz -j$(JOBS)
-	@for t in build-fuzz/fuzz/fuzz_*; do \
-		n=$$(basename $$t); mkdir -p build-fuzz/corpus/$$n; \
-		dict=""; [ -f fuzz/$$n.dict ] && dict="-dict=fuzz/$$n.dict"; \
-		echo "== $$n for $(FUZZ_SECONDS)s"; \
-		$$t $$dict -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	@mkdir -p build-fuzz/artifacts
+	@for src in fuzz/fuzz_*.c; do \
+		n=$$(basename $$src .c); t=build-fuzz/fuzz/$$n; \
+		[ -x $$t ] || { echo "$$t was not built"; exit 1; }; \
+		mkdir -p build-fuzz/corpus/$$n fuzz/corpus/$$n; \
+		dict=fuzz/$$n.dict; [ -f $$dict ] || dict=fuzz/fuzz_file.dict; \
+		echo "== $$n for $(FUZZ_SECONDS)s with $$dict"; \
+		$$t -dict=$$dict -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+			-artifact_prefix=build-fuzz/artifacts/$$n- -print_final_stats=1 \
 			build-fuzz/corpus/$$n fuzz/corpus/$$n || exit 1; \
 	done
 

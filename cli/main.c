@@ -1,7 +1,7 @@
 /*
  * ckpt - command-line tool over libckpt. Uses only the public header.
  */
-#include <ckpt.h>
+#include "cli.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -28,16 +28,23 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: ckpt <command> [options] FILE...\n"
             "\n"
-            "Read PyTorch checkpoints safely: no Python, no pickle code ever runs.\n"
+            "Read, write and convert PyTorch checkpoints safely: no Python, no pickle code\n"
+            "ever runs.\n"
             "Formats: torch.save zip (1.6+), legacy torch.save (< 1.6), safetensors, sharded\n"
             "indexes (*.index.json), plain pickle.\n"
             "\n"
             "commands:\n"
-            "  inspect FILE [--json] [--full]   format details, value tree, tensor table, totals\n"
+            "  inspect FILE [--json] [--full] [--permissive]\n"
+            "                                   format details, value tree, tensor table, totals\n"
+            "  scan FILE|DIR... [--json] [--allow MODULE.NAME]...\n"
+            "                                   is it safe to torch.load(weights_only=True)?\n"
             "  verify FILE...                   check structure, every CRC32 and every tensor's bounds\n"
+            "  convert IN OUT [options]         torch zip <-> safetensors, --key, key edits, --dtype\n"
+            "  diff A B [--atol X] [--rtol Y]   compare two checkpoints (any formats)\n"
             "  version                          print the version\n"
             "\n"
-            "exit status: 0 success, 1 verify found a problem, 2 error (file cannot be read)\n"
+            "exit status: 0 success, 1 a problem found (verify), a difference (diff) or an\n"
+            "unsafe file (scan), 2 error (a file cannot be read or written)\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
@@ -279,6 +286,21 @@ static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth)
     case CKPT_DEVICE: return tagged("$device", json_string(ckpt_value_str(v, NULL)));
     case CKPT_DTYPE: return tagged("$dtype", json_string(ckpt_dtype_name(ckpt_value_dtype(v))));
     case CKPT_GLOBAL: return tagged("$global", json_string(ckpt_value_str(v, NULL)));
+    case CKPT_OBJECT: {
+        json_t *o = json_object();
+        json_object_set_new(o, "class", json_string(ckpt_value_str(v, NULL)));
+        json_object_set_new(o, "args", value_json(ckpt_value_object_args(v), w, depth + 1));
+        const ckpt_value *kw = ckpt_value_object_kwargs(v);
+        if (kw)
+            json_object_set_new(o, "kwargs", value_json(kw, w, depth + 1));
+        if (ckpt_value_state(v))
+            json_object_set_new(o, "state", value_json(ckpt_value_state(v), w, depth + 1));
+        if (ckpt_value_object_dict(v))
+            json_object_set_new(o, "dict", value_json(ckpt_value_object_dict(v), w, depth + 1));
+        if (ckpt_value_object_items(v))
+            json_object_set_new(o, "items", value_json(ckpt_value_object_items(v), w, depth + 1));
+        return tagged("$object", o);
+    }
     case CKPT_TENSOR: return tensor_summary_json(ckpt_value_tensor(v));
     }
     return json_null();
@@ -460,6 +482,7 @@ static void print_scalar(const ckpt_value *v)
     case CKPT_DEVICE: printf("device('%s')", ckpt_value_str(v, NULL)); break;
     case CKPT_DTYPE: printf("torch.%s", ckpt_dtype_name(ckpt_value_dtype(v))); break;
     case CKPT_GLOBAL: printf("%s", ckpt_value_str(v, NULL)); break;
+    case CKPT_OBJECT: printf("%s object (inert)", ckpt_value_str(v, NULL)); break;
     case CKPT_SIZE:
         printf("torch.Size([");
         for (size_t i = 0; i < ckpt_value_len(v); i++)
@@ -491,6 +514,13 @@ static bool is_container(ckpt_kind k)
 static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
 {
     ckpt_kind k = ckpt_value_kind(v);
+    if (k == CKPT_OBJECT && ckpt_value_state(v) && depth + 1 < TREE_MAX_DEPTH) {
+        /* an inert object shows its state (attributes) below it */
+        print_scalar(v);
+        printf("\n%*sstate: ", (depth + 1) * 2, "");
+        print_tree(c, ckpt_value_state(v), depth + 1);
+        return;
+    }
     if (!is_container(k)) {
         print_scalar(v);
         putchar('\n');
@@ -623,19 +653,24 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
 
 static int cmd_inspect(int argc, char **argv)
 {
-    bool json = false, full = false;
+    bool json = false, full = false, permissive = false;
     const char *path = NULL;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = true;
         else if (strcmp(argv[i], "--full") == 0)
             full = true;
+        else if (strcmp(argv[i], "--permissive") == 0)
+            permissive = true;
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("usage: ckpt inspect FILE [--json] [--full]\n"
+            printf("usage: ckpt inspect FILE [--json] [--full] [--permissive]\n"
                    "  Shows the format and its details, the value tree (tensors summarized),\n"
                    "  a table of tensors (name, dtype, shape, bytes, storage, location) and totals.\n"
                    "  --json   one JSON object: format, details, records, tensors, totals, tree\n"
-                   "  --full   show every item of large containers in the tree\n");
+                   "  --full   show every item of large containers in the tree\n"
+                   "  --permissive  open files holding objects outside the allow-list: each\n"
+                   "           becomes an inert value (class, arguments, state), never run; a\n"
+                   "           pickled nn.Module lists its tensors as its state_dict() does\n");
             return 0;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "%s: inspect: unknown option '%s'\n", PROG, argv[i]);
@@ -648,12 +683,16 @@ static int cmd_inspect(int argc, char **argv)
         }
     }
     if (!path) {
-        fprintf(stderr, "usage: ckpt inspect FILE [--json] [--full]\n");
+        fprintf(stderr, "usage: ckpt inspect FILE [--json] [--full] [--permissive]\n");
         return EXIT_ERROR;
     }
     ckpt_file *f;
     ckpt_error err;
-    if (ckpt_open(path, NULL, &f, &err) != CKPT_OK) {
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    if (permissive)
+        oo.flags |= CKPT_OPEN_PERMISSIVE;
+    if (ckpt_open(path, &oo, &f, &err) != CKPT_OK) {
         print_error(path, &err);
         return EXIT_ERROR;
     }
@@ -751,6 +790,12 @@ int main(int argc, char **argv)
         return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(cmd, "verify") == 0)
         return cmd_verify(argc - 2, argv + 2);
+    if (strcmp(cmd, "convert") == 0)
+        return ckpt_cli_convert(argc - 2, argv + 2);
+    if (strcmp(cmd, "diff") == 0)
+        return ckpt_cli_diff(argc - 2, argv + 2);
+    if (strcmp(cmd, "scan") == 0)
+        return ckpt_cli_scan(argc - 2, argv + 2);
     fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
     usage(stderr);
     return EXIT_ERROR;

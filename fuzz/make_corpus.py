@@ -1,12 +1,17 @@
 #!/usr/bin/python3
-"""Rebuilds the fuzz seed corpora fuzz/corpus/fuzz_file/ and fuzz/corpus/fuzz_safetensors/.
+"""Rebuilds the named seeds of every fuzz target's corpus, fuzz/corpus/<target>/:
+fuzz_file, fuzz_safetensors, fuzz_zip (archives), fuzz_pickle (pickle streams,
+the data.pkl of torch zips among them) and fuzz_roundtrip (valid files of every
+format the writers must reproduce). Seeds that libFuzzer found (named by
+their SHA-1) are left alone.
 
 Seeds are small (<= 8 KiB): files copied byte for byte from the shared
 third-party corpus (see its MANIFEST.md for sources and licenses), files made
-with PyTorch (Debian's 1.13, /usr/bin/python3), and hand-made safetensors and
-pickles. Nothing is ever unpickled here.
+with PyTorch (Debian's 1.13, /usr/bin/python3), and hand-made safetensors,
+archives and pickles. Nothing is ever unpickled here: zip members are read
+as bytes.
 
-usage: /usr/bin/python3 fuzz/make_corpus.py [CORPUS_DIR]
+usage: /usr/bin/python3 fuzz/make_corpus.py [--force] [CORPUS_DIR]
 """
 import io
 import json
@@ -18,7 +23,8 @@ import tempfile
 import zipfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-CORPUS = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else
+ARGS = [a for a in sys.argv[1:] if a != "--force"]
+CORPUS = pathlib.Path(ARGS[0] if ARGS else
                       os.environ.get("CKPT_CORPUS", HERE.parent.parent / "shared" / "corpus"))
 MAX = 8192
 
@@ -55,6 +61,59 @@ FROM_CORPUS_ST = [
     "benign/SafeTensors.jl/sharded/model-00005-of-00006.safetensors",
     "benign/SafeTensors.jl/sharded/model-00006-of-00006.safetensors",
     "malicious/safetensors-cpp/safetensors_abuse_attempt_1.safetensors",
+]
+
+
+# archives for fuzz_zip (with the zip-format files of FROM_CORPUS_FILE)
+FROM_CORPUS_ZIP = [
+    "benign/bumblebee/ordered_dict.zip.pt",
+    "benign/bumblebee/state_dict_base.zip.pt",
+    "benign/mlverse-torch/state_dict.pth",
+    "benign/TorchSharp/tuple_out.dat",
+    "benign/picklescan/data/benign_password_protected.zip",
+    "benign/modelaudit/samples/archives/safe_model.zip",
+    "malicious/picklescan/data/malicious1_0x1.zip",
+    "malicious/picklescan/data/malicious1_0x20.zip",
+    "malicious/picklescan/data/malicious1_0x40.zip",
+    "malicious/picklescan/data/malicious1_central_directory.zip",
+    "malicious/djl/linux-created-offender-traversal-elements.zip",
+    "malicious/modelaudit/samples/archives/path_traversal.zip",
+]
+
+# pickle streams for fuzz_pickle (with the pickles of FROM_CORPUS_FILE)
+FROM_CORPUS_PICKLE = [
+    "benign/Pickle.jl/builtin_type_p1.pkl",
+    "benign/Pickle.jl/builtin_type_p2.pkl",
+    "benign/Pickle.jl/builtin_type_p3.pkl",
+    "benign/Pickle.jl/csr_mat.pkl",
+    "benign/zml/simple_test_4.pickle",
+    "benign/picklescan/data/benign0_v0.pkl",
+    "malicious/modelaudit/pickles/memo_attack.pkl",
+    "malicious/modelaudit/pickles/multiple_stream_attack.pkl",
+    "malicious/modelaudit/pickles/stack_global_attack.pkl",
+    "malicious/picklescan/data/malicious13a.pkl",
+    "malicious/picklescan/data/malicious15a.pkl",
+]
+
+# valid files for fuzz_roundtrip, one of each kind the writers must reproduce
+FROM_CORPUS_ROUNDTRIP = [
+    "benign/burn/src/pytorch/tests/reader/test_data/float32.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/parameter.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/scalar.pt",
+    "benign/burn/src/pytorch/tests/reader/test_data/legacy_shared_storage.pt",
+    "benign/bumblebee/state_dict_full.zip.pt",
+    "benign/bumblebee/tensors.legacy.pt",
+    "benign/bumblebee/noncontiguous_tensor.zip.pt",
+    "benign/bumblebee/storage_view.legacy.pt",
+    "benign/candle/fortran_tensor_3d.pth",
+    "benign/gopickle/tensor_bfloat16_proto2_zip.pt",
+    "benign/gopickle/tensor_float32_proto1.pt",
+    "benign/mlverse-torch/ordered_dict.pt",
+    "benign/Pickle.jl/offset-strides.bin",
+    "benign/Pickle.jl/builtin_type_p4.pkl",
+    "benign/djl/list.safetensors",
+    "benign/safetensors-cpp/model.safetensors",
+    "benign/SafeTensors.jl/sharded/model-00003-of-00006.safetensors",
 ]
 
 
@@ -194,25 +253,132 @@ def torch_seeds():
     return out
 
 
+def roundtrip_seeds(torch_files):
+    """Valid files of every kind the writers must reproduce."""
+    import collections
+
+    import torch
+
+    out = {k: v for k, v in torch_files.items() if k != "torchscript_like.pt"}
+
+    def save(obj, name, **kw):
+        buf = io.BytesIO()
+        torch.save(obj, buf, **kw)
+        out[name] = buf.getvalue()
+
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    last = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+            "metrics": {"val_loss": 0.25}, "versions": {"torch": "1.13"}}
+    save(last, "last.pth")
+    save(last, "last_legacy.pth", _use_new_zipfile_serialization=False)
+    save(model.state_dict(), "best.pth")
+    i = torch.tensor([[0, 1, 1], [2, 0, 2]])
+    coo = torch.sparse_coo_tensor(i, torch.tensor([3., 4., 5.]), (2, 3))
+    dense = torch.tensor([[0., 1., 0.], [2., 0., 3.]])
+    save({"coo": coo, "csr": dense.to_sparse_csr()}, "sparse.pt")
+    meta = {"m": torch.empty(2, 3, device="meta"), "t": torch.ones(2)}
+    save(meta, "meta.pt")
+    save(torch.arange(6, dtype=torch.int16).reshape(2, 3), "root_tensor.pt")
+    save([torch.ones(1, dtype=torch.complex64), (torch.zeros(2, dtype=torch.bool),)],
+         "list_root.pt")
+    shared = torch.arange(8.)
+    save(collections.OrderedDict([("a", shared[:4]), ("b", shared[4:]), ("c", shared)]),
+         "shared_storage.pt")
+    return out
+
+
+def zip_seeds():
+    """Archives the torch writer would not make: ZIP64, deflated, empty."""
+    out = {}
+    for name, kw in [("zip64.zip", {"force_zip64": True}), ("plain.zip", {})]:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            with z.open("archive/data.pkl", "w", **kw) as f:
+                f.write(b"\x80\x02}q\x00.")
+            z.writestr("archive/version", b"3\n")
+        out[name] = buf.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02]q\x00(K\x01K\x02e." * 4)
+        z.writestr("archive/version", b"3\n")
+    out["deflated.zip"] = buf.getvalue()
+    buf = io.BytesIO()
+    zipfile.ZipFile(buf, "w").close()
+    out["empty.zip"] = buf.getvalue()
+    return out
+
+
+def pickles_in(files):
+    """The data.pkl of each torch zip (read as bytes), and legacy files whole."""
+    out = {}
+    for name, data in files.items():
+        if data[:4] == b"PK\x03\x04":
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as z:
+                    for member in z.namelist():
+                        if member.endswith(".pkl"):
+                            out[f"{name}.{member.replace('/', '_')}"] = z.read(member)
+            except zipfile.BadZipFile:
+                continue  # a broken archive (a bad CRC): its pickle is not needed
+        elif data[:1] == b"\x80" and name.endswith((".pt", ".pth", ".bin")):
+            out[name] = data
+    return out
+
+
+FORCE = False
+
+
 def write(dirname, files):
+    """Adds the seeds a corpus lacks; with --force rewrites them all (torch
+    and zipfile put timestamps, object ids and hash-ordered sets in some,
+    so a rewrite changes bytes without changing what the seed covers)."""
     d = HERE / "corpus" / dirname
     d.mkdir(parents=True, exist_ok=True)
+    added = 0
     for name, data in files.items():
         assert len(data) <= MAX, (name, len(data))
-        (d / name).write_bytes(data)
-    print(f"{d}: {len(files)} seeds")
+        path = d / name
+        if FORCE or not path.exists():
+            path.write_bytes(data)
+            added += 1
+    print(f"{d}: {len(files)} seeds, {added} written")
 
 
 def main():
+    global FORCE
+    FORCE = "--force" in sys.argv[1:]
+    torch_files = torch_seeds()
     file_seeds = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_FILE}
-    file_seeds.update(torch_seeds())
+    file_seeds.update(torch_files)
     file_seeds.update(pickle_seeds())
     st = st_seeds()
     file_seeds["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
     write("fuzz_file", file_seeds)
+
     st_files = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_ST}
     st_files.update(st)
     write("fuzz_safetensors", st_files)
+
+    zips = {k: v for k, v in file_seeds.items() if v[:4] == b"PK\x03\x04"}
+    zips.update({seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_ZIP})
+    zips.update(zip_seeds())
+    write("fuzz_zip", zips)
+
+    pickles = {k: v for k, v in file_seeds.items() if k.endswith((".pkl", ".pickle"))}
+    pickles.update({seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_PICKLE})
+    pickles.update(pickles_in(file_seeds))
+    write("fuzz_pickle", pickles)
+
+    rt = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_ROUNDTRIP}
+    rt.update(roundtrip_seeds(torch_files))
+    rt.update(pickle_seeds())
+    rt["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
+    rt["unaligned.safetensors"] = st["unaligned.safetensors"]
+    write("fuzz_roundtrip", rt)
 
 
 if __name__ == "__main__":

@@ -192,8 +192,12 @@ typedef enum ckpt_kind {
     CKPT_DEVICE = 14,     /* torch.device: text "cpu", "cuda:0" */
     CKPT_DTYPE = 15,      /* a torch dtype object */
     CKPT_TENSOR = 16,     /* a tensor or Parameter */
-    CKPT_GLOBAL = 17      /* a reference to an allowed class or constant, e.g.
+    CKPT_GLOBAL = 17,     /* a reference to a class or constant, e.g.
                              torch.per_tensor_affine: text "module.name" */
+    CKPT_OBJECT = 18      /* an object of a class outside the allow-list, kept
+                             inert (CKPT_OPEN_PERMISSIVE; never built by running
+                             anything): text "module.name" of its class, its
+                             arguments and state through the accessors below */
 } ckpt_kind;
 
 typedef struct ckpt_value ckpt_value;
@@ -208,8 +212,9 @@ CKPT_API bool ckpt_value_bool(const ckpt_value *v);
 CKPT_API int64_t ckpt_value_int(const ckpt_value *v);           /* INT, BOOLEAN */
 CKPT_API double ckpt_value_float(const ckpt_value *v);          /* FLOAT, INT */
 CKPT_API void ckpt_value_complex(const ckpt_value *v, double *re, double *im);
-/* Text or bytes of STR, BYTES, BIGINT, DEVICE, DTYPE (its name) and GLOBAL.
- * NUL-terminated; *len (may be NULL) gets the length without the NUL. */
+/* Text or bytes of STR, BYTES, BIGINT, DEVICE, DTYPE (its name), GLOBAL and
+ * OBJECT (its class's "module.name"). NUL-terminated; *len (may be NULL)
+ * gets the length without the NUL. */
 CKPT_API const char *ckpt_value_str(const ckpt_value *v, size_t *len);
 CKPT_API ckpt_dtype ckpt_value_dtype(const ckpt_value *v);      /* DTYPE */
 /* Items of LIST, TUPLE, SET, SIZE; entries of DICT, ORDERED_DICT. */
@@ -217,12 +222,28 @@ CKPT_API size_t ckpt_value_len(const ckpt_value *v);
 CKPT_API const ckpt_value *ckpt_value_item(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_key(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_dict_value(const ckpt_value *v, size_t i);
+/* A dict key as text, as tensor names show it: text as is, other keys as
+ * Python's str() (1, None, True, 2.5, (1, 'a')). Writes at most size bytes
+ * with the NUL; returns the length written. */
+CKPT_API size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size);
 /* Dict lookup by a text key; NULL when absent. */
 CKPT_API const ckpt_value *ckpt_value_get(const ckpt_value *v, const char *key);
 /* State an object was built with: an ORDERED_DICT's attributes (a dict with
- * "_metadata" for state dicts), a tensor's BUILD state; NULL when none. */
+ * "_metadata" for state dicts), a tensor's BUILD state, an OBJECT's BUILD
+ * state (its attributes: a DICT, or what the pickle gave); NULL when none. */
 CKPT_API const ckpt_value *ckpt_value_state(const ckpt_value *v);
 CKPT_API const ckpt_tensor *ckpt_value_tensor(const ckpt_value *v);
+/* OBJECT: what it was called with, as the pickle gave it: the class (a
+ * GLOBAL, or an OBJECT when the result of a call was called in turn), the
+ * positional arguments (a TUPLE) and NEWOBJ_EX's keyword arguments (a DICT,
+ * NULL when none). NULL for other kinds. */
+CKPT_API const ckpt_value *ckpt_value_object_class(const ckpt_value *v);
+CKPT_API const ckpt_value *ckpt_value_object_args(const ckpt_value *v);
+CKPT_API const ckpt_value *ckpt_value_object_kwargs(const ckpt_value *v);
+/* OBJECT: entries set on it by SETITEM(S) (a DICT) and items added by
+ * APPEND(S)/ADDITEMS (a LIST); NULL when none. */
+CKPT_API const ckpt_value *ckpt_value_object_dict(const ckpt_value *v);
+CKPT_API const ckpt_value *ckpt_value_object_items(const ckpt_value *v);
 
 /* ========================================================================
  * Tensors
@@ -314,6 +335,10 @@ CKPT_API const char *ckpt_format_name(ckpt_format format);
 
 /* Flags for ckpt_open_options.flags. */
 #define CKPT_OPEN_VERIFY_CRC 0x1u   /* check every record's CRC32 while opening */
+/* Objects outside the allow-list become inert values instead of errors
+ * (nothing is ever called); a pickled nn.Module names its tensors as its
+ * state_dict() does. */
+#define CKPT_OPEN_PERMISSIVE 0x2u
 
 typedef struct ckpt_open_options {
     size_t struct_size;    /* sizeof(ckpt_open_options) */
@@ -418,8 +443,9 @@ CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
  * Containers may hold values of the tree and values of open files
  * (ckpt_file_root() and below): a file's values are referenced, not
  * copied, so the file must stay open until the tree is saved.
- * Constructors return NULL on failure; the tree remembers its first error,
- * and saving a tree that has one returns it (check once, at the end).
+ * Constructors return NULL on failure and the tree remembers its first
+ * error: check ckpt_tree_status() once, before saving (containers refuse
+ * NULL items, so a failed constructor shows up there too).
  * ======================================================================== */
 
 typedef struct ckpt_tree ckpt_tree;
@@ -492,13 +518,16 @@ CKPT_API ckpt_value *ckpt_new_view(ckpt_tree *tree, const ckpt_value *base,
                                    const ckpt_tensor_desc *desc);
 /* A contiguous copy of a strided tensor (of this tree or of an open file) in
  * another floating dtype, computed while saving (never held whole in memory):
- * float64, float32, float16 and bfloat16, rounding to nearest even. Other
- * dtypes give CKPT_ERR_TYPE. to == the tensor's dtype makes it contiguous. */
+ * float64, float32, float16 and bfloat16, converted as ckpt_convert_dtype
+ * does. Other dtypes give CKPT_ERR_TYPE. to == the tensor's dtype makes a
+ * contiguous copy. */
 CKPT_API ckpt_value *ckpt_new_cast(ckpt_tree *tree, const ckpt_value *tensor, ckpt_dtype to);
 
-/* Converts count elements between float64, float32, float16 and bfloat16
- * (round to nearest even; NaN stays NaN, infinities and subnormals exact
- * where representable). Other pairs: CKPT_ERR_TYPE unless from == to. */
+/* Converts count elements between float64, float32, float16 and bfloat16,
+ * bit for bit as PyTorch's .to(dtype): round to nearest even (float64 to
+ * float16/bfloat16 through float32), NaN stays NaN, infinities and
+ * subnormals exact where representable. Other pairs: CKPT_ERR_TYPE unless
+ * from == to (a copy). */
 CKPT_API ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from,
                                         const void *src, size_t count);
 
@@ -552,6 +581,128 @@ CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
  */
 CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                            const ckpt_save_options *opts, ckpt_error *err);
+
+/* ========================================================================
+ * Scanning
+ *
+ * A scan says whether a file is safe to load: "safe" means that PyTorch's
+ * torch.load(weights_only=True) (2.6 and later) would load it without
+ * running any code, and that the file is unambiguous (every reader sees the
+ * same records). Everything else is "unsafe", with findings that say why.
+ * A scan never calls anything and reads only pickles, headers and small
+ * records: tensor bytes are never touched. It does not depend on the
+ * reader accepting the file: a lenient walk of the archive finds and
+ * explains what the reader refuses.
+ * ======================================================================== */
+
+typedef enum ckpt_scan_verdict {
+    CKPT_SCAN_SAFE = 0,
+    CKPT_SCAN_UNSAFE = 1
+} ckpt_scan_verdict;
+
+/* What a finding is about. Values are stable; names (ckpt_scan_kind_name)
+ * are the snake_case of the constant without the prefix. */
+typedef enum ckpt_scan_kind {
+    CKPT_SCAN_GLOBAL = 1,          /* a pickle names a global outside the allow-list */
+    CKPT_SCAN_BROKEN_PICKLE = 2,   /* a pickle breaks: the opcode's offset and why */
+    CKPT_SCAN_EXTRA_PICKLE = 3,    /* a pickle the format does not read: back to back,
+                                      in another record, hidden in the archive */
+    CKPT_SCAN_TRAILING_DATA = 4,   /* bytes after what the format reads */
+    CKPT_SCAN_TORCHSCRIPT = 5,     /* a TorchScript archive (code/, constants.pkl) */
+    CKPT_SCAN_DUPLICATE_NAME = 6,  /* two zip entries with one name */
+    CKPT_SCAN_NAME_MISMATCH = 7,   /* local header and central directory disagree */
+    CKPT_SCAN_ZIP_FLAGS = 8,       /* encryption or patch flag bits (0x1, 0x20, 0x40) */
+    CKPT_SCAN_CRC_MISMATCH = 9,    /* a record read by the scan has a wrong CRC32 */
+    CKPT_SCAN_EXTRA_BYTES = 10,    /* bytes before, between or after the zip entries */
+    CKPT_SCAN_ZIP_STRUCTURE = 11,  /* other zip inconsistencies (overlaps, sizes, ...) */
+    CKPT_SCAN_UNSAFE_NAME = 12,    /* an entry name with "..", an absolute path, "\\" */
+    CKPT_SCAN_NESTED_ARCHIVE = 13, /* an archive inside the file (zip, 7z) */
+    CKPT_SCAN_STORAGE = 14,        /* a storage record missing or of the wrong size */
+    CKPT_SCAN_FORMAT = 15,         /* not a checkpoint torch.load reads, or one it refuses */
+    CKPT_SCAN_LIMIT = 16           /* a limit stopped the scan: the rest is unchecked */
+} ckpt_scan_kind;
+
+/* How a pickle uses a global (ckpt_scan_finding.use); 0 means it is only
+ * referenced (named, passed around, returned). */
+#define CKPT_SCAN_USE_REDUCE 0x1u        /* called by REDUCE */
+#define CKPT_SCAN_USE_NEWOBJ 0x2u        /* called by NEWOBJ (cls.__new__) */
+#define CKPT_SCAN_USE_NEWOBJ_EX 0x4u     /* called by NEWOBJ_EX */
+#define CKPT_SCAN_USE_INST 0x8u          /* called by INST */
+#define CKPT_SCAN_USE_OBJ 0x10u          /* called by OBJ */
+#define CKPT_SCAN_USE_BUILD 0x20u        /* BUILD target: it, or an object made by calling
+                                            it, gets a state (__setstate__) */
+#define CKPT_SCAN_USE_ITEMS 0x40u        /* an object made by calling it gets items
+                                            (SETITEM(S), APPEND(S), ADDITEMS) */
+#define CKPT_SCAN_USE_RESULT_CALLED 0x80u /* what calling it returned is called in turn */
+
+typedef struct ckpt_scan_finding {
+    ckpt_scan_kind kind;
+    const char *global;       /* GLOBAL: "module.name" as the pickle writes it; else NULL */
+    const char *record;       /* where: a zip record, "pickle", "legacy object pickle",
+                                 "zip", ...; "" for the whole file */
+    uint64_t offset;          /* byte offset inside the record (of the opcode for
+                                 pickles); for findings about an archive's structure,
+                                 inside the archive, as the reader's zip errors give
+                                 it; CKPT_NO_OFFSET when none */
+    uint64_t file_offset;     /* the same position in the file, or CKPT_NO_OFFSET
+                                 (inside an inflated record) */
+    unsigned use;             /* GLOBAL: CKPT_SCAN_USE_* */
+    bool runs_code;           /* GLOBAL: a well-known way to run code or commands
+                                 (os.system, builtins.eval, subprocess, ...). Only
+                                 for the message: any global outside the allow-list
+                                 makes the file unsafe */
+    const char *message;      /* one line */
+} ckpt_scan_finding;
+
+typedef struct ckpt_scan ckpt_scan;
+
+typedef struct ckpt_scan_options {
+    size_t struct_size;          /* sizeof(ckpt_scan_options) */
+    unsigned flags;              /* none defined yet: 0 */
+    /* Extra allowed globals, "module.name", as torch.serialization.
+     * add_safe_globals adds them. Names in the modules sys, os, posix and nt
+     * stay refused, as in torch. */
+    const char *const *allow;
+    size_t allow_count;
+    ckpt_limits limits;          /* limits.struct_size == 0 means defaults */
+} ckpt_scan_options;
+
+/* Fills *opts with defaults (no extra names, default limits). */
+CKPT_API void ckpt_scan_options_default(ckpt_scan_options *opts);
+
+/*
+ * Scans a file (or caller memory). opts may be NULL. On success *out owns
+ * the report (free it with ckpt_scan_free), whatever the verdict: a file
+ * that is not a checkpoint, or is malformed, is an unsafe verdict with
+ * findings, not an error. Errors are for files that cannot be read at all
+ * (CKPT_ERR_IO: missing, a directory, unreadable) and out of memory; *out
+ * is then NULL. A sharded index scanned from a path has its shard files
+ * scanned too; from memory it cannot be checked (unsafe).
+ */
+CKPT_API ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts,
+                                    ckpt_scan **out, ckpt_error *err);
+CKPT_API ckpt_status ckpt_scan_memory(const void *data, size_t size,
+                                      const ckpt_scan_options *opts, ckpt_scan **out,
+                                      ckpt_error *err);
+/* NULL is a no-op. */
+CKPT_API void ckpt_scan_free(ckpt_scan *scan);
+
+CKPT_API ckpt_scan_verdict ckpt_scan_get_verdict(const ckpt_scan *scan);
+/* What the file is: "torch-zip", "torch-legacy", "pickle", "safetensors",
+ * "sharded", "torchscript", "zip", "7z", "numpy", "tar", "empty", "unknown". */
+CKPT_API const char *ckpt_scan_format(const ckpt_scan *scan);
+/* Findings in the order they were made (file order within each part). The
+ * pointers stay valid until ckpt_scan_free. */
+CKPT_API size_t ckpt_scan_finding_count(const ckpt_scan *scan);
+CKPT_API const ckpt_scan_finding *ckpt_scan_finding_at(const ckpt_scan *scan, size_t i);
+
+/* "safe", "unsafe". */
+CKPT_API const char *ckpt_scan_verdict_name(ckpt_scan_verdict verdict);
+/* "global", "broken_pickle", ...; "unknown" for other values. */
+CKPT_API const char *ckpt_scan_kind_name(ckpt_scan_kind kind);
+/* Writes how a global is used as text ("called by REDUCE, BUILD target",
+ * "referenced" when use is 0) into buf; returns buf. */
+CKPT_API const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size);
 
 #ifdef __cplusplus
 }

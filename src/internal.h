@@ -202,6 +202,14 @@ struct ckpt_value {
         ckpt_dtype dtype;
         struct { ckpt_tensor *t; ckpt_value *state; } tensor;
         ckpt__storage *storage;
+        struct {
+            ckpt_value *cls;       /* the GLOBAL (or OBJECT) that was called */
+            ckpt_value *args;      /* TUPLE */
+            ckpt_value *kwargs;    /* DICT or NULL */
+            ckpt_value *state;     /* BUILD state or NULL */
+            ckpt_value *dict;      /* SETITEM(S) entries: a DICT or NULL */
+            ckpt_value *items;     /* APPEND(S)/ADDITEMS items: a LIST or NULL */
+        } obj;                     /* OBJECT */
     } u;
 };
 
@@ -230,13 +238,37 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                                 const ckpt_value *pid, uint64_t offset,
                                                 ckpt_value **out, ckpt_error *err);
 
+/* ckpt__pickle_ctx.flags */
+#define CKPT__PICKLE_INERT 0x1u    /* a global outside the allow-list becomes an inert
+                                      GLOBAL (global_id CKPT__G_UNKNOWN); calling it or
+                                      its results makes an OBJECT that keeps its
+                                      arguments, BUILD state and items. Nothing is
+                                      ever called. */
+#define CKPT__PICKLE_NO_FAIL 0x2u  /* scanning: a call, BUILD or item operation that
+                                      has no data meaning makes an inert OBJECT (or is
+                                      dropped) instead of failing; limits and broken
+                                      streams still stop the pickle */
+
+/* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
+ * module and name as written and the value it became. */
+typedef ckpt_status (*ckpt__global_seen_fn)(void *user, const char *module, size_t mlen,
+                                            const char *name, size_t nlen, const ckpt_value *v,
+                                            uint64_t offset);
+/* Scanning: a use (CKPT_SCAN_USE_*) of a value a global became, at the
+ * offset of the opcode. */
+typedef ckpt_status (*ckpt__global_use_fn)(void *user, const ckpt_value *global, unsigned use,
+                                           uint64_t offset);
+
 struct ckpt__pickle_ctx {
     const ckpt_limits *limits;
     ckpt__arena *arena;
     const char *record;                 /* for error messages */
     ckpt__persistent_load_fn persistent_load;
-    void *user;
+    void *user;                         /* passed to every callback */
     int protocol;                       /* out: PROTO seen, -1 when none */
+    unsigned flags;                     /* CKPT__PICKLE_* */
+    ckpt__global_seen_fn on_global;     /* may be NULL */
+    ckpt__global_use_fn on_use;         /* may be NULL */
 };
 
 /*
@@ -244,7 +276,7 @@ struct ckpt__pickle_ctx {
  * *consumed (may be NULL) gets the bytes used. Offsets in errors are relative
  * to data. Nothing is called or imported: allowed globals are evaluated by
  * their data-only meaning; any other global is CKPT_ERR_UNSAFE naming
- * module.name and its offset.
+ * module.name and its offset, or, with CKPT__PICKLE_INERT, an inert value.
  */
 ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t size,
                            size_t *consumed, ckpt_value **out, ckpt_error *err);

@@ -2,7 +2,9 @@
  * pickle_call.c - the weights-only allow-list and what its names mean.
  *
  * GLOBAL and friends resolve (module, name) against a closed table; nothing
- * outside it is ever accepted, whatever the opcode. REDUCE, NEWOBJ,
+ * outside it is ever accepted, whatever the opcode (in the inert mode of
+ * scans and permissive reads such a name becomes an inert value whose calls
+ * only record their arguments: it is still never called). REDUCE, NEWOBJ,
  * NEWOBJ_EX, INST, OBJ and BUILD then apply those few names by their data
  * meaning: an OrderedDict is filled, a tensor view is described and checked
  * against its storage, bytes are encoded. Wrong arguments are format errors
@@ -172,9 +174,27 @@ static bool is_constant_id(uint32_t id)
  * Globals
  * ====================================================================== */
 
+/* A global outside the table, kept as an inert GLOBAL: its text is
+ * "module.name" as written (module mapped like the table's lookup). */
+static ckpt_status inert_global(vm *m, const char *module, size_t mlen, const char *name,
+                                size_t nlen, ckpt_value **out)
+{
+    char *text;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, mlen + nlen + 2, (void **)&text));
+    memcpy(text, module, mlen);
+    text[mlen] = '.';
+    memcpy(text + mlen + 1, name, nlen);
+    text[mlen + 1 + nlen] = '\0';
+    CKPT_RETURN_IF_ERROR(ckpt__vm_wrap(m, CKPT_GLOBAL, text, mlen + 1 + nlen, out));
+    (*out)->global_id = CKPT__G_UNKNOWN;
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, const char *name,
                                            size_t nlen, ckpt_value **out)
 {
+    const char *written = module;
+    size_t written_len = mlen;
     /* Python 2 pickles name the builtins module __builtin__ (the pickler's
      * fix_imports writes it too); it is the same module. */
     if (mlen == 11 && memcmp(module, "__builtin__", 11) == 0) {
@@ -182,17 +202,20 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
         mlen = 8;
     }
     const global_def *g = find_global(module, mlen, name, nlen);
-    if (!g) {
-        char mb[128], nb[128];
-        /* sys, os, posix and nt are never in the table: they are refused
-         * like any other module, whatever the name. */
-        return ckpt__vm_fail(m, CKPT_ERR_UNSAFE,
-                             "global '%s.%s' is not allowed (not in the weights-only allow-list)",
-                             printable(mb, sizeof(mb), module, mlen), printable(nb, sizeof(nb),
-                                                                                name, nlen));
-    }
     ckpt_value *v;
-    if (g->dtype != CKPT_DTYPE_INVALID) {
+    if (!g) {
+        if (!(m->ctx->flags & CKPT__PICKLE_INERT)) {
+            char mb[128], nb[128];
+            /* sys, os, posix and nt are never in the table: they are refused
+             * like any other module, whatever the name. */
+            return ckpt__vm_fail(m, CKPT_ERR_UNSAFE,
+                                 "global '%s.%s' is not allowed (not in the weights-only "
+                                 "allow-list)",
+                                 printable(mb, sizeof(mb), module, mlen),
+                                 printable(nb, sizeof(nb), name, nlen));
+        }
+        CKPT_RETURN_IF_ERROR(inert_global(m, module, mlen, name, nlen, &v));
+    } else if (g->dtype != CKPT_DTYPE_INVALID) {
         CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DTYPE, &v));
         v->u.dtype = (ckpt_dtype)g->dtype;
     } else {
@@ -201,6 +224,9 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
         v->u.s.ptr = g->full; /* static text: no copy needed */
         v->u.s.len = strlen(g->full);
     }
+    if (m->ctx->on_global)
+        CKPT_RETURN_IF_ERROR(m->ctx->on_global(m->ctx->user, written, written_len, name, nlen, v,
+                                               m->op_pos));
     *out = v;
     return CKPT_OK;
 }
@@ -381,8 +407,14 @@ static ckpt_status call_from_type(vm *m, const call *c, ckpt_value **out)
     ckpt_value *state = c->args[3];
     if (!func || func->kind != CKPT_GLOBAL)
         return bad_arg(m, c, 0, "func", "an allowed function");
+    /* a tensor subclass outside the allow-list (INERT) reads as the tensor
+     * it wraps, its state kept */
+    bool inert_subclass = type && type->kind == CKPT_GLOBAL &&
+                          type->global_id == CKPT__G_UNKNOWN &&
+                          (m->ctx->flags & CKPT__PICKLE_INERT);
     if (!type || type->kind != CKPT_GLOBAL ||
-        (type->global_id != CKPT__G_TENSOR && type->global_id != CKPT__G_PARAMETER))
+        (type->global_id != CKPT__G_TENSOR && type->global_id != CKPT__G_PARAMETER &&
+         !inert_subclass))
         return bad_arg(m, c, 1, "new_type", "torch.Tensor or torch.nn.parameter.Parameter");
     if (!args || args->kind != CKPT_TUPLE)
         return bad_arg(m, c, 2, "args", "a tuple");
@@ -841,38 +873,103 @@ static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
     }
 }
 
-/* Applies a stack value to arguments. Only allowed globals can be called;
- * anything else was refused when it was named, or is plain data. */
-ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *const *args, size_t nargs,
-                                  bool is_new, ckpt_value **out)
+/* ======================================================================
+ * Inert objects (CKPT__PICKLE_INERT) and scan reports
+ * ====================================================================== */
+
+/* Tells the scanner what is done with a value a global became. An OBJECT
+ * stands for its class: calling it calls what calling the class returned. */
+ckpt_status ckpt__vm_report_use(vm *m, const ckpt_value *v, unsigned use)
 {
-    if (!fn || fn->kind != CKPT_GLOBAL) {
-        if (fn && fn->kind == CKPT_DTYPE)
-            return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "torch.%s is not callable",
-                                 ckpt_dtype_name(fn->u.dtype));
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "a %s is not callable", kind_desc(fn));
+    if (!m->ctx->on_use || !v)
+        return CKPT_OK;
+    for (int i = 0; i < 64 && v && v->kind == CKPT_OBJECT; i++) {
+        v = v->u.obj.cls;
+        if (use != CKPT_SCAN_USE_BUILD && use != CKPT_SCAN_USE_ITEMS)
+            use = CKPT_SCAN_USE_RESULT_CALLED;
     }
-    call c = {
-        .fn = fn, .name = fn->u.s.ptr, .args = args, .nargs = nargs, .is_new = is_new, .depth = 0,
-    };
-    return eval_call(m, &c, out);
+    if (!v || v->kind != CKPT_GLOBAL)
+        return CKPT_OK;
+    return m->ctx->on_use(m->ctx->user, v, use, m->op_pos);
+}
+
+/* fn(*args, **kwargs) kept as data: an OBJECT. args_value is the pickle's
+ * own tuple when it gave one (shared, not copied). */
+static ckpt_status make_object(vm *m, const ckpt_value *fn, ckpt_value *args_value,
+                               ckpt_value *const *args, size_t nargs, ckpt_value *kwargs,
+                               ckpt_value **out)
+{
+    ckpt_value *o;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_OBJECT, &o));
+    o->u.obj.cls = (ckpt_value *)(uintptr_t)fn;
+    if (args_value && args_value->kind == CKPT_TUPLE) {
+        o->u.obj.args = args_value;
+    } else {
+        CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, nargs));
+        CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_TUPLE, args, nargs, &o->u.obj.args));
+    }
+    if (kwargs && is_dict(kwargs) && kwargs->u.dict.len)
+        o->u.obj.kwargs = kwargs;
+    *out = o;
+    return CKPT_OK;
+}
+
+static bool is_listed_global(const ckpt_value *v)
+{
+    return v && v->kind == CKPT_GLOBAL && v->global_id != CKPT__G_UNKNOWN;
+}
+
+/* Applies a stack value to arguments. Only allowed globals are evaluated,
+ * by their data meaning; anything else was refused when it was named, is
+ * plain data, or (INERT) becomes an object that only remembers the call. */
+ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *args_value,
+                           ckpt_value *const *args, size_t nargs, ckpt_value *kwargs,
+                           unsigned use, ckpt_value **out)
+{
+    unsigned flags = m->ctx->flags;
+    bool is_new = (use & (CKPT_SCAN_USE_NEWOBJ | CKPT_SCAN_USE_NEWOBJ_EX)) != 0;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, fn, use));
+    bool has_kwargs = kwargs && is_dict(kwargs) && kwargs->u.dict.len;
+    if (is_listed_global(fn)) {
+        ckpt_status st;
+        if (has_kwargs) {
+            st = ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "keyword arguments are not supported");
+        } else {
+            call c = {
+                .fn = fn, .name = fn->u.s.ptr, .args = args, .nargs = nargs, .is_new = is_new,
+                .depth = 0,
+            };
+            st = eval_call(m, &c, out);
+        }
+        if (st == CKPT_OK || !(flags & CKPT__PICKLE_NO_FAIL) || st == CKPT_ERR_LIMIT ||
+            st == CKPT_ERR_NOMEM)
+            return st;
+        return make_object(m, fn, args_value, args, nargs, kwargs, out);
+    }
+    bool inert_callee = fn && (fn->kind == CKPT_GLOBAL || fn->kind == CKPT_OBJECT);
+    if ((inert_callee && (flags & CKPT__PICKLE_INERT)) || (flags & CKPT__PICKLE_NO_FAIL))
+        return make_object(m, fn, args_value, args, nargs, kwargs, out);
+    if (fn && fn->kind == CKPT_DTYPE)
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "torch.%s is not callable",
+                             ckpt_dtype_name(fn->u.dtype));
+    if (has_kwargs)
+        return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "keyword arguments are not supported");
+    return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "a %s is not callable", kind_desc(fn));
 }
 
 /* ======================================================================
  * BUILD
  * ====================================================================== */
 
-ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
+/* Object attributes as Python's BUILD sets them without __setstate__: a
+ * dict, or (dict, slots) with either part None, merged over old (a DICT or
+ * NULL) into a new dict in *out; *out is old when there is nothing to set.
+ * Any other state is a format error (inert objects keep it as it is). */
+static ckpt_status merge_state(vm *m, const char *what, ckpt_value *old, ckpt_value *state,
+                               ckpt_value **out)
 {
-    if (inst->kind == CKPT_TENSOR) {
-        if (state->kind != CKPT_NONE)
-            inst->u.tensor.state = state;
-        return CKPT_OK;
-    }
-    if (!is_dict(inst))
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "BUILD on %s is not allowed", kind_desc(inst));
-    /* Object attributes: a dict, or (dict, slots) with either part None. */
     ckpt_value *parts[2] = {NULL, NULL};
+    *out = old;
     if (is_dict(state)) {
         parts[0] = state;
     } else if (state->kind == CKPT_TUPLE && state->u.seq.len == 2) {
@@ -880,12 +977,12 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
             ckpt_value *p = state->u.seq.items[i];
             if (p && p->kind != CKPT_NONE && !is_dict(p))
                 return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the state of a %s must be a dict",
-                                     kind_desc(inst));
+                                     what);
             parts[i] = p && p->kind != CKPT_NONE ? p : NULL;
         }
     } else if (state->kind != CKPT_NONE) {
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the state of a %s must be a dict, not a %s",
-                             kind_desc(inst), kind_desc(state));
+                             what, kind_desc(state));
     }
     for (int i = 0; i < 2; i++) {
         if (parts[i] && parts[i]->u.dict.len == 0)
@@ -897,8 +994,7 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
      * itself may still change through the memo, so merge into a copy. */
     ckpt_value *merged;
     CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DICT, &merged));
-    const ckpt_value *old = inst->u.dict.state;
-    if (old) {
+    if (old && is_dict(old)) {
         for (size_t i = 0; i < old->u.dict.len; i++)
             CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, merged, old->u.dict.keys[i],
                                                    old->u.dict.vals[i]));
@@ -909,6 +1005,51 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
         for (size_t i = 0; i < parts[p]->u.dict.len; i++)
             CKPT_RETURN_IF_ERROR(
                 ckpt__vm_dict_put(m, merged, parts[p]->u.dict.keys[i], parts[p]->u.dict.vals[i]));
+    }
+    *out = merged;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
+{
+    unsigned flags = m->ctx->flags;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, inst, CKPT_SCAN_USE_BUILD));
+    if (inst->kind == CKPT_TENSOR) {
+        if (state->kind != CKPT_NONE)
+            inst->u.tensor.state = state;
+        return CKPT_OK;
+    }
+    if (inst->kind == CKPT_OBJECT) {
+        /* __setstate__ may take anything: a dict (or (dict, slots)) is
+         * merged as Python's default does, anything else kept as given */
+        ckpt_value *old = inst->u.obj.state;
+        if (is_dict(state) || (state->kind == CKPT_TUPLE && state->u.seq.len == 2)) {
+            ckpt_value *merged;
+            ckpt_status st = merge_state(m, "object", old, state, &merged);
+            if (st == CKPT_OK) {
+                inst->u.obj.state = merged;
+                return CKPT_OK;
+            }
+            if (st == CKPT_ERR_LIMIT || st == CKPT_ERR_NOMEM)
+                return st;
+        }
+        if (state->kind != CKPT_NONE)
+            inst->u.obj.state = state;
+        return CKPT_OK;
+    }
+    if (!is_dict(inst)) {
+        bool inert_class = inst->kind == CKPT_GLOBAL && inst->global_id == CKPT__G_UNKNOWN &&
+                           (flags & CKPT__PICKLE_INERT);
+        if (inert_class || (flags & CKPT__PICKLE_NO_FAIL))
+            return CKPT_OK; /* nothing is ever set on a class or module */
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "BUILD on %s is not allowed", kind_desc(inst));
+    }
+    ckpt_value *merged;
+    ckpt_status st = merge_state(m, kind_desc(inst), inst->u.dict.state, state, &merged);
+    if (st != CKPT_OK) {
+        if ((flags & CKPT__PICKLE_NO_FAIL) && st != CKPT_ERR_LIMIT && st != CKPT_ERR_NOMEM)
+            return CKPT_OK;
+        return st;
     }
     inst->u.dict.state = merged;
     return CKPT_OK;

@@ -899,6 +899,33 @@ static ckpt_status op_dict(vm *m)
     return push(m, d);
 }
 
+/* Where APPEND(S)/ADDITEMS (kind LIST or SET) or SETITEM(S) (kind DICT)
+ * put their items: c itself when it is such a container; for an inert
+ * object (INERT), its own list or dict of items, made on first use. When
+ * scanning (NO_FAIL) any other target drops the items: *target is NULL. */
+static ckpt_status item_target(vm *m, ckpt_value *c, int kind, const char *op, const char *what,
+                               ckpt_value **target)
+{
+    *target = NULL;
+    if (kind == CKPT_DICT ? is_dict(c) : c->kind == kind) {
+        *target = c;
+        return CKPT_OK;
+    }
+    if (c->kind == CKPT_OBJECT && (m->ctx->flags & CKPT__PICKLE_INERT)) {
+        CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, c, CKPT_SCAN_USE_ITEMS));
+        ckpt_value **slot = kind == CKPT_DICT ? &c->u.obj.dict : &c->u.obj.items;
+        if (!*slot)
+            CKPT_RETURN_IF_ERROR(
+                ckpt__vm_value(m, kind == CKPT_DICT ? CKPT_DICT : CKPT_LIST, slot));
+        *target = *slot;
+        return CKPT_OK;
+    }
+    if (m->ctx->flags & CKPT__PICKLE_NO_FAIL)
+        return ckpt__vm_report_use(m, c, CKPT_SCAN_USE_ITEMS);
+    return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s on a %s is not allowed (only on %s)", op,
+                         kind_desc(c), what);
+}
+
 /* APPENDS (lists) and ADDITEMS (sets): the items since the mark join the
  * container below it. */
 static ckpt_status op_extend(vm *m, int kind, const char *op, const char *what)
@@ -906,12 +933,12 @@ static ckpt_status op_extend(vm *m, int kind, const char *op, const char *what)
     size_t mark = 0;
     ckpt_value *seq;
     CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &seq));
-    if (seq->kind != kind)
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s on a %s is not allowed (only on %s)", op,
-                             kind_desc(seq), what);
-    CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)seq->u.seq.len + (m->sp - mark)));
-    for (size_t i = mark; i < m->sp; i++)
-        CKPT_RETURN_IF_ERROR(seq_add(m, seq, m->stack[i]));
+    CKPT_RETURN_IF_ERROR(item_target(m, seq, kind, op, what, &seq));
+    if (seq) {
+        CKPT_RETURN_IF_ERROR(check_len(m, (uint64_t)seq->u.seq.len + (m->sp - mark)));
+        for (size_t i = mark; i < m->sp; i++)
+            CKPT_RETURN_IF_ERROR(seq_add(m, seq, m->stack[i]));
+    }
     m->sp = mark;
     return CKPT_OK;
 }
@@ -921,12 +948,10 @@ static ckpt_status op_setitems(vm *m)
     size_t mark = 0;
     ckpt_value *d;
     CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &d));
-    if (!is_dict(d))
-        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "SETITEMS on a %s is not allowed (only on dicts)",
-                             kind_desc(d));
+    CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_DICT, "SETITEMS", "dicts", &d));
     if ((m->sp - mark) % 2)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "odd number of items (%zu)", m->sp - mark);
-    for (size_t i = mark; i < m->sp; i += 2)
+    for (size_t i = mark; d && i < m->sp; i += 2)
         CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, m->stack[i], m->stack[i + 1]));
     m->sp = mark;
     return CKPT_OK;
@@ -953,7 +978,8 @@ static ckpt_status op_inst(vm *m)
     /* the global first: an unsafe name is the finding that matters */
     CKPT_RETURN_IF_ERROR(read_global(m, &cls));
     CKPT_RETURN_IF_ERROR(pop_mark(m, &mark));
-    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, cls, m->stack + mark, m->sp - mark, false, &v));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, cls, NULL, m->stack + mark, m->sp - mark, NULL,
+                                        CKPT_SCAN_USE_INST, &v));
     m->sp = mark;
     return push(m, v);
 }
@@ -965,8 +991,8 @@ static ckpt_status op_obj(vm *m)
     CKPT_RETURN_IF_ERROR(pop_mark(m, &mark));
     if (m->sp == mark)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "no class above the MARK");
-    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, m->stack[mark], m->stack + mark + 1, m->sp - mark - 1,
-                                        false, &v));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, m->stack[mark], NULL, m->stack + mark + 1,
+                                        m->sp - mark - 1, NULL, CKPT_SCAN_USE_OBJ, &v));
     m->sp = mark;
     return push(m, v);
 }
@@ -978,7 +1004,8 @@ static ckpt_status op_reduce(vm *m)
     if (args->kind != CKPT_TUPLE)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the arguments must be a tuple, not a %s",
                              kind_desc(args));
-    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, fn, args->u.seq.items, args->u.seq.len, false, &v));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, fn, args, args->u.seq.items, args->u.seq.len, NULL,
+                                        CKPT_SCAN_USE_REDUCE, &v));
     m->sp -= 2;
     return push(m, v);
 }
@@ -994,9 +1021,8 @@ static ckpt_status op_newobj(vm *m, bool ex)
     if (kwargs && !is_dict(kwargs))
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the keyword arguments must be a dict, not a %s",
                              kind_desc(kwargs));
-    if (kwargs && kwargs->u.dict.len)
-        return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "keyword arguments are not supported");
-    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, cls, args->u.seq.items, args->u.seq.len, true, &v));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, cls, args, args->u.seq.items, args->u.seq.len, kwargs,
+                                        ex ? CKPT_SCAN_USE_NEWOBJ_EX : CKPT_SCAN_USE_NEWOBJ, &v));
     return push(m, v);
 }
 
@@ -1235,11 +1261,9 @@ static ckpt_status run(vm *m, ckpt_value **result)
         case OP_APPEND: {
             CKPT_RETURN_IF_ERROR(need_items(m, 2));
             ckpt_value *item = pop(m), *list = m->stack[m->sp - 1];
-            if (list->kind != CKPT_LIST)
-                return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
-                                     "APPEND on a %s is not allowed (only on lists)",
-                                     kind_desc(list));
-            CKPT_RETURN_IF_ERROR(seq_add(m, list, item));
+            CKPT_RETURN_IF_ERROR(item_target(m, list, CKPT_LIST, "APPEND", "lists", &list));
+            if (list)
+                CKPT_RETURN_IF_ERROR(seq_add(m, list, item));
             break;
         }
         case OP_APPENDS:
@@ -1248,11 +1272,9 @@ static ckpt_status run(vm *m, ckpt_value **result)
         case OP_SETITEM: {
             CKPT_RETURN_IF_ERROR(need_items(m, 3));
             ckpt_value *val = pop(m), *key = pop(m), *d = m->stack[m->sp - 1];
-            if (!is_dict(d))
-                return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
-                                     "SETITEM on a %s is not allowed (only on dicts)",
-                                     kind_desc(d));
-            CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, key, val));
+            CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_DICT, "SETITEM", "dicts", &d));
+            if (d)
+                CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, key, val));
             break;
         }
         case OP_SETITEMS:

@@ -68,11 +68,17 @@ ckpt_status ckpt__vm_dict_put(vm *m, ckpt_value *d, ckpt_value *k, ckpt_value *v
  * (CKPT_GLOBAL or CKPT_DTYPE), or CKPT_ERR_UNSAFE naming it. */
 ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, const char *name,
                                     size_t nlen, ckpt_value **out);
-/* REDUCE/NEWOBJ(_EX)/INST/OBJ: fn(*args) by its data meaning; is_new for
- * cls.__new__(cls, *args). */
-ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *const *args, size_t nargs,
-                           bool is_new, ckpt_value **out);
-/* BUILD: gives inst its state (only dicts and tensors take one). */
+/* REDUCE/NEWOBJ(_EX)/INST/OBJ: fn(*args) by its data meaning. use is the
+ * opcode's CKPT_SCAN_USE_* (NEWOBJ and NEWOBJ_EX mean cls.__new__(cls,
+ * *args)); args_value the pickle's args tuple when it gave one (REDUCE,
+ * NEWOBJ), else NULL; kwargs NEWOBJ_EX's dict or NULL. */
+ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *args_value,
+                           ckpt_value *const *args, size_t nargs, ckpt_value *kwargs,
+                           unsigned use, ckpt_value **out);
+/* Scanning: reports a use of v (a GLOBAL, or an OBJECT standing for the
+ * GLOBAL it came from); a no-op without ctx->on_use. */
+ckpt_status ckpt__vm_report_use(vm *m, const ckpt_value *v, unsigned use);
+/* BUILD: gives inst its state (dicts, tensors and inert objects take one). */
 ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state);
 
 /* ---- small helpers ---------------------------------------------------- */

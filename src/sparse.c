@@ -5,6 +5,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 const char *ckpt_layout_name(ckpt_layout layout)
@@ -170,6 +171,36 @@ static ckpt_status load_indices(ckpt_file *f, const ckpt_tensor *t, sparse_view 
     return st;
 }
 
+/*
+ * Fails naming where index element (i0, i1) of part p lies: the record of
+ * its storage and the byte offset in it (the file offset too, when the
+ * storage is stored plainly), so a bad index can be found in the file.
+ */
+static ckpt_status index_fail(ckpt_error *err, const ckpt_tensor *p, uint64_t i0, uint64_t i1,
+                              const char *fmt, ...) CKPT_PRINTF(5, 6);
+
+static ckpt_status index_fail(ckpt_error *err, const ckpt_tensor *p, uint64_t i0, uint64_t i1,
+                              const char *fmt, ...)
+{
+    const ckpt__storage *s = p->storage;
+    const ckpt__storage *root = s && s->base ? s->base : s;
+    /* the index was read through this very view: its position cannot overflow */
+    uint64_t elem = (uint64_t)p->storage_offset + i0 * (uint64_t)p->stride[0];
+    if (p->ndim > 1)
+        elem += i1 * (uint64_t)p->stride[1];
+    uint64_t offset = s ? s->base_offset + elem * ckpt_dtype_size(p->dtype) : CKPT_NO_OFFSET;
+    char msg[sizeof(err->message)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    ckpt_status st = ckpt__fail(err, CKPT_ERR_FORMAT, root && root->record ? root->record : "",
+                                offset, "%s", msg);
+    if (root)
+        ckpt__error_set_file_base(err, root->file_offset);
+    return st;
+}
+
 static ckpt_status check_indices(const ckpt_tensor *t, const sparse_view *v, ckpt_error *err)
 {
     const char *lname = ckpt_layout_name((ckpt_layout)t->layout);
@@ -178,7 +209,7 @@ static ckpt_status check_indices(const ckpt_tensor *t, const sparse_view *v, ckp
             for (uint64_t k = 0; k < v->nnz; k++) {
                 int64_t i = v->idx[d * v->nnz + k];
                 if (i < 0 || i >= t->shape[d])
-                    return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+                    return index_fail(err, t->parts[0], d, k,
                                       "sparse_coo tensor: index %lld of element %llu is out of "
                                       "bounds for dimension %llu of size %lld",
                                       (long long)i, (unsigned long long)k, (unsigned long long)d,
@@ -196,17 +227,19 @@ static ckpt_status check_indices(const ckpt_tensor *t, const sparse_view *v, ckp
         minor /= values->shape[1];
     uint64_t n = (uint64_t)t->parts[0]->shape[0];
     if (v->idx[0] != 0 || (uint64_t)v->idx[n - 1] != v->nnz)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
-                          "%s tensor: compressed indices must run from 0 to nnz", lname);
+        return index_fail(err, t->parts[0], v->idx[0] != 0 ? 0 : n - 1, 0,
+                          "%s tensor: compressed indices must run from 0 to nnz (%lld to %lld, "
+                          "nnz %llu)", lname, (long long)v->idx[0], (long long)v->idx[n - 1],
+                          (unsigned long long)v->nnz);
     for (uint64_t r = 0; r + 1 < n; r++) {
         if (v->idx[r + 1] < v->idx[r])
-            return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+            return index_fail(err, t->parts[0], r + 1, 0,
                               "%s tensor: compressed indices decrease at %llu", lname,
                               (unsigned long long)r);
     }
     for (uint64_t k = 0; k < v->nnz; k++) {
         if (v->plain[k] < 0 || v->plain[k] >= minor)
-            return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+            return index_fail(err, t->parts[1], k, 0,
                               "%s tensor: plain index %lld of element %llu is out of bounds (%lld)",
                               lname, (long long)v->plain[k], (unsigned long long)k,
                               (long long)minor);

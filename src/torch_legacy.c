@@ -53,9 +53,18 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     ckpt_file *f = L->f;
     const char *rec = ctx->record;
     if (pid && pid->kind == CKPT_TUPLE && pid->u.seq.len >= 1 && is_str(pid->u.seq.items[0]) &&
-        strcmp(pid->u.seq.items[0]->u.s.ptr, "module") == 0)
+        strcmp(pid->u.seq.items[0]->u.s.ptr, "module") == 0) {
+        /* ('module', cls, source_file, source): a module class saved with
+         * its source. Permissive reads keep the class (inert) and drop the
+         * source; the source is never looked at. */
+        if ((f->opts.flags & CKPT_OPEN_PERMISSIVE) && pid->u.seq.len >= 2 &&
+            pid->u.seq.items[1] && pid->u.seq.items[1]->kind == CKPT_GLOBAL) {
+            *out = pid->u.seq.items[1];
+            return CKPT_OK;
+        }
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, rec, offset,
                           "whole pickled modules with source code are not supported");
+    }
     ckpt__storage_pid p;
     CKPT_RETURN_IF_ERROR(ckpt__storage_pid_parse(pid, 6, rec, offset, &p, err));
     ckpt_dtype dtype = p.dtype;
@@ -131,6 +140,7 @@ static ckpt_status next_pickle(ckpt_file *f, uint64_t *pos, const char *record,
     ckpt__pickle_ctx ctx = {
         .limits = &f->opts.limits, .arena = &f->arena, .record = record,
         .persistent_load = pl, .user = user, .protocol = -1,
+        .flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u,
     };
     size_t used = 0;
     ckpt_status st = ckpt__unpickle(&ctx, f->map + *pos, (size_t)avail, &used, out, err);

@@ -683,13 +683,14 @@ const char *ckpt_kind_name(ckpt_kind kind)
     case CKPT_DTYPE: return "dtype";
     case CKPT_TENSOR: return "tensor";
     case CKPT_GLOBAL: return "global";
+    case CKPT_OBJECT: return "object";
     }
     return "unknown";
 }
 
 ckpt_kind ckpt_value_kind(const ckpt_value *v)
 {
-    if (!v || v->kind > CKPT_GLOBAL)
+    if (!v || v->kind > CKPT_OBJECT)
         return CKPT_NONE; /* internal kinds (storages) never leak */
     return (ckpt_kind)v->kind;
 }
@@ -761,6 +762,17 @@ const char *ckpt_value_str(const ckpt_value *v, size_t *len)
             s = ckpt_dtype_name(v->u.dtype);
             n = s ? strlen(s) : 0;
             break;
+        case CKPT_OBJECT: {
+            /* the class it was made from; a called result names its origin */
+            const ckpt_value *c = v->u.obj.cls;
+            for (int i = 0; i < 64 && c && c->kind == CKPT_OBJECT; i++)
+                c = c->u.obj.cls;
+            if (c && c->kind == CKPT_GLOBAL) {
+                s = c->u.s.ptr;
+                n = c->u.s.len;
+            }
+            break;
+        }
         default:
             break;
         }
@@ -827,8 +839,29 @@ const ckpt_value *ckpt_value_state(const ckpt_value *v)
         return v->u.dict.state;
     if (v && v->kind == CKPT_TENSOR)
         return v->u.tensor.state;
+    if (v && v->kind == CKPT_OBJECT)
+        return v->u.obj.state;
     return NULL;
 }
+
+static const ckpt_value *object_part(const ckpt_value *v, size_t which)
+{
+    if (!v || v->kind != CKPT_OBJECT)
+        return NULL;
+    switch (which) {
+    case 0: return v->u.obj.cls;
+    case 1: return v->u.obj.args;
+    case 2: return v->u.obj.kwargs;
+    case 3: return v->u.obj.dict;
+    default: return v->u.obj.items;
+    }
+}
+
+const ckpt_value *ckpt_value_object_class(const ckpt_value *v) { return object_part(v, 0); }
+const ckpt_value *ckpt_value_object_args(const ckpt_value *v) { return object_part(v, 1); }
+const ckpt_value *ckpt_value_object_kwargs(const ckpt_value *v) { return object_part(v, 2); }
+const ckpt_value *ckpt_value_object_dict(const ckpt_value *v) { return object_part(v, 3); }
+const ckpt_value *ckpt_value_object_items(const ckpt_value *v) { return object_part(v, 4); }
 
 const ckpt_tensor *ckpt_value_tensor(const ckpt_value *v)
 {

@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -46,13 +47,63 @@ static bool nb_append(name_buf *b, const char *s, size_t n)
 /* Shortest text that reads back as the same double, like Python's repr. */
 void ckpt__float_repr(double d, char *buf, size_t cap)
 {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, cap, "%.*g", prec, d);
-        if (strtod(buf, NULL) == d)
+    if (cap == 0)
+        return;
+    if (d != d) {
+        snprintf(buf, cap, "nan");
+        return;
+    }
+    if (d == HUGE_VAL || d == -HUGE_VAL) {
+        snprintf(buf, cap, d < 0 ? "-inf" : "inf");
+        return;
+    }
+    /* the fewest significant digits that read back as d */
+    char sci[40];
+    int prec = 0;
+    for (; prec < 17; prec++) {
+        snprintf(sci, sizeof(sci), "%.*e", prec, d);
+        if (strtod(sci, NULL) == d)
             break;
     }
-    if (!strpbrk(buf, ".eEni"))
-        snprintf(buf + strlen(buf), cap - strlen(buf), ".0");
+    /* sci is [-]D[.DDD]e[+-]XX: split digits and exponent */
+    char digits[24];
+    size_t nd = 0;
+    const char *p = sci;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    for (; *p && *p != 'e'; p++)
+        if (*p != '.')
+            digits[nd++] = *p;
+    digits[nd] = 0;
+    int exp = atoi(p + 1);
+    /* Python's repr: fixed notation when -4 <= exp < 16, else D.DDDe+XX */
+    size_t n = 0;
+#define OUT(...) n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__)
+    if (neg)
+        OUT("-");
+    if (exp >= -4 && exp < 16) {
+        if (exp < 0) {
+            OUT("0.");
+            for (int i = -1; i > exp; i--)
+                OUT("0");
+            OUT("%s", digits);
+        } else {
+            for (int i = 0; i <= exp; i++)
+                OUT("%c", (size_t)i < nd ? digits[i] : '0');
+            OUT(".");
+            if ((size_t)exp + 1 < nd)
+                OUT("%s", digits + exp + 1);
+            else
+                OUT("0");
+        }
+    } else {
+        OUT("%c", digits[0]);
+        if (nd > 1)
+            OUT(".%s", digits + 1);
+        OUT("e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    }
+#undef OUT
 }
 
 /* Python's str() of a plain key, into buf (truncated at cap). Returns the
@@ -142,6 +193,16 @@ size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap)
     return key_text(k, buf, cap, false, 0);
 }
 
+size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size)
+{
+    if (!buf || size == 0)
+        return 0;
+    buf[0] = 0;
+    if (!key)
+        return 0;
+    return key_text(key, buf, size, false, 0);
+}
+
 typedef struct walk_ctx {
     name_buf nb;
     ckpt__walk_fn tensor_fn, leaf_fn;
@@ -182,6 +243,15 @@ static ckpt_value *child_at(const ckpt_value *v, size_t i)
     return is_dict ? v->u.dict.vals[i] : v->u.seq.items[i];
 }
 
+/* The parts of an inert object (CKPT_OPEN_PERMISSIVE) that can hold
+ * tensors: its state, its SETITEM entries, its appended items. */
+static void object_parts(const ckpt_value *v, ckpt_value *parts[3])
+{
+    parts[0] = v->u.obj.state;
+    parts[1] = v->u.obj.dict;
+    parts[2] = v->u.obj.items;
+}
+
 /* true when a tensor is reachable from v (cycles and depth bounded). */
 static bool holds_tensor(ckpt_value *v, uint64_t depth, uint64_t max_depth)
 {
@@ -189,13 +259,21 @@ static bool holds_tensor(ckpt_value *v, uint64_t depth, uint64_t max_depth)
         return false;
     if (is_tensor_like(v))
         return true;
-    if (!is_container(v) || depth > max_depth || (v->flags & CKPT__VF_VISITING))
+    bool object = v->kind == CKPT_OBJECT;
+    if ((!is_container(v) && !object) || depth > max_depth || (v->flags & CKPT__VF_VISITING))
         return false;
     v->flags |= CKPT__VF_VISITING;
     bool found = false;
-    size_t n = child_count(v);
-    for (size_t i = 0; i < n && !found; i++)
-        found = holds_tensor(child_at(v, i), depth + 1, max_depth);
+    if (object) {
+        ckpt_value *parts[3];
+        object_parts(v, parts);
+        for (int i = 0; i < 3 && !found; i++)
+            found = holds_tensor(parts[i], depth + 1, max_depth);
+    } else {
+        size_t n = child_count(v);
+        for (size_t i = 0; i < n && !found; i++)
+            found = holds_tensor(child_at(v, i), depth + 1, max_depth);
+    }
     v->flags &= (uint16_t)~CKPT__VF_VISITING;
     return found;
 }
@@ -203,6 +281,111 @@ static bool holds_tensor(ckpt_value *v, uint64_t depth, uint64_t max_depth)
 static ckpt_status nomem(walk_ctx *c)
 {
     return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+}
+
+static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth);
+
+/* Walks child under the name component of key (a dict key) or, when key is
+ * NULL, of the position index. */
+static ckpt_status walk_child(walk_ctx *c, const ckpt_value *key, size_t index, ckpt_value *child,
+                              uint64_t depth)
+{
+    size_t saved = c->nb.len;
+    bool ok;
+    if (key) {
+        ok = nb_append_key(&c->nb, key);
+    } else {
+        char tmp[32];
+        int len = snprintf(tmp, sizeof(tmp), "%zu", index);
+        ok = nb_append(&c->nb, tmp, (size_t)len);
+    }
+    if (!ok)
+        return nomem(c);
+    ckpt_status st = walk(c, child, depth);
+    c->nb.len = saved;
+    if (c->nb.p)
+        c->nb.p[saved] = 0;
+    return st;
+}
+
+static const ckpt_value *state_entry(const ckpt_value *state, const char *key)
+{
+    const ckpt_value *v = ckpt_value_get(state, key);
+    return v && (v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT) ? v : NULL;
+}
+
+/* A pickled torch.nn.Module: its state (__dict__) holds the _parameters,
+ * _buffers and _modules dicts. */
+static bool is_module(const ckpt_value *v)
+{
+    const ckpt_value *state = v->u.obj.state;
+    return state_entry(state, "_parameters") && state_entry(state, "_buffers") &&
+           state_entry(state, "_modules");
+}
+
+/* true when the set (a SET of names) holds the text key. */
+static bool set_has(const ckpt_value *set, const ckpt_value *key)
+{
+    if (!set || set->kind != CKPT_SET)
+        return false;
+    for (size_t i = 0; i < set->u.seq.len; i++) {
+        if (ckpt__value_equal(set->u.seq.items[i], key))
+            return true;
+    }
+    return false;
+}
+
+/* A module's tensors under the names state_dict() gives them: its
+ * parameters (None skipped), then its persistent buffers, then each
+ * submodule's, recursively, in the order of the dicts. What else a module
+ * holds (hooks, flags) is not in a state dict and is not walked. */
+static ckpt_status walk_module(walk_ctx *c, ckpt_value *v, uint64_t depth)
+{
+    const ckpt_value *state = v->u.obj.state;
+    const ckpt_value *params = state_entry(state, "_parameters");
+    const ckpt_value *buffers = state_entry(state, "_buffers");
+    const ckpt_value *modules = state_entry(state, "_modules");
+    const ckpt_value *transient = ckpt_value_get(state, "_non_persistent_buffers_set");
+    ckpt_status st = CKPT_OK;
+    for (size_t i = 0; i < params->u.dict.len && st == CKPT_OK; i++) {
+        ckpt_value *p = params->u.dict.vals[i];
+        if (p && is_tensor_like(p))
+            st = walk_child(c, params->u.dict.keys[i], 0, p, depth + 1);
+    }
+    for (size_t i = 0; i < buffers->u.dict.len && st == CKPT_OK; i++) {
+        ckpt_value *b = buffers->u.dict.vals[i];
+        if (b && is_tensor_like(b) && !set_has(transient, buffers->u.dict.keys[i]))
+            st = walk_child(c, buffers->u.dict.keys[i], 0, b, depth + 1);
+    }
+    for (size_t i = 0; i < modules->u.dict.len && st == CKPT_OK; i++) {
+        ckpt_value *sub = modules->u.dict.vals[i];
+        if (sub && (sub->kind == CKPT_OBJECT || is_container(sub)) &&
+            holds_tensor(sub, depth + 1, c->max_nesting))
+            st = walk_child(c, modules->u.dict.keys[i], 0, sub, depth + 1);
+    }
+    return st;
+}
+
+/* Any other inert object: its attributes by name (a dict state) or its
+ * state as it is, then its SETITEM entries by key, then its items by
+ * position. */
+static ckpt_status walk_object(walk_ctx *c, ckpt_value *v, uint64_t depth)
+{
+    ckpt_status st = CKPT_OK;
+    ckpt_value *state = v->u.obj.state;
+    if (state && (state->kind == CKPT_DICT || state->kind == CKPT_ORDERED_DICT)) {
+        for (size_t i = 0; i < state->u.dict.len && st == CKPT_OK; i++)
+            st = walk_child(c, state->u.dict.keys[i], 0, state->u.dict.vals[i], depth + 1);
+    } else if (state) {
+        st = walk(c, state, depth + 1);
+    }
+    const ckpt_value *d = v->u.obj.dict;
+    for (size_t i = 0; d && i < d->u.dict.len && st == CKPT_OK; i++)
+        st = walk_child(c, d->u.dict.keys[i], 0, d->u.dict.vals[i], depth + 1);
+    const ckpt_value *items = v->u.obj.items;
+    for (size_t i = 0; items && i < items->u.seq.len && st == CKPT_OK; i++)
+        st = walk_child(c, NULL, i, items->u.seq.items[i], depth + 1);
+    return st;
 }
 
 static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
@@ -220,6 +403,14 @@ static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
     const char *name = c->nb.p ? c->nb.p : "";
     if (is_tensor_like(v))
         return c->tensor_fn(c->user, name, v, c->err);
+    if (v->kind == CKPT_OBJECT && !(v->flags & CKPT__VF_VISITING)) {
+        if (c->leaf_fn && !holds_tensor(v, depth, c->max_nesting))
+            return c->leaf_fn(c->user, name, v, c->err);
+        v->flags |= CKPT__VF_VISITING;
+        ckpt_status st = is_module(v) ? walk_module(c, v, depth) : walk_object(c, v, depth);
+        v->flags &= (uint16_t)~CKPT__VF_VISITING;
+        return st;
+    }
     if (!is_container(v) || (v->flags & CKPT__VF_VISITING))
         return c->leaf_fn ? c->leaf_fn(c->user, name, v, c->err) : CKPT_OK;
     if (c->leaf_fn && !holds_tensor(v, depth, c->max_nesting))
@@ -231,9 +422,10 @@ static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
     size_t n = child_count(v);
     for (size_t i = 0; i < n && st == CKPT_OK; i++) {
         ckpt_value *child = child_at(v, i);
-        /* Without a leaf callback only containers and tensors matter:
-         * skip plain leaves fast. */
-        if (!c->leaf_fn && (!child || (!is_tensor_like(child) && !is_container(child))))
+        /* Without a leaf callback only containers, objects and tensors
+         * matter: skip plain leaves fast. */
+        if (!c->leaf_fn && (!child || (!is_tensor_like(child) && !is_container(child) &&
+                                       child->kind != CKPT_OBJECT)))
             continue;
         bool ok;
         if (is_dict) {

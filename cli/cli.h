@@ -1,0 +1,37 @@
+/*
+ * cli.h - the commands of the ckpt tool that live in their own files.
+ */
+#ifndef CKPT_CLI_H
+#define CKPT_CLI_H
+
+#include <ckpt.h>
+
+#include <stddef.h>
+
+/* ckpt diff A B [--atol X] [--rtol Y] [--json]: argv holds the arguments
+ * after "diff" (argc of them). Returns the exit status: 0 same (within the
+ * tolerance), 1 different, 2 error (a file cannot be read, a bad option). */
+int ckpt_cli_diff(int argc, char **argv);
+
+/* ckpt convert IN OUT [options]: argv holds the arguments after "convert".
+ * Returns 0 written, 2 error. */
+int ckpt_cli_convert(int argc, char **argv);
+
+/* ckpt scan FILE|DIR... [--json] [--allow MODULE.NAME]...: argv holds the
+ * arguments after "scan". Returns 0 all safe, 1 any unsafe, 2 a file
+ * cannot be read (or a bad option). */
+int ckpt_cli_scan(int argc, char **argv);
+
+/* ---- shared helpers (common.c) ---- */
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_BAD 1
+#define CLI_EXIT_ERROR 2
+
+/* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr. */
+void cli_print_error(const char *path, const ckpt_error *err);
+/* Python's str() of a dict key (text as is; 1, None, True, 2.5, (1, 'a'))
+ * into buf, truncated to size; returns the length written. */
+size_t cli_key_text(const ckpt_value *key, char *buf, size_t size);
+
+#endif /* CKPT_CLI_H */
