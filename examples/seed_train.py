@@ -69,7 +69,9 @@ def main():
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "metrics": {"val_loss": val_loss},
-            "versions": {"torch": torch.__version__},
+            # str(): torch.__version__ pickles as TorchVersion, which
+            # torch.load(weights_only=True) refuses from 2.6 on
+            "versions": {"torch": str(torch.__version__)},
         }, os.path.join(out, "last.pth"))
         if val_loss < best:
             best = val_loss
