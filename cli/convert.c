@@ -358,12 +358,34 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
     return result;
 }
 
+/* ---- pickled modules --------------------------------------------------------- */
+
+/* An OrderedDict of the tensors under `key` (all tensors when NULL), named
+ * as the file names them (a module's state_dict() names) without the key. */
+static const ckpt_value *object_state_dict(ckpt_tree *tree, const ckpt_file *f, const char *key)
+{
+    ckpt_value *sd = ckpt_new_ordered_dict(tree);
+    size_t klen = key ? strlen(key) : 0;
+    for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
+        const char *name;
+        ckpt_file_tensor(f, i, &name);
+        if (key) {
+            if (strncmp(name, key, klen) != 0 || name[klen] != '.')
+                continue;
+            name += klen + 1;
+        }
+        if (!ckpt_value_get(sd, name)) /* a tensor listed twice keeps its first name */
+            ckpt_dict_put_str(tree, sd, name, ckpt_file_tensor_value(f, i));
+    }
+    return sd;
+}
+
 /* ---- progress -------------------------------------------------------------- */
 
 static void progress_bar(void *user, uint64_t done, uint64_t total)
 {
     int *last = user;
-    if (total == 0)
+    if (total < ((uint64_t)64 << 20)) /* small files are done before a bar helps */
         return;
     int pct = (int)(done * 100 / total);
     if (pct == *last)
@@ -523,6 +545,15 @@ int ckpt_cli_convert(int argc, char **argv)
             goto done_tree;
         }
     }
+    if (ckpt_value_kind(root) == CKPT_OBJECT && fmt == 1) {
+        /* A pickled object (torch.save(model), read with --permissive)
+         * cannot be written back: write what state_dict() would give. */
+        root = object_state_dict(tree, f, o.key);
+        if (!root) {
+            fprintf(stderr, "ckpt convert: out of memory\n");
+            goto done_tree;
+        }
+    }
     if (key_edits(&o)) {
         ckpt_kind k = ckpt_value_kind(root);
         if (k != CKPT_DICT && k != CKPT_ORDERED_DICT) {
@@ -587,6 +618,9 @@ int ckpt_cli_convert(int argc, char **argv)
     }
     if (st != CKPT_OK) {
         cli_print_error(o.out, &err);
+        if (st == CKPT_ERR_UNSAFE && o.permissive)
+            fprintf(stderr, "ckpt convert: hint: --key PATH to a pickled module writes its state "
+                            "dict; a .safetensors output takes every tensor\n");
         goto done_tree;
     }
     rc = 0;

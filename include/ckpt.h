@@ -407,6 +407,9 @@ CKPT_API const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i,
                                              const char **name);
 /* By name; NULL when absent. */
 CKPT_API const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name);
+/* The value (kind CKPT_TENSOR) holding tensor i, to put it into a tree as it
+ * is (see ckpt_new_view); NULL past the end. */
+CKPT_API const ckpt_value *ckpt_file_tensor_value(const ckpt_file *f, size_t i);
 
 /* Raw records of the file (zip entries; one per tensor for safetensors;
  * one per storage for legacy; one per shard file for a sharded index). */

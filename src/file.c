@@ -411,7 +411,14 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 
 /* ---- the named tensor list --------------------------------------------- */
 
-static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_tensor *t, ckpt_error *err)
+const ckpt_value *ckpt_file_tensor_value(const ckpt_file *f, size_t i)
+{
+    if (!f || i >= f->tensor_count)
+        return NULL;
+    return f->tensors[i].value;
+}
+
+static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v, ckpt_error *err)
 {
     if (f->tensor_count == f->tensor_cap) {
         size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
@@ -428,7 +435,8 @@ static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_tensor *
                                    ? CKPT_ERR_LIMIT : CKPT_ERR_NOMEM,
                           "", CKPT_NO_OFFSET, "no memory for tensor names");
     f->tensors[f->tensor_count].name = name;
-    f->tensors[f->tensor_count].tensor = t;
+    f->tensors[f->tensor_count].tensor = v->u.tensor.t;
+    f->tensors[f->tensor_count].value = v;
     f->tensor_count++;
     return CKPT_OK;
 }
@@ -465,7 +473,7 @@ static ckpt_status collect_one(void *user, const char *name, const ckpt_value *c
     ckpt_value *v = (ckpt_value *)(uintptr_t)cv; /* the file's own tree */
     if (v->kind == CKPT__KIND_STORAGE)
         CKPT_RETURN_IF_ERROR(storage_to_tensor(f, v, err));
-    return add_tensor(f, name, v->u.tensor.t, err);
+    return add_tensor(f, name, v, err);
 }
 
 ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)

@@ -325,6 +325,7 @@ ckpt_status ckpt__zip_check_crc(const ckpt__zip *z, size_t index, const ckpt_lim
 typedef struct ckpt__tensor_ref {
     const char *name;
     ckpt_tensor *tensor;
+    ckpt_value *value;         /* the tree's value holding it */
 } ckpt__tensor_ref;
 
 struct ckpt_file {

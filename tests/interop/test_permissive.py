@@ -122,6 +122,27 @@ def test_convert_rescues_the_weights(tool, models, kind):
     fresh.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in tensors.items()})
 
 
+@pytest.mark.parametrize("kind", ["zip", "legacy", "wrapped"])
+def test_convert_rescues_a_state_dict_torch_loads(tool, models, kind):
+    """To .pth, a pickled module becomes the OrderedDict state_dict() gives,
+    loadable with weights_only=True into a fresh model, strictly."""
+    out = models["dir"] / f"rescued_{kind}.pth"
+    extra = ["--key", "model"] if kind == "wrapped" else []
+    res = tool.run("convert", "--permissive", models[kind], out, *extra)
+    assert res.returncode == 0, res.describe()
+    got = torch.load(out, weights_only=True)
+    sd = models["model"].state_dict()
+    assert list(got) == list(sd)
+    for name, v in sd.items():
+        assert torch.equal(got[name], v), name
+    Net().load_state_dict(got, strict=True)
+    # a module inside a tree that is written whole cannot be: a clear refusal
+    if kind == "wrapped":
+        bad = models["dir"] / "whole.pth"
+        res = tool.run("convert", "--permissive", models[kind], bad)
+        assert res.returncode == 2 and not bad.exists(), res.describe()
+
+
 def test_strict_is_the_default(tool, models):
     for kind in ("zip", "legacy", "wrapped"):
         res = tool.run("inspect", models[kind], "--json")
