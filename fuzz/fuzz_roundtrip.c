@@ -3,10 +3,10 @@
  *
  * An input that opens (ckpt_open_memory, default limits) is saved with
  * ckpt_save_torch and reopened: the saved file must verify (when the
- * original does), and its tensor
- * list must be the original's (names in order, dtypes, layouts, shapes,
- * requires_grad, and the bytes ckpt_tensor_copy gives), and its value tree
- * the same shape with the same plain values. When every tensor is strided,
+ * original does), its tensor list must be the original's (names in order,
+ * dtypes, layouts, shapes, requires_grad, locations, and the bytes
+ * ckpt_tensor_copy gives), and its value tree the same shape with the same
+ * plain values. When every tensor is strided,
  * has data and a safetensors dtype, the root is also saved with
  * ckpt_save_safetensors and every tensor found again by name with the same
  * dtype, shape and bytes. Inputs refused as unsafe are opened permissive
@@ -18,7 +18,8 @@
  * reports it. Inputs whose storages (torch) or tensors (safetensors) hold
  * more than SAVE_MAX bytes are not saved: a stride-0 view may describe
  * terabytes. Files go to a directory of this process under $TMPDIR (else
- * /dev/shm, else /tmp), written with CKPT_SAVE_NO_FSYNC and removed at exit.
+ * /dev/shm, else /tmp), written with CKPT_SAVE_NO_FSYNC and removed after
+ * each input (the directory at exit).
  */
 #include <ckpt.h>
 
@@ -334,8 +335,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const ckpt_tensor *t = ckpt_file_tensor(f, i, NULL);
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(t, &ti);
-        storage_bytes += ti.storage_nbytes;
-        tensor_bytes += ti.nbytes;
+        if (__builtin_add_overflow(storage_bytes, ti.storage_nbytes, &storage_bytes))
+            storage_bytes = UINT64_MAX;
+        if (__builtin_add_overflow(tensor_bytes, ti.nbytes, &tensor_bytes))
+            tensor_bytes = UINT64_MAX;
         if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage ||
             ckpt_dtype_safetensors_name(ti.dtype) == NULL)
             safetensors_ok = false;
@@ -353,5 +356,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (safetensors_ok && tensor_bytes <= SAVE_MAX)
         roundtrip_safetensors(f, verified);
     ckpt_close(f);
+    /* nothing left behind when a process ends without exit handlers */
+    unlink(torch_path);
+    unlink(st_path);
     return 0;
 }
