@@ -30,8 +30,7 @@ int ckpt_cli_scan(int argc, char **argv);
 
 /* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr. */
 void cli_print_error(const char *path, const ckpt_error *err);
-/* Python's str() of a dict key (text as is; 1, None, True, 2.5, (1, 'a'))
- * into buf, truncated to size; returns the length written. */
-size_t cli_key_text(const ckpt_value *key, char *buf, size_t size);
+/* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
+char *cli_repr(const ckpt_value *v);
 
 #endif /* CKPT_CLI_H */

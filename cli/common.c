@@ -5,7 +5,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 void cli_print_error(const char *path, const ckpt_error *err)
 {
@@ -14,7 +13,11 @@ void cli_print_error(const char *path, const ckpt_error *err)
     fprintf(stderr, "ckpt: %s: %s\n", path, buf);
 }
 
-size_t cli_key_text(const ckpt_value *key, char *buf, size_t size)
+char *cli_repr(const ckpt_value *v)
 {
-    return ckpt_value_key_text(key, buf, size);
+    size_t n = ckpt_value_repr(v, NULL, 0);
+    char *s = malloc(n + 1);
+    if (s)
+        ckpt_value_repr(v, s, n + 1);
+    return s;
 }

@@ -107,7 +107,7 @@ static const ckpt_value *find_path(const ckpt_value *v, const char *path)
             size_t best_len = 0;
             for (size_t i = 0; i < ckpt_value_len(v); i++) {
                 char text[512];
-                size_t len = cli_key_text(ckpt_value_key(v, i), text, sizeof(text));
+                size_t len = ckpt_value_key_text(ckpt_value_key(v, i), text, sizeof(text));
                 if (len > rest || len < best_len || (len == best_len && best))
                     continue;
                 if (memcmp(text, path, len) == 0 && (path[len] == 0 || path[len] == '.')) {
@@ -255,7 +255,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
     for (size_t i = 0; i < ckpt_value_len(root); i++) {
         const ckpt_value *key = ckpt_value_key(root, i);
         char text[1024];
-        cli_key_text(key, text, sizeof(text));
+        ckpt_value_key_text(key, text, sizeof(text));
         if (!keep_key(o, text)) {
             (*dropped)++;
             continue;

@@ -15,10 +15,11 @@
  * (sparse tensors are compared through their dense copy).
  *
  * Plain values (everything but tensors) are compared leaf by leaf, by path
- * (named like tensors), by their Python text: 1 and 1.0 differ, NaN equals
- * NaN. A safetensors file holds no plain values, only __metadata__ text: two
- * safetensors files compare their metadata ("__metadata__.KEY"); a
- * safetensors file against another format compares tensors only.
+ * (named like tensors), by their Python repr (ckpt_value_repr): 1 and 1.0
+ * differ, NaN equals NaN. A safetensors file holds no plain values, only
+ * __metadata__ text: two safetensors files compare their metadata
+ * ("__metadata__.KEY"); a safetensors file against another format compares
+ * tensors only.
  */
 #include "cli.h"
 
@@ -26,7 +27,6 @@
 
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,259 +50,28 @@ typedef struct vec {
     size_t len, cap, esize;
 } vec;
 
-/* A zeroed new element at the end; NULL when out of memory. */
-static void *vec_push(vec *v)
+/* Room for more elements; false when out of memory. */
+static bool vec_reserve(vec *v, size_t more)
 {
-    if (v->len == v->cap) {
+    while (v->cap - v->len < more) {
         size_t cap = v->cap ? v->cap * 2 : 16;
-        void *p = realloc(v->p, cap * v->esize);
+        void *p = cap <= SIZE_MAX / 2 / v->esize ? realloc(v->p, cap * v->esize) : NULL;
         if (!p)
-            return NULL;
+            return false;
         v->p = p;
         v->cap = cap;
     }
+    return true;
+}
+
+/* A zeroed new element at the end; NULL when out of memory. */
+static void *vec_push(vec *v)
+{
+    if (!vec_reserve(v, 1))
+        return NULL;
     void *e = (char *)v->p + v->len++ * v->esize;
     memset(e, 0, v->esize);
     return e;
-}
-
-typedef struct text {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} text;
-
-static void t_put(text *t, const char *s, size_t n)
-{
-    if (t->failed)
-        return;
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 64;
-        while (cap < t->len + n + 1)
-            cap *= 2;
-        char *p = realloc(t->p, cap);
-        if (!p) {
-            t->failed = true;
-            return;
-        }
-        t->p = p;
-        t->cap = cap;
-    }
-    memcpy(t->p + t->len, s, n);
-    t->len += n;
-    t->p[t->len] = 0;
-}
-
-static void t_str(text *t, const char *s) { t_put(t, s, strlen(s)); }
-
-static void t_fmt(text *t, const char *fmt, ...)
-{
-    char buf[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        t_put(t, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
-}
-
-/* ---- Python's text of plain values ---------------------------------------- */
-
-/* repr(float): the shortest digits that read back as d. */
-static void t_float(text *t, double d)
-{
-    if (isnan(d)) {
-        t_str(t, "nan");
-        return;
-    }
-    if (isinf(d)) {
-        t_str(t, d > 0 ? "inf" : "-inf");
-        return;
-    }
-    char e[48];
-    for (int prec = 0; prec <= 17; prec++) {
-        snprintf(e, sizeof(e), "%.*e", prec, d);
-        if (strtod(e, NULL) == d)
-            break;
-    }
-    const char *q = e;
-    if (*q == '-') {
-        t_str(t, "-");
-        q++;
-    }
-    char digits[24];
-    size_t nd = 0;
-    for (; *q && *q != 'e'; q++) {
-        if (*q >= '0' && *q <= '9' && nd < sizeof(digits) - 1)
-            digits[nd++] = *q;
-    }
-    int exp = *q == 'e' ? atoi(q + 1) : 0;
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    if (exp < -4 || exp >= 16) {
-        t_put(t, digits, 1);
-        if (nd > 1) {
-            t_str(t, ".");
-            t_put(t, digits + 1, nd - 1);
-        }
-        t_fmt(t, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
-    } else if (exp < 0) {
-        t_str(t, "0.");
-        for (int i = 0; i < -exp - 1; i++)
-            t_str(t, "0");
-        t_put(t, digits, nd);
-    } else {
-        size_t ip = (size_t)exp + 1;
-        t_put(t, digits, nd < ip ? nd : ip);
-        for (size_t i = nd; i < ip; i++)
-            t_str(t, "0");
-        t_str(t, ".");
-        if (nd > ip)
-            t_put(t, digits + ip, nd - ip);
-        else
-            t_str(t, "0");
-    }
-}
-
-/* Decimal text of a little-endian two's complement integer. */
-static void t_bigint(text *t, const unsigned char *p, size_t n)
-{
-    unsigned char *mag = malloc(n + 1);
-    char *dec = malloc(n * 3 + 2);
-    if (!mag || !dec) {
-        free(mag);
-        free(dec);
-        t->failed = true;
-        return;
-    }
-    bool neg = n && (p[n - 1] & 0x80);
-    unsigned carry = 1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = neg ? (unsigned)(unsigned char)~p[i] + carry : p[i];
-        mag[i] = (unsigned char)v;
-        carry = neg ? v >> 8 : 0;
-    }
-    size_t len = 0, top = n;
-    do {
-        while (top && mag[top - 1] == 0)
-            top--;
-        unsigned rem = 0;
-        for (size_t i = top; i-- > 0;) {
-            unsigned cur = (rem << 8) | mag[i];
-            mag[i] = (unsigned char)(cur / 10);
-            rem = cur % 10;
-        }
-        dec[len++] = (char)('0' + rem);
-        while (top && mag[top - 1] == 0)
-            top--;
-    } while (top);
-    if (neg)
-        t_str(t, "-");
-    while (len)
-        t_put(t, &dec[--len], 1);
-    free(mag);
-    free(dec);
-}
-
-/* Python's repr of text or bytes: quotes, backslash escapes. */
-static void t_quoted(text *t, const char *s, size_t n, bool bytes)
-{
-    t_str(t, bytes ? "b'" : "'");
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\'' || c == '\\')
-            t_fmt(t, "\\%c", c);
-        else if (c == '\n')
-            t_str(t, "\\n");
-        else if (c == '\r')
-            t_str(t, "\\r");
-        else if (c == '\t')
-            t_str(t, "\\t");
-        else if (c < 0x20 || c == 0x7f || (bytes && c >= 0x80))
-            t_fmt(t, "\\x%02x", c);
-        else
-            t_put(t, (const char *)&c, 1);
-    }
-    t_str(t, "'");
-}
-
-static void t_value(text *t, const ckpt_value *v, int depth)
-{
-    size_t len;
-    const char *s;
-    switch (ckpt_value_kind(v)) {
-    case CKPT_NONE: t_str(t, "None"); break;
-    case CKPT_BOOLEAN: t_str(t, ckpt_value_bool(v) ? "True" : "False"); break;
-    case CKPT_INT: t_fmt(t, "%lld", (long long)ckpt_value_int(v)); break;
-    case CKPT_BIGINT:
-        s = ckpt_value_str(v, &len);
-        t_bigint(t, (const unsigned char *)s, len);
-        break;
-    case CKPT_FLOAT: t_float(t, ckpt_value_float(v)); break;
-    case CKPT_COMPLEX: {
-        double re, im;
-        ckpt_value_complex(v, &re, &im);
-        t_str(t, "(");
-        t_float(t, re);
-        if (!signbit(im) || isnan(im))
-            t_str(t, "+");
-        t_float(t, im);
-        t_str(t, "j)");
-        break;
-    }
-    case CKPT_STR:
-        s = ckpt_value_str(v, &len);
-        t_quoted(t, s, len, false);
-        break;
-    case CKPT_BYTES:
-        s = ckpt_value_str(v, &len);
-        t_quoted(t, s, len, true);
-        break;
-    case CKPT_DEVICE: t_fmt(t, "device('%s')", ckpt_value_str(v, NULL)); break;
-    case CKPT_DTYPE: t_fmt(t, "torch.%s", ckpt_dtype_name(ckpt_value_dtype(v))); break;
-    case CKPT_GLOBAL: t_str(t, ckpt_value_str(v, NULL)); break;
-    case CKPT_SIZE:
-        t_str(t, "torch.Size([");
-        for (size_t i = 0; i < ckpt_value_len(v); i++)
-            t_fmt(t, "%s%lld", i ? ", " : "", (long long)ckpt_value_int(ckpt_value_item(v, i)));
-        t_str(t, "])");
-        break;
-    case CKPT_TUPLE:
-        /* tuples as keys: (1, 'a') */
-        if (depth > 4) {
-            t_str(t, "(...)");
-            break;
-        }
-        t_str(t, "(");
-        for (size_t i = 0; i < ckpt_value_len(v); i++) {
-            if (i)
-                t_str(t, ", ");
-            t_value(t, ckpt_value_item(v, i), depth + 1);
-        }
-        t_str(t, ckpt_value_len(v) == 1 ? ",)" : ")");
-        break;
-    case CKPT_LIST: t_str(t, ckpt_value_len(v) ? "[...]" : "[]"); break;
-    case CKPT_SET: t_str(t, ckpt_value_len(v) ? "{...}" : "set()"); break;
-    case CKPT_DICT: t_str(t, ckpt_value_len(v) ? "{...}" : "{}"); break;
-    case CKPT_ORDERED_DICT: t_str(t, ckpt_value_len(v) ? "OrderedDict(...)" : "OrderedDict()"); break;
-    case CKPT_TENSOR: t_str(t, "tensor"); break;
-    case CKPT_OBJECT: t_fmt(t, "<%s object>", ckpt_value_str(v, NULL)); break;
-    }
-}
-
-/* A dict key in a path, as tensor names show it: text as is, others as
- * Python's str(). */
-static void t_key(text *t, const ckpt_value *k)
-{
-    size_t len;
-    const char *s;
-    if (ckpt_value_kind(k) == CKPT_STR) {
-        s = ckpt_value_str(k, &len);
-        t_put(t, s, len);
-        return;
-    }
-    char buf[256];
-    t_put(t, buf, cli_key_text(k, buf, sizeof(buf)));
 }
 
 /* ---- plain values: leaves by path ------------------------------------------ */
@@ -316,7 +85,7 @@ typedef struct leaf {
 
 typedef struct plain_walk {
     vec leaves;                 /* of leaf */
-    text path;
+    vec path;                   /* of char: the current path, NUL-terminated */
     const ckpt_value *stack[PLAIN_MAX_DEPTH];
     uint64_t visits_left;
     bool failed;                /* out of memory */
@@ -341,10 +110,40 @@ static void add_leaf(plain_walk *w, const char *s)
         return;
     }
     l->order = w->leaves.len - 1;
-    l->path = dup_text(w->path.p ? w->path.p : "", w->path.len);
+    l->path = dup_text(w->path.len ? w->path.p : "", w->path.len);
     l->text = dup_text(s, strlen(s));
     if (!l->path || !l->text)
         w->failed = true;
+}
+
+/* Appends to the path; false when out of memory. */
+static bool path_put(plain_walk *w, const char *s, size_t n)
+{
+    if (!vec_reserve(&w->path, n + 1))
+        return false;
+    char *p = w->path.p;
+    memcpy(p + w->path.len, s, n);
+    w->path.len += n;
+    p[w->path.len] = 0;
+    return true;
+}
+
+/* The path of item i of v: "KEY" or "I" after a '.'. Dict keys show as
+ * tensor names show them. */
+static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict)
+{
+    if (w->path.len && !path_put(w, ".", 1))
+        return false;
+    char buf[256];
+    size_t len;
+    const ckpt_value *key = is_dict ? ckpt_value_key(v, i) : NULL;
+    const char *s = ckpt_value_str(key, &len);
+    if (!key || ckpt_value_kind(key) != CKPT_STR) {
+        s = buf;
+        len = key ? ckpt_value_key_text(key, buf, sizeof(buf))
+                  : (size_t)snprintf(buf, sizeof(buf), "%zu", i);
+    }
+    return path_put(w, s, len);
 }
 
 static bool is_container(ckpt_kind k)
@@ -365,13 +164,12 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
     if (k == CKPT_TENSOR)
         return;
     if (!is_container(k) || ckpt_value_len(v) == 0) {
-        text t = {0};
-        t_value(&t, v, 0);
-        if (t.failed)
-            w->failed = true;
+        char *t = cli_repr(v);
+        if (t)
+            add_leaf(w, t);
         else
-            add_leaf(w, t.p ? t.p : "");
-        free(t.p);
+            w->failed = true;
+        free(t);
         return;
     }
     for (int i = 0; i < depth; i++) {
@@ -388,20 +186,14 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
     bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
     size_t saved = w->path.len;
     for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
-        if (saved)
-            t_str(&w->path, ".");
-        if (is_dict)
-            t_key(&w->path, ckpt_value_key(v, i));
-        else
-            t_fmt(&w->path, "%zu", i);
-        if (w->path.failed) {
+        if (!path_push(w, v, i, is_dict)) {
             w->failed = true;
             break;
         }
         plain_walk_value(w, is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i),
                          depth + 1);
         w->path.len = saved;
-        w->path.p[saved] = 0;
+        ((char *)w->path.p)[saved] = 0;
     }
 }
 
@@ -805,12 +597,13 @@ static bool collect_plain(ckpt_file *f, const char *path, plain_walk *w)
 {
     memset(w, 0, sizeof(*w));
     w->leaves.esize = sizeof(leaf);
+    w->path.esize = 1;
     w->visits_left = PLAIN_MAX_VISITS;
     ckpt_file_info fi;
     ckpt_file_get_info(f, &fi);
     if (fi.format == CKPT_FORMAT_SAFETENSORS) {
         if (fi.metadata) {
-            t_str(&w->path, "__metadata__");
+            w->failed = !path_put(w, "__metadata__", 12);
             plain_walk_value(w, fi.metadata, 0);
         }
     } else {
@@ -874,14 +667,14 @@ static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
 
 /* ---- output ----------------------------------------------------------------- */
 
-static void shape_text(text *t, const ckpt_tensor *x)
+static void print_shape(const ckpt_tensor *x)
 {
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(x, &ti);
-    t_str(t, "[");
+    putchar('[');
     for (uint32_t i = 0; i < ti.ndim; i++)
-        t_fmt(t, "%s%lld", i ? ", " : "", (long long)ti.shape[i]);
-    t_str(t, "]");
+        printf("%s%lld", i ? ", " : "", (long long)ti.shape[i]);
+    putchar(']');
 }
 
 static const char *dtype_of(const ckpt_tensor *x)
@@ -910,12 +703,11 @@ static void print_human(const diff_result *r)
         printf("dtype: %s  %s -> %s\n", pairs[i].name, dtype_of(pairs[i].a), dtype_of(pairs[i].b));
     pairs = r->shape.p;
     for (size_t i = 0; i < r->shape.len; i++) {
-        text sa = {0}, sb = {0};
-        shape_text(&sa, pairs[i].a);
-        shape_text(&sb, pairs[i].b);
-        printf("shape: %s  %s -> %s\n", pairs[i].name, sa.p ? sa.p : "?", sb.p ? sb.p : "?");
-        free(sa.p);
-        free(sb.p);
+        printf("shape: %s  ", pairs[i].name);
+        print_shape(pairs[i].a);
+        printf(" -> ");
+        print_shape(pairs[i].b);
+        putchar('\n');
     }
     const value_diff *vals = r->values.p;
     for (size_t i = 0; i < r->values.len; i++) {
@@ -929,34 +721,32 @@ static void print_human(const diff_result *r)
     for (size_t i = 0; i < r->plain.len; i++)
         printf("value: %s  %s -> %s\n", pd[i].path[0] ? pd[i].path : "(root)",
                pd[i].a ? pd[i].a : "(absent)", pd[i].b ? pd[i].b : "(absent)");
-    text sum = {0};
     if (is_same(r)) {
-        t_fmt(&sum, "same: %zu tensors", r->tensors_compared);
+        printf("same: %zu tensors", r->tensors_compared);
         if (!r->plain_skipped)
-            t_fmt(&sum, ", %zu plain values", r->plain_compared);
+            printf(", %zu plain values", r->plain_compared);
     } else {
         const struct { size_t n; const char *what; } parts[] = {
             {r->only_a.len, "only in A"}, {r->only_b.len, "only in B"},
             {r->dtype.len, "dtype"},      {r->shape.len, "shape"},
             {r->values.len, "values"},    {r->plain.len, "plain values"},
         };
-        t_str(&sum, "different:");
+        printf("different:");
         bool first = true;
         for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
             if (!parts[i].n)
                 continue;
-            t_fmt(&sum, "%s %zu %s", first ? "" : ",", parts[i].n, parts[i].what);
+            printf("%s %zu %s", first ? "" : ",", parts[i].n, parts[i].what);
             first = false;
         }
-        t_fmt(&sum, " (%zu tensors in both", r->tensors_compared);
+        printf(" (%zu tensors in both", r->tensors_compared);
         if (!r->plain_skipped)
-            t_fmt(&sum, ", %zu plain values", r->plain_compared);
-        t_str(&sum, ")");
+            printf(", %zu plain values", r->plain_compared);
+        putchar(')');
     }
     if (r->plain_skipped)
-        t_str(&sum, "; plain values not compared: one file is safetensors");
-    printf("%s\n", sum.p ? sum.p : "");
-    free(sum.p);
+        printf("; plain values not compared: one file is safetensors");
+    putchar('\n');
 }
 
 /* A JSON string; text that is not UTF-8 gets its high bytes as \xNN. */
@@ -965,15 +755,19 @@ static json_t *jstr(const char *s)
     json_t *j = json_string(s);
     if (j)
         return j;
-    text t = {0};
+    char *t = malloc(strlen(s) * 4 + 1);
+    if (!t)
+        return json_string("");
+    size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p >= 0x80)
-            t_fmt(&t, "\\x%02x", *p);
+            n += (size_t)sprintf(t + n, "\\x%02x", *p);
         else
-            t_put(&t, (const char *)p, 1);
+            t[n++] = (char)*p;
     }
-    j = json_string(t.p ? t.p : "");
-    free(t.p);
+    t[n] = 0;
+    j = json_string(t);
+    free(t);
     return j;
 }
 

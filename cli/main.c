@@ -16,13 +16,6 @@
 
 static const char *PROG = "ckpt";
 
-static void print_error(const char *path, const ckpt_error *err)
-{
-    char buf[768];
-    ckpt_error_format(err, buf, sizeof(buf));
-    fprintf(stderr, "%s: %s: %s\n", PROG, path, buf);
-}
-
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -73,55 +66,6 @@ static void human_bytes(uint64_t b, char *buf, size_t size)
         snprintf(buf, size, "%llu B", (unsigned long long)b);
     else
         snprintf(buf, size, "%.1f %s", v, units[u]);
-}
-
-/* Decimal text of a little-endian two's complement integer. */
-static char *bigint_text(const unsigned char *p, size_t n)
-{
-    bool neg = n && (p[n - 1] & 0x80);
-    unsigned char *mag = malloc(n ? n : 1);
-    char *out = malloc(n * 3 + 3);
-    if (!mag || !out) {
-        free(mag);
-        free(out);
-        return NULL;
-    }
-    unsigned carry = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (neg) {
-            unsigned v = (unsigned)(unsigned char)~p[i] + carry;
-            mag[i] = (unsigned char)v;
-            carry = v >> 8;
-        } else {
-            mag[i] = p[i];
-        }
-    }
-    size_t len = 0, top = n;
-    while (top && mag[top - 1] == 0)
-        top--;
-    if (!top)
-        out[len++] = '0';
-    while (top) {
-        unsigned rem = 0;
-        for (size_t i = top; i-- > 0;) {
-            unsigned cur = (rem << 8) | mag[i];
-            mag[i] = (unsigned char)(cur / 10);
-            rem = cur % 10;
-        }
-        out[len++] = (char)('0' + rem);
-        while (top && mag[top - 1] == 0)
-            top--;
-    }
-    if (neg)
-        out[len++] = '-';
-    for (size_t i = 0; i < len / 2; i++) {
-        char c = out[i];
-        out[i] = out[len - 1 - i];
-        out[len - 1 - i] = c;
-    }
-    out[len] = 0;
-    free(mag);
-    return out;
 }
 
 static char *hex_text(const unsigned char *p, size_t n)
@@ -232,8 +176,7 @@ static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth)
     case CKPT_BOOLEAN: return json_boolean(ckpt_value_bool(v));
     case CKPT_INT: return json_integer(ckpt_value_int(v));
     case CKPT_BIGINT: {
-        s = ckpt_value_str(v, &len);
-        char *t = bigint_text((const unsigned char *)s, len);
+        char *t = cli_repr(v);
         json_t *r = tagged("$int", json_string(t ? t : "?"));
         free(t);
         return r;
@@ -430,65 +373,39 @@ typedef struct tree_ctx {
     const ckpt_value *path[TREE_MAX_DEPTH];
 } tree_ctx;
 
-/* Shortest text that reads back as the same double, as Python's repr. */
-static void print_double(double d)
+/* Text longer than this shows its start and its size. */
+#define TREE_MAX_TEXT 200
+
+static void print_repr(const ckpt_value *v)
 {
-    char buf[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, sizeof(buf), "%.*g", prec, d);
-        if (strtod(buf, NULL) == d || prec == 17)
-            break;
-    }
-    if (!strpbrk(buf, ".eEn") && isfinite(d))
-        strcat(buf, ".0");
-    fputs(buf, stdout);
+    char *t = cli_repr(v);
+    fputs(t ? t : "?", stdout);
+    free(t);
+}
+
+/* A long text: the start of its repr, cut before a UTF-8 sequence. */
+static void print_text_start(const ckpt_value *v, size_t len)
+{
+    char buf[TREE_MAX_TEXT + 64];
+    ckpt_value_repr(v, buf, sizeof(buf));
+    size_t k = TREE_MAX_TEXT + 1;
+    while (k > 1 && ((unsigned char)buf[k] & 0xc0) == 0x80)
+        k--;
+    printf("%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
 }
 
 static void print_scalar(const ckpt_value *v)
 {
     size_t len;
-    const char *s;
     switch (ckpt_value_kind(v)) {
-    case CKPT_NONE: printf("None"); break;
-    case CKPT_BOOLEAN: printf(ckpt_value_bool(v) ? "True" : "False"); break;
-    case CKPT_INT: printf("%lld", (long long)ckpt_value_int(v)); break;
-    case CKPT_BIGINT: {
-        s = ckpt_value_str(v, &len);
-        char *t = bigint_text((const unsigned char *)s, len);
-        printf("%s", t ? t : "?");
-        free(t);
-        break;
-    }
-    case CKPT_FLOAT: print_double(ckpt_value_float(v)); break;
-    case CKPT_COMPLEX: {
-        double re, im;
-        ckpt_value_complex(v, &re, &im);
-        putchar('(');
-        print_double(re);
-        if (!signbit(im))
-            putchar('+');
-        print_double(im);
-        printf("j)");
-        break;
-    }
     case CKPT_STR:
-        s = ckpt_value_str(v, &len);
-        if (len > 200)
-            printf("'%.200s...' (%zu bytes)", s, len);
+        if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT)
+            print_text_start(v, len);
         else
-            printf("'%s'", s);
+            print_repr(v);
         break;
     case CKPT_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
-    case CKPT_DEVICE: printf("device('%s')", ckpt_value_str(v, NULL)); break;
-    case CKPT_DTYPE: printf("torch.%s", ckpt_dtype_name(ckpt_value_dtype(v))); break;
-    case CKPT_GLOBAL: printf("%s", ckpt_value_str(v, NULL)); break;
     case CKPT_OBJECT: printf("%s object (inert)", ckpt_value_str(v, NULL)); break;
-    case CKPT_SIZE:
-        printf("torch.Size([");
-        for (size_t i = 0; i < ckpt_value_len(v); i++)
-            printf("%s%lld", i ? ", " : "", (long long)ckpt_value_int(ckpt_value_item(v, i)));
-        printf("])");
-        break;
     case CKPT_TENSOR: {
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
@@ -501,7 +418,7 @@ static void print_scalar(const ckpt_value *v)
             printf(" on %s", ti.location);
         break;
     }
-    default: break;
+    default: print_repr(v); break;
     }
 }
 
@@ -551,13 +468,12 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     for (size_t i = 0; i < shown; i++) {
         printf("%*s", (depth + 1) * 2, "");
         if (is_dict) {
+            /* as tensor names show keys */
             const ckpt_value *key = ckpt_value_key(v, i);
-            if (ckpt_value_kind(key) == CKPT_STR)
-                printf("%s: ", ckpt_value_str(key, NULL));
-            else {
-                print_scalar(key);
-                printf(": ");
-            }
+            char text[256];
+            if (ckpt_value_kind(key) != CKPT_STR)
+                ckpt_value_key_text(key, text, sizeof(text));
+            printf("%s: ", ckpt_value_kind(key) == CKPT_STR ? ckpt_value_str(key, NULL) : text);
             print_tree(c, ckpt_value_dict_value(v, i), depth + 1);
         } else {
             printf("[%zu] ", i);
@@ -693,7 +609,7 @@ static int cmd_inspect(int argc, char **argv)
     if (permissive)
         oo.flags |= CKPT_OPEN_PERMISSIVE;
     if (ckpt_open(path, &oo, &f, &err) != CKPT_OK) {
-        print_error(path, &err);
+        cli_print_error(path, &err);
         return EXIT_ERROR;
     }
     int rc = json ? inspect_json(path, f) : inspect_human(path, f, full);
@@ -728,7 +644,7 @@ static int verify_one(const char *path, bool quiet)
     }
     if (st == CKPT_OK)
         return 0;
-    print_error(path, &err);
+    cli_print_error(path, &err);
     switch (st) {
     case CKPT_ERR_FORMAT:
     case CKPT_ERR_CORRUPT:

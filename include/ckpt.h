@@ -106,6 +106,8 @@ typedef struct ckpt_limits {
     uint64_t max_inflated_bytes;   /* one deflated record, inflated (default 4 GiB) */
     uint64_t max_inflate_ratio;    /* inflated / compressed size (default 1,000) */
     uint64_t max_header_bytes;     /* safetensors JSON header (default 100,000,000) */
+    uint64_t max_total_inflated_bytes; /* deflated records of one file held inflated
+                                          at once (default 4 GiB) */
 } ckpt_limits;
 
 /* Fills *limits with the safe defaults above. */
@@ -226,6 +228,20 @@ CKPT_API const ckpt_value *ckpt_value_dict_value(const ckpt_value *v, size_t i);
  * Python's str() (1, None, True, 2.5, (1, 'a')). Writes at most size bytes
  * with the NUL; returns the length written. */
 CKPT_API size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size);
+/*
+ * Python's repr() of a value: None, True, 12, 1e+16, nan, (1+2j), 'a\n',
+ * "it's" (Python's quotes and escapes), b'\x00', [1, 2], (1,), {'a': 1},
+ * set(), OrderedDict([('a', 1)]), torch.Size([2, 3]),
+ * device(type='cuda', index=0), torch.float32. Where Python has no such
+ * text: a global as "module.name", an inert object as "<module.name
+ * object>", a tensor as "tensor(dtype=float32, shape=[2, 3])", an int of
+ * more than 4,300 digits (where Python's str() refuses) in hex, as hex()
+ * shows it. A container inside itself, or nested more than 100 deep, shows
+ * as [...] ({...}, (...)); text past 64 MiB is cut with "...".
+ * Like snprintf: writes at most size bytes with the NUL (buf may be NULL
+ * when size is 0) and returns the length of the whole text. NULL is None.
+ */
+CKPT_API size_t ckpt_value_repr(const ckpt_value *v, char *buf, size_t size);
 /* Dict lookup by a text key; NULL when absent. */
 CKPT_API const ckpt_value *ckpt_value_get(const ckpt_value *v, const char *key);
 /* State an object was built with: an ORDERED_DICT's attributes (a dict with

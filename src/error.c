@@ -105,6 +105,7 @@ void ckpt_limits_default(ckpt_limits *limits)
     limits->max_inflated_bytes = 4ull << 30;
     limits->max_inflate_ratio = 1000;
     limits->max_header_bytes = 100000000;
+    limits->max_total_inflated_bytes = 4ull << 30;
 }
 
 void ckpt_open_options_default(ckpt_open_options *opts)
@@ -122,4 +123,17 @@ void ckpt_save_options_default(ckpt_save_options *opts)
         return;
     memset(opts, 0, sizeof(*opts));
     opts->struct_size = sizeof(*opts);
+}
+
+void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src)
+{
+    /* A caller built against an older header sets fewer limits: the fields
+     * it does not know keep their defaults. struct_size 0: all defaults. */
+    size_t n = src ? src->struct_size : 0;
+    if (n > sizeof(ckpt_limits))
+        n = sizeof(ckpt_limits);
+    if (n == 0)
+        return;
+    memcpy(dst, src, n);
+    dst->struct_size = sizeof(ckpt_limits);
 }

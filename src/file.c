@@ -103,8 +103,7 @@ static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt
     ckpt_open_options_default(&f->opts);
     if (opts) {
         f->opts.flags = opts->flags;
-        if (opts->limits.struct_size != 0)
-            f->opts.limits = opts->limits;
+        ckpt__limits_apply(&f->opts.limits, &opts->limits);
     }
     f->pickle_protocol = -1;
     ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
@@ -337,8 +336,20 @@ ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *er
     const uint8_t *src = NULL;
     uint8_t *owned = NULL;
     if (s->record_index >= 0) {
+        const ckpt__zip_entry *e = &f->zip.entries[s->record_index];
+        uint64_t total;
+        if (e->method != 0 &&
+            (!ckpt__add_u64(f->inflated_total, e->size, &total) ||
+             total > f->opts.limits.max_total_inflated_bytes))
+            return ckpt__fail(err, CKPT_ERR_LIMIT, s->record, CKPT_NO_OFFSET,
+                              "inflating this record would hold %llu bytes of deflated records "
+                              "at once (limit max_total_inflated_bytes %llu)",
+                              (unsigned long long)(f->inflated_total + e->size),
+                              (unsigned long long)f->opts.limits.max_total_inflated_bytes);
         CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)s->record_index, &f->opts.limits,
                                             &src, &owned, err));
+        if (owned)
+            f->inflated_total += e->size;
     } else if (s->file_offset != CKPT_NO_OFFSET) {
         uint64_t end;
         if (!ckpt__add_u64(s->file_offset, s->nbytes, &end) || end > f->map_size)
@@ -381,8 +392,19 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
     if (!f)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     if (f->has_zip) {
-        for (size_t i = 0; i < f->zip.count; i++)
+        for (size_t i = 0; i < f->zip.count; i++) {
+            /* checking a deflated record inflates it (for a while) */
+            const ckpt__zip_entry *e = &f->zip.entries[i];
+            uint64_t total;
+            if (e->method != 0 && (!ckpt__add_u64(f->inflated_total, e->size, &total) ||
+                                   total > f->opts.limits.max_total_inflated_bytes))
+                return ckpt__fail(err, CKPT_ERR_LIMIT, e->name, CKPT_NO_OFFSET,
+                                  "checking this record would hold %llu inflated bytes "
+                                  "(limit max_total_inflated_bytes %llu)",
+                                  (unsigned long long)(f->inflated_total + e->size),
+                                  (unsigned long long)f->opts.limits.max_total_inflated_bytes);
             CKPT_RETURN_IF_ERROR(ckpt__zip_check_crc(&f->zip, i, &f->opts.limits, err));
+        }
     }
     for (size_t i = 0; i < f->shard_count; i++) {
         ckpt_status st = ckpt_file_verify(f->shards[i], err);

@@ -25,6 +25,9 @@
 /* Fills err (may be NULL) and returns status. offset is inside record. */
 ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
                        uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/* Copies the limits a caller set (src->struct_size bytes of them) over the
+ * defaults in dst. */
+void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);
 /* Sets err->file_offset = base + err->offset when both are known. */
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
 /* Makes err->record "prefix: record" (e.g. the shard file of a sharded index). */
@@ -339,6 +342,7 @@ struct ckpt_file {
 
     ckpt__zip zip;
     bool has_zip;
+    uint64_t inflated_total;      /* bytes of inflated records held */
 
     ckpt__storage **storages;
     size_t storage_count, storage_cap;
@@ -419,11 +423,33 @@ ckpt_status ckpt__walk_named(const ckpt_value *root, uint64_t max_nesting, ckpt_
 ckpt_status ckpt__walk_named_ex(const ckpt_value *root, uint64_t max_nesting,
                                 uint64_t max_visits, ckpt__walk_fn tensor_fn,
                                 ckpt__walk_fn leaf_fn, void *user, ckpt_error *err);
-/* Python's str() of a plain dict key (text as is, 1, None, (1, 'a')) into
- * buf, truncated at cap; returns the length. */
+
+/* ---- Python's text of values (repr.c) --------------------------------- */
+
+/* Like snprintf, these write what fits into buf (cap bytes with the NUL;
+ * buf may be NULL when cap is 0) and return the length of the whole text. */
+
+/* Python's str() of a dict key, as tensor names show it: text as is,
+ * devices as "cuda:0", globals as "module.name", other keys as their repr
+ * (1, None, 2.5, (1, 'a')). */
 size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap);
-/* Shortest text that reads back as the same double, like Python's repr. */
-void ckpt__float_repr(double d, char *buf, size_t cap);
+
+#define CKPT__FLOAT_NO_DOT0 0x1u  /* "1", not "1.0": a part of a complex */
+#define CKPT__FLOAT_SIGN 0x2u     /* "+" before a number without "-" */
+/* Python's repr of a double: the fewest digits that read back as d, fixed
+ * notation for exponents -4..15 ("100.0", "0.0001"), else "1e+16";
+ * "nan", "inf", "-inf". */
+size_t ckpt__float_repr(double d, unsigned flags, char *buf, size_t cap);
+
+/* Decimal text of an int held as n bytes of little-endian two's complement
+ * (CKPT_BIGINT), malloc'd and NUL-terminated; *len (may be NULL) gets its
+ * length. NULL when out of memory. Quadratic in n. */
+char *ckpt__bigint_decimal(const uint8_t *p, size_t n, size_t *len);
+
+/* Decodes one UTF-8 code point at s[0..n), n >= 1; *used gets its length.
+ * Surrogates (which Python writes with 'surrogatepass') decode as
+ * themselves; any other invalid sequence gives -1 with *used = 1. */
+long ckpt__utf8_next(const unsigned char *s, size_t n, size_t *used);
 
 /* ---- crash-safe output file ------------------------------------------ */
 

@@ -712,9 +712,13 @@ static ckpt_status call_complex(vm *m, const call *c, ckpt_value **out)
     if (c->nargs == 2 && !as_complex(c->args[1], &re2, &im2))
         return bad_arg(m, c, 1, "imag", "a number");
     CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_COMPLEX, out));
-    /* complex(a, b) is a + b*1j, also when a and b are complex */
-    (*out)->u.c.re = re - im2;
-    (*out)->u.c.im = im + re2;
+    /* complex(a, b) is a + b*1j, also when a and b are complex; as in
+     * CPython, parts that are not complex are taken as they are, so the
+     * sign of a zero survives (complex(1.0, -0.0) is (1-0j)) */
+    bool a_complex = c->nargs >= 1 && c->args[0]->kind == CKPT_COMPLEX;
+    bool b_complex = c->nargs == 2 && c->args[1]->kind == CKPT_COMPLEX;
+    (*out)->u.c.re = b_complex ? re - im2 : re;
+    (*out)->u.c.im = a_complex && c->nargs == 2 ? im + re2 : (c->nargs == 2 ? re2 : im);
     return CKPT_OK;
 }
 
@@ -1037,7 +1041,9 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
             inst->u.obj.state = state;
         return CKPT_OK;
     }
-    if (!is_dict(inst)) {
+    if (inst->kind != CKPT_ORDERED_DICT) {
+        /* torch builds only tensors, Parameters and OrderedDicts: state set
+         * on a plain dict would be lost by every writer, so refuse it too */
         bool inert_class = inst->kind == CKPT_GLOBAL && inst->global_id == CKPT__G_UNKNOWN &&
                            (flags & CKPT__PICKLE_INERT);
         if (inert_class || (flags & CKPT__PICKLE_NO_FAIL))

@@ -79,57 +79,33 @@ static void sb_u64(sbuf *b, uint64_t v)
 
 /* ---- UTF-8 ------------------------------------------------------------- */
 
-/* Decodes one code point at s[0..n); *used gets its length. Surrogates
- * (which Python writes with 'surrogatepass') decode as themselves; any
- * other invalid sequence gives -1 with *used = 1. */
-static long utf8_next(const unsigned char *s, size_t n, size_t *used)
-{
-    *used = 1;
-    unsigned c = s[0];
-    if (c < 0x80)
-        return (long)c;
-    size_t len;
-    unsigned long cp, min;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-        min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-        min = 0x10000;
-    } else {
-        return -1;
-    }
-    if (n < len)
-        return -1;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return -1;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff)
-        return -1;
-    *used = len;
-    return (long)cp;
-}
-
 /* Strict UTF-8 (no surrogates) without NUL: what a JSON reader accepts. */
 static bool utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
         size_t used;
-        long cp = utf8_next(p + i, n - i, &used);
+        long cp = ckpt__utf8_next(p + i, n - i, &used);
         if (cp <= 0 || (cp >= 0xd800 && cp <= 0xdfff))
             return false;
         i += used;
     }
     return true;
+}
+
+/* JSON's two-character escape of c; NULL when it has none. */
+static const char *json_escape(long c)
+{
+    switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    default: return NULL;
+    }
 }
 
 /* A JSON string of valid UTF-8 text, non-ASCII kept as is (header keys). */
@@ -144,18 +120,12 @@ static void sb_json_utf8(sbuf *b, const char *s, size_t n)
         sb_put(b, s + run, i - run);
         run = i + 1;
         char tmp[8];
-        switch (c) {
-        case '"': sb_str(b, "\\\""); break;
-        case '\\': sb_str(b, "\\\\"); break;
-        case '\n': sb_str(b, "\\n"); break;
-        case '\r': sb_str(b, "\\r"); break;
-        case '\t': sb_str(b, "\\t"); break;
-        case '\b': sb_str(b, "\\b"); break;
-        case '\f': sb_str(b, "\\f"); break;
-        default:
+        const char *esc = json_escape(c);
+        if (!esc) {
             snprintf(tmp, sizeof(tmp), "\\u%04x", c);
-            sb_str(b, tmp);
+            esc = tmp;
         }
+        sb_str(b, esc);
     }
     sb_put(b, s + run, n - run);
     sb_chr(b, '"');
@@ -170,22 +140,15 @@ static void sb_json_ascii(sbuf *b, const char *s, size_t n)
     sb_chr(b, '"');
     for (size_t i = 0; i < n;) {
         size_t used;
-        long cp = utf8_next(p + i, n - i, &used);
+        long cp = ckpt__utf8_next(p + i, n - i, &used);
         i += used;
         char tmp[40];
         if (cp < 0)
             cp = 0xfffd;
-        switch (cp) {
-        case '"': sb_str(b, "\\\""); continue;
-        case '\\': sb_str(b, "\\\\"); continue;
-        case '\n': sb_str(b, "\\n"); continue;
-        case '\r': sb_str(b, "\\r"); continue;
-        case '\t': sb_str(b, "\\t"); continue;
-        case '\b': sb_str(b, "\\b"); continue;
-        case '\f': sb_str(b, "\\f"); continue;
-        default: break;
-        }
-        if (cp >= 0x20 && cp <= 0x7e) {
+        const char *esc = json_escape(cp);
+        if (esc) {
+            sb_str(b, esc);
+        } else if (cp >= 0x20 && cp <= 0x7e) {
             sb_chr(b, (char)cp);
         } else if (cp < 0x10000) {
             snprintf(tmp, sizeof(tmp), "\\u%04x", (unsigned)cp);
@@ -199,123 +162,32 @@ static void sb_json_ascii(sbuf *b, const char *s, size_t n)
     sb_chr(b, '"');
 }
 
-/* ---- Python's text of numbers ------------------------------------------- */
+/* ---- numbers -------------------------------------------------------------- */
 
-/* repr(float): the shortest digits that read back as d, in fixed notation
- * for exponents -4..15 and scientific otherwise; json's tokens for NaN and
- * the infinities. */
+/* json.dumps of a float: Python's repr, with json's tokens for NaN and the
+ * infinities. */
 static void sb_py_float(sbuf *b, double d)
 {
-    if (isnan(d)) {
-        sb_str(b, "NaN");
+    if (isnan(d) || isinf(d)) {
+        sb_str(b, isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity");
         return;
     }
-    if (isinf(d)) {
-        sb_str(b, d > 0 ? "Infinity" : "-Infinity");
-        return;
-    }
-    char e[48];
-    for (int prec = 0; prec <= 17; prec++) {
-        snprintf(e, sizeof(e), "%.*e", prec, d);
-        if (strtod(e, NULL) == d)
-            break;
-    }
-    /* e: [-]D[.DDD]e(+|-)XX */
-    const char *q = e;
-    bool neg = *q == '-';
-    if (neg)
-        q++;
-    char digits[24];
-    size_t nd = 0;
-    for (; *q && *q != 'e'; q++) {
-        if (*q >= '0' && *q <= '9' && nd < sizeof(digits) - 1)
-            digits[nd++] = *q;
-    }
-    digits[nd] = 0;
-    int exp = *q == 'e' ? atoi(q + 1) : 0;
-    while (nd > 1 && digits[nd - 1] == '0')
-        digits[--nd] = 0;
-    if (neg)
-        sb_chr(b, '-');
-    if (exp >= -4 && exp < 16) {
-        if (exp < 0) {
-            sb_str(b, "0.");
-            for (int i = 0; i < -exp - 1; i++)
-                sb_chr(b, '0');
-            sb_put(b, digits, nd);
-        } else {
-            size_t ip = (size_t)exp + 1;
-            if (nd <= ip) {
-                sb_put(b, digits, nd);
-                for (size_t i = nd; i < ip; i++)
-                    sb_chr(b, '0');
-                sb_str(b, ".0");
-            } else {
-                sb_put(b, digits, ip);
-                sb_chr(b, '.');
-                sb_put(b, digits + ip, nd - ip);
-            }
-        }
-    } else {
-        sb_chr(b, digits[0]);
-        if (nd > 1) {
-            sb_chr(b, '.');
-            sb_put(b, digits + 1, nd - 1);
-        }
-        char tmp[16];
-        snprintf(tmp, sizeof(tmp), "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
-        sb_str(b, tmp);
-    }
+    char text[40];
+    sb_put(b, text, ckpt__float_repr(d, 0, text, sizeof(text)));
 }
 
-/* Decimal text of a little-endian two's complement integer of n bytes. */
-static void sb_bigint(sbuf *b, const unsigned char *p, size_t n)
+/* An int of any size in decimal. */
+static void sb_bigint(sbuf *b, const ckpt_value *v)
 {
-    unsigned char *mag = malloc(n ? n : 1);
-    char *out = malloc(n * 3 + 3);
-    if (!mag || !out) {
-        free(mag);
-        free(out);
+    size_t n, len;
+    const char *s = ckpt_value_str(v, &n);
+    char *dec = ckpt__bigint_decimal((const uint8_t *)s, n, &len);
+    if (!dec) {
         b->failed = true;
         return;
     }
-    bool neg = n && (p[n - 1] & 0x80);
-    unsigned carry = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (neg) {
-            unsigned v = (unsigned)(unsigned char)~p[i] + carry;
-            mag[i] = (unsigned char)v;
-            carry = v >> 8;
-        } else {
-            mag[i] = p[i];
-        }
-    }
-    size_t len = 0, top = n;
-    while (top && mag[top - 1] == 0)
-        top--;
-    if (!top)
-        out[len++] = '0';
-    while (top) {
-        unsigned rem = 0;
-        for (size_t i = top; i-- > 0;) {
-            unsigned cur = (rem << 8) | mag[i];
-            mag[i] = (unsigned char)(cur / 10);
-            rem = cur % 10;
-        }
-        out[len++] = (char)('0' + rem);
-        while (top && mag[top - 1] == 0)
-            top--;
-    }
-    if (neg)
-        out[len++] = '-';
-    for (size_t i = 0; i < len / 2; i++) {
-        char c = out[i];
-        out[i] = out[len - 1 - i];
-        out[len - 1 - i] = c;
-    }
-    sb_put(b, out, len);
-    free(mag);
-    free(out);
+    sb_put(b, dec, len);
+    free(dec);
 }
 
 static void sb_hex(sbuf *b, const char *s, size_t n)
@@ -343,86 +215,6 @@ static bool is_seq(ckpt_kind k)
     return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_SIZE;
 }
 
-/* Python's str() of a key that json.dumps cannot take (a tuple, ...). */
-static void sb_key_repr(sbuf *b, const ckpt_value *k, bool quote, int depth)
-{
-    size_t len;
-    const char *s;
-    switch (ckpt_value_kind(k)) {
-    case CKPT_STR:
-        s = ckpt_value_str(k, &len);
-        if (quote)
-            sb_chr(b, '\'');
-        sb_put(b, s, len);
-        if (quote)
-            sb_chr(b, '\'');
-        break;
-    case CKPT_INT: {
-        char tmp[24];
-        snprintf(tmp, sizeof(tmp), "%lld", (long long)ckpt_value_int(k));
-        sb_str(b, tmp);
-        break;
-    }
-    case CKPT_BIGINT:
-        s = ckpt_value_str(k, &len);
-        sb_bigint(b, (const unsigned char *)s, len);
-        break;
-    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(k) ? "True" : "False"); break;
-    case CKPT_NONE: sb_str(b, "None"); break;
-    case CKPT_FLOAT: {
-        double d = ckpt_value_float(k);
-        if (isnan(d))
-            sb_str(b, "nan");
-        else if (isinf(d))
-            sb_str(b, d > 0 ? "inf" : "-inf");
-        else
-            sb_py_float(b, d);
-        break;
-    }
-    case CKPT_COMPLEX: {
-        double re, im;
-        ckpt_value_complex(k, &re, &im);
-        sb_chr(b, '(');
-        sb_py_float(b, re);
-        if (!signbit(im))
-            sb_chr(b, '+');
-        sb_py_float(b, im);
-        sb_str(b, "j)");
-        break;
-    }
-    case CKPT_BYTES:
-        s = ckpt_value_str(k, &len);
-        sb_hex(b, s, len);
-        break;
-    case CKPT_DTYPE:
-        sb_str(b, "torch.");
-        sb_str(b, ckpt_dtype_name(ckpt_value_dtype(k)));
-        break;
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
-        sb_str(b, ckpt_value_str(k, NULL));
-        break;
-    case CKPT_TUPLE:
-        if (depth > 8) {
-            sb_str(b, "(...)");
-            break;
-        }
-        sb_chr(b, '(');
-        for (size_t i = 0; i < ckpt_value_len(k); i++) {
-            if (i)
-                sb_str(b, ", ");
-            sb_key_repr(b, ckpt_value_item(k, i), true, depth + 1);
-        }
-        if (ckpt_value_len(k) == 1)
-            sb_chr(b, ',');
-        sb_chr(b, ')');
-        break;
-    default:
-        sb_chr(b, '?');
-        break;
-    }
-}
-
 /* A dict key as json.dumps converts it. */
 static void sb_json_key(sbuf *b, const ckpt_value *k)
 {
@@ -441,15 +233,16 @@ static void sb_json_key(sbuf *b, const ckpt_value *k)
         sb_chr(b, '"');
         return;
     default: {
-        sbuf tmp = {0};
-        sb_key_repr(&tmp, k, false, 0);
-        if (tmp.failed || tmp.too_big) {
-            b->failed |= tmp.failed;
-            b->too_big |= tmp.too_big;
-        } else {
-            sb_json_ascii(b, tmp.p ? tmp.p : "", tmp.len);
+        /* what json.dumps cannot take (a tuple, ...) as Python's str() */
+        len = ckpt__key_text(k, NULL, 0);
+        char *text = malloc(len + 1);
+        if (!text) {
+            b->failed = true;
+            return;
         }
-        free(tmp.p);
+        ckpt__key_text(k, text, len + 1);
+        sb_json_ascii(b, text, len);
+        free(text);
         return;
     }
     }
@@ -471,10 +264,7 @@ static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t d
         sb_str(b, tmp);
         return;
     }
-    case CKPT_BIGINT:
-        s = ckpt_value_str(v, &len);
-        sb_bigint(b, (const unsigned char *)s, len);
-        return;
+    case CKPT_BIGINT: sb_bigint(b, v); return;
     case CKPT_FLOAT: sb_py_float(b, ckpt_value_float(v)); return;
     case CKPT_COMPLEX: {
         double re, im;
@@ -735,15 +525,16 @@ static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ck
         return add_leaf(c, name, strlen(name), v, err);
     /* a root dict without tensors: an entry per key, as when it has some */
     for (size_t i = 0; i < ckpt_value_len(v); i++) {
+        /* named as the walk names a key */
         const ckpt_value *key = ckpt_value_key(v, i);
-        char buf[256];
-        const char *kname = buf;
-        size_t klen;
-        if (ckpt_value_kind(key) == CKPT_STR)
-            kname = ckpt_value_str(key, &klen);
-        else
-            klen = ckpt__key_text(key, buf, sizeof(buf));
-        CKPT_RETURN_IF_ERROR(add_leaf(c, kname, klen, ckpt_value_dict_value(v, i), err));
+        size_t klen = ckpt__key_text(key, NULL, 0);
+        char *kname = malloc(klen + 1);
+        if (!kname)
+            return nomem(err);
+        ckpt__key_text(key, kname, klen + 1);
+        ckpt_status st = add_leaf(c, kname, klen, ckpt_value_dict_value(v, i), err);
+        free(kname);
+        CKPT_RETURN_IF_ERROR(st);
     }
     return CKPT_OK;
 }

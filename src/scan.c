@@ -1231,8 +1231,7 @@ static void ctx_init(scan_ctx *s, ckpt_scan *r, const ckpt_scan_options *opts, c
     s->err = err;
     ckpt_limits_default(&s->limits);
     if (opts) {
-        if (opts->limits.struct_size != 0)
-            s->limits = opts->limits;
+        ckpt__limits_apply(&s->limits, &opts->limits);
         s->allow = opts->allow;
         s->allow_count = opts->allow ? opts->allow_count : 0;
     }

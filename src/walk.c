@@ -8,7 +8,6 @@
  */
 #include "internal.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -44,163 +43,39 @@ static bool nb_append(name_buf *b, const char *s, size_t n)
     return true;
 }
 
-/* Shortest text that reads back as the same double, like Python's repr. */
-void ckpt__float_repr(double d, char *buf, size_t cap)
-{
-    if (cap == 0)
-        return;
-    if (d != d) {
-        snprintf(buf, cap, "nan");
-        return;
-    }
-    if (d == HUGE_VAL || d == -HUGE_VAL) {
-        snprintf(buf, cap, d < 0 ? "-inf" : "inf");
-        return;
-    }
-    /* the fewest significant digits that read back as d */
-    char sci[40];
-    int prec = 0;
-    for (; prec < 17; prec++) {
-        snprintf(sci, sizeof(sci), "%.*e", prec, d);
-        if (strtod(sci, NULL) == d)
-            break;
-    }
-    /* sci is [-]D[.DDD]e[+-]XX: split digits and exponent */
-    char digits[24];
-    size_t nd = 0;
-    const char *p = sci;
-    bool neg = *p == '-';
-    if (neg)
-        p++;
-    for (; *p && *p != 'e'; p++)
-        if (*p != '.')
-            digits[nd++] = *p;
-    digits[nd] = 0;
-    int exp = atoi(p + 1);
-    /* Python's repr: fixed notation when -4 <= exp < 16, else D.DDDe+XX */
-    size_t n = 0;
-#define OUT(...) n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__)
-    if (neg)
-        OUT("-");
-    if (exp >= -4 && exp < 16) {
-        if (exp < 0) {
-            OUT("0.");
-            for (int i = -1; i > exp; i--)
-                OUT("0");
-            OUT("%s", digits);
-        } else {
-            for (int i = 0; i <= exp; i++)
-                OUT("%c", (size_t)i < nd ? digits[i] : '0');
-            OUT(".");
-            if ((size_t)exp + 1 < nd)
-                OUT("%s", digits + exp + 1);
-            else
-                OUT("0");
-        }
-    } else {
-        OUT("%c", digits[0]);
-        if (nd > 1)
-            OUT(".%s", digits + 1);
-        OUT("e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
-    }
-#undef OUT
-}
-
-/* Python's str() of a plain key, into buf (truncated at cap). Returns the
- * length written. Tuples show their items' repr: (1, 'a'). */
-static size_t key_text(const ckpt_value *k, char *buf, size_t cap, bool quote, int depth)
-{
-    size_t n = 0;
-#define PUT(s, len)                                                  \
-    do {                                                             \
-        size_t l_ = (len);                                           \
-        if (l_ > cap - 1 - n)                                        \
-            l_ = cap - 1 - n;                                        \
-        memcpy(buf + n, (s), l_);                                    \
-        n += l_;                                                     \
-    } while (0)
-    char tmp[64];
-    switch (k->kind) {
-    case CKPT_STR:
-        if (quote)
-            PUT("'", 1);
-        PUT(k->u.s.ptr, k->u.s.len);
-        if (quote)
-            PUT("'", 1);
-        break;
-    case CKPT_BYTES:
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
-        PUT(k->u.s.ptr, k->u.s.len);
-        break;
-    case CKPT_INT:
-        snprintf(tmp, sizeof(tmp), "%lld", (long long)k->u.i);
-        PUT(tmp, strlen(tmp));
-        break;
-    case CKPT_BOOLEAN:
-        PUT(k->u.b ? "True" : "False", k->u.b ? 4 : 5);
-        break;
-    case CKPT_FLOAT:
-        ckpt__float_repr(k->u.f, tmp, sizeof(tmp));
-        PUT(tmp, strlen(tmp));
-        break;
-    case CKPT_NONE:
-        PUT("None", 4);
-        break;
-    case CKPT_DTYPE:
-        PUT("torch.", 6);
-        PUT(ckpt_dtype_name(k->u.dtype), strlen(ckpt_dtype_name(k->u.dtype)));
-        break;
-    case CKPT_TUPLE:
-        if (depth > 4) {
-            PUT("(...)", 5);
-            break;
-        }
-        PUT("(", 1);
-        for (size_t i = 0; i < k->u.seq.len && n < cap - 1; i++) {
-            if (i)
-                PUT(", ", 2);
-            n += key_text(k->u.seq.items[i], buf + n, cap - n, true, depth + 1);
-        }
-        if (k->u.seq.len == 1)
-            PUT(",", 1);
-        PUT(")", 1);
-        break;
-    default:
-        PUT("?", 1);
-        break;
-    }
-#undef PUT
-    buf[n] = 0;
-    return n;
-}
-
-/* Text of a dict key in a tensor name. */
+/* Text of a dict key in a tensor name, written in place. */
 static bool nb_append_key(name_buf *b, const ckpt_value *k)
 {
-    if (k->kind == CKPT_STR)
+    if (k->kind == CKPT_STR && !memchr(k->u.s.ptr, 0, k->u.s.len))
         return nb_append(b, k->u.s.ptr, k->u.s.len);
-    char buf[256];
-    size_t n = key_text(k, buf, sizeof(buf), false, 0);
-    return nb_append(b, buf, n);
-}
-
-
-size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap)
-{
-    if (cap == 0)
-        return 0;
-    return key_text(k, buf, cap, false, 0);
-}
-
-size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size)
-{
-    if (!buf || size == 0)
-        return 0;
-    buf[0] = 0;
-    if (!key)
-        return 0;
-    return key_text(key, buf, size, false, 0);
+    if (k->kind == CKPT_STR) {
+        /* Names are C strings: a NUL in a key would cut the name short and
+         * make two keys one. Write it as Python's repr does, \x00. */
+        size_t nuls = 0;
+        for (size_t i = 0; i < k->u.s.len; i++)
+            nuls += k->u.s.ptr[i] == 0;
+        if (!nb_reserve(b, k->u.s.len + 3 * nuls + 1))
+            return false;
+        if (b->len)
+            b->p[b->len++] = '.';
+        for (size_t i = 0; i < k->u.s.len; i++) {
+            if (k->u.s.ptr[i]) {
+                b->p[b->len++] = k->u.s.ptr[i];
+            } else {
+                memcpy(b->p + b->len, "\\x00", 4);
+                b->len += 4;
+            }
+        }
+        b->p[b->len] = 0;
+        return true;
+    }
+    size_t n = ckpt__key_text(k, NULL, 0);
+    if (!nb_reserve(b, n + 1))
+        return false;
+    if (b->len)
+        b->p[b->len++] = '.';
+    b->len += ckpt__key_text(k, b->p + b->len, n + 1);
+    return true;
 }
 
 typedef struct walk_ctx {

@@ -297,3 +297,17 @@ def test_bad_options(tool, torch_files, tmp_path):
         assert res.returncode == 2, res.describe()
     res = tool.run("convert", "--help")
     assert res.returncode == 0 and "--strip-prefix" in res.stdout
+
+
+def test_nul_in_a_key_is_named_not_cut(tool, tmp_path):
+    """Names are C strings: a NUL in a key is written \\x00 (as repr shows
+    it), so "a\\0b" and "a" stay two names and reach safetensors whole."""
+    src = tmp_path / "nul.pth"
+    torch.save({"a\x00b": torch.ones(2), "a": torch.zeros(1)}, src)
+    names = [t["name"] for t in tool.inspect_json(src)["tensors"]]
+    assert names == ["a\\x00b", "a"]
+    out = tmp_path / "nul.safetensors"
+    convert(tool, src, out)
+    _meta, tensors = read_safetensors(out)
+    assert sorted(tensors) == ["a", "a\\x00b"]
+    assert torch.equal(tensors["a\\x00b"], torch.ones(2))

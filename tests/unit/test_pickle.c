@@ -849,6 +849,18 @@ static void test_unsafe_globals(void **state)
 
 #define ODICT "ccollections\nOrderedDict\n"
 
+/* complex(re, im) keeps the sign of a zero part, as CPython does */
+static void test_complex_signed_zero(void **state)
+{
+    (void)state;
+    const ckpt_value *v = OK("\x80\x02" "c__builtin__\ncomplex\n"
+                             "G\x3f\xf0\x00\x00\x00\x00\x00\x00"
+                             "G\x80\x00\x00\x00\x00\x00\x00\x00" "\x86R.");
+    double re, im;
+    ckpt_value_complex(v, &re, &im);
+    assert_true(re == 1.0 && im == 0.0 && signbit(im));
+}
+
 static void test_calls(void **state)
 {
     (void)state;
@@ -944,8 +956,9 @@ static void test_build(void **state)
     assert_repr(v, "odict{}|state={'b': 2}");
     v = OK("\x80\x02" ODICT ")RNb.");
     assert_repr(v, "odict{}");
-    v = OK("\x80\x02}}X\x01\x00\x00\x00" "aK\x01sb.");
-    assert_repr(v, "{}|state={'a': 1}");
+    /* torch builds only tensors, Parameters and OrderedDicts */
+    FAILS("\x80\x02}}X\x01\x00\x00\x00" "aK\x01sb.", CKPT_ERR_FORMAT, 13,
+          "BUILD on dict is not allowed");
     /* the state was copied in: changing the state dict later changes nothing */
     v = OK("\x80\x02(" ODICT ")R}X\x01\x00\x00\x00" "aK\x01sq\x00" "b"
            "h\x00X\x01\x00\x00\x00" "zK\x09s" "0l.");
@@ -1778,6 +1791,7 @@ int main(void)
         T(test_globals),
         T(test_unsafe_globals),
         T(test_calls),
+        T(test_complex_signed_zero),
         T(test_build),
         T(test_tensors),
         T(test_rebuild_nesting),

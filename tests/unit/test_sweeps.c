@@ -1348,6 +1348,11 @@ static void sweep_zip_bombs(const void *arg, report *r)
     lax.limits.max_inflate_ratio = 2000;
     z = zip_with(&pkl_rec, &data_rec);
     run_with(r, &z.file, &lax, "deflate bomb under max_inflate_ratio 2000 (control)", OPENS);
+    /* what a file holds inflated at once is bounded too */
+    ckpt_open_options total = lax;
+    total.limits.max_total_inflated_bytes = 32 << 20;
+    run_with(r, &z.file, &total, "64 MiB record, max_total_inflated_bytes 32 MiB",
+             small(later_fails(S(CKPT_ERR_LIMIT)), REFUSED_HEAP));
     /* the default ratio limit (1000) refuses it before inflating */
     run_buf(r, &z.file, what, small(later_fails(S(CKPT_ERR_LIMIT)), REFUSED_HEAP));
     ckpt_open_options strict;
