@@ -311,3 +311,31 @@ def test_nul_in_a_key_is_named_not_cut(tool, tmp_path):
     _meta, tensors = read_safetensors(out)
     assert sorted(tensors) == ["a", "a\\x00b"]
     assert torch.equal(tensors["a\\x00b"], torch.ones(2))
+
+
+@pytest.mark.parametrize("case", ckptgen.CASE_NAMES)
+def test_pth_safetensors_pth_round_trip(tool, torch_files, tmp_path, case):
+    """Every generated file through safetensors and back: the same tensors
+    under the same names (a flat dict), or a clear refusal for what
+    safetensors cannot hold (complex, quantized, sparse tensors)."""
+    import torchref
+
+    c = torch_files[case]
+    want = torchref.flatten(c.expected())
+    st = tmp_path / "mid.safetensors"
+    res = convert(tool, c.path, st, ok=False)
+    unsupported = [n for n, t in want if t.is_quantized or t.layout != torch.strided or
+                   t.is_complex() or t.dtype in (torch.quint4x2,)]
+    names = [n for n, _ in want]
+    if unsupported or len(set(names)) != len(names):
+        assert res.returncode == 2 and not st.exists(), res.describe()
+        return
+    assert res.returncode == 0, res.describe()
+    back = tmp_path / "back.pth"
+    convert(tool, st, back, "-q")  # quiet: no note about the metadata left behind
+    got = torch.load(back)
+    assert type(got) is dict
+    expect = {("tensor" if n == "" else n): t for n, t in want}
+    assert set(got) == set(expect)
+    for n, t in expect.items():
+        assert same_tensor(got[n], t.contiguous()), n
