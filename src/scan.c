@@ -748,10 +748,12 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             goto out;
         pos += res.consumed;
         const ckpt_value *v = res.value;
-        if (i == 0 && (!v || v->kind != CKPT_INT || v->u.i != 1001))
-            CKPT_RETURN_IF_ERROR(
-                ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
-                               "protocol version is not 1001: torch.load refuses it"));
+        if (i == 0 && (!v || v->kind != CKPT_INT || v->u.i != 1001)) {
+            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
+                                "protocol version is not 1001: torch.load refuses it");
+            if (st != CKPT_OK)
+                goto out;
+        }
         if (i == 3)
             keys = res.value;
     }

@@ -42,7 +42,7 @@
 #define FLAG_STRONG 0x40u
 
 #define MAX_GAPS 64                  /* stray byte ranges reported per archive */
-#define PROBE_MAX ((uint64_t)16 << 20) /* records read to see whether they are pickles */
+#define PROBE_MAX ((uint64_t)16 << 20) /* larger stored records are read only when pickles */
 
 typedef struct zentry {
     const char *name;          /* arena copy, NUL added; may hold NUL bytes */
@@ -449,35 +449,49 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
 
 /* ---- names -------------------------------------------------------------- */
 
-static int name_cmp(const zentry *a, const zentry *b)
+/* torch looks records up with miniz, which folds ASCII case: it finds
+ * "archive/data.pkl" under "ARCHIVE/Data.PKL" too, and of two names that
+ * differ only in case it reads either. Names here compare the same way. */
+static unsigned char fold(char c)
 {
-    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
-    int c = memcmp(a->name, b->name, n);
-    if (c)
-        return c;
-    return (a->name_len > b->name_len) - (a->name_len < b->name_len);
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c - 'A' + 'a') : (unsigned char)c;
 }
 
-/* Sorts entry indices by name (stable: merge sort, ties keep file order). */
-static ckpt_status sort_names(zscan *z)
+static int folded_cmp(const char *a, size_t an, const char *b, size_t bn)
 {
-    if (!z->n)
-        return CKPT_OK;
-    uint32_t *a = malloc(z->n * sizeof(*a)), *b = malloc(z->n * sizeof(*b));
-    if (!a || !b) {
-        free(a);
-        free(b);
-        return znomem(z);
+    size_t n = an < bn ? an : bn;
+    for (size_t i = 0; i < n; i++) {
+        if (fold(a[i]) != fold(b[i]))
+            return fold(a[i]) < fold(b[i]) ? -1 : 1;
     }
-    for (size_t i = 0; i < z->n; i++)
-        a[i] = (uint32_t)i;
-    uint32_t *src = a, *dst = b;
-    for (size_t w = 1; w < z->n; w *= 2) {
-        for (size_t lo = 0; lo < z->n; lo += 2 * w) {
-            size_t mid = lo + w < z->n ? lo + w : z->n, hi = lo + 2 * w < z->n ? lo + 2 * w : z->n;
+    return (an > bn) - (an < bn);
+}
+
+static int name_cmp(const zentry *a, const zentry *b)
+{
+    return folded_cmp(a->name, a->name_len, b->name, b->name_len);
+}
+
+static int offset_cmp(const zentry *a, const zentry *b)
+{
+    return (a->header_offset > b->header_offset) - (a->header_offset < b->header_offset);
+}
+
+/* Sorts n entry indices with cmp (stable: merge sort, ties keep file
+ * order). */
+static ckpt_status sort_entries(zscan *z, uint32_t *idx, size_t n,
+                                int (*cmp)(const zentry *, const zentry *))
+{
+    uint32_t *tmp = malloc((n ? n : 1) * sizeof(*tmp));
+    if (!tmp)
+        return znomem(z);
+    uint32_t *src = idx, *dst = tmp;
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
             size_t i = lo, j = mid, k = lo;
             while (i < mid && j < hi)
-                dst[k++] = name_cmp(&z->e[src[j]], &z->e[src[i]]) < 0 ? src[j++] : src[i++];
+                dst[k++] = cmp(&z->e[src[j]], &z->e[src[i]]) < 0 ? src[j++] : src[i++];
             while (i < mid)
                 dst[k++] = src[i++];
             while (j < hi)
@@ -487,14 +501,26 @@ static ckpt_status sort_names(zscan *z)
         src = dst;
         dst = t;
     }
-    if (src != a)
-        memcpy(a, src, z->n * sizeof(*a));
-    free(b);
-    z->by_name = a;
+    if (src != idx)
+        memcpy(idx, src, n * sizeof(*idx));
+    free(tmp);
     return CKPT_OK;
 }
 
-/* First entry (in name order, then file order) named name, or -1. */
+/* Entry indices by name (z->by_name). */
+static ckpt_status sort_names(zscan *z)
+{
+    if (!z->n)
+        return CKPT_OK;
+    z->by_name = malloc(z->n * sizeof(*z->by_name));
+    if (!z->by_name)
+        return znomem(z);
+    for (size_t i = 0; i < z->n; i++)
+        z->by_name[i] = (uint32_t)i;
+    return sort_entries(z, z->by_name, z->n, name_cmp);
+}
+
+/* First entry (in name order, then file order) torch finds for name, or -1. */
 static long find_name(const zscan *z, const char *name, size_t len)
 {
     zentry key = {.name = name, .name_len = len};
@@ -539,13 +565,24 @@ static ckpt_status check_names(zscan *z)
     CKPT_RETURN_IF_ERROR(sort_names(z));
     for (size_t i = 1; i < z->n; i++) {
         const zentry *a = &z->e[z->by_name[i - 1]], *b = &z->e[z->by_name[i]];
-        if (name_cmp(a, b) == 0)
+        if (name_cmp(a, b) != 0)
+            continue;
+        if (a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0) {
             CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
                                       b->central_at,
                                       "a second entry with this name (at %llu, the first at "
                                       "%llu): torch reads one copy, Python's zipfile the last; "
                                       "every copy is scanned", ull(b->header_offset),
                                       ull(a->header_offset)));
+        } else {
+            char q[200];
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
+                                      b->central_at,
+                                      "the name differs from '%s' only in case: torch's zip "
+                                      "reader ignores case and reads either, Python's zipfile "
+                                      "tells them apart; every copy is scanned",
+                                      ckpt__scan_quote(q, sizeof(q), a->name, a->name_len)));
+        }
     }
     return CKPT_OK;
 }
@@ -571,11 +608,6 @@ static ckpt_status gap(zscan *z, uint64_t from, uint64_t to, const char *where_t
     return scan_hidden(z, from, to);
 }
 
-static int cmp_offset(const zentry *a, const zentry *b)
-{
-    return (a->header_offset > b->header_offset) - (a->header_offset < b->header_offset);
-}
-
 static ckpt_status coverage(zscan *z)
 {
     char rec[256];
@@ -587,27 +619,7 @@ static ckpt_status coverage(zscan *z)
         if (z->e[i].local_ok)
             idx[m++] = (uint32_t)i;
     }
-    /* insertion sort is quadratic: use a simple merge of runs instead */
-    uint32_t *tmp = malloc((m ? m : 1) * sizeof(*tmp));
-    if (!tmp) {
-        free(idx);
-        return znomem(z);
-    }
-    for (size_t w = 1; w < m; w *= 2) {
-        for (size_t lo = 0; lo < m; lo += 2 * w) {
-            size_t mid = lo + w < m ? lo + w : m, hi = lo + 2 * w < m ? lo + 2 * w : m;
-            size_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                tmp[k++] = cmp_offset(&z->e[idx[j]], &z->e[idx[i]]) < 0 ? idx[j++] : idx[i++];
-            while (i < mid)
-                tmp[k++] = idx[i++];
-            while (j < hi)
-                tmp[k++] = idx[j++];
-        }
-        memcpy(idx, tmp, m * sizeof(*idx));
-    }
-    free(tmp);
-    ckpt_status st = CKPT_OK;
+    ckpt_status st = sort_entries(z, idx, m, offset_cmp);
     uint64_t pos = 0;
     const zentry *prev = NULL;
     for (size_t i = 0; i < m && st == CKPT_OK; i++) {
@@ -751,14 +763,20 @@ static ckpt_status zip_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_
                                                 p.key, name));
         } else {
             const zentry *first = &z->e[z->by_name[at]];
-            for (size_t i = (size_t)at; i < z->n && name_cmp(&z->e[z->by_name[i]], first) == 0; i++)
-                z->e[z->by_name[i]].referenced = true;
-            if (first->size != p.nbytes)
+            bool said = false;
+            for (size_t i = (size_t)at; i < z->n && name_cmp(&z->e[z->by_name[i]], first) == 0;
+                 i++) {
+                zentry *copy = &z->e[z->by_name[i]];
+                copy->referenced = true;
+                if (copy->size == p.nbytes || said)
+                    continue;
+                said = true;
                 CKPT_RETURN_IF_ERROR(ckpt__scan_add(
                     z->s, CKPT_SCAN_STORAGE, P->record, offset, ckpt__scan_at(P->file_base, offset),
                     "record '%s' holds %llu bytes but its storage declares %llu: torch before "
                     "2.10 reads or writes past the record (CVE-2026-24747)",
-                    name, ull(first->size), ull(p.nbytes)));
+                    name, ull(copy->size), ull(p.nbytes)));
+            }
         }
         s = ckpt__arena_alloc(ctx->arena, sizeof(*s));
         if (!s)
@@ -806,26 +824,28 @@ static ckpt_status scan_entry_pickle(zscan *z, zentry *e, const uint8_t *p, uint
 static bool name_ends(const zentry *e, const char *suffix)
 {
     size_t n = strlen(suffix);
-    return e->name_len >= n && memcmp(e->name + e->name_len - n, suffix, n) == 0;
+    return e->name_len >= n && folded_cmp(e->name + e->name_len - n, n, suffix, n) == 0;
 }
 
-/* The record's name after the prefix, or NULL when it is outside it. */
+/* The record's name after the prefix as torch's lookups see it (case
+ * folded), or NULL when it is outside it. */
 static const char *rest_of(const zscan *z, const zentry *e, size_t *len)
 {
     if (!z->prefix) {
         *len = e->name_len;
         return e->name;
     }
-    if (e->name_len <= z->plen || memcmp(e->name, z->prefix, z->plen) != 0 ||
+    if (e->name_len <= z->plen || folded_cmp(e->name, z->plen, z->prefix, z->plen) != 0 ||
         e->name[z->plen] != '/')
         return NULL;
     *len = e->name_len - z->plen - 1;
     return e->name + z->plen + 1;
 }
 
+/* rest names the record s for torch's lookups (case folded). */
 static bool rest_is(const char *rest, size_t len, const char *s)
 {
-    return rest && len == strlen(s) && memcmp(rest, s, len) == 0;
+    return rest && folded_cmp(rest, len, s, strlen(s)) == 0;
 }
 
 static bool is_small_text_record(const char *rest, size_t len)
@@ -851,7 +871,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
         return CKPT_OK;
     size_t rlen;
     const char *rest = rest_of(z, e, &rlen);
-    if (z->torchscript && rest && rlen >= 5 && memcmp(rest, "code/", 5) == 0 &&
+    if (z->torchscript && rest && rlen >= 5 && rest_is(rest, 5, "code/") &&
         !name_ends(e, ".pkl") && !name_ends(e, ".debug_pkl"))
         return CKPT_OK; /* TorchScript's Python source: the archive is reported as code */
     if (e->method != 0 && e->method != 8)
@@ -862,12 +882,13 @@ static ckpt_status scan_other(zscan *z, zentry *e)
     bool named_pickle =
         name_ends(e, ".pkl") || name_ends(e, ".pickle") || name_ends(e, ".debug_pkl");
     uint64_t stored = e->comp_size; /* what a stored entry has in the file */
-    bool proto = e->method == 0 && stored >= 2 && head[0] == 0x80 && head[1] <= 5;
-    /* a large stored record that does not start like a pickle or an
-     * archive is data (an unreferenced storage, an array): not read */
-    if (e->method == 0 && stored > PROBE_MAX && !named_pickle && !proto &&
+    /* a large stored record that is neither a pickle (of any protocol) nor
+     * an archive is data (an unreferenced storage, an array): its CRC is
+     * not read */
+    if (e->method == 0 && stored > PROBE_MAX && !named_pickle &&
         !(ckpt__le32(head) == SIG_LOCAL || ckpt__le32(head) == SIG_EOCD) &&
-        memcmp(head, "7z\xbc\xaf\x27\x1c", 6) != 0 && memcmp(head, "\x93NUMPY", 6) != 0)
+        memcmp(head, "7z\xbc\xaf\x27\x1c", 6) != 0 && memcmp(head, "\x93NUMPY", 6) != 0 &&
+        !ckpt__scan_is_pickle(z->s, head, (size_t)stored))
         return CKPT_OK;
     const uint8_t *p;
     uint8_t *owned;
@@ -893,8 +914,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
     } else if (n >= 10 && memcmp(p, "\x93NUMPY", 6) == 0) {
         snprintf(where, sizeof(where), "%s: ", rec);
         st = ckpt__scan_npy(z->s, p, n, where, base, false, true);
-    } else if (n && (named_pickle || proto || n <= PROBE_MAX) &&
-               ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
+    } else if (n && ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
         if (!z->torchscript)
             st = zadd(z, CKPT_SCAN_EXTRA_PICKLE, rec, e->data_offset,
                       "a pickle torch.load does not read: other loaders of this archive run it");
@@ -987,13 +1007,15 @@ static ckpt_status torch_pass(zscan *z)
     for (size_t i = 0; i < z->n; i++) {
         size_t len;
         const char *rest = rest_of(z, &z->e[i], &len);
-        if (!rest) {
+        /* torch's listing of records (every torch.load makes one) wants the
+         * prefix exactly */
+        if (!rest || (z->prefix && memcmp(z->e[i].name, z->prefix, z->plen) != 0)) {
             if (!outside++)
                 first_out = &z->e[i];
             continue;
         }
         if (rest_is(rest, len, "constants.pkl") || rest_is(rest, len, "model.json") ||
-            (len >= 5 && memcmp(rest, "code/", 5) == 0))
+            (len >= 5 && rest_is(rest, 5, "code/")))
             z->torchscript = true;
         if (rest_is(rest, len, "data.pkl"))
             mains++;

@@ -127,30 +127,51 @@ static void object_parts(const ckpt_value *v, ckpt_value *parts[3])
     parts[2] = v->u.obj.items;
 }
 
-/* true when a tensor is reachable from v (cycles and depth bounded). */
-static bool holds_tensor(ckpt_value *v, uint64_t depth, uint64_t max_depth)
+/* 1 when a tensor is reachable from v, 0 when not (cycles and depth
+ * bounded), -1 when the walk's visits ran out: like the walk itself, the
+ * search follows every path, and shared subtrees multiply them. */
+static int search_tensor(walk_ctx *c, ckpt_value *v, uint64_t depth)
 {
     if (!v)
-        return false;
+        return 0;
     if (is_tensor_like(v))
-        return true;
+        return 1;
     bool object = v->kind == CKPT_OBJECT;
-    if ((!is_container(v) && !object) || depth > max_depth || (v->flags & CKPT__VF_VISITING))
-        return false;
+    if ((!is_container(v) && !object) || depth > c->max_nesting ||
+        (v->flags & CKPT__VF_VISITING))
+        return 0;
+    if (c->visits_left == 0)
+        return -1;
+    c->visits_left--;
     v->flags |= CKPT__VF_VISITING;
-    bool found = false;
+    int found = 0;
     if (object) {
         ckpt_value *parts[3];
         object_parts(v, parts);
         for (int i = 0; i < 3 && !found; i++)
-            found = holds_tensor(parts[i], depth + 1, max_depth);
+            found = search_tensor(c, parts[i], depth + 1);
     } else {
         size_t n = child_count(v);
         for (size_t i = 0; i < n && !found; i++)
-            found = holds_tensor(child_at(v, i), depth + 1, max_depth);
+            found = search_tensor(c, child_at(v, i), depth + 1);
     }
     v->flags &= (uint16_t)~CKPT__VF_VISITING;
     return found;
+}
+
+static ckpt_status too_many_paths(walk_ctx *c)
+{
+    return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                      "containers shared through the pickle memo make too many paths "
+                      "to name (at '%s')", c->nb.p ? c->nb.p : "");
+}
+
+/* *found: a tensor is reachable from v. */
+static ckpt_status holds_tensor(walk_ctx *c, ckpt_value *v, uint64_t depth, bool *found)
+{
+    int r = search_tensor(c, v, depth);
+    *found = r > 0;
+    return r < 0 ? too_many_paths(c) : CKPT_OK;
 }
 
 static ckpt_status nomem(walk_ctx *c)
@@ -234,8 +255,10 @@ static ckpt_status walk_module(walk_ctx *c, ckpt_value *v, uint64_t depth)
     }
     for (size_t i = 0; i < modules->u.dict.len && st == CKPT_OK; i++) {
         ckpt_value *sub = modules->u.dict.vals[i];
-        if (sub && (sub->kind == CKPT_OBJECT || is_container(sub)) &&
-            holds_tensor(sub, depth + 1, c->max_nesting))
+        bool has = false;
+        if (sub && (sub->kind == CKPT_OBJECT || is_container(sub)))
+            st = holds_tensor(c, sub, depth + 1, &has);
+        if (st == CKPT_OK && has)
             st = walk_child(c, modules->u.dict.keys[i], 0, sub, depth + 1);
     }
     return st;
@@ -272,24 +295,24 @@ static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
                           "values nested deeper than %llu at '%s'",
                           (unsigned long long)c->max_nesting, c->nb.p ? c->nb.p : "");
     if (c->visits_left-- == 0)
-        return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
-                          "containers shared through the pickle memo make too many paths "
-                          "to name (at '%s')", c->nb.p ? c->nb.p : "");
+        return too_many_paths(c);
     const char *name = c->nb.p ? c->nb.p : "";
     if (is_tensor_like(v))
         return c->tensor_fn(c->user, name, v, c->err);
+    bool has = true;
+    if (c->leaf_fn && (v->kind == CKPT_OBJECT || is_container(v)) &&
+        !(v->flags & CKPT__VF_VISITING))
+        CKPT_RETURN_IF_ERROR(holds_tensor(c, v, depth, &has));
     if (v->kind == CKPT_OBJECT && !(v->flags & CKPT__VF_VISITING)) {
-        if (c->leaf_fn && !holds_tensor(v, depth, c->max_nesting))
+        if (!has)
             return c->leaf_fn(c->user, name, v, c->err);
         v->flags |= CKPT__VF_VISITING;
         ckpt_status st = is_module(v) ? walk_module(c, v, depth) : walk_object(c, v, depth);
         v->flags &= (uint16_t)~CKPT__VF_VISITING;
         return st;
     }
-    if (!is_container(v) || (v->flags & CKPT__VF_VISITING))
+    if (!is_container(v) || (v->flags & CKPT__VF_VISITING) || !has)
         return c->leaf_fn ? c->leaf_fn(c->user, name, v, c->err) : CKPT_OK;
-    if (c->leaf_fn && !holds_tensor(v, depth, c->max_nesting))
-        return c->leaf_fn(c->user, name, v, c->err);
     v->flags |= CKPT__VF_VISITING;
     ckpt_status st = CKPT_OK;
     size_t saved = c->nb.len;

@@ -594,14 +594,29 @@ static int zip_compare_offsets(const ckpt__zip_entry *entries, uint32_t a, uint3
     return (x > y) - (x < y);
 }
 
+/* Names compare as miniz (PyTorch's zip reader) compares them: ASCII case
+ * ignored. "data.pkl" and "DATA.PKL" are one name to torch, so two entries
+ * that differ only in case are an ambiguous archive, and a lookup finds
+ * either spelling. */
+static int name_cmp(const char *x, size_t xn, const char *y, size_t yn)
+{
+    size_t n = xn < yn ? xn : yn;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = (unsigned char)x[i], b = (unsigned char)y[i];
+        if (a >= 'A' && a <= 'Z')
+            a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z')
+            b = (unsigned char)(b + 32);
+        if (a != b)
+            return (int)a - (int)b;
+    }
+    return (xn > yn) - (xn < yn);
+}
+
 static int zip_compare_names(const ckpt__zip_entry *entries, uint32_t a, uint32_t b)
 {
     const ckpt__zip_entry *x = &entries[a], *y = &entries[b];
-    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
-    int c = memcmp(x->name, y->name, n);
-    if (c != 0)
-        return c;
-    return (x->name_len > y->name_len) - (x->name_len < y->name_len);
+    return name_cmp(x->name, x->name_len, y->name, y->name_len);
 }
 
 /* Stable bottom-up merge sort; n is bounded by an allocation, so 2 * width
@@ -796,8 +811,13 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
             uint32_t later = a > b ? a : b;
             const ckpt__zip_entry *dup = &z->entries[later];
             char q[128];
+            const ckpt__zip_entry *first = &z->entries[a > b ? b : a];
+            bool same = first->name_len == dup->name_len &&
+                        memcmp(first->name, dup->name, dup->name_len) == 0;
             st = ZIP_FAIL(err, CKPT_ERR_FORMAT, dup->name, spans[later].central_offset,
-                          "duplicate entry name '%s' (ambiguous archive)",
+                          same ? "duplicate entry name '%s' (ambiguous archive)"
+                               : "entry name '%s' differs from another only in case, which "
+                                 "torch's zip reader ignores (ambiguous archive)",
                           zip_quote(q, sizeof q, (const uint8_t *)dup->name, dup->name_len));
             goto cleanup;
         }
@@ -821,10 +841,7 @@ long ckpt__zip_find(const ckpt__zip *z, const char *name)
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         const ckpt__zip_entry *e = &z->entries[z->sorted[mid]];
-        size_t n = e->name_len < len ? e->name_len : len;
-        int c = memcmp(e->name, name, n);
-        if (c == 0)
-            c = (e->name_len > len) - (e->name_len < len);
+        int c = name_cmp(e->name, e->name_len, name, len);
         if (c == 0)
             return (long)z->sorted[mid];
         if (c < 0)

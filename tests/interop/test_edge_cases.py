@@ -174,3 +174,29 @@ def test_meta_tensors_have_no_storage(gen_dir, tool):
     index, blobs = tool.dump(p)
     assert blobs == [b"", b""] and [e["location"] for e in index] == ["meta", "meta"]
     assert tool.run("verify", p).returncode == 0
+
+
+def _rezip(src, dst, rename):
+    """A copy of a torch zip (stored entries) with names changed by rename(name)."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            for name in rename(info.filename):
+                zout.writestr(name, zin.read(info.filename))
+
+
+def test_record_names_ignore_case_like_torch(gen_dir, tool):
+    """torch's zip reader (miniz) looks names up ignoring ASCII case: a file
+    whose pickle is DATA.PKL loads, and two names differing only in case
+    are an ambiguous archive."""
+    src = _save(gen_dir, "case_src", {"w": torch.arange(6.)})
+    upper = gen_dir / "case_upper.pt"
+    _rezip(src, upper, lambda n: [n.replace("data.pkl", "DATA.PKL")])
+    assert torch.equal(torch.load(upper)["w"], torch.arange(6.))  # torch reads it
+    js = tool.inspect_json(upper)
+    assert [t["name"] for t in js["tensors"]] == ["w"]
+    both = gen_dir / "case_both.pt"
+    _rezip(src, both, lambda n: [n, n.replace("data.pkl", "DATA.PKL")] if n.endswith("data.pkl")
+           else [n])
+    res = tool.run("inspect", both)
+    assert res.returncode == 2 and "only in case" in res.stderr, res.describe()

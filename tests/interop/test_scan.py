@@ -5,6 +5,7 @@ TorchVersion. Also --allow, the JSON shape and the exit codes."""
 import io
 import json
 import pathlib
+import random
 import re
 import struct
 import zipfile
@@ -390,6 +391,63 @@ def test_zip_tricks(tool, made):
     rep = scan_one(tool, made["persid.pt"])
     assert "persistent id" in finding(rep, "storage")["message"]
 
+
+
+# a protocol-0 payload: it does not start with PROTO
+POSIX_SYSTEM_P0 = b"cposix\nsystem\n(S'true'\ntR."
+
+
+def test_names_differing_only_in_case(tool, tmp_path):
+    """torch's zip reader (miniz) looks records up ignoring ASCII case: of
+    data.pkl and data.PKL it reads either, depending on the other names. The
+    second is a duplicate and is scanned as torch would read it, however large
+    and whatever its protocol; a data.pkl torch finds only that way is read."""
+    recs = torch_records(state())
+    p = tmp_path / "case.pt"
+    big = POSIX_SYSTEM_P0 + bytes(17 << 20)
+    p.write_bytes(build_zip(entries_of(recs) + [{"name": "ckpt/data.PKL", "data": big}]))
+    rep = scan_one(tool, p)
+    assert rep["verdict"] == "unsafe"
+    dup = finding(rep, "duplicate_name")
+    assert dup["record"] == "ckpt/data.PKL" and "ignores case" in dup["message"]
+    assert finding(rep, "global", "posix.system")["record"] == "ckpt/data.PKL"
+    # torch really reads a variant of the name: then it is what is scanned
+    only = [{"name": n.replace("data.pkl", "DATA.PKL"), "data": d} for n, d in recs]
+    p.write_bytes(build_zip(only))
+    assert set(torch.load(p, weights_only=True)) == set(state())
+    rep = scan_one(tool, p)
+    assert rep["verdict"] == "safe" and rep["format"] == "torch-zip", rep
+    evil = [e if e["name"] != "ckpt/DATA.PKL" else {"name": e["name"], "data": POSIX_SYSTEM}
+            for e in only]
+    p.write_bytes(build_zip(evil))
+    assert finding(scan_one(tool, p), "global", "posix.system")["record"] == "ckpt/DATA.PKL"
+
+
+@pytest.mark.parametrize("deflated", [False, True])
+def test_large_records_are_checked_for_pickles(tool, tmp_path, deflated):
+    """A record past 16 MiB that torch never reads is still checked for a pickle
+    of any protocol (its bytes are only read further when it is one)."""
+    recs = torch_records(state())
+    pad = random.Random(0).randbytes(17 << 20) if deflated else bytes(17 << 20)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, d in recs:
+            z.writestr(n, d)
+        z.writestr("ckpt/notes", POSIX_SYSTEM_P0 + pad,
+                   compress_type=zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED)
+    p = tmp_path / "large.pt"
+    p.write_bytes(buf.getvalue())
+    rep = scan_one(tool, p)
+    assert finding(rep, "extra_pickle")["record"] == "ckpt/notes"
+    assert finding(rep, "global", "posix.system")["record"] == "ckpt/notes"
+    # a large record that is no pickle stays unread
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, d in recs:
+            z.writestr(n, d)
+        z.writestr("ckpt/notes", b"\xff" + pad)
+    p.write_bytes(buf.getvalue())
+    assert scan_one(tool, p)["verdict"] == "safe"
 
 def test_pickle_tricks(tool, made):
     rep = scan_one(tool, made["stack_global.pkl"])

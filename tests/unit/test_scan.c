@@ -337,6 +337,39 @@ static void test_permissive_keeps_allowed_meanings(void **state)
     ckpt_close(f);
 }
 
+/* A module whose _modules hold a list shared 2^60 ways through the memo: the
+ * search for tensors under a submodule is bounded like the naming walk. */
+static void test_permissive_shared_submodules(void **state)
+{
+    (void)state;
+    enum { N = 60 };
+    uint8_t pkl[1024];
+    size_t n = 0;
+#define PUT(s) (memcpy(pkl + n, (s), sizeof(s) - 1), n += sizeof(s) - 1)
+    PUT("\x80\x02]q\x00");
+    for (int i = 1; i <= N; i++) {
+        /* L_i = [L_{i-1}, L_{i-1}], memo slot i */
+        const uint8_t step[] = {']', '(', 'h', (uint8_t)(i - 1), 'h', (uint8_t)(i - 1), 'e',
+                                'q', (uint8_t)i, '0'};
+        memcpy(pkl + n, step, sizeof(step));
+        n += sizeof(step);
+    }
+    PUT("cfoo\nNet\n)\x81}(X\x0b\x00\x00\x00_parameters}X\x08\x00\x00\x00_buffers}"
+        "X\x08\x00\x00\x00_modules}(X\x01\x00\x00\x00" "ah");
+    pkl[n++] = N;
+    PUT("uub.");
+#undef PUT
+    assert_true(n <= sizeof(pkl));
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    o.flags |= CKPT_OPEN_PERMISSIVE;
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    assert_int_equal(ckpt_open_memory(pkl, n, &o, &f, &err), CKPT_ERR_LIMIT);
+    assert_null(f);
+    assert_non_null(strstr(err.message, "too many paths"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,6 +386,7 @@ int main(void)
         cmocka_unit_test(test_limits_are_findings),
         cmocka_unit_test(test_permissive_objects),
         cmocka_unit_test(test_permissive_keeps_allowed_meanings),
+        cmocka_unit_test(test_permissive_shared_submodules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
