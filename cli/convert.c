@@ -278,11 +278,70 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
 
 /* ---- --dtype ---------------------------------------------------------------- */
 
+/* What cast_tree made of each value it has seen (a tensor or a container),
+ * by address: open addressing over a power-of-two table. */
 typedef struct cast_memo {
     const ckpt_value **from;
-    const ckpt_value **to;
-    size_t len, cap;
+    const ckpt_value **to;      /* IN_PROGRESS while its container is walked */
+    size_t count, cap;
 } cast_memo;
+
+static const char in_progress;
+#define IN_PROGRESS ((const ckpt_value *)(const void *)&in_progress)
+
+static size_t memo_slot(const cast_memo *m, const ckpt_value *v)
+{
+    uint64_t x = (uint64_t)(uintptr_t)v;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    size_t i = (size_t)x & (m->cap - 1);
+    while (m->from[i] && m->from[i] != v)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+/* What v became, or NULL when not seen yet. */
+static const ckpt_value *memo_get(const cast_memo *m, const ckpt_value *v)
+{
+    return m->cap ? m->to[memo_slot(m, v)] : NULL;
+}
+
+/* Records v -> to; false when out of memory. */
+static bool memo_set(cast_memo *m, const ckpt_value *v, const ckpt_value *to)
+{
+    size_t i = m->cap ? memo_slot(m, v) : 0;
+    if (m->cap && m->from[i] == v) {
+        m->to[i] = to;
+        return true;
+    }
+    if ((m->count + 1) * 2 > m->cap) {
+        cast_memo n = {.cap = m->cap ? m->cap * 2 : 256};
+        n.from = calloc(n.cap, sizeof(*n.from));
+        n.to = calloc(n.cap, sizeof(*n.to));
+        if (!n.from || !n.to) {
+            free(n.from);
+            free(n.to);
+            return false;
+        }
+        for (size_t j = 0; j < m->cap; j++) {
+            if (m->from[j]) {
+                size_t k = memo_slot(&n, m->from[j]);
+                n.from[k] = m->from[j];
+                n.to[k] = m->to[j];
+            }
+        }
+        n.count = m->count;
+        free(m->from);
+        free(m->to);
+        *m = n;
+    }
+    i = memo_slot(m, v);
+    m->from[i] = v;
+    m->to[i] = to;
+    m->count++;
+    return true;
+}
 
 static bool castable(ckpt_dtype d)
 {
@@ -290,44 +349,36 @@ static bool castable(ckpt_dtype d)
 }
 
 /* The tree with every strided floating tensor cast to `to`; containers that
- * hold none are shared, not copied. A tensor reached twice is cast once. */
+ * hold none are shared, not copied. Each value is visited once: a tensor or
+ * container reached twice is cast once and stays shared, and a container
+ * inside itself (a cycle, which no writer takes) is left as it is. */
 static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dtype to,
                                    cast_memo *memo, int depth, size_t *count)
 {
     if (!v || depth > 1000)
         return v;
     ckpt_kind kind = ckpt_value_kind(v);
+    bool is_dict = kind == CKPT_DICT || kind == CKPT_ORDERED_DICT;
+    bool is_seq = kind == CKPT_LIST || kind == CKPT_TUPLE || kind == CKPT_SET;
+    if (kind != CKPT_TENSOR && !is_dict && !is_seq)
+        return v;
+    const ckpt_value *seen = memo_get(memo, v);
+    if (seen)
+        return seen == IN_PROGRESS ? v : seen;
     if (kind == CKPT_TENSOR) {
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
         if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage || !castable(ti.dtype) ||
             ti.dtype == to)
             return v;
-        for (size_t i = 0; i < memo->len; i++)
-            if (memo->from[i] == v)
-                return memo->to[i];
         const ckpt_value *c = ckpt_new_cast(tree, v, to);
-        if (memo->len == memo->cap) {
-            size_t cap = memo->cap ? memo->cap * 2 : 64;
-            const ckpt_value **f = realloc(memo->from, cap * sizeof(*f));
-            if (f)
-                memo->from = f;
-            const ckpt_value **t = realloc(memo->to, cap * sizeof(*t));
-            if (t)
-                memo->to = t;
-            if (!f || !t)
-                return NULL;
-            memo->cap = cap;
-        }
-        memo->from[memo->len] = v;
-        memo->to[memo->len++] = c;
+        if (!memo_set(memo, v, c))
+            return NULL;
         (*count)++;
         return c;
     }
-    bool is_dict = kind == CKPT_DICT || kind == CKPT_ORDERED_DICT;
-    bool is_seq = kind == CKPT_LIST || kind == CKPT_TUPLE || kind == CKPT_SET;
-    if (!is_dict && !is_seq)
-        return v;
+    if (!memo_set(memo, v, IN_PROGRESS))
+        return NULL;
     size_t n = ckpt_value_len(v);
     const ckpt_value **kids = malloc((n ? n : 1) * sizeof(*kids));
     if (!kids)
@@ -355,6 +406,7 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
         result = c;
     }
     free(kids);
+    memo_set(memo, v, result); /* v has its slot: nothing to allocate */
     return result;
 }
 

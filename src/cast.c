@@ -76,11 +76,6 @@ static uint16_t f32_to_bf16(float f)
     return (uint16_t)(x >> 16);
 }
 
-static bool is_float_dtype(ckpt_dtype d)
-{
-    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
-}
-
 ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from, const void *src,
                                size_t count)
 {
@@ -96,7 +91,7 @@ ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from, const 
             memmove(dst, src, count * esz);
         return CKPT_OK;
     }
-    if (!is_float_dtype(to) || !is_float_dtype(from))
+    if (!ckpt__dtype_castable(to) || !ckpt__dtype_castable(from))
         return CKPT_ERR_TYPE;
     const uint8_t *s = src;
     uint8_t *o = dst;

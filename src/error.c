@@ -125,6 +125,19 @@ void ckpt_save_options_default(ckpt_save_options *opts)
     opts->struct_size = sizeof(*opts);
 }
 
+void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src)
+{
+    /* as ckpt__limits_apply: fields an older caller does not know keep
+     * their defaults */
+    ckpt_save_options_default(dst);
+    size_t n = src ? src->struct_size : 0;
+    if (n > sizeof(*dst))
+        n = sizeof(*dst);
+    if (n)
+        memcpy(dst, src, n);
+    dst->struct_size = sizeof(*dst);
+}
+
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src)
 {
     /* A caller built against an older header sets fewer limits: the fields

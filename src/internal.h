@@ -28,6 +28,9 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
 /* Copies the limits a caller set (src->struct_size bytes of them) over the
  * defaults in dst. */
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);
+/* Copies the save options a caller set (src->struct_size bytes of them; src
+ * may be NULL) over the defaults in dst. */
+void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src);
 /* Sets err->file_offset = base + err->offset when both are known. */
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
 /* Makes err->record "prefix: record" (e.g. the shard file of a sharded index). */
@@ -61,6 +64,35 @@ static inline uint64_t ckpt__le64(const uint8_t *p)
 {
     return (uint64_t)ckpt__le32(p) | ((uint64_t)ckpt__le32(p + 4) << 32);
 }
+
+/* ---- growable memory (buf.c) ------------------------------------------ */
+
+/* Bytes appended at the end, a NUL kept after them (p is a C string when
+ * they hold no NUL). An append that fails sets failed and drops the bytes,
+ * and every later one is dropped too: check failed once at the end. */
+typedef struct ckpt__buf {
+    uint8_t *p;
+    size_t len, cap;
+    bool failed;                /* out of memory */
+} ckpt__buf;
+
+/* Room for more bytes (and the NUL); false when out of memory. */
+bool ckpt__buf_reserve(ckpt__buf *b, size_t more);
+void ckpt__buf_free(ckpt__buf *b);
+
+static inline void ckpt__buf_put(ckpt__buf *b, const void *p, size_t n)
+{
+    if (b->failed || (CKPT_UNLIKELY(b->len + n >= b->cap) && !ckpt__buf_reserve(b, n)))
+        return;
+    if (n)
+        memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+/* Doubles an array of *cap elements of elem bytes (16 at first): the new
+ * array, or NULL when out of memory (items and *cap are then unchanged). */
+void *ckpt__array_grow(void *items, size_t *cap, size_t elem);
 
 /* ---- arena: every value of a file lives here, freed at once ----------- */
 
@@ -138,6 +170,19 @@ static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
     return n ? n : 1;
 }
 
+/* qint8, quint8, qint32, quint4x2, quint2x4: tensors with a quantizer. */
+static inline bool ckpt__dtype_is_quantized(ckpt_dtype d)
+{
+    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
+           d == CKPT_QUINT2X4;
+}
+
+/* The dtypes ckpt_convert_dtype converts between. */
+static inline bool ckpt__dtype_castable(ckpt_dtype d)
+{
+    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
+}
+
 /* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */
 typedef struct ckpt__storage_pid {
     ckpt_dtype dtype;
@@ -172,6 +217,9 @@ ckpt_status ckpt__storage_value(ckpt__arena *a, ckpt__storage *s, const char *re
 ckpt_status ckpt__tensor_validate(ckpt_tensor *t, const ckpt_limits *limits,
                                   const char *record, uint64_t offset, ckpt_error *err);
 bool ckpt__tensor_is_contiguous(const ckpt_tensor *t);
+/* The tensor's byte count (numel x element size, rounded up for sub-byte);
+ * numel must be validated. */
+uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t);
 /* Byte-swaps n elements of elem_size bytes in place (complex: per half). */
 void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype);
 
@@ -407,8 +455,6 @@ ckpt_status ckpt__storage_read(ckpt__storage *s, uint64_t off, size_t len, uint8
  * sub-byte dtypes only when contiguous. */
 ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, uint8_t *buf,
                               const uint8_t **out, ckpt_error *err);
-/* The tensor's byte count (numel x element size, rounded up for sub-byte). */
-uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t);
 
 /* Calls fn for every tensor of the tree with its name as ckpt_file_tensor
  * gives it (a tensor reachable by two paths: twice), and, when leaf_fn is
@@ -450,6 +496,9 @@ char *ckpt__bigint_decimal(const uint8_t *p, size_t n, size_t *len);
  * Surrogates (which Python writes with 'surrogatepass') decode as
  * themselves; any other invalid sequence gives -1 with *used = 1. */
 long ckpt__utf8_next(const unsigned char *s, size_t n, size_t *used);
+/* Well-formed UTF-8 without surrogates (what a JSON reader or Python's
+ * strict decoder accepts); NUL only when allow_nul. */
+bool ckpt__utf8_valid(const char *s, size_t n, bool allow_nul);
 
 /* ---- crash-safe output file ------------------------------------------ */
 
@@ -457,7 +506,6 @@ typedef struct ckpt__out {
     int fd;
     char *path;                 /* the target */
     char *tmp_path;             /* the temporary beside it */
-    uint64_t written;
     unsigned flags;             /* CKPT_SAVE_* */
 } ckpt__out;
 

@@ -99,7 +99,6 @@ ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *e
             return io_fail(err, "cannot write", o->path, EIO);
         b += w;
         n -= (size_t)w;
-        o->written += (uint64_t)w;
     }
     return CKPT_OK;
 }

@@ -199,14 +199,11 @@ typedef struct frame {
 } frame;
 
 typedef struct pickler {
-    uint8_t *buf;
-    size_t len, cap;
-    bool nomem;                /* an append failed: everything after is dropped */
+    ckpt__buf out;             /* out.failed: out of memory, everything after is dropped */
     ptr_map memo;
     name_map names;
     uint32_t next_memo;
-    char *scratch;             /* name keys */
-    size_t scratch_cap;
+    ckpt__buf scratch;         /* name keys */
     uint64_t max_nesting;
     frame *path;
     size_t depth, path_cap;
@@ -215,35 +212,7 @@ typedef struct pickler {
     ckpt_error *err;
 } pickler;
 
-static void grow(pickler *w, size_t more)
-{
-    if (w->nomem)
-        return;
-    if (more > SIZE_MAX / 2 - w->len) {
-        w->nomem = true;
-        return;
-    }
-    size_t cap = w->cap ? w->cap : 4096;
-    while (cap < w->len + more)
-        cap *= 2;
-    uint8_t *p = realloc(w->buf, cap);
-    if (!p) {
-        w->nomem = true;
-        return;
-    }
-    w->buf = p;
-    w->cap = cap;
-}
-
-static void emit(pickler *w, const void *p, size_t n)
-{
-    if (w->len + n > w->cap)
-        grow(w, n);
-    if (w->nomem)
-        return;
-    memcpy(w->buf + w->len, p, n);
-    w->len += n;
-}
+static void emit(pickler *w, const void *p, size_t n) { ckpt__buf_put(&w->out, p, n); }
 
 static void op(pickler *w, uint8_t code) { emit(w, &code, 1); }
 
@@ -318,7 +287,7 @@ static ckpt_status fail(pickler *w, ckpt_status st, const char *fmt, ...)
 
 static ckpt_status nomem(pickler *w)
 {
-    w->nomem = true;
+    w->out.failed = true;
     return fail(w, CKPT_ERR_NOMEM, "out of memory while pickling");
 }
 
@@ -328,12 +297,10 @@ static ckpt_status push(pickler *w, const ckpt_value *container, size_t index)
         return fail(w, CKPT_ERR_LIMIT, "values nest more than %llu deep (max_nesting)",
                     (unsigned long long)w->max_nesting);
     if (w->depth == w->path_cap) {
-        size_t cap = w->path_cap ? w->path_cap * 2 : 64;
-        frame *p = realloc(w->path, cap * sizeof(*p));
+        frame *p = ckpt__array_grow(w->path, &w->path_cap, sizeof(*p));
         if (!p)
             return nomem(w);
         w->path = p;
-        w->path_cap = cap;
     }
     w->path[w->depth++] = (frame){container, index};
     return CKPT_OK;
@@ -384,45 +351,35 @@ static ckpt_status put_ptr(pickler *w, const void *v)
 
 /* The name-table key tag + a [+ "\n" + b] in the scratch buffer. */
 static ckpt_status name_key(pickler *w, char tag, const char *a, size_t alen, const char *b,
-                            size_t blen, size_t *len)
+                            size_t blen)
 {
-    size_t n = 1 + alen + (b ? 1 + blen : 0);
-    if (n > w->scratch_cap) {
-        size_t cap = w->scratch_cap ? w->scratch_cap : 256;
-        while (cap < n)
-            cap *= 2;
-        char *p = realloc(w->scratch, cap);
-        if (!p)
-            return nomem(w);
-        w->scratch = p;
-        w->scratch_cap = cap;
-    }
-    w->scratch[0] = tag;
-    memcpy(w->scratch + 1, a, alen);
+    w->scratch.len = 0;
+    ckpt__buf_put(&w->scratch, &tag, 1);
+    ckpt__buf_put(&w->scratch, a, alen);
     if (b) {
-        w->scratch[1 + alen] = '\n';
-        memcpy(w->scratch + 2 + alen, b, blen);
+        ckpt__buf_put(&w->scratch, "\n", 1);
+        ckpt__buf_put(&w->scratch, b, blen);
     }
-    *len = n;
-    return CKPT_OK;
+    return w->scratch.failed ? nomem(w) : CKPT_OK;
 }
 
 /* Looks the key in the scratch buffer up: emits its BINGET and sets *found. */
-static void name_get(pickler *w, size_t len, uint64_t *hash, bool *found)
+static void name_get(pickler *w, uint64_t *hash, bool *found)
 {
-    *hash = name_hash(&w->names, w->scratch, len);
-    name_slot *e = name_find(&w->names, w->scratch, len, *hash);
+    const char *key = (const char *)w->scratch.p;
+    *hash = name_hash(&w->names, key, w->scratch.len);
+    name_slot *e = name_find(&w->names, key, w->scratch.len, *hash);
     *found = e != NULL;
     if (e)
         get(w, e->memo);
 }
 
 /* BINPUT of the object the scratch key names. */
-static ckpt_status name_put(pickler *w, size_t len, uint64_t hash)
+static ckpt_status name_put(pickler *w, uint64_t hash)
 {
     uint32_t i = 0;
     CKPT_RETURN_IF_ERROR(put(w, &i));
-    if (!name_add(&w->names, w->scratch, len, hash, i))
+    if (!name_add(&w->names, (const char *)w->scratch.p, w->scratch.len, hash, i))
         return nomem(w);
     return CKPT_OK;
 }
@@ -490,11 +447,11 @@ static ckpt_status save_unicode(pickler *w, const char *s, size_t n)
 /* GLOBAL module name, or BINGET of it when written before. */
 static ckpt_status save_global(pickler *w, const char *module, const char *name)
 {
-    size_t ml = strlen(module), nl = strlen(name), len;
-    CKPT_RETURN_IF_ERROR(name_key(w, 'G', module, ml, name, nl, &len));
+    size_t ml = strlen(module), nl = strlen(name);
+    CKPT_RETURN_IF_ERROR(name_key(w, 'G', module, ml, name, nl));
     uint64_t h;
     bool found;
-    name_get(w, len, &h, &found);
+    name_get(w, &h, &found);
     if (found)
         return CKPT_OK;
     op(w, OP_GLOBAL);
@@ -502,22 +459,21 @@ static ckpt_status save_global(pickler *w, const char *module, const char *name)
     op(w, '\n');
     emit(w, name, nl);
     op(w, '\n');
-    return name_put(w, len, h);
+    return name_put(w, h);
 }
 
 /* A string torch.save writes as one object each time ('storage', 'latin1',
  * 'cpu'): BINUNICODE once, BINGET after. */
 static ckpt_status save_const_str(pickler *w, const char *s, size_t n)
 {
-    size_t len;
-    CKPT_RETURN_IF_ERROR(name_key(w, 'S', s, n, NULL, 0, &len));
+    CKPT_RETURN_IF_ERROR(name_key(w, 'S', s, n, NULL, 0));
     uint64_t h;
     bool found;
-    name_get(w, len, &h, &found);
+    name_get(w, &h, &found);
     if (found)
         return CKPT_OK;
     CKPT_RETURN_IF_ERROR(save_unicode(w, s, n));
-    return name_put(w, len, h);
+    return name_put(w, h);
 }
 
 /* collections.OrderedDict(): the backward hooks torch.save writes. */
@@ -591,12 +547,6 @@ static const char *torch_dtype_name(ckpt_dtype d)
     return ckpt_dtype_name(d);
 }
 
-static bool is_quantized(ckpt_dtype d)
-{
-    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
-           d == CKPT_QUINT2X4;
-}
-
 static const char *const LAYOUTS[] = {
     "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
     "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn",
@@ -620,11 +570,10 @@ static bool is_layout_name(const char *s, size_t n)
  * Layouts are singletons, memoized by name. */
 static ckpt_status save_layout(pickler *w, const char *s, size_t n)
 {
-    size_t len;
-    CKPT_RETURN_IF_ERROR(name_key(w, 'L', s, n, NULL, 0, &len));
+    CKPT_RETURN_IF_ERROR(name_key(w, 'L', s, n, NULL, 0));
     uint64_t h;
     bool found;
-    name_get(w, len, &h, &found);
+    name_get(w, &h, &found);
     if (found)
         return CKPT_OK;
     CKPT_RETURN_IF_ERROR(save_global(w, "torch.serialization", "_get_layout"));
@@ -634,8 +583,8 @@ static ckpt_status save_layout(pickler *w, const char *s, size_t n)
     CKPT_RETURN_IF_ERROR(put(w, NULL));
     op(w, OP_REDUCE);
     /* the key may have moved in the scratch buffer: make it again */
-    CKPT_RETURN_IF_ERROR(name_key(w, 'L', s, n, NULL, 0, &len));
-    return name_put(w, len, h);
+    CKPT_RETURN_IF_ERROR(name_key(w, 'L', s, n, NULL, 0));
+    return name_put(w, h);
 }
 
 /* ---- values ---------------------------------------------------------------- */
@@ -750,10 +699,9 @@ static ckpt_status save_bytes(pickler *w, const ckpt_value *v)
     if (n + high > UINT32_MAX || n + high < n)
         return fail(w, CKPT_ERR_LIMIT, "bytes of %zu bytes are too long for protocol 2", n);
     op_u32(w, OP_BINUNICODE, (uint32_t)(n + high));
-    grow(w, n + high);
-    if (w->nomem)
+    if (!ckpt__buf_reserve(&w->out, n + high))
         return nomem(w);
-    uint8_t *o = w->buf + w->len;
+    uint8_t *o = w->out.p + w->out.len;
     for (size_t i = 0; i < n; i++) {
         if (p[i] < 0x80) {
             *o++ = p[i];
@@ -762,7 +710,8 @@ static ckpt_status save_bytes(pickler *w, const ckpt_value *v)
             *o++ = (uint8_t)(0x80 | (p[i] & 0x3f));
         }
     }
-    w->len += n + high;
+    w->out.len += n + high;
+    w->out.p[w->out.len] = 0;
     CKPT_RETURN_IF_ERROR(put(w, NULL));
     CKPT_RETURN_IF_ERROR(save_const_str(w, "latin1", 6));
     op(w, OP_TUPLE2);
@@ -916,7 +865,7 @@ static ckpt_status rebuild_func(pickler *w, const ckpt_tensor *t, const ckpt_val
         *name = "_rebuild_meta_tensor_no_storage";
         return CKPT_OK;
     }
-    if (is_quantized(t->dtype)) {
+    if (ckpt__dtype_is_quantized(t->dtype)) {
         const ckpt_value *q0 = qparams && qparams->kind == CKPT_TUPLE && qparams->u.seq.len >= 3
                                    ? qparams->u.seq.items[0]
                                    : NULL;
@@ -972,7 +921,7 @@ static ckpt_status save_rebuild_args(pickler *w, const ckpt_value *holder, const
     }
     /* (storage, offset, size, stride[, quantizer_params], requires_grad,
      * hooks[, dtype]) */
-    bool quantized = is_quantized(t->dtype);
+    bool quantized = ckpt__dtype_is_quantized(t->dtype);
     bool untyped = ckpt__torch_storage_class(t->dtype) == NULL;
     CKPT_RETURN_IF_ERROR(save_storage_ref(w, t->storage, t->dtype, untyped));
     save_int(w, t->storage_offset);
@@ -1005,7 +954,7 @@ static ckpt_status save_tensor(pickler *w, const ckpt_value *holder, const ckpt_
      * state is Python attributes (a dict), which torch restores with
      * _rebuild_parameter_with_state or _rebuild_from_type_v2 */
     const ckpt_value *qparams = NULL, *attrs = NULL;
-    if (is_quantized(t->dtype) && t->layout == CKPT_LAYOUT_STRIDED && t->storage)
+    if (ckpt__dtype_is_quantized(t->dtype) && t->layout == CKPT_LAYOUT_STRIDED && t->storage)
         qparams = state;
     else
         attrs = state;
@@ -1151,7 +1100,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
 
 static ckpt_status save(pickler *w, const ckpt_value *v)
 {
-    if (w->nomem)
+    if (w->out.failed)
         return nomem(w);
     if (!v)
         return fail(w, CKPT_ERR_INVALID_ARG, "a missing (NULL) value");
@@ -1221,7 +1170,7 @@ static ckpt_status save(pickler *w, const ckpt_value *v)
     s = ptr_find(&w->memo, (uintptr_t)v);
     if (s)
         s->visiting = 0;
-    if (st == CKPT_OK && w->nomem)
+    if (st == CKPT_OK && w->out.failed)
         st = nomem(w);
     return st;
 }
@@ -1242,17 +1191,17 @@ ckpt_status ckpt__pickle_dump(const ckpt_value *root, uint64_t max_nesting,
     emit(&w, proto, 2);
     ckpt_status st = save(&w, root);
     op(&w, OP_STOP);
-    if (st == CKPT_OK && w.nomem)
+    if (st == CKPT_OK && w.out.failed)
         st = nomem(&w);
     free(w.memo.slots);
     name_map_free(&w.names);
-    free(w.scratch);
+    ckpt__buf_free(&w.scratch);
     free(w.path);
     if (st != CKPT_OK) {
-        free(w.buf);
+        ckpt__buf_free(&w.out);
         return st;
     }
-    *out = w.buf;
-    *out_len = w.len;
+    *out = w.out.p;
+    *out_len = w.out.len;
     return CKPT_OK;
 }

@@ -338,6 +338,25 @@ long ckpt__utf8_next(const unsigned char *s, size_t n, size_t *used)
     return (long)cp;
 }
 
+bool ckpt__utf8_valid(const char *s, size_t n, bool allow_nul)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        if (p[i] >= 0x80) {
+            size_t used;
+            long cp = ckpt__utf8_next(p + i, n - i, &used);
+            if (cp < 0 || (cp >= 0xd800 && cp <= 0xdfff))
+                return false;
+            i += used;
+        } else if (p[i] == 0 && !allow_nul) {
+            return false;
+        } else {
+            i++;
+        }
+    }
+    return true;
+}
+
 /* Code points outside ASCII that Python's repr escapes (str.isprintable()
  * is false): the assigned ones of categories Cc, Cf, Cs, Co, Zl, Zp and Zs
  * (Unicode 14). Unassigned code points are shown as they are. */

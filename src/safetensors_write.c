@@ -33,38 +33,22 @@
 #define ST_DATA_ALIGN 64u
 #define ST_CHUNK (4u << 20)
 
-/* ---- a growable text buffer, bounded by the header limit ----------------- */
+/* ---- text, bounded by the header limit ----------------------------------- */
 
 typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;        /* out of memory */
+    ckpt__buf b;        /* b.failed: out of memory */
     bool too_big;       /* past ST_MAX_HEADER */
 } sbuf;
 
 static void sb_put(sbuf *b, const void *s, size_t n)
 {
-    if (b->failed || b->too_big)
+    if (b->too_big)
         return;
-    if (n > ST_MAX_HEADER || b->len + n > ST_MAX_HEADER) {
+    if (n > ST_MAX_HEADER - b->b.len) {
         b->too_big = true;
         return;
     }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
+    ckpt__buf_put(&b->b, s, n);
 }
 
 static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
@@ -78,20 +62,6 @@ static void sb_u64(sbuf *b, uint64_t v)
 }
 
 /* ---- UTF-8 ------------------------------------------------------------- */
-
-/* Strict UTF-8 (no surrogates) without NUL: what a JSON reader accepts. */
-static bool utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        size_t used;
-        long cp = ckpt__utf8_next(p + i, n - i, &used);
-        if (cp <= 0 || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += used;
-    }
-    return true;
-}
 
 /* JSON's two-character escape of c; NULL when it has none. */
 static const char *json_escape(long c)
@@ -183,7 +153,7 @@ static void sb_bigint(sbuf *b, const ckpt_value *v)
     const char *s = ckpt_value_str(v, &n);
     char *dec = ckpt__bigint_decimal((const uint8_t *)s, n, &len);
     if (!dec) {
-        b->failed = true;
+        b->b.failed = true;
         return;
     }
     sb_put(b, dec, len);
@@ -237,7 +207,7 @@ static void sb_json_key(sbuf *b, const ckpt_value *k)
         len = ckpt__key_text(k, NULL, 0);
         char *text = malloc(len + 1);
         if (!text) {
-            b->failed = true;
+            b->b.failed = true;
             return;
         }
         ckpt__key_text(k, text, len + 1);
@@ -250,7 +220,7 @@ static void sb_json_key(sbuf *b, const ckpt_value *k)
 
 static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t depth)
 {
-    if (w->st != CKPT_OK || b->failed || b->too_big)
+    if (w->st != CKPT_OK || b->b.failed || b->too_big)
         return;
     ckpt_kind k = ckpt_value_kind(v);
     size_t len;
@@ -379,12 +349,6 @@ typedef struct st_ctx {
     uint64_t max_depth;
 } st_ctx;
 
-static bool is_quantized(ckpt_dtype d)
-{
-    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
-           d == CKPT_QUINT2X4;
-}
-
 static ckpt_status nomem(ckpt_error *err)
 {
     return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
@@ -403,7 +367,7 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "tensor '%s' is %s: safetensors holds only dense tensors", name,
                           ckpt_layout_name((ckpt_layout)t->layout));
-    if (is_quantized(t->dtype))
+    if (ckpt__dtype_is_quantized(t->dtype))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "tensor '%s' is quantized (%s): safetensors has no quantized dtypes "
                           "and would lose its scale and zero point",
@@ -426,7 +390,7 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "a tensor is named '__metadata__', the name safetensors keeps for "
                           "metadata");
-    if (!utf8_valid(name, nlen))
+    if (!ckpt__utf8_valid(name, nlen, false))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "tensor name '%s' is not valid UTF-8 (a JSON header needs it)", name);
     /* "NAME":{"dtype":"..","shape":[],"data_offsets":[0,0]} at the least:
@@ -439,12 +403,10 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
                           "(too many tensors)",
                           ST_MAX_HEADER);
     if (c->ntensors == c->tensors_cap) {
-        size_t cap = c->tensors_cap ? c->tensors_cap * 2 : 64;
-        st_tensor *p = realloc(c->tensors, cap * sizeof(*p));
+        st_tensor *p = ckpt__array_grow(c->tensors, &c->tensors_cap, sizeof(*p));
         if (!p)
             return nomem(err);
         c->tensors = p;
-        c->tensors_cap = cap;
     }
     st_tensor *e = &c->tensors[c->ntensors];
     memset(e, 0, sizeof(*e));
@@ -471,14 +433,12 @@ static ckpt_status add_meta(st_ctx *c, const char *key, size_t klen, char *val, 
                           ST_MAX_HEADER);
     }
     if (c->nmeta == c->meta_cap) {
-        size_t cap = c->meta_cap ? c->meta_cap * 2 : 16;
-        st_meta *p = realloc(c->meta, cap * sizeof(*p));
+        st_meta *p = ckpt__array_grow(c->meta, &c->meta_cap, sizeof(*p));
         if (!p) {
             free(val);
             return nomem(err);
         }
         c->meta = p;
-        c->meta_cap = cap;
     }
     char *k = malloc(klen + 1);
     if (!k) {
@@ -496,7 +456,7 @@ static ckpt_status add_meta(st_ctx *c, const char *key, size_t klen, char *val, 
 static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt_value *v,
                             ckpt_error *err)
 {
-    if (!utf8_valid(name, nlen))
+    if (!ckpt__utf8_valid(name, nlen, false))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "metadata name '%s' is not valid UTF-8 without NUL (a JSON header "
                           "needs it)",
@@ -504,8 +464,8 @@ static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt
     sbuf b = {0};
     json_walk w = {.path = c->path, .max_depth = c->max_depth, .where = name, .err = err};
     sb_json_value(&b, &w, v, 0);
-    if (w.st != CKPT_OK || b.failed || b.too_big || !b.p) {
-        free(b.p);
+    if (w.st != CKPT_OK || b.b.failed || b.too_big || !b.b.p) {
+        ckpt__buf_free(&b.b);
         if (w.st != CKPT_OK)
             return w.st;
         if (b.too_big)
@@ -514,7 +474,7 @@ static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt
                               name, ST_MAX_HEADER);
         return nomem(err);
     }
-    return add_meta(c, name, nlen, b.p, b.len, false, err);
+    return add_meta(c, name, nlen, (char *)b.b.p, b.b.len, false, err);
 }
 
 static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ckpt_error *err)
@@ -553,7 +513,7 @@ static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error
         if (ckpt_value_kind(kv) != CKPT_STR || ckpt_value_kind(vv) != CKPT_STR)
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                               "options' metadata entry %zu is not text -> text", i);
-        if (!utf8_valid(ks, klen) || !utf8_valid(vs, vlen))
+        if (!ckpt__utf8_valid(ks, klen, false) || !ckpt__utf8_valid(vs, vlen, false))
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                               "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
         char *val = malloc(vlen + 1);
@@ -667,7 +627,7 @@ static void build_header(const st_ctx *c, sbuf *h)
     }
     sb_chr(h, '}');
     /* spaces up to the data alignment: JSON allows trailing whitespace */
-    while (!h->failed && !h->too_big && (8 + h->len) % ST_DATA_ALIGN != 0)
+    while (!h->b.failed && !h->too_big && (8 + h->b.len) % ST_DATA_ALIGN != 0)
         sb_chr(h, ' ');
 }
 
@@ -712,13 +672,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     if (!path || !root)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     ckpt_save_options o;
-    memset(&o, 0, sizeof(o));
-    o.struct_size = sizeof(o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o);
-        memcpy(&o, opts, n);
-        o.struct_size = sizeof(o);
-    }
+    ckpt__save_options_apply(&o, opts);
     ckpt_limits lim;
     ckpt_limits_default(&lim);
 
@@ -765,7 +719,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     }
 
     build_header(&c, &h);
-    if (h.failed) {
+    if (h.b.failed) {
         st = nomem(err);
         goto done;
     }
@@ -776,7 +730,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                         ST_MAX_HEADER);
         goto done;
     }
-    uint64_t total = 8 + h.len + data_bytes;
+    uint64_t total = 8 + h.b.len + data_bytes;
     if (max_tensor) {
         buf = malloc(max_tensor < ST_CHUNK ? (size_t)max_tensor : ST_CHUNK);
         if (!buf) {
@@ -790,11 +744,11 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     out_open = true;
     uint8_t len8[8];
     for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
+        len8[i] = (uint8_t)((uint64_t)h.b.len >> (8 * i));
     if ((st = ckpt__out_write(&out, len8, 8, err)) != CKPT_OK ||
-        (st = ckpt__out_write(&out, h.p, h.len, err)) != CKPT_OK)
+        (st = ckpt__out_write(&out, h.b.p, h.b.len, err)) != CKPT_OK)
         goto done;
-    uint64_t done_bytes = 8 + h.len;
+    uint64_t done_bytes = 8 + h.b.len;
     progress(&o, done_bytes, total);
     for (size_t i = 0; i < c.ntensors; i++) {
         if ((st = write_tensor(&out, &c.tensors[i], buf, &o, &done_bytes, total, err)) != CKPT_OK)
@@ -806,7 +760,7 @@ done:
     if (out_open && st != CKPT_OK)
         ckpt__out_abort(&out);
     free(buf);
-    free(h.p);
+    ckpt__buf_free(&h.b);
     for (size_t i = 0; i < c.ntensors; i++)
         free(c.tensors[i].name);
     free(c.tensors);

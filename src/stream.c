@@ -11,14 +11,6 @@
 
 #include <stdlib.h>
 
-uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t)
-{
-    unsigned bits = ckpt_dtype_bits(t->dtype);
-    /* numel x bits cannot overflow: ckpt__tensor_validate checked it */
-    uint64_t nbits = t->numel * bits;
-    return nbits / 8 + (nbits % 8 != 0);
-}
-
 static ckpt_status range_check(uint64_t off, size_t len, uint64_t size, const char *what,
                                ckpt_error *err)
 {
@@ -31,7 +23,8 @@ static ckpt_status range_check(uint64_t off, size_t len, uint64_t size, const ch
 }
 
 /* Elements of a cast: read the source's row-major bytes and convert them.
- * The source is read in pieces so that the scratch memory stays small. */
+ * A contiguous source whose bytes are in memory converts straight from
+ * them; any other is read in pieces so that the scratch memory stays small. */
 static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, uint8_t *buf,
                              ckpt_error *err)
 {
@@ -40,11 +33,17 @@ static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, u
     if (dsz == 0 || ssz == 0 || off % dsz || len % dsz)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "cast reads must cover whole elements");
+    uint64_t first = off / dsz, count = len / dsz;
+    if (ckpt__tensor_is_contiguous(src) && !src->storage->cast_src) {
+        const uint8_t *p;
+        CKPT_RETURN_IF_ERROR(
+            ckpt__tensor_read(src, first * ssz, (size_t)count * ssz, NULL, &p, err));
+        return ckpt_convert_dtype(s->dtype, buf, src->dtype, p, (size_t)count);
+    }
     enum { PIECE = 16384 }; /* elements per conversion step */
     uint8_t *scratch = malloc(PIECE * ssz);
     if (!scratch)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-    uint64_t first = off / dsz, count = len / dsz;
     ckpt_status st = CKPT_OK;
     for (uint64_t done = 0; done < count && st == CKPT_OK;) {
         size_t n = count - done < PIECE ? (size_t)(count - done) : PIECE;
@@ -80,6 +79,25 @@ ckpt_status ckpt__storage_read(ckpt__storage *s, uint64_t off, size_t len, uint8
                           "storage has no bytes");
     *out = root->data + s->base_offset + off;
     return CKPT_OK;
+}
+
+/* Copies run elements of esz bytes, step bytes apart from p, to o back to
+ * back; the common sizes get copies of a fixed size (single loads). */
+static void gather(uint8_t *o, const uint8_t *p, uint64_t run, uint64_t step, size_t esz)
+{
+#define GATHER(n)                                                                   \
+    for (uint64_t k = 0; k < run; k++)                                              \
+        memcpy(o + k * (n), p + k * step, (n));                                     \
+    break
+    switch (esz) {
+    case 1: GATHER(1);
+    case 2: GATHER(2);
+    case 4: GATHER(4);
+    case 8: GATHER(8);
+    case 16: GATHER(16);
+    default: GATHER(esz);
+    }
+#undef GATHER
 }
 
 /* Byte offset of the tensor's first element inside its storage. */
@@ -141,12 +159,10 @@ ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, ui
         if (run > count)
             run = count;
         const uint8_t *p = base + pos * esz;
-        if (inner_stride == 1) {
+        if (inner_stride == 1)
             memcpy(o, p, (size_t)run * esz);
-        } else {
-            for (uint64_t k = 0; k < run; k++)
-                memcpy(o + k * esz, p + k * (uint64_t)inner_stride * esz, esz);
-        }
+        else
+            gather(o, p, run, (uint64_t)inner_stride * esz, esz);
         o += run * esz;
         count -= run;
         idx[nd - 1] += run;

@@ -80,10 +80,11 @@ bool ckpt__tensor_is_contiguous(const ckpt_tensor *t)
     return true;
 }
 
-static uint64_t tensor_nbytes(const ckpt_tensor *t)
+uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t)
 {
-    uint64_t bits = ckpt_dtype_bits(t->dtype);
-    return (t->numel * bits + 7) / 8; /* validated not to overflow */
+    /* numel x bits cannot overflow: ckpt__tensor_validate checked it */
+    uint64_t nbits = t->numel * ckpt_dtype_bits(t->dtype);
+    return nbits / 8 + (nbits % 8 != 0);
 }
 
 void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype)
@@ -118,7 +119,7 @@ void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
     info->stride = t->stride;
     info->storage_offset = t->storage_offset;
     info->numel = t->numel;
-    info->nbytes = tensor_nbytes(t);
+    info->nbytes = ckpt__tensor_nbytes(t);
     info->requires_grad = t->requires_grad;
     info->is_parameter = t->is_parameter;
     info->is_contiguous = ckpt__tensor_is_contiguous(t);
@@ -178,7 +179,7 @@ ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size
 {
     if (!f || !t || (!dst && dst_size))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
-    uint64_t nbytes = tensor_nbytes(t);
+    uint64_t nbytes = ckpt__tensor_nbytes(t);
     if (dst_size < nbytes)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "destination holds %zu bytes, tensor needs %llu", dst_size,

@@ -114,12 +114,10 @@ static ckpt_status on_storage(void *user, ckpt__storage *s, ckpt_dtype dtype, bo
                           : s->location      ? s->location
                                              : "cpu";
         if (sv->count == sv->cap) {
-            size_t cap = sv->cap ? sv->cap * 2 : 64;
-            saved_storage *l = realloc(sv->list, cap * sizeof(*l));
+            saved_storage *l = ckpt__array_grow(sv->list, &sv->cap, sizeof(*l));
             if (!l)
                 return nomem(err);
             sv->list = l;
-            sv->cap = cap;
         }
         char key[24];
         int klen = snprintf(key, sizeof(key), "%zu", sv->count);
@@ -240,12 +238,7 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     if (!path || !root)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     ckpt_save_options o;
-    ckpt_save_options_default(&o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o);
-        memcpy(&o, opts, n);
-        o.struct_size = sizeof(o);
-    }
+    ckpt__save_options_apply(&o, opts);
     if (o.location && (!*o.location || strlen(o.location) > 64))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "location must be a tag of 1 to 64 bytes (\"cpu\", \"cuda:0\", ...)");

@@ -33,8 +33,7 @@ typedef struct ckpt__zip_writer {
     uint64_t offset;             /* archive bytes so far */
     ckpt__zip_wentry *entries;
     size_t count, cap;
-    char *names;                 /* every entry's name, back to back */
-    size_t names_len, names_cap;
+    ckpt__buf names;             /* every entry's name, back to back */
     /* the record being written */
     bool in_record;
     uint64_t size, written;

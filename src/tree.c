@@ -109,41 +109,6 @@ ckpt_value *ckpt_new_complex(ckpt_tree *tree, double re, double im)
     return v;
 }
 
-/* Well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-static bool utf8_valid(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 static ckpt_value *make_text(ckpt_tree *tree, int kind, const char *s, size_t len)
 {
     if (!tree)
@@ -162,7 +127,7 @@ ckpt_value *ckpt_new_str(ckpt_tree *tree, const char *s, size_t len)
         return NULL;
     if (len == SIZE_MAX)
         len = s ? strlen(s) : 0;
-    if (s && !utf8_valid((const uint8_t *)s, len)) {
+    if (s && !ckpt__utf8_valid(s, len, true)) {
         tree_fail(tree, CKPT_ERR_INVALID_ARG, "text is not valid UTF-8%s", NULL);
         return NULL;
     }
@@ -452,11 +417,6 @@ ckpt_value *ckpt_new_view(ckpt_tree *tree, const ckpt_value *base, const ckpt_te
     return tensor_value(tree, t);
 }
 
-static bool castable(ckpt_dtype d)
-{
-    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
-}
-
 ckpt_value *ckpt_new_cast(ckpt_tree *tree, const ckpt_value *tensor, ckpt_dtype to)
 {
     if (!tree)
@@ -464,7 +424,7 @@ ckpt_value *ckpt_new_cast(ckpt_tree *tree, const ckpt_value *tensor, ckpt_dtype 
     const ckpt_tensor *src = strided_tensor_of(tree, tensor, "a cast");
     if (!src)
         return NULL;
-    if (to != src->dtype && (!castable(to) || !castable(src->dtype))) {
+    if (to != src->dtype && (!ckpt__dtype_castable(to) || !ckpt__dtype_castable(src->dtype))) {
         tree_fail(tree, CKPT_ERR_TYPE, "cannot cast %s", ckpt_dtype_name(src->dtype));
         return NULL;
     }

@@ -83,12 +83,11 @@ void ckpt__zip_writer_free(ckpt__zip_writer *w)
     if (!w)
         return;
     free(w->entries);
-    free(w->names);
+    ckpt__buf_free(&w->names);
     free(w->buf);
     w->entries = NULL;
-    w->names = NULL;
     w->buf = NULL;
-    w->count = w->cap = w->names_len = w->names_cap = w->buf_len = 0;
+    w->count = w->cap = w->buf_len = 0;
 }
 
 static ckpt_status flush(ckpt__zip_writer *w, ckpt_error *err)
@@ -136,29 +135,19 @@ static ckpt_status add_entry(ckpt__zip_writer *w, const char *name, size_t name_
                              ckpt__zip_wentry **out, ckpt_error *err)
 {
     if (w->count == w->cap) {
-        size_t cap = w->cap ? w->cap * 2 : 16;
-        ckpt__zip_wentry *e = realloc(w->entries, cap * sizeof(*e));
+        ckpt__zip_wentry *e = ckpt__array_grow(w->entries, &w->cap, sizeof(*e));
         if (!e)
             return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET, "out of memory");
         w->entries = e;
-        w->cap = cap;
     }
-    if (w->names_len + name_len > w->names_cap) {
-        size_t cap = w->names_cap ? w->names_cap : 1024;
-        while (cap < w->names_len + name_len)
-            cap *= 2;
-        char *n = realloc(w->names, cap);
-        if (!n)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET, "out of memory");
-        w->names = n;
-        w->names_cap = cap;
-    }
+    size_t name_at = w->names.len;
+    ckpt__buf_put(&w->names, name, name_len);
+    if (w->names.failed)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, zip_record(), CKPT_NO_OFFSET, "out of memory");
     ckpt__zip_wentry *e = &w->entries[w->count++];
     memset(e, 0, sizeof(*e));
-    e->name_at = w->names_len;
+    e->name_at = name_at;
     e->name_len = (uint16_t)name_len;
-    memcpy(w->names + w->names_len, name, name_len);
-    w->names_len += name_len;
     *out = e;
     return CKPT_OK;
 }
@@ -312,7 +301,7 @@ ckpt_status ckpt__zip_finish(ckpt__zip_writer *w, ckpt_error *err)
         put16(h + 30, (uint16_t)z64_len);
         put32(h + 42, slot32(w, e->header_offset));
         CKPT_RETURN_IF_ERROR(emit(w, h, sizeof(h), err));
-        CKPT_RETURN_IF_ERROR(emit(w, w->names + e->name_at, e->name_len, err));
+        CKPT_RETURN_IF_ERROR(emit(w, w->names.p + e->name_at, e->name_len, err));
         CKPT_RETURN_IF_ERROR(emit(w, z64, z64_len, err));
     }
     uint64_t cd_size = w->offset - cd_offset;

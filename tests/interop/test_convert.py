@@ -207,6 +207,30 @@ def test_dtype_keeps_parameters_and_sharing(tool, tmp_path):
     assert torch.equal(got["opt"]["state"][0]["exp_avg"], obj["opt"]["state"][0]["exp_avg"].half())
 
 
+def test_dtype_visits_shared_and_cyclic_containers_once(tool, tmp_path):
+    # A container shared by two paths stays one container; one holding
+    # itself (twice, so that following every path would never end) is
+    # refused by the writer instead of walked forever.
+    t = torch.randn(4)
+    shared = [t]
+    obj = {"a": shared, "b": shared}
+    src = tmp_path / "shared.pth"
+    torch.save(obj, src)
+    out = tmp_path / "shared16.pth"
+    convert(tool, src, out, "--dtype", "float16")
+    got = load(out)
+    assert got["a"] is got["b"] and torch.equal(got["a"][0], t.half())
+
+    loop = [t]
+    loop.append(loop)
+    loop.append(loop)
+    src = tmp_path / "loop.pth"
+    torch.save({"loop": loop}, src)
+    res = tool.run("convert", src, tmp_path / "loop16.pth", "--dtype", "float16", timeout=60)
+    assert res.returncode == 2, res.describe()
+    assert "cycle" in res.stderr, res.describe()
+
+
 def test_map_location_cpu(tool, torch_files, tmp_path):
     src = torch_files["location_cuda"].path
     out = tmp_path / "cpu.pth"
