@@ -21,6 +21,9 @@
  * memo can repeat 2^depth times, so the text of a small file has no other
  * bound. */
 #define REPR_MAX_LEN ((size_t)64 << 20)
+/* A dict key's text in a tensor name is cut sooner: names are walked once
+ * per path, and a key is a few words, not a document. */
+#define KEY_MAX_LEN ((size_t)1024)
 /* Python's str() of an int refuses more digits than this
  * (sys.int_info.default_max_str_digits); those ints show in hex. */
 #define INT_MAX_STR_DIGITS 4300
@@ -31,7 +34,8 @@ typedef struct out {
     char *buf;
     size_t cap;       /* bytes of buf, the NUL included; 0: only count */
     size_t len;       /* the whole text's length so far */
-    bool cut;         /* REPR_MAX_LEN reached: the rest is dropped */
+    size_t limit;     /* REPR_MAX_LEN or KEY_MAX_LEN */
+    bool cut;         /* limit reached: the rest is dropped */
 } out;
 
 static void put_raw(out *o, const char *s, size_t n)
@@ -47,8 +51,8 @@ static void put(out *o, const char *s, size_t n)
 {
     if (o->cut)
         return;
-    if (n > REPR_MAX_LEN - o->len) {
-        put_raw(o, s, REPR_MAX_LEN - o->len);
+    if (n > o->limit - o->len) {
+        put_raw(o, s, o->limit - o->len);
         put_raw(o, "...", 3);
         o->cut = true;
         return;
@@ -177,7 +181,7 @@ static void put_float(out *o, double d, unsigned flags)
 
 size_t ckpt__float_repr(double d, unsigned flags, char *buf, size_t cap)
 {
-    out o = {.buf = buf, .cap = buf ? cap : 0};
+    out o = {.buf = buf, .cap = buf ? cap : 0, .limit = REPR_MAX_LEN};
     put_float(&o, d, flags);
     return out_end(&o);
 }
@@ -615,7 +619,7 @@ static void put_repr(repr_ctx *c, const ckpt_value *v, size_t depth)
 
 size_t ckpt_value_repr(const ckpt_value *v, char *buf, size_t size)
 {
-    out o = {.buf = buf, .cap = buf ? size : 0};
+    out o = {.buf = buf, .cap = buf ? size : 0, .limit = REPR_MAX_LEN};
     repr_ctx c;
     c.o = &o;
     put_repr(&c, v, 0);
@@ -626,7 +630,7 @@ size_t ckpt_value_repr(const ckpt_value *v, char *buf, size_t size)
 
 size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap)
 {
-    out o = {.buf = buf, .cap = buf ? cap : 0};
+    out o = {.buf = buf, .cap = buf ? cap : 0, .limit = KEY_MAX_LEN};
     /* str() differs from repr() for text (no quotes) and devices ("cuda:0");
      * a global shows its name */
     switch (k ? k->kind : CKPT_NONE) {
