@@ -535,17 +535,20 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
 
     size_t nt = ckpt_file_tensor_count(f);
     uint64_t total_bytes = 0, total_params = 0;
-    size_t wname = 4;
+    size_t wname = 4, wkey = 7; /* "STORAGE" */
     for (size_t i = 0; i < nt; i++) {
         const char *name;
-        ckpt_file_tensor(f, i, &name);
-        size_t l = strlen(name);
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(ckpt_file_tensor(f, i, &name), &ti);
+        size_t l = strlen(name), k = ti.storage_key ? strlen(ti.storage_key) : 1;
         if (l > wname)
             wname = l > 60 ? 60 : l;
+        if (k > wkey) /* safetensors: tensor names */
+            wkey = k > 60 ? 60 : k;
     }
     if (nt) {
-        printf("\nTensors:\n  %-*s  %-9s  %-18s  %12s  %-8s  %s\n", (int)wname, "NAME", "DTYPE",
-               "SHAPE", "BYTES", "STORAGE", "LOCATION");
+        printf("\nTensors:\n  %-*s  %-9s  %-18s  %12s  %-*s  %s\n", (int)wname, "NAME", "DTYPE",
+               "SHAPE", "BYTES", (int)wkey, "STORAGE", "LOCATION");
     }
     for (size_t i = 0; i < nt; i++) {
         const char *name;
@@ -554,8 +557,8 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         ckpt_tensor_get_info(t, &ti);
         char shape[256];
         shape_text(&ti, shape, sizeof(shape));
-        printf("  %-*s  %-9s  %-18s  %12llu  %-8s  %s%s\n", (int)wname, name,
-               ckpt_dtype_name(ti.dtype), shape, (unsigned long long)ti.nbytes,
+        printf("  %-*s  %-9s  %-18s  %12llu  %-*s  %s%s\n", (int)wname, name,
+               ckpt_dtype_name(ti.dtype), shape, (unsigned long long)ti.nbytes, (int)wkey,
                ti.storage_key ? ti.storage_key : "-", ti.location ? ti.location : "-",
                ti.layout != CKPT_LAYOUT_STRIDED ? " (sparse)" : ti.is_contiguous ? "" : " (view)");
         total_bytes += ti.nbytes;

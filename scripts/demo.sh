@@ -54,7 +54,7 @@ say "ckpt convert --key model: the weights of the training checkpoint, as a file
 $CKPT convert "$DIR/last.pth" "$DIR/weights.pth" --key model
 $CKPT diff "$DIR/weights.pth" "$DIR/best.pth" && echo "(exit 0: the last epoch was the best one)" || echo "(exit $?)"
 
-say "ckpt convert to safetensors (zero pickle), bfloat16, and back"
+say "ckpt convert to safetensors (zero pickle), also in bfloat16"
 $CKPT convert "$DIR/best.pth" "$DIR/best.safetensors"
 $CKPT convert "$DIR/best.pth" "$DIR/best.bf16.safetensors" --dtype bfloat16
 $CKPT inspect "$DIR/best.bf16.safetensors" | tail -n 8
