@@ -554,6 +554,18 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
                           perr.message);
 }
 
+ckpt_status ckpt__scan_pickle_alone(scan_ctx *s, const uint8_t *data, size_t size,
+                                    const char *record, uint64_t file_base,
+                                    scan_pickle_result *res)
+{
+    ckpt__arena arena;
+    ckpt__arena_init(&arena, s->limits.max_value_bytes);
+    ckpt_status st = ckpt__scan_pickle(s, &arena, data, size, record, file_base, NULL, NULL, res);
+    ckpt__arena_free(&arena);
+    res->value = NULL;
+    return st;
+}
+
 bool ckpt__scan_is_pickle(scan_ctx *s, const uint8_t *data, size_t size)
 {
     if (size == 0)
@@ -615,12 +627,9 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
                            "pickle.load and torch.load stop before it, other readers "
                            "run it",
                            (unsigned long long)pos, after));
-        ckpt__arena arena;
-        ckpt__arena_init(&arena, s->limits.max_value_bytes);
         scan_pickle_result res;
-        ckpt_status st = ckpt__scan_pickle(s, &arena, p, left, rec, ckpt__scan_at(file_base, pos),
-                                           NULL, NULL, &res);
-        ckpt__arena_free(&arena);
+        ckpt_status st = ckpt__scan_pickle_alone(s, p, left, rec, ckpt__scan_at(file_base, pos),
+                                                 &res);
         CKPT_RETURN_IF_ERROR(st);
         if (res.broke || res.consumed == 0)
             return CKPT_OK;
@@ -937,13 +946,9 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     uint64_t pos = start + hlen;
     char drec[256];
     where_record(where, "npy data", drec, sizeof(drec));
-    ckpt__arena arena;
-    ckpt__arena_init(&arena, s->limits.max_value_bytes);
     scan_pickle_result res;
-    ckpt_status st = ckpt__scan_pickle(s, &arena, data + pos, (size_t)(size - pos), drec,
-                                       ckpt__scan_at(file_base, pos), NULL, NULL, &res);
-    ckpt__arena_free(&arena);
-    return st;
+    return ckpt__scan_pickle_alone(s, data + pos, (size_t)(size - pos), drec,
+                                   ckpt__scan_at(file_base, pos), &res);
 }
 
 /* The pre-0.4 torch tar format: members "sys_info", "pickle", "tensors",
@@ -984,12 +989,9 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
         char type = (char)h[156];
         if ((type == '0' || type == '\0') && len &&
             ckpt__scan_is_pickle(s, data + body, (size_t)len)) {
-            ckpt__arena arena;
-            ckpt__arena_init(&arena, s->limits.max_value_bytes);
             scan_pickle_result res;
-            ckpt_status st = ckpt__scan_pickle(s, &arena, data + body, (size_t)len, mrec,
-                                               ckpt__scan_at(file_base, body), NULL, NULL, &res);
-            ckpt__arena_free(&arena);
+            ckpt_status st = ckpt__scan_pickle_alone(s, data + body, (size_t)len, mrec,
+                                                     ckpt__scan_at(file_base, body), &res);
             CKPT_RETURN_IF_ERROR(st);
         }
         pos = body + ((len + 511) / 512) * 512;
@@ -1020,12 +1022,9 @@ static ckpt_status scan_7z(scan_ctx *s, const uint8_t *data, uint64_t size, cons
         char name[64];
         snprintf(name, sizeof(name), "7z pickle at byte %llu", (unsigned long long)i);
         where_record(where, name, rec, sizeof(rec));
-        ckpt__arena arena;
-        ckpt__arena_init(&arena, s->limits.max_value_bytes);
         scan_pickle_result res;
-        ckpt_status st = ckpt__scan_pickle(s, &arena, data + i, (size_t)(size - i), rec,
-                                           ckpt__scan_at(file_base, i), NULL, NULL, &res);
-        ckpt__arena_free(&arena);
+        ckpt_status st = ckpt__scan_pickle_alone(s, data + i, (size_t)(size - i), rec,
+                                                 ckpt__scan_at(file_base, i), &res);
         CKPT_RETURN_IF_ERROR(st);
         if (res.consumed)
             i += res.consumed - 1;

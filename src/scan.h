@@ -69,6 +69,12 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
                               const char *record, uint64_t file_base, ckpt__persistent_load_fn pl,
                               void *pl_user, scan_pickle_result *res);
 
+/* ckpt__scan_pickle with an arena of its own, freed before it returns
+ * (res->value is then gone: only the counts and offsets remain). */
+ckpt_status ckpt__scan_pickle_alone(scan_ctx *s, const uint8_t *data, size_t size,
+                                    const char *record, uint64_t file_base,
+                                    scan_pickle_result *res);
+
 /* true when data[0..size) reads as a pickle: it reaches its STOP, or names
  * a global (a dotted Python name) before it breaks. Nothing is reported. */
 bool ckpt__scan_is_pickle(scan_ctx *s, const uint8_t *data, size_t size);

@@ -956,26 +956,17 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_EXTRA_PICKLE, rec, data,
                                             ckpt__scan_at(z->base, at + data),
                                             "the hidden entry is a pickle"));
-        ckpt__arena arena;
-        ckpt__arena_init(&arena, z->s->limits.max_value_bytes);
         scan_pickle_result res;
-        ckpt_status st = ckpt__scan_pickle(z->s, &arena, p + data, (size_t)len, rec,
-                                           ckpt__scan_at(z->base, at + data), NULL, NULL, &res);
-        ckpt__arena_free(&arena);
-        return st;
+        return ckpt__scan_pickle_alone(z->s, p + data, (size_t)len, rec,
+                                       ckpt__scan_at(z->base, at + data), &res);
     }
     if (n >= 2 && p[0] == 0x80 && p[1] <= 5 && ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
         snprintf(rec, sizeof(rec), "%sbytes at %llu", z->where ? z->where : "", ull(at));
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_EXTRA_PICKLE, rec, 0,
                                             ckpt__scan_at(z->base, at),
                                             "the stray bytes are a pickle"));
-        ckpt__arena arena;
-        ckpt__arena_init(&arena, z->s->limits.max_value_bytes);
         scan_pickle_result res;
-        ckpt_status st = ckpt__scan_pickle(z->s, &arena, p, (size_t)n, rec,
-                                           ckpt__scan_at(z->base, at), NULL, NULL, &res);
-        ckpt__arena_free(&arena);
-        return st;
+        return ckpt__scan_pickle_alone(z->s, p, (size_t)n, rec, ckpt__scan_at(z->base, at), &res);
     }
     return CKPT_OK;
 }
@@ -1160,13 +1151,10 @@ static ckpt_status locate(zscan *z)
         snprintf(crec, sizeof(crec), "%szip comment", z->where ? z->where : "");
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_PICKLE, crec, comment,
                                   "the archive's comment is a pickle"));
-        ckpt__arena arena;
-        ckpt__arena_init(&arena, z->s->limits.max_value_bytes);
         scan_pickle_result res;
-        ckpt_status st = ckpt__scan_pickle(z->s, &arena, z->data + comment,
-                                           (size_t)(z->eocd_end - comment), crec,
-                                           ckpt__scan_at(z->base, comment), NULL, NULL, &res);
-        ckpt__arena_free(&arena);
+        ckpt_status st = ckpt__scan_pickle_alone(z->s, z->data + comment,
+                                                 (size_t)(z->eocd_end - comment), crec,
+                                                 ckpt__scan_at(z->base, comment), &res);
         CKPT_RETURN_IF_ERROR(st);
     }
     if (z->eocd_end < z->size)
