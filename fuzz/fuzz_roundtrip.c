@@ -223,6 +223,20 @@ static void compare_tensor(const char *what, const char *name, ckpt_file *fa,
     free(bb);
 }
 
+/* Opens what a writer saved; it must open, and verify when the original did. */
+static ckpt_file *reopen(const char *what, const char *path, bool verified)
+{
+    ckpt_file *g = NULL;
+    ckpt_error err;
+    char msg[768];
+    if (ckpt_open(path, NULL, &g, &err) != CKPT_OK)
+        mismatch(what, "the saved file does not open: %s", ckpt_error_format(&err, msg, sizeof(msg)));
+    if (ckpt_file_verify(g, &err) != CKPT_OK && verified)
+        mismatch(what, "the saved file does not verify: %s",
+                 ckpt_error_format(&err, msg, sizeof(msg)));
+    return g;
+}
+
 static void roundtrip_torch(ckpt_file *f, bool verified)
 {
     const char *what = "ckpt_save_torch";
@@ -235,17 +249,7 @@ static void roundtrip_torch(ckpt_file *f, bool verified)
         check_refusal(what, st, &err);
         return;
     }
-    ckpt_file *g = NULL;
-    st = ckpt_open(torch_path, NULL, &g, &err);
-    if (st != CKPT_OK) {
-        char msg[768];
-        mismatch(what, "the saved file does not open: %s", ckpt_error_format(&err, msg, sizeof(msg)));
-    }
-    st = ckpt_file_verify(g, &err);
-    if (st != CKPT_OK && verified) {
-        char msg[768];
-        mismatch(what, "the saved file does not verify: %s", ckpt_error_format(&err, msg, sizeof(msg)));
-    }
+    ckpt_file *g = reopen(what, torch_path, verified);
     ckpt_file_info fi;
     ckpt_file_get_info(g, &fi);
     if (fi.format != CKPT_FORMAT_TORCH_ZIP)
@@ -279,17 +283,7 @@ static void roundtrip_safetensors(ckpt_file *f, bool verified)
         check_refusal(what, st, &err);
         return;
     }
-    ckpt_file *g = NULL;
-    st = ckpt_open(st_path, NULL, &g, &err);
-    if (st != CKPT_OK) {
-        char msg[768];
-        mismatch(what, "the saved file does not open: %s", ckpt_error_format(&err, msg, sizeof(msg)));
-    }
-    st = ckpt_file_verify(g, &err);
-    if (st != CKPT_OK && verified) {
-        char msg[768];
-        mismatch(what, "the saved file does not verify: %s", ckpt_error_format(&err, msg, sizeof(msg)));
-    }
+    ckpt_file *g = reopen(what, st_path, verified);
     size_t n = ckpt_file_tensor_count(f);
     if (ckpt_file_tensor_count(g) != n)
         mismatch(what, "%zu tensors became %zu", n, ckpt_file_tensor_count(g));
