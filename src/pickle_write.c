@@ -349,6 +349,16 @@ static ckpt_status put_ptr(pickler *w, const void *v)
     return CKPT_OK;
 }
 
+/* Closes a call's arguments as CPython does: the tuple (tuple_op), memoized,
+ * then REDUCE. */
+static ckpt_status reduce_with(pickler *w, uint8_t tuple_op)
+{
+    op(w, tuple_op);
+    CKPT_RETURN_IF_ERROR(put(w, NULL));
+    op(w, OP_REDUCE);
+    return CKPT_OK;
+}
+
 /* The name-table key tag + a [+ "\n" + b] in the scratch buffer. */
 static ckpt_status name_key(pickler *w, char tag, const char *a, size_t alen, const char *b,
                             size_t blen)
@@ -505,9 +515,7 @@ static ckpt_status save_size_dims(pickler *w, uint32_t n, const int64_t *d)
 {
     CKPT_RETURN_IF_ERROR(save_global(w, "torch", "Size"));
     CKPT_RETURN_IF_ERROR(save_dims(w, n, d));
-    op(w, OP_TUPLE1);
-    CKPT_RETURN_IF_ERROR(put(w, NULL));
-    op(w, OP_REDUCE);
+    CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
     return CKPT_OK;
 }
 
@@ -579,9 +587,7 @@ static ckpt_status save_layout(pickler *w, const char *s, size_t n)
     CKPT_RETURN_IF_ERROR(save_global(w, "torch.serialization", "_get_layout"));
     CKPT_RETURN_IF_ERROR(save_unicode(w, s, n));
     CKPT_RETURN_IF_ERROR(put(w, NULL));
-    op(w, OP_TUPLE1);
-    CKPT_RETURN_IF_ERROR(put(w, NULL));
-    op(w, OP_REDUCE);
+    CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
     /* the key may have moved in the scratch buffer: make it again */
     CKPT_RETURN_IF_ERROR(name_key(w, 'L', s, n, NULL, 0));
     return name_put(w, h);
@@ -714,9 +720,7 @@ static ckpt_status save_bytes(pickler *w, const ckpt_value *v)
     w->out.p[w->out.len] = 0;
     CKPT_RETURN_IF_ERROR(put(w, NULL));
     CKPT_RETURN_IF_ERROR(save_const_str(w, "latin1", 6));
-    op(w, OP_TUPLE2);
-    CKPT_RETURN_IF_ERROR(put(w, NULL));
-    op(w, OP_REDUCE);
+    CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE2));
     return put_ptr(w, v);
 }
 
@@ -748,9 +752,7 @@ static ckpt_status save_device(pickler *w, const ckpt_value *v)
     CKPT_RETURN_IF_ERROR(put(w, NULL));
     if (index >= 0)
         save_int(w, index);
-    op(w, index >= 0 ? OP_TUPLE2 : OP_TUPLE1);
-    CKPT_RETURN_IF_ERROR(put(w, NULL));
-    op(w, OP_REDUCE);
+    CKPT_RETURN_IF_ERROR(reduce_with(w, index >= 0 ? OP_TUPLE2 : OP_TUPLE1));
     return put_ptr(w, v);
 }
 
@@ -1004,9 +1006,7 @@ static ckpt_status save_tensor(pickler *w, const ckpt_value *holder, const ckpt_
         ckpt_status st = save(w, attrs);
         pop(w);
         CKPT_RETURN_IF_ERROR(st);
-        op(w, OP_TUPLE);
-        CKPT_RETURN_IF_ERROR(put(w, NULL));
-        op(w, OP_REDUCE);
+        CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE));
         return CKPT_OK;
     }
     CKPT_RETURN_IF_ERROR(save_global(w, "torch._utils", func));
@@ -1030,9 +1030,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         CKPT_RETURN_IF_ERROR(save_global(w, "__builtin__", "complex"));
         save_float(w, v->u.c.re);
         save_float(w, v->u.c.im);
-        op(w, OP_TUPLE2);
-        CKPT_RETURN_IF_ERROR(put(w, NULL));
-        op(w, OP_REDUCE);
+        CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE2));
         return put_ptr(w, v);
     case CKPT_LIST:
         op(w, OP_EMPTY_LIST);
@@ -1045,9 +1043,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         op(w, OP_EMPTY_LIST);
         CKPT_RETURN_IF_ERROR(put(w, NULL));
         CKPT_RETURN_IF_ERROR(save_list_items(w, v));
-        op(w, OP_TUPLE1);
-        CKPT_RETURN_IF_ERROR(put(w, NULL));
-        op(w, OP_REDUCE);
+        CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
         return put_ptr(w, v);
     case CKPT_DICT:
         op(w, OP_EMPTY_DICT);
@@ -1083,9 +1079,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
             op(w, n == 1 ? OP_TUPLE1 : n == 2 ? OP_TUPLE2 : n == 3 ? OP_TUPLE3 : OP_TUPLE);
             CKPT_RETURN_IF_ERROR(put(w, NULL));
         }
-        op(w, OP_TUPLE1);
-        CKPT_RETURN_IF_ERROR(put(w, NULL));
-        op(w, OP_REDUCE);
+        CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
         return put_ptr(w, v);
     }
     case CKPT_DEVICE:

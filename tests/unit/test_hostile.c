@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
+#include "testbuf.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -59,50 +60,6 @@ int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile
  * space above what the test holds when the case starts. */
 #define CASE_MEMORY ((uint64_t)256 << 20)
 
-/* ---- growable byte buffer ----------------------------------------------- */
-
-typedef struct buf {
-    uint8_t *p;
-    size_t len, cap;
-} buf;
-
-static void b_put(buf *b, const void *src, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        assert_non_null(p);
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
-static void b_u8(buf *b, unsigned v)
-{
-    uint8_t c = (uint8_t)v;
-    b_put(b, &c, 1);
-}
-
-static void b_le(buf *b, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++)
-        b_u8(b, (unsigned)(v >> (8 * i)) & 0xffu);
-}
-
-static void b_str(buf *b, const char *s) { b_put(b, s, strlen(s)); }
-
-static void b_free(buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 /* ---- running the library -------------------------------------------------- */
 
 typedef struct outcome {
@@ -115,13 +72,6 @@ typedef struct outcome {
     ckpt_error err;          /* the open error, or the first later one */
     uint64_t heap_peak;      /* with ASan: the most heap the case held */
 } outcome;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static bool valid_status(ckpt_status st) { return st >= CKPT_OK && st <= CKPT_ERR_TYPE; }
 

@@ -35,6 +35,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
+#include "testbuf.h"
 #include <libdeflate.h>
 
 #include <errno.h>
@@ -91,49 +92,7 @@ int __lsan_do_recoverable_leak_check(void);
                     S(CKPT_ERR_UNSUPPORTED))
 #define DATA_ANY VERIFY_ANY
 
-/* ---- growable byte buffer ------------------------------------------------ */
-
-typedef struct buf {
-    uint8_t *p;
-    size_t len, cap;
-} buf;
-
-static void b_put(buf *b, const void *src, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (!p)
-            abort(); /* the test's own memory: cannot go on */
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
-static void b_u8(buf *b, unsigned v)
-{
-    uint8_t c = (uint8_t)v;
-    b_put(b, &c, 1);
-}
-
-static void b_le(buf *b, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++)
-        b_u8(b, (unsigned)(v >> (8 * i)) & 0xffu);
-}
-
-static void b_str(buf *b, const char *s) { b_put(b, s, strlen(s)); }
-
-static void b_fill(buf *b, unsigned c, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        b_u8(b, c);
-}
+/* ---- memory ------------------------------------------------------------- */
 
 static void *xmalloc(size_t n)
 {
@@ -143,23 +102,10 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static void b_free(buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
 static void put_le(uint8_t *p, uint64_t v, int n)
 {
     for (int i = 0; i < n; i++)
         p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* ---- memory accounting (in the child) ------------------------------------ */
