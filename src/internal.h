@@ -506,17 +506,47 @@ typedef struct ckpt__out {
     int fd;
     char *path;                 /* the target */
     char *tmp_path;             /* the temporary beside it */
-    unsigned flags;             /* CKPT_SAVE_* */
+    unsigned flags;             /* CKPT_SAVE_*, CKPT__OUT_* */
+    uint64_t size;              /* bytes written so far */
+    uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
 } ckpt__out;
+
+/* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
+#define CKPT__OUT_CRC 0x40000000u   /* keep a CRC32 of every byte written */
+#define CKPT__OUT_STAGE 0x80000000u /* commit stops before the rename */
+
+/*
+ * A finished output not yet in place: the temporary is complete, synced and
+ * closed; publishing renames it over the target. Both paths are malloc'd.
+ */
+typedef struct ckpt__staged {
+    char *path;
+    char *tmp_path;
+    uint64_t size;
+    uint32_t crc;               /* CRC32 of the whole file */
+} ckpt__staged;
 
 /* Creates a temporary file in path's directory (O_EXCL, mode 0666 & ~umask). */
 ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err);
-/* Writes everything (retrying short writes and EINTR); errors name the target. */
+/* Writes everything (retrying short writes and EINTR); errors name the
+ * target. Every byte of the file passes here (size and CRC are kept). */
 ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
 /* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
- * the directory. On failure the temporary is removed. */
+ * the directory. On failure the temporary is removed. With CKPT__OUT_STAGE
+ * it stops after the close: see ckpt__out_stage. */
 ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err);
+/* After a commit with CKPT__OUT_STAGE: moves the finished temporary into
+ * *stage (o keeps nothing). */
+void ckpt__out_stage(ckpt__out *o, ckpt__staged *stage);
 /* Closes and removes the temporary; safe after a failed commit and twice. */
 void ckpt__out_abort(ckpt__out *o);
+
+/* Renames a staged file over its target (no directory sync: the caller
+ * syncs the directory once for all its renames). */
+ckpt_status ckpt__staged_publish(ckpt__staged *stage, ckpt_error *err);
+/* Removes a staged temporary that will not be published; frees *stage. */
+void ckpt__staged_discard(ckpt__staged *stage);
+/* fsync of the directory holding path, so renames in it are durable. */
+ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err);
 
 #endif /* CKPT_INTERNAL_H */

@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <libdeflate.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,9 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
 ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err)
 {
     const uint8_t *b = p;
+    if (o->flags & CKPT__OUT_CRC)
+        o->crc = libdeflate_crc32(o->crc, p, n);
+    o->size += n;
     while (n) {
         size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
         ssize_t w = write(o->fd, b, chunk);
@@ -103,8 +107,7 @@ ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *e
     return CKPT_OK;
 }
 
-/* fsync of the directory holding path, so a rename in it is durable. */
-static ckpt_status sync_dir(const char *path, ckpt_error *err)
+ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err)
 {
     char *dir = dir_of(path);
     if (!dir)
@@ -136,6 +139,8 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
         if (close(fd) != 0)
             st = io_fail(err, "cannot write", o->path, errno);
     }
+    if (st == CKPT_OK && (o->flags & CKPT__OUT_STAGE))
+        return CKPT_OK; /* the caller publishes it: ckpt__out_stage */
     if (st == CKPT_OK && rename(o->tmp_path, o->path) != 0)
         st = io_fail(err, "cannot rename the temporary file over", o->path, errno);
     if (st != CKPT_OK) {
@@ -145,7 +150,7 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
     free(o->tmp_path);
     o->tmp_path = NULL;
     if (sync)
-        st = sync_dir(o->path, err);
+        st = ckpt__sync_dir_of(o->path, err);
     free(o->path);
     o->path = NULL;
     return st;
@@ -164,4 +169,37 @@ void ckpt__out_abort(ckpt__out *o)
     free(o->path);
     o->tmp_path = NULL;
     o->path = NULL;
+}
+
+void ckpt__out_stage(ckpt__out *o, ckpt__staged *stage)
+{
+    stage->path = o->path;
+    stage->tmp_path = o->tmp_path;
+    stage->size = o->size;
+    stage->crc = o->crc;
+    o->path = o->tmp_path = NULL;
+}
+
+ckpt_status ckpt__staged_publish(ckpt__staged *stage, ckpt_error *err)
+{
+    if (rename(stage->tmp_path, stage->path) != 0) {
+        int e = errno;
+        ckpt_status st = io_fail(err, "cannot rename the temporary file over", stage->path, e);
+        ckpt__staged_discard(stage);
+        return st;
+    }
+    free(stage->tmp_path);
+    stage->tmp_path = NULL;
+    return CKPT_OK;
+}
+
+void ckpt__staged_discard(ckpt__staged *stage)
+{
+    if (!stage)
+        return;
+    if (stage->tmp_path)
+        unlink(stage->tmp_path);
+    free(stage->tmp_path);
+    free(stage->path);
+    stage->tmp_path = stage->path = NULL;
 }

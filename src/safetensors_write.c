@@ -739,7 +739,8 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
         }
     }
 
-    if ((st = ckpt__out_open(&out, path, o.flags, err)) != CKPT_OK)
+    unsigned out_flags = o.flags & ~(CKPT__OUT_CRC | CKPT__OUT_STAGE);
+    if ((st = ckpt__out_open(&out, path, out_flags, err)) != CKPT_OK)
         goto done;
     out_open = true;
     uint8_t len8[8];

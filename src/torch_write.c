@@ -233,7 +233,7 @@ static bool host_is_little_endian(void)
 
 ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 const ckpt_save_options *opts, uint64_t zip64_threshold,
-                                ckpt_error *err)
+                                ckpt__staged *stage, ckpt_error *err)
 {
     if (!path || !root)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
@@ -287,7 +287,10 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     memcpy(name, prefix, prefix_len);
     name[prefix_len++] = '/';
 
-    if ((st = ckpt__out_open(&out, path, o.flags, err)) != CKPT_OK)
+    unsigned out_flags = o.flags & ~(CKPT__OUT_CRC | CKPT__OUT_STAGE);
+    if (stage)
+        out_flags |= CKPT__OUT_CRC | CKPT__OUT_STAGE;
+    if ((st = ckpt__out_open(&out, path, out_flags, err)) != CKPT_OK)
         goto done;
     out_open = true;
     snprintf(name + prefix_len, 64, "data.pkl");
@@ -306,6 +309,8 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
         (st = ckpt__zip_finish(&zw, err)) != CKPT_OK)
         goto done;
     st = ckpt__out_commit(&out, err);
+    if (st == CKPT_OK && stage)
+        ckpt__out_stage(&out, stage);
 
 done:
     if (out_open && st != CKPT_OK)
@@ -325,5 +330,5 @@ done:
 ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
                             const ckpt_save_options *opts, ckpt_error *err)
 {
-    return ckpt__save_torch_ex(path, root, opts, CKPT__ZIP64_THRESHOLD, err);
+    return ckpt__save_torch_ex(path, root, opts, CKPT__ZIP64_THRESHOLD, NULL, err);
 }

@@ -96,9 +96,11 @@ ckpt_status ckpt__pickle_dump(const ckpt_value *root, uint64_t max_nesting,
 
 /* ---- saver (torch_write.c) --------------------------------------------- */
 
-/* ckpt_save_torch with a chosen ZIP64 threshold (tests lower it). */
+/* ckpt_save_torch with a chosen ZIP64 threshold (tests lower it). With a
+ * stage, the finished file is left beside its target for the caller to
+ * publish (ckpt__staged_publish), with its size and CRC32. */
 ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 const ckpt_save_options *opts, uint64_t zip64_threshold,
-                                ckpt_error *err);
+                                ckpt__staged *stage, ckpt_error *err);
 
 #endif /* CKPT_TORCH_WRITE_H */

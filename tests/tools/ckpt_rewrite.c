@@ -61,7 +61,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ckpt_rewrite: %s: %s\n", in, ckpt_error_format(&err, msg, sizeof(msg)));
         return 2;
     }
-    ckpt_status st = ckpt__save_torch_ex(out, ckpt_file_root(f), &so, threshold, &err);
+    ckpt_status st = ckpt__save_torch_ex(out, ckpt_file_root(f), &so, threshold, NULL, &err);
     ckpt_close(f);
     if (st != CKPT_OK) {
         fprintf(stderr, "ckpt_rewrite: %s: %s\n", out, ckpt_error_format(&err, msg, sizeof(msg)));

@@ -628,7 +628,7 @@ static void test_zip64_lowered(void **state)
     ckpt_save_options o = quick();
     ckpt_error err;
     const char *p = tmp_path("zip64.pt");
-    assert_int_equal(ckpt__save_torch_ex(p, fx.root, &o, 100, &err), CKPT_OK);
+    assert_int_equal(ckpt__save_torch_ex(p, fx.root, &o, 100, NULL, &err), CKPT_OK);
     size_t n;
     uint8_t *d = slurp(p, &n);
     int z64;
