@@ -61,7 +61,8 @@ typedef enum ckpt_status {
     CKPT_ERR_CORRUPT = 7,     /* checksum mismatch (CRC32) */
     CKPT_ERR_NOT_FOUND = 8,   /* a name or record does not exist */
     CKPT_ERR_INVALID_ARG = 9, /* the caller passed something wrong */
-    CKPT_ERR_TYPE = 10        /* a value is not of the kind asked for */
+    CKPT_ERR_TYPE = 10,       /* a value is not of the kind asked for */
+    CKPT_ERR_BUSY = 11        /* another process holds the checkpoint directory */
 } ckpt_status;
 
 /* Short constant name of a status, e.g. "CKPT_ERR_FORMAT". */
@@ -600,6 +601,147 @@ CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
  */
 CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                            const ckpt_save_options *opts, ckpt_error *err);
+
+/* ========================================================================
+ * Checkpoint manager
+ *
+ * A manager keeps a directory of checkpoints for a training run:
+ *   last.pth            the whole checkpoint of the newest save (to resume);
+ *   best.pth            the weights (or the whole checkpoint) of the save
+ *                       with the best monitored metric (to deploy);
+ *   step-NNNNNNNN.pth   numbered checkpoints, when retention keeps any;
+ *   manifest.json       what each file holds: step, metrics, size, CRC32,
+ *                       time, versions, user metadata.
+ *
+ * Commits are crash-safe: every file is written to a temporary beside it
+ * and fsync'ed; the manifest then records the new files as pending; they
+ * are renamed into place, the directory is fsync'ed, and the manifest is
+ * written again. A crash at any moment leaves each name holding either its
+ * old or its new content, whole, and the next open settles which from the
+ * files' CRCs. Old numbered files are removed only after the new manifest
+ * is committed. An error (full disk, file size limit, I/O error, read-only
+ * directory) leaves every previous file byte for byte as it was and no
+ * temporary behind. One process at a time may manage a directory: others
+ * get CKPT_ERR_BUSY.
+ * ======================================================================== */
+
+typedef struct ckpt_manager ckpt_manager;
+
+typedef enum ckpt_metric_mode {
+    CKPT_MODE_MIN = 0, /* lower is better (a loss) */
+    CKPT_MODE_MAX = 1  /* higher is better (an accuracy) */
+} ckpt_metric_mode;
+
+typedef struct ckpt_metric {
+    const char *name;
+    double value;
+} ckpt_metric;
+
+/* Flags for ckpt_manager_options.flags. */
+#define CKPT_MANAGER_READ_ONLY 0x1u /* list only: no lock, no clean-up, no saves */
+#define CKPT_MANAGER_BEST_FULL 0x2u /* best.pth holds the whole checkpoint */
+
+typedef struct ckpt_manager_options {
+    size_t struct_size;         /* sizeof(ckpt_manager_options) */
+    unsigned flags;             /* CKPT_MANAGER_* */
+    unsigned save_flags;        /* CKPT_SAVE_* for every file written */
+    /* The metric deciding best.pth ("val_loss"); NULL: the one recorded in
+     * the manifest, or no best.pth when there is none. */
+    const char *monitor;
+    ckpt_metric_mode mode;      /* used with monitor */
+    /* best.pth's weights: this entry of the checkpoint dict (default
+     * "model"); a checkpoint whose entries are all tensors is itself the
+     * weights. */
+    const char *weights_key;
+    /* Numbered checkpoints: the newest keep_last and the keep_best best by
+     * the monitored metric are kept (a file in either set stays). Both 0:
+     * no numbered checkpoints. */
+    unsigned keep_last;
+    unsigned keep_best;
+    /* Recorded in the manifest for every save: the PyTorch version of the
+     * run (may be NULL), and a JSON object of the caller's (may be NULL). */
+    const char *torch_version;
+    const char *user_metadata;
+    /* Warnings (a skipped corrupt checkpoint, a rebuilt manifest), one line
+     * each without newline; NULL ignores them. */
+    void (*warn)(void *user, const char *message);
+    void *warn_user;
+} ckpt_manager_options;
+
+CKPT_API void ckpt_manager_options_default(ckpt_manager_options *opts);
+
+/* What the manifest says of one kept file. Pointers stay valid until the
+ * next call that changes the manager. */
+typedef struct ckpt_checkpoint_info {
+    const char *file;           /* name in the directory: "last.pth", ... */
+    int64_t step;               /* -1: unknown (a file the manager did not write) */
+    const ckpt_metric *metrics;
+    size_t metric_count;
+    uint64_t size;              /* bytes */
+    uint32_t crc32;             /* of the whole file */
+    int64_t time;               /* saved at, seconds since 1970 UTC; -1 unknown */
+    const char *ckpt_version;   /* the writer's version; NULL unknown */
+    int format_version;         /* torch zip "version" record; 0 unknown */
+    const char *torch_version;  /* NULL when not given */
+    const char *user_metadata;  /* JSON object text, NULL when none */
+    bool last;                  /* holds the newest save */
+    bool best;                  /* holds the best save */
+    bool weights_only;          /* holds only the weights (best.pth) */
+} ckpt_checkpoint_info;
+
+/*
+ * Opens (creating it when missing) a checkpoint directory: takes its lock,
+ * settles a crashed save (pending manifest entries, unfinished removals)
+ * and removes its temporaries, and reads the manifest. Files the manifest
+ * does not know (a last.pth written by PyTorch) are recorded with unknown
+ * step; a missing or unreadable manifest is rebuilt from the files.
+ */
+CKPT_API ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
+                                       ckpt_manager **out, ckpt_error *err);
+/* Releases the lock. NULL is a no-op. */
+CKPT_API void ckpt_manager_close(ckpt_manager *m);
+
+/* Bits of ckpt_manager_save's *saved. */
+#define CKPT_SAVED_LAST 0x1u
+#define CKPT_SAVED_BEST 0x2u
+#define CKPT_SAVED_NUMBERED 0x4u
+
+/*
+ * Saves a checkpoint (a value tree, usually a dict with "model",
+ * "optimizer", "epoch", ...) taken at step: last.pth always; best.pth when
+ * the monitored metric (which must be among metrics) improves on the best
+ * so far (NaN never does); step-NNNNNNNN.pth when retention keeps it; then
+ * removes the numbered files retention drops. saved (may be NULL) gets
+ * CKPT_SAVED_* bits.
+ */
+CKPT_API ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *checkpoint,
+                                       const ckpt_metric *metrics, size_t metric_count,
+                                       unsigned *saved, ckpt_error *err);
+
+/*
+ * Opens the newest checkpoint that verifies (every CRC): last.pth, then the
+ * numbered files from the newest, then best.pth when it holds the whole
+ * checkpoint. Torn or corrupt ones are skipped with a warning. opts may be
+ * NULL (CKPT_OPEN_VERIFY_CRC is always added). info (may be NULL) gets the
+ * file's entry. CKPT_ERR_NOT_FOUND when there is nothing to resume.
+ */
+CKPT_API ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts,
+                                         ckpt_file **out, ckpt_checkpoint_info *info,
+                                         ckpt_error *err);
+
+/* The kept files: last.pth, best.pth, then numbered ones by step. */
+CKPT_API size_t ckpt_manager_count(const ckpt_manager *m);
+CKPT_API bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *info);
+/* The monitored metric and its mode; NULL when there is none. */
+CKPT_API const char *ckpt_manager_monitor(const ckpt_manager *m, ckpt_metric_mode *mode);
+
+/*
+ * Removes numbered checkpoints beyond the newest keep_last and the
+ * keep_best best (last.pth and best.pth always stay), committing the
+ * manifest first. removed (may be NULL) gets how many files went.
+ */
+CKPT_API ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned keep_best,
+                                        size_t *removed, ckpt_error *err);
 
 /* ========================================================================
  * Scanning

@@ -21,6 +21,7 @@ const char *ckpt_status_name(ckpt_status status)
     case CKPT_ERR_NOT_FOUND: return "CKPT_ERR_NOT_FOUND";
     case CKPT_ERR_INVALID_ARG: return "CKPT_ERR_INVALID_ARG";
     case CKPT_ERR_TYPE: return "CKPT_ERR_TYPE";
+    case CKPT_ERR_BUSY: return "CKPT_ERR_BUSY";
     }
     return "CKPT_ERR_UNKNOWN";
 }
