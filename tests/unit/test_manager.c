@@ -1,0 +1,699 @@
+/*
+ * test_manager.c - the checkpoint manager: best and last selection and
+ * retention against a worked example, the manifest, a crash at every step
+ * of the commit protocol (a child stopped by _exit at each point in turn),
+ * resume past a torn file, the lock, a rebuilt manifest, and refusals that
+ * must leave the directory as it was.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "manager.h"
+
+#include <libdeflate.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern void (*ckpt__manager_hook)(const char *point);
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static char g_dir[128];
+
+static const char *path_in(const char *name)
+{
+    static char buf[4][300];
+    static int next;
+    char *p = buf[next++ % 4];
+    snprintf(p, 300, "%s/%s", g_dir, name);
+    return p;
+}
+
+static void rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    char p[512];
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof(g_dir), "/tmp/ckpt-test-manager-XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rm_rf(g_dir);
+    return 0;
+}
+
+/* Warnings, collected. */
+static char g_warnings[8192];
+
+static void collect(void *user, const char *msg)
+{
+    (void)user;
+    size_t n = strlen(g_warnings);
+    snprintf(g_warnings + n, sizeof(g_warnings) - n, "%s\n", msg);
+}
+
+static ckpt_manager *open_dir(const char *monitor, ckpt_metric_mode mode, unsigned keep_last,
+                              unsigned keep_best, unsigned flags)
+{
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    o.monitor = monitor;
+    o.mode = mode;
+    o.keep_last = keep_last;
+    o.keep_best = keep_best;
+    o.flags = flags;
+    o.save_flags = CKPT_SAVE_NO_FSYNC;
+    o.warn = collect;
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    ckpt_status st = ckpt_manager_open(g_dir, &o, &m, &err);
+    if (st != CKPT_OK) {
+        char t[512];
+        fprintf(stderr, "open: %s\n", ckpt_error_format(&err, t, sizeof(t)));
+    }
+    assert_int_equal(st, CKPT_OK);
+    return m;
+}
+
+/* {"model": {"w": float32[4] = step + i}, "step": step} */
+static float g_w[4];
+
+static ckpt_tree *checkpoint(int64_t step, ckpt_value **root)
+{
+    ckpt_tree *t = ckpt_tree_new();
+    for (int i = 0; i < 4; i++)
+        g_w[i] = (float)step + (float)i;
+    static const int64_t shape[1] = {4};
+    ckpt_tensor_desc d;
+    ckpt_tensor_desc_init(&d);
+    d.ndim = 1;
+    d.shape = shape;
+    d.data = g_w;
+    ckpt_value *model = ckpt_new_ordered_dict(t);
+    ckpt_dict_put_str(t, model, "w", ckpt_new_tensor(t, &d));
+    *root = ckpt_new_dict(t);
+    ckpt_dict_put_str(t, *root, "model", model);
+    ckpt_dict_put_str(t, *root, "step", ckpt_new_int(t, step));
+    assert_int_equal(ckpt_tree_status(t, NULL), CKPT_OK);
+    return t;
+}
+
+static unsigned save(ckpt_manager *m, int64_t step, double val_loss)
+{
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(step, &root);
+    ckpt_metric metrics[2] = {{"val_loss", val_loss}, {"acc", 1.0 - val_loss}};
+    unsigned saved = 0;
+    ckpt_error err;
+    ckpt_status st = ckpt_manager_save(m, step, root, metrics, 2, &saved, &err);
+    if (st != CKPT_OK) {
+        char text[512];
+        fprintf(stderr, "save: %s\n", ckpt_error_format(&err, text, sizeof(text)));
+    }
+    assert_int_equal(st, CKPT_OK);
+    ckpt_tree_free(t);
+    return saved;
+}
+
+/* The step a saved file holds: its w[0] (weights files have only w). */
+static int64_t step_in(const char *name)
+{
+    ckpt_file *f = NULL;
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    o.flags = CKPT_OPEN_VERIFY_CRC;
+    if (ckpt_open(path_in(name), &o, &f, NULL) != CKPT_OK)
+        return -2;
+    const ckpt_tensor *w = ckpt_file_find_tensor(f, "model.w");
+    if (!w)
+        w = ckpt_file_find_tensor(f, "w");
+    assert_non_null(w);
+    float v[4];
+    assert_int_equal(ckpt_tensor_copy(f, w, v, sizeof(v), NULL), CKPT_OK);
+    ckpt_close(f);
+    return (int64_t)v[0];
+}
+
+static bool exists(const char *name)
+{
+    struct stat sb;
+    return stat(path_in(name), &sb) == 0;
+}
+
+/* Names in the directory other than the lock, sorted, joined by spaces. */
+static const char *listing(void)
+{
+    static char out[2048];
+    char *names[64];
+    size_t n = 0;
+    DIR *d = opendir(g_dir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && n < 64) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            strcmp(de->d_name, CKPT__LOCK_NAME) == 0)
+            continue;
+        names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++)
+            if (strcmp(names[j], names[i]) < 0) {
+                char *x = names[i];
+                names[i] = names[j];
+                names[j] = x;
+            }
+    out[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        strcat(out, i ? " " : "");
+        strcat(out, names[i]);
+        free(names[i]);
+    }
+    return out;
+}
+
+/* Every manifest entry matches its file (size and CRC32), none pending. */
+static void check_manifest_matches_files(void)
+{
+    ckpt__manifest mf;
+    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &mf, NULL), CKPT_OK);
+    assert_int_equal(mf.pending.count, 0);
+    for (size_t i = 0; i < mf.committed.count; i++) {
+        const ckpt__mentry *e = &mf.committed.items[i];
+        FILE *fp = fopen(path_in(e->file), "rb");
+        assert_non_null(fp);
+        uint8_t buf[65536];
+        size_t r;
+        uint64_t size = 0;
+        uint32_t crc = 0;
+        while ((r = fread(buf, 1, sizeof(buf), fp)) > 0) {
+            crc = libdeflate_crc32(crc, buf, r);
+            size += r;
+        }
+        fclose(fp);
+        assert_int_equal(size, e->size);
+        assert_int_equal(crc, e->crc);
+    }
+    ckpt__manifest_free(&mf);
+}
+
+/* ---- best, last and retention ------------------------------------------------------ */
+
+/* val_loss by step, worked by hand for keep_last 2, keep_best 2:
+ *   best.pth is written at steps 0 (0.9), 1 (0.5), 3 (0.3) and 8 (0.2);
+ *   numbered files kept after each save (newest two, best two):
+ *     0:{0} 1:{0,1} 2:{1,2} 3:{1,2,3} 4:{1,3,4} 5:{3,4,5} 6:{3,5,6}
+ *     7:{3,6,7} 8:{3,7,8} 9:{3,8,9}
+ *   then 10 (0.25) gives {8,9,10} and 11 (0.1, a new best) {8,10,11}. */
+static const double LOSS[10] = {0.9, 0.5, 0.7, 0.3, 0.8, 0.4, 0.35, 0.6, 0.2, 0.65};
+
+static void test_best_last_retention(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 2, 2, 0);
+    unsigned bits[10];
+    for (int s = 0; s < 10; s++)
+        bits[s] = save(m, s, LOSS[s]);
+    for (int s = 0; s < 10; s++) {
+        bool best = s == 0 || s == 1 || s == 3 || s == 8;
+        assert_int_equal(!!(bits[s] & CKPT_SAVED_BEST), best);
+        assert_true(bits[s] & CKPT_SAVED_LAST);
+    }
+    /* step 4 (0.8): newest two then are 3 and 4, best two 3 and 1: kept */
+    assert_true(bits[4] & CKPT_SAVED_NUMBERED);
+    assert_string_equal(listing(), "best.pth last.pth manifest.json step-00000003.pth "
+                                   "step-00000008.pth step-00000009.pth");
+    assert_int_equal(step_in("last.pth"), 9);
+    assert_int_equal(step_in("best.pth"), 8);
+    assert_int_equal(step_in("step-00000003.pth"), 3);
+
+    /* what the manager reports, in ls order */
+    assert_int_equal(ckpt_manager_count(m), 5);
+    const char *files[5] = {"last.pth", "best.pth", "step-00000003.pth", "step-00000008.pth",
+                            "step-00000009.pth"};
+    const int64_t steps[5] = {9, 8, 3, 8, 9};
+    const bool lasts[5] = {true, false, false, false, true};
+    const bool bests[5] = {false, true, false, true, false};
+    for (size_t i = 0; i < 5; i++) {
+        ckpt_checkpoint_info info;
+        assert_true(ckpt_manager_get(m, i, &info));
+        assert_string_equal(info.file, files[i]);
+        assert_int_equal(info.step, steps[i]);
+        assert_int_equal(info.last, lasts[i]);
+        assert_int_equal(info.best, bests[i]);
+        assert_int_equal(info.weights_only, i == 1);
+        assert_int_equal(info.metric_count, 2);
+        assert_string_equal(info.metrics[0].name, "val_loss");
+        assert_true(info.metrics[0].value == LOSS[steps[i]]);
+        assert_string_equal(info.ckpt_version, ckpt_version());
+        assert_int_equal(info.format_version, 3);
+        assert_true(info.time > 0);
+    }
+    assert_false(ckpt_manager_get(m, 5, NULL));
+    ckpt_metric_mode mode;
+    assert_string_equal(ckpt_manager_monitor(m, &mode), "val_loss");
+    assert_int_equal(mode, CKPT_MODE_MIN);
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+
+    /* reopened: the same story, and the best so far still counts */
+    m = open_dir(NULL, CKPT_MODE_MIN, 2, 2, 0);
+    assert_string_equal(ckpt_manager_monitor(m, NULL), "val_loss");
+    assert_int_equal(save(m, 10, 0.25) & CKPT_SAVED_BEST, 0);
+    assert_int_equal(save(m, 11, 0.1) & CKPT_SAVED_BEST, CKPT_SAVED_BEST);
+    assert_int_equal(step_in("best.pth"), 11);
+
+    /* prune keeps last.pth and best.pth */
+    size_t removed = 99;
+    assert_int_equal(ckpt_manager_prune(m, 1, 0, &removed, NULL), CKPT_OK);
+    assert_int_equal(removed, 2);
+    assert_string_equal(listing(), "best.pth last.pth manifest.json step-00000011.pth");
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+}
+
+static void test_mode_max_and_nan(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("acc", CKPT_MODE_MAX, 0, 1, 0);
+    /* acc = 1 - val_loss */
+    assert_true(save(m, 0, 0.5) & CKPT_SAVED_BEST);   /* 0.5 */
+    assert_false(save(m, 1, 0.6) & CKPT_SAVED_BEST);  /* 0.4: worse, not written */
+    assert_false(exists("step-00000001.pth"));
+    assert_true(save(m, 2, 0.1) & CKPT_SAVED_BEST);   /* 0.9 */
+    assert_false(save(m, 3, NAN) & CKPT_SAVED_BEST);  /* NaN never improves */
+    assert_string_equal(listing(), "best.pth last.pth manifest.json step-00000002.pth");
+    assert_int_equal(step_in("last.pth"), 3);
+    ckpt_manager_close(m);
+    /* the NaN metric survives the manifest */
+    m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
+    ckpt_checkpoint_info info;
+    assert_true(ckpt_manager_get(m, 0, &info));
+    assert_string_equal(info.file, "last.pth");
+    assert_true(isnan(info.metrics[0].value));
+    ckpt_manager_close(m);
+}
+
+/* A refused save changes nothing: missing monitored metric, no weights. */
+static void test_refusals_change_nothing(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 0, 0, 0);
+    save(m, 0, 0.5);
+    char before[2048];
+    snprintf(before, sizeof(before), "%s", listing());
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(1, &root);
+    ckpt_metric other = {"acc", 0.1};
+    ckpt_error err;
+    assert_int_equal(ckpt_manager_save(m, 1, root, &other, 1, NULL, &err), CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "val_loss"));
+    ckpt_metric dup[2] = {{"val_loss", 0.1}, {"val_loss", 0.2}};
+    assert_int_equal(ckpt_manager_save(m, 1, root, dup, 2, NULL, &err), CKPT_ERR_INVALID_ARG);
+    assert_int_equal(ckpt_manager_save(m, -1, root, dup, 1, NULL, &err), CKPT_ERR_INVALID_ARG);
+    /* an improving save of a checkpoint without "model" (and not a state
+     * dict) cannot make best.pth */
+    ckpt_value *bare = ckpt_new_dict(t);
+    ckpt_dict_put_str(t, bare, "epoch", ckpt_new_int(t, 3));
+    ckpt_metric better = {"val_loss", 0.1};
+    assert_int_equal(ckpt_manager_save(m, 1, bare, &better, 1, NULL, &err), CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "\"model\""));
+    assert_string_equal(listing(), before);
+    assert_int_equal(step_in("last.pth"), 0);
+    ckpt_tree_free(t);
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+}
+
+/* ---- crashes --------------------------------------------------------------------------- */
+
+static int g_stop_at, g_calls;
+
+static void stop_here(const char *point)
+{
+    (void)point;
+    if (++g_calls == g_stop_at)
+        _exit(42);
+}
+
+/* A child saves step 2 (an improvement, with a numbered file) after steps
+ * 0 and 1 and stops at the k-th protocol point; then the directory is
+ * opened again. Whatever k, every file is whole, the manifest matches the
+ * files, no temporary is left, and last/best hold step 1 or step 2. */
+static void test_crash_at_every_point(void **state)
+{
+    (void)state;
+    bool finished = false;
+    for (int k = 1; !finished && k < 20; k++) {
+        rm_rf(g_dir);
+        assert_int_equal(mkdir(g_dir, 0700), 0);
+        ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+        save(m, 0, 0.9);
+        save(m, 1, 0.5);
+        ckpt_manager_close(m);
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            g_stop_at = k;
+            g_calls = 0;
+            ckpt__manager_hook = stop_here;
+            m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+            save(m, 2, 0.1);
+            ckpt_manager_close(m);
+            _exit(0);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        finished = WEXITSTATUS(status) == 0;
+        if (!finished)
+            assert_int_equal(WEXITSTATUS(status), 42);
+
+        g_warnings[0] = 0;
+        m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
+        const char *ls = listing();
+        assert_null(strstr(ls, ".tmp-"));
+        int64_t last = step_in("last.pth"), best = step_in("best.pth");
+        assert_true(last == 1 || last == 2);
+        assert_true(best == 1 || best == 2);
+        /* best is renamed before last: a save that reached last reached best */
+        assert_true(best >= last);
+        /* the manifest says what the files hold */
+        for (size_t i = 0; i < ckpt_manager_count(m); i++) {
+            ckpt_checkpoint_info info;
+            ckpt_manager_get(m, i, &info);
+            assert_int_equal(info.step, step_in(info.file));
+        }
+        ckpt_file *f = NULL;
+        ckpt_checkpoint_info info;
+        assert_int_equal(ckpt_manager_resume(m, NULL, &f, &info, NULL), CKPT_OK);
+        assert_string_equal(info.file, "last.pth");
+        assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_file_root(f), "step")), last);
+        ckpt_close(f);
+        /* and the next save goes on from there */
+        save(m, 3, 0.05);
+        ckpt_manager_close(m);
+        check_manifest_matches_files();
+        assert_int_equal(step_in("best.pth"), 3);
+    }
+    assert_true(finished);
+}
+
+/* ---- resume, lock, manifest ---------------------------------------------------------------- */
+
+static void replace_with(const char *name, const void *p, size_t n)
+{
+    char tmp[400];
+    snprintf(tmp, sizeof(tmp), "%s.x", path_in(name));
+    FILE *f = fopen(tmp, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(p, 1, n, f), n);
+    fclose(f);
+    assert_int_equal(rename(tmp, path_in(name)), 0);
+}
+
+static void test_resume_skips_torn(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    assert_int_equal(ckpt_manager_resume(m, NULL, &f, NULL, &err), CKPT_ERR_NOT_FOUND);
+    for (int s = 0; s < 3; s++)
+        save(m, s, 1.0 - s * 0.1);
+    ckpt_manager_close(m);
+    /* last.pth torn in half by someone else's writer, step 2 flipped */
+    struct stat sb;
+    assert_int_equal(stat(path_in("last.pth"), &sb), 0);
+    uint8_t *half = calloc(1, (size_t)sb.st_size / 2);
+    replace_with("last.pth", half, (size_t)sb.st_size / 2);
+    free(half);
+    FILE *fp = fopen(path_in("step-00000002.pth"), "r+b");
+    assert_non_null(fp);
+    fseek(fp, 200, SEEK_SET);
+    int byte = fgetc(fp);
+    fseek(fp, 200, SEEK_SET);
+    fputc(0x5a ^ byte, fp);
+    fclose(fp);
+
+    g_warnings[0] = 0;
+    m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
+    assert_non_null(strstr(g_warnings, "last.pth changed"));
+    ckpt_checkpoint_info info;
+    assert_int_equal(ckpt_manager_resume(m, NULL, &f, &info, &err), CKPT_OK);
+    assert_string_equal(info.file, "step-00000001.pth");
+    assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_file_root(f), "step")), 1);
+    assert_non_null(strstr(g_warnings, "skipping"));
+    ckpt_close(f);
+    ckpt_manager_close(m);
+}
+
+static void test_lock(void **state)
+{
+    (void)state;
+    ckpt_manager *a = open_dir(NULL, CKPT_MODE_MIN, 0, 0, 0);
+    ckpt_manager *b = NULL;
+    ckpt_error err;
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_ERR_BUSY);
+    assert_null(b);
+    assert_non_null(strstr(err.message, "locked by another process"));
+    assert_non_null(strstr(err.message, g_dir));
+    /* a reader needs no lock */
+    o.flags = CKPT_MANAGER_READ_ONLY;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_OK);
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(0, &root);
+    assert_int_equal(ckpt_manager_save(b, 0, root, NULL, 0, NULL, &err), CKPT_ERR_INVALID_ARG);
+    ckpt_tree_free(t);
+    ckpt_manager_close(b);
+    ckpt_manager_close(a);
+    o.flags = 0;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_OK);
+    ckpt_manager_close(b);
+}
+
+static void spit(const char *name, const char *text)
+{
+    FILE *f = fopen(path_in(name), "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_manifest_rebuilt(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
+    save(m, 4, 0.5);
+    save(m, 5, 0.7);
+    ckpt_manager_close(m);
+    static const char *bad[] = {
+        "{",
+        "[]",
+        "{\"format\": \"ckpt-manifest\", \"version\": 2, \"checkpoints\": []}",
+        "{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [{\"file\": "
+        "\"../etc/passwd\", \"step\": 1, \"size\": 1, \"crc32\": \"00000000\", \"metrics\": {}, "
+        "\"content\": \"weights\"}]}",
+        "{\"format\": \"ckpt-manifest\", \"version\": 1, \"version\": 1}",
+        "{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [{\"file\": "
+        "\"last.pth\", \"step\": 1, \"size\": -5, \"crc32\": \"00000000\", \"metrics\": {}, "
+        "\"content\": \"weights\"}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        spit(CKPT__MANIFEST_NAME, bad[i]);
+        g_warnings[0] = 0;
+        m = open_dir(NULL, CKPT_MODE_MIN, 2, 0, 0);
+        assert_non_null(strstr(g_warnings, "unreadable"));
+        /* adopted from the files: numbered steps from their names */
+        assert_int_equal(ckpt_manager_count(m), 4);
+        ckpt_checkpoint_info info;
+        assert_true(ckpt_manager_get(m, 0, &info));
+        assert_string_equal(info.file, "last.pth");
+        assert_int_equal(info.step, -1);
+        assert_true(ckpt_manager_get(m, 3, &info));
+        assert_string_equal(info.file, "step-00000005.pth");
+        assert_int_equal(info.step, 5);
+        ckpt_manager_close(m);
+        check_manifest_matches_files();
+    }
+}
+
+/* A pending entry whose file was never renamed is dropped; one whose file
+ * was renamed is committed; "removing" files are removed. */
+static void test_settle_by_hand(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+    save(m, 0, 0.5);
+    ckpt_manager_close(m);
+    ckpt__manifest mf;
+    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &mf, NULL), CKPT_OK);
+    /* a pending last.pth of another size (never renamed), a pending copy of
+     * step-0 under step 7's name that was renamed, a removal of step 0 */
+    ckpt__mentry *last = ckpt__mlist_find(&mf.committed, "last.pth");
+    ckpt__mentry e;
+    assert_true(ckpt__mentry_copy(&e, last));
+    e.size += 1;
+    e.step = 9;
+    assert_true(ckpt__mlist_push(&mf.pending, &e));
+    assert_true(ckpt__mentry_copy(&e, last));
+    free(e.file);
+    e.file = strdup("step-00000007.pth");
+    e.step = 7;
+    assert_true(ckpt__mlist_push(&mf.pending, &e));
+    assert_int_equal(link(path_in("last.pth"), path_in("step-00000007.pth")), 0);
+    mf.removing = calloc(1, sizeof(char *));
+    mf.removing[0] = strdup("step-00000000.pth");
+    mf.removing_count = 1;
+    ckpt__mlist_remove(&mf.committed, (size_t)(ckpt__mlist_find(&mf.committed,
+                                                                "step-00000000.pth") -
+                                               mf.committed.items));
+    char *text = ckpt__manifest_text(&mf, NULL, NULL);
+    spit(CKPT__MANIFEST_NAME, text);
+    free(text);
+    ckpt__manifest_free(&mf);
+    spit(".last.pth.tmp-1-abc", "partial");
+    spit(".other.tmp-1-abc", "not ours");
+
+    /* read-only: settled in memory only */
+    m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, CKPT_MANAGER_READ_ONLY);
+    assert_int_equal(ckpt_manager_count(m), 3);
+    assert_true(exists(".last.pth.tmp-1-abc"));
+    ckpt_manager_close(m);
+
+    m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
+    assert_string_equal(listing(), ".other.tmp-1-abc best.pth last.pth manifest.json "
+                                   "step-00000007.pth");
+    ckpt_checkpoint_info info;
+    assert_true(ckpt_manager_get(m, 0, &info));
+    assert_string_equal(info.file, "last.pth");
+    assert_int_equal(info.step, 0);
+    assert_true(ckpt_manager_get(m, 2, &info));
+    assert_string_equal(info.file, "step-00000007.pth");
+    assert_int_equal(info.step, 7);
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+}
+
+static void test_manifest_text_round_trip(void **state)
+{
+    (void)state;
+    ckpt__manifest mf;
+    memset(&mf, 0, sizeof(mf));
+    mf.monitor = strdup("val \"loss\"\n");
+    mf.mode = CKPT_MODE_MAX;
+    ckpt__mentry e;
+    memset(&e, 0, sizeof(e));
+    e.file = strdup("best.pth");
+    e.step = 12;
+    e.size = 1234;
+    e.crc = 0xdeadbeef;
+    e.time = 1795000000;
+    e.format_version = 3;
+    e.ckpt_version = strdup("0.1.0");
+    e.torch_version = strdup("1.13.1");
+    e.user_json = strdup("{\"run\":\"a\",\"n\":[1,2]}");
+    e.weights_only = true;
+    e.metric_count = 3;
+    e.metrics = calloc(3, sizeof(*e.metrics));
+    e.metrics[0].name = strdup("val_loss");
+    e.metrics[0].value = 0.1;
+    e.metrics[1].name = strdup("x");
+    e.metrics[1].value = -INFINITY;
+    e.metrics[2].name = strdup("y");
+    e.metrics[2].value = NAN;
+    assert_true(ckpt__mlist_push(&mf.committed, &e));
+    bool yes = true, no = false;
+    char *text = ckpt__manifest_text(&mf, &no, &yes);
+    assert_non_null(strstr(text, "\"val_loss\": 0.1,"));
+    assert_non_null(strstr(text, "\"x\": \"-Infinity\""));
+    assert_non_null(strstr(text, "\"crc32\": \"deadbeef\""));
+    assert_non_null(strstr(text, "\"monitor\": \"val \\\"loss\\\"\\u000a\""));
+    spit(CKPT__MANIFEST_NAME, text);
+    free(text);
+    ckpt__manifest back;
+    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &back, NULL), CKPT_OK);
+    assert_string_equal(back.monitor, mf.monitor);
+    assert_int_equal(back.mode, CKPT_MODE_MAX);
+    assert_int_equal(back.committed.count, 1);
+    const ckpt__mentry *b = &back.committed.items[0];
+    assert_string_equal(b->file, "best.pth");
+    assert_int_equal(b->step, 12);
+    assert_int_equal(b->size, 1234);
+    assert_int_equal(b->crc, 0xdeadbeef);
+    assert_int_equal(b->time, 1795000000);
+    assert_string_equal(b->torch_version, "1.13.1");
+    assert_string_equal(b->user_json, "{\"run\":\"a\",\"n\":[1,2]}");
+    assert_true(b->weights_only);
+    assert_true(b->metrics[0].value == 0.1);
+    assert_true(isinf(b->metrics[1].value) && b->metrics[1].value < 0);
+    assert_true(isnan(b->metrics[2].value));
+    ckpt__manifest_free(&back);
+    ckpt__manifest_free(&mf);
+}
+
+static void test_numbered_names(void **state)
+{
+    (void)state;
+    char buf[64];
+    assert_true(ckpt__numbered_name(12, buf, sizeof(buf)));
+    assert_string_equal(buf, "step-00000012.pth");
+    assert_int_equal(ckpt__numbered_step(buf), 12);
+    assert_true(ckpt__numbered_name(123456789012, buf, sizeof(buf)));
+    assert_int_equal(ckpt__numbered_step(buf), 123456789012);
+    assert_int_equal(ckpt__numbered_step("step-12.pth"), -1);
+    assert_int_equal(ckpt__numbered_step("step-000000012.pth"), -1);
+    assert_int_equal(ckpt__numbered_step("step-00000012.pth.bak"), -1);
+    assert_int_equal(ckpt__numbered_step("step-99999999999999999999999.pth"), -1);
+    assert_false(ckpt__numbered_name(-1, buf, sizeof(buf)));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_best_last_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mode_max_and_nan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusals_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_at_every_point, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_skips_torn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_manifest_rebuilt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_settle_by_hand, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_manifest_text_round_trip, setup, teardown),
+        cmocka_unit_test(test_numbered_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
