@@ -22,6 +22,16 @@ int ckpt_cli_convert(int argc, char **argv);
  * cannot be read (or a bad option). */
 int ckpt_cli_scan(int argc, char **argv);
 
+/* ckpt ls DIR [--json]: argv holds the arguments after "ls". Lists a
+ * checkpoint directory without changing it. Returns 0, or 2 when the
+ * directory cannot be read (or a bad option). */
+int ckpt_cli_ls(int argc, char **argv);
+
+/* ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]: argv holds the
+ * arguments after "prune". Returns 0 done, 2 error (the directory cannot be
+ * read, another process manages it, a bad option). */
+int ckpt_cli_prune(int argc, char **argv);
+
 /* ---- shared helpers (common.c) ---- */
 
 #define CLI_EXIT_OK 0
@@ -32,5 +42,7 @@ int ckpt_cli_scan(int argc, char **argv);
 void cli_print_error(const char *path, const ckpt_error *err);
 /* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
 char *cli_repr(const ckpt_value *v);
+/* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
+void cli_human_bytes(uint64_t b, char *buf, size_t size);
 
 #endif /* CKPT_CLI_H */

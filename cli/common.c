@@ -21,3 +21,18 @@ char *cli_repr(const ckpt_value *v)
         ckpt_value_repr(v, s, n + 1);
     return s;
 }
+
+void cli_human_bytes(uint64_t b, char *buf, size_t size)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%llu B", (unsigned long long)b);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+}

@@ -34,6 +34,10 @@ static void usage(FILE *out)
             "  verify FILE...                   check structure, every CRC32 and every tensor's bounds\n"
             "  convert IN OUT [options]         torch zip <-> safetensors, --key, key edits, --dtype\n"
             "  diff A B [--atol X] [--rtol Y]   compare two checkpoints (any formats)\n"
+            "  ls DIR [--json]                  list a checkpoint directory kept by the manager\n"
+            "  prune DIR --keep N [--keep-best N] [--dry-run] [-q]\n"
+            "                                   remove numbered checkpoints beyond the newest N\n"
+            "                                   and the N best (last.pth and best.pth stay)\n"
             "  version                          print the version\n"
             "\n"
             "exit status: 0 success, 1 a problem found (verify), a difference (diff) or an\n"
@@ -51,21 +55,6 @@ static void shape_text(const ckpt_tensor_info *ti, char *buf, size_t size)
         n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)ti->shape[i]);
     if (n < size)
         snprintf(buf + n, size - n, "]");
-}
-
-static void human_bytes(uint64_t b, char *buf, size_t size)
-{
-    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)b;
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, size, "%llu B", (unsigned long long)b);
-    else
-        snprintf(buf, size, "%.1f %s", v, units[u]);
 }
 
 static char *hex_text(const unsigned char *p, size_t n)
@@ -489,7 +478,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     ckpt_file_info fi;
     ckpt_file_get_info(f, &fi);
     char b1[64];
-    human_bytes(fi.file_size, b1, sizeof(b1));
+    cli_human_bytes(fi.file_size, b1, sizeof(b1));
     printf("File:     %s (%s)\n", path, b1);
     printf("Format:   %s\n", ckpt_format_name(fi.format));
     if (fi.prefix)
@@ -564,7 +553,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         total_bytes += ti.nbytes;
         total_params += ti.numel;
     }
-    human_bytes(total_bytes, b1, sizeof(b1));
+    cli_human_bytes(total_bytes, b1, sizeof(b1));
     printf("\nTotals:   %zu tensors, %llu parameters, %llu bytes (%s)\n", nt,
            (unsigned long long)total_params, (unsigned long long)total_bytes, b1);
     return 0;
@@ -715,6 +704,10 @@ int main(int argc, char **argv)
         return ckpt_cli_diff(argc - 2, argv + 2);
     if (strcmp(cmd, "scan") == 0)
         return ckpt_cli_scan(argc - 2, argv + 2);
+    if (strcmp(cmd, "ls") == 0)
+        return ckpt_cli_ls(argc - 2, argv + 2);
+    if (strcmp(cmd, "prune") == 0)
+        return ckpt_cli_prune(argc - 2, argv + 2);
     fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
     usage(stderr);
     return EXIT_ERROR;

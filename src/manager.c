@@ -617,8 +617,8 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     }
     if (ms != CKPT_OK && ms != CKPT_ERR_NOT_FOUND) {
         char text[512];
-        warnf(m, "%s/%s is unreadable (%s): rebuilt from the files", m->dir, CKPT__MANIFEST_NAME,
-              ckpt_error_format(&merr, text, sizeof(text)));
+        warnf(m, "%s/%s is unreadable (%s): %s from the files", m->dir, CKPT__MANIFEST_NAME,
+              ckpt_error_format(&merr, text, sizeof(text)), ro ? "listing" : "rebuilt");
         memset(&m->mf, 0, sizeof(m->mf));
         changed = true;
     }
@@ -903,23 +903,24 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
 }
 
 /* Removes the files listed as "removing" (the manifest that lists them is
- * committed). */
-static void finish_removals(ckpt_manager *m)
+ * committed), then commits a manifest without the list. */
+static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
 {
+    if (!m->mf.removing_count)
+        return CKPT_OK;
     for (size_t i = 0; i < m->mf.removing_count; i++) {
         char *path = join(m->dir, m->mf.removing[i]);
         if (path && unlink(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
         free(path);
     }
-    if (m->mf.removing_count)
-        sync_dir(m, NULL);
-    /* done: later manifests need not carry them */
     for (size_t i = 0; i < m->mf.removing_count; i++)
         free(m->mf.removing[i]);
     free(m->mf.removing);
     m->mf.removing = NULL;
     m->mf.removing_count = 0;
+    /* the manifest's own rename syncs the directory, removals included */
+    return write_manifest(m, err);
 }
 
 /* Retention candidates: the numbered entries in manifest order, plus one
@@ -1131,7 +1132,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     st = write_manifest(m, err);
     hook("committed");
     if (st == CKPT_OK)
-        finish_removals(m);
+        st = finish_removals(m, err);
     return st;
 }
 
@@ -1157,9 +1158,8 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
         return st;
     if (!count)
         return CKPT_OK;
-    if ((st = write_manifest(m, err)) != CKPT_OK)
+    if ((st = write_manifest(m, err)) != CKPT_OK || (st = finish_removals(m, err)) != CKPT_OK)
         return st;
-    finish_removals(m);
     if (removed)
         *removed = count;
     return CKPT_OK;

@@ -69,6 +69,9 @@ int64_t ckpt__numbered_step(const char *name);
  * wrong (the caller rebuilds it from the files).
  */
 ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error *err);
+/* The same from the file's bytes. */
+ckpt_status ckpt__manifest_parse(const void *text, size_t len, ckpt__manifest *mf,
+                                 ckpt_error *err);
 
 /*
  * The manifest's JSON text (malloc'd, NUL-terminated) for mf, with each

@@ -11,6 +11,7 @@
 #include "manager.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- records ------------------------------------------------------------ */
 
@@ -174,7 +176,7 @@ static bool parse_time(const char *s, int64_t *out)
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
     time_t t = timegm(&tm);
-    if (t == (time_t)-1)
+    if (t < 0) /* -1 says "unknown": times before 1970 are not ours */
         return false;
     *out = (int64_t)t;
     return true;
@@ -373,21 +375,14 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
     return CKPT_OK;
 }
 
-ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error *err)
+ckpt_status ckpt__manifest_parse(const void *text, size_t len, ckpt__manifest *mf,
+                                 ckpt_error *err)
 {
     memset(mf, 0, sizeof(*mf));
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        if (errno == ENOENT)
-            return ckpt__fail(err, CKPT_ERR_NOT_FOUND, "", CKPT_NO_OFFSET, "no %s",
-                              CKPT__MANIFEST_NAME);
-        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot read %s: %s", path,
-                          strerror(errno));
-    }
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > CKPT__MANIFEST_MAX_BYTES)
-        return bad(err, "%s is not a regular file of at most 64 MiB", path);
+    if (len > CKPT__MANIFEST_MAX_BYTES)
+        return bad(err, "the manifest is over 64 MiB%s", "");
     json_error_t je;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!doc)
         return ckpt__fail(err, CKPT_ERR_FORMAT, CKPT__MANIFEST_NAME, (uint64_t)je.position,
                           "not JSON: %s", je.text);
@@ -395,6 +390,45 @@ ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error
     json_decref(doc);
     if (s != CKPT_OK)
         ckpt__manifest_free(mf);
+    return s;
+}
+
+ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error *err)
+{
+    memset(mf, 0, sizeof(*mf));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return ckpt__fail(err, CKPT_ERR_NOT_FOUND, "", CKPT_NO_OFFSET, "no %s",
+                              CKPT__MANIFEST_NAME);
+        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot read %s: %s", path,
+                          strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t)st.st_size > CKPT__MANIFEST_MAX_BYTES) {
+        close(fd);
+        return bad(err, "%s is not a regular file of at most 64 MiB", path);
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    char *buf = malloc(size ? size : 1);
+    if (!buf) {
+        close(fd);
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    }
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    /* a file that shrank while read is parsed as it was read: the text is
+     * checked either way */
+    ckpt_status s = ckpt__manifest_parse(buf, got, mf, err);
+    free(buf);
     return s;
 }
 

@@ -1,0 +1,588 @@
+/*
+ * manage.c - ckpt ls and ckpt prune: a checkpoint directory kept by the
+ * manager (ckpt_manager_*), listed or trimmed from the shell.
+ *
+ * ls opens the directory read-only: no lock is taken and nothing is
+ * settled or removed, so it is safe while a training run saves into it.
+ * prune takes the lock like a training run would, so the two never race;
+ * its --dry-run opens read-only too and computes what would go with the
+ * rule ckpt_manager_prune documents.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static const char *PROG = "ckpt";
+
+/* ---- shared --------------------------------------------------------------- */
+
+static void ls_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt ls DIR [--json]\n"
+            "  Lists a checkpoint directory kept by the checkpoint manager: each file with\n"
+            "  its step, size, metrics, time and whether it is last.pth (the newest save),\n"
+            "  best.pth (the best by the monitored metric) or holds only weights. Read-only:\n"
+            "  takes no lock and changes nothing, so it may run beside a training run.\n"
+            "  --json   one JSON object: directory, monitor, mode, checkpoints (file, step,\n"
+            "           metrics, best, last, size, crc32, time, versions, user, content)\n"
+            "  exit 0 listed, 2 the directory cannot be read\n");
+}
+
+static void prune_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]\n"
+            "  Removes the numbered checkpoints (step-NNNNNNNN.pth) of a directory kept by\n"
+            "  the checkpoint manager, but the newest N by step and the N best by the\n"
+            "  monitored metric. last.pth and best.pth always stay. The manifest is\n"
+            "  committed before any file goes. Takes the directory's lock: fails while a\n"
+            "  training run manages it.\n"
+            "  --keep N       numbered checkpoints to keep, newest first (required)\n"
+            "  --keep-best N  also keep the N best by the monitored metric (default 0)\n"
+            "  --dry-run      print 'would remove FILE' lines and change nothing\n"
+            "  -q             do not print how many files went\n"
+            "  exit 0 done, 2 error (the directory cannot be read, another process\n"
+            "  manages it, a bad option)\n");
+}
+
+static void warn_stderr(void *user, const char *message)
+{
+    (void)user;
+    fprintf(stderr, "%s: warning: %s\n", PROG, message);
+}
+
+/* The manager creates a missing directory unless it is read-only: a typo
+ * in DIR must be an error, not a new empty directory, whichever way the
+ * command opens it. */
+static bool check_dir(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        fprintf(stderr, "%s: %s: %s\n", PROG, dir, strerror(errno));
+        return false;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "%s: %s: not a directory\n", PROG, dir);
+        return false;
+    }
+    return true;
+}
+
+static ckpt_manager *open_manager(const char *dir, unsigned flags)
+{
+    ckpt_manager_options mo;
+    ckpt_manager_options_default(&mo);
+    mo.flags |= flags;
+    mo.warn = warn_stderr;
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    ckpt_status st = ckpt_manager_open(dir, &mo, &m, &err);
+    if (st == CKPT_OK)
+        return m;
+    if (st == CKPT_ERR_BUSY) {
+        char msg[768];
+        fprintf(stderr, "%s: %s: busy: %s\n", PROG, dir,
+                ckpt_error_format(&err, msg, sizeof(msg)));
+    } else {
+        cli_print_error(dir, &err);
+    }
+    return NULL;
+}
+
+static bool is_numbered(const ckpt_checkpoint_info *ci)
+{
+    return strcmp(ci->file, "last.pth") != 0 && strcmp(ci->file, "best.pth") != 0;
+}
+
+/* The value of a metric of an entry; false when the entry lacks it. */
+static bool find_metric(const ckpt_checkpoint_info *ci, const char *name, double *value)
+{
+    for (size_t k = 0; k < ci->metric_count; k++) {
+        if (ci->metrics[k].name && strcmp(ci->metrics[k].name, name) == 0) {
+            *value = ci->metrics[k].value;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "2026-11-28 15:20:51" (iso false) or "2026-11-28T15:20:51Z"; false when
+ * the time is unknown or out of range. */
+static bool time_text(int64_t t, bool iso, char *buf, size_t size)
+{
+    if (t < 0 || (int64_t)(time_t)t != t)
+        return false;
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm))
+        return false;
+    return strftime(buf, size, iso ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%d %H:%M:%S", &tm) > 0;
+}
+
+/* The entries of an open manager, copied out so that they can be sorted
+ * and looked at together. */
+typedef struct listing {
+    ckpt_checkpoint_info *items;
+    size_t count;
+} listing;
+
+static bool load_listing(const ckpt_manager *m, listing *l)
+{
+    l->count = ckpt_manager_count(m);
+    l->items = calloc(l->count ? l->count : 1, sizeof(*l->items));
+    if (!l->items) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return false;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        if (ckpt_manager_get(m, i, &l->items[n]))
+            n++;
+    }
+    l->count = n;
+    return true;
+}
+
+/* ---- ls ----------------------------------------------------------------- */
+
+/* Metric names over all entries, in first-seen order. The names point into
+ * the manager's entries. */
+typedef struct name_set {
+    const char **names;
+    size_t count;
+} name_set;
+
+static bool collect_metric_names(const listing *l, name_set *ns)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < l->count; i++)
+        total += l->items[i].metric_count;
+    ns->count = 0;
+    ns->names = malloc((total ? total : 1) * sizeof(*ns->names));
+    if (!ns->names) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return false;
+    }
+    for (size_t i = 0; i < l->count; i++) {
+        for (size_t k = 0; k < l->items[i].metric_count; k++) {
+            const char *name = l->items[i].metrics[k].name;
+            bool seen = !name;
+            for (size_t j = 0; j < ns->count && !seen; j++)
+                seen = strcmp(ns->names[j], name) == 0;
+            if (!seen)
+                ns->names[ns->count++] = name;
+        }
+    }
+    return true;
+}
+
+static void metric_text(double v, char *buf, size_t size)
+{
+    /* as Python prints them, whatever the sign bit of a NaN */
+    if (isnan(v))
+        snprintf(buf, size, "nan");
+    else if (isinf(v))
+        snprintf(buf, size, "%s", v > 0 ? "inf" : "-inf");
+    else
+        snprintf(buf, size, "%.6g", v);
+}
+
+static json_t *metric_json(double v)
+{
+    /* JSON has no non-finite numbers: the spellings Python's json module
+     * reads back */
+    if (isnan(v))
+        return json_string("NaN");
+    if (isinf(v))
+        return json_string(v > 0 ? "Infinity" : "-Infinity");
+    return json_real(v);
+}
+
+static json_t *str_or_null(const char *s)
+{
+    json_t *j = s ? json_string(s) : NULL;
+    return j ? j : json_null();
+}
+
+static void flags_text(const ckpt_checkpoint_info *ci, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s%s%s%s%s", ci->last ? "last" : "",
+             ci->last && ci->best ? "," : "", ci->best ? "best" : "",
+             (ci->last || ci->best) && ci->weights_only ? "," : "",
+             ci->weights_only ? "weights" : "");
+    if (!buf[0])
+        snprintf(buf, size, "-");
+}
+
+/* Table columns: FILE, STEP, SIZE, one per metric, TIME, FLAGS. */
+enum { COL_FILE, COL_STEP, COL_SIZE, COL_METRICS };
+
+static void cell_text(const ckpt_checkpoint_info *ci, const name_set *ns, size_t col, char *buf,
+                      size_t size)
+{
+    double v;
+    if (col == COL_FILE) {
+        snprintf(buf, size, "%s", ci->file);
+    } else if (col == COL_STEP) {
+        if (ci->step < 0)
+            snprintf(buf, size, "-");
+        else
+            snprintf(buf, size, "%lld", (long long)ci->step);
+    } else if (col == COL_SIZE) {
+        cli_human_bytes(ci->size, buf, size);
+    } else if (col < COL_METRICS + ns->count) {
+        if (find_metric(ci, ns->names[col - COL_METRICS], &v))
+            metric_text(v, buf, size);
+        else
+            snprintf(buf, size, "-");
+    } else if (col == COL_METRICS + ns->count) {
+        if (!time_text(ci->time, false, buf, size))
+            snprintf(buf, size, "-");
+    } else {
+        flags_text(ci, buf, size);
+    }
+}
+
+static const char *header_text(const name_set *ns, size_t col)
+{
+    static const char *fixed[] = {"FILE", "STEP", "SIZE"};
+    if (col < COL_METRICS)
+        return fixed[col];
+    if (col < COL_METRICS + ns->count)
+        return ns->names[col - COL_METRICS];
+    return col == COL_METRICS + ns->count ? "TIME" : "FLAGS";
+}
+
+static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, const name_set *ns)
+{
+    ckpt_metric_mode mode = CKPT_MODE_MIN;
+    const char *monitor = ckpt_manager_monitor(m, &mode);
+    if (monitor)
+        printf("checkpoints in %s (best by %s, %s)\n", dir, monitor,
+               mode == CKPT_MODE_MAX ? "max" : "min");
+    else
+        printf("checkpoints in %s (no monitored metric)\n", dir);
+    if (l->count == 0) {
+        printf("(none)\n");
+        return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+    }
+    size_t ncols = COL_METRICS + ns->count + 2;
+    size_t *width = calloc(ncols, sizeof(*width));
+    if (!width) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return CLI_EXIT_ERROR;
+    }
+    char cell[512];
+    for (size_t c = 0; c < ncols; c++) {
+        width[c] = strlen(header_text(ns, c));
+        for (size_t i = 0; i < l->count; i++) {
+            cell_text(&l->items[i], ns, c, cell, sizeof(cell));
+            size_t w = strlen(cell);
+            if (w > width[c])
+                width[c] = w;
+        }
+    }
+    /* numbers right-aligned; text left-aligned, the last column unpadded */
+    for (size_t i = 0; i <= l->count; i++) {
+        for (size_t c = 0; c < ncols; c++) {
+            const char *text = cell;
+            if (i == 0)
+                text = header_text(ns, c);
+            else
+                cell_text(&l->items[i - 1], ns, c, cell, sizeof(cell));
+            bool right = c == COL_STEP || c == COL_SIZE || (c >= COL_METRICS && c < ncols - 2);
+            if (c + 1 == ncols)
+                printf("%s\n", text);
+            else if (right)
+                printf("%*s  ", (int)width[c], text);
+            else
+                printf("%-*s  ", (int)width[c], text);
+        }
+    }
+    free(width);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+}
+
+static json_t *entry_json(const ckpt_checkpoint_info *ci)
+{
+    json_t *o = json_object();
+    char buf[64];
+    json_object_set_new(o, "file", str_or_null(ci->file));
+    json_object_set_new(o, "step", ci->step < 0 ? json_null() : json_integer(ci->step));
+    json_t *metrics = json_object();
+    for (size_t k = 0; k < ci->metric_count; k++) {
+        if (ci->metrics[k].name)
+            json_object_set_new(metrics, ci->metrics[k].name, metric_json(ci->metrics[k].value));
+    }
+    json_object_set_new(o, "metrics", metrics);
+    json_object_set_new(o, "best", json_boolean(ci->best));
+    json_object_set_new(o, "last", json_boolean(ci->last));
+    json_object_set_new(o, "size", json_integer((json_int_t)ci->size));
+    snprintf(buf, sizeof(buf), "%08x", (unsigned)ci->crc32);
+    json_object_set_new(o, "crc32", json_string(buf));
+    bool has_time = time_text(ci->time, true, buf, sizeof(buf));
+    json_object_set_new(o, "time", has_time ? json_string(buf) : json_null());
+    json_object_set_new(o, "ckpt_version", str_or_null(ci->ckpt_version));
+    json_object_set_new(o, "format_version",
+                        ci->format_version ? json_integer(ci->format_version) : json_null());
+    json_object_set_new(o, "torch_version", str_or_null(ci->torch_version));
+    json_t *user = NULL;
+    if (ci->user_metadata) {
+        user = json_loads(ci->user_metadata, 0, NULL);
+        if (user && !json_is_object(user)) {
+            json_decref(user);
+            user = NULL;
+        }
+        if (!user)
+            fprintf(stderr, "%s: warning: %s: user metadata is not a JSON object\n", PROG,
+                    ci->file);
+    }
+    json_object_set_new(o, "user", user ? user : json_null());
+    json_object_set_new(o, "content", json_string(ci->weights_only ? "weights" : "checkpoint"));
+    return o;
+}
+
+static int ls_json(const char *dir, const ckpt_manager *m, const listing *l)
+{
+    ckpt_metric_mode mode = CKPT_MODE_MIN;
+    const char *monitor = ckpt_manager_monitor(m, &mode);
+    json_t *o = json_object();
+    json_object_set_new(o, "directory", str_or_null(dir));
+    json_object_set_new(o, "monitor", str_or_null(monitor));
+    json_object_set_new(o, "mode", monitor ? json_string(mode == CKPT_MODE_MAX ? "max" : "min")
+                                           : json_null());
+    json_t *a = json_array();
+    for (size_t i = 0; i < l->count; i++)
+        json_array_append_new(a, entry_json(&l->items[i]));
+    json_object_set_new(o, "checkpoints", a);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    if (!text) {
+        fprintf(stderr, "%s: %s: out of memory writing JSON\n", PROG, dir);
+        return CLI_EXIT_ERROR;
+    }
+    size_t len = strlen(text);
+    bool ok = fwrite(text, 1, len, stdout) == len && fputc('\n', stdout) != EOF &&
+              fflush(stdout) == 0;
+    free(text);
+    return ok ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+}
+
+int ckpt_cli_ls(int argc, char **argv)
+{
+    bool json = false;
+    const char *dir = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            ls_usage(stdout);
+            return CLI_EXIT_OK;
+        } else if (strcmp(arg, "--json") == 0) {
+            json = true;
+        } else if (arg[0] == '-' && arg[1]) {
+            fprintf(stderr, "%s: ls: unknown option '%s'\n", PROG, arg);
+            ls_usage(stderr);
+            return CLI_EXIT_ERROR;
+        } else if (!dir) {
+            dir = arg;
+        } else {
+            fprintf(stderr, "%s: ls: one directory at a time\n", PROG);
+            ls_usage(stderr);
+            return CLI_EXIT_ERROR;
+        }
+    }
+    if (!dir) {
+        ls_usage(stderr);
+        return CLI_EXIT_ERROR;
+    }
+    if (!check_dir(dir))
+        return CLI_EXIT_ERROR;
+    ckpt_manager *m = open_manager(dir, CKPT_MANAGER_READ_ONLY);
+    if (!m)
+        return CLI_EXIT_ERROR;
+    int rc = CLI_EXIT_ERROR;
+    listing l = {0};
+    name_set ns = {0};
+    if (load_listing(m, &l) && collect_metric_names(&l, &ns))
+        rc = json ? ls_json(dir, m, &l) : ls_text(dir, m, &l, &ns);
+    free(ns.names);
+    free(l.items);
+    ckpt_manager_close(m);
+    return rc;
+}
+
+/* ---- prune --------------------------------------------------------------- */
+
+/* A numbered entry in the dry run's rankings. */
+typedef struct ranked {
+    const ckpt_checkpoint_info *ci;
+    /* the monitored metric, negated in max mode so that lower is better
+     * either way (qsort has no context pointer for the mode) */
+    double score;
+    bool has_metric;            /* present and not NaN: NaN never ranks */
+    bool keep;
+} ranked;
+
+static int cmp_step_desc(const void *a, const void *b)
+{
+    const ranked *x = *(const ranked *const *)a, *y = *(const ranked *const *)b;
+    return x->ci->step < y->ci->step ? 1 : x->ci->step > y->ci->step ? -1 : 0;
+}
+
+static int cmp_best(const void *a, const void *b)
+{
+    const ranked *x = *(const ranked *const *)a, *y = *(const ranked *const *)b;
+    if (x->has_metric != y->has_metric)
+        return x->has_metric ? -1 : 1;
+    if (x->has_metric && x->score != y->score)
+        return x->score < y->score ? -1 : 1;
+    /* equal metrics: the newer save ranks first */
+    return cmp_step_desc(a, b);
+}
+
+/* Prints the numbered files ckpt_manager_prune would remove, in listing
+ * order. */
+static int prune_dry_run(const char *dir, unsigned keep_last, unsigned keep_best)
+{
+    ckpt_manager *m = open_manager(dir, CKPT_MANAGER_READ_ONLY);
+    if (!m)
+        return CLI_EXIT_ERROR;
+    int rc = CLI_EXIT_ERROR;
+    listing l = {0};
+    ranked *r = NULL;
+    ranked **order = NULL;
+    if (!load_listing(m, &l))
+        goto out;
+    r = calloc(l.count ? l.count : 1, sizeof(*r));
+    order = calloc(l.count ? l.count : 1, sizeof(*order));
+    if (!r || !order) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        goto out;
+    }
+    ckpt_metric_mode mode = CKPT_MODE_MIN;
+    const char *monitor = ckpt_manager_monitor(m, &mode);
+    size_t n = 0;
+    for (size_t i = 0; i < l.count; i++) {
+        r[i].ci = &l.items[i];
+        if (!is_numbered(&l.items[i]))
+            continue;
+        double v = 0;
+        r[i].has_metric = monitor && find_metric(&l.items[i], monitor, &v) && !isnan(v);
+        r[i].score = mode == CKPT_MODE_MAX ? -v : v;
+        order[n++] = &r[i];
+    }
+    qsort(order, n, sizeof(*order), cmp_step_desc);
+    for (size_t i = 0; i < n && i < keep_last; i++)
+        order[i]->keep = true;
+    if (monitor && keep_best) {
+        qsort(order, n, sizeof(*order), cmp_best);
+        for (size_t i = 0; i < n && i < keep_best && order[i]->has_metric; i++)
+            order[i]->keep = true;
+    }
+    for (size_t i = 0; i < l.count; i++) {
+        if (is_numbered(&l.items[i]) && !r[i].keep)
+            printf("would remove %s\n", l.items[i].file);
+    }
+    rc = fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+out:
+    free(order);
+    free(r);
+    free(l.items);
+    ckpt_manager_close(m);
+    return rc;
+}
+
+/* A count option's value: decimal digits up to UINT_MAX. */
+static bool parse_count(const char *opt, const char *s, unsigned *out)
+{
+    bool ok = s && *s >= '0' && *s <= '9';
+    unsigned long long v = 0;
+    if (ok) {
+        char *end;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        ok = errno == 0 && !*end && v <= UINT_MAX;
+    }
+    if (!ok) {
+        fprintf(stderr, "%s: prune: %s needs a count (0 or more), not '%s'\n", PROG, opt,
+                s ? s : "");
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
+int ckpt_cli_prune(int argc, char **argv)
+{
+    const char *dir = NULL;
+    unsigned keep_last = 0, keep_best = 0;
+    bool have_keep = false, dry_run = false, quiet = false;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *eq = strchr(arg, '=');
+        size_t name_len = eq && arg[0] == '-' ? (size_t)(eq - arg) : strlen(arg);
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            prune_usage(stdout);
+            return CLI_EXIT_OK;
+        } else if (strcmp(arg, "--dry-run") == 0) {
+            dry_run = true;
+        } else if (strcmp(arg, "-q") == 0 || strcmp(arg, "--quiet") == 0) {
+            quiet = true;
+        } else if ((name_len == 6 && strncmp(arg, "--keep", 6) == 0) ||
+                   (name_len == 11 && strncmp(arg, "--keep-best", 11) == 0)) {
+            bool best = name_len == 11;
+            const char *value = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
+            if (!parse_count(best ? "--keep-best" : "--keep", value,
+                             best ? &keep_best : &keep_last)) {
+                prune_usage(stderr);
+                return CLI_EXIT_ERROR;
+            }
+            have_keep |= !best;
+        } else if (arg[0] == '-' && arg[1]) {
+            fprintf(stderr, "%s: prune: unknown option '%s'\n", PROG, arg);
+            prune_usage(stderr);
+            return CLI_EXIT_ERROR;
+        } else if (!dir) {
+            dir = arg;
+        } else {
+            fprintf(stderr, "%s: prune: one directory at a time\n", PROG);
+            prune_usage(stderr);
+            return CLI_EXIT_ERROR;
+        }
+    }
+    if (!dir || !have_keep) {
+        if (dir)
+            fprintf(stderr, "%s: prune: --keep N is required\n", PROG);
+        prune_usage(stderr);
+        return CLI_EXIT_ERROR;
+    }
+    if (!check_dir(dir))
+        return CLI_EXIT_ERROR;
+    if (dry_run)
+        return prune_dry_run(dir, keep_last, keep_best);
+    ckpt_manager *m = open_manager(dir, 0);
+    if (!m)
+        return CLI_EXIT_ERROR;
+    size_t removed = 0;
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    ckpt_status st = ckpt_manager_prune(m, keep_last, keep_best, &removed, &err);
+    ckpt_manager_close(m);
+    if (st != CKPT_OK) {
+        cli_print_error(dir, &err);
+        return CLI_EXIT_ERROR;
+    }
+    if (!quiet)
+        printf("removed %zu file(s)\n", removed);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+}
