@@ -43,13 +43,13 @@ static void same_list(const ckpt__mlist *a, const ckpt__mlist *b)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     ckpt__manifest mf;
-    if (ckpt__manifest_parse(data, size, &mf, NULL) != CKPT_OK)
+    if (ckpt__manifest_parse(data, size, 1 << 20, &mf, NULL) != CKPT_OK)
         return 0;
     char *text = ckpt__manifest_text(&mf, NULL, NULL);
     if (!text)
         abort();
     ckpt__manifest back;
-    if (ckpt__manifest_parse(text, strlen(text), &back, NULL) != CKPT_OK)
+    if (ckpt__manifest_parse(text, strlen(text), UINT64_MAX, &back, NULL) != CKPT_OK)
         abort();
     if (!same_str(mf.monitor, back.monitor) || mf.mode != back.mode ||
         mf.removing_count != back.removing_count)

@@ -666,6 +666,9 @@ typedef struct ckpt_manager_options {
      * each without newline; NULL ignores them. */
     void (*warn)(void *user, const char *message);
     void *warn_user;
+    /* manifest.json is read only up to this size (default 16 MiB, some
+     * 40,000 entries); a bigger one is rebuilt from the files. */
+    uint64_t max_manifest_bytes;
 } ckpt_manager_options;
 
 CKPT_API void ckpt_manager_options_default(ckpt_manager_options *opts);

@@ -55,6 +55,7 @@ struct ckpt_manager {
     void (*warn)(void *user, const char *message);
     void *warn_user;
     int lock_fd;
+    uint64_t max_manifest_bytes;
     ckpt__manifest mf;          /* committed entries: last, best, numbered by step */
     ckpt_checkpoint_info info;  /* ckpt_manager_get's scratch */
 };
@@ -67,6 +68,7 @@ void ckpt_manager_options_default(ckpt_manager_options *opts)
     opts->struct_size = sizeof(*opts);
     opts->mode = CKPT_MODE_MIN;
     opts->weights_key = "model";
+    opts->max_manifest_bytes = CKPT__MANIFEST_MAX_BYTES;
 }
 
 static ckpt_status nomem(ckpt_error *err)
@@ -577,6 +579,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     m->keep_best = o.keep_best;
     m->warn = o.warn;
     m->warn_user = o.warn_user;
+    m->max_manifest_bytes = o.max_manifest_bytes ? o.max_manifest_bytes : CKPT__MANIFEST_MAX_BYTES;
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/')
         dl--;
@@ -608,7 +611,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         goto fail;
     }
     ckpt_error merr;
-    ckpt_status ms = ckpt__manifest_read(mpath, &m->mf, &merr);
+    ckpt_status ms = ckpt__manifest_read(mpath, m->max_manifest_bytes, &m->mf, &merr);
     free(mpath);
     bool changed = false;
     if (ms == CKPT_ERR_NOMEM) {

@@ -11,8 +11,9 @@
 #define CKPT__LOCK_NAME ".ckpt.lock"
 #define CKPT__LAST_NAME "last.pth"
 #define CKPT__BEST_NAME "best.pth"
-/* A manifest is a few KiB per kept file: anything this big is not ours. */
-#define CKPT__MANIFEST_MAX_BYTES ((uint64_t)64 << 20)
+/* A manifest is under 400 bytes per kept file: anything this big is not
+ * ours (ckpt_manager_options.max_manifest_bytes). */
+#define CKPT__MANIFEST_MAX_BYTES ((uint64_t)16 << 20)
 
 /* What the manifest records of one file. Every string is malloc'd. */
 typedef struct ckpt__mentry {
@@ -64,14 +65,16 @@ bool ckpt__numbered_name(int64_t step, char *buf, size_t cap);
 int64_t ckpt__numbered_step(const char *name);
 
 /*
- * Reads a manifest file. CKPT_ERR_NOT_FOUND when there is none; a file
- * that is not a well-formed manifest gives CKPT_ERR_FORMAT naming what is
- * wrong (the caller rebuilds it from the files).
+ * Reads a manifest file of at most max_bytes. CKPT_ERR_NOT_FOUND when
+ * there is none; a file that is not a well-formed manifest gives
+ * CKPT_ERR_FORMAT naming what is wrong (the caller rebuilds it from the
+ * files), a bigger one CKPT_ERR_LIMIT.
  */
-ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error *err);
+ckpt_status ckpt__manifest_read(const char *path, uint64_t max_bytes, ckpt__manifest *mf,
+                                ckpt_error *err);
 /* The same from the file's bytes. */
-ckpt_status ckpt__manifest_parse(const void *text, size_t len, ckpt__manifest *mf,
-                                 ckpt_error *err);
+ckpt_status ckpt__manifest_parse(const void *text, size_t len, uint64_t max_bytes,
+                                 ckpt__manifest *mf, ckpt_error *err);
 
 /*
  * The manifest's JSON text (malloc'd, NUL-terminated) for mf, with each

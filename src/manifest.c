@@ -247,7 +247,8 @@ static ckpt_status read_entry(json_t *o, ckpt__mentry *e, ckpt_error *err)
     e->crc = (uint32_t)c;
     e->time = -1;
     v = json_object_get(o, "time");
-    if (v && !json_is_null(v) && !(json_string_value(v) && parse_time(json_string_value(v), &e->time))) {
+    const char *when = json_string_value(v);
+    if (v && !json_is_null(v) && !(when && parse_time(when, &e->time))) {
         bad(err, "entry %s: \"time\" is not an ISO 8601 UTC time", file);
         goto fail;
     }
@@ -375,12 +376,14 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
     return CKPT_OK;
 }
 
-ckpt_status ckpt__manifest_parse(const void *text, size_t len, ckpt__manifest *mf,
-                                 ckpt_error *err)
+ckpt_status ckpt__manifest_parse(const void *text, size_t len, uint64_t max_bytes,
+                                 ckpt__manifest *mf, ckpt_error *err)
 {
     memset(mf, 0, sizeof(*mf));
-    if (len > CKPT__MANIFEST_MAX_BYTES)
-        return bad(err, "the manifest is over 64 MiB%s", "");
+    if (len > max_bytes)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET,
+                          "%zu bytes, over the limit of %" PRIu64 " (max_manifest_bytes)", len,
+                          max_bytes);
     json_error_t je;
     json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!doc)
@@ -393,7 +396,8 @@ ckpt_status ckpt__manifest_parse(const void *text, size_t len, ckpt__manifest *m
     return s;
 }
 
-ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error *err)
+ckpt_status ckpt__manifest_read(const char *path, uint64_t max_bytes, ckpt__manifest *mf,
+                                ckpt_error *err)
 {
     memset(mf, 0, sizeof(*mf));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -405,10 +409,16 @@ ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error
                           strerror(errno));
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-        (uint64_t)st.st_size > CKPT__MANIFEST_MAX_BYTES) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return bad(err, "%s is not a regular file of at most 64 MiB", path);
+        return bad(err, "%s is not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max_bytes) {
+        close(fd);
+        return ckpt__fail(err, CKPT_ERR_LIMIT, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET,
+                          "%" PRIu64 " bytes, over the limit of %" PRIu64
+                          " (max_manifest_bytes)",
+                          (uint64_t)st.st_size, max_bytes);
     }
     size_t size = (size_t)st.st_size, got = 0;
     char *buf = malloc(size ? size : 1);
@@ -427,7 +437,7 @@ ckpt_status ckpt__manifest_read(const char *path, ckpt__manifest *mf, ckpt_error
     close(fd);
     /* a file that shrank while read is parsed as it was read: the text is
      * checked either way */
-    ckpt_status s = ckpt__manifest_parse(buf, got, mf, err);
+    ckpt_status s = ckpt__manifest_parse(buf, got, max_bytes, mf, err);
     free(buf);
     return s;
 }

@@ -202,11 +202,16 @@ static const char *listing(void)
     return out;
 }
 
+static ckpt_status read_manifest(ckpt__manifest *mf, ckpt_error *err)
+{
+    return ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), CKPT__MANIFEST_MAX_BYTES, mf, err);
+}
+
 /* Every manifest entry matches its file (size and CRC32), none pending. */
 static void check_manifest_matches_files(void)
 {
     ckpt__manifest mf;
-    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &mf, NULL), CKPT_OK);
+    assert_int_equal(read_manifest(&mf, NULL), CKPT_OK);
     assert_int_equal(mf.pending.count, 0);
     for (size_t i = 0; i < mf.committed.count; i++) {
         const ckpt__mentry *e = &mf.committed.items[i];
@@ -549,6 +554,17 @@ static void test_manifest_rebuilt(void **state)
         ckpt_manager_close(m);
         check_manifest_matches_files();
     }
+    /* over max_manifest_bytes: not read at all */
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    assert_int_equal(o.max_manifest_bytes, 16u << 20);
+    o.max_manifest_bytes = 100;
+    o.warn = collect;
+    g_warnings[0] = 0;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, NULL), CKPT_OK);
+    assert_non_null(strstr(g_warnings, "max_manifest_bytes"));
+    assert_int_equal(ckpt_manager_count(m), 4);
+    ckpt_manager_close(m);
 }
 
 /* A pending entry whose file was never renamed is dropped; one whose file
@@ -560,7 +576,7 @@ static void test_settle_by_hand(void **state)
     save(m, 0, 0.5);
     ckpt_manager_close(m);
     ckpt__manifest mf;
-    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &mf, NULL), CKPT_OK);
+    assert_int_equal(read_manifest(&mf, NULL), CKPT_OK);
     /* a pending last.pth of another size (never renamed), a pending copy of
      * step-0 under step 7's name that was renamed, a removal of step 0 */
     ckpt__mentry *last = ckpt__mlist_find(&mf.committed, "last.pth");
@@ -645,7 +661,7 @@ static void test_manifest_text_round_trip(void **state)
     spit(CKPT__MANIFEST_NAME, text);
     free(text);
     ckpt__manifest back;
-    assert_int_equal(ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), &back, NULL), CKPT_OK);
+    assert_int_equal(read_manifest(&back, NULL), CKPT_OK);
     assert_string_equal(back.monitor, mf.monitor);
     assert_int_equal(back.mode, CKPT_MODE_MAX);
     assert_int_equal(back.committed.count, 1);
