@@ -99,11 +99,6 @@ static ckpt_manager *open_manager(const char *dir, unsigned flags)
     return NULL;
 }
 
-static bool is_numbered(const ckpt_checkpoint_info *ci)
-{
-    return strcmp(ci->file, "last.pth") != 0 && strcmp(ci->file, "best.pth") != 0;
-}
-
 /* The value of a metric of an entry; false when the entry lacks it. */
 static bool find_metric(const ckpt_checkpoint_info *ci, const char *name, double *value)
 {
@@ -155,34 +150,70 @@ static bool load_listing(const ckpt_manager *m, listing *l)
 
 /* ---- ls ----------------------------------------------------------------- */
 
-/* Metric names over all entries, in first-seen order. The names point into
- * the manager's entries. */
+/* Metric names over all entries, in first-seen order, at most
+ * MAX_METRIC_COLUMNS of them (more make no table; --json has them all).
+ * The names point into the manager's entries. */
+#define MAX_METRIC_COLUMNS 16
+
 typedef struct name_set {
     const char **names;
     size_t count;
+    size_t more;                /* names beyond MAX_METRIC_COLUMNS */
 } name_set;
 
+typedef struct seen_name {
+    const char *name;
+    size_t first;               /* position of its first appearance */
+} seen_name;
+
+static int cmp_seen_name(const void *a, const void *b)
+{
+    const seen_name *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : x->first < y->first ? -1 : x->first > y->first;
+}
+
+static int cmp_seen_first(const void *a, const void *b)
+{
+    const seen_name *x = a, *y = b;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* Sorting, not pairwise comparison: a manifest of many names stays fast. */
 static bool collect_metric_names(const listing *l, name_set *ns)
 {
     size_t total = 0;
     for (size_t i = 0; i < l->count; i++)
         total += l->items[i].metric_count;
-    ns->count = 0;
-    ns->names = malloc((total ? total : 1) * sizeof(*ns->names));
-    if (!ns->names) {
+    memset(ns, 0, sizeof(*ns));
+    seen_name *all = malloc((total ? total : 1) * sizeof(*all));
+    ns->names = malloc(MAX_METRIC_COLUMNS * sizeof(*ns->names));
+    if (!all || !ns->names) {
+        free(all);
         fprintf(stderr, "%s: out of memory\n", PROG);
         return false;
     }
-    for (size_t i = 0; i < l->count; i++) {
-        for (size_t k = 0; k < l->items[i].metric_count; k++) {
-            const char *name = l->items[i].metrics[k].name;
-            bool seen = !name;
-            for (size_t j = 0; j < ns->count && !seen; j++)
-                seen = strcmp(ns->names[j], name) == 0;
-            if (!seen)
-                ns->names[ns->count++] = name;
-        }
+    size_t n = 0;
+    for (size_t i = 0; i < l->count; i++)
+        for (size_t k = 0; k < l->items[i].metric_count; k++)
+            if (l->items[i].metrics[k].name) {
+                all[n].name = l->items[i].metrics[k].name;
+                all[n].first = n;
+                n++;
+            }
+    qsort(all, n, sizeof(*all), cmp_seen_name);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(all[i].name, all[u - 1].name) != 0)
+            all[u++] = all[i];
+    qsort(all, u, sizeof(*all), cmp_seen_first);
+    for (size_t i = 0; i < u; i++) {
+        if (ns->count < MAX_METRIC_COLUMNS)
+            ns->names[ns->count++] = all[i].name;
+        else
+            ns->more++;
     }
+    free(all);
     return true;
 }
 
@@ -310,6 +341,8 @@ static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, con
         }
     }
     free(width);
+    if (ns->more)
+        printf("(%zu more metric%s: see --json)\n", ns->more, ns->more == 1 ? "" : "s");
     return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
@@ -423,33 +456,6 @@ int ckpt_cli_ls(int argc, char **argv)
 
 /* ---- prune --------------------------------------------------------------- */
 
-/* A numbered entry in the dry run's rankings. */
-typedef struct ranked {
-    const ckpt_checkpoint_info *ci;
-    /* the monitored metric, negated in max mode so that lower is better
-     * either way (qsort has no context pointer for the mode) */
-    double score;
-    bool has_metric;            /* present and not NaN: NaN never ranks */
-    bool keep;
-} ranked;
-
-static int cmp_step_desc(const void *a, const void *b)
-{
-    const ranked *x = *(const ranked *const *)a, *y = *(const ranked *const *)b;
-    return x->ci->step < y->ci->step ? 1 : x->ci->step > y->ci->step ? -1 : 0;
-}
-
-static int cmp_best(const void *a, const void *b)
-{
-    const ranked *x = *(const ranked *const *)a, *y = *(const ranked *const *)b;
-    if (x->has_metric != y->has_metric)
-        return x->has_metric ? -1 : 1;
-    if (x->has_metric && x->score != y->score)
-        return x->score < y->score ? -1 : 1;
-    /* equal metrics: the newer save ranks first */
-    return cmp_step_desc(a, b);
-}
-
 /* Prints the numbered files ckpt_manager_prune would remove, in listing
  * order. */
 static int prune_dry_run(const char *dir, unsigned keep_last, unsigned keep_best)
@@ -458,46 +464,23 @@ static int prune_dry_run(const char *dir, unsigned keep_last, unsigned keep_best
     if (!m)
         return CLI_EXIT_ERROR;
     int rc = CLI_EXIT_ERROR;
-    listing l = {0};
-    ranked *r = NULL;
-    ranked **order = NULL;
-    if (!load_listing(m, &l))
-        goto out;
-    r = calloc(l.count ? l.count : 1, sizeof(*r));
-    order = calloc(l.count ? l.count : 1, sizeof(*order));
-    if (!r || !order) {
+    size_t n = ckpt_manager_count(m);
+    bool *keep = calloc(n ? n : 1, sizeof(*keep));
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    if (!keep) {
         fprintf(stderr, "%s: out of memory\n", PROG);
-        goto out;
+    } else if (ckpt_manager_plan_prune(m, keep_last, keep_best, keep, &err) != CKPT_OK) {
+        cli_print_error(dir, &err);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            ckpt_checkpoint_info info;
+            if (!keep[i] && ckpt_manager_get(m, i, &info))
+                printf("would remove %s\n", info.file);
+        }
+        rc = fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
     }
-    ckpt_metric_mode mode = CKPT_MODE_MIN;
-    const char *monitor = ckpt_manager_monitor(m, &mode);
-    size_t n = 0;
-    for (size_t i = 0; i < l.count; i++) {
-        r[i].ci = &l.items[i];
-        if (!is_numbered(&l.items[i]))
-            continue;
-        double v = 0;
-        r[i].has_metric = monitor && find_metric(&l.items[i], monitor, &v) && !isnan(v);
-        r[i].score = mode == CKPT_MODE_MAX ? -v : v;
-        order[n++] = &r[i];
-    }
-    qsort(order, n, sizeof(*order), cmp_step_desc);
-    for (size_t i = 0; i < n && i < keep_last; i++)
-        order[i]->keep = true;
-    if (monitor && keep_best) {
-        qsort(order, n, sizeof(*order), cmp_best);
-        for (size_t i = 0; i < n && i < keep_best && order[i]->has_metric; i++)
-            order[i]->keep = true;
-    }
-    for (size_t i = 0; i < l.count; i++) {
-        if (is_numbered(&l.items[i]) && !r[i].keep)
-            printf("would remove %s\n", l.items[i].file);
-    }
-    rc = fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
-out:
-    free(order);
-    free(r);
-    free(l.items);
+    free(keep);
     ckpt_manager_close(m);
     return rc;
 }

@@ -619,10 +619,12 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
  * written again. A crash at any moment leaves each name holding either its
  * old or its new content, whole, and the next open settles which from the
  * files' CRCs. Old numbered files are removed only after the new manifest
- * is committed. An error (full disk, file size limit, I/O error, read-only
- * directory) leaves every previous file byte for byte as it was and no
- * temporary behind. One process at a time may manage a directory: others
- * get CKPT_ERR_BUSY.
+ * is committed. An error while writing (full disk, file size limit, I/O
+ * error, read-only directory) leaves every previous file byte for byte as
+ * it was and no temporary behind. One process at a time may manage a directory: others
+ * get CKPT_ERR_BUSY (an flock on DIR/.ckpt.lock, released when the
+ * manager is closed or its process dies; a child forked while it is held
+ * holds it too until it exits or execs).
  * ======================================================================== */
 
 typedef struct ckpt_manager ckpt_manager;
@@ -712,10 +714,16 @@ CKPT_API void ckpt_manager_close(ckpt_manager *m);
 /*
  * Saves a checkpoint (a value tree, usually a dict with "model",
  * "optimizer", "epoch", ...) taken at step: last.pth always; best.pth when
- * the monitored metric (which must be among metrics) improves on the best
- * so far (NaN never does); step-NNNNNNNN.pth when retention keeps it; then
- * removes the numbered files retention drops. saved (may be NULL) gets
- * CKPT_SAVED_* bits.
+ * the monitored metric (which must be among metrics) strictly improves on
+ * best.pth's (NaN never does; a best.pth without a recorded metric, one
+ * the manager did not write, is replaced); step-NNNNNNNN.pth when
+ * retention keeps it; then removes the numbered files retention drops.
+ * saved (may be NULL) gets CKPT_SAVED_* bits on success.
+ *
+ * An error before the renames (writing, a full disk, the pending manifest)
+ * leaves every file as it was. An error after them (a failed rename or
+ * directory sync, the final manifest) leaves each name old or new, whole,
+ * and the manager records what is in place as the next open would.
  */
 CKPT_API ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *checkpoint,
                                        const ckpt_metric *metrics, size_t metric_count,
@@ -742,9 +750,16 @@ CKPT_API const char *ckpt_manager_monitor(const ckpt_manager *m, ckpt_metric_mod
  * Removes numbered checkpoints beyond the newest keep_last and the
  * keep_best best (last.pth and best.pth always stay), committing the
  * manifest first. removed (may be NULL) gets how many files went.
+ *
+ * Ranking as Lightning's save_top_k: a NaN or missing metric ranks last
+ * but still fills a free place, and of equal metrics the older file stays.
  */
 CKPT_API ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned keep_best,
                                         size_t *removed, ckpt_error *err);
+/* What ckpt_manager_prune would do, changing nothing (a read-only manager
+ * too): keep[i] for each of the ckpt_manager_count entries. */
+CKPT_API ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
+                                             unsigned keep_best, bool *keep, ckpt_error *err);
 
 /* ========================================================================
  * Scanning

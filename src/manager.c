@@ -109,12 +109,20 @@ static char *join(const char *dir, const char *name)
 
 /* ---- files ------------------------------------------------------------------ */
 
-/* Size and CRC32 of a file, read in pieces. */
+/* Size and CRC32 of a regular file, read in pieces up to the size it had
+ * when opened (a FIFO or a device is refused, not read forever). */
 static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckpt_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return io_fail(err, "cannot open", path, errno);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "%s is not a regular file", path);
+    }
+    uint64_t left = (uint64_t)sb.st_size;
     size_t cap = (size_t)1 << 20;
     uint8_t *buf = malloc(cap);
     if (!buf) {
@@ -124,8 +132,8 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
     uint64_t n = 0;
     uint32_t c = 0;
     ckpt_status st = CKPT_OK;
-    for (;;) {
-        ssize_t r = read(fd, buf, cap);
+    while (left) {
+        ssize_t r = read(fd, buf, left < cap ? (size_t)left : cap);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -136,6 +144,7 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
             break;
         c = libdeflate_crc32(c, buf, (size_t)r);
         n += (uint64_t)r;
+        left -= (uint64_t)r;
     }
     free(buf);
     close(fd);
@@ -177,9 +186,15 @@ static ckpt_status take_lock(ckpt_manager *m, ckpt_error *err)
     char *path = join(m->dir, CKPT__LOCK_NAME);
     if (!path)
         return nomem(err);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        ckpt_status st = io_fail(err, "cannot open the lock file", path, errno);
+    /* never through a link: the pid note would overwrite its target */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        ckpt_status st = fd < 0 ? io_fail(err, "cannot open the lock file", path, errno)
+                                : ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                                             "lock file %s is not a regular file", path);
+        if (fd >= 0)
+            close(fd);
         free(path);
         return st;
     }
@@ -273,9 +288,9 @@ static bool better(ckpt_metric_mode mode, double a, double b)
 /* A candidate for retention: an entry's step and monitored metric. */
 typedef struct cand {
     int64_t step;
-    bool has_metric;
+    bool has_metric;            /* false: none recorded, or NaN */
     double metric;
-    double key;                 /* the metric, lower is better */
+    double key;                 /* lower is better; no metric: +inf */
     bool keep;
 } cand;
 
@@ -288,15 +303,16 @@ static int cmp_newest(const void *a, const void *b)
 static int cmp_best(const void *a, const void *b)
 {
     const cand *x = *(cand *const *)a, *y = *(cand *const *)b;
-    if (x->has_metric != y->has_metric)
-        return x->has_metric ? -1 : 1;
-    if (x->has_metric && x->key != y->key)
+    if (x->key != y->key)
         return x->key < y->key ? -1 : 1;
-    return x->step > y->step ? -1 : x->step < y->step; /* ties: the newer */
+    if (x->has_metric != y->has_metric) /* the worst infinity still before none */
+        return x->has_metric ? -1 : 1;
+    return x->step < y->step ? -1 : x->step > y->step; /* ties: the older */
 }
 
-/* Marks c[i].keep for the newest keep_last and the keep_best best (only
- * candidates with the metric count as best). */
+/* Marks c[i].keep for the newest keep_last and the keep_best best, as
+ * Lightning's save_top_k ranks them: a NaN or missing metric ranks last
+ * (it still fills a free place), and of equal metrics the older stays. */
 static bool retain(cand *c, size_t n, unsigned keep_last, unsigned keep_best,
                    ckpt_metric_mode mode)
 {
@@ -305,14 +321,16 @@ static bool retain(cand *c, size_t n, unsigned keep_last, unsigned keep_best,
         return false;
     for (size_t i = 0; i < n; i++) {
         c[i].keep = false;
-        c[i].key = mode == CKPT_MODE_MAX ? -c[i].metric : c[i].metric;
+        c[i].key = !c[i].has_metric         ? INFINITY
+                   : mode == CKPT_MODE_MAX ? -c[i].metric
+                                           : c[i].metric;
         p[i] = &c[i];
     }
     qsort(p, n, sizeof(*p), cmp_newest);
     for (size_t i = 0; i < n && i < keep_last; i++)
         p[i]->keep = true;
     qsort(p, n, sizeof(*p), cmp_best);
-    for (size_t i = 0; i < n && i < keep_best && p[i]->has_metric; i++)
+    for (size_t i = 0; i < n && i < keep_best; i++)
         p[i]->keep = true;
     free(p);
     return true;
@@ -320,10 +338,19 @@ static bool retain(cand *c, size_t n, unsigned keep_last, unsigned keep_best,
 
 /* ---- the manifest on disk ------------------------------------------------------- */
 
+/* last.pth or best.pth: the list is kept sorted, so they come first. */
+static const ckpt__mentry *head_entry(const ckpt__mlist *l, const char *name)
+{
+    for (size_t i = 0; i < l->count && i < 2; i++)
+        if (strcmp(l->items[i].file, name) == 0)
+            return &l->items[i];
+    return NULL;
+}
+
 static void marks(const ckpt_manager *m, const ckpt__mentry *e, bool *last, bool *best)
 {
-    const ckpt__mentry *l = ckpt__mlist_find(&m->mf.committed, CKPT__LAST_NAME);
-    const ckpt__mentry *b = ckpt__mlist_find(&m->mf.committed, CKPT__BEST_NAME);
+    const ckpt__mentry *l = head_entry(&m->mf.committed, CKPT__LAST_NAME);
+    const ckpt__mentry *b = head_entry(&m->mf.committed, CKPT__BEST_NAME);
     *last = e == l || (is_numbered(e) && l && l->step >= 0 && l->step == e->step);
     *best = e == b || (is_numbered(e) && b && b->step >= 0 && b->step == e->step);
 }
@@ -340,6 +367,14 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     free(flags);
     if (!text)
         return nomem(err);
+    size_t len = strlen(text);
+    if (len > m->max_manifest_bytes) {
+        free(text);
+        return ckpt__fail(err, CKPT_ERR_LIMIT, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET,
+                          "the manifest would be %zu bytes, over the limit of %" PRIu64
+                          " (max_manifest_bytes)",
+                          len, m->max_manifest_bytes);
+    }
     char *path = join(m->dir, CKPT__MANIFEST_NAME);
     if (!path) {
         free(text);
@@ -348,7 +383,7 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     ckpt__out o;
     ckpt_status st = ckpt__out_open(&o, path, m->save_flags & CKPT_SAVE_NO_FSYNC, err);
     if (st == CKPT_OK) {
-        if ((st = ckpt__out_write(&o, text, strlen(text), err)) == CKPT_OK)
+        if ((st = ckpt__out_write(&o, text, len, err)) == CKPT_OK)
             st = ckpt__out_commit(&o, err); /* which removes the temporary on failure */
         else
             ckpt__out_abort(&o);
@@ -371,7 +406,8 @@ static ckpt_status sync_dir(ckpt_manager *m, ckpt_error *err)
 }
 
 /* An entry for a file the manifest does not know: size and CRC from the
- * file, the step from a numbered name. */
+ * file, the step from a numbered name. A file that cannot be read is
+ * skipped with a warning (only running out of memory is an error). */
 static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
 {
     char *path = join(m->dir, name);
@@ -382,13 +418,19 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
     e.step = ckpt__numbered_step(name);
     e.time = -1;
     e.weights_only = strcmp(name, CKPT__BEST_NAME) == 0 && !(m->flags & CKPT_MANAGER_BEST_FULL);
-    ckpt_status st = file_crc(path, &e.size, &e.crc, err);
+    ckpt_error ferr;
+    ckpt_status st = file_crc(path, &e.size, &e.crc, &ferr);
     struct stat sb;
     if (st == CKPT_OK && stat(path, &sb) == 0)
         e.time = (int64_t)sb.st_mtime;
     free(path);
-    if (st != CKPT_OK)
-        return st;
+    if (st == CKPT_ERR_NOMEM)
+        return nomem(err);
+    if (st != CKPT_OK) {
+        char text[512];
+        warnf(m, "skipping %s/%s: %s", m->dir, name, ckpt_error_format(&ferr, text, sizeof(text)));
+        return CKPT_OK;
+    }
     if (!(e.file = strdup(name)) || !ckpt__mlist_push(&m->mf.committed, &e)) {
         ckpt__mentry_free(&e);
         return nomem(err);
@@ -398,84 +440,168 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
     return CKPT_OK;
 }
 
+static int cmp_name_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The names of l's entries, sorted for find_name; NULL when out of memory. */
+static const char **name_index(const ckpt__mlist *l)
+{
+    const char **idx = malloc((l->count ? l->count : 1) * sizeof(*idx));
+    if (!idx)
+        return NULL;
+    for (size_t i = 0; i < l->count; i++)
+        idx[i] = l->items[i].file;
+    qsort(idx, l->count, sizeof(*idx), cmp_name_ptr);
+    return idx;
+}
+
+static bool find_name(const char **idx, size_t n, const char *name)
+{
+    return n && bsearch(&name, idx, n, sizeof(*idx), cmp_name_ptr) != NULL;
+}
+
+/*
+ * Pending entries of a save that did not finish: each file that has the
+ * entry's size and CRC32 was renamed into place and its entry is
+ * committed; the others are dropped. Clears the pending list.
+ */
+static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
+{
+    ckpt__manifest *mf = &m->mf;
+    ckpt_status st = CKPT_OK;
+    for (size_t i = 0; i < mf->pending.count && st == CKPT_OK; i++) {
+        ckpt__mentry *p = &mf->pending.items[i];
+        char *path = join(m->dir, p->file);
+        if (!path) {
+            st = nomem(err);
+            break;
+        }
+        struct stat sb;
+        uint64_t size = 0;
+        uint32_t crc = 0;
+        bool renamed = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) &&
+                       (uint64_t)sb.st_size == p->size &&
+                       file_crc(path, &size, &crc, NULL) == CKPT_OK && size == p->size &&
+                       crc == p->crc;
+        free(path);
+        if (!renamed)
+            continue;
+        ckpt__mentry *old = ckpt__mlist_find(&mf->committed, p->file);
+        if (old)
+            ckpt__mlist_remove(&mf->committed, (size_t)(old - mf->committed.items));
+        ckpt__mentry e = *p;
+        memset(p, 0, sizeof(*p));
+        if (!ckpt__mlist_push(&mf->committed, &e))
+            st = nomem(err);
+    }
+    ckpt__mlist_free(&mf->pending);
+    sort_entries(&mf->committed);
+    return st;
+}
+
+static void free_removing(ckpt__manifest *mf)
+{
+    for (size_t i = 0; i < mf->removing_count; i++)
+        free(mf->removing[i]);
+    free(mf->removing);
+    mf->removing = NULL;
+    mf->removing_count = 0;
+}
+
 /*
  * Brings the manifest in memory in line with the files: settles a crashed
- * save's pending entries, drops entries whose file is gone, re-records
- * files that changed, adopts ours it does not know. *changed says whether
- * the manifest on disk needs rewriting. In read-only mode nothing on disk
- * changes.
+ * save's pending entries, finishes its removals, drops entries whose file
+ * is gone, re-records files that changed, adopts ours it does not know and
+ * removes our temporaries. *changed says whether the manifest on disk needs
+ * rewriting. In read-only mode nothing on disk changes. Lookups go through
+ * sorted indexes: a manifest of many entries costs n log n, not n^2.
  */
 static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
 {
     bool ro = m->flags & CKPT_MANAGER_READ_ONLY;
     ckpt__manifest *mf = &m->mf;
+    if (mf->pending.count)
+        *changed = true;
+    CKPT_RETURN_IF_ERROR(settle_pending(m, err));
+
+    /* entries against their files, in one compacting pass; changed files
+     * are adopted again afterwards */
+    char **readopt = calloc(mf->committed.count + 1, sizeof(*readopt));
+    if (!readopt)
+        return nomem(err);
+    size_t nre = 0, w = 0;
     ckpt_status st = CKPT_OK;
-    /* pending: renamed into place exactly when the file has its bytes */
-    for (size_t i = 0; i < mf->pending.count; i++) {
-        ckpt__mentry *p = &mf->pending.items[i];
-        char *path = join(m->dir, p->file);
-        if (!path)
-            return nomem(err);
-        struct stat sb;
-        uint64_t size = 0;
-        uint32_t crc = 0;
-        bool renamed = stat(path, &sb) == 0 && (uint64_t)sb.st_size == p->size &&
-                       file_crc(path, &size, &crc, NULL) == CKPT_OK && size == p->size &&
-                       crc == p->crc;
-        free(path);
-        if (renamed) {
-            ckpt__mentry *old = ckpt__mlist_find(&mf->committed, p->file);
-            if (old)
-                ckpt__mlist_remove(&mf->committed, (size_t)(old - mf->committed.items));
-            ckpt__mentry e = *p;
-            memset(p, 0, sizeof(*p));
-            if (!ckpt__mlist_push(&mf->committed, &e))
-                return nomem(err);
-        }
-        *changed = true;
-    }
-    ckpt__mlist_free(&mf->pending);
-    /* removals a crash interrupted (a reader takes them as done) */
-    for (size_t i = 0; i < mf->removing_count; i++) {
-        if (!ckpt__mlist_find(&mf->committed, mf->removing[i]) && !ro) {
-            char *path = join(m->dir, mf->removing[i]);
-            if (!path)
-                return nomem(err);
-            if (unlink(path) != 0 && errno != ENOENT)
-                warnf(m, "cannot remove %s: %s", path, strerror(errno));
-            free(path);
-        }
-        *changed = true;
-    }
-    /* entries against their files */
-    for (size_t i = 0; i < mf->committed.count;) {
+    for (size_t i = 0; i < mf->committed.count; i++) {
         ckpt__mentry *e = &mf->committed.items[i];
         char *path = join(m->dir, e->file);
-        if (!path)
-            return nomem(err);
+        if (!path) {
+            st = nomem(err);
+            mf->committed.items[w++] = *e; /* kept as it is */
+            continue;
+        }
         struct stat sb;
         int r = stat(path, &sb);
         free(path);
-        if (r == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == e->size) {
-            i++;
+        if (st == CKPT_OK && r == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == e->size) {
+            mf->committed.items[w++] = *e;
             continue;
         }
-        char name[300];
-        snprintf(name, sizeof(name), "%s", e->file);
-        ckpt__mlist_remove(&mf->committed, i);
+        if (st != CKPT_OK) {
+            mf->committed.items[w++] = *e;
+            continue;
+        }
         *changed = true;
         if (r != 0) {
-            warnf(m, "%s/%s is in the manifest but gone: dropped", m->dir, name);
-        } else if (S_ISREG(sb.st_mode)) {
-            warnf(m, "%s/%s changed since the manifest was written", m->dir, name);
-            if ((st = adopt(m, name, err)) != CKPT_OK)
-                return st;
+            warnf(m, "%s/%s is in the manifest but gone: dropped", m->dir, e->file);
+        } else if (!S_ISREG(sb.st_mode)) {
+            warnf(m, "%s/%s is not a regular file: dropped", m->dir, e->file);
+        } else {
+            warnf(m, "%s/%s changed since the manifest was written", m->dir, e->file);
+            readopt[nre++] = e->file;
+            e->file = NULL;
         }
+        ckpt__mentry_free(e);
     }
+    mf->committed.count = w;
+    for (size_t i = 0; i < nre; i++) {
+        if (st == CKPT_OK)
+            st = adopt(m, readopt[i], err);
+        free(readopt[i]);
+    }
+    free(readopt);
+    if (st != CKPT_OK)
+        return st;
+
+    const char **known = name_index(&mf->committed);
+    size_t nknown = mf->committed.count;
+    if (!known)
+        return nomem(err);
+    /* removals a crash interrupted (a reader takes them as done) */
+    if (mf->removing_count) {
+        *changed = true;
+        qsort(mf->removing, mf->removing_count, sizeof(*mf->removing), cmp_name_ptr);
+    }
+    for (size_t i = 0; i < mf->removing_count && !ro; i++) {
+        if (find_name(known, nknown, mf->removing[i]))
+            continue; /* saved again since */
+        char *path = join(m->dir, mf->removing[i]);
+        if (!path) {
+            free(known);
+            return nomem(err);
+        }
+        if (unlink(path) != 0 && errno != ENOENT)
+            warnf(m, "cannot remove %s: %s", path, strerror(errno));
+        free(path);
+    }
+
     /* our files the manifest does not know; temporaries of crashed saves */
     DIR *d = opendir(m->dir);
-    if (!d)
+    if (!d) {
+        free(known);
         return io_fail(err, "cannot read directory", m->dir, errno);
+    }
     struct dirent *de;
     while (st == CKPT_OK && (de = readdir(d)) != NULL) {
         const char *n = de->d_name;
@@ -490,10 +616,8 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         }
         bool ours = strcmp(n, CKPT__LAST_NAME) == 0 || strcmp(n, CKPT__BEST_NAME) == 0 ||
                     ckpt__numbered_step(n) >= 0;
-        bool removing = false;
-        for (size_t i = 0; i < mf->removing_count; i++)
-            removing |= strcmp(mf->removing[i], n) == 0;
-        if (!ours || removing || ckpt__mlist_find(&mf->committed, n))
+        if (!ours || find_name(known, nknown, n) ||
+            find_name((const char **)mf->removing, mf->removing_count, n))
             continue;
         char *path = join(m->dir, n);
         struct stat sb;
@@ -505,11 +629,8 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         }
     }
     closedir(d);
-    for (size_t i = 0; i < mf->removing_count; i++)
-        free(mf->removing[i]);
-    free(mf->removing);
-    mf->removing = NULL;
-    mf->removing_count = 0;
+    free(known);
+    free_removing(mf);
     sort_entries(&mf->committed);
     return st;
 }
@@ -614,11 +735,14 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     ckpt_status ms = ckpt__manifest_read(mpath, m->max_manifest_bytes, &m->mf, &merr);
     free(mpath);
     bool changed = false;
-    if (ms == CKPT_ERR_NOMEM) {
-        st = nomem(err);
+    if (ms != CKPT_OK && ms != CKPT_ERR_NOT_FOUND && ms != CKPT_ERR_FORMAT) {
+        /* unreadable now (I/O, a limit, memory) is no reason to replace it */
+        if (err)
+            *err = merr;
+        st = ms;
         goto fail;
     }
-    if (ms != CKPT_OK && ms != CKPT_ERR_NOT_FOUND) {
+    if (ms == CKPT_ERR_FORMAT) {
         char text[512];
         warnf(m, "%s/%s is unreadable (%s): %s from the files", m->dir, CKPT__MANIFEST_NAME,
               ckpt_error_format(&merr, text, sizeof(text)), ro ? "listing" : "rebuilt");
@@ -637,6 +761,11 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     }
     if ((st = settle(m, &changed, err)) != CKPT_OK)
         goto fail;
+    const ckpt__mentry *best = head_entry(&m->mf.committed, CKPT__BEST_NAME);
+    double bv;
+    if (best && m->mf.monitor && !monitored(m, best, &bv))
+        warnf(m, "%s/%s has no recorded %s: the next save with a %s replaces it", m->dir,
+              CKPT__BEST_NAME, m->mf.monitor, m->mf.monitor);
     if (changed && !ro) {
         if ((st = write_manifest(m, err)) != CKPT_OK)
             goto fail;
@@ -882,11 +1011,13 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
     *removed = drop;
     if (!drop)
         return CKPT_OK;
-    char **names = calloc(drop, sizeof(*names));
+    /* names still listed (a failed manifest write) stay listed */
+    size_t j = mf->removing_count;
+    char **names = realloc(mf->removing, (j + drop) * sizeof(*names));
     if (!names)
         return nomem(err);
+    mf->removing = names;
     k = 0;
-    size_t j = 0;
     for (size_t i = 0; i < mf->committed.count;) {
         ckpt__mentry *e = &mf->committed.items[i];
         if (is_numbered(e) && !c[k++].keep) {
@@ -897,11 +1028,7 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
             i++;
         }
     }
-    for (size_t i = 0; i < mf->removing_count; i++)
-        free(mf->removing[i]);
-    free(mf->removing);
-    mf->removing = names;
-    mf->removing_count = drop;
+    mf->removing_count = j;
     return CKPT_OK;
 }
 
@@ -917,17 +1044,14 @@ static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
         free(path);
     }
-    for (size_t i = 0; i < m->mf.removing_count; i++)
-        free(m->mf.removing[i]);
-    free(m->mf.removing);
-    m->mf.removing = NULL;
-    m->mf.removing_count = 0;
+    free_removing(&m->mf);
     /* the manifest's own rename syncs the directory, removals included */
     return write_manifest(m, err);
 }
 
 /* Retention candidates: the numbered entries in manifest order, plus one
- * for a new step when new_step >= 0 (last in the array). */
+ * for a new step when new_step >= 0 (last in the array, and replacing an
+ * entry of the same step). */
 static cand *candidates(const ckpt_manager *m, int64_t new_step, const ckpt_metric *metrics,
                         size_t metric_count, size_t *n)
 {
@@ -940,8 +1064,8 @@ static cand *candidates(const ckpt_manager *m, int64_t new_step, const ckpt_metr
     size_t k = 0;
     for (size_t i = 0; i < m->mf.committed.count; i++) {
         const ckpt__mentry *e = &m->mf.committed.items[i];
-        if (!is_numbered(e))
-            continue;
+        if (!is_numbered(e) || (new_step >= 0 && e->step == new_step))
+            continue; /* a numbered file of the new step is replaced, not a rival */
         c[k].step = e->step;
         c[k].has_metric = monitored(m, e, &c[k].metric);
         k++;
@@ -1015,10 +1139,6 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         cand *c = candidates(m, step, metrics, metric_count, &n);
         if (!c)
             return nomem(err);
-        /* a numbered file of the same step is replaced, not a rival */
-        for (size_t i = 0; i + 1 < n; i++)
-            if (c[i].step == step)
-                c[i].step = -1, c[i].has_metric = false;
         if (!retain(c, n, m->keep_last, m->keep_best, m->mf.mode)) {
             free(c);
             return nomem(err);
@@ -1094,7 +1214,11 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     if (st == CKPT_OK)
         st = sync_dir(m, err);
     if (st != CKPT_OK) {
-        /* the next open settles what was renamed from the pending list */
+        /* some files may be in place: the ones with their pending size and
+         * CRC32 are committed in memory, and on disk if the manifest can
+         * still be written (else the next open settles the same way) */
+        settle_pending(m, NULL);
+        write_manifest(m, NULL);
         return st;
     }
 
@@ -1113,9 +1237,6 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     }
     ckpt__mlist_free(&mf->pending);
     sort_entries(&mf->committed);
-    if (saved)
-        *saved = CKPT_SAVED_LAST | (improved ? CKPT_SAVED_BEST : 0) |
-                 (numbered ? CKPT_SAVED_NUMBERED : 0);
 
     /* retention, then the manifest; files go only after it is committed */
     size_t removed = 0;
@@ -1136,7 +1257,28 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     hook("committed");
     if (st == CKPT_OK)
         st = finish_removals(m, err);
+    if (st == CKPT_OK && saved)
+        *saved = CKPT_SAVED_LAST | (improved ? CKPT_SAVED_BEST : 0) |
+                 (numbered ? CKPT_SAVED_NUMBERED : 0);
     return st;
+}
+
+ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
+                                    unsigned keep_best, bool *keep, ckpt_error *err)
+{
+    if (!m || (!keep && m->mf.committed.count))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    size_t n;
+    cand *c = candidates(m, -1, NULL, 0, &n);
+    if (!c || !retain(c, n, keep_last, keep_best, m->mf.mode)) {
+        free(c);
+        return nomem(err);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < m->mf.committed.count; i++)
+        keep[i] = is_numbered(&m->mf.committed.items[i]) ? c[k++].keep : true;
+    free(c);
+    return CKPT_OK;
 }
 
 ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned keep_best,

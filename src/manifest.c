@@ -176,7 +176,10 @@ static bool parse_time(const char *s, int64_t *out)
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
     time_t t = timegm(&tm);
-    if (t < 0) /* -1 says "unknown": times before 1970 are not ours */
+    struct tm back;
+    /* -1 says "unknown": times before 1970 are not ours; and the time must
+     * print back in 20 characters (a leap second in 9999 would not) */
+    if (t < 0 || !gmtime_r(&t, &back) || back.tm_year + 1900 > 9999)
         return false;
     *out = (int64_t)t;
     return true;
@@ -310,26 +313,42 @@ fail:
     return st;
 }
 
-static ckpt_status read_list(json_t *a, ckpt__mlist *l, const char *what, ckpt_error *err)
+static int cmp_name_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Entries of one list (at most max), each file once: duplicates are found
+ * by sorting, so a long list costs n log n. */
+static ckpt_status read_list(json_t *a, ckpt__mlist *l, size_t max, const char *what,
+                             ckpt_error *err)
 {
     if (!a)
         return CKPT_OK;
     if (!json_is_array(a))
         return bad(err, "\"%s\" is not a list", what);
+    if (json_array_size(a) > max)
+        return bad(err, "\"%s\" has more entries than a save makes", what);
     size_t i;
     json_t *v;
     json_array_foreach(a, i, v) {
         ckpt__mentry e;
         CKPT_RETURN_IF_ERROR(read_entry(v, &e, err));
-        if (ckpt__mlist_find(l, e.file)) {
-            ckpt_status st = bad(err, "two entries for %s", e.file);
-            ckpt__mentry_free(&e);
-            return st;
-        }
         if (!ckpt__mlist_push(l, &e))
             return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
     }
-    return CKPT_OK;
+    const char **names = malloc((l->count ? l->count : 1) * sizeof(*names));
+    if (!names)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    for (i = 0; i < l->count; i++)
+        names[i] = l->items[i].file;
+    qsort(names, l->count, sizeof(*names), cmp_name_ptr);
+    ckpt_status st = CKPT_OK;
+    for (i = 1; i < l->count && st == CKPT_OK; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            st = bad(err, "two entries for %s", names[i]);
+    free(names);
+    return st;
 }
 
 static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
@@ -354,9 +373,11 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
     mf->mode = mode && strcmp(mode, "max") == 0 ? CKPT_MODE_MAX : CKPT_MODE_MIN;
     if (mode && strcmp(mode, "max") != 0 && strcmp(mode, "min") != 0)
         return bad(err, "\"mode\" is not \"min\" or \"max\"%s", "");
-    CKPT_RETURN_IF_ERROR(read_list(json_object_get(doc, "checkpoints"), &mf->committed,
+    CKPT_RETURN_IF_ERROR(read_list(json_object_get(doc, "checkpoints"), &mf->committed, SIZE_MAX,
                                    "checkpoints", err));
-    CKPT_RETURN_IF_ERROR(read_list(json_object_get(doc, "pending"), &mf->pending, "pending", err));
+    /* a save makes last.pth, best.pth and one numbered file */
+    CKPT_RETURN_IF_ERROR(read_list(json_object_get(doc, "pending"), &mf->pending, 3, "pending",
+                                   err));
     json_t *rm = json_object_get(doc, "removing");
     if (rm) {
         if (!json_is_array(rm))
@@ -400,7 +421,8 @@ ckpt_status ckpt__manifest_read(const char *path, uint64_t max_bytes, ckpt__mani
                                 ckpt_error *err)
 {
     memset(mf, 0, sizeof(*mf));
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in its place must not hang the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT)
             return ckpt__fail(err, CKPT_ERR_NOT_FOUND, "", CKPT_NO_OFFSET, "no %s",

@@ -170,6 +170,11 @@ static bool exists(const char *name)
     return stat(path_in(name), &sb) == 0;
 }
 
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* Names in the directory other than the lock, sorted, joined by spaces. */
 static const char *listing(void)
 {
@@ -186,13 +191,7 @@ static const char *listing(void)
         names[n++] = strdup(de->d_name);
     }
     closedir(d);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = i + 1; j < n; j++)
-            if (strcmp(names[j], names[i]) < 0) {
-                char *x = names[i];
-                names[i] = names[j];
-                names[j] = x;
-            }
+    qsort(names, n, sizeof(*names), cmp_cstr);
     out[0] = 0;
     for (size_t i = 0; i < n; i++) {
         strcat(out, i ? " " : "");
@@ -375,14 +374,13 @@ static void stop_here(const char *point)
  * 0 and 1 and stops at the k-th protocol point; then the directory is
  * opened again. Whatever k, every file is whole, the manifest matches the
  * files, no temporary is left, and last/best hold step 1 or step 2. */
-static void test_crash_at_every_point(void **state)
+static void crash_at_every_point(unsigned keep_last)
 {
-    (void)state;
     bool finished = false;
     for (int k = 1; !finished && k < 20; k++) {
         rm_rf(g_dir);
         assert_int_equal(mkdir(g_dir, 0700), 0);
-        ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+        ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, keep_last, 0, 0);
         save(m, 0, 0.9);
         save(m, 1, 0.5);
         ckpt_manager_close(m);
@@ -393,7 +391,7 @@ static void test_crash_at_every_point(void **state)
             g_stop_at = k;
             g_calls = 0;
             ckpt__manager_hook = stop_here;
-            m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+            m = open_dir("val_loss", CKPT_MODE_MIN, keep_last, 0, 0);
             save(m, 2, 0.1);
             ckpt_manager_close(m);
             _exit(0);
@@ -406,9 +404,25 @@ static void test_crash_at_every_point(void **state)
             assert_int_equal(WEXITSTATUS(status), 42);
 
         g_warnings[0] = 0;
-        m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
+        m = open_dir(NULL, CKPT_MODE_MIN, keep_last, 0, 0);
         const char *ls = listing();
         assert_null(strstr(ls, ".tmp-"));
+        /* exactly the manifest's files: nothing orphaned, nothing missing */
+        const char *names[9] = {"manifest.json"};
+        size_t count = ckpt_manager_count(m);
+        assert_true(count <= 8);
+        for (size_t i = 0; i < count; i++) {
+            ckpt_checkpoint_info ci;
+            ckpt_manager_get(m, i, &ci);
+            names[i + 1] = ci.file;
+        }
+        qsort(names, count + 1, sizeof(*names), cmp_cstr);
+        char expect[1024] = "";
+        for (size_t i = 0; i <= count; i++) {
+            strcat(expect, i ? " " : "");
+            strcat(expect, names[i]);
+        }
+        assert_string_equal(ls, expect);
         int64_t last = step_in("last.pth"), best = step_in("best.pth");
         assert_true(last == 1 || last == 2);
         assert_true(best == 1 || best == 2);
@@ -433,6 +447,15 @@ static void test_crash_at_every_point(void **state)
         assert_int_equal(step_in("best.pth"), 3);
     }
     assert_true(finished);
+}
+
+/* keep_last 3: nothing removed; keep_last 1: every save removes a file, so
+ * the crash between the committed manifest and the removal is hit too. */
+static void test_crash_at_every_point(void **state)
+{
+    (void)state;
+    crash_at_every_point(3);
+    crash_at_every_point(1);
 }
 
 /* ---- resume, lock, manifest ---------------------------------------------------------------- */
@@ -510,13 +533,15 @@ static void test_lock(void **state)
     ckpt_manager_close(b);
 }
 
-static void spit(const char *name, const char *text)
+static void spit_path(const char *path, const char *text)
 {
-    FILE *f = fopen(path_in(name), "wb");
+    FILE *f = fopen(path, "wb");
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
 }
+
+static void spit(const char *name, const char *text) { spit_path(path_in(name), text); }
 
 static void test_manifest_rebuilt(void **state)
 {
@@ -540,7 +565,7 @@ static void test_manifest_rebuilt(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         spit(CKPT__MANIFEST_NAME, bad[i]);
         g_warnings[0] = 0;
-        m = open_dir(NULL, CKPT_MODE_MIN, 2, 0, 0);
+        m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
         assert_non_null(strstr(g_warnings, "unreadable"));
         /* adopted from the files: numbered steps from their names */
         assert_int_equal(ckpt_manager_count(m), 4);
@@ -554,17 +579,30 @@ static void test_manifest_rebuilt(void **state)
         ckpt_manager_close(m);
         check_manifest_matches_files();
     }
-    /* over max_manifest_bytes: not read at all */
+    /* the rebuilt manifest knows no metric for best.pth, and says so */
+    assert_non_null(strstr(g_warnings, "best.pth has no recorded val_loss"));
+
+    /* over max_manifest_bytes: an error, and the manifest stays as it is */
+    char before[8192];
+    FILE *fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    assert_non_null(fp);
+    size_t n = fread(before, 1, sizeof(before), fp);
+    fclose(fp);
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
     assert_int_equal(o.max_manifest_bytes, 16u << 20);
     o.max_manifest_bytes = 100;
-    o.warn = collect;
-    g_warnings[0] = 0;
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, NULL), CKPT_OK);
-    assert_non_null(strstr(g_warnings, "max_manifest_bytes"));
-    assert_int_equal(ckpt_manager_count(m), 4);
-    ckpt_manager_close(m);
+    ckpt_error err;
+    m = NULL;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_ERR_LIMIT);
+    assert_null(m);
+    assert_non_null(strstr(err.message, "max_manifest_bytes"));
+    char after[8192];
+    fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    assert_non_null(fp);
+    assert_int_equal(fread(after, 1, sizeof(after), fp), n);
+    fclose(fp);
+    assert_memory_equal(before, after, n);
 }
 
 /* A pending entry whose file was never renamed is dropped; one whose file
@@ -697,6 +735,162 @@ static void test_numbered_names(void **state)
     assert_false(ckpt__numbered_name(-1, buf, sizeof(buf)));
 }
 
+/* A rename that fails half-way (a directory where the numbered file goes):
+ * the error is reported, what was renamed is recorded, and the next save
+ * finds a consistent manager. */
+static void test_failed_rename_midway(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+    save(m, 0, 0.5);
+    assert_int_equal(mkdir(path_in("step-00000001.pth"), 0700), 0);
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(1, &root);
+    ckpt_metric better = {"val_loss", 0.1};
+    unsigned saved = 99;
+    ckpt_error err;
+    assert_int_not_equal(ckpt_manager_save(m, 1, root, &better, 1, &saved, &err), CKPT_OK);
+    assert_int_equal(saved, 0);
+    assert_non_null(strstr(err.message, "step-00000001.pth"));
+    ckpt_tree_free(t);
+    /* best.pth went in before the failure, last.pth did not */
+    assert_int_equal(step_in("best.pth"), 1);
+    assert_int_equal(step_in("last.pth"), 0);
+    assert_int_equal(rmdir(path_in("step-00000001.pth")), 0);
+    assert_null(strstr(listing(), ".tmp-"));
+    check_manifest_matches_files();
+    for (size_t i = 0; i < ckpt_manager_count(m); i++) {
+        ckpt_checkpoint_info info;
+        ckpt_manager_get(m, i, &info);
+        assert_int_equal(info.step, step_in(info.file));
+    }
+    save(m, 2, 0.3);
+    assert_int_equal(ckpt_manager_count(m), 4); /* last, best, step 0, step 2 */
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+    m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
+    assert_int_equal(ckpt_manager_count(m), 4);
+    ckpt_checkpoint_info info;
+    ckpt_manager_get(m, 1, &info);
+    assert_string_equal(info.file, "best.pth");
+    assert_int_equal(info.step, 1);
+    ckpt_manager_close(m);
+}
+
+/* Links and special files in the directory are never followed into
+ * writes or endless reads. */
+static void test_hostile_directory(void **state)
+{
+    (void)state;
+    /* a linked lock file: refused, its target untouched */
+    char victim[300];
+    snprintf(victim, sizeof(victim), "%s.victim", g_dir);
+    spit_path(victim, "precious");
+    assert_int_equal(symlink(victim, path_in(CKPT__LOCK_NAME)), 0);
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    assert_int_not_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_OK);
+    assert_null(m);
+    assert_non_null(strstr(err.message, CKPT__LOCK_NAME));
+    FILE *fp = fopen(victim, "rb");
+    char buf[32] = "";
+    assert_non_null(fgets(buf, sizeof(buf), fp));
+    fclose(fp);
+    assert_string_equal(buf, "precious");
+    unlink(victim);
+    unlink(path_in(CKPT__LOCK_NAME));
+
+    /* a FIFO as the manifest: listed from the files at once, then replaced */
+    m = open_dir("val_loss", CKPT_MODE_MIN, 0, 0, 0);
+    save(m, 0, 0.5);
+    ckpt_manager_close(m);
+    unlink(path_in(CKPT__MANIFEST_NAME));
+    assert_int_equal(mkfifo(path_in(CKPT__MANIFEST_NAME), 0600), 0);
+    g_warnings[0] = 0;
+    m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
+    assert_non_null(strstr(g_warnings, "unreadable"));
+    assert_int_equal(ckpt_manager_count(m), 2);
+    ckpt_manager_close(m);
+    /* a writer does not replace what it did not make */
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "not a regular file"));
+    unlink(path_in(CKPT__MANIFEST_NAME));
+    m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, 0);
+    assert_int_equal(ckpt_manager_count(m), 2);
+    ckpt_manager_close(m);
+    struct stat sb;
+    assert_int_equal(stat(path_in(CKPT__MANIFEST_NAME), &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+
+    /* a pending entry over a device, a numbered name linked to one: the
+     * device is never read (it would never end) */
+    spit(CKPT__MANIFEST_NAME,
+         "{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [], \"pending\": "
+         "[{\"file\": \"step-00000009.pth\", \"step\": 9, \"size\": 0, \"crc32\": \"00000000\", "
+         "\"metrics\": {}, \"content\": \"checkpoint\"}]}");
+    assert_int_equal(symlink("/dev/zero", path_in("step-00000009.pth")), 0);
+    g_warnings[0] = 0;
+    m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
+    for (size_t i = 0; i < ckpt_manager_count(m); i++) {
+        ckpt_checkpoint_info info;
+        ckpt_manager_get(m, i, &info);
+        assert_string_not_equal(info.file, "step-00000009.pth");
+    }
+    ckpt_manager_close(m);
+    unlink(path_in("step-00000009.pth"));
+}
+
+/* A long manifest is read in n log n: 100,000 entries whose files are all
+ * gone (each then dropped), listed read-only. */
+static void test_long_manifest(void **state)
+{
+    (void)state;
+    size_t n = 100000;
+    FILE *fp = fopen(path_in(CKPT__MANIFEST_NAME), "wb");
+    assert_non_null(fp);
+    fputs("{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [", fp);
+    for (size_t i = 0; i < n; i++)
+        fprintf(fp, "%s{\"file\": \"step-%08zu.pth\", \"step\": %zu, \"size\": 1, "
+                    "\"crc32\": \"00000000\", \"metrics\": {\"m%zu\": 1}, \"content\": "
+                    "\"checkpoint\"}",
+                i ? ", " : "", i, i, i);
+    fputs("], \"removing\": [", fp);
+    for (size_t i = 0; i < n; i++)
+        fprintf(fp, "%s\"step-%08zu.pth\"", i ? ", " : "", i + n);
+    fputs("]}", fp);
+    fclose(fp);
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    o.flags = CKPT_MANAGER_READ_ONLY;
+    o.max_manifest_bytes = (uint64_t)64 << 20;
+    ckpt_manager *m = NULL;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, NULL), CKPT_OK);
+    assert_int_equal(ckpt_manager_count(m), 0);
+    ckpt_manager_close(m);
+    /* one entry per file: a duplicate far down the list is found */
+    fp = fopen(path_in(CKPT__MANIFEST_NAME), "r+b");
+    assert_non_null(fp);
+    fseek(fp, 0, SEEK_END);
+    long end = ftell(fp);
+    fclose(fp);
+    assert_true(end > 0);
+    ckpt__manifest mf;
+    char *text = malloc((size_t)end + 1);
+    fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    assert_int_equal(fread(text, 1, (size_t)end, fp), (size_t)end);
+    fclose(fp);
+    text[end] = 0;
+    char *last = strstr(text, "step-00099999.pth");
+    memcpy(last, "step-00000007.pth", 17);
+    ckpt_error err;
+    assert_int_equal(ckpt__manifest_parse(text, (size_t)end, UINT64_MAX, &mf, &err),
+                     CKPT_ERR_FORMAT);
+    assert_non_null(strstr(err.message, "two entries for step-00000007.pth"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -710,6 +904,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_settle_by_hand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_text_round_trip, setup, teardown),
         cmocka_unit_test(test_numbered_names),
+        cmocka_unit_test_setup_teardown(test_failed_rename_midway, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_manifest, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
