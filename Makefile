@@ -8,13 +8,16 @@
 #                 new inputs go to build-fuzz/corpus/<target>, crashes to
 #                 build-fuzz/artifacts
 #   make deps     install the Debian packages ckpt needs (idempotent)
+#   make bench    build Release (build-bench) and measure ckpt against torch,
+#                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
+#                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench)
 
 MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-release test-asan demo fuzz clean
+.PHONY: all build deps test test-release test-asan demo fuzz bench clean
 
 all: build
 
@@ -55,6 +58,11 @@ fuzz: deps
 			-artifact_prefix=build-fuzz/artifacts/$$n- -print_final_stats=1 \
 			build-fuzz/corpus/$$n fuzz/corpus/$$n || exit 1; \
 	done
+
+bench: deps
+	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench
+	/usr/bin/python3 bench/run.py --build build-bench
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -95,6 +95,8 @@ void ckpt_close(ckpt_file *f)
     ckpt__arena_free(&f->arena);
     if (f->mapped && f->map_size)
         munmap((void *)f->map, f->map_size);
+    if (f->has_fd)
+        close(f->fd);
     free(f);
 }
 
@@ -177,10 +179,15 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
         f->map_size = (uint64_t)sb.st_size;
         f->mapped = true;
     }
+    /* kept for in-kernel copies of bytes that pass through unchanged */
+    f->fd = fd;
+    f->has_fd = true;
+    fd = -1;
     st = open_common(f, opts, err);
     f->path = NULL; /* the caller's string: not kept past open */
 out:
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     if (st != CKPT_OK) {
         ckpt_close(f);
         return st;

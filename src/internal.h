@@ -414,6 +414,11 @@ struct ckpt_file {
     ckpt_file **shards;           /* sharded index: the shard files it opened */
     size_t shard_count;
     const char *path;             /* as given to ckpt_open, NULL for memory */
+    /* The mapped file's descriptor, kept so that writers can read bytes
+     * that pass through unchanged with pread (ckpt__out_copy) instead of
+     * faulting the map in; has_fd is false for memory. */
+    int fd;
+    bool has_fd;
 };
 
 ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err);
@@ -455,6 +460,13 @@ ckpt_status ckpt__storage_read(ckpt__storage *s, uint64_t off, size_t len, uint8
  * sub-byte dtypes only when contiguous. */
 ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, uint8_t *buf,
                               const uint8_t **out, ckpt_error *err);
+
+/* When bytes [p, p+len) that ckpt__storage_read or ckpt__tensor_read gave
+ * for storage s lie in the map of a file whose descriptor is kept, sets
+ * *fd and *off (their offset in that file) and returns true: a writer may
+ * read them from there. */
+bool ckpt__storage_file_range(const ckpt__storage *s, const uint8_t *p, size_t len, int *fd,
+                              uint64_t *off);
 
 /* Calls fn for every tensor of the tree with its name as ckpt_file_tensor
  * gives it (a tensor reachable by two paths: twice), and, when leaf_fn is
@@ -509,6 +521,7 @@ typedef struct ckpt__out {
     unsigned flags;             /* CKPT_SAVE_*, CKPT__OUT_* */
     uint64_t size;              /* bytes written so far */
     uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
+    uint8_t *copy_buf;          /* ckpt__out_copy's buffer, made at first use */
 } ckpt__out;
 
 /* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
@@ -531,6 +544,13 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
 /* Writes everything (retrying short writes and EINTR); errors name the
  * target. Every byte of the file passes here (size and CRC are kept). */
 ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
+/* Puts n bytes into the file as ckpt__out_write(o, p, n) would (size and
+ * CRC kept the same), reading them from src_fd at src_off (an input file
+ * whose map holds them at p) through a small buffer; src_fd < 0, or a read
+ * that fails, writes from p. *crc (may be NULL) is extended over the n
+ * bytes. */
+ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
+                           uint32_t *crc, ckpt_error *err);
 /* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
  * the directory. On failure the temporary is removed. With CKPT__OUT_STAGE
  * it stops after the close: see ckpt__out_stage. */

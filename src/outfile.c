@@ -85,12 +85,9 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     return CKPT_OK;
 }
 
-ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err)
+/* write(2) until all n bytes are in, retrying short writes and EINTR. */
+static ckpt_status write_fully(ckpt__out *o, const uint8_t *b, size_t n, ckpt_error *err)
 {
-    const uint8_t *b = p;
-    if (o->flags & CKPT__OUT_CRC)
-        o->crc = libdeflate_crc32(o->crc, p, n);
-    o->size += n;
     while (n) {
         size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
         ssize_t w = write(o->fd, b, chunk);
@@ -103,6 +100,51 @@ ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *e
             return io_fail(err, "cannot write", o->path, EIO);
         b += w;
         n -= (size_t)w;
+    }
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err)
+{
+    if (o->flags & CKPT__OUT_CRC)
+        o->crc = libdeflate_crc32(o->crc, p, n);
+    o->size += n;
+    return write_fully(o, p, n, err);
+}
+
+/* ---- bytes that pass through unchanged ------------------------------------ */
+
+/* Bytes a writer takes unchanged from an input file are read with pread into
+ * a buffer that stays in the CPU's caches and written from there, as cat
+ * does, rather than written from the input's map: first touches of a map
+ * cost a page fault per few pages, more than the extra copy (1 GiB: 0.33 s
+ * against 0.50 s here). copy_file_range was slower still: ext4 splices it a
+ * page at a time. CRCs are taken from the same cached buffer. */
+#define COPY_BUF_SIZE ((size_t)256 << 10)
+
+ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
+                           uint32_t *crc, ckpt_error *err)
+{
+    const uint8_t *src = p;
+    if (src_fd >= 0 && !o->copy_buf)
+        o->copy_buf = malloc(COPY_BUF_SIZE); /* NULL: write from p below */
+    size_t done = 0;
+    while (src_fd >= 0 && o->copy_buf && done < n) {
+        size_t want = n - done < COPY_BUF_SIZE ? n - done : COPY_BUF_SIZE;
+        ssize_t r = pread(src_fd, o->copy_buf, want, (off_t)(src_off + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break; /* the rest from p, which says what is wrong if anything is */
+        if (crc)
+            *crc = (uint32_t)libdeflate_crc32(*crc, o->copy_buf, (size_t)r);
+        CKPT_RETURN_IF_ERROR(ckpt__out_write(o, o->copy_buf, (size_t)r, err));
+        done += (size_t)r;
+    }
+    if (done < n) {
+        if (crc)
+            *crc = (uint32_t)libdeflate_crc32(*crc, src + done, n - done);
+        return ckpt__out_write(o, src + done, n - done, err);
     }
     return CKPT_OK;
 }
@@ -128,6 +170,8 @@ ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err)
 
 ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
 {
+    free(o->copy_buf);
+    o->copy_buf = NULL;
     ckpt_status st = CKPT_OK;
     bool sync = !(o->flags & CKPT_SAVE_NO_FSYNC);
     if (sync && fsync(o->fd) != 0)
@@ -163,6 +207,8 @@ void ckpt__out_abort(ckpt__out *o)
     if (o->fd >= 0)
         close(o->fd);
     o->fd = -1;
+    free(o->copy_buf);
+    o->copy_buf = NULL;
     if (o->tmp_path)
         unlink(o->tmp_path);
     free(o->tmp_path);

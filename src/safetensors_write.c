@@ -658,7 +658,13 @@ static ckpt_status write_tensor(ckpt__out *out, const st_tensor *e, uint8_t *buf
         ckpt__byteswap(buf, len / e->align, e->t->dtype);
         p = buf;
 #endif
-        CKPT_RETURN_IF_ERROR(ckpt__out_write(out, p, len, err));
+        /* bytes that pass through unchanged are read from their file */
+        int fd;
+        uint64_t foff;
+        if (p != buf && ckpt__storage_file_range(e->t->storage, p, len, &fd, &foff))
+            CKPT_RETURN_IF_ERROR(ckpt__out_copy(out, fd, foff, p, len, NULL, err));
+        else
+            CKPT_RETURN_IF_ERROR(ckpt__out_write(out, p, len, err));
         off += len;
         *done += len;
         progress(o, *done, total);

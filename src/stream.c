@@ -174,3 +174,22 @@ ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, ui
     *out = buf;
     return CKPT_OK;
 }
+
+bool ckpt__storage_file_range(const ckpt__storage *s, const uint8_t *p, size_t len, int *fd,
+                              uint64_t *off)
+{
+    if (!s || !p || len == 0)
+        return false;
+    const ckpt__storage *root = s->base ? s->base : s;
+    const ckpt_file *f = root->owner;
+    /* a cast produces its bytes into a buffer; a copy (big-endian,
+     * misaligned, inflated) holds other bytes than the file */
+    if (!f || !f->has_fd || !f->mapped || s->cast_src || root->owned)
+        return false;
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)f->map;
+    if (a < lo || a - lo > f->map_size || len > f->map_size - (a - lo))
+        return false;
+    *fd = f->fd;
+    *off = (uint64_t)(a - lo);
+    return true;
+}

@@ -215,7 +215,13 @@ static ckpt_status write_storage(ckpt__zip_writer *zw, const char *name, const s
             ckpt__error_prefix_record(err, name);
             return st;
         }
-        CKPT_RETURN_IF_ERROR(ckpt__zip_record_write(zw, p, len, err));
+        /* bytes that pass through unchanged are read from their file */
+        int fd;
+        uint64_t foff;
+        if (p != buf && ckpt__storage_file_range(s, p, len, &fd, &foff))
+            CKPT_RETURN_IF_ERROR(ckpt__zip_record_copy(zw, fd, foff, p, len, err));
+        else
+            CKPT_RETURN_IF_ERROR(ckpt__zip_record_write(zw, p, len, err));
         off += len;
         *done += len;
         progress(o, *done, total);

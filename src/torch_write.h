@@ -41,6 +41,10 @@ typedef struct ckpt__zip_writer {
     /* small writes are gathered before they reach the file */
     uint8_t *buf;
     size_t buf_len;
+    /* a second thread computing the CRC of large writes while they are
+     * written; started at the first, NULL when none */
+    struct ckpt__crc_worker *crc_worker;
+    bool crc_worker_failed;      /* could not start one: CRCs stay inline */
 } ckpt__zip_writer;
 
 /* Sets up a writer appending to out (which stays the caller's). */
@@ -50,6 +54,10 @@ ckpt_status ckpt__zip_record_begin(ckpt__zip_writer *w, const char *name, uint64
                                    ckpt_error *err);
 /* Appends bytes to the record, computing its CRC32 on the way. */
 ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err);
+/* The same for bytes an input file holds at src_off (mapped at p): they are
+ * read from src_fd through a small buffer (see ckpt__out_copy). */
+ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_off,
+                                  const void *p, size_t n, ckpt_error *err);
 /* Ends the record (all its bytes written): the data descriptor. */
 ckpt_status ckpt__zip_record_end(ckpt__zip_writer *w, ckpt_error *err);
 /* A whole record from memory. */

@@ -1,0 +1,334 @@
+/*
+ * bench.c - one timed measurement of libckpt, or of the raw POSIX floor it
+ * is compared with, per process.
+ *
+ *   ckpt_bench open FILE               ckpt_open (lazy, zero-copy index)
+ *   ckpt_bench materialise FILE        ckpt_open + every tensor copied into
+ *                                      fresh malloc'd memory
+ *   ckpt_bench pread FILE              the same tensor bytes read with pread
+ *                                      into fresh malloc'd memory (the floor)
+ *   ckpt_bench save FILE OUT [fsync]   ckpt_save_torch of the file's tensors,
+ *                                      held in memory, to OUT
+ *   ckpt_bench save-st FILE OUT [fsync] the same with ckpt_save_safetensors
+ *   ckpt_bench write FILE OUT [fsync]  write(2) of the same bytes (+ fsync)
+ *   ckpt_bench scan FILE               ckpt_scan_file
+ *
+ * It prints one line of JSON: {"s": seconds, "maxrss_kb": peak RSS,
+ * "bytes": tensor bytes, "tensors": count}. A fresh process per measurement
+ * keeps every run honest: memory is fresh (never recycled by malloc from an
+ * earlier repetition) and the peak RSS belongs to that run alone. Setup
+ * (reading the tensors into memory before a save) is outside the timing.
+ * Only the public header and POSIX are used, as any user of the library.
+ */
+#include "ckpt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct bench_tensor {
+    const char *name;
+    const ckpt_tensor *t;
+    uint64_t nbytes;
+    uint64_t file_offset;      /* of its first byte; UINT64_MAX when not plain */
+    void *mem;                 /* a contiguous copy, when one is held */
+} bench_tensor;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, const ckpt_error *err)
+{
+    char line[600];
+    if (err)
+        fprintf(stderr, "ckpt_bench: %s: %s\n", what, ckpt_error_format(err, line, sizeof(line)));
+    else
+        fprintf(stderr, "ckpt_bench: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static void report(double seconds, uint64_t bytes, size_t tensors)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("{\"s\": %.6f, \"maxrss_kb\": %ld, \"bytes\": %llu, \"tensors\": %zu}\n", seconds,
+           ru.ru_maxrss, (unsigned long long)bytes, tensors);
+}
+
+static ckpt_file *open_file(const char *path)
+{
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    if (ckpt_open(path, NULL, &f, &err) != CKPT_OK)
+        die(path, &err);
+    return f;
+}
+
+/* The file's tensors with their sizes and where their bytes lie. Tensors
+ * reached by two names are listed once per name, as ckpt lists them. */
+static bench_tensor *list_tensors(ckpt_file *f, size_t *count, uint64_t *total)
+{
+    size_t n = ckpt_file_tensor_count(f);
+    bench_tensor *v = calloc(n ? n : 1, sizeof(*v));
+    if (!v)
+        die("calloc", NULL);
+    *total = 0;
+    for (size_t i = 0; i < n; i++) {
+        ckpt_tensor_info info;
+        v[i].t = ckpt_file_tensor(f, i, &v[i].name);
+        ckpt_tensor_get_info(v[i].t, &info);
+        v[i].nbytes = info.nbytes;
+        v[i].file_offset = UINT64_MAX;
+        size_t esz = ckpt_dtype_size(info.dtype);
+        if (info.is_contiguous && info.storage_file_offset != CKPT_NO_OFFSET && esz &&
+            !info.big_endian)
+            v[i].file_offset = info.storage_file_offset + (uint64_t)info.storage_offset * esz;
+        *total += info.nbytes;
+    }
+    *count = n;
+    return v;
+}
+
+static void *fresh(uint64_t n)
+{
+    void *p = malloc(n ? (size_t)n : 1);
+    if (!p)
+        die("malloc", NULL);
+    return p;
+}
+
+static int cmd_open(const char *path)
+{
+    double t0 = now();
+    ckpt_file *f = open_file(path);
+    double t1 = now();
+    size_t n;
+    uint64_t total;
+    bench_tensor *v = list_tensors(f, &n, &total);
+    report(t1 - t0, total, n);
+    free(v);
+    ckpt_close(f);
+    return 0;
+}
+
+static int cmd_materialise(const char *path)
+{
+    ckpt_error err;
+    double t0 = now();
+    ckpt_file *f = open_file(path);
+    size_t n = ckpt_file_tensor_count(f);
+    void **mem = fresh(n * sizeof(*mem) + 1);
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, NULL);
+        ckpt_tensor_info info;
+        ckpt_tensor_get_info(t, &info);
+        mem[i] = fresh(info.nbytes);
+        if (ckpt_tensor_copy(f, t, mem[i], (size_t)info.nbytes, &err) != CKPT_OK)
+            die("ckpt_tensor_copy", &err);
+        total += info.nbytes;
+    }
+    double t1 = now();
+    report(t1 - t0, total, n);
+    for (size_t i = 0; i < n; i++)
+        free(mem[i]);
+    free(mem);
+    ckpt_close(f);
+    return 0;
+}
+
+static void pread_all(int fd, uint8_t *dst, uint64_t n, uint64_t off)
+{
+    while (n) {
+        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t r = pread(fd, dst, chunk, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            die("pread", NULL);
+        dst += r;
+        off += (uint64_t)r;
+        n -= (uint64_t)r;
+    }
+}
+
+static int cmd_pread(const char *path)
+{
+    /* Where the bytes are is found first, untimed: the floor is the copy. */
+    ckpt_file *f = open_file(path);
+    size_t n;
+    uint64_t total;
+    bench_tensor *v = list_tensors(f, &n, &total);
+    ckpt_close(f);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].file_offset == UINT64_MAX && v[i].nbytes) {
+            fprintf(stderr, "ckpt_bench: %s: tensor %s is not stored plainly\n", path, v[i].name);
+            return 2;
+        }
+    }
+    double t0 = now();
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die(path, NULL);
+    for (size_t i = 0; i < n; i++) {
+        v[i].mem = fresh(v[i].nbytes);
+        pread_all(fd, v[i].mem, v[i].nbytes, v[i].file_offset);
+    }
+    close(fd);
+    double t1 = now();
+    report(t1 - t0, total, n);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].mem);
+    free(v);
+    return 0;
+}
+
+static int cmd_save(const char *path, const char *out, bool fsync_it, bool safetensors)
+{
+    ckpt_error err;
+    /* shapes come from the file, bytes from memory */
+    ckpt_file *f = open_file(path);
+    size_t n;
+    uint64_t total;
+    bench_tensor *v = list_tensors(f, &n, &total);
+    ckpt_tree *tree = ckpt_tree_new();
+    if (!tree)
+        die("ckpt_tree_new", NULL);
+    ckpt_value *root = ckpt_new_ordered_dict(tree);
+    for (size_t i = 0; i < n; i++) {
+        ckpt_tensor_info info;
+        ckpt_tensor_get_info(v[i].t, &info);
+        v[i].mem = fresh(v[i].nbytes);
+        if (ckpt_tensor_copy(f, v[i].t, v[i].mem, (size_t)v[i].nbytes, &err) != CKPT_OK)
+            die("ckpt_tensor_copy", &err);
+        ckpt_tensor_desc d;
+        ckpt_tensor_desc_init(&d);
+        d.dtype = info.dtype;
+        d.ndim = info.ndim;
+        d.shape = info.shape; /* copied by ckpt_new_tensor */
+        d.data = v[i].mem;
+        d.storage_nbytes = v[i].nbytes;
+        ckpt_dict_put_str(tree, root, v[i].name, ckpt_new_tensor(tree, &d));
+    }
+    if (ckpt_tree_status(tree, &err) != CKPT_OK)
+        die("building the tree", &err);
+    ckpt_save_options so;
+    ckpt_save_options_default(&so);
+    if (!fsync_it)
+        so.flags |= CKPT_SAVE_NO_FSYNC;
+    double t0 = now();
+    ckpt_status st = safetensors ? ckpt_save_safetensors(out, root, &so, &err)
+                                 : ckpt_save_torch(out, root, &so, &err);
+    double t1 = now();
+    if (st != CKPT_OK)
+        die(out, &err);
+    report(t1 - t0, total, n);
+    ckpt_tree_free(tree);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].mem);
+    free(v);
+    ckpt_close(f);
+    return 0;
+}
+
+static void write_all(int fd, const uint8_t *p, uint64_t n)
+{
+    while (n) {
+        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            die("write", NULL);
+        p += w;
+        n -= (uint64_t)w;
+    }
+}
+
+static int cmd_write(const char *path, const char *out, bool fsync_it)
+{
+    /* the same setup as cmd_save: the input stays open (and mapped) while
+     * the bytes are written, as it does for ckpt */
+    ckpt_error err;
+    ckpt_file *f = open_file(path);
+    size_t n;
+    uint64_t total;
+    bench_tensor *v = list_tensors(f, &n, &total);
+    for (size_t i = 0; i < n; i++) {
+        v[i].mem = fresh(v[i].nbytes);
+        if (ckpt_tensor_copy(f, v[i].t, v[i].mem, (size_t)v[i].nbytes, &err) != CKPT_OK)
+            die("ckpt_tensor_copy", &err);
+    }
+    double t0 = now();
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die(out, NULL);
+    for (size_t i = 0; i < n; i++)
+        write_all(fd, v[i].mem, v[i].nbytes);
+    if (fsync_it && fsync(fd) != 0)
+        die("fsync", NULL);
+    if (close(fd) != 0)
+        die("close", NULL);
+    double t1 = now();
+    report(t1 - t0, total, n);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].mem);
+    free(v);
+    ckpt_close(f);
+    return 0;
+}
+
+static int cmd_scan(const char *path)
+{
+    ckpt_error err;
+    ckpt_scan *scan = NULL;
+    double t0 = now();
+    if (ckpt_scan_file(path, NULL, &scan, &err) != CKPT_OK)
+        die(path, &err);
+    double t1 = now();
+    report(t1 - t0, 0, ckpt_scan_finding_count(scan));
+    ckpt_scan_free(scan);
+    return 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: ckpt_bench open|materialise|pread|scan FILE\n"
+            "       ckpt_bench save|save-st|write FILE OUT [fsync]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        return usage();
+    const char *cmd = argv[1], *path = argv[2];
+    bool fsync_it = argc > 4 && strcmp(argv[4], "fsync") == 0;
+    if (strcmp(cmd, "open") == 0)
+        return cmd_open(path);
+    if (strcmp(cmd, "materialise") == 0)
+        return cmd_materialise(path);
+    if (strcmp(cmd, "pread") == 0)
+        return cmd_pread(path);
+    if (strcmp(cmd, "scan") == 0)
+        return cmd_scan(path);
+    if (argc < 4)
+        return usage();
+    if (strcmp(cmd, "save") == 0)
+        return cmd_save(path, argv[3], fsync_it, false);
+    if (strcmp(cmd, "save-st") == 0)
+        return cmd_save(path, argv[3], fsync_it, true);
+    if (strcmp(cmd, "write") == 0)
+        return cmd_write(path, argv[3], fsync_it);
+    return usage();
+}
