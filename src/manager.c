@@ -95,6 +95,15 @@ static void warnf(ckpt_manager *m, const char *fmt, ...)
     m->warn(m->warn_user, msg);
 }
 
+/* Copies the options a caller set (the first struct_size bytes of src, NULL
+ * for none) over the defaults in dst: fields an older caller does not know
+ * keep their defaults. */
+static void apply_options(void *dst, size_t dst_size, const void *src, size_t src_size)
+{
+    if (src && src_size)
+        memcpy(dst, src, src_size < dst_size ? src_size : dst_size);
+}
+
 static char *join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);
@@ -653,11 +662,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty directory name");
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
-    size_t n = opts ? opts->struct_size : 0;
-    if (n > sizeof(o))
-        n = sizeof(o);
-    if (n)
-        memcpy(&o, opts, n);
+    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
     if (o.mode != CKPT_MODE_MIN && o.mode != CKPT_MODE_MAX)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
@@ -836,11 +841,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
     *out = NULL;
     ckpt_open_options o;
     ckpt_open_options_default(&o);
-    size_t n = opts ? opts->struct_size : 0;
-    if (n > sizeof(o))
-        n = sizeof(o);
-    if (n)
-        memcpy(&o, opts, n);
+    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
     o.struct_size = sizeof(o);
     o.flags |= CKPT_OPEN_VERIFY_CRC;
     /* last.pth first, numbered files from the newest, a full best.pth last */

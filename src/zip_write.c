@@ -339,7 +339,8 @@ ckpt_status ckpt__zip_record_begin(ckpt__zip_writer *w, const char *name, uint64
     return CKPT_OK;
 }
 
-ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err)
+/* n more bytes fit the record being written. */
+static ckpt_status record_room(const ckpt__zip_writer *w, size_t n, ckpt_error *err)
 {
     if (!w->in_record)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
@@ -348,6 +349,12 @@ ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n,
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
                           "record gets more than its declared %llu bytes",
                           (unsigned long long)w->size);
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err)
+{
+    CKPT_RETURN_IF_ERROR(record_room(w, n, err));
     if (n == 0)
         return CKPT_OK;
     w->written += n;
@@ -368,13 +375,7 @@ ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n,
 ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_off,
                                   const void *p, size_t n, ckpt_error *err)
 {
-    if (!w->in_record)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
-                          "no record is being written");
-    if (n > w->size - w->written)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, zip_record(), CKPT_NO_OFFSET,
-                          "record gets more than its declared %llu bytes",
-                          (unsigned long long)w->size);
+    CKPT_RETURN_IF_ERROR(record_room(w, n, err));
     if (n == 0)
         return CKPT_OK;
     if (!ckpt__add_u64(w->offset, n, &w->offset))
