@@ -18,9 +18,12 @@ typedef struct zip_load {
     size_t name_cap;
 } zip_load;
 
-static const char *join_record(zip_load *L, const char *name)
+/* "PREFIX/" dir name[0..len) in the scratch buffer (once per storage: no
+ * printf on this path). */
+static const char *join_record_n(zip_load *L, const char *dir, const char *name, size_t len)
 {
-    size_t need = strlen(L->f->prefix) + 1 + strlen(name) + 1;
+    size_t pn = strlen(L->f->prefix), dn = strlen(dir);
+    size_t need = pn + 1 + dn + len + 1;
     if (need > L->name_cap) {
         char *p = realloc(L->name_buf, need);
         if (!p)
@@ -28,8 +31,18 @@ static const char *join_record(zip_load *L, const char *name)
         L->name_buf = p;
         L->name_cap = need;
     }
-    snprintf(L->name_buf, L->name_cap, "%s/%s", L->f->prefix, name);
+    char *q = L->name_buf;
+    memcpy(q, L->f->prefix, pn);
+    q[pn] = '/';
+    memcpy(q + pn + 1, dir, dn);
+    memcpy(q + pn + 1 + dn, name, len);
+    q[need - 1] = 0;
     return L->name_buf;
+}
+
+static const char *join_record(zip_load *L, const char *name)
+{
+    return join_record_n(L, "", name, strlen(name));
 }
 
 /* Reads a small text record (version, byteorder, ...) into the arena, trimmed. */
@@ -82,9 +95,7 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
                               ckpt_dtype_name(p.dtype), (unsigned long long)p.nbytes);
         return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
     }
-    char data_name[64 + 8];
-    snprintf(data_name, sizeof(data_name), "data/%s", p.key);
-    const char *full = join_record(L, data_name);
+    const char *full = join_record_n(L, "data/", p.key, p.key_len);
     if (!full)
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
     long idx = ckpt__zip_find(&f->zip, full);
