@@ -609,7 +609,10 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
  *   last.pth            the whole checkpoint of the newest save (to resume);
  *   best.pth            the weights (or the whole checkpoint) of the save
  *                       with the best monitored metric (to deploy);
- *   step-NNNNNNNN.pth   numbered checkpoints, when retention keeps any;
+ *   step-NNNNNNNN.pth   numbered checkpoints, when retention keeps any
+ *                       (hard links to the last.pth of their save: the
+ *                       manager never writes a file in place, and neither
+ *                       should anyone else in a managed directory);
  *   manifest.json       what each file holds: step, metrics, size, CRC32,
  *                       time, versions, user metadata.
  *
@@ -669,7 +672,10 @@ typedef struct ckpt_manager_options {
     void (*warn)(void *user, const char *message);
     void *warn_user;
     /* manifest.json is read only up to this size (default 16 MiB, some
-     * 40,000 entries); a bigger one is rebuilt from the files. */
+     * 40,000 entries): a bigger one fails the open with CKPT_ERR_LIMIT
+     * (so does a newer manifest version, CKPT_ERR_UNSUPPORTED); a
+     * malformed one is set aside as manifest.json.bad-TIME and rebuilt from
+     * the files. */
     uint64_t max_manifest_bytes;
 } ckpt_manager_options;
 
@@ -699,7 +705,8 @@ typedef struct ckpt_checkpoint_info {
  * settles a crashed save (pending manifest entries, unfinished removals)
  * and removes its temporaries, and reads the manifest. Files the manifest
  * does not know (a last.pth written by PyTorch) are recorded with unknown
- * step; a missing or unreadable manifest is rebuilt from the files.
+ * step; a missing or malformed manifest is rebuilt from the files. Saves
+ * never remove a numbered file whose metric is unknown; only a prune does.
  */
 CKPT_API ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                                        ckpt_manager **out, ckpt_error *err);

@@ -12,6 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Files from this size on keep their descriptor open (see ckpt_open). */
+#define KEEP_FD_MIN ((uint64_t)16 << 20)
+
 const char *ckpt_format_name(ckpt_format format)
 {
     switch (format) {
@@ -179,10 +182,14 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
         f->map_size = (uint64_t)sb.st_size;
         f->mapped = true;
     }
-    /* kept for in-kernel copies of bytes that pass through unchanged */
-    f->fd = fd;
-    f->has_fd = true;
-    fd = -1;
+    /* Kept so that writers read bytes that pass through unchanged with
+     * pread (ckpt__out_copy). Only for files big enough for that to pay: a
+     * program holding many small checkpoints open holds no descriptors. */
+    if ((uint64_t)sb.st_size >= KEEP_FD_MIN) {
+        f->fd = fd;
+        f->has_fd = true;
+        fd = -1;
+    }
     st = open_common(f, opts, err);
     f->path = NULL; /* the caller's string: not kept past open */
 out:

@@ -198,10 +198,12 @@ static ckpt_status take_lock(ckpt_manager *m, ckpt_error *err)
     /* never through a link: the pid note would overwrite its target */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
     struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1) {
         ckpt_status st = fd < 0 ? io_fail(err, "cannot open the lock file", path, errno)
                                 : ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                             "lock file %s is not a regular file", path);
+                                             "lock file %s is not a plain file of its own "
+                                             "(a link, or not a regular file)",
+                                             path);
         if (fd >= 0)
             close(fd);
         free(path);
@@ -300,6 +302,7 @@ typedef struct cand {
     bool has_metric;            /* false: none recorded, or NaN */
     double metric;
     double key;                 /* lower is better; no metric: +inf */
+    bool adopted;               /* a file the manager did not write, metric unknown */
     bool keep;
 } cand;
 
@@ -322,6 +325,15 @@ static int cmp_best(const void *a, const void *b)
 /* Marks c[i].keep for the newest keep_last and the keep_best best, as
  * Lightning's save_top_k ranks them: a NaN or missing metric ranks last
  * (it still fills a free place), and of equal metrics the older stays. */
+/* Saves never remove a file whose metric the manager does not know (one it
+ * adopted, or one of a rebuilt manifest): ranked last, it would be the
+ * first to go, though it may be the best. Only an explicit prune does. */
+static void keep_adopted(cand *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        c[i].keep |= c[i].adopted;
+}
+
 static bool retain(cand *c, size_t n, unsigned keep_last, unsigned keep_best,
                    ckpt_metric_mode mode)
 {
@@ -748,9 +760,23 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         goto fail;
     }
     if (ms == CKPT_ERR_FORMAT) {
-        char text[512];
-        warnf(m, "%s/%s is unreadable (%s): %s from the files", m->dir, CKPT__MANIFEST_NAME,
-              ckpt_error_format(&merr, text, sizeof(text)), ro ? "listing" : "rebuilt");
+        char text[512], kept[96] = "";
+        ckpt_error_format(&merr, text, sizeof(text));
+        if (!ro) {
+            /* kept beside it for whoever wants to see what went wrong */
+            char name[64];
+            snprintf(name, sizeof(name), "%s.bad-%lld", CKPT__MANIFEST_NAME,
+                     (long long)time(NULL));
+            char *from = join(m->dir, CKPT__MANIFEST_NAME), *to = join(m->dir, name);
+            struct stat mb;
+            if (from && to && lstat(from, &mb) == 0 && S_ISREG(mb.st_mode) &&
+                rename(from, to) == 0)
+                snprintf(kept, sizeof(kept), " (kept as %s)", name);
+            free(from);
+            free(to);
+        }
+        warnf(m, "%s/%s is unreadable (%s)%s: %s from the files", m->dir, CKPT__MANIFEST_NAME,
+              text, kept, ro ? "listing" : "rebuilt");
         memset(&m->mf, 0, sizeof(m->mf));
         changed = true;
     }
@@ -1019,16 +1045,18 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
         return nomem(err);
     mf->removing = names;
     k = 0;
-    for (size_t i = 0; i < mf->committed.count;) {
+    size_t w = 0; /* one compacting pass */
+    for (size_t i = 0; i < mf->committed.count; i++) {
         ckpt__mentry *e = &mf->committed.items[i];
         if (is_numbered(e) && !c[k++].keep) {
             names[j++] = e->file;
             e->file = NULL;
-            ckpt__mlist_remove(&mf->committed, i);
+            ckpt__mentry_free(e);
         } else {
-            i++;
+            mf->committed.items[w++] = *e;
         }
     }
+    mf->committed.count = w;
     mf->removing_count = j;
     return CKPT_OK;
 }
@@ -1039,12 +1067,18 @@ static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
 {
     if (!m->mf.removing_count)
         return CKPT_OK;
+    const char **known = name_index(&m->mf.committed);
+    if (!known)
+        return nomem(err);
     for (size_t i = 0; i < m->mf.removing_count; i++) {
+        if (find_name(known, m->mf.committed.count, m->mf.removing[i]))
+            continue; /* listed by a manifest write that failed, saved again since */
         char *path = join(m->dir, m->mf.removing[i]);
         if (path && unlink(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
         free(path);
     }
+    free(known);
     free_removing(&m->mf);
     /* the manifest's own rename syncs the directory, removals included */
     return write_manifest(m, err);
@@ -1069,6 +1103,7 @@ static cand *candidates(const ckpt_manager *m, int64_t new_step, const ckpt_metr
             continue; /* a numbered file of the new step is replaced, not a rival */
         c[k].step = e->step;
         c[k].has_metric = monitored(m, e, &c[k].metric);
+        c[k].adopted = !c[k].has_metric && !e->ckpt_version;
         k++;
     }
     if (new_step >= 0) {
@@ -1233,8 +1268,10 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         ckpt__mentry e = *p;
         memset(p, 0, sizeof(*p));
         ckpt__mlist_remove(&mf->pending, 0);
-        if (!ckpt__mlist_push(&mf->committed, &e))
+        if (!ckpt__mlist_push(&mf->committed, &e)) {
+            ckpt__mlist_free(&mf->pending);
             return nomem(err);
+        }
     }
     ckpt__mlist_free(&mf->pending);
     sort_entries(&mf->committed);
@@ -1246,10 +1283,12 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         cand *c = candidates(m, -1, NULL, 0, &n);
         if (!c)
             return nomem(err);
-        if (!retain(c, n, m->keep_last, m->keep_best, mf->mode))
+        if (!retain(c, n, m->keep_last, m->keep_best, mf->mode)) {
             st = nomem(err);
-        else
+        } else {
+            keep_adopted(c, n);
             st = drop_unkept(m, c, &removed, err);
+        }
         free(c);
         if (st != CKPT_OK)
             return st;

@@ -68,7 +68,8 @@ int64_t ckpt__numbered_step(const char *name);
  * Reads a manifest file of at most max_bytes. CKPT_ERR_NOT_FOUND when
  * there is none; a file that is not a well-formed manifest gives
  * CKPT_ERR_FORMAT naming what is wrong (the caller rebuilds it from the
- * files), a bigger one CKPT_ERR_LIMIT.
+ * files), a bigger one CKPT_ERR_LIMIT, a newer version's
+ * CKPT_ERR_UNSUPPORTED.
  */
 ckpt_status ckpt__manifest_read(const char *path, uint64_t max_bytes, ckpt__manifest *mf,
                                 ckpt_error *err);

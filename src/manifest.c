@@ -359,8 +359,12 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
     json_t *ver = json_object_get(doc, "version");
     if (!fmt || strcmp(fmt, "ckpt-manifest") != 0)
         return bad(err, "\"format\" is not \"ckpt-manifest\"%s", "");
-    if (!json_is_integer(ver) || json_integer_value(ver) != 1)
-        return bad(err, "unknown manifest version%s", "");
+    if (!json_is_integer(ver) || json_integer_value(ver) < 1)
+        return bad(err, "\"version\" is not a version number%s", "");
+    if (json_integer_value(ver) != 1) /* a newer ckpt's: not ours to rewrite */
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET,
+                          "manifest version %lld is newer than this ckpt reads (1)",
+                          (long long)json_integer_value(ver));
     json_t *mon = json_object_get(doc, "monitor");
     if (mon && !json_is_null(mon)) {
         const char *s = json_string_value(mon);

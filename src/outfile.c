@@ -134,8 +134,11 @@ ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const voi
         ssize_t r = pread(src_fd, o->copy_buf, want, (off_t)(src_off + done));
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
-            break; /* the rest from p, which says what is wrong if anything is */
+        if (r == 0) /* the map past the new end would fault (SIGBUS) */
+            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                              "the input file shrank while being copied to %s", o->path);
+        if (r < 0)
+            break; /* a read error: the rest from the map */
         if (crc)
             *crc = (uint32_t)libdeflate_crc32(*crc, o->copy_buf, (size_t)r);
         CKPT_RETURN_IF_ERROR(ckpt__out_write(o, o->copy_buf, (size_t)r, err));

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define INDEX_RECORD "index"
 
@@ -152,6 +153,12 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
                 st = ckpt__fail(err, CKPT_ERR_FORMAT, sname, CKPT_NO_OFFSET,
                                 "a shard is itself a sharded index");
                 goto out;
+            }
+            /* An index of many shards holds no descriptor per shard (they
+             * would run out): shard bytes are read through the maps. */
+            if (sf->has_fd) {
+                close(sf->fd);
+                sf->has_fd = false;
             }
             f->shards[f->shard_count] = sf;
             ckpt_record_info *r = &f->records[f->shard_count];

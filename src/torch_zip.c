@@ -128,8 +128,11 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
     return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
 }
 
-/* Records of at most this many bytes on average make an archive dense. */
+/* Records of at most this many bytes on average make an archive dense;
+ * one of at most DENSE_POPULATE_MAX bytes is mapped whole at open (a big
+ * one, a large optimizer state, is left to page in as it is read). */
 #define DENSE_RECORD_BYTES ((uint64_t)64 * 1024)
+#define DENSE_POPULATE_MAX ((uint64_t)256 << 20)
 
 static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
@@ -147,7 +150,8 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
      * In a dense archive (small records) they lie on most pages: mapping
      * the file in one call beats a page fault for each. A sparse one (big
      * tensors) stays lazy, so opening costs what its metadata costs. */
-    if (f->mapped && f->map_size / f->zip.count <= DENSE_RECORD_BYTES)
+    if (f->mapped && f->map_size <= DENSE_POPULATE_MAX &&
+        f->map_size / f->zip.count <= DENSE_RECORD_BYTES)
         (void)madvise((void *)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
 #endif
 

@@ -553,7 +553,6 @@ static void test_manifest_rebuilt(void **state)
     static const char *bad[] = {
         "{",
         "[]",
-        "{\"format\": \"ckpt-manifest\", \"version\": 2, \"checkpoints\": []}",
         "{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [{\"file\": "
         "\"../etc/passwd\", \"step\": 1, \"size\": 1, \"crc32\": \"00000000\", \"metrics\": {}, "
         "\"content\": \"weights\"}]}",
@@ -567,6 +566,7 @@ static void test_manifest_rebuilt(void **state)
         g_warnings[0] = 0;
         m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
         assert_non_null(strstr(g_warnings, "unreadable"));
+        assert_non_null(strstr(g_warnings, "kept as manifest.json.bad-"));
         /* adopted from the files: numbered steps from their names */
         assert_int_equal(ckpt_manager_count(m), 4);
         ckpt_checkpoint_info info;
@@ -581,6 +581,18 @@ static void test_manifest_rebuilt(void **state)
     }
     /* the rebuilt manifest knows no metric for best.pth, and says so */
     assert_non_null(strstr(g_warnings, "best.pth has no recorded val_loss"));
+
+    /* a newer version's manifest is not ours to rewrite */
+    spit(CKPT__MANIFEST_NAME, "{\"format\": \"ckpt-manifest\", \"version\": 2}");
+    ckpt_manager_options vo;
+    ckpt_manager_options_default(&vo);
+    ckpt_error verr;
+    m = NULL;
+    assert_int_equal(ckpt_manager_open(g_dir, &vo, &m, &verr), CKPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(verr.message, "version 2"));
+    spit(CKPT__MANIFEST_NAME, "{");
+    m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
+    ckpt_manager_close(m);
 
     /* over max_manifest_bytes: an error, and the manifest stays as it is */
     char before[8192];
@@ -891,6 +903,89 @@ static void test_long_manifest(void **state)
     free(text);
 }
 
+/* A manifest write that fails leaves names listed for removal; a later
+ * save of one of those steps must keep its new file. */
+static void test_resave_after_failed_manifest(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 5, 0, 0);
+    save(m, 1, 0.5);
+    save(m, 2, 0.4);
+    /* the next manifest cannot be renamed into place */
+    assert_int_equal(unlink(path_in(CKPT__MANIFEST_NAME)), 0);
+    assert_int_equal(mkdir(path_in(CKPT__MANIFEST_NAME), 0700), 0);
+    spit("manifest.json/x", "x");
+    size_t removed = 0;
+    assert_int_not_equal(ckpt_manager_prune(m, 1, 0, &removed, NULL), CKPT_OK);
+    assert_true(exists("step-00000001.pth"));
+    unlink(path_in("manifest.json/x"));
+    assert_int_equal(rmdir(path_in(CKPT__MANIFEST_NAME)), 0);
+    save(m, 1, 0.3);
+    assert_true(exists("step-00000001.pth"));
+    assert_int_equal(step_in("step-00000001.pth"), 1);
+    ckpt_manager_close(m);
+    check_manifest_matches_files();
+    m = open_dir(NULL, CKPT_MODE_MIN, 5, 0, 0);
+    bool listed = false;
+    for (size_t i = 0; i < ckpt_manager_count(m); i++) {
+        ckpt_checkpoint_info info;
+        ckpt_manager_get(m, i, &info);
+        listed |= strcmp(info.file, "step-00000001.pth") == 0;
+    }
+    assert_true(listed);
+    ckpt_manager_close(m);
+}
+
+/* Numbered files whose metric the manager does not know (adopted) are
+ * never removed by a save's retention; an explicit prune removes them. */
+static void test_adopted_survive_retention(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 0, 1, 0);
+    save(m, 1, 0.5);
+    ckpt_manager_close(m);
+    /* a numbered file from elsewhere: same layout, unknown metric */
+    assert_int_equal(link(path_in("step-00000001.pth"), path_in("step-00000000.pth")), 0);
+    m = open_dir("val_loss", CKPT_MODE_MIN, 0, 1, 0);
+    save(m, 2, 0.2);
+    save(m, 3, 0.1);
+    assert_true(exists("step-00000000.pth"));
+    assert_false(exists("step-00000001.pth"));
+    assert_false(exists("step-00000002.pth"));
+    assert_true(exists("step-00000003.pth"));
+    bool keep[8];
+    assert_int_equal(ckpt_manager_count(m), 4);
+    assert_int_equal(ckpt_manager_plan_prune(m, 0, 1, keep, NULL), CKPT_OK);
+    assert_false(keep[2]); /* step 0: ranks last, an explicit prune drops it */
+    assert_true(keep[3]);
+    size_t removed = 0;
+    assert_int_equal(ckpt_manager_prune(m, 0, 1, &removed, NULL), CKPT_OK);
+    assert_int_equal(removed, 1);
+    assert_false(exists("step-00000000.pth"));
+    ckpt_manager_close(m);
+}
+
+/* A lock file that is a hard link to someone's file is not truncated. */
+static void test_lock_hard_link(void **state)
+{
+    (void)state;
+    char other[300];
+    snprintf(other, sizeof(other), "%s/notes.txt", g_dir);
+    spit_path(other, "keep me");
+    assert_int_equal(link(other, path_in(CKPT__LOCK_NAME)), 0);
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "link"));
+    FILE *fp = fopen(other, "rb");
+    char buf[32] = "";
+    assert_non_null(fgets(buf, sizeof(buf), fp));
+    fclose(fp);
+    assert_string_equal(buf, "keep me");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -907,6 +1002,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_rename_midway, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_manifest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resave_after_failed_manifest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adopted_survive_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_hard_link, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
