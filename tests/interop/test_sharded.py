@@ -102,3 +102,34 @@ def test_corrupt_shard_named_by_verify(shard_dir, tool):
     res = tool.run("verify", d / "model.index.json")
     assert res.returncode == 1, res.describe()
     assert "model-00002-of-00002.bin" in res.stderr and "CRC32" in res.stderr, res.describe()
+
+
+def test_many_big_shards_hold_no_descriptor_each(tmp_path, tool):
+    """An index of more big shards than the process may hold descriptors:
+    shards are read through their maps, so opening needs one at a time.
+    The shards are sparse files (16 MiB of zeros each, no disk used)."""
+    import resource
+    import subprocess
+    n, numel = 40, 4 << 20  # 40 shards of 16 MiB of float32
+    weight_map = {}
+    for i in range(n):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        header = json.dumps({f"w{i}": {"dtype": "F32", "shape": [numel],
+                                       "data_offsets": [0, 4 * numel]}}).encode()
+        header += b" " * ((-len(header)) % 8)
+        with open(tmp_path / name, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.truncate(8 + len(header) + 4 * numel)
+        weight_map[f"w{i}"] = name
+    (tmp_path / "model.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    proc = subprocess.run([tool.ckpt_bin, "inspect", str(tmp_path / "model.index.json"), "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=low_limit,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    js = json.loads(proc.stdout)
+    assert js["details"]["shards"] == n
+    assert [t["name"] for t in js["tensors"]] == [f"w{i}" for i in range(n)]
