@@ -459,6 +459,29 @@ def test_full_filesystem(small_fs, room_kib):
     check_manifest(d)
 
 
+def test_read_only_filesystem(small_fs, ckpt_bin):
+    """A run directory whose filesystem turned read-only: the next run stops with a
+    clear error, every file as it was, and the directory still lists."""
+    d = small_fs / "run"
+    common = ["--elements", 1024, "--keep-last", 1]
+    saveloop(d, "--steps", 2, *common)
+    saveloop(d, "--steps", 0, *common)
+    before = snapshot(d)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        p = saveloop(d, "--start", 2, "--steps", 1, *common, expect=1)
+        assert "Read-only file system" in p.stderr, p.stderr
+        assert snapshot(d) == before
+        assert temporaries(d) == []
+        ls = subprocess.run([ckpt_bin, "ls", str(d), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=60)
+        assert ls.returncode == 0, ls.stderr
+        files = [c["file"] for c in json.loads(ls.stdout)["checkpoints"]]
+        assert files == ["last.pth", "best.pth", "step-00000001.pth"]
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+
+
 def test_missing_monitored_metric_is_an_error(tmp_path):
     d = tmp_path / "run"
     p = saveloop(d, "--steps", 1, "--monitor", "accuracy", expect=1)
