@@ -624,10 +624,10 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
  * files' CRCs. Old numbered files are removed only after the new manifest
  * is committed. An error while writing (full disk, file size limit, I/O
  * error, read-only directory) leaves every previous file byte for byte as
- * it was and no temporary behind. One process at a time may manage a directory: others
- * get CKPT_ERR_BUSY (an flock on DIR/.ckpt.lock, released when the
- * manager is closed or its process dies; a child forked while it is held
- * holds it too until it exits or execs).
+ * it was and no temporary behind. One process at a time may manage a
+ * directory: others get CKPT_ERR_BUSY (an flock on DIR/.ckpt.lock,
+ * released when the manager is closed or its process dies; a child forked
+ * while it is held holds it too until it exits or execs).
  * ======================================================================== */
 
 typedef struct ckpt_manager ckpt_manager;
