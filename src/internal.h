@@ -544,6 +544,10 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
 /* Writes everything (retrying short writes and EINTR); errors name the
  * target. Every byte of the file passes here (size and CRC are kept). */
 ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
+/* The same without touching o->crc: the caller sets it to the CRC over
+ * these bytes (computed elsewhere, after the old value) before any other
+ * write. */
+ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
 /* Puts n bytes into the file as ckpt__out_write(o, p, n) would (size and
  * CRC kept the same), reading them from src_fd at src_off (an input file
  * whose map holds them at p) through a small buffer; src_fd < 0, or a read

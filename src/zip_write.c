@@ -88,6 +88,8 @@ typedef struct ckpt__crc_worker {
     const uint8_t *p;            /* the job: CRC of p[0..n) after seed */
     size_t n;
     uint32_t seed, result;
+    bool second;                 /* and after seed2 too (the whole file's) */
+    uint32_t seed2, result2;
     enum { CRC_IDLE, CRC_JOB, CRC_DONE, CRC_QUIT } state;
 } ckpt__crc_worker;
 
@@ -102,11 +104,14 @@ static void *crc_worker_main(void *arg)
             break;
         const uint8_t *p = c->p;
         size_t n = c->n;
-        uint32_t seed = c->seed;
+        uint32_t seed = c->seed, seed2 = c->seed2;
+        bool second = c->second;
         pthread_mutex_unlock(&c->mu);
         uint32_t crc = (uint32_t)libdeflate_crc32(seed, p, n);
+        uint32_t crc2 = second ? (uint32_t)libdeflate_crc32(seed2, p, n) : 0;
         pthread_mutex_lock(&c->mu);
         c->result = crc;
+        c->result2 = crc2;
         c->state = CRC_DONE;
         pthread_cond_broadcast(&c->cv);
     }
@@ -160,24 +165,28 @@ static void crc_worker_stop(ckpt__crc_worker *c)
     free(c);
 }
 
-static void crc_worker_post(ckpt__crc_worker *c, const uint8_t *p, size_t n, uint32_t seed)
+static void crc_worker_post(ckpt__crc_worker *c, const uint8_t *p, size_t n, uint32_t seed,
+                            bool second, uint32_t seed2)
 {
     pthread_mutex_lock(&c->mu);
     c->p = p;
     c->n = n;
     c->seed = seed;
+    c->second = second;
+    c->seed2 = seed2;
     c->state = CRC_JOB;
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
 
-static uint32_t crc_worker_wait(ckpt__crc_worker *c)
+static uint32_t crc_worker_wait(ckpt__crc_worker *c, uint32_t *crc2)
 {
     pthread_mutex_lock(&c->mu);
     while (c->state != CRC_DONE)
         pthread_cond_wait(&c->cv, &c->mu);
     c->state = CRC_IDLE;
     uint32_t crc = c->result;
+    *crc2 = c->result2;
     pthread_mutex_unlock(&c->mu);
     return crc;
 }
@@ -366,9 +375,21 @@ ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n,
         w->crc = (uint32_t)libdeflate_crc32(w->crc, p, n);
         return emit(w, p, n, err);
     }
-    crc_worker_post(w->crc_worker, p, n, w->crc);
-    ckpt_status st = emit(w, p, n, err);
-    w->crc = crc_worker_wait(w->crc_worker); /* p is ours only until we return */
+    /* A piece this large goes straight to the file after what is gathered:
+     * with that written, the worker can take the whole file's CRC over the
+     * piece too (a staged output keeps one), so this core only writes. */
+    if (!ckpt__add_u64(w->offset, n, &w->offset))
+        return ckpt__fail(err, CKPT_ERR_LIMIT, zip_record(), CKPT_NO_OFFSET,
+                          "archive size overflows");
+    CKPT_RETURN_IF_ERROR(flush(w, err));
+    ckpt__out *o = w->out;
+    bool file_crc = (o->flags & CKPT__OUT_CRC) != 0;
+    crc_worker_post(w->crc_worker, p, n, w->crc, file_crc, o->crc);
+    ckpt_status st = ckpt__out_write_crc_later(o, p, n, err);
+    uint32_t whole;
+    w->crc = crc_worker_wait(w->crc_worker, &whole); /* p is ours only until we return */
+    if (file_crc)
+        o->crc = whole;
     return st;
 }
 
