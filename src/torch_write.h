@@ -45,6 +45,7 @@ typedef struct ckpt__zip_writer {
      * written; started at the first, NULL when none */
     struct ckpt__crc_worker *crc_worker;
     bool crc_worker_failed;      /* could not start one: CRCs stay inline */
+    uint8_t *copy_buf;           /* pieces of an input read for a record copy */
 } ckpt__zip_writer;
 
 /* Sets up a writer appending to out (which stays the caller's). */

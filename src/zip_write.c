@@ -20,9 +20,11 @@
  */
 #include "torch_write.h"
 
+#include <errno.h>
 #include <libdeflate.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define SIG_LOCAL       0x04034b50u
 #define SIG_CENTRAL     0x02014b50u
@@ -80,6 +82,10 @@ static const char *zip_record(void) { return "zip"; }
  * writer hands the bytes over, writes them, and waits for the CRC before
  * it returns (the bytes are the caller's only until then). */
 #define CRC_WORKER_MIN ((size_t)1 << 20)
+/* Pieces of an input copied into a record, each handed to the second
+ * thread: big enough that the hand-over is rare, small enough to stay in
+ * cache. */
+#define COPY_PIECE ((size_t)1 << 20)
 
 typedef struct ckpt__crc_worker {
     pthread_t thread;
@@ -205,6 +211,8 @@ void ckpt__zip_writer_free(ckpt__zip_writer *w)
     free(w->entries);
     ckpt__buf_free(&w->names);
     free(w->buf);
+    free(w->copy_buf);
+    w->copy_buf = NULL;
     crc_worker_stop(w->crc_worker);
     w->crc_worker = NULL;
     w->entries = NULL;
@@ -361,17 +369,43 @@ static ckpt_status record_room(const ckpt__zip_writer *w, size_t n, ckpt_error *
     return CKPT_OK;
 }
 
+/* Whether n bytes get their CRCs on the second thread (started at the
+ * first such piece; if it cannot start, CRCs stay inline). */
+static bool use_worker(ckpt__zip_writer *w, size_t n)
+{
+    if (n < CRC_WORKER_MIN)
+        return false;
+    if (!w->crc_worker && !w->crc_worker_failed) {
+        w->crc_worker = crc_worker_start();
+        w->crc_worker_failed = !w->crc_worker;
+    }
+    return w->crc_worker != NULL;
+}
+
+/* Writes p[0..n) (already counted in w->offset, after a flush) while the
+ * second thread takes the record's CRC and, for a staged output, the whole
+ * file's. */
+static ckpt_status write_with_worker(ckpt__zip_writer *w, const uint8_t *p, size_t n,
+                                     ckpt_error *err)
+{
+    ckpt__out *o = w->out;
+    bool file_crc = (o->flags & CKPT__OUT_CRC) != 0;
+    crc_worker_post(w->crc_worker, p, n, w->crc, file_crc, o->crc);
+    ckpt_status st = ckpt__out_write_crc_later(o, p, n, err);
+    uint32_t whole;
+    w->crc = crc_worker_wait(w->crc_worker, &whole); /* p is ours only until then */
+    if (file_crc)
+        o->crc = whole;
+    return st;
+}
+
 ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n, ckpt_error *err)
 {
     CKPT_RETURN_IF_ERROR(record_room(w, n, err));
     if (n == 0)
         return CKPT_OK;
     w->written += n;
-    if (n >= CRC_WORKER_MIN && !w->crc_worker && !w->crc_worker_failed) {
-        w->crc_worker = crc_worker_start();
-        w->crc_worker_failed = !w->crc_worker; /* then inline, as below */
-    }
-    if (n < CRC_WORKER_MIN || !w->crc_worker) {
+    if (!use_worker(w, n)) {
         w->crc = (uint32_t)libdeflate_crc32(w->crc, p, n);
         return emit(w, p, n, err);
     }
@@ -382,15 +416,7 @@ ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n,
         return ckpt__fail(err, CKPT_ERR_LIMIT, zip_record(), CKPT_NO_OFFSET,
                           "archive size overflows");
     CKPT_RETURN_IF_ERROR(flush(w, err));
-    ckpt__out *o = w->out;
-    bool file_crc = (o->flags & CKPT__OUT_CRC) != 0;
-    crc_worker_post(w->crc_worker, p, n, w->crc, file_crc, o->crc);
-    ckpt_status st = ckpt__out_write_crc_later(o, p, n, err);
-    uint32_t whole;
-    w->crc = crc_worker_wait(w->crc_worker, &whole); /* p is ours only until we return */
-    if (file_crc)
-        o->crc = whole;
-    return st;
+    return write_with_worker(w, p, n, err);
 }
 
 ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_off,
@@ -404,7 +430,29 @@ ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_
                           "archive size overflows");
     w->written += n;
     CKPT_RETURN_IF_ERROR(flush(w, err));
-    return ckpt__out_copy(w->out, src_fd, src_off, p, n, &w->crc, err);
+    if (src_fd < 0 || !use_worker(w, n) ||
+        (!w->copy_buf && !(w->copy_buf = malloc(COPY_PIECE))))
+        return ckpt__out_copy(w->out, src_fd, src_off, p, n, &w->crc, err);
+    /* Read in pieces (as ckpt__out_copy does, for the same reason: cheaper
+     * than faulting the map in), each written while the second thread takes
+     * its CRCs. */
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done < COPY_PIECE ? n - done : COPY_PIECE;
+        ssize_t r = pread(src_fd, w->copy_buf, want, (off_t)(src_off + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0) /* the map past the new end would fault (SIGBUS) */
+            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                              "the input file shrank while being copied to %s", w->out->path);
+        if (r < 0)
+            break; /* a read error: the rest from the map */
+        CKPT_RETURN_IF_ERROR(write_with_worker(w, w->copy_buf, (size_t)r, err));
+        done += (size_t)r;
+    }
+    if (done < n)
+        return ckpt__out_copy(w->out, -1, 0, (const uint8_t *)p + done, n - done, &w->crc, err);
+    return CKPT_OK;
 }
 
 ckpt_status ckpt__zip_record_end(ckpt__zip_writer *w, ckpt_error *err)
