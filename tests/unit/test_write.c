@@ -913,9 +913,15 @@ static void test_input_shrinks_during_copy(void **state)
     assert_int_equal(ckpt_save_torch(tmp_path("copy.pth"), ckpt_file_root(f), &o, &err),
                      CKPT_ERR_IO);
     assert_non_null(strstr(err.message, "shrank"));
+    /* the safetensors writer copies through another path */
+    assert_int_equal(ckpt_save_safetensors(tmp_path("copy.safetensors"), ckpt_file_root(f), &o,
+                                           &err),
+                     CKPT_ERR_IO);
+    assert_non_null(strstr(err.message, "shrank"));
     ckpt_close(f);
     struct stat sb;
     assert_int_not_equal(stat(tmp_path("copy.pth"), &sb), 0);
+    assert_int_not_equal(stat(tmp_path("copy.safetensors"), &sb), 0);
     unlink(tmp_path("big.pth"));
 }
 
