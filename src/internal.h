@@ -555,6 +555,11 @@ ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckp
  * bytes. */
 ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
                            uint32_t *crc, ckpt_error *err);
+/* One pread of up to want bytes at off into buf for a copy to o: *got
+ * bytes (0 after a read error: the caller takes the rest from the map);
+ * an input that ends early (it shrank) is CKPT_ERR_IO. */
+ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+                                 size_t want, size_t *got, ckpt_error *err);
 /* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
  * the directory. On failure the temporary is removed. With CKPT__OUT_STAGE
  * it stops after the close: see ckpt__out_stage. */

@@ -128,6 +128,23 @@ ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckp
  * page at a time. CRCs are taken from the same cached buffer. */
 #define COPY_BUF_SIZE ((size_t)256 << 10)
 
+ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+                                 size_t want, size_t *got, ckpt_error *err)
+{
+    *got = 0;
+    for (;;) {
+        ssize_t r = pread(src_fd, buf, want, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0) /* the map past the new end would fault (SIGBUS) */
+            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                              "the input file shrank while being copied to %s", o->path);
+        if (r > 0)
+            *got = (size_t)r;
+        return CKPT_OK; /* r < 0, a read error: *got 0, the rest from the map */
+    }
+}
+
 ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
                            uint32_t *crc, ckpt_error *err)
 {
@@ -136,19 +153,15 @@ ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const voi
         o->copy_buf = malloc(COPY_BUF_SIZE); /* NULL: write from p below */
     size_t done = 0;
     while (src_fd >= 0 && o->copy_buf && done < n) {
-        size_t want = n - done < COPY_BUF_SIZE ? n - done : COPY_BUF_SIZE;
-        ssize_t r = pread(src_fd, o->copy_buf, want, (off_t)(src_off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0) /* the map past the new end would fault (SIGBUS) */
-            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
-                              "the input file shrank while being copied to %s", o->path);
-        if (r < 0)
-            break; /* a read error: the rest from the map */
+        size_t want = n - done < COPY_BUF_SIZE ? n - done : COPY_BUF_SIZE, r;
+        CKPT_RETURN_IF_ERROR(
+            ckpt__out_read_piece(o, src_fd, src_off + done, o->copy_buf, want, &r, err));
+        if (r == 0)
+            break;
         if (crc)
-            *crc = (uint32_t)libdeflate_crc32(*crc, o->copy_buf, (size_t)r);
-        CKPT_RETURN_IF_ERROR(ckpt__out_write(o, o->copy_buf, (size_t)r, err));
-        done += (size_t)r;
+            *crc = (uint32_t)libdeflate_crc32(*crc, o->copy_buf, r);
+        CKPT_RETURN_IF_ERROR(ckpt__out_write(o, o->copy_buf, r, err));
+        done += r;
     }
     if (done < n) {
         if (crc)

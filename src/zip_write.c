@@ -20,11 +20,9 @@
  */
 #include "torch_write.h"
 
-#include <errno.h>
 #include <libdeflate.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #define SIG_LOCAL       0x04034b50u
 #define SIG_CENTRAL     0x02014b50u
@@ -438,17 +436,13 @@ ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_
      * its CRCs. */
     size_t done = 0;
     while (done < n) {
-        size_t want = n - done < COPY_PIECE ? n - done : COPY_PIECE;
-        ssize_t r = pread(src_fd, w->copy_buf, want, (off_t)(src_off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0) /* the map past the new end would fault (SIGBUS) */
-            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
-                              "the input file shrank while being copied to %s", w->out->path);
-        if (r < 0)
-            break; /* a read error: the rest from the map */
-        CKPT_RETURN_IF_ERROR(write_with_worker(w, w->copy_buf, (size_t)r, err));
-        done += (size_t)r;
+        size_t want = n - done < COPY_PIECE ? n - done : COPY_PIECE, r;
+        CKPT_RETURN_IF_ERROR(
+            ckpt__out_read_piece(w->out, src_fd, src_off + done, w->copy_buf, want, &r, err));
+        if (r == 0)
+            break;
+        CKPT_RETURN_IF_ERROR(write_with_worker(w, w->copy_buf, r, err));
+        done += r;
     }
     if (done < n)
         return ckpt__out_copy(w->out, -1, 0, (const uint8_t *)p + done, n - done, &w->crc, err);
