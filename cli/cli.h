@@ -6,6 +6,8 @@
 
 #include <ckpt.h>
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* ckpt diff A B [--atol X] [--rtol Y] [--json]: argv holds the arguments
@@ -44,5 +46,10 @@ void cli_print_error(const char *path, const ckpt_error *err);
 char *cli_repr(const ckpt_value *v);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
+
+/* Prints o (which it frees) on stdout as one JSON document and a newline,
+ * keys in insertion order, floats exact, indented by indent; on failure
+ * says so on stderr, naming what (a command or a path), and returns false. */
+bool cli_print_json(json_t *o, size_t indent, const char *what);
 
 #endif /* CKPT_CLI_H */

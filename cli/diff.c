@@ -828,16 +828,7 @@ static int print_json(const diff_result *r)
     json_object_set_new(o, "tensors_compared", json_integer((json_int_t)r->tensors_compared));
     json_object_set_new(o, "plain_compared",
                         r->plain_skipped ? json_null() : json_integer((json_int_t)r->plain_compared));
-    char *s = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
-    json_decref(o);
-    if (!s) {
-        fprintf(stderr, "%s: out of memory writing JSON\n", PROG);
-        return DIFF_ERROR;
-    }
-    size_t len = strlen(s);
-    bool ok = fwrite(s, 1, len, stdout) == len && fputc('\n', stdout) != EOF;
-    free(s);
-    return ok ? 0 : DIFF_ERROR;
+    return cli_print_json(o, 1, "diff") ? 0 : DIFF_ERROR;
 }
 
 /* ---- the command -------------------------------------------------------------- */

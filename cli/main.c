@@ -341,17 +341,7 @@ static int inspect_json(const char *path, ckpt_file *f)
         json_object_set_new(o, "metadata", value_json(fi.metadata, w, 0));
     json_object_set_new(o, "tree", value_json(ckpt_file_root(f), w, 0));
     free(w);
-    /* one buffer, one write: json_dumpf writes token by token */
-    char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
-    json_decref(o);
-    if (!text) {
-        fprintf(stderr, "%s: %s: out of memory writing JSON\n", PROG, path);
-        return EXIT_ERROR;
-    }
-    size_t len = strlen(text);
-    bool ok = fwrite(text, 1, len, stdout) == len && fputc('\n', stdout) != EOF;
-    free(text);
-    return ok ? 0 : EXIT_ERROR;
+    return cli_print_json(o, 1, path) ? 0 : EXIT_ERROR;
 }
 
 /* Human tree: containers show up to `width` items unless full. */

@@ -398,17 +398,7 @@ static int ls_json(const char *dir, const ckpt_manager *m, const listing *l)
     for (size_t i = 0; i < l->count; i++)
         json_array_append_new(a, entry_json(&l->items[i]));
     json_object_set_new(o, "checkpoints", a);
-    char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
-    json_decref(o);
-    if (!text) {
-        fprintf(stderr, "%s: %s: out of memory writing JSON\n", PROG, dir);
-        return CLI_EXIT_ERROR;
-    }
-    size_t len = strlen(text);
-    bool ok = fwrite(text, 1, len, stdout) == len && fputc('\n', stdout) != EOF &&
-              fflush(stdout) == 0;
-    free(text);
-    return ok ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+    return cli_print_json(o, 2, dir) ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
 int ckpt_cli_ls(int argc, char **argv)

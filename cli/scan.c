@@ -253,15 +253,10 @@ int ckpt_cli_scan(int argc, char **argv)
         json_object_set_new(o, "safe", json_integer((json_int_t)r.safe));
         json_object_set_new(o, "unsafe", json_integer((json_int_t)r.unsafe));
         json_object_set_new(o, "errors", json_integer((json_int_t)r.errors));
-        char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-        json_decref(o);
-        if (!text || fputs(text, stdout) == EOF || fputc('\n', stdout) == EOF) {
-            free(text);
-            fprintf(stderr, "ckpt: scan: cannot write the JSON\n");
+        if (!cli_print_json(o, 1, "scan")) {
             rc = CLI_EXIT_ERROR;
             goto out;
         }
-        free(text);
     }
     rc = r.errors ? CLI_EXIT_ERROR : r.unsafe ? CLI_EXIT_BAD : CLI_EXIT_OK;
 out:
