@@ -62,7 +62,8 @@ typedef enum ckpt_status {
     CKPT_ERR_NOT_FOUND = 8,   /* a name or record does not exist */
     CKPT_ERR_INVALID_ARG = 9, /* the caller passed something wrong */
     CKPT_ERR_TYPE = 10,       /* a value is not of the kind asked for */
-    CKPT_ERR_BUSY = 11        /* another process holds the checkpoint directory */
+    CKPT_ERR_BUSY = 11,       /* another process holds the checkpoint directory */
+    CKPT_ERR_MISMATCH = 12    /* a state dict does not fit the model (keys, shapes) */
 } ckpt_status;
 
 /* Short constant name of a status, e.g. "CKPT_ERR_FORMAT". */
@@ -767,6 +768,235 @@ CKPT_API ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, uns
  * too): keep[i] for each of the ckpt_manager_count entries. */
 CKPT_API ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
                                              unsigned keep_best, bool *keep, ckpt_error *err);
+
+/* ========================================================================
+ * C models: loading state dicts, saving them, optimizer state
+ *
+ * A ckpt_model describes a model's parameters and buffers, by the names
+ * PyTorch's state_dict() gives them ("net.0.weight"), each with a dtype, a
+ * shape and contiguous row-major memory: the caller's, or memory the model
+ * allocates. ckpt_model_load() fills them from a checkpoint as
+ * load_state_dict() does (strict or not, with PyTorch's report), remapping
+ * keys, converting dtypes and placing bytes where the caller wants them;
+ * ckpt_model_state_dict() gives the model's tensors back as a value to save.
+ * ======================================================================== */
+
+typedef struct ckpt_model ckpt_model;
+
+/* Most dimensions a model parameter may have. */
+#define CKPT_MODEL_MAX_NDIM 16
+
+/* Flags for ckpt_model_add. */
+#define CKPT_PARAM_BUFFER 0x1u  /* a buffer (running_mean), not a Parameter:
+                                   saved as a plain tensor, no optimizer state */
+
+/* A model named class_name (used in reports: "Error(s) in loading
+ * state_dict for Net"; NULL: "Model"). NULL when out of memory. */
+CKPT_API ckpt_model *ckpt_model_new(const char *class_name);
+/* Frees the model and the memory it allocated (never the caller's). */
+CKPT_API void ckpt_model_free(ckpt_model *m);
+
+/*
+ * Adds a parameter or buffer. data: the caller's memory, contiguous
+ * row-major in native byte order, numel x element size bytes, valid for the
+ * model's life; NULL: the model allocates it, zeroed (64-byte aligned).
+ * Names must be unique and not empty. index (may be NULL) gets its index;
+ * parameters and buffers are kept in the order added, as state_dict()
+ * orders them.
+ */
+CKPT_API ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype,
+                                    uint32_t ndim, const int64_t *shape, void *data,
+                                    unsigned flags, size_t *index, ckpt_error *err);
+
+typedef struct ckpt_param_info {
+    const char *name;
+    ckpt_dtype dtype;
+    uint32_t ndim;
+    const int64_t *shape;
+    uint64_t numel;
+    uint64_t nbytes;
+    void *data;             /* where the values are now (see borrowed, placed) */
+    void *host;             /* the parameter's own host memory (the caller's or
+                               the model's): what ckpt_model_state_dict saves */
+    const char *location;   /* the loaded tensor's tag after remapping ("cpu",
+                               "cuda:0"); "cpu" before any load */
+    bool is_buffer;
+    bool loaded;            /* filled by the last load */
+    bool borrowed;          /* data points into an open file (read-only,
+                               valid until that file is closed) */
+    bool placed;            /* the placement callback took the bytes: data is
+                               what it returned (e.g. device memory) */
+} ckpt_param_info;
+
+CKPT_API size_t ckpt_model_count(const ckpt_model *m);
+/* false past the end. Pointers stay valid until the model changes. */
+CKPT_API bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info);
+/* The index of a name, or false. */
+CKPT_API bool ckpt_model_find(const ckpt_model *m, const char *name, size_t *index);
+/* Shortcut for ckpt_model_param(m, i, ...).data; NULL past the end. */
+CKPT_API void *ckpt_model_data(const ckpt_model *m, size_t i);
+
+/* Flags for ckpt_load_options.flags. */
+#define CKPT_LOAD_NON_STRICT 0x1u /* strict=False: load what matches, report the rest */
+/* Parameters whose memory the model allocated point into the file instead
+ * of being copied, when the tensor is contiguous, of the model's dtype and
+ * read zero-copy (see ckpt_tensor_data): read-only, and valid until the
+ * file is closed. For inference; a later load copies again. */
+#define CKPT_LOAD_ZERO_COPY 0x2u
+
+typedef struct ckpt_key_map {
+    const char *from;
+    const char *to;
+} ckpt_key_map;
+
+/* What a placement callback receives for each tensor it may place. */
+typedef struct ckpt_placement {
+    const char *name;         /* the model's name for it */
+    size_t index;             /* its index in the model */
+    const char *location;     /* the file's tag after map_location/location_map */
+    ckpt_dtype dtype;         /* the model's dtype (bytes already converted) */
+    uint32_t ndim;
+    const int64_t *shape;
+    const void *data;         /* the values: contiguous, native order, nbytes */
+    uint64_t nbytes;
+    /* Out: set placed = true when the callback took the bytes itself (copied
+     * them to a device); dest then becomes the parameter's data. Left false,
+     * ckpt copies them into the parameter's host memory as usual. */
+    bool placed;
+    void *dest;
+} ckpt_placement;
+
+typedef struct ckpt_load_options {
+    size_t struct_size;       /* sizeof(ckpt_load_options) */
+    unsigned flags;           /* CKPT_LOAD_* */
+    /* The state dict inside the checkpoint: a dotted path of dict keys
+     * ("model", "state_dict", "model.encoder"); "" the root. NULL: the root
+     * when it holds tensors directly, else its "state_dict" or "model"
+     * entry (Lightning's and the seed's layouts), else the root. */
+    const char *key;
+    /* Key remapping, applied in this order to every key of the state dict:
+     * the first of strip_prefixes that a key starts with is removed once
+     * ("module." of DataParallel/DDP); then the first prefix_map entry whose
+     * from a key starts with is replaced by its to. */
+    const char *const *strip_prefixes;
+    size_t strip_prefix_count;
+    const ckpt_key_map *prefix_map;
+    size_t prefix_map_count;
+    /* Location tags never fail a load (a "cuda:0" tensor loads on a host
+     * without CUDA). map_location, when set, replaces every tag ("cpu");
+     * otherwise location_map renames exact tags ({"cuda:1", "cuda:0"}). The
+     * result is what the placement callback sees and info.location says. */
+    const char *map_location;
+    const ckpt_key_map *location_map;
+    size_t location_map_count;
+    /* Called for each tensor as it is loaded (may be NULL); see
+     * ckpt_placement. An error it returns stops the load. */
+    ckpt_status (*place)(void *user, ckpt_placement *p, ckpt_error *err);
+    void *place_user;
+} ckpt_load_options;
+
+CKPT_API void ckpt_load_options_default(ckpt_load_options *opts);
+
+/* What a load found, in PyTorch's terms. Owned by the model: valid until its
+ * next load or ckpt_model_free. */
+typedef struct ckpt_load_report {
+    const char *const *missing;     /* model keys the state dict lacks */
+    size_t missing_count;
+    const char *const *unexpected;  /* state dict keys the model lacks */
+    size_t unexpected_count;
+    /* The other problems, one line each in PyTorch's words ("size mismatch
+     * for net.2.weight: copying a param with shape torch.Size([5, 64]) from
+     * checkpoint, the shape in current model is torch.Size([10, 64]).") */
+    const char *const *errors;
+    size_t error_count;
+    /* load_state_dict's whole message when the load failed ("Error(s) in
+     * loading state_dict for Net:\n\tMissing key(s) in state_dict: ...");
+     * NULL when it succeeded. */
+    const char *message;
+    size_t loaded;                  /* tensors loaded */
+    size_t converted;               /* of which converted to the model's dtype */
+    size_t zero_copy;               /* of which borrowed from the file */
+    size_t placed;                  /* of which placed by the callback */
+} ckpt_load_report;
+
+/*
+ * Loads a state dict from an open checkpoint into the model, as PyTorch's
+ * load_state_dict(strict=...) decides. Every problem is found before any
+ * byte is written: on CKPT_ERR_MISMATCH (missing or unexpected keys when
+ * strict, a shape mismatch, a value that is not a tensor, a dtype that
+ * cannot be converted) the model is unchanged and report (may be NULL)
+ * lists everything, with err holding the start of report->message.
+ * Floating dtypes convert into the model's (bfloat16/float16 <-> float32 as
+ * torch's .to() does); other dtypes must match. A 0-d model parameter
+ * accepts a 1-element tensor, as PyTorch does. Non-strict loads that miss
+ * keys succeed, with the lists in report.
+ */
+CKPT_API ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
+                                     ckpt_load_report *report, ckpt_error *err);
+
+/* The model's state dict, as state_dict() gives it: an ORDERED_DICT of name
+ * -> tensor (plain tensors, not Parameters, tagged "cpu"), borrowing the
+ * model's memory until the tree is saved. NULL on error (see
+ * ckpt_tree_status). A borrowed parameter saves the file's bytes it points
+ * to; a placed one saves its host memory, so copy device values back there
+ * first. */
+CKPT_API ckpt_value *ckpt_model_state_dict(const ckpt_model *m, ckpt_tree *tree);
+
+/*
+ * AdamW (torch.optim.AdamW) over a model's float32 parameters, with its
+ * state in PyTorch's layout, so that optimizer.state_dict() and
+ * load_state_dict() move between C and PyTorch:
+ *   {"state": {0: {"step": tensor(3.), "exp_avg": T, "exp_avg_sq": T}, ...},
+ *    "param_groups": [{"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-08,
+ *                      "weight_decay": 0.01, "amsgrad": False, ...,
+ *                      "params": [0, 1, ...]}]}
+ * Parameters are numbered in model order, buffers skipped; a parameter's
+ * state appears after its first step, as in PyTorch.
+ * ======================================================================== */
+
+typedef struct ckpt_adamw ckpt_adamw;
+
+typedef struct ckpt_adamw_options {
+    size_t struct_size;       /* sizeof(ckpt_adamw_options) */
+    double lr;                /* 1e-3 */
+    double beta1, beta2;      /* 0.9, 0.999 */
+    double eps;               /* 1e-8 */
+    double weight_decay;      /* 1e-2 */
+    bool amsgrad;             /* false */
+    bool maximize;            /* false */
+} ckpt_adamw_options;
+
+CKPT_API void ckpt_adamw_options_default(ckpt_adamw_options *opts);
+/* Every parameter of m must be float32 and in host memory; m must outlive
+ * the optimizer. */
+CKPT_API ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts,
+                                    ckpt_adamw **out, ckpt_error *err);
+CKPT_API void ckpt_adamw_free(ckpt_adamw *o);
+/* The hyperparameters now in use (a load replaces them with the file's). */
+CKPT_API void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts);
+/* Sets the learning rate (a scheduler's job). */
+CKPT_API void ckpt_adamw_set_lr(ckpt_adamw *o, double lr);
+/*
+ * One step, as torch.optim.AdamW.step() computes it (the single-tensor
+ * path): grads[i] is the gradient of optimizer parameter i (model order,
+ * buffers skipped), NULL for a parameter without one (it is skipped, as a
+ * parameter whose .grad is None).
+ */
+CKPT_API ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error *err);
+/* The state dict, borrowing the optimizer's memory until the tree is saved. */
+CKPT_API ckpt_value *ckpt_adamw_state_dict(const ckpt_adamw *o, ckpt_tree *tree);
+/*
+ * Loads an optimizer state dict (as torch.optim.AdamW.state_dict() saves it,
+ * or ckpt's) from an open file: state_dict is a value of f (e.g.
+ * ckpt_value_get(root, "optimizer")). The groups' parameter counts must
+ * match, every state tensor must have its parameter's shape; steps may be
+ * tensors or numbers; hyperparameters come from the file. Nothing changes
+ * on error.
+ */
+CKPT_API ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *state_dict,
+                                     ckpt_error *err);
+/* Parameter i's step count (0 before its first step). */
+CKPT_API int64_t ckpt_adamw_param_step(const ckpt_adamw *o, size_t i);
 
 /* ========================================================================
  * Scanning

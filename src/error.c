@@ -22,6 +22,7 @@ const char *ckpt_status_name(ckpt_status status)
     case CKPT_ERR_INVALID_ARG: return "CKPT_ERR_INVALID_ARG";
     case CKPT_ERR_TYPE: return "CKPT_ERR_TYPE";
     case CKPT_ERR_BUSY: return "CKPT_ERR_BUSY";
+    case CKPT_ERR_MISMATCH: return "CKPT_ERR_MISMATCH";
     }
     return "CKPT_ERR_UNKNOWN";
 }
