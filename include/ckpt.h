@@ -793,7 +793,8 @@ typedef struct ckpt_model ckpt_model;
 /* A model named class_name (used in reports: "Error(s) in loading
  * state_dict for Net"; NULL: "Model"). NULL when out of memory. */
 CKPT_API ckpt_model *ckpt_model_new(const char *class_name);
-/* Frees the model and the memory it allocated (never the caller's). */
+/* Frees the model and the memory it allocated (never the caller's); NULL is
+ * a no-op. */
 CKPT_API void ckpt_model_free(ckpt_model *m);
 
 /*
@@ -833,7 +834,9 @@ CKPT_API size_t ckpt_model_count(const ckpt_model *m);
 CKPT_API bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info);
 /* The index of a name, or false. */
 CKPT_API bool ckpt_model_find(const ckpt_model *m, const char *name, size_t *index);
-/* Shortcut for ckpt_model_param(m, i, ...).data; NULL past the end. */
+/* Shortcut for ckpt_model_param(m, i, ...).data; NULL past the end. After a
+ * CKPT_LOAD_ZERO_COPY load it may point into the file's read-only map
+ * (info.borrowed): read it, never write it. */
 CKPT_API void *ckpt_model_data(const ckpt_model *m, size_t i);
 
 /* Flags for ckpt_load_options.flags. */
@@ -928,8 +931,10 @@ typedef struct ckpt_load_report {
  * lists everything, with err holding the start of report->message.
  * Floating dtypes convert into the model's (bfloat16/float16 <-> float32 as
  * torch's .to() does); other dtypes must match. A 0-d model parameter
- * accepts a 1-element tensor, as PyTorch does. Non-strict loads that miss
- * keys succeed, with the lists in report.
+ * takes the first element of a 1-d tensor, as PyTorch does. Non-strict
+ * loads that miss keys succeed, with the lists in report. On another error
+ * (an unreadable record, a placement callback's error) report holds what
+ * was found until then, and tensors already copied or placed stay loaded.
  */
 CKPT_API ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
                                      ckpt_load_report *report, ckpt_error *err);

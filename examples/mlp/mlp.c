@@ -1,0 +1,627 @@
+/*
+ * mlp - the seed's example (examples/seed_train.py) in C, with nothing but
+ * ckpt.h and libc: the same two-layer Net, trained with AdamW on synthetic
+ * regression data, its checkpoints kept by the checkpoint manager in
+ * PyTorch's layout. Training resumes from a last.pth that this program or
+ * PyTorch wrote, and PyTorch loads what it saves (best.pth with
+ * load_state_dict, the optimizer with AdamW.load_state_dict).
+ *
+ *   mlp train --dir DIR [--epochs N]   train, resuming from DIR when it holds a checkpoint
+ *   mlp predict --weights FILE         outputs of the weights in FILE for a fixed batch
+ *   mlp data --out FILE                the training and validation data, as safetensors
+ *
+ * Everything is deterministic: the same state gives bit-identical results,
+ * so a run resumed at any epoch ends with the weights of an uninterrupted one.
+ */
+#include <ckpt.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IN 32
+#define HIDDEN 64
+#define OUT 10
+#define BATCH 32
+#define TRAIN_ROWS 256
+#define VAL_ROWS 64
+#define MAX_ROWS 64 /* the most rows one forward pass takes */
+#define PREDICT_ROWS 4
+
+#define EXIT_MISMATCH 1 /* predict: the file's weights do not fit the Net */
+#define EXIT_ERROR 2    /* any other error, and usage errors */
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------ */
+
+/* Prints an error as "mlp: FILE: what was wrong" (FILE when known) and
+ * gives the exit status for it. */
+static int fail(const char *file, const ckpt_error *err)
+{
+    char msg[768];
+    ckpt_error_format(err, msg, sizeof msg);
+    if (file)
+        fprintf(stderr, "mlp: %s: %s\n", file, msg);
+    else
+        fprintf(stderr, "mlp: %s\n", msg);
+    return EXIT_ERROR;
+}
+
+/* The error of something that failed outside the library. */
+static ckpt_status set_error(ckpt_error *err, ckpt_status status, const char *message)
+{
+    memset(err, 0, sizeof *err);
+    err->status = status;
+    err->offset = err->file_offset = CKPT_NO_OFFSET;
+    snprintf(err->message, sizeof err->message, "%s", message);
+    return status;
+}
+
+/* ------------------------------------------------------------------------
+ * Random numbers: splitmix64, uniform and normal draws
+ * ------------------------------------------------------------------------ */
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1), 53 bits. */
+static double uniform(uint64_t *state)
+{
+    return (double)(splitmix64(state) >> 11) * 0x1.0p-53;
+}
+
+/* n draws of N(0, 1) by Box-Muller, two per pair of uniforms. */
+static void normal_fill(float *out, size_t n, uint64_t seed)
+{
+    const double two_pi = 6.283185307179586476925;
+    uint64_t state = seed;
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = 1.0 - uniform(&state); /* (0, 1]: the log is finite */
+        double u2 = uniform(&state);
+        double r = sqrt(-2.0 * log(u1));
+        out[i] = (float)(r * cos(two_pi * u2));
+        if (i + 1 < n)
+            out[i + 1] = (float)(r * sin(two_pi * u2));
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Data: y = (x @ Wt) * 0.1 for x ~ N(0, 1), as the seed makes it
+ * ------------------------------------------------------------------------ */
+
+typedef struct dataset {
+    float train_x[TRAIN_ROWS * IN], train_y[TRAIN_ROWS * OUT];
+    float val_x[VAL_ROWS * IN], val_y[VAL_ROWS * OUT];
+} dataset;
+
+static void make_targets(const float *x, int rows, const float *wt, float *y)
+{
+    for (int r = 0; r < rows; r++)
+        for (int o = 0; o < OUT; o++) {
+            float s = 0;
+            for (int k = 0; k < IN; k++)
+                s += x[r * IN + k] * wt[k * OUT + o];
+            y[r * OUT + o] = s * 0.1f;
+        }
+}
+
+static void make_data(dataset *d)
+{
+    float wt[IN * OUT]; /* the true matrix, [32, 10] */
+    normal_fill(wt, IN * OUT, 0);
+    normal_fill(d->train_x, TRAIN_ROWS * IN, 1);
+    normal_fill(d->val_x, VAL_ROWS * IN, 2);
+    make_targets(d->train_x, TRAIN_ROWS, wt, d->train_y);
+    make_targets(d->val_x, VAL_ROWS, wt, d->val_y);
+}
+
+/* ------------------------------------------------------------------------
+ * The model: Linear(32, 64) -> ReLU -> Linear(64, 10)
+ * ------------------------------------------------------------------------ */
+
+typedef struct net {
+    ckpt_model *model;
+    /* where the parameters are now (the model's memory, or the file's
+     * after a zero-copy load): looked up again after every load */
+    float *w1, *b1, *w2, *b2;
+} net;
+
+/* Gradients, one per parameter, in model order. */
+typedef struct grads {
+    float w1[HIDDEN * IN], b1[HIDDEN], w2[OUT * HIDDEN], b2[OUT];
+} grads;
+
+static void net_bind(net *n)
+{
+    n->w1 = ckpt_model_data(n->model, 0);
+    n->b1 = ckpt_model_data(n->model, 1);
+    n->w2 = ckpt_model_data(n->model, 2);
+    n->b2 = ckpt_model_data(n->model, 3);
+}
+
+/* The parameters under PyTorch's names, in state_dict() order, in memory
+ * the model allocates. */
+static ckpt_status net_new(net *n, ckpt_error *err)
+{
+    static const struct {
+        const char *name;
+        uint32_t ndim;
+        int64_t shape[2];
+    } params[] = {
+        {"net.0.weight", 2, {HIDDEN, IN}},
+        {"net.0.bias", 1, {HIDDEN}},
+        {"net.2.weight", 2, {OUT, HIDDEN}},
+        {"net.2.bias", 1, {OUT}},
+    };
+    memset(n, 0, sizeof *n);
+    n->model = ckpt_model_new("Net");
+    if (!n->model)
+        return set_error(err, CKPT_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
+        ckpt_status st = ckpt_model_add(n->model, params[i].name, CKPT_FLOAT32, params[i].ndim,
+                                        params[i].shape, NULL, 0, NULL, err);
+        if (st != CKPT_OK)
+            return st;
+    }
+    net_bind(n);
+    return CKPT_OK;
+}
+
+/* nn.Linear's default initialization: kaiming_uniform_(a=sqrt(5)) for the
+ * weight and the bias both come to U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
+static void uniform_fill(float *p, int count, int fan_in, uint64_t *state)
+{
+    double bound = 1.0 / sqrt((double)fan_in);
+    for (int i = 0; i < count; i++)
+        p[i] = (float)((2.0 * uniform(state) - 1.0) * bound);
+}
+
+static void net_init(net *n)
+{
+    uint64_t state = 0;
+    uniform_fill(n->w1, HIDDEN * IN, IN, &state);
+    uniform_fill(n->b1, HIDDEN, IN, &state);
+    uniform_fill(n->w2, OUT * HIDDEN, HIDDEN, &state);
+    uniform_fill(n->b2, OUT, HIDDEN, &state);
+}
+
+/* out = W2 relu(W1 x + b1) + b2 for each of rows rows of x; h keeps the
+ * hidden activations (after the ReLU) for the backward pass. */
+static void forward(const net *n, const float *x, int rows, float *h, float *out)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + r * IN;
+        float *hr = h + r * HIDDEN;
+        for (int j = 0; j < HIDDEN; j++) {
+            float s = n->b1[j];
+            for (int k = 0; k < IN; k++)
+                s += n->w1[j * IN + k] * xr[k];
+            hr[j] = s > 0 ? s : 0;
+        }
+        for (int o = 0; o < OUT; o++) {
+            float s = n->b2[o];
+            for (int j = 0; j < HIDDEN; j++)
+                s += n->w2[o * HIDDEN + j] * hr[j];
+            out[r * OUT + o] = s;
+        }
+    }
+}
+
+/* Mean squared error over every element, as a float32 mean. */
+static float mse(const float *out, const float *y, int count)
+{
+    double sum = 0;
+    for (int i = 0; i < count; i++) {
+        float d = out[i] - y[i];
+        sum += (double)d * d;
+    }
+    return (float)(sum / count);
+}
+
+/* Gradients of the mean squared error of one batch. */
+static void backward(const net *n, const float *x, const float *h, const float *out,
+                     const float *y, int rows, grads *g)
+{
+    float dout[MAX_ROWS * OUT], dh[MAX_ROWS * HIDDEN];
+    const float scale = 2.0f / (float)(rows * OUT);
+    for (int i = 0; i < rows * OUT; i++)
+        dout[i] = (out[i] - y[i]) * scale;
+
+    for (int o = 0; o < OUT; o++) {
+        float sb = 0;
+        for (int r = 0; r < rows; r++)
+            sb += dout[r * OUT + o];
+        g->b2[o] = sb;
+        for (int j = 0; j < HIDDEN; j++) {
+            float s = 0;
+            for (int r = 0; r < rows; r++)
+                s += dout[r * OUT + o] * h[r * HIDDEN + j];
+            g->w2[o * HIDDEN + j] = s;
+        }
+    }
+    /* back through the second layer and the ReLU */
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < HIDDEN; j++) {
+            float s = 0;
+            if (h[r * HIDDEN + j] > 0)
+                for (int o = 0; o < OUT; o++)
+                    s += dout[r * OUT + o] * n->w2[o * HIDDEN + j];
+            dh[r * HIDDEN + j] = s;
+        }
+    for (int j = 0; j < HIDDEN; j++) {
+        float sb = 0;
+        for (int r = 0; r < rows; r++)
+            sb += dh[r * HIDDEN + j];
+        g->b1[j] = sb;
+        for (int k = 0; k < IN; k++) {
+            float s = 0;
+            for (int r = 0; r < rows; r++)
+                s += dh[r * HIDDEN + j] * x[r * IN + k];
+            g->w1[j * IN + k] = s;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * mlp train
+ * ------------------------------------------------------------------------ */
+
+static void print_warning(void *user, const char *message)
+{
+    (void)user;
+    fprintf(stderr, "warning: %s\n", message);
+}
+
+/* One epoch over the training data in order; *loss gets the mean of the
+ * batch losses. */
+static ckpt_status train_epoch(net *n, ckpt_adamw *opt, const dataset *d, double *loss,
+                               ckpt_error *err)
+{
+    static grads g;
+    float h[BATCH * HIDDEN], out[BATCH * OUT];
+    const float *gs[4] = {g.w1, g.b1, g.w2, g.b2};
+    double sum = 0;
+    int batches = 0;
+    for (int start = 0; start < TRAIN_ROWS; start += BATCH, batches++) {
+        const float *x = d->train_x + start * IN, *y = d->train_y + start * OUT;
+        forward(n, x, BATCH, h, out);
+        sum += mse(out, y, BATCH * OUT);
+        backward(n, x, h, out, y, BATCH, &g);
+        ckpt_status st = ckpt_adamw_step(opt, gs, err);
+        if (st != CKPT_OK)
+            return st;
+    }
+    *loss = sum / batches;
+    return CKPT_OK;
+}
+
+static double validate(const net *n, const dataset *d)
+{
+    float h[VAL_ROWS * HIDDEN], out[VAL_ROWS * OUT];
+    forward(n, d->val_x, VAL_ROWS, h, out);
+    return mse(out, d->val_y, VAL_ROWS * OUT); /* .item() of a float32 */
+}
+
+/* Restores the model, the optimizer and the epoch from a checkpoint in the
+ * seed's layout; *next_epoch gets the epoch to train next. */
+static ckpt_status restore(net *n, ckpt_adamw *opt, ckpt_file *f, int64_t *next_epoch,
+                           ckpt_load_report *report, ckpt_error *err)
+{
+    ckpt_load_options lo;
+    ckpt_load_options_default(&lo);
+    lo.key = "model";
+    ckpt_status st = ckpt_model_load(n->model, f, &lo, report, err);
+    if (st != CKPT_OK)
+        return st;
+    net_bind(n);
+
+    const ckpt_value *root = ckpt_file_root(f);
+    const ckpt_value *state = ckpt_value_get(root, "optimizer");
+    const ckpt_value *epoch = ckpt_value_get(root, "epoch");
+    if (!state || !epoch || ckpt_value_kind(epoch) != CKPT_INT)
+        return set_error(err, CKPT_ERR_NOT_FOUND,
+                         "no \"optimizer\" state or no int \"epoch\" to resume from");
+    st = ckpt_adamw_load(opt, f, state, err);
+    if (st != CKPT_OK)
+        return st;
+    *next_epoch = ckpt_value_int(epoch) + 1;
+    return CKPT_OK;
+}
+
+/* The checkpoint of one epoch, in the seed's layout, over the memory of
+ * the model and the optimizer. */
+static ckpt_value *checkpoint_value(ckpt_tree *t, const net *n, const ckpt_adamw *opt,
+                                    int64_t epoch, double train_loss, double val_loss)
+{
+    ckpt_value *root = ckpt_new_dict(t);
+    ckpt_value *metrics = ckpt_new_dict(t);
+    ckpt_value *versions = ckpt_new_dict(t);
+    ckpt_dict_put_str(t, root, "model", ckpt_model_state_dict(n->model, t));
+    ckpt_dict_put_str(t, root, "optimizer", ckpt_adamw_state_dict(opt, t));
+    ckpt_dict_put_str(t, root, "epoch", ckpt_new_int(t, epoch));
+    ckpt_dict_put_str(t, metrics, "val_loss", ckpt_new_float(t, val_loss));
+    ckpt_dict_put_str(t, metrics, "train_loss", ckpt_new_float(t, train_loss));
+    ckpt_dict_put_str(t, root, "metrics", metrics);
+    ckpt_dict_put_str(t, versions, "ckpt", ckpt_new_str(t, ckpt_version(), SIZE_MAX));
+    ckpt_dict_put_str(t, versions, "format_version", ckpt_new_int(t, 3));
+    ckpt_dict_put_str(t, root, "versions", versions);
+    return root;
+}
+
+static ckpt_status save_epoch(ckpt_manager *m, const net *n, const ckpt_adamw *opt, int64_t epoch,
+                              double train_loss, double val_loss, unsigned *saved,
+                              ckpt_error *err)
+{
+    ckpt_tree *t = ckpt_tree_new();
+    if (!t)
+        return set_error(err, CKPT_ERR_NOMEM, "out of memory");
+    ckpt_value *root = checkpoint_value(t, n, opt, epoch, train_loss, val_loss);
+    ckpt_metric metric = {"val_loss", val_loss};
+    ckpt_status st = ckpt_tree_status(t, err);
+    if (st == CKPT_OK)
+        st = ckpt_manager_save(m, epoch, root, &metric, 1, saved, err);
+    ckpt_tree_free(t);
+    return st;
+}
+
+static int cmd_train(const char *dir, int64_t epochs)
+{
+    static dataset d;
+    make_data(&d);
+    int code = EXIT_ERROR;
+    const char *where = NULL; /* the file an error is about */
+    char resumed[4096] = "";
+    net n;
+    ckpt_adamw *opt = NULL;
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    if (net_new(&n, &err) != CKPT_OK)
+        goto failed;
+    net_init(&n);
+    ckpt_adamw_options ao;
+    ckpt_adamw_options_default(&ao);
+    if (ckpt_adamw_new(n.model, &ao, &opt, &err) != CKPT_OK)
+        goto failed;
+
+    ckpt_manager_options mo;
+    ckpt_manager_options_default(&mo);
+    mo.monitor = "val_loss";
+    mo.mode = CKPT_MODE_MIN;
+    mo.warn = print_warning;
+    if (ckpt_manager_open(dir, &mo, &m, &err) != CKPT_OK)
+        goto failed;
+
+    int64_t first = 0;
+    ckpt_file *f;
+    ckpt_checkpoint_info info;
+    ckpt_status st = ckpt_manager_resume(m, NULL, &f, &info, &err);
+    if (st == CKPT_OK) {
+        ckpt_load_report report;
+        snprintf(resumed, sizeof resumed, "%s/%s", dir, info.file);
+        where = resumed;
+        st = restore(&n, opt, f, &first, &report, &err);
+        ckpt_close(f);
+        if (st == CKPT_ERR_MISMATCH && report.message) {
+            /* the whole report: err holds only its start */
+            fprintf(stderr, "mlp: %s: %s\n", resumed, report.message);
+            goto done;
+        }
+        if (st != CKPT_OK)
+            goto failed;
+        where = NULL;
+        printf("Resuming at epoch %lld from %s\n", (long long)first, resumed);
+    } else if (st != CKPT_ERR_NOT_FOUND) {
+        goto failed;
+    }
+    if (first >= epochs) {
+        printf("Nothing to do: epochs 0 to %lld are done\n", (long long)first - 1);
+        code = 0;
+        goto done;
+    }
+
+    for (int64_t epoch = first; epoch < epochs; epoch++) {
+        double train_loss, val_loss;
+        unsigned saved = 0;
+        if (train_epoch(&n, opt, &d, &train_loss, &err) != CKPT_OK)
+            goto failed;
+        val_loss = validate(&n, &d);
+        if (save_epoch(m, &n, opt, epoch, train_loss, val_loss, &saved, &err) != CKPT_OK)
+            goto failed;
+        printf("epoch %lld: train_loss %.6f val_loss %.6f%s\n", (long long)epoch, train_loss,
+               val_loss, saved & CKPT_SAVED_BEST ? " (best)" : "");
+        fflush(stdout);
+    }
+    code = 0;
+    goto done;
+failed:
+    code = fail(where, &err);
+done:
+    ckpt_manager_close(m);
+    ckpt_adamw_free(opt);
+    if (n.model)
+        ckpt_model_free(n.model);
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * mlp predict
+ * ------------------------------------------------------------------------ */
+
+static int cmd_predict(const char *path)
+{
+    float x[PREDICT_ROWS * IN], h[PREDICT_ROWS * HIDDEN], out[PREDICT_ROWS * OUT];
+    for (int i = 0; i < PREDICT_ROWS * IN; i++)
+        x[i] = (float)sin((double)i);
+
+    int code = EXIT_ERROR;
+    net n;
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    if (net_new(&n, &err) != CKPT_OK || ckpt_open(path, NULL, &f, &err) != CKPT_OK)
+        goto failed;
+
+    ckpt_load_options lo;
+    ckpt_load_options_default(&lo); /* key NULL: the file's state dict */
+    lo.flags = CKPT_LOAD_ZERO_COPY;  /* inference: borrow the file's bytes */
+    ckpt_load_report report;
+    ckpt_status st = ckpt_model_load(n.model, f, &lo, &report, &err);
+    if (st == CKPT_ERR_MISMATCH && report.message) {
+        fprintf(stderr, "%s\n", report.message);
+        code = EXIT_MISMATCH;
+        goto done;
+    }
+    if (st != CKPT_OK)
+        goto failed;
+    net_bind(&n);
+
+    forward(&n, x, PREDICT_ROWS, h, out);
+    for (int r = 0; r < PREDICT_ROWS; r++)
+        for (int o = 0; o < OUT; o++)
+            printf("%.9g%c", out[r * OUT + o], o + 1 < OUT ? ' ' : '\n');
+    code = 0;
+    goto done;
+failed:
+    code = fail(path, &err);
+done:
+    if (n.model)
+        ckpt_model_free(n.model); /* before the file its parameters borrow */
+    ckpt_close(f);
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * mlp data
+ * ------------------------------------------------------------------------ */
+
+static ckpt_value *float_tensor(ckpt_tree *t, const float *data, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    ckpt_tensor_desc desc;
+    ckpt_tensor_desc_init(&desc); /* float32, contiguous */
+    desc.ndim = 2;
+    desc.shape = shape;
+    desc.data = data;
+    return ckpt_new_tensor(t, &desc);
+}
+
+static int cmd_data(const char *path)
+{
+    static dataset d;
+    make_data(&d);
+    ckpt_error err;
+    ckpt_tree *t = ckpt_tree_new();
+    if (!t) {
+        set_error(&err, CKPT_ERR_NOMEM, "out of memory");
+        return fail(path, &err);
+    }
+    /* nested dicts: safetensors names them "train.x", "val.y", ... */
+    ckpt_value *root = ckpt_new_dict(t), *train = ckpt_new_dict(t), *val = ckpt_new_dict(t);
+    ckpt_dict_put_str(t, train, "x", float_tensor(t, d.train_x, TRAIN_ROWS, IN));
+    ckpt_dict_put_str(t, train, "y", float_tensor(t, d.train_y, TRAIN_ROWS, OUT));
+    ckpt_dict_put_str(t, val, "x", float_tensor(t, d.val_x, VAL_ROWS, IN));
+    ckpt_dict_put_str(t, val, "y", float_tensor(t, d.val_y, VAL_ROWS, OUT));
+    ckpt_dict_put_str(t, root, "train", train);
+    ckpt_dict_put_str(t, root, "val", val);
+    ckpt_status st = ckpt_tree_status(t, &err);
+    if (st == CKPT_OK)
+        st = ckpt_save_safetensors(path, root, NULL, &err);
+    ckpt_tree_free(t);
+    if (st != CKPT_OK)
+        return fail(path, &err);
+    printf("wrote %s\n", path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Command line
+ * ------------------------------------------------------------------------ */
+
+static const char usage_text[] =
+    "usage: mlp train --dir DIR [--epochs N]  train the seed's Net for epochs 0..N-1 (default 3),\n"
+    "                                         resuming from DIR's last checkpoint\n"
+    "       mlp predict --weights FILE        print the outputs of FILE's weights (.pth or\n"
+    "                                         .safetensors) for a fixed 4x32 batch\n"
+    "       mlp data --out FILE               write the training and validation data as\n"
+    "                                         safetensors (train.x, train.y, val.x, val.y)\n";
+
+static int usage(void)
+{
+    fputs(usage_text, stderr);
+    return EXIT_ERROR;
+}
+
+/* Reads "--name VALUE" pairs: values[i] gets the value of names[i]. */
+static bool parse_options(int argc, char **argv, const char *const *names, const char **values,
+                          int count)
+{
+    for (int i = 0; i < argc; i += 2) {
+        int j = 0;
+        while (j < count && strcmp(argv[i], names[j]) != 0)
+            j++;
+        if (j == count || i + 1 >= argc) {
+            fprintf(stderr, "mlp: %s: %s\n", argv[i],
+                    j == count ? "unknown option" : "needs a value");
+            return false;
+        }
+        values[j] = argv[i + 1];
+    }
+    return true;
+}
+
+static bool parse_epochs(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < 0) {
+        fprintf(stderr, "mlp: --epochs: %s is not a count of epochs\n", s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+    if (argc < 2)
+        return usage();
+
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0) {
+        static const char *const names[] = {"--dir", "--epochs"};
+        const char *values[2] = {NULL, "3"};
+        int64_t epochs;
+        if (!parse_options(argc - 2, argv + 2, names, values, 2) || !values[0] ||
+            !parse_epochs(values[1], &epochs))
+            return usage();
+        return cmd_train(values[0], epochs);
+    }
+    if (strcmp(cmd, "predict") == 0) {
+        static const char *const names[] = {"--weights"};
+        const char *values[1] = {NULL};
+        if (!parse_options(argc - 2, argv + 2, names, values, 1) || !values[0])
+            return usage();
+        return cmd_predict(values[0]);
+    }
+    if (strcmp(cmd, "data") == 0) {
+        static const char *const names[] = {"--out"};
+        const char *values[1] = {NULL};
+        if (!parse_options(argc - 2, argv + 2, names, values, 1) || !values[0])
+            return usage();
+        return cmd_data(values[0]);
+    }
+    fprintf(stderr, "mlp: unknown command %s\n", cmd);
+    return usage();
+}
