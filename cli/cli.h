@@ -34,6 +34,12 @@ int ckpt_cli_ls(int argc, char **argv);
  * read, another process manages it, a bad option). */
 int ckpt_cli_prune(int argc, char **argv);
 
+/* ckpt match CHECKPOINT --model REFERENCE [options]: argv holds the
+ * arguments after "match". Loads CHECKPOINT into a model made from
+ * REFERENCE's state dict as load_state_dict() would. Returns 0 it loads,
+ * 1 it does not (PyTorch's message on stdout), 2 error. */
+int ckpt_cli_match(int argc, char **argv);
+
 /* ---- shared helpers (common.c) ---- */
 
 #define CLI_EXIT_OK 0

@@ -34,14 +34,17 @@ static void usage(FILE *out)
             "  verify FILE...                   check structure, every CRC32 and every tensor's bounds\n"
             "  convert IN OUT [options]         torch zip <-> safetensors, --key, key edits, --dtype\n"
             "  diff A B [--atol X] [--rtol Y]   compare two checkpoints (any formats)\n"
+            "  match FILE --model REF [options] will FILE load into the model whose state dict\n"
+            "                                   REF holds? PyTorch's load_state_dict() report\n"
             "  ls DIR [--json]                  list a checkpoint directory kept by the manager\n"
             "  prune DIR --keep N [--keep-best N] [--dry-run] [-q]\n"
             "                                   remove numbered checkpoints beyond the newest N\n"
             "                                   and the N best (last.pth and best.pth stay)\n"
             "  version                          print the version\n"
             "\n"
-            "exit status: 0 success, 1 a problem found (verify), a difference (diff) or an\n"
-            "unsafe file (scan), 2 error (a file cannot be read or written)\n"
+            "exit status: 0 success, 1 a problem found (verify), a difference (diff), an\n"
+            "unsafe file (scan) or a checkpoint that does not load (match), 2 error (a file\n"
+            "cannot be read or written)\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
@@ -694,6 +697,8 @@ int main(int argc, char **argv)
         return ckpt_cli_diff(argc - 2, argv + 2);
     if (strcmp(cmd, "scan") == 0)
         return ckpt_cli_scan(argc - 2, argv + 2);
+    if (strcmp(cmd, "match") == 0)
+        return ckpt_cli_match(argc - 2, argv + 2);
     if (strcmp(cmd, "ls") == 0)
         return ckpt_cli_ls(argc - 2, argv + 2);
     if (strcmp(cmd, "prune") == 0)

@@ -387,6 +387,7 @@ typedef struct load_ctx {
     size_t *lookup;            /* open-addressed key -> entry + 1 */
     size_t lookup_cap;
     load_plan *plan;           /* per model parameter; t NULL: not loaded */
+    const ckpt_value *sd;      /* the state dict */
     ckpt_error *err;
 } load_ctx;
 
@@ -611,10 +612,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
         same = ti.shape[i] == p->shape[i];
     if (!same) {
         char a[160], b[160];
-        if (scalar_from_1d)
-            size_text(a, sizeof(a), 0, NULL);
-        else
-            size_text(a, sizeof(a), ti.ndim, ti.shape);
+        size_text(a, sizeof(a), ti.ndim, ti.shape);
         size_text(b, sizeof(b), p->ndim, p->shape);
         if (!str_list_push(errors, str_printf("size mismatch for %s: copying a param with shape %s "
                                               "from checkpoint, the shape in current model is %s.",
@@ -740,6 +738,42 @@ static bool module_knows(const module_tree *mt, const ckpt_model *m, size_t node
     return index_find(m, key, plen + clen, &pi) && mt->param_module[pi] == node;
 }
 
+/* BatchNorm's compatibility rule: a state dict saved before its version 2
+ * (by the state dict's _metadata, or without _metadata) has no
+ * num_batches_tracked, and load_state_dict keeps the model's value instead
+ * of reporting the key missing. module is the parameter's module prefix
+ * ("net.1."), after remapping. */
+static bool old_batchnorm_key(const load_ctx *c, const model_param *p, const char *module,
+                              size_t module_len)
+{
+    size_t nl = strlen(p->name);
+    if (p->dtype != CKPT_INT64 || p->ndim != 0 || nl != module_len + strlen("num_batches_tracked") ||
+        strcmp(p->name + module_len, "num_batches_tracked") != 0)
+        return false;
+    const ckpt_value *meta = ckpt_value_get(ckpt_value_state(c->sd), "_metadata");
+    size_t n = ckpt_value_len(meta);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const ckpt_value *k = ckpt_value_key(meta, i);
+        const char *name = ckpt_value_str(k, &len);
+        if (ckpt_value_kind(k) != CKPT_STR || len > 4096)
+            continue;
+        /* "net.1" names the module whose prefix is "net.1."; "" the root */
+        char buf[4100];
+        memcpy(buf, name, len);
+        if (len)
+            buf[len++] = '.';
+        char *mapped = remap_key(&c->o, buf, len);
+        bool same = mapped && strlen(mapped) == module_len && memcmp(mapped, module, module_len) == 0;
+        free(mapped);
+        if (!same)
+            continue;
+        const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
+        return ckpt_value_kind(version) != CKPT_INT || ckpt_value_int(version) < 2;
+    }
+    return true;
+}
+
 /* Depth-first over the modules: missing keys, first-pass checks and
  * unexpected keys in load_state_dict's order. */
 static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *errors)
@@ -760,6 +794,8 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
             size_t e;
             const char *name = m->params[i].name;
             if (!lookup_find(c, name, strlen(name), &e)) {
+                if (old_batchnorm_key(c, &m->params[i], nd->prefix, nd->prefix_len))
+                    continue;
                 if (!str_list_push(&m->missing, dup_n(name, strlen(name))))
                     st = nomem(c->err);
                 continue;
@@ -767,9 +803,20 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
             c->entries[e].param = i;
             st = check_param(c, i, &c->entries[e], errors);
         }
+        /* PREFIX_extra_state first (a C model has no set_extra_state) */
+        size_t extra = SIZE_MAX;
+        if (st == CKPT_OK) {
+            char *k = str_printf("%.*s_extra_state", (int)nd->prefix_len, nd->prefix);
+            if (!k)
+                st = nomem(c->err);
+            else if (lookup_find(c, k, strlen(k), &extra) &&
+                     !str_list_push(&m->unexpected, dup_n(k, strlen(k))))
+                st = nomem(c->err);
+            free(k);
+        }
         for (size_t e = 0; e < c->n_entries && st == CKPT_OK; e++) {
             const char *key = c->entries[e].key;
-            if (!key || strncmp(key, nd->prefix, nd->prefix_len) != 0)
+            if (e == extra || strncmp(key, nd->prefix, nd->prefix_len) != 0)
                 continue;
             if (!module_knows(mt, m, node, key, nd->prefix_len))
                 if (!str_list_push(&m->unexpected, dup_n(key, strlen(key))))
@@ -997,6 +1044,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
         st = nomem(err);
         goto out;
     }
+    c.sd = sd;
     st = collect_entries(&c, sd, errors);
     if (st == CKPT_OK)
         st = walk_modules(&c, &mt, errors);

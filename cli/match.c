@@ -1,0 +1,408 @@
+/*
+ * match.c - `ckpt match CHECKPOINT --model REFERENCE`: will this checkpoint
+ * load into my model? The model is described by a reference file (a state
+ * dict saved from it, a safetensors file, a training checkpoint): each
+ * tensor of its state dict is a parameter of that name, dtype and shape.
+ * The checkpoint is then loaded into it as load_state_dict() would, and
+ * the result told in PyTorch's words.
+ */
+#include "cli.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *PROG = "ckpt";
+
+typedef struct match_opts {
+    const char *checkpoint, *reference, *model_key, *name, *key, *location;
+    const char **strip;
+    size_t n_strip;
+    ckpt_key_map *rename;
+    size_t n_rename;
+    bool non_strict, json;
+} match_opts;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ckpt match CHECKPOINT --model REFERENCE [options]\n"
+            "  Says whether CHECKPOINT loads into a model, as PyTorch's load_state_dict()\n"
+            "  decides, without Python. The model is REFERENCE's state dict (a .pth saved\n"
+            "  from model.state_dict(), a safetensors file, a training checkpoint): each of\n"
+            "  its tensors is a parameter with that name, dtype and shape.\n"
+            "  --model REFERENCE    the file describing the model (required)\n"
+            "  --model-key PATH     the state dict inside REFERENCE (default: the root when\n"
+            "                       it holds tensors, else its 'state_dict' or 'model' entry)\n"
+            "  --name NAME          the model's class name in messages (default Model)\n"
+            "  --key PATH           the state dict inside CHECKPOINT (same default)\n"
+            "  --strip-prefix P     remove P from the start of each key, once (repeatable;\n"
+            "                       the first that matches): --strip-prefix module.\n"
+            "  --rename-prefix FROM=TO\n"
+            "                       keys starting with FROM start with TO instead, after\n"
+            "                       --strip-prefix (repeatable; the first that matches)\n"
+            "  --non-strict         strict=False: missing and unexpected keys are listed,\n"
+            "                       not errors (shape mismatches still are)\n"
+            "  --map-location TAG   take every tensor as if saved on TAG ('cpu')\n"
+            "  --json               one JSON object: ok, strict, missing, unexpected, errors,\n"
+            "                       message, loaded, converted\n"
+            "  On a mismatch, prints PyTorch's message (\"Error(s) in loading state_dict for\n"
+            "  NAME: ...\"). exit 0 it loads, 1 it does not, 2 error (a file cannot be read,\n"
+            "  a bad option)\n");
+}
+
+/* Follows a dotted path of dict keys: at each dict the longest key that is
+ * the whole rest of the path or a prefix of it followed by '.'. */
+static const ckpt_value *find_path(const ckpt_value *v, const char *path)
+{
+    while (*path) {
+        ckpt_kind k = ckpt_value_kind(v);
+        if (k != CKPT_DICT && k != CKPT_ORDERED_DICT)
+            return NULL;
+        size_t rest = strlen(path);
+        const ckpt_value *best = NULL;
+        size_t best_len = 0;
+        for (size_t i = 0; i < ckpt_value_len(v); i++) {
+            char text[512];
+            size_t len = ckpt_value_key_text(ckpt_value_key(v, i), text, sizeof(text));
+            if (len > rest || len >= sizeof(text) - 1 || (best && len <= best_len))
+                continue;
+            if (memcmp(text, path, len) == 0 && (path[len] == 0 || path[len] == '.')) {
+                best = ckpt_value_dict_value(v, i);
+                best_len = len;
+            }
+        }
+        if (!best)
+            return NULL;
+        v = best;
+        path += best_len;
+        if (*path == '.')
+            path++;
+    }
+    return v;
+}
+
+static bool is_dict(const ckpt_value *v)
+{
+    ckpt_kind k = ckpt_value_kind(v);
+    return k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+}
+
+static bool holds_tensors(const ckpt_value *v)
+{
+    for (size_t i = 0; i < ckpt_value_len(v); i++)
+        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_TENSOR)
+            return true;
+    return false;
+}
+
+/* The reference's state dict, by the rule ckpt_load_options.key documents. */
+static const ckpt_value *reference_state_dict(const ckpt_value *root, const char *key)
+{
+    if (key)
+        return find_path(root, key);
+    if (!is_dict(root) || holds_tensors(root))
+        return root;
+    const char *entries[] = {"state_dict", "model"};
+    for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+        const ckpt_value *v = ckpt_value_get(root, entries[i]);
+        if (v)
+            return v;
+    }
+    return root;
+}
+
+/* A model with a parameter for each tensor of the reference's state dict,
+ * in its order; NULL after saying why. */
+static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
+{
+    const ckpt_value *sd = reference_state_dict(ckpt_file_root(ref), o->model_key);
+    if (!sd) {
+        fprintf(stderr, "%s: %s: no value at --model-key %s\n", PROG, o->reference, o->model_key);
+        return NULL;
+    }
+    if (!is_dict(sd)) {
+        fprintf(stderr, "%s: %s: the model's state dict is a %s, not a dict%s\n", PROG,
+                o->reference, ckpt_kind_name(ckpt_value_kind(sd)),
+                o->model_key ? "" : ": use --model-key");
+        return NULL;
+    }
+    ckpt_model *m = ckpt_model_new(o->name);
+    if (!m) {
+        fprintf(stderr, "%s: match: out of memory\n", PROG);
+        return NULL;
+    }
+    for (size_t i = 0; i < ckpt_value_len(sd); i++) {
+        const ckpt_tensor *t = ckpt_value_tensor(ckpt_value_dict_value(sd, i));
+        if (!t)
+            continue;
+        char name[1024];
+        size_t len = ckpt_value_key_text(ckpt_value_key(sd, i), name, sizeof(name));
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        ckpt_error err;
+        memset(&err, 0, sizeof(err));
+        if (len >= sizeof(name) - 1) {
+            fprintf(stderr, "%s: %s: a key of the model's state dict is too long\n", PROG,
+                    o->reference);
+            ckpt_model_free(m);
+            return NULL;
+        }
+        if (ckpt_model_add(m, name, ti.dtype, ti.ndim, ti.shape, NULL, 0, NULL, &err) !=
+            CKPT_OK) {
+            cli_print_error(o->reference, &err);
+            ckpt_model_free(m);
+            return NULL;
+        }
+    }
+    if (ckpt_model_count(m) == 0) {
+        fprintf(stderr, "%s: %s: no tensors in the model's state dict%s\n", PROG, o->reference,
+                o->model_key ? "" : ": use --model-key");
+        ckpt_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- output ----------------------------------------------------------------- */
+
+/* Text that is not UTF-8 (a key from a hostile file) shows as null. */
+static json_t *text_json(const char *s)
+{
+    json_t *j = s ? json_string(s) : NULL;
+    return j ? j : json_null();
+}
+
+static json_t *names_json(const char *const *names, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, text_json(names[i]));
+    return a;
+}
+
+static int print_json(const match_opts *o, const ckpt_load_report *r, bool ok)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "ok", json_boolean(ok));
+    json_object_set_new(j, "strict", json_boolean(!o->non_strict));
+    json_object_set_new(j, "missing", names_json(r->missing, r->missing_count));
+    json_object_set_new(j, "unexpected", names_json(r->unexpected, r->unexpected_count));
+    json_object_set_new(j, "errors", names_json(r->errors, r->error_count));
+    json_object_set_new(j, "message", text_json(r->message));
+    json_object_set_new(j, "loaded", json_integer((json_int_t)r->loaded));
+    json_object_set_new(j, "converted", json_integer((json_int_t)r->converted));
+    if (!cli_print_json(j, 1, "match"))
+        return CLI_EXIT_ERROR;
+    return ok ? CLI_EXIT_OK : CLI_EXIT_BAD;
+}
+
+/* A list of names as Python's repr() shows a list of str: ['a', 'b']. */
+static char *names_repr(ckpt_tree *tree, const char *const *names, size_t n)
+{
+    ckpt_value *list = ckpt_new_list(tree);
+    for (size_t i = 0; i < n; i++)
+        ckpt_append(tree, list, ckpt_new_str(tree, names[i], SIZE_MAX));
+    if (ckpt_tree_status(tree, NULL) != CKPT_OK)
+        return NULL;
+    return cli_repr(list);
+}
+
+static int print_ok(const match_opts *o, const ckpt_load_report *r)
+{
+    printf("ok: %zu tensor%s load%s into %s (%s)\n", r->loaded, r->loaded == 1 ? "" : "s",
+           r->loaded == 1 ? "s" : "", o->name, o->non_strict ? "non-strict" : "strict");
+    if (o->non_strict && !r->missing_count && !r->unexpected_count) {
+        printf("<All keys matched successfully>\n");
+    } else if (o->non_strict) {
+        ckpt_tree *tree = ckpt_tree_new();
+        char *missing = tree ? names_repr(tree, r->missing, r->missing_count) : NULL;
+        char *unexpected = tree ? names_repr(tree, r->unexpected, r->unexpected_count) : NULL;
+        ckpt_tree_free(tree);
+        if (!missing || !unexpected) {
+            free(missing);
+            free(unexpected);
+            fprintf(stderr, "%s: match: out of memory\n", PROG);
+            return CLI_EXIT_ERROR;
+        }
+        printf("_IncompatibleKeys(missing_keys=%s, unexpected_keys=%s)\n", missing, unexpected);
+        free(missing);
+        free(unexpected);
+    }
+    if (r->converted)
+        printf("converted: %zu of %zu to the model's dtype\n", r->converted, r->loaded);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+}
+
+/* Keys that all start with "module." are DataParallel/DDP's. */
+static void hint(const match_opts *o, const ckpt_load_report *r)
+{
+    if (!r->unexpected_count || o->n_strip)
+        return;
+    for (size_t i = 0; i < r->unexpected_count; i++)
+        if (strncmp(r->unexpected[i], "module.", 7) != 0)
+            return;
+    fprintf(stderr, "%s: match: hint: the checkpoint's keys start with 'module.' "
+                    "(DataParallel/DDP): try --strip-prefix module.\n", PROG);
+}
+
+/* ---- the command -------------------------------------------------------------- */
+
+/* 0 parsed, 1 help shown, -1 error (said). */
+static int parse_args(int argc, char **argv, match_opts *o)
+{
+    size_t npos = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VAL()                                                               \
+    do {                                                                         \
+        if (!val) {                                                              \
+            fprintf(stderr, "%s: match: %s needs a value\n", PROG, a);           \
+            return -1;                                                           \
+        }                                                                        \
+        i++;                                                                     \
+    } while (0)
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 1;
+        } else if (strcmp(a, "--model") == 0) {
+            NEED_VAL();
+            o->reference = val;
+        } else if (strcmp(a, "--model-key") == 0) {
+            NEED_VAL();
+            o->model_key = val;
+        } else if (strcmp(a, "--name") == 0) {
+            NEED_VAL();
+            if (!*val) {
+                fprintf(stderr, "%s: match: --name needs a class name\n", PROG);
+                return -1;
+            }
+            o->name = val;
+        } else if (strcmp(a, "--key") == 0) {
+            NEED_VAL();
+            o->key = val;
+        } else if (strcmp(a, "--strip-prefix") == 0) {
+            NEED_VAL();
+            o->strip[o->n_strip++] = val;
+        } else if (strcmp(a, "--rename-prefix") == 0) {
+            NEED_VAL();
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val) {
+                fprintf(stderr, "%s: match: --rename-prefix needs FROM=TO\n", PROG);
+                return -1;
+            }
+            char *from = strndup(val, (size_t)(eq - val));
+            if (!from) {
+                fprintf(stderr, "%s: match: out of memory\n", PROG);
+                return -1;
+            }
+            o->rename[o->n_rename].from = from;
+            o->rename[o->n_rename++].to = eq + 1;
+        } else if (strcmp(a, "--non-strict") == 0) {
+            o->non_strict = true;
+        } else if (strcmp(a, "--map-location") == 0) {
+            NEED_VAL();
+            if (!*val) {
+                fprintf(stderr, "%s: match: --map-location needs a location tag\n", PROG);
+                return -1;
+            }
+            o->location = val;
+        } else if (strcmp(a, "--json") == 0) {
+            o->json = true;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "%s: match: unknown option '%s'\n", PROG, a);
+            return -1;
+        } else if (npos++ == 0) {
+            o->checkpoint = a;
+        } else {
+            fprintf(stderr, "%s: match: one checkpoint at a time\n", PROG);
+            return -1;
+        }
+#undef NEED_VAL
+    }
+    if (!o->checkpoint || !o->reference) {
+        if (o->checkpoint)
+            fprintf(stderr, "%s: match: --model REFERENCE is required\n", PROG);
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+int ckpt_cli_match(int argc, char **argv)
+{
+    match_opts o;
+    memset(&o, 0, sizeof(o));
+    o.name = "Model";
+    o.strip = calloc((size_t)argc + 1, sizeof(*o.strip));
+    o.rename = calloc((size_t)argc + 1, sizeof(*o.rename));
+    int rc = CLI_EXIT_ERROR;
+    ckpt_file *ref = NULL, *f = NULL;
+    ckpt_model *m = NULL;
+    if (!o.strip || !o.rename) {
+        fprintf(stderr, "%s: match: out of memory\n", PROG);
+        goto out;
+    }
+    int pr = parse_args(argc, argv, &o);
+    if (pr != 0) {
+        rc = pr > 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+        goto out;
+    }
+
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    if (ckpt_open(o.reference, NULL, &ref, &err) != CKPT_OK) {
+        cli_print_error(o.reference, &err);
+        goto out;
+    }
+    m = build_model(&o, ref);
+    if (!m)
+        goto out;
+    ckpt_close(ref);
+    ref = NULL;
+
+    if (ckpt_open(o.checkpoint, NULL, &f, &err) != CKPT_OK) {
+        cli_print_error(o.checkpoint, &err);
+        goto out;
+    }
+    ckpt_load_options lo;
+    ckpt_load_options_default(&lo);
+    if (o.non_strict)
+        lo.flags |= CKPT_LOAD_NON_STRICT;
+    lo.key = o.key;
+    lo.strip_prefixes = o.strip;
+    lo.strip_prefix_count = o.n_strip;
+    lo.prefix_map = o.rename;
+    lo.prefix_map_count = o.n_rename;
+    lo.map_location = o.location;
+    ckpt_load_report r;
+    memset(&r, 0, sizeof(r));
+    ckpt_status st = ckpt_model_load(m, f, &lo, &r, &err);
+    if (st == CKPT_OK) {
+        rc = o.json ? print_json(&o, &r, true) : print_ok(&o, &r);
+    } else if (st == CKPT_ERR_MISMATCH) {
+        if (o.json) {
+            rc = print_json(&o, &r, false);
+        } else {
+            const char *msg = r.message ? r.message : err.message;
+            printf("%s\n", msg);
+            rc = fflush(stdout) == 0 ? CLI_EXIT_BAD : CLI_EXIT_ERROR;
+            hint(&o, &r);
+        }
+    } else {
+        cli_print_error(o.checkpoint, &err);
+    }
+out:
+    if (m)
+        ckpt_model_free(m);
+    ckpt_close(f);
+    ckpt_close(ref);
+    if (o.rename)
+        for (size_t i = 0; i < o.n_rename; i++)
+            free((char *)(uintptr_t)o.rename[i].from);
+    free(o.rename);
+    free(o.strip);
+    return rc;
+}
