@@ -5,9 +5,9 @@
 # checks, converts and explains them without Python; PyTorch, when it is
 # installed, loads them.
 set -eu
-CKPT=build/ckpt
-MLP=build/mlp
-DIR=build/demo
+CKPT=${CKPT:-build/ckpt}
+MLP=${MLP:-build/mlp}
+DIR=${DEMO_DIR:-build/demo}
 CORPUS=../shared/corpus
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 has_torch() { /usr/bin/python3 -c 'import torch' 2>/dev/null; }
@@ -76,6 +76,12 @@ if cmp -s "$DIR/predict.txt" "$DIR/predict.safetensors.txt"; then
 else
     echo "(the numbers differ)"
 fi
+
+say "ckpt match: would a DataParallel/DDP checkpoint (module.* names) load into the Net?"
+$CKPT convert "$DIR/best.pth" "$DIR/ddp.pth" --add-prefix module. -q
+$CKPT match "$DIR/ddp.pth" --model "$DIR/best.pth" --name Net || echo "(exit $?: PyTorch's own report, every problem at once)"
+$CKPT match "$DIR/ddp.pth" --model "$DIR/best.pth" --name Net --strip-prefix module.
+$CKPT match "$DIR/best.bf16.safetensors" --model "$DIR/best.pth" --name Net
 
 if has_torch; then
     say "PyTorch loads what C wrote: best.pth into the seed's Net, last.pth's optimizer into AdamW"
