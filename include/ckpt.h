@@ -928,7 +928,7 @@ typedef struct ckpt_load_report {
  * byte is written: on CKPT_ERR_MISMATCH (missing or unexpected keys when
  * strict, a shape mismatch, a value that is not a tensor, a dtype that
  * cannot be converted) the model is unchanged and report (may be NULL)
- * lists everything, with err holding the start of report->message.
+ * lists everything, and err names the model and the first problem.
  * Floating dtypes convert into the model's (bfloat16/float16 <-> float32 as
  * torch's .to() does); other dtypes must match. A 0-d model parameter
  * takes the first element of a 1-d tensor, as PyTorch does. Non-strict
@@ -995,8 +995,9 @@ CKPT_API ckpt_value *ckpt_adamw_state_dict(const ckpt_adamw *o, ckpt_tree *tree)
  * or ckpt's) from an open file: state_dict is a value of f (e.g.
  * ckpt_value_get(root, "optimizer")). The groups' parameter counts must
  * match, every state tensor must have its parameter's shape; steps may be
- * tensors or numbers; hyperparameters come from the file. Nothing changes
- * on error.
+ * tensors or numbers; hyperparameters come from the file; state under an
+ * id the group does not list is dropped, as PyTorch drops it. Nothing
+ * changes on error.
  */
 CKPT_API ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *state_dict,
                                      ckpt_error *err);
