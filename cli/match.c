@@ -107,7 +107,7 @@ static const ckpt_value *reference_state_dict(const ckpt_value *root, const char
     const char *entries[] = {"state_dict", "model"};
     for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
         const ckpt_value *v = ckpt_value_get(root, entries[i]);
-        if (v)
+        if (is_dict(v))
             return v;
     }
     return root;
@@ -149,7 +149,9 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
             ckpt_model_free(m);
             return NULL;
         }
-        if (ckpt_model_add(m, name, ti.dtype, ti.ndim, ti.shape, NULL, 0, NULL, &err) !=
+        /* a description: the check reads no tensor byte of either file */
+        if (ckpt_model_add(m, name, ti.dtype, ti.ndim, ti.shape, NULL, CKPT_PARAM_NO_DATA, NULL,
+                           &err) !=
             CKPT_OK) {
             cli_print_error(o->reference, &err);
             ckpt_model_free(m);
@@ -198,15 +200,51 @@ static int print_json(const match_opts *o, const ckpt_load_report *r, bool ok)
     return ok ? CLI_EXIT_OK : CLI_EXIT_BAD;
 }
 
-/* A list of names as Python's repr() shows a list of str: ['a', 'b']. */
-static char *names_repr(ckpt_tree *tree, const char *const *names, size_t n)
+/* Doubles a buffer until it holds need bytes; frees it on failure. */
+static char *grow(char *p, size_t *cap, size_t need)
 {
-    ckpt_value *list = ckpt_new_list(tree);
-    for (size_t i = 0; i < n; i++)
-        ckpt_append(tree, list, ckpt_new_str(tree, names[i], SIZE_MAX));
-    if (ckpt_tree_status(tree, NULL) != CKPT_OK)
+    while (*cap < need)
+        *cap *= 2;
+    char *q = realloc(p, *cap);
+    if (!q)
+        free(p);
+    return q;
+}
+
+/* A list of names as Python's repr() shows a list of str: ['a', 'b']; a
+ * name that is not UTF-8 (from a hostile file) shows as bytes, b'x\xff'. */
+static char *names_repr(const char *const *names, size_t n)
+{
+    size_t cap = 64, len = 0;
+    char *out = malloc(cap);
+    if (!out)
         return NULL;
-    return cli_repr(list);
+    out[len++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        ckpt_tree *tree = ckpt_tree_new();
+        ckpt_value *v = tree ? ckpt_new_str(tree, names[i], SIZE_MAX) : NULL;
+        if (tree && !v) {
+            ckpt_tree_free(tree);
+            tree = ckpt_tree_new();
+            v = tree ? ckpt_new_bytes(tree, names[i], strlen(names[i])) : NULL;
+        }
+        char *r = v ? cli_repr(v) : NULL;
+        ckpt_tree_free(tree);
+        size_t rl = r ? strlen(r) : 0;
+        if (!r || (len + rl + 4 > cap && !(out = grow(out, &cap, len + rl + 4)))) {
+            free(r);
+            free(out);
+            return NULL;
+        }
+        if (i)
+            out[len++] = ',', out[len++] = ' ';
+        memcpy(out + len, r, rl);
+        len += rl;
+        free(r);
+    }
+    out[len++] = ']';
+    out[len] = '\0';
+    return out;
 }
 
 static int print_ok(const match_opts *o, const ckpt_load_report *r)
@@ -216,10 +254,8 @@ static int print_ok(const match_opts *o, const ckpt_load_report *r)
     if (o->non_strict && !r->missing_count && !r->unexpected_count) {
         printf("<All keys matched successfully>\n");
     } else if (o->non_strict) {
-        ckpt_tree *tree = ckpt_tree_new();
-        char *missing = tree ? names_repr(tree, r->missing, r->missing_count) : NULL;
-        char *unexpected = tree ? names_repr(tree, r->unexpected, r->unexpected_count) : NULL;
-        ckpt_tree_free(tree);
+        char *missing = names_repr(r->missing, r->missing_count);
+        char *unexpected = names_repr(r->unexpected, r->unexpected_count);
         if (!missing || !unexpected) {
             free(missing);
             free(unexpected);
@@ -369,6 +405,7 @@ int ckpt_cli_match(int argc, char **argv)
     }
     ckpt_load_options lo;
     ckpt_load_options_default(&lo);
+    lo.flags |= CKPT_LOAD_CHECK_ONLY;
     if (o.non_strict)
         lo.flags |= CKPT_LOAD_NON_STRICT;
     lo.key = o.key;

@@ -9,8 +9,8 @@
  *     cannot be read, and every loaded value must equal what
  *     ckpt_tensor_copy and ckpt_convert_dtype give;
  *   - the seed's Net (net.0.weight [64, 32], ...) loaded non-strict with
- *     "module." stripped, zero-copy, tags remapped and a placement callback
- *     that reads every byte it is handed; then AdamW takes the file's
+ *     "module." stripped, checked only, then with a placement callback that
+ *     reads every byte it is handed, then zero-copy, then copied; then AdamW takes the file's
  *     "optimizer" entry, steps once and gives its state dict back.
  * Any failure must be an error status with a message, never a crash.
  */
@@ -146,6 +146,9 @@ static void seed_net(ckpt_file *f)
     o.location_map_count = 1;
     o.place = place;
     ckpt_load_report r;
+    o.flags |= CKPT_LOAD_CHECK_ONLY;
+    ckpt_model_load(m, f, &o, &r, &err);
+    o.flags &= ~CKPT_LOAD_CHECK_ONLY;
     ckpt_model_load(m, f, &o, &r, &err);
     o.place = NULL;
     o.flags |= CKPT_LOAD_ZERO_COPY;

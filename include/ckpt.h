@@ -789,6 +789,9 @@ typedef struct ckpt_model ckpt_model;
 /* Flags for ckpt_model_add. */
 #define CKPT_PARAM_BUFFER 0x1u  /* a buffer (running_mean), not a Parameter:
                                    saved as a plain tensor, no optimizer state */
+#define CKPT_PARAM_NO_DATA 0x2u /* a description only (name, dtype, shape), no
+                                   memory: the model can only be checked
+                                   (CKPT_LOAD_CHECK_ONLY), never loaded or saved */
 
 /* A model named class_name (used in reports: "Error(s) in loading
  * state_dict for Net"; NULL: "Model"). NULL when out of memory. */
@@ -822,7 +825,9 @@ typedef struct ckpt_param_info {
     const char *location;   /* the loaded tensor's tag after remapping ("cpu",
                                "cuda:0"); "cpu" before any load */
     bool is_buffer;
-    bool loaded;            /* filled by the last load */
+    bool loaded;            /* filled by the last load (a parameter it did not
+                               fill keeps its values, and stays borrowed from
+                               an earlier file if it was) */
     bool borrowed;          /* data points into an open file (read-only,
                                valid until that file is closed) */
     bool placed;            /* the placement callback took the bytes: data is
@@ -844,8 +849,13 @@ CKPT_API void *ckpt_model_data(const ckpt_model *m, size_t i);
 /* Parameters whose memory the model allocated point into the file instead
  * of being copied, when the tensor is contiguous, of the model's dtype and
  * read zero-copy (see ckpt_tensor_data): read-only, and valid until the
- * file is closed. For inference; a later load copies again. */
+ * file is closed. For inference; a later load without the flag copies the
+ * parameters it fills into their own memory again. */
 #define CKPT_LOAD_ZERO_COPY 0x2u
+/* Decide and report only: keys, kinds, shapes and dtypes are checked as a
+ * load would, no tensor byte is read and nothing is written; report.loaded
+ * and report.converted count what a load would do. */
+#define CKPT_LOAD_CHECK_ONLY 0x4u
 
 typedef struct ckpt_key_map {
     const char *from;
@@ -873,7 +883,8 @@ typedef struct ckpt_load_options {
     size_t struct_size;       /* sizeof(ckpt_load_options) */
     unsigned flags;           /* CKPT_LOAD_* */
     /* The state dict inside the checkpoint: a dotted path of dict keys
-     * ("model", "state_dict", "model.encoder"); "" the root. NULL: the root
+     * ("model", "state_dict", "model.encoder"; at each level the longest
+     * key the path starts with, so keys may hold dots); "" the root. NULL: the root
      * when it holds tensors directly, else its "state_dict" or "model"
      * entry (Lightning's and the seed's layouts), else the root. */
     const char *key;
@@ -979,8 +990,9 @@ CKPT_API ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opt
 CKPT_API void ckpt_adamw_free(ckpt_adamw *o);
 /* The hyperparameters now in use (a load replaces them with the file's). */
 CKPT_API void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts);
-/* Sets the learning rate (a scheduler's job). */
-CKPT_API void ckpt_adamw_set_lr(ckpt_adamw *o, double lr);
+/* Sets the learning rate (a scheduler's job); CKPT_ERR_INVALID_ARG for a
+ * negative or non-finite one. */
+CKPT_API ckpt_status ckpt_adamw_set_lr(ckpt_adamw *o, double lr);
 /*
  * One step, as torch.optim.AdamW.step() computes it (the single-tensor
  * path): grads[i] is the gradient of optimizer parameter i (model order,
@@ -996,7 +1008,7 @@ CKPT_API ckpt_value *ckpt_adamw_state_dict(const ckpt_adamw *o, ckpt_tree *tree)
  * ckpt_value_get(root, "optimizer")). The groups' parameter counts must
  * match, every state tensor must have its parameter's shape; steps may be
  * tensors or numbers; hyperparameters come from the file; state under an
- * id the group does not list is dropped, as PyTorch drops it. Nothing
+ * id the group does not list is dropped (PyTorch keeps it, unused). Nothing
  * changes on error.
  */
 CKPT_API ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *state_dict,

@@ -36,6 +36,7 @@ typedef struct model_param {
     void *data;          /* host, the file's bytes (borrowed) or placed memory */
     char location[72];
     bool is_buffer;
+    bool no_data;        /* CKPT_PARAM_NO_DATA: a description only */
     bool loaded;
     bool borrowed;
     bool placed;
@@ -59,16 +60,6 @@ struct ckpt_model {
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static uint64_t hash_str(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 static char *dup_n(const char *s, size_t n)
 {
@@ -122,14 +113,17 @@ static char *str_printf(const char *fmt, ...)
     return p;
 }
 
-/* "torch.Size([5, 64])" into buf. */
-static void size_text(char *buf, size_t cap, uint32_t ndim, const int64_t *shape)
+/* "torch.Size([5, 64])", allocated. */
+static char *size_text(uint32_t ndim, const int64_t *shape)
 {
-    size_t n = (size_t)snprintf(buf, cap, "torch.Size([");
-    for (uint32_t i = 0; i < ndim && n < cap; i++)
-        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (n < cap)
-        snprintf(buf + n, cap - n, "])");
+    char *s = malloc(16 + (size_t)ndim * 22);
+    if (!s)
+        return NULL;
+    size_t n = (size_t)sprintf(s, "torch.Size([");
+    for (uint32_t i = 0; i < ndim; i++)
+        n += (size_t)sprintf(s + n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    sprintf(s + n, "])");
+    return s;
 }
 
 /* ---- the model -------------------------------------------------------- */
@@ -177,7 +171,7 @@ static bool index_find(const ckpt_model *m, const char *name, size_t len, size_t
     if (!m->index_cap)
         return false;
     size_t mask = m->index_cap - 1;
-    for (size_t h = (size_t)hash_str(name, len) & mask;; h = (h + 1) & mask) {
+    for (size_t h = (size_t)ckpt__hash_keyed(m, name, len) & mask;; h = (h + 1) & mask) {
         size_t e = m->index[h];
         if (!e)
             return false;
@@ -201,7 +195,7 @@ static bool index_rebuild(ckpt_model *m, size_t want)
         return false;
     for (size_t i = 0; i < m->count; i++) {
         const char *pn = m->params[i].name;
-        size_t h = (size_t)hash_str(pn, strlen(pn)) & (cap - 1);
+        size_t h = (size_t)ckpt__hash_keyed(m, pn, strlen(pn)) & (cap - 1);
         while (idx[h])
             h = (h + 1) & (cap - 1);
         idx[h] = i + 1;
@@ -254,7 +248,9 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     p->name = dup_n(name, strlen(name));
     if (!p->name)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-    if (!data) {
+    if (flags & CKPT_PARAM_NO_DATA) {
+        data = NULL;
+    } else if (!data) {
         size_t sz = (size_t)nbytes ? ((size_t)nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN
                                    : MODEL_ALIGN;
         p->own_mem = aligned_alloc(MODEL_ALIGN, sz);
@@ -276,8 +272,9 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     p->host = p->data = data;
     strcpy(p->location, "cpu");
     p->is_buffer = (flags & CKPT_PARAM_BUFFER) != 0;
+    p->no_data = (flags & CKPT_PARAM_NO_DATA) != 0;
     size_t mask = m->index_cap - 1;
-    size_t h = (size_t)hash_str(name, strlen(name)) & mask;
+    size_t h = (size_t)ckpt__hash_keyed(m, name, strlen(name)) & mask;
     while (m->index[h])
         h = (h + 1) & mask;
     m->index[h] = m->count + 1;
@@ -338,6 +335,13 @@ ckpt_value *ckpt_model_state_dict(const ckpt_model *m, ckpt_tree *tree)
         return NULL;
     for (size_t i = 0; i < m->count; i++) {
         const model_param *p = &m->params[i];
+        if (p->no_data) {
+            ckpt_error err;
+            ckpt__fail(&err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                       "parameter \"%s\" is a description only (CKPT_PARAM_NO_DATA)", p->name);
+            ckpt__tree_fail(tree, &err);
+            return NULL;
+        }
         ckpt_tensor_desc desc;
         ckpt_tensor_desc_init(&desc);
         desc.dtype = p->dtype;
@@ -388,6 +392,9 @@ typedef struct load_ctx {
     size_t lookup_cap;
     load_plan *plan;           /* per model parameter; t NULL: not loaded */
     const ckpt_value *sd;      /* the state dict */
+    struct meta_module *meta;  /* its _metadata modules, sorted (built when needed) */
+    size_t n_meta;
+    bool meta_built;
     ckpt_error *err;
 } load_ctx;
 
@@ -419,25 +426,40 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
         }
         *out = sd;
     } else {
+        /* at each level the longest key that the rest of the path starts
+         * with ("layer.0" before "layer"), as ckpt convert --key reads it */
         const ckpt_value *v = root;
         const char *p = key;
+        size_t plen = strlen(key);
+        char *part = malloc(plen + 1);
+        if (!part)
+            return nomem(err);
         while (*p) {
-            const char *dot = strchr(p, '.');
-            size_t len = dot ? (size_t)(dot - p) : strlen(p);
-            char part[256];
-            if (len >= sizeof(part))
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "key path \"%s\": a part is too long", key);
-            memcpy(part, p, len);
-            part[len] = '\0';
-            v = ckpt_value_get(v, part);
-            if (!v)
+            size_t rest = strlen(p), len = rest;
+            const ckpt_value *hit = NULL;
+            for (;;) {
+                memcpy(part, p, len);
+                part[len] = '\0';
+                if ((hit = ckpt_value_get(v, part)) != NULL)
+                    break;
+                while (len > 0 && p[len - 1] != '.')
+                    len--;
+                if (len <= 1)
+                    break;
+                len--; /* before the dot */
+            }
+            if (!hit) {
+                free(part);
                 return ckpt__fail(err, CKPT_ERR_NOT_FOUND, "", CKPT_NO_OFFSET,
-                                  "the checkpoint has no entry \"%s\" (key path \"%s\")", part, key);
+                                  "the checkpoint has no entry \"%.*s\" (key path \"%s\")",
+                                  (int)strcspn(p, "."), p, key);
+            }
+            v = hit;
             p += len;
             if (*p == '.')
                 p++;
         }
+        free(part);
         *out = v;
     }
     ckpt_kind k = ckpt_value_kind(*out);
@@ -480,7 +502,7 @@ static char *remap_key(const ckpt_load_options *o, const char *key, size_t len)
 static bool lookup_find(const load_ctx *c, const char *key, size_t len, size_t *out)
 {
     size_t mask = c->lookup_cap - 1;
-    for (size_t h = (size_t)hash_str(key, len) & mask;; h = (h + 1) & mask) {
+    for (size_t h = (size_t)ckpt__hash_keyed(c, key, len) & mask;; h = (h + 1) & mask) {
         size_t e = c->lookup[h];
         if (!e)
             return false;
@@ -504,27 +526,40 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
     c->lookup_cap = cap;
     if (!c->entries || !c->lookup)
         return nomem(c->err);
-    char small[512];
     for (size_t i = 0; i < n; i++) {
         const ckpt_value *k = ckpt_value_key(sd, i);
-        const char *text;
+        char *text;
         size_t len;
-        char *heap = NULL;
         if (ckpt_value_kind(k) == CKPT_STR) {
-            text = ckpt_value_str(k, &len);
-        } else {
-            len = ckpt_value_key_text(k, small, sizeof(small));
-            text = small;
-            if (len >= sizeof(small)) {
-                heap = malloc(len + 1);
-                if (!heap)
-                    return nomem(c->err);
-                ckpt_value_key_text(k, heap, len + 1);
-                text = heap;
+            /* a NUL inside a key shows as \x00: such a key never names a
+             * parameter, as in Python */
+            const char *raw = ckpt_value_str(k, &len);
+            size_t nuls = 0;
+            for (const char *z = memchr(raw, '\0', len); z;
+                 z = memchr(z + 1, '\0', len - (size_t)(z + 1 - raw)))
+                nuls++;
+            text = malloc(len + 3 * nuls + 1);
+            if (!text)
+                return nomem(c->err);
+            size_t at = 0;
+            for (size_t j = 0; j < len; j++) {
+                if (raw[j])
+                    text[at++] = raw[j];
+                else
+                    memcpy(text + at, "\\x00", 4), at += 4;
             }
+            len = at;
+        } else {
+            /* Python's str() of the key: 1, None, (1, 'a') */
+            len = ckpt__key_text(k, NULL, 0);
+            text = malloc(len + 1);
+            if (!text)
+                return nomem(c->err);
+            len = ckpt__key_text(k, text, len + 1);
         }
+        text[len] = '\0';
         char *key = remap_key(&c->o, text, len);
-        free(heap);
+        free(text);
         if (!key)
             return nomem(c->err);
         sd_entry *e = &c->entries[c->n_entries];
@@ -534,15 +569,16 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         size_t klen = strlen(key), prev;
         (void)prev;
         if (lookup_find(c, key, klen, &prev)) {
-            if (!str_list_push(errors, str_printf("key \"%s\" appears twice in the state dict "
-                                                  "after remapping",
-                                                  key)))
-                return nomem(c->err);
+            bool ok = str_list_push(errors, str_printf("key \"%s\" appears twice in the state "
+                                                       "dict after remapping",
+                                                       key));
             free(key);
+            if (!ok)
+                return nomem(c->err);
             e->key = NULL;
             continue;
         }
-        size_t h = (size_t)hash_str(key, klen) & (cap - 1);
+        size_t h = (size_t)ckpt__hash_keyed(c, key, klen) & (cap - 1);
         while (c->lookup[h])
             h = (h + 1) & (cap - 1);
         c->lookup[h] = ++c->n_entries;
@@ -611,14 +647,15 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
     for (uint32_t i = 0; same && !scalar_from_1d && i < p->ndim; i++)
         same = ti.shape[i] == p->shape[i];
     if (!same) {
-        char a[160], b[160];
-        size_text(a, sizeof(a), ti.ndim, ti.shape);
-        size_text(b, sizeof(b), p->ndim, p->shape);
-        if (!str_list_push(errors, str_printf("size mismatch for %s: copying a param with shape %s "
-                                              "from checkpoint, the shape in current model is %s.",
-                                              p->name, a, b)))
-            return nomem(c->err);
-        return CKPT_OK;
+        char *a = size_text(ti.ndim, ti.shape), *b = size_text(p->ndim, p->shape);
+        bool ok = a && b &&
+                  str_list_push(errors, str_printf("size mismatch for %s: copying a param with "
+                                                   "shape %s from checkpoint, the shape in current "
+                                                   "model is %s.",
+                                                   p->name, a, b));
+        free(a);
+        free(b);
+        return ok ? CKPT_OK : nomem(c->err);
     }
     if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage) {
         if (!str_list_push(errors, str_printf("While copying the parameter named \"%s\": a %s "
@@ -644,7 +681,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
     pl->scalar_from_1d = scalar_from_1d;
     /* one element of a 1-d tensor, or the whole tensor when row-major */
     pl->contiguous = scalar_from_1d || ti.is_contiguous;
-    if (p->numel == 0)
+    if (p->numel == 0 || (c->o.flags & CKPT_LOAD_CHECK_ONLY))
         return CKPT_OK;
     ckpt_status st = ckpt_tensor_data(c->f, t, &pl->src, &pl->zero_copy, c->err);
     if (st != CKPT_OK)
@@ -655,176 +692,149 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
     return CKPT_OK;
 }
 
-/* Emulates load_state_dict's walk over the modules for the report. */
+/*
+ * The modules, as a trie of name components, to emulate load_state_dict's
+ * walk for the report: node 0 is the root (prefix ""); an edge (parent,
+ * component) leads to a child module or to a parameter, found by a keyed
+ * hash of the component, so every lookup costs the component's length.
+ */
 typedef struct module_node {
     const char *prefix;        /* "net.0." (points into a name), "" for the root */
     size_t prefix_len;
     size_t first_child, next_sibling, last_child; /* SIZE_MAX: none */
+    size_t first_param, param_count;              /* a range of module_tree.order */
+    size_t rank;               /* position in depth-first order */
 } module_node;
+
+typedef struct module_edge {
+    size_t parent;
+    const char *comp;          /* points into a parameter name */
+    size_t len;
+    size_t target;             /* a node, or a parameter index */
+    bool is_param;
+} module_edge;
 
 typedef struct module_tree {
     module_node *nodes;
     size_t len, cap;
+    module_edge *edges;
+    size_t n_edges;
+    size_t *table;             /* edge index + 1; 0 empty */
+    size_t table_cap;
     size_t *param_module;      /* module of each parameter */
+    size_t *order;             /* parameters grouped by module, model order within */
+    size_t *dfs;               /* nodes in depth-first order */
 } module_tree;
 
-static size_t module_child(module_tree *mt, size_t parent, const char *name, size_t plen)
+static size_t edge_hash(const module_tree *mt, size_t parent, const char *comp, size_t len,
+                        bool is_param)
 {
-    for (size_t c = mt->nodes[parent].first_child; c != SIZE_MAX; c = mt->nodes[c].next_sibling)
-        if (mt->nodes[c].prefix_len == plen && memcmp(mt->nodes[c].prefix, name, plen) == 0)
-            return c;
+    uint64_t h = ckpt__hash_keyed(mt, comp, len);
+    h ^= ((uint64_t)parent * 2 + is_param) * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h ^ (h >> 29)) & (mt->table_cap - 1);
+}
+
+static size_t edge_find(const module_tree *mt, size_t parent, const char *comp, size_t len,
+                        bool is_param)
+{
+    size_t mask = mt->table_cap - 1;
+    for (size_t h = edge_hash(mt, parent, comp, len, is_param);; h = (h + 1) & mask) {
+        size_t e = mt->table[h];
+        if (!e)
+            return SIZE_MAX;
+        const module_edge *ed = &mt->edges[e - 1];
+        if (ed->parent == parent && ed->is_param == is_param && ed->len == len &&
+            memcmp(ed->comp, comp, len) == 0)
+            return ed->target;
+    }
+}
+
+static void edge_add(module_tree *mt, size_t parent, const char *comp, size_t len, bool is_param,
+                     size_t target)
+{
+    size_t mask = mt->table_cap - 1;
+    size_t h = edge_hash(mt, parent, comp, len, is_param);
+    while (mt->table[h])
+        h = (h + 1) & mask;
+    mt->edges[mt->n_edges] = (module_edge){parent, comp, len, target, is_param};
+    mt->table[h] = ++mt->n_edges;
+}
+
+static size_t module_child(module_tree *mt, size_t parent, const char *name, size_t start,
+                           size_t end)
+{
+    size_t c = edge_find(mt, parent, name + start, end - start, false);
+    if (c != SIZE_MAX)
+        return c;
     if (mt->len == mt->cap) {
         void *p = ckpt__array_grow(mt->nodes, &mt->cap, sizeof(module_node));
         if (!p)
             return SIZE_MAX;
         mt->nodes = p;
     }
-    size_t c = mt->len++;
-    mt->nodes[c] = (module_node){name, plen, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    c = mt->len++;
+    mt->nodes[c] = (module_node){name, end + 1, SIZE_MAX, SIZE_MAX, SIZE_MAX, 0, 0, 0};
     module_node *par = &mt->nodes[parent];
     if (par->last_child == SIZE_MAX)
         par->first_child = c;
     else
         mt->nodes[par->last_child].next_sibling = c;
     par->last_child = c;
+    edge_add(mt, parent, name + start, end - start, false, c);
     return c;
 }
 
 static bool module_tree_build(module_tree *mt, const ckpt_model *m)
 {
     memset(mt, 0, sizeof(*mt));
-    mt->param_module = malloc((m->count ? m->count : 1) * sizeof(size_t));
+    size_t comps = 0;
+    for (size_t i = 0; i < m->count; i++)
+        for (const char *p = m->params[i].name; p; p = strchr(p, '.'), p = p ? p + 1 : p)
+            comps++;
+    size_t cap = 16;
+    while (cap < comps * 2)
+        cap *= 2;
+    size_t n = m->count ? m->count : 1;
+    mt->table_cap = cap;
+    mt->table = calloc(cap, sizeof(size_t));
+    mt->edges = malloc((comps ? comps : 1) * sizeof(module_edge));
+    mt->param_module = malloc(n * sizeof(size_t));
+    mt->order = malloc(n * sizeof(size_t));
     mt->cap = 16;
     mt->nodes = malloc(mt->cap * sizeof(module_node));
-    if (!mt->param_module || !mt->nodes)
+    if (!mt->table || !mt->edges || !mt->param_module || !mt->order || !mt->nodes)
         return false;
-    mt->nodes[0] = (module_node){"", 0, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    mt->nodes[0] = (module_node){"", 0, SIZE_MAX, SIZE_MAX, SIZE_MAX, 0, 0, 0};
     mt->len = 1;
     for (size_t i = 0; i < m->count; i++) {
         const char *name = m->params[i].name;
-        size_t node = 0;
-        /* a child per component before the last: the linear scan of
-         * siblings is fine for models (few children per module) */
+        size_t node = 0, start = 0;
         for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
-            node = module_child(mt, node, name, (size_t)(dot - name) + 1);
+            size_t end = (size_t)(dot - name);
+            node = module_child(mt, node, name, start, end);
             if (node == SIZE_MAX)
                 return false;
+            start = end + 1;
         }
         mt->param_module[i] = node;
+        mt->nodes[node].param_count++;
+        edge_add(mt, node, name + start, strlen(name + start), true, i);
     }
-    return true;
-}
-
-static void module_tree_free(module_tree *mt)
-{
-    free(mt->nodes);
-    free(mt->param_module);
-}
-
-/* Is the first component of rest (after a module prefix) a child module
- * or a parameter of node? */
-static bool module_knows(const module_tree *mt, const ckpt_model *m, size_t node,
-                         const char *key, size_t plen)
-{
-    const char *rest = key + plen;
-    const char *dot = strchr(rest, '.');
-    size_t clen = dot ? (size_t)(dot - rest) : strlen(rest);
-    for (size_t c = mt->nodes[node].first_child; c != SIZE_MAX; c = mt->nodes[c].next_sibling)
-        if (mt->nodes[c].prefix_len == plen + clen + 1 &&
-            memcmp(mt->nodes[c].prefix + plen, rest, clen) == 0)
-            return true;
-    /* a parameter named prefix + component, owned by this module */
-    size_t pi;
-    return index_find(m, key, plen + clen, &pi) && mt->param_module[pi] == node;
-}
-
-/* BatchNorm's compatibility rule: a state dict saved before its version 2
- * (by the state dict's _metadata, or without _metadata) has no
- * num_batches_tracked, and load_state_dict keeps the model's value instead
- * of reporting the key missing. module is the parameter's module prefix
- * ("net.1."), after remapping. */
-static bool old_batchnorm_key(const load_ctx *c, const model_param *p, const char *module,
-                              size_t module_len)
-{
-    size_t nl = strlen(p->name);
-    if (p->dtype != CKPT_INT64 || p->ndim != 0 || nl != module_len + strlen("num_batches_tracked") ||
-        strcmp(p->name + module_len, "num_batches_tracked") != 0)
-        return false;
-    const ckpt_value *meta = ckpt_value_get(ckpt_value_state(c->sd), "_metadata");
-    size_t n = ckpt_value_len(meta);
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-        const ckpt_value *k = ckpt_value_key(meta, i);
-        const char *name = ckpt_value_str(k, &len);
-        if (ckpt_value_kind(k) != CKPT_STR || len > 4096)
-            continue;
-        /* "net.1" names the module whose prefix is "net.1."; "" the root */
-        char buf[4100];
-        memcpy(buf, name, len);
-        if (len)
-            buf[len++] = '.';
-        char *mapped = remap_key(&c->o, buf, len);
-        bool same = mapped && strlen(mapped) == module_len && memcmp(mapped, module, module_len) == 0;
-        free(mapped);
-        if (!same)
-            continue;
-        const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
-        return ckpt_value_kind(version) != CKPT_INT || ckpt_value_int(version) < 2;
-    }
-    return true;
-}
-
-/* Depth-first over the modules: missing keys, first-pass checks and
- * unexpected keys in load_state_dict's order. */
-static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *errors)
-{
-    ckpt_model *m = c->m;
+    /* depth-first order, children in the order they first appear */
+    mt->dfs = malloc(mt->len * sizeof(size_t));
     size_t *stack = malloc(mt->len * sizeof(size_t));
-    if (!stack)
-        return nomem(c->err);
-    size_t sp = 0;
+    if (!mt->dfs || !stack) {
+        free(stack);
+        return false;
+    }
+    size_t sp = 0, k = 0;
     stack[sp++] = 0;
-    ckpt_status st = CKPT_OK;
-    while (sp && st == CKPT_OK) {
+    while (sp) {
         size_t node = stack[--sp];
-        const module_node *nd = &mt->nodes[node];
-        for (size_t i = 0; i < m->count && st == CKPT_OK; i++) {
-            if (mt->param_module[i] != node)
-                continue;
-            size_t e;
-            const char *name = m->params[i].name;
-            if (!lookup_find(c, name, strlen(name), &e)) {
-                if (old_batchnorm_key(c, &m->params[i], nd->prefix, nd->prefix_len))
-                    continue;
-                if (!str_list_push(&m->missing, dup_n(name, strlen(name))))
-                    st = nomem(c->err);
-                continue;
-            }
-            c->entries[e].param = i;
-            st = check_param(c, i, &c->entries[e], errors);
-        }
-        /* PREFIX_extra_state first (a C model has no set_extra_state) */
-        size_t extra = SIZE_MAX;
-        if (st == CKPT_OK) {
-            char *k = str_printf("%.*s_extra_state", (int)nd->prefix_len, nd->prefix);
-            if (!k)
-                st = nomem(c->err);
-            else if (lookup_find(c, k, strlen(k), &extra) &&
-                     !str_list_push(&m->unexpected, dup_n(k, strlen(k))))
-                st = nomem(c->err);
-            free(k);
-        }
-        for (size_t e = 0; e < c->n_entries && st == CKPT_OK; e++) {
-            const char *key = c->entries[e].key;
-            if (e == extra || strncmp(key, nd->prefix, nd->prefix_len) != 0)
-                continue;
-            if (!module_knows(mt, m, node, key, nd->prefix_len))
-                if (!str_list_push(&m->unexpected, dup_n(key, strlen(key))))
-                    st = nomem(c->err);
-        }
-        /* children in order: push them reversed */
+        mt->nodes[node].rank = k;
+        mt->dfs[k++] = node;
         size_t first = sp;
-        for (size_t ch = nd->first_child; ch != SIZE_MAX; ch = mt->nodes[ch].next_sibling)
+        for (size_t ch = mt->nodes[node].first_child; ch != SIZE_MAX; ch = mt->nodes[ch].next_sibling)
             stack[sp++] = ch;
         for (size_t a = first, b = sp; b > a + 1; a++, b--) {
             size_t t = stack[a];
@@ -833,6 +843,189 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
         }
     }
     free(stack);
+    /* parameters grouped by module */
+    size_t at = 0;
+    for (size_t j = 0; j < mt->len; j++) {
+        mt->nodes[j].first_param = at;
+        at += mt->nodes[j].param_count;
+        mt->nodes[j].param_count = 0;
+    }
+    for (size_t i = 0; i < m->count; i++) {
+        module_node *nd = &mt->nodes[mt->param_module[i]];
+        mt->order[nd->first_param + nd->param_count++] = i;
+    }
+    return true;
+}
+
+static void module_tree_free(module_tree *mt)
+{
+    free(mt->nodes);
+    free(mt->edges);
+    free(mt->table);
+    free(mt->param_module);
+    free(mt->order);
+    free(mt->dfs);
+}
+
+/* A module of the state dict's _metadata: its prefix after remapping and
+ * its version (-1 when none is given). */
+typedef struct meta_module {
+    char *prefix;
+    int64_t version;
+} meta_module;
+
+static int meta_cmp(const void *a, const void *b)
+{
+    return strcmp(((const meta_module *)a)->prefix, ((const meta_module *)b)->prefix);
+}
+
+static ckpt_status meta_build(load_ctx *c)
+{
+    c->meta_built = true;
+    const ckpt_value *meta = ckpt_value_get(ckpt_value_state(c->sd), "_metadata");
+    size_t n = ckpt_value_len(meta);
+    c->meta = calloc(n ? n : 1, sizeof(meta_module));
+    if (!c->meta)
+        return nomem(c->err);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const ckpt_value *k = ckpt_value_key(meta, i);
+        const char *name = ckpt_value_str(k, &len);
+        if (ckpt_value_kind(k) != CKPT_STR || memchr(name, '\0', len))
+            continue;
+        /* "net.1" names the module whose prefix is "net.1."; "" the root */
+        char *dotted = malloc(len + 2);
+        if (!dotted)
+            return nomem(c->err);
+        memcpy(dotted, name, len);
+        if (len)
+            dotted[len++] = '.';
+        char *mapped = remap_key(&c->o, dotted, len);
+        free(dotted);
+        if (!mapped)
+            return nomem(c->err);
+        const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
+        c->meta[c->n_meta].prefix = mapped;
+        c->meta[c->n_meta++].version =
+            ckpt_value_kind(version) == CKPT_INT ? ckpt_value_int(version) : -1;
+    }
+    qsort(c->meta, c->n_meta, sizeof(meta_module), meta_cmp);
+    return CKPT_OK;
+}
+
+/* BatchNorm's compatibility rule: a state dict saved before its version 2
+ * (by the state dict's _metadata, or without _metadata) has no
+ * num_batches_tracked, and load_state_dict keeps the model's value instead
+ * of reporting the key missing. */
+static ckpt_status old_batchnorm_key(load_ctx *c, const model_param *p, const module_node *nd,
+                                     bool *old)
+{
+    *old = false;
+    if (p->dtype != CKPT_INT64 || p->ndim != 0 ||
+        strcmp(p->name + nd->prefix_len, "num_batches_tracked") != 0)
+        return CKPT_OK;
+    if (!c->meta_built)
+        CKPT_RETURN_IF_ERROR(meta_build(c));
+    char *prefix = dup_n(nd->prefix, nd->prefix_len);
+    if (!prefix)
+        return nomem(c->err);
+    meta_module want = {prefix, 0};
+    const meta_module *hit = bsearch(&want, c->meta, c->n_meta, sizeof(meta_module), meta_cmp);
+    free(prefix);
+    *old = !hit || hit->version < 2;
+    return CKPT_OK;
+}
+
+/* An unexpected key, found at a module: kind 0 for the module's
+ * _extra_state (listed first), 1 for the others. */
+typedef struct unexpected_rec {
+    size_t rank;
+    int kind;
+    size_t entry;
+} unexpected_rec;
+
+static int unexpected_cmp(const void *a, const void *b)
+{
+    const unexpected_rec *x = a, *y = b;
+    if (x->rank != y->rank)
+        return x->rank < y->rank ? -1 : 1;
+    if (x->kind != y->kind)
+        return x->kind - y->kind;
+    return (x->entry > y->entry) - (x->entry < y->entry);
+}
+
+/* load_state_dict's walk: module by module in depth-first order, the
+ * missing keys and the checks of the module's parameters, then the keys
+ * under its prefix whose first component names neither a child module nor
+ * a parameter of it (its _extra_state first: a C model has none to set). */
+static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *errors)
+{
+    ckpt_model *m = c->m;
+    ckpt_status st = CKPT_OK;
+    for (size_t k = 0; k < mt->len && st == CKPT_OK; k++) {
+        const module_node *nd = &mt->nodes[mt->dfs[k]];
+        for (size_t j = 0; j < nd->param_count && st == CKPT_OK; j++) {
+            size_t i = mt->order[nd->first_param + j], e;
+            const char *name = m->params[i].name;
+            if (!lookup_find(c, name, strlen(name), &e)) {
+                bool old;
+                st = old_batchnorm_key(c, &m->params[i], nd, &old);
+                if (st == CKPT_OK && !old && !str_list_push(&m->missing, dup_n(name, strlen(name))))
+                    st = nomem(c->err);
+                continue;
+            }
+            c->entries[e].param = i;
+            st = check_param(c, i, &c->entries[e], errors);
+        }
+    }
+    if (st != CKPT_OK)
+        return st;
+
+    unexpected_rec *recs = NULL;
+    size_t n_recs = 0, cap = 0;
+    static const char extra[] = "_extra_state";
+    for (size_t e = 0; e < c->n_entries && st == CKPT_OK; e++) {
+        const char *key = c->entries[e].key;
+        size_t node = 0, plen = 0;
+        for (;;) {
+            const char *rest = key + plen;
+            const char *dot = strchr(rest, '.');
+            size_t clen = dot ? (size_t)(dot - rest) : strlen(rest);
+            int kind = -1;
+            if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0 &&
+                edge_find(mt, node, rest, clen, true) == SIZE_MAX)
+                kind = 0;
+            else if (edge_find(mt, node, rest, clen, false) == SIZE_MAX &&
+                     edge_find(mt, node, rest, clen, true) == SIZE_MAX)
+                kind = 1;
+            if (kind >= 0) {
+                if (n_recs == cap) {
+                    void *p = ckpt__array_grow(recs, &cap, sizeof(unexpected_rec));
+                    if (!p) {
+                        st = nomem(c->err);
+                        break;
+                    }
+                    recs = p;
+                }
+                recs[n_recs++] = (unexpected_rec){mt->nodes[node].rank, kind, e};
+            }
+            if (!dot)
+                break;
+            node = edge_find(mt, node, rest, clen, false);
+            if (node == SIZE_MAX)
+                break;
+            plen += clen + 1;
+        }
+    }
+    if (st == CKPT_OK && n_recs) {
+        qsort(recs, n_recs, sizeof(unexpected_rec), unexpected_cmp);
+        for (size_t r = 0; r < n_recs && st == CKPT_OK; r++) {
+            const char *key = c->entries[recs[r].entry].key;
+            if (!str_list_push(&m->unexpected, dup_n(key, strlen(key))))
+                st = nomem(c->err);
+        }
+    }
+    free(recs);
     return st;
 }
 
@@ -1027,6 +1220,20 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
         (c.o.location_map_count && !c.o.location_map))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "a remapping count without its array");
+    if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
+        for (size_t i = 0; i < m->count; i++)
+            if (m->params[i].no_data)
+                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                                  "parameter \"%s\" is a description only "
+                                  "(CKPT_PARAM_NO_DATA): the model can only be checked",
+                                  m->params[i].name);
+    if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
+        for (size_t i = 0; i < m->count; i++)
+            if (m->params[i].no_data)
+                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                                  "parameter \"%s\" is a description only "
+                                  "(CKPT_PARAM_NO_DATA): the model can only be checked",
+                                  m->params[i].name);
     report_clear(m);
     /* the previous load's errors live in m->errors; this load's in errors */
     str_list *errors = &m->errors;
@@ -1061,6 +1268,15 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
                         (m->missing.len + m->unexpected.len + errors->len > 1) ? " (and more)" : "");
         goto out;
     }
+    if (c.o.flags & CKPT_LOAD_CHECK_ONLY) {
+        for (size_t i = 0; i < m->count; i++) {
+            r->loaded += c.plan[i].t != NULL;
+            r->converted += c.plan[i].t && c.plan[i].from != m->params[i].dtype;
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < m->count; i++)
+        m->params[i].loaded = false;
     for (size_t i = 0; i < m->count; i++) {
         if (!c.plan[i].t)
             continue;
@@ -1072,6 +1288,9 @@ out:
     fill_report(m, r, errors);
     for (size_t i = 0; i < c.n_entries; i++)
         free(c.entries[i].key);
+    for (size_t i = 0; i < c.n_meta; i++)
+        free(c.meta[i].prefix);
+    free(c.meta);
     free(c.entries);
     free(c.lookup);
     free(c.plan);

@@ -22,12 +22,13 @@ typedef struct adamw_param {
     size_t model_index;
     uint64_t numel;
     uint32_t ndim;
-    const int64_t *shape;
+    int64_t shape[CKPT_MODEL_MAX_NDIM];
     float *exp_avg;
     float *exp_avg_sq;
     float *max_exp_avg_sq;   /* amsgrad only */
     int64_t step;            /* 0: no state yet */
     float step_value;        /* step as the float32 tensor PyTorch keeps */
+    bool fresh;              /* state allocated by the step in progress */
 } adamw_param;
 
 struct ckpt_adamw {
@@ -117,7 +118,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
         p->model_index = i;
         p->numel = info.numel;
         p->ndim = info.ndim;
-        p->shape = info.shape;
+        memcpy(p->shape, info.shape, info.ndim * sizeof(int64_t));
     }
     *out = a;
     return CKPT_OK;
@@ -128,9 +129,12 @@ void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts)
     *opts = o->o;
 }
 
-void ckpt_adamw_set_lr(ckpt_adamw *o, double lr)
+ckpt_status ckpt_adamw_set_lr(ckpt_adamw *o, double lr)
 {
+    if (!o || !(lr >= 0) || !isfinite(lr))
+        return CKPT_ERR_INVALID_ARG;
     o->o.lr = lr;
+    return CKPT_OK;
 }
 
 int64_t ckpt_adamw_param_step(const ckpt_adamw *o, size_t i)
@@ -150,28 +154,38 @@ ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error
     if (!o || !grads)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "ckpt_adamw_step needs an optimizer and gradients");
-    /* state first, so that running out of memory changes nothing */
+    for (size_t i = 0; i < o->count; i++) {
+        ckpt_param_info info;
+        ckpt_model_param(o->model, o->params[i].model_index, &info);
+        if (grads[i] && (info.borrowed || info.placed || !info.data))
+            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                              "AdamW: parameter \"%s\" is not in its host memory (%s)", info.name,
+                              info.borrowed ? "borrowed from a file"
+                              : info.placed ? "placed by the caller"
+                                            : "a description only");
+    }
+    /* state for first steps, all or nothing, so that running out of memory
+     * changes nothing */
     for (size_t i = 0; i < o->count; i++) {
         adamw_param *p = &o->params[i];
         if (!grads[i] || p->exp_avg)
             continue;
+        p->fresh = true;
         p->exp_avg = zeros(p->numel);
         p->exp_avg_sq = zeros(p->numel);
         if (o->o.amsgrad)
             p->max_exp_avg_sq = zeros(p->numel);
         if (!p->exp_avg || !p->exp_avg_sq || (o->o.amsgrad && !p->max_exp_avg_sq)) {
-            free_state(p);
+            for (size_t j = 0; j <= i; j++)
+                if (o->params[j].fresh) {
+                    free_state(&o->params[j]);
+                    o->params[j].fresh = false;
+                }
             return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         }
     }
-    for (size_t i = 0; i < o->count; i++) {
-        ckpt_param_info info;
-        ckpt_model_param(o->model, o->params[i].model_index, &info);
-        if (grads[i] && (info.borrowed || info.placed))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "AdamW: parameter \"%s\" is not in its host memory (%s)", info.name,
-                              info.borrowed ? "borrowed from a file" : "placed by the caller");
-    }
+    for (size_t i = 0; i < o->count; i++)
+        o->params[i].fresh = false;
     const double lr = o->o.lr, beta1 = o->o.beta1, beta2 = o->o.beta2;
     const float decay = (float)(1.0 - lr * o->o.weight_decay);
     const float b1 = (float)beta1, one_b1 = (float)(1.0 - beta1);

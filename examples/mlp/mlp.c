@@ -328,6 +328,8 @@ static ckpt_status restore(net *n, ckpt_adamw *opt, ckpt_file *f, int64_t *next_
     if (!state || !epoch || ckpt_value_kind(epoch) != CKPT_INT)
         return set_error(err, CKPT_ERR_NOT_FOUND,
                          "no \"optimizer\" state or no int \"epoch\" to resume from");
+    if (ckpt_value_int(epoch) < 0 || ckpt_value_int(epoch) >= INT32_MAX)
+        return set_error(err, CKPT_ERR_FORMAT, "\"epoch\" is out of range");
     st = ckpt_adamw_load(opt, f, state, err);
     if (st != CKPT_OK)
         return st;
