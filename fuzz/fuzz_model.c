@@ -53,7 +53,7 @@ static const ckpt_value *auto_state_dict(const ckpt_value *root)
         if (ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_TENSOR)
             return root;
     const ckpt_value *v = ckpt_value_get(root, "state_dict");
-    if (!v)
+    if (!is_dict(v))
         v = ckpt_value_get(root, "model");
     return is_dict(v) ? v : root;
 }
@@ -97,6 +97,16 @@ static void own_model(ckpt_file *f)
     }
     ckpt_load_report r;
     ckpt_status st = ckpt_model_load(m, f, NULL, &r, &err);
+    /* PyTorch's one exception: a key ending in _extra_state is unexpected
+     * even when a parameter has that name */
+    bool extra_only = st == CKPT_ERR_MISMATCH && !r.missing_count && !r.error_count;
+    for (size_t i = 0; extra_only && i < r.unexpected_count; i++) {
+        size_t ul = strlen(r.unexpected[i]);
+        extra_only = ul >= 12 && strcmp(r.unexpected[i] + ul - 12, "_extra_state") == 0 &&
+                     (ul == 12 || r.unexpected[i][ul - 13] == '.');
+    }
+    if (extra_only)
+        goto skip_model;
     if (st == CKPT_ERR_MISMATCH || (st == CKPT_OK && r.loaded != count)) {
         fprintf(stderr, "a model made from the file's own state dict did not load: %s\n",
                 r.message ? r.message : err.message);

@@ -885,8 +885,10 @@ typedef struct ckpt_load_options {
     /* The state dict inside the checkpoint: a dotted path of dict keys
      * ("model", "state_dict", "model.encoder"; at each level the longest
      * key the path starts with, so keys may hold dots); "" the root. NULL: the root
-     * when it holds tensors directly, else its "state_dict" or "model"
-     * entry (Lightning's and the seed's layouts), else the root. */
+     * when it holds tensors directly, else the first of its "state_dict"
+     * and "model" entries that is a dict (Lightning's and the seed's
+     * layouts), else the root. Keys that are not text (3, (1, 'a')) never
+     * name a parameter: they are unexpected. */
     const char *key;
     /* Key remapping, applied in this order to every key of the state dict:
      * the first of strip_prefixes that a key starts with is removed once

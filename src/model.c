@@ -369,6 +369,7 @@ typedef struct sd_entry {
     char *key;                 /* after remapping */
     const ckpt_value *value;
     size_t param;              /* matching model parameter, or SIZE_MAX */
+    bool is_str;               /* a text key; others never match a name */
 } sd_entry;
 
 /* What the first pass decided for one parameter. */
@@ -416,12 +417,13 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
             for (size_t i = 0; i < n && !has_tensor; i++)
                 has_tensor = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_TENSOR;
             if (!has_tensor) {
-                const ckpt_value *v = ckpt_value_get(root, "state_dict");
-                if (!v)
-                    v = ckpt_value_get(root, "model");
-                ckpt_kind vk = ckpt_value_kind(v);
-                if (v && (vk == CKPT_DICT || vk == CKPT_ORDERED_DICT))
-                    sd = v;
+                static const char *const names[] = {"state_dict", "model"};
+                for (size_t j = 0; j < 2 && sd == root; j++) {
+                    const ckpt_value *v = ckpt_value_get(root, names[j]);
+                    ckpt_kind vk = ckpt_value_kind(v);
+                    if (v && (vk == CKPT_DICT || vk == CKPT_ORDERED_DICT))
+                        sd = v;
+                }
             }
         }
         *out = sd;
@@ -530,7 +532,8 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         const ckpt_value *k = ckpt_value_key(sd, i);
         char *text;
         size_t len;
-        if (ckpt_value_kind(k) == CKPT_STR) {
+        bool is_str = ckpt_value_kind(k) == CKPT_STR;
+        if (is_str) {
             /* a NUL inside a key shows as \x00: such a key never names a
              * parameter, as in Python */
             const char *raw = ckpt_value_str(k, &len);
@@ -566,8 +569,12 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         e->key = key;
         e->value = ckpt_value_dict_value(sd, i);
         e->param = SIZE_MAX;
+        e->is_str = is_str;
         size_t klen = strlen(key), prev;
-        (void)prev;
+        if (!is_str) {
+            c->n_entries++;
+            continue;
+        }
         if (lookup_find(c, key, klen, &prev)) {
             bool ok = str_list_push(errors, str_printf("key \"%s\" appears twice in the state "
                                                        "dict after remapping",
@@ -988,13 +995,25 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
         const char *key = c->entries[e].key;
         size_t node = 0, plen = 0;
         for (;;) {
+            if (!c->entries[e].is_str) {
+                /* 3 or (1, 'a') as a key: never a parameter's name */
+                if (n_recs == cap) {
+                    void *p = ckpt__array_grow(recs, &cap, sizeof(unexpected_rec));
+                    if (!p) {
+                        st = nomem(c->err);
+                        break;
+                    }
+                    recs = p;
+                }
+                recs[n_recs++] = (unexpected_rec){0, 1, e};
+                break;
+            }
             const char *rest = key + plen;
             const char *dot = strchr(rest, '.');
             size_t clen = dot ? (size_t)(dot - rest) : strlen(rest);
             int kind = -1;
-            if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0 &&
-                edge_find(mt, node, rest, clen, true) == SIZE_MAX)
-                kind = 0;
+            if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0)
+                kind = 0; /* even when a parameter has that name, as in PyTorch */
             else if (edge_find(mt, node, rest, clen, false) == SIZE_MAX &&
                      edge_find(mt, node, rest, clen, true) == SIZE_MAX)
                 kind = 1;
@@ -1220,13 +1239,6 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
         (c.o.location_map_count && !c.o.location_map))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "a remapping count without its array");
-    if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
-        for (size_t i = 0; i < m->count; i++)
-            if (m->params[i].no_data)
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "parameter \"%s\" is a description only "
-                                  "(CKPT_PARAM_NO_DATA): the model can only be checked",
-                                  m->params[i].name);
     if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
         for (size_t i = 0; i < m->count; i++)
             if (m->params[i].no_data)

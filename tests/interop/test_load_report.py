@@ -9,7 +9,10 @@ and unexpected keys, in the same order, when it does not.
 """
 import copy
 import json
+import os
+import resource
 import subprocess
+import time
 from collections import OrderedDict
 
 import pytest
@@ -511,3 +514,152 @@ def test_usage_errors(ckpt_bin, case, tmp_path):
         assert res.returncode == 2, res.describe()
         assert res.stdout == "" and res.stderr.startswith("ckpt: "), res.describe()
     assert str(missing) in run(ckpt_bin, "match", missing, "--model", c.ref).stderr
+
+
+# ---- regressions ---------------------------------------------------------------------
+
+
+def test_nul_in_key_names_no_parameter(ckpt_bin, case):
+    """A key "w\0junk" is not "w" (C strings would say it is): "w" is
+    missing and the key unexpected, as torch says; ckpt writes the NUL as
+    the text \x00 where torch's message holds the NUL itself."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.ones(3))
+    c = case(model, OrderedDict([("w\x00junk", torch.zeros(3))]))
+    message, _ = torch_load(model, c.sd, strict=True)
+    assert message is not None and "\x00" in message
+    res = c.match(ckpt_bin)
+    assert res.returncode == 1, res.describe()
+    lines = stdout_text(res).split("\n")
+    torch_lines = message.split("\n")
+    assert lines[0] == torch_lines[0] == "Error(s) in loading state_dict for Module:"
+    assert lines[1] == torch_lines[1] == '\tMissing key(s) in state_dict: "w". '
+    assert lines[2] == '\tUnexpected key(s) in state_dict: "w\\x00junk". '
+    assert torch_lines[2] == lines[2].replace("\\x00", "\x00")
+    out = json.loads(c.match(ckpt_bin, "--json").stdout)
+    assert out["missing"] == ["w"] and out["unexpected"] == ["w\\x00junk"]
+    res = c.match(ckpt_bin, "--non-strict")
+    assert res.returncode == 0, res.describe()
+    assert res.stdout.startswith("ok: 0 tensors load into Module (non-strict)\n")
+
+
+def test_long_int_keys_stay_distinct(ckpt_bin, tmp_path):
+    """Int keys whose text is longer than 511 characters are not cut: two
+    that differ in their last digit are two unexpected keys, not one key
+    that "appears twice". (torch's load_state_dict cannot take int keys.)"""
+    big = 10 ** 600
+    ref, ck = tmp_path / "ref.pth", tmp_path / "ck.pth"
+    torch.save(OrderedDict([("w", torch.ones(2))]), ref)
+    torch.save(OrderedDict([(big, torch.zeros(1)), ("w", torch.zeros(2)),
+                            (big + 1, torch.zeros(1))]), ck)
+    res = run(ckpt_bin, "match", ck, "--model", ref, "--non-strict")
+    assert res.returncode == 0, res.describe()
+    assert "appears twice" not in res.stdout + res.stderr
+    assert res.stdout.split("\n")[:2] == [
+        "ok: 1 tensor loads into Model (non-strict)",
+        f"_IncompatibleKeys(missing_keys=[], unexpected_keys=['{big}', '{big + 1}'])"]
+    out = json.loads(run(ckpt_bin, "match", ck, "--model", ref, "--non-strict", "--json").stdout)
+    assert out["unexpected"] == [str(big), str(big + 1)] and out["errors"] == []
+    res = run(ckpt_bin, "match", ck, "--model", ref)
+    assert res.returncode == 1, res.describe()
+    assert stdout_text(res) == ("Error(s) in loading state_dict for Model:\n"
+                                f'\tUnexpected key(s) in state_dict: "{big}", "{big + 1}". ')
+
+
+def _sanitized(ckpt_bin):
+    """ASan reserves terabytes of address space: no RLIMIT_AS under it (as
+    CTest says with CKPT_SANITIZED, or as the binary itself shows)."""
+    if os.environ.get("CKPT_SANITIZED", "0").upper() not in ("0", "", "FALSE", "OFF"):
+        return True
+    with open(ckpt_bin, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def test_match_reads_no_tensor_bytes(ckpt_bin, tmp_path):
+    """`ckpt match` only describes and checks: a 4 GiB expanded view of one
+    float (saved as its one-element storage) as both the model and the
+    checkpoint needs neither 4 GiB of memory nor the time to fill it."""
+    t = torch.zeros(1).expand(2 ** 30)
+    ref = tmp_path / "expanded.pth"
+    torch.save({"w": t}, ref)
+    assert ref.stat().st_size < 4096
+    limit = 1 << 30
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    argv = [ckpt_bin, "match", str(ref), "--model", str(ref)]
+    sanitized = _sanitized(ckpt_bin)
+    for extra in ([], ["--non-strict"], ["--json"]):
+        start = time.monotonic()
+        proc = subprocess.run(argv + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=60, preexec_fn=None if sanitized else cap)
+        res = Result(argv + extra, proc)
+        assert not crashed(res), res.describe()
+        assert res.returncode == 0, res.describe()
+        assert "out of memory" not in res.stderr
+        assert time.monotonic() - start < 30, res.describe()
+        if extra == ["--json"]:
+            assert json.loads(res.stdout)["loaded"] == 1
+        else:
+            assert res.stdout.startswith("ok: 1 tensor loads into Model"), res.describe()
+
+
+def test_non_utf8_unexpected_key(ckpt_bin, tmp_path):
+    """A key that is not UTF-8 (a lone surrogate, which pickle writes with
+    surrogatepass) in --non-strict's list: shown as bytes, never "out of
+    memory". torch shows it as the str 'x\\udcff'."""
+    ref, ck = tmp_path / "ref.pth", tmp_path / "ck.pth"
+    torch.save(OrderedDict([("w", torch.ones(2))]), ref)
+    torch.save(OrderedDict([("w", torch.zeros(2)), ("x\udcff", torch.zeros(1))]), ck)
+    res = run(ckpt_bin, "match", ck, "--model", ref, "--non-strict")
+    assert res.returncode == 0, res.describe()
+    assert "out of memory" not in res.stdout + res.stderr
+    assert res.stdout.split("\n")[:2] == [
+        "ok: 1 tensor loads into Model (non-strict)",
+        "_IncompatibleKeys(missing_keys=[], unexpected_keys=[b'x\\xed\\xb3\\xbf'])"]
+    js = run(ckpt_bin, "match", ck, "--model", ref, "--non-strict", "--json")
+    assert js.returncode == 0, js.describe()
+    out = json.loads(js.stdout)
+    assert out["ok"] is True and out["unexpected"] == [None] and out["loaded"] == 1
+    # strict: refused, the key in the message as its bytes
+    res = run(ckpt_bin, "match", ck, "--model", ref)
+    assert res.returncode == 1, res.describe()
+    argv = [ckpt_bin, "match", str(ck), "--model", str(ref)]
+    raw = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60).stdout
+    assert raw == (b"Error(s) in loading state_dict for Model:\n"
+                   b'\tUnexpected key(s) in state_dict: "x\xed\xb3\xbf". \n')
+
+
+def test_parameter_named_extra_state(ckpt_bin, case):
+    """torch.nn.Module._load_from_state_dict copies a parameter literally
+    named _extra_state and still lists the key as unexpected (the module has
+    no set_extra_state), so strict loading fails."""
+    model = nn.Module()
+    model.register_parameter("_extra_state", nn.Parameter(torch.ones(2)))
+    model.w = nn.Parameter(torch.ones(2))
+    c = case(model, OrderedDict([("_extra_state", torch.zeros(2)), ("w", torch.zeros(2))]))
+    check_strict(ckpt_bin, c)
+    check_non_strict(ckpt_bin, c)
+
+
+def test_default_rule_skips_entries_that_are_not_dicts(ckpt_bin, tmp_path):
+    """{"state_dict": None, "model": sd}: the library and the CLI both take
+    "model", the first of the two entries that is a dict."""
+    sd = made(Net, 1).state_dict()
+    f = tmp_path / "ck.pth"
+    torch.save({"state_dict": None, "model": sd, "epoch": 3}, f)
+    res = run(ckpt_bin, "match", f, "--model", f, "--name", "Net")
+    assert res.returncode == 0, res.describe()
+    assert res.stdout.startswith("ok: 4 tensors load into Net (strict)\n"), res.describe()
+
+
+def test_int_keys_never_name_a_parameter(ckpt_bin, tmp_path):
+    """A key 0 is not the name "0": it is unexpected, and "0" stays missing."""
+    ref = tmp_path / "ref.pth"
+    ck = tmp_path / "ck.pth"
+    torch.save({"0": torch.zeros(2)}, ref)
+    torch.save({0: torch.zeros(2)}, ck)
+    res = run(ckpt_bin, "match", ck, "--model", ref, "--json")
+    assert res.returncode == 1, res.describe()
+    out = json.loads(res.stdout)
+    assert out["missing"] == ["0"] and out["unexpected"] == ["0"], out

@@ -4,9 +4,12 @@
  * and memory the model allocates, zero-copy loads, key remapping and
  * selection, dtype conversion, location tags and the placement callback,
  * state dict round trips, AdamW against a reference computed here in double,
- * its state dict round trip and refusals, and hostile state dicts (huge
+ * its state dict round trip and refusals, hostile state dicts (huge
  * shapes, stride-0 and transposed views, negative strides, bad optimizer
- * entries) that must fail cleanly and leave everything as it was.
+ * entries) that must fail cleanly and leave everything as it was, and
+ * regressions: flags after a later load, keys with a NUL or a long non-text
+ * key, check-only loads of descriptions (CKPT_PARAM_NO_DATA), dotted key
+ * paths, 20,000 modules, AdamW after the model grows or a refused step.
  *
  * Every checkpoint is built here with the library's own tree API and
  * ckpt_save_torch (or by hand, for what that API refuses to build).
@@ -1400,7 +1403,7 @@ static void test_adamw_reference(void **state)
         assert_true(x.rm[i] == 42.0f); /* a buffer is never stepped */
 
     /* set_lr: the next step uses it */
-    ckpt_adamw_set_lr(o, 0.5);
+    assert_int_equal(ckpt_adamw_set_lr(o, 0.5), CKPT_OK);
     ckpt_adamw_get_options(o, &got);
     assert_true(got.lr == 0.5);
     hp.lr = 0.5;
@@ -1952,7 +1955,10 @@ static buf pk_view(int64_t numel, int64_t offset, const int64_t *shape, const in
     return b;
 }
 
-static buf zip_of(const char *const *names, const uint8_t *const *data, const size_t *sizes, int n)
+/* methods (NULL: all stored) and usizes, the inflated sizes of deflated
+ * records (whose CRC is then left wrong: nothing checks it unless asked) */
+static buf zip_records(const char *const *names, const uint8_t *const *data, const size_t *sizes,
+                       const unsigned *methods, const size_t *usizes, int n)
 {
     buf b = {0};
     uint64_t off[4];
@@ -1964,11 +1970,11 @@ static buf zip_of(const char *const *names, const uint8_t *const *data, const si
         b_le(&b, 0x04034b50u, 4);
         b_le(&b, 20, 2);
         b_le(&b, 0x0800, 2);
-        b_le(&b, 0, 2);
+        b_le(&b, methods ? methods[i] : 0, 2);
         b_le(&b, 0, 4);
         b_le(&b, crc32_of(data[i], sizes[i]), 4);
         b_le(&b, sizes[i], 4);
-        b_le(&b, sizes[i], 4);
+        b_le(&b, methods && methods[i] ? usizes[i] : sizes[i], 4);
         b_le(&b, nl, 2);
         b_le(&b, 4 + pad, 2);
         b_str(&b, names[i]);
@@ -1984,11 +1990,11 @@ static buf zip_of(const char *const *names, const uint8_t *const *data, const si
         b_le(&b, 20, 2);
         b_le(&b, 20, 2);
         b_le(&b, 0x0800, 2);
-        b_le(&b, 0, 2);
+        b_le(&b, methods ? methods[i] : 0, 2);
         b_le(&b, 0, 4);
         b_le(&b, crc32_of(data[i], sizes[i]), 4);
         b_le(&b, sizes[i], 4);
-        b_le(&b, sizes[i], 4);
+        b_le(&b, methods && methods[i] ? usizes[i] : sizes[i], 4);
         b_le(&b, strlen(names[i]), 2);
         b_le(&b, 0, 2);
         b_le(&b, 0, 2);
@@ -2007,6 +2013,11 @@ static buf zip_of(const char *const *names, const uint8_t *const *data, const si
     b_le(&b, cd, 4);
     b_le(&b, 0, 2);
     return b;
+}
+
+static buf zip_of(const char *const *names, const uint8_t *const *data, const size_t *sizes, int n)
+{
+    return zip_records(names, data, sizes, NULL, NULL, n);
 }
 
 static buf torch_view_file(const float *storage, int64_t numel, int64_t offset,
@@ -2255,6 +2266,667 @@ static void test_safetensors_source(void **state)
     b_free(&b);
 }
 
+/* ---- regressions: later loads, odd keys, check-only loads, big models ------------------- */
+
+/* After a zero-copy load of {a, b}, a copying non-strict load of a file
+ * with only a: a is copied into its own memory, b was not filled by this
+ * load (loaded false) and stays borrowed from the first file. */
+static void test_later_load_flags(void **state)
+{
+    (void)state;
+    static const int64_t s4[1] = {4};
+    float fa[4], fb[4], fa2[4];
+    fill_seq(fa, 4, 1.0f);
+    fill_seq(fb, 4, 20.0f);
+    fill_seq(fa2, 4, -5.0f);
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s4, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_FLOAT32, 1, s4, fb));
+    ckpt_file *f1 = save_open(t, sd, "flags1.pth");
+    ckpt_tree_free(t);
+    t = ckpt_tree_new();
+    sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s4, fa2));
+    ckpt_file *f2 = save_open(t, sd, "flags2.pth");
+    ckpt_tree_free(t);
+
+    ckpt_model *m = new_model("Net");
+    add(m, "a", CKPT_FLOAT32, 1, s4, NULL, 0);
+    add(m, "b", CKPT_FLOAT32, 1, s4, NULL, 0);
+    void *a_own = ckpt_model_data(m, 0), *b_own = ckpt_model_data(m, 1);
+    ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);
+    ckpt_load_report rep;
+    load_ok(m, f1, &zc, &rep);
+    assert_int_equal(rep.zero_copy, 2);
+    ckpt_param_info ia = info_of(m, "a"), ib = info_of(m, "b");
+    assert_true(ia.loaded && ia.borrowed && ib.loaded && ib.borrowed);
+    const void *b_file = ib.data;
+    assert_ptr_not_equal(b_file, b_own);
+
+    ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
+    load_ok(m, f2, &o, &rep);
+    assert_int_equal(rep.loaded, 1);
+    assert_int_equal(rep.zero_copy, 0);
+    assert_int_equal(rep.missing_count, 1);
+    assert_string_equal(rep.missing[0], "b");
+    ia = info_of(m, "a");
+    assert_true(ia.loaded);
+    assert_false(ia.borrowed);
+    assert_ptr_equal(ia.data, a_own);
+    assert_memory_equal(ia.data, fa2, sizeof(fa2));
+    ib = info_of(m, "b");
+    assert_false(ib.loaded); /* not filled by the last load */
+    assert_true(ib.borrowed); /* still the first file's bytes */
+    assert_ptr_equal(ib.data, b_file);
+    assert_memory_equal(ib.data, fb, sizeof(fb));
+    ckpt_close(f2);
+    ckpt_model_free(m);
+    ckpt_close(f1);
+}
+
+/* A key with a NUL in it ("w\0junk") never names the parameter "w", as in
+ * Python; the report shows the NUL as \x00. */
+static void test_nul_in_key(void **state)
+{
+    (void)state;
+    static const int64_t s1[1] = {1};
+    static const float one[1] = {1.0f};
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    ckpt_value *key = ckpt_new_str(t, "w\0junk", 6);
+    assert_non_null(key);
+    assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_FLOAT32, 1, s1, one)), CKPT_OK);
+    ckpt_file *f = save_open(t, sd, "nulkey.pth");
+    ckpt_tree_free(t);
+
+    float w[1] = {-777.0f};
+    ckpt_model *m = new_model("Net");
+    add(m, "w", CKPT_FLOAT32, 1, s1, w, 0);
+    ckpt_load_options o = load_options(0);
+    ckpt_load_report rep;
+    ckpt_error err;
+    assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
+    assert_int_equal(rep.missing_count, 1);
+    assert_string_equal(rep.missing[0], "w");
+    assert_int_equal(rep.unexpected_count, 1);
+    assert_string_equal(rep.unexpected[0], "w\\x00junk");
+    assert_string_equal(rep.message, "Error(s) in loading state_dict for Net:\n"
+                                     "\tMissing key(s) in state_dict: \"w\". \n"
+                                     "\tUnexpected key(s) in state_dict: \"w\\x00junk\". ");
+    assert_int_equal(rep.loaded, 0);
+    assert_true(w[0] == -777.0f);
+    o.flags = CKPT_LOAD_NON_STRICT;
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, 0);
+    assert_true(w[0] == -777.0f && !info_of(m, "w").loaded);
+    ckpt_model_free(m);
+    ckpt_close(f);
+}
+
+/* Keys that are not text, with a str() longer than 511 characters: whole in
+ * the report, so keys that differ only at the end stay two keys. */
+static void test_long_non_string_keys(void **state)
+{
+    (void)state;
+    static const int64_t s1[1] = {1};
+    static const float one[1] = {1.0f};
+    enum { LONG = 700 };
+    char *text[2];
+    char *expect[2];
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+    for (int k = 0; k < 2; k++) {
+        /* the key (1, 'kkk...ka') and (1, 'kkk...kb') */
+        text[k] = malloc(LONG + 1);
+        expect[k] = malloc(LONG + 16);
+        assert_true(text[k] && expect[k]);
+        memset(text[k], 'k', LONG);
+        text[k][LONG - 1] = (char)('a' + k);
+        text[k][LONG] = '\0';
+        snprintf(expect[k], LONG + 16, "(1, '%s')", text[k]);
+        ckpt_value *key = ckpt_new_tuple(t);
+        assert_non_null(key);
+        assert_int_equal(ckpt_append(t, key, ckpt_new_int(t, 1)), CKPT_OK);
+        assert_int_equal(ckpt_append(t, key, ckpt_new_str(t, text[k], SIZE_MAX)), CKPT_OK);
+        assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_FLOAT32, 1, s1, one)),
+                         CKPT_OK);
+    }
+    ckpt_file *f = save_open(t, sd, "longkeys.pth");
+    ckpt_tree_free(t);
+    assert_true(strlen(expect[0]) > 511);
+
+    float w[1] = {-777.0f};
+    ckpt_model *m = new_model("Net");
+    add(m, "w", CKPT_FLOAT32, 1, s1, w, 0);
+    ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
+    ckpt_load_report rep;
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, 1);
+    assert_int_equal(rep.error_count, 0);
+    assert_int_equal(rep.missing_count, 0);
+    assert_int_equal(rep.unexpected_count, 2);
+    assert_string_equal(rep.unexpected[0], expect[0]);
+    assert_string_equal(rep.unexpected[1], expect[1]);
+    assert_true(w[0] == 1.0f);
+    /* strict: the two unexpected keys, nothing "appears twice" */
+    o.flags = 0;
+    ckpt_error err;
+    assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
+    assert_int_equal(rep.unexpected_count, 2);
+    assert_int_equal(rep.error_count, 0);
+    assert_null(strstr(rep.message, "appears twice"));
+    assert_non_null(strstr(rep.message, expect[1]));
+    ckpt_model_free(m);
+    ckpt_close(f);
+    for (int k = 0; k < 2; k++) {
+        free(text[k]);
+        free(expect[k]);
+    }
+}
+
+static ckpt_status never_place(void *user, ckpt_placement *p, ckpt_error *err)
+{
+    (void)err;
+    ++*(int *)user;
+    fail_msg("a check-only load called the placement callback for %s", p->name);
+    return CKPT_ERR_IO;
+}
+
+/* CKPT_PARAM_NO_DATA describes a parameter without memory;
+ * CKPT_LOAD_CHECK_ONLY decides and reports as a load would, and reads and
+ * writes nothing. */
+static void test_check_only(void **state)
+{
+    (void)state;
+    static const int64_t s2[1] = {2}, s3[1] = {3}, s4[1] = {4}, s5[1] = {5}, s1[1] = {1};
+    static const float fa[2] = {1.5f, -2.5f}, fx[1] = {9.0f};
+    uint16_t fb[3];
+    for (int i = 0; i < 3; i++)
+        fb[i] = bf16_bits((float)i + 0.5f);
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s2, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_BFLOAT16, 1, s3, fb));
+    put(t, sd, "x", tensor_of(t, CKPT_FLOAT32, 1, s1, fx));
+    ckpt_file *f = save_open(t, sd, "check.pth");
+    ckpt_tree_free(t);
+    ckpt_error err;
+    ckpt_load_report rep;
+
+    /* a description only: no memory */
+    ckpt_model *d = new_model("Net");
+    add(d, "a", CKPT_FLOAT32, 1, s2, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "b", CKPT_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "c", CKPT_FLOAT32, 1, s4, NULL, CKPT_PARAM_NO_DATA);
+    for (size_t i = 0; i < 3; i++) {
+        ckpt_param_info info;
+        assert_true(ckpt_model_param(d, i, &info));
+        assert_null(info.data);
+        assert_null(ckpt_model_data(d, i));
+        assert_false(info.loaded);
+    }
+    assert_int_equal(info_of(d, "c").numel, 4);
+    assert_int_equal(info_of(d, "c").nbytes, 16);
+
+    /* checked, non-strict: what a load would do */
+    ckpt_load_options o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT);
+    memset(&rep, 0xab, sizeof(rep));
+    load_ok(d, f, &o, &rep);
+    assert_int_equal(rep.loaded, 2);
+    assert_int_equal(rep.converted, 1);
+    assert_int_equal(rep.zero_copy, 0);
+    assert_int_equal(rep.placed, 0);
+    assert_int_equal(rep.missing_count, 1);
+    assert_string_equal(rep.missing[0], "c");
+    assert_int_equal(rep.unexpected_count, 1);
+    assert_string_equal(rep.unexpected[0], "x");
+    assert_int_equal(rep.error_count, 0);
+    assert_null(rep.message);
+    for (size_t i = 0; i < 3; i++) {
+        ckpt_param_info info;
+        assert_true(ckpt_model_param(d, i, &info));
+        assert_null(info.data);
+        assert_false(info.loaded || info.borrowed || info.placed);
+    }
+    /* checked, strict: the message a load would give */
+    o.flags = CKPT_LOAD_CHECK_ONLY;
+    assert_int_equal(ckpt_model_load(d, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
+    assert_string_equal(rep.message, "Error(s) in loading state_dict for Net:\n"
+                                     "\tMissing key(s) in state_dict: \"c\". \n"
+                                     "\tUnexpected key(s) in state_dict: \"x\". ");
+    assert_int_equal(rep.loaded, 0);
+
+    /* never loaded, never saved */
+    unsigned refused[4] = {0, CKPT_LOAD_NON_STRICT, CKPT_LOAD_ZERO_COPY,
+                           CKPT_LOAD_NON_STRICT | CKPT_LOAD_ZERO_COPY};
+    for (int k = 0; k < 4; k++) {
+        o = load_options(refused[k]);
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(ckpt_model_load(d, f, &o, &rep, &err), CKPT_ERR_INVALID_ARG);
+        assert_int_equal(err.status, CKPT_ERR_INVALID_ARG);
+        assert_int_equal(rep.loaded, 0);
+        assert_null(ckpt_model_data(d, 0));
+    }
+    t = ckpt_tree_new();
+    assert_null(ckpt_model_state_dict(d, t));
+    assert_int_not_equal(ckpt_tree_status(t, &err), CKPT_OK);
+    assert_int_not_equal(err.status, CKPT_OK);
+    ckpt_tree_free(t);
+    ckpt_model_free(d);
+
+    /* a size mismatch is found without the bytes */
+    d = new_model("Net");
+    add(d, "a", CKPT_FLOAT32, 1, s5, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "b", CKPT_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
+    o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT);
+    assert_int_equal(ckpt_model_load(d, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
+    assert_int_equal(rep.error_count, 1);
+    assert_string_equal(rep.errors[0], "size mismatch for a: copying a param with shape "
+                                       "torch.Size([2]) from checkpoint, the shape in current "
+                                       "model is torch.Size([5]).");
+    ckpt_model_free(d);
+
+    /* a model with memory: checked, nothing written, nothing placed or borrowed */
+    float a[2], b[3], c[4];
+    fill_sentinel(a, 2);
+    fill_sentinel(b, 3);
+    fill_sentinel(c, 4);
+    ckpt_model *m = new_model("Net");
+    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
+    add(m, "b", CKPT_FLOAT32, 1, s3, b, 0);
+    add(m, "c", CKPT_FLOAT32, 1, s4, c, 0);
+    add(m, "own", CKPT_FLOAT32, 1, s1, NULL, 0);
+    int calls = 0;
+    o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT | CKPT_LOAD_ZERO_COPY);
+    o.place = never_place;
+    o.place_user = &calls;
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(calls, 0);
+    assert_int_equal(rep.loaded, 2);
+    assert_int_equal(rep.converted, 1);
+    assert_int_equal(rep.zero_copy, 0);
+    assert_int_equal(rep.placed, 0);
+    assert_int_equal(rep.missing_count, 2);
+    assert_true(all_sentinel(a, 2) && all_sentinel(b, 3) && all_sentinel(c, 4));
+    assert_ptr_equal(ckpt_model_data(m, 0), a);
+    for (size_t i = 0; i < 4; i++) {
+        ckpt_param_info info;
+        assert_true(ckpt_model_param(m, i, &info));
+        assert_false(info.loaded || info.borrowed || info.placed);
+        assert_ptr_equal(info.data, info.host);
+    }
+    /* then a real load does write */
+    o = load_options(CKPT_LOAD_NON_STRICT);
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, 2);
+    assert_memory_equal(a, fa, sizeof(fa));
+    assert_true(b[2] == 2.5f && all_sentinel(c, 4));
+    ckpt_model_free(m);
+    ckpt_close(f);
+}
+
+/* A check-only load reads no tensor byte: a file whose storage cannot be
+ * read checks fine, and a real load fails. */
+static void test_check_only_reads_nothing(void **state)
+{
+    (void)state;
+    static float st[12];
+    static const int64_t s43[2] = {4, 3}, stride[2] = {3, 1};
+    for (int i = 0; i < 12; i++)
+        st[i] = (float)i;
+    /* storage "0" (12 floats) deflated, its deflate data invalid: found
+     * only when the bytes are read */
+    static const uint8_t bad_deflate[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    buf p = pk_view(12, 0, s43, stride, 2);
+    static const char *const names[3] = {"archive/data.pkl", "archive/data/0", "archive/version"};
+    const uint8_t *data[3] = {p.p, bad_deflate, (const uint8_t *)"3\n"};
+    size_t sizes[3] = {p.len, sizeof(bad_deflate), 2};
+    static const unsigned methods[3] = {0, 8, 0};
+    const size_t usizes[3] = {p.len, sizeof(st), 2};
+    buf z = zip_records(names, data, sizes, methods, usizes, 3);
+    b_free(&p);
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    ckpt_status ost = ckpt_open_memory(z.p, z.len, NULL, &f, &err);
+    if (ost != CKPT_OK)
+        print_err("short storage", &err);
+    assert_int_equal(ost, CKPT_OK);
+
+    float w[12];
+    fill_sentinel(w, 12);
+    ckpt_model *m = new_model("Net");
+    add(m, "w", CKPT_FLOAT32, 2, s43, w, 0);
+    ckpt_load_report rep;
+    ckpt_load_options o = load_options(CKPT_LOAD_CHECK_ONLY);
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, 1);
+    assert_true(all_sentinel(w, 12));
+    o = load_options(0);
+    assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_FORMAT);
+    assert_non_null(strstr(err.message, "deflate"));
+    assert_true(all_sentinel(w, 12));
+    ckpt_model_free(m);
+
+    ckpt_model *d = new_model("Net");
+    add(d, "w", CKPT_FLOAT32, 2, s43, NULL, CKPT_PARAM_NO_DATA);
+    o = load_options(CKPT_LOAD_CHECK_ONLY);
+    load_ok(d, f, &o, &rep);
+    assert_int_equal(rep.loaded, 1);
+    ckpt_model_free(d);
+    ckpt_close(f);
+    b_free(&z);
+}
+
+/* ckpt_load_options.key: at each level the longest key the path starts
+ * with, so keys may hold dots. */
+static void test_key_path_with_dots(void **state)
+{
+    (void)state;
+    static const float mv[2] = {3, 3}, ema[2] = {5, 5}, ab[2] = {6, 6}, deep[2] = {7, 7};
+    float got[2];
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *root = ckpt_new_dict(t);
+    put(t, root, "model", one_weight(t, mv));
+    put(t, root, "model.ema", one_weight(t, ema));
+    ckpt_value *a = ckpt_new_dict(t);
+    put(t, a, "b", one_weight(t, ab));
+    ckpt_value *x = ckpt_new_dict(t);
+    put(t, x, "layer.0", one_weight(t, deep));
+    put(t, a, "x", x);
+    put(t, root, "a", a);
+    ckpt_file *f = save_open(t, root, "dotted.pth");
+    ckpt_tree_free(t);
+    assert_int_equal(load_w(f, "model.ema", got), CKPT_OK);
+    assert_memory_equal(got, ema, 8);
+    assert_int_equal(load_w(f, "model", got), CKPT_OK);
+    assert_memory_equal(got, mv, 8);
+    assert_int_equal(load_w(f, NULL, got), CKPT_OK);
+    assert_memory_equal(got, mv, 8);
+    assert_int_equal(load_w(f, "a.b", got), CKPT_OK);
+    assert_memory_equal(got, ab, 8);
+    assert_int_equal(load_w(f, "a.x.layer.0", got), CKPT_OK);
+    assert_memory_equal(got, deep, 8);
+    assert_int_not_equal(load_w(f, "model.emb", got), CKPT_OK);
+    assert_int_not_equal(load_w(f, "a.x.layer", got), CKPT_OK);
+    assert_int_not_equal(load_w(f, "a.c", got), CKPT_OK);
+    ckpt_close(f);
+
+    /* the other order in the file: still the longest */
+    t = ckpt_tree_new();
+    root = ckpt_new_dict(t);
+    put(t, root, "model.ema", one_weight(t, ema));
+    put(t, root, "model", one_weight(t, mv));
+    f = save_open(t, root, "dotted2.pth");
+    ckpt_tree_free(t);
+    assert_int_equal(load_w(f, "model.ema", got), CKPT_OK);
+    assert_memory_equal(got, ema, 8);
+    assert_int_equal(load_w(f, "model", got), CKPT_OK);
+    assert_memory_equal(got, mv, 8);
+    ckpt_close(f);
+}
+
+/* 20,000 parameters, each in its own module: the walk over the modules is
+ * linear, so this takes milliseconds, not minutes. */
+static void test_many_modules(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    static const int64_t s1[1] = {1};
+    float *vals = malloc(N * sizeof(float));
+    assert_non_null(vals);
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        vals[i] = (float)i;
+        snprintf(name, sizeof(name), "m%d.w", i);
+        put(t, sd, name, tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[i]));
+    }
+    ckpt_file *f = save_open(t, sd, "many.pth");
+    ckpt_tree_free(t);
+    t = ckpt_tree_new();
+    sd = ckpt_new_ordered_dict(t);
+    for (int i = 0; i < N; i++) {
+        if (i == 7)
+            continue;
+        snprintf(name, sizeof(name), "m%d.w", i);
+        put(t, sd, name, tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[i]));
+    }
+    put(t, sd, "m5.x", tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[0]));
+    put(t, sd, "zz", tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[0]));
+    ckpt_file *f2 = save_open(t, sd, "many2.pth");
+    ckpt_tree_free(t);
+
+    ckpt_model *m = new_model("Big");
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "m%d.w", i);
+        add(m, name, CKPT_FLOAT32, 1, s1, NULL, 0);
+    }
+    ckpt_load_options o = load_options(0);
+    ckpt_load_report rep;
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, N);
+    assert_int_equal(rep.missing_count + rep.unexpected_count + rep.error_count, 0);
+    for (int i = 0; i < N; i += 997)
+        assert_true(*(const float *)ckpt_model_data(m, (size_t)i) == (float)i);
+    assert_true(*(const float *)ckpt_model_data(m, N - 1) == (float)(N - 1));
+
+    /* torch's order: the root's unexpected key before m5's */
+    o = load_options(CKPT_LOAD_NON_STRICT);
+    load_ok(m, f2, &o, &rep);
+    assert_int_equal(rep.loaded, N - 1);
+    assert_int_equal(rep.missing_count, 1);
+    assert_string_equal(rep.missing[0], "m7.w");
+    assert_int_equal(rep.unexpected_count, 2);
+    assert_string_equal(rep.unexpected[0], "zz");
+    assert_string_equal(rep.unexpected[1], "m5.x");
+    assert_false(info_of(m, "m7.w").loaded);
+    assert_true(info_of(m, "m8.w").loaded);
+    ckpt_model_free(m);
+    ckpt_close(f2);
+    ckpt_close(f);
+    free(vals);
+}
+
+/* A parameter literally named _extra_state loads from that key. (Whether
+ * the key is also listed as unexpected, as torch 1.13 lists it for a module
+ * without set_extra_state, is left to the interop test against torch.) */
+static void test_extra_state_parameter(void **state)
+{
+    (void)state;
+    static const int64_t s2[1] = {2};
+    static const float fe[2] = {4.0f, 5.0f}, fw[2] = {6.0f, 7.0f};
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "_extra_state", tensor_of(t, CKPT_FLOAT32, 1, s2, fe));
+    put(t, sd, "net._extra_state", tensor_of(t, CKPT_FLOAT32, 1, s2, fw));
+    ckpt_file *f = save_open(t, sd, "extra_param.pth");
+    ckpt_tree_free(t);
+    float e[2], w[2];
+    fill_sentinel(e, 2);
+    fill_sentinel(w, 2);
+    ckpt_model *m = new_model("Net");
+    add(m, "_extra_state", CKPT_FLOAT32, 1, s2, e, 0);
+    add(m, "net._extra_state", CKPT_FLOAT32, 1, s2, w, 0);
+    ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
+    ckpt_load_report rep;
+    load_ok(m, f, &o, &rep);
+    assert_int_equal(rep.loaded, 2);
+    assert_int_equal(rep.missing_count, 0);
+    assert_int_equal(rep.error_count, 0);
+    /* ... and listed as unexpected all the same, as PyTorch lists them (a
+     * module without set_extra_state) */
+    assert_int_equal(rep.unexpected_count, 2);
+    assert_string_equal(rep.unexpected[0], "_extra_state");
+    assert_string_equal(rep.unexpected[1], "net._extra_state");
+    assert_memory_equal(e, fe, sizeof(fe));
+    assert_memory_equal(w, fw, sizeof(fw));
+    assert_true(info_of(m, "_extra_state").loaded && info_of(m, "net._extra_state").loaded);
+    /* so a strict load fails */
+    ckpt_error err;
+    assert_int_equal(ckpt_model_load(m, f, NULL, &rep, &err), CKPT_ERR_MISMATCH);
+    ckpt_model_free(m);
+    ckpt_close(f);
+}
+
+/* ---- AdamW regressions ------------------------------------------------------------------ */
+
+/* The optimizer keeps its own copy of the shapes: parameters added to the
+ * model later (its array reallocated) change nothing. */
+static void test_adamw_after_model_grows(void **state)
+{
+    (void)state;
+    static const int64_t s23[2] = {2, 3}, s4[1] = {4}, s1[1] = {1};
+    ckpt_model *m = new_model("Net");
+    add(m, "w", CKPT_FLOAT32, 2, s23, NULL, 0);
+    add(m, "v", CKPT_FLOAT32, 1, s4, NULL, 0);
+    ckpt_adamw_options hp = test_hp();
+    ckpt_adamw *o = adamw(m, &hp);
+    char name[32];
+    for (int i = 0; i < 50; i++) {
+        snprintf(name, sizeof(name), "late.%d.weight", i);
+        add(m, name, CKPT_FLOAT32, 1, s1, NULL, 0);
+    }
+    float gw[6], gv[4];
+    fill_seq(gw, 6, 0.5f);
+    fill_seq(gv, 4, -0.5f);
+    const float *gp[2] = {gw, gv};
+    ckpt_error err;
+    assert_int_equal(ckpt_adamw_step(o, gp, &err), CKPT_OK);
+
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *root = ckpt_new_dict(t);
+    put(t, root, "optimizer", ckpt_adamw_state_dict(o, t));
+    ckpt_file *f = save_open(t, root, "grown.pth");
+    ckpt_tree_free(t);
+    const ckpt_value *sd = ckpt_value_get(ckpt_file_root(f), "optimizer");
+    assert_non_null(sd);
+    assert_int_equal(ckpt_value_len(ckpt_value_get(sd, "state")), 2);
+    float ea[6];
+    tensor_floats(f, ckpt_value_get(state_entry(sd, 0), "exp_avg"), ea, 6, s23, 2);
+    assert_true(fabs(ea[5] - 0.1 * gw[5]) <= 1e-7);
+    tensor_floats(f, ckpt_value_get(state_entry(sd, 0), "exp_avg_sq"), ea, 6, s23, 2);
+    tensor_floats(f, ckpt_value_get(state_entry(sd, 1), "exp_avg"), ea, 4, s4, 1);
+    tensor_floats(f, ckpt_value_get(state_entry(sd, 1), "exp_avg_sq"), ea, 4, s4, 1);
+    assert_true(fabs(ea[0] - 0.001 * gv[0] * gv[0]) <= 1e-9);
+    /* and the shapes check a load against */
+    ckpt_status st = ckpt_adamw_load(o, f, sd, &err);
+    if (st != CKPT_OK)
+        print_err("adamw_load", &err);
+    assert_int_equal(st, CKPT_OK);
+    assert_int_equal(ckpt_adamw_param_step(o, 0), 1);
+    ckpt_close(f);
+    ckpt_adamw_free(o);
+    ckpt_model_free(m);
+}
+
+/* A step refused (a parameter borrowed from a file) leaves no state behind:
+ * not for the refused parameter, not for the others. */
+static void test_adamw_refused_step_no_state(void **state)
+{
+    (void)state;
+    static const int64_t s4[1] = {4}, s2[1] = {2};
+    float fw[4], fv[2];
+    fill_seq(fw, 4, 1.0f);
+    fill_seq(fv, 2, 3.0f);
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *sd = ckpt_new_ordered_dict(t);
+    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 1, s4, fw));
+    put(t, sd, "v", tensor_of(t, CKPT_FLOAT32, 1, s2, fv));
+    ckpt_file *f = save_open(t, sd, "refused.pth");
+    ckpt_tree_free(t);
+
+    float w[4];
+    ckpt_model *m = new_model("Net");
+    add(m, "w", CKPT_FLOAT32, 1, s4, w, 0);  /* the caller's memory: copied */
+    add(m, "v", CKPT_FLOAT32, 1, s2, NULL, 0); /* the model's: borrowed */
+    ckpt_adamw_options hp = test_hp();
+    ckpt_adamw *o = adamw(m, &hp);
+    ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);
+    ckpt_load_report rep;
+    load_ok(m, f, &zc, &rep);
+    assert_false(info_of(m, "w").borrowed);
+    assert_true(info_of(m, "v").borrowed);
+
+    float gw[4] = {1, 1, 1, 1}, gv[2] = {1, 1};
+    const float *gp[2] = {gw, gv};
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ckpt_adamw_step(o, gp, &err), CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "\"v\""));
+    assert_memory_equal(w, fw, sizeof(fw));
+    assert_int_equal(ckpt_adamw_param_step(o, 0), 0);
+    assert_int_equal(ckpt_adamw_param_step(o, 1), 0);
+    t = ckpt_tree_new();
+    const ckpt_value *osd = ckpt_adamw_state_dict(o, t);
+    assert_non_null(osd);
+    assert_int_equal(ckpt_tree_status(t, NULL), CKPT_OK);
+    const ckpt_value *st = ckpt_value_get(osd, "state");
+    assert_non_null(st);
+    assert_int_equal(ckpt_value_len(st), 0);
+    const ckpt_value *groups = ckpt_value_get(osd, "param_groups");
+    assert_int_equal(ckpt_value_len(ckpt_value_get(ckpt_value_item(groups, 0), "params")), 2);
+    ckpt_tree_free(t);
+
+    /* with v copied into its own memory, the same step runs: state for both */
+    ckpt_load_options plain = load_options(0);
+    load_ok(m, f, &plain, &rep);
+    assert_int_equal(ckpt_adamw_step(o, gp, &err), CKPT_OK);
+    assert_int_equal(ckpt_adamw_param_step(o, 0), 1);
+    assert_int_equal(ckpt_adamw_param_step(o, 1), 1);
+    t = ckpt_tree_new();
+    osd = ckpt_adamw_state_dict(o, t);
+    assert_int_equal(ckpt_value_len(ckpt_value_get(osd, "state")), 2);
+    ckpt_tree_free(t);
+    ckpt_adamw_free(o);
+    ckpt_model_free(m);
+    ckpt_close(f);
+}
+
+/* set_lr refuses a negative or non-finite rate and keeps the old one. */
+static void test_adamw_set_lr_refusals(void **state)
+{
+    (void)state;
+    tiny x;
+    tiny_init(&x);
+    ckpt_adamw_options hp = test_hp();
+    ckpt_adamw *o = adamw(x.m, &hp);
+    ckpt_adamw_options got;
+    const double bad[5] = {-1.0, NAN, INFINITY, -INFINITY, -1e-300};
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(ckpt_adamw_set_lr(o, bad[k]), CKPT_ERR_INVALID_ARG);
+        ckpt_adamw_get_options(o, &got);
+        assert_true(got.lr == 0.01);
+    }
+    assert_int_equal(ckpt_adamw_set_lr(NULL, 0.5), CKPT_ERR_INVALID_ARG);
+    assert_int_equal(ckpt_adamw_set_lr(o, 0.0), CKPT_OK);
+    ckpt_adamw_get_options(o, &got);
+    assert_true(got.lr == 0.0);
+    assert_int_equal(ckpt_adamw_set_lr(o, 0.5), CKPT_OK);
+    ckpt_adamw_get_options(o, &got);
+    assert_true(got.lr == 0.5);
+    /* a step after a refusal uses the last good rate */
+    step(o, 1, 0);
+    float g[NP][6];
+    grads_for(1, g);
+    ref_param r;
+    memset(&r, 0, sizeof(r));
+    tiny init;
+    tiny_init(&init);
+    for (int i = 0; i < 6; i++)
+        r.p[i] = init.w[i];
+    hp.lr = 0.5;
+    ref_step(&r, g[0], 6, &hp);
+    for (int i = 0; i < 6; i++)
+        assert_true(fabs((double)x.w[i] - r.p[i]) <= 1e-5);
+    ckpt_model_free(init.m);
+    ckpt_adamw_free(o);
+    ckpt_model_free(x.m);
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof(g_dir), "/tmp/ckpt_test_model.XXXXXX");
@@ -2284,6 +2956,17 @@ int main(void)
         cmocka_unit_test(test_hostile_views),
         cmocka_unit_test(test_hostile_keys),
         cmocka_unit_test(test_safetensors_source),
+        cmocka_unit_test(test_later_load_flags),
+        cmocka_unit_test(test_nul_in_key),
+        cmocka_unit_test(test_long_non_string_keys),
+        cmocka_unit_test(test_check_only),
+        cmocka_unit_test(test_check_only_reads_nothing),
+        cmocka_unit_test(test_key_path_with_dots),
+        cmocka_unit_test(test_many_modules),
+        cmocka_unit_test(test_extra_state_parameter),
+        cmocka_unit_test(test_adamw_after_model_grows),
+        cmocka_unit_test(test_adamw_refused_step_no_state),
+        cmocka_unit_test(test_adamw_set_lr_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     remove_tree(g_dir);
