@@ -50,6 +50,10 @@ int ckpt_cli_match(int argc, char **argv);
 void cli_print_error(const char *path, const ckpt_error *err);
 /* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
 char *cli_repr(const ckpt_value *v);
+/* Follows a dotted path (--key): at a dict the longest key that is the
+ * whole rest or a prefix of it followed by '.', at a list/tuple a decimal
+ * index; NULL when nothing is there. */
+const ckpt_value *cli_find_path(const ckpt_value *v, const char *path);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
 

@@ -56,3 +56,43 @@ bool cli_print_json(json_t *o, size_t indent, const char *what)
         fprintf(stderr, "ckpt: %s: cannot write the JSON\n", what);
     return ok;
 }
+
+/* Follows a dotted path: at a dict the longest key that is the whole rest
+ * or a prefix of it followed by '.', at a list/tuple a decimal index. */
+const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
+{
+    while (*path) {
+        ckpt_kind k = ckpt_value_kind(v);
+        size_t rest = strlen(path);
+        if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+            const ckpt_value *best = NULL;
+            size_t best_len = 0;
+            for (size_t i = 0; i < ckpt_value_len(v); i++) {
+                char text[512];
+                size_t len = ckpt_value_key_text(ckpt_value_key(v, i), text, sizeof(text));
+                if (len > rest || len < best_len || (len == best_len && best))
+                    continue;
+                if (memcmp(text, path, len) == 0 && (path[len] == 0 || path[len] == '.')) {
+                    best = ckpt_value_dict_value(v, i);
+                    best_len = len;
+                }
+            }
+            if (!best)
+                return NULL;
+            v = best;
+            path += best_len;
+        } else if (k == CKPT_LIST || k == CKPT_TUPLE) {
+            char *end;
+            unsigned long long i = strtoull(path, &end, 10);
+            if (end == path || (*end && *end != '.') || i >= ckpt_value_len(v))
+                return NULL;
+            v = ckpt_value_item(v, (size_t)i);
+            path = end;
+        } else {
+            return NULL;
+        }
+        if (*path == '.')
+            path++;
+    }
+    return v;
+}

@@ -52,37 +52,6 @@ static void usage(FILE *out)
             "  a bad option)\n");
 }
 
-/* Follows a dotted path of dict keys: at each dict the longest key that is
- * the whole rest of the path or a prefix of it followed by '.'. */
-static const ckpt_value *find_path(const ckpt_value *v, const char *path)
-{
-    while (*path) {
-        ckpt_kind k = ckpt_value_kind(v);
-        if (k != CKPT_DICT && k != CKPT_ORDERED_DICT)
-            return NULL;
-        size_t rest = strlen(path);
-        const ckpt_value *best = NULL;
-        size_t best_len = 0;
-        for (size_t i = 0; i < ckpt_value_len(v); i++) {
-            char text[512];
-            size_t len = ckpt_value_key_text(ckpt_value_key(v, i), text, sizeof(text));
-            if (len > rest || len >= sizeof(text) - 1 || (best && len <= best_len))
-                continue;
-            if (memcmp(text, path, len) == 0 && (path[len] == 0 || path[len] == '.')) {
-                best = ckpt_value_dict_value(v, i);
-                best_len = len;
-            }
-        }
-        if (!best)
-            return NULL;
-        v = best;
-        path += best_len;
-        if (*path == '.')
-            path++;
-    }
-    return v;
-}
-
 static bool is_dict(const ckpt_value *v)
 {
     ckpt_kind k = ckpt_value_kind(v);
@@ -101,7 +70,7 @@ static bool holds_tensors(const ckpt_value *v)
 static const ckpt_value *reference_state_dict(const ckpt_value *root, const char *key)
 {
     if (key)
-        return find_path(root, key);
+        return cli_find_path(root, key);
     if (!is_dict(root) || holds_tensors(root))
         return root;
     const char *entries[] = {"state_dict", "model"};
