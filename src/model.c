@@ -995,24 +995,13 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
         const char *key = c->entries[e].key;
         size_t node = 0, plen = 0;
         for (;;) {
-            if (!c->entries[e].is_str) {
-                /* 3 or (1, 'a') as a key: never a parameter's name */
-                if (n_recs == cap) {
-                    void *p = ckpt__array_grow(recs, &cap, sizeof(unexpected_rec));
-                    if (!p) {
-                        st = nomem(c->err);
-                        break;
-                    }
-                    recs = p;
-                }
-                recs[n_recs++] = (unexpected_rec){0, 1, e};
-                break;
-            }
             const char *rest = key + plen;
             const char *dot = strchr(rest, '.');
             size_t clen = dot ? (size_t)(dot - rest) : strlen(rest);
             int kind = -1;
-            if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0)
+            if (!c->entries[e].is_str)
+                kind = 1; /* 3 or (1, 'a') as a key: never a parameter's name */
+            else if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0)
                 kind = 0; /* even when a parameter has that name, as in PyTorch */
             else if (edge_find(mt, node, rest, clen, false) == SIZE_MAX &&
                      edge_find(mt, node, rest, clen, true) == SIZE_MAX)
@@ -1028,7 +1017,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 }
                 recs[n_recs++] = (unexpected_rec){mt->nodes[node].rank, kind, e};
             }
-            if (!dot)
+            if (!c->entries[e].is_str || !dot)
                 break;
             node = edge_find(mt, node, rest, clen, false);
             if (node == SIZE_MAX)
