@@ -7,11 +7,19 @@
  *                                      fresh malloc'd memory
  *   ckpt_bench pread FILE              the same tensor bytes read with pread
  *                                      into fresh malloc'd memory (the floor)
+ *   ckpt_bench pread-warm FILE         the same into memory allocated and
+ *                                      touched beforehand (a load's floor)
  *   ckpt_bench save FILE OUT [fsync]   ckpt_save_torch of the file's tensors,
  *                                      held in memory, to OUT
  *   ckpt_bench save-st FILE OUT [fsync] the same with ckpt_save_safetensors
  *   ckpt_bench write FILE OUT [fsync]  write(2) of the same bytes (+ fsync)
  *   ckpt_bench scan FILE               ckpt_scan_file
+ *   ckpt_bench load FILE copy|zero-copy|f32
+ *                                      ckpt_open + ckpt_model_load into a C
+ *                                      model of the file's tensors (made
+ *                                      beforehand, its memory allocated and
+ *                                      zeroed): copied, borrowed from the
+ *                                      map, or converted into float32
  *
  * It prints one line of JSON: {"s": seconds, "maxrss_kb": peak RSS,
  * "bytes": tensor bytes, "tensors": count}. A fresh process per measurement
@@ -161,7 +169,9 @@ static void pread_all(int fd, uint8_t *dst, uint64_t n, uint64_t off)
     }
 }
 
-static int cmd_pread(const char *path)
+/* warm: the destination is allocated and touched before the timing, as a
+ * model's memory is before it loads (the floor of a load into a model). */
+static int cmd_pread(const char *path, bool warm)
 {
     /* Where the bytes are is found first, untimed: the floor is the copy. */
     ckpt_file *f = open_file(path);
@@ -175,12 +185,17 @@ static int cmd_pread(const char *path)
             return 2;
         }
     }
+    for (size_t i = 0; warm && i < n; i++) {
+        v[i].mem = fresh(v[i].nbytes);
+        memset(v[i].mem, 0, (size_t)v[i].nbytes);
+    }
     double t0 = now();
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         die(path, NULL);
     for (size_t i = 0; i < n; i++) {
-        v[i].mem = fresh(v[i].nbytes);
+        if (!warm)
+            v[i].mem = fresh(v[i].nbytes);
         pread_all(fd, v[i].mem, v[i].nbytes, v[i].file_offset);
     }
     close(fd);
@@ -300,10 +315,59 @@ static int cmd_scan(const char *path)
     return 0;
 }
 
+static int cmd_load(const char *path, const char *mode)
+{
+    bool zero_copy = strcmp(mode, "zero-copy") == 0, to_f32 = strcmp(mode, "f32") == 0;
+    if (!zero_copy && !to_f32 && strcmp(mode, "copy") != 0) {
+        fprintf(stderr, "ckpt_bench: load: copy, zero-copy or f32, not %s\n", mode);
+        return 2;
+    }
+    /* the model, as a program has it before it loads: described from the
+     * file, its memory allocated and touched */
+    ckpt_error err;
+    ckpt_file *f = open_file(path);
+    size_t n;
+    uint64_t total;
+    bench_tensor *v = list_tensors(f, &n, &total);
+    ckpt_model *m = ckpt_model_new("Bench");
+    if (!m)
+        die("ckpt_model_new", NULL);
+    for (size_t i = 0; i < n; i++) {
+        ckpt_tensor_info info;
+        ckpt_tensor_get_info(v[i].t, &info);
+        if (ckpt_model_add(m, v[i].name, to_f32 ? CKPT_FLOAT32 : info.dtype, info.ndim,
+                           info.shape, NULL, 0, NULL, &err) != CKPT_OK)
+            die(v[i].name, &err);
+    }
+    free(v);
+    ckpt_close(f);
+
+    ckpt_load_options o;
+    ckpt_load_options_default(&o);
+    if (zero_copy)
+        o.flags |= CKPT_LOAD_ZERO_COPY;
+    ckpt_load_report r;
+    double t0 = now();
+    f = open_file(path);
+    if (ckpt_model_load(m, f, &o, &r, &err) != CKPT_OK)
+        die(path, &err);
+    double t1 = now();
+    if (r.loaded != n || (zero_copy && r.zero_copy != n)) {
+        fprintf(stderr, "ckpt_bench: load: %zu of %zu tensors loaded, %zu zero-copy\n",
+                r.loaded, n, r.zero_copy);
+        return 2;
+    }
+    report(t1 - t0, total, n);
+    ckpt_model_free(m);
+    ckpt_close(f);
+    return 0;
+}
+
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: ckpt_bench open|materialise|pread|scan FILE\n"
+            "usage: ckpt_bench open|materialise|pread|pread-warm|scan FILE\n"
+            "       ckpt_bench load FILE copy|zero-copy|f32\n"
             "       ckpt_bench save|save-st|write FILE OUT [fsync]\n");
     return 2;
 }
@@ -319,11 +383,15 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "materialise") == 0)
         return cmd_materialise(path);
     if (strcmp(cmd, "pread") == 0)
-        return cmd_pread(path);
+        return cmd_pread(path, false);
+    if (strcmp(cmd, "pread-warm") == 0)
+        return cmd_pread(path, true);
     if (strcmp(cmd, "scan") == 0)
         return cmd_scan(path);
     if (argc < 4)
         return usage();
+    if (strcmp(cmd, "load") == 0)
+        return cmd_load(path, argv[3]);
     if (strcmp(cmd, "save") == 0)
         return cmd_save(path, argv[3], fsync_it, false);
     if (strcmp(cmd, "save-st") == 0)

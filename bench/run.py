@@ -61,6 +61,24 @@ def child(argv):
             os.close(fd)
         t1 = time.perf_counter()
         done(t1 - t0)
+    elif mode in ("load-sd", "load-sd-f32"):
+        # a module with a parameter per tensor, as the file names them, its
+        # memory allocated and touched (torch.zeros), then the timed load
+        shapes = {k: (v.shape, v.dtype) for k, v in torch.load(path).items()}
+        model = torch.nn.Module()
+        for name, (shape, dtype) in shapes.items():
+            mod = model
+            *path_, last = name.split(".")
+            for part in path_:
+                if not hasattr(mod, part):
+                    mod.add_module(part, torch.nn.Module())
+                mod = getattr(mod, part)
+            dt = torch.float32 if mode == "load-sd-f32" else dtype
+            mod.register_parameter(last, torch.nn.Parameter(torch.zeros(shape, dtype=dt)))
+        t0 = time.perf_counter()
+        model.load_state_dict(torch.load(path), strict=True)
+        t1 = time.perf_counter()
+        done(t1 - t0)
     elif mode == "np-save":
         arrays = [t.numpy() for t in torch.load(path).values()]
         t0 = time.perf_counter()
@@ -295,6 +313,13 @@ def main():
            cli_kw),
           ("conv.bf16.f32", [cli, "convert", "-q", "--no-fsync", "--dtype", "bfloat16", f32,
                              out_st], [out_st], cli_kw))
+    # load into a model
+    group(("load.f32", [bench, "load", f32, "copy"]),
+          ("pread-warm.f32", [bench, "pread-warm", f32]),
+          ("load.zc.f32", [bench, "load", f32, "zero-copy"]),
+          ("torch.load-sd.f32", torch_child("load-sd", f32)))
+    group(("load.bf16", [bench, "load", bf16, "f32"]),
+          ("torch.load-sd.bf16", torch_child("load-sd-f32", bf16)))
     # scan
     group(("scan.f32", [bench, "scan", f32]), ("scan.heavy", [bench, "scan", heavy]),
           ("torch.load-wo.f32", torch_child("load-wo", f32)),
@@ -345,6 +370,14 @@ def main():
         "torch.save.fsync.f32")
     row("save 10,000 small tensors (.pth)", "save.small", "raw write", "write.small")
     row("save 10,000 small tensors (.pth)", "save.small", "torch.save", "torch.save.small")
+    row(f"load {size_label} f32 into a model (open + copy)", "load.f32",
+        "pread floor (memory touched before)", "pread-warm.f32")
+    row(f"load {size_label} f32 into a model (open + copy)", "load.f32",
+        "torch.load + load_state_dict", "torch.load-sd.f32")
+    row(f"load {size_label} f32 into a model (zero-copy)", "load.zc.f32",
+        "torch.load + load_state_dict", "torch.load-sd.f32")
+    row(f"load {size_label} bf16 into a float32 model", "load.bf16",
+        "torch.load + load_state_dict", "torch.load-sd.bf16")
     row("convert pth -> safetensors", "conv.st.f32", "cat", "cat.f32")
     row("convert pth -> pth", "conv.pth.f32", "cat", "cat.f32")
     row("convert pth -> bf16 safetensors", "conv.bf16.f32", "cat", "cat.f32")
@@ -385,6 +418,8 @@ def main():
          save_t >= 3),
         ("convert pth -> safetensors <= 1.2x cat", both("conv.st.f32", "cat.f32"),
          conv_r <= 1.2),
+        ("load into a C model (open + copy) <= 1.2x the pread floor",
+         both("load.f32", "pread-warm.f32"), ratio("load.f32", "pread-warm.f32") <= 1.2),
         ("10,000-tensor file: open >= 20x faster than torch.load",
          both("torch.load.small", "open.small", "{:.1f}x"), small_r >= 20),
         ("peak memory of open O(metadata) (< 64 MiB)", fmt_mb(open_rss), open_rss < 64 * 1024),
