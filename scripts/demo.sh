@@ -8,7 +8,7 @@ set -eu
 CKPT=${CKPT:-build/ckpt}
 MLP=${MLP:-build/mlp}
 DIR=${DEMO_DIR:-build/demo}
-CORPUS=../shared/corpus
+CORPUS=${CKPT_CORPUS:-../shared/corpus}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 has_torch() { /usr/bin/python3 -c 'import torch' 2>/dev/null; }
 
@@ -154,3 +154,5 @@ if [ -f "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetenso
     say "safetensors with __metadata__ (aligned tensors are read zero-copy)"
     $CKPT inspect "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetensors" | head -n 16
 fi
+
+say "done: the files are in $DIR"
