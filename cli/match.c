@@ -102,31 +102,51 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
         fprintf(stderr, "%s: match: out of memory\n", PROG);
         return NULL;
     }
-    for (size_t i = 0; i < ckpt_value_len(sd); i++) {
-        const ckpt_tensor *t = ckpt_value_tensor(ckpt_value_dict_value(sd, i));
-        if (!t)
-            continue;
-        char name[1024];
-        size_t len = ckpt_value_key_text(ckpt_value_key(sd, i), name, sizeof(name));
-        ckpt_tensor_info ti;
-        ckpt_tensor_get_info(t, &ti);
-        ckpt_error err;
-        memset(&err, 0, sizeof(err));
-        if (len >= sizeof(name) - 1) {
-            fprintf(stderr, "%s: %s: a key of the model's state dict is too long\n", PROG,
-                    o->reference);
-            ckpt_model_free(m);
-            return NULL;
-        }
-        /* a description: the check reads no tensor byte of either file */
-        if (ckpt_model_add(m, name, ti.dtype, ti.ndim, ti.shape, NULL, CKPT_PARAM_NO_DATA, NULL,
-                           &err) !=
-            CKPT_OK) {
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    /* every module, parameters or not, in registration order: the state
+     * dict's _metadata lists them depth first */
+    const ckpt_value *meta = ckpt_value_get(ckpt_value_state(sd), "_metadata");
+    for (size_t i = 0; i < ckpt_value_len(meta); i++) {
+        size_t len;
+        const char *name = ckpt_value_str(ckpt_value_key(meta, i), &len);
+        if (name && !memchr(name, '\0', len) && ckpt_model_add_module(m, name, &err) != CKPT_OK) {
             cli_print_error(o->reference, &err);
             ckpt_model_free(m);
             return NULL;
         }
     }
+    size_t skipped = 0;
+    for (size_t i = 0; i < ckpt_value_len(sd); i++) {
+        const ckpt_value *v = ckpt_value_dict_value(sd, i);
+        size_t len;
+        const char *name = ckpt_value_str(ckpt_value_key(sd, i), &len);
+        if (!name || !len || memchr(name, '\0', len)) {
+            skipped++; /* not a name a module gives */
+            continue;
+        }
+        const char *last = strrchr(name, '.');
+        bool extra = strcmp(last ? last + 1 : name, "_extra_state") == 0;
+        const ckpt_tensor *t = ckpt_value_tensor(v);
+        if (!t && !extra)
+            continue;
+        ckpt_tensor_info ti;
+        memset(&ti, 0, sizeof(ti));
+        if (t)
+            ckpt_tensor_get_info(t, &ti);
+        /* a description: the check reads no tensor byte of either file */
+        if (ckpt_model_add(m, name, t ? ti.dtype : CKPT_UINT8, ti.ndim, ti.shape, NULL,
+                           extra ? CKPT_PARAM_EXTRA_STATE : CKPT_PARAM_NO_DATA, NULL,
+                           &err) != CKPT_OK) {
+            cli_print_error(o->reference, &err);
+            ckpt_model_free(m);
+            return NULL;
+        }
+    }
+    if (skipped)
+        fprintf(stderr, "%s: match: %s: %zu key(s) of the model's state dict are not names "
+                        "(not text, empty or with NUL): left out\n",
+                PROG, o->reference, skipped);
     if (ckpt_model_count(m) == 0) {
         fprintf(stderr, "%s: %s: no tensors in the model's state dict%s\n", PROG, o->reference,
                 o->model_key ? "" : ": use --model-key");
@@ -377,7 +397,14 @@ int ckpt_cli_match(int argc, char **argv)
     lo.flags |= CKPT_LOAD_CHECK_ONLY;
     if (o.non_strict)
         lo.flags |= CKPT_LOAD_NON_STRICT;
-    lo.key = o.key;
+    if (o.key) {
+        /* the same path rule as --model-key */
+        lo.state_dict = cli_find_path(ckpt_file_root(f), o.key);
+        if (!lo.state_dict) {
+            fprintf(stderr, "%s: %s: no value at --key %s\n", PROG, o.checkpoint, o.key);
+            goto out;
+        }
+    }
     lo.strip_prefixes = o.strip;
     lo.strip_prefix_count = o.n_strip;
     lo.prefix_map = o.rename;

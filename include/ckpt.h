@@ -792,6 +792,11 @@ typedef struct ckpt_model ckpt_model;
 #define CKPT_PARAM_NO_DATA 0x2u /* a description only (name, dtype, shape), no
                                    memory: the model can only be checked
                                    (CKPT_LOAD_CHECK_ONLY), never loaded or saved */
+/* A module's extra state (a name ending in "_extra_state", for a module
+ * with set_extra_state): any value is accepted under the name, absent it is
+ * missing, it is never unexpected; ckpt does not load it (read it from the
+ * file) and dtype and shape are ignored. */
+#define CKPT_PARAM_EXTRA_STATE 0x4u
 
 /* A model named class_name (used in reports: "Error(s) in loading
  * state_dict for Net"; NULL: "Model"). NULL when out of memory. */
@@ -812,6 +817,13 @@ CKPT_API ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype 
                                     uint32_t ndim, const int64_t *shape, void *data,
                                     unsigned flags, size_t *index, ckpt_error *err);
 
+/* Declares a module ("net.1", "" the root) with no parameters of its own,
+ * such as a ReLU: PyTorch's report walks modules in the order they were
+ * registered, and a key naming such a module is not unexpected. Modules
+ * that hold parameters need no declaration; declared ones take their place
+ * in that order from the declaration. */
+CKPT_API ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *err);
+
 typedef struct ckpt_param_info {
     const char *name;
     ckpt_dtype dtype;
@@ -825,6 +837,7 @@ typedef struct ckpt_param_info {
     const char *location;   /* the loaded tensor's tag after remapping ("cpu",
                                "cuda:0"); "cpu" before any load */
     bool is_buffer;
+    bool is_extra_state;    /* CKPT_PARAM_EXTRA_STATE */
     bool loaded;            /* filled by the last load (a parameter it did not
                                fill keeps its values, and stays borrowed from
                                an earlier file if it was) */
@@ -848,8 +861,8 @@ CKPT_API void *ckpt_model_data(const ckpt_model *m, size_t i);
 #define CKPT_LOAD_NON_STRICT 0x1u /* strict=False: load what matches, report the rest */
 /* Parameters whose memory the model allocated point into the file instead
  * of being copied, when the tensor is contiguous, of the model's dtype and
- * read zero-copy (see ckpt_tensor_data): read-only, and valid until the
- * file is closed. For inference; a later load without the flag copies the
+ * read zero-copy (see ckpt_tensor_data): read-only, valid until the file
+ * is closed, and aligned to the element size (not to 64 bytes). For inference; a later load without the flag copies the
  * parameters it fills into their own memory again. */
 #define CKPT_LOAD_ZERO_COPY 0x2u
 /* Decide and report only: keys, kinds, shapes and dtypes are checked as a
@@ -870,7 +883,8 @@ typedef struct ckpt_placement {
     ckpt_dtype dtype;         /* the model's dtype (bytes already converted) */
     uint32_t ndim;
     const int64_t *shape;
-    const void *data;         /* the values: contiguous, native order, nbytes */
+    const void *data;         /* the values: contiguous, native order, nbytes;
+                                 valid during the call only */
     uint64_t nbytes;
     /* Out: set placed = true when the callback took the bytes itself (copied
      * them to a device); dest then becomes the parameter's data. Left false,
@@ -890,6 +904,9 @@ typedef struct ckpt_load_options {
      * layouts), else the root. Keys that are not text (3, (1, 'a')) never
      * name a parameter: they are unexpected. */
     const char *key;
+    /* The state dict as a value of the file (a dict), found by the caller;
+     * when set, key is not used. */
+    const ckpt_value *state_dict;
     /* Key remapping, applied in this order to every key of the state dict:
      * the first of strip_prefixes that a key starts with is removed once
      * ("module." of DataParallel/DDP); then the first prefix_map entry whose
@@ -943,7 +960,9 @@ typedef struct ckpt_load_report {
  * cannot be converted) the model is unchanged and report (may be NULL)
  * lists everything, and err names the model and the first problem.
  * Floating dtypes convert into the model's (bfloat16/float16 <-> float32 as
- * torch's .to() does); other dtypes must match. A 0-d model parameter
+ * torch's .to() does); integer and bool tensors convert into any integer,
+ * bool or floating dtype as torch's copy_ casts them; a floating tensor into
+ * an integer parameter is refused. A 0-d model parameter
  * takes the first element of a 1-d tensor, as PyTorch does. Non-strict
  * loads that miss keys succeed, with the lists in report. On another error
  * (an unreadable record, a placement callback's error) report holds what

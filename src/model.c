@@ -37,6 +37,7 @@ typedef struct model_param {
     char location[72];
     bool is_buffer;
     bool no_data;        /* CKPT_PARAM_NO_DATA: a description only */
+    bool extra_state;    /* CKPT_PARAM_EXTRA_STATE */
     bool loaded;
     bool borrowed;
     bool placed;
@@ -54,6 +55,10 @@ struct ckpt_model {
     size_t count, cap;
     size_t *index;       /* open-addressed name -> param + 1; 0 empty */
     size_t index_cap;
+    /* declared modules ("net.1."), each with the number of parameters
+     * added before it, to place it among them */
+    str_list modules;
+    size_t *module_at;
     /* the last load's report */
     str_list missing, unexpected, errors;
     char *message;
@@ -161,6 +166,8 @@ void ckpt_model_free(ckpt_model *m)
     }
     free(m->params);
     free(m->index);
+    str_list_clear(&m->modules);
+    free(m->module_at);
     report_clear(m);
     free(m->class_name);
     free(m);
@@ -213,6 +220,15 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     if (!m || !name || !*name)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "a parameter needs a model and a name");
+    if (flags & CKPT_PARAM_EXTRA_STATE) {
+        const char *last = strrchr(name, '.');
+        if (strcmp(last ? last + 1 : name, "_extra_state") != 0)
+            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                              "extra state \"%s\": the name must end in _extra_state", name);
+        flags |= CKPT_PARAM_NO_DATA;
+        dtype = CKPT_UINT8;
+        ndim = 0;
+    }
     size_t dummy;
     if (index_find(m, name, strlen(name), &dummy))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
@@ -273,6 +289,7 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     strcpy(p->location, "cpu");
     p->is_buffer = (flags & CKPT_PARAM_BUFFER) != 0;
     p->no_data = (flags & CKPT_PARAM_NO_DATA) != 0;
+    p->extra_state = (flags & CKPT_PARAM_EXTRA_STATE) != 0;
     size_t mask = m->index_cap - 1;
     size_t h = (size_t)ckpt__hash_keyed(m, name, strlen(name)) & mask;
     while (m->index[h])
@@ -281,6 +298,29 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     if (index)
         *index = m->count;
     m->count++;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *err)
+{
+    if (!m || !name)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "a module needs a model and a name");
+    if (!*name)
+        return CKPT_OK; /* the root is always there */
+    size_t cap = m->modules.cap;
+    char *dotted = str_printf("%s.", name);
+    if (!str_list_push(&m->modules, dotted))
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    if (m->modules.cap != cap) {
+        size_t *at = realloc(m->module_at, m->modules.cap * sizeof(size_t));
+        if (!at) {
+            free(m->modules.items[--m->modules.len]);
+            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        }
+        m->module_at = at;
+    }
+    m->module_at[m->modules.len - 1] = m->count;
     return CKPT_OK;
 }
 
@@ -305,6 +345,7 @@ bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info)
     info->host = p->host;
     info->location = p->location;
     info->is_buffer = p->is_buffer;
+    info->is_extra_state = p->extra_state;
     info->loaded = p->loaded;
     info->borrowed = p->borrowed;
     info->placed = p->placed;
@@ -335,6 +376,8 @@ ckpt_value *ckpt_model_state_dict(const ckpt_model *m, ckpt_tree *tree)
         return NULL;
     for (size_t i = 0; i < m->count; i++) {
         const model_param *p = &m->params[i];
+        if (p->extra_state)
+            continue; /* the caller's to save */
         if (p->no_data) {
             ckpt_error err;
             ckpt__fail(&err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
@@ -369,7 +412,8 @@ typedef struct sd_entry {
     char *key;                 /* after remapping */
     const ckpt_value *value;
     size_t param;              /* matching model parameter, or SIZE_MAX */
-    bool is_str;               /* a text key; others never match a name */
+    bool can_match;            /* a text key without NUL; others never name a
+                                  parameter, and are unexpected at the root */
 } sd_entry;
 
 /* What the first pass decided for one parameter. */
@@ -532,7 +576,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         const ckpt_value *k = ckpt_value_key(sd, i);
         char *text;
         size_t len;
-        bool is_str = ckpt_value_kind(k) == CKPT_STR;
+        bool is_str = ckpt_value_kind(k) == CKPT_STR, has_nul = false;
         if (is_str) {
             /* a NUL inside a key shows as \x00: such a key never names a
              * parameter, as in Python */
@@ -552,6 +596,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
                     memcpy(text + at, "\\x00", 4), at += 4;
             }
             len = at;
+            has_nul = nuls > 0;
         } else {
             /* Python's str() of the key: 1, None, (1, 'a') */
             len = ckpt__key_text(k, NULL, 0);
@@ -569,9 +614,9 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         e->key = key;
         e->value = ckpt_value_dict_value(sd, i);
         e->param = SIZE_MAX;
-        e->is_str = is_str;
+        e->can_match = is_str && !has_nul;
         size_t klen = strlen(key), prev;
-        if (!is_str) {
+        if (!e->can_match) {
             c->n_entries++;
             continue;
         }
@@ -617,11 +662,80 @@ static const char *python_type(const ckpt_value *v)
     }
 }
 
+/* Integer and bool dtypes, which convert as torch's copy_ casts them. */
+static bool is_integral(ckpt_dtype d)
+{
+    switch (d) {
+    case CKPT_INT64: case CKPT_INT32: case CKPT_INT16: case CKPT_INT8:
+    case CKPT_UINT64: case CKPT_UINT32: case CKPT_UINT16: case CKPT_UINT8:
+    case CKPT_BOOL:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Floating dtypes convert among themselves; integers and bools convert into
+ * any integer, bool or floating dtype. A floating value into an integer is
+ * refused (torch's cast of NaN or an out-of-range value is undefined). */
 static bool can_convert(ckpt_dtype to, ckpt_dtype from)
 {
     if (to == from)
         return true;
-    return ckpt__dtype_castable(to) && ckpt__dtype_castable(from);
+    if (ckpt__dtype_castable(from))
+        return ckpt__dtype_castable(to);
+    return is_integral(from) && (is_integral(to) || ckpt__dtype_castable(to));
+}
+
+static int64_t load_int(ckpt_dtype d, const uint8_t *p, uint64_t *u, bool *is_unsigned)
+{
+    int64_t i = 0;
+    *is_unsigned = false;
+    switch (d) {
+    case CKPT_INT64: { int64_t v; memcpy(&v, p, 8); i = v; break; }
+    case CKPT_INT32: { int32_t v; memcpy(&v, p, 4); i = v; break; }
+    case CKPT_INT16: { int16_t v; memcpy(&v, p, 2); i = v; break; }
+    case CKPT_INT8: i = (int8_t)p[0]; break;
+    case CKPT_UINT64: memcpy(u, p, 8); *is_unsigned = true; return 0;
+    case CKPT_UINT32: { uint32_t v; memcpy(&v, p, 4); i = v; break; }
+    case CKPT_UINT16: { uint16_t v; memcpy(&v, p, 2); i = v; break; }
+    case CKPT_UINT8: i = p[0]; break;
+    case CKPT_BOOL: i = p[0] != 0; break;
+    default: break;
+    }
+    *u = (uint64_t)i;
+    return i;
+}
+
+/* count integer or bool elements of from into to (see can_convert). */
+static void convert_integral(ckpt_dtype to, void *dst, ckpt_dtype from, const void *src,
+                             size_t count)
+{
+    const uint8_t *s = src;
+    uint8_t *d = dst;
+    size_t fs = ckpt_dtype_size(from), ts = ckpt_dtype_size(to);
+    for (size_t k = 0; k < count; k++, s += fs, d += ts) {
+        uint64_t u;
+        bool is_unsigned;
+        int64_t i = load_int(from, s, &u, &is_unsigned);
+        switch (to) {
+        case CKPT_FLOAT64: { double v = is_unsigned ? (double)u : (double)i; memcpy(d, &v, 8); break; }
+        case CKPT_FLOAT32: { float v = is_unsigned ? (float)u : (float)i; memcpy(d, &v, 4); break; }
+        case CKPT_FLOAT16:
+        case CKPT_BFLOAT16: {
+            /* through float32, as torch computes it */
+            float v = is_unsigned ? (float)u : (float)i;
+            ckpt_convert_dtype(to, d, CKPT_FLOAT32, &v, 1);
+            break;
+        }
+        case CKPT_BOOL: d[0] = u != 0; break;
+        /* the low bits, as a C++ static_cast wraps */
+        case CKPT_INT64: case CKPT_UINT64: memcpy(d, &u, 8); break;
+        case CKPT_INT32: case CKPT_UINT32: { uint32_t v = (uint32_t)u; memcpy(d, &v, 4); break; }
+        case CKPT_INT16: case CKPT_UINT16: { uint16_t v = (uint16_t)u; memcpy(d, &v, 2); break; }
+        default: d[0] = (uint8_t)u; break;
+        }
+    }
 }
 
 static const char *mapped_location(const ckpt_load_options *o, const char *loc)
@@ -798,6 +912,9 @@ static bool module_tree_build(module_tree *mt, const ckpt_model *m)
     for (size_t i = 0; i < m->count; i++)
         for (const char *p = m->params[i].name; p; p = strchr(p, '.'), p = p ? p + 1 : p)
             comps++;
+    for (size_t i = 0; i < m->modules.len; i++)
+        for (const char *p = m->modules.items[i]; p; p = strchr(p, '.'), p = p ? p + 1 : p)
+            comps++;
     size_t cap = 16;
     while (cap < comps * 2)
         cap *= 2;
@@ -813,7 +930,22 @@ static bool module_tree_build(module_tree *mt, const ckpt_model *m)
         return false;
     mt->nodes[0] = (module_node){"", 0, SIZE_MAX, SIZE_MAX, SIZE_MAX, 0, 0, 0};
     mt->len = 1;
-    for (size_t i = 0; i < m->count; i++) {
+    /* parameters and declared modules in the order they were added */
+    size_t next_module = 0;
+    for (size_t i = 0; i <= m->count; i++) {
+        for (; next_module < m->modules.len && m->module_at[next_module] <= i; next_module++) {
+            const char *name = m->modules.items[next_module];
+            size_t node = 0, start = 0;
+            for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
+                size_t end = (size_t)(dot - name);
+                node = module_child(mt, node, name, start, end);
+                if (node == SIZE_MAX)
+                    return false;
+                start = end + 1;
+            }
+        }
+        if (i == m->count)
+            break;
         const char *name = m->params[i].name;
         size_t node = 0, start = 0;
         for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
@@ -922,8 +1054,9 @@ static ckpt_status meta_build(load_ctx *c)
 
 /* BatchNorm's compatibility rule: a state dict saved before its version 2
  * (by the state dict's _metadata, or without _metadata) has no
- * num_batches_tracked, and load_state_dict keeps the model's value instead
- * of reporting the key missing. */
+ * num_batches_tracked, and load_state_dict does not report the key
+ * missing. The model keeps its value, as PyTorch 2.1 and later do (1.13
+ * writes 0). */
 static ckpt_status old_batchnorm_key(load_ctx *c, const model_param *p, const module_node *nd,
                                      bool *old)
 {
@@ -982,7 +1115,8 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 continue;
             }
             c->entries[e].param = i;
-            st = check_param(c, i, &c->entries[e], errors);
+            if (!m->params[i].extra_state) /* any value: the caller's to read */
+                st = check_param(c, i, &c->entries[e], errors);
         }
     }
     if (st != CKPT_OK)
@@ -999,10 +1133,16 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
             const char *dot = strchr(rest, '.');
             size_t clen = dot ? (size_t)(dot - rest) : strlen(rest);
             int kind = -1;
-            if (!c->entries[e].is_str)
-                kind = 1; /* 3 or (1, 'a') as a key: never a parameter's name */
+            size_t pi;
+            if (!c->entries[e].can_match)
+                kind = 1; /* 3, (1, 'a') or "w\0x" as a key: never a parameter's name */
             else if (!dot && clen == sizeof(extra) - 1 && memcmp(rest, extra, clen) == 0)
-                kind = 0; /* even when a parameter has that name, as in PyTorch */
+                /* unexpected unless the module has extra state, even when
+                 * a parameter has that name, as in PyTorch */
+                kind = (pi = edge_find(mt, node, rest, clen, true)) != SIZE_MAX &&
+                               m->params[pi].extra_state
+                           ? -1
+                           : 0;
             else if (edge_find(mt, node, rest, clen, false) == SIZE_MAX &&
                      edge_find(mt, node, rest, clen, true) == SIZE_MAX)
                 kind = 1;
@@ -1017,7 +1157,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 }
                 recs[n_recs++] = (unexpected_rec){mt->nodes[node].rank, kind, e};
             }
-            if (!c->entries[e].is_str || !dot)
+            if (!c->entries[e].can_match || !dot)
                 break;
             node = edge_find(mt, node, rest, clen, false);
             if (node == SIZE_MAX)
@@ -1145,7 +1285,11 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
             from = tmp;
         }
         if (convert) {
-            ckpt_status st = ckpt_convert_dtype(p->dtype, dst, pl->from, from, (size_t)p->numel);
+            ckpt_status st = CKPT_OK;
+            if (is_integral(pl->from))
+                convert_integral(p->dtype, dst, pl->from, from, (size_t)p->numel);
+            else
+                st = ckpt_convert_dtype(p->dtype, dst, pl->from, from, (size_t)p->numel);
             if (tmp != dst)
                 free(tmp);
             if (st != CKPT_OK)
@@ -1230,7 +1374,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
                           "a remapping count without its array");
     if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
         for (size_t i = 0; i < m->count; i++)
-            if (m->params[i].no_data)
+            if (m->params[i].no_data && !m->params[i].extra_state)
                 return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                                   "parameter \"%s\" is a description only "
                                   "(CKPT_PARAM_NO_DATA): the model can only be checked",
@@ -1240,8 +1384,13 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
     str_list *errors = &m->errors;
     bool strict = !(c.o.flags & CKPT_LOAD_NON_STRICT);
 
-    const ckpt_value *sd = NULL;
-    ckpt_status st = find_state_dict(ckpt_file_root(f), c.o.key, &sd, err);
+    const ckpt_value *sd = c.o.state_dict;
+    ckpt_status st = CKPT_OK;
+    if (!sd)
+        st = find_state_dict(ckpt_file_root(f), c.o.key, &sd, err);
+    else if (ckpt_value_kind(sd) != CKPT_DICT && ckpt_value_kind(sd) != CKPT_ORDERED_DICT)
+        st = ckpt__fail(err, CKPT_ERR_TYPE, "", CKPT_NO_OFFSET, "the state dict is a %s, not a dict",
+                        ckpt_kind_name(ckpt_value_kind(sd)));
     module_tree mt = {0};
     void *scratch = NULL;
     size_t scratch_cap = 0;

@@ -106,7 +106,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
     for (size_t i = 0; i < n; i++) {
         ckpt_param_info info;
         ckpt_model_param(m, i, &info);
-        if (info.is_buffer)
+        if (info.is_buffer || info.is_extra_state)
             continue;
         if (info.dtype != CKPT_FLOAT32) {
             ckpt_adamw_free(a);

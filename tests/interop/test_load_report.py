@@ -140,7 +140,8 @@ def check_strict(ckpt_bin, c, *opts, torch_sd=None):
             k = next((k[len(p):] for p in strip if k.startswith(p)), k)
             return next((t + k[len(f):] for f, t in renames if k.startswith(f)), k)
         keys = {remap(k) for k in c.sd}
-        n = sum(1 for k in c.model.state_dict() if k in keys)
+        # extra state is accepted, not loaded
+        n = sum(1 for k in c.model.state_dict() if k in keys and not k.endswith("_extra_state"))
         assert res.stdout.startswith(
             f"ok: {n} tensor{'s' if n != 1 else ''} load{'s' if n == 1 else ''} into {c.cls} "
             "(strict)\n"), res.describe()
@@ -407,19 +408,36 @@ def test_key_text_in_lists(ckpt_bin, case):
     check_non_strict(ckpt_bin, c)
 
 
-def test_integer_dtypes_must_match(ckpt_bin, case):
-    """Unlike torch's copy_(), ckpt converts only between floating dtypes (as
-    documented): an int64 tensor for a float32 parameter is a mismatch."""
-    sd = made(Net, 1).state_dict()
-    sd["net.0.bias"] = torch.zeros(64, dtype=torch.int64)
-    c = case(made(Net), sd)
-    assert torch_load(c.model, sd, True)[0] is None
-    res = c.match(ckpt_bin)
+def test_integer_dtypes_convert_as_torch(ckpt_bin, case):
+    """Integer and bool tensors convert as torch's copy_() casts them (int64
+    into a float32 parameter, int32 into an int64 buffer, uint8 into bool);
+    a floating tensor into an integer buffer is refused, where torch casts."""
+    class Buffers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("position_ids", torch.arange(4))
+            self.register_buffer("mask", torch.ones(4, dtype=torch.bool))
+    model = Buffers()
+    sd = model.state_dict()
+    sd["lin.bias"] = torch.tensor([1, 2], dtype=torch.int64)
+    sd["position_ids"] = torch.arange(4, dtype=torch.int32)
+    sd["mask"] = torch.tensor([0, 1, 2, 0], dtype=torch.uint8)
+    c = case(model, sd)
+    check_strict(ckpt_bin, c)
+    res = c.match(ckpt_bin, "--json")
+    assert json.loads(res.stdout)["converted"] == 3, res.describe()
+
+    sd2 = dict(model.state_dict())
+    sd2["position_ids"] = torch.zeros(4)
+    c2 = case(Buffers(), sd2)
+    assert torch_load(c2.model, sd2, True)[0] is None
+    res = c2.match(ckpt_bin)
     assert res.returncode == 1, res.describe()
     assert stdout_text(res) == (
-        "Error(s) in loading state_dict for Net:\n\tdtype mismatch for net.0.bias: copying a "
-        "param of dtype torch.int64 from checkpoint, the dtype in current model is "
-        "torch.float32.")
+        "Error(s) in loading state_dict for Buffers:\n\tdtype mismatch for position_ids: copying "
+        "a param of dtype torch.float32 from checkpoint, the dtype in current model is "
+        "torch.int64.")
 
 
 def test_old_state_dict_without_num_batches_tracked(ckpt_bin, case):
@@ -630,16 +648,47 @@ def test_non_utf8_unexpected_key(ckpt_bin, tmp_path):
                    b'\tUnexpected key(s) in state_dict: "x\xed\xb3\xbf". \n')
 
 
-def test_parameter_named_extra_state(ckpt_bin, case):
-    """torch.nn.Module._load_from_state_dict copies a parameter literally
-    named _extra_state and still lists the key as unexpected (the module has
-    no set_extra_state), so strict loading fails."""
-    model = nn.Module()
-    model.register_parameter("_extra_state", nn.Parameter(torch.ones(2)))
-    model.w = nn.Parameter(torch.ones(2))
-    c = case(model, OrderedDict([("_extra_state", torch.zeros(2)), ("w", torch.zeros(2))]))
+class WithExtraState(nn.Module):
+    """A module with extra state, as TransformerEngine's layers have."""
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.scale = 1.0
+
+    def get_extra_state(self):
+        return {"scale": self.scale}
+
+    def set_extra_state(self, state):
+        self.scale = state["scale"]
+
+
+def test_extra_state_modules(ckpt_bin, case):
+    """A reference's X._extra_state entries declare extra state: present it
+    loads, absent it is missing, as torch decides."""
+    model = nn.Sequential(WithExtraState(), nn.ReLU(), WithExtraState())
+    sd = model.state_dict()
+    assert "0._extra_state" in sd
+    c = case(model, sd)
     check_strict(ckpt_bin, c)
-    check_non_strict(ckpt_bin, c)
+    sd2 = OrderedDict((k, v) for k, v in sd.items() if k != "2._extra_state")
+    c2 = case(model, sd2)
+    assert torch_load(model, sd2, True)[0] is not None
+    check_strict(ckpt_bin, c2)
+    check_non_strict(ckpt_bin, c2)
+
+
+def test_modules_without_parameters(ckpt_bin, case):
+    """The reference's _metadata declares the modules without parameters (a
+    ReLU): a key naming one is not unexpected, and keys under it are
+    reported in torch's order."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    sd = OrderedDict(model.state_dict())
+    sd["1.x"] = torch.zeros(1)
+    sd["0.y"] = torch.zeros(1)
+    check_strict(ckpt_bin, case(model, sd))
+    sd = OrderedDict(model.state_dict())
+    sd["1"] = torch.zeros(1)
+    check_strict(ckpt_bin, case(model, sd))
 
 
 def test_default_rule_skips_entries_that_are_not_dicts(ckpt_bin, tmp_path):
