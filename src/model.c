@@ -905,6 +905,23 @@ static size_t module_child(module_tree *mt, size_t parent, const char *name, siz
     return c;
 }
 
+/* The modules of a name's components but the last ("net.0.weight": "net.",
+ * "net.0."), made when new: *node gets the innermost, *start where the last
+ * component begins. */
+static bool module_path(module_tree *mt, const char *name, size_t *node, size_t *start)
+{
+    *node = 0;
+    *start = 0;
+    for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
+        size_t end = (size_t)(dot - name);
+        *node = module_child(mt, *node, name, *start, end);
+        if (*node == SIZE_MAX)
+            return false;
+        *start = end + 1;
+    }
+    return true;
+}
+
 static bool module_tree_build(module_tree *mt, const ckpt_model *m)
 {
     memset(mt, 0, sizeof(*mt));
@@ -933,28 +950,15 @@ static bool module_tree_build(module_tree *mt, const ckpt_model *m)
     /* parameters and declared modules in the order they were added */
     size_t next_module = 0;
     for (size_t i = 0; i <= m->count; i++) {
-        for (; next_module < m->modules.len && m->module_at[next_module] <= i; next_module++) {
-            const char *name = m->modules.items[next_module];
-            size_t node = 0, start = 0;
-            for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
-                size_t end = (size_t)(dot - name);
-                node = module_child(mt, node, name, start, end);
-                if (node == SIZE_MAX)
-                    return false;
-                start = end + 1;
-            }
-        }
+        size_t node, start;
+        for (; next_module < m->modules.len && m->module_at[next_module] <= i; next_module++)
+            if (!module_path(mt, m->modules.items[next_module], &node, &start))
+                return false;
         if (i == m->count)
             break;
         const char *name = m->params[i].name;
-        size_t node = 0, start = 0;
-        for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
-            size_t end = (size_t)(dot - name);
-            node = module_child(mt, node, name, start, end);
-            if (node == SIZE_MAX)
-                return false;
-            start = end + 1;
-        }
+        if (!module_path(mt, name, &node, &start))
+            return false;
         mt->param_module[i] = node;
         mt->nodes[node].param_count++;
         edge_add(mt, node, name + start, strlen(name + start), true, i);
