@@ -1384,7 +1384,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
                                   "(CKPT_PARAM_NO_DATA): the model can only be checked",
                                   m->params[i].name);
     report_clear(m);
-    /* the previous load's errors live in m->errors; this load's in errors */
+    /* this load's problem lines, kept by the model for the report */
     str_list *errors = &m->errors;
     bool strict = !(c.o.flags & CKPT_LOAD_NON_STRICT);
 
