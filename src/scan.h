@@ -52,6 +52,8 @@ static inline uint64_t ckpt__scan_at(uint64_t base, uint64_t off)
 /* How one pickle ended. */
 typedef struct scan_pickle_result {
     size_t consumed;             /* bytes up to and including STOP */
+    size_t next;                 /* where a reader of a file reads on: consumed, or the end
+                                    of a frame that runs on past STOP (reported) */
     ckpt_value *value;           /* what it returned, when it did */
     bool broke;                  /* it broke: reported as a finding */
     size_t globals;              /* globals it named (allowed or not) */

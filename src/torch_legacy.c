@@ -134,9 +134,13 @@ static ckpt_status next_pickle(ckpt_file *f, uint64_t *pos, const char *record,
     if (*pos >= f->map_size)
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, CKPT_NO_OFFSET,
                           "file ends before this pickle (at byte %llu)", (unsigned long long)*pos);
+    /* the rest of the file: the interpreter stops at max_pickle_bytes, and
+     * a frame must end inside the file and exactly after its STOP (FRAME in
+     * pickle_read.c), so the next pickle starts where torch's reader of the
+     * file starts it */
     uint64_t avail = f->map_size - *pos;
-    if (avail > f->opts.limits.max_pickle_bytes)
-        avail = f->opts.limits.max_pickle_bytes;
+    if (avail > SIZE_MAX)
+        avail = SIZE_MAX;
     ckpt__pickle_ctx ctx = {
         .limits = &f->opts.limits, .arena = &f->arena, .record = record,
         .persistent_load = pl, .user = user, .protocol = -1,
