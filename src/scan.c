@@ -828,6 +828,7 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             goto out;
         }
         scan_pickle_result res;
+        uint64_t start = pos;
         L.file_base = ckpt__scan_at(file_base, pos);
         st = ckpt__scan_pickle(s, &arena, data + pos, (size_t)(size - pos), rec,
                                ckpt__scan_at(file_base, pos), i == 2 ? legacy_persistent : NULL,
@@ -842,6 +843,18 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         if (i == 0 && (!v || v->kind != CKPT_INT || v->u.i != 1001)) {
             st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
                                 "protocol version is not 1001: torch.load refuses it");
+            if (st != CKPT_OK)
+                goto out;
+        }
+        /* torch never reads sys_info: the storages' bytes are loaded as
+         * saved, little-endian, whatever it says */
+        const ckpt_value *le = i == 1 ? ckpt_value_get(v, "little_endian") : NULL;
+        if (le && ((le->kind == CKPT_BOOLEAN && !le->u.b) || (le->kind == CKPT_INT && !le->u.i))) {
+            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
+                                "sys_info says the storages were saved big-endian "
+                                "(little_endian=False), but torch never reads sys_info and "
+                                "loads their bytes as little-endian: the weights torch (and "
+                                "ckpt) load are not the ones that were saved");
             if (st != CKPT_OK)
                 goto out;
         }

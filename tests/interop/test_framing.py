@@ -142,3 +142,50 @@ def test_twin_with_frames_ending_at_stop_reads_the_same(tool, tmp_path):
         assert res.returncode == 0, res.describe()
         index, blobs = tool.dump(path)
         assert len(blobs) == 1 and blobs[0] == want.numpy().tobytes()
+
+
+# ---- byte order: torch never reads the legacy sys_info ------------------------------
+
+def test_legacy_sys_info_big_endian_is_not_swapped(tool, tmp_path):
+    """A legacy file whose sys_info says little_endian=False: torch 1.13 loads
+    the bytes as saved; so do inspect, dump, convert and diff. The scan reports
+    the contradiction."""
+    want = {"w": torch.tensor([1.0, 2.5, -3.0, 1e-3], dtype=torch.float32),
+            "i": torch.arange(5, dtype=torch.int64) * 1000003,
+            "h": torch.tensor([0.5, -2.0], dtype=torch.float16)}
+    b = io.BytesIO()
+    torch.save(want, b, _use_new_zipfile_serialization=False)
+    data = b.getvalue()
+    saved = tmp_path / "little.pt"
+    saved.write_bytes(data)
+    key = b"X\x0d\x00\x00\x00little_endianq\x02\x88"   # BINPUT 2, NEWTRUE
+    assert data.count(key) == 1
+    big = tmp_path / "big.pt"
+    big.write_bytes(data.replace(key, key[:-1] + b"\x89"))   # NEWFALSE
+
+    got = torch.load(big, weights_only=False)     # a benign file torch wrote
+    for name, t in want.items():
+        assert torch.equal(got[name], t), name    # torch does not swap
+
+    index, blobs = tool.dump(big)
+    by_name = {e["name"]: blob for e, blob in zip(index, blobs)}
+    for name, t in want.items():
+        assert by_name[name] == t.numpy().tobytes(), name
+    js = tool.inspect_json(big)
+    assert js["details"]["big_endian"] is False
+    res = tool.run("diff", saved, big)
+    assert res.returncode == 0, res.describe()
+    out = tmp_path / "big.safetensors"
+    res = tool.run("convert", big, out)
+    assert res.returncode == 0, res.describe()
+    res = tool.run("diff", saved, out)
+    assert res.returncode == 0, res.describe()
+
+    res = tool.run("scan", "--json", big)
+    assert res.returncode == 1, res.describe()
+    rep = json.loads(res.stdout)["files"][0]
+    hits = [f for f in rep["findings"] if f["kind"] == "format" and "little_endian" in f["message"]]
+    assert len(hits) == 1 and hits[0]["record"] == "legacy sys_info", rep
+    assert len(rep["findings"]) == 1, rep
+    res = tool.run("scan", saved)
+    assert res.returncode == 0, res.describe()

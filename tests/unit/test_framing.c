@@ -9,6 +9,8 @@
  *
  * Every hostile file has a well-formed twin built by the same code (frames
  * that end where they should) that opens and scans safe.
+ *
+ * Also the legacy sys_info's byte order, which torch never reads.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -86,19 +88,21 @@ static buf body_protocol(void)
     return b;
 }
 
-static buf body_sys_info(void)
+static buf body_sys_info_says(bool little)
 {
     buf b = {0};
     b_u8(&b, '}');
     pk_unicode(&b, "little_endian");
-    b_u8(&b, 0x88);
+    b_u8(&b, little ? 0x88 : 0x89);
     b_u8(&b, 's');
     b_u8(&b, '.');
     return b;
 }
 
-/* {'t': a uint8 tensor of n elements over storage "0"} */
-static buf body_object(int64_t n)
+static buf body_sys_info(void) { return body_sys_info_says(true); }
+
+/* {'t': a tensor of n elements over storage "0" of that class} */
+static buf body_object_of(const char *storage_class, int64_t n)
 {
     buf b = {0};
     b_u8(&b, '}');
@@ -106,7 +110,7 @@ static buf body_object(int64_t n)
     pk_global(&b, "torch._utils", "_rebuild_tensor_v2");
     b_str(&b, "((");
     pk_unicode(&b, "storage");
-    pk_global(&b, "torch", "ByteStorage");
+    pk_global(&b, "torch", storage_class);
     pk_unicode(&b, "0");
     pk_unicode(&b, "cpu");
     pk_int(&b, n);
@@ -128,6 +132,8 @@ static buf body_object(int64_t n)
     b_u8(&b, '.');
     return b;
 }
+
+static buf body_object(int64_t n) { return body_object_of("ByteStorage", n); }
 
 static buf body_keys(void)
 {
@@ -645,6 +651,59 @@ static void test_zip_data_pkl(void **state)
     b_free(&q);
 }
 
+/* ---- byte order ------------------------------------------------------------------- */
+
+/* sys_info's little_endian=False: torch never reads sys_info and loads the
+ * bytes as saved (tests/interop/test_framing.py checks torch 1.13 on such a
+ * file); ckpt reads the same values, the scan reports the contradiction. */
+static void test_legacy_sys_info_byte_order(void **state)
+{
+    (void)state;
+    for (int little = 0; little < 2; little++) {
+        buf bodies[5] = {body_magic(), body_protocol(), body_sys_info_says(little),
+                         body_object_of("FloatStorage", 2), body_keys()};
+        buf f = {0};
+        for (int i = 0; i < 5; i++) {
+            b_str(&f, "\x80\x02");
+            b_put(&f, bodies[i].p, bodies[i].len);
+            b_free(&bodies[i]);
+        }
+        uint64_t sys_info_at = 2 + 13 + 2 + 4;
+        b_le(&f, 2, 8);
+        b_put(&f, "\x00\x00\x80\x3f\x00\x00\x00\x40", 8); /* 1.0f, 2.0f little-endian */
+        ckpt_file *cf = NULL;
+        ckpt_error err;
+        assert_int_equal(ckpt_open_memory(f.p, f.len, NULL, &cf, &err), CKPT_OK);
+        ckpt_file_info fi;
+        ckpt_file_get_info(cf, &fi);
+        assert_false(fi.big_endian);
+        const char *name = NULL;
+        const ckpt_tensor *t = ckpt_file_tensor(cf, 0, &name);
+        assert_non_null(t);
+        ckpt_tensor_info ti;
+        ckpt_tensor_get_info(t, &ti);
+        assert_false(ti.big_endian);
+        float v[2] = {0, 0};
+        assert_int_equal(ckpt_tensor_copy(cf, t, v, sizeof(v), &err), CKPT_OK);
+        assert_true(v[0] == 1.0f && v[1] == 2.0f);
+        ckpt_close(cf);
+
+        ckpt_scan *sc = scan(&f);
+        if (little) {
+            assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+        } else {
+            assert_int_equal(ckpt_scan_finding_count(sc), 1);
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
+            assert_non_null(x);
+            assert_string_equal(x->record, "legacy sys_info");
+            assert_int_equal(x->file_offset, sys_info_at);
+            assert_non_null(strstr(x->message, "loads their bytes as little-endian"));
+        }
+        ckpt_scan_free(sc);
+        b_free(&f);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -654,6 +713,7 @@ int main(void)
         cmocka_unit_test(test_legacy_frame_breaks),
         cmocka_unit_test(test_plain_pickle),
         cmocka_unit_test(test_zip_data_pkl),
+        cmocka_unit_test(test_legacy_sys_info_byte_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
