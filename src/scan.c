@@ -719,6 +719,16 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
     return CKPT_OK;
 }
 
+ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                    const scan_pickle_result *res, const char *record,
+                                    const char *where, uint64_t file_base)
+{
+    uint64_t next;
+    CKPT_RETURN_IF_ERROR(next_in_stream(s, data, 0, res, record, file_base, &next));
+    return scan_trailing(s, data, size, next, where, file_base,
+                         next > res->consumed ? "the pickle's frame" : "the pickle's STOP");
+}
+
 /* 0x1950a86a20f9469cfc6c, little-endian, as LONG1 writes it. */
 static const uint8_t LEGACY_MAGIC[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9,
                                          0x20, 0x6a, 0xa8, 0x50, 0x19};
@@ -935,12 +945,11 @@ static ckpt_status scan_pickle_stream(scan_ctx *s, const uint8_t *data, uint64_t
         s->report->format = legacy ? "torch-legacy" : "pickle";
     if (res.broke)
         return CKPT_OK;
+    if (!legacy)
+        return ckpt__scan_after_pickle(s, data, size, &res, rec, where, file_base);
     uint64_t next;
     CKPT_RETURN_IF_ERROR(next_in_stream(s, data, 0, &res, rec, file_base, &next));
-    if (legacy)
-        return scan_legacy(s, data, size, next, where, file_base);
-    return scan_trailing(s, data, size, next, where, file_base,
-                         next > res.consumed ? "the pickle's frame" : "the pickle's STOP");
+    return scan_legacy(s, data, size, next, where, file_base);
 }
 
 /* ======================================================================

@@ -77,6 +77,15 @@ ckpt_status ckpt__scan_pickle_alone(scan_ctx *s, const uint8_t *data, size_t siz
                                     const char *record, uint64_t file_base,
                                     scan_pickle_result *res);
 
+/* What follows a pickle scanned at data[0..] (res) in a stream of size
+ * bytes, as readers that go on read it: the pickles between STOP and the
+ * end of a frame that runs past it, then, from where Python's unpickler
+ * reading a file goes on, more pickles (each an extra one, scanned) or
+ * trailing bytes. where prefixes the records of those pickles. */
+ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                    const scan_pickle_result *res, const char *record,
+                                    const char *where, uint64_t file_base);
+
 /* true when data[0..size) reads as a pickle: it reaches its STOP, or names
  * a global (a dotted Python name) before it breaks. Nothing is reported. */
 bool ckpt__scan_is_pickle(scan_ctx *s, const uint8_t *data, size_t size);

@@ -813,13 +813,12 @@ static ckpt_status scan_entry_pickle(zscan *z, zentry *e, const uint8_t *p, uint
     ckpt__storage_table_free(&P.table);
     ckpt__arena_free(&arena);
     CKPT_RETURN_IF_ERROR(st);
-    if (!res.broke && res.consumed < e->len)
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_TRAILING_DATA, rec, res.consumed,
-                                            ckpt__scan_at(file_base, res.consumed),
-                                            "%llu bytes after the pickle's STOP: torch never reads "
-                                            "them, other readers may",
-                                            ull(e->len - res.consumed)));
-    return CKPT_OK;
+    if (res.broke || res.consumed >= e->len)
+        return CKPT_OK;
+    /* torch stops at STOP; pickle.load again on the record reads on */
+    char where[300];
+    snprintf(where, sizeof(where), "%s: ", rec);
+    return ckpt__scan_after_pickle(z->s, p, e->len, &res, rec, where, file_base);
 }
 
 /* A record torch reads as something else (a text, a storage) that reads as

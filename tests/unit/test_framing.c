@@ -628,7 +628,29 @@ static void test_zip_data_pkl(void **state)
     assert_non_null(f);
     assert_string_equal(f->record, "archive/data.pkl");
     assert_int_equal(f->offset, 15);
-    assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL, NULL));
+    /* the payload between STOP and the frame's end */
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    if (!g)
+        dump(sc);
+    assert_non_null(g);
+    assert_string_equal(g->record, "archive/data.pkl: pickle 1 after STOP, inside the frame");
+    assert_int_equal(g->offset, PAYLOAD_GLOBAL_AT);
+    ckpt_scan_free(sc);
+    b_free(&z);
+    b_free(&p);
+
+    /* the payload after the frame: pickle.load twice on the record runs it */
+    p = plain_framed(2, "N.", 2);
+    b_put(&p, PAYLOAD, PAYLOAD_LEN);
+    z = torch_zip(&p);
+    sc = scan(&z);
+    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    if (!g)
+        dump(sc);
+    assert_non_null(g);
+    assert_string_equal(g->record, "archive/data.pkl: pickle 2");
+    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
+    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&p);

@@ -342,12 +342,40 @@ static void test_pickles_in_storage_records(void **state)
     b_free(&pkl);
 }
 
+/* A second pickle after data.pkl's STOP: torch stops before it, a second
+ * pickle.load on the record runs it. */
+static void test_pickle_after_data_pkl(void **state)
+{
+    (void)state;
+    buf pkl = data_pkl(4);
+    uint64_t stop = pkl.len;
+    b_put(&pkl, PAYLOAD, PAYLOAD_LEN);
+    buf b = torch_zip("archive/data.pkl", pkl.p, pkl.len, false, NULL);
+    ckpt_scan *sc = scan(&b);
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    if (!x || !g)
+        dump(sc);
+    assert_non_null(x);
+    assert_string_equal(x->record, "archive/data.pkl: pickle 2");
+    char at[64];
+    snprintf(at, sizeof(at), "starts at byte %llu", (unsigned long long)stop);
+    assert_non_null(strstr(x->message, at));
+    assert_non_null(g);
+    assert_string_equal(g->record, "archive/data.pkl: pickle 2");
+    assert_int_equal(g->offset, 2);
+    ckpt_scan_free(sc);
+    b_free(&b);
+    b_free(&pkl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_twin_is_safe),
         cmocka_unit_test(test_pickles_in_text_records),
         cmocka_unit_test(test_pickles_in_storage_records),
+        cmocka_unit_test(test_pickle_after_data_pkl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
