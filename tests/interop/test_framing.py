@@ -112,6 +112,28 @@ def test_frame_past_stop_runs_in_torch_and_is_unsafe(tool, tmp_path, framed):
     assert hits[0]["runs_code"]
 
 
+def test_small_frame_past_stop_runs_what_follows_stop(tool, tmp_path):
+    """A frame under the read-ahead: CPython's unpickler reads on after STOP
+    (the frame stays in its buffer), so torch runs the pickle inside the frame.
+    The scan reports that one too."""
+    canary = tmp_path / "canary"
+    payload = system_pickle("touch " + shlex.quote(str(canary)))
+    parts, tail = legacy_pickles({"w": torch.zeros(4, dtype=torch.uint8)})
+    body = parts[0][2:]
+    data = b"\x80\x02\x95" + struct.pack("<Q", len(body) + len(payload)) + body + payload
+    data += b"".join(parts[2:]) + tail
+    path = tmp_path / "small.pt"
+    path.write_bytes(data)
+    torch_load(path, tmp_path)
+    assert canary.exists(), "torch did not run the payload: the file does not test anything"
+    rep = scan_report(tool, path)
+    hits = [f for f in rep["findings"] if f["kind"] == "global" and f["global"] == "posix.system"]
+    assert hits and hits[0]["file_offset"] == 11 + len(body) + 2, json.dumps(rep, indent=1)
+    assert "after STOP, inside the frame" in hits[0]["record"]
+    res = tool.run("inspect", path)
+    assert res.returncode != 0 and "past STOP" in res.stderr, res.describe()
+
+
 def test_frame_past_stop_in_storage_keys_moves_the_weights(tool, tmp_path):
     """After the keys, torch reads storages raw: it loads other bytes than the
     decoy's. ckpt refuses the file instead of showing the decoy."""
