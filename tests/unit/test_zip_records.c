@@ -126,7 +126,9 @@ static buf zip_build(const zrec *recs, int n, uint64_t *where)
     return b;
 }
 
-static const uint8_t FLOATS[16] = {0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40, 0, 0, 0x80, 0x40};
+/* 1.0f, 2.0f, 3.0f, 4.0f little-endian */
+static const uint8_t FLOATS[16] = {0, 0, 0x80, 0x3f, 0, 0, 0,    0x40,
+                                   0, 0, 0x40, 0x40, 0, 0, 0x80, 0x40};
 
 /* A torch zip as torch 1.13 writes it (data.pkl, data/0, version) plus the
  * extra records; record `name` (when given) gets `data` instead of its own. */
