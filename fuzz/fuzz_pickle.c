@@ -12,6 +12,7 @@
 #include "pickle.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -142,6 +143,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint64_t budget = 100000;
             sink += walk(root, 0, &budget);
         }
+    }
+    /* And as a scan reads it: inert globals, framing told instead of failing. */
+    if (size) {
+        ckpt_error framing;
+        memset(&framing, 0, sizeof(framing));
+        ckpt__pickle_ctx ctx = {
+            .limits = &limits, .arena = &arena, .record = "fuzz.pkl",
+            .persistent_load = fuzz_persistent_load, .user = NULL,
+            .flags = CKPT__PICKLE_INERT | CKPT__PICKLE_NO_FAIL, .framing = &framing,
+        };
+        ckpt_error err;
+        ckpt_value *root = NULL;
+        size_t used = 0;
+        ckpt_status st = ckpt__unpickle(&ctx, data, size, &used, &root, &err);
+        if (framing.status != CKPT_OK &&
+            (framing.status != CKPT_ERR_FORMAT || framing.offset >= size))
+            abort();
+        if (st == CKPT_OK && ctx.stop_frame_end &&
+            (ctx.stop_frame_end <= used || ctx.stop_frame_end > size))
+            abort(); /* a frame past STOP ends after it, inside the data */
+        if (st != CKPT_OK && ctx.stop_frame_end)
+            abort();
     }
     ckpt__arena_free(&arena);
     return 0;

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Rebuilds the named seeds of every fuzz target's corpus, fuzz/corpus/<target>/:
 fuzz_file, fuzz_safetensors, fuzz_zip (archives), fuzz_pickle (pickle streams,
-the data.pkl of torch zips among them) and fuzz_roundtrip (valid files of every
-format the writers must reproduce). Seeds that libFuzzer found (named by
+the data.pkl of torch zips among them), fuzz_roundtrip (valid files of every
+format the writers must reproduce) and the framing and record seeds of
+fuzz_scan. Seeds that libFuzzer found (named by
 their SHA-1) are left alone.
 
 Seeds are small (<= 8 KiB): files copied byte for byte from the shared
@@ -312,6 +313,76 @@ def zip_seeds():
     return out
 
 
+def framing_seeds():
+    """Pickles whose FRAMEs readers disagree on, in the places files hold
+    them, and pickles in the records of a torch zip torch reads as texts
+    or raw bytes; legacy files whose sys_info says big-endian. Hand-made;
+    the payload (posix.system) is only ever scanned."""
+    def frame(n):
+        return b"\x95" + struct.pack("<Q", n)
+
+    payload = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
+    magic = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"."
+
+    def obj(storage, n, legacy=True):
+        """{'t': tensor of n elements}; a legacy persistent id has a view (None)."""
+        return (b"}X\x01\x00\x00\x00tctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage"
+                b"ctorch\n" + storage + b"\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" + bytes([n]) +
+                (b"N" if legacy else b"") + b"tQK\x00(K" + bytes([n]) +
+                b"t(K\x01t\x89ccollections\nOrderedDict\n)RtRs.")
+
+    def legacy_bodies(n, little=True):
+        return [magic, b"M\xe9\x03.", b"}X\x0d\x00\x00\x00little_endian" +
+                (b"\x88" if little else b"\x89") + b"s.", obj(b"ByteStorage", n),
+                b"]X\x01\x00\x00\x000a."]
+
+    out = {}
+    hide = 16
+    n = hide + len(payload)
+    for framed in range(5):
+        bodies = legacy_bodies(n)
+        rest = b"".join(b"\x80\x02" + b for b in bodies[framed + 1:])
+        rest += struct.pack("<q", n) + b"\0" * hide
+        head = b"".join(b"\x80\x02" + b for b in bodies[:framed])
+        out[f"frame_past_stop_legacy_{framed}.pt"] = (
+            head + b"\x80\x02" + frame(len(bodies[framed]) + len(rest)) + bodies[framed] +
+            rest + payload)
+    out["frame_past_stop.pkl"] = b"\x80\x04" + frame(9) + b"]K\x01a.N.N." + payload
+    out["frame_arg_across_end.pkl"] = b"\x80\x04" + frame(2) + b"M\x01\x00."
+    out["frame_text_across_end.pkl"] = b"\x80\x04" + frame(5) + payload[2:]
+    out["frame_nested.pkl"] = b"\x80\x04" + frame(12) + b"]" + frame(2) + b"K\x01a."
+    out["frame_past_end.pkl"] = b"\x80\x04" + frame(1000) + payload[2:]
+    out["frames_well_formed.pkl"] = (b"\x80\x04" + frame(1) + b"(" +
+                                     b"\x8e" + struct.pack("<Q", 3) + b"abc" + frame(2) + b"l.")
+    b = b"".join(b"\x80\x02" + x for x in legacy_bodies(2, little=False)[:3])
+    b += b"\x80\x02" + obj(b"FloatStorage", 2) + b"\x80\x02]X\x01\x00\x00\x000a."
+    out["legacy_sys_info_big_endian.pt"] = b + struct.pack("<q", 2) + struct.pack("<2f", 1, 2)
+
+    def torch_zip(name, data, compress=zipfile.ZIP_STORED,
+                  pkl=b"\x80\x02" + obj(b"FloatStorage", 4, legacy=False)):
+        buf = io.BytesIO()
+        recs = {"archive/data.pkl": pkl, "archive/data/0": struct.pack("<4f", 1, 2, 3, 4),
+                "archive/version": b"3\n", "archive/byteorder": b"little",
+                "archive/.data/serialization_id": b"1234567890"}
+        recs[name] = data
+        with zipfile.ZipFile(buf, "w") as z:
+            for k, v in recs.items():
+                z.writestr(k, v, compress_type=compress if k == name else zipfile.ZIP_STORED)
+        return buf.getvalue()
+
+    out["zip_frame_past_stop.pt"] = torch_zip(
+        "archive/data.pkl", b"\x80\x04" + frame(5 + len(payload)) + b"]K\x01a." + payload)
+    for rec in ("version", "byteorder", ".data/serialization_id", ".format_version", "notes"):
+        out[f"zip_pickle_in_{rec.replace('/', '_').lstrip('.')}.pt"] = torch_zip(
+            "archive/" + rec, payload)
+    stored = payload + b"N" * (16 - len(payload) % 16)
+    pkl = b"\x80\x02" + obj(b"FloatStorage", len(stored) // 4, legacy=False)
+    out["zip_pickle_in_storage.pt"] = torch_zip("archive/data/0", stored, pkl=pkl)
+    out["zip_pickle_in_deflated_storage.pt"] = torch_zip(
+        "archive/data/0", stored, zipfile.ZIP_DEFLATED, pkl=pkl)
+    return out
+
+
 def pickles_in(files):
     """The data.pkl of each torch zip (read as bytes), and legacy files whole."""
     out = {}
@@ -355,6 +426,8 @@ def main():
     file_seeds = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_FILE}
     file_seeds.update(torch_files)
     file_seeds.update(pickle_seeds())
+    framing = framing_seeds()
+    file_seeds.update(framing)
     st = st_seeds()
     file_seeds["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
     write("fuzz_file", file_seeds)
@@ -370,8 +443,11 @@ def main():
 
     pickles = {k: v for k, v in file_seeds.items() if k.endswith((".pkl", ".pickle"))}
     pickles.update({seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_PICKLE})
-    pickles.update(pickles_in(file_seeds))
+    pickles.update(pickles_in({k: v for k, v in file_seeds.items()
+                               if k not in framing or k == "zip_frame_past_stop.pt"}))
     write("fuzz_pickle", pickles)
+
+    write("fuzz_scan", framing)
 
     rt = {seed_name(r): (CORPUS / r).read_bytes() for r in FROM_CORPUS_ROUNDTRIP}
     rt.update(roundtrip_seeds(torch_files))

@@ -297,8 +297,10 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                       ever called. */
 #define CKPT__PICKLE_NO_FAIL 0x2u  /* scanning: a call, BUILD or item operation that
                                       has no data meaning makes an inert OBJECT (or is
-                                      dropped) instead of failing; limits and broken
-                                      streams still stop the pickle */
+                                      dropped) instead of failing, and framing that
+                                      readers disagree on is told in stop_frame_end and
+                                      framing; limits and broken streams still stop the
+                                      pickle */
 
 /* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
  * module and name as written and the value it became. */
@@ -320,6 +322,14 @@ struct ckpt__pickle_ctx {
     unsigned flags;                     /* CKPT__PICKLE_* */
     ckpt__global_seen_fn on_global;     /* may be NULL */
     ckpt__global_use_fn on_use;         /* may be NULL */
+    size_t stop_frame_end;              /* out, with CKPT__PICKLE_NO_FAIL: where the frame
+                                           that holds STOP ends when it runs on past STOP
+                                           (an error otherwise: see FRAME in
+                                           pickle_read.c); 0 when it does not */
+    ckpt_error *framing;                /* with CKPT__PICKLE_NO_FAIL, may be NULL: gets the
+                                           first break of the other framing rules (status
+                                           CKPT_OK when none), and the pickle reads on as
+                                           contiguous bytes instead of stopping there */
 };
 
 /*

@@ -190,9 +190,48 @@ static ckpt_status truncated(vm *m, uint64_t n, bool is_length)
                          (unsigned long long)n, left);
 }
 
+/* A break of the framing rules (see "Frames" above run()): an error, or
+ * for a scan (ctx->framing) the first one is kept, the frame is dropped and
+ * the pickle reads on as contiguous bytes, so that what follows is seen. */
+static ckpt_status frame_broken(vm *m, const char *fmt, ...) CKPT_PRINTF(2, 3);
+static ckpt_status frame_broken(vm *m, const char *fmt, ...)
+{
+    char msg[320];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    ckpt_error *keep = m->ctx->framing;
+    if (!keep || !(m->ctx->flags & CKPT__PICKLE_NO_FAIL))
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s", msg);
+    if (keep->status == CKPT_OK)
+        ckpt__fail(keep, CKPT_ERR_FORMAT, m->ctx->record, m->op_pos, "%s: %s", op_name(m->op),
+                   msg);
+    m->frame_end = 0;
+    return CKPT_OK;
+}
+
+/* An argument of n bytes (or a text line, n == 0) starts inside the current
+ * frame and runs past its end. */
+static ckpt_status crosses_frame(vm *m, uint64_t n)
+{
+    size_t left = m->frame_end - m->pos;
+    if (n == 0)
+        return frame_broken(m,
+                            "the text argument has no newline in the %zu bytes left in the frame "
+                            "(it ends at byte %zu): unpicklers disagree on where the rest of it "
+                            "comes from", left, m->frame_end);
+    return frame_broken(m,
+                        "the argument of %llu bytes runs past the end of the frame (byte %zu, "
+                        "%zu left in it): unpicklers disagree on where the rest of it comes from",
+                        (unsigned long long)n, m->frame_end, left);
+}
+
 /* Fixed-size argument of the opcode. */
 static ckpt_status read_arg(vm *m, size_t n, const uint8_t **p)
 {
+    if (CKPT_UNLIKELY(m->pos < m->frame_end && n > m->frame_end - m->pos))
+        CKPT_RETURN_IF_ERROR(crosses_frame(m, n));
     if (CKPT_UNLIKELY(n > m->end - m->pos))
         return truncated(m, n, false);
     *p = m->data + m->pos;
@@ -203,6 +242,8 @@ static ckpt_status read_arg(vm *m, size_t n, const uint8_t **p)
 /* Payload whose length the pickle declared. */
 static ckpt_status read_payload(vm *m, uint64_t n, const uint8_t **p)
 {
+    if (CKPT_UNLIKELY(m->pos < m->frame_end && n > (uint64_t)(m->frame_end - m->pos)))
+        CKPT_RETURN_IF_ERROR(crosses_frame(m, n));
     if (CKPT_UNLIKELY(n > (uint64_t)(m->end - m->pos)))
         return truncated(m, n, true);
     *p = m->data + m->pos;
@@ -214,7 +255,12 @@ static ckpt_status read_payload(vm *m, uint64_t n, const uint8_t **p)
 static ckpt_status read_line(vm *m, const char **p, size_t *len)
 {
     const uint8_t *s = m->data + m->pos;
-    const uint8_t *nl = memchr(s, '\n', m->end - m->pos);
+    bool framed = m->pos < m->frame_end;
+    const uint8_t *nl = memchr(s, '\n', (framed ? m->frame_end : m->end) - m->pos);
+    if (!nl && framed) {
+        CKPT_RETURN_IF_ERROR(crosses_frame(m, 0));
+        nl = memchr(s, '\n', m->end - m->pos);
+    }
     if (!nl) {
         if (m->size > m->end)
             return ckpt__vm_fail(m, CKPT_ERR_LIMIT,
@@ -1026,6 +1072,53 @@ static ckpt_status op_newobj(vm *m, bool ex)
     return push(m, v);
 }
 
+/* ---- Frames --------------------------------------------------------------
+ *
+ * FRAME n (protocol 4) announces that the next n bytes hold whole opcodes.
+ * CPython's pickler writes a frame around every ~64 KiB of opcodes, ends
+ * the last one exactly after STOP, and writes a large BINBYTES8,
+ * BINUNICODE8 or BYTEARRAY8 outside any frame (it ends the frame first).
+ * Readers treat other framings differently, and a stream that reads one
+ * way here and another way in torch is how a payload hides, so every
+ * framing CPython does not write is refused:
+ *
+ * (a) A frame must fit in the data. CPython's C unpickler fails on one
+ *     that does not ("pickle data was truncated"), the Python one reads
+ *     what there is and goes on. FORMAT, or LIMIT when it ends past
+ *     max_pickle_bytes.
+ * (b) FRAME only when no frame has unread bytes. Python's unpickler
+ *     refuses a frame begun inside another; the C one does not care.
+ * (c) No argument may run past the end of the frame it starts in: the
+ *     fixed-size arguments (BININT, BINGET, the length of BINUNICODE,
+ *     FRAME's own, ...), the payloads of counted opcodes (BINUNICODE(8),
+ *     BINBYTES(8), BYTEARRAY8, BINSTRING, LONG1/4, ...), and the text lines
+ *     of the protocol-0 opcodes (INT, LONG, FLOAT, STRING, UNICODE, GLOBAL,
+ *     INST, PERSID, GET, PUT), whose newline must be in the frame. Three
+ *     readers give three answers: the C unpickler drops the frame's unread
+ *     bytes and reads the argument from the bytes after the frame, the
+ *     Python one raises "pickle exhausted before end of frame", a reader of
+ *     contiguous bytes reads on. An argument that starts exactly at the
+ *     frame's end is outside it: every reader takes it from there.
+ * (d) STOP inside a frame: the frame must end right after STOP. Reading
+ *     from a file (the legacy format's five pickles, one after another),
+ *     CPython's unpickler has read a large frame whole, so the next pickle
+ *     starts at the frame's end, not after STOP: bytes in between are what
+ *     a reader that stops at STOP takes for the next pickle, and the bytes
+ *     after the frame are what torch reads. With CKPT__PICKLE_NO_FAIL the
+ *     pickle still returns and ctx->stop_frame_end tells where the frame
+ *     ends, so that a scan can read on from both places.
+ *
+ * A break of (a)-(c) is a FORMAT error. A scan (ctx->framing) is told of
+ * the first one and reads on as if there were no frame, as a reader of
+ * contiguous bytes does, so that the globals past it are reported too.
+ *
+ * Opcodes outside any frame (before the first, between frames, after the
+ * last) read on from the bytes that follow, as every reader does. The
+ * opcode byte itself never crosses a frame's end. NEXT_BUFFER and
+ * READONLY_BUFFER take out-of-band buffers, which torch never supplies
+ * (pickle.load raises without buffers=): they are refused wherever they
+ * are, so their framing never matters. */
+
 static ckpt_status run(vm *m, ckpt_value **result)
 {
     const uint8_t *p = NULL;
@@ -1057,16 +1150,40 @@ static ckpt_status run(vm *m, ckpt_value **result)
             m->ctx->protocol = (int)u32;
             break;
         case OP_FRAME:
-            /* Only a buffering hint: opcodes may cross frames, and a frame
-             * may claim more than there is (CPython's C unpickler stops
-             * there, its Python one reads on). Every opcode checks its own
-             * bounds, so nothing depends on it; stopping here would only
-             * hide what follows from a scan. */
+            /* rules (a) and (b) of "Frames" above */
+            if (m->pos < m->frame_end)
+                CKPT_RETURN_IF_ERROR(frame_broken(
+                    m, "a new frame begins while the current one has %zu unread bytes (it ends "
+                       "at byte %zu): Python's unpickler refuses it, the C one does not",
+                    m->frame_end - m->pos, m->frame_end));
             CKPT_RETURN_IF_ERROR(read_u64(m, &u64));
+            if (u64 > (uint64_t)(m->end - m->pos)) {
+                if (m->size > m->end && u64 <= (uint64_t)(m->size - m->pos))
+                    return ckpt__vm_fail(m, CKPT_ERR_LIMIT,
+                                         "the pickle is larger than max_pickle_bytes (%llu)",
+                                         (unsigned long long)m->limits->max_pickle_bytes);
+                CKPT_RETURN_IF_ERROR(frame_broken(
+                    m, "the frame of %llu bytes runs past the end of the data (%zu bytes left): "
+                       "CPython's C unpickler fails on it, the Python one reads on",
+                    (unsigned long long)u64, m->end - m->pos));
+                break;
+            }
+            m->frame_end = m->pos + (size_t)u64;
             break;
         case OP_STOP:
             if (m->sp <= fence(m))
                 return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the stack is empty");
+            if (CKPT_UNLIKELY(m->pos < m->frame_end)) {
+                /* rule (d) */
+                if (!(m->ctx->flags & CKPT__PICKLE_NO_FAIL))
+                    return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                                         "the frame runs %zu byte%s past STOP (to byte %zu): "
+                                         "Python's unpickler reading from a file continues "
+                                         "after the frame, not after STOP",
+                                         m->frame_end - m->pos,
+                                         m->frame_end - m->pos == 1 ? "" : "s", m->frame_end);
+                m->ctx->stop_frame_end = m->frame_end;
+            }
             *result = m->stack[m->sp - 1];
             return CKPT_OK;
         case OP_MARK:
@@ -1391,6 +1508,7 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, ctx ? ctx->record : "", CKPT_NO_OFFSET,
                           "ckpt__unpickle: NULL argument");
     ctx->protocol = -1;
+    ctx->stop_frame_end = 0;
 
     ckpt_limits defaults;
     const ckpt_limits *limits = ctx->limits;

@@ -27,6 +27,7 @@ typedef struct vm {
     size_t pos;
     size_t op_pos;        /* offset of the opcode being run, for errors */
     uint8_t op;
+    size_t frame_end;     /* end of the last FRAME; the frame is current while pos < frame_end */
 
     ckpt_value **stack;
     size_t sp, stack_cap;

@@ -347,6 +347,7 @@ typedef struct pickle_user {
     void *pl_user;
     size_t globals;
     bool report;              /* false: a dry run that only counts */
+    ckpt_error framing;       /* the first break of the framing rules, if any */
 } pickle_user;
 
 static size_t use_slot(const scan_ctx *s, const void *v)
@@ -519,11 +520,14 @@ static ckpt_status run_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
         .flags = CKPT__PICKLE_INERT | CKPT__PICKLE_NO_FAIL,
         .on_global = on_global,
         .on_use = on_use,
+        .framing = &u->framing,
     };
+    memset(&u->framing, 0, sizeof(u->framing));
     memset(res, 0, sizeof(*res));
     forget_uses(s);
     ckpt_status st = ckpt__unpickle(&ctx, data, size, &res->consumed, &res->value, perr);
     res->globals = u->globals;
+    res->next = ctx.stop_frame_end > res->consumed ? ctx.stop_frame_end : res->consumed;
     return st;
 }
 
@@ -537,6 +541,23 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     memset(&perr, 0, sizeof(perr));
     ckpt_status st = run_pickle(s, arena, data, size, &u, res, &perr);
     forget_uses(s);
+    if (st != CKPT_ERR_NOMEM && u.framing.status != CKPT_OK) {
+        uint64_t off = u.framing.offset;
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_BROKEN_PICKLE, record, off,
+                                            ckpt__scan_at(file_base, off),
+                                            "the pickle's framing breaks here (%s); ckpt reads on "
+                                            "as if there were no frame",
+                                            u.framing.message));
+    }
+    if (st == CKPT_OK && res->next > res->consumed) {
+        uint64_t stop = res->consumed - 1;
+        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, record, stop, ckpt__scan_at(file_base, stop),
+                              "the frame runs %zu byte%s past STOP (to byte %zu): Python's "
+                              "unpickler reading from a file continues after the frame, not "
+                              "after STOP",
+                              res->next - res->consumed,
+                              res->next - res->consumed == 1 ? "" : "s", res->next);
+    }
     if (st == CKPT_OK)
         return CKPT_OK;
     if (st == CKPT_ERR_NOMEM) {
@@ -597,6 +618,63 @@ static char *where_record(const char *where, const char *name, char *buf, size_t
     return buf;
 }
 
+/* A persistent id in a pickle read on its own where a reader that goes on
+ * after STOP would read it (the rest of a legacy file): an inert value. */
+static ckpt_status inert_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_value *pid,
+                                    uint64_t offset, ckpt_value **out, ckpt_error *err)
+{
+    (void)user;
+    (void)ctx;
+    (void)offset;
+    (void)err;
+    *out = (ckpt_value *)(uintptr_t)pid;
+    return CKPT_OK;
+}
+
+/*
+ * Where the next pickle of a stream starts, after the one scanned at
+ * data[pos..] (res): after its STOP for a reader of bytes, but at the end
+ * of the frame STOP sat in when that frame runs on (rule (d) of FRAME in
+ * pickle_read.c, reported by ckpt__scan_pickle) for Python's unpickler
+ * reading a file, which is how torch reads pickles one after another. The
+ * bytes in between are scanned for the pickles a reader that goes on after
+ * STOP would read; *next gets the frame's end, where torch reads on.
+ */
+static ckpt_status next_in_stream(scan_ctx *s, const uint8_t *data, uint64_t pos,
+                                  const scan_pickle_result *res, const char *record,
+                                  uint64_t file_base, uint64_t *next)
+{
+    uint64_t at = pos + res->consumed, end = pos + res->next;
+    *next = end;
+    for (unsigned k = 1; at < end && k <= SCAN_MAX_PICKLES; k++) {
+        const uint8_t *p = data + at;
+        size_t left = (size_t)(end - at);
+        if (!ckpt__scan_is_pickle(s, p, left))
+            return CKPT_OK;
+        char rec[300];
+        snprintf(rec, sizeof(rec), "%s: pickle %u after STOP, inside the frame", record, k);
+        if (k == 1)
+            CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_EXTRA_PICKLE, rec, 0,
+                                                ckpt__scan_at(file_base, at),
+                                                "pickles between STOP and the end of its frame "
+                                                "(from byte %llu to %llu): torch reading the file "
+                                                "skips them, readers that go on after STOP read "
+                                                "them; scanned",
+                                                (unsigned long long)at, (unsigned long long)end));
+        ckpt__arena arena;
+        ckpt__arena_init(&arena, s->limits.max_value_bytes);
+        scan_pickle_result r;
+        ckpt_status st = ckpt__scan_pickle(s, &arena, p, left, rec, ckpt__scan_at(file_base, at),
+                                           inert_persistent, NULL, &r);
+        ckpt__arena_free(&arena);
+        CKPT_RETURN_IF_ERROR(st);
+        if (r.broke || r.next == 0)
+            return CKPT_OK;
+        at += r.next;
+    }
+    return CKPT_OK;
+}
+
 /* What follows the last pickle a stream format reads: another pickle
  * (reported, then scanned) or plain trailing bytes. */
 static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size, uint64_t pos,
@@ -633,11 +711,22 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
         CKPT_RETURN_IF_ERROR(st);
         if (res.broke || res.consumed == 0)
             return CKPT_OK;
-        pos += res.consumed;
-        after = "the previous pickle's STOP";
+        CKPT_RETURN_IF_ERROR(next_in_stream(s, data, pos, &res, rec, file_base, &pos));
+        after = res.next > res.consumed ? "the previous pickle's frame"
+                                        : "the previous pickle's STOP";
         k++;
     }
     return CKPT_OK;
+}
+
+ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                    const scan_pickle_result *res, const char *record,
+                                    const char *where, uint64_t file_base)
+{
+    uint64_t next;
+    CKPT_RETURN_IF_ERROR(next_in_stream(s, data, 0, res, record, file_base, &next));
+    return scan_trailing(s, data, size, next, where, file_base,
+                         next > res->consumed ? "the pickle's frame" : "the pickle's STOP");
 }
 
 /* 0x1950a86a20f9469cfc6c, little-endian, as LONG1 writes it. */
@@ -749,17 +838,33 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             goto out;
         }
         scan_pickle_result res;
+        uint64_t start = pos;
         L.file_base = ckpt__scan_at(file_base, pos);
         st = ckpt__scan_pickle(s, &arena, data + pos, (size_t)(size - pos), rec,
                                ckpt__scan_at(file_base, pos), i == 2 ? legacy_persistent : NULL,
                                i == 2 ? &L : NULL, &res);
         if (st != CKPT_OK || res.broke)
             goto out;
-        pos += res.consumed;
+        /* torch reads the next pickle where its reader of the file is */
+        st = next_in_stream(s, data, pos, &res, rec, file_base, &pos);
+        if (st != CKPT_OK)
+            goto out;
         const ckpt_value *v = res.value;
         if (i == 0 && (!v || v->kind != CKPT_INT || v->u.i != 1001)) {
             st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
                                 "protocol version is not 1001: torch.load refuses it");
+            if (st != CKPT_OK)
+                goto out;
+        }
+        /* torch never reads sys_info: the storages' bytes are loaded as
+         * saved, little-endian, whatever it says */
+        const ckpt_value *le = i == 1 ? ckpt_value_get(v, "little_endian") : NULL;
+        if (le && ((le->kind == CKPT_BOOLEAN && !le->u.b) || (le->kind == CKPT_INT && !le->u.i))) {
+            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
+                                "sys_info says the storages were saved big-endian "
+                                "(little_endian=False), but torch never reads sys_info and "
+                                "loads their bytes as little-endian: the weights torch (and "
+                                "ckpt) load are not the ones that were saved");
             if (st != CKPT_OK)
                 goto out;
         }
@@ -840,9 +945,11 @@ static ckpt_status scan_pickle_stream(scan_ctx *s, const uint8_t *data, uint64_t
         s->report->format = legacy ? "torch-legacy" : "pickle";
     if (res.broke)
         return CKPT_OK;
-    if (legacy)
-        return scan_legacy(s, data, size, res.consumed, where, file_base);
-    return scan_trailing(s, data, size, res.consumed, where, file_base, "the pickle's STOP");
+    if (!legacy)
+        return ckpt__scan_after_pickle(s, data, size, &res, rec, where, file_base);
+    uint64_t next;
+    CKPT_RETURN_IF_ERROR(next_in_stream(s, data, 0, &res, rec, file_base, &next));
+    return scan_legacy(s, data, size, next, where, file_base);
 }
 
 /* ======================================================================

@@ -52,6 +52,8 @@ static inline uint64_t ckpt__scan_at(uint64_t base, uint64_t off)
 /* How one pickle ended. */
 typedef struct scan_pickle_result {
     size_t consumed;             /* bytes up to and including STOP */
+    size_t next;                 /* where a reader of a file reads on: consumed, or the end
+                                    of a frame that runs on past STOP (reported) */
     ckpt_value *value;           /* what it returned, when it did */
     bool broke;                  /* it broke: reported as a finding */
     size_t globals;              /* globals it named (allowed or not) */
@@ -74,6 +76,15 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
 ckpt_status ckpt__scan_pickle_alone(scan_ctx *s, const uint8_t *data, size_t size,
                                     const char *record, uint64_t file_base,
                                     scan_pickle_result *res);
+
+/* What follows a pickle scanned at data[0..] (res) in a stream of size
+ * bytes, as readers that go on read it: the pickles between STOP and the
+ * end of a frame that runs past it, then, from where Python's unpickler
+ * reading a file goes on, more pickles (each an extra one, scanned) or
+ * trailing bytes. where prefixes the records of those pickles. */
+ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                    const scan_pickle_result *res, const char *record,
+                                    const char *where, uint64_t file_base);
 
 /* true when data[0..size) reads as a pickle: it reaches its STOP, or names
  * a global (a dotted Python name) before it breaks. Nothing is reported. */

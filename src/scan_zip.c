@@ -43,6 +43,7 @@
 
 #define MAX_GAPS 64                  /* stray byte ranges reported per archive */
 #define PROBE_MAX ((uint64_t)16 << 20) /* larger stored records are read only when pickles */
+#define STORAGE_INFLATE_MAX ((uint64_t)64 << 10) /* deflated storage records probed */
 
 typedef struct zentry {
     const char *name;          /* arena copy, NUL added; may hold NUL bytes */
@@ -812,13 +813,99 @@ static ckpt_status scan_entry_pickle(zscan *z, zentry *e, const uint8_t *p, uint
     ckpt__storage_table_free(&P.table);
     ckpt__arena_free(&arena);
     CKPT_RETURN_IF_ERROR(st);
-    if (!res.broke && res.consumed < e->len)
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_TRAILING_DATA, rec, res.consumed,
-                                            ckpt__scan_at(file_base, res.consumed),
-                                            "%llu bytes after the pickle's STOP: torch never reads "
-                                            "them, other readers may",
-                                            ull(e->len - res.consumed)));
-    return CKPT_OK;
+    if (res.broke || res.consumed >= e->len)
+        return CKPT_OK;
+    /* torch stops at STOP; pickle.load again on the record reads on */
+    char where[300];
+    snprintf(where, sizeof(where), "%s: ", rec);
+    return ckpt__scan_after_pickle(z->s, p, e->len, &res, rec, where, file_base);
+}
+
+/* A record torch reads as something else (a text, a storage) that reads as
+ * a pickle, whatever its name: torch never unpickles it, other tools that
+ * open the archive may (pickle.loads on each record). */
+static ckpt_status scan_if_pickle(zscan *z, zentry *e, const uint8_t *p, uint64_t file_base,
+                                  const char *what)
+{
+    if (!e->len || !ckpt__scan_is_pickle(z->s, p, (size_t)e->len))
+        return CKPT_OK;
+    char rec[256];
+    CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_PICKLE, erec(z, e, rec, sizeof(rec)),
+                              e->data_offset,
+                              "%s reads as a pickle: torch.load does not unpickle it, other "
+                              "loaders of this archive may", what));
+    return scan_entry_pickle(z, e, p, file_base, false);
+}
+
+/* How a pickle starts: PROTO 0-5; GLOBAL 'c' with a dotted module name on
+ * its line (protocols 0 and 1); FRAME with one of those after it. */
+static bool pickle_start(const uint8_t *p, uint64_t n)
+{
+    if (n >= 11 && p[0] == 0x95 && ckpt__le64(p + 1) <= n - 9) {
+        p += 9;
+        n -= 9;
+    }
+    if (n >= 2 && p[0] == 0x80 && p[1] <= 5)
+        return true;
+    if (n < 4 || p[0] != 'c')
+        return false;
+    uint64_t i = 1;
+    for (; i < n && i < 256 && p[i] != '\n'; i++) {
+        uint8_t c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.'))
+            return false;
+    }
+    return i > 1 && i < n && p[i] == '\n';
+}
+
+/*
+ * A storage record: the raw bytes of a tensor, which torch reads as they
+ * are and never unpickles. Reading every tensor's bytes would make a scan
+ * as slow as a copy, so only its start is looked at: it is scanned as a
+ * pickle only when its first bytes are a pickle's (pickle_start) and it
+ * then reads as one (reaches its STOP or names a global), so a tensor
+ * whose first bytes happen to do that is reported too. A deflated storage
+ * record is inflated for this only up to STORAGE_INFLATE_MAX bytes; larger
+ * ones are not probed (torch.save never compresses).
+ */
+static ckpt_status probe_storage(zscan *z, zentry *e)
+{
+    if (!e->local_ok)
+        return CKPT_OK;
+    if (e->method == 0) {
+        const uint8_t *p = z->data + e->data_offset;
+        if (!pickle_start(p, e->comp_size))
+            return CKPT_OK;
+        e->len = e->comp_size;
+        return scan_if_pickle(z, e, p, ckpt__scan_at(z->base, e->data_offset),
+                              "the storage record");
+    }
+    const ckpt_limits *lim = &z->s->limits;
+    uint64_t allowed;
+    if (e->method != 8 || e->size < 2 || e->size > STORAGE_INFLATE_MAX ||
+        e->size > lim->max_inflated_bytes ||
+        (ckpt__mul_u64(e->comp_size, lim->max_inflate_ratio, &allowed) &&
+         ckpt__add_u64(allowed, 4096, &allowed) && e->size > allowed))
+        return CKPT_OK;
+    uint8_t *buf = malloc((size_t)e->size);
+    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+    if (!buf || !d) {
+        free(buf);
+        libdeflate_free_decompressor(d);
+        return znomem(z);
+    }
+    size_t used = 0;
+    enum libdeflate_result r = libdeflate_deflate_decompress_ex(
+        d, z->data + e->data_offset, (size_t)e->comp_size, buf, (size_t)e->size, &used, NULL);
+    libdeflate_free_decompressor(d);
+    ckpt_status st = CKPT_OK;
+    if (r == LIBDEFLATE_SUCCESS && pickle_start(buf, e->size)) {
+        e->len = e->size;
+        st = scan_if_pickle(z, e, buf, CKPT_NO_OFFSET, "the storage record");
+    }
+    free(buf);
+    return st;
 }
 
 static bool name_ends(const zentry *e, const char *suffix)
@@ -1076,17 +1163,18 @@ static ckpt_status torch_pass(zscan *z)
         const char *rest = rest_of(z, e, &len);
         if (e->handled || !is_small_text_record(rest, len))
             continue;
-        e->handled = true;
         const uint8_t *p;
         uint8_t *owned;
         uint64_t base;
         bool ok;
         if (e->size > 4096) {
+            /* scanned below like any other record */
             CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, erec(z, e, rec, sizeof(rec)),
                                       e->central_at, "a record of %llu bytes where torch expects "
                                       "a short text", ull(e->size)));
             continue;
         }
+        e->handled = true;
         CKPT_RETURN_IF_ERROR(entry_bytes(z, e, &p, &owned, &base, &ok));
         if (!ok)
             continue;
@@ -1099,8 +1187,19 @@ static ckpt_status torch_pass(zscan *z)
                 st = zadd(z, CKPT_SCAN_FORMAT, erec(z, e, rec, sizeof(rec)), e->data_offset,
                           "byteorder is neither 'little' nor 'big': torch.load refuses it");
         }
+        if (st == CKPT_OK)
+            st = scan_if_pickle(z, e, p, base, "the text record");
         free(owned);
         CKPT_RETURN_IF_ERROR(st);
+    }
+
+    /* the storages data.pkl names: raw tensor bytes, probed at their start */
+    for (size_t i = 0; i < z->n; i++) {
+        zentry *e = &z->e[i];
+        if (e->handled || !e->referenced)
+            continue;
+        e->handled = true;
+        CKPT_RETURN_IF_ERROR(probe_storage(z, e));
     }
 
     /* everything else that is not a storage data.pkl reads */

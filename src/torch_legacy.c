@@ -87,7 +87,7 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
         root->nbytes = nbytes;
         root->record_index = -1;
         root->file_offset = CKPT_NO_OFFSET;
-        root->big_endian = f->big_endian;
+        root->big_endian = false; /* whatever sys_info says: torch never swaps */
         char name[96];
         snprintf(name, sizeof(name), "storage %.80s", root->key);
         root->record = ckpt__arena_strdup(&f->arena, name, strlen(name));
@@ -134,9 +134,13 @@ static ckpt_status next_pickle(ckpt_file *f, uint64_t *pos, const char *record,
     if (*pos >= f->map_size)
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, CKPT_NO_OFFSET,
                           "file ends before this pickle (at byte %llu)", (unsigned long long)*pos);
+    /* the rest of the file: the interpreter stops at max_pickle_bytes, and
+     * a frame must end inside the file and exactly after its STOP (FRAME in
+     * pickle_read.c), so the next pickle starts where torch's reader of the
+     * file starts it */
     uint64_t avail = f->map_size - *pos;
-    if (avail > f->opts.limits.max_pickle_bytes)
-        avail = f->opts.limits.max_pickle_bytes;
+    if (avail > SIZE_MAX)
+        avail = SIZE_MAX;
     ckpt__pickle_ctx ctx = {
         .limits = &f->opts.limits, .arena = &f->arena, .record = record,
         .persistent_load = pl, .user = user, .protocol = -1,
@@ -203,9 +207,9 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
         st = ckpt__fail(err, CKPT_ERR_FORMAT, "legacy sys_info", CKPT_NO_OFFSET, "sys_info is not a dict");
         goto out;
     }
-    const ckpt_value *le = ckpt_value_get(sys_info, "little_endian");
-    if (le && le->kind == CKPT_BOOLEAN && !le->u.b)
-        f->big_endian = true;
+    /* torch never reads sys_info: it loads the storages' bytes as they are
+     * (little-endian), whatever little_endian says, and so does ckpt. A
+     * scan reports a file whose sys_info says otherwise. */
 
     if ((st = next_pickle(f, &pos, "legacy object pickle", legacy_persistent_load, &L, &f->root,
                           &f->pickle_protocol, err)))
