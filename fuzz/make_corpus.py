@@ -178,7 +178,42 @@ def st_seeds():
         b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}' + b"\0" * 4
     # a bare header: fuzz_safetensors adds the length prefix itself
     out["bare_header.json"] = b'{"x":{"dtype":"I16","shape":[0],"data_offsets":[0,0]}}'
+    out.update(header_seeds())
     return out
+
+
+def header_seeds():
+    """Bare headers for the streaming JSON reader: duplicate keys at every
+    depth and spelling, objects side by side, deep nesting, numbers at the
+    edges of 64 bits, escapes, UTF-8 and white space."""
+    e1 = b'"dtype":"U8","shape":[1],"data_offsets":[0,1]'
+    ent = b'{"a":{' + e1
+    keys = lambda n: b",".join(b'"k%d":%d' % (i, i) for i in range(n))
+    return {
+        "dup_nested.json": ent + b',"x":[1,{"y":{"k":1,"k":2}}]}}',
+        "dup_escaped.json": ent + b'},"\u0061":{' + e1 + b'}}',
+        "dup_metadata.json": b'{"__metadata__":{"k":"v","k":"w"},' + ent[1:] + b'}}',
+        "dup_metadata_escaped.json": b'{"__metadata__":{},"__metad\u0061ta__":{},' + ent[1:] + b'}}',
+        "dup_many_keys.json": ent + b',"x":{' + keys(40) + b',"k39":0}}}',
+        "siblings.json": ent + b',"x":[{"k":1},{"k":1},{' + keys(12) + b'},{"k3":0}]}}',
+        "deep_2047.json": ent + b',"x":' + b"[" * 2047 + b"]" * 2047 + b"}}",
+        "deep_objects.json": ent + b',"x":' + b'[{"k":' * 700 + b"0" + b"}]" * 700 + b"}}",
+        "int64_edges.json": ent + b',"x":[9223372036854775807,-9223372036854775808,-0,1e-400]}}',
+        "int_too_big.json": ent + b',"x":9223372036854775808}}',
+        "int_too_small.json": ent + b',"x":-9223372036854775809}}',
+        "real_overflow.json": ent + b',"x":1e400}}',
+        "shape_u64_max.json": b'{"a":{"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,1]}}',
+        "strides_overflow.json": b'{"a":{"dtype":"U8","shape":[0,4294967296,4294967296,4294967296],'
+                                 b'"data_offsets":[0,0]}}',
+        "lone_high_surrogate.json": b'{"a\ud800":{' + e1 + b'}}',
+        "lone_low_surrogate.json": b'{"a\udc00":{' + e1 + b'}}',
+        "pair_and_utf8.json": b'{"\ud83d\ude00":{' + e1 + b'},"\xf0\x9f\x98\x80":{' + e1 + b'}}',
+        "overlong_utf8.json": b'{"a\xc0\x80":{' + e1 + b'}}',
+        "form_feed.json": b'{\x0c"a":{' + e1 + b'}}',
+        "dtype_then_eof.json": b'{"a":{"dtype":"X9","shape":[1],"data_offsets":[0,1]},',
+        "escaped_fields.json": b'{"a":{"dtype":"\u0055\u0038","shape":[1],"data_offsets":[0,1]},'
+                               b'"__metadata__":{"\u00e9":"\n"}}',
+    }
 
 
 def pickle_seeds():

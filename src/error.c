@@ -58,7 +58,8 @@ void ckpt__error_prefix_record(ckpt_error *err, const char *prefix)
         return;
     char rec[sizeof(err->record)];
     size_t cap = sizeof(rec) - 1, n = 0;
-    for (const char *parts[3] = {prefix, ": ", err->record}, **p = parts; p < parts + 3; p++) {
+    const char *parts[3] = {prefix, err->record[0] ? ": " : "", err->record};
+    for (const char **p = parts; p < parts + 3; p++) {
         size_t len = strlen(*p);
         if (len > cap - n)
             len = cap - n;

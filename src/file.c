@@ -63,6 +63,12 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
     }
     if (ckpt__sharded_detect(p, n)) {
         f->format = CKPT_FORMAT_SHARDED;
+        /* an index names checkpoint files: one that names an index would
+         * recurse (an index naming itself, forever) */
+        if (f->is_shard)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+                              "a shard is itself a sharded index (a shard must be a "
+                              "checkpoint file)");
         return ckpt__open_sharded(f, err);
     }
     if (looks_like_tar(p, n))
@@ -139,28 +145,18 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
     return CKPT_OK;
 }
 
-ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file **out,
-                      ckpt_error *err)
+ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
+                          const ckpt_open_options *opts, bool shard, ckpt_file **out,
+                          ckpt_error *err)
 {
-    if (!out || !path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     *out = NULL;
     ckpt_status st = CKPT_OK;
     ckpt_file *f = NULL;
-    /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot open: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot stat: %s", strerror(errno));
-        goto out;
-    }
-    if (S_ISDIR(sb.st_mode)) {
+    if (S_ISDIR(sb->st_mode)) {
         st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "is a directory");
         goto out;
     }
-    if (!S_ISREG(sb.st_mode)) {
+    if (!S_ISREG(sb->st_mode)) {
         st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
                         "not a regular file (checkpoints are mapped from files)");
         goto out;
@@ -171,21 +167,24 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
         goto out;
     }
     f->path = path;
-    if (sb.st_size > 0) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    f->dev = (uint64_t)sb->st_dev;
+    f->ino = (uint64_t)sb->st_ino;
+    f->is_shard = shard;
+    if (sb->st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb->st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
             st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot map: %s",
                             strerror(errno));
             goto out;
         }
         f->map = m;
-        f->map_size = (uint64_t)sb.st_size;
+        f->map_size = (uint64_t)sb->st_size;
         f->mapped = true;
     }
     /* Kept so that writers read bytes that pass through unchanged with
      * pread (ckpt__out_copy). Only for files big enough for that to pay: a
      * program holding many small checkpoints open holds no descriptors. */
-    if ((uint64_t)sb.st_size >= KEEP_FD_MIN) {
+    if ((uint64_t)sb->st_size >= KEEP_FD_MIN) {
         f->fd = fd;
         f->has_fd = true;
         fd = -1;
@@ -201,6 +200,26 @@ out:
     }
     *out = f;
     return CKPT_OK;
+}
+
+ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file **out,
+                      ckpt_error *err)
+{
+    if (!out || !path)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    *out = NULL;
+    /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        ckpt_status st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot stat: %s",
+                                    strerror(errno));
+        close(fd);
+        return st;
+    }
+    return ckpt__open_fd(fd, &sb, path, opts, false, out, err);
 }
 
 /* ---- accessors ---------------------------------------------------------- */

@@ -33,7 +33,8 @@ void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);
 void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src);
 /* Sets err->file_offset = base + err->offset when both are known. */
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
-/* Makes err->record "prefix: record" (e.g. the shard file of a sharded index). */
+/* Makes err->record "prefix: record" (e.g. the shard file of a sharded index),
+ * or "prefix" when the record is empty. */
 void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
 
 #define CKPT_RETURN_IF_ERROR(expr)                                   \
@@ -424,6 +425,8 @@ struct ckpt_file {
     ckpt_file **shards;           /* sharded index: the shard files it opened */
     size_t shard_count;
     const char *path;             /* as given to ckpt_open, NULL for memory */
+    uint64_t dev, ino;            /* the opened file's identity (0 for memory) */
+    bool is_shard;                /* opened by a sharded index: may not be one */
     /* The mapped file's descriptor, kept so that writers can read bytes
      * that pass through unchanged with pread (ckpt__out_copy) instead of
      * faulting the map in; has_fd is false for memory. */
@@ -438,6 +441,13 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err);
 /* true when the bytes look like a sharded checkpoint index (JSON with weight_map). */
 bool ckpt__sharded_detect(const uint8_t *data, uint64_t size);
 ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err);
+/* ckpt_open of an opened descriptor (taken over: closed here or kept by the
+ * file) whose fstat is *sb. shard: the file is a shard of a sharded index,
+ * which may not be an index itself. */
+struct stat;
+ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
+                          const ckpt_open_options *opts, bool shard, ckpt_file **out,
+                          ckpt_error *err);
 
 /* Adds a storage to the file's table (it gets its index). */
 ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *err);

@@ -1150,9 +1150,74 @@ static bool plain_shard_name(const char *n)
            strcmp(n, ".") != 0;
 }
 
+/* What a sharded index has seen: its shard names and the shard files'
+ * identities (st_dev, st_ino), so that a shard named by many tensors or
+ * reached under many names (links) is scanned once. Open addressing. */
+typedef struct seen_slot {
+    const char *name;            /* NULL for an identity */
+    uint64_t dev, ino;
+    bool used;
+} seen_slot;
+
+struct scan_seen {
+    seen_slot *slots;
+    size_t cap, count;
+};
+
+static bool seen_same(const seen_slot *a, const seen_slot *b)
+{
+    if (!a->name != !b->name)
+        return false;
+    return a->name ? strcmp(a->name, b->name) == 0 : a->dev == b->dev && a->ino == b->ino;
+}
+
+static seen_slot *seen_find(const struct scan_seen *t, const seen_slot *key)
+{
+    uint64_t id[2] = {key->dev, key->ino};
+    uint64_t h = key->name ? ckpt__hash_keyed(t, key->name, strlen(key->name))
+                           : ckpt__hash_keyed(t, id, sizeof(id));
+    for (size_t i = (size_t)h & (t->cap - 1);; i = (i + 1) & (t->cap - 1))
+        if (!t->slots[i].used || seen_same(&t->slots[i], key))
+            return &t->slots[i];
+}
+
+/* Adds key; *was_there tells whether it was there already. false when out
+ * of memory. */
+static bool seen_add(struct scan_seen *t, const seen_slot *key, bool *was_there)
+{
+    if ((t->count + 1) * 2 > t->cap) {
+        struct scan_seen bigger = {calloc(t->cap ? t->cap * 2 : 64, sizeof(seen_slot)),
+                                   t->cap ? t->cap * 2 : 64, t->count};
+        if (!bigger.slots)
+            return false;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slots[i].used)
+                *seen_find(&bigger, &t->slots[i]) = t->slots[i];
+        free(t->slots);
+        *t = bigger;
+    }
+    seen_slot *sl = seen_find(t, key);
+    *was_there = sl->used;
+    if (!sl->used) {
+        *sl = *key;
+        sl->used = true;
+        t->count++;
+    }
+    return true;
+}
+
+/* true when the reader takes these bytes for a sharded index (ckpt_open's
+ * order: zip, then safetensors, then an index): a shard that is one. */
+static bool reads_as_index(const uint8_t *data, uint64_t size)
+{
+    return !ckpt__zip_detect(data, size) && !(size >= 8 && memcmp(data, "PYTORCH1", 8) == 0) &&
+           !looks_like_safetensors(data, size) && ckpt__sharded_detect(data, size);
+}
+
 static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where);
 
-/* A sharded index: its shard files (beside it) are scanned in turn. */
+/* A sharded index: its shard files (beside it) are scanned in turn, each
+ * file once. */
 static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size, bool top)
 {
     if (top)
@@ -1173,8 +1238,9 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
                               "the index is not JSON with a weight_map object");
     }
     ckpt_status st = CKPT_OK;
-    const char **seen = NULL;
-    size_t nseen = 0;
+    struct scan_seen seen = {0};
+    s->shards_seen = &seen;
+    size_t nshards = 0;
     const char *key;
     json_t *val;
     json_object_foreach((json_t *)map, key, val) {
@@ -1184,23 +1250,19 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
                                 "weight_map names a shard that is not text");
             break;
         }
-        bool dup = false;
-        for (size_t i = 0; i < nseen && !dup; i++)
-            dup = strcmp(seen[i], shard) == 0;
+        bool dup;
+        seen_slot k = {.name = shard};
+        if (!seen_add(&seen, &k, &dup)) {
+            st = nomem(s);
+            break;
+        }
         if (dup)
             continue;
-        if (nseen >= 10000) {
+        if (nshards++ >= 10000) {
             st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "more than 10000 shards: the rest are not checked");
             break;
         }
-        const char **n = realloc(seen, (nseen + 1) * sizeof(*n));
-        if (!n) {
-            st = nomem(s);
-            break;
-        }
-        seen = n;
-        seen[nseen++] = shard;
         char q[200];
         if (!plain_shard_name(shard)) {
             st = ckpt__scan_add(s, CKPT_SCAN_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
@@ -1224,7 +1286,8 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         if (st != CKPT_OK)
             break;
     }
-    free(seen);
+    s->shards_seen = NULL;
+    free(seen.slots);
     json_decref(root);
     return st;
 }
@@ -1403,13 +1466,41 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
         snprintf(why, sizeof(why), "is a directory");
     else if (!S_ISREG(sb.st_mode))
         snprintf(why, sizeof(why), "not a regular file");
+    /* a shard: the record its findings name is where without its ": " */
+    char shard_rec[256] = "";
+    if (!top) {
+        snprintf(shard_rec, sizeof(shard_rec), "%s", where);
+        size_t n = strlen(shard_rec);
+        if (n >= 2 && strcmp(shard_rec + n - 2, ": ") == 0)
+            shard_rec[n - 2] = '\0';
+    }
     if (*why) {
         if (fd >= 0)
             close(fd);
         if (top)
             return ckpt__fail(s->err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "%s", why);
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, where, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "the shard file %s", why);
+    }
+    if (top) {
+        s->file_dev = (uint64_t)sb.st_dev;
+        s->file_ino = (uint64_t)sb.st_ino;
+    } else if ((uint64_t)sb.st_dev == s->file_dev && (uint64_t)sb.st_ino == s->file_ino) {
+        close(fd);
+        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+                              "a shard that is the index itself (a shard must be a checkpoint "
+                              "file)");
+    } else if (s->shards_seen) {
+        bool dup;
+        seen_slot k = {.dev = (uint64_t)sb.st_dev, .ino = (uint64_t)sb.st_ino};
+        if (!seen_add(s->shards_seen, &k, &dup)) {
+            close(fd);
+            return nomem(s);
+        }
+        if (dup) {
+            close(fd); /* another name of a shard file already scanned */
+            return CKPT_OK;
+        }
     }
     const uint8_t *map = (const uint8_t *)"";
     size_t size = 0;
@@ -1421,8 +1512,9 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
             if (top)
                 return ckpt__fail(s->err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot map: %s",
                                   strerror(e));
-            return ckpt__scan_add(s, CKPT_SCAN_FORMAT, where, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
-                                  "the shard file cannot be mapped: %s", strerror(e));
+            return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET,
+                                  CKPT_NO_OFFSET, "the shard file cannot be mapped: %s",
+                                  strerror(e));
         }
         map = m;
         size = (size_t)sb.st_size;
@@ -1431,14 +1523,15 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
     if (top) {
         st = ckpt__scan_bytes(s, map, size, "", 0, true);
     } else if (s->depth >= SCAN_MAX_DEPTH) {
-        st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, where, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                             "nested too deep: not checked");
     } else {
         s->depth++;
         /* a shard's own format does not change the report's */
-        st = (size >= 2 && ckpt__sharded_detect(map, size))
-                 ? ckpt__scan_add(s, CKPT_SCAN_FORMAT, where, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
-                                  "a shard that is itself an index")
+        st = reads_as_index(map, size)
+                 ? ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET,
+                                  CKPT_NO_OFFSET, "a shard that is itself a sharded index (a "
+                                  "shard must be a checkpoint file)")
                  : ckpt__scan_bytes(s, map, size, where, CKPT_NO_OFFSET, false);
         s->depth--;
     }

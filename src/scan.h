@@ -36,6 +36,8 @@ typedef struct scan_ctx {
     unsigned depth;              /* nesting of archives being scanned */
     scan_use_slot *uses;         /* open addressing, cleared per pickle */
     size_t uses_cap, uses_count;
+    uint64_t file_dev, file_ino; /* the file ckpt_scan_file scans */
+    struct scan_seen *shards_seen; /* a sharded index: shard files scanned (scan.c) */
 } scan_ctx;
 
 /* Adds a finding (strings are copied). Only out of memory fails. record

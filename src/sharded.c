@@ -5,9 +5,12 @@
  */
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define INDEX_RECORD "index"
@@ -70,11 +73,148 @@ static ckpt_status metadata_value(ckpt_file *f, const json_t *v, ckpt_value **ou
     return *out ? CKPT_OK : CKPT_ERR_NOMEM;
 }
 
+/*
+ * Shards already opened, found by the name the index gives and by the file's
+ * identity (st_dev, st_ino): a shard named by many tensors, or under many
+ * spellings ("a", "./a", a link to a), is opened and read once.
+ */
+typedef struct shard_slot {
+    const char *name;             /* by name: the index's string; NULL: free */
+    uint64_t dev, ino;            /* by identity */
+    size_t shard;                 /* index in f->shards, +1 (0: free) */
+} shard_slot;
+
+typedef struct shard_table {
+    shard_slot *slots;
+    size_t cap, count;
+} shard_table;
+
+static uint64_t id_hash(const ckpt_file *f, uint64_t dev, uint64_t ino)
+{
+    uint64_t k[2] = {dev, ino};
+    return ckpt__hash_keyed(f, k, sizeof(k));
+}
+
+/* The slot of name (by_name) or of dev/ino: the one holding it or a free
+ * one; NULL while the table is empty. */
+static shard_slot *table_find(const ckpt_file *f, const shard_table *t, bool by_name,
+                              const char *name, uint64_t dev, uint64_t ino)
+{
+    if (!t->cap)
+        return NULL;
+    size_t mask = t->cap - 1;
+    uint64_t h = by_name ? ckpt__hash_keyed(f, name, strlen(name)) : id_hash(f, dev, ino);
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        shard_slot *sl = &t->slots[i];
+        if (!sl->shard)
+            return sl;
+        if (by_name ? strcmp(sl->name, name) == 0 : (sl->dev == dev && sl->ino == ino))
+            return sl;
+    }
+}
+
+/* Adds an entry (known absent); false when out of memory. */
+static bool table_add(const ckpt_file *f, shard_table *t, bool by_name, const char *name,
+                      uint64_t dev, uint64_t ino, size_t shard)
+{
+    if ((t->count + 1) * 2 > t->cap) {
+        shard_table bigger = {calloc(t->cap ? t->cap * 2 : 16, sizeof(shard_slot)),
+                              t->cap ? t->cap * 2 : 16, 0};
+        if (!bigger.slots)
+            return false;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slots[i].shard)
+                *table_find(f, &bigger, by_name, t->slots[i].name, t->slots[i].dev,
+                            t->slots[i].ino) = t->slots[i];
+        bigger.count = t->count;
+        free(t->slots);
+        *t = bigger;
+    }
+    shard_slot *sl = table_find(f, t, by_name, name, dev, ino);
+    sl->name = name;
+    sl->dev = dev;
+    sl->ino = ino;
+    sl->shard = shard + 1;
+    t->count++;
+    return true;
+}
+
+/*
+ * The shard file sname (path: beside the index): opened once per file. A
+ * shard is a checkpoint file, never the index itself nor another index
+ * (ckpt__open_fd refuses one from its content, whatever its name: a link,
+ * "./index.json", a second hard link): an index naming itself would
+ * otherwise recurse until the stack runs out.
+ */
+static ckpt_status shard_open(ckpt_file *f, const char *path, const char *sname,
+                              shard_table *by_name, shard_table *by_id, size_t *si,
+                              ckpt_error *err)
+{
+    shard_slot *sl = table_find(f, by_name, true, sname, 0, 0);
+    if (sl && sl->shard) {
+        *si = sl->shard - 1;
+        return CKPT_OK;
+    }
+    ckpt_status st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return ckpt__fail(err, CKPT_ERR_IO, sname, CKPT_NO_OFFSET, "cannot open: %s",
+                          strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = ckpt__fail(err, CKPT_ERR_IO, sname, CKPT_NO_OFFSET, "cannot stat: %s",
+                        strerror(errno));
+        close(fd);
+        return st;
+    }
+    uint64_t dev = (uint64_t)sb.st_dev, ino = (uint64_t)sb.st_ino;
+    if (dev == f->dev && ino == f->ino) {
+        close(fd);
+        return ckpt__fail(err, CKPT_ERR_FORMAT, sname, CKPT_NO_OFFSET,
+                          "the shard is the index itself (a shard must be a checkpoint file)");
+    }
+    sl = table_find(f, by_id, false, NULL, dev, ino);
+    if (sl && sl->shard) {
+        close(fd); /* another name of a shard already open */
+        *si = sl->shard - 1;
+    } else {
+        ckpt_file *sf = NULL;
+        st = ckpt__open_fd(fd, &sb, path, &f->opts, true, &sf, err);
+        if (st != CKPT_OK) {
+            ckpt__error_prefix_record(err, sname);
+            return st;
+        }
+        /* An index of many shards holds no descriptor per shard (they
+         * would run out): shard bytes are read through the maps. */
+        if (sf->has_fd) {
+            close(sf->fd);
+            sf->has_fd = false;
+        }
+        ckpt_record_info *r = &f->records[f->shard_count];
+        r->name = ckpt__arena_strdup(&f->arena, sname, strlen(sname));
+        if (!r->name) {
+            ckpt_close(sf);
+            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        }
+        r->stored_size = r->size = sf->map_size;
+        f->shards[f->shard_count] = sf;
+        *si = f->shard_count++;
+        f->record_count++;
+        if (!table_add(f, by_id, false, NULL, dev, ino, *si))
+            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    }
+    if (!table_add(f, by_name, true, sname, 0, 0, *si))
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
 {
     ckpt_status st = CKPT_OK;
     json_t *root = NULL;
     char *path = NULL;
+    size_t path_cap = 0;
+    shard_table by_name = {0}, by_id = {0};
     if (!f->path)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, INDEX_RECORD, CKPT_NO_OFFSET,
                           "a sharded index must be opened from its file (its shards sit beside it)");
@@ -130,47 +270,21 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
             goto out;
         }
         const char *sname = json_string_value(shard);
-        size_t si = 0;
-        while (si < f->shard_count && strcmp(f->records[si].name, sname) != 0)
-            si++;
-        if (si == f->shard_count) {
-            free(path);
-            path = malloc(dir_len + strlen(sname) + 1);
-            if (!path) {
+        size_t need = dir_len + strlen(sname) + 1;
+        if (need > path_cap) {
+            char *p = realloc(path, need);
+            if (!p) {
                 st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
                 goto out;
             }
-            memcpy(path, f->path, dir_len);
-            strcpy(path + dir_len, sname);
-            ckpt_file *sf = NULL;
-            st = ckpt_open(path, &f->opts, &sf, err);
-            if (st != CKPT_OK) {
-                ckpt__error_prefix_record(err, sname);
-                goto out;
-            }
-            if (sf->format == CKPT_FORMAT_SHARDED) {
-                ckpt_close(sf);
-                st = ckpt__fail(err, CKPT_ERR_FORMAT, sname, CKPT_NO_OFFSET,
-                                "a shard is itself a sharded index");
-                goto out;
-            }
-            /* An index of many shards holds no descriptor per shard (they
-             * would run out): shard bytes are read through the maps. */
-            if (sf->has_fd) {
-                close(sf->fd);
-                sf->has_fd = false;
-            }
-            f->shards[f->shard_count] = sf;
-            ckpt_record_info *r = &f->records[f->shard_count];
-            r->name = ckpt__arena_strdup(&f->arena, sname, strlen(sname));
-            if (!r->name) {
-                st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-                goto out;
-            }
-            r->stored_size = r->size = sf->map_size;
-            f->shard_count++;
-            f->record_count++;
+            path = p;
+            path_cap = need;
         }
+        memcpy(path, f->path, dir_len);
+        strcpy(path + dir_len, sname);
+        size_t si = 0;
+        if ((st = shard_open(f, path, sname, &by_name, &by_id, &si, err)) != CKPT_OK)
+            goto out;
         ckpt_file *sf = f->shards[si];
         const ckpt_tensor *t = ckpt_file_find_tensor(sf, name);
         if (!t) {
@@ -191,6 +305,8 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
         }
     }
 out:
+    free(by_name.slots);
+    free(by_id.slots);
     free(path);
     json_decref(root);
     return st;

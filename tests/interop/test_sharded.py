@@ -133,3 +133,71 @@ def test_many_big_shards_hold_no_descriptor_each(tmp_path, tool):
     js = json.loads(proc.stdout)
     assert js["details"]["shards"] == n
     assert [t["name"] for t in js["tensors"]] == [f"w{i}" for i in range(n)]
+
+
+def _index(path, weight_map):
+    path.write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.fixture()
+def index_loops(shard_dir):
+    """Indexes whose shards are indexes: the index itself under several
+    spellings (its name, ./name, a link, a hard link), another index, and
+    two indexes naming each other."""
+    d, _ = shard_dir
+    _index(d / "self.index.json", {"w1": "self.index.json"})
+    _index(d / "dot.index.json", {"w1": "./dot.index.json"})
+    _index(d / "link.index.json", {"w1": "link.safetensors"})
+    os.symlink("link.index.json", d / "link.safetensors")
+    _index(d / "hard.index.json", {"w1": "hard.safetensors"})
+    os.link(d / "hard.index.json", d / "hard.safetensors")
+    _index(d / "outer.index.json", {"w1": "model.index.json"})
+    _index(d / "ping.index.json", {"w1": "pong.safetensors"})
+    _index(d / "pong.safetensors", {"w1": "ping.index.json"})
+    return d
+
+
+LOOPS = [("self.index.json", "self.index.json", "the index itself"),
+         ("dot.index.json", "./dot.index.json", "the index itself"),
+         ("link.index.json", "link.safetensors", "the index itself"),
+         ("hard.index.json", "hard.safetensors", "the index itself"),
+         ("outer.index.json", "model.index.json", "itself a sharded index"),
+         ("ping.index.json", "pong.safetensors", "itself a sharded index")]
+
+
+@pytest.mark.parametrize("index,shard,why", LOOPS)
+def test_index_as_shard_is_refused(index_loops, tool, index, shard, why):
+    """A shard must be a checkpoint file: an index naming an index (itself,
+    however spelled) is a FORMAT error naming the shard, never a recursion
+    (which ran out of stack)."""
+    d = index_loops
+    res = tool.run("inspect", d / index, timeout=60)
+    assert res.returncode == 2, res.describe()
+    assert shard in res.stderr and why in res.stderr, res.describe()
+    res = tool.run("verify", d / index, timeout=60)
+    assert res.returncode == 1, res.describe()  # 1: the file is broken
+    assert shard in res.stderr and why in res.stderr, res.describe()
+    res = tool.run("scan", d / index, "--json", timeout=60)
+    assert res.returncode == 1, res.describe()  # 1: unsafe
+    rep = json.loads(res.stdout)["files"][0]
+    assert rep["verdict"] == "unsafe", rep
+    if "/" in shard:  # the scan names shards plainly: one with a directory is refused
+        assert [f["kind"] for f in rep["findings"]] == ["unsafe_name"], rep
+    else:
+        assert [(f["kind"], f["record"]) for f in rep["findings"]] == [("format", shard)], rep
+        assert why in rep["findings"][0]["message"], rep
+
+
+def test_one_shard_file_opened_once(shard_dir, tool):
+    """Tensors naming one shard file under several spellings (a link, a hard
+    link, ./name) share one opened shard."""
+    d, expected = shard_dir
+    os.symlink("model-00002-of-00002.bin", d / "alias.bin")
+    os.link(d / "model-00002-of-00002.bin", d / "hardalias.bin")
+    _index(d / "alias.index.json", {"w1": "./model-00001-of-00002.safetensors",
+                                    "w2": "alias.bin", "b2": "hardalias.bin"})
+    js = tool.inspect_json(d / "alias.index.json")
+    assert js["details"]["shards"] == 2
+    assert [t["name"] for t in js["tensors"]] == ["w1", "w2", "b2"]
+    res = tool.run("verify", d / "alias.index.json")
+    assert res.returncode == 0, res.describe()
