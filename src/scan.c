@@ -1076,6 +1076,8 @@ typedef struct tar_read {
     const char *where;
     bool stop;                 /* torch fails here, or ckpt cannot follow */
     bool rest;                 /* stopped, but what follows is scanned as pickles */
+    bool greedy;               /* the count is unknown: records are read while
+                                  they fit, then the rest scanned as pickles */
 } tar_read;
 
 /* The next pickle of the row: record "<member> <what>". */
@@ -1149,13 +1151,22 @@ static ckpt_status tar_count_pickle(tar_read *t, uint64_t *count)
     if (!tar_count(res.value, count)) {
         char rec[320];
         snprintf(rec, sizeof(rec), "%s%s count", t->where ? t->where : "", t->name);
-        t->stop = true;
-        t->rest = true;
+        t->greedy = true;
+        *count = UINT64_MAX;
         return ckpt__scan_add(t->s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
                               ckpt__scan_at(t->base, t->pos),
-                              "the count is not an int: torch.load fails on it (what follows "
-                              "is scanned as further pickles)");
+                              "the count is not an int ckpt can tell (not a number, or what a "
+                              "call returns): the records are read while they fit, what follows "
+                              "is scanned for further pickles");
     }
+    return CKPT_OK;
+}
+
+/* The row ends where an unknown count makes ckpt stop following it. */
+static ckpt_status tar_greedy_end(tar_read *t)
+{
+    t->stop = true;
+    t->rest = true;
     return CKPT_OK;
 }
 
@@ -1168,6 +1179,8 @@ static ckpt_status tar_storages(tar_read *t)
     for (uint64_t i = 0; i < count && !t->stop; i++) {
         char what[48];
         snprintf(what, sizeof(what), "storage %llu", (unsigned long long)i);
+        if (t->greedy && t->pos >= t->len)
+            return tar_greedy_end(t);
         scan_pickle_result res;
         CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
         if (t->stop)
@@ -1177,11 +1190,16 @@ static ckpt_status tar_storages(tar_read *t)
         ckpt_dtype dt = v && v->kind == CKPT_TUPLE && v->u.seq.len == 3
                             ? ckpt__storage_type_dtype(v->u.seq.items[2], &untyped)
                             : CKPT_DTYPE_INVALID;
+        if (t->greedy && (dt == CKPT_DTYPE_INVALID || untyped ||
+                          t->len - t->pos < 8 ||
+                          ckpt__le64(t->p + t->pos) >
+                              (t->len - t->pos - 8) / ckpt__storage_elem_size(dt)))
+            return tar_greedy_end(t); /* not a storage that fits: the views, say */
         if (dt == CKPT_DTYPE_INVALID || untyped)
             return tar_raw_problem(t, what, true,
                                    "not (key, location, storage class) with a typed storage "
                                    "class: ckpt cannot tell the size of what torch reads next "
-                                   "(what follows is scanned as further pickles)");
+                                   "(what follows is scanned for further pickles)");
         if (t->len - t->pos < 8)
             return tar_raw_problem(t, what, false,
                                    "the member ends before the storage's element count: "
@@ -1195,7 +1213,7 @@ static ckpt_status tar_storages(tar_read *t)
                                    "fails here", (unsigned long long)numel);
         t->pos += 8 + nbytes;
     }
-    if (t->stop)
+    if (t->stop || t->greedy)
         return CKPT_OK;
     scan_pickle_result res;
     return tar_next_pickle(t, "views", NULL, &res);
@@ -1210,10 +1228,16 @@ static ckpt_status tar_tensors(tar_read *t)
     for (uint64_t i = 0; i < count && !t->stop; i++) {
         char what[48];
         snprintf(what, sizeof(what), "tensor %llu", (unsigned long long)i);
+        if (t->greedy && t->pos >= t->len)
+            return tar_greedy_end(t);
         scan_pickle_result res;
         CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
         if (t->stop)
             break;
+        if (t->greedy && (t->len - t->pos < 8 || (int32_t)ckpt__le32(t->p + t->pos) < 0 ||
+                          16 + 16 * (uint64_t)(int32_t)ckpt__le32(t->p + t->pos) >
+                              t->len - t->pos))
+            return tar_greedy_end(t);
         if (t->len - t->pos < 8)
             return tar_raw_problem(t, what, false,
                                    "the member ends before the tensor's ndim: torch.load fails "
@@ -1231,6 +1255,9 @@ static ckpt_status tar_tensors(tar_read *t)
     }
     return CKPT_OK;
 }
+
+static ckpt_status tar_rest(scan_ctx *s, const uint8_t *p, uint64_t len, uint64_t pos,
+                            const char *rec, uint64_t base);
 
 static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t size,
                                    const tar_entry *e, const char *where, uint64_t file_base)
@@ -1275,11 +1302,35 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
     CKPT_RETURN_IF_ERROR(st);
     if (t.pos >= t.len || (t.stop && !t.rest))
         return CKPT_OK;
-    /* what torch does not read (or ckpt cannot follow): further pickles */
     char w[330];
     snprintf(w, sizeof(w), "%s: ", rec);
-    return scan_trailing(s, t.p, t.len, t.pos, w, t.base,
-                         t.stop ? "what ckpt follows of the member" : "what torch reads of it");
+    if (!t.stop) /* what torch does not read: further pickles */
+        return scan_trailing(s, t.p, t.len, t.pos, w, t.base, "what torch reads of the member");
+    return tar_rest(s, t.p, t.len, t.pos, rec, t.base);
+}
+
+/* The rest of a member ckpt cannot follow as torch reads it (a count or a
+ * storage class only a call gives): the pickles in it are scanned, found
+ * by where they start (the next byte, then each PROTO opcode). */
+static ckpt_status tar_rest(scan_ctx *s, const uint8_t *p, uint64_t len, uint64_t pos,
+                            const char *rec, uint64_t base)
+{
+    unsigned tries = 0;
+    for (uint64_t i = pos; i < len && tries < 32; i++) {
+        if (i != pos && (p[i] != 0x80 || i + 1 >= len || p[i + 1] < 2 || p[i + 1] > 5))
+            continue;
+        tries++;
+        if (!ckpt__scan_is_pickle(s, p + i, (size_t)(len - i)))
+            continue;
+        char r[400];
+        snprintf(r, sizeof(r), "%s pickle at byte %llu", rec, (unsigned long long)i);
+        scan_pickle_result res;
+        CKPT_RETURN_IF_ERROR(ckpt__scan_pickle_alone(s, p + i, (size_t)(len - i), r,
+                                                     ckpt__scan_at(base, i), &res));
+        if (res.consumed)
+            i += res.consumed - 1;
+    }
+    return CKPT_OK;
 }
 
 static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, const char *where,
@@ -1362,8 +1413,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     st = scan_pickle_at_zero(s, data, size, where, file_base,
                              end.kind == CKPT__TAR_FALLBACK
                                  ? "tarfile gives up on the archive"
-                                 : "torch takes the file for a tar archive first; pickle.load "
-                                   "and torch, when tarfile fails on it, read this");
+                                 : "when tarfile fails on it; pickle.load always");
 out:
     free(sorted);
     free(L.items);
