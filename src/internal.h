@@ -450,6 +450,8 @@ ckpt__tar_block ckpt__tar_detect(const uint8_t *data, uint64_t size);
 typedef struct ckpt__tar_member {
     const uint8_t *name;       /* not NUL-terminated; valid during the callback */
     size_t name_len;
+    bool name_joined;          /* "prefix/name" in the walk's own buffer (else the
+                                  name lies in the file's bytes) */
     uint8_t type;              /* the type byte ('0', '5', 0, ...) */
     uint64_t header_offset;    /* its first header (a long name's, a pax header's) */
     uint64_t data_offset;      /* where tarfile reads its data */

@@ -990,8 +990,6 @@ typedef struct tar_entry {
 
 typedef struct tar_list {
     scan_ctx *s;
-    const uint8_t *data;
-    uint64_t size;
     ckpt__arena names;
     tar_entry *items;
     size_t count, cap;
@@ -1007,8 +1005,8 @@ static ckpt_status tar_collect(void *user, const ckpt__tar_member *m)
         L->items = p;
     }
     const char *name = (const char *)m->name;
-    if (!(m->name >= L->data && m->name <= L->data + L->size)) {
-        name = ckpt__arena_strdup(&L->names, name, m->name_len); /* a joined name */
+    if (m->name_joined) {
+        name = ckpt__arena_strdup(&L->names, name, m->name_len); /* the walk's buffer */
         if (!name)
             return nomem(L->s);
     }
@@ -1345,7 +1343,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
         "torch.load reads this file as a pre-0.4 tar archive (its first 512 bytes are a valid tar "
         "header): torch >= 2.x refuses it under weights_only=True, older torch and "
         "weights_only=False unpickle its members"));
-    tar_list L = {.s = s, .data = data, .size = size};
+    tar_list L = {.s = s};
     ckpt__arena_init(&L.names, 0);
     ckpt__tar_end end;
     tar_entry **sorted = NULL;

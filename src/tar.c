@@ -418,6 +418,7 @@ static int from_tarfile(tar_walk *w, ckpt__tar_member *m, unsigned depth)
         memcpy(w->name + plen + 1, m->name, m->name_len);
         m->name = (const uint8_t *)w->name;
         m->name_len += plen + 1;
+        m->name_joined = true;
     }
     if (type == 'S')
         return stop(w, R_UNFOLLOWED, at, "a GNU sparse member");
@@ -433,6 +434,7 @@ static int from_tarfile(tar_walk *w, ckpt__tar_member *m, unsigned depth)
             return r;
         if (type == 'L') {
             m->name = buf;
+            m->name_joined = false;
             m->name_len = nts_len(buf, got);
             if (m->type == '5' && m->name_len && m->name[m->name_len - 1] == '/')
                 m->name_len--;
@@ -479,6 +481,7 @@ static int from_tarfile(tar_walk *w, ckpt__tar_member *m, unsigned depth)
         }
         if (pv.has_path) {
             m->name = pv.path;
+            m->name_joined = false;
             m->name_len = pv.path_len;
             rstrip_slashes(m);
         }
@@ -501,6 +504,7 @@ static int from_tarfile(tar_walk *w, ckpt__tar_member *m, unsigned depth)
         w->offset = sat_add(w->offset, blocks_of(m->size));
     if (w->has_g_path) {
         m->name = w->g_path;
+        m->name_joined = false;
         m->name_len = w->g_path_len;
         rstrip_slashes(m);
     }
