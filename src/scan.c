@@ -1407,11 +1407,13 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     }
     if (st != CKPT_OK)
         goto out;
-    /* torch falls back to it when tarfile fails; pickle.load always reads it */
+    /* torch.load reads the pickle from byte 0 when tarfile fails, and from
+     * a buffer (io.BytesIO), where it never tries tarfile */
     st = scan_pickle_at_zero(s, data, size, where, file_base,
                              end.kind == CKPT__TAR_FALLBACK
                                  ? "tarfile gives up on the archive"
-                                 : "when tarfile fails on it; pickle.load always");
+                                 : "from a buffer such as io.BytesIO, where torch.load does not "
+                                   "try tarfile");
 out:
     free(sorted);
     free(L.items);

@@ -318,11 +318,24 @@ def test_scan_findings_say_where(tool, attacks):
                for f in rep["findings"]), rep
 
 
-def test_legacy_behind_tar_is_both(tool, attacks):
-    """A legacy file behind a tar header: torch reads the tar; the scan says
-    so and also reads the legacy file that starts at byte 0."""
-    _, rep = scan(tool, attacks["v7_before_legacy"][0])
-    assert any("legacy torch file from byte 0" in f["message"] for f in rep["findings"]), rep
+def test_legacy_behind_tar_is_both(tool, attacks, tmp_path):
+    """A legacy file behind a tar header: torch.load reads the tar from a file,
+    the legacy file from a buffer (it tries tarfile only on real files). The
+    scan reports both readings."""
+    path = attacks["v7_before_legacy"][0]
+    canary = tmp_path / "canary"
+    data = in_front_of_pickle(torch_members(canary, "storages"),
+                              b"0" + MAGIC + b"." + legacy_tail(), "unsigned")
+    code = ("import io, sys, torch\n"
+            "print(sorted(torch.load(io.BytesIO(open(sys.argv[1], 'rb').read()))))\n")
+    p = tmp_path / "v7_before_legacy"
+    p.write_bytes(data)
+    res = subprocess.run([PYTHON, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "['w']", res.stderr
+    assert not canary.exists()
+    _, rep = scan(tool, path)
+    assert any("legacy torch file from byte 0 (from a buffer" in f["message"]
+               for f in rep["findings"]), rep
 
 
 # ---- benign files keep their readings -------------------------------------------------
