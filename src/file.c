@@ -38,11 +38,33 @@ static bool looks_like_safetensors(const uint8_t *p, uint64_t size)
     return ckpt__le64(p) >= 2 && p[8] == '{';
 }
 
-static bool looks_like_tar(const uint8_t *p, uint64_t size)
+/* A file ckpt reads its own way (safetensors, an index) that torch.load
+ * reads as a pickle from byte 0 (neither zip nor tar): refused when that
+ * pickle names a global or is the legacy magic number, since ckpt would
+ * show one thing and torch load another. */
+static ckpt_status pickle_at_zero_too(const ckpt_file *f, const char *as, ckpt_error *err)
 {
-    return size >= 512 && memcmp(p + 257, "ustar", 5) == 0;
+    if (f->opts.flags & CKPT__OPEN_NO_PICKLE_AT_ZERO)
+        return CKPT_OK;
+    ckpt__byte0 b;
+    ckpt__pickle_at_zero(f->map, f->map_size, &f->opts.limits, &b);
+    if (!b.matters)
+        return CKPT_OK;
+    if (b.magic)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, "", b.offset,
+                          "ambiguous file: ckpt reads it as %s, torch.load as a legacy torch "
+                          "file (its bytes from byte 0 are a pickle of the legacy magic number, "
+                          "which ends here)",
+                          as);
+    return ckpt__fail(err, CKPT_ERR_FORMAT, "", b.offset,
+                      "ambiguous file: ckpt reads it as %s, torch.load as a pickle from byte 0, "
+                      "which names the global '%s' here",
+                      as, b.global);
 }
 
+/* torch.load's order: a zip by its magic, a tar archive as Python's
+ * tarfile takes it, then a pickle from byte 0. ckpt's other formats come
+ * after tar, each checked for what torch's pickle reading makes of it. */
 static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
 {
     const uint8_t *p = f->map;
@@ -53,15 +75,29 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
         f->format = CKPT_FORMAT_TORCH_ZIP;
         return ckpt__open_torch_zip(f, err);
     }
+    switch (ckpt__tar_detect(p, n)) {
+    case CKPT__TAR_BLOCK_HEADER:
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "torch.load reads this file as a pre-0.4 tar archive (its first 512 "
+                          "bytes are a valid tar header); reading that format is not supported");
+    case CKPT__TAR_BLOCK_ZERO:
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "torch.load reads this file as an empty pre-0.4 tar archive (its first "
+                          "512 bytes are zero): not a checkpoint");
+    case CKPT__TAR_BLOCK_INVALID:
+        break;
+    }
     if (n >= 8 && memcmp(p, "PYTORCH1", 8) == 0)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                           "PyTorch 1.0-preview format (PYTORCH1) is not supported; "
                           "re-save it with a current torch.save");
     if (looks_like_safetensors(p, n)) {
+        CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "safetensors", err));
         f->format = CKPT_FORMAT_SAFETENSORS;
         return ckpt__open_safetensors(f, err);
     }
     if (ckpt__sharded_detect(p, n)) {
+        CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "a sharded index", err));
         f->format = CKPT_FORMAT_SHARDED;
         /* an index names checkpoint files: one that names an index would
          * recurse (an index naming itself, forever) */
@@ -71,10 +107,6 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
                               "checkpoint file)");
         return ckpt__open_sharded(f, err);
     }
-    if (looks_like_tar(p, n))
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
-                          "pre-0.4 torch tar format is not supported; load and re-save it "
-                          "with PyTorch >= 1.6");
     if (p[0] == 0x80 || strchr("(}]).NIJKLFGSVUXacdlpt", p[0]) != NULL) {
         /* A pickle: legacy torch file when its first pickle is the magic number. */
         return ckpt__open_torch_legacy(f, err);

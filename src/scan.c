@@ -397,35 +397,13 @@ static void forget_uses(scan_ctx *s)
     s->uses_count = 0;
 }
 
-/* A dotted Python name: what a real pickle names (text read as a pickle
- * by chance names "lass Net(Module):" and the like). */
-static bool dotted_name(const char *s, size_t n)
-{
-    if (n == 0 || n > 200)
-        return false;
-    bool start = true;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-        bool digit = c >= '0' && c <= '9';
-        if (c == '.' && !start) {
-            start = true;
-            continue;
-        }
-        if (!(alpha || (digit && !start)))
-            return false;
-        start = false;
-    }
-    return !start;
-}
-
 static ckpt_status on_global(void *user, const char *module, size_t mlen, const char *name,
                              size_t nlen, const ckpt_value *v, uint64_t offset)
 {
     pickle_user *u = user;
     scan_ctx *s = u->s;
     if (!u->report) {
-        if (dotted_name(module, mlen) && dotted_name(name, nlen))
+        if (ckpt__python_dotted_name(module, mlen) && ckpt__python_dotted_name(name, nlen))
             u->globals++;
         return CKPT_OK;
     }
@@ -962,6 +940,7 @@ static ckpt_status scan_safetensors(scan_ctx *s, const uint8_t *data, uint64_t s
     ckpt_open_options o;
     ckpt_open_options_default(&o);
     o.limits = s->limits;
+    o.flags |= CKPT__OPEN_NO_PICKLE_AT_ZERO; /* the scan checks that itself */
     ckpt_file *f = NULL;
     ckpt_error err;
     ckpt_status st = ckpt_open_memory(data, (size_t)size, &o, &f, &err);
@@ -1058,52 +1037,495 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
                                    ckpt__scan_at(file_base, pos), &res);
 }
 
-/* The pre-0.4 torch tar format: members "sys_info", "pickle", "tensors",
- * "storages", each pickles (storages followed by raw bytes). */
+/* torch.load reads every file that is neither a zip nor a tar archive as a
+ * pickle from byte 0. A file ckpt takes for something else gets that
+ * reading checked too (detect.c): when the pickle names a global or is the
+ * legacy magic number, it is reported and scanned as torch reads it. when
+ * says why torch would read it. */
+static ckpt_status scan_pickle_at_zero(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                       const char *where, uint64_t file_base, const char *when)
+{
+    ckpt__byte0 b;
+    ckpt__pickle_at_zero(data, size, &s->limits, &b);
+    if (!b.matters)
+        return CKPT_OK;
+    char rec[256];
+    where_record(where, "pickle from byte 0", rec, sizeof(rec));
+    if (b.magic)
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(
+            s, CKPT_SCAN_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
+            "torch.load reads this file as a legacy torch file from byte 0 (%s): its first "
+            "pickle is the legacy magic number, and the file is scanned that way too",
+            when));
+    else
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(
+            s, CKPT_SCAN_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
+            "torch.load reads this file as a pickle from byte 0 (%s): that pickle names '%s'",
+            when, b.global));
+    return scan_pickle_stream(s, data, size, where, file_base, false);
+}
+
+/* ======================================================================
+ * The pre-0.4 torch tar format
+ * ====================================================================== */
+
+/*
+ * torch.load opens every file tarfile takes (tar.c) as the pre-0.4 format:
+ * it extracts "storages" and unpickles it as a row (a count; per storage a
+ * pickle (key, location, storage_type), an int64 element count and the
+ * raw bytes; then a pickle of the storage views), then "tensors" (a count;
+ * per tensor a pickle (key, storage_id, type), an int32 ndim, 4 bytes,
+ * ndim int64 sizes and strides, an int64 offset), then "pickle", the
+ * object. tarfile takes the last member of a name. torch >= 2.x refuses
+ * the format under weights_only=True; older torch, or weights_only=False,
+ * unpickles all of it. Each of those members is scanned as torch reads it,
+ * the raw parts skipped as torch skips them; every other member that reads
+ * as a pickle is scanned too.
+ */
+
+#define TAR_NAME_KEY 1024 /* name bytes compared for duplicates */
+
+typedef struct tar_entry {
+    const char *name;          /* in the file, or a copy ("prefix/name") */
+    size_t name_len;
+    uint8_t type;
+    uint64_t header_offset, data_offset, size;
+    bool size_big;
+    uint64_t hash;             /* of the first TAR_NAME_KEY bytes */
+    size_t index;
+} tar_entry;
+
+typedef struct tar_list {
+    scan_ctx *s;
+    ckpt__arena names;
+    tar_entry *items;
+    size_t count, cap;
+} tar_list;
+
+static ckpt_status tar_collect(void *user, const ckpt__tar_member *m)
+{
+    tar_list *L = user;
+    if (L->count == L->cap) {
+        tar_entry *p = ckpt__array_grow(L->items, &L->cap, sizeof(*p));
+        if (!p)
+            return nomem(L->s);
+        L->items = p;
+    }
+    const char *name = (const char *)m->name;
+    if (m->name_joined) {
+        name = ckpt__arena_strdup(&L->names, name, m->name_len); /* the walk's buffer */
+        if (!name)
+            return nomem(L->s);
+    }
+    tar_entry *e = &L->items[L->count];
+    memset(e, 0, sizeof(*e));
+    e->name = name;
+    e->name_len = m->name_len;
+    e->type = m->type;
+    e->header_offset = m->header_offset;
+    e->data_offset = m->data_offset;
+    e->size = m->size;
+    e->size_big = m->size_big;
+    e->index = L->count;
+    e->hash = ckpt__hash_keyed(L, name, m->name_len < TAR_NAME_KEY ? m->name_len : TAR_NAME_KEY);
+    L->count++;
+    return CKPT_OK;
+}
+
+static int tar_name_cmp(const tar_entry *a, const tar_entry *b)
+{
+    if (a->name_len != b->name_len)
+        return a->name_len < b->name_len ? -1 : 1;
+    if (a->hash != b->hash)
+        return a->hash < b->hash ? -1 : 1;
+    size_t n = a->name_len < TAR_NAME_KEY ? a->name_len : TAR_NAME_KEY;
+    return memcmp(a->name, b->name, n);
+}
+
+static int tar_sort_cmp(const void *x, const void *y)
+{
+    const tar_entry *a = *(const tar_entry *const *)x, *b = *(const tar_entry *const *)y;
+    int c = tar_name_cmp(a, b);
+    if (c)
+        return c;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+static bool tar_name_is(const tar_entry *e, const char *name)
+{
+    return e->name_len == strlen(name) && memcmp(e->name, name, e->name_len) == 0;
+}
+
+/* A persistent id in the object pickle names a storage torch restored
+ * from "storages", or a module: kept as it is. */
+static ckpt_status tar_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_value *pid,
+                                  uint64_t offset, ckpt_value **out, ckpt_error *err)
+{
+    (void)user;
+    (void)ctx;
+    (void)offset;
+    (void)err;
+    *out = (ckpt_value *)(uintptr_t)pid;
+    return CKPT_OK;
+}
+
+/* One member being read as torch reads it. */
+typedef struct tar_read {
+    scan_ctx *s;
+    ckpt__arena arena;
+    const uint8_t *p;          /* the member's bytes */
+    uint64_t len;
+    uint64_t pos;
+    uint64_t base;             /* where p starts in the file */
+    char name[200];            /* the member's name for records */
+    const char *where;
+    bool stop;                 /* torch fails here, or ckpt cannot follow */
+    bool rest;                 /* stopped, but what follows is scanned as pickles */
+    bool greedy;               /* the count is unknown: records are read while
+                                  they fit, then the rest scanned as pickles */
+} tar_read;
+
+/* The next pickle of the row: record "<member> <what>". */
+static ckpt_status tar_next_pickle(tar_read *t, const char *what, ckpt__persistent_load_fn pl,
+                                   scan_pickle_result *res)
+{
+    char rec[320];
+    snprintf(rec, sizeof(rec), "%s%s%s%s", t->where ? t->where : "", t->name, *what ? " " : "",
+             what);
+    memset(res, 0, sizeof(*res));
+    if (t->pos >= t->len) {
+        t->stop = true;
+        return ckpt__scan_add(t->s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+                              ckpt__scan_at(t->base, t->pos),
+                              "the member ends before this pickle: torch.load fails here");
+    }
+    CKPT_RETURN_IF_ERROR(ckpt__scan_pickle(t->s, &t->arena, t->p + t->pos,
+                                           (size_t)(t->len - t->pos), rec,
+                                           ckpt__scan_at(t->base, t->pos), pl, NULL, res));
+    if (res->broke)
+        t->stop = true;
+    else
+        t->pos += res->consumed;
+    return CKPT_OK;
+}
+
+/* Raw bytes torch reads that do not fit: torch fails there (rest false),
+ * or ckpt cannot tell how many there are (rest true: what follows is
+ * scanned as further pickles). */
+static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, const char *fmt,
+                                   ...) CKPT_PRINTF(4, 5);
+static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, const char *fmt,
+                                   ...)
+{
+    char rec[320], msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    snprintf(rec, sizeof(rec), "%s%s %s", t->where ? t->where : "", t->name, what);
+    t->stop = true;
+    t->rest = rest;
+    return ckpt__scan_add(t->s, CKPT_SCAN_STORAGE, rec, CKPT_NO_OFFSET,
+                          ckpt__scan_at(t->base, t->pos), "%s", msg);
+}
+
+/* range(count) as torch runs it over the count pickle's value: false when
+ * ckpt cannot tell (not an int: torch fails; an inert call's result). */
+static bool tar_count(const ckpt_value *v, uint64_t *count)
+{
+    if (v && (v->kind == CKPT_INT || v->kind == CKPT_BOOLEAN)) {
+        int64_t i = v->kind == CKPT_INT ? v->u.i : (int64_t)v->u.b;
+        *count = i < 0 ? 0 : (uint64_t)i;
+        return true;
+    }
+    if (v && v->kind == CKPT_BIGINT && v->u.s.len) {
+        bool neg = (uint8_t)v->u.s.ptr[v->u.s.len - 1] & 0x80;
+        *count = neg ? 0 : UINT64_MAX;
+        return true;
+    }
+    return false;
+}
+
+static ckpt_status tar_count_pickle(tar_read *t, uint64_t *count)
+{
+    scan_pickle_result res;
+    *count = 0;
+    CKPT_RETURN_IF_ERROR(tar_next_pickle(t, "count", NULL, &res));
+    if (t->stop)
+        return CKPT_OK;
+    if (!tar_count(res.value, count)) {
+        char rec[320];
+        snprintf(rec, sizeof(rec), "%s%s count", t->where ? t->where : "", t->name);
+        t->greedy = true;
+        *count = UINT64_MAX;
+        return ckpt__scan_add(t->s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+                              ckpt__scan_at(t->base, t->pos),
+                              "the count is not an int ckpt can tell (not a number, or what a "
+                              "call returns): the records are read while they fit, what follows "
+                              "is scanned for further pickles");
+    }
+    return CKPT_OK;
+}
+
+/* The row ends where an unknown count makes ckpt stop following it. */
+static ckpt_status tar_greedy_end(tar_read *t)
+{
+    t->stop = true;
+    t->rest = true;
+    return CKPT_OK;
+}
+
+/* "storages": a count, per storage (key, location, storage_type), an int64
+ * element count and the bytes, then the views. */
+static ckpt_status tar_storages(tar_read *t)
+{
+    uint64_t count;
+    CKPT_RETURN_IF_ERROR(tar_count_pickle(t, &count));
+    for (uint64_t i = 0; i < count && !t->stop; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "storage %llu", (unsigned long long)i);
+        if (t->greedy && t->pos >= t->len)
+            return tar_greedy_end(t);
+        scan_pickle_result res;
+        CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
+        if (t->stop)
+            break;
+        const ckpt_value *v = res.value;
+        bool untyped = false;
+        ckpt_dtype dt = v && v->kind == CKPT_TUPLE && v->u.seq.len == 3
+                            ? ckpt__storage_type_dtype(v->u.seq.items[2], &untyped)
+                            : CKPT_DTYPE_INVALID;
+        if (t->greedy && (dt == CKPT_DTYPE_INVALID || untyped ||
+                          t->len - t->pos < 8 ||
+                          ckpt__le64(t->p + t->pos) >
+                              (t->len - t->pos - 8) / ckpt__storage_elem_size(dt)))
+            return tar_greedy_end(t); /* not a storage that fits: the views, say */
+        if (dt == CKPT_DTYPE_INVALID || untyped)
+            return tar_raw_problem(t, what, true,
+                                   "not (key, location, storage class) with a typed storage "
+                                   "class: ckpt cannot tell the size of what torch reads next "
+                                   "(what follows is scanned for further pickles)");
+        if (t->len - t->pos < 8)
+            return tar_raw_problem(t, what, false,
+                                   "the member ends before the storage's element count: "
+                                   "torch.load fails here");
+        uint64_t numel = ckpt__le64(t->p + t->pos), nbytes;
+        if ((int64_t)numel < 0 ||
+            !ckpt__mul_u64(numel, ckpt__storage_elem_size(dt), &nbytes) ||
+            nbytes > t->len - t->pos - 8)
+            return tar_raw_problem(t, what, false,
+                                   "%llu elements run past the end of the member: torch.load "
+                                   "fails here", (unsigned long long)numel);
+        t->pos += 8 + nbytes;
+    }
+    if (t->stop || t->greedy)
+        return CKPT_OK;
+    scan_pickle_result res;
+    return tar_next_pickle(t, "views", NULL, &res);
+}
+
+/* "tensors": a count, per tensor (key, storage_id, type) and its int32
+ * ndim, 4 bytes, sizes, strides and offset. */
+static ckpt_status tar_tensors(tar_read *t)
+{
+    uint64_t count;
+    CKPT_RETURN_IF_ERROR(tar_count_pickle(t, &count));
+    for (uint64_t i = 0; i < count && !t->stop; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "tensor %llu", (unsigned long long)i);
+        if (t->greedy && t->pos >= t->len)
+            return tar_greedy_end(t);
+        scan_pickle_result res;
+        CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
+        if (t->stop)
+            break;
+        if (t->greedy && (t->len - t->pos < 8 || (int32_t)ckpt__le32(t->p + t->pos) < 0 ||
+                          16 + 16 * (uint64_t)(int32_t)ckpt__le32(t->p + t->pos) >
+                              t->len - t->pos))
+            return tar_greedy_end(t);
+        if (t->len - t->pos < 8)
+            return tar_raw_problem(t, what, false,
+                                   "the member ends before the tensor's ndim: torch.load fails "
+                                   "here");
+        int32_t ndim = (int32_t)ckpt__le32(t->p + t->pos);
+        if (ndim < 0)
+            return tar_raw_problem(t, what, false,
+                                   "ndim %ld is below zero: torch.load fails here", (long)ndim);
+        uint64_t need = 16 + 16 * (uint64_t)ndim;
+        if (need > t->len - t->pos)
+            return tar_raw_problem(t, what, false,
+                                   "the tensor's %ld dimensions run past the end of the member: "
+                                   "torch.load fails here", (long)ndim);
+        t->pos += need;
+    }
+    return CKPT_OK;
+}
+
+static ckpt_status tar_rest(scan_ctx *s, const uint8_t *p, uint64_t len, uint64_t pos,
+                            const char *rec, uint64_t base);
+
+static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t size,
+                                   const tar_entry *e, const char *where, uint64_t file_base)
+{
+    tar_read t = {.s = s, .where = where, .base = ckpt__scan_at(file_base, e->data_offset)};
+    ckpt__scan_quote(t.name, sizeof(t.name), e->name, e->name_len);
+    char rec[320];
+    snprintf(rec, sizeof(rec), "%s%s", where ? where : "", t.name);
+    if (e->type >= '1' && e->type <= '6') {
+        static const char *const kinds[] = {"a hard link", "a symbolic link", "a character device",
+                                            "a block device", "a directory", "a FIFO"};
+        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+                              ckpt__scan_at(file_base, e->header_offset),
+                              "%s: tarfile extracts it as such, and torch.load reading a member "
+                              "by this name reads what it points to, outside the archive's bytes "
+                              "(not checked)", kinds[e->type - '1']);
+    }
+    uint64_t avail = e->data_offset <= size ? size - e->data_offset : 0;
+    t.p = data + (e->data_offset <= size ? e->data_offset : size);
+    t.len = e->size < avail ? e->size : avail;
+    if (e->size_big || e->size > avail)
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(
+            s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET, ckpt__scan_at(file_base, e->header_offset),
+            "the member's data runs past the end of the file: when torch extracts it tarfile "
+            "fails and torch.load reads the file as a pickle from byte 0"));
+    bool storages = tar_name_is(e, "storages"), tensors = tar_name_is(e, "tensors");
+    bool object = tar_name_is(e, "pickle");
+    if (!storages && !tensors && !object &&
+        (t.len == 0 || !ckpt__scan_is_pickle(s, t.p, (size_t)t.len)))
+        return CKPT_OK;
+    ckpt__arena_init(&t.arena, s->limits.max_value_bytes);
+    ckpt_status st;
+    if (storages) {
+        st = tar_storages(&t);
+    } else if (tensors) {
+        st = tar_tensors(&t);
+    } else {
+        scan_pickle_result res;
+        st = tar_next_pickle(&t, "", tar_persistent, &res);
+    }
+    ckpt__arena_free(&t.arena);
+    CKPT_RETURN_IF_ERROR(st);
+    if (t.pos >= t.len || (t.stop && !t.rest))
+        return CKPT_OK;
+    char w[330];
+    snprintf(w, sizeof(w), "%s: ", rec);
+    if (!t.stop) /* what torch does not read: further pickles */
+        return scan_trailing(s, t.p, t.len, t.pos, w, t.base, "what torch reads of the member");
+    return tar_rest(s, t.p, t.len, t.pos, rec, t.base);
+}
+
+/* The rest of a member ckpt cannot follow as torch reads it (a count or a
+ * storage class only a call gives): the pickles in it are scanned, found
+ * by where they start (the next byte, then each PROTO opcode). */
+static ckpt_status tar_rest(scan_ctx *s, const uint8_t *p, uint64_t len, uint64_t pos,
+                            const char *rec, uint64_t base)
+{
+    unsigned tries = 0;
+    for (uint64_t i = pos; i < len && tries < 32; i++) {
+        if (i != pos && (p[i] != 0x80 || i + 1 >= len || p[i + 1] < 2 || p[i + 1] > 5))
+            continue;
+        tries++;
+        if (!ckpt__scan_is_pickle(s, p + i, (size_t)(len - i)))
+            continue;
+        char r[400];
+        snprintf(r, sizeof(r), "%s pickle at byte %llu", rec, (unsigned long long)i);
+        scan_pickle_result res;
+        CKPT_RETURN_IF_ERROR(ckpt__scan_pickle_alone(s, p + i, (size_t)(len - i), r,
+                                                     ckpt__scan_at(base, i), &res));
+        if (res.consumed)
+            i += res.consumed - 1;
+    }
+    return CKPT_OK;
+}
+
 static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, const char *where,
                             uint64_t file_base, bool top)
 {
     char rec[256];
     if (top)
         s->report->format = "tar";
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT,
-                                        where_record(where, "tar", rec, sizeof(rec)), 0,
-                                        ckpt__scan_at(file_base, 0),
-                                        "a tar archive (the pre-0.4 torch.save format): "
-                                        "torch.load(weights_only=True) refuses it"));
-    uint64_t pos = 0;
-    for (unsigned members = 0; pos + 512 <= size; members++) {
-        const uint8_t *h = data + pos;
-        bool zero = true;
-        for (int i = 0; i < 512 && zero; i++)
-            zero = h[i] == 0;
-        if (zero)
-            return CKPT_OK;
-        if (members >= s->limits.max_zip_entries)
-            return ckpt__scan_add(s, CKPT_SCAN_LIMIT, rec, pos, ckpt__scan_at(file_base, pos),
-                                  "more tar members than max_zip_entries: the rest is not checked");
-        uint64_t len = 0;
-        for (int i = 124; i < 136 && h[i] >= '0' && h[i] <= '7'; i++)
-            len = len * 8 + (uint64_t)(h[i] - '0');
-        size_t nlen = strnlen((const char *)h, 100);
-        char name[128], mrec[400];
-        ckpt__scan_quote(name, sizeof(name), h, nlen);
-        snprintf(mrec, sizeof(mrec), "%s%s", where ? where : "", name);
-        uint64_t body = pos + 512;
-        if (len > size - body)
-            return ckpt__scan_add(s, CKPT_SCAN_FORMAT, mrec, 0, ckpt__scan_at(file_base, pos),
-                                  "the member runs past the end of the archive");
-        char type = (char)h[156];
-        if ((type == '0' || type == '\0') && len &&
-            ckpt__scan_is_pickle(s, data + body, (size_t)len)) {
-            scan_pickle_result res;
-            ckpt_status st = ckpt__scan_pickle_alone(s, data + body, (size_t)len, mrec,
-                                                     ckpt__scan_at(file_base, body), &res);
-            CKPT_RETURN_IF_ERROR(st);
+    where_record(where, "tar", rec, sizeof(rec));
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(
+        s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+        "torch.load reads this file as a pre-0.4 tar archive (its first 512 bytes are a valid tar "
+        "header): torch >= 2.x refuses it under weights_only=True, older torch and "
+        "weights_only=False unpickle its members"));
+    tar_list L = {.s = s};
+    ckpt__arena_init(&L.names, 0);
+    ckpt__tar_end end;
+    tar_entry **sorted = NULL;
+    ckpt_status st = ckpt__tar_walk(data, size, s->limits.max_zip_entries, tar_collect, &L, &end);
+    if (st != CKPT_OK)
+        goto out;
+    /* duplicates: tarfile (and torch) takes the last copy of a name */
+    if (L.count > 1) {
+        sorted = malloc(L.count * sizeof(*sorted));
+        if (!sorted) {
+            st = nomem(s);
+            goto out;
         }
-        pos = body + ((len + 511) / 512) * 512;
+        for (size_t i = 0; i < L.count; i++)
+            sorted[i] = &L.items[i];
+        qsort(sorted, L.count, sizeof(*sorted), tar_sort_cmp);
+        for (size_t i = 1; i < L.count; i++) {
+            const tar_entry *a = sorted[i - 1], *b = sorted[i];
+            if (tar_name_cmp(a, b) != 0)
+                continue;
+            char q[200], r[320];
+            ckpt__scan_quote(q, sizeof(q), b->name, b->name_len);
+            snprintf(r, sizeof(r), "%s%s", where ? where : "", q);
+            st = ckpt__scan_add(s, CKPT_SCAN_DUPLICATE_NAME, r, CKPT_NO_OFFSET,
+                                ckpt__scan_at(file_base, b->header_offset),
+                                "another member of this name comes before it (header at byte "
+                                "%llu): tarfile and torch take the last copy, other readers the "
+                                "first (each copy is scanned)",
+                                (unsigned long long)a->header_offset);
+            if (st != CKPT_OK)
+                goto out;
+        }
     }
-    return CKPT_OK;
+    for (size_t i = 0; i < L.count; i++) {
+        st = scan_tar_member(s, data, size, &L.items[i], where, file_base);
+        if (st != CKPT_OK)
+            goto out;
+    }
+    switch (end.kind) {
+    case CKPT__TAR_END:
+        break;
+    case CKPT__TAR_FALLBACK:
+        st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, end.offset,
+                            ckpt__scan_at(file_base, end.offset),
+                            "tarfile fails here (%s): torch.load then reads the file as a pickle "
+                            "from byte 0, before it unpickles any member",
+                            end.why);
+        break;
+    case CKPT__TAR_UNFOLLOWED:
+        st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, end.offset,
+                            ckpt__scan_at(file_base, end.offset),
+                            "%s: ckpt does not follow the archive past here, the members after "
+                            "it are not checked",
+                            end.why);
+        break;
+    case CKPT__TAR_LIMIT:
+        st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, rec, end.offset,
+                            ckpt__scan_at(file_base, end.offset),
+                            "%s (limit max_zip_entries): the rest is not checked", end.why);
+        break;
+    }
+    if (st != CKPT_OK)
+        goto out;
+    /* torch.load reads the pickle from byte 0 when tarfile fails, and from
+     * a buffer (io.BytesIO), where it never tries tarfile */
+    st = scan_pickle_at_zero(s, data, size, where, file_base,
+                             end.kind == CKPT__TAR_FALLBACK
+                                 ? "tarfile gives up on the archive"
+                                 : "from a buffer such as io.BytesIO, where torch.load does not "
+                                   "try tarfile");
+out:
+    free(sorted);
+    free(L.items);
+    ckpt__arena_free(&L.names);
+    return st;
 }
 
 /* The pickles a 7z archive shows in place (an uncompressed LZMA2 chunk
@@ -1306,30 +1728,56 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     if (size >= 4 && (ckpt__le32(data) == 0x04034b50u ||
                       (ckpt__le32(data) == 0x06054b50u && size >= 22)))
         return ckpt__scan_zip(s, data, size, where, file_base, top);
-    if (size >= 6 && memcmp(data, "7z\xbc\xaf\x27\x1c", 6) == 0)
-        return scan_7z(s, data, size, where, file_base, top);
+    /* torch.load's order: zip, tar as tarfile takes it, then a pickle from
+     * byte 0; ckpt's other formats come after tar, each checked for what
+     * that pickle reading makes of it. */
+    static const char *const not_zip_or_tar = "the file is neither a zip nor a tar archive";
+    switch (ckpt__tar_detect(data, size)) {
+    case CKPT__TAR_BLOCK_HEADER:
+        return scan_tar(s, data, size, where, file_base, top);
+    case CKPT__TAR_BLOCK_ZERO:
+        if (top)
+            s->report->format = "tar";
+        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, where_record(where, "tar", rec, sizeof(rec)),
+                              0, ckpt__scan_at(file_base, 0),
+                              "torch.load reads this file as an empty tar archive (its first 512 "
+                              "bytes are zero) and fails: not a checkpoint");
+    case CKPT__TAR_BLOCK_INVALID:
+        break;
+    }
+    if (size >= 6 && memcmp(data, "7z\xbc\xaf\x27\x1c", 6) == 0) {
+        CKPT_RETURN_IF_ERROR(scan_7z(s, data, size, where, file_base, top));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
+    }
     if (size >= 8 && memcmp(data, "PYTORCH1", 8) == 0) {
         if (top)
             s->report->format = "unknown";
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
-                              "the PyTorch 1.0-preview format (PYTORCH1): current torch.load does "
-                              "not read it");
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0,
+                                            ckpt__scan_at(file_base, 0),
+                                            "the PyTorch 1.0-preview format (PYTORCH1): current "
+                                            "torch.load does not read it"));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
     if (looks_like_safetensors(data, size)) {
         if (top)
             s->report->format = "safetensors";
-        return scan_safetensors(s, data, size, where);
+        CKPT_RETURN_IF_ERROR(scan_safetensors(s, data, size, where));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
-    if (top && ckpt__sharded_detect(data, size))
-        return scan_sharded(s, data, size, top);
-    if (size >= 10 && memcmp(data, "\x93NUMPY", 6) == 0)
-        return ckpt__scan_npy(s, data, size, where, file_base, top, false);
-    if (size >= 512 && memcmp(data + 257, "ustar", 5) == 0)
-        return scan_tar(s, data, size, where, file_base, top);
+    if (top && ckpt__sharded_detect(data, size)) {
+        CKPT_RETURN_IF_ERROR(scan_sharded(s, data, size, top));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
+    }
+    if (size >= 10 && memcmp(data, "\x93NUMPY", 6) == 0) {
+        CKPT_RETURN_IF_ERROR(ckpt__scan_npy(s, data, size, where, file_base, top, false));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
+    }
     if (is_pickle_opcode_start(data[0]))
         return scan_pickle_stream(s, data, size, where, file_base, top);
-    if (ckpt__scan_zip_at_end(data, size))
-        return ckpt__scan_zip(s, data, size, where, file_base, top);
+    if (ckpt__scan_zip_at_end(data, size)) {
+        CKPT_RETURN_IF_ERROR(ckpt__scan_zip(s, data, size, where, file_base, top));
+        return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
+    }
     if (top)
         s->report->format = "unknown";
     char hex[40] = "";
@@ -1337,10 +1785,11 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
         snprintf(hex + 3 * i, sizeof(hex) - 3 * i, "%02x ", data[i]);
     if (*hex)
         hex[strlen(hex) - 1] = '\0';
-    return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
-                          "not a checkpoint: unknown format (starts with %s); its content is not "
-                          "checked",
-                          hex);
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+                                        "not a checkpoint: unknown format (starts with %s); its "
+                                        "content is not checked",
+                                        hex));
+    return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
 }
 
 /* ======================================================================

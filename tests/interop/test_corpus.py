@@ -62,7 +62,7 @@ DOCUMENTED_FAILURES = [
      "non-allow-listed numpy global"),
     ("benign/zml/simple.pt", NOT_ALLOWED.format(r"torch\.nn\.modules\."),
      "whole nn.Module pickled: its class is not allow-listed"),
-    ("benign/burn/src/pytorch/tests/reader/test_data/tar_*.tar", r"pre-0\.4 torch tar format",
+    ("benign/burn/src/pytorch/tests/reader/test_data/tar_*.tar", r"pre-0\.4 tar archive",
      "pre-0.4 tar format (synthetic)"),
     ("benign/burn/src/pytorch/tests/reader/test_data/broken.pt", r"^ckpt: \S+: pickle at byte \d+: ",
      "3 bytes 'abc': a broken pickle, not a checkpoint"),
