@@ -1202,11 +1202,13 @@ static ckpt_status tar_next_pickle(tar_read *t, const char *what, ckpt__persiste
     CKPT_RETURN_IF_ERROR(ckpt__scan_pickle(t->s, &t->arena, t->p + t->pos,
                                            (size_t)(t->len - t->pos), rec,
                                            ckpt__scan_at(t->base, t->pos), pl, NULL, res));
-    if (res->broke)
+    if (res->broke) {
         t->stop = true;
-    else
-        t->pos += res->consumed;
-    return CKPT_OK;
+        return CKPT_OK;
+    }
+    /* torch reads the member from an unbuffered file: a frame that runs
+     * past STOP is read whole, and the next pickle starts at its end */
+    return next_in_stream(t->s, t->p, t->pos, res, rec, t->base, &t->pos);
 }
 
 /* Raw bytes torch reads that do not fit: torch fails there (rest false),

@@ -91,6 +91,15 @@ def torch_members(canary, where):
     storages += pay if where == "views" else pickle_of([])
     if where == "storages":
         storages = pay + pickle_of([])  # count 0 (what system returns), then the views
+    if where == "storages frame":
+        # the count pickle's frame runs past its STOP over a decoy record and
+        # element count whose raw bytes cover the payload: torch reads the
+        # member unbuffered, skips to the frame's end and unpickles the payload
+        # as the storage's record; a reader that goes on after STOP skips it
+        raw = pay + b"\0" * (-len(pay) % 4)
+        inner = b"K\x01." + storage_record(b"s0") + struct.pack("<q", len(raw) // 4)
+        storages = (b"\x80\x04\x95" + struct.pack("<Q", len(inner)) + inner + raw
+                    + pickle_of([]))
     if where == "views after a called count":
         # builtins.int(1): a count only a call gives, then one storage and the payload
         storages = (b"\x80\x02cbuiltins\nint\nK\x01\x85R." + storage_record(b"s0")
@@ -233,7 +242,7 @@ def attacks(gen_dir):
         torch_members(c, "storages"), b"0" + MAGIC + b"." + legacy_tail(), "unsigned"))
     put("v7_before_safetensors", lambda c: safetensors_with_tar(torch_members(c, "tensors")))
     for where in ("storages", "views", "tensors", "tensor 1", "pickle",
-                  "views after a called count"):
+                  "views after a called count", "storages frame"):
         put(f"tar_payload_in_{where.replace(' ', '_')}",
             lambda c, where=where: real_tar(torch_members(c, where)))
     put("tar_duplicate_pickle", lambda c: real_tar(
@@ -269,6 +278,7 @@ def scan(tool, path):
     "v7_before_legacy", "v7_before_safetensors", "tar_payload_in_storages",
     "tar_payload_in_views", "tar_payload_in_tensors", "tar_payload_in_tensor_1",
     "tar_payload_in_pickle", "tar_payload_in_views_after_a_called_count",
+    "tar_payload_in_storages_frame",
     "tar_duplicate_pickle", "tar_fallback_to_pickle",
     "safetensors_pickle"])
 def test_scan_unsafe_and_inspect_refuses(tool, attacks, torch_results, name):
