@@ -113,6 +113,7 @@ static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt
     f->pickle_protocol = -1;
     ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
     CKPT_RETURN_IF_ERROR(detect_and_open(f, err));
+    f->content_bytes = ckpt__file_content(f);
     CKPT_RETURN_IF_ERROR(ckpt__file_collect_tensors(f, err));
     if (f->opts.flags & CKPT_OPEN_VERIFY_CRC)
         CKPT_RETURN_IF_ERROR(ckpt_file_verify(f, err));
@@ -403,48 +404,6 @@ ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err)
 
 /* ---- verification -------------------------------------------------------- */
 
-/* Pointers seen, by address (open addressing). */
-typedef struct ptr_set {
-    const void **slots;
-    size_t cap, count;
-} ptr_set;
-
-static size_t ptr_slot(const ptr_set *p, const void *v)
-{
-    uint64_t x = (uint64_t)(uintptr_t)v;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    size_t i = (size_t)x & (p->cap - 1);
-    while (p->slots[i] && p->slots[i] != v)
-        i = (i + 1) & (p->cap - 1);
-    return i;
-}
-
-/* 1 when v is new, 0 when seen, -1 out of memory. */
-static int ptr_set_add(ptr_set *p, const void *v)
-{
-    if ((p->count + 1) * 2 > p->cap) {
-        ptr_set n = {.cap = p->cap ? p->cap * 2 : 64};
-        n.slots = calloc(n.cap, sizeof(*n.slots));
-        if (!n.slots)
-            return -1;
-        for (size_t i = 0; i < p->cap; i++) {
-            if (p->slots[i])
-                n.slots[ptr_slot(&n, p->slots[i])] = p->slots[i];
-        }
-        n.count = p->count;
-        free(p->slots);
-        *p = n;
-    }
-    size_t i = ptr_slot(p, v);
-    if (p->slots[i])
-        return 0;
-    p->slots[i] = v;
-    p->count++;
-    return 1;
-}
-
 /* The index check of one part of a sparse tensor: fed by the stream of the
  * record holding it (its bytes [begin, end) there), or, when the part
  * cannot be read that way (not contiguous, not in a zip record, bytes
@@ -580,7 +539,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     ckpt_status st = CKPT_OK, tensor_st = CKPT_OK;
     ckpt_error tensor_err;
-    ptr_set seen = {0};
+    ckpt__ptr_set seen = {0};
     verify_part *parts = NULL;
     size_t nparts = 0, parts_cap = 0;
     part_ref *order = NULL;
@@ -591,7 +550,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
      * index checks of sparse tensors. Its problem waits for the records'. */
     for (size_t i = 0; i < f->tensor_count && tensor_st == CKPT_OK; i++) {
         ckpt_tensor *t = f->tensors[i].tensor;
-        int added = ptr_set_add(&seen, t);
+        int added = ckpt__ptr_set_add(&seen, t);
         if (added < 0) {
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
             goto out;
@@ -688,7 +647,7 @@ out:
     free(was_resolved);
     free(order);
     free(parts);
-    free(seen.slots);
+    ckpt__ptr_set_free(&seen);
     return st;
 }
 

@@ -94,6 +94,17 @@ static inline void ckpt__buf_put(ckpt__buf *b, const void *p, size_t n)
  * array, or NULL when out of memory (items and *cap are then unchanged). */
 void *ckpt__array_grow(void *items, size_t *cap, size_t elem);
 
+/* Pointers, by address (zero-initialise it; free with ckpt__ptr_set_free). */
+typedef struct ckpt__ptr_set {
+    const void **slots;
+    size_t cap, count;
+} ckpt__ptr_set;
+
+/* Adds v (not NULL): 1 when it is new, 0 when it was there, -1 when out of
+ * memory. */
+int ckpt__ptr_set_add(ckpt__ptr_set *p, const void *v);
+void ckpt__ptr_set_free(ckpt__ptr_set *p);
+
 /* ---- arena: every value of a file lives here, freed at once ----------- */
 
 typedef struct ckpt__arena_block ckpt__arena_block;
@@ -250,6 +261,10 @@ bool ckpt__tensor_is_contiguous(const ckpt_tensor *t);
 /* The tensor's byte count (numel x element size, rounded up for sub-byte);
  * numel must be validated. */
 uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t);
+/* ckpt_tensor_copy without the max_output_ratio check: for copies into
+ * memory the caller sized from its own shapes (a C model's parameters). */
+ckpt_status ckpt__tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size_t dst_size,
+                              ckpt_error *err);
 /* Byte-swaps n elements of elem_size bytes in place (complex: per half). */
 void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype);
 
@@ -452,6 +467,7 @@ struct ckpt_file {
     ckpt__zip zip;
     bool has_zip;
     uint64_t inflated_total;      /* bytes of inflated records held */
+    uint64_t content_bytes;       /* what the file holds (output.c), set at open */
 
     ckpt__storage **storages;
     size_t storage_count, storage_cap;
@@ -497,6 +513,45 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err);
 /* Sets s->data: zero-copy into the map when aligned and native-endian,
  * else a copy (byte-swapped when big-endian). */
 ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
+
+/* ---- bounded output (output.c) --------------------------------------- */
+
+/* Slack of max_output_ratio: small files may always make this much. */
+#define CKPT__OUTPUT_SLACK ((uint64_t)64 << 20)
+
+/* What a file holds: its size, deflated records counted inflated, a
+ * sharded index's shards added (their content_bytes). */
+uint64_t ckpt__file_content(const ckpt_file *f);
+/* The name f lists tensor t under (its first), or NULL. Linear: for
+ * messages. */
+const char *ckpt__file_tensor_name(const ckpt_file *f, const ckpt_tensor *t);
+
+/*
+ * What a save makes from the tensors of open files, against what those
+ * files allow: the sum over the files it reads of max_output_ratio times
+ * their content, plus CKPT__OUTPUT_SLACK once. Bytes from caller memory
+ * (trees' own tensors) are not counted: the caller holds them already.
+ */
+typedef struct ckpt__output_budget {
+    ckpt__ptr_set files;        /* the files seen */
+    uint64_t allowed;           /* saturating */
+    uint64_t held;              /* what the files seen hold, saturating */
+    uint64_t made;              /* saturating */
+    uint64_t largest;           /* the largest single piece counted */
+    const ckpt_tensor *largest_tensor;  /* it, when it is a tensor's */
+    const ckpt__storage *largest_storage; /* else the storage's */
+    const ckpt_file *largest_file;
+    bool failed;                /* out of memory */
+} ckpt__output_budget;
+
+/* Counts bytes made from tensor t (a strided tensor of a file or a tree;
+ * a cast counts as made from its source's file). */
+void ckpt__output_add_tensor(ckpt__output_budget *b, const ckpt_tensor *t, uint64_t bytes);
+/* The same for a whole storage written out. */
+void ckpt__output_add_storage(ckpt__output_budget *b, const ckpt__storage *s, uint64_t bytes);
+/* CKPT_OK when what was counted fits; else CKPT_ERR_LIMIT naming the
+ * largest piece. Frees the budget's memory either way. */
+ckpt_status ckpt__output_check(ckpt__output_budget *b, ckpt_error *err);
 
 /* ---- trees and streaming (writers) ---------------------------------- */
 
