@@ -542,6 +542,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
     ckpt__ptr_set seen = {0};
     verify_part *parts = NULL;
     size_t nparts = 0, parts_cap = 0;
+    uint64_t index_bytes = 0;       /* sparse indices to go through */
     part_ref *order = NULL;
     bool *was_resolved = NULL;
 
@@ -561,7 +562,16 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         tensor_st = ckpt__tensor_validate(&copy, &f->opts.limits, f->tensors[i].name,
                                           CKPT_NO_OFFSET, &tensor_err);
         if (tensor_st == CKPT_OK && t->layout != CKPT_LAYOUT_STRIDED) {
-            st = verify_plan_sparse(f, t, f->tensors[i].name, &parts, &nparts, &parts_cap, err);
+            /* indices that repeat their storage (a stride of 0) are bounded
+             * like any values gone through */
+            for (unsigned k = 0; k < ckpt__index_parts(t); k++) {
+                uint64_t n = ckpt__tensor_nbytes(t->parts[k]);
+                index_bytes = index_bytes + n < index_bytes ? UINT64_MAX : index_bytes + n;
+            }
+            st = ckpt_file_check_output(f, index_bytes, f->tensors[i].name, err);
+            if (st == CKPT_OK)
+                st = verify_plan_sparse(f, t, f->tensors[i].name, &parts, &nparts, &parts_cap,
+                                        err);
             if (st != CKPT_OK)
                 goto out;
         }

@@ -111,9 +111,11 @@ static ckpt_status part_copy(ckpt_file *f, const ckpt_tensor *p, void **out, ckp
 {
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(p, &ti);
-    /* the storage first: its limits refuse it before the copy is allocated */
+    /* the limits first (a part may repeat its storage; its storage may be
+     * a deflated record), then the copy is allocated */
     const void *data;
     *out = NULL;
+    CKPT_RETURN_IF_ERROR(ckpt_file_check_output(f, ti.nbytes, "sparse tensor part", err));
     CKPT_RETURN_IF_ERROR(ckpt_tensor_data(f, p, &data, NULL, err));
     *out = malloc(ti.nbytes ? (size_t)ti.nbytes : 1);
     if (!*out)

@@ -1368,6 +1368,71 @@ static void test_sparse_dense_copy(void **state)
     free(dst);
     b_free(&z.file);
     b_free(&p);
+
+    /* indices and values that repeat one element 2^30 times (stride 0): 8 GiB
+     * of indices to check, refused by verify and by the dense copy alike */
+    const int64_t rshape[] = {1, INT64_C(1) << 30}, rstride[] = {0, 0};
+    const int64_t rvshape[] = {INT64_C(1) << 30}, rvstride[] = {0};
+    const int64_t rsize[] = {4};
+    memset(&p, 0, sizeof(p));
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, "LongStorage", "0", 1, 0, rshape, rstride, 2);
+    pk_tensor(&p, "FloatStorage", "1", 1, 0, rvshape, rvstride, 1);
+    pk_int_tuple(&p, rsize, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
+    z = zip_build(recs, 4);
+    outcome o = run_isolated(z.file.p, z.file.len, NULL, 60.0);
+    require_finished(&o, "sparse_coo of 2^30 repeated indices", 60.0);
+    /* (ckpt_tensor_data of a sparse tensor is CKPT_ERR_UNSUPPORTED) */
+    if (o.open_status != CKPT_OK || o.verify_status != CKPT_ERR_LIMIT ||
+        o.copy_status != CKPT_ERR_UNSUPPORTED || strcmp(o.err.record, "t") != 0)
+        fail_msg("sparse_coo of 2^30 repeated indices: open %s, verify %s, copy %s: %s: %s",
+                 ckpt_status_name(o.open_status), ckpt_status_name(o.verify_status),
+                 ckpt_status_name(o.copy_status), o.err.record, o.err.message);
+    b_free(&z.file);
+    b_free(&p);
+
+    /* its dense copy (16 bytes) would copy 2^24 repeated indices first */
+    const int64_t cshape[] = {1, INT64_C(1) << 24}, cvshape[] = {INT64_C(1) << 24};
+    memset(&p, 0, sizeof(p));
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, "LongStorage", "0", 1, 0, cshape, rstride, 2);
+    pk_tensor(&p, "FloatStorage", "1", 1, 0, cvshape, rvstride, 1);
+    pk_int_tuple(&p, rsize, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
+    z = zip_build(recs, 4);
+    f = open_ratio(&z.file, 0);
+    uint8_t small[16];
+    memset(&err, 0, sizeof(err));
+    ckpt_status st = ckpt_tensor_copy(f, ckpt_file_find_tensor(f, "t"), small, 16, &err);
+    if (st != CKPT_ERR_LIMIT || !strstr(err.message, "max_output_ratio"))
+        fail_msg("dense copy over 2^24 repeated indices: %s: %s", ckpt_status_name(st),
+                 err.message);
+    ckpt_close(f);
+    b_free(&z.file);
+    b_free(&p);
 }
 
 int main(void)
