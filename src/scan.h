@@ -36,6 +36,8 @@ typedef struct scan_ctx {
     unsigned depth;              /* nesting of archives being scanned */
     scan_use_slot *uses;         /* open addressing, cleared per pickle */
     size_t uses_cap, uses_count;
+    uint64_t inflated_held;      /* deflated records held inflated now, nested archives
+                                    included: at most max_pickle_bytes (scan_zip.c) */
 } scan_ctx;
 
 /* Adds a finding (strings are copied). Only out of memory fails. record

@@ -726,10 +726,14 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
         return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
                     "the entry inflates to %llu bytes from %llu, past max_inflated_bytes or "
                     "max_inflate_ratio: not checked", ull(e->size), ull(e->comp_size));
-    if (e->size > hold_max)
+    /* what is held at once, archives inside archives included */
+    uint64_t held;
+    if (e->size > hold_max || !ckpt__add_u64(z->s->inflated_held, e->size, &held) ||
+        held > lim->max_pickle_bytes)
         return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
-                    "the entry inflates to %llu bytes, more than the %llu a scan holds to read "
-                    "it (max_pickle_bytes): not checked", ull(e->size), ull(hold_max));
+                    "the entry inflates to %llu bytes, more than a scan holds to read it "
+                    "(%llu, and max_pickle_bytes for every record held at once): not checked",
+                    ull(e->size), ull(hold_max));
     uint8_t *buf = malloc(e->size ? (size_t)e->size : 1);
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
     if (!buf || !d) {
@@ -748,10 +752,20 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
                     "declares: readers disagree on its content", ull(e->size));
     }
     e->len = e->size;
+    z->s->inflated_held = held;
     *out = buf;
     *owned = buf;
     *ok = true;
     return CKPT_OK;
+}
+
+/* Frees what entry_bytes inflated. */
+static void entry_release(zscan *z, const zentry *e, uint8_t *owned)
+{
+    if (owned) {
+        z->s->inflated_held -= e->size;
+        free(owned);
+    }
 }
 
 static ckpt_status check_crc(zscan *z, const zentry *e, const uint8_t *p)
@@ -981,7 +995,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
             st = scan_entry_pickle(z, e, p, base, z->torchscript);
     }
 out:
-    free(owned);
+    entry_release(z, e, owned);
     return st;
 }
 
@@ -1125,7 +1139,7 @@ static ckpt_status torch_pass(zscan *z)
             else
                 st = scan_entry_pickle(z, e, p, base, true);
         }
-        free(owned);
+        entry_release(z, e, owned);
         CKPT_RETURN_IF_ERROR(st);
     }
 
@@ -1159,7 +1173,7 @@ static ckpt_status torch_pass(zscan *z)
                 st = zadd(z, CKPT_SCAN_FORMAT, erec(z, e, rec, sizeof(rec)), e->data_offset,
                           "byteorder is neither 'little' nor 'big': torch.load refuses it");
         }
-        free(owned);
+        entry_release(z, e, owned);
         CKPT_RETURN_IF_ERROR(st);
     }
 
