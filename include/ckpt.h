@@ -458,9 +458,13 @@ CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
 
 /*
  * Checks everything: every record's CRC32, every record inside the file,
- * every tensor's bytes inside its storage, every storage's size. Returns
- * CKPT_OK, CKPT_ERR_CORRUPT (checksum) or CKPT_ERR_FORMAT, with the first
- * problem (record and offset) in err.
+ * every tensor's bytes inside its storage, every storage's size, every
+ * index of sparse tensors. Each record is read once as a stream (deflated
+ * ones through a small inflate buffer): memory does not grow with the
+ * file, and nothing is held afterwards (ckpt_file_resolve_all holds the
+ * data). Returns CKPT_OK, CKPT_ERR_CORRUPT (checksum), CKPT_ERR_FORMAT or
+ * CKPT_ERR_LIMIT (an inflate limit, sparse indices past max_output_ratio),
+ * with the first problem (record and offset) in err.
  */
 CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
 
