@@ -54,6 +54,10 @@ char *cli_repr(const ckpt_value *v);
  * whole rest or a prefix of it followed by '.', at a list/tuple a decimal
  * index; NULL when nothing is there. */
 const ckpt_value *cli_find_path(const ckpt_value *v, const char *path);
+/* --max-output-ratio's value (a whole number >= 1) into *out; says what is
+ * wrong on stderr (naming the command and the option) and returns false
+ * otherwise. */
+bool cli_parse_ratio(const char *cmd, const char *opt, const char *s, uint64_t *out);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
 

@@ -96,3 +96,17 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
     }
     return v;
 }
+
+bool cli_parse_ratio(const char *cmd, const char *opt, const char *s, uint64_t *out)
+{
+    size_t n = s ? strlen(s) : 0;
+    bool digits = n > 0 && n <= 19 && strspn(s, "0123456789") == n;
+    unsigned long long v = digits ? strtoull(s, NULL, 10) : 0;
+    if (v == 0) {
+        fprintf(stderr, "ckpt %s: %s needs a whole number from 1 to 10^19 - 1, not '%s'\n", cmd,
+                opt, s ? s : "");
+        return false;
+    }
+    *out = v;
+    return true;
+}

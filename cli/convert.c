@@ -26,6 +26,7 @@ typedef struct convert_opts {
     const char *include[MAX_EDITS], *exclude[MAX_EDITS];
     size_t n_include, n_exclude;
     bool no_fsync, permissive, quiet;
+    uint64_t max_output_ratio;  /* 0: the default */
 } convert_opts;
 
 static void convert_usage(FILE *out)
@@ -52,6 +53,9 @@ static void convert_usage(FILE *out)
             "                         convert floating tensors (round to nearest even);\n"
             "                         others are left alone\n"
             "  --map-location cpu     write every tensor with this location tag\n"
+            "  --max-output-ratio N   write at most N times the bytes IN holds, plus 64 MiB\n"
+            "                         (default 64): views that repeat their storage (a stride\n"
+            "                         of 0) are written whole, and so are --dtype's copies\n"
             "  --permissive           open files holding non-allow-listed objects as inert\n"
             "                         values (nothing runs); a pickled nn.Module gives its\n"
             "                         state_dict() tensors\n"
@@ -477,6 +481,10 @@ static int parse_args(int argc, char **argv, convert_opts *o)
         } else if (strcmp(a, "--map-location") == 0) {
             NEED_VAL();
             o->location = val;
+        } else if (strcmp(a, "--max-output-ratio") == 0) {
+            NEED_VAL();
+            if (!cli_parse_ratio("convert", a, val, &o->max_output_ratio))
+                return -1;
         } else if (strcmp(a, "--no-fsync") == 0) {
             o->no_fsync = true;
         } else if (strcmp(a, "--permissive") == 0) {
@@ -535,6 +543,8 @@ int ckpt_cli_convert(int argc, char **argv)
     ckpt_open_options_default(&oo);
     if (o.permissive)
         oo.flags |= CKPT_OPEN_PERMISSIVE;
+    if (o.max_output_ratio)
+        oo.limits.max_output_ratio = o.max_output_ratio;
     ckpt_error err;
     ckpt_file *f = NULL;
     if (ckpt_open(o.in, &oo, &f, &err) != CKPT_OK) {
@@ -630,6 +640,9 @@ int ckpt_cli_convert(int argc, char **argv)
     }
     if (st != CKPT_OK) {
         cli_print_error(o.out, &err);
+        if (st == CKPT_ERR_LIMIT && strstr(err.message, "max_output_ratio"))
+            fprintf(stderr, "ckpt convert: --max-output-ratio N writes more (%s is untouched)\n",
+                    o.out);
         if (st == CKPT_ERR_UNSAFE && o.permissive)
             fprintf(stderr, "ckpt convert: hint: --key PATH to a pickled module writes its state "
                             "dict; a .safetensors output takes every tensor\n");

@@ -529,9 +529,31 @@ static bool push_ptr(vec *v, const void *p)
     return true;
 }
 
+/* The bytes comparing a tensor's values goes through: its dense size (a
+ * view with stride 0 counts every element it shows), 0 without values. */
+static uint64_t values_bytes(const ckpt_tensor_info *ti)
+{
+    return ti->layout != CKPT_LAYOUT_STRIDED || ti->has_storage ? ti->nbytes : 0;
+}
+
+/* Whether going through `bytes` more of f's values (after *made) stays within
+ * its max_output_ratio; says why not on stderr. */
+static bool may_compare(ckpt_file *f, const char *path, const char *name, uint64_t bytes,
+                        uint64_t *made)
+{
+    *made = *made + bytes < *made ? UINT64_MAX : *made + bytes;
+    ckpt_error err;
+    if (ckpt_file_check_output(f, *made, name, &err) == CKPT_OK)
+        return true;
+    cli_print_error(path, &err);
+    fprintf(stderr, "%s: diff: --max-output-ratio N compares more\n", PROG);
+    return false;
+}
+
 static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const char *path_b,
                          const tol *tl, diff_result *r)
 {
+    uint64_t made_a = 0, made_b = 0;
     scratch sc = {0};
     sc.raw_a = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
     sc.raw_b = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
@@ -569,7 +591,11 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
         }
         value_diff vd = {0};
         bool compared;
-        if (ok && !compare_values(fa, ta, fb, tb, name, path_a, path_b, tl, &sc, &vd, &compared))
+        if (ok && (!may_compare(fa, path_a, name, values_bytes(&ia), &made_a) ||
+                   !may_compare(fb, path_b, name, values_bytes(&ib), &made_b)))
+            ok = false;
+        else if (ok &&
+                 !compare_values(fa, ta, fb, tb, name, path_a, path_b, tl, &sc, &vd, &compared))
             ok = false;
         else if (ok && compared && vd.count) {
             value_diff *v = vec_push(&r->values);
@@ -836,7 +862,7 @@ static int print_json(const diff_result *r)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt diff A B [--atol X] [--rtol Y] [--json]\n"
+            "usage: ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]\n"
             "  Compares two checkpoints of any formats: tensor names only in one file,\n"
             "  dtype and shape mismatches, and for tensors of one shape the elements whose\n"
             "  values differ (|a - b| > atol + rtol*|b|; NaN equals NaN) with the largest\n"
@@ -847,6 +873,9 @@ static void usage(FILE *out)
             "  --rtol Y   relative tolerance (default 0)\n"
             "  --json     one JSON object: same, only_in_a, only_in_b, dtype_mismatch,\n"
             "             shape_mismatch, value_mismatch, plain_mismatch\n"
+            "  --max-output-ratio N  go through at most N times the bytes each file holds,\n"
+            "             plus 64 MiB (default 64): a view with stride 0 shows more\n"
+            "             elements than its file stores\n"
             "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n");
 }
 
@@ -867,6 +896,7 @@ int ckpt_cli_diff(int argc, char **argv)
 {
     tol tl = {0, 0};
     bool json = false;
+    uint64_t ratio = 0;
     const char *paths[2] = {NULL, NULL};
     int npaths = 0;
     for (int i = 0; i < argc; i++) {
@@ -876,6 +906,10 @@ int ckpt_cli_diff(int argc, char **argv)
             return 0;
         } else if (strcmp(arg, "--json") == 0) {
             json = true;
+        } else if (strcmp(arg, "--max-output-ratio") == 0) {
+            if (!cli_parse_ratio("diff", arg, i + 1 < argc ? argv[i + 1] : NULL, &ratio))
+                return DIFF_ERROR;
+            i++;
         } else if (strcmp(arg, "--atol") == 0 || strcmp(arg, "--rtol") == 0) {
             if (!parse_tol(arg, i + 1 < argc ? argv[i + 1] : NULL,
                            arg[2] == 'a' ? &tl.atol : &tl.rtol))
@@ -903,9 +937,13 @@ int ckpt_cli_diff(int argc, char **argv)
         return DIFF_ERROR;
     }
     ckpt_file *f[2] = {NULL, NULL};
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    if (ratio)
+        oo.limits.max_output_ratio = ratio;
     for (int k = 0; k < 2; k++) {
         ckpt_error err;
-        if (ckpt_open(paths[k], NULL, &f[k], &err) != CKPT_OK) {
+        if (ckpt_open(paths[k], &oo, &f[k], &err) != CKPT_OK) {
             cli_print_error(paths[k], &err);
             ckpt_close(f[0]);
             return DIFF_ERROR;

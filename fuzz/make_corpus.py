@@ -22,6 +22,7 @@ import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARGS = [a for a in sys.argv[1:] if a != "--force"]
@@ -415,6 +416,82 @@ def framing_seeds():
     out["zip_pickle_in_storage.pt"] = torch_zip("archive/data/0", stored, pkl=pkl)
     out["zip_pickle_in_deflated_storage.pt"] = torch_zip(
         "archive/data/0", stored, zipfile.ZIP_DEFLATED, pkl=pkl)
+
+
+def deflated_zeros(n, piece=196608):
+    """n zero bytes as raw deflate at a ratio of about 950 (just under
+    max_inflate_ratio): a partial flush every `piece` bytes."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = []
+    for off in range(0, n, piece):
+        parts.append(c.compress(bytes(min(piece, n - off))))
+        parts.append(c.flush(zlib.Z_PARTIAL_FLUSH))
+    parts.append(c.flush())
+    return b"".join(parts), zlib.crc32(bytes(n))
+
+
+def raw_zip(records):
+    """records: (name, data, size, crc, method), a plain zip of them."""
+    out, central = bytearray(), bytearray()
+    for name, data, size, crc, method in records:
+        nb = name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 20, 20, 0, method, 0, 0, crc,
+                               len(data), size, len(nb), 0, 0, 0, 0, 0, len(out)) + nb
+        out += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, method, 0, 0, crc, len(data),
+                           size, len(nb), 0) + nb + data
+    cd = len(out)
+    out += central + struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, len(records), len(records),
+                                 len(central), cd, 0)
+    return bytes(out)
+
+
+def stream_seeds():
+    """Deflated records near the ratio limit (read as streams by verify and
+    scan) and views with stride 0 (bounded by max_output_ratio)."""
+    n = 1 << 20
+    comp, crc = deflated_zeros(n)
+
+    def tensor(key, numel, shape, stride, cls=b"ByteStorage"):
+        dims = lambda v: b"(" + b"".join(b"J" + struct.pack("<i", x) for x in v) + b"t"
+        return (b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n" +
+                cls + b"\nX" + struct.pack("<I", len(key)) + key.encode() +
+                b"X\x03\x00\x00\x00cpuJ" + struct.pack("<i", numel) + b"tQK\x00" +
+                dims(shape) + dims(stride) + b"\x89ccollections\nOrderedDict\n)RtR")
+
+    def torch_zip(pkl, data):
+        recs = [("archive/data.pkl", pkl, len(pkl), zlib.crc32(pkl), 0)]
+        recs += data
+        recs.append(("archive/version", b"3\n", 2, zlib.crc32(b"3\n"), 0))
+        return raw_zip(recs)
+
+    pair = (b"\x80\x02}X\x01\x00\x00\x00a" + tensor("0", n, [n], [1]) +
+            b"sX\x01\x00\x00\x00b" + tensor("1", n, [n], [1]) + b"s.")
+    rec0 = ("archive/data/0", comp, n, crc, 8)
+    notes = b"\x80\x02K\x01." + bytes(64)  # a small pickle, deflated: it is read
+    notes_z = zlib.compress(notes)[2:-4]
+    out = {
+        "deflated_ratio950.pt": torch_zip(pair, [rec0, ("archive/data/1", comp, n, crc, 8)]),
+        "deflated_ratio950_bad_crc.pt":
+            torch_zip(pair, [rec0, ("archive/data/1", comp, n, crc ^ 1, 8)]),
+        "deflated_ratio950_long.pt":
+            torch_zip(pair, [rec0, ("archive/data/1", deflated_zeros(n + 300)[0], n, crc, 8)]),
+        "deflated_ratio950_unreferenced.pt":
+            torch_zip(b"\x80\x02}.", [rec0, ("archive/notes", notes_z, len(notes),
+                                               zlib.crc32(notes), 8)]),
+    }
+    # sparse_coo [4], indices int64 [1, n/8] in a deflated record, values a
+    # stride-0 view of one float
+    sparse = (b"\x80\x02}X\x01\x00\x00\x00tctorch._utils\n_rebuild_sparse_tensor\n"
+              b"(ctorch\nsparse_coo\n(" +
+              tensor("0", n // 8, [1, n // 8], [n // 8, 1], b"LongStorage") +
+              tensor("1", 1, [n // 8], [0], b"FloatStorage") + b"(J\x04\x00\x00\x00tttRs.")
+    out["sparse_deflated_indices.pt"] = torch_zip(
+        sparse, [rec0, ("archive/data/1", bytes(4), 4, zlib.crc32(bytes(4)), 0)])
+    # a float view of 72 MiB with stride (0, 0) over one float
+    expand = (b"\x80\x02}X\x01\x00\x00\x00t" +
+              tensor("0", 1, [18, 1 << 20], [0, 0], b"FloatStorage") + b"s.")
+    out["expand_stride0.pt"] = torch_zip(
+        expand, [("archive/data/0", bytes(4), 4, zlib.crc32(bytes(4)), 0)])
     return out
 
 
@@ -490,6 +567,12 @@ def main():
     rt["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
     rt["unaligned.safetensors"] = st["unaligned.safetensors"]
     write("fuzz_roundtrip", rt)
+
+    streams = stream_seeds()
+    write("fuzz_file", streams)
+    write("fuzz_zip", {k: v for k, v in streams.items() if k != "expand_stride0.pt"})
+    write("fuzz_scan", streams)
+    write("fuzz_roundtrip", {k: v for k, v in streams.items() if k == "expand_stride0.pt"})
 
 
 if __name__ == "__main__":

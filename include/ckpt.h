@@ -110,6 +110,11 @@ typedef struct ckpt_limits {
     uint64_t max_header_bytes;     /* safetensors JSON header (default 100,000,000) */
     uint64_t max_total_inflated_bytes; /* deflated records of one file held inflated
                                           at once (default 4 GiB) */
+    /* Bytes made from a file's tensors (a file written from them, a dense
+     * copy, values compared) over the bytes the file holds (its size, with
+     * deflated records counted inflated), plus 64 MiB of slack (default 64):
+     * a view with stride 0 describes far more than it stores. */
+    uint64_t max_output_ratio;
 } ckpt_limits;
 
 /* Fills *limits with the safe defaults above. */
@@ -329,7 +334,9 @@ CKPT_API const ckpt_tensor *ckpt_tensor_sparse_part(const ckpt_tensor *t, unsign
 /* Copies the tensor as a contiguous row-major array in native byte order into
  * dst (dst_size >= nbytes), whatever its strides. Sparse COO and CSR/CSC
  * tensors are written dense (duplicate COO entries are summed, as torch's
- * to_dense does); every index is checked against the shape first. */
+ * to_dense does); every index is checked against the shape first. nbytes
+ * past what f's max_output_ratio allows (ckpt_file_check_output) is
+ * CKPT_ERR_LIMIT, before anything is written. */
 CKPT_API ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t,
                                       void *dst, size_t dst_size,
                                       ckpt_error *err);
@@ -451,11 +458,27 @@ CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
 
 /*
  * Checks everything: every record's CRC32, every record inside the file,
- * every tensor's bytes inside its storage, every storage's size. Returns
- * CKPT_OK, CKPT_ERR_CORRUPT (checksum) or CKPT_ERR_FORMAT, with the first
- * problem (record and offset) in err.
+ * every tensor's bytes inside its storage, every storage's size, every
+ * index of sparse tensors. Each record is read once as a stream (deflated
+ * ones through a small inflate buffer): memory does not grow with the
+ * file, and nothing is held afterwards (ckpt_file_resolve_all holds the
+ * data). Returns CKPT_OK, CKPT_ERR_CORRUPT (checksum), CKPT_ERR_FORMAT or
+ * CKPT_ERR_LIMIT (an inflate limit, sparse indices past max_output_ratio),
+ * with the first problem (record and offset) in err.
  */
 CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
+
+/*
+ * Whether making `bytes` bytes out of f's tensors stays within its
+ * max_output_ratio: at most that many times the bytes f holds (its size,
+ * deflated records counted inflated, a sharded index's shards included)
+ * plus 64 MiB. CKPT_ERR_LIMIT naming `what` (may be NULL) otherwise. The
+ * writers and ckpt_tensor_copy check it themselves; a caller that goes
+ * through values another way (comparing them element by element) asks
+ * first, with the total it means to go through.
+ */
+CKPT_API ckpt_status ckpt_file_check_output(const ckpt_file *f, uint64_t bytes, const char *what,
+                                            ckpt_error *err);
 
 /* ========================================================================
  * Building values (for writing)
@@ -559,7 +582,11 @@ CKPT_API ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype fro
  * directory, which is fsync'ed, renamed over the target, and the directory
  * fsync'ed. On any error the previous file is untouched and the temporary
  * removed. Tensor bytes stream from their memory (or the source file's map)
- * to the output: the writer's own memory is O(metadata).
+ * to the output: the writer's own memory is O(metadata). What tensors of
+ * open files make (each one written contiguous, casts, a storage per view
+ * of a legacy storage) is bounded by those files' max_output_ratio
+ * (ckpt_file_check_output, over the files together): past it the save is
+ * CKPT_ERR_LIMIT, naming the largest tensor, before anything is written.
  * ======================================================================== */
 
 #define CKPT_SAVE_NO_FSYNC 0x1u   /* skip the fsyncs: faster, not durable */

@@ -2,7 +2,7 @@
 # Installs the Debian packages that ckpt's build and tests need.
 # Idempotent: returns at once when everything is present.
 set -eu
-PKGS="build-essential cmake pkg-config clang libclang-rt-dev libdeflate-dev libjansson-dev libyajl-dev libcmocka-dev python3 python3-torch python3-numpy python3-pytest"
+PKGS="build-essential cmake pkg-config clang libclang-rt-dev libdeflate-dev zlib1g-dev libjansson-dev libyajl-dev libcmocka-dev python3 python3-torch python3-numpy python3-pytest"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -1,6 +1,6 @@
 /*
  * buf.c - growable memory for the writers: a byte buffer (pickles, JSON
- * headers, zip names) and arrays that double.
+ * headers, zip names), arrays that double, and a set of pointers.
  */
 #include "internal.h"
 
@@ -45,4 +45,47 @@ void *ckpt__array_grow(void *items, size_t *cap, size_t elem)
     if (p)
         *cap = n;
     return p;
+}
+
+static size_t ptr_slot(const ckpt__ptr_set *p, const void *v)
+{
+    uint64_t x = (uint64_t)(uintptr_t)v;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    size_t i = (size_t)x & (p->cap - 1);
+    while (p->slots[i] && p->slots[i] != v)
+        i = (i + 1) & (p->cap - 1);
+    return i;
+}
+
+int ckpt__ptr_set_add(ckpt__ptr_set *p, const void *v)
+{
+    if ((p->count + 1) * 2 > p->cap) {
+        ckpt__ptr_set n = {.cap = p->cap ? p->cap * 2 : 64};
+        if (n.cap > SIZE_MAX / 2 / sizeof(*n.slots))
+            return -1;
+        n.slots = calloc(n.cap, sizeof(*n.slots));
+        if (!n.slots)
+            return -1;
+        for (size_t i = 0; i < p->cap; i++) {
+            if (p->slots[i])
+                n.slots[ptr_slot(&n, p->slots[i])] = p->slots[i];
+        }
+        n.count = p->count;
+        free(p->slots);
+        *p = n;
+    }
+    size_t i = ptr_slot(p, v);
+    if (p->slots[i])
+        return 0;
+    p->slots[i] = v;
+    p->count++;
+    return 1;
+}
+
+void ckpt__ptr_set_free(ckpt__ptr_set *p)
+{
+    free(p->slots);
+    memset(p, 0, sizeof(*p));
 }

@@ -109,6 +109,7 @@ void ckpt_limits_default(ckpt_limits *limits)
     limits->max_inflate_ratio = 1000;
     limits->max_header_bytes = 100000000;
     limits->max_total_inflated_bytes = 4ull << 30;
+    limits->max_output_ratio = 64;
 }
 
 void ckpt_open_options_default(ckpt_open_options *opts)

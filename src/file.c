@@ -151,6 +151,7 @@ static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt
     f->pickle_protocol = -1;
     ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
     CKPT_RETURN_IF_ERROR(detect_and_open(f, err));
+    f->content_bytes = ckpt__file_content(f);
     CKPT_RETURN_IF_ERROR(ckpt__file_collect_tensors(f, err));
     if (f->opts.flags & CKPT_OPEN_VERIFY_CRC)
         CKPT_RETURN_IF_ERROR(ckpt_file_verify(f, err));
@@ -452,48 +453,263 @@ ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err)
     return CKPT_OK;
 }
 
+/* ---- verification -------------------------------------------------------- */
+
+/* The index check of one part of a sparse tensor: fed by the stream of the
+ * record holding it (its bytes [begin, end) there), or, when the part
+ * cannot be read that way (not contiguous, not in a zip record, bytes
+ * already in memory), read through its storage. */
+typedef struct verify_part {
+    ckpt__index_check c;
+    const char *name;          /* the tensor's */
+    size_t record;
+    uint64_t begin, end;
+    bool swap;                 /* a big-endian record */
+    bool direct;               /* read through its storage */
+    ckpt_status st;            /* its first problem, kept until its turn */
+    ckpt_error err;
+} verify_part;
+
+/* A part fed by a record, for sorting by record (then by plan order). */
+typedef struct part_ref {
+    size_t record, k;
+} part_ref;
+
+static int cmp_part_ref(const void *a, const void *b)
+{
+    const part_ref *x = a, *y = b;
+    if (x->record != y->record)
+        return x->record < y->record ? -1 : 1;
+    return x->k < y->k ? -1 : x->k > y->k;
+}
+
+typedef struct verify_stream {
+    verify_part *parts;
+    const part_ref *refs;      /* the parts fed by this record */
+    size_t count;
+} verify_stream;
+
+static ckpt_status verify_sink(void *user, uint64_t offset, const uint8_t *p, size_t n,
+                               ckpt_error *err)
+{
+    (void)err; /* a part's problem waits for its turn; the stream goes on */
+    verify_stream *v = user;
+    for (size_t k = 0; k < v->count; k++) {
+        verify_part *vp = &v->parts[v->refs[k].k];
+        uint64_t lo = offset > vp->begin ? offset : vp->begin;
+        uint64_t hi = offset + n < vp->end ? offset + n : vp->end;
+        if (vp->st == CKPT_OK && lo < hi)
+            vp->st = ckpt__index_check_bytes(&vp->c, p + (lo - offset), (size_t)(hi - lo),
+                                             vp->swap, &vp->err);
+    }
+    return CKPT_OK;
+}
+
+/* Plans the index checks of a sparse tensor's parts. */
+static ckpt_status verify_plan_sparse(ckpt_file *f, const ckpt_tensor *t, const char *name,
+                                      verify_part **parts, size_t *count, size_t *cap,
+                                      ckpt_error *err)
+{
+    unsigned n = ckpt__index_parts(t);
+    for (unsigned i = 0; i < n; i++) {
+        const ckpt__storage *s = t->parts[i]->storage;
+        const ckpt__storage *root = s && s->base ? s->base : s;
+        if (root && root->owner && root->owner != f)
+            return CKPT_OK; /* a shard's tensor: the shard's verification checks it */
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (*count == *cap) {
+            verify_part *p = ckpt__array_grow(*parts, cap, sizeof(**parts));
+            if (!p)
+                return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            *parts = p;
+        }
+        verify_part *vp = &(*parts)[(*count)++];
+        memset(vp, 0, sizeof(*vp));
+        ckpt__index_check_init(&vp->c, t, i);
+        vp->name = name;
+        vp->direct = true;
+        const ckpt_tensor *p = t->parts[i];
+        const ckpt__storage *s = p->storage;
+        const ckpt__storage *root = s && s->base ? s->base : s;
+        if (root && f->has_zip && root->record_index >= 0 && !root->resolved && p->numel &&
+            ckpt__tensor_is_contiguous(p)) {
+            vp->direct = false;
+            vp->record = (size_t)root->record_index;
+            /* inside the record: the view was checked against its storage */
+            vp->begin = s->base_offset + (uint64_t)p->storage_offset * ckpt_dtype_size(p->dtype);
+            vp->end = vp->begin + ckpt__tensor_nbytes(p);
+            vp->swap = root->big_endian;
+        }
+    }
+    return CKPT_OK;
+}
+
+/* What resolving a storage checks, without reading or copying its bytes. */
+static ckpt_status verify_storage(ckpt_file *f, const ckpt__storage *s, ckpt_error *err)
+{
+    if (s->base || (s->owner && s->owner != f) || s->record_index >= 0)
+        return CKPT_OK; /* a view of a root checked here; a shard's; a record checked above */
+    if (s->file_offset != CKPT_NO_OFFSET) {
+        uint64_t end;
+        if (!ckpt__add_u64(s->file_offset, s->nbytes, &end) || end > f->map_size)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                              "storage bytes run past the end of the file");
+    } else if (s->nbytes != 0 && !s->resolved) {
+        return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                          "storage '%s' has no data", s->key ? s->key : "?");
+    }
+    return CKPT_OK;
+}
+
+/* Drops the bytes of a storage that verification resolved: verifying keeps
+ * nothing that the caller did not ask for. */
+static void storage_release(ckpt_file *f, ckpt__storage *s)
+{
+    if (s->owned && s->record_index >= 0 && f->has_zip &&
+        f->zip.entries[s->record_index].method != 0)
+        f->inflated_total -= f->zip.entries[s->record_index].size;
+    free(s->owned);
+    s->owned = NULL;
+    s->data = NULL;
+    s->resolved = false;
+}
+
+/*
+ * Every record is read once, in order, in bounded memory (ckpt__zip_stream:
+ * deflated ones inflate through a small buffer, never held), its CRC32
+ * computed as its bytes pass; the index checks of sparse tensors take their
+ * bytes from the same pass. Each tensor object is checked once however
+ * many names it has. Nothing stays in memory afterwards: a storage that
+ * verification had to read in place (a sparse part that is not contiguous)
+ * is released again.
+ */
 ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    ckpt_status st = CKPT_OK, tensor_st = CKPT_OK;
+    ckpt_error tensor_err;
+    ckpt__ptr_set seen = {0};
+    verify_part *parts = NULL;
+    size_t nparts = 0, parts_cap = 0;
+    uint64_t index_bytes = 0;       /* sparse indices to go through */
+    part_ref *order = NULL;
+    bool *was_resolved = NULL;
+
+    /* Every tensor object once: its view against its storage (checked when
+     * the tree was built; again here so verify stands on its own), and the
+     * index checks of sparse tensors. Its problem waits for the records'. */
+    for (size_t i = 0; i < f->tensor_count && tensor_st == CKPT_OK; i++) {
+        ckpt_tensor *t = f->tensors[i].tensor;
+        int added = ckpt__ptr_set_add(&seen, t);
+        if (added < 0) {
+            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            goto out;
+        }
+        if (!added)
+            continue;
+        ckpt_tensor copy = *t;
+        tensor_st = ckpt__tensor_validate(&copy, &f->opts.limits, f->tensors[i].name,
+                                          CKPT_NO_OFFSET, &tensor_err);
+        if (tensor_st == CKPT_OK && t->layout != CKPT_LAYOUT_STRIDED) {
+            /* indices that repeat their storage (a stride of 0) are bounded
+             * like any values gone through */
+            for (unsigned k = 0; k < ckpt__index_parts(t); k++) {
+                uint64_t n = ckpt__tensor_nbytes(t->parts[k]);
+                index_bytes = index_bytes + n < index_bytes ? UINT64_MAX : index_bytes + n;
+            }
+            st = ckpt_file_check_output(f, index_bytes, f->tensors[i].name, err);
+            if (st == CKPT_OK)
+                st = verify_plan_sparse(f, t, f->tensors[i].name, &parts, &nparts, &parts_cap,
+                                        err);
+            if (st != CKPT_OK)
+                goto out;
+        }
+    }
+
     if (f->has_zip) {
+        /* the parts each record feeds, in record order */
+        order = malloc((nparts ? nparts : 1) * sizeof(*order));
+        if (!order) {
+            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            goto out;
+        }
+        size_t streamed = 0;
+        for (size_t k = 0; k < nparts; k++) {
+            if (!parts[k].direct)
+                order[streamed++] = (part_ref){parts[k].record, k};
+        }
+        qsort(order, streamed, sizeof(*order), cmp_part_ref);
+        size_t at = 0;
         for (size_t i = 0; i < f->zip.count; i++) {
-            /* checking a deflated record inflates it (for a while) */
-            const ckpt__zip_entry *e = &f->zip.entries[i];
-            uint64_t total;
-            if (e->method != 0 && (!ckpt__add_u64(f->inflated_total, e->size, &total) ||
-                                   total > f->opts.limits.max_total_inflated_bytes))
-                return ckpt__fail(err, CKPT_ERR_LIMIT, e->name, CKPT_NO_OFFSET,
-                                  "checking this record would hold %llu inflated bytes "
-                                  "(limit max_total_inflated_bytes %llu)",
-                                  (unsigned long long)(f->inflated_total + e->size),
-                                  (unsigned long long)f->opts.limits.max_total_inflated_bytes);
-            CKPT_RETURN_IF_ERROR(ckpt__zip_check_crc(&f->zip, i, &f->opts.limits, err));
+            verify_stream vs = {.parts = parts, .refs = order + at, .count = 0};
+            while (at + vs.count < streamed && order[at + vs.count].record == i)
+                vs.count++;
+            st = ckpt__zip_stream(&f->zip, i, &f->opts.limits, vs.count ? verify_sink : NULL,
+                                  &vs, err);
+            if (st != CKPT_OK)
+                goto out;
+            for (size_t k = 0; k < vs.count; k++) {
+                verify_part *vp = &parts[vs.refs[k].k];
+                if (vp->st == CKPT_OK)
+                    vp->st = ckpt__index_check_end(&vp->c, &vp->err);
+            }
+            at += vs.count;
         }
     }
     for (size_t i = 0; i < f->shard_count; i++) {
-        ckpt_status st = ckpt_file_verify(f->shards[i], err);
+        st = ckpt_file_verify(f->shards[i], err);
         if (st != CKPT_OK) {
             ckpt__error_prefix_record(err, f->records[i].name);
-            return st;
+            goto out;
         }
     }
-    /* Every tensor was checked against its storage when the tree was built;
-     * check again here so verify stands on its own, then touch the data. */
-    for (size_t i = 0; i < f->tensor_count; i++) {
-        ckpt_tensor *t = f->tensors[i].tensor;
-        ckpt_tensor copy = *t;
-        CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(&copy, &f->opts.limits, f->tensors[i].name,
-                                                   CKPT_NO_OFFSET, err));
-        if (t->layout != CKPT_LAYOUT_STRIDED) {
-            ckpt_status st = ckpt__sparse_check(f, t, err);
-            if (st != CKPT_OK) {
-                ckpt__error_prefix_record(err, f->tensors[i].name);
-                return st;
-            }
+    if (tensor_st != CKPT_OK) {
+        st = tensor_st;
+        if (err)
+            *err = tensor_err;
+        goto out;
+    }
+
+    /* sparse indices, tensor by tensor */
+    was_resolved = malloc((f->storage_count ? f->storage_count : 1) * sizeof(*was_resolved));
+    if (!was_resolved) {
+        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < f->storage_count; i++)
+        was_resolved[i] = f->storages[i]->resolved;
+    for (size_t k = 0; k < nparts; k++) {
+        verify_part *vp = &parts[k];
+        if (vp->direct)
+            vp->st = ckpt__index_check_part(&vp->c, &vp->err);
+        if (vp->st != CKPT_OK) {
+            st = vp->st;
+            if (err)
+                *err = vp->err;
+            ckpt__error_prefix_record(err, vp->name);
+            goto out;
         }
     }
-    return ckpt_file_resolve_all(f, err);
+    for (size_t i = 0; i < f->storage_count; i++) {
+        st = verify_storage(f, f->storages[i], err);
+        if (st != CKPT_OK)
+            goto out;
+    }
+
+out:
+    if (was_resolved) {
+        for (size_t i = 0; i < f->storage_count; i++) {
+            if (!was_resolved[i] && f->storages[i]->resolved)
+                storage_release(f, f->storages[i]);
+        }
+    }
+    free(was_resolved);
+    free(order);
+    free(parts);
+    ckpt__ptr_set_free(&seen);
+    return st;
 }
 
 /* ---- the named tensor list --------------------------------------------- */

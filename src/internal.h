@@ -95,6 +95,17 @@ static inline void ckpt__buf_put(ckpt__buf *b, const void *p, size_t n)
  * array, or NULL when out of memory (items and *cap are then unchanged). */
 void *ckpt__array_grow(void *items, size_t *cap, size_t elem);
 
+/* Pointers, by address (zero-initialise it; free with ckpt__ptr_set_free). */
+typedef struct ckpt__ptr_set {
+    const void **slots;
+    size_t cap, count;
+} ckpt__ptr_set;
+
+/* Adds v (not NULL): 1 when it is new, 0 when it was there, -1 when out of
+ * memory. */
+int ckpt__ptr_set_add(ckpt__ptr_set *p, const void *v);
+void ckpt__ptr_set_free(ckpt__ptr_set *p);
+
 /* ---- arena: every value of a file lives here, freed at once ----------- */
 
 typedef struct ckpt__arena_block ckpt__arena_block;
@@ -158,8 +169,38 @@ struct ckpt_tensor {
 ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t offset,
                                   ckpt_error *err);
 /* Checks every index of a sparse tensor against its shape (and compressed
- * indices for monotony). */
+ * indices for monotony), reading its parts a piece at a time. */
 ckpt_status ckpt__sparse_check(ckpt_file *f, const ckpt_tensor *t, ckpt_error *err);
+
+/* The index check of one part of a sparse tensor, fed the part's indices
+ * in row-major order as they come (a piece of a record at a time): COO
+ * indices (part 0) against the shape, compressed indices (part 0) from 0 to
+ * nnz without decreasing, plain indices (part 1) against the other size. */
+typedef struct ckpt__index_check {
+    const ckpt_tensor *t;       /* the sparse tensor */
+    unsigned part;
+    uint64_t count;             /* indices seen */
+    int64_t first, prev;
+    uint64_t decrease_at;       /* first place compressed indices decrease */
+    int64_t minor;              /* compressed layouts: bound of plain indices */
+    uint64_t nnz;
+    uint8_t partial[8];         /* an index split between pieces */
+    size_t partial_len;
+} ckpt__index_check;
+
+/* Parts of t whose indices are checked: 0, 1 (COO) or 2. */
+unsigned ckpt__index_parts(const ckpt_tensor *t);
+void ckpt__index_check_init(ckpt__index_check *c, const ckpt_tensor *t, unsigned part);
+/* Bytes of the part (its dtype, byte-swapped first when swap). */
+ckpt_status ckpt__index_check_bytes(ckpt__index_check *c, const uint8_t *p, size_t n, bool swap,
+                                    ckpt_error *err);
+ckpt_status ckpt__index_check_values(ckpt__index_check *c, const int64_t *v, size_t n,
+                                     ckpt_error *err);
+/* After the last index: what only the whole part tells. */
+ckpt_status ckpt__index_check_end(ckpt__index_check *c, ckpt_error *err);
+/* Reads the whole part through its storage (ckpt__tensor_read) into c,
+ * then ends it. */
+ckpt_status ckpt__index_check_part(ckpt__index_check *c, ckpt_error *err);
 /* Writes the dense array of a sparse tensor into dst (nbytes, zeroed here). */
 ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *dst,
                                   ckpt_error *err);
@@ -221,6 +262,10 @@ bool ckpt__tensor_is_contiguous(const ckpt_tensor *t);
 /* The tensor's byte count (numel x element size, rounded up for sub-byte);
  * numel must be validated. */
 uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t);
+/* ckpt_tensor_copy without the max_output_ratio check: for copies into
+ * memory the caller sized from its own shapes (a C model's parameters). */
+ckpt_status ckpt__tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size_t dst_size,
+                              ckpt_error *err);
 /* Byte-swaps n elements of elem_size bytes in place (complex: per half). */
 void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype);
 
@@ -378,9 +423,40 @@ long ckpt__zip_find(const ckpt__zip *z, const char *name);
  * ones are inflated into a malloc'd buffer returned in *owned too. */
 ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                            const uint8_t **data, uint8_t **owned, ckpt_error *err);
-/* Checks the entry's CRC32 (of the inflated bytes for deflated entries). */
+/* Checks the entry's CRC32 (of the inflated bytes for deflated entries) as
+ * ckpt__zip_stream does: in bounded memory. */
 ckpt_status ckpt__zip_check_crc(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                                 ckpt_error *err);
+
+/* Receives an entry's bytes in order: offset is where p starts in the
+ * entry. A status other than CKPT_OK stops the reading and is returned. */
+typedef ckpt_status (*ckpt__zip_sink)(void *user, uint64_t offset, const uint8_t *p, size_t n,
+                                      ckpt_error *err);
+/* Reads an entry once, in order, a piece of at most 256 KiB at a time:
+ * stored entries from the map, deflated ones inflated through one small
+ * buffer (never held whole: memory does not grow with the entry). Checks
+ * the inflate limits first, then, as the bytes pass, the declared size, the
+ * end of the deflate stream and the CRC32. sink may be NULL. */
+ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                             ckpt__zip_sink sink, void *user, ckpt_error *err);
+
+/* Raw deflate, inflated a piece at a time (zlib's streaming inflate). */
+typedef enum ckpt__inflate_result {
+    CKPT__INFLATE_OK = 0,      /* exactly out_size bytes, the stream ends at the input's end */
+    CKPT__INFLATE_SHORT,       /* the stream ends before out_size bytes */
+    CKPT__INFLATE_LONG,        /* it holds more than out_size bytes (no more is made) */
+    CKPT__INFLATE_TRAILING,    /* it ends before the input does (*in_used: where) */
+    CKPT__INFLATE_BAD,         /* invalid deflate data, or input that ends inside it */
+    CKPT__INFLATE_STOPPED,     /* the sink said stop */
+    CKPT__INFLATE_NOMEM
+} ckpt__inflate_result;
+/* Gets each inflated piece (at most 256 KiB); false stops the inflating. */
+typedef bool (*ckpt__inflate_sink)(void *user, const uint8_t *p, size_t n);
+/* Inflates in[0..in_size), expecting out_size bytes, handing them to sink
+ * (may be NULL) as they come; holds one piece at most. *in_used (may be
+ * NULL) gets the input bytes the stream took. */
+ckpt__inflate_result ckpt__inflate(const uint8_t *in, uint64_t in_size, uint64_t out_size,
+                                   ckpt__inflate_sink sink, void *user, uint64_t *in_used);
 
 /* ---- formats ----------------------------------------------------------- */
 
@@ -402,6 +478,7 @@ struct ckpt_file {
     ckpt__zip zip;
     bool has_zip;
     uint64_t inflated_total;      /* bytes of inflated records held */
+    uint64_t content_bytes;       /* what the file holds (output.c), set at open */
 
     ckpt__storage **storages;
     size_t storage_count, storage_cap;
@@ -528,6 +605,45 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err);
 /* Sets s->data: zero-copy into the map when aligned and native-endian,
  * else a copy (byte-swapped when big-endian). */
 ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err);
+
+/* ---- bounded output (output.c) --------------------------------------- */
+
+/* Slack of max_output_ratio: small files may always make this much. */
+#define CKPT__OUTPUT_SLACK ((uint64_t)64 << 20)
+
+/* What a file holds: its size, deflated records counted inflated, a
+ * sharded index's shards added (their content_bytes). */
+uint64_t ckpt__file_content(const ckpt_file *f);
+/* The name f lists tensor t under (its first), or NULL. Linear: for
+ * messages. */
+const char *ckpt__file_tensor_name(const ckpt_file *f, const ckpt_tensor *t);
+
+/*
+ * What a save makes from the tensors of open files, against what those
+ * files allow: the sum over the files it reads of max_output_ratio times
+ * their content, plus CKPT__OUTPUT_SLACK once. Bytes from caller memory
+ * (trees' own tensors) are not counted: the caller holds them already.
+ */
+typedef struct ckpt__output_budget {
+    ckpt__ptr_set files;        /* the files seen */
+    uint64_t allowed;           /* saturating */
+    uint64_t held;              /* what the files seen hold, saturating */
+    uint64_t made;              /* saturating */
+    uint64_t largest;           /* the largest single piece counted */
+    const ckpt_tensor *largest_tensor;  /* it, when it is a tensor's */
+    const ckpt__storage *largest_storage; /* else the storage's */
+    const ckpt_file *largest_file;
+    bool failed;                /* out of memory */
+} ckpt__output_budget;
+
+/* Counts bytes made from tensor t (a strided tensor of a file or a tree;
+ * a cast counts as made from its source's file). */
+void ckpt__output_add_tensor(ckpt__output_budget *b, const ckpt_tensor *t, uint64_t bytes);
+/* The same for a whole storage written out. */
+void ckpt__output_add_storage(ckpt__output_budget *b, const ckpt__storage *s, uint64_t bytes);
+/* CKPT_OK when what was counted fits; else CKPT_ERR_LIMIT naming the
+ * largest piece. Frees the budget's memory either way. */
+ckpt_status ckpt__output_check(ckpt__output_budget *b, ckpt_error *err);
 
 /* ---- trees and streaming (writers) ---------------------------------- */
 

@@ -1280,7 +1280,7 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
             tmp = convert ? malloc((size_t)nb) : dst;
             if (!tmp)
                 return nomem(c->err);
-            ckpt_status st = ckpt_tensor_copy(c->f, pl->t, tmp, (size_t)nb, c->err);
+            ckpt_status st = ckpt__tensor_copy(c->f, pl->t, tmp, (size_t)nb, c->err);
             if (st != CKPT_OK) {
                 if (tmp != dst)
                     free(tmp);

@@ -343,7 +343,7 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
         if (!tmp)
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         else
-            st = ckpt_tensor_copy(f, t, tmp, (size_t)p->numel * es, err);
+            st = ckpt__tensor_copy(f, t, tmp, (size_t)p->numel * es, err);
         if (st == CKPT_OK && tmp != dst)
             st = ckpt_convert_dtype(CKPT_FLOAT32, dst, ti.dtype, tmp, (size_t)p->numel);
         if (tmp != dst)
@@ -381,7 +381,7 @@ static ckpt_status read_step(ckpt_file *f, const ckpt_value *v, size_t i, int64_
             return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                               "optimizer state %zu: \"step\" has dtype %s", i,
                               ckpt_dtype_name(ti.dtype));
-        CKPT_RETURN_IF_ERROR(ckpt_tensor_copy(f, t, u.b, es, err));
+        CKPT_RETURN_IF_ERROR(ckpt__tensor_copy(f, t, u.b, es, err));
         switch (ti.dtype) {
         case CKPT_FLOAT32: d = u.f32; break;
         case CKPT_FLOAT64: d = u.f64; break;

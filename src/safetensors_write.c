@@ -724,6 +724,14 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
             max_tensor = c.tensors[i].nbytes;
     }
 
+    /* each tensor is written contiguous: views that repeat their storage
+     * make more than their files hold */
+    ckpt__output_budget made = {0};
+    for (size_t i = 0; i < c.ntensors; i++)
+        ckpt__output_add_tensor(&made, c.tensors[i].t, c.tensors[i].nbytes);
+    if ((st = ckpt__output_check(&made, err)) != CKPT_OK)
+        goto done;
+
     build_header(&c, &h);
     if (h.b.failed) {
         st = nomem(err);

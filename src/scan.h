@@ -38,6 +38,8 @@ typedef struct scan_ctx {
     size_t uses_cap, uses_count;
     uint64_t file_dev, file_ino; /* the file ckpt_scan_file scans */
     struct scan_seen *shards_seen; /* a sharded index: shard files scanned (scan.c) */
+    uint64_t inflated_held;      /* deflated records held inflated now, nested archives
+                                    included: at most max_pickle_bytes (scan_zip.c) */
 } scan_ctx;
 
 /* Adds a finding (strings are copied). Only out of memory fails. record

@@ -654,10 +654,50 @@ static ckpt_status coverage(zscan *z)
 
 /* ---- reading entries ---------------------------------------------------- */
 
-/* The entry's bytes (inflated when deflated): *owned is malloc'd when not
- * NULL. *ok false: not readable (said once). */
-static ckpt_status entry_bytes(zscan *z, zentry *e, const uint8_t **out, uint8_t **owned,
-                               uint64_t *file_base, bool *ok)
+/* The first bytes of a deflated entry, inflated (no more than asked). */
+typedef struct head_sink {
+    uint8_t *p;
+    size_t want, got;
+} head_sink;
+
+static bool head_piece(void *user, const uint8_t *p, size_t n)
+{
+    head_sink *h = user;
+    size_t take = h->want - h->got < n ? h->want - h->got : n;
+    memcpy(h->p + h->got, p, take);
+    h->got += take;
+    return h->got < h->want;
+}
+
+/* Inflates the first bytes of a deflated entry into head (at most cap):
+ * how many there are (fewer when the stream is shorter or broken). */
+static size_t entry_head(const zscan *z, const zentry *e, uint8_t *head, size_t cap)
+{
+    head_sink h = {head, cap < e->size ? cap : (size_t)e->size, 0};
+    if (h.want)
+        (void)ckpt__inflate(z->data + e->data_offset, e->comp_size, e->size, head_piece, &h,
+                            NULL);
+    return h.got;
+}
+
+/* Python's pickle opcodes (pickletools), protocols 0 to 5: a stream whose
+ * first byte is none of them fails there, in every unpickler. */
+static bool is_opcode(uint8_t c)
+{
+    if (c >= 0x80)
+        return c <= 0x98;
+    return c != 0 && strchr("IJKMLSTUBCNVXFG]ael)t}dsu02(1ghjpqrcRbio.PQ", c) != NULL;
+}
+
+/*
+ * The entry's bytes (inflated when deflated): *owned is malloc'd when not
+ * NULL. *ok false: not readable (said once). A deflated entry is inflated
+ * whole only up to hold_max bytes (max_pickle_bytes for what may be a
+ * pickle, less for small records); a larger one is a limit finding, never
+ * held.
+ */
+static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uint8_t **out,
+                               uint8_t **owned, uint64_t *file_base, bool *ok)
 {
     char rec[256];
     *out = NULL;
@@ -687,6 +727,14 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, const uint8_t **out, uint8_t
         return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
                     "the entry inflates to %llu bytes from %llu, past max_inflated_bytes or "
                     "max_inflate_ratio: not checked", ull(e->size), ull(e->comp_size));
+    /* what is held at once, archives inside archives included */
+    uint64_t held;
+    if (e->size > hold_max || !ckpt__add_u64(z->s->inflated_held, e->size, &held) ||
+        held > lim->max_pickle_bytes)
+        return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
+                    "the entry inflates to %llu bytes, more than a scan holds to read it "
+                    "(%llu, and max_pickle_bytes for every record held at once): not checked",
+                    ull(e->size), ull(hold_max));
     uint8_t *buf = malloc(e->size ? (size_t)e->size : 1);
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
     if (!buf || !d) {
@@ -705,10 +753,20 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, const uint8_t **out, uint8_t
                     "declares: readers disagree on its content", ull(e->size));
     }
     e->len = e->size;
+    z->s->inflated_held = held;
     *out = buf;
     *owned = buf;
     *ok = true;
     return CKPT_OK;
+}
+
+/* Frees what entry_bytes inflated. */
+static void entry_release(zscan *z, const zentry *e, uint8_t *owned)
+{
+    if (owned) {
+        z->s->inflated_held -= e->size;
+        free(owned);
+    }
 }
 
 static ckpt_status check_crc(zscan *z, const zentry *e, const uint8_t *p)
@@ -977,11 +1035,26 @@ static ckpt_status scan_other(zscan *z, zentry *e)
         memcmp(head, "7z\xbc\xaf\x27\x1c", 6) != 0 && memcmp(head, "\x93NUMPY", 6) != 0 &&
         !ckpt__scan_is_pickle(z->s, head, (size_t)stored))
         return CKPT_OK;
+    /* The same for a large deflated record, judged by its first bytes: an
+     * archive, a numpy array, or a first byte that starts a pickle (any
+     * other fails at once in every unpickler) is inflated and read, up to
+     * max_pickle_bytes; anything else is data, never inflated past its
+     * head. */
+    if (e->method == 8 && e->local_ok && e->size > PROBE_MAX && !named_pickle) {
+        uint8_t first[8];
+        size_t got = entry_head(z, e, first, sizeof(first));
+        if (got == sizeof(first) && !(ckpt__le32(first) == SIG_LOCAL ||
+                                      ckpt__le32(first) == SIG_EOCD) &&
+            memcmp(first, "7z\xbc\xaf\x27\x1c", 6) != 0 &&
+            memcmp(first, "\x93NUMPY", 6) != 0 && !is_opcode(first[0]))
+            return CKPT_OK;
+    }
     const uint8_t *p;
     uint8_t *owned;
     uint64_t base;
     bool ok;
-    CKPT_RETURN_IF_ERROR(entry_bytes(z, e, &p, &owned, &base, &ok));
+    CKPT_RETURN_IF_ERROR(
+        entry_bytes(z, e, z->s->limits.max_pickle_bytes, &p, &owned, &base, &ok));
     if (!ok)
         return CKPT_OK;
     ckpt_status st = check_crc(z, e, p);
@@ -1009,7 +1082,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
             st = scan_entry_pickle(z, e, p, base, z->torchscript);
     }
 out:
-    free(owned);
+    entry_release(z, e, owned);
     return st;
 }
 
@@ -1141,7 +1214,8 @@ static ckpt_status torch_pass(zscan *z)
         uint8_t *owned;
         uint64_t base;
         bool ok;
-        CKPT_RETURN_IF_ERROR(entry_bytes(z, e, &p, &owned, &base, &ok));
+        CKPT_RETURN_IF_ERROR(
+            entry_bytes(z, e, z->s->limits.max_pickle_bytes, &p, &owned, &base, &ok));
         if (!ok)
             continue;
         ckpt_status st = check_crc(z, e, p);
@@ -1152,7 +1226,7 @@ static ckpt_status torch_pass(zscan *z)
             else
                 st = scan_entry_pickle(z, e, p, base, true);
         }
-        free(owned);
+        entry_release(z, e, owned);
         CKPT_RETURN_IF_ERROR(st);
     }
 
@@ -1175,7 +1249,7 @@ static ckpt_status torch_pass(zscan *z)
             continue;
         }
         e->handled = true;
-        CKPT_RETURN_IF_ERROR(entry_bytes(z, e, &p, &owned, &base, &ok));
+        CKPT_RETURN_IF_ERROR(entry_bytes(z, e, 4096, &p, &owned, &base, &ok));
         if (!ok)
             continue;
         ckpt_status st = check_crc(z, e, p);
@@ -1189,7 +1263,7 @@ static ckpt_status torch_pass(zscan *z)
         }
         if (st == CKPT_OK)
             st = scan_if_pickle(z, e, p, base, "the text record");
-        free(owned);
+        entry_release(z, e, owned);
         CKPT_RETURN_IF_ERROR(st);
     }
 

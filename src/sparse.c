@@ -81,7 +81,10 @@ ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t o
                             ? t->shape[0] : t->shape[1];
         if (block_dims) {
             int64_t blk = t->layout == CKPT_LAYOUT_SPARSE_BSR ? values->shape[1] : values->shape[2];
-            if (blk <= 0 || major % blk != 0)
+            int64_t minor = t->layout == CKPT_LAYOUT_SPARSE_BSR ? t->shape[1] : t->shape[0];
+            int64_t mblk = t->layout == CKPT_LAYOUT_SPARSE_BSR ? values->shape[2]
+                                                              : values->shape[1];
+            if (blk <= 0 || major % blk != 0 || mblk <= 0 || minor % mblk != 0)
                 return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
                                   "%s tensor: blocks do not tile the size", lname);
             major /= blk;
@@ -108,6 +111,12 @@ static ckpt_status part_copy(ckpt_file *f, const ckpt_tensor *p, void **out, ckp
 {
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(p, &ti);
+    /* the limits first (a part may repeat its storage; its storage may be
+     * a deflated record), then the copy is allocated */
+    const void *data;
+    *out = NULL;
+    CKPT_RETURN_IF_ERROR(ckpt_file_check_output(f, ti.nbytes, "sparse tensor part", err));
+    CKPT_RETURN_IF_ERROR(ckpt_tensor_data(f, p, &data, NULL, err));
     *out = malloc(ti.nbytes ? (size_t)ti.nbytes : 1);
     if (!*out)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
@@ -201,59 +210,185 @@ static ckpt_status index_fail(ckpt_error *err, const ckpt_tensor *p, uint64_t i0
     return st;
 }
 
-static ckpt_status check_indices(const ckpt_tensor *t, const sparse_view *v, ckpt_error *err)
+/* The size plain indices of a compressed layout must stay under (in blocks
+ * for BSR/BSC). */
+static int64_t minor_size(const ckpt_tensor *t)
 {
-    const char *lname = ckpt_layout_name((ckpt_layout)t->layout);
-    if (!compressed(t)) {
-        for (uint64_t d = 0; d < v->sparse_dim; d++) {
-            for (uint64_t k = 0; k < v->nnz; k++) {
-                int64_t i = v->idx[d * v->nnz + k];
-                if (i < 0 || i >= t->shape[d])
-                    return index_fail(err, t->parts[0], d, k,
-                                      "sparse_coo tensor: index %lld of element %llu is out of "
-                                      "bounds for dimension %llu of size %lld",
-                                      (long long)i, (unsigned long long)k, (unsigned long long)d,
-                                      (long long)t->shape[d]);
-            }
-        }
-        return CKPT_OK;
-    }
     bool row_major = t->layout == CKPT_LAYOUT_SPARSE_CSR || t->layout == CKPT_LAYOUT_SPARSE_BSR;
     const ckpt_tensor *values = t->parts[2];
     int64_t minor = row_major ? t->shape[1] : t->shape[0];
     if (t->layout == CKPT_LAYOUT_SPARSE_BSR)
-        minor /= values->shape[2];
+        minor /= values->shape[2];   /* > 0: ckpt__sparse_validate */
     else if (t->layout == CKPT_LAYOUT_SPARSE_BSC)
         minor /= values->shape[1];
-    uint64_t n = (uint64_t)t->parts[0]->shape[0];
-    if (v->idx[0] != 0 || (uint64_t)v->idx[n - 1] != v->nnz)
-        return index_fail(err, t->parts[0], v->idx[0] != 0 ? 0 : n - 1, 0,
-                          "%s tensor: compressed indices must run from 0 to nnz (%lld to %lld, "
-                          "nnz %llu)", lname, (long long)v->idx[0], (long long)v->idx[n - 1],
-                          (unsigned long long)v->nnz);
-    for (uint64_t r = 0; r + 1 < n; r++) {
-        if (v->idx[r + 1] < v->idx[r])
-            return index_fail(err, t->parts[0], r + 1, 0,
-                              "%s tensor: compressed indices decrease at %llu", lname,
-                              (unsigned long long)r);
+    return minor;
+}
+
+void ckpt__index_check_init(ckpt__index_check *c, const ckpt_tensor *t, unsigned part)
+{
+    memset(c, 0, sizeof(*c));
+    c->t = t;
+    c->part = part;
+    c->decrease_at = UINT64_MAX;
+    if (compressed(t)) {
+        c->minor = minor_size(t);
+        c->nnz = (uint64_t)t->parts[2]->shape[0];
     }
-    for (uint64_t k = 0; k < v->nnz; k++) {
-        if (v->plain[k] < 0 || v->plain[k] >= minor)
-            return index_fail(err, t->parts[1], k, 0,
-                              "%s tensor: plain index %lld of element %llu is out of bounds (%lld)",
-                              lname, (long long)v->plain[k], (unsigned long long)k,
-                              (long long)minor);
+}
+
+unsigned ckpt__index_parts(const ckpt_tensor *t)
+{
+    return t->layout == CKPT_LAYOUT_STRIDED ? 0 : compressed(t) ? 2 : 1;
+}
+
+/* The rules, one index at a time, in the part's row-major order. */
+static ckpt_status check_index(ckpt__index_check *c, int64_t i, ckpt_error *err)
+{
+    const ckpt_tensor *t = c->t;
+    const char *lname = ckpt_layout_name((ckpt_layout)t->layout);
+    uint64_t j = c->count++;
+    if (!compressed(t)) {
+        /* indices [sparse_dim, nnz]: there is an element, so nnz > 0 */
+        uint64_t nnz = (uint64_t)t->parts[0]->shape[1];
+        uint64_t d = j / nnz, k = j % nnz;
+        if (i < 0 || i >= t->shape[d])
+            return index_fail(err, t->parts[0], d, k,
+                              "sparse_coo tensor: index %lld of element %llu is out of "
+                              "bounds for dimension %llu of size %lld",
+                              (long long)i, (unsigned long long)k, (unsigned long long)d,
+                              (long long)t->shape[d]);
+        return CKPT_OK;
+    }
+    if (c->part == 0) {
+        /* compressed indices: judged at the end, in the order 0, nnz, monotony */
+        if (j == 0)
+            c->first = i;
+        else if (i < c->prev && c->decrease_at == UINT64_MAX)
+            c->decrease_at = j;
+        c->prev = i;
+        return CKPT_OK;
+    }
+    if (i < 0 || i >= c->minor)
+        return index_fail(err, t->parts[1], j, 0,
+                          "%s tensor: plain index %lld of element %llu is out of bounds (%lld)",
+                          lname, (long long)i, (unsigned long long)j, (long long)c->minor);
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__index_check_values(ckpt__index_check *c, const int64_t *v, size_t n,
+                                     ckpt_error *err)
+{
+    for (size_t k = 0; k < n; k++)
+        CKPT_RETURN_IF_ERROR(check_index(c, v[k], err));
+    return CKPT_OK;
+}
+
+static int64_t load_index(const uint8_t *p, size_t size, bool swap)
+{
+    if (size == 8) {
+        uint64_t u;
+        memcpy(&u, p, 8);
+        if (swap)
+            u = __builtin_bswap64(u);
+        return (int64_t)u;
+    }
+    uint32_t u;
+    memcpy(&u, p, 4);
+    if (swap)
+        u = __builtin_bswap32(u);
+    return (int32_t)u;
+}
+
+ckpt_status ckpt__index_check_bytes(ckpt__index_check *c, const uint8_t *p, size_t n, bool swap,
+                                    ckpt_error *err)
+{
+    size_t es = ckpt_dtype_size(c->t->parts[c->part]->dtype); /* 4 or 8: validated */
+    while (n) {
+        if (c->partial_len || n < es) {
+            /* an index split between two pieces */
+            size_t take = es - c->partial_len < n ? es - c->partial_len : n;
+            memcpy(c->partial + c->partial_len, p, take);
+            c->partial_len += take;
+            p += take;
+            n -= take;
+            if (c->partial_len < es)
+                break;
+            c->partial_len = 0;
+            CKPT_RETURN_IF_ERROR(check_index(c, load_index(c->partial, es, swap), err));
+            continue;
+        }
+        size_t whole = n / es * es;
+        for (size_t k = 0; k < whole; k += es)
+            CKPT_RETURN_IF_ERROR(check_index(c, load_index(p + k, es, swap), err));
+        p += whole;
+        n -= whole;
     }
     return CKPT_OK;
 }
 
+ckpt_status ckpt__index_check_end(ckpt__index_check *c, ckpt_error *err)
+{
+    const ckpt_tensor *t = c->t;
+    if (!compressed(t) || c->part != 0)
+        return CKPT_OK;
+    const char *lname = ckpt_layout_name((ckpt_layout)t->layout);
+    uint64_t n = c->count; /* the part's entries: major + 1 >= 1 */
+    if (n == 0 || c->first != 0 || (uint64_t)c->prev != c->nnz)
+        return index_fail(err, t->parts[0], c->first != 0 || n == 0 ? 0 : n - 1, 0,
+                          "%s tensor: compressed indices must run from 0 to nnz (%lld to %lld, "
+                          "nnz %llu)", lname, (long long)c->first, (long long)c->prev,
+                          (unsigned long long)c->nnz);
+    if (c->decrease_at != UINT64_MAX)
+        return index_fail(err, t->parts[0], c->decrease_at, 0,
+                          "%s tensor: compressed indices decrease at %llu", lname,
+                          (unsigned long long)(c->decrease_at - 1));
+    return CKPT_OK;
+}
+
+static ckpt_status check_indices(const ckpt_tensor *t, const sparse_view *v, ckpt_error *err)
+{
+    ckpt__index_check c;
+    ckpt__index_check_init(&c, t, 0);
+    uint64_t n0 = compressed(t) ? (uint64_t)t->parts[0]->shape[0] : v->sparse_dim * v->nnz;
+    CKPT_RETURN_IF_ERROR(ckpt__index_check_values(&c, v->idx, (size_t)n0, err));
+    CKPT_RETURN_IF_ERROR(ckpt__index_check_end(&c, err));
+    if (!compressed(t))
+        return CKPT_OK;
+    ckpt__index_check_init(&c, t, 1);
+    CKPT_RETURN_IF_ERROR(ckpt__index_check_values(&c, v->plain, (size_t)v->nnz, err));
+    return ckpt__index_check_end(&c, err);
+}
+
+ckpt_status ckpt__index_check_part(ckpt__index_check *c, ckpt_error *err)
+{
+    const ckpt_tensor *p = c->t->parts[c->part];
+    uint64_t nbytes = ckpt__tensor_nbytes(p);
+    enum { PIECE = 65536 }; /* a multiple of every index size */
+    uint8_t *buf = malloc(PIECE);
+    if (!buf)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    ckpt_status st = CKPT_OK;
+    for (uint64_t off = 0; off < nbytes && st == CKPT_OK;) {
+        size_t len = nbytes - off < PIECE ? (size_t)(nbytes - off) : PIECE;
+        const uint8_t *q;
+        st = ckpt__tensor_read(p, off, len, buf, &q, err);
+        if (st == CKPT_OK)
+            st = ckpt__index_check_bytes(c, q, len, false, err); /* native order once read */
+        off += len;
+    }
+    free(buf);
+    return st == CKPT_OK ? ckpt__index_check_end(c, err) : st;
+}
+
 ckpt_status ckpt__sparse_check(ckpt_file *f, const ckpt_tensor *t, ckpt_error *err)
 {
-    sparse_view v;
-    CKPT_RETURN_IF_ERROR(load_indices(f, t, &v, err));
-    ckpt_status st = check_indices(t, &v, err);
-    view_free(&v);
-    return st;
+    (void)f; /* parts read their storages through their own files */
+    for (unsigned i = 0; i < ckpt__index_parts(t); i++) {
+        ckpt__index_check c;
+        ckpt__index_check_init(&c, t, i);
+        CKPT_RETURN_IF_ERROR(ckpt__index_check_part(&c, err));
+    }
+    return CKPT_OK;
 }
 
 /* dst[i] += src[i] for one element of dtype d; false when d has no sum here. */

@@ -180,6 +180,21 @@ ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size
     if (!f || !t || (!dst && dst_size))
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
     uint64_t nbytes = ckpt__tensor_nbytes(t);
+    if (nbytes > CKPT__OUTPUT_SLACK &&
+        ckpt_file_check_output(f, nbytes, NULL, err) != CKPT_OK) {
+        /* the file's name for it, looked up only now */
+        const char *name = ckpt__file_tensor_name(f, t);
+        return ckpt_file_check_output(f, nbytes, name, err);
+    }
+    return ckpt__tensor_copy(f, t, dst, dst_size, err);
+}
+
+ckpt_status ckpt__tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size_t dst_size,
+                              ckpt_error *err)
+{
+    if (!f || !t || (!dst && dst_size))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    uint64_t nbytes = ckpt__tensor_nbytes(t);
     if (dst_size < nbytes)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "destination holds %zu bytes, tensor needs %llu", dst_size,

@@ -271,6 +271,14 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     if (st != CKPT_OK)
         goto done;
 
+    /* storages are written once each; casts make new ones, and a legacy
+     * file's storage views become storages of their own */
+    ckpt__output_budget made = {0};
+    for (size_t i = 0; i < sv.count; i++)
+        ckpt__output_add_storage(&made, sv.list[i].s, sv.list[i].s->nbytes);
+    if ((st = ckpt__output_check(&made, err)) != CKPT_OK)
+        goto done;
+
     uint64_t total = 0;
     order = malloc((sv.count ? sv.count : 1) * sizeof(*order));
     size_t prefix_len = strlen(prefix);

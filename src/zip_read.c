@@ -23,8 +23,10 @@
 #include "internal.h"
 
 #include <libdeflate.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 /* ---- zip constants (APPNOTE.TXT) --------------------------------------- */
 
@@ -58,6 +60,10 @@
 /* Deflate streams shorter than this may inflate to anything up to it, whatever
  * the ratio: tiny records (a version string) must not trip the bomb check. */
 #define ZIP_INFLATE_SLACK    4096u
+
+/* Streaming reads hand out pieces of at most this many bytes: the most an
+ * inflating reader ever holds of an entry. */
+#define ZIP_PIECE            ((size_t)256 << 10)
 
 /*
  * Every zip error carries an absolute file position: the record is "zip" or
@@ -862,6 +868,25 @@ long ckpt__zip_find(const ckpt__zip *z, const char *name)
     return -1;
 }
 
+/* Refuses an entry whose inflated size passes the limits, before inflating. */
+static ckpt_status zip_inflate_limits(const ckpt__zip_entry *e, const ckpt_limits *limits,
+                                      ckpt_error *err)
+{
+    if (e->size > limits->max_inflated_bytes)
+        return ZIP_FAIL(err, CKPT_ERR_LIMIT, e->name, e->data_offset,
+                        "entry inflates to %llu bytes, more than the limit of %llu "
+                        "(max_inflated_bytes; a zip bomb?)",
+                        ull(e->size), ull(limits->max_inflated_bytes));
+    uint64_t allowed;
+    if (ckpt__mul_u64(e->comp_size, limits->max_inflate_ratio, &allowed) &&
+        ckpt__add_u64(allowed, ZIP_INFLATE_SLACK, &allowed) && e->size > allowed)
+        return ZIP_FAIL(err, CKPT_ERR_LIMIT, e->name, e->data_offset,
+                        "entry inflates %llu bytes to %llu, a ratio above the limit of %llu "
+                        "(max_inflate_ratio; a zip bomb?)",
+                        ull(e->comp_size), ull(e->size), ull(limits->max_inflate_ratio));
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                            const uint8_t **data, uint8_t **owned, ckpt_error *err)
 {
@@ -889,18 +914,7 @@ ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *
     }
 
     /* A zip bomb is refused before anything is allocated. */
-    if (e->size > limits->max_inflated_bytes)
-        return ZIP_FAIL(err, CKPT_ERR_LIMIT, e->name, e->data_offset,
-                        "entry inflates to %llu bytes, more than the limit of %llu "
-                        "(max_inflated_bytes; a zip bomb?)",
-                        ull(e->size), ull(limits->max_inflated_bytes));
-    uint64_t allowed;
-    if (ckpt__mul_u64(e->comp_size, limits->max_inflate_ratio, &allowed) &&
-        ckpt__add_u64(allowed, ZIP_INFLATE_SLACK, &allowed) && e->size > allowed)
-        return ZIP_FAIL(err, CKPT_ERR_LIMIT, e->name, e->data_offset,
-                        "entry inflates %llu bytes to %llu, a ratio above the limit of %llu "
-                        "(max_inflate_ratio; a zip bomb?)",
-                        ull(e->comp_size), ull(e->size), ull(limits->max_inflate_ratio));
+    CKPT_RETURN_IF_ERROR(zip_inflate_limits(e, limits, err));
     if (e->size > SIZE_MAX - 1 || e->comp_size > SIZE_MAX)
         return ZIP_FAIL(err, CKPT_ERR_LIMIT, e->name, e->data_offset,
                         "entry of %llu bytes does not fit in memory", ull(e->size));
@@ -942,18 +956,157 @@ ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *
     return CKPT_OK;
 }
 
+/* ---- streaming --------------------------------------------------------- */
+
+ckpt__inflate_result ckpt__inflate(const uint8_t *in, uint64_t in_size, uint64_t out_size,
+                                   ckpt__inflate_sink sink, void *user, uint64_t *in_used)
+{
+    if (in_used)
+        *in_used = 0;
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) /* raw deflate, as zip holds it */
+        return CKPT__INFLATE_NOMEM;
+    uint8_t *piece = malloc(ZIP_PIECE);
+    if (!piece) {
+        inflateEnd(&zs);
+        return CKPT__INFLATE_NOMEM;
+    }
+    ckpt__inflate_result r = CKPT__INFLATE_OK;
+    uint64_t fed = 0, produced = 0;
+    for (;;) {
+        if (zs.avail_in == 0 && fed < in_size) {
+            /* zlib counts input in uInt: feed long streams in parts */
+            uint64_t n = in_size - fed < (uint64_t)(UINT_MAX / 2) ? in_size - fed : UINT_MAX / 2;
+            zs.next_in = (Bytef *)(uintptr_t)(in + fed);
+            zs.avail_in = (uInt)n;
+            fed += n;
+        }
+        /* Past the declared size, ask for one more byte: getting it means the
+         * stream holds more than declared, and no more than that is made. */
+        uint64_t want = out_size - produced;
+        size_t room = want == 0 ? 1 : want < ZIP_PIECE ? (size_t)want : ZIP_PIECE;
+        zs.next_out = piece;
+        zs.avail_out = (uInt)room;
+        int zr = inflate(&zs, Z_NO_FLUSH);
+        size_t got = room - zs.avail_out;
+        if (got) {
+            if (want == 0) {
+                r = CKPT__INFLATE_LONG;
+                break;
+            }
+            produced += got;
+            if (sink && !sink(user, piece, got)) {
+                r = CKPT__INFLATE_STOPPED;
+                break;
+            }
+        }
+        if (zr == Z_STREAM_END) {
+            if (produced < out_size)
+                r = CKPT__INFLATE_SHORT;
+            else if (fed - zs.avail_in != in_size)
+                r = CKPT__INFLATE_TRAILING;
+            break;
+        }
+        if (zr == Z_BUF_ERROR && zs.avail_in == 0 && fed == in_size) {
+            r = CKPT__INFLATE_BAD; /* the input ends inside the stream */
+            break;
+        }
+        if (zr != Z_OK && zr != Z_BUF_ERROR) {
+            r = zr == Z_MEM_ERROR ? CKPT__INFLATE_NOMEM : CKPT__INFLATE_BAD;
+            break;
+        }
+    }
+    if (in_used)
+        *in_used = fed - zs.avail_in;
+    inflateEnd(&zs);
+    free(piece);
+    return r;
+}
+
+typedef struct zip_stream_state {
+    ckpt__zip_sink sink;
+    void *user;
+    ckpt_error *err;
+    ckpt_status st;       /* the sink's error */
+    uint64_t offset;      /* bytes passed so far */
+    uint32_t crc;
+} zip_stream_state;
+
+static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
+{
+    zip_stream_state *s = user;
+    s->crc = (uint32_t)libdeflate_crc32(s->crc, p, n);
+    if (s->sink) {
+        s->st = s->sink(s->user, s->offset, p, n, s->err);
+        if (s->st != CKPT_OK)
+            return false;
+    }
+    s->offset += n;
+    return true;
+}
+
+ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                             ckpt__zip_sink sink, void *user, ckpt_error *err)
+{
+    ckpt_limits defaults;
+    if (!z || index >= z->count)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "zip", CKPT_NO_OFFSET,
+                          "entry index %zu is out of range", index);
+    if (!limits) {
+        ckpt_limits_default(&defaults);
+        limits = &defaults;
+    }
+    const ckpt__zip_entry *e = &z->entries[index];
+    const uint8_t *in = z->base + e->data_offset;   /* checked at open */
+    zip_stream_state s = {.sink = sink, .user = user, .err = err, .st = CKPT_OK};
+    if (e->method == ZIP_METHOD_STORED) {
+        for (uint64_t off = 0; off < e->size;) {
+            size_t n = e->size - off < ZIP_PIECE ? (size_t)(e->size - off) : ZIP_PIECE;
+            if (!zip_stream_piece(&s, in + off, n))
+                return s.st;
+            off += n;
+        }
+    } else {
+        CKPT_RETURN_IF_ERROR(zip_inflate_limits(e, limits, err));
+        uint64_t used = 0;
+        ckpt__inflate_result r =
+            ckpt__inflate(in, e->comp_size, e->size, zip_stream_piece, &s, &used);
+        switch (r) {
+        case CKPT__INFLATE_OK:
+            break;
+        case CKPT__INFLATE_STOPPED:
+            return s.st;
+        case CKPT__INFLATE_NOMEM:
+            return ZIP_FAIL(err, CKPT_ERR_NOMEM, e->name, e->data_offset,
+                            "out of memory for an inflate stream");
+        case CKPT__INFLATE_SHORT:
+            return ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, e->data_offset,
+                            "deflate data inflates to fewer bytes than the declared size %llu",
+                            ull(e->size));
+        case CKPT__INFLATE_LONG:
+            return ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, e->data_offset,
+                            "deflate data inflates to more bytes than the declared size %llu",
+                            ull(e->size));
+        case CKPT__INFLATE_TRAILING:
+            return ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, e->data_offset + used,
+                            "deflate stream ends after %llu of its %llu compressed bytes",
+                            ull(used), ull(e->comp_size));
+        case CKPT__INFLATE_BAD:
+        default:
+            return ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, e->data_offset,
+                            "invalid deflate data (%llu compressed bytes)", ull(e->comp_size));
+        }
+    }
+    if (s.crc != e->crc32)
+        return ZIP_FAIL(err, CKPT_ERR_CORRUPT, e->name, e->data_offset,
+                        "CRC32 mismatch: the central directory says 0x%08x, the data has 0x%08x",
+                        (unsigned)e->crc32, (unsigned)s.crc);
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__zip_check_crc(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                                 ckpt_error *err)
 {
-    const uint8_t *bytes = NULL;
-    uint8_t *owned = NULL;
-    CKPT_RETURN_IF_ERROR(ckpt__zip_read(z, index, limits, &bytes, &owned, err));
-    const ckpt__zip_entry *e = &z->entries[index];
-    uint32_t actual = e->size ? libdeflate_crc32(0, bytes, (size_t)e->size) : 0;
-    free(owned);
-    if (actual != e->crc32)
-        return ZIP_FAIL(err, CKPT_ERR_CORRUPT, e->name, e->data_offset,
-                        "CRC32 mismatch: the central directory says 0x%08x, the data has 0x%08x",
-                        (unsigned)e->crc32, (unsigned)actual);
-    return CKPT_OK;
+    return ckpt__zip_stream(z, index, limits, NULL, NULL, err);
 }

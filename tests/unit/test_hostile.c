@@ -6,8 +6,11 @@
  * NUL in names) and pickles, alone and as data.pkl of a torch zip built here
  * (memo and stack bombs, deep nesting, exponential sharing, huge shapes, views
  * larger than their storage, storages larger than their records:
- * CVE-2026-24747). Truncations and mutants of real files, deflate bombs and
- * ZIP64 extremes are in test_sweeps.c.
+ * CVE-2026-24747), and views that repeat their storage (stride 0, a tensor
+ * listed many times, a sparse tensor's dense copy) written out, cast or
+ * copied past max_output_ratio. Truncations and mutants of real files,
+ * deflate bombs, streaming verification and ZIP64 extremes are in
+ * test_sweeps.c.
  *
  * Each case runs in a child process with a time limit and a memory cap, so
  * that a hang, a crash or unbounded memory is reported as that case's
@@ -24,6 +27,7 @@
 #include <ckpt.h>
 #include "testbuf.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -32,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1105,6 +1110,331 @@ static void test_zip_inflate_ratio(void **state)
     b_free(&pk);
 }
 
+/* ---- expanding views: what a file's tensors make is bounded ---------------------------------- */
+
+static char *read_text(const char *path, size_t *len)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    char *b = malloc(4096);
+    assert_non_null(b);
+    *len = fread(b, 1, 4095, fp);
+    b[*len] = 0;
+    fclose(fp);
+    return b;
+}
+
+static size_t dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+static void expect_output_limit(ckpt_status st, const ckpt_error *err, const char *record,
+                                const char *what)
+{
+    if (st != CKPT_ERR_LIMIT)
+        fail_msg("%s: %s (%s), expected CKPT_ERR_LIMIT", what, ckpt_status_name(st),
+                 err->message);
+    if (strcmp(err->record, record) != 0 || !strstr(err->message, "max_output_ratio"))
+        fail_msg("%s: the error should name '%s' and max_output_ratio: %s: %s", what, record,
+                 err->record, err->message);
+}
+
+/* Opens data with max_output_ratio set (0: the default). */
+static ckpt_file *open_ratio(const buf *data, uint64_t ratio)
+{
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    if (ratio)
+        o.limits.max_output_ratio = ratio;
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    if (ckpt_open_memory(data->p, data->len, &o, &f, &err) != CKPT_OK)
+        fail_msg("open: %s: %s", err.record, err.message);
+    return f;
+}
+
+/*
+ * A view with stride (0, 0) of 72 MiB over one float, in a file of some
+ * 700 bytes (torch saves torch.zeros(1).expand(18, 1 << 20) so): writing it
+ * contiguous, casting it, copying it or going through its values is refused
+ * before anything is made, naming the tensor; the torch writer keeps the
+ * view (4 bytes of storage); raising max_output_ratio lets it through.
+ */
+static void test_expanding_views(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckpt_expand_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char st_path[128], pth_path[128], cast_path[128];
+    snprintf(st_path, sizeof(st_path), "%s/out.safetensors", dir);
+    snprintf(pth_path, sizeof(pth_path), "%s/out.pth", dir);
+    snprintf(cast_path, sizeof(cast_path), "%s/cast.pth", dir);
+
+    const int64_t shape[] = {18, INT64_C(1) << 20}, stride[] = {0, 0};
+    const uint64_t nbytes = (uint64_t)18 << 22;
+    static const uint8_t one[4] = {0, 0, 0x80, 0x3f}; /* 1.0f */
+    buf p = pk_one_tensor("FloatStorage", 1, 0, shape, stride, 2);
+    zbuilt z = torch_zip(&p, one, 4);
+    assert_true(z.file.len < 1024);
+
+    ckpt_file *f = open_ratio(&z.file, 0);
+    const ckpt_tensor *t = ckpt_file_find_tensor(f, "t");
+    assert_non_null(t);
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(t, &ti);
+    assert_int_equal(ti.nbytes, nbytes);
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    expect_output_limit(ckpt_file_check_output(f, nbytes, "t", &err), &err, "t",
+                        "ckpt_file_check_output");
+    assert_int_equal(ckpt_file_check_output(f, 1 << 20, "t", &err), CKPT_OK);
+
+    /* safetensors: refused before anything is written; the old file stays */
+    FILE *fp = fopen(st_path, "wb");
+    assert_non_null(fp);
+    fputs("previous", fp);
+    fclose(fp);
+    ckpt_save_options so;
+    ckpt_save_options_default(&so);
+    so.flags = CKPT_SAVE_NO_FSYNC;
+    memset(&err, 0, sizeof(err));
+    expect_output_limit(ckpt_save_safetensors(st_path, ckpt_file_root(f), &so, &err), &err, "t",
+                        "safetensors of a stride-0 view");
+    size_t len;
+    char *text = read_text(st_path, &len);
+    assert_non_null(text);
+    assert_string_equal(text, "previous");
+    free(text);
+    assert_int_equal(dir_entries(dir), 1); /* no temporary left */
+
+    /* torch zip: the view is kept, its one float written */
+    assert_int_equal(ckpt_save_torch(pth_path, ckpt_file_root(f), &so, &err), CKPT_OK);
+    struct stat sb;
+    assert_int_equal(stat(pth_path, &sb), 0);
+    assert_true(sb.st_size < 4096);
+
+    /* a cast is a contiguous copy: 144 MiB of float64 */
+    ckpt_tree *tree = ckpt_tree_new();
+    ckpt_value *root = ckpt_new_dict(tree);
+    ckpt_dict_put_str(tree, root, "t",
+                      ckpt_new_cast(tree, ckpt_file_tensor_value(f, 0), CKPT_FLOAT64));
+    assert_int_equal(ckpt_tree_status(tree, &err), CKPT_OK);
+    memset(&err, 0, sizeof(err));
+    expect_output_limit(ckpt_save_torch(cast_path, root, &so, &err), &err, "t",
+                        "torch zip of a float64 cast of a stride-0 view");
+    assert_int_equal(stat(cast_path, &sb), -1);
+    assert_int_equal(dir_entries(dir), 2);
+    ckpt_tree_free(tree);
+
+    /* a contiguous copy: refused before the destination is touched */
+    uint8_t *dst = malloc(nbytes);
+    assert_non_null(dst);
+    memset(&err, 0, sizeof(err));
+    expect_output_limit(ckpt_tensor_copy(f, t, dst, nbytes, &err), &err, "t",
+                        "ckpt_tensor_copy of a stride-0 view");
+    ckpt_close(f);
+
+    /* raised: the same file converts and copies */
+    f = open_ratio(&z.file, UINT64_C(1) << 20);
+    t = ckpt_file_find_tensor(f, "t");
+    assert_int_equal(ckpt_save_safetensors(st_path, ckpt_file_root(f), &so, &err), CKPT_OK);
+    assert_int_equal(stat(st_path, &sb), 0);
+    assert_true((uint64_t)sb.st_size > nbytes && (uint64_t)sb.st_size < nbytes + 4096);
+    assert_int_equal(ckpt_tensor_copy(f, t, dst, nbytes, &err), CKPT_OK);
+    float last;
+    memcpy(&last, dst + nbytes - 4, 4);
+    assert_true(last == 1.0f);
+    ckpt_close(f);
+    free(dst);
+    unlink(st_path);
+    unlink(pth_path);
+    rmdir(dir);
+    b_free(&z.file);
+    b_free(&p);
+}
+
+/*
+ * One tensor of 256 KiB listed 400 times (memo references): safetensors
+ * writes it under every name, 100 MiB from a file of 256 KiB, past 64 times
+ * the file plus 64 MiB; the torch writer writes its storage once.
+ */
+static void test_repeated_tensor(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckpt_repeat_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char st_path[128], pth_path[128];
+    snprintf(st_path, sizeof(st_path), "%s/out.safetensors", dir);
+    snprintf(pth_path, sizeof(pth_path), "%s/out.pth", dir);
+    const int64_t n = 65536, shape[] = {65536}, stride[] = {1};
+    uint8_t *data = calloc((size_t)n, 4);
+    assert_non_null(data);
+    buf p = {0};
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    pk_tensor(&p, "FloatStorage", "0", n, 0, shape, stride, 1);
+    b_u8(&p, 'q');  /* BINPUT 0 */
+    b_u8(&p, 0);
+    for (int i = 1; i < 400; i++) {
+        b_u8(&p, 'h'); /* BINGET 0 */
+        b_u8(&p, 0);
+    }
+    b_u8(&p, 'e');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    zbuilt z = torch_zip(&p, data, (size_t)n * 4);
+    ckpt_file *f = open_ratio(&z.file, 0);
+    assert_int_equal(ckpt_file_tensor_count(f), 400);
+    ckpt_save_options so;
+    ckpt_save_options_default(&so);
+    so.flags = CKPT_SAVE_NO_FSYNC;
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    ckpt_status st = ckpt_save_safetensors(st_path, ckpt_file_root(f), &so, &err);
+    if (st != CKPT_ERR_LIMIT || !strstr(err.record, "t.") ||
+        !strstr(err.message, "max_output_ratio"))
+        fail_msg("a tensor written 400 times: %s: %s: %s", ckpt_status_name(st), err.record,
+                 err.message);
+    assert_int_equal(dir_entries(dir), 0);
+    assert_int_equal(ckpt_save_torch(pth_path, ckpt_file_root(f), &so, &err), CKPT_OK);
+    ckpt_close(f);
+    unlink(pth_path);
+    rmdir(dir);
+    free(data);
+    b_free(&z.file);
+    b_free(&p);
+}
+
+/* A sparse_coo tensor of 2^25 floats with one value: its dense copy is
+ * 128 MiB from a file of a few hundred bytes, refused; raised, it is made. */
+static void test_sparse_dense_copy(void **state)
+{
+    (void)state;
+    static const uint8_t index[8] = {0}, value[4] = {0, 0, 0x80, 0x3f};
+    const int64_t ishape[] = {1, 1}, istride[] = {1, 1}, vshape[] = {1}, vstride[] = {1};
+    const int64_t size[] = {INT64_C(1) << 25};
+    buf p = {0};
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, "LongStorage", "0", 1, 0, ishape, istride, 2);
+    pk_tensor(&p, "FloatStorage", "1", 1, 0, vshape, vstride, 1);
+    pk_int_tuple(&p, size, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    static const uint8_t version[] = "3\n";
+    zrec recs[] = {{"archive/data.pkl", p.p, p.len}, {"archive/data/0", index, 8},
+                   {"archive/data/1", value, 4}, {"archive/version", version, 2}};
+    zbuilt z = zip_build(recs, 4);
+    ckpt_file *f = open_ratio(&z.file, 0);
+    const ckpt_tensor *t = ckpt_file_find_tensor(f, "t");
+    assert_non_null(t);
+    ckpt_tensor_info ti;
+    ckpt_tensor_get_info(t, &ti);
+    assert_int_equal(ti.layout, CKPT_LAYOUT_SPARSE_COO);
+    uint8_t *dst = malloc(ti.nbytes);
+    assert_non_null(dst);
+    ckpt_error err;
+    memset(&err, 0, sizeof(err));
+    expect_output_limit(ckpt_tensor_copy(f, t, dst, ti.nbytes, &err), &err, "t",
+                        "dense copy of a sparse tensor");
+    ckpt_close(f);
+    f = open_ratio(&z.file, UINT64_C(1) << 20);
+    t = ckpt_file_find_tensor(f, "t");
+    assert_int_equal(ckpt_tensor_copy(f, t, dst, ti.nbytes, &err), CKPT_OK);
+    float first;
+    memcpy(&first, dst, 4);
+    assert_true(first == 1.0f);
+    ckpt_close(f);
+    free(dst);
+    b_free(&z.file);
+    b_free(&p);
+
+    /* indices and values that repeat one element 2^30 times (stride 0): 8 GiB
+     * of indices to check, refused by verify and by the dense copy alike */
+    const int64_t rshape[] = {1, INT64_C(1) << 30}, rstride[] = {0, 0};
+    const int64_t rvshape[] = {INT64_C(1) << 30}, rvstride[] = {0};
+    const int64_t rsize[] = {4};
+    memset(&p, 0, sizeof(p));
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, "LongStorage", "0", 1, 0, rshape, rstride, 2);
+    pk_tensor(&p, "FloatStorage", "1", 1, 0, rvshape, rvstride, 1);
+    pk_int_tuple(&p, rsize, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
+    z = zip_build(recs, 4);
+    outcome o = run_isolated(z.file.p, z.file.len, NULL, 60.0);
+    require_finished(&o, "sparse_coo of 2^30 repeated indices", 60.0);
+    /* (ckpt_tensor_data of a sparse tensor is CKPT_ERR_UNSUPPORTED) */
+    if (o.open_status != CKPT_OK || o.verify_status != CKPT_ERR_LIMIT ||
+        o.copy_status != CKPT_ERR_UNSUPPORTED || strcmp(o.err.record, "t") != 0)
+        fail_msg("sparse_coo of 2^30 repeated indices: open %s, verify %s, copy %s: %s: %s",
+                 ckpt_status_name(o.open_status), ckpt_status_name(o.verify_status),
+                 ckpt_status_name(o.copy_status), o.err.record, o.err.message);
+    b_free(&z.file);
+    b_free(&p);
+
+    /* its dense copy (16 bytes) would copy 2^24 repeated indices first */
+    const int64_t cshape[] = {1, INT64_C(1) << 24}, cvshape[] = {INT64_C(1) << 24};
+    memset(&p, 0, sizeof(p));
+    pk_proto(&p);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, "LongStorage", "0", 1, 0, cshape, rstride, 2);
+    pk_tensor(&p, "FloatStorage", "1", 1, 0, cvshape, rvstride, 1);
+    pk_int_tuple(&p, rsize, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
+    z = zip_build(recs, 4);
+    f = open_ratio(&z.file, 0);
+    uint8_t small[16];
+    memset(&err, 0, sizeof(err));
+    ckpt_status st = ckpt_tensor_copy(f, ckpt_file_find_tensor(f, "t"), small, 16, &err);
+    if (st != CKPT_ERR_LIMIT || !strstr(err.message, "max_output_ratio"))
+        fail_msg("dense copy over 2^24 repeated indices: %s: %s", ckpt_status_name(st),
+                 err.message);
+    ckpt_close(f);
+    b_free(&z.file);
+    b_free(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1119,6 +1449,9 @@ int main(void)
         cmocka_unit_test(test_pickle_unsafe_global),
         cmocka_unit_test(test_tensor_bounds),
         cmocka_unit_test(test_zip_inflate_ratio),
+        cmocka_unit_test(test_expanding_views),
+        cmocka_unit_test(test_repeated_tensor),
+        cmocka_unit_test(test_sparse_dense_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

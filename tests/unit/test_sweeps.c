@@ -83,6 +83,8 @@ int __lsan_do_recoverable_leak_check(void);
  * must be refused within REFUSED_HEAP. */
 #define INFLATE_BUDGET ((uint64_t)160 << 20)
 #define REFUSED_HEAP ((uint64_t)1 << 20)
+/* Verifying records of 64 MiB inflated must fit in far less. */
+#define STREAM_BUDGET ((uint64_t)24 << 20)
 /* Seconds for one case, and for one whole sweep. */
 #define CASE_SECONDS 5.0
 #define SWEEP_SECONDS 300u
@@ -868,6 +870,7 @@ typedef struct tspec {
     uint64_t offset;
     const uint64_t *shape, *stride;
     int ndim;
+    const char *key;             /* the storage's key; NULL: "0" */
 } tspec;
 
 static void pk_dims(buf *b, const uint64_t *v, int n)
@@ -886,7 +889,7 @@ static void pk_tensor(buf *b, const tspec *t)
     b_u8(b, '(');
     pk_unicode(b, "storage");
     pk_global(b, "torch", t->storage_class);
-    pk_unicode(b, "0");
+    pk_unicode(b, t->key ? t->key : "0");
     pk_unicode(b, "cpu");
     pk_uint(b, t->storage_numel);
     if (t->legacy) {
@@ -1028,6 +1031,51 @@ static void deflate_zeros(size_t runs, buf *out)
         bw_code(&w, 0, 1);
         bw_code(&w, 0, 1);
     }
+    bw_code(&w, 3, 2);
+}
+
+/*
+ * size zero bytes (size >= 4) in the code of deflate_zeros, with a literal
+ * zero (two bits) after every eleven runs: a ratio of about 946, under the
+ * default max_inflate_ratio of 1000, as a hostile file would choose.
+ */
+static void deflate_zeros_sized(uint64_t size, buf *out)
+{
+    static const int order[18] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1};
+    memset(out, 0, sizeof(*out));
+    bitw w = {out, 0};
+    bw_bits(&w, 1, 1);
+    bw_bits(&w, 2, 2);
+    bw_bits(&w, 29, 5);
+    bw_bits(&w, 0, 5);
+    bw_bits(&w, 14, 4);
+    for (int i = 0; i < 18; i++)
+        bw_bits(&w, order[i] == 18 ? 1u : order[i] == 1 || order[i] == 2 ? 2u : 0u, 3);
+    bw_code(&w, 3, 2);
+    bw_code(&w, 0, 1);
+    bw_bits(&w, 127, 7);
+    bw_code(&w, 0, 1);
+    bw_bits(&w, 106, 7);
+    bw_code(&w, 3, 2);
+    bw_code(&w, 0, 1);
+    bw_bits(&w, 17, 7);
+    bw_code(&w, 2, 2);
+    bw_code(&w, 2, 2);
+    for (int i = 0; i < 4; i++) /* distance 1 needs a byte before it */
+        bw_code(&w, 2, 2);
+    uint64_t left = size - 4;
+    unsigned runs = 0;
+    while (left >= 258) {
+        bw_code(&w, 0, 1); /* length 258 */
+        bw_code(&w, 0, 1); /* distance 1 */
+        left -= 258;
+        if (++runs % 11 == 0 && left) {
+            bw_code(&w, 2, 2); /* a literal zero */
+            left--;
+        }
+    }
+    for (; left; left--)
+        bw_code(&w, 2, 2);
     bw_code(&w, 3, 2);
 }
 
@@ -1252,7 +1300,7 @@ static zbuilt zip_with(const zrec *pkl, const zrec *storage)
 static buf float_tensor_pickle(uint64_t numel)
 {
     uint64_t shape[] = {numel}, stride[] = {1};
-    tspec t = {"FloatStorage", numel, false, NULL, 0, 0, 0, shape, stride, 1};
+    tspec t = {"FloatStorage", numel, false, NULL, 0, 0, 0, shape, stride, 1, NULL};
     return pk_one_tensor(&t);
 }
 
@@ -1299,8 +1347,9 @@ static void sweep_zip_bombs(const void *arg, report *r)
     /* what a file holds inflated at once is bounded too */
     ckpt_open_options total = lax;
     total.limits.max_total_inflated_bytes = 32 << 20;
+    /* (verification streams it: only reading the data holds it) */
     run_with(r, &z.file, &total, "64 MiB record, max_total_inflated_bytes 32 MiB",
-             small(later_fails(S(CKPT_ERR_LIMIT)), REFUSED_HEAP));
+             (expect){S(CKPT_OK), S(CKPT_OK), S(CKPT_ERR_LIMIT), -1, REFUSED_HEAP});
     /* the default ratio limit (1000) refuses it before inflating */
     run_buf(r, &z.file, what, small(later_fails(S(CKPT_ERR_LIMIT)), REFUSED_HEAP));
     ckpt_open_options strict;
@@ -1366,6 +1415,137 @@ static void sweep_zip_bombs(const void *arg, report *r)
     b_free(&zdata);
     b_free(&small_pkl);
     b_free(&pkl);
+}
+
+/* {"a": a, "b": b} */
+static buf pk_pair(const tspec *a, const tspec *b)
+{
+    buf p = {0};
+    pk_proto(&p, 2);
+    b_u8(&p, '}');
+    pk_unicode(&p, "a");
+    pk_tensor(&p, a);
+    b_u8(&p, 's');
+    pk_unicode(&p, "b");
+    pk_tensor(&p, b);
+    b_u8(&p, 's');
+    pk_stop(&p);
+    return p;
+}
+
+/* {"t": sparse_coo tensor of the size given over indices and values} */
+static buf pk_sparse_coo(const tspec *indices, const tspec *values, uint64_t size)
+{
+    buf p = {0};
+    pk_proto(&p, 2);
+    b_u8(&p, '}');
+    pk_unicode(&p, "t");
+    pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
+    b_u8(&p, '(');
+    pk_global(&p, "torch", "sparse_coo");
+    b_u8(&p, '(');
+    pk_tensor(&p, indices);
+    pk_tensor(&p, values);
+    pk_dims(&p, &size, 1);
+    b_u8(&p, 't');
+    b_u8(&p, 't');
+    b_u8(&p, 'R');
+    b_u8(&p, 's');
+    pk_stop(&p);
+    return p;
+}
+
+static uint32_t crc_of_zeros(uint64_t n)
+{
+    uint8_t *mib = xmalloc(1 << 20);
+    memset(mib, 0, 1 << 20);
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < n; done += 1 << 20)
+        crc = libdeflate_crc32(crc, mib, n - done < (1 << 20) ? (size_t)(n - done) : 1 << 20);
+    free(mib);
+    return crc;
+}
+
+/*
+ * Verification reads deflated records as a stream: records of 64 MiB of
+ * zeros each, deflated at a ratio near the limit, are checked (CRC32, size,
+ * sparse indices) without ever being held, within STREAM_BUDGET of address
+ * space (REFUSED_HEAP of heap with ASan). Reading their data is refused by
+ * max_total_inflated_bytes, so that only verification inflates them; a
+ * verification that held a record whole would run out of memory here.
+ */
+static void sweep_streaming_verify(const void *arg, report *r)
+{
+    (void)arg;
+    const uint64_t big = (uint64_t)64 << 20;
+    buf zd = {0}, zlong = {0}, one = {0};
+    deflate_zeros_sized(big, &zd);
+    deflate_zeros_sized(big + 1024, &zlong);
+    uint32_t crc = crc_of_zeros(big);
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    o.limits.max_total_inflated_bytes = 1 << 20;
+    char what[200];
+
+    uint64_t shape[] = {big / 4}, stride[] = {1};
+    tspec a = {"FloatStorage", big / 4, false, NULL, 0, 0, 0, shape, stride, 1, "0"};
+    tspec b = a;
+    b.key = "1";
+    buf pkl = pk_pair(&a, &b);
+    zrec recs[4] = {zr_stored("archive/data.pkl", pkl.p, pkl.len),
+                    {"archive/data/0", zd.p, zd.len, big, crc, 8, false, 0},
+                    {"archive/data/1", zd.p, zd.len, big, crc, 8, false, 0},
+                    zr_stored("archive/version", VERSION3, 2)};
+    zbuilt z = zip_build(recs, 4, NULL);
+    snprintf(what, sizeof(what), "two records of 64 MiB of zeros deflated to %zu bytes (ratio %llu)",
+             zd.len, (unsigned long long)(big / zd.len));
+    run_with(r, &z.file, &o, what, (expect){S(CKPT_OK), S(CKPT_OK), S(CKPT_ERR_LIMIT), 2,
+                                            REFUSED_HEAP});
+    b_free(&z.file);
+
+    /* a wrong CRC32 is found as the bytes pass */
+    recs[2].crc ^= 1;
+    z = zip_build(recs, 4, NULL);
+    run_with(r, &z.file, &o, "the same, the second record's CRC32 wrong",
+             (expect){S(CKPT_OK), S(CKPT_ERR_CORRUPT), S(CKPT_ERR_LIMIT), 2, REFUSED_HEAP});
+    b_free(&z.file);
+    recs[2].crc = crc;
+
+    /* a stream that holds more than its declared size stops there */
+    recs[2].data = zlong.p;
+    recs[2].stored = zlong.len;
+    z = zip_build(recs, 4, NULL);
+    run_with(r, &z.file, &o, "the same, the second stream 1 KiB longer than declared",
+             (expect){S(CKPT_OK), S(CKPT_ERR_FORMAT), S(CKPT_ERR_LIMIT), 2, REFUSED_HEAP});
+    b_free(&z.file);
+
+    /* sparse_coo indices int64 [1, nnz] in such a record, values a stride-0
+     * view of one float: checked from the same pass */
+    const uint64_t nnz = big / 8;
+    uint64_t ishape[] = {1, nnz}, istride[] = {nnz, 1}, vshape[] = {nnz}, vstride[] = {0};
+    tspec idx = {"LongStorage", nnz, false, NULL, 0, 0, 0, ishape, istride, 2, "0"};
+    tspec val = {"FloatStorage", 1, false, NULL, 0, 0, 0, vshape, vstride, 1, "1"};
+    b_fill(&one, 0, 4);
+    for (uint64_t size = 3; size != UINT64_MAX; size = size ? 0 : UINT64_MAX) {
+        buf sp = pk_sparse_coo(&idx, &val, size);
+        zrec srecs[4] = {zr_stored("archive/data.pkl", sp.p, sp.len),
+                         {"archive/data/0", zd.p, zd.len, big, crc, 8, false, 0},
+                         zr_stored("archive/data/1", one.p, 4),
+                         zr_stored("archive/version", VERSION3, 2)};
+        z = zip_build(srecs, 4, NULL);
+        snprintf(what, sizeof(what), "sparse_coo [%llu], %llu indices in a deflated record",
+                 (unsigned long long)size, (unsigned long long)nnz);
+        /* size 0: index 0 is out of bounds */
+        expect e = size ? (expect){S(CKPT_OK), S(CKPT_OK), S(CKPT_ERR_LIMIT), 1, REFUSED_HEAP}
+                        : (expect){S(CKPT_OK), S(CKPT_ERR_FORMAT), S(CKPT_OK), 1, REFUSED_HEAP};
+        run_with(r, &z.file, &o, what, e);
+        b_free(&z.file);
+        b_free(&sp);
+    }
+    b_free(&one);
+    b_free(&pkl);
+    b_free(&zd);
+    b_free(&zlong);
 }
 
 static void sweep_zip64(const void *arg, report *r)
@@ -1532,7 +1712,7 @@ static void run_shape(report *r, const char *what, const char *cls, uint64_t num
                       size_t bytes, uint64_t offset, const uint64_t *shape,
                       const uint64_t *stride, int ndim, expect e)
 {
-    tspec t = {cls, numel, false, NULL, 0, 0, offset, shape, stride, ndim};
+    tspec t = {cls, numel, false, NULL, 0, 0, offset, shape, stride, ndim, NULL};
     buf p = pk_one_tensor(&t);
     zbuilt z = torch_zip(&p, FLOATS, bytes);
     run_buf(r, &z.file, what, e);
@@ -1615,9 +1795,9 @@ static void sweep_legacy(const void *arg, report *r)
     one.tensors = 1;
     expect fmt = fails_with(S(CKPT_ERR_FORMAT) | S(CKPT_ERR_LIMIT));
     const uint64_t sh4[] = {4}, st1[] = {1}, sh2[] = {2};
-    tspec t = {"FloatStorage", 4, true, NULL, 0, 0, 0, sh4, st1, 1};
+    tspec t = {"FloatStorage", 4, true, NULL, 0, 0, 0, sh4, st1, 1, NULL};
     run_legacy(r, "legacy float[4] (control)", &t, 4, 16, one);
-    tspec v = {"FloatStorage", 4, true, "1", 1, 2, 0, sh2, st1, 1};
+    tspec v = {"FloatStorage", 4, true, "1", 1, 2, 0, sh2, st1, 1, NULL};
     run_legacy(r, "legacy view of elements 1..2 (control)", &v, 4, 16, one);
 
     /* the element count field before the storage bytes */
@@ -1639,7 +1819,7 @@ static void sweep_legacy(const void *arg, report *r)
         run_legacy(r, what, &big, numels[i], 16, fmt);
     }
     run_legacy(r, "legacy storage of 2^64 - 1 floats", &(tspec){"FloatStorage", M, true, NULL, 0,
-               0, 0, sh4, st1, 1}, M, 16, fmt);
+               0, 0, sh4, st1, 1, NULL}, M, 16, fmt);
 
     /* storage views that do not fit their storage */
     static const struct {
@@ -1663,7 +1843,7 @@ static void sweep_legacy(const void *arg, report *r)
     tv.shape = sh4;
     run_legacy(r, "legacy float[4] on a view of 2", &tv, 4, 16, fmt);
     const uint64_t huge[] = {1ull << 62, 1ull << 62}, st0[] = {0, 0};
-    tspec ov = {"FloatStorage", 4, true, NULL, 0, 0, 0, huge, st0, 2};
+    tspec ov = {"FloatStorage", 4, true, NULL, 0, 0, 0, huge, st0, 2, NULL};
     run_legacy(r, "legacy shape [2^62, 2^62] strides 0", &ov, 4, 16, fmt);
     tspec off = t;
     off.offset = M;
@@ -1760,6 +1940,13 @@ static void test_zip_bombs(void **state)
     sandbox("deflate bombs", sweep_zip_bombs, NULL, INFLATE_BUDGET);
 }
 
+static void test_streaming_verify(void **state)
+{
+    (void)state;
+    sandbox("verification streams deflated records", sweep_streaming_verify, NULL,
+            STREAM_BUDGET);
+}
+
 static void test_zip64_extremes(void **state)
 {
     (void)state;
@@ -1798,6 +1985,7 @@ int main(void)
         cmocka_unit_test(test_mutants),
         cmocka_unit_test(test_extremes),
         cmocka_unit_test(test_zip_bombs),
+        cmocka_unit_test(test_streaming_verify),
         cmocka_unit_test(test_zip64_extremes),
         cmocka_unit_test(test_pickle_lengths),
         cmocka_unit_test(test_shapes),
