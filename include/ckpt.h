@@ -110,6 +110,11 @@ typedef struct ckpt_limits {
     uint64_t max_header_bytes;     /* safetensors JSON header (default 100,000,000) */
     uint64_t max_total_inflated_bytes; /* deflated records of one file held inflated
                                           at once (default 4 GiB) */
+    uint64_t max_tensor_paths;     /* tensor names of one file: every path to a tensor,
+                                      so one tensor shared through the pickle memo
+                                      counts once per path (default 500,000) */
+    uint64_t max_tensor_name_bytes;/* those names together, and so the longest one,
+                                      NULs included (default 64 MiB) */
 } ckpt_limits;
 
 /* Fills *limits with the safe defaults above. */
