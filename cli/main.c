@@ -77,12 +77,20 @@ static char *hex_text(const unsigned char *p, size_t n)
 /* Containers shared through the pickle memo repeat in the tree; a budget of
  * nodes keeps output bounded when sharing nests (2^depth paths). */
 #define TREE_MAX_NODES 2000000
+/* ... and a budget of text: a long string shared through the memo would
+ * repeat whole under every path to it. */
+#define TREE_MAX_TEXT_BYTES ((uint64_t)256 << 20)
 
 typedef struct tree_walk {
     cli_jw *jw;
     const ckpt_value *path[TREE_MAX_DEPTH];
     uint64_t nodes_left;
+    uint64_t text_left;
 } tree_walk;
+
+/* Takes n bytes of text from the budget; false (and {"$truncated": true}
+ * written) when fewer are left. */
+static bool text_budget(tree_walk *w, uint64_t n);
 
 /* {"tag": "text"} */
 static void tagged_text(cli_jw *jw, const char *tag, const char *text)
@@ -125,6 +133,17 @@ static void tensor_summary_json(cli_jw *jw, const ckpt_tensor *t)
     }
     cli_jw_end_object(jw);
     cli_jw_end_object(jw);
+}
+
+static bool text_budget(tree_walk *w, uint64_t n)
+{
+    if (n > w->text_left) {
+        w->text_left = 0;
+        tagged_true(w->jw, "$truncated");
+        return false;
+    }
+    w->text_left -= n;
+    return true;
 }
 
 static void value_json(const ckpt_value *v, tree_walk *w, int depth);
@@ -211,6 +230,9 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
     case CKPT_BOOLEAN: cli_jw_bool(jw, ckpt_value_bool(v)); return;
     case CKPT_INT: cli_jw_int(jw, ckpt_value_int(v)); return;
     case CKPT_BIGINT: {
+        ckpt_value_str(v, &len);
+        if (!text_budget(w, 3 * (uint64_t)len))
+            return;
         char *t = cli_repr(v);
         tagged_text(jw, "$int", t ? t : "?");
         free(t);
@@ -238,6 +260,8 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
     }
     case CKPT_STR: {
         s = ckpt_value_str(v, &len);
+        if (!text_budget(w, len))
+            return;
         if (cli_utf8_valid(s, len)) {
             cli_jw_stringn(jw, s, len);
             return;
@@ -249,6 +273,8 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
     }
     case CKPT_BYTES: {
         s = ckpt_value_str(v, &len);
+        if (!text_budget(w, 2 * (uint64_t)len))
+            return;
         char *h = hex_text((const unsigned char *)s, len);
         tagged_text(jw, "$bytes", h ? h : "");
         free(h);
@@ -452,6 +478,7 @@ static int inspect_json(const char *path, ckpt_file *f)
     key_int(jw, "bytes", (long long)total_bytes);
     cli_jw_end_object(jw);
     w->nodes_left = TREE_MAX_NODES;
+    w->text_left = TREE_MAX_TEXT_BYTES;
     if (fi.metadata) {
         cli_jw_key(jw, "metadata");
         value_json(fi.metadata, w, 0);
@@ -465,12 +492,21 @@ static int inspect_json(const char *path, ckpt_file *f)
     return ok ? 0 : EXIT_ERROR;
 }
 
+/* The display of a long text, made once per value: a text shared through
+ * the memo shows on every line that reaches it. */
+typedef struct shown_text {
+    const ckpt_value *v;
+    char *text;
+} shown_text;
+
 /* Human tree: containers show up to `width` items unless full. */
 typedef struct tree_ctx {
     bool full;
     size_t width;
     uint64_t nodes_left;
     const ckpt_value *path[TREE_MAX_DEPTH];
+    shown_text *shown;          /* open addressing by pointer */
+    size_t shown_cap, shown_len;
 } tree_ctx;
 
 /* Text longer than this shows its start and its size. */
@@ -483,29 +519,90 @@ static void print_repr(const ckpt_value *v)
     free(t);
 }
 
-/* A long text: the start of its repr, cut before a UTF-8 sequence. */
-static void print_text_start(const ckpt_value *v, size_t len)
+/* A long text: the start of its repr, cut before a UTF-8 sequence, and its
+ * size; malloc'd. Text (str) repeats its quote after the cut. */
+static char *text_start(const ckpt_value *v, size_t len)
 {
     char buf[TREE_MAX_TEXT + 64];
     ckpt_value_repr(v, buf, sizeof(buf));
     size_t k = TREE_MAX_TEXT + 1;
     while (k > 1 && ((unsigned char)buf[k] & 0xc0) == 0x80)
         k--;
-    printf("%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
+    char *out = malloc(k + 48);
+    if (!out)
+        return NULL;
+    if (ckpt_value_kind(v) == CKPT_STR)
+        snprintf(out, k + 48, "%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
+    else
+        snprintf(out, k + 48, "%.*s... (%zu bytes)", (int)k, buf, len);
+    return out;
 }
 
-static void print_scalar(const ckpt_value *v)
+static size_t shown_hash(const ckpt_value *v, size_t cap)
+{
+    uint64_t h = (uint64_t)(uintptr_t)v * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h ^ (h >> 31)) & (cap - 1);
+}
+
+/* The display of a long text from c's cache (c may be NULL); NULL when out
+ * of memory. */
+static const char *long_text(tree_ctx *c, const ckpt_value *v, size_t len)
+{
+    if (!c)
+        return NULL;
+    if ((c->shown_len + 1) * 2 > c->shown_cap) {
+        size_t cap = c->shown_cap ? c->shown_cap * 2 : 256;
+        shown_text *t = calloc(cap, sizeof(*t));
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < c->shown_cap; i++) {
+            if (!c->shown[i].v)
+                continue;
+            size_t j = shown_hash(c->shown[i].v, cap);
+            while (t[j].v)
+                j = (j + 1) & (cap - 1);
+            t[j] = c->shown[i];
+        }
+        free(c->shown);
+        c->shown = t;
+        c->shown_cap = cap;
+    }
+    size_t i = shown_hash(v, c->shown_cap);
+    while (c->shown[i].v && c->shown[i].v != v)
+        i = (i + 1) & (c->shown_cap - 1);
+    if (!c->shown[i].v) {
+        char *t = text_start(v, len);
+        if (!t)
+            return NULL;
+        c->shown[i] = (shown_text){v, t};
+        c->shown_len++;
+    }
+    return c->shown[i].text;
+}
+
+static void print_scalar(tree_ctx *c, const ckpt_value *v)
 {
     size_t len;
     switch (ckpt_value_kind(v)) {
     case CKPT_STR:
-        if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT)
-            print_text_start(v, len);
-        else
+    case CKPT_BIGINT:
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+        if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT) {
+            const char *t = long_text(c, v, len);
+            char *own = t ? NULL : text_start(v, len);
+            fputs(t ? t : own ? own : "?", stdout);
+            free(own);
+        } else {
             print_repr(v);
+        }
         break;
     case CKPT_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
-    case CKPT_OBJECT: printf("%s object (inert)", ckpt_value_str(v, NULL)); break;
+    case CKPT_OBJECT:
+        ckpt_value_str(v, &len);
+        printf("%.*s%s object (inert)", TREE_MAX_TEXT, ckpt_value_str(v, NULL),
+               len > TREE_MAX_TEXT ? "..." : "");
+        break;
     case CKPT_TENSOR: {
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
@@ -533,13 +630,13 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     ckpt_kind k = ckpt_value_kind(v);
     if (k == CKPT_OBJECT && ckpt_value_state(v) && depth + 1 < TREE_MAX_DEPTH) {
         /* an inert object shows its state (attributes) below it */
-        print_scalar(v);
+        print_scalar(c, v);
         printf("\n%*sstate: ", (depth + 1) * 2, "");
         print_tree(c, ckpt_value_state(v), depth + 1);
         return;
     }
     if (!is_container(k)) {
-        print_scalar(v);
+        print_scalar(c, v);
         putchar('\n');
         return;
     }
@@ -625,7 +722,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         printf("Metadata:\n");
         for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++) {
             printf("  %s: ", ckpt_value_str(ckpt_value_key(fi.metadata, i), NULL));
-            print_scalar(ckpt_value_dict_value(fi.metadata, i));
+            print_scalar(NULL, ckpt_value_dict_value(fi.metadata, i));
             putchar('\n');
         }
     }
@@ -637,6 +734,9 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     tc->width = 20;
     tc->nodes_left = TREE_MAX_NODES;
     print_tree(tc, ckpt_file_root(f), 1);
+    for (size_t i = 0; i < tc->shown_cap; i++)
+        free(tc->shown[i].text);
+    free(tc->shown);
     free(tc);
 
     size_t nt = ckpt_file_tensor_count(f);
