@@ -112,7 +112,7 @@ typedef struct ckpt_limits {
                                           at once (default 4 GiB) */
     uint64_t max_tensor_paths;     /* tensor names of one file: every path to a tensor,
                                       so one tensor shared through the pickle memo
-                                      counts once per path (default 500,000) */
+                                      counts once per path (default 250,000) */
     uint64_t max_tensor_name_bytes;/* those names together, and so the longest one,
                                       NULs included (default 64 MiB) */
 } ckpt_limits;

@@ -108,7 +108,7 @@ void ckpt_limits_default(ckpt_limits *limits)
     limits->max_inflate_ratio = 1000;
     limits->max_header_bytes = 100000000;
     limits->max_total_inflated_bytes = 4ull << 30;
-    limits->max_tensor_paths = 500000;
+    limits->max_tensor_paths = 250000;
     limits->max_tensor_name_bytes = 64ull << 20;
 }
 
