@@ -194,7 +194,7 @@ typedef enum ckpt_kind {
     CKPT_BYTES = 7,       /* bytes or bytearray */
     CKPT_LIST = 8,
     CKPT_TUPLE = 9,
-    CKPT_SET = 10,        /* set or frozenset */
+    CKPT_SET = 10,        /* set or frozenset (ckpt_value_repr tells them apart) */
     CKPT_DICT = 11,
     CKPT_ORDERED_DICT = 12,
     CKPT_SIZE = 13,       /* torch.Size: a tuple of ints */
@@ -232,18 +232,18 @@ CKPT_API const ckpt_value *ckpt_value_item(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_key(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_dict_value(const ckpt_value *v, size_t i);
 /* A dict key as text, as tensor names show it: text as is, other keys as
- * Python's str() (1, None, True, 2.5, (1, 'a')). Writes at most size bytes
- * with the NUL; returns the length written. */
+ * Python's str() (1, None, True, 2.5, (1, 'a'), frozenset({3})). Writes at
+ * most size bytes with the NUL; returns the length written. */
 CKPT_API size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size);
 /*
  * Python's repr() of a value: None, True, 12, 1e+16, nan, (1+2j), 'a\n',
  * "it's" (Python's quotes and escapes), b'\x00', [1, 2], (1,), {'a': 1},
- * set(), OrderedDict([('a', 1)]), torch.Size([2, 3]),
- * device(type='cuda', index=0), torch.float32. Where Python has no such
- * text: a global as "module.name", an inert object as "<module.name
- * object>", a tensor as "tensor(dtype=float32, shape=[2, 3])", an int of
- * more than 4,300 digits (where Python's str() refuses) in hex, as hex()
- * shows it. A container inside itself, or nested more than 100 deep, shows
+ * {1, 2}, set(), frozenset({1}), frozenset(), OrderedDict([('a', 1)]),
+ * torch.Size([2, 3]), device(type='cuda', index=0), torch.float32. Where
+ * Python has no such text: a global as "module.name", an inert object as
+ * "<module.name object>", a tensor as "tensor(dtype=float32, shape=[2, 3])",
+ * an int of more than 4,300 digits (where Python's str() refuses) in hex,
+ * as hex() shows it. A container inside itself, or nested more than 100 deep, shows
  * as [...] ({...}, (...)); text past 64 MiB is cut with "...".
  * Like snprintf: writes at most size bytes with the NUL (buf may be NULL
  * when size is 0) and returns the length of the whole text. NULL is None.
