@@ -285,9 +285,9 @@ static ckpt_status name_failed(walk_ctx *c)
     if (!c->nb.too_long)
         return nomem(c);
     return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
-                      "a tensor name would be longer than %zu bytes "
+                      "a tensor name would take more than %llu bytes with its NUL "
                       "(limit max_tensor_name_bytes) under '%.200s'",
-                      c->nb.max, c->nb.p ? c->nb.p : "");
+                      (unsigned long long)c->nb.max + 1, c->nb.p ? c->nb.p : "");
 }
 
 static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth);
