@@ -9,6 +9,8 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 /* ckpt diff A B [--atol X] [--rtol Y] [--json]: argv holds the arguments
  * after "diff" (argc of them). Returns the exit status: 0 same (within the
@@ -65,5 +67,46 @@ void cli_human_bytes(uint64_t b, char *buf, size_t size);
  * keys in insertion order, floats exact, indented by indent; on failure
  * says so on stderr, naming what (a command or a path), and returns false. */
 bool cli_print_json(json_t *o, size_t indent, const char *what);
+
+/* ---- JSON written as it goes (json_out.c) ---- */
+
+/* Deepest nesting of containers a cli_jw writes. */
+#define CLI_JW_MAX_DEPTH 1024
+
+/* A JSON document written to fp item by item, in cli_print_json's layout:
+ * begin/end a container, a key before each value of an object, then
+ * cli_jw_finish. Memory does not grow with the document. */
+typedef struct cli_jw {
+    FILE *fp;
+    unsigned indent;
+    size_t depth;
+    bool after_key;
+    bool failed;
+    uint64_t count[CLI_JW_MAX_DEPTH];  /* items written in each open container */
+} cli_jw;
+
+void cli_jw_init(cli_jw *w, FILE *fp, unsigned indent);
+void cli_jw_begin_object(cli_jw *w);
+void cli_jw_end_object(cli_jw *w);
+void cli_jw_begin_array(cli_jw *w);
+void cli_jw_end_array(cli_jw *w);
+/* key: NUL-terminated, valid UTF-8 (cli_utf8_valid) */
+void cli_jw_key(cli_jw *w, const char *key);
+/* Text that is not valid UTF-8 (or NULL) is written as null; false then. */
+bool cli_jw_string(cli_jw *w, const char *s);
+bool cli_jw_stringn(cli_jw *w, const char *s, size_t n);
+void cli_jw_int(cli_jw *w, long long v);
+/* A finite double as jansson writes it (17 digits); null otherwise. */
+void cli_jw_real(cli_jw *w, double d);
+void cli_jw_bool(cli_jw *w, bool b);
+void cli_jw_null(cli_jw *w);
+/* A small jansson value, written in place (the caller keeps it). */
+void cli_jw_json(cli_jw *w, const json_t *j);
+/* Ends the document with a newline and flushes; on failure says so on
+ * stderr, naming what, and returns false. */
+bool cli_jw_finish(cli_jw *w, const char *what);
+/* true when the n bytes are UTF-8 as JSON text needs it (jansson's rules:
+ * no overlong forms, no surrogates); NUL is allowed. */
+bool cli_utf8_valid(const char *s, size_t n);
 
 #endif /* CKPT_CLI_H */

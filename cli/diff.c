@@ -76,51 +76,225 @@ static void *vec_push(vec *v)
 
 /* ---- plain values: leaves by path ------------------------------------------ */
 
+/* A container shared through the pickle memo is reached once per path, so
+ * its leaves repeat: a leaf's text is made once per value and kept once per
+ * content (texts), and how many leaves repeat a value already seen, how
+ * many steps the walk takes and how long the paths grow are bounded. */
+#define PLAIN_MAX_REPEATS 1000000
+#define PLAIN_MAX_PATH_BYTES ((size_t)64 << 20)
+
 typedef struct leaf {
     char *path;
-    char *text;
+    const char *text;           /* interned: equal texts are one pointer */
     size_t order;
     bool matched;
 } leaf;
 
+/* Texts of leaves, shared by both files: each content once, and the text
+ * of each value already shown. */
+typedef struct text_entry {
+    uint64_t hash;
+    char *text;
+} text_entry;
+
+typedef struct value_text {
+    const ckpt_value *v;
+    const char *text;
+} value_text;
+
+typedef struct texts {
+    text_entry *by_text;
+    size_t text_cap, text_len;
+    value_text *by_value;
+    size_t value_cap, value_len;
+} texts;
+
 typedef struct plain_walk {
     vec leaves;                 /* of leaf */
     vec path;                   /* of char: the current path, NUL-terminated */
+    texts *tx;
     const ckpt_value *stack[PLAIN_MAX_DEPTH];
     uint64_t visits_left;
+    uint64_t repeats_left;      /* leaves whose value was shown before */
+    size_t path_bytes;          /* of every leaf's path */
     bool failed;                /* out of memory */
-    bool too_many;              /* past the visit budget */
+    bool too_many;              /* past a bound */
 } plain_walk;
 
-static char *dup_text(const char *s, size_t n)
+static uint64_t hash_bytes(const char *s, size_t n)
 {
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = 0;
-    }
-    return p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
 }
 
-static void add_leaf(plain_walk *w, const char *s)
+static uint64_t hash_ptr(const void *p)
 {
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 31);
+}
+
+/* Doubles an open-addressed table of *cap slots of esize bytes when it is
+ * half full; rehash is called for each old slot. */
+static bool table_room(void **slots, size_t *cap, size_t len, size_t esize,
+                       void (*rehash)(void *fresh, size_t cap, const void *old))
+{
+    if ((len + 1) * 2 <= *cap)
+        return true;
+    size_t ncap = *cap ? *cap * 2 : 1024;
+    char *fresh = ncap <= SIZE_MAX / esize ? calloc(ncap, esize) : NULL;
+    if (!fresh)
+        return false;
+    for (size_t i = 0; i < *cap; i++)
+        rehash(fresh, ncap, (const char *)*slots + i * esize);
+    free(*slots);
+    *slots = fresh;
+    *cap = ncap;
+    return true;
+}
+
+static void rehash_text(void *fresh, size_t cap, const void *old)
+{
+    const text_entry *e = old;
+    if (!e->text)
+        return;
+    text_entry *t = fresh;
+    size_t i = e->hash & (cap - 1);
+    while (t[i].text)
+        i = (i + 1) & (cap - 1);
+    t[i] = *e;
+}
+
+static void rehash_value(void *fresh, size_t cap, const void *old)
+{
+    const value_text *e = old;
+    if (!e->v)
+        return;
+    value_text *t = fresh;
+    size_t i = hash_ptr(e->v) & (cap - 1);
+    while (t[i].v)
+        i = (i + 1) & (cap - 1);
+    t[i] = *e;
+}
+
+/* The one copy of text s (taken over: freed when a copy exists); NULL when
+ * out of memory. */
+static const char *intern(texts *tx, char *s)
+{
+    size_t n = strlen(s);
+    uint64_t h = hash_bytes(s, n);
+    if (!table_room((void **)&tx->by_text, &tx->text_cap, tx->text_len, sizeof(text_entry),
+                    rehash_text)) {
+        free(s);
+        return NULL;
+    }
+    size_t i = h & (tx->text_cap - 1);
+    for (; tx->by_text[i].text; i = (i + 1) & (tx->text_cap - 1)) {
+        if (tx->by_text[i].hash == h && strcmp(tx->by_text[i].text, s) == 0) {
+            free(s);
+            return tx->by_text[i].text;
+        }
+    }
+    tx->by_text[i] = (text_entry){h, s};
+    tx->text_len++;
+    return s;
+}
+
+/* The slot of v in the value table (its text NULL when not seen yet). */
+static value_text *value_slot(texts *tx, const ckpt_value *v)
+{
+    if (!table_room((void **)&tx->by_value, &tx->value_cap, tx->value_len, sizeof(value_text),
+                    rehash_value))
+        return NULL;
+    size_t i = hash_ptr(v) & (tx->value_cap - 1);
+    while (tx->by_value[i].v && tx->by_value[i].v != v)
+        i = (i + 1) & (tx->value_cap - 1);
+    return &tx->by_value[i];
+}
+
+static void texts_free(texts *tx)
+{
+    for (size_t i = 0; i < tx->text_cap; i++)
+        free(tx->by_text[i].text);
+    free(tx->by_text);
+    free(tx->by_value);
+}
+
+static void add_leaf(plain_walk *w, const char *text)
+{
+    size_t plen = w->path.len;
+    if (plen + 1 > PLAIN_MAX_PATH_BYTES - w->path_bytes) {
+        w->too_many = true;
+        return;
+    }
     leaf *l = vec_push(&w->leaves);
     if (!l) {
         w->failed = true;
         return;
     }
     l->order = w->leaves.len - 1;
-    l->path = dup_text(w->path.len ? w->path.p : "", w->path.len);
-    l->text = dup_text(s, strlen(s));
-    if (!l->path || !l->text)
+    l->text = text;
+    l->path = malloc(plen + 1);
+    if (!l->path) {
         w->failed = true;
+        return;
+    }
+    memcpy(l->path, plen ? w->path.p : "", plen);
+    l->path[plen] = 0;
+    w->path_bytes += plen + 1;
 }
 
-/* Appends to the path; false when out of memory. */
+/* A leaf showing a fixed text (a cycle, a cut). */
+static void add_marker(plain_walk *w, const char *s)
+{
+    char *t = malloc(strlen(s) + 1);
+    const char *text = t ? intern(w->tx, strcpy(t, s)) : NULL;
+    if (!text)
+        w->failed = true;
+    else
+        add_leaf(w, text);
+}
+
+/* A leaf showing v's repr, made once per value. */
+static void add_value_leaf(plain_walk *w, const ckpt_value *v)
+{
+    value_text *slot = value_slot(w->tx, v);
+    if (!slot) {
+        w->failed = true;
+        return;
+    }
+    if (slot->v) {
+        if (w->repeats_left == 0) {
+            w->too_many = true;
+            return;
+        }
+        w->repeats_left--;
+        add_leaf(w, slot->text);
+        return;
+    }
+    char *t = cli_repr(v);
+    const char *text = t ? intern(w->tx, t) : NULL;
+    if (!text) {
+        w->failed = true;
+        return;
+    }
+    *slot = (value_text){v, text};
+    w->tx->value_len++;
+    add_leaf(w, text);
+}
+
+/* Appends to the path; false when out of memory or too long. */
 static bool path_put(plain_walk *w, const char *s, size_t n)
 {
-    if (!vec_reserve(&w->path, n + 1))
+    if (n > PLAIN_MAX_PATH_BYTES - w->path.len) {
+        w->too_many = true;
         return false;
+    }
+    if (!vec_reserve(&w->path, n + 1)) {
+        w->failed = true;
+        return false;
+    }
     char *p = w->path.p;
     memcpy(p + w->path.len, s, n);
     w->path.len += n;
@@ -164,32 +338,31 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
     if (k == CKPT_TENSOR)
         return;
     if (!is_container(k) || ckpt_value_len(v) == 0) {
-        char *t = cli_repr(v);
-        if (t)
-            add_leaf(w, t);
-        else
-            w->failed = true;
-        free(t);
+        add_value_leaf(w, v);
         return;
     }
+    /* the cycle check looks at every container above */
+    if (w->visits_left < (uint64_t)depth) {
+        w->too_many = true;
+        return;
+    }
+    w->visits_left -= (uint64_t)depth;
     for (int i = 0; i < depth; i++) {
         if (w->stack[i] == v) {
-            add_leaf(w, "<cycle>");
+            add_marker(w, "<cycle>");
             return;
         }
     }
     if (depth >= PLAIN_MAX_DEPTH) {
-        add_leaf(w, "<nested too deep>");
+        add_marker(w, "<nested too deep>");
         return;
     }
     w->stack[depth] = v;
     bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
     size_t saved = w->path.len;
     for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
-        if (!path_push(w, v, i, is_dict)) {
-            w->failed = true;
+        if (!path_push(w, v, i, is_dict))
             break;
-        }
         plain_walk_value(w, is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i),
                          depth + 1);
         w->path.len = saved;
@@ -200,10 +373,8 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
 static void free_leaves(vec *v)
 {
     leaf *l = v->p;
-    for (size_t i = 0; i < v->len; i++) {
+    for (size_t i = 0; i < v->len; i++)
         free(l[i].path);
-        free(l[i].text);
-    }
     free(v->p);
 }
 
@@ -550,10 +721,52 @@ static bool may_compare(ckpt_file *f, const char *path, const char *name, uint64
     return false;
 }
 
+/* Results of comparing a pair of tensors, kept: a tensor shared through the
+ * pickle memo is listed under every path to it, and is compared once. */
+typedef struct pair_result {
+    const ckpt_tensor *a, *b;   /* a NULL: an empty slot */
+    value_diff vd;
+    bool compared;
+} pair_result;
+
+typedef struct pair_memo {
+    pair_result *slots;
+    size_t cap, len;
+} pair_memo;
+
+static size_t pair_hash(const ckpt_tensor *a, const ckpt_tensor *b)
+{
+    return (size_t)(hash_ptr(a) ^ (hash_ptr(b) * 0xff51afd7ed558ccdull));
+}
+
+static void rehash_pair(void *fresh, size_t cap, const void *old)
+{
+    const pair_result *e = old;
+    if (!e->a)
+        return;
+    pair_result *t = fresh;
+    size_t i = pair_hash(e->a, e->b) & (cap - 1);
+    while (t[i].a)
+        i = (i + 1) & (cap - 1);
+    t[i] = *e;
+}
+
+/* The slot of the pair (a NULL when not compared yet); NULL when out of memory. */
+static pair_result *pair_slot(pair_memo *m, const ckpt_tensor *a, const ckpt_tensor *b)
+{
+    if (!table_room((void **)&m->slots, &m->cap, m->len, sizeof(pair_result), rehash_pair))
+        return NULL;
+    size_t i = pair_hash(a, b) & (m->cap - 1);
+    while (m->slots[i].a && (m->slots[i].a != a || m->slots[i].b != b))
+        i = (i + 1) & (m->cap - 1);
+    return &m->slots[i];
+}
+
 static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const char *path_b,
                          const tol *tl, diff_result *r)
 {
     uint64_t made_a = 0, made_b = 0;
+    pair_memo memo = {0};
     scratch sc = {0};
     sc.raw_a = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
     sc.raw_b = malloc(CHUNK_ELEMS * MAX_ELEM_BYTES);
@@ -590,14 +803,25 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
             continue;
         }
         value_diff vd = {0};
-        bool compared;
-        if (ok && (!may_compare(fa, path_a, name, values_bytes(&ia), &made_a) ||
-                   !may_compare(fb, path_b, name, values_bytes(&ib), &made_b)))
+        bool compared = false;
+        pair_result *done = ok ? pair_slot(&memo, ta, tb) : NULL;
+        if (ok && !done) {
+            fprintf(stderr, "%s: out of memory\n", PROG);
             ok = false;
-        else if (ok &&
-                 !compare_values(fa, ta, fb, tb, name, path_a, path_b, tl, &sc, &vd, &compared))
+        } else if (ok && done->a) {
+            vd = done->vd;
+            vd.name = name;
+            compared = done->compared;
+        } else if (ok && may_compare(fa, path_a, name, values_bytes(&ia), &made_a) &&
+                   may_compare(fb, path_b, name, values_bytes(&ib), &made_b) &&
+                   compare_values(fa, ta, fb, tb, name, path_a, path_b, tl, &sc, &vd,
+                                  &compared)) {
+            *done = (pair_result){ta, tb, vd, compared};
+            memo.len++;
+        } else {
             ok = false;
-        else if (ok && compared && vd.count) {
+        }
+        if (ok && compared && vd.count) {
             value_diff *v = vec_push(&r->values);
             ok = v != NULL;
             if (ok)
@@ -616,22 +840,23 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
     free(sc.raw_b);
     free(sc.da);
     free(sc.db);
+    free(memo.slots);
     return ok;
 }
 
-static bool collect_plain(ckpt_file *f, const char *path, plain_walk *w)
+static bool collect_plain(ckpt_file *f, const char *path, texts *tx, plain_walk *w)
 {
     memset(w, 0, sizeof(*w));
     w->leaves.esize = sizeof(leaf);
     w->path.esize = 1;
+    w->tx = tx;
     w->visits_left = PLAIN_MAX_VISITS;
+    w->repeats_left = PLAIN_MAX_REPEATS;
     ckpt_file_info fi;
     ckpt_file_get_info(f, &fi);
     if (fi.format == CKPT_FORMAT_SAFETENSORS) {
-        if (fi.metadata) {
-            w->failed = !path_put(w, "__metadata__", 12);
+        if (fi.metadata && path_put(w, "__metadata__", 12))
             plain_walk_value(w, fi.metadata, 0);
-        }
     } else {
         plain_walk_value(w, ckpt_file_root(f), 0);
     }
@@ -667,7 +892,7 @@ static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
         r->plain_compared++;
         if (other) {
             other->matched = true;
-            if (strcmp(other->text, la[i].text) == 0)
+            if (other->text == la[i].text) /* interned */
                 continue;
         }
         plain_diff *d = vec_push(&r->plain);
@@ -776,14 +1001,17 @@ static void print_human(const diff_result *r)
 }
 
 /* A JSON string; text that is not UTF-8 gets its high bytes as \xNN. */
-static json_t *jstr(const char *s)
+static void jstr(cli_jw *jw, const char *s)
 {
-    json_t *j = json_string(s);
-    if (j)
-        return j;
+    if (cli_utf8_valid(s, strlen(s))) {
+        cli_jw_string(jw, s);
+        return;
+    }
     char *t = malloc(strlen(s) * 4 + 1);
-    if (!t)
-        return json_string("");
+    if (!t) {
+        cli_jw_string(jw, "");
+        return;
+    }
     size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p >= 0x80)
@@ -792,69 +1020,123 @@ static json_t *jstr(const char *s)
             t[n++] = (char)*p;
     }
     t[n] = 0;
-    j = json_string(t);
+    cli_jw_string(jw, t);
     free(t);
-    return j;
 }
 
-static json_t *jshape(const ckpt_tensor *x)
+static void jshape(cli_jw *jw, const ckpt_tensor *x)
 {
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(x, &ti);
-    json_t *a = json_array();
+    cli_jw_begin_array(jw);
     for (uint32_t i = 0; i < ti.ndim; i++)
-        json_array_append_new(a, json_integer(ti.shape[i]));
-    return a;
+        cli_jw_int(jw, ti.shape[i]);
+    cli_jw_end_array(jw);
 }
 
+static void jnames(cli_jw *jw, const char *key, const vec *v)
+{
+    const char **names = v->p;
+    cli_jw_key(jw, key);
+    cli_jw_begin_array(jw);
+    for (size_t i = 0; i < v->len; i++)
+        jstr(jw, names[i]);
+    cli_jw_end_array(jw);
+}
+
+/* Written as it goes: the lists can be as long as the tensor lists. */
 static int print_json(const diff_result *r)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "same", json_boolean(is_same(r)));
-    json_t *a = json_array();
-    const char **names = r->only_a.p;
-    for (size_t i = 0; i < r->only_a.len; i++)
-        json_array_append_new(a, jstr(names[i]));
-    json_object_set_new(o, "only_in_a", a);
-    a = json_array();
-    names = r->only_b.p;
-    for (size_t i = 0; i < r->only_b.len; i++)
-        json_array_append_new(a, jstr(names[i]));
-    json_object_set_new(o, "only_in_b", a);
-    a = json_array();
+    cli_jw *jw = malloc(sizeof(*jw));
+    if (!jw) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return DIFF_ERROR;
+    }
+    cli_jw_init(jw, stdout, 1);
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, "same");
+    cli_jw_bool(jw, is_same(r));
+    jnames(jw, "only_in_a", &r->only_a);
+    jnames(jw, "only_in_b", &r->only_b);
+    cli_jw_key(jw, "dtype_mismatch");
+    cli_jw_begin_array(jw);
     const tensor_pair *pairs = r->dtype.p;
-    for (size_t i = 0; i < r->dtype.len; i++)
-        json_array_append_new(a, json_pack("{s:o,s:s,s:s}", "name", jstr(pairs[i].name), "a",
-                                           dtype_of(pairs[i].a), "b", dtype_of(pairs[i].b)));
-    json_object_set_new(o, "dtype_mismatch", a);
-    a = json_array();
+    for (size_t i = 0; i < r->dtype.len; i++) {
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "name");
+        jstr(jw, pairs[i].name);
+        cli_jw_key(jw, "a");
+        cli_jw_string(jw, dtype_of(pairs[i].a));
+        cli_jw_key(jw, "b");
+        cli_jw_string(jw, dtype_of(pairs[i].b));
+        cli_jw_end_object(jw);
+    }
+    cli_jw_end_array(jw);
+    cli_jw_key(jw, "shape_mismatch");
+    cli_jw_begin_array(jw);
     pairs = r->shape.p;
-    for (size_t i = 0; i < r->shape.len; i++)
-        json_array_append_new(a, json_pack("{s:o,s:o,s:o}", "name", jstr(pairs[i].name), "a",
-                                           jshape(pairs[i].a), "b", jshape(pairs[i].b)));
-    json_object_set_new(o, "shape_mismatch", a);
-    a = json_array();
+    for (size_t i = 0; i < r->shape.len; i++) {
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "name");
+        jstr(jw, pairs[i].name);
+        cli_jw_key(jw, "a");
+        jshape(jw, pairs[i].a);
+        cli_jw_key(jw, "b");
+        jshape(jw, pairs[i].b);
+        cli_jw_end_object(jw);
+    }
+    cli_jw_end_array(jw);
+    cli_jw_key(jw, "value_mismatch");
+    cli_jw_begin_array(jw);
     const value_diff *vals = r->values.p;
     for (size_t i = 0; i < r->values.len; i++) {
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "name");
+        jstr(jw, vals[i].name);
+        cli_jw_key(jw, "count");
+        cli_jw_int(jw, (long long)vals[i].count);
+        cli_jw_key(jw, "numel");
+        cli_jw_int(jw, (long long)vals[i].numel);
         /* null when not a number: byte comparisons, infinite differences */
-        json_t *m = vals[i].has_max && isfinite(vals[i].max_abs) ? json_real(vals[i].max_abs)
-                                                                   : json_null();
-        json_array_append_new(a, json_pack("{s:o,s:I,s:I,s:o}", "name", jstr(vals[i].name),
-                                           "count", (json_int_t)vals[i].count, "numel",
-                                           (json_int_t)vals[i].numel, "max_abs_diff", m));
+        cli_jw_key(jw, "max_abs_diff");
+        if (vals[i].has_max && isfinite(vals[i].max_abs))
+            cli_jw_real(jw, vals[i].max_abs);
+        else
+            cli_jw_null(jw);
+        cli_jw_end_object(jw);
     }
-    json_object_set_new(o, "value_mismatch", a);
-    a = json_array();
+    cli_jw_end_array(jw);
+    cli_jw_key(jw, "plain_mismatch");
+    cli_jw_begin_array(jw);
     const plain_diff *pd = r->plain.p;
-    for (size_t i = 0; i < r->plain.len; i++)
-        json_array_append_new(a, json_pack("{s:o,s:o,s:o}", "path", jstr(pd[i].path), "a",
-                                           pd[i].a ? jstr(pd[i].a) : json_null(), "b",
-                                           pd[i].b ? jstr(pd[i].b) : json_null()));
-    json_object_set_new(o, "plain_mismatch", a);
-    json_object_set_new(o, "tensors_compared", json_integer((json_int_t)r->tensors_compared));
-    json_object_set_new(o, "plain_compared",
-                        r->plain_skipped ? json_null() : json_integer((json_int_t)r->plain_compared));
-    return cli_print_json(o, 1, "diff") ? 0 : DIFF_ERROR;
+    for (size_t i = 0; i < r->plain.len; i++) {
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "path");
+        jstr(jw, pd[i].path);
+        cli_jw_key(jw, "a");
+        if (pd[i].a)
+            jstr(jw, pd[i].a);
+        else
+            cli_jw_null(jw);
+        cli_jw_key(jw, "b");
+        if (pd[i].b)
+            jstr(jw, pd[i].b);
+        else
+            cli_jw_null(jw);
+        cli_jw_end_object(jw);
+    }
+    cli_jw_end_array(jw);
+    cli_jw_key(jw, "tensors_compared");
+    cli_jw_int(jw, (long long)r->tensors_compared);
+    cli_jw_key(jw, "plain_compared");
+    if (r->plain_skipped)
+        cli_jw_null(jw);
+    else
+        cli_jw_int(jw, (long long)r->plain_compared);
+    cli_jw_end_object(jw);
+    bool ok = cli_jw_finish(jw, "diff");
+    free(jw);
+    return ok ? 0 : DIFF_ERROR;
 }
 
 /* ---- the command -------------------------------------------------------------- */
@@ -957,6 +1239,7 @@ int ckpt_cli_diff(int argc, char **argv)
     r.values.esize = sizeof(value_diff);
     r.plain.esize = sizeof(plain_diff);
     plain_walk *w[2] = {calloc(1, sizeof(plain_walk)), calloc(1, sizeof(plain_walk))};
+    texts tx = {0};
     if (!w[0] || !w[1]) {
         fprintf(stderr, "%s: out of memory\n", PROG);
         goto out;
@@ -968,7 +1251,8 @@ int ckpt_cli_diff(int argc, char **argv)
     ckpt_file_get_info(f[1], &ib);
     r.plain_skipped = (ia.format == CKPT_FORMAT_SAFETENSORS) != (ib.format == CKPT_FORMAT_SAFETENSORS);
     if (!r.plain_skipped) {
-        if (!collect_plain(f[0], paths[0], w[0]) || !collect_plain(f[1], paths[1], w[1]) ||
+        if (!collect_plain(f[0], paths[0], &tx, w[0]) ||
+            !collect_plain(f[1], paths[1], &tx, w[1]) ||
             !diff_plain(w[0], w[1], &r))
             goto out;
     }
@@ -986,6 +1270,7 @@ out:
             free_leaves(&w[k]->leaves);
         free(w[k]);
     }
+    texts_free(&tx);
     free(r.only_a.p);
     free(r.only_b.p);
     free(r.dtype.p);

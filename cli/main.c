@@ -77,275 +77,427 @@ static char *hex_text(const unsigned char *p, size_t n)
 /* Containers shared through the pickle memo repeat in the tree; a budget of
  * nodes keeps output bounded when sharing nests (2^depth paths). */
 #define TREE_MAX_NODES 2000000
+/* ... and a budget of text: a long string shared through the memo would
+ * repeat whole under every path to it. */
+#define TREE_MAX_TEXT_BYTES ((uint64_t)256 << 20)
 
 typedef struct tree_walk {
+    cli_jw *jw;
     const ckpt_value *path[TREE_MAX_DEPTH];
     uint64_t nodes_left;
+    uint64_t text_left;
 } tree_walk;
 
-static json_t *tagged(const char *tag, json_t *v)
+/* Takes n bytes of text from the budget; false (and {"$truncated": true}
+ * written) when fewer are left. */
+static bool text_budget(tree_walk *w, uint64_t n);
+
+/* {"tag": "text"} */
+static void tagged_text(cli_jw *jw, const char *tag, const char *text)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, tag, v);
-    return o;
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, tag);
+    cli_jw_string(jw, text);
+    cli_jw_end_object(jw);
 }
 
-static json_t *tensor_summary_json(const ckpt_tensor *t)
+static void tagged_true(cli_jw *jw, const char *tag)
+{
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, tag);
+    cli_jw_bool(jw, true);
+    cli_jw_end_object(jw);
+}
+
+static void tensor_summary_json(cli_jw *jw, const ckpt_tensor *t)
 {
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(t, &ti);
-    json_t *o = json_object();
-    json_object_set_new(o, "dtype", json_string(ckpt_dtype_name(ti.dtype)));
-    json_t *shape = json_array();
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, "$tensor");
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, "dtype");
+    cli_jw_string(jw, ckpt_dtype_name(ti.dtype));
+    cli_jw_key(jw, "shape");
+    cli_jw_begin_array(jw);
     for (uint32_t i = 0; i < ti.ndim; i++)
-        json_array_append_new(shape, json_integer(ti.shape[i]));
-    json_object_set_new(o, "shape", shape);
-    if (ti.is_parameter)
-        json_object_set_new(o, "parameter", json_true());
-    if (ti.layout != CKPT_LAYOUT_STRIDED)
-        json_object_set_new(o, "layout", json_string(ckpt_layout_name(ti.layout)));
-    return tagged("$tensor", o);
+        cli_jw_int(jw, ti.shape[i]);
+    cli_jw_end_array(jw);
+    if (ti.is_parameter) {
+        cli_jw_key(jw, "parameter");
+        cli_jw_bool(jw, true);
+    }
+    if (ti.layout != CKPT_LAYOUT_STRIDED) {
+        cli_jw_key(jw, "layout");
+        cli_jw_string(jw, ckpt_layout_name(ti.layout));
+    }
+    cli_jw_end_object(jw);
+    cli_jw_end_object(jw);
 }
 
-static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth);
-
-static json_t *seq_json(const ckpt_value *v, tree_walk *w, int depth)
+static bool text_budget(tree_walk *w, uint64_t n)
 {
-    json_t *a = json_array();
+    if (n > w->text_left) {
+        w->text_left = 0;
+        tagged_true(w->jw, "$truncated");
+        return false;
+    }
+    w->text_left -= n;
+    return true;
+}
+
+static void value_json(const ckpt_value *v, tree_walk *w, int depth);
+
+static void seq_json(const ckpt_value *v, tree_walk *w, int depth)
+{
+    cli_jw_begin_array(w->jw);
     for (size_t i = 0; i < ckpt_value_len(v); i++)
-        json_array_append_new(a, value_json(ckpt_value_item(v, i), w, depth + 1));
-    return a;
+        value_json(ckpt_value_item(v, i), w, depth + 1);
+    cli_jw_end_array(w->jw);
 }
 
-static json_t *dict_json(const ckpt_value *v, tree_walk *w, int depth)
+/* {"tag": [items]} */
+static void tagged_seq(const char *tag, const ckpt_value *v, tree_walk *w, int depth)
 {
+    cli_jw_begin_object(w->jw);
+    cli_jw_key(w->jw, tag);
+    seq_json(v, w, depth);
+    cli_jw_end_object(w->jw);
+}
+
+/* An object when every key is text JSON can hold, else {"$dict": [[k, v], ...]}. */
+static void dict_json(const ckpt_value *v, tree_walk *w, int depth)
+{
+    cli_jw *jw = w->jw;
     bool all_str = true;
     size_t n = ckpt_value_len(v);
     for (size_t i = 0; i < n && all_str; i++) {
         const ckpt_value *k = ckpt_value_key(v, i);
         size_t len;
         const char *s = ckpt_value_str(k, &len);
-        all_str = ckpt_value_kind(k) == CKPT_STR && strlen(s) == len;
+        all_str = ckpt_value_kind(k) == CKPT_STR && strlen(s) == len && cli_utf8_valid(s, len);
     }
     if (all_str) {
-        json_t *o = json_object();
+        cli_jw_begin_object(jw);
         for (size_t i = 0; i < n; i++) {
-            const char *k = ckpt_value_str(ckpt_value_key(v, i), NULL);
-            json_t *val = value_json(ckpt_value_dict_value(v, i), w, depth + 1);
-            if (json_object_set_new(o, k, val) != 0) {
-                all_str = false; /* key not valid UTF-8 for JSON */
-                break;
-            }
+            cli_jw_key(jw, ckpt_value_str(ckpt_value_key(v, i), NULL));
+            value_json(ckpt_value_dict_value(v, i), w, depth + 1);
         }
-        if (all_str)
-            return o;
-        json_decref(o);
+        cli_jw_end_object(jw);
+        return;
     }
-    json_t *pairs = json_array();
+    cli_jw_begin_object(jw);
+    cli_jw_key(jw, "$dict");
+    cli_jw_begin_array(jw);
     for (size_t i = 0; i < n; i++) {
-        json_t *p = json_array();
-        json_array_append_new(p, value_json(ckpt_value_key(v, i), w, depth + 1));
-        json_array_append_new(p, value_json(ckpt_value_dict_value(v, i), w, depth + 1));
-        json_array_append_new(pairs, p);
+        cli_jw_begin_array(jw);
+        value_json(ckpt_value_key(v, i), w, depth + 1);
+        value_json(ckpt_value_dict_value(v, i), w, depth + 1);
+        cli_jw_end_array(jw);
     }
-    return tagged("$dict", pairs);
+    cli_jw_end_array(jw);
+    cli_jw_end_object(jw);
 }
 
-static json_t *value_json(const ckpt_value *v, tree_walk *w, int depth)
+/* A float JSON cannot hold as a number: "nan", "inf", "-inf". */
+static void float_json(cli_jw *jw, double d)
 {
-    if (depth >= TREE_MAX_DEPTH || w->nodes_left == 0)
-        return tagged("$truncated", json_true());
+    if (isfinite(d))
+        cli_jw_real(jw, d);
+    else
+        cli_jw_string(jw, isnan(d) ? "nan" : d > 0 ? "inf" : "-inf");
+}
+
+static void value_json(const ckpt_value *v, tree_walk *w, int depth)
+{
+    cli_jw *jw = w->jw;
+    if (depth >= TREE_MAX_DEPTH || w->nodes_left == 0) {
+        tagged_true(jw, "$truncated");
+        return;
+    }
     w->nodes_left--;
     for (int i = 0; i < depth; i++) {
-        if (w->path[i] == v)
-            return tagged("$cycle", json_true());
+        if (w->path[i] == v) {
+            tagged_true(jw, "$cycle");
+            return;
+        }
     }
     w->path[depth] = v;
     size_t len;
     const char *s;
     switch (ckpt_value_kind(v)) {
-    case CKPT_NONE: return json_null();
-    case CKPT_BOOLEAN: return json_boolean(ckpt_value_bool(v));
-    case CKPT_INT: return json_integer(ckpt_value_int(v));
+    case CKPT_NONE: cli_jw_null(jw); return;
+    case CKPT_BOOLEAN: cli_jw_bool(jw, ckpt_value_bool(v)); return;
+    case CKPT_INT: cli_jw_int(jw, ckpt_value_int(v)); return;
     case CKPT_BIGINT: {
+        ckpt_value_str(v, &len);
+        if (!text_budget(w, 3 * (uint64_t)len))
+            return;
         char *t = cli_repr(v);
-        json_t *r = tagged("$int", json_string(t ? t : "?"));
+        tagged_text(jw, "$int", t ? t : "?");
         free(t);
-        return r;
+        return;
     }
     case CKPT_FLOAT: {
         double d = ckpt_value_float(v);
-        if (isnan(d))
-            return tagged("$float", json_string("nan"));
-        if (isinf(d))
-            return tagged("$float", json_string(d > 0 ? "inf" : "-inf"));
-        return json_real(d);
+        if (isfinite(d))
+            cli_jw_real(jw, d);
+        else
+            tagged_text(jw, "$float", isnan(d) ? "nan" : d > 0 ? "inf" : "-inf");
+        return;
     }
     case CKPT_COMPLEX: {
         double re, im;
         ckpt_value_complex(v, &re, &im);
-        json_t *a = json_array();
-        json_array_append_new(a, isfinite(re) ? json_real(re) : json_string(isnan(re) ? "nan" : re > 0 ? "inf" : "-inf"));
-        json_array_append_new(a, isfinite(im) ? json_real(im) : json_string(isnan(im) ? "nan" : im > 0 ? "inf" : "-inf"));
-        return tagged("$complex", a);
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "$complex");
+        cli_jw_begin_array(jw);
+        float_json(jw, re);
+        float_json(jw, im);
+        cli_jw_end_array(jw);
+        cli_jw_end_object(jw);
+        return;
     }
     case CKPT_STR: {
         s = ckpt_value_str(v, &len);
-        json_t *r = json_stringn(s, len);
-        if (r)
-            return r;
+        if (!text_budget(w, len))
+            return;
+        if (cli_utf8_valid(s, len)) {
+            cli_jw_stringn(jw, s, len);
+            return;
+        }
         char *h = hex_text((const unsigned char *)s, len);
-        r = tagged("$str_utf8_hex", json_string(h ? h : ""));
+        tagged_text(jw, "$str_utf8_hex", h ? h : "");
         free(h);
-        return r;
+        return;
     }
     case CKPT_BYTES: {
         s = ckpt_value_str(v, &len);
+        if (!text_budget(w, 2 * (uint64_t)len))
+            return;
         char *h = hex_text((const unsigned char *)s, len);
-        json_t *r = tagged("$bytes", json_string(h ? h : ""));
+        tagged_text(jw, "$bytes", h ? h : "");
         free(h);
-        return r;
+        return;
     }
-    case CKPT_LIST: return seq_json(v, w, depth);
-    case CKPT_TUPLE: return tagged("$tuple", seq_json(v, w, depth));
-    case CKPT_SET: return tagged("$set", seq_json(v, w, depth));
-    case CKPT_SIZE: return tagged("$size", seq_json(v, w, depth));
-    case CKPT_DICT: return dict_json(v, w, depth);
+    case CKPT_LIST: seq_json(v, w, depth); return;
+    case CKPT_TUPLE: tagged_seq("$tuple", v, w, depth); return;
+    case CKPT_SET: tagged_seq("$set", v, w, depth); return;
+    case CKPT_SIZE: tagged_seq("$size", v, w, depth); return;
+    case CKPT_DICT: dict_json(v, w, depth); return;
     case CKPT_ORDERED_DICT: {
-        json_t *o = tagged("$odict", dict_json(v, w, depth));
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "$odict");
+        dict_json(v, w, depth);
         const ckpt_value *st = ckpt_value_state(v);
-        if (st)
-            json_object_set_new(o, "$state", value_json(st, w, depth + 1));
-        return o;
+        if (st) {
+            cli_jw_key(jw, "$state");
+            value_json(st, w, depth + 1);
+        }
+        cli_jw_end_object(jw);
+        return;
     }
-    case CKPT_DEVICE: return tagged("$device", json_string(ckpt_value_str(v, NULL)));
-    case CKPT_DTYPE: return tagged("$dtype", json_string(ckpt_dtype_name(ckpt_value_dtype(v))));
-    case CKPT_GLOBAL: return tagged("$global", json_string(ckpt_value_str(v, NULL)));
+    case CKPT_DEVICE: tagged_text(jw, "$device", ckpt_value_str(v, NULL)); return;
+    case CKPT_DTYPE: tagged_text(jw, "$dtype", ckpt_dtype_name(ckpt_value_dtype(v))); return;
+    case CKPT_GLOBAL: tagged_text(jw, "$global", ckpt_value_str(v, NULL)); return;
     case CKPT_OBJECT: {
-        json_t *o = json_object();
-        json_object_set_new(o, "class", json_string(ckpt_value_str(v, NULL)));
-        json_object_set_new(o, "args", value_json(ckpt_value_object_args(v), w, depth + 1));
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "$object");
+        cli_jw_begin_object(jw);
+        cli_jw_key(jw, "class");
+        cli_jw_string(jw, ckpt_value_str(v, NULL));
+        cli_jw_key(jw, "args");
+        value_json(ckpt_value_object_args(v), w, depth + 1);
         const ckpt_value *kw = ckpt_value_object_kwargs(v);
-        if (kw)
-            json_object_set_new(o, "kwargs", value_json(kw, w, depth + 1));
-        if (ckpt_value_state(v))
-            json_object_set_new(o, "state", value_json(ckpt_value_state(v), w, depth + 1));
-        if (ckpt_value_object_dict(v))
-            json_object_set_new(o, "dict", value_json(ckpt_value_object_dict(v), w, depth + 1));
-        if (ckpt_value_object_items(v))
-            json_object_set_new(o, "items", value_json(ckpt_value_object_items(v), w, depth + 1));
-        return tagged("$object", o);
+        if (kw) {
+            cli_jw_key(jw, "kwargs");
+            value_json(kw, w, depth + 1);
+        }
+        if (ckpt_value_state(v)) {
+            cli_jw_key(jw, "state");
+            value_json(ckpt_value_state(v), w, depth + 1);
+        }
+        if (ckpt_value_object_dict(v)) {
+            cli_jw_key(jw, "dict");
+            value_json(ckpt_value_object_dict(v), w, depth + 1);
+        }
+        if (ckpt_value_object_items(v)) {
+            cli_jw_key(jw, "items");
+            value_json(ckpt_value_object_items(v), w, depth + 1);
+        }
+        cli_jw_end_object(jw);
+        cli_jw_end_object(jw);
+        return;
     }
-    case CKPT_TENSOR: return tensor_summary_json(ckpt_value_tensor(v));
+    case CKPT_TENSOR: tensor_summary_json(jw, ckpt_value_tensor(v)); return;
     }
-    return json_null();
+    cli_jw_null(jw);
 }
 
 /* ---- inspect ---------------------------------------------------------- */
 
-static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+static void key_string(cli_jw *jw, const char *key, const char *s)
+{
+    cli_jw_key(jw, key);
+    if (s)
+        cli_jw_string(jw, s);
+    else
+        cli_jw_null(jw);
+}
 
+static void key_int(cli_jw *jw, const char *key, long long v)
+{
+    cli_jw_key(jw, key);
+    cli_jw_int(jw, v);
+}
+
+static void key_bool(cli_jw *jw, const char *key, bool b)
+{
+    cli_jw_key(jw, key);
+    cli_jw_bool(jw, b);
+}
+
+/* Written as it goes: a file's tensor list can be long (a tensor shared
+ * through the memo is listed once per path). */
 static int inspect_json(const char *path, ckpt_file *f)
 {
     ckpt_file_info fi;
     ckpt_file_get_info(f, &fi);
-    json_t *o = json_object();
-    json_object_set_new(o, "file", json_string(path));
-    json_object_set_new(o, "format", json_string(ckpt_format_name(fi.format)));
-    json_t *d = json_object();
-    json_object_set_new(d, "file_size", json_integer((json_int_t)fi.file_size));
-    json_object_set_new(d, "prefix", str_or_null(fi.prefix));
-    json_object_set_new(d, "version", str_or_null(fi.version));
-    json_object_set_new(d, "byteorder", str_or_null(fi.byteorder));
-    json_object_set_new(d, "serialization_id", str_or_null(fi.serialization_id));
-    json_object_set_new(d, "format_version", str_or_null(fi.format_version));
-    json_object_set_new(d, "storage_alignment", str_or_null(fi.storage_alignment));
-    json_object_set_new(d, "pickle_protocol", fi.pickle_protocol >= 0 ? json_integer(fi.pickle_protocol) : json_null());
+    tree_walk *w = calloc(1, sizeof(*w));
+    cli_jw *jw = malloc(sizeof(*jw));
+    if (!w || !jw) {
+        free(w);
+        free(jw);
+        fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
+        return EXIT_ERROR;
+    }
+    cli_jw_init(jw, stdout, 1);
+    w->jw = jw;
+    cli_jw_begin_object(jw);
+    key_string(jw, "file", path);
+    key_string(jw, "format", ckpt_format_name(fi.format));
+    cli_jw_key(jw, "details");
+    cli_jw_begin_object(jw);
+    key_int(jw, "file_size", (long long)fi.file_size);
+    key_string(jw, "prefix", fi.prefix);
+    key_string(jw, "version", fi.version);
+    key_string(jw, "byteorder", fi.byteorder);
+    key_string(jw, "serialization_id", fi.serialization_id);
+    key_string(jw, "format_version", fi.format_version);
+    key_string(jw, "storage_alignment", fi.storage_alignment);
+    cli_jw_key(jw, "pickle_protocol");
+    if (fi.pickle_protocol >= 0)
+        cli_jw_int(jw, fi.pickle_protocol);
+    else
+        cli_jw_null(jw);
     if (fi.format == CKPT_FORMAT_TORCH_LEGACY)
-        json_object_set_new(d, "legacy_protocol_version", json_integer(fi.legacy_protocol_version));
-    json_object_set_new(d, "data_alignment", json_integer((json_int_t)fi.data_alignment));
-    json_object_set_new(d, "big_endian", json_boolean(fi.big_endian));
-    json_object_set_new(d, "records", json_integer((json_int_t)fi.record_count));
-    json_object_set_new(d, "storages", json_integer((json_int_t)fi.storage_count));
+        key_int(jw, "legacy_protocol_version", fi.legacy_protocol_version);
+    key_int(jw, "data_alignment", (long long)fi.data_alignment);
+    key_bool(jw, "big_endian", fi.big_endian);
+    key_int(jw, "records", (long long)fi.record_count);
+    key_int(jw, "storages", (long long)fi.storage_count);
     if (fi.format == CKPT_FORMAT_SHARDED)
-        json_object_set_new(d, "shards", json_integer((json_int_t)fi.shard_count));
-    json_object_set_new(o, "details", d);
+        key_int(jw, "shards", (long long)fi.shard_count);
+    cli_jw_end_object(jw);
 
-    json_t *recs = json_array();
+    cli_jw_key(jw, "records");
+    cli_jw_begin_array(jw);
     for (size_t i = 0; i < fi.record_count; i++) {
         ckpt_record_info ri;
         if (ckpt_file_record(f, i, &ri) != CKPT_OK)
             continue;
-        json_t *r = json_object();
-        json_object_set_new(r, "name", json_string(ri.name));
-        json_object_set_new(r, "data_offset", json_integer((json_int_t)ri.data_offset));
-        json_object_set_new(r, "size", json_integer((json_int_t)ri.size));
+        cli_jw_begin_object(jw);
+        key_string(jw, "name", ri.name);
+        key_int(jw, "data_offset", (long long)ri.data_offset);
+        key_int(jw, "size", (long long)ri.size);
         if (ri.compressed)
-            json_object_set_new(r, "stored_size", json_integer((json_int_t)ri.stored_size));
+            key_int(jw, "stored_size", (long long)ri.stored_size);
         if (ri.has_crc) {
             char crc[16];
             snprintf(crc, sizeof(crc), "%08x", ri.crc32);
-            json_object_set_new(r, "crc32", json_string(crc));
+            key_string(jw, "crc32", crc);
         }
-        json_object_set_new(r, "compressed", json_boolean(ri.compressed));
-        json_array_append_new(recs, r);
+        key_bool(jw, "compressed", ri.compressed);
+        cli_jw_end_object(jw);
     }
-    json_object_set_new(o, "records", recs);
+    cli_jw_end_array(jw);
 
-    json_t *ts = json_array();
+    cli_jw_key(jw, "tensors");
+    cli_jw_begin_array(jw);
     uint64_t total_bytes = 0, total_params = 0;
     for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
         const char *name;
         const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(t, &ti);
-        json_t *r = json_object();
-        json_object_set_new(r, "name", json_string(name));
-        json_object_set_new(r, "dtype", json_string(ckpt_dtype_name(ti.dtype)));
-        json_t *shape = json_array(), *stride = json_array();
-        for (uint32_t k = 0; k < ti.ndim; k++) {
-            json_array_append_new(shape, json_integer(ti.shape[k]));
-            json_array_append_new(stride, json_integer(ti.stride[k]));
-        }
-        json_object_set_new(r, "shape", shape);
-        json_object_set_new(r, "stride", stride);
-        json_object_set_new(r, "storage_offset", json_integer(ti.storage_offset));
-        json_object_set_new(r, "numel", json_integer((json_int_t)ti.numel));
-        json_object_set_new(r, "nbytes", json_integer((json_int_t)ti.nbytes));
-        json_object_set_new(r, "requires_grad", json_boolean(ti.requires_grad));
-        json_object_set_new(r, "parameter", json_boolean(ti.is_parameter));
-        json_object_set_new(r, "contiguous", json_boolean(ti.is_contiguous));
-        json_object_set_new(r, "storage", str_or_null(ti.storage_key));
-        json_object_set_new(r, "storage_index", ti.has_storage ? json_integer(ti.storage_index) : json_null());
-        json_object_set_new(r, "storage_nbytes", json_integer((json_int_t)ti.storage_nbytes));
-        json_object_set_new(r, "location", str_or_null(ti.location));
-        json_object_set_new(r, "record", str_or_null(ti.record));
-        json_object_set_new(r, "data_offset", ti.storage_file_offset == CKPT_NO_OFFSET ? json_null() : json_integer((json_int_t)ti.storage_file_offset));
-        json_object_set_new(r, "layout", json_string(ckpt_layout_name(ti.layout)));
+        cli_jw_begin_object(jw);
+        key_string(jw, "name", name);
+        key_string(jw, "dtype", ckpt_dtype_name(ti.dtype));
+        cli_jw_key(jw, "shape");
+        cli_jw_begin_array(jw);
+        for (uint32_t k = 0; k < ti.ndim; k++)
+            cli_jw_int(jw, ti.shape[k]);
+        cli_jw_end_array(jw);
+        cli_jw_key(jw, "stride");
+        cli_jw_begin_array(jw);
+        for (uint32_t k = 0; k < ti.ndim; k++)
+            cli_jw_int(jw, ti.stride[k]);
+        cli_jw_end_array(jw);
+        key_int(jw, "storage_offset", ti.storage_offset);
+        key_int(jw, "numel", (long long)ti.numel);
+        key_int(jw, "nbytes", (long long)ti.nbytes);
+        key_bool(jw, "requires_grad", ti.requires_grad);
+        key_bool(jw, "parameter", ti.is_parameter);
+        key_bool(jw, "contiguous", ti.is_contiguous);
+        key_string(jw, "storage", ti.storage_key);
+        cli_jw_key(jw, "storage_index");
+        if (ti.has_storage)
+            cli_jw_int(jw, (long long)ti.storage_index);
+        else
+            cli_jw_null(jw);
+        key_int(jw, "storage_nbytes", (long long)ti.storage_nbytes);
+        key_string(jw, "location", ti.location);
+        key_string(jw, "record", ti.record);
+        cli_jw_key(jw, "data_offset");
+        if (ti.storage_file_offset == CKPT_NO_OFFSET)
+            cli_jw_null(jw);
+        else
+            cli_jw_int(jw, (long long)ti.storage_file_offset);
+        key_string(jw, "layout", ckpt_layout_name(ti.layout));
         if (ti.layout != CKPT_LAYOUT_STRIDED)
-            json_object_set_new(r, "nnz", json_integer((json_int_t)ti.nnz));
-        json_array_append_new(ts, r);
+            key_int(jw, "nnz", (long long)ti.nnz);
+        cli_jw_end_object(jw);
         total_bytes += ti.nbytes;
         total_params += ti.numel;
     }
-    json_object_set_new(o, "tensors", ts);
-    json_t *tot = json_object();
-    json_object_set_new(tot, "tensors", json_integer((json_int_t)ckpt_file_tensor_count(f)));
-    json_object_set_new(tot, "parameters", json_integer((json_int_t)total_params));
-    json_object_set_new(tot, "bytes", json_integer((json_int_t)total_bytes));
-    json_object_set_new(o, "totals", tot);
-    tree_walk *w = calloc(1, sizeof(*w));
-    if (!w) {
-        json_decref(o);
-        return EXIT_ERROR;
-    }
+    cli_jw_end_array(jw);
+    cli_jw_key(jw, "totals");
+    cli_jw_begin_object(jw);
+    key_int(jw, "tensors", (long long)ckpt_file_tensor_count(f));
+    key_int(jw, "parameters", (long long)total_params);
+    key_int(jw, "bytes", (long long)total_bytes);
+    cli_jw_end_object(jw);
     w->nodes_left = TREE_MAX_NODES;
-    if (fi.metadata)
-        json_object_set_new(o, "metadata", value_json(fi.metadata, w, 0));
-    json_object_set_new(o, "tree", value_json(ckpt_file_root(f), w, 0));
+    w->text_left = TREE_MAX_TEXT_BYTES;
+    if (fi.metadata) {
+        cli_jw_key(jw, "metadata");
+        value_json(fi.metadata, w, 0);
+    }
+    cli_jw_key(jw, "tree");
+    value_json(ckpt_file_root(f), w, 0);
+    cli_jw_end_object(jw);
+    bool ok = cli_jw_finish(jw, path);
     free(w);
-    return cli_print_json(o, 1, path) ? 0 : EXIT_ERROR;
+    free(jw);
+    return ok ? 0 : EXIT_ERROR;
 }
+
+/* The display of a long text, made once per value: a text shared through
+ * the memo shows on every line that reaches it. */
+typedef struct shown_text {
+    const ckpt_value *v;
+    char *text;
+} shown_text;
 
 /* Human tree: containers show up to `width` items unless full. */
 typedef struct tree_ctx {
@@ -353,6 +505,8 @@ typedef struct tree_ctx {
     size_t width;
     uint64_t nodes_left;
     const ckpt_value *path[TREE_MAX_DEPTH];
+    shown_text *shown;          /* open addressing by pointer */
+    size_t shown_cap, shown_len;
 } tree_ctx;
 
 /* Text longer than this shows its start and its size. */
@@ -365,29 +519,90 @@ static void print_repr(const ckpt_value *v)
     free(t);
 }
 
-/* A long text: the start of its repr, cut before a UTF-8 sequence. */
-static void print_text_start(const ckpt_value *v, size_t len)
+/* A long text: the start of its repr, cut before a UTF-8 sequence, and its
+ * size; malloc'd. Text (str) repeats its quote after the cut. */
+static char *text_start(const ckpt_value *v, size_t len)
 {
     char buf[TREE_MAX_TEXT + 64];
     ckpt_value_repr(v, buf, sizeof(buf));
     size_t k = TREE_MAX_TEXT + 1;
     while (k > 1 && ((unsigned char)buf[k] & 0xc0) == 0x80)
         k--;
-    printf("%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
+    char *out = malloc(k + 48);
+    if (!out)
+        return NULL;
+    if (ckpt_value_kind(v) == CKPT_STR)
+        snprintf(out, k + 48, "%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
+    else
+        snprintf(out, k + 48, "%.*s... (%zu bytes)", (int)k, buf, len);
+    return out;
 }
 
-static void print_scalar(const ckpt_value *v)
+static size_t shown_hash(const ckpt_value *v, size_t cap)
+{
+    uint64_t h = (uint64_t)(uintptr_t)v * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h ^ (h >> 31)) & (cap - 1);
+}
+
+/* The display of a long text from c's cache (c may be NULL); NULL when out
+ * of memory. */
+static const char *long_text(tree_ctx *c, const ckpt_value *v, size_t len)
+{
+    if (!c)
+        return NULL;
+    if ((c->shown_len + 1) * 2 > c->shown_cap) {
+        size_t cap = c->shown_cap ? c->shown_cap * 2 : 256;
+        shown_text *t = calloc(cap, sizeof(*t));
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < c->shown_cap; i++) {
+            if (!c->shown[i].v)
+                continue;
+            size_t j = shown_hash(c->shown[i].v, cap);
+            while (t[j].v)
+                j = (j + 1) & (cap - 1);
+            t[j] = c->shown[i];
+        }
+        free(c->shown);
+        c->shown = t;
+        c->shown_cap = cap;
+    }
+    size_t i = shown_hash(v, c->shown_cap);
+    while (c->shown[i].v && c->shown[i].v != v)
+        i = (i + 1) & (c->shown_cap - 1);
+    if (!c->shown[i].v) {
+        char *t = text_start(v, len);
+        if (!t)
+            return NULL;
+        c->shown[i] = (shown_text){v, t};
+        c->shown_len++;
+    }
+    return c->shown[i].text;
+}
+
+static void print_scalar(tree_ctx *c, const ckpt_value *v)
 {
     size_t len;
     switch (ckpt_value_kind(v)) {
     case CKPT_STR:
-        if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT)
-            print_text_start(v, len);
-        else
+    case CKPT_BIGINT:
+    case CKPT_DEVICE:
+    case CKPT_GLOBAL:
+        if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT) {
+            const char *t = long_text(c, v, len);
+            char *own = t ? NULL : text_start(v, len);
+            fputs(t ? t : own ? own : "?", stdout);
+            free(own);
+        } else {
             print_repr(v);
+        }
         break;
     case CKPT_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
-    case CKPT_OBJECT: printf("%s object (inert)", ckpt_value_str(v, NULL)); break;
+    case CKPT_OBJECT:
+        ckpt_value_str(v, &len);
+        printf("%.*s%s object (inert)", TREE_MAX_TEXT, ckpt_value_str(v, NULL),
+               len > TREE_MAX_TEXT ? "..." : "");
+        break;
     case CKPT_TENSOR: {
         ckpt_tensor_info ti;
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
@@ -415,13 +630,13 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     ckpt_kind k = ckpt_value_kind(v);
     if (k == CKPT_OBJECT && ckpt_value_state(v) && depth + 1 < TREE_MAX_DEPTH) {
         /* an inert object shows its state (attributes) below it */
-        print_scalar(v);
+        print_scalar(c, v);
         printf("\n%*sstate: ", (depth + 1) * 2, "");
         print_tree(c, ckpt_value_state(v), depth + 1);
         return;
     }
     if (!is_container(k)) {
-        print_scalar(v);
+        print_scalar(c, v);
         putchar('\n');
         return;
     }
@@ -448,6 +663,12 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
     size_t shown = c->full || n <= c->width ? n : c->width;
     for (size_t i = 0; i < shown; i++) {
+        /* every line counts: a shared container repeats all of its items */
+        if (c->nodes_left == 0) {
+            printf("%*s...\n", (depth + 1) * 2, "");
+            return;
+        }
+        c->nodes_left--;
         printf("%*s", (depth + 1) * 2, "");
         if (is_dict) {
             /* as tensor names show keys */
@@ -501,7 +722,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
         printf("Metadata:\n");
         for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++) {
             printf("  %s: ", ckpt_value_str(ckpt_value_key(fi.metadata, i), NULL));
-            print_scalar(ckpt_value_dict_value(fi.metadata, i));
+            print_scalar(NULL, ckpt_value_dict_value(fi.metadata, i));
             putchar('\n');
         }
     }
@@ -513,6 +734,9 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     tc->width = 20;
     tc->nodes_left = TREE_MAX_NODES;
     print_tree(tc, ckpt_file_root(f), 1);
+    for (size_t i = 0; i < tc->shown_cap; i++)
+        free(tc->shown[i].text);
+    free(tc->shown);
     free(tc);
 
     size_t nt = ckpt_file_tensor_count(f);

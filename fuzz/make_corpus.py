@@ -261,6 +261,16 @@ def torch_seeds():
         torch.uint8)}
     save(dts, "dtypes.pt")
     save({"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)}, "quantized.pt")
+    # one tensor under many paths through the memo: 10^6 (past max_tensor_paths),
+    # 400 (named), and a shared list whose leaves would take 10^8 steps to pass
+    one = torch.arange(4, dtype=torch.float32)
+    save([[one] * 1000] * 1000, "fan_out_1e6.pt")
+    save({"a": [[one] * 20] * 20, "b": {"x": [one] * 3}}, "fan_out_400.pt")
+    save([[[one] + [0] * 1500] * 500] * 100, "fan_out_wide_leaves.pt")
+    keys = {frozenset({3}): one, (frozenset({4}),): one, frozenset(): one,
+            frozenset({frozenset({1})}): one, "v": [set(), {5}, frozenset({6})]}
+    save(keys, "frozenset_keys.pt")
+    save(keys, "frozenset_keys_p4.pt", pickle_protocol=4)
 
     with tempfile.TemporaryDirectory() as tmp:
         d = pathlib.Path(tmp)

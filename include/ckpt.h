@@ -115,6 +115,11 @@ typedef struct ckpt_limits {
      * deflated records counted inflated), plus 64 MiB of slack (default 64):
      * a view with stride 0 describes far more than it stores. */
     uint64_t max_output_ratio;
+    uint64_t max_tensor_paths;     /* tensor names of one file: every path to a tensor,
+                                      so one tensor shared through the pickle memo
+                                      counts once per path (default 250,000) */
+    uint64_t max_tensor_name_bytes;/* those names together, and so the longest one,
+                                      NULs included (default 64 MiB) */
 } ckpt_limits;
 
 /* Fills *limits with the safe defaults above. */
@@ -194,7 +199,7 @@ typedef enum ckpt_kind {
     CKPT_BYTES = 7,       /* bytes or bytearray */
     CKPT_LIST = 8,
     CKPT_TUPLE = 9,
-    CKPT_SET = 10,        /* set or frozenset */
+    CKPT_SET = 10,        /* set or frozenset (ckpt_value_repr tells them apart) */
     CKPT_DICT = 11,
     CKPT_ORDERED_DICT = 12,
     CKPT_SIZE = 13,       /* torch.Size: a tuple of ints */
@@ -232,18 +237,18 @@ CKPT_API const ckpt_value *ckpt_value_item(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_key(const ckpt_value *v, size_t i);
 CKPT_API const ckpt_value *ckpt_value_dict_value(const ckpt_value *v, size_t i);
 /* A dict key as text, as tensor names show it: text as is, other keys as
- * Python's str() (1, None, True, 2.5, (1, 'a')). Writes at most size bytes
- * with the NUL; returns the length written. */
+ * Python's str() (1, None, True, 2.5, (1, 'a'), frozenset({3})). Writes at
+ * most size bytes with the NUL; returns the length written. */
 CKPT_API size_t ckpt_value_key_text(const ckpt_value *key, char *buf, size_t size);
 /*
  * Python's repr() of a value: None, True, 12, 1e+16, nan, (1+2j), 'a\n',
  * "it's" (Python's quotes and escapes), b'\x00', [1, 2], (1,), {'a': 1},
- * set(), OrderedDict([('a', 1)]), torch.Size([2, 3]),
- * device(type='cuda', index=0), torch.float32. Where Python has no such
- * text: a global as "module.name", an inert object as "<module.name
- * object>", a tensor as "tensor(dtype=float32, shape=[2, 3])", an int of
- * more than 4,300 digits (where Python's str() refuses) in hex, as hex()
- * shows it. A container inside itself, or nested more than 100 deep, shows
+ * {1, 2}, set(), frozenset({1}), frozenset(), OrderedDict([('a', 1)]),
+ * torch.Size([2, 3]), device(type='cuda', index=0), torch.float32. Where
+ * Python has no such text: a global as "module.name", an inert object as
+ * "<module.name object>", a tensor as "tensor(dtype=float32, shape=[2, 3])",
+ * an int of more than 4,300 digits (where Python's str() refuses) in hex,
+ * as hex() shows it. A container inside itself, or nested more than 100 deep, shows
  * as [...] ({...}, (...)); text past 64 MiB is cut with "...".
  * Like snprintf: writes at most size bytes with the NUL (buf may be NULL
  * when size is 0) and returns the length of the whole text. NULL is None.

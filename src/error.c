@@ -110,6 +110,8 @@ void ckpt_limits_default(ckpt_limits *limits)
     limits->max_header_bytes = 100000000;
     limits->max_total_inflated_bytes = 4ull << 30;
     limits->max_output_ratio = 64;
+    limits->max_tensor_paths = 250000;
+    limits->max_tensor_name_bytes = 64ull << 20;
 }
 
 void ckpt_open_options_default(ckpt_open_options *opts)

@@ -723,6 +723,20 @@ const ckpt_value *ckpt_file_tensor_value(const ckpt_file *f, size_t i)
 
 static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v, ckpt_error *err)
 {
+    const ckpt_limits *lim = &f->opts.limits;
+    /* The name index counts in uint32_t. */
+    if (f->tensor_count >= lim->max_tensor_paths || f->tensor_count >= UINT32_MAX - 1)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "more than %llu tensor paths (limit max_tensor_paths): a tensor is "
+                          "named once per path to it, and containers shared through the "
+                          "pickle memo multiply paths (at '%.200s')",
+                          (unsigned long long)lim->max_tensor_paths, name_text);
+    size_t len = strlen(name_text);
+    if (len + 1 > lim->max_tensor_name_bytes - f->tensor_name_bytes)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
+                          "tensor names take more than %llu bytes (limit "
+                          "max_tensor_name_bytes) at '%.200s'",
+                          (unsigned long long)lim->max_tensor_name_bytes, name_text);
     if (f->tensor_count == f->tensor_cap) {
         size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
         ckpt__tensor_ref *p = realloc(f->tensors, cap * sizeof(*p));
@@ -731,7 +745,6 @@ static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v
         f->tensors = p;
         f->tensor_cap = cap;
     }
-    size_t len = strlen(name_text);
     const char *name = ckpt__arena_strdup(&f->arena, name_text, len);
     if (!name)
         return ckpt__fail(err, ckpt__arena_over_limit(&f->arena, len + 1)
@@ -741,6 +754,7 @@ static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v
     f->tensors[f->tensor_count].tensor = v->u.tensor.t;
     f->tensors[f->tensor_count].value = v;
     f->tensor_count++;
+    f->tensor_name_bytes += len + 1;
     return CKPT_OK;
 }
 
@@ -783,10 +797,19 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
 {
     /* Naming follows every path, so a container shared k times is walked k
      * times; sharing nested n deep makes 2^n paths from a few hundred bytes.
-     * Allow a generous multiple of the tree's size, then refuse. */
-    CKPT_RETURN_IF_ERROR(ckpt__walk_named_ex(f->root, f->opts.limits.max_nesting,
-                                             1000000 + f->arena.used / 8, collect_one, NULL, f,
-                                             err));
+     * The names are bounded by max_tensor_paths and max_tensor_name_bytes;
+     * the steps of the walk (containers entered, children looked at) by a
+     * generous multiple of the tree's size and of the paths allowed. */
+    const ckpt_limits *lim = &f->opts.limits;
+    uint64_t steps = UINT64_C(10000000) + f->arena.used / 4, paths_steps;
+    if (!ckpt__mul_u64(lim->max_tensor_paths, 4, &paths_steps) ||
+        !ckpt__add_u64(steps, paths_steps, &steps))
+        steps = UINT64_MAX;
+    uint64_t max_name = lim->max_tensor_name_bytes ? lim->max_tensor_name_bytes - 1 : 0;
+    ckpt__walk_bounds b = {.max_nesting = lim->max_nesting,
+                           .max_steps = steps,
+                           .max_name_len = max_name < SIZE_MAX ? (size_t)max_name : SIZE_MAX};
+    CKPT_RETURN_IF_ERROR(ckpt__walk_named_ex(f->root, &b, collect_one, NULL, f, err));
     size_t cap = 16;
     while (cap < f->tensor_count * 2)
         cap *= 2;

@@ -311,6 +311,10 @@ struct ckpt_value {
 };
 
 #define CKPT__VF_VISITING 0x1u     /* on the current walk path (cycle guard) */
+#define CKPT__VF_FROZEN 0x2u       /* SET: a frozenset */
+#define CKPT__VF_KNOWN 0x4u        /* walk.c, during a walk: whether a tensor is
+                                      reachable from this container is known */
+#define CKPT__VF_HOLDS 0x8u        /* ... and one is */
 
 ckpt_value *ckpt__value_new(ckpt__arena *a, int kind);
 ckpt_value *ckpt__value_str(ckpt__arena *a, int kind, const char *s, size_t len);
@@ -485,6 +489,7 @@ struct ckpt_file {
 
     ckpt__tensor_ref *tensors;
     size_t tensor_count, tensor_cap;
+    uint64_t tensor_name_bytes;   /* of every name, NULs included */
     uint32_t *name_index;         /* hash of tensor names: slot -> i+1 */
     size_t name_index_cap;
 
@@ -685,10 +690,19 @@ typedef ckpt_status (*ckpt__walk_fn)(void *user, const char *name, const ckpt_va
                                      ckpt_error *err);
 ckpt_status ckpt__walk_named(const ckpt_value *root, uint64_t max_nesting, ckpt__walk_fn tensor_fn,
                              ckpt__walk_fn leaf_fn, void *user, ckpt_error *err);
-/* The same with a budget of visits (paths multiply through shared containers). */
-ckpt_status ckpt__walk_named_ex(const ckpt_value *root, uint64_t max_nesting,
-                                uint64_t max_visits, ckpt__walk_fn tensor_fn,
-                                ckpt__walk_fn leaf_fn, void *user, ckpt_error *err);
+/* The same within bounds: containers nested at most max_nesting deep, at
+ * most max_steps steps (a container entered or a child looked at: paths
+ * multiply through shared containers), names of at most max_name_len
+ * bytes. Each is a CKPT_ERR_LIMIT error. ckpt__walk_named's bounds are
+ * 100,000,000 steps and the default max_tensor_name_bytes. */
+typedef struct ckpt__walk_bounds {
+    uint64_t max_nesting;
+    uint64_t max_steps;
+    size_t max_name_len;
+} ckpt__walk_bounds;
+ckpt_status ckpt__walk_named_ex(const ckpt_value *root, const ckpt__walk_bounds *bounds,
+                                ckpt__walk_fn tensor_fn, ckpt__walk_fn leaf_fn, void *user,
+                                ckpt_error *err);
 
 /* ---- Python's text of values (repr.c) --------------------------------- */
 

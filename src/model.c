@@ -652,7 +652,8 @@ static const char *python_type(const ckpt_value *v)
     case CKPT_BYTES: return "<class 'bytes'>";
     case CKPT_LIST: return "<class 'list'>";
     case CKPT_TUPLE: return "<class 'tuple'>";
-    case CKPT_SET: return "<class 'set'>";
+    case CKPT_SET:
+        return (v->flags & CKPT__VF_FROZEN) ? "<class 'frozenset'>" : "<class 'set'>";
     case CKPT_DICT: return "<class 'dict'>";
     case CKPT_ORDERED_DICT: return "<class 'collections.OrderedDict'>";
     case CKPT_SIZE: return "<class 'torch.Size'>";

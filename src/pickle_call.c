@@ -674,19 +674,25 @@ static ckpt_status call_bytes(vm *m, const call *c, ckpt_value **out)
 }
 
 /* set(iterable), frozenset(iterable). Items are kept as given: pickles of
- * sets never repeat an item. */
+ * sets never repeat an item. A frozenset is marked: Python shows it as
+ * frozenset({...}) and it can be a dict key. */
 static ckpt_status call_set(vm *m, const call *c, ckpt_value **out)
 {
-    if (c->is_new && c->fn->global_id == CKPT__G_SET) /* filled by __init__ */
+    bool frozen = c->fn->global_id == CKPT__G_FROZENSET;
+    if (c->is_new && !frozen) /* filled by __init__ */
         return ckpt__vm_seq(m, CKPT_SET, NULL, 0, out);
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 0, 1));
-    if (c->nargs == 0)
-        return ckpt__vm_seq(m, CKPT_SET, NULL, 0, out);
-    const ckpt_value *src = c->args[0];
-    if (!src || (src->kind != CKPT_LIST && src->kind != CKPT_TUPLE && src->kind != CKPT_SET))
+    const ckpt_value *src = c->nargs ? c->args[0] : NULL;
+    if (c->nargs &&
+        (!src || (src->kind != CKPT_LIST && src->kind != CKPT_TUPLE && src->kind != CKPT_SET)))
         return bad_arg(m, c, 0, "iterable", "a list, tuple or set");
-    CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
-    return ckpt__vm_seq(m, CKPT_SET, src->u.seq.items, src->u.seq.len, out);
+    if (src)
+        CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_SET, src ? src->u.seq.items : NULL,
+                                      src ? src->u.seq.len : 0, out));
+    if (frozen)
+        (*out)->flags |= CKPT__VF_FROZEN;
+    return CKPT_OK;
 }
 
 static bool as_complex(const ckpt_value *v, double *re, double *im)

@@ -953,7 +953,9 @@ static ckpt_status item_target(vm *m, ckpt_value *c, int kind, const char *op, c
                                ckpt_value **target)
 {
     *target = NULL;
-    if (kind == CKPT_DICT ? is_dict(c) : c->kind == kind) {
+    /* a frozenset has no add(): Python's ADDITEMS fails on it */
+    bool frozen = c->kind == CKPT_SET && (c->flags & CKPT__VF_FROZEN);
+    if (kind == CKPT_DICT ? is_dict(c) : c->kind == kind && !frozen) {
         *target = c;
         return CKPT_OK;
     }
@@ -969,7 +971,7 @@ static ckpt_status item_target(vm *m, ckpt_value *c, int kind, const char *op, c
     if (m->ctx->flags & CKPT__PICKLE_NO_FAIL)
         return ckpt__vm_report_use(m, c, CKPT_SCAN_USE_ITEMS);
     return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s on a %s is not allowed (only on %s)", op,
-                         kind_desc(c), what);
+                         frozen ? "frozenset" : kind_desc(c), what);
 }
 
 /* APPENDS (lists) and ADDITEMS (sets): the items since the mark join the
@@ -1371,6 +1373,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
             break;
         case OP_FROZENSET:
             CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_SET));
+            m->stack[m->sp - 1]->flags |= CKPT__VF_FROZEN;
             break;
         case OP_DICT:
             CKPT_RETURN_IF_ERROR(op_dict(m));

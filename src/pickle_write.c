@@ -628,8 +628,35 @@ static ckpt_status save_list_items(pickler *w, const ckpt_value *seq)
     return CKPT_OK;
 }
 
+/* A frozenset in a key (itself, or in a tuple of it): written as a set it
+ * would make a key Python cannot hash. Looks at 256 values at most. */
+static bool key_has_frozenset(const ckpt_value *k, unsigned *budget)
+{
+    if (!k || *budget == 0)
+        return false;
+    (*budget)--;
+    if (k->kind == CKPT_SET)
+        return (k->flags & CKPT__VF_FROZEN) != 0;
+    if (k->kind != CKPT_TUPLE)
+        return false;
+    for (size_t i = 0; i < k->u.seq.len; i++) {
+        if (key_has_frozenset(k->u.seq.items[i], budget))
+            return true;
+    }
+    return false;
+}
+
 static ckpt_status save_entry(pickler *w, const ckpt_value *d, size_t i)
 {
+    unsigned budget = 256;
+    if (key_has_frozenset(d->u.dict.keys[i], &budget)) {
+        char text[128];
+        ckpt__key_text(d->u.dict.keys[i], text, sizeof(text));
+        return fail(w, CKPT_ERR_UNSUPPORTED,
+                    "the dict key %s holds a frozenset: torch's weights-only reader has no "
+                    "frozenset, and a set cannot be a key",
+                    text);
+    }
     CKPT_RETURN_IF_ERROR(save_child(w, d, i, d->u.dict.keys[i]));
     return save_child(w, d, i, d->u.dict.vals[i]);
 }
@@ -1039,6 +1066,8 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
     case CKPT_TUPLE:
         return save_tuple(w, v);
     case CKPT_SET:
+        /* frozensets too: builtins.frozenset is not on the weights-only
+         * allow-list (keys that hold one are refused: save_entry) */
         CKPT_RETURN_IF_ERROR(save_global(w, "__builtin__", "set"));
         op(w, OP_EMPTY_LIST);
         CKPT_RETURN_IF_ERROR(put(w, NULL));

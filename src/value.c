@@ -265,9 +265,10 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
 /* Tags keep equal byte strings of different kinds (str 'a', bytes b'a')
  * apart, as Python does. */
 enum { TAG_STR = 1, TAG_BYTES, TAG_INT, TAG_FLOAT, TAG_COMPLEX, TAG_BIGINT, TAG_TUPLE,
-       TAG_DTYPE, TAG_GLOBAL, TAG_DEVICE, TAG_IDENTITY };
+       TAG_DTYPE, TAG_GLOBAL, TAG_DEVICE, TAG_IDENTITY, TAG_FROZENSET };
 
-/* Keys are compared and hashed structurally through tuples. Tuples cannot
+/* Keys are compared and hashed structurally through tuples and frozensets
+ * (in any order of their items, as Python compares sets). Tuples cannot
  * form cycles, but memo sharing lets a short pickle build a tuple whose
  * expansion is exponential ((t, t) nested 64 deep): every walk over a key
  * visits at most KEY_NODE_BUDGET values. Hashing stops adding items there
@@ -415,8 +416,38 @@ static uint64_t value_hash(hash_key k, const ckpt_value *v, unsigned *nodes)
         }
         return h;
     }
+    case CKPT_SET: {
+        if (!(v->flags & CKPT__VF_FROZEN))
+            return hash_identity(k, v);
+        /* a sum of the items' hashes: the same in any order */
+        uint64_t sum = 0;
+        for (size_t i = 0; i < v->u.seq.len && *nodes < KEY_NODE_BUDGET; i++) {
+            const ckpt_value *item = v->u.seq.items[i];
+            sum += item ? value_hash(k, item, nodes) : 0;
+        }
+        return hash_u64(k, TAG_FROZENSET, (uint64_t)v->u.seq.len) ^
+               (sum * 0x9e3779b97f4a7c15ull);
+    }
     default: return hash_identity(k, v);
     }
+}
+
+static bool value_equal(const ckpt_value *x, const ckpt_value *y, unsigned *nodes);
+
+/* Two frozensets hold equal items (pickles of sets never repeat one). */
+static bool frozensets_equal(const ckpt_value *x, const ckpt_value *y, unsigned *nodes)
+{
+    if (x->u.seq.len != y->u.seq.len)
+        return false;
+    for (size_t i = 0; i < x->u.seq.len; i++) {
+        /* the same place first: equal sets pickled alike list items alike */
+        bool found = value_equal(x->u.seq.items[i], y->u.seq.items[i], nodes);
+        for (size_t j = 0; j < y->u.seq.len && !found; j++)
+            found = j != i && value_equal(x->u.seq.items[i], y->u.seq.items[j], nodes);
+        if (!found)
+            return false;
+    }
+    return true;
 }
 
 static bool same_bytes(const ckpt_value *x, const ckpt_value *y)
@@ -445,6 +476,8 @@ static bool value_equal(const ckpt_value *x, const ckpt_value *y, unsigned *node
     }
     if (x->kind != y->kind)
         return false;
+    if (x->kind == CKPT_SET && (x->flags & y->flags & CKPT__VF_FROZEN))
+        return frozensets_equal(x, y, nodes);
     switch (x->kind) {
     case CKPT_NONE: return true;
     case CKPT_STR:
@@ -486,7 +519,8 @@ static uint64_t key_cost(const ckpt_value *v, unsigned *nodes)
     case CKPT_DEVICE:
     case CKPT_GLOBAL: return 16 + (uint64_t)v->u.s.len;
     case CKPT_TUPLE:
-    case CKPT_SIZE: {
+    case CKPT_SIZE:
+    case CKPT_SET: {
         uint64_t c = 16;
         for (size_t i = 0; i < v->u.seq.len && *nodes < KEY_NODE_BUDGET; i++) {
             if (v->u.seq.items[i])

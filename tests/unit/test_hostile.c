@@ -763,6 +763,248 @@ static void test_pickle_exponential_sharing(void **state)
     b_free(&p);
 }
 
+/* ---- one tensor under many paths (memo fan-out) ---------------------------------------- */
+
+static const int64_t FAN_SHAPE[] = {4}, FAN_STRIDE[] = {1};
+
+/* [[t] * inner] * outer with every repeat a memo reference: outer x inner
+ * paths to one tensor from about 10 bytes per path of pickle. Under key
+ * (when not NULL) the list is the value of {key: list}. */
+static buf pk_fan_out(unsigned outer, unsigned inner, const char *key)
+{
+    buf b = {0};
+    pk_proto(&b);
+    if (key) {
+        b_u8(&b, '}');
+        pk_unicode(&b, key);
+    }
+    b_u8(&b, ']');
+    b_u8(&b, '(');
+    b_u8(&b, ']');
+    b_u8(&b, '(');
+    pk_tensor(&b, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
+    b_u8(&b, 'r'); /* LONG_BINPUT 0: the tensor */
+    b_le(&b, 0, 4);
+    for (unsigned i = 1; i < inner; i++) {
+        b_u8(&b, 'j'); /* LONG_BINGET 0 */
+        b_le(&b, 0, 4);
+    }
+    b_u8(&b, 'e');
+    b_u8(&b, 'r'); /* LONG_BINPUT 1: the inner list */
+    b_le(&b, 1, 4);
+    for (unsigned i = 1; i < outer; i++) {
+        b_u8(&b, 'j');
+        b_le(&b, 1, 4);
+    }
+    b_u8(&b, 'e');
+    if (key)
+        b_u8(&b, 's');
+    pk_stop(&b);
+    return b;
+}
+
+static ckpt_open_options fan_options(uint64_t max_paths, uint64_t max_name_bytes)
+{
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    if (max_paths)
+        o.limits.max_tensor_paths = max_paths;
+    if (max_name_bytes)
+        o.limits.max_tensor_name_bytes = max_name_bytes;
+    return o;
+}
+
+/* A torch zip of pkl fails to open with CKPT_ERR_LIMIT and a message that
+ * holds what. */
+static void fan_expect_limit(const buf *pkl, const ckpt_open_options *opts, const char *label,
+                             const char *what)
+{
+    zbuilt z = torch_zip(pkl, FLOATS, 16);
+    outcome o = run_isolated(z.file.p, z.file.len, opts, 60.0);
+    require_finished(&o, label, 60.0);
+    check_error_shape(&o, label);
+    print_message("  %-58s %s: %s\n", label, ckpt_status_name(o.open_status), o.err.message);
+    if (o.open_status != CKPT_ERR_LIMIT)
+        fail_msg("%s: open %s (%s), expected CKPT_ERR_LIMIT", label,
+                 ckpt_status_name(o.open_status), o.err.message);
+    if (!strstr(o.err.message, what))
+        fail_msg("%s: the message does not say '%s': %s", label, what, o.err.message);
+    b_free(&z.file);
+}
+
+/* A torch zip of pkl opens, verifies and copies every tensor in a child
+ * (under the memory cap) and lists `tensors` names. */
+static void fan_expect_opens(const buf *pkl, const ckpt_open_options *opts, const char *label,
+                             size_t tensors)
+{
+    zbuilt z = torch_zip(pkl, FLOATS, 16);
+    outcome o = run_isolated(z.file.p, z.file.len, opts, 120.0);
+    require_finished(&o, label, 120.0);
+    if (o.open_status != CKPT_OK || o.verify_status != CKPT_OK || o.copy_status != CKPT_OK)
+        fail_msg("%s: open %s verify %s copy %s: %s", label, ckpt_status_name(o.open_status),
+                 ckpt_status_name(o.verify_status), ckpt_status_name(o.copy_status),
+                 o.err.message);
+    if (o.tensors != tensors)
+        fail_msg("%s: %zu tensors, expected %zu", label, o.tensors, tensors);
+    b_free(&z.file);
+}
+
+static void test_memo_fan_out(void **state)
+{
+    (void)state;
+    fill_floats();
+    /* 10^6 paths from 10 KB: past the default max_tensor_paths (250,000) */
+    buf p = pk_fan_out(1000, 1000, NULL);
+    assert_true(p.len < 12000);
+    fan_expect_limit(&p, NULL, "10^6 paths to one tensor, default limits", "max_tensor_paths");
+
+    /* the same with the limit raised: every path is named, each costs its
+     * name and a table entry, far below the cap (256 MiB over what the
+     * test holds; 4 KiB per path would need 4 GB) */
+    ckpt_open_options raised = fan_options(1000000, 0);
+    fan_expect_opens(&p, &raised, "10^6 paths, max_tensor_paths 10^6", 1000000);
+
+    /* one tensor, many names: every name finds the same tensor */
+    zbuilt z = torch_zip(&p, FLOATS, 16);
+    ckpt_file *f;
+    ckpt_error err;
+    assert_int_equal(ckpt_open_memory(z.file.p, z.file.len, &raised, &f, &err), CKPT_OK);
+    assert_int_equal(ckpt_file_tensor_count(f), 1000000);
+    const char *first, *last;
+    const ckpt_tensor *t0 = ckpt_file_tensor(f, 0, &first);
+    const ckpt_tensor *t1 = ckpt_file_tensor(f, 999999, &last);
+    assert_string_equal(first, "0.0");
+    assert_string_equal(last, "999.999");
+    assert_ptr_equal(t0, t1);
+    assert_ptr_equal(ckpt_file_find_tensor(f, "512.7"), t0);
+    assert_ptr_equal(ckpt_file_tensor_value(f, 0), ckpt_file_tensor_value(f, 999999));
+    ckpt_close(f);
+    b_free(&z.file);
+    b_free(&p);
+
+    /* at the limit and one past it */
+    p = pk_fan_out(30, 30, NULL);
+    ckpt_open_options at = fan_options(900, 0), below = fan_options(899, 0);
+    fan_expect_opens(&p, &at, "900 paths, max_tensor_paths 900", 900);
+    fan_expect_limit(&p, &below, "900 paths, max_tensor_paths 899", "max_tensor_paths");
+    b_free(&p);
+
+    /* the names together: 900 names of 207 bytes under a 200-byte key */
+    char key[201];
+    memset(key, 'k', 200);
+    key[200] = 0;
+    p = pk_fan_out(30, 30, key);
+    ckpt_open_options names = fan_options(0, 100000);
+    fan_expect_limit(&p, &names, "900 names of 207 bytes, max_tensor_name_bytes 100000",
+                     "max_tensor_name_bytes");
+    fan_expect_opens(&p, NULL, "900 names of 207 bytes, default limits", 900);
+    b_free(&p);
+}
+
+/* One name made long by a key shared down a path: {K: {K: ... {K: t}}}, the
+ * 1000-byte key K pickled once and fetched from the memo 99 times. */
+static void test_memo_long_name(void **state)
+{
+    (void)state;
+    fill_floats();
+    char key[1001];
+    memset(key, 'n', 1000);
+    key[1000] = 0;
+    buf p = {0};
+    pk_proto(&p);
+    for (int i = 0; i < 100; i++) {
+        b_u8(&p, '}');
+        if (i == 0) {
+            pk_unicode(&p, key);
+            b_u8(&p, 'q');
+            b_u8(&p, 0);
+        } else {
+            b_u8(&p, 'h');
+            b_u8(&p, 0);
+        }
+    }
+    pk_tensor(&p, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
+    for (int i = 0; i < 100; i++)
+        b_u8(&p, 's');
+    pk_stop(&p);
+    ckpt_open_options shorter = fan_options(0, 50000);
+    fan_expect_limit(&p, &shorter, "a 100 KB name from a 1 KB key, max_tensor_name_bytes 50000",
+                     "take more than 50000 bytes");
+    fan_expect_opens(&p, NULL, "a 100 KB name from a 1 KB key, default limits", 1);
+    b_free(&p);
+}
+
+/* Containers shared through the memo that hold a tensor and many other
+ * items: every path to them would look at every item. */
+static void test_memo_wide_sharing(void **state)
+{
+    (void)state;
+    fill_floats();
+    /* [[t, 0 x 100000] x 1000]: 1000 paths, 10^8 items to pass */
+    buf p = {0};
+    pk_proto(&p);
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    pk_tensor(&p, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
+    for (int i = 0; i < 100000; i++)
+        pk_int(&p, 0);
+    b_u8(&p, 'e');
+    b_u8(&p, 'q');
+    b_u8(&p, 0);
+    for (int i = 1; i < 1000; i++) {
+        b_u8(&p, 'h');
+        b_u8(&p, 0);
+    }
+    b_u8(&p, 'e');
+    pk_stop(&p);
+    fan_expect_limit(&p, NULL, "1000 paths through a list of 100,001 items", "too many paths");
+    b_free(&p);
+
+    /* the same list reached twice: walked twice, fine */
+    pk_proto(&p);
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    pk_tensor(&p, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
+    for (int i = 0; i < 100000; i++)
+        pk_int(&p, 0);
+    b_u8(&p, 'e');
+    b_u8(&p, 'q');
+    b_u8(&p, 0);
+    b_u8(&p, 'h');
+    b_u8(&p, 0);
+    b_u8(&p, 'e');
+    pk_stop(&p);
+    fan_expect_opens(&p, NULL, "2 paths through a list of 100,001 items", 2);
+    b_free(&p);
+
+    /* 2^64 paths to a tensor: level k holds level k-1 twice, level 0 is [t] */
+    pk_proto(&p);
+    b_u8(&p, ']');
+    b_u8(&p, '(');
+    pk_tensor(&p, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
+    b_u8(&p, 'e');
+    b_u8(&p, 'q');
+    b_u8(&p, 0);
+    for (unsigned k = 1; k < 64; k++) {
+        b_u8(&p, ']');
+        b_u8(&p, '(');
+        b_u8(&p, 'h');
+        b_u8(&p, (unsigned)(k - 1));
+        b_u8(&p, 'h');
+        b_u8(&p, (unsigned)(k - 1));
+        b_u8(&p, 'e');
+        b_u8(&p, 'q');
+        b_u8(&p, k);
+    }
+    pk_stop(&p);
+    fan_expect_limit(&p, NULL, "2^64 paths to one tensor", "max_tensor_paths");
+    b_free(&p);
+}
+
 static void test_pickle_stack_bombs(void **state)
 {
     (void)state;
@@ -1442,6 +1684,9 @@ int main(void)
         cmocka_unit_test(test_torch_zip_control),
         cmocka_unit_test(test_pickle_memo_bombs),
         cmocka_unit_test(test_pickle_exponential_sharing),
+        cmocka_unit_test(test_memo_fan_out),
+        cmocka_unit_test(test_memo_long_name),
+        cmocka_unit_test(test_memo_wide_sharing),
         cmocka_unit_test(test_pickle_stack_bombs),
         cmocka_unit_test(test_pickle_deep_nesting),
         cmocka_unit_test(test_pickle_tiny_values),

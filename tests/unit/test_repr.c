@@ -92,6 +92,8 @@ static void test_text_and_bytes(void **state)
         {"a\\b", 3, "'a\\\\b'"},
         {"", 0, "''"},
         {"\xee\x80\x80", 3, "'\\ue000'"}, /* private use */
+        /* U+0378 and U+E0080: unassigned (Cn), escaped as Python 3.11 does */
+        {"\xcd\xb8\xf3\xa0\x82\x80", 6, "'\\u0378\\U000e0080'"},
     };
     ckpt_tree *t = ckpt_tree_new();
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
@@ -365,6 +367,54 @@ static void test_truncation(void **state)
     ckpt_tree_free(t);
 }
 
+/* Sets and frozensets, as REDUCE of builtins.set/frozenset and as the
+ * opcodes EMPTY_SET and FROZENSET make them: {3}, set(), frozenset({3}),
+ * frozenset(); a frozenset dict key in a tensor name as str() shows it. */
+static void test_frozensets(void **state)
+{
+    (void)state;
+#define FS(body, text) {body, sizeof(body) - 1, text}
+    static const struct { const char *body; size_t n; const char *text; } cases[] = {
+        FS("c__builtin__\nfrozenset\n]K\x03" "a\x85R", "frozenset({3})"),
+        FS("c__builtin__\nfrozenset\n)R", "frozenset()"),
+        FS("c__builtin__\nfrozenset\n]K\x04" "a\x85R\x85", "(frozenset({4}),)"),
+        FS("(K\x01K\x02\x91", "frozenset({1, 2})"),
+        FS("((K\x01\x91\x91", "frozenset({frozenset({1})})"),
+        FS("(\x91\x85", "(frozenset(),)"),
+        FS("c__builtin__\nset\n]K\x03" "a\x85R", "{3}"),
+        FS("\x8f", "set()"),
+        FS("\x8f(K\x05\x90", "{5}"),
+        FS("}(K\x03\x91K\x01s", "{frozenset({3}): 1}"),
+        /* equal frozensets are one key, in any order: the later value */
+        FS("}((K\x01K\x02\x91K\x0a(K\x02K\x01\x91K\x14u", "{frozenset({1, 2}): 20}"),
+    };
+#undef FS
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *text = repr_of_pickle((const uint8_t *)cases[i].body, cases[i].n, 0);
+        assert_string_equal(text, cases[i].text);
+        free(text);
+    }
+
+    /* str() of keys: the tensor names */
+    static const uint8_t key_dict[] = "\x80\x02}((K\x03\x91K\x01(\x91\x85K\x02u.";
+    ckpt_file *f;
+    ckpt_error err;
+    assert_int_equal(ckpt_open_memory(key_dict, sizeof(key_dict) - 1, NULL, &f, &err), CKPT_OK);
+    char buf[64];
+    ckpt_value_key_text(ckpt_value_key(ckpt_file_root(f), 0), buf, sizeof(buf));
+    assert_string_equal(buf, "frozenset({3})");
+    ckpt_value_key_text(ckpt_value_key(ckpt_file_root(f), 1), buf, sizeof(buf));
+    assert_string_equal(buf, "(frozenset(),)");
+    ckpt_close(f);
+
+    /* ADDITEMS on a frozenset: Python fails (no add()), so does ckpt */
+    static const uint8_t add[] = "\x80\x04(K\x01\x91(K\x02\x90.";
+    f = NULL;
+    assert_int_equal(ckpt_open_memory(add, sizeof(add) - 1, NULL, &f, &err), CKPT_ERR_FORMAT);
+    assert_null(f);
+    assert_non_null(strstr(err.message, "ADDITEMS on a frozenset"));
+}
+
 /* Keys as tensor names show them: Python's str(). */
 static void test_key_text(void **state)
 {
@@ -434,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_big_ints),
         cmocka_unit_test(test_globals_and_objects),
         cmocka_unit_test(test_truncation),
+        cmocka_unit_test(test_frozensets),
         cmocka_unit_test(test_key_text),
         cmocka_unit_test(test_float_round_trip),
     };

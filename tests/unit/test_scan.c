@@ -337,8 +337,10 @@ static void test_permissive_keeps_allowed_meanings(void **state)
     ckpt_close(f);
 }
 
-/* A module whose _modules hold a list shared 2^60 ways through the memo: the
- * search for tensors under a submodule is bounded like the naming walk. */
+/* A module whose _modules hold a list shared 2^60 ways through the memo:
+ * the search for tensors under a submodule looks at each list once, finds
+ * none, and the walk passes the submodule over (a tensor under it would
+ * make 2^60 paths, refused: test_hostile.c). */
 static void test_permissive_shared_submodules(void **state)
 {
     (void)state;
@@ -365,9 +367,10 @@ static void test_permissive_shared_submodules(void **state)
     o.flags |= CKPT_OPEN_PERMISSIVE;
     ckpt_file *f = NULL;
     ckpt_error err;
-    assert_int_equal(ckpt_open_memory(pkl, n, &o, &f, &err), CKPT_ERR_LIMIT);
-    assert_null(f);
-    assert_non_null(strstr(err.message, "too many paths"));
+    assert_int_equal(ckpt_open_memory(pkl, n, &o, &f, &err), CKPT_OK);
+    assert_int_equal(ckpt_file_tensor_count(f), 0);
+    assert_int_equal(ckpt_value_kind(ckpt_file_root(f)), CKPT_OBJECT);
+    ckpt_close(f);
 }
 
 int main(void)
