@@ -11,13 +11,16 @@
 #   make bench    build Release (build-bench) and measure ckpt against torch,
 #                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
 #                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench)
+#   make budget   build Release and run every command on hostile files that
+#                 claim or repeat far more than they hold: time and peak
+#                 memory of each against the budget in SECURITY.md
 
 MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-release test-asan demo fuzz bench clean
+.PHONY: all build deps test test-release test-asan demo fuzz bench budget clean
 
 all: build
 
@@ -63,6 +66,12 @@ bench: deps
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
 	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench
 	/usr/bin/python3 bench/run.py --build build-bench
+
+budget: deps
+	@[ -x /usr/bin/time ] || apt-get install -y -qq --no-install-recommends time
+	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-bench -j$(JOBS) --target ckpt_cli
+	/usr/bin/python3 bench/budget.py --ckpt build-bench/ckpt
 
 clean:
 	rm -rf build build-asan build-fuzz

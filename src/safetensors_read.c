@@ -606,6 +606,10 @@ static int entry_done(hdr_parser *p)
     }
     if (p->ne >= UINT32_MAX)
         return FAIL(p, CKPT_ERR_LIMIT, at, "more than 2^32 tensors");
+    /* each entry is a tensor path: refused here, before the rest is built */
+    if (p->ne >= p->f->opts.limits.max_tensor_paths)
+        return FAIL(p, CKPT_ERR_LIMIT, at, "more than %llu tensors (limit max_tensor_paths)",
+                    (unsigned long long)p->f->opts.limits.max_tensor_paths);
     ckpt__arena *a = &p->f->arena;
     size_t dims_bytes = (e->ndim ? e->ndim : 1) * sizeof(int64_t);
     ckpt__storage *s = ckpt__arena_alloc(a, sizeof(*s));

@@ -327,6 +327,33 @@ static void test_order_of_errors(void **state)
           "\"a\":{\"dtype\":\"\\u0055\\u0038\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, 1);
 }
 
+/* Every entry is a tensor path: the entry past max_tensor_paths is refused
+ * while the header is read, naming the limit and the entry's offset. */
+static void test_tensor_paths_limit(void **state)
+{
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                    "\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
+                    "\"c\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}";
+    buf keep = st_make(h, strlen(h), 3);
+    ckpt_open_options o;
+    ckpt_open_options_default(&o);
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    o.limits.max_tensor_paths = 3;
+    assert_int_equal(ckpt_open_memory(keep.p, keep.len, &o, &f, &err), CKPT_OK);
+    assert_int_equal(ckpt_file_tensor_count(f), 3);
+    ckpt_close(f);
+    f = NULL;
+    o.limits.max_tensor_paths = 2;
+    assert_int_equal(ckpt_open_memory(keep.p, keep.len, &o, &f, &err), CKPT_ERR_LIMIT);
+    assert_null(f);
+    assert_non_null(strstr(err.message, "more than 2 tensors (limit max_tensor_paths)"));
+    assert_string_equal(err.record, "safetensors header");
+    assert_true(err.offset >= pos(h, "\"c\"", 0) && err.offset < strlen(h));
+    b_free(&keep);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -335,6 +362,7 @@ int main(void)
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_numbers_and_nesting),
         cmocka_unit_test(test_order_of_errors),
+        cmocka_unit_test(test_tensor_paths_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
