@@ -25,6 +25,12 @@
 static const uint8_t LEGACY_MAGIC[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9,
                                          0x20, 0x6a, 0xa8, 0x50, 0x19};
 
+bool ckpt__is_legacy_magic(const ckpt_value *v)
+{
+    return v && v->kind == CKPT_BIGINT && v->u.s.len == sizeof(LEGACY_MAGIC) &&
+           memcmp(v->u.s.ptr, LEGACY_MAGIC, sizeof(LEGACY_MAGIC)) == 0;
+}
+
 bool ckpt__python_dotted_name(const char *s, size_t n)
 {
     if (n == 0 || n > 200)
@@ -82,9 +88,7 @@ void ckpt__pickle_at_zero(const uint8_t *data, uint64_t size, const ckpt_limits 
     ckpt_error err;
     size_t n = size > SIZE_MAX ? SIZE_MAX : (size_t)size;
     ckpt_status st = ckpt__unpickle(&ctx, data, n, &consumed, &v, &err);
-    if (st == CKPT_OK && !out->matters && v && v->kind == CKPT_BIGINT &&
-        v->u.s.len == sizeof(LEGACY_MAGIC) &&
-        memcmp(v->u.s.ptr, LEGACY_MAGIC, sizeof(LEGACY_MAGIC)) == 0) {
+    if (st == CKPT_OK && !out->matters && ckpt__is_legacy_magic(v)) {
         out->matters = true;
         out->magic = true;
         out->offset = consumed ? consumed - 1 : 0;

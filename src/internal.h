@@ -586,6 +586,10 @@ ckpt_status ckpt__tar_walk(const uint8_t *data, uint64_t size, uint64_t max_memb
  * file or index for its pickle from byte 0 (the scanner reports it). */
 #define CKPT__OPEN_NO_PICKLE_AT_ZERO 0x80000000u
 
+/* Whether v is the legacy format's magic number, 0x1950a86a20f9469cfc6c,
+ * however the pickle wrote it (detect.c). */
+bool ckpt__is_legacy_magic(const ckpt_value *v);
+
 /* How torch.load would read a file from byte 0 as a pickle (detect.c). */
 typedef struct ckpt__byte0 {
     bool matters;              /* it names a global, or completes to the legacy

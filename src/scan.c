@@ -707,16 +707,6 @@ ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t s
                          next > res->consumed ? "the pickle's frame" : "the pickle's STOP");
 }
 
-/* 0x1950a86a20f9469cfc6c, little-endian, as LONG1 writes it. */
-static const uint8_t LEGACY_MAGIC[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9,
-                                         0x20, 0x6a, 0xa8, 0x50, 0x19};
-
-static bool is_legacy_magic(const ckpt_value *v)
-{
-    return v && v->kind == CKPT_BIGINT && v->u.s.len == sizeof(LEGACY_MAGIC) &&
-           memcmp(v->u.s.ptr, LEGACY_MAGIC, sizeof(LEGACY_MAGIC)) == 0;
-}
-
 /* The legacy object pickle's storages, by root key. */
 typedef struct legacy_root {
     char key[72];
@@ -916,7 +906,7 @@ static ckpt_status scan_pickle_stream(scan_ctx *s, const uint8_t *data, uint64_t
     scan_pickle_result res;
     size_t n = size > SIZE_MAX ? SIZE_MAX : (size_t)size;
     ckpt_status st = ckpt__scan_pickle(s, &arena, data, n, rec, file_base, NULL, NULL, &res);
-    bool legacy = st == CKPT_OK && !res.broke && is_legacy_magic(res.value);
+    bool legacy = st == CKPT_OK && !res.broke && ckpt__is_legacy_magic(res.value);
     ckpt__arena_free(&arena);
     CKPT_RETURN_IF_ERROR(st);
     if (top)

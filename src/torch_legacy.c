@@ -12,9 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* 0x1950a86a20f9469cfc6c, little-endian, as LONG1 writes it. */
-static const uint8_t LEGACY_MAGIC[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
-
 typedef struct legacy_load {
     ckpt_file *f;
     ckpt__storage **roots;     /* root storages, in order of first use */
@@ -158,12 +155,6 @@ static ckpt_status next_pickle(ckpt_file *f, uint64_t *pos, const char *record,
     return CKPT_OK;
 }
 
-static bool is_legacy_magic(const ckpt_value *v)
-{
-    return v && v->kind == CKPT_BIGINT && v->u.s.len == sizeof(LEGACY_MAGIC) &&
-           memcmp(v->u.s.ptr, LEGACY_MAGIC, sizeof(LEGACY_MAGIC)) == 0;
-}
-
 ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
 {
     legacy_load L = {.f = f};
@@ -175,7 +166,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     st = next_pickle(f, &pos, "pickle", NULL, NULL, &magic, &f->pickle_protocol, err);
     if (st != CKPT_OK)
         return st;
-    if (!is_legacy_magic(magic)) {
+    if (!ckpt__is_legacy_magic(magic)) {
         f->format = CKPT_FORMAT_PICKLE;
         f->root = magic;
         /* Readers that stop at the first STOP miss what follows (a known
