@@ -44,7 +44,9 @@ def ckpt_dump_bin():
 def corpus_dir():
     path = _path_from_env("CKPT_CORPUS", SOURCE_DIR.parent / "shared" / "corpus")
     if not (path / "benign").is_dir():
-        pytest.fail(f"corpus not found at {path} (set CKPT_CORPUS)")
+        if os.environ.get("CKPT_REQUIRE_CORPUS") == "1":
+            pytest.fail(f"corpus not found at {path} (set CKPT_CORPUS)")
+        pytest.skip(f"the third-party corpus is not at {path}: run with CKPT_CORPUS=DIR")
     return path.resolve()
 
 
