@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,16 +98,102 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
     return v;
 }
 
-bool cli_parse_ratio(const char *cmd, const char *opt, const char *s, uint64_t *out)
+bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uint64_t *out)
 {
     size_t n = s ? strlen(s) : 0;
     bool digits = n > 0 && n <= 19 && strspn(s, "0123456789") == n;
     unsigned long long v = digits ? strtoull(s, NULL, 10) : 0;
     if (v == 0) {
-        fprintf(stderr, "ckpt %s: %s needs a whole number from 1 to 10^19 - 1, not '%s'\n", cmd,
-                opt, s ? s : "");
+        cli_usage_error(cmd, "%s needs a whole number from 1 to 10^19 - 1, not '%s'", opt,
+                        s ? s : "");
         return false;
     }
     *out = v;
     return true;
+}
+
+/* ---- options ---------------------------------------------------------------- */
+
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ckpt: %s: ", cmd->name);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: %s\nrun 'ckpt %s --help' for the options\n", cmd->synopsis,
+            cmd->name);
+    return CLI_EXIT_ERROR;
+}
+
+void cli_args_init(cli_args *a, const cli_command *cmd, int argc, char **argv)
+{
+    memset(a, 0, sizeof(*a));
+    a->cmd = cmd;
+    a->argc = argc;
+    a->argv = argv;
+    /* '-': operands come back in order (1), wherever they stand, whatever
+     * POSIXLY_CORRECT says; ':': a missing value is told apart (':') */
+    snprintf(a->shortopts, sizeof(a->shortopts), "-:%s", cmd->shortopts);
+    opterr = 0;
+}
+
+/* The table entry named by the n bytes at name, spelled out whole. */
+static const struct option *long_option(const cli_command *cmd, const char *name, size_t n)
+{
+    for (const struct option *o = cmd->longopts; o->name; o++)
+        if (strlen(o->name) == n && memcmp(o->name, name, n) == 0)
+            return o;
+    return NULL;
+}
+
+int cli_next_arg(cli_args *a, const char **value)
+{
+    *value = NULL;
+    if (!a->operands_only) {
+        const char *next = optind < a->argc ? a->argv[optind] : NULL;
+        if (next && next[0] == '-' && next[1] == '-' && next[2]) {
+            /* getopt_long takes any unambiguous prefix: only whole names here */
+            size_t n = strcspn(next + 2, "=");
+            const struct option *o = long_option(a->cmd, next + 2, n);
+            if (!o) {
+                cli_usage_error(a->cmd, "unknown option '%.*s'", (int)(n + 2), next);
+                return CLI_OPT_BAD;
+            }
+            if (o->has_arg == no_argument && next[2 + n] == '=') {
+                cli_usage_error(a->cmd, "option '--%s' takes no value", o->name);
+                return CLI_OPT_BAD;
+            }
+        }
+        int c = getopt_long(a->argc, a->argv, a->shortopts, a->cmd->longopts, NULL);
+        const char *opt = optind > 0 && optind <= a->argc ? a->argv[optind - 1] : "";
+        switch (c) {
+        case -1:
+            a->operands_only = true; /* the end, or "--" */
+            break;
+        case CLI_OPT_ARG:
+            *value = optarg;
+            return CLI_OPT_ARG;
+        case '?':
+            if (optopt)
+                cli_usage_error(a->cmd, "unknown option '-%c'", optopt);
+            else
+                cli_usage_error(a->cmd, "unknown option '%s'", opt);
+            return CLI_OPT_BAD;
+        case ':':
+            if (opt[0] == '-' && opt[1] == '-')
+                cli_usage_error(a->cmd, "option '%s' needs a value", opt);
+            else
+                cli_usage_error(a->cmd, "option '-%c' needs a value", optopt);
+            return CLI_OPT_BAD;
+        default:
+            *value = optarg;
+            return c;
+        }
+    }
+    if (optind < a->argc) {
+        *value = a->argv[optind++];
+        return CLI_OPT_ARG;
+    }
+    return CLI_OPT_END;
 }

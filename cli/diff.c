@@ -31,10 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DIFF_SAME 0
-#define DIFF_DIFFERENT 1
-#define DIFF_ERROR 2
-
 #define CHUNK_ELEMS 65536
 #define MAX_ELEM_BYTES 16           /* complex128 */
 #define MAX_DIMS 64
@@ -1050,7 +1046,7 @@ static int print_json(const diff_result *r)
     cli_jw *jw = malloc(sizeof(*jw));
     if (!jw) {
         fprintf(stderr, "%s: out of memory\n", PROG);
-        return DIFF_ERROR;
+        return CLI_EXIT_ERROR;
     }
     cli_jw_init(jw, stdout, 1);
     cli_jw_begin_object(jw);
@@ -1136,15 +1132,31 @@ static int print_json(const diff_result *r)
     cli_jw_end_object(jw);
     bool ok = cli_jw_finish(jw, "diff");
     free(jw);
-    return ok ? 0 : DIFF_ERROR;
+    return ok ? 0 : CLI_EXIT_ERROR;
 }
 
 /* ---- the command -------------------------------------------------------------- */
 
+enum { OPT_ATOL = CLI_OPT_LONG, OPT_RTOL, OPT_JSON, OPT_MAX_OUTPUT_RATIO };
+
+static const struct option diff_options[] = {
+    {"atol", required_argument, NULL, OPT_ATOL},
+    {"rtol", required_argument, NULL, OPT_RTOL},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command diff_command = {
+    "diff", "ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]", "h",
+    diff_options,
+};
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]\n"
+            "usage: %s\n"
             "  Compares two checkpoints of any formats: tensor names only in one file,\n"
             "  dtype and shape mismatches, and for tensors of one shape the elements whose\n"
             "  values differ (|a - b| > atol + rtol*|b|; NaN equals NaN) with the largest\n"
@@ -1158,16 +1170,16 @@ static void usage(FILE *out)
             "  --max-output-ratio N  go through at most N times the bytes each file holds,\n"
             "             plus 64 MiB (default 64): a view with stride 0 shows more\n"
             "             elements than its file stores\n"
-            "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n");
+            "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n",
+            diff_command.synopsis);
 }
 
 static bool parse_tol(const char *opt, const char *s, double *out)
 {
     char *end;
-    double v = s && *s ? strtod(s, &end) : NAN;
-    if (!s || !*s || *end || !isfinite(v) || v < 0) {
-        fprintf(stderr, "%s: diff: %s needs a finite number >= 0, not '%s'\n", PROG, opt,
-                s ? s : "");
+    double v = *s ? strtod(s, &end) : NAN;
+    if (!*s || *end || !isfinite(v) || v < 0) {
+        cli_usage_error(&diff_command, "%s needs a finite number >= 0, not '%s'", opt, s);
         return false;
     }
     *out = v;
@@ -1181,42 +1193,35 @@ int ckpt_cli_diff(int argc, char **argv)
     uint64_t ratio = 0;
     const char *paths[2] = {NULL, NULL};
     int npaths = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(arg, "--json") == 0) {
-            json = true;
-        } else if (strcmp(arg, "--max-output-ratio") == 0) {
-            if (!cli_parse_ratio("diff", arg, i + 1 < argc ? argv[i + 1] : NULL, &ratio))
-                return DIFF_ERROR;
-            i++;
-        } else if (strcmp(arg, "--atol") == 0 || strcmp(arg, "--rtol") == 0) {
-            if (!parse_tol(arg, i + 1 < argc ? argv[i + 1] : NULL,
-                           arg[2] == 'a' ? &tl.atol : &tl.rtol))
-                return DIFF_ERROR;
-            i++;
-        } else if (strncmp(arg, "--atol=", 7) == 0 || strncmp(arg, "--rtol=", 7) == 0) {
-            char opt[7];
-            memcpy(opt, arg, 6);
-            opt[6] = 0;
-            if (!parse_tol(opt, arg + 7, arg[2] == 'a' ? &tl.atol : &tl.rtol))
-                return DIFF_ERROR;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "%s: diff: unknown option '%s'\n", PROG, arg);
-            return DIFF_ERROR;
-        } else if (npaths < 2) {
+    cli_args args;
+    cli_args_init(&args, &diff_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case OPT_JSON: json = true; break;
+        case OPT_MAX_OUTPUT_RATIO:
+            if (!cli_parse_ratio(&diff_command, "--max-output-ratio", arg, &ratio))
+                return CLI_EXIT_ERROR;
+            break;
+        case OPT_ATOL:
+        case OPT_RTOL:
+            if (!parse_tol(c == OPT_ATOL ? "--atol" : "--rtol", arg,
+                           c == OPT_ATOL ? &tl.atol : &tl.rtol))
+                return CLI_EXIT_ERROR;
+            break;
+        case CLI_OPT_ARG:
+            if (npaths == 2)
+                return cli_usage_error(&diff_command, "compares two files");
             paths[npaths++] = arg;
-        } else {
-            fprintf(stderr, "%s: diff: compares two files\n", PROG);
-            usage(stderr);
-            return DIFF_ERROR;
+            break;
+        default: return CLI_EXIT_ERROR;
         }
     }
     if (npaths != 2) {
         usage(stderr);
-        return DIFF_ERROR;
+        return CLI_EXIT_ERROR;
     }
     ckpt_file *f[2] = {NULL, NULL};
     ckpt_open_options oo;
@@ -1228,10 +1233,10 @@ int ckpt_cli_diff(int argc, char **argv)
         if (ckpt_open(paths[k], &oo, &f[k], &err) != CKPT_OK) {
             cli_print_error(paths[k], &err);
             ckpt_close(f[0]);
-            return DIFF_ERROR;
+            return CLI_EXIT_ERROR;
         }
     }
-    int rc = DIFF_ERROR;
+    int rc = CLI_EXIT_ERROR;
     diff_result r;
     memset(&r, 0, sizeof(r));
     r.only_a.esize = r.only_b.esize = sizeof(const char *);
@@ -1260,10 +1265,10 @@ int ckpt_cli_diff(int argc, char **argv)
         rc = print_json(&r);
     } else {
         print_human(&r);
-        rc = fflush(stdout) == 0 ? 0 : DIFF_ERROR;
+        rc = fflush(stdout) == 0 ? 0 : CLI_EXIT_ERROR;
     }
     if (rc == 0)
-        rc = is_same(&r) ? DIFF_SAME : DIFF_DIFFERENT;
+        rc = is_same(&r) ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 out:
     for (int k = 0; k < 2; k++) {
         if (w[k])
