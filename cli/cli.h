@@ -99,6 +99,8 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path);
  * wrong on stderr (cli_usage_error, naming the option) and returns false
  * otherwise. */
 bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uint64_t *out);
+/* list, tuple, set, dict, OrderedDict */
+bool cli_is_container(ckpt_kind k);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
 
@@ -106,6 +108,54 @@ void cli_human_bytes(uint64_t b, char *buf, size_t size);
  * keys in insertion order, floats exact, indented by indent; on failure
  * says so on stderr, naming what (a command or a path), and returns false. */
 bool cli_print_json(json_t *o, size_t indent, const char *what);
+
+/* ---- small containers (common.c) ---- */
+
+/* A growable array of esize-byte elements (set esize, the rest zero). */
+typedef struct cli_vec {
+    void *p;
+    size_t len, cap, esize;
+} cli_vec;
+
+/* Room for more elements; false when out of memory. */
+bool cli_vec_reserve(cli_vec *v, size_t more);
+/* A zeroed new element at the end; NULL when out of memory. */
+void *cli_vec_push(cli_vec *v);
+/* Doubles an open-addressed table of *cap slots of esize bytes when it is
+ * half full; rehash is called for each old slot. */
+bool cli_table_room(void **slots, size_t *cap, size_t len, size_t esize,
+                    void (*rehash)(void *fresh, size_t cap, const void *old));
+uint64_t cli_hash_ptr(const void *p);
+
+/* ---- plain values, leaf by leaf (common.c) ---- */
+
+/* A plain value (anything but a tensor, or an empty container) at its path,
+ * named as tensors are named ("optimizer.param_groups.0.lr"), shown as its
+ * Python repr (ckpt_value_repr). */
+typedef struct cli_leaf {
+    char *path;
+    const char *text;    /* interned: equal texts are one pointer */
+    size_t order;        /* place in the walk */
+    bool matched;        /* the caller's */
+} cli_leaf;
+
+typedef struct cli_plain {
+    cli_leaf *leaves;
+    size_t count;
+} cli_plain;
+
+/* Interned texts of leaves, shared by the files whose leaves are compared. */
+typedef struct cli_texts cli_texts;
+
+cli_texts *cli_texts_new(void);
+void cli_texts_free(cli_texts *tx);
+/* The plain values of f, in walk order: its value tree without the tensors,
+ * a safetensors file's __metadata__ ("__metadata__.KEY"). A container
+ * shared through the pickle memo repeats under each path to it, within
+ * bounds; a cycle shows as "<cycle>". On failure (out of memory, past a
+ * bound) says why on stderr, naming path, and returns false. */
+bool cli_plain_collect(ckpt_file *f, const char *path, cli_texts *tx, cli_plain *out);
+void cli_plain_free(cli_plain *p);
 
 /* ---- JSON written as it goes (json_out.c) ---- */
 

@@ -617,12 +617,6 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
     }
 }
 
-static bool is_container(ckpt_kind k)
-{
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
-}
-
 static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
 {
     ckpt_kind k = ckpt_value_kind(v);
@@ -633,7 +627,7 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
         print_tree(c, ckpt_value_state(v), depth + 1);
         return;
     }
-    if (!is_container(k)) {
+    if (!cli_is_container(k)) {
         print_scalar(c, v);
         putchar('\n');
         return;
