@@ -310,7 +310,7 @@ static void add_leaf(plain_walk *w, const char *text)
     w->path_bytes += plen + 1;
 }
 
-/* A cli_leaf showing a fixed text (a cycle, a cut). */
+/* A leaf showing a fixed text (a cycle, a cut). */
 static void add_marker(plain_walk *w, const char *s)
 {
     char *t = malloc(strlen(s) + 1);
@@ -321,7 +321,7 @@ static void add_marker(plain_walk *w, const char *s)
         add_leaf(w, text);
 }
 
-/* A cli_leaf showing v's repr, made once per value. */
+/* A leaf showing v's repr, made once per value. */
 static void add_value_leaf(plain_walk *w, const ckpt_value *v)
 {
     value_text *slot = value_slot(w->tx, v);
