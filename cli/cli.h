@@ -6,47 +6,86 @@
 
 #include <ckpt.h>
 
+#include <getopt.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
-/* ckpt diff A B [--atol X] [--rtol Y] [--json]: argv holds the arguments
- * after "diff" (argc of them). Returns the exit status: 0 same (within the
- * tolerance), 1 different, 2 error (a file cannot be read, a bad option). */
+/* Exit statuses, the same for every command. */
+#define CLI_EXIT_OK 0     /* done: written, listed, same, safe, loads */
+#define CLI_EXIT_FAIL 1   /* a problem found: corrupt (verify), different (diff),
+                           * unsafe (scan), does not load (match) */
+#define CLI_EXIT_ERROR 2  /* error: a file cannot be read or written, a bad option */
+
+/* The commands that live in their own files. Each takes the arguments from
+ * its name on: argv[0] is the command's name ("diff"), as main's argv[0] is
+ * the program's, and returns its exit status. */
+
+/* ckpt diff A B [--atol X] [--rtol Y] [--json]: OK same (within the
+ * tolerance), FAIL different, ERROR (a file cannot be read, a bad option). */
 int ckpt_cli_diff(int argc, char **argv);
 
-/* ckpt convert IN OUT [options]: argv holds the arguments after "convert".
- * Returns 0 written, 2 error. */
+/* ckpt convert IN OUT [options]: OK written, ERROR otherwise. */
 int ckpt_cli_convert(int argc, char **argv);
 
-/* ckpt scan FILE|DIR... [--json] [--allow MODULE.NAME]...: argv holds the
- * arguments after "scan". Returns 0 all safe, 1 any unsafe, 2 a file
- * cannot be read (or a bad option). */
+/* ckpt scan FILE|DIR... [--json] [--allow MODULE.NAME]...: OK all safe,
+ * FAIL any unsafe, ERROR a file cannot be read (or a bad option). */
 int ckpt_cli_scan(int argc, char **argv);
 
-/* ckpt ls DIR [--json]: argv holds the arguments after "ls". Lists a
- * checkpoint directory without changing it. Returns 0, or 2 when the
- * directory cannot be read (or a bad option). */
+/* ckpt ls DIR [--json]: lists a checkpoint directory without changing it.
+ * OK, or ERROR when the directory cannot be read (or a bad option). */
 int ckpt_cli_ls(int argc, char **argv);
 
-/* ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]: argv holds the
- * arguments after "prune". Returns 0 done, 2 error (the directory cannot be
- * read, another process manages it, a bad option). */
+/* ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]: OK done, ERROR
+ * (the directory cannot be read, another process manages it, a bad option). */
 int ckpt_cli_prune(int argc, char **argv);
 
-/* ckpt match CHECKPOINT --model REFERENCE [options]: argv holds the
- * arguments after "match". Loads CHECKPOINT into a model made from
- * REFERENCE's state dict as load_state_dict() would. Returns 0 it loads,
- * 1 it does not (PyTorch's message on stdout), 2 error. */
+/* ckpt match CHECKPOINT --model REFERENCE [options]: loads CHECKPOINT into
+ * a model made from REFERENCE's state dict as load_state_dict() would. OK
+ * it loads, FAIL it does not (PyTorch's message on stdout), ERROR. */
 int ckpt_cli_match(int argc, char **argv);
 
-/* ---- shared helpers (common.c) ---- */
+/* ---- options (common.c) ---- */
 
-#define CLI_EXIT_OK 0
-#define CLI_EXIT_BAD 1
-#define CLI_EXIT_ERROR 2
+/* A command's options, read with getopt_long: the table (long options
+ * with a value take it as "--opt VALUE" or "--opt=VALUE"; each val is the
+ * short option's letter or a number from CLI_OPT_LONG up), the short
+ * options ("hq"), and the synopsis shown when the arguments are wrong. */
+typedef struct cli_command {
+    const char *name;               /* "convert" */
+    const char *synopsis;           /* "ckpt convert IN OUT [options]" */
+    const char *shortopts;          /* getopt's letters, ':' after those with a value */
+    const struct option *longopts;  /* ends with a zero entry */
+} cli_command;
+
+#define CLI_OPT_LONG 256   /* first val of a long option without a letter */
+#define CLI_OPT_ARG 1      /* cli_next_arg: an operand (a file, a directory) */
+#define CLI_OPT_END (-1)   /* cli_next_arg: no more arguments */
+#define CLI_OPT_BAD '?'    /* cli_next_arg: wrong, said on stderr */
+
+typedef struct cli_args {
+    const cli_command *cmd;
+    int argc;
+    char **argv;
+    bool operands_only;     /* after "--", or once getopt is done */
+    char shortopts[64];
+} cli_args;
+
+/* Reads argv (argv[0] the command's name) once per process. */
+void cli_args_init(cli_args *a, const cli_command *cmd, int argc, char **argv);
+/* The next argument in order: an option's val (its value in *value, or
+ * NULL), CLI_OPT_ARG (the operand in *value), CLI_OPT_END, or CLI_OPT_BAD
+ * after saying on stderr what is wrong (an unknown option, a missing
+ * value, a value given to an option that takes none) and how the command
+ * is used. Options and operands mix in any order; after "--" everything is
+ * an operand. Long options are spelled out whole. */
+int cli_next_arg(cli_args *a, const char **value);
+/* "ckpt: CMD: MESSAGE" and the command's synopsis on stderr; returns
+ * CLI_EXIT_ERROR. */
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr. */
 void cli_print_error(const char *path, const ckpt_error *err);
@@ -57,9 +96,11 @@ char *cli_repr(const ckpt_value *v);
  * index; NULL when nothing is there. */
 const ckpt_value *cli_find_path(const ckpt_value *v, const char *path);
 /* --max-output-ratio's value (a whole number >= 1) into *out; says what is
- * wrong on stderr (naming the command and the option) and returns false
+ * wrong on stderr (cli_usage_error, naming the option) and returns false
  * otherwise. */
-bool cli_parse_ratio(const char *cmd, const char *opt, const char *s, uint64_t *out);
+bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uint64_t *out);
+/* list, tuple, set, dict, OrderedDict */
+bool cli_is_container(ckpt_kind k);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
 
@@ -67,6 +108,54 @@ void cli_human_bytes(uint64_t b, char *buf, size_t size);
  * keys in insertion order, floats exact, indented by indent; on failure
  * says so on stderr, naming what (a command or a path), and returns false. */
 bool cli_print_json(json_t *o, size_t indent, const char *what);
+
+/* ---- small containers (common.c) ---- */
+
+/* A growable array of esize-byte elements (set esize, the rest zero). */
+typedef struct cli_vec {
+    void *p;
+    size_t len, cap, esize;
+} cli_vec;
+
+/* Room for more elements; false when out of memory. */
+bool cli_vec_reserve(cli_vec *v, size_t more);
+/* A zeroed new element at the end; NULL when out of memory. */
+void *cli_vec_push(cli_vec *v);
+/* Doubles an open-addressed table of *cap slots of esize bytes when it is
+ * half full; rehash is called for each old slot. */
+bool cli_table_room(void **slots, size_t *cap, size_t len, size_t esize,
+                    void (*rehash)(void *fresh, size_t cap, const void *old));
+uint64_t cli_hash_ptr(const void *p);
+
+/* ---- plain values, leaf by leaf (common.c) ---- */
+
+/* A plain value (anything but a tensor, or an empty container) at its path,
+ * named as tensors are named ("optimizer.param_groups.0.lr"), shown as its
+ * Python repr (ckpt_value_repr). */
+typedef struct cli_leaf {
+    char *path;
+    const char *text;    /* interned: equal texts are one pointer */
+    size_t order;        /* place in the walk */
+    bool matched;        /* the caller's */
+} cli_leaf;
+
+typedef struct cli_plain {
+    cli_leaf *leaves;
+    size_t count;
+} cli_plain;
+
+/* Interned texts of leaves, shared by the files whose leaves are compared. */
+typedef struct cli_texts cli_texts;
+
+cli_texts *cli_texts_new(void);
+void cli_texts_free(cli_texts *tx);
+/* The plain values of f, in walk order: its value tree without the tensors,
+ * a safetensors file's __metadata__ ("__metadata__.KEY"). A container
+ * shared through the pickle memo repeats under each path to it, within
+ * bounds; a cycle shows as "<cycle>". On failure (out of memory, past a
+ * bound) says why on stderr, naming path, and returns false. */
+bool cli_plain_collect(ckpt_file *f, const char *path, cli_texts *tx, cli_plain *out);
+void cli_plain_free(cli_plain *p);
 
 /* ---- JSON written as it goes (json_out.c) ---- */
 

@@ -1,8 +1,10 @@
 /*
- * common.c - small helpers shared by the ckpt commands.
+ * common.c - small helpers shared by the ckpt commands: errors, JSON,
+ * paths, the option parser, and the plain values of a file leaf by leaf.
  */
 #include "cli.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,16 +99,475 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
     return v;
 }
 
-bool cli_parse_ratio(const char *cmd, const char *opt, const char *s, uint64_t *out)
+bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uint64_t *out)
 {
     size_t n = s ? strlen(s) : 0;
     bool digits = n > 0 && n <= 19 && strspn(s, "0123456789") == n;
     unsigned long long v = digits ? strtoull(s, NULL, 10) : 0;
     if (v == 0) {
-        fprintf(stderr, "ckpt %s: %s needs a whole number from 1 to 10^19 - 1, not '%s'\n", cmd,
-                opt, s ? s : "");
+        cli_usage_error(cmd, "%s needs a whole number from 1 to 10^19 - 1, not '%s'", opt,
+                        s ? s : "");
         return false;
     }
     *out = v;
     return true;
+}
+
+/* ---- small containers ------------------------------------------------------- */
+
+bool cli_vec_reserve(cli_vec *v, size_t more)
+{
+    while (v->cap - v->len < more) {
+        size_t cap = v->cap ? v->cap * 2 : 16;
+        void *p = cap <= SIZE_MAX / 2 / v->esize ? realloc(v->p, cap * v->esize) : NULL;
+        if (!p)
+            return false;
+        v->p = p;
+        v->cap = cap;
+    }
+    return true;
+}
+
+void *cli_vec_push(cli_vec *v)
+{
+    if (!cli_vec_reserve(v, 1))
+        return NULL;
+    void *e = (char *)v->p + v->len++ * v->esize;
+    memset(e, 0, v->esize);
+    return e;
+}
+
+/* ---- plain values: leaves by path -------------------------------------------- */
+
+#define PLAIN_MAX_DEPTH 1000
+#define PLAIN_MAX_VISITS 20000000   /* shared containers multiply paths */
+
+/* A container shared through the pickle memo is reached once per path, so
+ * its leaves repeat: a leaf's text is made once per value and kept once per
+ * content (texts), and how many leaves repeat a value already seen, how
+ * many steps the walk takes and how long the paths grow are bounded. */
+#define PLAIN_MAX_REPEATS 1000000
+#define PLAIN_MAX_PATH_BYTES ((size_t)64 << 20)
+
+/* Texts of leaves, shared by the files compared: each content once, and the text
+ * of each value already shown. */
+typedef struct text_entry {
+    uint64_t hash;
+    char *text;
+} text_entry;
+
+typedef struct value_text {
+    const ckpt_value *v;
+    const char *text;
+} value_text;
+
+struct cli_texts {
+    text_entry *by_text;
+    size_t text_cap, text_len;
+    value_text *by_value;
+    size_t value_cap, value_len;
+};
+
+typedef struct plain_walk {
+    cli_vec leaves;             /* of cli_leaf */
+    cli_vec path;               /* of char: the current path, NUL-terminated */
+    cli_texts *tx;
+    const ckpt_value *stack[PLAIN_MAX_DEPTH];
+    uint64_t visits_left;
+    uint64_t repeats_left;      /* leaves whose value was shown before */
+    size_t path_bytes;          /* of every leaf's path */
+    bool failed;                /* out of memory */
+    bool too_many;              /* past a bound */
+} plain_walk;
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+uint64_t cli_hash_ptr(const void *p)
+{
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 31);
+}
+
+bool cli_table_room(void **slots, size_t *cap, size_t len, size_t esize,
+                    void (*rehash)(void *fresh, size_t cap, const void *old))
+{
+    if ((len + 1) * 2 <= *cap)
+        return true;
+    size_t ncap = *cap ? *cap * 2 : 1024;
+    char *fresh = ncap <= SIZE_MAX / esize ? calloc(ncap, esize) : NULL;
+    if (!fresh)
+        return false;
+    for (size_t i = 0; i < *cap; i++)
+        rehash(fresh, ncap, (const char *)*slots + i * esize);
+    free(*slots);
+    *slots = fresh;
+    *cap = ncap;
+    return true;
+}
+
+static void rehash_text(void *fresh, size_t cap, const void *old)
+{
+    const text_entry *e = old;
+    if (!e->text)
+        return;
+    text_entry *t = fresh;
+    size_t i = e->hash & (cap - 1);
+    while (t[i].text)
+        i = (i + 1) & (cap - 1);
+    t[i] = *e;
+}
+
+static void rehash_value(void *fresh, size_t cap, const void *old)
+{
+    const value_text *e = old;
+    if (!e->v)
+        return;
+    value_text *t = fresh;
+    size_t i = cli_hash_ptr(e->v) & (cap - 1);
+    while (t[i].v)
+        i = (i + 1) & (cap - 1);
+    t[i] = *e;
+}
+
+/* The one copy of text s (taken over: freed when a copy exists); NULL when
+ * out of memory. */
+static const char *intern(cli_texts *tx, char *s)
+{
+    size_t n = strlen(s);
+    uint64_t h = hash_bytes(s, n);
+    if (!cli_table_room((void **)&tx->by_text, &tx->text_cap, tx->text_len, sizeof(text_entry),
+                    rehash_text)) {
+        free(s);
+        return NULL;
+    }
+    size_t i = h & (tx->text_cap - 1);
+    for (; tx->by_text[i].text; i = (i + 1) & (tx->text_cap - 1)) {
+        if (tx->by_text[i].hash == h && strcmp(tx->by_text[i].text, s) == 0) {
+            free(s);
+            return tx->by_text[i].text;
+        }
+    }
+    tx->by_text[i] = (text_entry){h, s};
+    tx->text_len++;
+    return s;
+}
+
+/* The slot of v in the value table (its text NULL when not seen yet). */
+static value_text *value_slot(cli_texts *tx, const ckpt_value *v)
+{
+    if (!cli_table_room((void **)&tx->by_value, &tx->value_cap, tx->value_len, sizeof(value_text),
+                    rehash_value))
+        return NULL;
+    size_t i = cli_hash_ptr(v) & (tx->value_cap - 1);
+    while (tx->by_value[i].v && tx->by_value[i].v != v)
+        i = (i + 1) & (tx->value_cap - 1);
+    return &tx->by_value[i];
+}
+
+cli_texts *cli_texts_new(void)
+{
+    return calloc(1, sizeof(cli_texts));
+}
+
+void cli_texts_free(cli_texts *tx)
+{
+    if (!tx)
+        return;
+    for (size_t i = 0; i < tx->text_cap; i++)
+        free(tx->by_text[i].text);
+    free(tx->by_text);
+    free(tx->by_value);
+    free(tx);
+}
+
+static void add_leaf(plain_walk *w, const char *text)
+{
+    size_t plen = w->path.len;
+    if (plen + 1 > PLAIN_MAX_PATH_BYTES - w->path_bytes) {
+        w->too_many = true;
+        return;
+    }
+    cli_leaf *l = cli_vec_push(&w->leaves);
+    if (!l) {
+        w->failed = true;
+        return;
+    }
+    l->order = w->leaves.len - 1;
+    l->text = text;
+    l->path = malloc(plen + 1);
+    if (!l->path) {
+        w->failed = true;
+        return;
+    }
+    memcpy(l->path, plen ? w->path.p : "", plen);
+    l->path[plen] = 0;
+    w->path_bytes += plen + 1;
+}
+
+/* A leaf showing a fixed text (a cycle, a cut). */
+static void add_marker(plain_walk *w, const char *s)
+{
+    char *t = malloc(strlen(s) + 1);
+    const char *text = t ? intern(w->tx, strcpy(t, s)) : NULL;
+    if (!text)
+        w->failed = true;
+    else
+        add_leaf(w, text);
+}
+
+/* A leaf showing v's repr, made once per value. */
+static void add_value_leaf(plain_walk *w, const ckpt_value *v)
+{
+    value_text *slot = value_slot(w->tx, v);
+    if (!slot) {
+        w->failed = true;
+        return;
+    }
+    if (slot->v) {
+        if (w->repeats_left == 0) {
+            w->too_many = true;
+            return;
+        }
+        w->repeats_left--;
+        add_leaf(w, slot->text);
+        return;
+    }
+    char *t = cli_repr(v);
+    const char *text = t ? intern(w->tx, t) : NULL;
+    if (!text) {
+        w->failed = true;
+        return;
+    }
+    *slot = (value_text){v, text};
+    w->tx->value_len++;
+    add_leaf(w, text);
+}
+
+/* Appends to the path; false when out of memory or too long. */
+static bool path_put(plain_walk *w, const char *s, size_t n)
+{
+    if (n > PLAIN_MAX_PATH_BYTES - w->path.len) {
+        w->too_many = true;
+        return false;
+    }
+    if (!cli_vec_reserve(&w->path, n + 1)) {
+        w->failed = true;
+        return false;
+    }
+    char *p = w->path.p;
+    memcpy(p + w->path.len, s, n);
+    w->path.len += n;
+    p[w->path.len] = 0;
+    return true;
+}
+
+/* The path of item i of v: "KEY" or "I" after a '.'. Dict keys show as
+ * tensor names show them. */
+static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict)
+{
+    if (w->path.len && !path_put(w, ".", 1))
+        return false;
+    char buf[256];
+    size_t len;
+    const ckpt_value *key = is_dict ? ckpt_value_key(v, i) : NULL;
+    const char *s = ckpt_value_str(key, &len);
+    if (!key || ckpt_value_kind(key) != CKPT_STR) {
+        s = buf;
+        len = key ? ckpt_value_key_text(key, buf, sizeof(buf))
+                  : (size_t)snprintf(buf, sizeof(buf), "%zu", i);
+    }
+    return path_put(w, s, len);
+}
+
+bool cli_is_container(ckpt_kind k)
+{
+    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
+           k == CKPT_ORDERED_DICT;
+}
+
+static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
+{
+    if (w->failed || w->too_many)
+        return;
+    if (w->visits_left-- == 0) {
+        w->too_many = true;
+        return;
+    }
+    ckpt_kind k = ckpt_value_kind(v);
+    if (k == CKPT_TENSOR)
+        return;
+    if (!cli_is_container(k) || ckpt_value_len(v) == 0) {
+        add_value_leaf(w, v);
+        return;
+    }
+    /* the cycle check looks at every container above */
+    if (w->visits_left < (uint64_t)depth) {
+        w->too_many = true;
+        return;
+    }
+    w->visits_left -= (uint64_t)depth;
+    for (int i = 0; i < depth; i++) {
+        if (w->stack[i] == v) {
+            add_marker(w, "<cycle>");
+            return;
+        }
+    }
+    if (depth >= PLAIN_MAX_DEPTH) {
+        add_marker(w, "<nested too deep>");
+        return;
+    }
+    w->stack[depth] = v;
+    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    size_t saved = w->path.len;
+    for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
+        if (!path_push(w, v, i, is_dict))
+            break;
+        plain_walk_value(w, is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i),
+                         depth + 1);
+        w->path.len = saved;
+        ((char *)w->path.p)[saved] = 0;
+    }
+}
+
+static void free_leaves(cli_leaf *l, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(l[i].path);
+    free(l);
+}
+
+void cli_plain_free(cli_plain *p)
+{
+    free_leaves(p->leaves, p->count);
+    p->leaves = NULL;
+    p->count = 0;
+}
+
+bool cli_plain_collect(ckpt_file *f, const char *path, cli_texts *tx, cli_plain *out)
+{
+    out->leaves = NULL;
+    out->count = 0;
+    plain_walk *w = calloc(1, sizeof(*w));
+    if (!w) {
+        fprintf(stderr, "ckpt: %s: out of memory reading plain values\n", path);
+        return false;
+    }
+    w->leaves.esize = sizeof(cli_leaf);
+    w->path.esize = 1;
+    w->tx = tx;
+    w->visits_left = PLAIN_MAX_VISITS;
+    w->repeats_left = PLAIN_MAX_REPEATS;
+    ckpt_file_info fi;
+    ckpt_file_get_info(f, &fi);
+    if (fi.format == CKPT_FORMAT_SAFETENSORS) {
+        if (fi.metadata && path_put(w, "__metadata__", 12))
+            plain_walk_value(w, fi.metadata, 0);
+    } else {
+        plain_walk_value(w, ckpt_file_root(f), 0);
+    }
+    free(w->path.p);
+    bool ok = !w->failed && !w->too_many;
+    if (ok) {
+        out->leaves = w->leaves.p;
+        out->count = w->leaves.len;
+    } else {
+        fprintf(stderr, "ckpt: %s: %s\n", path,
+                w->failed ? "out of memory reading plain values"
+                          : "containers shared many times make too many paths to compare");
+        free_leaves(w->leaves.p, w->leaves.len);
+    }
+    free(w);
+    return ok;
+}
+
+/* ---- options ---------------------------------------------------------------- */
+
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ckpt: %s: ", cmd->name);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: %s\nrun 'ckpt %s --help' for the options\n", cmd->synopsis,
+            cmd->name);
+    return CLI_EXIT_ERROR;
+}
+
+void cli_args_init(cli_args *a, const cli_command *cmd, int argc, char **argv)
+{
+    memset(a, 0, sizeof(*a));
+    a->cmd = cmd;
+    a->argc = argc;
+    a->argv = argv;
+    /* '-': operands come back in order (1), wherever they stand, whatever
+     * POSIXLY_CORRECT says; ':': a missing value is told apart (':') */
+    snprintf(a->shortopts, sizeof(a->shortopts), "-:%s", cmd->shortopts);
+    opterr = 0;
+}
+
+/* The table entry named by the n bytes at name, spelled out whole. */
+static const struct option *long_option(const cli_command *cmd, const char *name, size_t n)
+{
+    for (const struct option *o = cmd->longopts; o->name; o++)
+        if (strlen(o->name) == n && memcmp(o->name, name, n) == 0)
+            return o;
+    return NULL;
+}
+
+int cli_next_arg(cli_args *a, const char **value)
+{
+    *value = NULL;
+    if (!a->operands_only) {
+        const char *next = optind < a->argc ? a->argv[optind] : NULL;
+        if (next && next[0] == '-' && next[1] == '-' && next[2]) {
+            /* getopt_long takes any unambiguous prefix: only whole names here */
+            size_t n = strcspn(next + 2, "=");
+            const struct option *o = long_option(a->cmd, next + 2, n);
+            if (!o) {
+                cli_usage_error(a->cmd, "unknown option '%.*s'", (int)(n + 2), next);
+                return CLI_OPT_BAD;
+            }
+            if (o->has_arg == no_argument && next[2 + n] == '=') {
+                cli_usage_error(a->cmd, "option '--%s' takes no value", o->name);
+                return CLI_OPT_BAD;
+            }
+        }
+        int c = getopt_long(a->argc, a->argv, a->shortopts, a->cmd->longopts, NULL);
+        const char *opt = optind > 0 && optind <= a->argc ? a->argv[optind - 1] : "";
+        switch (c) {
+        case -1:
+            a->operands_only = true; /* the end, or "--" */
+            break;
+        case CLI_OPT_ARG:
+            *value = optarg;
+            return CLI_OPT_ARG;
+        case '?':
+            if (optopt)
+                cli_usage_error(a->cmd, "unknown option '-%c'", optopt);
+            else
+                cli_usage_error(a->cmd, "unknown option '%s'", opt);
+            return CLI_OPT_BAD;
+        case ':':
+            if (opt[0] == '-' && opt[1] == '-')
+                cli_usage_error(a->cmd, "option '%s' needs a value", opt);
+            else
+                cli_usage_error(a->cmd, "option '-%c' needs a value", optopt);
+            return CLI_OPT_BAD;
+        default:
+            *value = optarg;
+            return c;
+        }
+    }
+    if (optind < a->argc) {
+        *value = a->argv[optind++];
+        return CLI_OPT_ARG;
+    }
+    return CLI_OPT_END;
 }

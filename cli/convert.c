@@ -421,91 +421,113 @@ static void progress_bar(void *user, uint64_t done, uint64_t total)
 
 /* ---- the command ----------------------------------------------------------- */
 
+enum {
+    OPT_TO = CLI_OPT_LONG, OPT_KEY, OPT_STRIP_PREFIX, OPT_ADD_PREFIX, OPT_RENAME, OPT_INCLUDE,
+    OPT_EXCLUDE, OPT_DTYPE, OPT_MAP_LOCATION, OPT_MAX_OUTPUT_RATIO, OPT_NO_FSYNC, OPT_PERMISSIVE,
+};
+
+static const struct option convert_options[] = {
+    {"to", required_argument, NULL, OPT_TO},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"strip-prefix", required_argument, NULL, OPT_STRIP_PREFIX},
+    {"add-prefix", required_argument, NULL, OPT_ADD_PREFIX},
+    {"rename", required_argument, NULL, OPT_RENAME},
+    {"include", required_argument, NULL, OPT_INCLUDE},
+    {"exclude", required_argument, NULL, OPT_EXCLUDE},
+    {"dtype", required_argument, NULL, OPT_DTYPE},
+    {"map-location", required_argument, NULL, OPT_MAP_LOCATION},
+    {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
+    {"no-fsync", no_argument, NULL, OPT_NO_FSYNC},
+    {"permissive", no_argument, NULL, OPT_PERMISSIVE},
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command convert_command = {"convert", "ckpt convert IN OUT [options]", "hq",
+                                            convert_options};
+
+/* Adds a repeatable option's value to list (n of them); false after saying
+ * that there are too many. */
+static bool push_value(const char **list, size_t *n, const char *opt, const char *val)
+{
+    if (*n == MAX_EDITS) {
+        cli_usage_error(&convert_command, "too many %s options (at most %d)", opt, MAX_EDITS);
+        return false;
+    }
+    list[(*n)++] = val;
+    return true;
+}
+
+/* 0 parsed, 1 help shown, -1 error (said). */
 static int parse_args(int argc, char **argv, convert_opts *o)
 {
     memset(o, 0, sizeof(*o));
     size_t npos = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_VAL()                                                               \
-    do {                                                                         \
-        if (!val) {                                                              \
-            fprintf(stderr, "ckpt convert: %s needs a value\n", a);              \
-            return -1;                                                           \
-        }                                                                        \
-        i++;                                                                     \
-    } while (0)
-#define PUSH(arr, n)                                                             \
-    do {                                                                         \
-        NEED_VAL();                                                              \
-        if (o->n == MAX_EDITS) {                                                 \
-            fprintf(stderr, "ckpt convert: too many %s options\n", a);           \
-            return -1;                                                           \
-        }                                                                        \
-        o->arr[o->n++] = val;                                                    \
-    } while (0)
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            convert_usage(stdout);
-            return 1;
-        } else if (strcmp(a, "--to") == 0) {
-            NEED_VAL();
-            o->to = val;
-        } else if (strcmp(a, "--key") == 0) {
-            NEED_VAL();
-            o->key = val;
-        } else if (strcmp(a, "--strip-prefix") == 0) {
-            PUSH(strip, n_strip);
-        } else if (strcmp(a, "--add-prefix") == 0) {
-            NEED_VAL();
-            o->add_prefix = val;
-        } else if (strcmp(a, "--rename") == 0) {
-            NEED_VAL();
+    cli_args args;
+    cli_args_init(&args, &convert_command, argc, argv);
+    const char *val;
+    int c;
+    while ((c = cli_next_arg(&args, &val)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': convert_usage(stdout); return 1;
+        case OPT_TO: o->to = val; break;
+        case OPT_KEY: o->key = val; break;
+        case OPT_STRIP_PREFIX:
+            if (!push_value(o->strip, &o->n_strip, "--strip-prefix", val))
+                return -1;
+            break;
+        case OPT_ADD_PREFIX: o->add_prefix = val; break;
+        case OPT_RENAME: {
             const char *eq = strchr(val, '=');
-            if (!eq || eq == val || o->n_rename == MAX_EDITS) {
-                fprintf(stderr, "ckpt convert: --rename needs OLD=NEW\n");
+            if (!eq || eq == val) {
+                cli_usage_error(&convert_command, "--rename needs OLD=NEW, not '%s'", val);
+                return -1;
+            }
+            if (o->n_rename == MAX_EDITS) {
+                cli_usage_error(&convert_command, "too many --rename options (at most %d)",
+                                MAX_EDITS);
                 return -1;
             }
             char *from = strndup(val, (size_t)(eq - val));
-            if (!from)
+            if (!from) {
+                fprintf(stderr, "ckpt: convert: out of memory\n");
                 return -1;
+            }
             o->rename[o->n_rename].from = from;
             o->rename[o->n_rename++].to = eq + 1;
-        } else if (strcmp(a, "--include") == 0) {
-            PUSH(include, n_include);
-        } else if (strcmp(a, "--exclude") == 0) {
-            PUSH(exclude, n_exclude);
-        } else if (strcmp(a, "--dtype") == 0) {
-            NEED_VAL();
-            o->dtype_name = val;
-        } else if (strcmp(a, "--map-location") == 0) {
-            NEED_VAL();
-            o->location = val;
-        } else if (strcmp(a, "--max-output-ratio") == 0) {
-            NEED_VAL();
-            if (!cli_parse_ratio("convert", a, val, &o->max_output_ratio))
-                return -1;
-        } else if (strcmp(a, "--no-fsync") == 0) {
-            o->no_fsync = true;
-        } else if (strcmp(a, "--permissive") == 0) {
-            o->permissive = true;
-        } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
-            o->quiet = true;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "ckpt convert: unknown option %s\n", a);
-            return -1;
-        } else if (npos == 0) {
-            o->in = a;
-            npos++;
-        } else if (npos == 1) {
-            o->out = a;
-            npos++;
-        } else {
-            fprintf(stderr, "ckpt convert: too many files\n");
-            return -1;
+            break;
         }
-#undef PUSH
-#undef NEED_VAL
+        case OPT_INCLUDE:
+            if (!push_value(o->include, &o->n_include, "--include", val))
+                return -1;
+            break;
+        case OPT_EXCLUDE:
+            if (!push_value(o->exclude, &o->n_exclude, "--exclude", val))
+                return -1;
+            break;
+        case OPT_DTYPE: o->dtype_name = val; break;
+        case OPT_MAP_LOCATION: o->location = val; break;
+        case OPT_MAX_OUTPUT_RATIO:
+            if (!cli_parse_ratio(&convert_command, "--max-output-ratio", val,
+                                 &o->max_output_ratio))
+                return -1;
+            break;
+        case OPT_NO_FSYNC: o->no_fsync = true; break;
+        case OPT_PERMISSIVE: o->permissive = true; break;
+        case 'q': o->quiet = true; break;
+        case CLI_OPT_ARG:
+            if (npos == 2) {
+                cli_usage_error(&convert_command, "too many files: '%s'", val);
+                return -1;
+            }
+            if (npos++ == 0)
+                o->in = val;
+            else
+                o->out = val;
+            break;
+        default: return -1;
+        }
     }
     if (npos != 2) {
         convert_usage(stderr);
@@ -520,21 +542,24 @@ int ckpt_cli_convert(int argc, char **argv)
     int pr = parse_args(argc, argv, &o);
     int rc = CLI_EXIT_ERROR;
     if (pr != 0) {
-        rc = pr > 0 ? 0 : CLI_EXIT_ERROR;
+        rc = pr > 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
         goto done_args;
     }
     int fmt = format_of(&o);
     if (fmt == 0) {
-        fprintf(stderr, "ckpt convert: cannot tell the output format of %s: use --to pth or "
-                        "--to safetensors\n", o.to ? o.to : o.out);
+        if (o.to)
+            cli_usage_error(&convert_command, "--to takes pth or safetensors, not '%s'", o.to);
+        else
+            cli_usage_error(&convert_command, "cannot tell the output format of %s: use --to "
+                                              "pth or --to safetensors", o.out);
         goto done_args;
     }
     ckpt_dtype to_dtype = CKPT_DTYPE_INVALID;
     if (o.dtype_name) {
         to_dtype = ckpt_dtype_from_name(o.dtype_name);
         if (!castable(to_dtype)) {
-            fprintf(stderr, "ckpt convert: --dtype takes float32, float16, bfloat16 or "
-                            "float64, not '%s'\n", o.dtype_name);
+            cli_usage_error(&convert_command, "--dtype takes float32, float16, bfloat16 or "
+                                              "float64, not '%s'", o.dtype_name);
             goto done_args;
         }
     }
@@ -648,7 +673,7 @@ int ckpt_cli_convert(int argc, char **argv)
                             "dict; a .safetensors output takes every tensor\n");
         goto done_tree;
     }
-    rc = 0;
+    rc = CLI_EXIT_OK;
 done_tree:
     ckpt_tree_free(tree);
 done_file:

@@ -31,356 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DIFF_SAME 0
-#define DIFF_DIFFERENT 1
-#define DIFF_ERROR 2
-
 #define CHUNK_ELEMS 65536
 #define MAX_ELEM_BYTES 16           /* complex128 */
 #define MAX_DIMS 64
-#define PLAIN_MAX_DEPTH 1000
-#define PLAIN_MAX_VISITS 20000000   /* shared containers multiply paths */
 
 static const char *PROG = "ckpt";
 
-/* ---- small containers --------------------------------------------------- */
-
-typedef struct vec {
-    void *p;
-    size_t len, cap, esize;
-} vec;
-
-/* Room for more elements; false when out of memory. */
-static bool vec_reserve(vec *v, size_t more)
-{
-    while (v->cap - v->len < more) {
-        size_t cap = v->cap ? v->cap * 2 : 16;
-        void *p = cap <= SIZE_MAX / 2 / v->esize ? realloc(v->p, cap * v->esize) : NULL;
-        if (!p)
-            return false;
-        v->p = p;
-        v->cap = cap;
-    }
-    return true;
-}
-
-/* A zeroed new element at the end; NULL when out of memory. */
-static void *vec_push(vec *v)
-{
-    if (!vec_reserve(v, 1))
-        return NULL;
-    void *e = (char *)v->p + v->len++ * v->esize;
-    memset(e, 0, v->esize);
-    return e;
-}
-
-/* ---- plain values: leaves by path ------------------------------------------ */
-
-/* A container shared through the pickle memo is reached once per path, so
- * its leaves repeat: a leaf's text is made once per value and kept once per
- * content (texts), and how many leaves repeat a value already seen, how
- * many steps the walk takes and how long the paths grow are bounded. */
-#define PLAIN_MAX_REPEATS 1000000
-#define PLAIN_MAX_PATH_BYTES ((size_t)64 << 20)
-
-typedef struct leaf {
-    char *path;
-    const char *text;           /* interned: equal texts are one pointer */
-    size_t order;
-    bool matched;
-} leaf;
-
-/* Texts of leaves, shared by both files: each content once, and the text
- * of each value already shown. */
-typedef struct text_entry {
-    uint64_t hash;
-    char *text;
-} text_entry;
-
-typedef struct value_text {
-    const ckpt_value *v;
-    const char *text;
-} value_text;
-
-typedef struct texts {
-    text_entry *by_text;
-    size_t text_cap, text_len;
-    value_text *by_value;
-    size_t value_cap, value_len;
-} texts;
-
-typedef struct plain_walk {
-    vec leaves;                 /* of leaf */
-    vec path;                   /* of char: the current path, NUL-terminated */
-    texts *tx;
-    const ckpt_value *stack[PLAIN_MAX_DEPTH];
-    uint64_t visits_left;
-    uint64_t repeats_left;      /* leaves whose value was shown before */
-    size_t path_bytes;          /* of every leaf's path */
-    bool failed;                /* out of memory */
-    bool too_many;              /* past a bound */
-} plain_walk;
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
-}
-
-static uint64_t hash_ptr(const void *p)
-{
-    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
-    return h ^ (h >> 31);
-}
-
-/* Doubles an open-addressed table of *cap slots of esize bytes when it is
- * half full; rehash is called for each old slot. */
-static bool table_room(void **slots, size_t *cap, size_t len, size_t esize,
-                       void (*rehash)(void *fresh, size_t cap, const void *old))
-{
-    if ((len + 1) * 2 <= *cap)
-        return true;
-    size_t ncap = *cap ? *cap * 2 : 1024;
-    char *fresh = ncap <= SIZE_MAX / esize ? calloc(ncap, esize) : NULL;
-    if (!fresh)
-        return false;
-    for (size_t i = 0; i < *cap; i++)
-        rehash(fresh, ncap, (const char *)*slots + i * esize);
-    free(*slots);
-    *slots = fresh;
-    *cap = ncap;
-    return true;
-}
-
-static void rehash_text(void *fresh, size_t cap, const void *old)
-{
-    const text_entry *e = old;
-    if (!e->text)
-        return;
-    text_entry *t = fresh;
-    size_t i = e->hash & (cap - 1);
-    while (t[i].text)
-        i = (i + 1) & (cap - 1);
-    t[i] = *e;
-}
-
-static void rehash_value(void *fresh, size_t cap, const void *old)
-{
-    const value_text *e = old;
-    if (!e->v)
-        return;
-    value_text *t = fresh;
-    size_t i = hash_ptr(e->v) & (cap - 1);
-    while (t[i].v)
-        i = (i + 1) & (cap - 1);
-    t[i] = *e;
-}
-
-/* The one copy of text s (taken over: freed when a copy exists); NULL when
- * out of memory. */
-static const char *intern(texts *tx, char *s)
-{
-    size_t n = strlen(s);
-    uint64_t h = hash_bytes(s, n);
-    if (!table_room((void **)&tx->by_text, &tx->text_cap, tx->text_len, sizeof(text_entry),
-                    rehash_text)) {
-        free(s);
-        return NULL;
-    }
-    size_t i = h & (tx->text_cap - 1);
-    for (; tx->by_text[i].text; i = (i + 1) & (tx->text_cap - 1)) {
-        if (tx->by_text[i].hash == h && strcmp(tx->by_text[i].text, s) == 0) {
-            free(s);
-            return tx->by_text[i].text;
-        }
-    }
-    tx->by_text[i] = (text_entry){h, s};
-    tx->text_len++;
-    return s;
-}
-
-/* The slot of v in the value table (its text NULL when not seen yet). */
-static value_text *value_slot(texts *tx, const ckpt_value *v)
-{
-    if (!table_room((void **)&tx->by_value, &tx->value_cap, tx->value_len, sizeof(value_text),
-                    rehash_value))
-        return NULL;
-    size_t i = hash_ptr(v) & (tx->value_cap - 1);
-    while (tx->by_value[i].v && tx->by_value[i].v != v)
-        i = (i + 1) & (tx->value_cap - 1);
-    return &tx->by_value[i];
-}
-
-static void texts_free(texts *tx)
-{
-    for (size_t i = 0; i < tx->text_cap; i++)
-        free(tx->by_text[i].text);
-    free(tx->by_text);
-    free(tx->by_value);
-}
-
-static void add_leaf(plain_walk *w, const char *text)
-{
-    size_t plen = w->path.len;
-    if (plen + 1 > PLAIN_MAX_PATH_BYTES - w->path_bytes) {
-        w->too_many = true;
-        return;
-    }
-    leaf *l = vec_push(&w->leaves);
-    if (!l) {
-        w->failed = true;
-        return;
-    }
-    l->order = w->leaves.len - 1;
-    l->text = text;
-    l->path = malloc(plen + 1);
-    if (!l->path) {
-        w->failed = true;
-        return;
-    }
-    memcpy(l->path, plen ? w->path.p : "", plen);
-    l->path[plen] = 0;
-    w->path_bytes += plen + 1;
-}
-
-/* A leaf showing a fixed text (a cycle, a cut). */
-static void add_marker(plain_walk *w, const char *s)
-{
-    char *t = malloc(strlen(s) + 1);
-    const char *text = t ? intern(w->tx, strcpy(t, s)) : NULL;
-    if (!text)
-        w->failed = true;
-    else
-        add_leaf(w, text);
-}
-
-/* A leaf showing v's repr, made once per value. */
-static void add_value_leaf(plain_walk *w, const ckpt_value *v)
-{
-    value_text *slot = value_slot(w->tx, v);
-    if (!slot) {
-        w->failed = true;
-        return;
-    }
-    if (slot->v) {
-        if (w->repeats_left == 0) {
-            w->too_many = true;
-            return;
-        }
-        w->repeats_left--;
-        add_leaf(w, slot->text);
-        return;
-    }
-    char *t = cli_repr(v);
-    const char *text = t ? intern(w->tx, t) : NULL;
-    if (!text) {
-        w->failed = true;
-        return;
-    }
-    *slot = (value_text){v, text};
-    w->tx->value_len++;
-    add_leaf(w, text);
-}
-
-/* Appends to the path; false when out of memory or too long. */
-static bool path_put(plain_walk *w, const char *s, size_t n)
-{
-    if (n > PLAIN_MAX_PATH_BYTES - w->path.len) {
-        w->too_many = true;
-        return false;
-    }
-    if (!vec_reserve(&w->path, n + 1)) {
-        w->failed = true;
-        return false;
-    }
-    char *p = w->path.p;
-    memcpy(p + w->path.len, s, n);
-    w->path.len += n;
-    p[w->path.len] = 0;
-    return true;
-}
-
-/* The path of item i of v: "KEY" or "I" after a '.'. Dict keys show as
- * tensor names show them. */
-static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict)
-{
-    if (w->path.len && !path_put(w, ".", 1))
-        return false;
-    char buf[256];
-    size_t len;
-    const ckpt_value *key = is_dict ? ckpt_value_key(v, i) : NULL;
-    const char *s = ckpt_value_str(key, &len);
-    if (!key || ckpt_value_kind(key) != CKPT_STR) {
-        s = buf;
-        len = key ? ckpt_value_key_text(key, buf, sizeof(buf))
-                  : (size_t)snprintf(buf, sizeof(buf), "%zu", i);
-    }
-    return path_put(w, s, len);
-}
-
-static bool is_container(ckpt_kind k)
-{
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
-}
-
-static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
-{
-    if (w->failed || w->too_many)
-        return;
-    if (w->visits_left-- == 0) {
-        w->too_many = true;
-        return;
-    }
-    ckpt_kind k = ckpt_value_kind(v);
-    if (k == CKPT_TENSOR)
-        return;
-    if (!is_container(k) || ckpt_value_len(v) == 0) {
-        add_value_leaf(w, v);
-        return;
-    }
-    /* the cycle check looks at every container above */
-    if (w->visits_left < (uint64_t)depth) {
-        w->too_many = true;
-        return;
-    }
-    w->visits_left -= (uint64_t)depth;
-    for (int i = 0; i < depth; i++) {
-        if (w->stack[i] == v) {
-            add_marker(w, "<cycle>");
-            return;
-        }
-    }
-    if (depth >= PLAIN_MAX_DEPTH) {
-        add_marker(w, "<nested too deep>");
-        return;
-    }
-    w->stack[depth] = v;
-    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
-    size_t saved = w->path.len;
-    for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
-        if (!path_push(w, v, i, is_dict))
-            break;
-        plain_walk_value(w, is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i),
-                         depth + 1);
-        w->path.len = saved;
-        ((char *)w->path.p)[saved] = 0;
-    }
-}
-
-static void free_leaves(vec *v)
-{
-    leaf *l = v->p;
-    for (size_t i = 0; i < v->len; i++)
-        free(l[i].path);
-    free(v->p);
-}
-
 static int cmp_leaf(const void *a, const void *b)
 {
-    const leaf *x = *(const leaf *const *)a, *y = *(const leaf *const *)b;
+    const cli_leaf *x = *(const cli_leaf *const *)a, *y = *(const cli_leaf *const *)b;
     int r = strcmp(x->path, y->path);
     if (r)
         return r;
@@ -388,7 +47,7 @@ static int cmp_leaf(const void *a, const void *b)
 }
 
 /* The first leaf named path among sorted (by path, then order); NULL if none. */
-static leaf *find_leaf(leaf **sorted, size_t n, const char *path)
+static cli_leaf *find_leaf(cli_leaf **sorted, size_t n, const char *path)
 {
     size_t lo = 0, hi = n;
     while (lo < hi) {
@@ -421,10 +80,10 @@ typedef struct plain_diff {
 } plain_diff;
 
 typedef struct diff_result {
-    vec only_a, only_b;         /* of const char * */
-    vec dtype, shape;           /* of tensor_pair */
-    vec values;                 /* of value_diff */
-    vec plain;                  /* of plain_diff */
+    cli_vec only_a, only_b;         /* of const char * */
+    cli_vec dtype, shape;           /* of tensor_pair */
+    cli_vec values;                 /* of value_diff */
+    cli_vec plain;                  /* of plain_diff */
     size_t tensors_compared;
     size_t plain_compared;
     bool plain_skipped;
@@ -691,9 +350,9 @@ static bool same_shape(const ckpt_tensor_info *x, const ckpt_tensor_info *y)
 
 /* ---- the comparison --------------------------------------------------------- */
 
-static bool push_ptr(vec *v, const void *p)
+static bool push_ptr(cli_vec *v, const void *p)
 {
-    const void **slot = vec_push(v);
+    const void **slot = cli_vec_push(v);
     if (!slot)
         return false;
     *slot = p;
@@ -736,7 +395,7 @@ typedef struct pair_memo {
 
 static size_t pair_hash(const ckpt_tensor *a, const ckpt_tensor *b)
 {
-    return (size_t)(hash_ptr(a) ^ (hash_ptr(b) * 0xff51afd7ed558ccdull));
+    return (size_t)(cli_hash_ptr(a) ^ (cli_hash_ptr(b) * 0xff51afd7ed558ccdull));
 }
 
 static void rehash_pair(void *fresh, size_t cap, const void *old)
@@ -754,7 +413,7 @@ static void rehash_pair(void *fresh, size_t cap, const void *old)
 /* The slot of the pair (a NULL when not compared yet); NULL when out of memory. */
 static pair_result *pair_slot(pair_memo *m, const ckpt_tensor *a, const ckpt_tensor *b)
 {
-    if (!table_room((void **)&m->slots, &m->cap, m->len, sizeof(pair_result), rehash_pair))
+    if (!cli_table_room((void **)&m->slots, &m->cap, m->len, sizeof(pair_result), rehash_pair))
         return NULL;
     size_t i = pair_hash(a, b) & (m->cap - 1);
     while (m->slots[i].a && (m->slots[i].a != a || m->slots[i].b != b))
@@ -792,12 +451,12 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
         tensor_pair pair = {name, ta, tb};
         tensor_pair *slot;
         if (ia.dtype != ib.dtype) {
-            ok = (slot = vec_push(&r->dtype)) != NULL;
+            ok = (slot = cli_vec_push(&r->dtype)) != NULL;
             if (ok)
                 *slot = pair;
         }
         if (ok && !same_shape(&ia, &ib)) {
-            ok = (slot = vec_push(&r->shape)) != NULL;
+            ok = (slot = cli_vec_push(&r->shape)) != NULL;
             if (ok)
                 *slot = pair;
             continue;
@@ -822,7 +481,7 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
             ok = false;
         }
         if (ok && compared && vd.count) {
-            value_diff *v = vec_push(&r->values);
+            value_diff *v = cli_vec_push(&r->values);
             ok = v != NULL;
             if (ok)
                 *v = vd;
@@ -844,38 +503,11 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
     return ok;
 }
 
-static bool collect_plain(ckpt_file *f, const char *path, texts *tx, plain_walk *w)
+static bool diff_plain(const cli_plain *pa, const cli_plain *pb, diff_result *r)
 {
-    memset(w, 0, sizeof(*w));
-    w->leaves.esize = sizeof(leaf);
-    w->path.esize = 1;
-    w->tx = tx;
-    w->visits_left = PLAIN_MAX_VISITS;
-    w->repeats_left = PLAIN_MAX_REPEATS;
-    ckpt_file_info fi;
-    ckpt_file_get_info(f, &fi);
-    if (fi.format == CKPT_FORMAT_SAFETENSORS) {
-        if (fi.metadata && path_put(w, "__metadata__", 12))
-            plain_walk_value(w, fi.metadata, 0);
-    } else {
-        plain_walk_value(w, ckpt_file_root(f), 0);
-    }
-    free(w->path.p);
-    w->path.p = NULL;
-    if (w->failed || w->too_many) {
-        fprintf(stderr, "%s: %s: %s\n", PROG, path,
-                w->failed ? "out of memory reading plain values"
-                          : "containers shared many times make too many paths to compare");
-        return false;
-    }
-    return true;
-}
-
-static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
-{
-    leaf *la = wa->leaves.p, *lb = wb->leaves.p;
-    size_t na = wa->leaves.len, nb = wb->leaves.len;
-    leaf **sa = malloc((na ? na : 1) * sizeof(*sa)), **sb = malloc((nb ? nb : 1) * sizeof(*sb));
+    cli_leaf *la = pa->leaves, *lb = pb->leaves;
+    size_t na = pa->count, nb = pb->count;
+    cli_leaf **sa = malloc((na ? na : 1) * sizeof(*sa)), **sb = malloc((nb ? nb : 1) * sizeof(*sb));
     bool ok = sa && sb;
     for (size_t i = 0; ok && i < na; i++)
         sa[i] = &la[i];
@@ -888,14 +520,14 @@ static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
     for (size_t i = 0; ok && i < na; i++) {
         if (find_leaf(sa, na, la[i].path) != &la[i])
             continue; /* a path seen twice: the first counts */
-        leaf *other = find_leaf(sb, nb, la[i].path);
+        cli_leaf *other = find_leaf(sb, nb, la[i].path);
         r->plain_compared++;
         if (other) {
             other->matched = true;
             if (other->text == la[i].text) /* interned */
                 continue;
         }
-        plain_diff *d = vec_push(&r->plain);
+        plain_diff *d = cli_vec_push(&r->plain);
         ok = d != NULL;
         if (ok)
             *d = (plain_diff){la[i].path, la[i].text, other ? other->text : NULL};
@@ -904,7 +536,7 @@ static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
         if (lb[i].matched || find_leaf(sb, nb, lb[i].path) != &lb[i])
             continue;
         r->plain_compared++;
-        plain_diff *d = vec_push(&r->plain);
+        plain_diff *d = cli_vec_push(&r->plain);
         ok = d != NULL;
         if (ok)
             *d = (plain_diff){lb[i].path, NULL, lb[i].text};
@@ -1034,7 +666,7 @@ static void jshape(cli_jw *jw, const ckpt_tensor *x)
     cli_jw_end_array(jw);
 }
 
-static void jnames(cli_jw *jw, const char *key, const vec *v)
+static void jnames(cli_jw *jw, const char *key, const cli_vec *v)
 {
     const char **names = v->p;
     cli_jw_key(jw, key);
@@ -1050,7 +682,7 @@ static int print_json(const diff_result *r)
     cli_jw *jw = malloc(sizeof(*jw));
     if (!jw) {
         fprintf(stderr, "%s: out of memory\n", PROG);
-        return DIFF_ERROR;
+        return CLI_EXIT_ERROR;
     }
     cli_jw_init(jw, stdout, 1);
     cli_jw_begin_object(jw);
@@ -1136,15 +768,31 @@ static int print_json(const diff_result *r)
     cli_jw_end_object(jw);
     bool ok = cli_jw_finish(jw, "diff");
     free(jw);
-    return ok ? 0 : DIFF_ERROR;
+    return ok ? 0 : CLI_EXIT_ERROR;
 }
 
 /* ---- the command -------------------------------------------------------------- */
 
+enum { OPT_ATOL = CLI_OPT_LONG, OPT_RTOL, OPT_JSON, OPT_MAX_OUTPUT_RATIO };
+
+static const struct option diff_options[] = {
+    {"atol", required_argument, NULL, OPT_ATOL},
+    {"rtol", required_argument, NULL, OPT_RTOL},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command diff_command = {
+    "diff", "ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]", "h",
+    diff_options,
+};
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]\n"
+            "usage: %s\n"
             "  Compares two checkpoints of any formats: tensor names only in one file,\n"
             "  dtype and shape mismatches, and for tensors of one shape the elements whose\n"
             "  values differ (|a - b| > atol + rtol*|b|; NaN equals NaN) with the largest\n"
@@ -1158,16 +806,16 @@ static void usage(FILE *out)
             "  --max-output-ratio N  go through at most N times the bytes each file holds,\n"
             "             plus 64 MiB (default 64): a view with stride 0 shows more\n"
             "             elements than its file stores\n"
-            "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n");
+            "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n",
+            diff_command.synopsis);
 }
 
 static bool parse_tol(const char *opt, const char *s, double *out)
 {
     char *end;
-    double v = s && *s ? strtod(s, &end) : NAN;
-    if (!s || !*s || *end || !isfinite(v) || v < 0) {
-        fprintf(stderr, "%s: diff: %s needs a finite number >= 0, not '%s'\n", PROG, opt,
-                s ? s : "");
+    double v = *s ? strtod(s, &end) : NAN;
+    if (!*s || *end || !isfinite(v) || v < 0) {
+        cli_usage_error(&diff_command, "%s needs a finite number >= 0, not '%s'", opt, s);
         return false;
     }
     *out = v;
@@ -1181,42 +829,35 @@ int ckpt_cli_diff(int argc, char **argv)
     uint64_t ratio = 0;
     const char *paths[2] = {NULL, NULL};
     int npaths = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(arg, "--json") == 0) {
-            json = true;
-        } else if (strcmp(arg, "--max-output-ratio") == 0) {
-            if (!cli_parse_ratio("diff", arg, i + 1 < argc ? argv[i + 1] : NULL, &ratio))
-                return DIFF_ERROR;
-            i++;
-        } else if (strcmp(arg, "--atol") == 0 || strcmp(arg, "--rtol") == 0) {
-            if (!parse_tol(arg, i + 1 < argc ? argv[i + 1] : NULL,
-                           arg[2] == 'a' ? &tl.atol : &tl.rtol))
-                return DIFF_ERROR;
-            i++;
-        } else if (strncmp(arg, "--atol=", 7) == 0 || strncmp(arg, "--rtol=", 7) == 0) {
-            char opt[7];
-            memcpy(opt, arg, 6);
-            opt[6] = 0;
-            if (!parse_tol(opt, arg + 7, arg[2] == 'a' ? &tl.atol : &tl.rtol))
-                return DIFF_ERROR;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "%s: diff: unknown option '%s'\n", PROG, arg);
-            return DIFF_ERROR;
-        } else if (npaths < 2) {
+    cli_args args;
+    cli_args_init(&args, &diff_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case OPT_JSON: json = true; break;
+        case OPT_MAX_OUTPUT_RATIO:
+            if (!cli_parse_ratio(&diff_command, "--max-output-ratio", arg, &ratio))
+                return CLI_EXIT_ERROR;
+            break;
+        case OPT_ATOL:
+        case OPT_RTOL:
+            if (!parse_tol(c == OPT_ATOL ? "--atol" : "--rtol", arg,
+                           c == OPT_ATOL ? &tl.atol : &tl.rtol))
+                return CLI_EXIT_ERROR;
+            break;
+        case CLI_OPT_ARG:
+            if (npaths == 2)
+                return cli_usage_error(&diff_command, "compares two files");
             paths[npaths++] = arg;
-        } else {
-            fprintf(stderr, "%s: diff: compares two files\n", PROG);
-            usage(stderr);
-            return DIFF_ERROR;
+            break;
+        default: return CLI_EXIT_ERROR;
         }
     }
     if (npaths != 2) {
         usage(stderr);
-        return DIFF_ERROR;
+        return CLI_EXIT_ERROR;
     }
     ckpt_file *f[2] = {NULL, NULL};
     ckpt_open_options oo;
@@ -1228,19 +869,19 @@ int ckpt_cli_diff(int argc, char **argv)
         if (ckpt_open(paths[k], &oo, &f[k], &err) != CKPT_OK) {
             cli_print_error(paths[k], &err);
             ckpt_close(f[0]);
-            return DIFF_ERROR;
+            return CLI_EXIT_ERROR;
         }
     }
-    int rc = DIFF_ERROR;
+    int rc = CLI_EXIT_ERROR;
     diff_result r;
     memset(&r, 0, sizeof(r));
     r.only_a.esize = r.only_b.esize = sizeof(const char *);
     r.dtype.esize = r.shape.esize = sizeof(tensor_pair);
     r.values.esize = sizeof(value_diff);
     r.plain.esize = sizeof(plain_diff);
-    plain_walk *w[2] = {calloc(1, sizeof(plain_walk)), calloc(1, sizeof(plain_walk))};
-    texts tx = {0};
-    if (!w[0] || !w[1]) {
+    cli_plain plain[2] = {{NULL, 0}, {NULL, 0}};
+    cli_texts *tx = cli_texts_new();
+    if (!tx) {
         fprintf(stderr, "%s: out of memory\n", PROG);
         goto out;
     }
@@ -1251,26 +892,23 @@ int ckpt_cli_diff(int argc, char **argv)
     ckpt_file_get_info(f[1], &ib);
     r.plain_skipped = (ia.format == CKPT_FORMAT_SAFETENSORS) != (ib.format == CKPT_FORMAT_SAFETENSORS);
     if (!r.plain_skipped) {
-        if (!collect_plain(f[0], paths[0], &tx, w[0]) ||
-            !collect_plain(f[1], paths[1], &tx, w[1]) ||
-            !diff_plain(w[0], w[1], &r))
+        if (!cli_plain_collect(f[0], paths[0], tx, &plain[0]) ||
+            !cli_plain_collect(f[1], paths[1], tx, &plain[1]) ||
+            !diff_plain(&plain[0], &plain[1], &r))
             goto out;
     }
     if (json) {
         rc = print_json(&r);
     } else {
         print_human(&r);
-        rc = fflush(stdout) == 0 ? 0 : DIFF_ERROR;
+        rc = fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
     }
-    if (rc == 0)
-        rc = is_same(&r) ? DIFF_SAME : DIFF_DIFFERENT;
+    if (rc == CLI_EXIT_OK)
+        rc = is_same(&r) ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 out:
-    for (int k = 0; k < 2; k++) {
-        if (w[k])
-            free_leaves(&w[k]->leaves);
-        free(w[k]);
-    }
-    texts_free(&tx);
+    cli_plain_free(&plain[0]);
+    cli_plain_free(&plain[1]);
+    cli_texts_free(tx);
     free(r.only_a.p);
     free(r.only_b.p);
     free(r.dtype.p);

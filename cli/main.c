@@ -10,10 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define EXIT_SAME_OK 0
-#define EXIT_BAD 1
-#define EXIT_ERROR 2
-
 static const char *PROG = "ckpt";
 
 static void usage(FILE *out)
@@ -42,9 +38,11 @@ static void usage(FILE *out)
             "                                   and the N best (last.pth and best.pth stay)\n"
             "  version                          print the version\n"
             "\n"
+            "options: '--opt VALUE' or '--opt=VALUE', before or after the files; '--' ends\n"
+            "the options (for a file whose name starts with '-').\n"
             "exit status: 0 success, 1 a problem found (verify), a difference (diff), an\n"
             "unsafe file (scan) or a checkpoint that does not load (match), 2 error (a file\n"
-            "cannot be read or written)\n"
+            "cannot be read or written, an unknown option, a missing or bad value)\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
@@ -369,7 +367,7 @@ static int inspect_json(const char *path, ckpt_file *f)
         free(w);
         free(jw);
         fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
-        return EXIT_ERROR;
+        return CLI_EXIT_ERROR;
     }
     cli_jw_init(jw, stdout, 1);
     w->jw = jw;
@@ -489,7 +487,7 @@ static int inspect_json(const char *path, ckpt_file *f)
     bool ok = cli_jw_finish(jw, path);
     free(w);
     free(jw);
-    return ok ? 0 : EXIT_ERROR;
+    return ok ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
 /* The display of a long text, made once per value: a text shared through
@@ -619,12 +617,6 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
     }
 }
 
-static bool is_container(ckpt_kind k)
-{
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
-}
-
 static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
 {
     ckpt_kind k = ckpt_value_kind(v);
@@ -635,7 +627,7 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
         print_tree(c, ckpt_value_state(v), depth + 1);
         return;
     }
-    if (!is_container(k)) {
+    if (!cli_is_container(k)) {
         print_scalar(c, v);
         putchar('\n');
         return;
@@ -729,7 +721,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     printf("\nTree:\n  ");
     tree_ctx *tc = calloc(1, sizeof(*tc));
     if (!tc)
-        return EXIT_ERROR;
+        return CLI_EXIT_ERROR;
     tc->full = full;
     tc->width = 20;
     tc->nodes_left = TREE_MAX_NODES;
@@ -773,43 +765,59 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     cli_human_bytes(total_bytes, b1, sizeof(b1));
     printf("\nTotals:   %zu tensors, %llu parameters, %llu bytes (%s)\n", nt,
            (unsigned long long)total_params, (unsigned long long)total_bytes, b1);
-    return 0;
+    return CLI_EXIT_OK;
 }
+
+enum { OPT_JSON = CLI_OPT_LONG, OPT_FULL, OPT_PERMISSIVE };
+
+static const struct option inspect_options[] = {
+    {"json", no_argument, NULL, OPT_JSON},
+    {"full", no_argument, NULL, OPT_FULL},
+    {"permissive", no_argument, NULL, OPT_PERMISSIVE},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command inspect_command = {
+    "inspect", "ckpt inspect FILE [--json] [--full] [--permissive]", "h", inspect_options,
+};
 
 static int cmd_inspect(int argc, char **argv)
 {
     bool json = false, full = false, permissive = false;
     const char *path = NULL;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            json = true;
-        else if (strcmp(argv[i], "--full") == 0)
-            full = true;
-        else if (strcmp(argv[i], "--permissive") == 0)
-            permissive = true;
-        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("usage: ckpt inspect FILE [--json] [--full] [--permissive]\n"
+    cli_args args;
+    cli_args_init(&args, &inspect_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case OPT_JSON: json = true; break;
+        case OPT_FULL: full = true; break;
+        case OPT_PERMISSIVE: permissive = true; break;
+        case 'h':
+            printf("usage: %s\n"
                    "  Shows the format and its details, the value tree (tensors summarized),\n"
                    "  a table of tensors (name, dtype, shape, bytes, storage, location) and totals.\n"
                    "  --json   one JSON object: format, details, records, tensors, totals, tree\n"
                    "  --full   show every item of large containers in the tree\n"
                    "  --permissive  open files holding objects outside the allow-list: each\n"
                    "           becomes an inert value (class, arguments, state), never run; a\n"
-                   "           pickled nn.Module lists its tensors as its state_dict() does\n");
-            return 0;
-        } else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "%s: inspect: unknown option '%s'\n", PROG, argv[i]);
-            return EXIT_ERROR;
-        } else if (!path)
-            path = argv[i];
-        else {
-            fprintf(stderr, "%s: inspect: one file at a time\n", PROG);
-            return EXIT_ERROR;
+                   "           pickled nn.Module lists its tensors as its state_dict() does\n",
+                   inspect_command.synopsis);
+            return CLI_EXIT_OK;
+        case CLI_OPT_ARG:
+            if (path)
+                return cli_usage_error(&inspect_command, "one file at a time");
+            path = arg;
+            break;
+        default:
+            return CLI_EXIT_ERROR;
         }
     }
     if (!path) {
-        fprintf(stderr, "usage: ckpt inspect FILE [--json] [--full] [--permissive]\n");
-        return EXIT_ERROR;
+        fprintf(stderr, "usage: %s\n", inspect_command.synopsis);
+        return CLI_EXIT_ERROR;
     }
     ckpt_file *f;
     ckpt_error err;
@@ -819,7 +827,7 @@ static int cmd_inspect(int argc, char **argv)
         oo.flags |= CKPT_OPEN_PERMISSIVE;
     if (ckpt_open(path, &oo, &f, &err) != CKPT_OK) {
         cli_print_error(path, &err);
-        return EXIT_ERROR;
+        return CLI_EXIT_ERROR;
     }
     int rc = json ? inspect_json(path, f) : inspect_human(path, f, full);
     ckpt_close(f);
@@ -852,46 +860,68 @@ static int verify_one(const char *path, bool quiet)
         ckpt_close(f);
     }
     if (st == CKPT_OK)
-        return 0;
+        return CLI_EXIT_OK;
     cli_print_error(path, &err);
     switch (st) {
     case CKPT_ERR_FORMAT:
     case CKPT_ERR_CORRUPT:
     case CKPT_ERR_LIMIT:
     case CKPT_ERR_UNSAFE:
-        return EXIT_BAD;
+        return CLI_EXIT_FAIL;
     default:
-        return EXIT_ERROR;
+        return CLI_EXIT_ERROR;
     }
 }
+
+static const struct option verify_options[] = {
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command verify_command = {"verify", "ckpt verify FILE... [-q]", "hq",
+                                           verify_options};
 
 static int cmd_verify(int argc, char **argv)
 {
     bool quiet = false;
-    int files = 0, worst = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
-            quiet = true;
-        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("usage: ckpt verify FILE... [-q]\n"
+    int files = 0, worst = CLI_EXIT_OK;
+    /* every option is read before the first file is checked */
+    const char **paths = calloc((size_t)argc + 1, sizeof(*paths));
+    if (!paths) {
+        fprintf(stderr, "%s: verify: out of memory\n", PROG);
+        return CLI_EXIT_ERROR;
+    }
+    cli_args args;
+    cli_args_init(&args, &verify_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case 'q': quiet = true; break;
+        case 'h':
+            printf("usage: %s\n"
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
+                   "  -q, --quiet  print nothing for the good files\n"
                    "  exit 0 all good; 1 a file is corrupt (the first problem is named with its\n"
-                   "  record and byte offset); 2 a file cannot be read at all.\n");
-            return 0;
+                   "  record and byte offset); 2 a file cannot be read at all.\n",
+                   verify_command.synopsis);
+            free(paths);
+            return CLI_EXIT_OK;
+        case CLI_OPT_ARG: paths[files++] = arg; break;
+        default: free(paths); return CLI_EXIT_ERROR;
         }
     }
-    for (int i = 0; i < argc; i++) {
-        if (argv[i][0] == '-' && argv[i][1])
-            continue;
-        files++;
-        int rc = verify_one(argv[i], quiet);
+    for (int i = 0; i < files; i++) {
+        int rc = verify_one(paths[i], quiet);
         if (rc > worst)
             worst = rc;
     }
+    free(paths);
     if (!files) {
-        fprintf(stderr, "usage: ckpt verify FILE... [-q]\n");
-        return EXIT_ERROR;
+        fprintf(stderr, "usage: %s\n", verify_command.synopsis);
+        return CLI_EXIT_ERROR;
     }
     return worst;
 }
@@ -900,34 +930,34 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);
-        return EXIT_ERROR;
+        return CLI_EXIT_ERROR;
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
-        return 0;
+        return CLI_EXIT_OK;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("ckpt %s\n", ckpt_version());
-        return 0;
+        return CLI_EXIT_OK;
     }
     if (strcmp(cmd, "inspect") == 0)
-        return cmd_inspect(argc - 2, argv + 2);
+        return cmd_inspect(argc - 1, argv + 1);
     if (strcmp(cmd, "verify") == 0)
-        return cmd_verify(argc - 2, argv + 2);
+        return cmd_verify(argc - 1, argv + 1);
     if (strcmp(cmd, "convert") == 0)
-        return ckpt_cli_convert(argc - 2, argv + 2);
+        return ckpt_cli_convert(argc - 1, argv + 1);
     if (strcmp(cmd, "diff") == 0)
-        return ckpt_cli_diff(argc - 2, argv + 2);
+        return ckpt_cli_diff(argc - 1, argv + 1);
     if (strcmp(cmd, "scan") == 0)
-        return ckpt_cli_scan(argc - 2, argv + 2);
+        return ckpt_cli_scan(argc - 1, argv + 1);
     if (strcmp(cmd, "match") == 0)
-        return ckpt_cli_match(argc - 2, argv + 2);
+        return ckpt_cli_match(argc - 1, argv + 1);
     if (strcmp(cmd, "ls") == 0)
-        return ckpt_cli_ls(argc - 2, argv + 2);
+        return ckpt_cli_ls(argc - 1, argv + 1);
     if (strcmp(cmd, "prune") == 0)
-        return ckpt_cli_prune(argc - 2, argv + 2);
+        return ckpt_cli_prune(argc - 1, argv + 1);
     fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
     usage(stderr);
-    return EXIT_ERROR;
+    return CLI_EXIT_ERROR;
 }

@@ -24,23 +24,47 @@ static const char *PROG = "ckpt";
 
 /* ---- shared --------------------------------------------------------------- */
 
+enum { OPT_JSON = CLI_OPT_LONG, OPT_KEEP, OPT_KEEP_BEST, OPT_DRY_RUN };
+
+static const struct option ls_options[] = {
+    {"json", no_argument, NULL, OPT_JSON},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command ls_command = {"ls", "ckpt ls DIR [--json]", "h", ls_options};
+
+static const struct option prune_options[] = {
+    {"keep", required_argument, NULL, OPT_KEEP},
+    {"keep-best", required_argument, NULL, OPT_KEEP_BEST},
+    {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command prune_command = {
+    "prune", "ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]", "hq", prune_options,
+};
+
 static void ls_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt ls DIR [--json]\n"
+            "usage: %s\n"
             "  Lists a checkpoint directory kept by the checkpoint manager: each file with\n"
             "  its step, size, metrics, time and whether it is last.pth (the newest save),\n"
             "  best.pth (the best by the monitored metric) or holds only weights. Read-only:\n"
             "  takes no lock and changes nothing, so it may run beside a training run.\n"
             "  --json   one JSON object: directory, monitor, mode, checkpoints (file, step,\n"
             "           metrics, best, last, size, crc32, time, versions, user, content)\n"
-            "  exit 0 listed, 2 the directory cannot be read\n");
+            "  exit 0 listed, 2 the directory cannot be read\n",
+            ls_command.synopsis);
 }
 
 static void prune_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt prune DIR --keep N [--keep-best N] [--dry-run] [-q]\n"
+            "usage: %s\n"
             "  Removes the numbered checkpoints (step-NNNNNNNN.pth) of a directory kept by\n"
             "  the checkpoint manager, but the newest N by step and the N best by the\n"
             "  monitored metric. last.pth and best.pth always stay. The manifest is\n"
@@ -49,9 +73,10 @@ static void prune_usage(FILE *out)
             "  --keep N       numbered checkpoints to keep, newest first (required)\n"
             "  --keep-best N  also keep the N best by the monitored metric (default 0)\n"
             "  --dry-run      print 'would remove FILE' lines and change nothing\n"
-            "  -q             do not print how many files went\n"
+            "  -q, --quiet    do not print how many files went\n"
             "  exit 0 done, 2 error (the directory cannot be read, another process\n"
-            "  manages it, a bad option)\n");
+            "  manages it, a bad option)\n",
+            prune_command.synopsis);
 }
 
 static void warn_stderr(void *user, const char *message)
@@ -405,23 +430,20 @@ int ckpt_cli_ls(int argc, char **argv)
 {
     bool json = false;
     const char *dir = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            ls_usage(stdout);
-            return CLI_EXIT_OK;
-        } else if (strcmp(arg, "--json") == 0) {
-            json = true;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "%s: ls: unknown option '%s'\n", PROG, arg);
-            ls_usage(stderr);
-            return CLI_EXIT_ERROR;
-        } else if (!dir) {
+    cli_args args;
+    cli_args_init(&args, &ls_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': ls_usage(stdout); return CLI_EXIT_OK;
+        case OPT_JSON: json = true; break;
+        case CLI_OPT_ARG:
+            if (dir)
+                return cli_usage_error(&ls_command, "one directory at a time");
             dir = arg;
-        } else {
-            fprintf(stderr, "%s: ls: one directory at a time\n", PROG);
-            ls_usage(stderr);
-            return CLI_EXIT_ERROR;
+            break;
+        default: return CLI_EXIT_ERROR;
         }
     }
     if (!dir) {
@@ -487,8 +509,7 @@ static bool parse_count(const char *opt, const char *s, unsigned *out)
         ok = errno == 0 && !*end && v <= UINT_MAX;
     }
     if (!ok) {
-        fprintf(stderr, "%s: prune: %s needs a count (0 or more), not '%s'\n", PROG, opt,
-                s ? s : "");
+        cli_usage_error(&prune_command, "%s needs a count (0 or more), not '%s'", opt, s);
         return false;
     }
     *out = (unsigned)v;
@@ -500,42 +521,35 @@ int ckpt_cli_prune(int argc, char **argv)
     const char *dir = NULL;
     unsigned keep_last = 0, keep_best = 0;
     bool have_keep = false, dry_run = false, quiet = false;
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        const char *eq = strchr(arg, '=');
-        size_t name_len = eq && arg[0] == '-' ? (size_t)(eq - arg) : strlen(arg);
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            prune_usage(stdout);
-            return CLI_EXIT_OK;
-        } else if (strcmp(arg, "--dry-run") == 0) {
-            dry_run = true;
-        } else if (strcmp(arg, "-q") == 0 || strcmp(arg, "--quiet") == 0) {
-            quiet = true;
-        } else if ((name_len == 6 && strncmp(arg, "--keep", 6) == 0) ||
-                   (name_len == 11 && strncmp(arg, "--keep-best", 11) == 0)) {
-            bool best = name_len == 11;
-            const char *value = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
-            if (!parse_count(best ? "--keep-best" : "--keep", value,
-                             best ? &keep_best : &keep_last)) {
-                prune_usage(stderr);
+    cli_args args;
+    cli_args_init(&args, &prune_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': prune_usage(stdout); return CLI_EXIT_OK;
+        case OPT_DRY_RUN: dry_run = true; break;
+        case 'q': quiet = true; break;
+        case OPT_KEEP:
+            if (!parse_count("--keep", arg, &keep_last))
                 return CLI_EXIT_ERROR;
-            }
-            have_keep |= !best;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "%s: prune: unknown option '%s'\n", PROG, arg);
-            prune_usage(stderr);
-            return CLI_EXIT_ERROR;
-        } else if (!dir) {
+            have_keep = true;
+            break;
+        case OPT_KEEP_BEST:
+            if (!parse_count("--keep-best", arg, &keep_best))
+                return CLI_EXIT_ERROR;
+            break;
+        case CLI_OPT_ARG:
+            if (dir)
+                return cli_usage_error(&prune_command, "one directory at a time");
             dir = arg;
-        } else {
-            fprintf(stderr, "%s: prune: one directory at a time\n", PROG);
-            prune_usage(stderr);
-            return CLI_EXIT_ERROR;
+            break;
+        default: return CLI_EXIT_ERROR;
         }
     }
-    if (!dir || !have_keep) {
-        if (dir)
-            fprintf(stderr, "%s: prune: --keep N is required\n", PROG);
+    if (dir && !have_keep)
+        return cli_usage_error(&prune_command, "--keep N is required");
+    if (!dir) {
         prune_usage(stderr);
         return CLI_EXIT_ERROR;
     }

@@ -24,10 +24,33 @@ typedef struct match_opts {
     bool non_strict, json;
 } match_opts;
 
+enum {
+    OPT_MODEL = CLI_OPT_LONG, OPT_MODEL_KEY, OPT_NAME, OPT_KEY, OPT_STRIP_PREFIX,
+    OPT_RENAME_PREFIX, OPT_NON_STRICT, OPT_MAP_LOCATION, OPT_JSON,
+};
+
+static const struct option match_options[] = {
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"model-key", required_argument, NULL, OPT_MODEL_KEY},
+    {"name", required_argument, NULL, OPT_NAME},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"strip-prefix", required_argument, NULL, OPT_STRIP_PREFIX},
+    {"rename-prefix", required_argument, NULL, OPT_RENAME_PREFIX},
+    {"non-strict", no_argument, NULL, OPT_NON_STRICT},
+    {"map-location", required_argument, NULL, OPT_MAP_LOCATION},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command match_command = {
+    "match", "ckpt match CHECKPOINT --model REFERENCE [options]", "h", match_options,
+};
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt match CHECKPOINT --model REFERENCE [options]\n"
+            "usage: %s\n"
             "  Says whether CHECKPOINT loads into a model, as PyTorch's load_state_dict()\n"
             "  decides, without Python. The model is REFERENCE's state dict (a .pth saved\n"
             "  from model.state_dict(), a safetensors file, a training checkpoint): each of\n"
@@ -49,7 +72,8 @@ static void usage(FILE *out)
             "                       message, loaded, converted\n"
             "  On a mismatch, prints PyTorch's message (\"Error(s) in loading state_dict for\n"
             "  NAME: ...\"). exit 0 it loads, 1 it does not, 2 error (a file cannot be read,\n"
-            "  a bad option)\n");
+            "  a bad option)\n",
+            match_command.synopsis);
 }
 
 static bool is_dict(const ckpt_value *v)
@@ -186,7 +210,7 @@ static int print_json(const match_opts *o, const ckpt_load_report *r, bool ok)
     json_object_set_new(j, "converted", json_integer((json_int_t)r->converted));
     if (!cli_print_json(j, 1, "match"))
         return CLI_EXIT_ERROR;
-    return ok ? CLI_EXIT_OK : CLI_EXIT_BAD;
+    return ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }
 
 /* Doubles a buffer until it holds need bytes; frees it on failure. */
@@ -277,45 +301,28 @@ static void hint(const match_opts *o, const ckpt_load_report *r)
 /* 0 parsed, 1 help shown, -1 error (said). */
 static int parse_args(int argc, char **argv, match_opts *o)
 {
-    size_t npos = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_VAL()                                                               \
-    do {                                                                         \
-        if (!val) {                                                              \
-            fprintf(stderr, "%s: match: %s needs a value\n", PROG, a);           \
-            return -1;                                                           \
-        }                                                                        \
-        i++;                                                                     \
-    } while (0)
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            usage(stdout);
-            return 1;
-        } else if (strcmp(a, "--model") == 0) {
-            NEED_VAL();
-            o->reference = val;
-        } else if (strcmp(a, "--model-key") == 0) {
-            NEED_VAL();
-            o->model_key = val;
-        } else if (strcmp(a, "--name") == 0) {
-            NEED_VAL();
+    cli_args args;
+    cli_args_init(&args, &match_command, argc, argv);
+    const char *val;
+    int c;
+    while ((c = cli_next_arg(&args, &val)) != CLI_OPT_END) {
+        switch (c) {
+        case 'h': usage(stdout); return 1;
+        case OPT_MODEL: o->reference = val; break;
+        case OPT_MODEL_KEY: o->model_key = val; break;
+        case OPT_NAME:
             if (!*val) {
-                fprintf(stderr, "%s: match: --name needs a class name\n", PROG);
+                cli_usage_error(&match_command, "--name needs a class name");
                 return -1;
             }
             o->name = val;
-        } else if (strcmp(a, "--key") == 0) {
-            NEED_VAL();
-            o->key = val;
-        } else if (strcmp(a, "--strip-prefix") == 0) {
-            NEED_VAL();
-            o->strip[o->n_strip++] = val;
-        } else if (strcmp(a, "--rename-prefix") == 0) {
-            NEED_VAL();
+            break;
+        case OPT_KEY: o->key = val; break;
+        case OPT_STRIP_PREFIX: o->strip[o->n_strip++] = val; break;
+        case OPT_RENAME_PREFIX: {
             const char *eq = strchr(val, '=');
             if (!eq || eq == val) {
-                fprintf(stderr, "%s: match: --rename-prefix needs FROM=TO\n", PROG);
+                cli_usage_error(&match_command, "--rename-prefix needs FROM=TO, not '%s'", val);
                 return -1;
             }
             char *from = strndup(val, (size_t)(eq - val));
@@ -325,31 +332,32 @@ static int parse_args(int argc, char **argv, match_opts *o)
             }
             o->rename[o->n_rename].from = from;
             o->rename[o->n_rename++].to = eq + 1;
-        } else if (strcmp(a, "--non-strict") == 0) {
-            o->non_strict = true;
-        } else if (strcmp(a, "--map-location") == 0) {
-            NEED_VAL();
+            break;
+        }
+        case OPT_NON_STRICT: o->non_strict = true; break;
+        case OPT_MAP_LOCATION:
             if (!*val) {
-                fprintf(stderr, "%s: match: --map-location needs a location tag\n", PROG);
+                cli_usage_error(&match_command, "--map-location needs a location tag");
                 return -1;
             }
             o->location = val;
-        } else if (strcmp(a, "--json") == 0) {
-            o->json = true;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "%s: match: unknown option '%s'\n", PROG, a);
-            return -1;
-        } else if (npos++ == 0) {
-            o->checkpoint = a;
-        } else {
-            fprintf(stderr, "%s: match: one checkpoint at a time\n", PROG);
-            return -1;
+            break;
+        case OPT_JSON: o->json = true; break;
+        case CLI_OPT_ARG:
+            if (o->checkpoint) {
+                cli_usage_error(&match_command, "one checkpoint at a time");
+                return -1;
+            }
+            o->checkpoint = val;
+            break;
+        default: return -1;
         }
-#undef NEED_VAL
     }
-    if (!o->checkpoint || !o->reference) {
-        if (o->checkpoint)
-            fprintf(stderr, "%s: match: --model REFERENCE is required\n", PROG);
+    if (o->checkpoint && !o->reference) {
+        cli_usage_error(&match_command, "--model REFERENCE is required");
+        return -1;
+    }
+    if (!o->checkpoint) {
         usage(stderr);
         return -1;
     }
@@ -421,7 +429,7 @@ int ckpt_cli_match(int argc, char **argv)
         } else {
             const char *msg = r.message ? r.message : err.message;
             printf("%s\n", msg);
-            rc = fflush(stdout) == 0 ? CLI_EXIT_BAD : CLI_EXIT_ERROR;
+            rc = fflush(stdout) == 0 ? CLI_EXIT_FAIL : CLI_EXIT_ERROR;
             hint(&o, &r);
         }
     } else {

@@ -20,10 +20,23 @@ typedef struct scan_run {
     size_t safe, unsafe, errors;
 } scan_run;
 
+enum { OPT_JSON = CLI_OPT_LONG, OPT_ALLOW };
+
+static const struct option scan_options[] = {
+    {"json", no_argument, NULL, OPT_JSON},
+    {"allow", required_argument, NULL, OPT_ALLOW},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const cli_command scan_command = {
+    "scan", "ckpt scan FILE|DIR... [--json] [--allow MODULE.NAME]...", "h", scan_options,
+};
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ckpt scan FILE|DIR... [--json] [--allow MODULE.NAME]...\n"
+            "usage: %s\n"
             "  Says whether each file is safe to load: 'safe' when torch.load(weights_only=True)\n"
             "  (PyTorch 2.6+) would load it without running code and every reader sees the same\n"
             "  archive; 'unsafe' otherwise, with findings: globals outside the allow-list (with\n"
@@ -33,7 +46,8 @@ static void usage(FILE *out)
             "  --json               one JSON object: files, verdicts, findings, counts\n"
             "  --allow MODULE.NAME  allow one more global, as torch's add_safe_globals does\n"
             "                       (never for the modules sys, os, posix, nt)\n"
-            "  exit 0 all safe, 1 any unsafe, 2 a file cannot be read\n");
+            "  exit 0 all safe, 1 any unsafe, 2 a file cannot be read\n",
+            scan_command.synopsis);
 }
 
 static json_t *offset_json(uint64_t off)
@@ -208,27 +222,24 @@ int ckpt_cli_scan(int argc, char **argv)
         rc = CLI_EXIT_ERROR;
         goto out;
     }
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--json") == 0) {
-            r.json = true;
-        } else if (strcmp(a, "--allow") == 0 || strncmp(a, "--allow=", 8) == 0) {
-            const char *name = a[7] == '=' ? a + 8 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!name || !*name || !strchr(name, '.')) {
-                fprintf(stderr, "ckpt: scan: --allow needs a MODULE.NAME\n");
-                rc = CLI_EXIT_ERROR;
+    cli_args args;
+    cli_args_init(&args, &scan_command, argc, argv);
+    const char *arg;
+    int c;
+    while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
+        switch (c) {
+        case OPT_JSON: r.json = true; break;
+        case OPT_ALLOW:
+            if (!*arg || !strchr(arg, '.')) {
+                rc = cli_usage_error(&scan_command, "--allow needs a MODULE.NAME, not '%s'",
+                                     arg);
                 goto out;
             }
-            allow[nallow++] = name;
-        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            usage(stdout);
-            goto out;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "ckpt: scan: unknown option '%s'\n", a);
-            rc = CLI_EXIT_ERROR;
-            goto out;
-        } else {
-            paths[npaths++] = a;
+            allow[nallow++] = arg;
+            break;
+        case 'h': usage(stdout); goto out;
+        case CLI_OPT_ARG: paths[npaths++] = arg; break;
+        default: rc = CLI_EXIT_ERROR; goto out;
         }
     }
     if (!npaths) {
@@ -258,7 +269,7 @@ int ckpt_cli_scan(int argc, char **argv)
             goto out;
         }
     }
-    rc = r.errors ? CLI_EXIT_ERROR : r.unsafe ? CLI_EXIT_BAD : CLI_EXIT_OK;
+    rc = r.errors ? CLI_EXIT_ERROR : r.unsafe ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 out:
     free(allow);
     free(paths);
