@@ -1,5 +1,5 @@
 /*
- * fuzz_zip.c - libFuzzer target for the zip layer (src/zip_read.c).
+ * fuzz_zip.c - libFuzzer target for the zip layer (src/zip/zip_read.c).
  *
  * Opens the input as a zip with the default limits, looks every entry up by
  * name, reads it (inflating deflated ones), checks every CRC and closes.
