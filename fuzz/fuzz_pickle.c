@@ -8,7 +8,7 @@
  * comes out through the public accessors. Any status is fine; crashes,
  * leaks, sanitizer reports, hangs and broken invariants are not.
  */
-#include "internal.h"
+#include "core.h"
 #include "pickle.h"
 
 #include <stdlib.h>

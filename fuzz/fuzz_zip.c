@@ -5,7 +5,7 @@
  * name, reads it (inflating deflated ones), checks every CRC and closes.
  * Any status is fine; crashes, leaks, sanitizer reports and hangs are not.
  */
-#include "internal.h"
+#include "zip.h"
 
 #include <stdlib.h>
 

@@ -2,7 +2,7 @@
  * buf.c - growable memory for the writers: a byte buffer (pickles, JSON
  * headers, zip names), arrays that double, and a set of pointers.
  */
-#include "internal.h"
+#include "base.h"
 
 #include <stdlib.h>
 

@@ -9,7 +9,7 @@
  * NaN stays NaN (quiet, sign and top payload bits kept), infinities stay
  * infinite, subnormals are produced and read exactly.
  */
-#include "internal.h"
+#include "base.h"
 
 
 static float bits_f32(uint32_t b)

@@ -1,7 +1,7 @@
 /*
  * dtype.c - the dtype table: names, sizes, safetensors names.
  */
-#include "internal.h"
+#include "base.h"
 
 typedef struct dtype_desc {
     const char *name;

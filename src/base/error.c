@@ -1,7 +1,7 @@
 /*
  * error.c - result codes, detailed errors, version.
  */
-#include "internal.h"
+#include "base.h"
 
 #include <stdio.h>
 

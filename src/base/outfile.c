@@ -7,7 +7,7 @@
  * Until the rename, the target is untouched: a crash, a full disk or any
  * error leaves the previous file as it was, and the temporary is removed.
  */
-#include "internal.h"
+#include "base.h"
 
 #include <errno.h>
 #include <libdeflate.h>

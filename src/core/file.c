@@ -2,7 +2,7 @@
  * file.c - opening a checkpoint: mapping, format detection, the handle, the
  * named tensor list, storage resolution and verification.
  */
-#include "internal.h"
+#include "format/format.h"
 
 #include <errno.h>
 #include <fcntl.h>

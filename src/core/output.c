@@ -15,7 +15,7 @@
  * Loading into a C model is not counted: what it fills is the model's own
  * memory, sized by the caller.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdlib.h>
 

@@ -8,7 +8,7 @@
  * here works like snprintf: it writes what fits (NUL included) and returns
  * the length the whole text needs.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <math.h>
 #include <stdio.h>

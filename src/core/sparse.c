@@ -3,7 +3,7 @@
  * parts checked against the layout, their indices against the shape, and
  * the dense array written on request.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,8 +3,8 @@
  * ('storage', storage_type, key, location, numel[, view]) and a table of
  * storages by key, so that views of one storage share it.
  */
-#include "internal.h"
-#include "pickle.h"
+#include "core.h"
+#include "pickle/pickle.h"
 
 #include <stdlib.h>
 

@@ -7,7 +7,7 @@
  * zero-copy) or the bytes produced into their chunk buffer (casts, strided
  * gathers).
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdlib.h>
 

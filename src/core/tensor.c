@@ -2,7 +2,7 @@
  * tensor.c - tensor views: validation against their storage, data access,
  * strided copies, byte swapping.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdlib.h>
 

@@ -6,7 +6,7 @@
  * Constructors never fail loudly: they return NULL and the tree keeps its
  * first error, which ckpt_tree_status and the writers report.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdio.h>
 #include <stdlib.h>

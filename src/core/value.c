@@ -2,8 +2,8 @@
  * value.c - the arena every value of a file lives in, the value tree's
  * containers (lists, dicts with a hash index) and the public accessors.
  */
-#include "internal.h"
-#include "pickle.h"
+#include "core.h"
+#include "pickle/pickle.h"
 
 #include <stdint.h>
 #include <stdlib.h>

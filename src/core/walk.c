@@ -17,7 +17,7 @@
  * - one name is at most max_name bytes, so keys shared along a deep path
  *   cannot make a name longer than the caller allows.
  */
-#include "internal.h"
+#include "core.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -16,7 +16,7 @@
  * runs nothing. Ordinary files break at once: their first bytes are a
  * small length or a magic that is no pickle.
  */
-#include "pickle.h"
+#include "format.h"
 
 #include <stdio.h>
 

@@ -24,7 +24,7 @@
  * in header order is reported at the end: a header is first valid JSON,
  * then a valid safetensors header, as when it was read whole.
  */
-#include "internal.h"
+#include "format.h"
 
 #include <errno.h>
 #include <math.h>

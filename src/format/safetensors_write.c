@@ -23,7 +23,7 @@
  *    ((1, 'a'));
  *  - opts->metadata's entries are added after those and win on equal keys.
  */
-#include "internal.h"
+#include "format.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
  * "weight_map": {tensor name: shard file}}) over safetensors or torch shards,
  * as model.safetensors.index.json and pytorch_model.bin.index.json.
  */
-#include "internal.h"
+#include "format.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -40,7 +40,7 @@
  * negative sizes, sizes in non-ASCII digits, chains of extended headers
  * more than 16 deep) stops the walk, said as such.
  */
-#include "internal.h"
+#include "format.h"
 
 #include <stdio.h>
 

@@ -6,8 +6,7 @@
  * sys_info, the object, the sorted storage keys) followed, for each key in
  * that order, by an int64 element count and the storage's raw bytes.
  */
-#include "internal.h"
-#include "pickle.h"
+#include "format.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,7 +11,7 @@
  * the same bytes. Storage bytes stream from their memory or the source
  * file's map a chunk at a time; nothing but metadata is held.
  */
-#include "torch_write.h"
+#include "format.h"
 
 #include <stdio.h>
 #include <stdlib.h>

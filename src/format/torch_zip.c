@@ -2,8 +2,7 @@
  * torch_zip.c - the torch.save zip format (PyTorch >= 1.6): records, the
  * data.pkl pickle and its storages.
  */
-#include "internal.h"
-#include "pickle.h"
+#include "format.h"
 
 #include <stdio.h>
 #include <stdlib.h>

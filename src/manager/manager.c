@@ -18,7 +18,6 @@
  * step 3, so an error up to there leaves every file as it was.
  */
 #include "manager.h"
-#include "torch_write.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -5,7 +5,7 @@
 #ifndef CKPT_MANAGER_H
 #define CKPT_MANAGER_H
 
-#include "internal.h"
+#include "format/format.h"
 
 #define CKPT__MANIFEST_NAME "manifest.json"
 #define CKPT__LOCK_NAME ".ckpt.lock"

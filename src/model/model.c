@@ -15,7 +15,7 @@
  * an unexpected key is one whose first component after a module's prefix
  * names neither a child module nor a parameter of it.
  */
-#include "internal.h"
+#include "model.h"
 
 #include <stdarg.h>
 #include <stdio.h>

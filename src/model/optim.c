@@ -12,7 +12,7 @@
  *   param -= lr / (1 - beta1^step) * exp_avg / denom
  * (amsgrad uses the running maximum of exp_avg_sq in denom).
  */
-#include "internal.h"
+#include "model.h"
 
 #include <math.h>
 #include <stdlib.h>

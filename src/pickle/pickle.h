@@ -1,11 +1,75 @@
 /*
- * pickle.h - what the pickle interpreter (pickle_read.c, pickle_call.c) and
- * the value tree (value.c) share with the format layers beyond internal.h.
+ * pickle.h - the pickle layer (src/pickle/): the data-only interpreter
+ * (pickle_read.c, pickle_call.c), the ids of the globals it knows, and the
+ * pickler (pickle_write.c). Above core.
  */
 #ifndef CKPT_PICKLE_H
 #define CKPT_PICKLE_H
 
-#include "internal.h"
+#include "core/core.h"
+
+/* ---- pickle interpreter --------------------------------------------- */
+
+/* The closed set of globals the interpreter knows (see pickle_call.c). */
+typedef struct ckpt__pickle_ctx ckpt__pickle_ctx;
+
+/* Turns a persistent id (the value of BINPERSID/PERSID) into a value. */
+typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ctx,
+                                                const ckpt_value *pid, uint64_t offset,
+                                                ckpt_value **out, ckpt_error *err);
+
+/* ckpt__pickle_ctx.flags */
+#define CKPT__PICKLE_INERT 0x1u    /* a global outside the allow-list becomes an inert
+                                      GLOBAL (global_id CKPT__G_UNKNOWN); calling it or
+                                      its results makes an OBJECT that keeps its
+                                      arguments, BUILD state and items. Nothing is
+                                      ever called. */
+#define CKPT__PICKLE_NO_FAIL 0x2u  /* scanning: a call, BUILD or item operation that
+                                      has no data meaning makes an inert OBJECT (or is
+                                      dropped) instead of failing, and framing that
+                                      readers disagree on is told in stop_frame_end and
+                                      framing; limits and broken streams still stop the
+                                      pickle */
+
+/* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
+ * module and name as written and the value it became. */
+typedef ckpt_status (*ckpt__global_seen_fn)(void *user, const char *module, size_t mlen,
+                                            const char *name, size_t nlen, const ckpt_value *v,
+                                            uint64_t offset);
+/* Scanning: a use (CKPT_SCAN_USE_*) of a value a global became, at the
+ * offset of the opcode. */
+typedef ckpt_status (*ckpt__global_use_fn)(void *user, const ckpt_value *global, unsigned use,
+                                           uint64_t offset);
+
+struct ckpt__pickle_ctx {
+    const ckpt_limits *limits;
+    ckpt__arena *arena;
+    const char *record;                 /* for error messages */
+    ckpt__persistent_load_fn persistent_load;
+    void *user;                         /* passed to every callback */
+    int protocol;                       /* out: PROTO seen, -1 when none */
+    unsigned flags;                     /* CKPT__PICKLE_* */
+    ckpt__global_seen_fn on_global;     /* may be NULL */
+    ckpt__global_use_fn on_use;         /* may be NULL */
+    size_t stop_frame_end;              /* out, with CKPT__PICKLE_NO_FAIL: where the frame
+                                           that holds STOP ends when it runs on past STOP
+                                           (an error otherwise: see FRAME in
+                                           pickle_read.c); 0 when it does not */
+    ckpt_error *framing;                /* with CKPT__PICKLE_NO_FAIL, may be NULL: gets the
+                                           first break of the other framing rules (status
+                                           CKPT_OK when none), and the pickle reads on as
+                                           contiguous bytes instead of stopping there */
+};
+
+/*
+ * Interprets one pickle (up to and including STOP) from data[0..size).
+ * *consumed (may be NULL) gets the bytes used. Offsets in errors are relative
+ * to data. Nothing is called or imported: allowed globals are evaluated by
+ * their data-only meaning; any other global is CKPT_ERR_UNSAFE naming
+ * module.name and its offset, or, with CKPT__PICKLE_INERT, an inert value.
+ */
+ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t size,
+                           size_t *consumed, ckpt_value **out, ckpt_error *err);
 
 /*
  * Ids of the globals the interpreter knows (ckpt_value.global_id of a
@@ -95,12 +159,37 @@ enum ckpt__global_id {
  */
 ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped);
 
-/* The value stored under key in a DICT/ORDERED_DICT (Python equality), or
- * NULL. Uses the hash index when the dict has one. */
-ckpt_value *ckpt__dict_lookup(const ckpt_value *dict, const ckpt_value *key);
+/* ---- pickler (pickle_write.c) ------------------------------------------ */
 
-/* Roughly how many bytes hashing key or comparing it touches (bounded like
- * those walks); the interpreter charges it to its work budget. */
-uint64_t ckpt__key_cost(const ckpt_value *key);
+/* How a storage appears in its persistent id. */
+typedef struct ckpt__pickle_storage {
+    const char *key;             /* "0", "1", ...: stable until the pickle is done */
+    const char *type_name;       /* torch.<type_name>: "FloatStorage", "UntypedStorage" */
+    bool untyped;                /* tensors over it need _rebuild_tensor_v3 */
+    const char *location;        /* "cpu", "cuda:0", ... */
+    uint64_t numel;              /* in type_name's elements (bytes when untyped) */
+} ckpt__pickle_storage;
+
+/* Names storage s, used as dtype (or untyped, for a bare untyped storage),
+ * in the pickle; called at every use, in pickle order. */
+typedef ckpt_status (*ckpt__pickle_storage_fn)(void *user, ckpt__storage *s, ckpt_dtype dtype,
+                                               bool untyped, ckpt__pickle_storage *out,
+                                               ckpt_error *err);
+
+/* torch's typed storage class for a dtype ("FloatStorage"), or NULL when it
+ * has none (an UntypedStorage and _rebuild_tensor_v3 then). */
+const char *ckpt__torch_storage_class(ckpt_dtype dtype);
+
+/*
+ * Pickles root with protocol 2 as CPython's pickler does for torch.save,
+ * using only opcodes the weights-only unpicklers accept (plus BINFLOAT for
+ * floats). A value reached twice (by pointer) is written once and then
+ * fetched from the memo; cycles and nesting beyond max_nesting are errors,
+ * naming the value's path. *out (malloc'd, the caller frees it) gets the
+ * bytes.
+ */
+ckpt_status ckpt__pickle_dump(const ckpt_value *root, uint64_t max_nesting,
+                              ckpt__pickle_storage_fn storage_fn, void *user, uint8_t **out,
+                              size_t *out_len, ckpt_error *err);
 
 #endif /* CKPT_PICKLE_H */

@@ -7,7 +7,6 @@
 #ifndef CKPT_PICKLE_VM_H
 #define CKPT_PICKLE_VM_H
 
-#include "internal.h"
 #include "pickle.h"
 
 #include <stdio.h>

@@ -27,7 +27,6 @@
  * then fetched (so tied weights stay one tensor). Globals are memoized by
  * name, the constant strings of torch.save by text.
  */
-#include "torch_write.h"
 #include "pickle.h"
 
 #include <stdio.h>

@@ -16,7 +16,6 @@
  * scan_zip.c walks archives.
  */
 #include "scan.h"
-#include "pickle.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -6,7 +6,7 @@
 #ifndef CKPT_SCAN_H
 #define CKPT_SCAN_H
 
-#include "internal.h"
+#include "format/format.h"
 
 #define SCAN_MAX_FINDINGS 1000   /* listed per file; more are counted */
 #define SCAN_MAX_DEPTH 3         /* archives inside archives */

@@ -18,7 +18,6 @@
  * TorchScript records, and every other record that is a pickle.
  */
 #include "scan.h"
-#include "pickle.h"
 
 #include <libdeflate.h>
 #include <stdio.h>

@@ -20,7 +20,7 @@
  * overflow-safe arithmetic before any byte is read, and no byte outside
  * [0, size) is ever touched. Work is O(n log n) in the number of entries.
  */
-#include "internal.h"
+#include "zip.h"
 
 #include <libdeflate.h>
 #include <limits.h>

@@ -18,7 +18,7 @@
  * central directory record and its locator (always, as PyTorch asks miniz
  * for ZIP64 from the start) and the classic end record.
  */
-#include "torch_write.h"
+#include "zip.h"
 
 #include <libdeflate.h>
 #include <pthread.h>

@@ -5,7 +5,7 @@
  * safetensors files, and safetensors files that are also pickles from byte
  * 0. The reader refuses them, the scanner reports what torch.load runs.
  */
-#include "internal.h"
+#include "format.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "core.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "zip.h"
 
 #include <dirent.h>
 #include <libdeflate.h>
