@@ -125,6 +125,10 @@ void *ckpt__arena_alloc(ckpt__arena *a, size_t size);
 bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more);
 /* Copies size bytes and appends a NUL. */
 char *ckpt__arena_strdup(ckpt__arena *a, const char *s, size_t size);
+/* Grows an allocation of old_size bytes to new_size bytes: in place when it
+ * is the last one of the current chunk, else by copying (the old bytes are
+ * abandoned). NULL when out of memory or over the limit. */
+void *ckpt__arena_grow(ckpt__arena *a, void *old, size_t old_size, size_t new_size);
 
 /* ---- dtypes ---------------------------------------------------------- */
 

@@ -89,22 +89,6 @@ ckpt_status ckpt__index_check_part(ckpt__index_check *c, ckpt_error *err);
 ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *dst,
                                   ckpt_error *err);
 
-/* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */
-typedef struct ckpt__storage_pid {
-    ckpt_dtype dtype;
-    bool untyped;
-    const char *key;           /* 1 to 64 bytes, no '/' or ".." */
-    size_t key_len;
-    const char *location;
-    uint64_t numel;            /* in storage elements (bytes when untyped) */
-    uint64_t nbytes;
-    const ckpt_value *view;    /* the legacy 6th item, NULL when items == 5 */
-} ckpt__storage_pid;
-
-/* Checks a persistent id of exactly `items` items (5 zip, 6 legacy). */
-ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const char *record,
-                                    uint64_t offset, ckpt__storage_pid *out, ckpt_error *err);
-
 /* Storages by key (open addressing over s->key). */
 typedef struct ckpt__storage_table {
     ckpt__storage **slots;

@@ -1,58 +1,11 @@
 /*
- * storage.c - torch storages as pickles name them: the persistent id
- * ('storage', storage_type, key, location, numel[, view]) and a table of
- * storages by key, so that views of one storage share it.
+ * storage.c - torch storages: a table of storages by key, so that views of
+ * one storage share it (their persistent ids are read in
+ * pickle/persistent.c).
  */
 #include "core.h"
-#include "pickle/pickle.h"
 
 #include <stdlib.h>
-
-static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
-
-ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const char *record,
-                                    uint64_t offset, ckpt__storage_pid *out, ckpt_error *err)
-{
-    memset(out, 0, sizeof(*out));
-    if (pid && pid->kind == CKPT_STR)
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, record, offset,
-                          "persistent id is text (PERSID of pickle protocol 0): torch.load "
-                          "cannot read such a file either");
-    if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 1)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "persistent id is not a tuple");
-    ckpt_value **it = pid->u.seq.items;
-    if (!is_str(it[0]) || strcmp(it[0]->u.s.ptr, "storage") != 0)
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, record, offset,
-                          "persistent id of type '%s' (only 'storage' is known)",
-                          is_str(it[0]) ? it[0]->u.s.ptr : ckpt_kind_name(ckpt_value_kind(it[0])));
-    if (pid->u.seq.len != items)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
-                          "storage persistent id has %zu items, expected %zu", pid->u.seq.len,
-                          items);
-    out->dtype = ckpt__storage_type_dtype(it[1], &out->untyped);
-    if (out->dtype == CKPT_DTYPE_INVALID)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
-                          "storage type is not a torch storage class");
-    /* keys name records ("data/<key>"): no path tricks */
-    if (!is_str(it[2]) || it[2]->u.s.len == 0 || it[2]->u.s.len > 64 ||
-        strlen(it[2]->u.s.ptr) != it[2]->u.s.len || strchr(it[2]->u.s.ptr, '/') ||
-        strstr(it[2]->u.s.ptr, ".."))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
-                          "storage key is not a plain name of 1 to 64 bytes");
-    if (!is_str(it[3]))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "storage location is not a string");
-    if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
-                          "storage size is not a non-negative integer");
-    out->numel = (uint64_t)it[4]->u.i;
-    if (!ckpt__mul_u64(out->numel, ckpt__storage_elem_size(out->dtype), &out->nbytes))
-        return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "storage size overflows");
-    out->key = it[2]->u.s.ptr;
-    out->key_len = it[2]->u.s.len;
-    out->location = it[3]->u.s.ptr;
-    out->view = items > 5 ? it[5] : NULL;
-    return CKPT_OK;
-}
 
 static ckpt__storage **table_slot(const ckpt__storage_table *t, const char *key, size_t len)
 {
@@ -104,5 +57,70 @@ ckpt_status ckpt__storage_value(ckpt__arena *a, ckpt__storage *s, const char *re
                           record, offset, "no memory for a storage value");
     v->u.storage = s;
     *out = v;
+    return CKPT_OK;
+}
+
+/* ---- resolution --------------------------------------------------------- */
+
+static size_t storage_alignment_needed(const ckpt__storage *s)
+{
+    size_t a = ckpt_dtype_size(s->dtype);
+    if (a == 0 || a == 1)
+        a = 1;
+    if (s->untyped)
+        a = 16; /* may hold any dtype */
+    return a > 16 ? 16 : a;
+}
+
+ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *err)
+{
+    if (s->base)
+        s = s->base;
+    if (s->owner)
+        f = s->owner; /* a shard's storage */
+    if (s->resolved)
+        return CKPT_OK;
+    const uint8_t *src = NULL;
+    uint8_t *owned = NULL;
+    if (s->record_index >= 0) {
+        const ckpt__zip_entry *e = &f->zip.entries[s->record_index];
+        uint64_t total;
+        if (e->method != 0 &&
+            (!ckpt__add_u64(f->inflated_total, e->size, &total) ||
+             total > f->opts.limits.max_total_inflated_bytes))
+            return ckpt__fail(err, CKPT_ERR_LIMIT, s->record, CKPT_NO_OFFSET,
+                              "inflating this record would hold %llu bytes of deflated records "
+                              "at once (limit max_total_inflated_bytes %llu)",
+                              (unsigned long long)(f->inflated_total + e->size),
+                              (unsigned long long)f->opts.limits.max_total_inflated_bytes);
+        CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)s->record_index, &f->opts.limits,
+                                            &src, &owned, err));
+        if (owned)
+            f->inflated_total += e->size;
+    } else if (s->file_offset != CKPT_NO_OFFSET) {
+        uint64_t end;
+        if (!ckpt__add_u64(s->file_offset, s->nbytes, &end) || end > f->map_size)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                              "storage bytes run past the end of the file");
+        src = f->map + s->file_offset;
+    } else if (s->nbytes != 0) {
+        return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                          "storage '%s' has no data", s->key ? s->key : "?");
+    }
+    size_t align = storage_alignment_needed(s);
+    bool aligned = ((uintptr_t)src % align) == 0;
+    if (!owned && (s->big_endian || !aligned) && s->nbytes) {
+        void *copy = NULL;
+        if (posix_memalign(&copy, 64, (size_t)s->nbytes) != 0)
+            return ckpt__fail(err, CKPT_ERR_NOMEM, s->record, CKPT_NO_OFFSET,
+                              "out of memory copying %llu bytes", (unsigned long long)s->nbytes);
+        memcpy(copy, src, (size_t)s->nbytes);
+        owned = copy;
+    }
+    if (owned && s->big_endian)
+        ckpt__byteswap(owned, s->nbytes / ckpt__storage_elem_size(s->dtype), s->dtype);
+    s->owned = owned;
+    s->data = owned ? owned : src;
+    s->resolved = true;
     return CKPT_OK;
 }

@@ -1,170 +1,11 @@
 /*
- * value.c - the arena every value of a file lives in, the value tree's
- * containers (lists, dicts with a hash index) and the public accessors.
+ * value.c - the value tree's containers (lists, dicts with a hash index)
+ * and the public accessors; the values live in an arena (base/arena.c).
  */
 #include "core.h"
-#include "pickle/pickle.h"
 
 #include <stdint.h>
 #include <stdlib.h>
-
-/* ======================================================================
- * Arena
- * ====================================================================== */
-
-#define ARENA_ALIGN 16u
-#define ARENA_CHUNK_MIN ((size_t)64 * 1024)
-#define ARENA_CHUNK_MAX ((size_t)8 * 1024 * 1024)
-
-struct ckpt__arena_block {
-    ckpt__arena_block *next;
-    uint8_t *base;      /* ARENA_ALIGN-aligned start of the usable bytes */
-    size_t size;        /* usable bytes */
-    size_t used;
-};
-
-/* Rounds up to the alignment; false on overflow. */
-static bool round_align(size_t size, size_t *out)
-{
-    if (size > SIZE_MAX - (ARENA_ALIGN - 1))
-        return false;
-    *out = (size + (ARENA_ALIGN - 1)) & ~(size_t)(ARENA_ALIGN - 1);
-    return true;
-}
-
-static ckpt__arena_block *block_new(size_t size)
-{
-    /* calloc only promises alignof(max_align_t), which is 8 on some 32-bit
-     * ABIs: over-allocate and align by hand. */
-    if (size > SIZE_MAX - sizeof(ckpt__arena_block) - ARENA_ALIGN)
-        return NULL;
-    ckpt__arena_block *b = calloc(1, sizeof(*b) + ARENA_ALIGN + size);
-    if (!b)
-        return NULL;
-    uintptr_t p = (uintptr_t)(b + 1);
-    p = (p + (ARENA_ALIGN - 1)) & ~(uintptr_t)(ARENA_ALIGN - 1);
-    b->base = (uint8_t *)p;
-    b->size = size;
-    return b;
-}
-
-/* Chunks grow with the arena so that big trees need few mallocs, and small
- * ones (a fuzz input, a tiny pickle) stay small. */
-static size_t chunk_size(const ckpt__arena *a)
-{
-    uint64_t want = a->used / 4;
-    if (want < ARENA_CHUNK_MIN)
-        return ARENA_CHUNK_MIN;
-    if (want > ARENA_CHUNK_MAX)
-        return ARENA_CHUNK_MAX;
-    return ((size_t)want + ARENA_CHUNK_MIN - 1) & ~(ARENA_CHUNK_MIN - 1);
-}
-
-void ckpt__arena_init(ckpt__arena *a, uint64_t limit)
-{
-    if (!a)
-        return;
-    a->head = NULL;
-    a->used = 0;
-    a->limit = limit;
-}
-
-void ckpt__arena_free(ckpt__arena *a)
-{
-    if (!a)
-        return;
-    ckpt__arena_block *b = a->head;
-    while (b) {
-        ckpt__arena_block *next = b->next;
-        free(b);
-        b = next;
-    }
-    a->head = NULL;
-    a->used = 0;
-}
-
-/* A limit of 0 means none (an arena that was zero-initialised). */
-bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more)
-{
-    if (!a || a->limit == 0)
-        return false;
-    return (uint64_t)more > a->limit || a->used > a->limit - (uint64_t)more;
-}
-
-void *ckpt__arena_alloc(ckpt__arena *a, size_t size)
-{
-    size_t n;
-    if (!a || !round_align(size ? size : 1, &n))
-        return NULL;
-    if (ckpt__arena_over_limit(a, n))
-        return NULL;
-    ckpt__arena_block *b = a->head;
-    if (!b || b->size - b->used < n) {
-        size_t chunk = chunk_size(a);
-        if (n > chunk / 4) {
-            /* A big request gets a block of its own, linked behind the
-             * current chunk so that the chunk's free tail is not lost. */
-            b = block_new(n);
-            if (!b)
-                return NULL;
-            if (a->head) {
-                b->next = a->head->next;
-                a->head->next = b;
-            } else {
-                a->head = b;
-            }
-        } else {
-            b = block_new(chunk);
-            if (!b)
-                return NULL;
-            b->next = a->head;
-            a->head = b;
-        }
-    }
-    void *p = b->base + b->used;
-    b->used += n;
-    a->used += n;
-    return p;
-}
-
-char *ckpt__arena_strdup(ckpt__arena *a, const char *s, size_t size)
-{
-    if (size == SIZE_MAX)
-        return NULL;
-    char *p = ckpt__arena_alloc(a, size + 1);
-    if (!p)
-        return NULL;
-    if (size)
-        memcpy(p, s, size);
-    p[size] = '\0';
-    return p;
-}
-
-/* Grows an allocation of old_size bytes to new_size bytes: in place when it
- * is the last one of the current chunk (the common case while one container
- * is filled), else by copying. The old bytes are simply abandoned: with
- * geometric growth that wastes at most what the container holds. */
-static void *arena_grow(ckpt__arena *a, void *old, size_t old_size, size_t new_size)
-{
-    size_t on, nn;
-    if (!round_align(old_size ? old_size : 1, &on) || !round_align(new_size, &nn))
-        return NULL;
-    ckpt__arena_block *b = a->head;
-    if (old && b && nn >= on && (uint8_t *)old + on == b->base + b->used &&
-        b->size - b->used >= nn - on) {
-        if (ckpt__arena_over_limit(a, nn - on))
-            return NULL;
-        b->used += nn - on;
-        a->used += nn - on;
-        return old;
-    }
-    void *p = ckpt__arena_alloc(a, new_size);
-    if (!p)
-        return NULL;
-    if (old && old_size)
-        memcpy(p, old, old_size);
-    return p;
-}
 
 /* ======================================================================
  * Values
@@ -208,9 +49,9 @@ bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item)
         size_t cap;
         if (!next_cap(seq->u.seq.cap, sizeof(ckpt_value *), &cap))
             return false;
-        ckpt_value **items = arena_grow(a, seq->u.seq.items,
-                                        seq->u.seq.cap * sizeof(ckpt_value *),
-                                        cap * sizeof(ckpt_value *));
+        ckpt_value **items = ckpt__arena_grow(a, seq->u.seq.items,
+                                              seq->u.seq.cap * sizeof(ckpt_value *),
+                                              cap * sizeof(ckpt_value *));
         if (!items)
             return false;
         seq->u.seq.items = items;
@@ -615,11 +456,13 @@ bool ckpt__dict_set(ckpt__arena *a, ckpt_value *dict, ckpt_value *key, ckpt_valu
         if (!next_cap(dict->u.dict.cap, sizeof(ckpt_value *), &cap))
             return false;
         size_t old_bytes = dict->u.dict.cap * sizeof(ckpt_value *);
-        ckpt_value **keys = arena_grow(a, dict->u.dict.keys, old_bytes, cap * sizeof(ckpt_value *));
+        ckpt_value **keys =
+            ckpt__arena_grow(a, dict->u.dict.keys, old_bytes, cap * sizeof(ckpt_value *));
         if (!keys)
             return false;
         dict->u.dict.keys = keys;
-        ckpt_value **vals = arena_grow(a, dict->u.dict.vals, old_bytes, cap * sizeof(ckpt_value *));
+        ckpt_value **vals =
+            ckpt__arena_grow(a, dict->u.dict.vals, old_bytes, cap * sizeof(ckpt_value *));
         if (!vals)
             return false; /* keys grew already: harmless, cap stays consistent */
         dict->u.dict.vals = vals;
@@ -656,40 +499,6 @@ ckpt_value *ckpt__dict_lookup(const ckpt_value *dict, const ckpt_value *key)
         return NULL;
     size_t i = dict_find(dict, key, NULL);
     return i == SIZE_MAX ? NULL : dict->u.dict.vals[i];
-}
-
-/* ---- storage classes ---------------------------------------------------- */
-
-ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped)
-{
-    static const ckpt_dtype dtypes[] = {
-        [CKPT__G_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT64,
-        [CKPT__G_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT32,
-        [CKPT__G_HALF_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT16,
-        [CKPT__G_BFLOAT16_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_BFLOAT16,
-        [CKPT__G_LONG_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT64,
-        [CKPT__G_INT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT32,
-        [CKPT__G_SHORT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT16,
-        [CKPT__G_CHAR_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT8,
-        [CKPT__G_BYTE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_UINT8,
-        [CKPT__G_BOOL_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_BOOL,
-        [CKPT__G_COMPLEX_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_COMPLEX128,
-        [CKPT__G_COMPLEX_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_COMPLEX64,
-        [CKPT__G_QINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QINT8,
-        [CKPT__G_QINT32_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QINT32,
-        [CKPT__G_QUINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT8,
-        [CKPT__G_QUINT4X2_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT4X2,
-        [CKPT__G_QUINT2X4_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT2X4,
-        [CKPT__G_UNTYPED_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_UINT8,
-    };
-    if (untyped)
-        *untyped = false;
-    if (!global || global->kind != CKPT_GLOBAL || global->global_id < CKPT__G_STORAGE_FIRST_ ||
-        global->global_id > CKPT__G_STORAGE_LAST_)
-        return CKPT_DTYPE_INVALID;
-    if (untyped)
-        *untyped = global->global_id == CKPT__G_UNTYPED_STORAGE;
-    return dtypes[global->global_id - CKPT__G_STORAGE_FIRST_];
 }
 
 /* ======================================================================

@@ -152,6 +152,22 @@ enum ckpt__global_id {
     CKPT__G_COUNT_
 };
 
+/* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */
+typedef struct ckpt__storage_pid {
+    ckpt_dtype dtype;
+    bool untyped;
+    const char *key;           /* 1 to 64 bytes, no '/' or ".." */
+    size_t key_len;
+    const char *location;
+    uint64_t numel;            /* in storage elements (bytes when untyped) */
+    uint64_t nbytes;
+    const ckpt_value *view;    /* the legacy 6th item, NULL when items == 5 */
+} ckpt__storage_pid;
+
+/* Checks a persistent id of exactly `items` items (5 zip, 6 legacy). */
+ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const char *record,
+                                    uint64_t offset, ckpt__storage_pid *out, ckpt_error *err);
+
 /*
  * The dtype of a storage class value (GLOBAL torch.FloatStorage, ...), or
  * CKPT_DTYPE_INVALID when v is not one. Char is int8, Byte is uint8; an
