@@ -1,6 +1,7 @@
 /*
- * detect.c - the pickle torch.load reads from byte 0 of a file ckpt reads
- * as something else.
+ * detect.c - the signatures of the formats told apart by their first bytes
+ * alone (npy, PYTORCH1, 7z, PNG), and the pickle torch.load reads from byte 0 of
+ * a file ckpt reads as something else.
  *
  * torch.load reads every file that is neither a zip (PK\3\4 at byte 0) nor
  * a tar archive (tar.c) as the legacy format: pickle.load from byte 0,
@@ -19,6 +20,26 @@
 #include "format.h"
 
 #include <stdio.h>
+
+bool ckpt__npy_detect(const uint8_t *data, uint64_t size)
+{
+    return data && size >= 10 && memcmp(data, "\x93NUMPY", 6) == 0;
+}
+
+bool ckpt__pytorch1_detect(const uint8_t *data, uint64_t size)
+{
+    return data && size >= 8 && memcmp(data, "PYTORCH1", 8) == 0;
+}
+
+bool ckpt__7z_detect(const uint8_t *data, uint64_t size)
+{
+    return data && size >= 6 && memcmp(data, "7z\xbc\xaf\x27\x1c", 6) == 0;
+}
+
+bool ckpt__png_detect(const uint8_t *data, uint64_t size)
+{
+    return data && size >= 8 && memcmp(data, "\x89PNG", 4) == 0;
+}
 
 /* 0x1950a86a20f9469cfc6c as the interpreter keeps a BIGINT: the shortest
  * little-endian two's complement bytes, however the pickle wrote it. */

@@ -15,8 +15,24 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err);
 /* Legacy files, and plain pickles (format PICKLE) when the magic is absent. */
 ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err);
 ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err);
+/*
+ * What a file is: one test per format, the same for the reader
+ * (format/open.c) and the scanner. torch.load's order is zip
+ * (ckpt__zip_detect), tar (ckpt__tar_detect), then a pickle from byte 0
+ * (ckpt__pickle_detect); ckpt's own formats are told apart after tar.
+ */
+/* A safetensors file: a header length of at least 2, then '{'. */
+bool ckpt__safetensors_detect(const uint8_t *data, uint64_t size);
 /* true when the bytes look like a sharded checkpoint index (JSON with weight_map). */
 bool ckpt__sharded_detect(const uint8_t *data, uint64_t size);
+/* A numpy array file (.npy): \x93NUMPY. */
+bool ckpt__npy_detect(const uint8_t *data, uint64_t size);
+/* The PyTorch 1.0-preview format: PYTORCH1. */
+bool ckpt__pytorch1_detect(const uint8_t *data, uint64_t size);
+/* A 7z archive: its six-byte signature. */
+bool ckpt__7z_detect(const uint8_t *data, uint64_t size);
+/* A PNG image (its first byte is an opcode, LONG1: told apart first). */
+bool ckpt__png_detect(const uint8_t *data, uint64_t size);
 ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err);
 /* ckpt_open of an opened descriptor (taken over: closed here or kept by the
  * file) whose fstat is *sb. shard: the file is a shard of a sharded index,

@@ -30,14 +30,6 @@ const char *ckpt_format_name(ckpt_format format)
 
 /* ---- format detection -------------------------------------------------- */
 
-static bool looks_like_safetensors(const uint8_t *p, uint64_t size)
-{
-    if (size < 10)
-        return false;
-    /* the header length is checked by the reader, which names the problem */
-    return ckpt__le64(p) >= 2 && p[8] == '{';
-}
-
 /* A file ckpt reads its own way (safetensors, an index) that torch.load
  * reads as a pickle from byte 0 (neither zip nor tar): refused when that
  * pickle names a global or is the legacy magic number, since ckpt would
@@ -87,11 +79,11 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
     case CKPT__TAR_BLOCK_INVALID:
         break;
     }
-    if (n >= 8 && memcmp(p, "PYTORCH1", 8) == 0)
+    if (ckpt__pytorch1_detect(p, n))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                           "PyTorch 1.0-preview format (PYTORCH1) is not supported; "
                           "re-save it with a current torch.save");
-    if (looks_like_safetensors(p, n)) {
+    if (ckpt__safetensors_detect(p, n)) {
         CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "safetensors", err));
         f->format = CKPT_FORMAT_SAFETENSORS;
         return ckpt__open_safetensors(f, err);
@@ -107,12 +99,16 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
                               "checkpoint file)");
         return ckpt__open_sharded(f, err);
     }
-    if (p[0] == 0x80 || strchr("(}]).NIJKLFGSVUXacdlpt", p[0]) != NULL) {
+    /* their magics start with an opcode: told apart before the pickle */
+    if (ckpt__npy_detect(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "not a checkpoint: unknown format (a numpy array file, .npy)");
+    if (ckpt__png_detect(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "not a checkpoint: a PNG image");
+    if (ckpt__pickle_detect(p, n)) {
         /* A pickle: legacy torch file when its first pickle is the magic number. */
         return ckpt__open_torch_legacy(f, err);
     }
-    if (n >= 8 && memcmp(p, "\x89PNG", 4) == 0)
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "not a checkpoint: a PNG image");
     return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                       "not a checkpoint: unknown format (first byte 0x%02x)", p[0]);
 }

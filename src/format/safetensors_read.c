@@ -952,3 +952,9 @@ out:
     free(p.entries);
     return st;
 }
+
+bool ckpt__safetensors_detect(const uint8_t *data, uint64_t size)
+{
+    /* the header length is checked by the reader, which names the problem */
+    return data && size >= 10 && ckpt__le64(data) >= 2 && data[8] == '{';
+}

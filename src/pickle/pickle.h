@@ -71,6 +71,11 @@ struct ckpt__pickle_ctx {
 ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t size,
                            size_t *consumed, ckpt_value **out, ckpt_error *err);
 
+/* true when data[0] is an opcode CPython's unpickler knows, so that
+ * pickle.load reads on from byte 0 (any other first byte fails at once).
+ * Format detection's pickle bid (format/open.c and the scanner). */
+bool ckpt__pickle_detect(const uint8_t *data, uint64_t size);
+
 /*
  * Ids of the globals the interpreter knows (ckpt_value.global_id of a
  * CKPT_GLOBAL value). Dtypes never appear here: GLOBAL torch.float32 becomes

@@ -1550,3 +1550,10 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
     free(m.memo);
     return st;
 }
+
+bool ckpt__pickle_detect(const uint8_t *data, uint64_t size)
+{
+    /* CPython's unpickler reads any opcode it knows first (op_name names
+     * every one, protocols 0 to 5); anything else fails at byte 0 */
+    return data && size >= 1 && strcmp(op_name(data[0]), "unknown opcode") != 0;
+}

@@ -582,13 +582,6 @@ bool ckpt__scan_is_pickle(scan_ctx *s, const uint8_t *data, size_t size)
  * Pickle streams: plain pickles and the legacy torch format
  * ====================================================================== */
 
-static bool is_pickle_opcode_start(uint8_t c)
-{
-    if (c >= 0x80 && c <= 0x98)
-        return c == 0x80 || c == 0x8c || c == 0x95; /* PROTO, SHORT_BINUNICODE, FRAME */
-    return c != 0 && strchr("(}]).NIJKLFGSVUXacdlptgh", c) != NULL;
-}
-
 static char *where_record(const char *where, const char *name, char *buf, size_t cap)
 {
     snprintf(buf, cap, "%s%s", where ? where : "", name);
@@ -1552,11 +1545,6 @@ static ckpt_status scan_7z(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     return CKPT_OK;
 }
 
-static bool looks_like_safetensors(const uint8_t *p, uint64_t size)
-{
-    return size >= 10 && ckpt__le64(p) >= 2 && p[8] == '{';
-}
-
 static bool plain_shard_name(const char *n)
 {
     return *n && !strchr(n, '/') && !strchr(n, '\\') && strcmp(n, "..") != 0 &&
@@ -1623,8 +1611,8 @@ static bool seen_add(struct scan_seen *t, const seen_slot *key, bool *was_there)
  * order: zip, then safetensors, then an index): a shard that is one. */
 static bool reads_as_index(const uint8_t *data, uint64_t size)
 {
-    return !ckpt__zip_detect(data, size) && !(size >= 8 && memcmp(data, "PYTORCH1", 8) == 0) &&
-           !looks_like_safetensors(data, size) && ckpt__sharded_detect(data, size);
+    return !ckpt__zip_detect(data, size) && !ckpt__pytorch1_detect(data, size) &&
+           !ckpt__safetensors_detect(data, size) && ckpt__sharded_detect(data, size);
 }
 
 static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where);
@@ -1716,8 +1704,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
         return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "an empty file: not a checkpoint");
     }
-    if (size >= 4 && (ckpt__le32(data) == 0x04034b50u ||
-                      (ckpt__le32(data) == 0x06054b50u && size >= 22)))
+    if (ckpt__zip_detect(data, size))
         return ckpt__scan_zip(s, data, size, where, file_base, top);
     /* torch.load's order: zip, tar as tarfile takes it, then a pickle from
      * byte 0; ckpt's other formats come after tar, each checked for what
@@ -1736,11 +1723,11 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     case CKPT__TAR_BLOCK_INVALID:
         break;
     }
-    if (size >= 6 && memcmp(data, "7z\xbc\xaf\x27\x1c", 6) == 0) {
+    if (ckpt__7z_detect(data, size)) {
         CKPT_RETURN_IF_ERROR(scan_7z(s, data, size, where, file_base, top));
         return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
-    if (size >= 8 && memcmp(data, "PYTORCH1", 8) == 0) {
+    if (ckpt__pytorch1_detect(data, size)) {
         if (top)
             s->report->format = "unknown";
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0,
@@ -1749,7 +1736,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
                                             "torch.load does not read it"));
         return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
-    if (looks_like_safetensors(data, size)) {
+    if (ckpt__safetensors_detect(data, size)) {
         if (top)
             s->report->format = "safetensors";
         CKPT_RETURN_IF_ERROR(scan_safetensors(s, data, size, where));
@@ -1759,11 +1746,11 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
         CKPT_RETURN_IF_ERROR(scan_sharded(s, data, size, top));
         return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
-    if (size >= 10 && memcmp(data, "\x93NUMPY", 6) == 0) {
+    if (ckpt__npy_detect(data, size)) {
         CKPT_RETURN_IF_ERROR(ckpt__scan_npy(s, data, size, where, file_base, top, false));
         return scan_pickle_at_zero(s, data, size, where, file_base, not_zip_or_tar);
     }
-    if (is_pickle_opcode_start(data[0]))
+    if (!ckpt__png_detect(data, size) && ckpt__pickle_detect(data, size))
         return scan_pickle_stream(s, data, size, where, file_base, top);
     if (ckpt__scan_zip_at_end(data, size)) {
         CKPT_RETURN_IF_ERROR(ckpt__scan_zip(s, data, size, where, file_base, top));

@@ -679,15 +679,6 @@ static size_t entry_head(const zscan *z, const zentry *e, uint8_t *head, size_t 
     return h.got;
 }
 
-/* Python's pickle opcodes (pickletools), protocols 0 to 5: a stream whose
- * first byte is none of them fails there, in every unpickler. */
-static bool is_opcode(uint8_t c)
-{
-    if (c >= 0x80)
-        return c <= 0x98;
-    return c != 0 && strchr("IJKMLSTUBCNVXFG]ael)t}dsu02(1ghjpqrcRbio.PQ", c) != NULL;
-}
-
 /*
  * The entry's bytes (inflated when deflated): *owned is malloc'd when not
  * NULL. *ok false: not readable (said once). A deflated entry is inflated
@@ -1030,9 +1021,8 @@ static ckpt_status scan_other(zscan *z, zentry *e)
      * an archive is data (an unreferenced storage, an array): its CRC is
      * not read */
     if (e->method == 0 && stored > PROBE_MAX && !named_pickle &&
-        !(ckpt__le32(head) == SIG_LOCAL || ckpt__le32(head) == SIG_EOCD) &&
-        memcmp(head, "7z\xbc\xaf\x27\x1c", 6) != 0 && memcmp(head, "\x93NUMPY", 6) != 0 &&
-        !ckpt__scan_is_pickle(z->s, head, (size_t)stored))
+        !ckpt__zip_detect(head, stored) && !ckpt__7z_detect(head, stored) &&
+        !ckpt__npy_detect(head, stored) && !ckpt__scan_is_pickle(z->s, head, (size_t)stored))
         return CKPT_OK;
     /* The same for a large deflated record, judged by its first bytes: an
      * archive, a numpy array, or a first byte that starts a pickle (any
@@ -1042,10 +1032,10 @@ static ckpt_status scan_other(zscan *z, zentry *e)
     if (e->method == 8 && e->local_ok && e->size > PROBE_MAX && !named_pickle) {
         uint8_t first[8];
         size_t got = entry_head(z, e, first, sizeof(first));
-        if (got == sizeof(first) && !(ckpt__le32(first) == SIG_LOCAL ||
-                                      ckpt__le32(first) == SIG_EOCD) &&
-            memcmp(first, "7z\xbc\xaf\x27\x1c", 6) != 0 &&
-            memcmp(first, "\x93NUMPY", 6) != 0 && !is_opcode(first[0]))
+        /* the tests read only the head, of data e->size bytes long */
+        if (got == sizeof(first) && !ckpt__zip_detect(first, e->size) &&
+            !ckpt__7z_detect(first, e->size) && !ckpt__npy_detect(first, e->size) &&
+            !ckpt__pickle_detect(first, e->size))
             return CKPT_OK;
     }
     const uint8_t *p;
@@ -1062,15 +1052,15 @@ static ckpt_status scan_other(zscan *z, zentry *e)
     char where[300];
     snprintf(where, sizeof(where), "%s!", rec);
     uint64_t n = e->len;
-    if (n >= 4 && (ckpt__le32(p) == SIG_LOCAL || ckpt__le32(p) == SIG_EOCD)) {
+    if (ckpt__zip_detect(p, n)) {
         st = zadd(z, CKPT_SCAN_NESTED_ARCHIVE, rec, e->data_offset,
                   "a zip archive inside the archive: loaders that unpack it read what scanners "
                   "of the outer archive miss; scanned as '%s...'", where);
         if (st == CKPT_OK)
             st = ckpt__scan_bytes(z->s, p, n, where, base, false);
-    } else if (n >= 6 && memcmp(p, "7z\xbc\xaf\x27\x1c", 6) == 0) {
+    } else if (ckpt__7z_detect(p, n)) {
         st = ckpt__scan_bytes(z->s, p, n, where, base, false);
-    } else if (n >= 10 && memcmp(p, "\x93NUMPY", 6) == 0) {
+    } else if (ckpt__npy_detect(p, n)) {
         snprintf(where, sizeof(where), "%s: ", rec);
         st = ckpt__scan_npy(z->s, p, n, where, base, false, true);
     } else if (n && ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
