@@ -1,7 +1,8 @@
 /*
  * storage.c - torch storages: a table of storages by key, so that views of
  * one storage share it (their persistent ids are read in
- * pickle/persistent.c).
+ * pickle/persistent.c), and resolution: a storage's bytes in the map of its
+ * file, or a copy.
  */
 #include "core.h"
 
