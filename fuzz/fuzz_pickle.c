@@ -1,6 +1,6 @@
 /*
  * fuzz_pickle.c - libFuzzer target for the pickle interpreter
- * (src/pickle_read.c) and the value tree (src/value.c).
+ * (src/pickle/pickle_read.c) and the value tree (src/core/value.c).
  *
  * Runs the input as a row of pickles (as the legacy torch format has them)
  * with the default limits and a persistent_load that makes up a storage for
@@ -8,7 +8,7 @@
  * comes out through the public accessors. Any status is fine; crashes,
  * leaks, sanitizer reports, hangs and broken invariants are not.
  */
-#include "internal.h"
+#include "core.h"
 #include "pickle.h"
 
 #include <stdlib.h>

@@ -1,11 +1,11 @@
 /*
- * fuzz_zip.c - libFuzzer target for the zip layer (src/zip_read.c).
+ * fuzz_zip.c - libFuzzer target for the zip layer (src/zip/zip_read.c).
  *
  * Opens the input as a zip with the default limits, looks every entry up by
  * name, reads it (inflating deflated ones), checks every CRC and closes.
  * Any status is fine; crashes, leaks, sanitizer reports and hangs are not.
  */
-#include "internal.h"
+#include "zip.h"
 
 #include <stdlib.h>
 

@@ -1,4 +1,4 @@
-"""Prints the NOT_PRINTABLE table of src/repr.c: the ranges of code points
+"""Prints the NOT_PRINTABLE table of src/core/repr.c: the ranges of code points
 above ASCII that Python's repr() escapes (str.isprintable() is false), as the
 Unicode database of the running Python assigns them. Run with Python 3.11
 (Unicode 14.0), the version ckpt's names follow."""

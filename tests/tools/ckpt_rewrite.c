@@ -6,7 +6,7 @@
  * writer uses ZIP64 fields (an internal knob, so that small test files
  * exercise them). Exit 2 with the error on stderr on failure.
  */
-#include "torch_write.h"
+#include "format.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "internal.h"
+#include "core.h"
 #include "pickle.h"
 
 /* ======================================================================

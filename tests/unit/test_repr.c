@@ -1,5 +1,5 @@
 /*
- * test_repr.c - Python's text of values (src/repr.c): ckpt_value_repr
+ * test_repr.c - Python's text of values (src/core/repr.c): ckpt_value_repr
  * against what Python 3.11 prints for the same values, dict keys as tensor
  * names show them, and the float and int text the writers share.
  */
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "core.h"
 
 #include <math.h>
 #include <stdio.h>

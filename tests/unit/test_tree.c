@@ -1,7 +1,7 @@
 /*
- * test_tree.c - value trees for writing (src/tree.c), streamed tensor bytes
- * (src/stream.c), dtype conversion (src/cast.c) and crash-safe output files
- * (src/outfile.c).
+ * test_tree.c - value trees for writing (src/core/tree.c), streamed tensor bytes
+ * (src/core/stream.c), dtype conversion (src/base/cast.c) and crash-safe output files
+ * (src/base/outfile.c).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "core.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "torch_write.h"
+#include "format.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /*
- * test_zip.c - the strict zip reader (src/zip_read.c).
+ * test_zip.c - the strict zip reader (src/zip/zip_read.c).
  *
  * Archives are built in memory by a small writer below that can produce what
  * PyTorch writes (FB alignment padding, data descriptors with zeros in the
@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "zip.h"
 
 #include <dirent.h>
 #include <libdeflate.h>

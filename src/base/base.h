@@ -1,0 +1,221 @@
+/*
+ * base.h - the lowest layer of libckpt (src/base/): errors, checked
+ * arithmetic, byte loads, growable memory, the arena, dtypes and crash-safe
+ * output files. Every layer above includes it through its own header.
+ * Internal symbols start with ckpt__ (two underscores) and are hidden in the
+ * shared library.
+ */
+#ifndef CKPT_BASE_H
+#define CKPT_BASE_H
+
+#define CKPT_BUILDING_LIBRARY 1
+#include "ckpt.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define CKPT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define CKPT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define CKPT_PRINTF(a, b)
+#define CKPT_UNLIKELY(x) (x)
+#endif
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* Fills err (may be NULL) and returns status. offset is inside record. */
+ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
+                       uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/* Copies the limits a caller set (src->struct_size bytes of them) over the
+ * defaults in dst. */
+void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);
+/* Copies the save options a caller set (src->struct_size bytes of them; src
+ * may be NULL) over the defaults in dst. */
+void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src);
+/* Sets err->file_offset = base + err->offset when both are known. */
+void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
+/* Makes err->record "prefix: record" (e.g. the shard file of a sharded index),
+ * or "prefix" when the record is empty. */
+void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
+
+#define CKPT_RETURN_IF_ERROR(expr)                                   \
+    do {                                                             \
+        ckpt_status ckpt__st = (expr);                               \
+        if (ckpt__st != CKPT_OK) return ckpt__st;                    \
+    } while (0)
+
+/* ---- checked arithmetic ---------------------------------------------- */
+
+static inline bool ckpt__mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool ckpt__add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* ---- little-endian loads --------------------------------------------- */
+
+static inline uint16_t ckpt__le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t ckpt__le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t ckpt__le64(const uint8_t *p)
+{
+    return (uint64_t)ckpt__le32(p) | ((uint64_t)ckpt__le32(p + 4) << 32);
+}
+
+/* ---- growable memory (buf.c) ------------------------------------------ */
+
+/* Bytes appended at the end, a NUL kept after them (p is a C string when
+ * they hold no NUL). An append that fails sets failed and drops the bytes,
+ * and every later one is dropped too: check failed once at the end. */
+typedef struct ckpt__buf {
+    uint8_t *p;
+    size_t len, cap;
+    bool failed;                /* out of memory */
+} ckpt__buf;
+
+/* Room for more bytes (and the NUL); false when out of memory. */
+bool ckpt__buf_reserve(ckpt__buf *b, size_t more);
+void ckpt__buf_free(ckpt__buf *b);
+
+static inline void ckpt__buf_put(ckpt__buf *b, const void *p, size_t n)
+{
+    if (b->failed || (CKPT_UNLIKELY(b->len + n >= b->cap) && !ckpt__buf_reserve(b, n)))
+        return;
+    if (n)
+        memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+/* Doubles an array of *cap elements of elem bytes (16 at first): the new
+ * array, or NULL when out of memory (items and *cap are then unchanged). */
+void *ckpt__array_grow(void *items, size_t *cap, size_t elem);
+
+/* Pointers, by address (zero-initialise it; free with ckpt__ptr_set_free). */
+typedef struct ckpt__ptr_set {
+    const void **slots;
+    size_t cap, count;
+} ckpt__ptr_set;
+
+/* Adds v (not NULL): 1 when it is new, 0 when it was there, -1 when out of
+ * memory. */
+int ckpt__ptr_set_add(ckpt__ptr_set *p, const void *v);
+void ckpt__ptr_set_free(ckpt__ptr_set *p);
+
+/* ---- arena: every value of a file lives here, freed at once ----------- */
+
+typedef struct ckpt__arena_block ckpt__arena_block;
+typedef struct ckpt__arena {
+    ckpt__arena_block *head;
+    uint64_t used;      /* bytes handed out, counted against limit */
+    uint64_t limit;     /* max_value_bytes */
+} ckpt__arena;
+
+void ckpt__arena_init(ckpt__arena *a, uint64_t limit);
+void ckpt__arena_free(ckpt__arena *a);
+/* Zeroed, 16-byte aligned memory; NULL when out of memory or over the limit
+ * (ckpt__arena_over_limit tells which). */
+void *ckpt__arena_alloc(ckpt__arena *a, size_t size);
+bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more);
+/* Copies size bytes and appends a NUL. */
+char *ckpt__arena_strdup(ckpt__arena *a, const char *s, size_t size);
+/* Grows an allocation of old_size bytes to new_size bytes: in place when it
+ * is the last one of the current chunk, else by copying (the old bytes are
+ * abandoned). NULL when out of memory or over the limit. */
+void *ckpt__arena_grow(ckpt__arena *a, void *old, size_t old_size, size_t new_size);
+
+/* ---- dtypes ---------------------------------------------------------- */
+
+/* Bytes per storage element: a byte for packed sub-byte dtypes (quint4x2). */
+static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
+{
+    size_t n = ckpt_dtype_size(d);
+    return n ? n : 1;
+}
+
+/* qint8, quint8, qint32, quint4x2, quint2x4: tensors with a quantizer. */
+static inline bool ckpt__dtype_is_quantized(ckpt_dtype d)
+{
+    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
+           d == CKPT_QUINT2X4;
+}
+
+/* The dtypes ckpt_convert_dtype converts between. */
+static inline bool ckpt__dtype_castable(ckpt_dtype d)
+{
+    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
+}
+
+/* ---- crash-safe output file ------------------------------------------ */
+
+typedef struct ckpt__out {
+    int fd;
+    char *path;                 /* the target */
+    char *tmp_path;             /* the temporary beside it */
+    unsigned flags;             /* CKPT_SAVE_*, CKPT__OUT_* */
+    uint64_t size;              /* bytes written so far */
+    uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
+    uint8_t *copy_buf;          /* ckpt__out_copy's buffer, made at first use */
+} ckpt__out;
+
+/* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
+#define CKPT__OUT_CRC 0x40000000u   /* keep a CRC32 of every byte written */
+#define CKPT__OUT_STAGE 0x80000000u /* commit stops before the rename */
+
+/*
+ * A finished output not yet in place: the temporary is complete, synced and
+ * closed; publishing renames it over the target. Both paths are malloc'd.
+ */
+typedef struct ckpt__staged {
+    char *path;
+    char *tmp_path;
+    uint64_t size;
+    uint32_t crc;               /* CRC32 of the whole file */
+} ckpt__staged;
+
+/* Creates a temporary file in path's directory (O_EXCL, mode 0666 & ~umask). */
+ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err);
+/* Writes everything (retrying short writes and EINTR); errors name the
+ * target. Every byte of the file passes here (size and CRC are kept). */
+ckpt_status ckpt__out_write(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
+/* The same without touching o->crc: the caller sets it to the CRC over
+ * these bytes (computed elsewhere, after the old value) before any other
+ * write. */
+ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckpt_error *err);
+/* Puts n bytes into the file as ckpt__out_write(o, p, n) would (size and
+ * CRC kept the same), reading them from src_fd at src_off (an input file
+ * whose map holds them at p) through a small buffer; src_fd < 0, or a read
+ * that fails, writes from p. *crc (may be NULL) is extended over the n
+ * bytes. */
+ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
+                           uint32_t *crc, ckpt_error *err);
+/* One pread of up to want bytes at off into buf for a copy to o: *got
+ * bytes (0 after a read error: the caller takes the rest from the map);
+ * an input that ends early (it shrank) is CKPT_ERR_IO. */
+ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+                                 size_t want, size_t *got, ckpt_error *err);
+/* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
+ * the directory. On failure the temporary is removed. With CKPT__OUT_STAGE
+ * it stops after the close: see ckpt__out_stage. */
+ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err);
+/* After a commit with CKPT__OUT_STAGE: moves the finished temporary into
+ * *stage (o keeps nothing). */
+void ckpt__out_stage(ckpt__out *o, ckpt__staged *stage);
+/* Closes and removes the temporary; safe after a failed commit and twice. */
+void ckpt__out_abort(ckpt__out *o);
+
+/* Renames a staged file over its target (no directory sync: the caller
+ * syncs the directory once for all its renames). */
+ckpt_status ckpt__staged_publish(ckpt__staged *stage, ckpt_error *err);
+/* Removes a staged temporary that will not be published; frees *stage. */
+void ckpt__staged_discard(ckpt__staged *stage);
+/* fsync of the directory holding path, so renames in it are durable. */
+ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err);
+
+#endif /* CKPT_BASE_H */

@@ -1,0 +1,158 @@
+/*
+ * error.c - result codes, detailed errors, version.
+ */
+#include "base.h"
+
+#include <stdio.h>
+
+const char *ckpt_version(void) { return CKPT_VERSION_STRING; }
+
+const char *ckpt_status_name(ckpt_status status)
+{
+    switch (status) {
+    case CKPT_OK: return "CKPT_OK";
+    case CKPT_ERR_IO: return "CKPT_ERR_IO";
+    case CKPT_ERR_NOMEM: return "CKPT_ERR_NOMEM";
+    case CKPT_ERR_FORMAT: return "CKPT_ERR_FORMAT";
+    case CKPT_ERR_UNSUPPORTED: return "CKPT_ERR_UNSUPPORTED";
+    case CKPT_ERR_UNSAFE: return "CKPT_ERR_UNSAFE";
+    case CKPT_ERR_LIMIT: return "CKPT_ERR_LIMIT";
+    case CKPT_ERR_CORRUPT: return "CKPT_ERR_CORRUPT";
+    case CKPT_ERR_NOT_FOUND: return "CKPT_ERR_NOT_FOUND";
+    case CKPT_ERR_INVALID_ARG: return "CKPT_ERR_INVALID_ARG";
+    case CKPT_ERR_TYPE: return "CKPT_ERR_TYPE";
+    case CKPT_ERR_BUSY: return "CKPT_ERR_BUSY";
+    case CKPT_ERR_MISMATCH: return "CKPT_ERR_MISMATCH";
+    }
+    return "CKPT_ERR_UNKNOWN";
+}
+
+ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
+                       uint64_t offset, const char *fmt, ...)
+{
+    if (!err)
+        return status;
+    err->status = status;
+    err->offset = offset;
+    err->file_offset = CKPT_NO_OFFSET;
+    snprintf(err->record, sizeof(err->record), "%s", record ? record : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void ckpt__error_set_file_base(ckpt_error *err, uint64_t base)
+{
+    if (!err || err->offset == CKPT_NO_OFFSET || base == CKPT_NO_OFFSET)
+        return;
+    uint64_t abs;
+    if (ckpt__add_u64(base, err->offset, &abs))
+        err->file_offset = abs;
+}
+
+void ckpt__error_prefix_record(ckpt_error *err, const char *prefix)
+{
+    if (!err || !prefix)
+        return;
+    char rec[sizeof(err->record)];
+    size_t cap = sizeof(rec) - 1, n = 0;
+    const char *parts[3] = {prefix, err->record[0] ? ": " : "", err->record};
+    for (const char **p = parts; p < parts + 3; p++) {
+        size_t len = strlen(*p);
+        if (len > cap - n)
+            len = cap - n;
+        memcpy(rec + n, *p, len);
+        n += len;
+    }
+    rec[n] = 0;
+    memcpy(err->record, rec, n + 1);
+}
+
+const char *ckpt_error_format(const ckpt_error *err, char *buf, size_t size)
+{
+    if (!buf || size == 0)
+        return buf;
+    if (!err) {
+        snprintf(buf, size, "no error");
+        return buf;
+    }
+    const char *msg = err->message[0] ? err->message : ckpt_status_name(err->status);
+    if (err->record[0] && err->offset != CKPT_NO_OFFSET)
+        snprintf(buf, size, "%s at byte %llu: %s", err->record,
+                 (unsigned long long)err->offset, msg);
+    else if (err->record[0])
+        snprintf(buf, size, "%s: %s", err->record, msg);
+    else if (err->offset != CKPT_NO_OFFSET)
+        snprintf(buf, size, "at byte %llu: %s", (unsigned long long)err->offset, msg);
+    else
+        snprintf(buf, size, "%s", msg);
+    return buf;
+}
+
+void ckpt_limits_default(ckpt_limits *limits)
+{
+    if (!limits)
+        return;
+    memset(limits, 0, sizeof(*limits));
+    limits->struct_size = sizeof(*limits);
+    limits->max_pickle_bytes = 1ull << 30;
+    limits->max_stack_depth = 1000000;
+    limits->max_memo_entries = 1000000;
+    limits->max_container_len = 100000000;
+    limits->max_value_bytes = 1ull << 30;
+    limits->max_nesting = 1000;
+    limits->max_ndim = 64;
+    limits->max_zip_entries = 1000000;
+    limits->max_inflated_bytes = 4ull << 30;
+    limits->max_inflate_ratio = 1000;
+    limits->max_header_bytes = 100000000;
+    limits->max_total_inflated_bytes = 4ull << 30;
+    limits->max_output_ratio = 64;
+    limits->max_tensor_paths = 250000;
+    limits->max_tensor_name_bytes = 64ull << 20;
+}
+
+void ckpt_open_options_default(ckpt_open_options *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->struct_size = sizeof(*opts);
+    ckpt_limits_default(&opts->limits);
+}
+
+void ckpt_save_options_default(ckpt_save_options *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->struct_size = sizeof(*opts);
+}
+
+void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src)
+{
+    /* as ckpt__limits_apply: fields an older caller does not know keep
+     * their defaults */
+    ckpt_save_options_default(dst);
+    size_t n = src ? src->struct_size : 0;
+    if (n > sizeof(*dst))
+        n = sizeof(*dst);
+    if (n)
+        memcpy(dst, src, n);
+    dst->struct_size = sizeof(*dst);
+}
+
+void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src)
+{
+    /* A caller built against an older header sets fewer limits: the fields
+     * it does not know keep their defaults. struct_size 0: all defaults. */
+    size_t n = src ? src->struct_size : 0;
+    if (n > sizeof(ckpt_limits))
+        n = sizeof(ckpt_limits);
+    if (n == 0)
+        return;
+    memcpy(dst, src, n);
+    dst->struct_size = sizeof(ckpt_limits);
+}

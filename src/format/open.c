@@ -1,0 +1,230 @@
+/*
+ * open.c - opening a checkpoint: mapping and format detection, then the
+ * reader of the format fills the handle (core/file.c).
+ */
+#include "format.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Files from this size on keep their descriptor open (see ckpt_open). */
+#define KEEP_FD_MIN ((uint64_t)16 << 20)
+
+const char *ckpt_format_name(ckpt_format format)
+{
+    switch (format) {
+    case CKPT_FORMAT_TORCH_ZIP: return "torch-zip";
+    case CKPT_FORMAT_TORCH_LEGACY: return "torch-legacy";
+    case CKPT_FORMAT_SAFETENSORS: return "safetensors";
+    case CKPT_FORMAT_PICKLE: return "pickle";
+    case CKPT_FORMAT_SHARDED: return "sharded";
+    case CKPT_FORMAT_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+/* ---- format detection -------------------------------------------------- */
+
+/* A file ckpt reads its own way (safetensors, an index) that torch.load
+ * reads as a pickle from byte 0 (neither zip nor tar): refused when that
+ * pickle names a global or is the legacy magic number, since ckpt would
+ * show one thing and torch load another. */
+static ckpt_status pickle_at_zero_too(const ckpt_file *f, const char *as, ckpt_error *err)
+{
+    if (f->opts.flags & CKPT__OPEN_NO_PICKLE_AT_ZERO)
+        return CKPT_OK;
+    ckpt__byte0 b;
+    ckpt__pickle_at_zero(f->map, f->map_size, &f->opts.limits, &b);
+    if (!b.matters)
+        return CKPT_OK;
+    if (b.magic)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, "", b.offset,
+                          "ambiguous file: ckpt reads it as %s, torch.load as a legacy torch "
+                          "file (its bytes from byte 0 are a pickle of the legacy magic number, "
+                          "which ends here)",
+                          as);
+    return ckpt__fail(err, CKPT_ERR_FORMAT, "", b.offset,
+                      "ambiguous file: ckpt reads it as %s, torch.load as a pickle from byte 0, "
+                      "which names the global '%s' here",
+                      as, b.global);
+}
+
+/* torch.load's order: a zip by its magic, a tar archive as Python's
+ * tarfile takes it, then a pickle from byte 0. ckpt's other formats come
+ * after tar, each checked for what torch's pickle reading makes of it. */
+static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
+{
+    const uint8_t *p = f->map;
+    uint64_t n = f->map_size;
+    if (n == 0)
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "empty file: not a checkpoint");
+    if (ckpt__zip_detect(p, n)) {
+        f->format = CKPT_FORMAT_TORCH_ZIP;
+        return ckpt__open_torch_zip(f, err);
+    }
+    switch (ckpt__tar_detect(p, n)) {
+    case CKPT__TAR_BLOCK_HEADER:
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "torch.load reads this file as a pre-0.4 tar archive (its first 512 "
+                          "bytes are a valid tar header); reading that format is not supported");
+    case CKPT__TAR_BLOCK_ZERO:
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "torch.load reads this file as an empty pre-0.4 tar archive (its first "
+                          "512 bytes are zero): not a checkpoint");
+    case CKPT__TAR_BLOCK_INVALID:
+        break;
+    }
+    if (ckpt__pytorch1_detect(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "PyTorch 1.0-preview format (PYTORCH1) is not supported; "
+                          "re-save it with a current torch.save");
+    if (ckpt__safetensors_detect(p, n)) {
+        CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "safetensors", err));
+        f->format = CKPT_FORMAT_SAFETENSORS;
+        return ckpt__open_safetensors(f, err);
+    }
+    if (ckpt__sharded_detect(p, n)) {
+        CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "a sharded index", err));
+        f->format = CKPT_FORMAT_SHARDED;
+        /* an index names checkpoint files: one that names an index would
+         * recurse (an index naming itself, forever) */
+        if (f->is_shard)
+            return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+                              "a shard is itself a sharded index (a shard must be a "
+                              "checkpoint file)");
+        return ckpt__open_sharded(f, err);
+    }
+    /* their magics start with an opcode: told apart before the pickle */
+    if (ckpt__npy_detect(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                          "not a checkpoint: unknown format (a numpy array file, .npy)");
+    if (ckpt__png_detect(p, n))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "not a checkpoint: a PNG image");
+    if (ckpt__pickle_detect(p, n)) {
+        /* A pickle: legacy torch file when its first pickle is the magic number. */
+        return ckpt__open_torch_legacy(f, err);
+    }
+    return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
+                      "not a checkpoint: unknown format (first byte 0x%02x)", p[0]);
+}
+
+/* ---- open -------------------------------------------------------------- */
+
+static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt_error *err)
+{
+    ckpt_open_options_default(&f->opts);
+    if (opts) {
+        f->opts.flags = opts->flags;
+        ckpt__limits_apply(&f->opts.limits, &opts->limits);
+    }
+    f->pickle_protocol = -1;
+    ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
+    CKPT_RETURN_IF_ERROR(detect_and_open(f, err));
+    f->content_bytes = ckpt__file_content(f);
+    CKPT_RETURN_IF_ERROR(ckpt__file_collect_tensors(f, err));
+    if (f->opts.flags & CKPT_OPEN_VERIFY_CRC)
+        CKPT_RETURN_IF_ERROR(ckpt_file_verify(f, err));
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_options *opts,
+                             ckpt_file **out, ckpt_error *err)
+{
+    if (!out || (!data && size))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    *out = NULL;
+    ckpt_file *f = calloc(1, sizeof(*f));
+    if (!f)
+        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    f->map = data;
+    f->map_size = size;
+    ckpt_status st = open_common(f, opts, err);
+    if (st != CKPT_OK) {
+        ckpt_close(f);
+        return st;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
+                          const ckpt_open_options *opts, bool shard, ckpt_file **out,
+                          ckpt_error *err)
+{
+    *out = NULL;
+    ckpt_status st = CKPT_OK;
+    ckpt_file *f = NULL;
+    if (S_ISDIR(sb->st_mode)) {
+        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "is a directory");
+        goto out;
+    }
+    if (!S_ISREG(sb->st_mode)) {
+        st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                        "not a regular file (checkpoints are mapped from files)");
+        goto out;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        goto out;
+    }
+    f->path = path;
+    f->dev = (uint64_t)sb->st_dev;
+    f->ino = (uint64_t)sb->st_ino;
+    f->is_shard = shard;
+    if (sb->st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb->st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot map: %s",
+                            strerror(errno));
+            goto out;
+        }
+        f->map = m;
+        f->map_size = (uint64_t)sb->st_size;
+        f->mapped = true;
+    }
+    /* Kept so that writers read bytes that pass through unchanged with
+     * pread (ckpt__out_copy). Only for files big enough for that to pay: a
+     * program holding many small checkpoints open holds no descriptors. */
+    if ((uint64_t)sb->st_size >= KEEP_FD_MIN) {
+        f->fd = fd;
+        f->has_fd = true;
+        fd = -1;
+    }
+    st = open_common(f, opts, err);
+    f->path = NULL; /* the caller's string: not kept past open */
+out:
+    if (fd >= 0)
+        close(fd);
+    if (st != CKPT_OK) {
+        ckpt_close(f);
+        return st;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file **out,
+                      ckpt_error *err)
+{
+    if (!out || !path)
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+    *out = NULL;
+    /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        ckpt_status st = ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot stat: %s",
+                                    strerror(errno));
+        close(fd);
+        return st;
+    }
+    return ckpt__open_fd(fd, &sb, path, opts, false, out, err);
+}
