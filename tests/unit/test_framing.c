@@ -392,7 +392,7 @@ static void test_legacy_frame_breaks(void **state)
             assert_int_equal(body[1], 'X');
             op = at + 9 + 1;
             uint64_t len = 1 + 1 + 2;
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(len >> (8 * i));
         } else if (cases[c].kind == 1) {
             /* end it in the middle of "torch._utils\n" */
@@ -400,7 +400,7 @@ static void test_legacy_frame_breaks(void **state)
             assert_non_null(g);
             op = (uint64_t)(g - f.p);
             uint64_t len = op + 4 - (at + 9);
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(len >> (8 * i));
         } else if (cases[c].kind == 2) {
             /* an empty FRAME right after the body's first opcode, inside the
@@ -417,7 +417,7 @@ static void test_legacy_frame_breaks(void **state)
             f = g;
         } else {
             op = at;
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(((uint64_t)f.len) >> (8 * i));
         }
         ckpt_error err;

@@ -288,7 +288,8 @@ static void fill_samples(void)
 {
     uint32_t x = 12345;
     for (size_t i = 0; i < sizeof pickle_bytes; i++)
-        pickle_bytes[i] = (uint8_t)("\x80\x02}q\x00(X\x06\x00\x00\x00weightq"[i % 19] + i / 19);
+        pickle_bytes[i] =
+            (uint8_t)((unsigned char)"\x80\x02}q\x00(X\x06\x00\x00\x00weightq"[i % 19] + i / 19);
     for (size_t i = 0; i < sizeof tensor_bytes; i++) {
         x = x * 1103515245u + 12345u;
         tensor_bytes[i] = (uint8_t)(x >> 16);
