@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,39 +27,6 @@
 #include <string.h>
 
 /* ---- pickles --------------------------------------------------------------- */
-
-static void pk_unicode(buf *b, const char *s)
-{
-    b_u8(b, 'X');
-    b_le(b, strlen(s), 4);
-    b_str(b, s);
-}
-
-static void pk_global(buf *b, const char *module, const char *name)
-{
-    b_u8(b, 'c');
-    b_str(b, module);
-    b_u8(b, '\n');
-    b_str(b, name);
-    b_u8(b, '\n');
-}
-
-static void pk_int(buf *b, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        b_u8(b, 'K');
-        b_u8(b, (unsigned)v);
-    } else {
-        b_u8(b, 'J');
-        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
-    }
-}
-
-static void frame_op(buf *b, uint64_t n)
-{
-    b_u8(b, 0x95);
-    b_le(b, n, 8);
-}
 
 /* posix.system('true') called by REDUCE: the payload, only ever scanned */
 static const char PAYLOAD[] = "\x80\x02" "cposix\nsystem\nX\x04\x00\x00\x00true\x85R.";
@@ -188,7 +155,7 @@ static legacy_built legacy_framed(int framed, bool past_stop)
         b_str(f, "\x80\x02");
         if (i == framed) {
             uint64_t pickle_start = f->len - 2;
-            frame_op(f, bodies[i].len + (past_stop ? rest.len : 0));
+            pk_frame(f, bodies[i].len + (past_stop ? rest.len : 0));
             b_put(f, bodies[i].p, bodies[i].len);
             L.stop = f->len - 1;
             L.stop_in = L.stop - pickle_start;
@@ -335,7 +302,7 @@ static void test_legacy_payload_before_frame_end(void **state)
     buf f = {0};
     buf magic = body_magic();
     b_str(&f, "\x80\x02");
-    frame_op(&f, magic.len + PAYLOAD_LEN);
+    pk_frame(&f, magic.len + PAYLOAD_LEN);
     b_put(&f, magic.p, magic.len);
     uint64_t hidden = f.len;
     b_put(&f, PAYLOAD, PAYLOAD_LEN);
@@ -407,10 +374,10 @@ static void test_legacy_frame_breaks(void **state)
              * frame that holds the body */
             buf g = {0};
             b_put(&g, f.p, at);
-            frame_op(&g, obj.len + 9);
+            pk_frame(&g, obj.len + 9);
             b_u8(&g, '}');
             op = g.len;
-            frame_op(&g, 0);
+            pk_frame(&g, 0);
             b_put(&g, obj.p + 1, obj.len - 1);
             b_put(&g, f.p + at + 9 + obj.len, f.len - (at + 9 + obj.len));
             b_free(&f);
@@ -451,7 +418,7 @@ static buf plain_framed(uint64_t extra, const char *after, size_t after_len)
 {
     buf b = {0};
     b_str(&b, "\x80\x04");
-    frame_op(&b, 5 + extra);
+    pk_frame(&b, 5 + extra);
     b_str(&b, "]K\x01" "a.");
     b_put(&b, after, after_len);
     return b;
@@ -511,7 +478,7 @@ static void test_plain_pickle(void **state)
      * runs it */
     buf q = {0};
     b_str(&q, "\x80\x04");
-    frame_op(&q, 1000);
+    pk_frame(&q, 1000);
     b_put(&q, PAYLOAD + 2, PAYLOAD_LEN - 2);
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 2);
@@ -526,7 +493,7 @@ static void test_plain_pickle(void **state)
 
     /* the GLOBAL's text line across the frame's end: the scan names it */
     b_str(&q, "\x80\x04");
-    frame_op(&q, 5);
+    pk_frame(&q, 5);
     b_put(&q, PAYLOAD + 2, PAYLOAD_LEN - 2);
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 11);
@@ -539,76 +506,19 @@ static void test_plain_pickle(void **state)
 }
 
 /* archive/data.pkl, archive/version; stored, no alignment. */
-static buf torch_zip(const buf *pkl)
+static buf unaligned_zip(const buf *pkl)
 {
-    static const char version[] = "3\n";
-    const struct {
-        const char *name;
-        const uint8_t *p;
-        size_t n;
-    } recs[2] = {{"archive/data.pkl", pkl->p, pkl->len},
-                 {"archive/version", (const uint8_t *)version, 2}};
-    buf b = {0};
-    uint64_t at[2];
-    uint32_t crc[2];
-    for (int i = 0; i < 2; i++) {
-        uint32_t c = 0xFFFFFFFFu;
-        for (size_t k = 0; k < recs[i].n; k++) {
-            c ^= recs[i].p[k];
-            for (int j = 0; j < 8; j++)
-                c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-        }
-        crc[i] = ~c;
-        at[i] = b.len;
-        b_le(&b, 0x04034b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc[i], 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_str(&b, recs[i].name);
-        b_put(&b, recs[i].p, recs[i].n);
-    }
-    uint64_t cd = b.len;
-    for (int i = 0; i < 2; i++) {
-        b_le(&b, 0x02014b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc[i], 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, at[i], 4);
-        b_str(&b, recs[i].name);
-    }
-    uint64_t cd_size = b.len - cd;
-    b_le(&b, 0x06054b50u, 4);
-    b_le(&b, 0, 4);
-    b_le(&b, 2, 2);
-    b_le(&b, 2, 2);
-    b_le(&b, cd_size, 4);
-    b_le(&b, cd, 4);
-    b_le(&b, 0, 2);
-    return b;
+    const zrec recs[2] = {zr_stored("archive/data.pkl", pkl->p, pkl->len),
+                          zr_stored("archive/version", "3\n", 2)};
+    const zend plain = {.unaligned = true};
+    return zip_build(recs, 2, &plain).file;
 }
 
 static void test_zip_data_pkl(void **state)
 {
     (void)state;
     buf ok = plain_framed(0, "", 0);
-    buf z = torch_zip(&ok);
+    buf z = unaligned_zip(&ok);
     ckpt_error err;
     assert_int_equal(open_status(&z, &err), CKPT_OK);
     ckpt_scan *sc = scan(&z);
@@ -618,7 +528,7 @@ static void test_zip_data_pkl(void **state)
     b_free(&ok);
 
     buf p = plain_framed(PAYLOAD_LEN, PAYLOAD, PAYLOAD_LEN);
-    z = torch_zip(&p);
+    z = unaligned_zip(&p);
     assert_int_equal(open_status(&z, &err), CKPT_ERR_FORMAT);
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 15);
@@ -642,7 +552,7 @@ static void test_zip_data_pkl(void **state)
     /* the payload after the frame: pickle.load twice on the record runs it */
     p = plain_framed(2, "N.", 2);
     b_put(&p, PAYLOAD, PAYLOAD_LEN);
-    z = torch_zip(&p);
+    z = unaligned_zip(&p);
     sc = scan(&z);
     g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
@@ -658,9 +568,9 @@ static void test_zip_data_pkl(void **state)
     /* an argument across the frame's end in data.pkl */
     buf q = {0};
     b_str(&q, "\x80\x04");
-    frame_op(&q, 2);
+    pk_frame(&q, 2);
     b_str(&q, "M\x01\x00.");
-    z = torch_zip(&q);
+    z = unaligned_zip(&q);
     assert_int_equal(open_status(&z, &err), CKPT_ERR_FORMAT);
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 11);

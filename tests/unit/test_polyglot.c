@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "testbuf.h"
+#include "support.h"
 
 #define P(s) (const uint8_t *)(s), sizeof(s) - 1
 
