@@ -492,21 +492,6 @@ static sample SAMPLES[] = {
 };
 #define SAMPLE_COUNT (sizeof(SAMPLES) / sizeof(SAMPLES[0]))
 
-static uint8_t *read_path(const char *path, size_t *size)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    buf b = {0};
-    uint8_t tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
-        b_put(&b, tmp, n);
-    fclose(fp);
-    *size = b.len;
-    return b.p ? b.p : calloc(1, 1);
-}
-
 /* Loads a sample in the parent; skips the test when its root is not set. */
 static const sample *need_sample(size_t i)
 {
@@ -521,7 +506,7 @@ static const sample *need_sample(size_t i)
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s%s", root, s->from_source ? "fuzz/corpus/fuzz_file/" : "",
              s->path);
-    s->data = read_path(path, &s->size);
+    s->data = read_file(path, &s->size);
     if (!s->data) {
         print_message("%s is missing: skipped\n", path);
         skip();
