@@ -187,29 +187,6 @@ static ckpt_status open_status(const buf *b, ckpt_error *err)
     return st;
 }
 
-static ckpt_scan *scan(const buf *b)
-{
-    ckpt_scan *sc = NULL;
-    ckpt_error err;
-    assert_int_equal(ckpt_scan_memory(b->p, b->len, NULL, &sc, &err), CKPT_OK);
-    assert_non_null(sc);
-    return sc;
-}
-
-/* The first finding of a kind whose global (when given) and message (when
- * given) match. */
-static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global,
-                                     const char *text)
-{
-    for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
-        const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
-        if (f->kind == kind && (!global || (f->global && strcmp(f->global, global) == 0)) &&
-            (!text || strstr(f->message, text)))
-            return f;
-    }
-    return NULL;
-}
-
 static void dump(const ckpt_scan *sc)
 {
     for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
@@ -232,7 +209,7 @@ static void test_legacy_twins_are_clean(void **state)
         if (st != CKPT_OK)
             print_error("pickle %d framed: %s\n", i, err.message);
         assert_int_equal(st, CKPT_OK);
-        ckpt_scan *sc = scan(&L.file);
+        ckpt_scan *sc = scan_buf(&L.file);
         if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE)
             dump(sc);
         assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
@@ -258,9 +235,9 @@ static void test_legacy_frame_past_stop(void **state)
         assert_non_null(strstr(err.message, "past STOP"));
 
         /* the scan: the frame, and what torch reads after it */
-        ckpt_scan *sc = scan(&L.file);
+        ckpt_scan *sc = scan_buf(&L.file);
         assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+        const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
         if (!f)
             dump(sc);
         assert_non_null(f);
@@ -273,7 +250,7 @@ static void test_legacy_frame_past_stop(void **state)
         assert_non_null(strstr(f->message, to));
         if (i < 4) {
             /* torch unpickles the payload as its next pickle */
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+            const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
             if (!g)
                 dump(sc);
             assert_non_null(g);
@@ -285,7 +262,8 @@ static void test_legacy_frame_past_stop(void **state)
         }
         if (i < 4) {
             /* the decoy's pickles between STOP and the frame's end */
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP");
+            const ckpt_scan_finding *x =
+                scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP");
             assert_non_null(x);
             assert_int_equal(x->file_offset, L.stop + 1);
         }
@@ -312,14 +290,14 @@ static void test_legacy_payload_before_frame_end(void **state)
     ckpt_error err;
     assert_int_equal(open_status(&f, &err), CKPT_ERR_FORMAT);
     assert_non_null(strstr(err.message, "past STOP"));
-    ckpt_scan *sc = scan(&f);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    ckpt_scan *sc = scan_buf(&f);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, hidden + PAYLOAD_GLOBAL_AT);
     assert_non_null(strstr(g->record, "after STOP, inside the frame"));
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP"));
     ckpt_scan_free(sc);
     b_free(&f);
     b_free(&magic);
@@ -395,8 +373,8 @@ static void test_legacy_frame_breaks(void **state)
         assert_non_null(strstr(err.message, cases[c].message));
         assert_int_equal(err.file_offset, op);
         assert_int_equal(err.offset, op - obj_at);
-        ckpt_scan *sc = scan(&f);
-        const ckpt_scan_finding *b = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, cases[c].message);
+        ckpt_scan *sc = scan_buf(&f);
+        const ckpt_scan_finding *b = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, cases[c].message);
         if (!b)
             dump(sc);
         assert_non_null(b);
@@ -431,7 +409,7 @@ static void test_plain_pickle(void **state)
     buf ok = plain_framed(0, "", 0);
     ckpt_error err;
     assert_int_equal(open_status(&ok, &err), CKPT_OK);
-    ckpt_scan *sc = scan(&ok);
+    ckpt_scan *sc = scan_buf(&ok);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
     ckpt_scan_free(sc);
     b_free(&ok);
@@ -445,29 +423,30 @@ static void test_plain_pickle(void **state)
     assert_string_equal(err.record, "pickle");
     assert_int_equal(err.offset, 15);
     assert_non_null(strstr(err.message, "the frame runs 4 bytes past STOP (to byte 20)"));
-    sc = scan(&p);
+    sc = scan_buf(&p);
     assert_string_equal(ckpt_scan_format(sc), "pickle");
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_int_equal(f->offset, 15);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, frame_end + PAYLOAD_GLOBAL_AT);
     assert_string_equal(g->record, "pickle 2");
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame");
+    const ckpt_scan_finding *x =
+        scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame");
     assert_non_null(x);
     assert_int_equal(x->file_offset, frame_end);
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&p);
 
     /* the payload in the frame after STOP, nothing after it */
     p = plain_framed(PAYLOAD_LEN, PAYLOAD, PAYLOAD_LEN);
     assert_int_equal(open_status(&p, &err), CKPT_ERR_FORMAT);
-    sc = scan(&p);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    sc = scan_buf(&p);
+    g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_int_equal(g->file_offset, 16 + PAYLOAD_GLOBAL_AT);
     ckpt_scan_free(sc);
@@ -483,9 +462,9 @@ static void test_plain_pickle(void **state)
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 2);
     assert_non_null(strstr(err.message, "the frame of 1000 bytes runs past the end of the data"));
-    sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "runs past the end of the data");
+    sc = scan_buf(&q);
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
+    f = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "runs past the end of the data");
     assert_non_null(f);
     assert_int_equal(f->offset, 2);
     ckpt_scan_free(sc);
@@ -498,9 +477,9 @@ static void test_plain_pickle(void **state)
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 11);
     assert_non_null(strstr(err.message, "GLOBAL: the text argument has no newline in the 4 bytes"));
-    sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    assert_non_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
+    sc = scan_buf(&q);
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
     ckpt_scan_free(sc);
     b_free(&q);
 }
@@ -521,7 +500,7 @@ static void test_zip_data_pkl(void **state)
     buf z = unaligned_zip(&ok);
     ckpt_error err;
     assert_int_equal(open_status(&z, &err), CKPT_OK);
-    ckpt_scan *sc = scan(&z);
+    ckpt_scan *sc = scan_buf(&z);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
     ckpt_scan_free(sc);
     b_free(&z);
@@ -533,13 +512,13 @@ static void test_zip_data_pkl(void **state)
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 15);
     assert_non_null(strstr(err.message, "past STOP"));
-    sc = scan(&z);
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    sc = scan_buf(&z);
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_string_equal(f->record, "archive/data.pkl");
     assert_int_equal(f->offset, 15);
     /* the payload between STOP and the frame's end */
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -553,14 +532,14 @@ static void test_zip_data_pkl(void **state)
     p = plain_framed(2, "N.", 2);
     b_put(&p, PAYLOAD, PAYLOAD_LEN);
     z = unaligned_zip(&p);
-    sc = scan(&z);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    sc = scan_buf(&z);
+    g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_string_equal(g->record, "archive/data.pkl: pickle 2");
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&p);
@@ -574,8 +553,8 @@ static void test_zip_data_pkl(void **state)
     assert_int_equal(open_status(&z, &err), CKPT_ERR_FORMAT);
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 11);
-    sc = scan(&z);
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
+    sc = scan_buf(&z);
+    f = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
     assert_non_null(f);
     assert_int_equal(f->offset, 11);
     ckpt_scan_free(sc);
@@ -620,12 +599,13 @@ static void test_legacy_sys_info_byte_order(void **state)
         assert_true(v[0] == 1.0f && v[1] == 2.0f);
         ckpt_close(cf);
 
-        ckpt_scan *sc = scan(&f);
+        ckpt_scan *sc = scan_buf(&f);
         if (little) {
             assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
         } else {
             assert_int_equal(ckpt_scan_finding_count(sc), 1);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
+            const ckpt_scan_finding *x =
+                scan_find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
             assert_non_null(x);
             assert_string_equal(x->record, "legacy sys_info");
             assert_int_equal(x->file_offset, sys_info_at);

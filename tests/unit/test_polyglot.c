@@ -537,14 +537,6 @@ static void test_pickle_at_zero(void **state)
 
 /* ---- the scanner ---------------------------------------------------------- */
 
-static ckpt_scan *scan_buf(const buf *b)
-{
-    ckpt_scan *sc = NULL;
-    ckpt_error err;
-    assert_int_equal(ckpt_scan_memory(b->p, b->len, NULL, &sc, &err), CKPT_OK);
-    return sc;
-}
-
 static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global,
                                      const char *text)
 {

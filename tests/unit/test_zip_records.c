@@ -114,25 +114,6 @@ static buf torch_zip_with(const char *name, const uint8_t *data, size_t size, bo
     return b;
 }
 
-static ckpt_scan *scan(const buf *b)
-{
-    ckpt_scan *sc = NULL;
-    ckpt_error err;
-    assert_int_equal(ckpt_scan_memory(b->p, b->len, NULL, &sc, &err), CKPT_OK);
-    assert_non_null(sc);
-    return sc;
-}
-
-static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global)
-{
-    for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
-        const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
-        if (f->kind == kind && (!global || (f->global && strcmp(f->global, global) == 0)))
-            return f;
-    }
-    return NULL;
-}
-
 static void dump(const ckpt_scan *sc)
 {
     for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
@@ -144,7 +125,7 @@ static void dump(const ckpt_scan *sc)
 
 static void expect_safe(const buf *b, const char *what)
 {
-    ckpt_scan *sc = scan(b);
+    ckpt_scan *sc = scan_buf(b);
     if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE) {
         print_error("%s: not safe\n", what);
         dump(sc);
@@ -167,10 +148,10 @@ static void expect_payload(const char *name, const char *payload, size_t len, bo
     uint64_t at = 0;
     buf b = torch_zip_with(name, (const uint8_t *)payload, len, deflate, &at);
     print_message("  %s%s\n", name, deflate ? " (deflated)" : "");
-    ckpt_scan *sc = scan(&b);
+    ckpt_scan *sc = scan_buf(&b);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!x || !g)
         dump(sc);
     assert_non_null(x);
@@ -215,8 +196,8 @@ static void test_pickles_in_text_records(void **state)
     b_fill(&big, ' ', 5000);
     uint64_t at = 0;
     buf b = torch_zip_with("archive/.data/serialization_id", big.p, big.len, false, &at);
-    ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    ckpt_scan *sc = scan_buf(&b);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -247,9 +228,9 @@ static void test_pickles_in_storage_records(void **state)
             };
             uint64_t where[3];
             buf b = zip_of(recs, 3, where);
-            ckpt_scan *sc = scan(&b);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+            ckpt_scan *sc = scan_buf(&b);
+            const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+            const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
             if (!x || !g)
                 dump(sc);
             assert_non_null(x);
@@ -261,7 +242,7 @@ static void test_pickles_in_storage_records(void **state)
             assert_int_equal(g->offset, off);
             assert_int_equal(g->file_offset, deflate ? CKPT_NO_OFFSET : where[1] + off);
             /* the bytes after STOP are the tensor's: reported as such */
-            assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL));
+            assert_non_null(scan_find(sc, CKPT_SCAN_TRAILING_DATA, NULL, NULL));
             ckpt_scan_free(sc);
             /* the reader reads it as the tensor it is */
             ckpt_file *f = NULL;
@@ -300,9 +281,9 @@ static void test_pickle_after_data_pkl(void **state)
     uint64_t stop = pkl.len;
     b_put(&pkl, PAYLOAD, PAYLOAD_LEN);
     buf b = torch_zip_with("archive/data.pkl", pkl.p, pkl.len, false, NULL);
-    ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    ckpt_scan *sc = scan_buf(&b);
+    const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!x || !g)
         dump(sc);
     assert_non_null(x);

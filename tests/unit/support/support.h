@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <ckpt.h>
+
 /* ---- byte buffer ------------------------------------------------------------ */
 
 typedef struct buf {
@@ -134,5 +136,14 @@ typedef struct child_end {
  * True when it ended so and all of result came back. */
 bool child_run(void (*fn)(const void *arg, void *result), const void *arg, void *result,
                size_t size, double seconds, child_end *end);
+
+/* ---- the scanner ----------------------------------------------------------------- */
+
+/* Scans b, which must succeed. */
+ckpt_scan *scan_buf(const buf *b);
+/* The first finding of a kind whose global (when given) and message (when
+ * given text) match. */
+const ckpt_scan_finding *scan_find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global,
+                                   const char *text);
 
 #endif /* CKPT_TEST_SUPPORT_H */
