@@ -412,8 +412,8 @@ static void progress_bar(void *user, uint64_t done, uint64_t total)
     for (int i = 0; i < 40; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[40] = 0;
-    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB", bar, pct, done / 1048576.0,
-            total / 1048576.0);
+    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB", bar, pct, (double)done / 1048576.0,
+            (double)total / 1048576.0);
     if (done >= total)
         fputc('\n', stderr);
     fflush(stderr);

@@ -30,7 +30,7 @@ void ckpt_close(ckpt_file *f)
     ckpt__zip_close(&f->zip);
     ckpt__arena_free(&f->arena);
     if (f->mapped && f->map_size)
-        munmap((void *)f->map, f->map_size);
+        munmap((void *)(uintptr_t)f->map, f->map_size);
     if (f->has_fd)
         close(f->fd);
     free(f);

@@ -49,7 +49,11 @@ void ckpt__tree_fail(ckpt_tree *tree, const ckpt_error *err)
 static ckpt_status tree_fail(ckpt_tree *tree, ckpt_status status, const char *fmt, const char *arg)
 {
     ckpt_error e;
+    /* fmt: one of this file's literals, each with one %s */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
     ckpt__fail(&e, status, "", CKPT_NO_OFFSET, fmt, arg ? arg : "");
+#pragma GCC diagnostic pop
     ckpt__tree_fail(tree, &e);
     return status;
 }

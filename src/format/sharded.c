@@ -239,7 +239,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
         f->metadata = ckpt__value_new(&f->arena, CKPT_DICT);
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)meta, k, v) {
+        json_object_foreach((json_t *)(uintptr_t)meta, k, v) {
             ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_STR, k, strlen(k)), *vv = NULL;
             if (!f->metadata || !kv || metadata_value(f, v, &vv) != CKPT_OK ||
                 !ckpt__dict_set(&f->arena, f->metadata, kv, vv)) {
@@ -262,7 +262,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
     }
     const char *name;
     json_t *shard;
-    json_object_foreach((json_t *)map, name, shard) {
+    json_object_foreach((json_t *)(uintptr_t)map, name, shard) {
         if (!json_is_string(shard) || !shard_name_ok(json_string_value(shard))) {
             st = ckpt__fail(err, CKPT_ERR_FORMAT, INDEX_RECORD, CKPT_NO_OFFSET,
                             "shard of '%s' is not a relative file name inside the index's directory",
@@ -298,7 +298,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
             goto out;
         }
-        tv->u.tensor.t = (ckpt_tensor *)t;
+        tv->u.tensor.t = (ckpt_tensor *)(uintptr_t)t;
         if (!ckpt__dict_set(&f->arena, f->root, kv, tv)) {
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
             goto out;

@@ -151,7 +151,7 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
      * tensors) stays lazy, so opening costs what its metadata costs. */
     if (f->mapped && f->map_size <= DENSE_POPULATE_MAX &&
         f->map_size / f->zip.count <= DENSE_RECORD_BYTES)
-        (void)madvise((void *)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
+        (void)madvise((void *)(uintptr_t)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
 #endif
 
     /* The prefix comes from the first central-directory entry; every entry must share it. */

@@ -477,7 +477,7 @@ static const char **name_index(const ckpt__mlist *l)
     return idx;
 }
 
-static bool find_name(const char **idx, size_t n, const char *name)
+static bool find_name(const char *const *idx, size_t n, const char *name)
 {
     return n && bsearch(&name, idx, n, sizeof(*idx), cmp_name_ptr) != NULL;
 }
@@ -637,7 +637,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         bool ours = strcmp(n, CKPT__LAST_NAME) == 0 || strcmp(n, CKPT__BEST_NAME) == 0 ||
                     ckpt__numbered_step(n) >= 0;
         if (!ours || find_name(known, nknown, n) ||
-            find_name((const char **)mf->removing, mf->removing_count, n))
+            find_name((const char *const *)mf->removing, mf->removing_count, n))
             continue;
         char *path = join(m->dir, n);
         struct stat sb;

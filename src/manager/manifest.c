@@ -28,7 +28,7 @@ void ckpt__mentry_free(ckpt__mentry *e)
     if (!e)
         return;
     for (size_t i = 0; i < e->metric_count; i++)
-        free((char *)e->metrics[i].name);
+        free((void *)(uintptr_t)e->metrics[i].name);
     free(e->metrics);
     free(e->file);
     free(e->ckpt_version);
@@ -152,10 +152,8 @@ int64_t ckpt__numbered_step(const char *name)
 
 /* ---- reading -------------------------------------------------------------- */
 
-static ckpt_status bad(ckpt_error *err, const char *fmt, const char *what)
-{
-    return ckpt__fail(err, CKPT_ERR_FORMAT, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET, fmt, what);
-}
+#define bad(err, fmt, what) \
+    ckpt__fail(err, CKPT_ERR_FORMAT, CKPT__MANIFEST_NAME, CKPT_NO_OFFSET, fmt, what)
 
 /* A plain file name of ours: no directory part, no leading dot. */
 static bool name_ok(const char *s)

@@ -306,10 +306,7 @@ static bool number(const ckpt_value *v, double *out)
     return false;
 }
 
-static ckpt_status load_fail(ckpt_error *err, const char *fmt, const char *what)
-{
-    return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET, fmt, what);
-}
+#define load_fail(err, fmt, what) ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET, fmt, what)
 
 /* Reads a state tensor of parameter p into a fresh float32 array. */
 static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const adamw_param *p,

@@ -1644,7 +1644,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
     size_t nshards = 0;
     const char *key;
     json_t *val;
-    json_object_foreach((json_t *)map, key, val) {
+    json_object_foreach((json_t *)(uintptr_t)map, key, val) {
         const char *shard = json_string_value(val);
         if (!shard) {
             st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "support.h"
+
 static char *g_path;
 
 static const char *corpus(const char *rel)
@@ -30,17 +32,9 @@ static const char *corpus(const char *rel)
 
 static uint8_t *slurp(const char *path, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    uint8_t *buf = malloc((size_t)n);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
+    uint8_t *p = read_file(path, size);
+    assert_non_null(p);
+    return p;
 }
 
 static void test_dtypes(void **state)
@@ -83,11 +77,11 @@ static void test_errors_and_names(void **state)
     ckpt_error err = {.status = CKPT_ERR_FORMAT, .offset = 12};
     snprintf(err.record, sizeof(err.record), "archive/data.pkl");
     snprintf(err.message, sizeof(err.message), "bad opcode");
-    char buf[256];
-    assert_string_equal(ckpt_error_format(&err, buf, sizeof(buf)),
+    char msg[256];
+    assert_string_equal(ckpt_error_format(&err, msg, sizeof(msg)),
                         "archive/data.pkl at byte 12: bad opcode");
     err.offset = CKPT_NO_OFFSET;
-    assert_string_equal(ckpt_error_format(&err, buf, sizeof(buf)), "archive/data.pkl: bad opcode");
+    assert_string_equal(ckpt_error_format(&err, msg, sizeof(msg)), "archive/data.pkl: bad opcode");
 }
 
 static void test_null_safety(void **state)
@@ -210,7 +204,7 @@ static void test_options_and_limits(void **state)
     if (!path)
         skip();
     size_t size;
-    uint8_t *buf = slurp(path, &size);
+    uint8_t *raw = slurp(path, &size);
     ckpt_file *f;
     ckpt_error err;
     ckpt_open_options opts;
@@ -219,28 +213,28 @@ static void test_options_and_limits(void **state)
 
     /* limits are honoured */
     opts.limits.max_ndim = 1;
-    assert_int_equal(ckpt_open_memory(buf, size, &opts, &f, &err), CKPT_ERR_LIMIT);
+    assert_int_equal(ckpt_open_memory(raw, size, &opts, &f, &err), CKPT_ERR_LIMIT);
     ckpt_open_options_default(&opts);
     opts.limits.max_value_bytes = 512;
-    assert_int_equal(ckpt_open_memory(buf, size, &opts, &f, &err), CKPT_ERR_LIMIT);
+    assert_int_equal(ckpt_open_memory(raw, size, &opts, &f, &err), CKPT_ERR_LIMIT);
 
     /* CRC on open: a flipped byte inside a tensor record */
     ckpt_open_options_default(&opts);
     opts.flags = CKPT_OPEN_VERIFY_CRC;
-    assert_int_equal(ckpt_open_memory(buf, size, &opts, &f, &err), CKPT_OK);
+    assert_int_equal(ckpt_open_memory(raw, size, &opts, &f, &err), CKPT_OK);
     const ckpt_tensor *t = ckpt_file_tensor(f, 0, NULL);
     ckpt_tensor_info ti;
     ckpt_tensor_get_info(t, &ti);
     uint64_t at = ti.storage_file_offset;
     ckpt_close(f);
-    buf[at] ^= 0x40;
-    assert_int_equal(ckpt_open_memory(buf, size, NULL, &f, &err), CKPT_OK); /* torch does not check */
+    raw[at] ^= 0x40;
+    assert_int_equal(ckpt_open_memory(raw, size, NULL, &f, &err), CKPT_OK); /* torch does not check */
     assert_int_equal(ckpt_file_verify(f, &err), CKPT_ERR_CORRUPT);
     assert_string_equal(err.record, "checkpoint/data/0");
     ckpt_close(f);
-    assert_int_equal(ckpt_open_memory(buf, size, &opts, &f, &err), CKPT_ERR_CORRUPT);
+    assert_int_equal(ckpt_open_memory(raw, size, &opts, &f, &err), CKPT_ERR_CORRUPT);
     assert_null(f);
-    free(buf);
+    free(raw);
 
     /* a sharded index needs its directory */
     static const char index[] = "{\"weight_map\": {\"a\": \"x.safetensors\"}}";

@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,39 +27,6 @@
 #include <string.h>
 
 /* ---- pickles --------------------------------------------------------------- */
-
-static void pk_unicode(buf *b, const char *s)
-{
-    b_u8(b, 'X');
-    b_le(b, strlen(s), 4);
-    b_str(b, s);
-}
-
-static void pk_global(buf *b, const char *module, const char *name)
-{
-    b_u8(b, 'c');
-    b_str(b, module);
-    b_u8(b, '\n');
-    b_str(b, name);
-    b_u8(b, '\n');
-}
-
-static void pk_int(buf *b, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        b_u8(b, 'K');
-        b_u8(b, (unsigned)v);
-    } else {
-        b_u8(b, 'J');
-        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
-    }
-}
-
-static void frame_op(buf *b, uint64_t n)
-{
-    b_u8(b, 0x95);
-    b_le(b, n, 8);
-}
 
 /* posix.system('true') called by REDUCE: the payload, only ever scanned */
 static const char PAYLOAD[] = "\x80\x02" "cposix\nsystem\nX\x04\x00\x00\x00true\x85R.";
@@ -188,7 +155,7 @@ static legacy_built legacy_framed(int framed, bool past_stop)
         b_str(f, "\x80\x02");
         if (i == framed) {
             uint64_t pickle_start = f->len - 2;
-            frame_op(f, bodies[i].len + (past_stop ? rest.len : 0));
+            pk_frame(f, bodies[i].len + (past_stop ? rest.len : 0));
             b_put(f, bodies[i].p, bodies[i].len);
             L.stop = f->len - 1;
             L.stop_in = L.stop - pickle_start;
@@ -220,29 +187,6 @@ static ckpt_status open_status(const buf *b, ckpt_error *err)
     return st;
 }
 
-static ckpt_scan *scan(const buf *b)
-{
-    ckpt_scan *sc = NULL;
-    ckpt_error err;
-    assert_int_equal(ckpt_scan_memory(b->p, b->len, NULL, &sc, &err), CKPT_OK);
-    assert_non_null(sc);
-    return sc;
-}
-
-/* The first finding of a kind whose global (when given) and message (when
- * given) match. */
-static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global,
-                                     const char *text)
-{
-    for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
-        const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
-        if (f->kind == kind && (!global || (f->global && strcmp(f->global, global) == 0)) &&
-            (!text || strstr(f->message, text)))
-            return f;
-    }
-    return NULL;
-}
-
 static void dump(const ckpt_scan *sc)
 {
     for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
@@ -265,7 +209,7 @@ static void test_legacy_twins_are_clean(void **state)
         if (st != CKPT_OK)
             print_error("pickle %d framed: %s\n", i, err.message);
         assert_int_equal(st, CKPT_OK);
-        ckpt_scan *sc = scan(&L.file);
+        ckpt_scan *sc = scan_buf(&L.file);
         if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE)
             dump(sc);
         assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
@@ -291,9 +235,9 @@ static void test_legacy_frame_past_stop(void **state)
         assert_non_null(strstr(err.message, "past STOP"));
 
         /* the scan: the frame, and what torch reads after it */
-        ckpt_scan *sc = scan(&L.file);
+        ckpt_scan *sc = scan_buf(&L.file);
         assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+        const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
         if (!f)
             dump(sc);
         assert_non_null(f);
@@ -306,7 +250,7 @@ static void test_legacy_frame_past_stop(void **state)
         assert_non_null(strstr(f->message, to));
         if (i < 4) {
             /* torch unpickles the payload as its next pickle */
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+            const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
             if (!g)
                 dump(sc);
             assert_non_null(g);
@@ -318,7 +262,8 @@ static void test_legacy_frame_past_stop(void **state)
         }
         if (i < 4) {
             /* the decoy's pickles between STOP and the frame's end */
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP");
+            const ckpt_scan_finding *x =
+                scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP");
             assert_non_null(x);
             assert_int_equal(x->file_offset, L.stop + 1);
         }
@@ -335,7 +280,7 @@ static void test_legacy_payload_before_frame_end(void **state)
     buf f = {0};
     buf magic = body_magic();
     b_str(&f, "\x80\x02");
-    frame_op(&f, magic.len + PAYLOAD_LEN);
+    pk_frame(&f, magic.len + PAYLOAD_LEN);
     b_put(&f, magic.p, magic.len);
     uint64_t hidden = f.len;
     b_put(&f, PAYLOAD, PAYLOAD_LEN);
@@ -345,14 +290,14 @@ static void test_legacy_payload_before_frame_end(void **state)
     ckpt_error err;
     assert_int_equal(open_status(&f, &err), CKPT_ERR_FORMAT);
     assert_non_null(strstr(err.message, "past STOP"));
-    ckpt_scan *sc = scan(&f);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    ckpt_scan *sc = scan_buf(&f);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, hidden + PAYLOAD_GLOBAL_AT);
     assert_non_null(strstr(g->record, "after STOP, inside the frame"));
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP"));
     ckpt_scan_free(sc);
     b_free(&f);
     b_free(&magic);
@@ -392,7 +337,7 @@ static void test_legacy_frame_breaks(void **state)
             assert_int_equal(body[1], 'X');
             op = at + 9 + 1;
             uint64_t len = 1 + 1 + 2;
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(len >> (8 * i));
         } else if (cases[c].kind == 1) {
             /* end it in the middle of "torch._utils\n" */
@@ -400,24 +345,24 @@ static void test_legacy_frame_breaks(void **state)
             assert_non_null(g);
             op = (uint64_t)(g - f.p);
             uint64_t len = op + 4 - (at + 9);
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(len >> (8 * i));
         } else if (cases[c].kind == 2) {
             /* an empty FRAME right after the body's first opcode, inside the
              * frame that holds the body */
             buf g = {0};
             b_put(&g, f.p, at);
-            frame_op(&g, obj.len + 9);
+            pk_frame(&g, obj.len + 9);
             b_u8(&g, '}');
             op = g.len;
-            frame_op(&g, 0);
+            pk_frame(&g, 0);
             b_put(&g, obj.p + 1, obj.len - 1);
             b_put(&g, f.p + at + 9 + obj.len, f.len - (at + 9 + obj.len));
             b_free(&f);
             f = g;
         } else {
             op = at;
-            for (int i = 0; i < 8; i++)
+            for (unsigned i = 0; i < 8; i++)
                 f.p[at + 1 + i] = (uint8_t)(((uint64_t)f.len) >> (8 * i));
         }
         ckpt_error err;
@@ -428,8 +373,8 @@ static void test_legacy_frame_breaks(void **state)
         assert_non_null(strstr(err.message, cases[c].message));
         assert_int_equal(err.file_offset, op);
         assert_int_equal(err.offset, op - obj_at);
-        ckpt_scan *sc = scan(&f);
-        const ckpt_scan_finding *b = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, cases[c].message);
+        ckpt_scan *sc = scan_buf(&f);
+        const ckpt_scan_finding *b = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, cases[c].message);
         if (!b)
             dump(sc);
         assert_non_null(b);
@@ -451,7 +396,7 @@ static buf plain_framed(uint64_t extra, const char *after, size_t after_len)
 {
     buf b = {0};
     b_str(&b, "\x80\x04");
-    frame_op(&b, 5 + extra);
+    pk_frame(&b, 5 + extra);
     b_str(&b, "]K\x01" "a.");
     b_put(&b, after, after_len);
     return b;
@@ -464,7 +409,7 @@ static void test_plain_pickle(void **state)
     buf ok = plain_framed(0, "", 0);
     ckpt_error err;
     assert_int_equal(open_status(&ok, &err), CKPT_OK);
-    ckpt_scan *sc = scan(&ok);
+    ckpt_scan *sc = scan_buf(&ok);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
     ckpt_scan_free(sc);
     b_free(&ok);
@@ -478,29 +423,30 @@ static void test_plain_pickle(void **state)
     assert_string_equal(err.record, "pickle");
     assert_int_equal(err.offset, 15);
     assert_non_null(strstr(err.message, "the frame runs 4 bytes past STOP (to byte 20)"));
-    sc = scan(&p);
+    sc = scan_buf(&p);
     assert_string_equal(ckpt_scan_format(sc), "pickle");
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_int_equal(f->offset, 15);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, frame_end + PAYLOAD_GLOBAL_AT);
     assert_string_equal(g->record, "pickle 2");
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame");
+    const ckpt_scan_finding *x =
+        scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame");
     assert_non_null(x);
     assert_int_equal(x->file_offset, frame_end);
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&p);
 
     /* the payload in the frame after STOP, nothing after it */
     p = plain_framed(PAYLOAD_LEN, PAYLOAD, PAYLOAD_LEN);
     assert_int_equal(open_status(&p, &err), CKPT_ERR_FORMAT);
-    sc = scan(&p);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    sc = scan_buf(&p);
+    g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_int_equal(g->file_offset, 16 + PAYLOAD_GLOBAL_AT);
     ckpt_scan_free(sc);
@@ -511,14 +457,14 @@ static void test_plain_pickle(void **state)
      * runs it */
     buf q = {0};
     b_str(&q, "\x80\x04");
-    frame_op(&q, 1000);
+    pk_frame(&q, 1000);
     b_put(&q, PAYLOAD + 2, PAYLOAD_LEN - 2);
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 2);
     assert_non_null(strstr(err.message, "the frame of 1000 bytes runs past the end of the data"));
-    sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "runs past the end of the data");
+    sc = scan_buf(&q);
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
+    f = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "runs past the end of the data");
     assert_non_null(f);
     assert_int_equal(f->offset, 2);
     ckpt_scan_free(sc);
@@ -526,110 +472,53 @@ static void test_plain_pickle(void **state)
 
     /* the GLOBAL's text line across the frame's end: the scan names it */
     b_str(&q, "\x80\x04");
-    frame_op(&q, 5);
+    pk_frame(&q, 5);
     b_put(&q, PAYLOAD + 2, PAYLOAD_LEN - 2);
     assert_int_equal(open_status(&q, &err), CKPT_ERR_FORMAT);
     assert_int_equal(err.offset, 11);
     assert_non_null(strstr(err.message, "GLOBAL: the text argument has no newline in the 4 bytes"));
-    sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    assert_non_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
+    sc = scan_buf(&q);
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
     ckpt_scan_free(sc);
     b_free(&q);
 }
 
 /* archive/data.pkl, archive/version; stored, no alignment. */
-static buf torch_zip(const buf *pkl)
+static buf unaligned_zip(const buf *pkl)
 {
-    static const char version[] = "3\n";
-    const struct {
-        const char *name;
-        const uint8_t *p;
-        size_t n;
-    } recs[2] = {{"archive/data.pkl", pkl->p, pkl->len},
-                 {"archive/version", (const uint8_t *)version, 2}};
-    buf b = {0};
-    uint64_t at[2];
-    uint32_t crc[2];
-    for (int i = 0; i < 2; i++) {
-        uint32_t c = 0xFFFFFFFFu;
-        for (size_t k = 0; k < recs[i].n; k++) {
-            c ^= recs[i].p[k];
-            for (int j = 0; j < 8; j++)
-                c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-        }
-        crc[i] = ~c;
-        at[i] = b.len;
-        b_le(&b, 0x04034b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc[i], 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_str(&b, recs[i].name);
-        b_put(&b, recs[i].p, recs[i].n);
-    }
-    uint64_t cd = b.len;
-    for (int i = 0; i < 2; i++) {
-        b_le(&b, 0x02014b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc[i], 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, recs[i].n, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, at[i], 4);
-        b_str(&b, recs[i].name);
-    }
-    uint64_t cd_size = b.len - cd;
-    b_le(&b, 0x06054b50u, 4);
-    b_le(&b, 0, 4);
-    b_le(&b, 2, 2);
-    b_le(&b, 2, 2);
-    b_le(&b, cd_size, 4);
-    b_le(&b, cd, 4);
-    b_le(&b, 0, 2);
-    return b;
+    const zrec recs[2] = {zr_stored("archive/data.pkl", pkl->p, pkl->len),
+                          zr_stored("archive/version", "3\n", 2)};
+    const zend plain = {.unaligned = true};
+    return zip_build(recs, 2, &plain).file;
 }
 
 static void test_zip_data_pkl(void **state)
 {
     (void)state;
     buf ok = plain_framed(0, "", 0);
-    buf z = torch_zip(&ok);
+    buf z = unaligned_zip(&ok);
     ckpt_error err;
     assert_int_equal(open_status(&z, &err), CKPT_OK);
-    ckpt_scan *sc = scan(&z);
+    ckpt_scan *sc = scan_buf(&z);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&ok);
 
     buf p = plain_framed(PAYLOAD_LEN, PAYLOAD, PAYLOAD_LEN);
-    z = torch_zip(&p);
+    z = unaligned_zip(&p);
     assert_int_equal(open_status(&z, &err), CKPT_ERR_FORMAT);
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 15);
     assert_non_null(strstr(err.message, "past STOP"));
-    sc = scan(&z);
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    sc = scan_buf(&z);
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_string_equal(f->record, "archive/data.pkl");
     assert_int_equal(f->offset, 15);
     /* the payload between STOP and the frame's end */
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -642,15 +531,15 @@ static void test_zip_data_pkl(void **state)
     /* the payload after the frame: pickle.load twice on the record runs it */
     p = plain_framed(2, "N.", 2);
     b_put(&p, PAYLOAD, PAYLOAD_LEN);
-    z = torch_zip(&p);
-    sc = scan(&z);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    z = unaligned_zip(&p);
+    sc = scan_buf(&z);
+    g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_string_equal(g->record, "archive/data.pkl: pickle 2");
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&p);
@@ -658,14 +547,14 @@ static void test_zip_data_pkl(void **state)
     /* an argument across the frame's end in data.pkl */
     buf q = {0};
     b_str(&q, "\x80\x04");
-    frame_op(&q, 2);
+    pk_frame(&q, 2);
     b_str(&q, "M\x01\x00.");
-    z = torch_zip(&q);
+    z = unaligned_zip(&q);
     assert_int_equal(open_status(&z, &err), CKPT_ERR_FORMAT);
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 11);
-    sc = scan(&z);
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
+    sc = scan_buf(&z);
+    f = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
     assert_non_null(f);
     assert_int_equal(f->offset, 11);
     ckpt_scan_free(sc);
@@ -710,12 +599,13 @@ static void test_legacy_sys_info_byte_order(void **state)
         assert_true(v[0] == 1.0f && v[1] == 2.0f);
         ckpt_close(cf);
 
-        ckpt_scan *sc = scan(&f);
+        ckpt_scan *sc = scan_buf(&f);
         if (little) {
             assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
         } else {
             assert_int_equal(ckpt_scan_finding_count(sc), 1);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
+            const ckpt_scan_finding *x =
+                scan_find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
             assert_non_null(x);
             assert_string_equal(x->record, "legacy sys_info");
             assert_int_equal(x->file_offset, sys_info_at);

@@ -25,20 +25,15 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
 #include <dirent.h>
-#include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,12 +46,6 @@
 #endif
 #ifndef HOSTILE_ASAN
 #define HOSTILE_ASAN 0
-#endif
-#if HOSTILE_ASAN
-/* from sanitizer/allocator_interface.h, which gcc does not ship */
-size_t __sanitizer_get_current_allocated_bytes(void);
-int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
-                                              void (*free_hook)(const volatile void *));
 #endif
 
 /* Largest tensor copy the exercise makes (stride-0 views can be huge). */
@@ -146,39 +135,20 @@ static void check_error_shape(const outcome *o, const char *what)
         fail_msg("%s: error strings not terminated", what);
 }
 
-#if HOSTILE_ASAN
-static size_t heap_peak;
+typedef struct job {
+    const void *data;
+    size_t size;
+    const ckpt_open_options *opts;
+} job;
 
-static void on_malloc(const volatile void *p, size_t n)
+/* In the child: exercise() under the memory cap (see the top comment). */
+static void exercise_capped(const void *arg, void *result)
 {
-    (void)p;
-    (void)n;
-    size_t now = __sanitizer_get_current_allocated_bytes();
-    if (now > heap_peak)
-        heap_peak = now;
-}
-
-static void on_free(const volatile void *p) { (void)p; }
-#endif
-
-/* In the child: caps its memory (see the top comment). */
-static void cap_memory(void)
-{
-#if HOSTILE_ASAN
-    __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
-    heap_peak = __sanitizer_get_current_allocated_bytes();
-#else
-    long pages = 0;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (fp) {
-        if (fscanf(fp, "%ld", &pages) != 1)
-            pages = 0;
-        fclose(fp);
-    }
-    uint64_t limit = (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE) + CASE_MEMORY;
-    struct rlimit rl = {.rlim_cur = limit, .rlim_max = limit};
-    setrlimit(RLIMIT_AS, &rl);
-#endif
+    const job *j = arg;
+    outcome *o = result;
+    mem_cap(CASE_MEMORY);
+    exercise(j->data, j->size, j->opts, o);
+    o->heap_peak = mem_peak();
 }
 
 /* Runs exercise() in a child with a time limit and a memory cap; the outcome
@@ -188,74 +158,19 @@ static outcome run_isolated(const void *data, size_t size, const ckpt_open_optio
 {
     outcome o;
     memset(&o, 0, sizeof(o));
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(NULL);
-    double t0 = now_s();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        cap_memory();
-#if HOSTILE_ASAN
-        size_t base = heap_peak;
-#endif
-        outcome c;
-        exercise(data, size, opts, &c);
-#if HOSTILE_ASAN
-        c.heap_peak = heap_peak - base;
-#endif
-        const char *p = (const char *)&c;
-        size_t left = sizeof(c);
-        while (left) {
-            ssize_t w = write(fds[1], p, left);
-            if (w <= 0)
-                _exit(3);
-            p += w;
-            left -= (size_t)w;
-        }
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    char *dst = (char *)&o;
-    bool timed_out = false;
-    while (got < sizeof(o)) {
-        int left_ms = (int)((limit_s - (now_s() - t0)) * 1000);
-        if (left_ms <= 0) {
-            timed_out = true;
-            break;
-        }
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        int r = poll(&pfd, 1, left_ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0) {
-            timed_out = true;
-            break;
-        }
-        ssize_t n = read(fds[0], dst + got, sizeof(o) - got);
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fds[0]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int wst = 0;
-    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
-    }
-    if (timed_out) {
-        memset(&o, 0, sizeof(o));
+    const job j = {data, size, opts};
+    child_end e;
+    if (child_run(exercise_capped, &j, &o, sizeof(o), limit_s, &e))
+        return o;
+    memset(&o, 0, sizeof(o));
+    if (e.timed_out) {
         o.finished = 0;
-        o.seconds = now_s() - t0;
-    } else if (WIFSIGNALED(wst)) {
-        memset(&o, 0, sizeof(o));
-        o.finished = -WTERMSIG(wst);
-    } else if (got != sizeof(o) || !WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
+        o.seconds = e.seconds;
+    } else if (e.signal) {
+        o.finished = -e.signal;
+    } else {
         /* a sanitizer report exits with a status, or the child failed an assert */
-        memset(&o, 0, sizeof(o));
-        o.finished = -1000 - (WIFEXITED(wst) ? WEXITSTATUS(wst) : 0);
+        o.finished = -1000 - (e.status > 0 ? e.status : 0);
     }
     return o;
 }
@@ -424,190 +339,7 @@ static void test_safetensors_crafted(void **state)
     }
 }
 
-/* ---- pickle writer (protocol 2 opcodes) --------------------------------------------- */
-
-static void pk_proto(buf *b) { b_u8(b, 0x80); b_u8(b, 2); }
-static void pk_stop(buf *b) { b_u8(b, '.'); }
-
-static void pk_int(buf *b, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        b_u8(b, 'K');
-        b_u8(b, (unsigned)v);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        b_u8(b, 'J');
-        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
-    } else {
-        b_u8(b, 0x8a); /* LONG1, 8 bytes two's complement */
-        b_u8(b, 8);
-        b_le(b, (uint64_t)v, 8);
-    }
-}
-
-static void pk_unicode(buf *b, const char *s)
-{
-    b_u8(b, 'X');
-    b_le(b, strlen(s), 4);
-    b_str(b, s);
-}
-
-static void pk_global(buf *b, const char *module, const char *name)
-{
-    b_u8(b, 'c');
-    b_str(b, module);
-    b_u8(b, '\n');
-    b_str(b, name);
-    b_u8(b, '\n');
-}
-
-static void pk_int_tuple(buf *b, const int64_t *v, int n)
-{
-    b_u8(b, '(');
-    for (int i = 0; i < n; i++)
-        pk_int(b, v[i]);
-    b_u8(b, 't');
-}
-
-/* _rebuild_tensor_v2(storage, offset, shape, stride, requires_grad, OrderedDict()) */
-static void pk_tensor(buf *b, const char *storage_class, const char *key, int64_t storage_numel,
-                      int64_t offset, const int64_t *shape, const int64_t *stride, int ndim)
-{
-    pk_global(b, "torch._utils", "_rebuild_tensor_v2");
-    b_u8(b, '(');
-    b_u8(b, '(');
-    pk_unicode(b, "storage");
-    pk_global(b, "torch", storage_class);
-    pk_unicode(b, key);
-    pk_unicode(b, "cpu");
-    pk_int(b, storage_numel);
-    b_u8(b, 't');
-    b_u8(b, 'Q'); /* BINPERSID */
-    pk_int(b, offset);
-    pk_int_tuple(b, shape, ndim);
-    pk_int_tuple(b, stride, ndim);
-    b_u8(b, 0x89); /* NEWFALSE */
-    pk_global(b, "collections", "OrderedDict");
-    b_u8(b, ')');
-    b_u8(b, 'R');
-    b_u8(b, 't');
-    b_u8(b, 'R');
-}
-
-/* {"t": tensor} */
-static buf pk_one_tensor(const char *storage_class, int64_t storage_numel, int64_t offset,
-                         const int64_t *shape, const int64_t *stride, int ndim)
-{
-    buf b = {0};
-    pk_proto(&b);
-    b_u8(&b, '}');
-    pk_unicode(&b, "t");
-    pk_tensor(&b, storage_class, "0", storage_numel, offset, shape, stride, ndim);
-    b_u8(&b, 's');
-    pk_stop(&b);
-    return b;
-}
-
-/* ---- torch zip writer: stored entries, data aligned to 64 like PyTorch --------------------- */
-
-static uint32_t crc32_of(const uint8_t *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-typedef struct zrec {
-    const char *name;
-    const uint8_t *data;
-    size_t size;
-} zrec;
-
-typedef struct zbuilt {
-    buf file;
-    uint64_t data_offset[8];  /* where each record's data starts */
-} zbuilt;
-
-static zbuilt zip_build(const zrec *recs, int n)
-{
-    zbuilt z;
-    memset(&z, 0, sizeof(z));
-    assert_true(n <= 8);
-    uint64_t header_off[8];
-    buf *b = &z.file;
-    for (int i = 0; i < n; i++) {
-        size_t name_len = strlen(recs[i].name);
-        header_off[i] = b->len;
-        size_t start = b->len + 30 + name_len + 4;
-        size_t pad = (64 - start % 64) % 64;
-        uint32_t crc = crc32_of(recs[i].data, recs[i].size);
-        b_le(b, 0x04034b50u, 4);
-        b_le(b, 20, 2);      /* version needed */
-        b_le(b, 0x0800, 2);  /* UTF-8 names */
-        b_le(b, 0, 2);       /* stored */
-        b_le(b, 0, 4);       /* time, date */
-        b_le(b, crc, 4);
-        b_le(b, recs[i].size, 4);
-        b_le(b, recs[i].size, 4);
-        b_le(b, name_len, 2);
-        b_le(b, 4 + pad, 2);
-        b_str(b, recs[i].name);
-        b_u8(b, 'F');
-        b_u8(b, 'B');
-        b_le(b, pad, 2);
-        for (size_t k = 0; k < pad; k++)
-            b_u8(b, 'Z');
-        z.data_offset[i] = b->len;
-        b_put(b, recs[i].data, recs[i].size);
-    }
-    uint64_t cd_start = b->len;
-    for (int i = 0; i < n; i++) {
-        size_t name_len = strlen(recs[i].name);
-        b_le(b, 0x02014b50u, 4);
-        b_le(b, 20, 2);
-        b_le(b, 20, 2);
-        b_le(b, 0x0800, 2);
-        b_le(b, 0, 2);
-        b_le(b, 0, 4);
-        b_le(b, crc32_of(recs[i].data, recs[i].size), 4);
-        b_le(b, recs[i].size, 4);
-        b_le(b, recs[i].size, 4);
-        b_le(b, name_len, 2);
-        b_le(b, 0, 2);  /* extra */
-        b_le(b, 0, 2);  /* comment */
-        b_le(b, 0, 2);  /* disk */
-        b_le(b, 0, 2);  /* internal attributes */
-        b_le(b, 0, 4);  /* external attributes */
-        b_le(b, header_off[i], 4);
-        b_str(b, recs[i].name);
-    }
-    uint64_t cd_size = b->len - cd_start;
-    b_le(b, 0x06054b50u, 4);
-    b_le(b, 0, 2);
-    b_le(b, 0, 2);
-    b_le(b, (uint64_t)n, 2);
-    b_le(b, (uint64_t)n, 2);
-    b_le(b, cd_size, 4);
-    b_le(b, cd_start, 4);
-    b_le(b, 0, 2);
-    return z;
-}
-
-/* archive/data.pkl = pkl, archive/data/0 = storage bytes (may be NULL), archive/version */
-static zbuilt torch_zip(const buf *pkl, const uint8_t *storage, size_t storage_len)
-{
-    static const uint8_t version[] = "3\n";
-    zrec recs[3];
-    int n = 0;
-    recs[n++] = (zrec){"archive/data.pkl", pkl->p, pkl->len};
-    if (storage)
-        recs[n++] = (zrec){"archive/data/0", storage, storage_len};
-    recs[n++] = (zrec){"archive/version", version, 2};
-    return zip_build(recs, n);
-}
+/* ---- pickles and torch zips (support.h) --------------------------------------------- */
 
 static uint8_t FLOATS[4096];
 
@@ -622,7 +354,7 @@ static void test_torch_zip_control(void **state)
     (void)state;
     fill_floats();
     const int64_t shape[] = {2, 3}, stride[] = {3, 1};
-    buf p = pk_one_tensor("FloatStorage", 6, 0, shape, stride, 2);
+    buf p = pk_one_tensor("t", "FloatStorage", 6, 0, shape, stride, 2);
     zbuilt z = torch_zip(&p, FLOATS, 24);
     expect_opens(z.file.p, z.file.len, "torch zip control", 1);
 
@@ -685,7 +417,7 @@ static void test_pickle_memo_bombs(void **state)
     fill_floats();
     /* a memo index far past max_memo_entries */
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, ']');
     b_u8(&p, 'r');
     b_le(&p, 0xFFFFFFF0u, 4);
@@ -694,7 +426,7 @@ static void test_pickle_memo_bombs(void **state)
     b_free(&p);
 
     /* 1.2 million memo slots */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, 'N');
     for (uint32_t i = 0; i < 1200000; i++) {
         b_u8(&p, 'r');
@@ -705,7 +437,7 @@ static void test_pickle_memo_bombs(void **state)
     b_free(&p);
 
     /* control: a few memo entries are fine */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, 'N');
     for (uint32_t i = 0; i < 1000; i++) {
         b_u8(&p, 'r');
@@ -723,7 +455,7 @@ static void test_pickle_exponential_sharing(void **state)
      * walk every path: any status, within the time limit. */
     (void)state;
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, ']');
     b_u8(&p, 'q');
     b_u8(&p, 0);
@@ -773,7 +505,7 @@ static const int64_t FAN_SHAPE[] = {4}, FAN_STRIDE[] = {1};
 static buf pk_fan_out(unsigned outer, unsigned inner, const char *key)
 {
     buf b = {0};
-    pk_proto(&b);
+    pk_proto(&b, 2);
     if (key) {
         b_u8(&b, '}');
         pk_unicode(&b, key);
@@ -911,7 +643,7 @@ static void test_memo_long_name(void **state)
     memset(key, 'n', 1000);
     key[1000] = 0;
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 100; i++) {
         b_u8(&p, '}');
         if (i == 0) {
@@ -942,7 +674,7 @@ static void test_memo_wide_sharing(void **state)
     fill_floats();
     /* [[t, 0 x 100000] x 1000]: 1000 paths, 10^8 items to pass */
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, ']');
     b_u8(&p, '(');
     b_u8(&p, ']');
@@ -963,7 +695,7 @@ static void test_memo_wide_sharing(void **state)
     b_free(&p);
 
     /* the same list reached twice: walked twice, fine */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, ']');
     b_u8(&p, '(');
     b_u8(&p, ']');
@@ -982,7 +714,7 @@ static void test_memo_wide_sharing(void **state)
     b_free(&p);
 
     /* 2^64 paths to a tensor: level k holds level k-1 twice, level 0 is [t] */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, ']');
     b_u8(&p, '(');
     pk_tensor(&p, "FloatStorage", "0", 4, 0, FAN_SHAPE, FAN_STRIDE, 1);
@@ -1010,14 +742,14 @@ static void test_pickle_stack_bombs(void **state)
     (void)state;
     fill_floats();
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 10000000; i++)
         b_u8(&p, '(');
     pk_stop(&p);
     pickle_expect(&p, "10M MARKs", CKPT_ERR_LIMIT, CKPT_ERR_LIMIT);
     b_free(&p);
 
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 10000000; i++)
         b_u8(&p, ']');
     pk_stop(&p);
@@ -1031,7 +763,7 @@ static void test_pickle_deep_nesting(void **state)
     fill_floats();
     /* 100,000 lists pushed, then appended into each other: [[[[...]]]] */
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 100000; i++)
         b_u8(&p, ']');
     for (int i = 0; i < 99999; i++)
@@ -1041,7 +773,7 @@ static void test_pickle_deep_nesting(void **state)
     b_free(&p);
 
     /* the same depth built with MARK/LIST: 100,000 nested through marks */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 100000; i++)
         b_u8(&p, '(');
     for (int i = 0; i < 100000; i++)
@@ -1051,7 +783,7 @@ static void test_pickle_deep_nesting(void **state)
     b_free(&p);
 
     /* control: 100 levels are fine */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     for (int i = 0; i < 100; i++)
         b_u8(&p, ']');
     for (int i = 0; i < 99; i++)
@@ -1134,7 +866,7 @@ static void test_pickle_unsafe_global(void **state)
     (void)state;
     fill_floats();
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     pk_global(&p, "os", "system");
     pk_unicode(&p, "echo pwned");
     b_u8(&p, 0x85);
@@ -1156,7 +888,7 @@ static void test_pickle_unsafe_global(void **state)
     b_free(&p);
 
     /* STACK_GLOBAL built from memo entries (scanner evasion) */
-    pk_proto(&p);
+    pk_proto(&p, 2);
     p.p[1] = 4;
     pk_unicode(&p, "posix");
     b_u8(&p, 0x94); /* MEMOIZE */
@@ -1179,7 +911,7 @@ static void test_pickle_unsafe_global(void **state)
 
     /* a benign pickle then a second one with the payload */
     b_put(&p, "\x80\x02]q\x00.", 6);
-    pk_proto(&p);
+    pk_proto(&p, 2);
     pk_global(&p, "builtins", "eval");
     pk_unicode(&p, "1");
     b_u8(&p, 0x85);
@@ -1198,7 +930,7 @@ static void tensor_zip_expect(const char *storage_class, int64_t storage_numel,
                               ckpt_status a, ckpt_status b)
 {
     fill_floats();
-    buf p = pk_one_tensor(storage_class, storage_numel, offset, shape, stride, ndim);
+    buf p = pk_one_tensor("t", storage_class, storage_numel, offset, shape, stride, ndim);
     zbuilt z = torch_zip(&p, FLOATS, storage_bytes);
     outcome o;
     expect_open_error(&o, z.file.p, z.file.len, what, a, b);
@@ -1220,7 +952,7 @@ static void test_tensor_bounds(void **state)
     {
         const int64_t shape[] = {4}, stride[] = {1};
         fill_floats();
-        buf p = pk_one_tensor("FloatStorage", 4, 0, shape, stride, 1);
+        buf p = pk_one_tensor("t", "FloatStorage", 4, 0, shape, stride, 1);
         zbuilt z = torch_zip(&p, FLOATS, 16);
         expect_opens(z.file.p, z.file.len, "float[4] in 16 bytes (control)", 1);
         b_free(&z.file);
@@ -1295,7 +1027,7 @@ static void test_tensor_bounds(void **state)
         /* a storage record that does not exist */
         fill_floats();
         const int64_t shape[] = {4}, stride[] = {1};
-        buf p = pk_one_tensor("FloatStorage", 4, 0, shape, stride, 1);
+        buf p = pk_one_tensor("t", "FloatStorage", 4, 0, shape, stride, 1);
         zbuilt z = torch_zip(&p, NULL, 0);
         outcome o;
         expect_open_error(&o, z.file.p, z.file.len, "missing storage record", CKPT_ERR_FORMAT,
@@ -1322,7 +1054,7 @@ static void test_zip_inflate_ratio(void **state)
     /* Stored zip where the central directory claims a 5 GiB inflated size for
      * a deflated data.pkl: refused before inflating. */
     buf pk = {0};
-    pk_proto(&pk);
+    pk_proto(&pk, 2);
     b_u8(&pk, 'N');
     pk_stop(&pk);
     zbuilt z = torch_zip(&pk, NULL, 0);
@@ -1424,7 +1156,7 @@ static void test_expanding_views(void **state)
     const int64_t shape[] = {18, INT64_C(1) << 20}, stride[] = {0, 0};
     const uint64_t nbytes = (uint64_t)18 << 22;
     static const uint8_t one[4] = {0, 0, 0x80, 0x3f}; /* 1.0f */
-    buf p = pk_one_tensor("FloatStorage", 1, 0, shape, stride, 2);
+    buf p = pk_one_tensor("t", "FloatStorage", 1, 0, shape, stride, 2);
     zbuilt z = torch_zip(&p, one, 4);
     assert_true(z.file.len < 1024);
 
@@ -1521,7 +1253,7 @@ static void test_repeated_tensor(void **state)
     uint8_t *data = calloc((size_t)n, 4);
     assert_non_null(data);
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, '}');
     pk_unicode(&p, "t");
     b_u8(&p, ']');
@@ -1568,7 +1300,7 @@ static void test_sparse_dense_copy(void **state)
     const int64_t ishape[] = {1, 1}, istride[] = {1, 1}, vshape[] = {1}, vstride[] = {1};
     const int64_t size[] = {INT64_C(1) << 25};
     buf p = {0};
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, '}');
     pk_unicode(&p, "t");
     pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
@@ -1584,9 +1316,11 @@ static void test_sparse_dense_copy(void **state)
     b_u8(&p, 's');
     pk_stop(&p);
     static const uint8_t version[] = "3\n";
-    zrec recs[] = {{"archive/data.pkl", p.p, p.len}, {"archive/data/0", index, 8},
-                   {"archive/data/1", value, 4}, {"archive/version", version, 2}};
-    zbuilt z = zip_build(recs, 4);
+    zrec recs[] = {zr_stored("archive/data.pkl", p.p, p.len),
+                   zr_stored("archive/data/0", index, 8),
+                   zr_stored("archive/data/1", value, 4),
+                   zr_stored("archive/version", version, 2)};
+    zbuilt z = zip_build(recs, 4, NULL);
     ckpt_file *f = open_ratio(&z.file, 0);
     const ckpt_tensor *t = ckpt_file_find_tensor(f, "t");
     assert_non_null(t);
@@ -1617,7 +1351,7 @@ static void test_sparse_dense_copy(void **state)
     const int64_t rvshape[] = {INT64_C(1) << 30}, rvstride[] = {0};
     const int64_t rsize[] = {4};
     memset(&p, 0, sizeof(p));
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, '}');
     pk_unicode(&p, "t");
     pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
@@ -1632,8 +1366,8 @@ static void test_sparse_dense_copy(void **state)
     b_u8(&p, 'R');
     b_u8(&p, 's');
     pk_stop(&p);
-    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
-    z = zip_build(recs, 4);
+    recs[0] = zr_stored("archive/data.pkl", p.p, p.len);
+    z = zip_build(recs, 4, NULL);
     outcome o = run_isolated(z.file.p, z.file.len, NULL, 60.0);
     require_finished(&o, "sparse_coo of 2^30 repeated indices", 60.0);
     /* (ckpt_tensor_data of a sparse tensor is CKPT_ERR_UNSUPPORTED) */
@@ -1648,7 +1382,7 @@ static void test_sparse_dense_copy(void **state)
     /* its dense copy (16 bytes) would copy 2^24 repeated indices first */
     const int64_t cshape[] = {1, INT64_C(1) << 24}, cvshape[] = {INT64_C(1) << 24};
     memset(&p, 0, sizeof(p));
-    pk_proto(&p);
+    pk_proto(&p, 2);
     b_u8(&p, '}');
     pk_unicode(&p, "t");
     pk_global(&p, "torch._utils", "_rebuild_sparse_tensor");
@@ -1663,8 +1397,8 @@ static void test_sparse_dense_copy(void **state)
     b_u8(&p, 'R');
     b_u8(&p, 's');
     pk_stop(&p);
-    recs[0] = (zrec){"archive/data.pkl", p.p, p.len};
-    z = zip_build(recs, 4);
+    recs[0] = zr_stored("archive/data.pkl", p.p, p.len);
+    z = zip_build(recs, 4, NULL);
     f = open_ratio(&z.file, 0);
     uint8_t small[16];
     memset(&err, 0, sizeof(err));

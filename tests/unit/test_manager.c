@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "support.h"
+
 #include "manager.h"
 
 #include <libdeflate.h>
@@ -29,46 +31,17 @@ extern void (*ckpt__manager_hook)(const char *point);
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static char g_dir[128];
-
-static const char *path_in(const char *name)
-{
-    static char buf[4][300];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, 300, "%s/%s", g_dir, name);
-    return p;
-}
-
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof(g_dir), "/tmp/ckpt-test-manager-XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
+    tmp_dir_make("ckpt-test-manager-");
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    rm_rf(g_dir);
+    remove_tree(tmp_dir());
     return 0;
 }
 
@@ -96,7 +69,7 @@ static ckpt_manager *open_dir(const char *monitor, ckpt_metric_mode mode, unsign
     o.warn = collect;
     ckpt_manager *m = NULL;
     ckpt_error err;
-    ckpt_status st = ckpt_manager_open(g_dir, &o, &m, &err);
+    ckpt_status st = ckpt_manager_open(tmp_dir(), &o, &m, &err);
     if (st != CKPT_OK) {
         char t[512];
         fprintf(stderr, "open: %s\n", ckpt_error_format(&err, t, sizeof(t)));
@@ -152,7 +125,7 @@ static int64_t step_in(const char *name)
     ckpt_open_options o;
     ckpt_open_options_default(&o);
     o.flags = CKPT_OPEN_VERIFY_CRC;
-    if (ckpt_open(path_in(name), &o, &f, NULL) != CKPT_OK)
+    if (ckpt_open(tmp_path(name), &o, &f, NULL) != CKPT_OK)
         return -2;
     const ckpt_tensor *w = ckpt_file_find_tensor(f, "model.w");
     if (!w)
@@ -167,7 +140,7 @@ static int64_t step_in(const char *name)
 static bool exists(const char *name)
 {
     struct stat sb;
-    return stat(path_in(name), &sb) == 0;
+    return stat(tmp_path(name), &sb) == 0;
 }
 
 static int cmp_cstr(const void *a, const void *b)
@@ -181,7 +154,7 @@ static const char *listing(void)
     static char out[2048];
     char *names[64];
     size_t n = 0;
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(tmp_dir());
     assert_non_null(d);
     struct dirent *de;
     while ((de = readdir(d)) != NULL && n < 64) {
@@ -203,7 +176,7 @@ static const char *listing(void)
 
 static ckpt_status read_manifest(ckpt__manifest *mf, ckpt_error *err)
 {
-    return ckpt__manifest_read(path_in(CKPT__MANIFEST_NAME), CKPT__MANIFEST_MAX_BYTES, mf, err);
+    return ckpt__manifest_read(tmp_path(CKPT__MANIFEST_NAME), CKPT__MANIFEST_MAX_BYTES, mf, err);
 }
 
 /* Every manifest entry matches its file (size and CRC32), none pending. */
@@ -214,14 +187,14 @@ static void check_manifest_matches_files(void)
     assert_int_equal(mf.pending.count, 0);
     for (size_t i = 0; i < mf.committed.count; i++) {
         const ckpt__mentry *e = &mf.committed.items[i];
-        FILE *fp = fopen(path_in(e->file), "rb");
+        FILE *fp = fopen(tmp_path(e->file), "rb");
         assert_non_null(fp);
-        uint8_t buf[65536];
+        uint8_t chunk[65536];
         size_t r;
         uint64_t size = 0;
         uint32_t crc = 0;
-        while ((r = fread(buf, 1, sizeof(buf), fp)) > 0) {
-            crc = libdeflate_crc32(crc, buf, r);
+        while ((r = fread(chunk, 1, sizeof(chunk), fp)) > 0) {
+            crc = libdeflate_crc32(crc, chunk, r);
             size += r;
         }
         fclose(fp);
@@ -378,8 +351,8 @@ static void crash_at_every_point(unsigned keep_last)
 {
     bool finished = false;
     for (int k = 1; !finished && k < 20; k++) {
-        rm_rf(g_dir);
-        assert_int_equal(mkdir(g_dir, 0700), 0);
+        remove_tree(tmp_dir());
+        assert_int_equal(mkdir(tmp_dir(), 0700), 0);
         ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, keep_last, 0, 0);
         save(m, 0, 0.9);
         save(m, 1, 0.5);
@@ -463,12 +436,12 @@ static void test_crash_at_every_point(void **state)
 static void replace_with(const char *name, const void *p, size_t n)
 {
     char tmp[400];
-    snprintf(tmp, sizeof(tmp), "%s.x", path_in(name));
+    snprintf(tmp, sizeof(tmp), "%s.x", tmp_path(name));
     FILE *f = fopen(tmp, "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(p, 1, n, f), n);
     fclose(f);
-    assert_int_equal(rename(tmp, path_in(name)), 0);
+    assert_int_equal(rename(tmp, tmp_path(name)), 0);
 }
 
 static void test_resume_skips_torn(void **state)
@@ -483,11 +456,11 @@ static void test_resume_skips_torn(void **state)
     ckpt_manager_close(m);
     /* last.pth torn in half by someone else's writer, step 2 flipped */
     struct stat sb;
-    assert_int_equal(stat(path_in("last.pth"), &sb), 0);
+    assert_int_equal(stat(tmp_path("last.pth"), &sb), 0);
     uint8_t *half = calloc(1, (size_t)sb.st_size / 2);
     replace_with("last.pth", half, (size_t)sb.st_size / 2);
     free(half);
-    FILE *fp = fopen(path_in("step-00000002.pth"), "r+b");
+    FILE *fp = fopen(tmp_path("step-00000002.pth"), "r+b");
     assert_non_null(fp);
     fseek(fp, 200, SEEK_SET);
     int byte = fgetc(fp);
@@ -515,13 +488,13 @@ static void test_lock(void **state)
     ckpt_error err;
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_ERR_BUSY);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &b, &err), CKPT_ERR_BUSY);
     assert_null(b);
     assert_non_null(strstr(err.message, "locked by another process"));
-    assert_non_null(strstr(err.message, g_dir));
+    assert_non_null(strstr(err.message, tmp_dir()));
     /* a reader needs no lock */
     o.flags = CKPT_MANAGER_READ_ONLY;
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_OK);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &b, &err), CKPT_OK);
     ckpt_value *root;
     ckpt_tree *t = checkpoint(0, &root);
     assert_int_equal(ckpt_manager_save(b, 0, root, NULL, 0, NULL, &err), CKPT_ERR_INVALID_ARG);
@@ -529,7 +502,7 @@ static void test_lock(void **state)
     ckpt_manager_close(b);
     ckpt_manager_close(a);
     o.flags = 0;
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &b, &err), CKPT_OK);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &b, &err), CKPT_OK);
     ckpt_manager_close(b);
 }
 
@@ -541,7 +514,7 @@ static void spit_path(const char *path, const char *text)
     fclose(f);
 }
 
-static void spit(const char *name, const char *text) { spit_path(path_in(name), text); }
+static void spit(const char *name, const char *text) { spit_path(tmp_path(name), text); }
 
 static void test_manifest_rebuilt(void **state)
 {
@@ -588,7 +561,7 @@ static void test_manifest_rebuilt(void **state)
     ckpt_manager_options_default(&vo);
     ckpt_error verr;
     m = NULL;
-    assert_int_equal(ckpt_manager_open(g_dir, &vo, &m, &verr), CKPT_ERR_UNSUPPORTED);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &vo, &m, &verr), CKPT_ERR_UNSUPPORTED);
     assert_non_null(strstr(verr.message, "version 2"));
     spit(CKPT__MANIFEST_NAME, "{");
     m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
@@ -596,7 +569,7 @@ static void test_manifest_rebuilt(void **state)
 
     /* over max_manifest_bytes: an error, and the manifest stays as it is */
     char before[8192];
-    FILE *fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    FILE *fp = fopen(tmp_path(CKPT__MANIFEST_NAME), "rb");
     assert_non_null(fp);
     size_t n = fread(before, 1, sizeof(before), fp);
     fclose(fp);
@@ -606,11 +579,11 @@ static void test_manifest_rebuilt(void **state)
     o.max_manifest_bytes = 100;
     ckpt_error err;
     m = NULL;
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_ERR_LIMIT);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_ERR_LIMIT);
     assert_null(m);
     assert_non_null(strstr(err.message, "max_manifest_bytes"));
     char after[8192];
-    fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    fp = fopen(tmp_path(CKPT__MANIFEST_NAME), "rb");
     assert_non_null(fp);
     assert_int_equal(fread(after, 1, sizeof(after), fp), n);
     fclose(fp);
@@ -640,7 +613,7 @@ static void test_settle_by_hand(void **state)
     e.file = strdup("step-00000007.pth");
     e.step = 7;
     assert_true(ckpt__mlist_push(&mf.pending, &e));
-    assert_int_equal(link(path_in("last.pth"), path_in("step-00000007.pth")), 0);
+    assert_int_equal(link(tmp_path("last.pth"), tmp_path("step-00000007.pth")), 0);
     mf.removing = calloc(1, sizeof(char *));
     mf.removing[0] = strdup("step-00000000.pth");
     mf.removing_count = 1;
@@ -734,17 +707,17 @@ static void test_manifest_text_round_trip(void **state)
 static void test_numbered_names(void **state)
 {
     (void)state;
-    char buf[64];
-    assert_true(ckpt__numbered_name(12, buf, sizeof(buf)));
-    assert_string_equal(buf, "step-00000012.pth");
-    assert_int_equal(ckpt__numbered_step(buf), 12);
-    assert_true(ckpt__numbered_name(123456789012, buf, sizeof(buf)));
-    assert_int_equal(ckpt__numbered_step(buf), 123456789012);
+    char name[64];
+    assert_true(ckpt__numbered_name(12, name, sizeof(name)));
+    assert_string_equal(name, "step-00000012.pth");
+    assert_int_equal(ckpt__numbered_step(name), 12);
+    assert_true(ckpt__numbered_name(123456789012, name, sizeof(name)));
+    assert_int_equal(ckpt__numbered_step(name), 123456789012);
     assert_int_equal(ckpt__numbered_step("step-12.pth"), -1);
     assert_int_equal(ckpt__numbered_step("step-000000012.pth"), -1);
     assert_int_equal(ckpt__numbered_step("step-00000012.pth.bak"), -1);
     assert_int_equal(ckpt__numbered_step("step-99999999999999999999999.pth"), -1);
-    assert_false(ckpt__numbered_name(-1, buf, sizeof(buf)));
+    assert_false(ckpt__numbered_name(-1, name, sizeof(name)));
 }
 
 /* A rename that fails half-way (a directory where the numbered file goes):
@@ -755,7 +728,7 @@ static void test_failed_rename_midway(void **state)
     (void)state;
     ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
     save(m, 0, 0.5);
-    assert_int_equal(mkdir(path_in("step-00000001.pth"), 0700), 0);
+    assert_int_equal(mkdir(tmp_path("step-00000001.pth"), 0700), 0);
     ckpt_value *root;
     ckpt_tree *t = checkpoint(1, &root);
     ckpt_metric better = {"val_loss", 0.1};
@@ -768,7 +741,7 @@ static void test_failed_rename_midway(void **state)
     /* best.pth went in before the failure, last.pth did not */
     assert_int_equal(step_in("best.pth"), 1);
     assert_int_equal(step_in("last.pth"), 0);
-    assert_int_equal(rmdir(path_in("step-00000001.pth")), 0);
+    assert_int_equal(rmdir(tmp_path("step-00000001.pth")), 0);
     assert_null(strstr(listing(), ".tmp-"));
     check_manifest_matches_files();
     for (size_t i = 0; i < ckpt_manager_count(m); i++) {
@@ -798,15 +771,15 @@ static void lock_refused_and_target_kept(const char *other, const char *text, co
     ckpt_manager_options_default(&o);
     ckpt_manager *m = NULL;
     ckpt_error err;
-    assert_int_not_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_OK);
     assert_null(m);
     assert_non_null(strstr(err.message, why));
     FILE *fp = fopen(other, "rb");
     assert_non_null(fp);
-    char buf[64] = "";
-    assert_non_null(fgets(buf, sizeof(buf), fp));
+    char line[64] = "";
+    assert_non_null(fgets(line, sizeof(line), fp));
     fclose(fp);
-    assert_string_equal(buf, text);
+    assert_string_equal(line, text);
 }
 
 /* Links and special files in the directory are never followed into
@@ -816,12 +789,12 @@ static void test_hostile_directory(void **state)
     (void)state;
     /* a linked lock file: refused, its target untouched */
     char victim[300];
-    snprintf(victim, sizeof(victim), "%s.victim", g_dir);
+    snprintf(victim, sizeof(victim), "%s.victim", tmp_dir());
     spit_path(victim, "precious");
-    assert_int_equal(symlink(victim, path_in(CKPT__LOCK_NAME)), 0);
+    assert_int_equal(symlink(victim, tmp_path(CKPT__LOCK_NAME)), 0);
     lock_refused_and_target_kept(victim, "precious", CKPT__LOCK_NAME);
     unlink(victim);
-    unlink(path_in(CKPT__LOCK_NAME));
+    unlink(tmp_path(CKPT__LOCK_NAME));
 
     /* a FIFO as the manifest: listed from the files at once, then replaced */
     ckpt_manager_options o;
@@ -831,22 +804,22 @@ static void test_hostile_directory(void **state)
     m = open_dir("val_loss", CKPT_MODE_MIN, 0, 0, 0);
     save(m, 0, 0.5);
     ckpt_manager_close(m);
-    unlink(path_in(CKPT__MANIFEST_NAME));
-    assert_int_equal(mkfifo(path_in(CKPT__MANIFEST_NAME), 0600), 0);
+    unlink(tmp_path(CKPT__MANIFEST_NAME));
+    assert_int_equal(mkfifo(tmp_path(CKPT__MANIFEST_NAME), 0600), 0);
     g_warnings[0] = 0;
     m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
     assert_non_null(strstr(g_warnings, "unreadable"));
     assert_int_equal(ckpt_manager_count(m), 2);
     ckpt_manager_close(m);
     /* a writer does not replace what it did not make */
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, &err), CKPT_ERR_INVALID_ARG);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_ERR_INVALID_ARG);
     assert_non_null(strstr(err.message, "not a regular file"));
-    unlink(path_in(CKPT__MANIFEST_NAME));
+    unlink(tmp_path(CKPT__MANIFEST_NAME));
     m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, 0);
     assert_int_equal(ckpt_manager_count(m), 2);
     ckpt_manager_close(m);
     struct stat sb;
-    assert_int_equal(stat(path_in(CKPT__MANIFEST_NAME), &sb), 0);
+    assert_int_equal(stat(tmp_path(CKPT__MANIFEST_NAME), &sb), 0);
     assert_true(S_ISREG(sb.st_mode));
 
     /* a pending entry over a device, a numbered name linked to one: the
@@ -855,7 +828,7 @@ static void test_hostile_directory(void **state)
          "{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [], \"pending\": "
          "[{\"file\": \"step-00000009.pth\", \"step\": 9, \"size\": 0, \"crc32\": \"00000000\", "
          "\"metrics\": {}, \"content\": \"checkpoint\"}]}");
-    assert_int_equal(symlink("/dev/zero", path_in("step-00000009.pth")), 0);
+    assert_int_equal(symlink("/dev/zero", tmp_path("step-00000009.pth")), 0);
     g_warnings[0] = 0;
     m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
     for (size_t i = 0; i < ckpt_manager_count(m); i++) {
@@ -864,7 +837,7 @@ static void test_hostile_directory(void **state)
         assert_string_not_equal(info.file, "step-00000009.pth");
     }
     ckpt_manager_close(m);
-    unlink(path_in("step-00000009.pth"));
+    unlink(tmp_path("step-00000009.pth"));
 }
 
 /* A long manifest is read in n log n: 100,000 entries whose files are all
@@ -873,7 +846,7 @@ static void test_long_manifest(void **state)
 {
     (void)state;
     size_t n = 100000;
-    FILE *fp = fopen(path_in(CKPT__MANIFEST_NAME), "wb");
+    FILE *fp = fopen(tmp_path(CKPT__MANIFEST_NAME), "wb");
     assert_non_null(fp);
     fputs("{\"format\": \"ckpt-manifest\", \"version\": 1, \"checkpoints\": [", fp);
     for (size_t i = 0; i < n; i++)
@@ -891,11 +864,11 @@ static void test_long_manifest(void **state)
     o.flags = CKPT_MANAGER_READ_ONLY;
     o.max_manifest_bytes = (uint64_t)64 << 20;
     ckpt_manager *m = NULL;
-    assert_int_equal(ckpt_manager_open(g_dir, &o, &m, NULL), CKPT_OK);
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, NULL), CKPT_OK);
     assert_int_equal(ckpt_manager_count(m), 0);
     ckpt_manager_close(m);
     /* one entry per file: a duplicate far down the list is found */
-    fp = fopen(path_in(CKPT__MANIFEST_NAME), "r+b");
+    fp = fopen(tmp_path(CKPT__MANIFEST_NAME), "r+b");
     assert_non_null(fp);
     fseek(fp, 0, SEEK_END);
     long end = ftell(fp);
@@ -903,7 +876,7 @@ static void test_long_manifest(void **state)
     assert_true(end > 0);
     ckpt__manifest mf;
     char *text = malloc((size_t)end + 1);
-    fp = fopen(path_in(CKPT__MANIFEST_NAME), "rb");
+    fp = fopen(tmp_path(CKPT__MANIFEST_NAME), "rb");
     assert_int_equal(fread(text, 1, (size_t)end, fp), (size_t)end);
     fclose(fp);
     text[end] = 0;
@@ -925,14 +898,14 @@ static void test_resave_after_failed_manifest(void **state)
     save(m, 1, 0.5);
     save(m, 2, 0.4);
     /* the next manifest cannot be renamed into place */
-    assert_int_equal(unlink(path_in(CKPT__MANIFEST_NAME)), 0);
-    assert_int_equal(mkdir(path_in(CKPT__MANIFEST_NAME), 0700), 0);
+    assert_int_equal(unlink(tmp_path(CKPT__MANIFEST_NAME)), 0);
+    assert_int_equal(mkdir(tmp_path(CKPT__MANIFEST_NAME), 0700), 0);
     spit("manifest.json/x", "x");
     size_t removed = 0;
     assert_int_not_equal(ckpt_manager_prune(m, 1, 0, &removed, NULL), CKPT_OK);
     assert_true(exists("step-00000001.pth"));
-    unlink(path_in("manifest.json/x"));
-    assert_int_equal(rmdir(path_in(CKPT__MANIFEST_NAME)), 0);
+    unlink(tmp_path("manifest.json/x"));
+    assert_int_equal(rmdir(tmp_path(CKPT__MANIFEST_NAME)), 0);
     save(m, 1, 0.3);
     assert_true(exists("step-00000001.pth"));
     assert_int_equal(step_in("step-00000001.pth"), 1);
@@ -958,7 +931,7 @@ static void test_adopted_survive_retention(void **state)
     save(m, 1, 0.5);
     ckpt_manager_close(m);
     /* a numbered file from elsewhere: same layout, unknown metric */
-    assert_int_equal(link(path_in("step-00000001.pth"), path_in("step-00000000.pth")), 0);
+    assert_int_equal(link(tmp_path("step-00000001.pth"), tmp_path("step-00000000.pth")), 0);
     m = open_dir("val_loss", CKPT_MODE_MIN, 0, 1, 0);
     save(m, 2, 0.2);
     save(m, 3, 0.1);
@@ -983,9 +956,9 @@ static void test_lock_hard_link(void **state)
 {
     (void)state;
     char other[300];
-    snprintf(other, sizeof(other), "%s/notes.txt", g_dir);
+    snprintf(other, sizeof(other), "%s/notes.txt", tmp_dir());
     spit_path(other, "keep me");
-    assert_int_equal(link(other, path_in(CKPT__LOCK_NAME)), 0);
+    assert_int_equal(link(other, tmp_path(CKPT__LOCK_NAME)), 0);
     lock_refused_and_target_kept(other, "keep me", "link");
 }
 

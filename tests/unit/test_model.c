@@ -21,7 +21,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -32,37 +32,6 @@
 #include <unistd.h>
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-static char g_dir[64];
-
-static const char *tmp_path(const char *name)
-{
-    static char paths[4][256];
-    static int next;
-    char *p = paths[next++ % 4];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static const int64_t SCALAR_SHAPE[1] = {0}; /* a non-NULL pointer for ndim 0 */
 
@@ -1895,147 +1864,19 @@ static void test_model_add_refusals(void **state)
 
 /* Hand-made torch zip of one pickle and one storage record, for views that
  * ckpt's own writer refuses to build. */
-static uint32_t crc32_of(const uint8_t *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-static void pk_int(buf *b, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        b_u8(b, 'K');
-        b_u8(b, (unsigned)v);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        b_u8(b, 'J');
-        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
-    } else {
-        b_u8(b, 0x8a);
-        b_u8(b, 8);
-        b_le(b, (uint64_t)v, 8);
-    }
-}
-
-static void pk_unicode(buf *b, const char *s)
-{
-    b_u8(b, 'X');
-    b_le(b, strlen(s), 4);
-    b_str(b, s);
-}
-
-static void pk_global(buf *b, const char *module, const char *name)
-{
-    b_u8(b, 'c');
-    b_str(b, module);
-    b_u8(b, '\n');
-    b_str(b, name);
-    b_u8(b, '\n');
-}
-
-static void pk_tuple(buf *b, const int64_t *v, int n)
-{
-    b_u8(b, '(');
-    for (int i = 0; i < n; i++)
-        pk_int(b, v[i]);
-    b_u8(b, 't');
-}
-
-/* {"w": _rebuild_tensor_v2(FloatStorage "0" of numel floats, offset, shape, stride)} */
-static buf pk_view(int64_t numel, int64_t offset, const int64_t *shape, const int64_t *stride,
-                   int ndim)
-{
-    buf b = {0};
-    b_u8(&b, 0x80);
-    b_u8(&b, 2);
-    b_u8(&b, '}');
-    pk_unicode(&b, "w");
-    pk_global(&b, "torch._utils", "_rebuild_tensor_v2");
-    b_u8(&b, '(');
-    b_u8(&b, '(');
-    pk_unicode(&b, "storage");
-    pk_global(&b, "torch", "FloatStorage");
-    pk_unicode(&b, "0");
-    pk_unicode(&b, "cpu");
-    pk_int(&b, numel);
-    b_u8(&b, 't');
-    b_u8(&b, 'Q');
-    pk_int(&b, offset);
-    pk_tuple(&b, shape, ndim);
-    pk_tuple(&b, stride, ndim);
-    b_u8(&b, 0x89);
-    pk_global(&b, "collections", "OrderedDict");
-    b_u8(&b, ')');
-    b_u8(&b, 'R');
-    b_u8(&b, 't');
-    b_u8(&b, 'R');
-    b_u8(&b, 's');
-    b_u8(&b, '.');
-    return b;
-}
-
-/* methods (NULL: all stored) and usizes, the inflated sizes of deflated
- * records (whose CRC is then left wrong: nothing checks it unless asked) */
 static buf zip_records(const char *const *names, const uint8_t *const *data, const size_t *sizes,
                        const unsigned *methods, const size_t *usizes, int n)
 {
-    buf b = {0};
-    uint64_t off[4];
+    zrec recs[4];
+    assert_true(n <= 4);
     for (int i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        off[i] = b.len;
-        size_t start = b.len + 30 + nl + 4;
-        size_t pad = (64 - start % 64) % 64;
-        b_le(&b, 0x04034b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 0x0800, 2);
-        b_le(&b, methods ? methods[i] : 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc32_of(data[i], sizes[i]), 4);
-        b_le(&b, sizes[i], 4);
-        b_le(&b, methods && methods[i] ? usizes[i] : sizes[i], 4);
-        b_le(&b, nl, 2);
-        b_le(&b, 4 + pad, 2);
-        b_str(&b, names[i]);
-        b_u8(&b, 'F');
-        b_u8(&b, 'B');
-        b_le(&b, pad, 2);
-        b_fill(&b, 'Z', pad);
-        b_put(&b, data[i], sizes[i]);
+        recs[i] = zr_stored(names[i], data[i], sizes[i]);
+        if (methods && methods[i]) {
+            recs[i].method = methods[i];
+            recs[i].size = usizes[i];
+        }
     }
-    uint64_t cd = b.len;
-    for (int i = 0; i < n; i++) {
-        b_le(&b, 0x02014b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 20, 2);
-        b_le(&b, 0x0800, 2);
-        b_le(&b, methods ? methods[i] : 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc32_of(data[i], sizes[i]), 4);
-        b_le(&b, sizes[i], 4);
-        b_le(&b, methods && methods[i] ? usizes[i] : sizes[i], 4);
-        b_le(&b, strlen(names[i]), 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, off[i], 4);
-        b_str(&b, names[i]);
-    }
-    uint64_t cd_size = b.len - cd;
-    b_le(&b, 0x06054b50u, 4);
-    b_le(&b, 0, 4);
-    b_le(&b, (uint64_t)n, 2);
-    b_le(&b, (uint64_t)n, 2);
-    b_le(&b, cd_size, 4);
-    b_le(&b, cd, 4);
-    b_le(&b, 0, 2);
-    return b;
+    return zip_build(recs, n, NULL).file;
 }
 
 static buf zip_of(const char *const *names, const uint8_t *const *data, const size_t *sizes, int n)
@@ -2046,7 +1887,7 @@ static buf zip_of(const char *const *names, const uint8_t *const *data, const si
 static buf torch_view_file(const float *storage, int64_t numel, int64_t offset,
                            const int64_t *shape, const int64_t *stride, int ndim)
 {
-    buf p = pk_view(numel, offset, shape, stride, ndim);
+    buf p = pk_one_tensor("w", "FloatStorage", numel, offset, shape, stride, ndim);
     static const char *const names[3] = {"archive/data.pkl", "archive/data/0", "archive/version"};
     const uint8_t *data[3] = {p.p, (const uint8_t *)storage, (const uint8_t *)"3\n"};
     size_t sizes[3] = {p.len, (size_t)numel * 4, 2};
@@ -2603,7 +2444,7 @@ static void test_check_only_reads_nothing(void **state)
      * only when the bytes are read */
     static const uint8_t bad_deflate[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    buf p = pk_view(12, 0, s43, stride, 2);
+    buf p = pk_one_tensor("w", "FloatStorage", 12, 0, s43, stride, 2);
     static const char *const names[3] = {"archive/data.pkl", "archive/data/0", "archive/version"};
     const uint8_t *data[3] = {p.p, bad_deflate, (const uint8_t *)"3\n"};
     size_t sizes[3] = {p.len, sizeof(bad_deflate), 2};
@@ -3032,11 +2873,7 @@ static void test_adamw_set_lr_refusals(void **state)
 
 int main(void)
 {
-    snprintf(g_dir, sizeof(g_dir), "/tmp/ckpt_test_model.XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    tmp_dir_make("ckpt_test_model.");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strict_caller_memory),
         cmocka_unit_test(test_model_allocated_memory),
@@ -3073,6 +2910,6 @@ int main(void)
         cmocka_unit_test(test_adamw_set_lr_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    remove_tree(g_dir);
+    remove_tree(tmp_dir());
     return rc;
 }

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "support.h"
+
 #define P(s) (const uint8_t *)(s), sizeof(s) - 1
 
 static ckpt_scan *scan_with(const uint8_t *data, size_t size, const char *const *allow,
@@ -36,17 +38,6 @@ static ckpt_scan *scan(const uint8_t *data, size_t size)
     return scan_with(data, size, NULL, 0);
 }
 
-/* The first finding of a kind (and global, when given). */
-static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global)
-{
-    for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
-        const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
-        if (f->kind == kind && (!global || (f->global && strcmp(f->global, global) == 0)))
-            return f;
-    }
-    return NULL;
-}
-
 static void test_safe_pickle(void **state)
 {
     (void)state;
@@ -65,15 +56,15 @@ static void test_reduce_payload(void **state)
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02" "cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."));
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     assert_non_null(f);
     assert_int_equal(f->offset, 2);
     assert_int_equal(f->file_offset, 2);
     assert_true(f->use & CKPT_SCAN_USE_REDUCE);
     assert_true(f->runs_code);
     assert_string_equal(f->record, "pickle");
-    char buf[128];
-    assert_string_equal(ckpt_scan_use_text(f->use, buf, sizeof(buf)), "called by REDUCE");
+    char line[128];
+    assert_string_equal(ckpt_scan_use_text(f->use, line, sizeof(line)), "called by REDUCE");
     assert_string_equal(ckpt_scan_kind_name(f->kind), "global");
     ckpt_scan_free(sc);
 }
@@ -88,25 +79,25 @@ static void test_uses(void **state)
                            "0cfoo\nref\n"                                    /* referenced */
                            "0cbuiltins\ngetattr\n(S'a'\nS'b'\ntR)R"          /* result called */
                            "."));
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "builtins.exec");
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_GLOBAL, "builtins.exec", NULL);
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_INST);
-    f = find(sc, CKPT_SCAN_GLOBAL, "builtins.eval");
+    f = scan_find(sc, CKPT_SCAN_GLOBAL, "builtins.eval", NULL);
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_OBJ);
-    f = find(sc, CKPT_SCAN_GLOBAL, "foo.Bar");
+    f = scan_find(sc, CKPT_SCAN_GLOBAL, "foo.Bar", NULL);
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_NEWOBJ | CKPT_SCAN_USE_BUILD);
     assert_false(f->runs_code);
-    f = find(sc, CKPT_SCAN_GLOBAL, "foo.ref");
+    f = scan_find(sc, CKPT_SCAN_GLOBAL, "foo.ref", NULL);
     assert_non_null(f);
     assert_int_equal(f->use, 0);
-    char buf[64];
-    assert_string_equal(ckpt_scan_use_text(0, buf, sizeof(buf)), "referenced");
-    f = find(sc, CKPT_SCAN_GLOBAL, "builtins.getattr");
+    char line[64];
+    assert_string_equal(ckpt_scan_use_text(0, line, sizeof(line)), "referenced");
+    f = scan_find(sc, CKPT_SCAN_GLOBAL, "builtins.getattr", NULL);
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_REDUCE | CKPT_SCAN_USE_RESULT_CALLED);
-    assert_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL));
+    assert_null(scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, NULL));
     ckpt_scan_free(sc);
 }
 
@@ -116,7 +107,7 @@ static void test_stack_global_from_memo(void **state)
     /* os and system stored in the memo, dropped, fetched back for STACK_GLOBAL */
     ckpt_scan *sc = scan(P("\x80\x04\x8c\x02os\x94\x8c\x06system\x94" "00h\x00h\x01\x93"
                            "\x8c\x04true\x85R."));
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "os.system");
+    const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_GLOBAL, "os.system", NULL);
     assert_non_null(f);
     assert_int_equal(f->offset, 22);
     assert_true(f->use & CKPT_SCAN_USE_REDUCE);
@@ -127,8 +118,8 @@ static void test_break_after_payload(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R\xff."));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "os.system"));
-    const ckpt_scan_finding *b = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL);
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "os.system", NULL));
+    const ckpt_scan_finding *b = scan_find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, NULL);
     assert_non_null(b);
     assert_int_equal(b->offset, 22);
     assert_non_null(strstr(b->message, "unknown opcode 0xff"));
@@ -139,10 +130,10 @@ static void test_back_to_back(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02]q\x00.\x80\x02" "cbuiltins\neval\nX\x01\x00\x00\x00" "1\x85R."));
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
+    const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
     assert_non_null(x);
     assert_int_equal(x->file_offset, 6);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "builtins.eval");
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "builtins.eval", NULL);
     assert_non_null(g);
     assert_string_equal(g->record, "pickle 2");
     assert_int_equal(g->offset, 2);
@@ -150,7 +141,7 @@ static void test_back_to_back(void **state)
     ckpt_scan_free(sc);
 
     sc = scan(P("\x80\x02]q\x00.\n\n\t\t"));
-    assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_TRAILING_DATA, NULL, NULL));
     ckpt_scan_free(sc);
 }
 
@@ -168,7 +159,7 @@ static void test_allow_list_edges(void **state)
     };
     for (size_t i = 0; i < sizeof(extras) / sizeof(extras[0]); i++) {
         ckpt_scan *sc = scan((const uint8_t *)extras[i], strlen(extras[i]));
-        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, NULL);
+        const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_GLOBAL, NULL, NULL);
         assert_non_null(f);
         assert_false(f->runs_code);
         assert_non_null(strstr(f->message, "torch's weights-only allow-list"));
@@ -221,12 +212,12 @@ static void test_formats_and_errors(void **state)
     ckpt_scan_free(sc);
     sc = scan(P("\x89PNG\r\n\x1a\n"));
     assert_string_equal(ckpt_scan_format(sc), "unknown");
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_FORMAT, NULL, NULL));
     ckpt_scan_free(sc);
     sc = scan(P("7z\xbc\xaf\x27\x1c\x00\x04\x80\x02" "cbuiltins\neval\nX\x01\x00\x00\x00" "1\x85R."));
     assert_string_equal(ckpt_scan_format(sc), "7z");
-    assert_non_null(find(sc, CKPT_SCAN_NESTED_ARCHIVE, NULL));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "builtins.eval"));
+    assert_non_null(scan_find(sc, CKPT_SCAN_NESTED_ARCHIVE, NULL, NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_GLOBAL, "builtins.eval", NULL));
     ckpt_scan_free(sc);
 
     ckpt_error err;
@@ -249,24 +240,24 @@ static void test_many_findings_are_capped(void **state)
     (void)state;
     /* 5000 GLOBALs of a foreign name, each popped */
     size_t n = 5000;
-    uint8_t *buf = malloc(n * 10 + 4);
+    uint8_t *bytes = malloc(n * 10 + 4);
     size_t o = 0;
-    buf[o++] = 0x80;
-    buf[o++] = 2;
+    bytes[o++] = 0x80;
+    bytes[o++] = 2;
     for (size_t i = 0; i < n; i++) {
-        memcpy(buf + o, "cfoo\nbar\n0", 10);
+        memcpy(bytes + o, "cfoo\nbar\n0", 10);
         o += 10;
     }
-    buf[o++] = 'N';
-    buf[o++] = '.';
-    ckpt_scan *sc = scan(buf, o);
+    bytes[o++] = 'N';
+    bytes[o++] = '.';
+    ckpt_scan *sc = scan(bytes, o);
     size_t count = ckpt_scan_finding_count(sc);
     assert_true(count <= 1000);
     const ckpt_scan_finding *last = ckpt_scan_finding_at(sc, count - 1);
     assert_int_equal(last->kind, CKPT_SCAN_LIMIT);
     assert_non_null(strstr(last->message, "more findings"));
     ckpt_scan_free(sc);
-    free(buf);
+    free(bytes);
 }
 
 static void test_limits_are_findings(void **state)
@@ -280,7 +271,7 @@ static void test_limits_are_findings(void **state)
     static const uint8_t deep[] = "\x80\x02]]]]]]]]]]]]]]]].";
     assert_int_equal(ckpt_scan_memory(deep, sizeof(deep) - 1, &o, &sc, &err), CKPT_OK);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    assert_non_null(find(sc, CKPT_SCAN_LIMIT, NULL));
+    assert_non_null(scan_find(sc, CKPT_SCAN_LIMIT, NULL, NULL));
     ckpt_scan_free(sc);
 }
 

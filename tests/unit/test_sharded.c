@@ -14,38 +14,18 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
-#include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
-
-static char g_dir[] = "/tmp/ckpt_sharded_XXXXXX";
-
-static char *path_of(const char *name)
-{
-    static char p[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(p[k], sizeof(p[k]), "%s/%s", g_dir, name);
-    return p[k];
-}
 
 static void write_bytes(const char *name, const void *data, size_t n)
 {
-    FILE *fp = fopen(path_of(name), "wb");
-    assert_non_null(fp);
-    assert_int_equal(fwrite(data, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
+    assert_true(write_file(tmp_path(name), data, n));
 }
 
 static void write_text(const char *name, const char *text) { write_bytes(name, text, strlen(text)); }
@@ -112,64 +92,28 @@ static void run_child(const char *index, result *r)
     }
 }
 
+/* In the child: run_child under a stack limit (a recursion through the
+ * index would take hundreds of MiB of stack). */
+static void run_limited(const void *arg, void *r)
+{
+    struct rlimit rl = {.rlim_cur = 64 << 20, .rlim_max = 64 << 20};
+    setrlimit(RLIMIT_STACK, &rl);
+    run_child(arg, r);
+}
+
 /* run_child in a child process with a time limit: false when it did not
  * finish (a hang, a signal such as a stack overflow, a sanitizer exit). */
 static bool run_isolated(const char *index, result *r, char *why, size_t why_len)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        /* a recursion through the index would take hundreds of MiB of stack */
-        struct rlimit rl = {.rlim_cur = 64 << 20, .rlim_max = 64 << 20};
-        setrlimit(RLIMIT_STACK, &rl);
-        result c;
-        run_child(index, &c);
-        const char *p = (const char *)&c;
-        size_t left = sizeof(c);
-        while (left) {
-            ssize_t w = write(fds[1], p, left);
-            if (w <= 0)
-                _exit(3);
-            p += w;
-            left -= (size_t)w;
-        }
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    bool timed_out = false;
-    while (got < sizeof(*r)) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        int n = poll(&pfd, 1, 120 * 1000);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0) {
-            timed_out = true;
-            break;
-        }
-        ssize_t k = read(fds[0], (char *)r + got, sizeof(*r) - got);
-        if (k <= 0)
-            break;
-        got += (size_t)k;
-    }
-    close(fds[0]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int wst = 0;
-    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
-    }
-    if (timed_out)
-        snprintf(why, why_len, "no result within 120 s");
-    else if (WIFSIGNALED(wst))
-        snprintf(why, why_len, "killed by signal %d", WTERMSIG(wst));
-    else if (got != sizeof(*r) || !WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
-        snprintf(why, why_len, "exited with %d", WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
-    else
+    child_end e;
+    if (child_run(run_limited, index, r, sizeof(*r), 120.0, &e))
         return true;
+    if (e.timed_out)
+        snprintf(why, why_len, "no result within 120 s");
+    else if (e.signal)
+        snprintf(why, why_len, "killed by signal %d", e.signal);
+    else
+        snprintf(why, why_len, "exited with %d", e.status);
     return false;
 }
 
@@ -179,7 +123,7 @@ static void expect_refused(const char *index, const char *shard, const char *why
 {
     result r;
     char why[128];
-    if (!run_isolated(path_of(index), &r, why, sizeof(why)))
+    if (!run_isolated(tmp_path(index), &r, why, sizeof(why)))
         fail_msg("%s: %s", index, why);
     if (r.open_status != CKPT_ERR_FORMAT)
         fail_msg("%s: open gave %s (%s: %s), expected CKPT_ERR_FORMAT", index,
@@ -204,7 +148,7 @@ static void test_index_as_shard(void **state)
     /* the control: opens, one shard, scans safe */
     result r;
     char why[128];
-    assert_true(run_isolated(path_of("good.index.json"), &r, why, sizeof(why)));
+    assert_true(run_isolated(tmp_path("good.index.json"), &r, why, sizeof(why)));
     assert_int_equal(r.open_status, CKPT_OK);
     assert_int_equal(r.shards, 1);
     assert_int_equal(r.tensors, 2);
@@ -214,7 +158,7 @@ static void test_index_as_shard(void **state)
     expect_refused("self.index.json", "self.index.json", "the index itself");
     write_text("dot.index.json", "{\"weight_map\":{\"w\":\"./dot.index.json\"}}");
     result d;
-    assert_true(run_isolated(path_of("dot.index.json"), &d, why, sizeof(why)));
+    assert_true(run_isolated(tmp_path("dot.index.json"), &d, why, sizeof(why)));
     assert_int_equal(d.open_status, CKPT_ERR_FORMAT);
     assert_non_null(strstr(d.err.message, "the index itself"));
     /* the scan takes no shard name with a directory in it */
@@ -222,10 +166,10 @@ static void test_index_as_shard(void **state)
 
     /* a link to the index, a hard link to it */
     write_text("link.index.json", "{\"weight_map\":{\"w\":\"link.safetensors\"}}");
-    assert_int_equal(symlink("link.index.json", path_of("link.safetensors")), 0);
+    assert_int_equal(symlink("link.index.json", tmp_path("link.safetensors")), 0);
     expect_refused("link.index.json", "link.safetensors", "the index itself");
     write_text("hard.index.json", "{\"weight_map\":{\"w\":\"hard.safetensors\"}}");
-    assert_int_equal(link(path_of("hard.index.json"), path_of("hard.safetensors")), 0);
+    assert_int_equal(link(tmp_path("hard.index.json"), tmp_path("hard.safetensors")), 0);
     expect_refused("hard.index.json", "hard.safetensors", "the index itself");
 
     /* another index: a valid one, and two naming each other */
@@ -235,7 +179,7 @@ static void test_index_as_shard(void **state)
     write_text("pong.index.json", "{\"weight_map\":{\"w\":\"ping.index.json\"}}");
     expect_refused("ping.index.json", "pong.index.json", "itself a sharded index");
     /* under a checkpoint's name, a link to another index */
-    assert_int_equal(symlink("pong.index.json", path_of("pong.safetensors")), 0);
+    assert_int_equal(symlink("pong.index.json", tmp_path("pong.safetensors")), 0);
     write_text("via.index.json", "{\"weight_map\":{\"w\":\"pong.safetensors\"}}");
     expect_refused("via.index.json", "pong.safetensors", "itself a sharded index");
     /* a shard that is the index, after a good one */
@@ -260,7 +204,7 @@ static void test_shard_named_like_an_index(void **state)
     write_text("wm.index.json", "{\"weight_map\":{\"weight_map\":\"wm.safetensors\"}}");
     result r;
     char why[128];
-    assert_true(run_isolated(path_of("wm.index.json"), &r, why, sizeof(why)));
+    assert_true(run_isolated(tmp_path("wm.index.json"), &r, why, sizeof(why)));
     if (r.open_status != CKPT_OK)
         fail_msg("open: %s: %s", r.err.record, r.err.message);
     assert_int_equal(r.tensors, 1);
@@ -274,8 +218,8 @@ static void test_shard_opened_once(void **state)
     (void)state;
     const size_t n = 100000;
     write_shard("big.safetensors", "t", n);
-    assert_int_equal(symlink("big.safetensors", path_of("alias.safetensors")), 0);
-    assert_int_equal(link(path_of("big.safetensors"), path_of("hardalias.safetensors")), 0);
+    assert_int_equal(symlink("big.safetensors", tmp_path("alias.safetensors")), 0);
+    assert_int_equal(link(tmp_path("big.safetensors"), tmp_path("hardalias.safetensors")), 0);
     static const char *const names[] = {"big.safetensors", "./big.safetensors",
                                         "././big.safetensors", "alias.safetensors",
                                         "hardalias.safetensors"};
@@ -291,7 +235,7 @@ static void test_shard_opened_once(void **state)
     b_free(&j);
     result r;
     char why[128];
-    if (!run_isolated(path_of("many.index.json"), &r, why, sizeof(why)))
+    if (!run_isolated(tmp_path("many.index.json"), &r, why, sizeof(why)))
         fail_msg("many.index.json: %s", why);
     if (r.open_status != CKPT_OK)
         fail_msg("open: %s: %s", r.err.record, r.err.message);
@@ -306,15 +250,15 @@ static void test_shard_opened_once(void **state)
 static int setup(void **state)
 {
     (void)state;
-    return mkdtemp(g_dir) ? 0 : -1;
+    tmp_dir_make("ckpt_sharded_");
+    return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    remove_tree(tmp_dir());
+    return 0;
 }
 
 int main(void)

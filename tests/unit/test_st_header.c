@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -35,10 +35,9 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 #include <libdeflate.h>
 
-#include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -46,7 +45,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,11 +60,7 @@
 #endif
 
 #if SWEEP_ASAN
-/* sanitizer/allocator_interface.h and lsan_interface.h; declared here
- * because gcc does not ship the first one. */
-size_t __sanitizer_get_current_allocated_bytes(void);
-int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
-                                              void (*free_hook)(const volatile void *));
+/* from sanitizer/lsan_interface.h */
 int __lsan_do_recoverable_leak_check(void);
 #endif
 
@@ -112,70 +106,6 @@ static void put_le(uint8_t *p, uint64_t v, int n)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* ---- memory accounting (in the child) ------------------------------------ */
-
-#if SWEEP_ASAN
-static size_t heap_mark, heap_peak;
-
-static void on_malloc(const volatile void *p, size_t n)
-{
-    (void)p;
-    (void)n;
-    size_t now = __sanitizer_get_current_allocated_bytes();
-    if (now > heap_peak)
-        heap_peak = now;
-}
-
-static void on_free(const volatile void *p) { (void)p; }
-#endif
-
-#if !SWEEP_ASAN
-static uint64_t address_space(void)
-{
-    long pages = 0;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (fp) {
-        if (fscanf(fp, "%ld", &pages) != 1)
-            pages = 0;
-        fclose(fp);
-    }
-    return (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-#endif
-
-/* Caps the child's memory (see the top comment): `budget` above what it
- * uses now. */
-static void cap_memory(uint64_t budget)
-{
-#if SWEEP_ASAN
-    (void)budget;
-    __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
-#else
-    uint64_t now = address_space();
-    struct rlimit rl = {.rlim_cur = now + budget, .rlim_max = now + budget};
-    setrlimit(RLIMIT_AS, &rl);
-#endif
-}
-
-/* Starts measuring one case. */
-static void mem_start(void)
-{
-#if SWEEP_ASAN
-    heap_mark = heap_peak = __sanitizer_get_current_allocated_bytes();
-#endif
-}
-
-/* Peak heap bytes of the case since mem_start (0 without ASan: there
- * RLIMIT_AS enforces the cap). */
-static uint64_t mem_peak(void)
-{
-#if SWEEP_ASAN
-    return heap_peak > heap_mark ? heap_peak - heap_mark : 0;
-#else
-    return 0;
-#endif
-}
-
 /* ---- the child's report ---------------------------------------------------- */
 
 typedef struct report {
@@ -203,86 +133,54 @@ static void failf(report *r, const char *fmt, ...)
 
 typedef void (*sweep_fn)(const void *arg, report *r);
 
-static bool write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return false;
-        c += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
-static size_t read_all(int fd, void *p, size_t n)
-{
-    char *c = p;
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, c + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    return got;
-}
-
 static const char *kib(uint64_t n, char *b, size_t cap)
 {
     snprintf(b, cap, "%.1f KiB", (double)n / 1024.0);
     return b;
 }
 
+typedef struct sweep_job {
+    sweep_fn fn;
+    const void *arg;
+    uint64_t budget;
+} sweep_job;
+
+/* In the child: the sweep under the caps, then its leak check. */
+static void sweep_child(const void *arg, void *result)
+{
+    const sweep_job *j = arg;
+    report *r = result;
+    alarm(SWEEP_SECONDS);
+    mem_cap(j->budget);
+    memset(r, 0, sizeof(*r));
+    double t0 = now_s();
+    j->fn(j->arg, r);
+    r->seconds = now_s() - t0;
+#if SWEEP_ASAN
+    if (__lsan_do_recoverable_leak_check() != 0)
+        failf(r, "memory leaked (see the LeakSanitizer report above)");
+#else
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    r->peak = (uint64_t)ru.ru_maxrss * 1024;
+    snprintf(r->peak_what, sizeof(r->peak_what), "whole sweep, peak RSS");
+#endif
+}
+
 /* Runs fn in a child under the caps; fails the test on a broken
  * expectation, a crash, a sanitizer report, a hang or a leak. */
 static void sandbox(const char *title, sweep_fn fn, const void *arg, uint64_t budget)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        alarm(SWEEP_SECONDS);
-        cap_memory(budget);
-        report r;
-        memset(&r, 0, sizeof(r));
-        double t0 = now_s();
-        fn(arg, &r);
-        r.seconds = now_s() - t0;
-#if SWEEP_ASAN
-        if (__lsan_do_recoverable_leak_check() != 0)
-            failf(&r, "memory leaked (see the LeakSanitizer report above)");
-#else
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        r.peak = (uint64_t)ru.ru_maxrss * 1024;
-        snprintf(r.peak_what, sizeof(r.peak_what), "whole sweep, peak RSS");
-#endif
-        _exit(write_all(fds[1], &r, sizeof(r)) ? 0 : 3);
-    }
-    close(fds[1]);
+    const sweep_job j = {fn, arg, budget};
     report r;
     memset(&r, 0, sizeof(r));
-    size_t got = read_all(fds[0], &r, sizeof(r));
-    close(fds[0]);
-    int wst = 0;
-    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
-    }
-    if (WIFSIGNALED(wst))
-        fail_msg("%s: the sweep died of signal %d (%s)%s", title, WTERMSIG(wst),
-                 strsignal(WTERMSIG(wst)),
-                 WTERMSIG(wst) == SIGALRM ? ": it ran past its time limit (a hang?)" : "");
-    if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0 || got != sizeof(r))
-        fail_msg("%s: the sweep exited with status %d (a sanitizer report?)", title,
-                 WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
+    child_end e;
+    child_run(sweep_child, &j, &r, sizeof(r), 0, &e);
+    if (e.signal)
+        fail_msg("%s: the sweep died of signal %d (%s)%s", title, e.signal, strsignal(e.signal),
+                 e.signal == SIGALRM ? ": it ran past its time limit (a hang?)" : "");
+    if (e.status != 0 || e.got != sizeof(r))
+        fail_msg("%s: the sweep exited with status %d (a sanitizer report?)", title, e.status);
     char a[32], b[32];
     print_message("  %-52s %6llu cases, %5llu opened, %5llu verified, %6.2f s, slowest %.3f s, "
                   "peak %s (%s)\n",
@@ -482,7 +380,7 @@ static void run_case(report *r, const void *data, size_t size, const ckpt_open_o
                      const char *what, const expect *e)
 {
     double t0 = now_s();
-    mem_start();
+    mem_mark();
     ckpt_file *f = (ckpt_file *)(uintptr_t)1;
     ckpt_error err;
     memset(&err, 0, sizeof(err));
@@ -594,21 +492,6 @@ static sample SAMPLES[] = {
 };
 #define SAMPLE_COUNT (sizeof(SAMPLES) / sizeof(SAMPLES[0]))
 
-static uint8_t *read_path(const char *path, size_t *size)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    buf b = {0};
-    uint8_t tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
-        b_put(&b, tmp, n);
-    fclose(fp);
-    *size = b.len;
-    return b.p ? b.p : calloc(1, 1);
-}
-
 /* Loads a sample in the parent; skips the test when its root is not set. */
 static const sample *need_sample(size_t i)
 {
@@ -623,7 +506,7 @@ static const sample *need_sample(size_t i)
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s%s", root, s->from_source ? "fuzz/corpus/fuzz_file/" : "",
              s->path);
-    s->data = read_path(path, &s->size);
+    s->data = read_file(path, &s->size);
     if (!s->data) {
         print_message("%s is missing: skipped\n", path);
         skip();
@@ -809,58 +692,6 @@ static void test_extremes(void **state)
 
 /* ---- builders: pickles ---------------------------------------------------- */
 
-static void pk_proto(buf *b, unsigned v)
-{
-    b_u8(b, 0x80);
-    b_u8(b, v);
-}
-
-static void pk_stop(buf *b) { b_u8(b, '.'); }
-
-static void pk_int(buf *b, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        b_u8(b, 'K');
-        b_u8(b, (unsigned)v);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        b_u8(b, 'J');
-        b_le(b, (uint64_t)(uint32_t)(int32_t)v, 4);
-    } else {
-        b_u8(b, 0x8a); /* LONG1: 8 bytes, two's complement */
-        b_u8(b, 8);
-        b_le(b, (uint64_t)v, 8);
-    }
-}
-
-/* A non-negative integer that may not fit in int64 (LONG1 of 9 bytes). */
-static void pk_uint(buf *b, uint64_t v)
-{
-    if (v <= INT64_MAX) {
-        pk_int(b, (int64_t)v);
-        return;
-    }
-    b_u8(b, 0x8a);
-    b_u8(b, 9);
-    b_le(b, v, 8);
-    b_u8(b, 0);
-}
-
-static void pk_unicode(buf *b, const char *s)
-{
-    b_u8(b, 'X');
-    b_le(b, strlen(s), 4);
-    b_str(b, s);
-}
-
-static void pk_global(buf *b, const char *module, const char *name)
-{
-    b_u8(b, 'c');
-    b_str(b, module);
-    b_u8(b, '\n');
-    b_str(b, name);
-    b_u8(b, '\n');
-}
-
 typedef struct tspec {
     const char *storage_class;   /* "FloatStorage" */
     uint64_t storage_numel;
@@ -882,7 +713,7 @@ static void pk_dims(buf *b, const uint64_t *v, int n)
 }
 
 /* _rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict()) */
-static void pk_tensor(buf *b, const tspec *t)
+static void pk_tspec(buf *b, const tspec *t)
 {
     pk_global(b, "torch._utils", "_rebuild_tensor_v2");
     b_u8(b, '(');
@@ -917,55 +748,19 @@ static void pk_tensor(buf *b, const tspec *t)
 }
 
 /* {"t": tensor} */
-static buf pk_one_tensor(const tspec *t)
+static buf pk_one_tspec(const tspec *t)
 {
     buf b = {0};
     pk_proto(&b, 2);
     b_u8(&b, '}');
     pk_unicode(&b, "t");
-    pk_tensor(&b, t);
+    pk_tspec(&b, t);
     b_u8(&b, 's');
     pk_stop(&b);
     return b;
 }
 
 /* ---- builders: zip archives ------------------------------------------------- */
-
-typedef struct zrec {
-    const char *name;
-    const uint8_t *data;     /* as stored: deflate data when method is 8 */
-    size_t stored;
-    uint64_t size;           /* declared size once inflated */
-    uint32_t crc;
-    unsigned method;
-    bool zip64;              /* sizes (and offset) in ZIP64 extra fields */
-    uint64_t zip64_offset;   /* when not 0: the central ZIP64 header offset */
-} zrec;
-
-static zrec zr_stored(const char *name, const void *data, size_t len)
-{
-    zrec z = {name, data, len, len, libdeflate_crc32(0, data, len), 0, false, 0};
-    return z;
-}
-
-/* Deflates data into *out (freed by the caller). */
-static zrec zr_deflated(const char *name, const void *data, size_t len, buf *out)
-{
-    struct libdeflate_compressor *c = libdeflate_alloc_compressor(9);
-    if (!c)
-        abort();
-    size_t bound = libdeflate_deflate_compress_bound(c, len);
-    uint8_t *tmp = xmalloc(bound);
-    size_t n = libdeflate_deflate_compress(c, data, len, tmp, bound);
-    libdeflate_free_compressor(c);
-    if (n == 0)
-        abort();
-    memset(out, 0, sizeof(*out));
-    b_put(out, tmp, n);
-    free(tmp);
-    zrec z = {name, out->p, n, len, libdeflate_crc32(0, data, len), 8, false, 0};
-    return z;
-}
 
 /*
  * The densest deflate stream: one dynamic Huffman block whose literal/length
@@ -1079,120 +874,6 @@ static void deflate_zeros_sized(uint64_t size, buf *out)
     bw_code(&w, 3, 2);
 }
 
-typedef struct zend {
-    bool zip64;              /* ZIP64 end record and locator */
-    bool set_count, set_cd_size, set_cd_offset;
-    uint64_t count, cd_size, cd_offset;   /* declared instead of the real ones */
-} zend;
-
-typedef struct zbuilt {
-    buf file;
-    uint64_t data_offset[8];
-} zbuilt;
-
-/* A zip as torch writes it: data aligned to 64 by an "FB" extra field. */
-static zbuilt zip_build(const zrec *recs, int n, const zend *end)
-{
-    zbuilt z;
-    memset(&z, 0, sizeof(z));
-    if (n > 8)
-        abort();
-    uint64_t header_off[8];
-    buf *b = &z.file;
-    for (int i = 0; i < n; i++) {
-        const zrec *r = &recs[i];
-        size_t name_len = strlen(r->name);
-        size_t z64 = r->zip64 ? 20 : 0;
-        header_off[i] = b->len;
-        size_t start = b->len + 30 + name_len + z64 + 4;
-        size_t pad = (64 - start % 64) % 64;
-        b_le(b, 0x04034b50u, 4);
-        b_le(b, r->zip64 ? 45 : 20, 2);
-        b_le(b, 0x0800, 2);
-        b_le(b, r->method, 2);
-        b_le(b, 0, 4);
-        b_le(b, r->crc, 4);
-        b_le(b, r->zip64 ? 0xFFFFFFFFu : r->stored, 4);
-        b_le(b, r->zip64 ? 0xFFFFFFFFu : r->size, 4);
-        b_le(b, name_len, 2);
-        b_le(b, z64 + 4 + pad, 2);
-        b_str(b, r->name);
-        if (r->zip64) {
-            b_le(b, 1, 2);
-            b_le(b, 16, 2);
-            b_le(b, r->size, 8);
-            b_le(b, r->stored, 8);
-        }
-        b_str(b, "FB");
-        b_le(b, pad, 2);
-        b_fill(b, 'Z', pad);
-        z.data_offset[i] = b->len;
-        b_put(b, r->data, r->stored);
-    }
-    uint64_t cd_start = b->len;
-    for (int i = 0; i < n; i++) {
-        const zrec *r = &recs[i];
-        size_t name_len = strlen(r->name);
-        bool wide_off = r->zip64 && r->zip64_offset;
-        b_le(b, 0x02014b50u, 4);
-        b_le(b, r->zip64 ? 45 : 20, 2);
-        b_le(b, r->zip64 ? 45 : 20, 2);
-        b_le(b, 0x0800, 2);
-        b_le(b, r->method, 2);
-        b_le(b, 0, 4);
-        b_le(b, r->crc, 4);
-        b_le(b, r->zip64 ? 0xFFFFFFFFu : r->stored, 4);
-        b_le(b, r->zip64 ? 0xFFFFFFFFu : r->size, 4);
-        b_le(b, name_len, 2);
-        b_le(b, r->zip64 ? (wide_off ? 28 : 20) : 0, 2);
-        b_le(b, 0, 2);
-        b_le(b, 0, 2);
-        b_le(b, 0, 2);
-        b_le(b, 0, 4);
-        b_le(b, wide_off ? 0xFFFFFFFFu : header_off[i], 4);
-        b_str(b, r->name);
-        if (r->zip64) {
-            b_le(b, 1, 2);
-            b_le(b, wide_off ? 24 : 16, 2);
-            b_le(b, r->size, 8);
-            b_le(b, r->stored, 8);
-            if (wide_off)
-                b_le(b, r->zip64_offset, 8);
-        }
-    }
-    uint64_t cd_size = b->len - cd_start;
-    uint64_t count = end && end->set_count ? end->count : (uint64_t)n;
-    uint64_t dsize = end && end->set_cd_size ? end->cd_size : cd_size;
-    uint64_t doff = end && end->set_cd_offset ? end->cd_offset : cd_start;
-    bool zip64 = end && end->zip64;
-    if (zip64) {
-        uint64_t rec = b->len;
-        b_le(b, 0x06064b50u, 4);
-        b_le(b, 44, 8);
-        b_le(b, 45, 2);
-        b_le(b, 45, 2);
-        b_le(b, 0, 4);
-        b_le(b, 0, 4);
-        b_le(b, count, 8);
-        b_le(b, count, 8);
-        b_le(b, dsize, 8);
-        b_le(b, doff, 8);
-        b_le(b, 0x07064b50u, 4);
-        b_le(b, 0, 4);
-        b_le(b, rec, 8);
-        b_le(b, 1, 4);
-    }
-    b_le(b, 0x06054b50u, 4);
-    b_le(b, 0, 2);
-    b_le(b, 0, 2);
-    b_le(b, zip64 ? 0xFFFF : count, 2);
-    b_le(b, zip64 ? 0xFFFF : count, 2);
-    b_le(b, zip64 ? 0xFFFFFFFFu : dsize, 4);
-    b_le(b, zip64 ? 0xFFFFFFFFu : doff, 4);
-    b_le(b, 0, 2);
-    return z;
-}
-
 static const uint8_t VERSION3[] = "3\n";
 
 static uint8_t FLOATS[4096];
@@ -1201,18 +882,6 @@ static void fill_floats(void)
 {
     for (size_t i = 0; i < sizeof(FLOATS); i++)
         FLOATS[i] = (uint8_t)(i * 13 + 5);
-}
-
-/* archive/data.pkl, archive/data/0 (when storage), archive/version */
-static zbuilt torch_zip(const buf *pkl, const uint8_t *storage, size_t storage_len)
-{
-    zrec recs[3];
-    int n = 0;
-    recs[n++] = zr_stored("archive/data.pkl", pkl->p, pkl->len);
-    if (storage)
-        recs[n++] = zr_stored("archive/data/0", storage, storage_len);
-    recs[n++] = zr_stored("archive/version", VERSION3, 2);
-    return zip_build(recs, n, NULL);
 }
 
 /* ---- builders: legacy files ------------------------------------------------- */
@@ -1301,7 +970,7 @@ static buf float_tensor_pickle(uint64_t numel)
 {
     uint64_t shape[] = {numel}, stride[] = {1};
     tspec t = {"FloatStorage", numel, false, NULL, 0, 0, 0, shape, stride, 1, NULL};
-    return pk_one_tensor(&t);
+    return pk_one_tspec(&t);
 }
 
 static void sweep_zip_bombs(const void *arg, report *r)
@@ -1329,8 +998,8 @@ static void sweep_zip_bombs(const void *arg, report *r)
 
     /* control: a torch zip with deflated records */
     buf small4 = float_tensor_pickle(4), pz = {0}, dz = {0};
-    zrec pkl_deflated = zr_deflated("archive/data.pkl", small4.p, small4.len, &pz);
-    zrec data_deflated = zr_deflated("archive/data/0", FLOATS, 16, &dz);
+    zrec pkl_deflated = zr_deflated("archive/data.pkl", small4.p, small4.len, 9, &pz);
+    zrec data_deflated = zr_deflated("archive/data/0", FLOATS, 16, 9, &dz);
     zbuilt z = zip_with(&pkl_deflated, &data_deflated);
     run_buf(r, &z.file, "torch zip of deflated records (control)", OPENS);
     b_free(&z.file);
@@ -1424,10 +1093,10 @@ static buf pk_pair(const tspec *a, const tspec *b)
     pk_proto(&p, 2);
     b_u8(&p, '}');
     pk_unicode(&p, "a");
-    pk_tensor(&p, a);
+    pk_tspec(&p, a);
     b_u8(&p, 's');
     pk_unicode(&p, "b");
-    pk_tensor(&p, b);
+    pk_tspec(&p, b);
     b_u8(&p, 's');
     pk_stop(&p);
     return p;
@@ -1444,8 +1113,8 @@ static buf pk_sparse_coo(const tspec *indices, const tspec *values, uint64_t siz
     b_u8(&p, '(');
     pk_global(&p, "torch", "sparse_coo");
     b_u8(&p, '(');
-    pk_tensor(&p, indices);
-    pk_tensor(&p, values);
+    pk_tspec(&p, indices);
+    pk_tspec(&p, values);
     pk_dims(&p, &size, 1);
     b_u8(&p, 't');
     b_u8(&p, 't');
@@ -1579,13 +1248,13 @@ static void sweep_zip64(const void *arg, report *r)
     };
     for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
         zend e = {true, ends[i].set_count, ends[i].set_size, ends[i].set_offset, ends[i].count,
-                  ends[i].size, ends[i].offset};
+                  ends[i].size, ends[i].offset, false};
         z = zip_build(recs, 3, &e);
         run_buf(r, &z.file, ends[i].what, fails_with(S(CKPT_ERR_FORMAT) | S(CKPT_ERR_LIMIT)));
         b_free(&z.file);
     }
     /* the classic end record (no ZIP64) with 65535 entries in a tiny directory */
-    zend classic = {false, true, false, false, 0xFFFF, 0, 0};
+    zend classic = {false, true, false, false, 0xFFFF, 0, 0, false};
     zrec plain[3] = {zr_stored("archive/data.pkl", pkl.p, pkl.len),
                      zr_stored("archive/data/0", FLOATS, 16),
                      zr_stored("archive/version", VERSION3, 2)};
@@ -1713,7 +1382,7 @@ static void run_shape(report *r, const char *what, const char *cls, uint64_t num
                       const uint64_t *stride, int ndim, expect e)
 {
     tspec t = {cls, numel, false, NULL, 0, 0, offset, shape, stride, ndim, NULL};
-    buf p = pk_one_tensor(&t);
+    buf p = pk_one_tspec(&t);
     zbuilt z = torch_zip(&p, FLOATS, bytes);
     run_buf(r, &z.file, what, e);
     b_free(&z.file);
@@ -1779,7 +1448,7 @@ static void sweep_shapes(const void *arg, report *r)
 static void run_legacy(report *r, const char *what, const tspec *t, uint64_t count_field,
                        size_t data_len, expect e)
 {
-    buf obj = pk_one_tensor(t);
+    buf obj = pk_one_tspec(t);
     buf f = legacy_file(&obj, count_field, FLOATS, data_len);
     run_buf(r, &f, what, e);
     b_free(&f);

@@ -53,7 +53,8 @@ static void test_half_round_trip_exhaustive(void **state)
             float f;
             double g;
             assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT32, &f, d, &h, 1), CKPT_OK);
-            assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16 + kind, &back, CKPT_FLOAT32, &f, 1),
+            ckpt_dtype dk = (ckpt_dtype)(CKPT_FLOAT16 + kind);
+            assert_int_equal(ckpt_convert_dtype(dk, &back, CKPT_FLOAT32, &f, 1),
                              CKPT_OK);
             if (isnan(f)) {
                 uint16_t exp_mask = kind ? 0x7f80 : 0x7c00;

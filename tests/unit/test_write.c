@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "format.h"
+#include "support.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -26,38 +27,16 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static char g_dir[64];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][256];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
-
 static uint8_t *slurp(const char *path, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    uint8_t *buf = malloc(n ? (size_t)n : 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
+    uint8_t *p = read_file(path, size);
+    assert_non_null(p);
+    return p;
 }
 
 static void spit(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    assert_true(write_file(path, text, strlen(text)));
 }
 
 static size_t unhex(const char *hex, uint8_t *out, size_t cap)
@@ -77,7 +56,7 @@ static int leftovers(const char *name)
 {
     char prefix[128];
     snprintf(prefix, sizeof(prefix), ".%s.tmp-", name);
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(tmp_dir());
     assert_non_null(d);
     int n = 0;
     for (struct dirent *e; (e = readdir(d));)
@@ -343,11 +322,11 @@ static void check_tensor_bytes(ckpt_file *f, const char *name, const void *want,
 {
     const ckpt_tensor *t = ckpt_file_find_tensor(f, name);
     assert_non_null(t);
-    uint8_t buf[256];
+    uint8_t bytes[256];
     ckpt_error err;
-    assert_true(n <= sizeof(buf));
-    assert_int_equal(ckpt_tensor_copy(f, t, buf, sizeof(buf), &err), CKPT_OK);
-    assert_memory_equal(buf, want, n);
+    assert_true(n <= sizeof(bytes));
+    assert_int_equal(ckpt_tensor_copy(f, t, bytes, sizeof(bytes), &err), CKPT_OK);
+    assert_memory_equal(bytes, want, n);
 }
 
 /* Saved and opened again: same values, views on one storage, every record
@@ -858,28 +837,6 @@ static void test_zip64_real(void **state)
     ckpt_tree_free(t);
 }
 
-/* ---- set-up ------------------------------------------------------------------------ */
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 /* An input that shrinks while its bytes are copied to an output (pread
  * meets the new end) is an error, not a fault on the map past the end. */
 static void test_input_shrinks_during_copy(void **state)
@@ -927,11 +884,7 @@ static void test_input_shrinks_during_copy(void **state)
 
 int main(void)
 {
-    snprintf(g_dir, sizeof(g_dir), "/tmp/ckpt_test_write.XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    tmp_dir_make("ckpt_test_write.");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pickle_matches_cpython),
         cmocka_unit_test(test_pickle_batches),
@@ -947,6 +900,6 @@ int main(void)
         cmocka_unit_test(test_input_shrinks_during_copy),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    remove_tree(g_dir);
+    remove_tree(tmp_dir());
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "zip.h"
+#include "support.h"
 
 #include <dirent.h>
 #include <libdeflate.h>
@@ -23,45 +24,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-/* ---- byte buffer --------------------------------------------------------- */
-
-typedef struct bytes {
-    uint8_t *p;
-    size_t len, cap;
-} bytes;
-
-static void put(bytes *b, const void *src, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        b->p = realloc(b->p, cap);
-        assert_non_null(b->p);
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
-static void put16(bytes *b, uint32_t v)
-{
-    uint8_t t[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
-    put(b, t, 2);
-}
-
-static void put32(bytes *b, uint32_t v)
-{
-    uint8_t t[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    put(b, t, 4);
-}
-
-static void put64(bytes *b, uint64_t v)
-{
-    put32(b, (uint32_t)v);
-    put32(b, (uint32_t)(v >> 32));
-}
+/* ---- byte buffer (support.h) --------------------------------------------- */
 
 static void set16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static void set32(uint8_t *p, uint32_t v) { set16(p, v); set16(p + 2, v >> 16); }
@@ -122,9 +85,9 @@ static zarchive zbuild(const zentry *entries, size_t n, const zopts *o)
     a.crc = calloc(n + 1, sizeof(uint32_t));
     assert_true(a.local_at && a.central_at && a.data_at && a.desc_at && a.comp_size && a.crc);
 
-    bytes b = {0};
+    buf b = {0};
     for (size_t i = 0; i < o->lead; i++)
-        put(&b, "J", 1);
+        b_put(&b, "J", 1);
     struct libdeflate_compressor *c = libdeflate_alloc_compressor(6);
     assert_non_null(c);
     uint8_t **comp = calloc(n + 1, sizeof(uint8_t *));
@@ -157,48 +120,48 @@ static zarchive zbuild(const zentry *entries, size_t n, const zopts *o)
             pad = (64 - start % 64) % 64;
             extra_len += 4 + (uint32_t)pad;
         }
-        put32(&b, 0x04034b50);
-        put16(&b, o->torch ? 0 : 20);
-        put16(&b, o->torch ? 0x0808 : 0);
-        put16(&b, e->method);
-        put32(&b, 0);                                  /* time, date */
+        b_le(&b, 0x04034b50, 4);
+        b_le(&b, o->torch ? 0 : 20, 2);
+        b_le(&b, o->torch ? 0x0808 : 0, 2);
+        b_le(&b, e->method, 2);
+        b_le(&b, 0, 4);                                  /* time, date */
         if (o->torch) {
-            put32(&b, 0);
-            put32(&b, local_wide ? 0xFFFFFFFFu : 0);
-            put32(&b, local_wide ? 0xFFFFFFFFu : 0);
+            b_le(&b, 0, 4);
+            b_le(&b, local_wide ? 0xFFFFFFFFu : 0, 4);
+            b_le(&b, local_wide ? 0xFFFFFFFFu : 0, 4);
         } else {
-            put32(&b, a.crc[i]);
-            put32(&b, local_wide ? 0xFFFFFFFFu : (uint32_t)a.comp_size[i]);
-            put32(&b, local_wide ? 0xFFFFFFFFu : (uint32_t)e->size);
+            b_le(&b, a.crc[i], 4);
+            b_le(&b, local_wide ? 0xFFFFFFFFu : (uint32_t)a.comp_size[i], 4);
+            b_le(&b, local_wide ? 0xFFFFFFFFu : (uint32_t)e->size, 4);
         }
-        put16(&b, (uint32_t)name_len);
-        put16(&b, extra_len);
-        put(&b, e->name, name_len);
+        b_le(&b, (uint32_t)name_len, 2);
+        b_le(&b, extra_len, 2);
+        b_put(&b, e->name, name_len);
         if (local_wide) {
-            put16(&b, 1);
-            put16(&b, 16);
-            put64(&b, e->size);
-            put64(&b, a.comp_size[i]);
+            b_le(&b, 1, 2);
+            b_le(&b, 16, 2);
+            b_le(&b, e->size, 8);
+            b_le(&b, a.comp_size[i], 8);
         }
         if (o->torch) {
-            put(&b, "FB", 2);
-            put16(&b, (uint32_t)pad);
+            b_put(&b, "FB", 2);
+            b_le(&b, (uint32_t)pad, 2);
             for (size_t k = 0; k < pad; k++)
-                put(&b, "Z", 1);
+                b_put(&b, "Z", 1);
         }
         a.data_at[i] = b.len;
-        put(&b, comp[i], a.comp_size[i]);
+        b_put(&b, comp[i], a.comp_size[i]);
         a.desc_at[i] = b.len;
         if (o->torch) {
             if (!o->no_descriptor_sig)
-                put32(&b, 0x08074b50);
-            put32(&b, a.crc[i]);
+                b_le(&b, 0x08074b50, 4);
+            b_le(&b, a.crc[i], 4);
             if (o->wide_descriptor) {
-                put64(&b, a.comp_size[i]);
-                put64(&b, e->size);
+                b_le(&b, a.comp_size[i], 8);
+                b_le(&b, e->size, 8);
             } else {
-                put32(&b, (uint32_t)a.comp_size[i]);
-                put32(&b, (uint32_t)e->size);
+                b_le(&b, (uint32_t)a.comp_size[i], 4);
+                b_le(&b, (uint32_t)e->size, 4);
             }
         }
     }
@@ -208,62 +171,62 @@ static zarchive zbuild(const zentry *entries, size_t n, const zopts *o)
         const zentry *e = &entries[i];
         size_t name_len = strlen(e->name);
         a.central_at[i] = b.len;
-        put32(&b, 0x02014b50);
-        put16(&b, o->torch ? 0 : 0x031e);
-        put16(&b, o->torch ? 0 : 20);
-        put16(&b, o->torch ? 0x0808 : 0);
-        put16(&b, e->method);
-        put32(&b, 0);
-        put32(&b, a.crc[i]);
-        put32(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)a.comp_size[i]);
-        put32(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)e->size);
-        put16(&b, (uint32_t)name_len);
-        put16(&b, o->zip64_extra ? 28 : 0);
-        put16(&b, 0);                                  /* comment */
-        put16(&b, 0);                                  /* disk */
-        put16(&b, 0);
-        put32(&b, 0);
-        put32(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)a.local_at[i]);
-        put(&b, e->name, name_len);
+        b_le(&b, 0x02014b50, 4);
+        b_le(&b, o->torch ? 0 : 0x031e, 2);
+        b_le(&b, o->torch ? 0 : 20, 2);
+        b_le(&b, o->torch ? 0x0808 : 0, 2);
+        b_le(&b, e->method, 2);
+        b_le(&b, 0, 4);
+        b_le(&b, a.crc[i], 4);
+        b_le(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)a.comp_size[i], 4);
+        b_le(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)e->size, 4);
+        b_le(&b, (uint32_t)name_len, 2);
+        b_le(&b, o->zip64_extra ? 28 : 0, 2);
+        b_le(&b, 0, 2);                                  /* comment */
+        b_le(&b, 0, 2);                                  /* disk */
+        b_le(&b, 0, 2);
+        b_le(&b, 0, 4);
+        b_le(&b, o->zip64_extra ? 0xFFFFFFFFu : (uint32_t)a.local_at[i], 4);
+        b_put(&b, e->name, name_len);
         if (o->zip64_extra) {
-            put16(&b, 1);
-            put16(&b, 24);
-            put64(&b, e->size);
-            put64(&b, a.comp_size[i]);
-            put64(&b, a.local_at[i]);
+            b_le(&b, 1, 2);
+            b_le(&b, 24, 2);
+            b_le(&b, e->size, 8);
+            b_le(&b, a.comp_size[i], 8);
+            b_le(&b, a.local_at[i], 8);
         }
     }
     a.cd_size = b.len - a.cd_offset;
 
     if (o->zip64_end) {
         a.zip64_end_at = b.len;
-        put32(&b, 0x06064b50);
-        put64(&b, 44);
-        put16(&b, 0x2d);
-        put16(&b, 0x2d);
-        put32(&b, 0);
-        put32(&b, 0);
-        put64(&b, n);
-        put64(&b, n);
-        put64(&b, a.cd_size);
-        put64(&b, a.cd_offset);
+        b_le(&b, 0x06064b50, 4);
+        b_le(&b, 44, 8);
+        b_le(&b, 0x2d, 2);
+        b_le(&b, 0x2d, 2);
+        b_le(&b, 0, 4);
+        b_le(&b, 0, 4);
+        b_le(&b, n, 8);
+        b_le(&b, n, 8);
+        b_le(&b, a.cd_size, 8);
+        b_le(&b, a.cd_offset, 8);
         a.locator_at = b.len;
-        put32(&b, 0x07064b50);
-        put32(&b, 0);
-        put64(&b, a.zip64_end_at);
-        put32(&b, 1);
+        b_le(&b, 0x07064b50, 4);
+        b_le(&b, 0, 4);
+        b_le(&b, a.zip64_end_at, 8);
+        b_le(&b, 1, 4);
     }
     a.eocd_at = b.len;
     size_t comment_len = o->comment ? strlen(o->comment) : 0;
-    put32(&b, 0x06054b50);
-    put16(&b, 0);
-    put16(&b, 0);
-    put16(&b, n >= 0xFFFF ? 0xFFFF : (uint32_t)n);
-    put16(&b, n >= 0xFFFF ? 0xFFFF : (uint32_t)n);
-    put32(&b, (uint32_t)a.cd_size);
-    put32(&b, (uint32_t)a.cd_offset);
-    put16(&b, (uint32_t)comment_len);
-    put(&b, o->comment, comment_len);
+    b_le(&b, 0x06054b50, 4);
+    b_le(&b, 0, 2);
+    b_le(&b, 0, 2);
+    b_le(&b, n >= 0xFFFF ? 0xFFFF : (uint32_t)n, 2);
+    b_le(&b, n >= 0xFFFF ? 0xFFFF : (uint32_t)n, 2);
+    b_le(&b, (uint32_t)a.cd_size, 4);
+    b_le(&b, (uint32_t)a.cd_offset, 4);
+    b_le(&b, (uint32_t)comment_len, 2);
+    b_put(&b, o->comment, comment_len);
 
     for (size_t i = 0; i < n; i++)
         free(comp[i]);
@@ -288,7 +251,8 @@ static void fill_samples(void)
 {
     uint32_t x = 12345;
     for (size_t i = 0; i < sizeof pickle_bytes; i++)
-        pickle_bytes[i] = (uint8_t)("\x80\x02}q\x00(X\x06\x00\x00\x00weightq"[i % 19] + i / 19);
+        pickle_bytes[i] =
+            (uint8_t)((unsigned char)"\x80\x02}q\x00(X\x06\x00\x00\x00weightq"[i % 19] + i / 19);
     for (size_t i = 0; i < sizeof tensor_bytes; i++) {
         x = x * 1103515245u + 12345u;
         tensor_bytes[i] = (uint8_t)(x >> 16);
@@ -360,7 +324,7 @@ static void check_valid(const zarchive *a, const zentry *entries, const zopts *o
         if (entries[i].size)
             assert_memory_equal(data, entries[i].data, entries[i].size);
         if (entries[i].method == 0) {
-            /* zero copy: a pointer into the caller's bytes */
+            /* zero copy: a pointer into the caller's buf */
             assert_null(owned);
             assert_true(data >= a->p && data + entries[i].size <= a->p + a->size);
             assert_ptr_equal(data, a->p + a->data_at[i]);
@@ -1089,29 +1053,6 @@ static void test_bit_flips(void **state)
 /* ---- real files ---------------------------------------------------------------- */
 
 static size_t corpus_count;
-
-static uint8_t *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 65536;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    fclose(f);
-    *size = len;
-    return buf;
-}
 
 static void check_corpus_file(const char *path)
 {

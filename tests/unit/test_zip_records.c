@@ -15,9 +15,8 @@
 #include <cmocka.h>
 
 #include <ckpt.h>
-#include "testbuf.h"
+#include "support.h"
 
-#include <libdeflate.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,84 +45,32 @@ static buf data_pkl(unsigned n)
     return b;
 }
 
-typedef struct zrec {
+typedef struct record {
     const char *name;
     const uint8_t *data;
     size_t size;
     bool deflate;
-} zrec;
-
-static uint32_t crc32_of(const uint8_t *p, size_t n)
-{
-    return (uint32_t)libdeflate_crc32(0, p, n);
-}
+} record;
 
 /* A zip of the records, stored or deflated; where[i] gets record i's data offset. */
-static buf zip_build(const zrec *recs, int n, uint64_t *where)
+static buf zip_of(const record *recs, int n, uint64_t *where)
 {
-    buf b = {0};
-    uint64_t at[16];
-    uint8_t *comp[16];
-    size_t clen[16];
-    assert_true(n <= 16);
+    zrec z[ZIP_MAX_RECORDS];
+    buf packed[ZIP_MAX_RECORDS];
+    assert_true(n <= ZIP_MAX_RECORDS);
+    for (int i = 0; i < n; i++)
+        z[i] = recs[i].deflate
+                   ? zr_deflated(recs[i].name, recs[i].data, recs[i].size, 6, &packed[i])
+                   : zr_stored(recs[i].name, recs[i].data, recs[i].size);
+    const zend plain = {.unaligned = true};
+    zbuilt b = zip_build(z, n, &plain);
     for (int i = 0; i < n; i++) {
-        comp[i] = (uint8_t *)(uintptr_t)recs[i].data;
-        clen[i] = recs[i].size;
-        if (recs[i].deflate) {
-            struct libdeflate_compressor *c = libdeflate_alloc_compressor(6);
-            size_t cap = libdeflate_deflate_compress_bound(c, recs[i].size);
-            comp[i] = malloc(cap);
-            clen[i] = libdeflate_deflate_compress(c, recs[i].data, recs[i].size, comp[i], cap);
-            libdeflate_free_compressor(c);
-            assert_true(clen[i] > 0);
-        }
-        at[i] = b.len;
-        b_le(&b, 0x04034b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, recs[i].deflate ? 8 : 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc32_of(recs[i].data, recs[i].size), 4);
-        b_le(&b, clen[i], 4);
-        b_le(&b, recs[i].size, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_str(&b, recs[i].name);
-        if (where)
-            where[i] = b.len;
-        b_put(&b, comp[i], clen[i]);
-    }
-    uint64_t cd = b.len;
-    for (int i = 0; i < n; i++) {
-        b_le(&b, 0x02014b50u, 4);
-        b_le(&b, 20, 2);
-        b_le(&b, 20, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, recs[i].deflate ? 8 : 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, crc32_of(recs[i].data, recs[i].size), 4);
-        b_le(&b, clen[i], 4);
-        b_le(&b, recs[i].size, 4);
-        b_le(&b, strlen(recs[i].name), 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 2);
-        b_le(&b, 0, 4);
-        b_le(&b, at[i], 4);
-        b_str(&b, recs[i].name);
         if (recs[i].deflate)
-            free(comp[i]);
+            b_free(&packed[i]);
+        if (where)
+            where[i] = b.data_offset[i];
     }
-    uint64_t cd_size = b.len - cd;
-    b_le(&b, 0x06054b50u, 4);
-    b_le(&b, 0, 4);
-    b_le(&b, (uint64_t)n, 2);
-    b_le(&b, (uint64_t)n, 2);
-    b_le(&b, cd_size, 4);
-    b_le(&b, cd, 4);
-    b_le(&b, 0, 2);
-    return b;
+    return b.file;
 }
 
 /* 1.0f, 2.0f, 3.0f, 4.0f little-endian */
@@ -132,11 +79,11 @@ static const uint8_t FLOATS[16] = {0, 0, 0x80, 0x3f, 0, 0, 0,    0x40,
 
 /* A torch zip as torch 1.13 writes it (data.pkl, data/0, version) plus the
  * extra records; record `name` (when given) gets `data` instead of its own. */
-static buf torch_zip(const char *name, const uint8_t *data, size_t size, bool deflate,
+static buf torch_zip_with(const char *name, const uint8_t *data, size_t size, bool deflate,
                      uint64_t *data_at)
 {
     buf pkl = data_pkl(4);
-    zrec recs[8] = {
+    record recs[8] = {
         {"archive/data.pkl", pkl.p, pkl.len, false},
         {"archive/byteorder", (const uint8_t *)"little", 6, false},
         {"archive/data/0", FLOATS, sizeof(FLOATS), false},
@@ -160,30 +107,11 @@ static buf torch_zip(const char *name, const uint8_t *data, size_t size, bool de
         recs[at].deflate = deflate;
     }
     uint64_t where[8];
-    buf b = zip_build(recs, n, where);
+    buf b = zip_of(recs, n, where);
     if (data_at)
         *data_at = at >= 0 ? where[at] : 0;
     b_free(&pkl);
     return b;
-}
-
-static ckpt_scan *scan(const buf *b)
-{
-    ckpt_scan *sc = NULL;
-    ckpt_error err;
-    assert_int_equal(ckpt_scan_memory(b->p, b->len, NULL, &sc, &err), CKPT_OK);
-    assert_non_null(sc);
-    return sc;
-}
-
-static const ckpt_scan_finding *find(const ckpt_scan *sc, ckpt_scan_kind kind, const char *global)
-{
-    for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++) {
-        const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
-        if (f->kind == kind && (!global || (f->global && strcmp(f->global, global) == 0)))
-            return f;
-    }
-    return NULL;
 }
 
 static void dump(const ckpt_scan *sc)
@@ -197,7 +125,7 @@ static void dump(const ckpt_scan *sc)
 
 static void expect_safe(const buf *b, const char *what)
 {
-    ckpt_scan *sc = scan(b);
+    ckpt_scan *sc = scan_buf(b);
     if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE) {
         print_error("%s: not safe\n", what);
         dump(sc);
@@ -218,12 +146,12 @@ static void expect_payload(const char *name, const char *payload, size_t len, bo
                            uint64_t global_at)
 {
     uint64_t at = 0;
-    buf b = torch_zip(name, (const uint8_t *)payload, len, deflate, &at);
+    buf b = torch_zip_with(name, (const uint8_t *)payload, len, deflate, &at);
     print_message("  %s%s\n", name, deflate ? " (deflated)" : "");
-    ckpt_scan *sc = scan(&b);
+    ckpt_scan *sc = scan_buf(&b);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!x || !g)
         dump(sc);
     assert_non_null(x);
@@ -240,11 +168,11 @@ static void expect_payload(const char *name, const char *payload, size_t len, bo
 static void test_twin_is_safe(void **state)
 {
     (void)state;
-    buf b = torch_zip(NULL, NULL, 0, false, NULL);
+    buf b = torch_zip_with(NULL, NULL, 0, false, NULL);
     expect_safe(&b, "torch zip");
     b_free(&b);
     /* deflated storage, as a re-zipped file has it */
-    b = torch_zip("archive/data/0", FLOATS, sizeof(FLOATS), true, NULL);
+    b = torch_zip_with("archive/data/0", FLOATS, sizeof(FLOATS), true, NULL);
     expect_safe(&b, "deflated storage");
     b_free(&b);
 }
@@ -267,9 +195,9 @@ static void test_pickles_in_text_records(void **state)
     b_put(&big, PAYLOAD, PAYLOAD_LEN);
     b_fill(&big, ' ', 5000);
     uint64_t at = 0;
-    buf b = torch_zip("archive/.data/serialization_id", big.p, big.len, false, &at);
-    ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    buf b = torch_zip_with("archive/.data/serialization_id", big.p, big.len, false, &at);
+    ckpt_scan *sc = scan_buf(&b);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -293,16 +221,16 @@ static void test_pickles_in_storage_records(void **state)
         for (int proto0 = 0; proto0 < 2; proto0++) {
             memset(rec, 'N', sizeof(rec));
             memcpy(rec, proto0 ? PAYLOAD0 : PAYLOAD, proto0 ? PAYLOAD0_LEN : PAYLOAD_LEN);
-            zrec recs[3] = {
+            record recs[3] = {
                 {"archive/data.pkl", pkl.p, pkl.len, false},
                 {"archive/data/0", rec, sizeof(rec), deflate != 0},
                 {"archive/version", (const uint8_t *)"3\n", 2, false},
             };
             uint64_t where[3];
-            buf b = zip_build(recs, 3, where);
-            ckpt_scan *sc = scan(&b);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+            buf b = zip_of(recs, 3, where);
+            ckpt_scan *sc = scan_buf(&b);
+            const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+            const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
             if (!x || !g)
                 dump(sc);
             assert_non_null(x);
@@ -314,7 +242,7 @@ static void test_pickles_in_storage_records(void **state)
             assert_int_equal(g->offset, off);
             assert_int_equal(g->file_offset, deflate ? CKPT_NO_OFFSET : where[1] + off);
             /* the bytes after STOP are the tensor's: reported as such */
-            assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL));
+            assert_non_null(scan_find(sc, CKPT_SCAN_TRAILING_DATA, NULL, NULL));
             ckpt_scan_free(sc);
             /* the reader reads it as the tensor it is */
             ckpt_file *f = NULL;
@@ -334,7 +262,7 @@ static void test_pickles_in_storage_records(void **state)
     };
     for (size_t i = 0; i < sizeof(looks) / sizeof(looks[0]); i++) {
         for (int deflate = 0; deflate < 2; deflate++) {
-            buf b = torch_zip("archive/data/0", looks[i], 16, deflate != 0, NULL);
+            buf b = torch_zip_with("archive/data/0", looks[i], 16, deflate != 0, NULL);
             char what[64];
             snprintf(what, sizeof(what), "pickle-like tensor %zu%s", i, deflate ? " deflated" : "");
             expect_safe(&b, what);
@@ -352,10 +280,10 @@ static void test_pickle_after_data_pkl(void **state)
     buf pkl = data_pkl(4);
     uint64_t stop = pkl.len;
     b_put(&pkl, PAYLOAD, PAYLOAD_LEN);
-    buf b = torch_zip("archive/data.pkl", pkl.p, pkl.len, false, NULL);
-    ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    buf b = torch_zip_with("archive/data.pkl", pkl.p, pkl.len, false, NULL);
+    ckpt_scan *sc = scan_buf(&b);
+    const ckpt_scan_finding *x = scan_find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, NULL);
+    const ckpt_scan_finding *g = scan_find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
     if (!x || !g)
         dump(sc);
     assert_non_null(x);

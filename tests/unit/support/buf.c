@@ -1,21 +1,11 @@
-/*
- * testbuf.h - a growable byte buffer for tests that build files by hand,
- * and a monotonic clock. Header-only: every test program includes it.
- */
-#ifndef CKPT_TESTBUF_H
-#define CKPT_TESTBUF_H
+/* buf.c - a growable byte buffer for tests that build files by hand. */
+#include "support.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-typedef struct buf {
-    uint8_t *p;
-    size_t len, cap;
-} buf;
-
-static inline void b_put(buf *b, const void *src, size_t n)
+void b_put(buf *b, const void *src, size_t n)
 {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -32,38 +22,35 @@ static inline void b_put(buf *b, const void *src, size_t n)
     b->len += n;
 }
 
-static inline void b_u8(buf *b, unsigned v)
+void b_u8(buf *b, unsigned v)
 {
     uint8_t c = (uint8_t)v;
     b_put(b, &c, 1);
 }
 
-/* v as n little-endian bytes */
-static inline void b_le(buf *b, uint64_t v, int n)
+void b_le(buf *b, uint64_t v, int n)
 {
     for (int i = 0; i < n; i++)
         b_u8(b, (unsigned)(v >> (8 * i)) & 0xffu);
 }
 
-static inline void b_str(buf *b, const char *s) { b_put(b, s, strlen(s)); }
+void b_str(buf *b, const char *s) { b_put(b, s, strlen(s)); }
 
-static inline void b_fill(buf *b, unsigned c, size_t n)
+void b_fill(buf *b, unsigned c, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         b_u8(b, c);
 }
 
-static inline void b_free(buf *b)
+void b_free(buf *b)
 {
     free(b->p);
     memset(b, 0, sizeof(*b));
 }
 
-static inline double now_s(void)
+double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
-
-#endif /* CKPT_TESTBUF_H */
