@@ -66,7 +66,7 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
     while (*path) {
         ckpt_kind k = ckpt_value_kind(v);
         size_t rest = strlen(path);
-        if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+        if (k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT) {
             const ckpt_value *best = NULL;
             size_t best_len = 0;
             for (size_t i = 0; i < ckpt_value_len(v); i++) {
@@ -83,7 +83,7 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
                 return NULL;
             v = best;
             path += best_len;
-        } else if (k == CKPT_LIST || k == CKPT_TUPLE) {
+        } else if (k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE) {
             char *end;
             unsigned long long i = strtoull(path, &end, 10);
             if (end == path || (*end && *end != '.') || i >= ckpt_value_len(v))
@@ -377,7 +377,7 @@ static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict
     size_t len;
     const ckpt_value *key = is_dict ? ckpt_value_key(v, i) : NULL;
     const char *s = ckpt_value_str(key, &len);
-    if (!key || ckpt_value_kind(key) != CKPT_STR) {
+    if (!key || ckpt_value_kind(key) != CKPT_KIND_STR) {
         s = buf;
         len = key ? ckpt_value_key_text(key, buf, sizeof(buf))
                   : (size_t)snprintf(buf, sizeof(buf), "%zu", i);
@@ -387,8 +387,8 @@ static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict
 
 bool cli_is_container(ckpt_kind k)
 {
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_DICT ||
+           k == CKPT_KIND_ORDERED_DICT;
 }
 
 static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
@@ -400,7 +400,7 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
         return;
     }
     ckpt_kind k = ckpt_value_kind(v);
-    if (k == CKPT_TENSOR)
+    if (k == CKPT_KIND_TENSOR)
         return;
     if (!cli_is_container(k) || ckpt_value_len(v) == 0) {
         add_value_leaf(w, v);
@@ -423,7 +423,7 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
         return;
     }
     w->stack[depth] = v;
-    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool is_dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     size_t saved = w->path.len;
     for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
         if (!path_push(w, v, i, is_dict))

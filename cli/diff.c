@@ -96,20 +96,20 @@ typedef enum vclass { VC_FLOAT, VC_INT, VC_BYTES } vclass;
 static vclass value_class(ckpt_dtype d)
 {
     switch (d) {
-    case CKPT_FLOAT64:
-    case CKPT_FLOAT32:
-    case CKPT_FLOAT16:
-    case CKPT_BFLOAT16:
+    case CKPT_DTYPE_FLOAT64:
+    case CKPT_DTYPE_FLOAT32:
+    case CKPT_DTYPE_FLOAT16:
+    case CKPT_DTYPE_BFLOAT16:
         return VC_FLOAT;
-    case CKPT_INT64:
-    case CKPT_INT32:
-    case CKPT_INT16:
-    case CKPT_INT8:
-    case CKPT_UINT64:
-    case CKPT_UINT32:
-    case CKPT_UINT16:
-    case CKPT_UINT8:
-    case CKPT_BOOL:
+    case CKPT_DTYPE_INT64:
+    case CKPT_DTYPE_INT32:
+    case CKPT_DTYPE_INT16:
+    case CKPT_DTYPE_INT8:
+    case CKPT_DTYPE_UINT64:
+    case CKPT_DTYPE_UINT32:
+    case CKPT_DTYPE_UINT16:
+    case CKPT_DTYPE_UINT8:
+    case CKPT_DTYPE_BOOL:
         return VC_INT;
     default:
         return VC_BYTES;
@@ -212,11 +212,11 @@ static ival load_int(ckpt_dtype d, const uint8_t *p)
 {
     ival v = {0};
     switch (d) {
-    case CKPT_INT64: { int64_t x; memcpy(&x, p, 8); v.s = x; break; }
-    case CKPT_INT32: { int32_t x; memcpy(&x, p, 4); v.s = x; break; }
-    case CKPT_INT16: { int16_t x; memcpy(&x, p, 2); v.s = x; break; }
-    case CKPT_INT8: { int8_t x; memcpy(&x, p, 1); v.s = x; break; }
-    case CKPT_UINT64: {
+    case CKPT_DTYPE_INT64: { int64_t x; memcpy(&x, p, 8); v.s = x; break; }
+    case CKPT_DTYPE_INT32: { int32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_DTYPE_INT16: { int16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_DTYPE_INT8: { int8_t x; memcpy(&x, p, 1); v.s = x; break; }
+    case CKPT_DTYPE_UINT64: {
         uint64_t x;
         memcpy(&x, p, 8);
         if (x > (uint64_t)INT64_MAX) {
@@ -227,10 +227,10 @@ static ival load_int(ckpt_dtype d, const uint8_t *p)
         }
         break;
     }
-    case CKPT_UINT32: { uint32_t x; memcpy(&x, p, 4); v.s = x; break; }
-    case CKPT_UINT16: { uint16_t x; memcpy(&x, p, 2); v.s = x; break; }
-    case CKPT_UINT8: v.s = p[0]; break;
-    case CKPT_BOOL: v.s = p[0] != 0; break;
+    case CKPT_DTYPE_UINT32: { uint32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_DTYPE_UINT16: { uint16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_DTYPE_UINT8: v.s = p[0]; break;
+    case CKPT_DTYPE_BOOL: v.s = p[0] != 0; break;
     default: break;
     }
     return v;
@@ -241,7 +241,7 @@ static long double ival_ld(ival v) { return v.big ? (long double)v.u : (long dou
 static void to_double(ckpt_dtype d, const uint8_t *src, size_t n, double *out)
 {
     if (value_class(d) == VC_FLOAT) {
-        if (ckpt_convert_dtype(CKPT_FLOAT64, out, d, src, n) == CKPT_OK)
+        if (ckpt_convert_dtype(CKPT_DTYPE_FLOAT64, out, d, src, n) == CKPT_OK)
             return;
     }
     size_t es = ckpt_dtype_size(d);

@@ -128,7 +128,7 @@ enum {
 struct ckpt_value {
     uint16_t kind;             /* ckpt_kind or CKPT__KIND_* */
     uint16_t flags;            /* CKPT__VF_* */
-    uint32_t global_id;        /* CKPT_GLOBAL: ckpt__global id */
+    uint32_t global_id;        /* CKPT_KIND_GLOBAL: ckpt__global id */
     union {
         bool b;
         int64_t i;
@@ -358,7 +358,7 @@ size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap);
 size_t ckpt__float_repr(double d, unsigned flags, char *buf, size_t cap);
 
 /* Decimal text of an int held as n bytes of little-endian two's complement
- * (CKPT_BIGINT), malloc'd and NUL-terminated; *len (may be NULL) gets its
+ * (CKPT_KIND_BIGINT), malloc'd and NUL-terminated; *len (may be NULL) gets its
  * length. NULL when out of memory. Quadratic in n. */
 char *ckpt__bigint_decimal(const uint8_t *p, size_t n, size_t *len);
 

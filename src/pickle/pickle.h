@@ -78,8 +78,8 @@ bool ckpt__pickle_detect(const uint8_t *data, uint64_t size);
 
 /*
  * Ids of the globals the interpreter knows (ckpt_value.global_id of a
- * CKPT_GLOBAL value). Dtypes never appear here: GLOBAL torch.float32 becomes
- * a CKPT_DTYPE value. The values are internal and may change.
+ * CKPT_KIND_GLOBAL value). Dtypes never appear here: GLOBAL torch.float32 becomes
+ * a CKPT_KIND_DTYPE value. The values are internal and may change.
  */
 enum ckpt__global_id {
     CKPT__G_UNKNOWN = 0,
@@ -176,7 +176,7 @@ ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const c
 /*
  * The dtype of a storage class value (GLOBAL torch.FloatStorage, ...), or
  * CKPT_DTYPE_INVALID when v is not one. Char is int8, Byte is uint8; an
- * UntypedStorage gives CKPT_UINT8 with *untyped (may be NULL) = true.
+ * UntypedStorage gives CKPT_DTYPE_UINT8 with *untyped (may be NULL) = true.
  */
 ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped);
 
