@@ -474,6 +474,7 @@ static bool tsrc_open(tsrc *s, ckpt_file *f, const ckpt_tensor *t, const char *f
                       const char *tname)
 {
     memset(s, 0, sizeof(*s));
+    s->ti.struct_size = sizeof(s->ti);
     ckpt_tensor_get_info(t, &s->ti);
     s->esize = ckpt_dtype_size(s->ti.dtype);
     s->count = s->ti.numel;
@@ -786,7 +787,7 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
             continue;
         }
         r->tensors_compared++;
-        ckpt_tensor_info ia, ib;
+        ckpt_tensor_info ia = {.struct_size = sizeof(ia)}, ib = {.struct_size = sizeof(ib)};
         ckpt_tensor_get_info(ta, &ia);
         ckpt_tensor_get_info(tb, &ib);
         tensor_pair pair = {name, ta, tb};
@@ -852,7 +853,7 @@ static bool collect_plain(ckpt_file *f, const char *path, texts *tx, plain_walk 
     w->tx = tx;
     w->visits_left = PLAIN_MAX_VISITS;
     w->repeats_left = PLAIN_MAX_REPEATS;
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     if (fi.format == CKPT_FORMAT_SAFETENSORS) {
         if (fi.metadata && path_put(w, "__metadata__", 12))
@@ -920,7 +921,7 @@ static bool diff_plain(plain_walk *wa, plain_walk *wb, diff_result *r)
 
 static void print_shape(const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     putchar('[');
     for (uint32_t i = 0; i < ti.ndim; i++)
@@ -930,7 +931,7 @@ static void print_shape(const ckpt_tensor *x)
 
 static const char *dtype_of(const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     return ckpt_dtype_name(ti.dtype);
 }
@@ -1026,7 +1027,7 @@ static void jstr(cli_jw *jw, const char *s)
 
 static void jshape(cli_jw *jw, const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     cli_jw_begin_array(jw);
     for (uint32_t i = 0; i < ti.ndim; i++)
@@ -1246,7 +1247,7 @@ int ckpt_cli_diff(int argc, char **argv)
     }
     if (!diff_tensors(f[0], f[1], paths[0], paths[1], &tl, &r))
         goto out;
-    ckpt_file_info ia, ib;
+    ckpt_file_info ia = {.struct_size = sizeof(ia)}, ib = {.struct_size = sizeof(ib)};
     ckpt_file_get_info(f[0], &ia);
     ckpt_file_get_info(f[1], &ib);
     r.plain_skipped = (ia.format == CKPT_FORMAT_SAFETENSORS) != (ib.format == CKPT_FORMAT_SAFETENSORS);

@@ -131,28 +131,46 @@ void ckpt_save_options_default(ckpt_save_options *opts)
     opts->struct_size = sizeof(*opts);
 }
 
+/* ---- extensible structs --------------------------------------------- */
+
+size_t ckpt__struct_in(void *dst, size_t size, const void *src)
+{
+    /* dst holds the defaults. An older caller's struct is shorter: the
+     * fields it does not know keep them. A newer caller's is longer: the
+     * fields this library does not know are not read. */
+    size_t n = 0;
+    if (src)
+        memcpy(&n, src, sizeof(n));
+    size_t take = n < size ? n : size;
+    if (take > sizeof(size_t))
+        memcpy(dst, src, take);
+    memcpy(dst, &size, sizeof(size));
+    return n;
+}
+
+bool ckpt__struct_out(void *dst, const void *src, size_t size)
+{
+    size_t n;
+    if (!dst)
+        return false;
+    memcpy(&n, dst, sizeof(n));
+    if (n < sizeof(size_t))
+        return false;
+    if (n > size)
+        n = size;
+    memcpy(dst, src, n);
+    memcpy(dst, &n, sizeof(n));
+    return true;
+}
+
 void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src)
 {
-    /* as ckpt__limits_apply: fields an older caller does not know keep
-     * their defaults */
     ckpt_save_options_default(dst);
-    size_t n = src ? src->struct_size : 0;
-    if (n > sizeof(*dst))
-        n = sizeof(*dst);
-    if (n)
-        memcpy(dst, src, n);
-    dst->struct_size = sizeof(*dst);
+    ckpt__struct_in(dst, sizeof(*dst), src);
 }
 
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src)
 {
-    /* A caller built against an older header sets fewer limits: the fields
-     * it does not know keep their defaults. struct_size 0: all defaults. */
-    size_t n = src ? src->struct_size : 0;
-    if (n > sizeof(ckpt_limits))
-        n = sizeof(ckpt_limits);
-    if (n == 0)
-        return;
-    memcpy(dst, src, n);
-    dst->struct_size = sizeof(ckpt_limits);
+    /* struct_size 0: all defaults */
+    ckpt__struct_in(dst, sizeof(*dst), src);
 }

@@ -145,8 +145,11 @@ static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt
 {
     ckpt_open_options_default(&f->opts);
     if (opts) {
-        f->opts.flags = opts->flags;
-        ckpt__limits_apply(&f->opts.limits, &opts->limits);
+        ckpt_open_options o;
+        ckpt_open_options_default(&o);
+        ckpt__struct_in(&o, sizeof(o), opts);
+        f->opts.flags = o.flags;
+        ckpt__limits_apply(&f->opts.limits, &o.limits);
     }
     f->pickle_protocol = -1;
     ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
@@ -265,10 +268,8 @@ static uint64_t pow2_alignment(uint64_t off)
     return a;
 }
 
-void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
+static void file_info(const ckpt_file *f, ckpt_file_info *info)
 {
-    if (!info)
-        return;
     memset(info, 0, sizeof(*info));
     info->pickle_protocol = -1;
     if (!f)
@@ -299,6 +300,13 @@ void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
             align = a;
     }
     info->data_alignment = align;
+}
+
+void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
+{
+    ckpt_file_info full = {.struct_size = sizeof(full)};
+    file_info(f, &full);
+    ckpt__struct_out(info, &full, sizeof(full));
 }
 
 const ckpt_value *ckpt_file_root(const ckpt_file *f) { return f ? f->root : NULL; }
@@ -346,21 +354,22 @@ ckpt_status ckpt_file_record(const ckpt_file *f, size_t i, ckpt_record_info *inf
 {
     if (!f || !info || i >= ckpt_file_record_count(f))
         return CKPT_ERR_INVALID_ARG;
+    ckpt_record_info r = {.struct_size = sizeof(r)};
     if (!f->has_zip) {
-        *info = f->records[i];
-        return CKPT_OK;
+        r = f->records[i];
+    } else {
+        const ckpt__zip_entry *e = &f->zip.entries[i];
+        memset(&r, 0, sizeof(r));
+        r.name = e->name;
+        r.header_offset = e->header_offset;
+        r.data_offset = e->data_offset;
+        r.stored_size = e->comp_size;
+        r.size = e->size;
+        r.crc32 = e->crc32;
+        r.compressed = e->method != 0;
+        r.has_crc = true;
     }
-    const ckpt__zip_entry *e = &f->zip.entries[i];
-    memset(info, 0, sizeof(*info));
-    info->name = e->name;
-    info->header_offset = e->header_offset;
-    info->data_offset = e->data_offset;
-    info->stored_size = e->comp_size;
-    info->size = e->size;
-    info->crc32 = e->crc32;
-    info->compressed = e->method != 0;
-    info->has_crc = true;
-    return CKPT_OK;
+    return ckpt__struct_out(info, &r, sizeof(r)) ? CKPT_OK : CKPT_ERR_INVALID_ARG;
 }
 
 /* ---- storages ------------------------------------------------------------ */

@@ -25,6 +25,20 @@
 /* Fills err (may be NULL) and returns status. offset is inside record. */
 ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
                        uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/*
+ * Structs that cross the public boundary start with a caller-set
+ * struct_size (libdeflate's sizeof_options): the library reads and writes
+ * only min(struct_size, sizeof) bytes of them.
+ *
+ * ckpt__struct_in copies a caller's struct (src may be NULL) over dst, which
+ * holds the defaults, and sets dst's struct_size to size; returns src's
+ * struct_size (0 for NULL), for callers that need some fields set.
+ * ckpt__struct_out copies the library's src (size bytes) into the caller's
+ * dst and sets dst's struct_size to the bytes written; false, writing
+ * nothing, when dst is NULL or its struct_size cannot hold struct_size.
+ */
+size_t ckpt__struct_in(void *dst, size_t size, const void *src);
+bool ckpt__struct_out(void *dst, const void *src, size_t size);
 /* Copies the limits a caller set (src->struct_size bytes of them) over the
  * defaults in dst. */
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);

@@ -95,15 +95,6 @@ static void warnf(ckpt_manager *m, const char *fmt, ...)
     m->warn(m->warn_user, msg);
 }
 
-/* Copies the options a caller set (the first struct_size bytes of src, NULL
- * for none) over the defaults in dst: fields an older caller does not know
- * keep their defaults. */
-static void apply_options(void *dst, size_t dst_size, const void *src, size_t src_size)
-{
-    if (src && src_size)
-        memcpy(dst, src, src_size < dst_size ? src_size : dst_size);
-}
-
 static char *join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);
@@ -674,7 +665,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty directory name");
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
-    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
+    ckpt__struct_in(&o, sizeof(o), opts);
     if (o.mode != CKPT_MODE_MIN && o.mode != CKPT_MODE_MAX)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
@@ -826,11 +817,12 @@ void ckpt_manager_close(ckpt_manager *m)
 
 size_t ckpt_manager_count(const ckpt_manager *m) { return m ? m->mf.committed.count : 0; }
 
-bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *info)
+bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *out)
 {
-    if (!m || !info || i >= m->mf.committed.count)
+    if (!m || !out || i >= m->mf.committed.count)
         return false;
     const ckpt__mentry *e = &m->mf.committed.items[i];
+    ckpt_checkpoint_info full, *info = &full;
     memset(info, 0, sizeof(*info));
     info->file = e->file;
     info->step = e->step;
@@ -845,7 +837,7 @@ bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *inf
     info->user_metadata = e->user_json;
     info->weights_only = e->weights_only;
     marks(m, e, &info->last, &info->best);
-    return true;
+    return ckpt__struct_out(out, &full, sizeof(full));
 }
 
 const char *ckpt_manager_monitor(const ckpt_manager *m, ckpt_metric_mode *mode)
@@ -867,8 +859,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
     *out = NULL;
     ckpt_open_options o;
     ckpt_open_options_default(&o);
-    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
-    o.struct_size = sizeof(o);
+    ckpt__struct_in(&o, sizeof(o), opts);
     o.flags |= CKPT_OPEN_VERIFY_CRC;
     /* last.pth first, numbered files from the newest, a full best.pth last */
     size_t count = m->mf.committed.count;

@@ -329,11 +329,12 @@ size_t ckpt_model_count(const ckpt_model *m)
     return m ? m->count : 0;
 }
 
-bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info)
+bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *out)
 {
-    if (!m || i >= m->count || !info)
+    if (!m || i >= m->count || !out)
         return false;
     const model_param *p = &m->params[i];
+    ckpt_param_info full, *info = &full;
     memset(info, 0, sizeof(*info));
     info->name = p->name;
     info->dtype = p->dtype;
@@ -349,7 +350,7 @@ bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info)
     info->loaded = p->loaded;
     info->borrowed = p->borrowed;
     info->placed = p->placed;
-    return true;
+    return ckpt__struct_out(out, &full, sizeof(full));
 }
 
 bool ckpt_model_find(const ckpt_model *m, const char *name, size_t *index)
@@ -762,7 +763,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
         return CKPT_OK;
     }
     const ckpt_tensor *t = ckpt_value_tensor(e->value);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     bool scalar_from_1d = p->ndim == 0 && ti.ndim == 1;
     bool same = scalar_from_1d ? ti.shape[0] >= 1 : ti.ndim == p->ndim;
@@ -1308,6 +1309,7 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
     if (c->o.place) {
         ckpt_placement pc;
         memset(&pc, 0, sizeof(pc));
+        pc.struct_size = sizeof(pc);
         pc.name = p->name;
         pc.index = pi;
         pc.location = pl->location;
@@ -1352,11 +1354,9 @@ static void fill_report(const ckpt_model *m, ckpt_load_report *r, const str_list
     r->message = m->message;
 }
 
-ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
-                            ckpt_load_report *report, ckpt_error *err)
+static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
+                              ckpt_load_report *r, ckpt_error *err)
 {
-    ckpt_load_report scratch_report;
-    ckpt_load_report *r = report ? report : &scratch_report;
     memset(r, 0, sizeof(*r));
     if (!m || !f)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
@@ -1367,11 +1367,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
     c.f = f;
     c.err = err;
     ckpt_load_options_default(&c.o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(c.o) ? opts->struct_size : sizeof(c.o);
-        memcpy(&c.o, opts, n);
-        c.o.struct_size = sizeof(c.o);
-    }
+    ckpt__struct_in(&c.o, sizeof(c.o), opts);
     if ((c.o.strip_prefix_count && !c.o.strip_prefixes) ||
         (c.o.prefix_map_count && !c.o.prefix_map) ||
         (c.o.location_map_count && !c.o.location_map))
@@ -1451,5 +1447,18 @@ out:
     free(c.plan);
     free(scratch);
     module_tree_free(&mt);
+    return st;
+}
+
+ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
+                            ckpt_load_report *report, ckpt_error *err)
+{
+    if (report && report->struct_size < sizeof(size_t))
+        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
+                          "ckpt_model_load: report.struct_size not set");
+    ckpt_load_report r = {.struct_size = sizeof(r)};
+    ckpt_status st = model_load(m, f, opts, &r, err);
+    if (report)
+        ckpt__struct_out(report, &r, sizeof(r));
     return st;
 }

@@ -89,11 +89,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
                           "ckpt_adamw_new needs a model and an output");
     ckpt_adamw_options o;
     ckpt_adamw_options_default(&o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o);
-        memcpy(&o, opts, n);
-        o.struct_size = sizeof(o);
-    }
+    ckpt__struct_in(&o, sizeof(o), opts);
     CKPT_RETURN_IF_ERROR(check_options(&o, err));
     ckpt_adamw *a = calloc(1, sizeof(*a));
     size_t n = ckpt_model_count(m);
@@ -104,7 +100,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
     a->model = m;
     a->o = o;
     for (size_t i = 0; i < n; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         ckpt_model_param(m, i, &info);
         if (info.is_buffer || info.is_extra_state)
             continue;
@@ -126,7 +122,8 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
 
 void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts)
 {
-    *opts = o->o;
+    if (o)
+        ckpt__struct_out(opts, &o->o, sizeof(o->o));
 }
 
 ckpt_status ckpt_adamw_set_lr(ckpt_adamw *o, double lr)
@@ -155,7 +152,7 @@ ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "ckpt_adamw_step needs an optimizer and gradients");
     for (size_t i = 0; i < o->count; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         ckpt_model_param(o->model, o->params[i].model_index, &info);
         if (grads[i] && (info.borrowed || info.placed || !info.data))
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
@@ -320,7 +317,7 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                           "optimizer state %zu: \"%s\" is missing or not a tensor", i, name);
     const ckpt_tensor *t = ckpt_value_tensor(v);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     bool same = ti.ndim == p->ndim && ti.layout == CKPT_LAYOUT_STRIDED && ti.has_storage;
     for (uint32_t d = 0; same && d < p->ndim; d++)
@@ -363,7 +360,7 @@ static ckpt_status read_step(ckpt_file *f, const ckpt_value *v, size_t i, int64_
     double d;
     if (ckpt_value_kind(v) == CKPT_TENSOR) {
         const ckpt_tensor *t = ckpt_value_tensor(v);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         if (ti.numel != 1 || ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage)
             return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,

@@ -155,6 +155,7 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
     }
     ckpt_scan_finding *f = &r->findings[r->count];
     memset(f, 0, sizeof(*f));
+    f->struct_size = sizeof(*f);
     f->kind = kind;
     f->record = text_copy(r, record);
     f->message = text_copy(r, message);
@@ -1843,9 +1844,12 @@ static void ctx_init(scan_ctx *s, ckpt_scan *r, const ckpt_scan_options *opts, c
     s->err = err;
     ckpt_limits_default(&s->limits);
     if (opts) {
-        ckpt__limits_apply(&s->limits, &opts->limits);
-        s->allow = opts->allow;
-        s->allow_count = opts->allow ? opts->allow_count : 0;
+        ckpt_scan_options o;
+        ckpt_scan_options_default(&o);
+        ckpt__struct_in(&o, sizeof(o), opts);
+        ckpt__limits_apply(&s->limits, &o.limits);
+        s->allow = o.allow;
+        s->allow_count = o.allow ? o.allow_count : 0;
     }
 }
 

@@ -109,7 +109,7 @@ ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t o
 /* A part as a contiguous array (a malloc'd copy). */
 static ckpt_status part_copy(ckpt_file *f, const ckpt_tensor *p, void **out, ckpt_error *err)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(p, &ti);
     /* the limits first (a part may repeat its storage; its storage may be
      * a deflated record), then the copy is allocated */

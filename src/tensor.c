@@ -105,10 +105,8 @@ void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype)
     }
 }
 
-void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
+static void tensor_info(const ckpt_tensor *t, ckpt_tensor_info *info)
 {
-    if (!info)
-        return;
     memset(info, 0, sizeof(*info));
     info->storage_file_offset = CKPT_NO_OFFSET;
     if (!t)
@@ -146,6 +144,13 @@ void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
     } else {
         info->location = "meta";
     }
+}
+
+void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
+{
+    ckpt_tensor_info full = {.struct_size = sizeof(full)};
+    tensor_info(t, &full);
+    ckpt__struct_out(info, &full, sizeof(full));
 }
 
 static bool is_sparse(const ckpt_tensor *t) { return t->layout != CKPT_LAYOUT_STRIDED; }
