@@ -335,7 +335,7 @@ static int cmd_load(const char *path, const char *mode)
     for (size_t i = 0; i < n; i++) {
         ckpt_tensor_info info = {.struct_size = sizeof(info)};
         ckpt_tensor_get_info(v[i].t, &info);
-        if (ckpt_model_add(m, v[i].name, to_f32 ? CKPT_FLOAT32 : info.dtype, info.ndim,
+        if (ckpt_model_add(m, v[i].name, to_f32 ? CKPT_DTYPE_FLOAT32 : info.dtype, info.ndim,
                            info.shape, NULL, 0, NULL, &err) != CKPT_OK)
             die(v[i].name, &err);
     }

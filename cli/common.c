@@ -64,7 +64,7 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
     while (*path) {
         ckpt_kind k = ckpt_value_kind(v);
         size_t rest = strlen(path);
-        if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+        if (k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT) {
             const ckpt_value *best = NULL;
             size_t best_len = 0;
             for (size_t i = 0; i < ckpt_value_len(v); i++) {
@@ -81,7 +81,7 @@ const ckpt_value *cli_find_path(const ckpt_value *v, const char *path)
                 return NULL;
             v = best;
             path += best_len;
-        } else if (k == CKPT_LIST || k == CKPT_TUPLE) {
+        } else if (k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE) {
             char *end;
             unsigned long long i = strtoull(path, &end, 10);
             if (end == path || (*end && *end != '.') || i >= ckpt_value_len(v))

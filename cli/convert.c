@@ -181,14 +181,14 @@ static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
                                        const ckpt_value *state)
 {
     const ckpt_value *meta = ckpt_value_get(state, "_metadata");
-    if (!meta || (ckpt_value_kind(meta) != CKPT_ORDERED_DICT && ckpt_value_kind(meta) != CKPT_DICT))
+    if (!meta || (ckpt_value_kind(meta) != CKPT_KIND_ORDERED_DICT && ckpt_value_kind(meta) != CKPT_KIND_DICT))
         return state;
-    ckpt_value *new_meta = ckpt_value_kind(meta) == CKPT_ORDERED_DICT
+    ckpt_value *new_meta = ckpt_value_kind(meta) == CKPT_KIND_ORDERED_DICT
                                ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
     for (size_t i = 0; i < ckpt_value_len(meta); i++) {
         const ckpt_value *key = ckpt_value_key(meta, i);
         const ckpt_value *val = ckpt_value_dict_value(meta, i);
-        if (ckpt_value_kind(key) != CKPT_STR) {
+        if (ckpt_value_kind(key) != CKPT_KIND_STR) {
             ckpt_dict_put(tree, new_meta, key, val);
             continue;
         }
@@ -201,7 +201,7 @@ static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
     ckpt_value *new_state = ckpt_new_dict(tree);
     for (size_t i = 0; i < ckpt_value_len(state); i++) {
         const ckpt_value *key = ckpt_value_key(state, i);
-        const char *ks = ckpt_value_kind(key) == CKPT_STR ? ckpt_value_str(key, NULL) : NULL;
+        const char *ks = ckpt_value_kind(key) == CKPT_KIND_STR ? ckpt_value_str(key, NULL) : NULL;
         ckpt_dict_put(tree, new_state, key,
                       ks && strcmp(ks, "_metadata") == 0 ? new_meta
                                                           : ckpt_value_dict_value(state, i));
@@ -214,7 +214,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
                                          const ckpt_value *root, size_t *dropped)
 {
     ckpt_kind kind = ckpt_value_kind(root);
-    ckpt_value *out = kind == CKPT_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
+    ckpt_value *out = kind == CKPT_KIND_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
     *dropped = 0;
     for (size_t i = 0; i < ckpt_value_len(root); i++) {
         const ckpt_value *key = ckpt_value_key(root, i);
@@ -224,7 +224,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
             (*dropped)++;
             continue;
         }
-        if (ckpt_value_kind(key) != CKPT_STR) {
+        if (ckpt_value_kind(key) != CKPT_KIND_STR) {
             ckpt_dict_put(tree, out, key, ckpt_value_dict_value(root, i));
             continue;
         }
@@ -235,7 +235,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
         free(k);
     }
     const ckpt_value *state = ckpt_value_state(root);
-    if (state && kind == CKPT_ORDERED_DICT)
+    if (state && kind == CKPT_KIND_ORDERED_DICT)
         ckpt_set_state(tree, out, edit_metadata(tree, o, state));
     return out;
 }
@@ -309,7 +309,7 @@ static bool memo_set(cast_memo *m, const ckpt_value *v, const ckpt_value *to)
 
 static bool castable(ckpt_dtype d)
 {
-    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
+    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 || d == CKPT_DTYPE_BFLOAT16;
 }
 
 /* The tree with every strided floating tensor cast to `to`; containers that
@@ -322,14 +322,14 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
     if (!v || depth > 1000)
         return v;
     ckpt_kind kind = ckpt_value_kind(v);
-    bool is_dict = kind == CKPT_DICT || kind == CKPT_ORDERED_DICT;
-    bool is_seq = kind == CKPT_LIST || kind == CKPT_TUPLE || kind == CKPT_SET;
-    if (kind != CKPT_TENSOR && !is_dict && !is_seq)
+    bool is_dict = kind == CKPT_KIND_DICT || kind == CKPT_KIND_ORDERED_DICT;
+    bool is_seq = kind == CKPT_KIND_LIST || kind == CKPT_KIND_TUPLE || kind == CKPT_KIND_SET;
+    if (kind != CKPT_KIND_TENSOR && !is_dict && !is_seq)
         return v;
     const ckpt_value *seen = memo_get(memo, v);
     if (seen)
         return seen == IN_PROGRESS ? v : seen;
-    if (kind == CKPT_TENSOR) {
+    if (kind == CKPT_KIND_TENSOR) {
         ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
         if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage || !castable(ti.dtype) ||
@@ -355,17 +355,17 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
     }
     const ckpt_value *result = v;
     if (changed) {
-        ckpt_value *c = kind == CKPT_DICT ? ckpt_new_dict(tree)
-                        : kind == CKPT_ORDERED_DICT ? ckpt_new_ordered_dict(tree)
-                        : kind == CKPT_LIST ? ckpt_new_list(tree)
-                        : kind == CKPT_TUPLE ? ckpt_new_tuple(tree) : ckpt_new_set(tree);
+        ckpt_value *c = kind == CKPT_KIND_DICT ? ckpt_new_dict(tree)
+                        : kind == CKPT_KIND_ORDERED_DICT ? ckpt_new_ordered_dict(tree)
+                        : kind == CKPT_KIND_LIST ? ckpt_new_list(tree)
+                        : kind == CKPT_KIND_TUPLE ? ckpt_new_tuple(tree) : ckpt_new_set(tree);
         for (size_t i = 0; i < n; i++) {
             if (is_dict)
                 ckpt_dict_put(tree, c, ckpt_value_key(v, i), kids[i]);
             else
                 ckpt_append(tree, c, kids[i]);
         }
-        if (kind == CKPT_ORDERED_DICT && ckpt_value_state(v))
+        if (kind == CKPT_KIND_ORDERED_DICT && ckpt_value_state(v))
             ckpt_set_state(tree, c, ckpt_value_state(v));
         result = c;
     }
@@ -567,7 +567,7 @@ int ckpt_cli_convert(int argc, char **argv)
             goto done_tree;
         }
     }
-    if (ckpt_value_kind(root) == CKPT_OBJECT && fmt == 1) {
+    if (ckpt_value_kind(root) == CKPT_KIND_OBJECT && fmt == 1) {
         /* A pickled object (torch.save(model), read with --permissive)
          * cannot be written back: write what state_dict() would give. */
         root = object_state_dict(tree, f, o.key);
@@ -578,7 +578,7 @@ int ckpt_cli_convert(int argc, char **argv)
     }
     if (key_edits(&o)) {
         ckpt_kind k = ckpt_value_kind(root);
-        if (k != CKPT_DICT && k != CKPT_ORDERED_DICT) {
+        if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT) {
             fprintf(stderr, "ckpt convert: key edits and filters need a dict (the state dict); "
                             "%s holds a %s there: use --key\n", o.in, ckpt_kind_name(k));
             goto done_tree;

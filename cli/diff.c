@@ -312,7 +312,7 @@ static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict
     size_t len;
     const ckpt_value *key = is_dict ? ckpt_value_key(v, i) : NULL;
     const char *s = ckpt_value_str(key, &len);
-    if (!key || ckpt_value_kind(key) != CKPT_STR) {
+    if (!key || ckpt_value_kind(key) != CKPT_KIND_STR) {
         s = buf;
         len = key ? ckpt_value_key_text(key, buf, sizeof(buf))
                   : (size_t)snprintf(buf, sizeof(buf), "%zu", i);
@@ -322,8 +322,8 @@ static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict
 
 static bool is_container(ckpt_kind k)
 {
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_DICT ||
+           k == CKPT_KIND_ORDERED_DICT;
 }
 
 static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
@@ -335,7 +335,7 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
         return;
     }
     ckpt_kind k = ckpt_value_kind(v);
-    if (k == CKPT_TENSOR)
+    if (k == CKPT_KIND_TENSOR)
         return;
     if (!is_container(k) || ckpt_value_len(v) == 0) {
         add_value_leaf(w, v);
@@ -358,7 +358,7 @@ static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)
         return;
     }
     w->stack[depth] = v;
-    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool is_dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     size_t saved = w->path.len;
     for (size_t i = 0; i < ckpt_value_len(v) && !w->failed && !w->too_many; i++) {
         if (!path_push(w, v, i, is_dict))
@@ -437,20 +437,20 @@ typedef enum vclass { VC_FLOAT, VC_INT, VC_BYTES } vclass;
 static vclass value_class(ckpt_dtype d)
 {
     switch (d) {
-    case CKPT_FLOAT64:
-    case CKPT_FLOAT32:
-    case CKPT_FLOAT16:
-    case CKPT_BFLOAT16:
+    case CKPT_DTYPE_FLOAT64:
+    case CKPT_DTYPE_FLOAT32:
+    case CKPT_DTYPE_FLOAT16:
+    case CKPT_DTYPE_BFLOAT16:
         return VC_FLOAT;
-    case CKPT_INT64:
-    case CKPT_INT32:
-    case CKPT_INT16:
-    case CKPT_INT8:
-    case CKPT_UINT64:
-    case CKPT_UINT32:
-    case CKPT_UINT16:
-    case CKPT_UINT8:
-    case CKPT_BOOL:
+    case CKPT_DTYPE_INT64:
+    case CKPT_DTYPE_INT32:
+    case CKPT_DTYPE_INT16:
+    case CKPT_DTYPE_INT8:
+    case CKPT_DTYPE_UINT64:
+    case CKPT_DTYPE_UINT32:
+    case CKPT_DTYPE_UINT16:
+    case CKPT_DTYPE_UINT8:
+    case CKPT_DTYPE_BOOL:
         return VC_INT;
     default:
         return VC_BYTES;
@@ -554,11 +554,11 @@ static ival load_int(ckpt_dtype d, const uint8_t *p)
 {
     ival v = {0};
     switch (d) {
-    case CKPT_INT64: { int64_t x; memcpy(&x, p, 8); v.s = x; break; }
-    case CKPT_INT32: { int32_t x; memcpy(&x, p, 4); v.s = x; break; }
-    case CKPT_INT16: { int16_t x; memcpy(&x, p, 2); v.s = x; break; }
-    case CKPT_INT8: { int8_t x; memcpy(&x, p, 1); v.s = x; break; }
-    case CKPT_UINT64: {
+    case CKPT_DTYPE_INT64: { int64_t x; memcpy(&x, p, 8); v.s = x; break; }
+    case CKPT_DTYPE_INT32: { int32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_DTYPE_INT16: { int16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_DTYPE_INT8: { int8_t x; memcpy(&x, p, 1); v.s = x; break; }
+    case CKPT_DTYPE_UINT64: {
         uint64_t x;
         memcpy(&x, p, 8);
         if (x > (uint64_t)INT64_MAX) {
@@ -569,10 +569,10 @@ static ival load_int(ckpt_dtype d, const uint8_t *p)
         }
         break;
     }
-    case CKPT_UINT32: { uint32_t x; memcpy(&x, p, 4); v.s = x; break; }
-    case CKPT_UINT16: { uint16_t x; memcpy(&x, p, 2); v.s = x; break; }
-    case CKPT_UINT8: v.s = p[0]; break;
-    case CKPT_BOOL: v.s = p[0] != 0; break;
+    case CKPT_DTYPE_UINT32: { uint32_t x; memcpy(&x, p, 4); v.s = x; break; }
+    case CKPT_DTYPE_UINT16: { uint16_t x; memcpy(&x, p, 2); v.s = x; break; }
+    case CKPT_DTYPE_UINT8: v.s = p[0]; break;
+    case CKPT_DTYPE_BOOL: v.s = p[0] != 0; break;
     default: break;
     }
     return v;
@@ -583,7 +583,7 @@ static long double ival_ld(ival v) { return v.big ? (long double)v.u : (long dou
 static void to_double(ckpt_dtype d, const uint8_t *src, size_t n, double *out)
 {
     if (value_class(d) == VC_FLOAT) {
-        if (ckpt_convert_dtype(CKPT_FLOAT64, out, d, src, n) == CKPT_OK)
+        if (ckpt_convert_dtype(CKPT_DTYPE_FLOAT64, out, d, src, n) == CKPT_OK)
             return;
     }
     size_t es = ckpt_dtype_size(d);

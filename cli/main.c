@@ -175,7 +175,7 @@ static void dict_json(const ckpt_value *v, tree_walk *w, int depth)
         const ckpt_value *k = ckpt_value_key(v, i);
         size_t len;
         const char *s = ckpt_value_str(k, &len);
-        all_str = ckpt_value_kind(k) == CKPT_STR && strlen(s) == len && cli_utf8_valid(s, len);
+        all_str = ckpt_value_kind(k) == CKPT_KIND_STR && strlen(s) == len && cli_utf8_valid(s, len);
     }
     if (all_str) {
         cli_jw_begin_object(jw);
@@ -226,10 +226,10 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
     size_t len;
     const char *s;
     switch (ckpt_value_kind(v)) {
-    case CKPT_NONE: cli_jw_null(jw); return;
-    case CKPT_BOOLEAN: cli_jw_bool(jw, ckpt_value_bool(v)); return;
-    case CKPT_INT: cli_jw_int(jw, ckpt_value_int(v)); return;
-    case CKPT_BIGINT: {
+    case CKPT_KIND_NONE: cli_jw_null(jw); return;
+    case CKPT_KIND_BOOL: cli_jw_bool(jw, ckpt_value_bool(v)); return;
+    case CKPT_KIND_INT: cli_jw_int(jw, ckpt_value_int(v)); return;
+    case CKPT_KIND_BIGINT: {
         ckpt_value_str(v, &len);
         if (!text_budget(w, 3 * (uint64_t)len))
             return;
@@ -238,7 +238,7 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         free(t);
         return;
     }
-    case CKPT_FLOAT: {
+    case CKPT_KIND_FLOAT: {
         double d = ckpt_value_float(v);
         if (isfinite(d))
             cli_jw_real(jw, d);
@@ -246,7 +246,7 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
             tagged_text(jw, "$float", isnan(d) ? "nan" : d > 0 ? "inf" : "-inf");
         return;
     }
-    case CKPT_COMPLEX: {
+    case CKPT_KIND_COMPLEX: {
         double re, im;
         ckpt_value_complex(v, &re, &im);
         cli_jw_begin_object(jw);
@@ -258,7 +258,7 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         cli_jw_end_object(jw);
         return;
     }
-    case CKPT_STR: {
+    case CKPT_KIND_STR: {
         s = ckpt_value_str(v, &len);
         if (!text_budget(w, len))
             return;
@@ -271,7 +271,7 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         free(h);
         return;
     }
-    case CKPT_BYTES: {
+    case CKPT_KIND_BYTES: {
         s = ckpt_value_str(v, &len);
         if (!text_budget(w, 2 * (uint64_t)len))
             return;
@@ -280,12 +280,12 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         free(h);
         return;
     }
-    case CKPT_LIST: seq_json(v, w, depth); return;
-    case CKPT_TUPLE: tagged_seq("$tuple", v, w, depth); return;
-    case CKPT_SET: tagged_seq("$set", v, w, depth); return;
-    case CKPT_SIZE: tagged_seq("$size", v, w, depth); return;
-    case CKPT_DICT: dict_json(v, w, depth); return;
-    case CKPT_ORDERED_DICT: {
+    case CKPT_KIND_LIST: seq_json(v, w, depth); return;
+    case CKPT_KIND_TUPLE: tagged_seq("$tuple", v, w, depth); return;
+    case CKPT_KIND_SET: tagged_seq("$set", v, w, depth); return;
+    case CKPT_KIND_SIZE: tagged_seq("$size", v, w, depth); return;
+    case CKPT_KIND_DICT: dict_json(v, w, depth); return;
+    case CKPT_KIND_ORDERED_DICT: {
         cli_jw_begin_object(jw);
         cli_jw_key(jw, "$odict");
         dict_json(v, w, depth);
@@ -297,10 +297,10 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         cli_jw_end_object(jw);
         return;
     }
-    case CKPT_DEVICE: tagged_text(jw, "$device", ckpt_value_str(v, NULL)); return;
-    case CKPT_DTYPE: tagged_text(jw, "$dtype", ckpt_dtype_name(ckpt_value_dtype(v))); return;
-    case CKPT_GLOBAL: tagged_text(jw, "$global", ckpt_value_str(v, NULL)); return;
-    case CKPT_OBJECT: {
+    case CKPT_KIND_DEVICE: tagged_text(jw, "$device", ckpt_value_str(v, NULL)); return;
+    case CKPT_KIND_DTYPE: tagged_text(jw, "$dtype", ckpt_dtype_name(ckpt_value_dtype(v))); return;
+    case CKPT_KIND_GLOBAL: tagged_text(jw, "$global", ckpt_value_str(v, NULL)); return;
+    case CKPT_KIND_OBJECT: {
         cli_jw_begin_object(jw);
         cli_jw_key(jw, "$object");
         cli_jw_begin_object(jw);
@@ -329,7 +329,7 @@ static void value_json(const ckpt_value *v, tree_walk *w, int depth)
         cli_jw_end_object(jw);
         return;
     }
-    case CKPT_TENSOR: tensor_summary_json(jw, ckpt_value_tensor(v)); return;
+    case CKPT_KIND_TENSOR: tensor_summary_json(jw, ckpt_value_tensor(v)); return;
     }
     cli_jw_null(jw);
 }
@@ -531,7 +531,7 @@ static char *text_start(const ckpt_value *v, size_t len)
     char *out = malloc(k + 48);
     if (!out)
         return NULL;
-    if (ckpt_value_kind(v) == CKPT_STR)
+    if (ckpt_value_kind(v) == CKPT_KIND_STR)
         snprintf(out, k + 48, "%.*s...%c (%zu bytes)", (int)k, buf, buf[0], len);
     else
         snprintf(out, k + 48, "%.*s... (%zu bytes)", (int)k, buf, len);
@@ -584,10 +584,10 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
 {
     size_t len;
     switch (ckpt_value_kind(v)) {
-    case CKPT_STR:
-    case CKPT_BIGINT:
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
+    case CKPT_KIND_STR:
+    case CKPT_KIND_BIGINT:
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL:
         if (ckpt_value_str(v, &len) && len > TREE_MAX_TEXT) {
             const char *t = long_text(c, v, len);
             char *own = t ? NULL : text_start(v, len);
@@ -597,13 +597,13 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
             print_repr(v);
         }
         break;
-    case CKPT_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
-    case CKPT_OBJECT:
+    case CKPT_KIND_BYTES: ckpt_value_str(v, &len); printf("bytes (%zu)", len); break;
+    case CKPT_KIND_OBJECT:
         ckpt_value_str(v, &len);
         printf("%.*s%s object (inert)", TREE_MAX_TEXT, ckpt_value_str(v, NULL),
                len > TREE_MAX_TEXT ? "..." : "");
         break;
-    case CKPT_TENSOR: {
+    case CKPT_KIND_TENSOR: {
         ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
         char shape[256];
@@ -621,14 +621,14 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
 
 static bool is_container(ckpt_kind k)
 {
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_DICT ||
-           k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_DICT ||
+           k == CKPT_KIND_ORDERED_DICT;
 }
 
 static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
 {
     ckpt_kind k = ckpt_value_kind(v);
-    if (k == CKPT_OBJECT && ckpt_value_state(v) && depth + 1 < TREE_MAX_DEPTH) {
+    if (k == CKPT_KIND_OBJECT && ckpt_value_state(v) && depth + 1 < TREE_MAX_DEPTH) {
         /* an inert object shows its state (attributes) below it */
         print_scalar(c, v);
         printf("\n%*sstate: ", (depth + 1) * 2, "");
@@ -640,8 +640,8 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
         putchar('\n');
         return;
     }
-    const char *names[] = {[CKPT_LIST] = "list", [CKPT_TUPLE] = "tuple", [CKPT_SET] = "set",
-                           [CKPT_DICT] = "dict", [CKPT_ORDERED_DICT] = "OrderedDict"};
+    const char *names[] = {[CKPT_KIND_LIST] = "list", [CKPT_KIND_TUPLE] = "tuple", [CKPT_KIND_SET] = "set",
+                           [CKPT_KIND_DICT] = "dict", [CKPT_KIND_ORDERED_DICT] = "OrderedDict"};
     size_t n = ckpt_value_len(v);
     const ckpt_value *meta = ckpt_value_get(ckpt_value_state(v), "_metadata");
     if (meta)
@@ -660,7 +660,7 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
     }
     c->nodes_left--;
     c->path[depth] = v;
-    bool is_dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool is_dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     size_t shown = c->full || n <= c->width ? n : c->width;
     for (size_t i = 0; i < shown; i++) {
         /* every line counts: a shared container repeats all of its items */
@@ -674,9 +674,9 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
             /* as tensor names show keys */
             const ckpt_value *key = ckpt_value_key(v, i);
             char text[256];
-            if (ckpt_value_kind(key) != CKPT_STR)
+            if (ckpt_value_kind(key) != CKPT_KIND_STR)
                 ckpt_value_key_text(key, text, sizeof(text));
-            printf("%s: ", ckpt_value_kind(key) == CKPT_STR ? ckpt_value_str(key, NULL) : text);
+            printf("%s: ", ckpt_value_kind(key) == CKPT_KIND_STR ? ckpt_value_str(key, NULL) : text);
             print_tree(c, ckpt_value_dict_value(v, i), depth + 1);
         } else {
             printf("[%zu] ", i);

@@ -55,13 +55,13 @@ static void usage(FILE *out)
 static bool is_dict(const ckpt_value *v)
 {
     ckpt_kind k = ckpt_value_kind(v);
-    return k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
 static bool holds_tensors(const ckpt_value *v)
 {
     for (size_t i = 0; i < ckpt_value_len(v); i++)
-        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_TENSOR)
+        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_KIND_TENSOR)
             return true;
     return false;
 }
@@ -134,7 +134,7 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
         if (t)
             ckpt_tensor_get_info(t, &ti);
         /* a description: the check reads no tensor byte of either file */
-        if (ckpt_model_add(m, name, t ? ti.dtype : CKPT_UINT8, ti.ndim, ti.shape, NULL,
+        if (ckpt_model_add(m, name, t ? ti.dtype : CKPT_DTYPE_UINT8, ti.ndim, ti.shape, NULL,
                            extra ? CKPT_PARAM_EXTRA_STATE : CKPT_PARAM_NO_DATA, NULL,
                            &err) != CKPT_OK) {
             cli_print_error(o->reference, &err);

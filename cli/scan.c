@@ -68,7 +68,7 @@ static void report_json(scan_run *r, const char *path, const ckpt_scan *sc, cons
         json_object_set_new(j, "offset", offset_json(f->offset));
         json_object_set_new(j, "file_offset", offset_json(f->file_offset));
         ckpt_scan_use_text(f->use, use, sizeof(use));
-        json_object_set_new(j, "use", f->kind == CKPT_SCAN_GLOBAL ? json_string(use) : json_null());
+        json_object_set_new(j, "use", f->kind == CKPT_SCAN_KIND_GLOBAL ? json_string(use) : json_null());
         json_object_set_new(j, "runs_code", json_boolean(f->runs_code));
         json_object_set_new(j, "message", json_string(f->message));
         json_array_append_new(fs, j);
@@ -85,7 +85,7 @@ static void report_human(const char *path, const ckpt_scan *sc, const ckpt_error
         return;
     }
     size_t n = ckpt_scan_finding_count(sc);
-    if (ckpt_scan_get_verdict(sc) == CKPT_SCAN_SAFE) {
+    if (ckpt_scan_get_verdict(sc) == CKPT_SCAN_VERDICT_SAFE) {
         printf("%s: safe\n", path);
         return;
     }
@@ -114,7 +114,7 @@ static void scan_one(scan_run *r, const char *path)
     if (ckpt_scan_file(path, &r->opts, &sc, &err) != CKPT_OK) {
         sc = NULL;
         r->errors++;
-    } else if (ckpt_scan_get_verdict(sc) == CKPT_SCAN_SAFE) {
+    } else if (ckpt_scan_get_verdict(sc) == CKPT_SCAN_VERDICT_SAFE) {
         r->safe++;
     } else {
         r->unsafe++;

@@ -38,7 +38,7 @@ static uint64_t fuzz_walk(const ckpt_value *v, int depth, uint64_t *budget)
     }
     size_t n = ckpt_value_len(v);
     ckpt_kind k = ckpt_value_kind(v);
-    bool dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     for (size_t i = 0; i < n && *budget; i++) {
         if (dict) {
             h += fuzz_walk(ckpt_value_key(v, i), depth + 1, budget);

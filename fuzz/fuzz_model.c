@@ -41,7 +41,7 @@ static ckpt_status place(void *user, ckpt_placement *p, ckpt_error *err)
 static bool is_dict(const ckpt_value *v)
 {
     ckpt_kind k = ckpt_value_kind(v);
-    return k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
 /* The state dict ckpt_load_options.key == NULL picks. */
@@ -50,7 +50,7 @@ static const ckpt_value *auto_state_dict(const ckpt_value *root)
     if (!is_dict(root))
         return root;
     for (size_t i = 0; i < ckpt_value_len(root); i++)
-        if (ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_TENSOR)
+        if (ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_KIND_TENSOR)
             return root;
     const ckpt_value *v = ckpt_value_get(root, "state_dict");
     if (!is_dict(v))
@@ -75,7 +75,7 @@ static void own_model(ckpt_file *f)
         const ckpt_value *v = ckpt_value_dict_value(sd, i);
         size_t klen;
         const char *key = ckpt_value_str(k, &klen);
-        if (ckpt_value_kind(k) != CKPT_STR || ckpt_value_kind(v) != CKPT_TENSOR || !klen ||
+        if (ckpt_value_kind(k) != CKPT_KIND_STR || ckpt_value_kind(v) != CKPT_KIND_TENSOR || !klen ||
             memchr(key, '\0', klen))
             goto skip_model; /* keys the model cannot name: nothing to compare */
         const ckpt_tensor *t = ckpt_value_tensor(v);
@@ -87,9 +87,9 @@ static void own_model(ckpt_file *f)
             ckpt_dtype_size(ti.dtype) == 0)
             goto skip_model;
         ckpt_dtype want = ckpt_dtype_is_floating(ti.dtype) &&
-                                  (ti.dtype == CKPT_FLOAT64 || ti.dtype == CKPT_FLOAT16 ||
-                                   ti.dtype == CKPT_BFLOAT16 || ti.dtype == CKPT_FLOAT32)
-                              ? CKPT_FLOAT32
+                                  (ti.dtype == CKPT_DTYPE_FLOAT64 || ti.dtype == CKPT_DTYPE_FLOAT16 ||
+                                   ti.dtype == CKPT_DTYPE_BFLOAT16 || ti.dtype == CKPT_DTYPE_FLOAT32)
+                              ? CKPT_DTYPE_FLOAT32
                               : ti.dtype;
         if (ckpt_model_add(m, key, want, ti.ndim, ti.shape, NULL, 0, NULL, &err) != CKPT_OK)
             goto skip_model; /* a repeated key, ... */
@@ -138,10 +138,10 @@ static void seed_net(ckpt_file *f)
     static const int64_t w0[] = {64, 32}, b0[] = {64}, w2[] = {10, 64}, b2[] = {10};
     ckpt_model *m = ckpt_model_new("Net");
     ckpt_error err;
-    if (!m || ckpt_model_add(m, "net.0.weight", CKPT_FLOAT32, 2, w0, NULL, 0, NULL, &err) ||
-        ckpt_model_add(m, "net.0.bias", CKPT_FLOAT32, 1, b0, NULL, 0, NULL, &err) ||
-        ckpt_model_add(m, "net.2.weight", CKPT_FLOAT32, 2, w2, NULL, 0, NULL, &err) ||
-        ckpt_model_add(m, "net.2.bias", CKPT_FLOAT32, 1, b2, NULL, 0, NULL, &err)) {
+    if (!m || ckpt_model_add(m, "net.0.weight", CKPT_DTYPE_FLOAT32, 2, w0, NULL, 0, NULL, &err) ||
+        ckpt_model_add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, b0, NULL, 0, NULL, &err) ||
+        ckpt_model_add(m, "net.2.weight", CKPT_DTYPE_FLOAT32, 2, w2, NULL, 0, NULL, &err) ||
+        ckpt_model_add(m, "net.2.bias", CKPT_DTYPE_FLOAT32, 1, b2, NULL, 0, NULL, &err)) {
         ckpt_model_free(m);
         return;
     }

@@ -24,16 +24,16 @@ static ckpt_status fuzz_persistent_load(void *user, ckpt__pickle_ctx *ctx, const
                                         uint64_t offset, ckpt_value **out, ckpt_error *err)
 {
     (void)user;
-    ckpt_dtype dtype = CKPT_FLOAT32;
+    ckpt_dtype dtype = CKPT_DTYPE_FLOAT32;
     uint64_t numel = 16;
     bool untyped = false;
-    if (pid->kind == CKPT_TUPLE && pid->u.seq.len >= 5) {
+    if (pid->kind == CKPT_KIND_TUPLE && pid->u.seq.len >= 5) {
         const ckpt_value *const *it = (const ckpt_value *const *)pid->u.seq.items;
         ckpt_dtype d = ckpt__storage_type_dtype(it[1], &untyped);
         if (d == CKPT_DTYPE_INVALID)
             return ckpt__fail(err, CKPT_ERR_FORMAT, ctx->record, offset, "not a storage class");
         dtype = d;
-        if (it[4]->kind == CKPT_INT && it[4]->u.i >= 0 && it[4]->u.i <= (1 << 20))
+        if (it[4]->kind == CKPT_KIND_INT && it[4]->u.i >= 0 && it[4]->u.i <= (1 << 20))
             numel = (uint64_t)it[4]->u.i;
     }
     ckpt__storage *s = ckpt__arena_alloc(ctx->arena, sizeof(*s));
@@ -78,7 +78,7 @@ static uint64_t walk(const ckpt_value *v, int depth, uint64_t *budget)
             abort(); /* max_ndim */
     }
     ckpt_kind k = ckpt_value_kind(v);
-    bool dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     size_t n = ckpt_value_len(v);
     for (size_t i = 0; i < n && *budget; i++) {
         if (dict) {

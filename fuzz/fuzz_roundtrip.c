@@ -118,7 +118,7 @@ static bool same_value(const ckpt_value *a, const ckpt_value *b, const char *pat
     double ra, ia, rb, ib;
     ckpt_value_complex(a, &ra, &ia);
     ckpt_value_complex(b, &rb, &ib);
-    if (k == CKPT_FLOAT || k == CKPT_COMPLEX) {
+    if (k == CKPT_KIND_FLOAT || k == CKPT_KIND_COMPLEX) {
         if ((memcmp(&ra, &rb, sizeof(ra)) != 0 && !(isnan(ra) && isnan(rb))) ||
             (memcmp(&ia, &ib, sizeof(ia)) != 0 && !(isnan(ia) && isnan(ib))))
             return differ(path, "number", a, b);
@@ -137,7 +137,7 @@ static bool same_value(const ckpt_value *a, const ckpt_value *b, const char *pat
     size_t n = ckpt_value_len(a);
     if (n != ckpt_value_len(b))
         return differ(path, "length", a, b);
-    bool dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     char sub[256];
     for (size_t i = 0; i < n; i++) {
         snprintf(sub, sizeof(sub), "%s/%zu", path, i);
@@ -154,12 +154,12 @@ static bool same_value(const ckpt_value *a, const ckpt_value *b, const char *pat
     /* BUILD state as torch applies it: to OrderedDicts and tensors only (the
      * reader also keeps it on plain dicts, which torch refuses to build), and
      * an empty state is no state */
-    if (k != CKPT_ORDERED_DICT && k != CKPT_TENSOR)
+    if (k != CKPT_KIND_ORDERED_DICT && k != CKPT_KIND_TENSOR)
         return true;
     const ckpt_value *xa = ckpt_value_state(a), *xb = ckpt_value_state(b);
-    if (xa && ckpt_value_len(xa) == 0 && ckpt_value_kind(xa) == CKPT_DICT)
+    if (xa && ckpt_value_len(xa) == 0 && ckpt_value_kind(xa) == CKPT_KIND_DICT)
         xa = NULL;
-    if (xb && ckpt_value_len(xb) == 0 && ckpt_value_kind(xb) == CKPT_DICT)
+    if (xb && ckpt_value_len(xb) == 0 && ckpt_value_kind(xb) == CKPT_KIND_DICT)
         xb = NULL;
     if ((xa == NULL) != (xb == NULL))
         return differ(path, "state present in one only", a, b);
@@ -291,7 +291,7 @@ static void roundtrip_safetensors(ckpt_file *f, bool verified)
         const char *name = NULL;
         const ckpt_tensor *a = ckpt_file_tensor(f, i, &name);
         /* a root that is itself a tensor is saved as "tensor" */
-        bool root = ckpt_value_kind(ckpt_file_root(f)) == CKPT_TENSOR;
+        bool root = ckpt_value_kind(ckpt_file_root(f)) == CKPT_KIND_TENSOR;
         const ckpt_tensor *b = ckpt_file_find_tensor(g, root ? "tensor" : name);
         if (!b)
             mismatch(what, "tensor '%s' is missing", name);

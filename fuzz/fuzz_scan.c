@@ -24,7 +24,7 @@ static void exercise(const uint8_t *data, size_t size, const ckpt_scan_options *
     volatile size_t sink = strlen(ckpt_scan_format(sc));
     sink += (size_t)ckpt_scan_get_verdict(sc);
     size_t n = ckpt_scan_finding_count(sc);
-    if (n && ckpt_scan_get_verdict(sc) == CKPT_SCAN_SAFE)
+    if (n && ckpt_scan_get_verdict(sc) == CKPT_SCAN_VERDICT_SAFE)
         abort(); /* a finding always makes a file unsafe */
     for (size_t i = 0; i < n; i++) {
         const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);

@@ -50,6 +50,11 @@
  *   Fixed structs never grow: ckpt_error (its text buffers are its room),
  *   and the pairs passed in arrays, ckpt_metric and ckpt_key_map (an array
  *   has no room to grow; new data comes in new structs).
+ *   Enum constants carry their type's name as prefix: CKPT_DTYPE_*,
+ *   CKPT_KIND_* (ckpt_kind), CKPT_LAYOUT_*, CKPT_FORMAT_*,
+ *   CKPT_SCAN_VERDICT_*, CKPT_SCAN_KIND_*, CKPT_MODE_* (ckpt_metric_mode),
+ *   and CKPT_OK / CKPT_ERR_* (ckpt_status); flags theirs: CKPT_OPEN_*,
+ *   CKPT_SAVE_*, CKPT_LOAD_*, CKPT_PARAM_*, CKPT_SCAN_USE_*, ...
  */
 #ifndef CKPT_H
 #define CKPT_H
@@ -167,41 +172,41 @@ CKPT_API void ckpt_limits_default(ckpt_limits *limits);
 /* Values are stable. Names are PyTorch's without "torch." (ckpt_dtype_name). */
 typedef enum ckpt_dtype {
     CKPT_DTYPE_INVALID = 0,
-    CKPT_FLOAT64 = 1,
-    CKPT_FLOAT32 = 2,
-    CKPT_FLOAT16 = 3,
-    CKPT_BFLOAT16 = 4,
-    CKPT_COMPLEX128 = 5,
-    CKPT_COMPLEX64 = 6,
-    CKPT_COMPLEX32 = 7,
-    CKPT_INT64 = 8,
-    CKPT_INT32 = 9,
-    CKPT_INT16 = 10,
-    CKPT_INT8 = 11,
-    CKPT_UINT64 = 12,
-    CKPT_UINT32 = 13,
-    CKPT_UINT16 = 14,
-    CKPT_UINT8 = 15,
-    CKPT_BOOL = 16,
-    CKPT_FLOAT8_E5M2 = 17,
-    CKPT_FLOAT8_E4M3FN = 18,
-    CKPT_FLOAT8_E5M2FNUZ = 19,
-    CKPT_FLOAT8_E4M3FNUZ = 20,
-    CKPT_FLOAT8_E8M0FNU = 21,
-    CKPT_QINT8 = 22,
-    CKPT_QUINT8 = 23,
-    CKPT_QINT32 = 24,
-    CKPT_QUINT4X2 = 25,
-    CKPT_QUINT2X4 = 26,
-    CKPT_BITS8 = 27,
-    CKPT_BITS16 = 28,
-    CKPT_BITS1X8 = 29,
-    CKPT_BITS2X4 = 30,
-    CKPT_BITS4X2 = 31,
-    CKPT_FLOAT4_E2M1FN_X2 = 32,
-    CKPT_FLOAT4_E2M1 = 33,  /* safetensors F4: 4 bits per element */
-    CKPT_FLOAT6_E2M3 = 34,  /* safetensors F6_E2M3: 6 bits per element */
-    CKPT_FLOAT6_E3M2 = 35,  /* safetensors F6_E3M2: 6 bits per element */
+    CKPT_DTYPE_FLOAT64 = 1,
+    CKPT_DTYPE_FLOAT32 = 2,
+    CKPT_DTYPE_FLOAT16 = 3,
+    CKPT_DTYPE_BFLOAT16 = 4,
+    CKPT_DTYPE_COMPLEX128 = 5,
+    CKPT_DTYPE_COMPLEX64 = 6,
+    CKPT_DTYPE_COMPLEX32 = 7,
+    CKPT_DTYPE_INT64 = 8,
+    CKPT_DTYPE_INT32 = 9,
+    CKPT_DTYPE_INT16 = 10,
+    CKPT_DTYPE_INT8 = 11,
+    CKPT_DTYPE_UINT64 = 12,
+    CKPT_DTYPE_UINT32 = 13,
+    CKPT_DTYPE_UINT16 = 14,
+    CKPT_DTYPE_UINT8 = 15,
+    CKPT_DTYPE_BOOL = 16,
+    CKPT_DTYPE_FLOAT8_E5M2 = 17,
+    CKPT_DTYPE_FLOAT8_E4M3FN = 18,
+    CKPT_DTYPE_FLOAT8_E5M2FNUZ = 19,
+    CKPT_DTYPE_FLOAT8_E4M3FNUZ = 20,
+    CKPT_DTYPE_FLOAT8_E8M0FNU = 21,
+    CKPT_DTYPE_QINT8 = 22,
+    CKPT_DTYPE_QUINT8 = 23,
+    CKPT_DTYPE_QINT32 = 24,
+    CKPT_DTYPE_QUINT4X2 = 25,
+    CKPT_DTYPE_QUINT2X4 = 26,
+    CKPT_DTYPE_BITS8 = 27,
+    CKPT_DTYPE_BITS16 = 28,
+    CKPT_DTYPE_BITS1X8 = 29,
+    CKPT_DTYPE_BITS2X4 = 30,
+    CKPT_DTYPE_BITS4X2 = 31,
+    CKPT_DTYPE_FLOAT4_E2M1FN_X2 = 32,
+    CKPT_DTYPE_FLOAT4_E2M1 = 33,  /* safetensors F4: 4 bits per element */
+    CKPT_DTYPE_FLOAT6_E2M3 = 34,  /* safetensors F6_E2M3: 6 bits per element */
+    CKPT_DTYPE_FLOAT6_E3M2 = 35,  /* safetensors F6_E3M2: 6 bits per element */
     CKPT_DTYPE_COUNT_
 } ckpt_dtype;
 
@@ -224,29 +229,29 @@ CKPT_API bool ckpt_dtype_is_floating(ckpt_dtype dtype);
  * ======================================================================== */
 
 typedef enum ckpt_kind {
-    CKPT_NONE = 0,
-    CKPT_BOOLEAN = 1,
-    CKPT_INT = 2,         /* fits in int64_t */
-    CKPT_BIGINT = 3,      /* larger int: little-endian two's complement bytes */
-    CKPT_FLOAT = 4,
-    CKPT_COMPLEX = 5,
-    CKPT_STR = 6,         /* UTF-8, may hold NUL: use the length */
-    CKPT_BYTES = 7,       /* bytes or bytearray */
-    CKPT_LIST = 8,
-    CKPT_TUPLE = 9,
-    CKPT_SET = 10,        /* set or frozenset (ckpt_value_repr tells them apart) */
-    CKPT_DICT = 11,
-    CKPT_ORDERED_DICT = 12,
-    CKPT_SIZE = 13,       /* torch.Size: a tuple of ints */
-    CKPT_DEVICE = 14,     /* torch.device: text "cpu", "cuda:0" */
-    CKPT_DTYPE = 15,      /* a torch dtype object */
-    CKPT_TENSOR = 16,     /* a tensor or Parameter */
-    CKPT_GLOBAL = 17,     /* a reference to a class or constant, e.g.
-                             torch.per_tensor_affine: text "module.name" */
-    CKPT_OBJECT = 18      /* an object of a class outside the allow-list, kept
-                             inert (CKPT_OPEN_PERMISSIVE; never built by running
-                             anything): text "module.name" of its class, its
-                             arguments and state through the accessors below */
+    CKPT_KIND_NONE = 0,
+    CKPT_KIND_BOOL = 1,
+    CKPT_KIND_INT = 2,         /* fits in int64_t */
+    CKPT_KIND_BIGINT = 3,      /* larger int: little-endian two's complement bytes */
+    CKPT_KIND_FLOAT = 4,
+    CKPT_KIND_COMPLEX = 5,
+    CKPT_KIND_STR = 6,         /* UTF-8, may hold NUL: use the length */
+    CKPT_KIND_BYTES = 7,       /* bytes or bytearray */
+    CKPT_KIND_LIST = 8,
+    CKPT_KIND_TUPLE = 9,
+    CKPT_KIND_SET = 10,        /* set or frozenset (ckpt_value_repr tells them apart) */
+    CKPT_KIND_DICT = 11,
+    CKPT_KIND_ORDERED_DICT = 12,
+    CKPT_KIND_SIZE = 13,       /* torch.Size: a tuple of ints */
+    CKPT_KIND_DEVICE = 14,     /* torch.device: text "cpu", "cuda:0" */
+    CKPT_KIND_DTYPE = 15,      /* a torch dtype object */
+    CKPT_KIND_TENSOR = 16,     /* a tensor or Parameter */
+    CKPT_KIND_GLOBAL = 17,     /* a reference to a class or constant, e.g.
+                                  torch.per_tensor_affine: text "module.name" */
+    CKPT_KIND_OBJECT = 18      /* an object of a class outside the allow-list, kept
+                                  inert (CKPT_OPEN_PERMISSIVE; never built by running
+                                  anything): text "module.name" of its class, its
+                                  arguments and state through the accessors below */
 } ckpt_kind;
 
 typedef struct ckpt_value ckpt_value;
@@ -474,7 +479,7 @@ CKPT_API const ckpt_tensor *ckpt_file_tensor(const ckpt_file *f, size_t i,
                                              const char **name);
 /* By name; NULL when absent. */
 CKPT_API const ckpt_tensor *ckpt_file_find_tensor(const ckpt_file *f, const char *name);
-/* The value (kind CKPT_TENSOR) holding tensor i, to put it into a tree as it
+/* The value (kind CKPT_KIND_TENSOR) holding tensor i, to put it into a tree as it
  * is (see ckpt_new_view); NULL past the end. */
 CKPT_API const ckpt_value *ckpt_file_tensor_value(const ckpt_file *f, size_t i);
 
@@ -1126,30 +1131,30 @@ CKPT_API int64_t ckpt_adamw_param_step(const ckpt_adamw *o, size_t i);
  * ======================================================================== */
 
 typedef enum ckpt_scan_verdict {
-    CKPT_SCAN_SAFE = 0,
-    CKPT_SCAN_UNSAFE = 1
+    CKPT_SCAN_VERDICT_SAFE = 0,
+    CKPT_SCAN_VERDICT_UNSAFE = 1
 } ckpt_scan_verdict;
 
 /* What a finding is about. Values are stable; names (ckpt_scan_kind_name)
  * are the snake_case of the constant without the prefix. */
 typedef enum ckpt_scan_kind {
-    CKPT_SCAN_GLOBAL = 1,          /* a pickle names a global outside the allow-list */
-    CKPT_SCAN_BROKEN_PICKLE = 2,   /* a pickle breaks: the opcode's offset and why */
-    CKPT_SCAN_EXTRA_PICKLE = 3,    /* a pickle the format does not read: back to back,
-                                      in another record, hidden in the archive */
-    CKPT_SCAN_TRAILING_DATA = 4,   /* bytes after what the format reads */
-    CKPT_SCAN_TORCHSCRIPT = 5,     /* a TorchScript archive (code/, constants.pkl) */
-    CKPT_SCAN_DUPLICATE_NAME = 6,  /* two zip entries with one name */
-    CKPT_SCAN_NAME_MISMATCH = 7,   /* local header and central directory disagree */
-    CKPT_SCAN_ZIP_FLAGS = 8,       /* encryption or patch flag bits (0x1, 0x20, 0x40) */
-    CKPT_SCAN_CRC_MISMATCH = 9,    /* a record read by the scan has a wrong CRC32 */
-    CKPT_SCAN_EXTRA_BYTES = 10,    /* bytes before, between or after the zip entries */
-    CKPT_SCAN_ZIP_STRUCTURE = 11,  /* other zip inconsistencies (overlaps, sizes, ...) */
-    CKPT_SCAN_UNSAFE_NAME = 12,    /* an entry name with "..", an absolute path, "\\" */
-    CKPT_SCAN_NESTED_ARCHIVE = 13, /* an archive inside the file (zip, 7z) */
-    CKPT_SCAN_STORAGE = 14,        /* a storage record missing or of the wrong size */
-    CKPT_SCAN_FORMAT = 15,         /* not a checkpoint torch.load reads, or one it refuses */
-    CKPT_SCAN_LIMIT = 16           /* a limit stopped the scan: the rest is unchecked */
+    CKPT_SCAN_KIND_GLOBAL = 1,          /* a pickle names a global outside the allow-list */
+    CKPT_SCAN_KIND_BROKEN_PICKLE = 2,   /* a pickle breaks: the opcode's offset and why */
+    CKPT_SCAN_KIND_EXTRA_PICKLE = 3,    /* a pickle the format does not read: back to back,
+                                           in another record, hidden in the archive */
+    CKPT_SCAN_KIND_TRAILING_DATA = 4,   /* bytes after what the format reads */
+    CKPT_SCAN_KIND_TORCHSCRIPT = 5,     /* a TorchScript archive (code/, constants.pkl) */
+    CKPT_SCAN_KIND_DUPLICATE_NAME = 6,  /* two zip entries with one name */
+    CKPT_SCAN_KIND_NAME_MISMATCH = 7,   /* local header and central directory disagree */
+    CKPT_SCAN_KIND_ZIP_FLAGS = 8,       /* encryption or patch flag bits (0x1, 0x20, 0x40) */
+    CKPT_SCAN_KIND_CRC_MISMATCH = 9,    /* a record read by the scan has a wrong CRC32 */
+    CKPT_SCAN_KIND_EXTRA_BYTES = 10,    /* bytes before, between or after the zip entries */
+    CKPT_SCAN_KIND_ZIP_STRUCTURE = 11,  /* other zip inconsistencies (overlaps, sizes, ...) */
+    CKPT_SCAN_KIND_UNSAFE_NAME = 12,    /* an entry name with "..", an absolute path, "\\" */
+    CKPT_SCAN_KIND_NESTED_ARCHIVE = 13, /* an archive inside the file (zip, 7z) */
+    CKPT_SCAN_KIND_STORAGE = 14,        /* a storage record missing or of the wrong size */
+    CKPT_SCAN_KIND_FORMAT = 15,         /* not a checkpoint torch.load reads, or one it refuses */
+    CKPT_SCAN_KIND_LIMIT = 16           /* a limit stopped the scan: the rest is unchecked */
 } ckpt_scan_kind;
 
 /* How a pickle uses a global (ckpt_scan_finding.use); 0 means it is only

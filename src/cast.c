@@ -101,14 +101,14 @@ ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from, const 
         float f = 0;
         bool wide = false;
         switch (from) {
-        case CKPT_FLOAT64:
+        case CKPT_DTYPE_FLOAT64:
             memcpy(&d, s + i * 8, 8);
             wide = true;
             break;
-        case CKPT_FLOAT32:
+        case CKPT_DTYPE_FLOAT32:
             memcpy(&f, s + i * 4, 4);
             break;
-        case CKPT_FLOAT16: {
+        case CKPT_DTYPE_FLOAT16: {
             uint16_t h;
             memcpy(&h, s + i * 2, 2);
             f = f16_to_f32(h);
@@ -122,17 +122,17 @@ ckpt_status ckpt_convert_dtype(ckpt_dtype to, void *dst, ckpt_dtype from, const 
         }
         }
         switch (to) {
-        case CKPT_FLOAT64: {
+        case CKPT_DTYPE_FLOAT64: {
             double v = wide ? d : (double)f;
             memcpy(o + i * 8, &v, 8);
             break;
         }
-        case CKPT_FLOAT32: {
+        case CKPT_DTYPE_FLOAT32: {
             float v = wide ? (float)d : f;
             memcpy(o + i * 4, &v, 4);
             break;
         }
-        case CKPT_FLOAT16: {
+        case CKPT_DTYPE_FLOAT16: {
             uint16_t h = f32_to_f16(wide ? (float)d : f);
             memcpy(o + i * 2, &h, 2);
             break;

@@ -27,7 +27,7 @@ static const uint8_t LEGACY_MAGIC[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9,
 
 bool ckpt__is_legacy_magic(const ckpt_value *v)
 {
-    return v && v->kind == CKPT_BIGINT && v->u.s.len == sizeof(LEGACY_MAGIC) &&
+    return v && v->kind == CKPT_KIND_BIGINT && v->u.s.len == sizeof(LEGACY_MAGIC) &&
            memcmp(v->u.s.ptr, LEGACY_MAGIC, sizeof(LEGACY_MAGIC)) == 0;
 }
 

@@ -786,7 +786,7 @@ static ckpt_status storage_to_tensor(ckpt_file *f, ckpt_value *v, ckpt_error *er
     t->storage = s;
     CKPT_RETURN_IF_ERROR(ckpt__tensor_validate(t, &f->opts.limits, s->record, CKPT_NO_OFFSET,
                                                err));
-    v->kind = CKPT_TENSOR;
+    v->kind = CKPT_KIND_TENSOR;
     v->u.tensor.t = t;
     v->u.tensor.state = NULL;
     return CKPT_OK;

@@ -229,14 +229,14 @@ static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
 /* qint8, quint8, qint32, quint4x2, quint2x4: tensors with a quantizer. */
 static inline bool ckpt__dtype_is_quantized(ckpt_dtype d)
 {
-    return d == CKPT_QINT8 || d == CKPT_QUINT8 || d == CKPT_QINT32 || d == CKPT_QUINT4X2 ||
-           d == CKPT_QUINT2X4;
+    return d == CKPT_DTYPE_QINT8 || d == CKPT_DTYPE_QUINT8 || d == CKPT_DTYPE_QINT32 || d == CKPT_DTYPE_QUINT4X2 ||
+           d == CKPT_DTYPE_QUINT2X4;
 }
 
 /* The dtypes ckpt_convert_dtype converts between. */
 static inline bool ckpt__dtype_castable(ckpt_dtype d)
 {
-    return d == CKPT_FLOAT64 || d == CKPT_FLOAT32 || d == CKPT_FLOAT16 || d == CKPT_BFLOAT16;
+    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 || d == CKPT_DTYPE_BFLOAT16;
 }
 
 /* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */
@@ -294,7 +294,7 @@ enum {
 struct ckpt_value {
     uint16_t kind;             /* ckpt_kind or CKPT__KIND_* */
     uint16_t flags;            /* CKPT__VF_* */
-    uint32_t global_id;        /* CKPT_GLOBAL: ckpt__global id */
+    uint32_t global_id;        /* CKPT_KIND_GLOBAL: ckpt__global id */
     union {
         bool b;
         int64_t i;
@@ -740,7 +740,7 @@ size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap);
 size_t ckpt__float_repr(double d, unsigned flags, char *buf, size_t cap);
 
 /* Decimal text of an int held as n bytes of little-endian two's complement
- * (CKPT_BIGINT), malloc'd and NUL-terminated; *len (may be NULL) gets its
+ * (CKPT_KIND_BIGINT), malloc'd and NUL-terminated; *len (may be NULL) gets its
  * length. NULL when out of memory. Quadratic in n. */
 char *ckpt__bigint_decimal(const uint8_t *p, size_t n, size_t *len);
 

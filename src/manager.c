@@ -930,7 +930,7 @@ static ckpt_status weights_of(const ckpt_manager *m, const ckpt_value *root,
                               const ckpt_value **out, ckpt_error *err)
 {
     ckpt_kind k = ckpt_value_kind(root);
-    if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+    if (k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT) {
         const ckpt_value *w = ckpt_value_get(root, m->weights_key);
         if (w) {
             *out = w;
@@ -938,7 +938,7 @@ static ckpt_status weights_of(const ckpt_manager *m, const ckpt_value *root,
         }
         bool all_tensors = ckpt_value_len(root) > 0;
         for (size_t i = 0; all_tensors && i < ckpt_value_len(root); i++)
-            all_tensors = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_TENSOR;
+            all_tensors = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_KIND_TENSOR;
         if (all_tensors) {
             *out = root; /* a state dict */
             return CKPT_OK;

@@ -226,7 +226,7 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                               "extra state \"%s\": the name must end in _extra_state", name);
         flags |= CKPT_PARAM_NO_DATA;
-        dtype = CKPT_UINT8;
+        dtype = CKPT_DTYPE_UINT8;
         ndim = 0;
     }
     size_t dummy;
@@ -458,15 +458,15 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
         bool has_tensor = false;
         size_t n = ckpt_value_len(root);
         ckpt_kind k = ckpt_value_kind(root);
-        if (k == CKPT_DICT || k == CKPT_ORDERED_DICT) {
+        if (k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT) {
             for (size_t i = 0; i < n && !has_tensor; i++)
-                has_tensor = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_TENSOR;
+                has_tensor = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_KIND_TENSOR;
             if (!has_tensor) {
                 static const char *const names[] = {"state_dict", "model"};
                 for (size_t j = 0; j < 2 && sd == root; j++) {
                     const ckpt_value *v = ckpt_value_get(root, names[j]);
                     ckpt_kind vk = ckpt_value_kind(v);
-                    if (v && (vk == CKPT_DICT || vk == CKPT_ORDERED_DICT))
+                    if (v && (vk == CKPT_KIND_DICT || vk == CKPT_KIND_ORDERED_DICT))
                         sd = v;
                 }
             }
@@ -510,7 +510,7 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
         *out = v;
     }
     ckpt_kind k = ckpt_value_kind(*out);
-    if (k != CKPT_DICT && k != CKPT_ORDERED_DICT)
+    if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT)
         return ckpt__fail(err, CKPT_ERR_TYPE, "", CKPT_NO_OFFSET,
                           "the state dict%s%s%s is a %s, not a dict", key ? " \"" : "",
                           key ? key : "", key ? "\"" : "", ckpt_kind_name(k));
@@ -577,7 +577,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
         const ckpt_value *k = ckpt_value_key(sd, i);
         char *text;
         size_t len;
-        bool is_str = ckpt_value_kind(k) == CKPT_STR, has_nul = false;
+        bool is_str = ckpt_value_kind(k) == CKPT_KIND_STR, has_nul = false;
         if (is_str) {
             /* a NUL inside a key shows as \x00: such a key never names a
              * parameter, as in Python */
@@ -643,23 +643,23 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
 static const char *python_type(const ckpt_value *v)
 {
     switch (ckpt_value_kind(v)) {
-    case CKPT_NONE: return "<class 'NoneType'>";
-    case CKPT_BOOLEAN: return "<class 'bool'>";
-    case CKPT_INT:
-    case CKPT_BIGINT: return "<class 'int'>";
-    case CKPT_FLOAT: return "<class 'float'>";
-    case CKPT_COMPLEX: return "<class 'complex'>";
-    case CKPT_STR: return "<class 'str'>";
-    case CKPT_BYTES: return "<class 'bytes'>";
-    case CKPT_LIST: return "<class 'list'>";
-    case CKPT_TUPLE: return "<class 'tuple'>";
-    case CKPT_SET:
+    case CKPT_KIND_NONE: return "<class 'NoneType'>";
+    case CKPT_KIND_BOOL: return "<class 'bool'>";
+    case CKPT_KIND_INT:
+    case CKPT_KIND_BIGINT: return "<class 'int'>";
+    case CKPT_KIND_FLOAT: return "<class 'float'>";
+    case CKPT_KIND_COMPLEX: return "<class 'complex'>";
+    case CKPT_KIND_STR: return "<class 'str'>";
+    case CKPT_KIND_BYTES: return "<class 'bytes'>";
+    case CKPT_KIND_LIST: return "<class 'list'>";
+    case CKPT_KIND_TUPLE: return "<class 'tuple'>";
+    case CKPT_KIND_SET:
         return (v->flags & CKPT__VF_FROZEN) ? "<class 'frozenset'>" : "<class 'set'>";
-    case CKPT_DICT: return "<class 'dict'>";
-    case CKPT_ORDERED_DICT: return "<class 'collections.OrderedDict'>";
-    case CKPT_SIZE: return "<class 'torch.Size'>";
-    case CKPT_DEVICE: return "<class 'torch.device'>";
-    case CKPT_DTYPE: return "<class 'torch.dtype'>";
+    case CKPT_KIND_DICT: return "<class 'dict'>";
+    case CKPT_KIND_ORDERED_DICT: return "<class 'collections.OrderedDict'>";
+    case CKPT_KIND_SIZE: return "<class 'torch.Size'>";
+    case CKPT_KIND_DEVICE: return "<class 'torch.device'>";
+    case CKPT_KIND_DTYPE: return "<class 'torch.dtype'>";
     default: return "<class 'object'>";
     }
 }
@@ -668,9 +668,9 @@ static const char *python_type(const ckpt_value *v)
 static bool is_integral(ckpt_dtype d)
 {
     switch (d) {
-    case CKPT_INT64: case CKPT_INT32: case CKPT_INT16: case CKPT_INT8:
-    case CKPT_UINT64: case CKPT_UINT32: case CKPT_UINT16: case CKPT_UINT8:
-    case CKPT_BOOL:
+    case CKPT_DTYPE_INT64: case CKPT_DTYPE_INT32: case CKPT_DTYPE_INT16: case CKPT_DTYPE_INT8:
+    case CKPT_DTYPE_UINT64: case CKPT_DTYPE_UINT32: case CKPT_DTYPE_UINT16: case CKPT_DTYPE_UINT8:
+    case CKPT_DTYPE_BOOL:
         return true;
     default:
         return false;
@@ -694,15 +694,15 @@ static int64_t load_int(ckpt_dtype d, const uint8_t *p, uint64_t *u, bool *is_un
     int64_t i = 0;
     *is_unsigned = false;
     switch (d) {
-    case CKPT_INT64: { int64_t v; memcpy(&v, p, 8); i = v; break; }
-    case CKPT_INT32: { int32_t v; memcpy(&v, p, 4); i = v; break; }
-    case CKPT_INT16: { int16_t v; memcpy(&v, p, 2); i = v; break; }
-    case CKPT_INT8: i = (int8_t)p[0]; break;
-    case CKPT_UINT64: memcpy(u, p, 8); *is_unsigned = true; return 0;
-    case CKPT_UINT32: { uint32_t v; memcpy(&v, p, 4); i = v; break; }
-    case CKPT_UINT16: { uint16_t v; memcpy(&v, p, 2); i = v; break; }
-    case CKPT_UINT8: i = p[0]; break;
-    case CKPT_BOOL: i = p[0] != 0; break;
+    case CKPT_DTYPE_INT64: { int64_t v; memcpy(&v, p, 8); i = v; break; }
+    case CKPT_DTYPE_INT32: { int32_t v; memcpy(&v, p, 4); i = v; break; }
+    case CKPT_DTYPE_INT16: { int16_t v; memcpy(&v, p, 2); i = v; break; }
+    case CKPT_DTYPE_INT8: i = (int8_t)p[0]; break;
+    case CKPT_DTYPE_UINT64: memcpy(u, p, 8); *is_unsigned = true; return 0;
+    case CKPT_DTYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); i = v; break; }
+    case CKPT_DTYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); i = v; break; }
+    case CKPT_DTYPE_UINT8: i = p[0]; break;
+    case CKPT_DTYPE_BOOL: i = p[0] != 0; break;
     default: break;
     }
     *u = (uint64_t)i;
@@ -721,20 +721,20 @@ static void convert_integral(ckpt_dtype to, void *dst, ckpt_dtype from, const vo
         bool is_unsigned;
         int64_t i = load_int(from, s, &u, &is_unsigned);
         switch (to) {
-        case CKPT_FLOAT64: { double v = is_unsigned ? (double)u : (double)i; memcpy(d, &v, 8); break; }
-        case CKPT_FLOAT32: { float v = is_unsigned ? (float)u : (float)i; memcpy(d, &v, 4); break; }
-        case CKPT_FLOAT16:
-        case CKPT_BFLOAT16: {
+        case CKPT_DTYPE_FLOAT64: { double v = is_unsigned ? (double)u : (double)i; memcpy(d, &v, 8); break; }
+        case CKPT_DTYPE_FLOAT32: { float v = is_unsigned ? (float)u : (float)i; memcpy(d, &v, 4); break; }
+        case CKPT_DTYPE_FLOAT16:
+        case CKPT_DTYPE_BFLOAT16: {
             /* through float32, as torch computes it */
             float v = is_unsigned ? (float)u : (float)i;
-            ckpt_convert_dtype(to, d, CKPT_FLOAT32, &v, 1);
+            ckpt_convert_dtype(to, d, CKPT_DTYPE_FLOAT32, &v, 1);
             break;
         }
-        case CKPT_BOOL: d[0] = u != 0; break;
+        case CKPT_DTYPE_BOOL: d[0] = u != 0; break;
         /* the low bits, as a C++ static_cast wraps */
-        case CKPT_INT64: case CKPT_UINT64: memcpy(d, &u, 8); break;
-        case CKPT_INT32: case CKPT_UINT32: { uint32_t v = (uint32_t)u; memcpy(d, &v, 4); break; }
-        case CKPT_INT16: case CKPT_UINT16: { uint16_t v = (uint16_t)u; memcpy(d, &v, 2); break; }
+        case CKPT_DTYPE_INT64: case CKPT_DTYPE_UINT64: memcpy(d, &u, 8); break;
+        case CKPT_DTYPE_INT32: case CKPT_DTYPE_UINT32: { uint32_t v = (uint32_t)u; memcpy(d, &v, 4); break; }
+        case CKPT_DTYPE_INT16: case CKPT_DTYPE_UINT16: { uint16_t v = (uint16_t)u; memcpy(d, &v, 2); break; }
         default: d[0] = (uint8_t)u; break;
         }
     }
@@ -754,7 +754,7 @@ static const char *mapped_location(const ckpt_load_options *o, const char *loc)
 static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_list *errors)
 {
     const model_param *p = &c->m->params[pi];
-    if (ckpt_value_kind(e->value) != CKPT_TENSOR) {
+    if (ckpt_value_kind(e->value) != CKPT_KIND_TENSOR) {
         if (!str_list_push(errors, str_printf("While copying the parameter named \"%s\", expected "
                                               "torch.Tensor or Tensor-like object from checkpoint "
                                               "but received %s",
@@ -1036,7 +1036,7 @@ static ckpt_status meta_build(load_ctx *c)
         size_t len;
         const ckpt_value *k = ckpt_value_key(meta, i);
         const char *name = ckpt_value_str(k, &len);
-        if (ckpt_value_kind(k) != CKPT_STR || memchr(name, '\0', len))
+        if (ckpt_value_kind(k) != CKPT_KIND_STR || memchr(name, '\0', len))
             continue;
         /* "net.1" names the module whose prefix is "net.1."; "" the root */
         char *dotted = malloc(len + 2);
@@ -1052,7 +1052,7 @@ static ckpt_status meta_build(load_ctx *c)
         const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
         c->meta[c->n_meta].prefix = mapped;
         c->meta[c->n_meta++].version =
-            ckpt_value_kind(version) == CKPT_INT ? ckpt_value_int(version) : -1;
+            ckpt_value_kind(version) == CKPT_KIND_INT ? ckpt_value_int(version) : -1;
     }
     qsort(c->meta, c->n_meta, sizeof(meta_module), meta_cmp);
     return CKPT_OK;
@@ -1067,7 +1067,7 @@ static ckpt_status old_batchnorm_key(load_ctx *c, const model_param *p, const mo
                                      bool *old)
 {
     *old = false;
-    if (p->dtype != CKPT_INT64 || p->ndim != 0 ||
+    if (p->dtype != CKPT_DTYPE_INT64 || p->ndim != 0 ||
         strcmp(p->name + nd->prefix_len, "num_batches_tracked") != 0)
         return CKPT_OK;
     if (!c->meta_built)
@@ -1389,7 +1389,7 @@ static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_optio
     ckpt_status st = CKPT_OK;
     if (!sd)
         st = find_state_dict(ckpt_file_root(f), c.o.key, &sd, err);
-    else if (ckpt_value_kind(sd) != CKPT_DICT && ckpt_value_kind(sd) != CKPT_ORDERED_DICT)
+    else if (ckpt_value_kind(sd) != CKPT_KIND_DICT && ckpt_value_kind(sd) != CKPT_KIND_ORDERED_DICT)
         st = ckpt__fail(err, CKPT_ERR_TYPE, "", CKPT_NO_OFFSET, "the state dict is a %s, not a dict",
                         ckpt_kind_name(ckpt_value_kind(sd)));
     module_tree mt = {0};

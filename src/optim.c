@@ -104,7 +104,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
         ckpt_model_param(m, i, &info);
         if (info.is_buffer || info.is_extra_state)
             continue;
-        if (info.dtype != CKPT_FLOAT32) {
+        if (info.dtype != CKPT_DTYPE_FLOAT32) {
             ckpt_adamw_free(a);
             return ckpt__fail(err, CKPT_ERR_TYPE, "", CKPT_NO_OFFSET,
                               "AdamW: parameter \"%s\" is %s; ckpt's AdamW updates float32",
@@ -228,7 +228,7 @@ static ckpt_value *float_tensor(ckpt_tree *tree, const float *data, uint32_t ndi
 {
     ckpt_tensor_desc d;
     ckpt_tensor_desc_init(&d);
-    d.dtype = CKPT_FLOAT32;
+    d.dtype = CKPT_DTYPE_FLOAT32;
     d.ndim = ndim;
     d.shape = shape;
     d.data = data;
@@ -290,13 +290,13 @@ ckpt_value *ckpt_adamw_state_dict(const ckpt_adamw *o, ckpt_tree *tree)
 static bool is_dict(const ckpt_value *v)
 {
     ckpt_kind k = ckpt_value_kind(v);
-    return k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    return k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
 static bool number(const ckpt_value *v, double *out)
 {
     ckpt_kind k = ckpt_value_kind(v);
-    if (k == CKPT_FLOAT || k == CKPT_INT) {
+    if (k == CKPT_KIND_FLOAT || k == CKPT_KIND_INT) {
         *out = ckpt_value_float(v);
         return true;
     }
@@ -313,7 +313,7 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
                                      size_t i, const char *name, float **out, ckpt_error *err)
 {
     *out = NULL;
-    if (ckpt_value_kind(v) != CKPT_TENSOR)
+    if (ckpt_value_kind(v) != CKPT_KIND_TENSOR)
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                           "optimizer state %zu: \"%s\" is missing or not a tensor", i, name);
     const ckpt_tensor *t = ckpt_value_tensor(v);
@@ -326,7 +326,7 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                           "optimizer state %zu: \"%s\" does not have its parameter's shape", i,
                           name);
-    if (ti.dtype != CKPT_FLOAT32 && !ckpt__dtype_castable(ti.dtype))
+    if (ti.dtype != CKPT_DTYPE_FLOAT32 && !ckpt__dtype_castable(ti.dtype))
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                           "optimizer state %zu: \"%s\" is %s, not a floating dtype", i, name,
                           ckpt_dtype_name(ti.dtype));
@@ -336,13 +336,13 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
     ckpt_status st = CKPT_OK;
     if (p->numel) {
         size_t es = ckpt_dtype_size(ti.dtype);
-        void *tmp = ti.dtype == CKPT_FLOAT32 ? (void *)dst : malloc((size_t)p->numel * es);
+        void *tmp = ti.dtype == CKPT_DTYPE_FLOAT32 ? (void *)dst : malloc((size_t)p->numel * es);
         if (!tmp)
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         else
             st = ckpt__tensor_copy(f, t, tmp, (size_t)p->numel * es, err);
         if (st == CKPT_OK && tmp != dst)
-            st = ckpt_convert_dtype(CKPT_FLOAT32, dst, ti.dtype, tmp, (size_t)p->numel);
+            st = ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, dst, ti.dtype, tmp, (size_t)p->numel);
         if (tmp != dst)
             free(tmp);
     }
@@ -358,7 +358,7 @@ static ckpt_status read_step(ckpt_file *f, const ckpt_value *v, size_t i, int64_
                              ckpt_error *err)
 {
     double d;
-    if (ckpt_value_kind(v) == CKPT_TENSOR) {
+    if (ckpt_value_kind(v) == CKPT_KIND_TENSOR) {
         const ckpt_tensor *t = ckpt_value_tensor(v);
         ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
@@ -380,10 +380,10 @@ static ckpt_status read_step(ckpt_file *f, const ckpt_value *v, size_t i, int64_
                               ckpt_dtype_name(ti.dtype));
         CKPT_RETURN_IF_ERROR(ckpt__tensor_copy(f, t, u.b, es, err));
         switch (ti.dtype) {
-        case CKPT_FLOAT32: d = u.f32; break;
-        case CKPT_FLOAT64: d = u.f64; break;
-        case CKPT_INT64: d = (double)u.i64; break;
-        case CKPT_INT32: d = u.i32; break;
+        case CKPT_DTYPE_FLOAT32: d = u.f32; break;
+        case CKPT_DTYPE_FLOAT64: d = u.f64; break;
+        case CKPT_DTYPE_INT64: d = (double)u.i64; break;
+        case CKPT_DTYPE_INT32: d = u.i32; break;
         default:
             return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                               "optimizer state %zu: \"step\" has dtype %s", i,
@@ -422,7 +422,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     const ckpt_value *state = ckpt_value_get(sd, "state");
     const ckpt_value *groups = ckpt_value_get(sd, "param_groups");
     ckpt_kind gk = ckpt_value_kind(groups);
-    if (!is_dict(state) || (gk != CKPT_LIST && gk != CKPT_TUPLE))
+    if (!is_dict(state) || (gk != CKPT_KIND_LIST && gk != CKPT_KIND_TUPLE))
         return load_fail(err, "the optimizer state dict lacks %s",
                          is_dict(state) ? "\"param_groups\"" : "\"state\"");
     if (ckpt_value_len(groups) != 1)
@@ -432,7 +432,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     const ckpt_value *g = ckpt_value_item(groups, 0);
     const ckpt_value *ids = ckpt_value_get(g, "params");
     ckpt_kind ik = ckpt_value_kind(ids);
-    if (!is_dict(g) || (ik != CKPT_LIST && ik != CKPT_TUPLE))
+    if (!is_dict(g) || (ik != CKPT_KIND_LIST && ik != CKPT_KIND_TUPLE))
         return load_fail(err, "%s", "the optimizer's parameter group has no \"params\" list");
     if (ckpt_value_len(ids) != o->count)
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
@@ -454,8 +454,8 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     opt.beta2 = b2;
     const ckpt_value *ams = ckpt_value_get(g, "amsgrad");
     const ckpt_value *max = ckpt_value_get(g, "maximize");
-    opt.amsgrad = ams && ckpt_value_kind(ams) == CKPT_BOOLEAN && ckpt_value_bool(ams);
-    opt.maximize = max && ckpt_value_kind(max) == CKPT_BOOLEAN && ckpt_value_bool(max);
+    opt.amsgrad = ams && ckpt_value_kind(ams) == CKPT_KIND_BOOL && ckpt_value_bool(ams);
+    opt.maximize = max && ckpt_value_kind(max) == CKPT_KIND_BOOL && ckpt_value_bool(max);
     CKPT_RETURN_IF_ERROR(check_options(&opt, err));
 
     /* file ids -> our parameters; a state entry is keyed by a file id */
@@ -473,7 +473,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
         next[i].step = 0;
         next[i].step_value = 0;
         const ckpt_value *id = ckpt_value_item(ids, i);
-        if (ckpt_value_kind(id) != CKPT_INT) {
+        if (ckpt_value_kind(id) != CKPT_KIND_INT) {
             st = load_fail(err, "%s", "the optimizer's \"params\" are not all ints");
             goto out;
         }
@@ -491,7 +491,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     for (size_t k = 0; k < ns; k++) {
         const ckpt_value *key = ckpt_value_key(state, k);
         const ckpt_value *s = ckpt_value_dict_value(state, k);
-        if (ckpt_value_kind(key) != CKPT_INT || !is_dict(s)) {
+        if (ckpt_value_kind(key) != CKPT_KIND_INT || !is_dict(s)) {
             st = load_fail(err, "%s", "optimizer state entries must be int -> dict");
             goto out;
         }

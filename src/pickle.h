@@ -9,8 +9,8 @@
 
 /*
  * Ids of the globals the interpreter knows (ckpt_value.global_id of a
- * CKPT_GLOBAL value). Dtypes never appear here: GLOBAL torch.float32 becomes
- * a CKPT_DTYPE value. The values are internal and may change.
+ * CKPT_KIND_GLOBAL value). Dtypes never appear here: GLOBAL torch.float32 becomes
+ * a CKPT_KIND_DTYPE value. The values are internal and may change.
  */
 enum ckpt__global_id {
     CKPT__G_UNKNOWN = 0,
@@ -91,7 +91,7 @@ enum ckpt__global_id {
 /*
  * The dtype of a storage class value (GLOBAL torch.FloatStorage, ...), or
  * CKPT_DTYPE_INVALID when v is not one. Char is int8, Byte is uint8; an
- * UntypedStorage gives CKPT_UINT8 with *untyped (may be NULL) = true.
+ * UntypedStorage gives CKPT_DTYPE_UINT8 with *untyped (may be NULL) = true.
  */
 ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped);
 

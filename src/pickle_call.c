@@ -22,7 +22,7 @@
 typedef struct global_def {
     const char *module;
     const char *name;
-    const char *full;       /* "module.name": the CKPT_GLOBAL text */
+    const char *full;       /* "module.name": the CKPT_KIND_GLOBAL text */
     uint8_t module_len, name_len;
     uint8_t id;             /* enum ckpt__global_id */
     uint8_t dtype;          /* ckpt_dtype for dtypes, else 0 */
@@ -67,28 +67,28 @@ static const global_def GLOBALS[] = {
     G("torch._utils", "_rebuild_nested_tensor", CKPT__G_REBUILD_NESTED_TENSOR),
     G("torch._tensor", "_rebuild_from_type_v2", CKPT__G_REBUILD_FROM_TYPE_V2),
 
-    D("float64", CKPT_FLOAT64), D("double", CKPT_FLOAT64),
-    D("float32", CKPT_FLOAT32), D("float", CKPT_FLOAT32),
-    D("float16", CKPT_FLOAT16), D("half", CKPT_FLOAT16),
-    D("bfloat16", CKPT_BFLOAT16),
-    D("complex128", CKPT_COMPLEX128), D("cdouble", CKPT_COMPLEX128),
-    D("complex64", CKPT_COMPLEX64), D("cfloat", CKPT_COMPLEX64),
-    D("complex32", CKPT_COMPLEX32), D("chalf", CKPT_COMPLEX32),
-    D("int64", CKPT_INT64), D("long", CKPT_INT64),
-    D("int32", CKPT_INT32), D("int", CKPT_INT32),
-    D("int16", CKPT_INT16), D("short", CKPT_INT16),
-    D("int8", CKPT_INT8),
-    D("uint8", CKPT_UINT8), D("uint16", CKPT_UINT16),
-    D("uint32", CKPT_UINT32), D("uint64", CKPT_UINT64),
-    D("bool", CKPT_BOOL),
-    D("float8_e5m2", CKPT_FLOAT8_E5M2), D("float8_e4m3fn", CKPT_FLOAT8_E4M3FN),
-    D("float8_e5m2fnuz", CKPT_FLOAT8_E5M2FNUZ), D("float8_e4m3fnuz", CKPT_FLOAT8_E4M3FNUZ),
-    D("float8_e8m0fnu", CKPT_FLOAT8_E8M0FNU),
-    D("qint8", CKPT_QINT8), D("quint8", CKPT_QUINT8), D("qint32", CKPT_QINT32),
-    D("quint4x2", CKPT_QUINT4X2), D("quint2x4", CKPT_QUINT2X4),
-    D("bits8", CKPT_BITS8), D("bits16", CKPT_BITS16), D("bits1x8", CKPT_BITS1X8),
-    D("bits2x4", CKPT_BITS2X4), D("bits4x2", CKPT_BITS4X2),
-    D("float4_e2m1fn_x2", CKPT_FLOAT4_E2M1FN_X2),
+    D("float64", CKPT_DTYPE_FLOAT64), D("double", CKPT_DTYPE_FLOAT64),
+    D("float32", CKPT_DTYPE_FLOAT32), D("float", CKPT_DTYPE_FLOAT32),
+    D("float16", CKPT_DTYPE_FLOAT16), D("half", CKPT_DTYPE_FLOAT16),
+    D("bfloat16", CKPT_DTYPE_BFLOAT16),
+    D("complex128", CKPT_DTYPE_COMPLEX128), D("cdouble", CKPT_DTYPE_COMPLEX128),
+    D("complex64", CKPT_DTYPE_COMPLEX64), D("cfloat", CKPT_DTYPE_COMPLEX64),
+    D("complex32", CKPT_DTYPE_COMPLEX32), D("chalf", CKPT_DTYPE_COMPLEX32),
+    D("int64", CKPT_DTYPE_INT64), D("long", CKPT_DTYPE_INT64),
+    D("int32", CKPT_DTYPE_INT32), D("int", CKPT_DTYPE_INT32),
+    D("int16", CKPT_DTYPE_INT16), D("short", CKPT_DTYPE_INT16),
+    D("int8", CKPT_DTYPE_INT8),
+    D("uint8", CKPT_DTYPE_UINT8), D("uint16", CKPT_DTYPE_UINT16),
+    D("uint32", CKPT_DTYPE_UINT32), D("uint64", CKPT_DTYPE_UINT64),
+    D("bool", CKPT_DTYPE_BOOL),
+    D("float8_e5m2", CKPT_DTYPE_FLOAT8_E5M2), D("float8_e4m3fn", CKPT_DTYPE_FLOAT8_E4M3FN),
+    D("float8_e5m2fnuz", CKPT_DTYPE_FLOAT8_E5M2FNUZ), D("float8_e4m3fnuz", CKPT_DTYPE_FLOAT8_E4M3FNUZ),
+    D("float8_e8m0fnu", CKPT_DTYPE_FLOAT8_E8M0FNU),
+    D("qint8", CKPT_DTYPE_QINT8), D("quint8", CKPT_DTYPE_QUINT8), D("qint32", CKPT_DTYPE_QINT32),
+    D("quint4x2", CKPT_DTYPE_QUINT4X2), D("quint2x4", CKPT_DTYPE_QUINT2X4),
+    D("bits8", CKPT_DTYPE_BITS8), D("bits16", CKPT_DTYPE_BITS16), D("bits1x8", CKPT_DTYPE_BITS1X8),
+    D("bits2x4", CKPT_DTYPE_BITS2X4), D("bits4x2", CKPT_DTYPE_BITS4X2),
+    D("float4_e2m1fn_x2", CKPT_DTYPE_FLOAT4_E2M1FN_X2),
 
     /* the legacy tensor types (torch._tensor_classes) are on torch's list */
     S("DoubleTensor", CKPT__G_TENSOR_TYPE),
@@ -185,7 +185,7 @@ static ckpt_status inert_global(vm *m, const char *module, size_t mlen, const ch
     text[mlen] = '.';
     memcpy(text + mlen + 1, name, nlen);
     text[mlen + 1 + nlen] = '\0';
-    CKPT_RETURN_IF_ERROR(ckpt__vm_wrap(m, CKPT_GLOBAL, text, mlen + 1 + nlen, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_wrap(m, CKPT_KIND_GLOBAL, text, mlen + 1 + nlen, out));
     (*out)->global_id = CKPT__G_UNKNOWN;
     return CKPT_OK;
 }
@@ -216,10 +216,10 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
         }
         CKPT_RETURN_IF_ERROR(inert_global(m, module, mlen, name, nlen, &v));
     } else if (g->dtype != CKPT_DTYPE_INVALID) {
-        CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DTYPE, &v));
+        CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_DTYPE, &v));
         v->u.dtype = (ckpt_dtype)g->dtype;
     } else {
-        CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_GLOBAL, &v));
+        CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_GLOBAL, &v));
         v->global_id = g->id;
         v->u.s.ptr = g->full; /* static text: no copy needed */
         v->u.s.len = strlen(g->full);
@@ -238,7 +238,7 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
 #define MAX_REBUILD_NESTING 4   /* _rebuild_from_type_v2 applying itself */
 
 typedef struct call {
-    const ckpt_value *fn;     /* a CKPT_GLOBAL */
+    const ckpt_value *fn;     /* a CKPT_KIND_GLOBAL */
     const char *name;         /* its "module.name" */
     ckpt_value *const *args;
     size_t nargs;
@@ -278,7 +278,7 @@ static ckpt_status arg_dims(vm *m, const call *c, size_t i, const char *what, ui
                             int64_t **dims)
 {
     const ckpt_value *v = c->args[i];
-    if (!v || (v->kind != CKPT_TUPLE && v->kind != CKPT_SIZE && v->kind != CKPT_LIST))
+    if (!v || (v->kind != CKPT_KIND_TUPLE && v->kind != CKPT_KIND_SIZE && v->kind != CKPT_KIND_LIST))
         return bad_arg(m, c, i, what, "a tuple of ints");
     if (v->u.seq.len > m->limits->max_ndim)
         return ckpt__vm_fail(m, CKPT_ERR_LIMIT, "%s: %s has %zu dimensions (max_ndim is %llu)",
@@ -299,7 +299,7 @@ static ckpt_status arg_dims(vm *m, const call *c, size_t i, const char *what, ui
 
 static ckpt_status new_tensor_value(vm *m, ckpt_tensor *t, ckpt_value **out)
 {
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_TENSOR, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_TENSOR, out));
     (*out)->u.tensor.t = t;
     return CKPT_OK;
 }
@@ -325,7 +325,7 @@ static ckpt_status call_rebuild_tensor(vm *m, const call *c, ckpt_value **out)
     CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, sizeof(*t), (void **)&t));
     uint32_t ndim, sdim;
     if (meta) {
-        if (!c->args[0] || c->args[0]->kind != CKPT_DTYPE)
+        if (!c->args[0] || c->args[0]->kind != CKPT_KIND_DTYPE)
             return bad_arg(m, c, 0, "dtype", "a dtype");
         t->dtype = c->args[0]->u.dtype;
         CKPT_RETURN_IF_ERROR(arg_dims(m, c, 1, "size", &ndim, &t->shape));
@@ -347,7 +347,7 @@ static ckpt_status call_rebuild_tensor(vm *m, const call *c, ckpt_value **out)
         /* backward hooks (5) are dropped, as torch does since 1.x: functions
          * could not be in them anyway. Metadata (conj/neg bits) too. */
         if (id == CKPT__G_REBUILD_TENSOR_V3) {
-            if (!c->args[6] || c->args[6]->kind != CKPT_DTYPE)
+            if (!c->args[6] || c->args[6]->kind != CKPT_KIND_DTYPE)
                 return bad_arg(m, c, 6, "dtype", "a dtype");
             t->dtype = c->args[6]->u.dtype;
         }
@@ -390,10 +390,10 @@ static ckpt_status call_parameter(vm *m, const call *c, ckpt_value **out)
         CKPT_RETURN_IF_ERROR(check_nargs(m, c, id == CKPT__G_REBUILD_PARAMETER ? 3 : 4,
                                          id == CKPT__G_REBUILD_PARAMETER ? 3 : 4));
         CKPT_RETURN_IF_ERROR(arg_bool(m, c, 1, "requires_grad", &requires_grad));
-        if (id == CKPT__G_REBUILD_PARAMETER_WITH_STATE && c->args[3]->kind != CKPT_NONE)
+        if (id == CKPT__G_REBUILD_PARAMETER_WITH_STATE && c->args[3]->kind != CKPT_KIND_NONE)
             state = c->args[3];
     }
-    if (!c->args[0] || c->args[0]->kind != CKPT_TENSOR)
+    if (!c->args[0] || c->args[0]->kind != CKPT_KIND_TENSOR)
         return bad_arg(m, c, 0, "data", "a tensor");
     return make_parameter(m, c->args[0], requires_grad, state, out);
 }
@@ -405,18 +405,18 @@ static ckpt_status call_from_type(vm *m, const call *c, ckpt_value **out)
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 4, 4));
     const ckpt_value *func = c->args[0], *type = c->args[1], *args = c->args[2];
     ckpt_value *state = c->args[3];
-    if (!func || func->kind != CKPT_GLOBAL)
+    if (!func || func->kind != CKPT_KIND_GLOBAL)
         return bad_arg(m, c, 0, "func", "an allowed function");
     /* a tensor subclass outside the allow-list (INERT) reads as the tensor
      * it wraps, its state kept */
-    bool inert_subclass = type && type->kind == CKPT_GLOBAL &&
+    bool inert_subclass = type && type->kind == CKPT_KIND_GLOBAL &&
                           type->global_id == CKPT__G_UNKNOWN &&
                           (m->ctx->flags & CKPT__PICKLE_INERT);
-    if (!type || type->kind != CKPT_GLOBAL ||
+    if (!type || type->kind != CKPT_KIND_GLOBAL ||
         (type->global_id != CKPT__G_TENSOR && type->global_id != CKPT__G_PARAMETER &&
          !inert_subclass))
         return bad_arg(m, c, 1, "new_type", "torch.Tensor or torch.nn.parameter.Parameter");
-    if (!args || args->kind != CKPT_TUPLE)
+    if (!args || args->kind != CKPT_KIND_TUPLE)
         return bad_arg(m, c, 2, "args", "a tuple");
     if (c->depth >= MAX_REBUILD_NESTING)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s is nested more than %d deep", c->name,
@@ -427,13 +427,13 @@ static ckpt_status call_from_type(vm *m, const call *c, ckpt_value **out)
     };
     ckpt_value *r;
     CKPT_RETURN_IF_ERROR(eval_call(m, &inner, &r));
-    if (r->kind != CKPT_TENSOR)
+    if (r->kind != CKPT_KIND_TENSOR)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: %s returned a %s, not a tensor", c->name,
                              inner.name, kind_desc(r));
     if (type->global_id == CKPT__G_PARAMETER && !r->u.tensor.t->is_parameter)
         CKPT_RETURN_IF_ERROR(make_parameter(m, r, r->u.tensor.t->requires_grad, NULL, &r));
     /* r is always a value made by this call: setting its state is safe */
-    if (state && state->kind != CKPT_NONE)
+    if (state && state->kind != CKPT_KIND_NONE)
         r->u.tensor.state = state;
     *out = r;
     return CKPT_OK;
@@ -447,23 +447,23 @@ static ckpt_status call_rebuild_qtensor(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 7, 7));
     const ckpt_value *q = c->args[4];
-    if (!q || q->kind != CKPT_TUPLE || q->u.seq.len < 3 || !q->u.seq.items[0] ||
-        q->u.seq.items[0]->kind != CKPT_GLOBAL || !is_constant_id(q->u.seq.items[0]->global_id) ||
+    if (!q || q->kind != CKPT_KIND_TUPLE || q->u.seq.len < 3 || !q->u.seq.items[0] ||
+        q->u.seq.items[0]->kind != CKPT_KIND_GLOBAL || !is_constant_id(q->u.seq.items[0]->global_id) ||
         q->u.seq.items[0]->global_id > CKPT__G_PER_CHANNEL_AFFINE_FLOAT_QPARAMS)
         return bad_arg(m, c, 4, "quantizer_params", "a (qscheme, ...) tuple");
     const ckpt_value *sv = c->args[0];
     if (!sv || sv->kind != CKPT__KIND_STORAGE || !sv->u.storage)
         return bad_arg(m, c, 0, "storage", "a storage");
     ckpt_dtype d = sv->u.storage->dtype;
-    if (d != CKPT_QINT8 && d != CKPT_QUINT8 && d != CKPT_QINT32 && d != CKPT_QUINT4X2 &&
-        d != CKPT_QUINT2X4)
+    if (d != CKPT_DTYPE_QINT8 && d != CKPT_DTYPE_QUINT8 && d != CKPT_DTYPE_QINT32 && d != CKPT_DTYPE_QUINT4X2 &&
+        d != CKPT_DTYPE_QUINT2X4)
         return bad_arg(m, c, 0, "storage", "a quantized storage");
     /* the tensor part is _rebuild_tensor_v2's */
     ckpt_value *args6[6] = {c->args[0], c->args[1], c->args[2], c->args[3], c->args[5], c->args[6]};
     call v2 = *c;
     v2.args = args6;
     v2.nargs = 6;
-    static const ckpt_value v2_fn = {.kind = CKPT_GLOBAL, .global_id = CKPT__G_REBUILD_TENSOR_V2};
+    static const ckpt_value v2_fn = {.kind = CKPT_KIND_GLOBAL, .global_id = CKPT__G_REBUILD_TENSOR_V2};
     v2.fn = &v2_fn;
     CKPT_RETURN_IF_ERROR(call_rebuild_tensor(m, &v2, out));
     (*out)->u.tensor.state = c->args[4];
@@ -478,7 +478,7 @@ static ckpt_status call_rebuild_sparse(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 2, 2));
     const ckpt_value *layout = c->args[0], *data = c->args[1];
-    if (layout->kind != CKPT_GLOBAL)
+    if (layout->kind != CKPT_KIND_GLOBAL)
         return bad_arg(m, c, 0, "layout", "a torch layout");
     uint8_t lay;
     switch (layout->global_id) {
@@ -490,7 +490,7 @@ static ckpt_status call_rebuild_sparse(vm *m, const call *c, ckpt_value **out)
     default: return bad_arg(m, c, 0, "layout", "a sparse layout");
     }
     size_t nparts = lay == CKPT_LAYOUT_SPARSE_COO ? 2 : 3;
-    if (data->kind != CKPT_TUPLE || data->u.seq.len < nparts + 1 ||
+    if (data->kind != CKPT_KIND_TUPLE || data->u.seq.len < nparts + 1 ||
         data->u.seq.len > nparts + (lay == CKPT_LAYOUT_SPARSE_COO ? 2 : 1))
         return bad_arg(m, c, 1, "data", lay == CKPT_LAYOUT_SPARSE_COO
                                             ? "(indices, values, size[, is_coalesced])"
@@ -499,7 +499,7 @@ static ckpt_status call_rebuild_sparse(vm *m, const call *c, ckpt_value **out)
     CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, sizeof(*t), (void **)&t));
     for (size_t i = 0; i < nparts; i++) {
         const ckpt_value *p = data->u.seq.items[i];
-        if (!p || p->kind != CKPT_TENSOR)
+        if (!p || p->kind != CKPT_KIND_TENSOR)
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: part %zu of the data is a %s, not a tensor",
                                  c->name, i, kind_desc(p));
         t->parts[i] = p->u.tensor.t;
@@ -530,7 +530,7 @@ static ckpt_status call_rebuild_sparse(vm *m, const call *c, ckpt_value **out)
 static ckpt_status call_torch_version(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 1, 1));
-    if (c->args[0]->kind != CKPT_STR)
+    if (c->args[0]->kind != CKPT_KIND_STR)
         return bad_arg(m, c, 0, "version", "a str");
     *out = c->args[0];
     return CKPT_OK;
@@ -541,7 +541,7 @@ static ckpt_status call_dict(vm *m, const call *c, ckpt_value **out)
 {
     bool counter = c->fn->global_id == CKPT__G_COUNTER;
     ckpt_value *d;
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, counter ? CKPT_DICT : CKPT_ORDERED_DICT, &d));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, counter ? CKPT_KIND_DICT : CKPT_KIND_ORDERED_DICT, &d));
     *out = d;
     if (c->is_new) /* dict.__new__ ignores its arguments */
         return CKPT_OK;
@@ -554,7 +554,7 @@ static ckpt_status call_dict(vm *m, const call *c, ckpt_value **out)
             CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, src->u.dict.keys[i], src->u.dict.vals[i]));
         return CKPT_OK;
     }
-    if (!src || (src->kind != CKPT_LIST && src->kind != CKPT_TUPLE))
+    if (!src || (src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_TUPLE))
         return bad_arg(m, c, 0, "items",
                        counter ? "a dict or a list" : "a dict or a list of pairs");
     for (size_t i = 0; i < src->u.seq.len; i++) {
@@ -562,12 +562,12 @@ static ckpt_status call_dict(vm *m, const call *c, ckpt_value **out)
         if (counter) {
             ckpt_value *old = ckpt__dict_lookup(d, item), *n;
             CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, ckpt__key_cost(item)));
-            CKPT_RETURN_IF_ERROR(ckpt__vm_int(m, old && old->kind == CKPT_INT ? old->u.i + 1 : 1,
+            CKPT_RETURN_IF_ERROR(ckpt__vm_int(m, old && old->kind == CKPT_KIND_INT ? old->u.i + 1 : 1,
                                               &n));
             CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, item, n));
             continue;
         }
-        if (!item || (item->kind != CKPT_LIST && item->kind != CKPT_TUPLE) || item->u.seq.len != 2)
+        if (!item || (item->kind != CKPT_KIND_LIST && item->kind != CKPT_KIND_TUPLE) || item->u.seq.len != 2)
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
                                  "%s: item %zu is a %s, not a (key, value) pair",
                                  c->name, i, kind_desc(item));
@@ -580,7 +580,7 @@ static bool is_latin1_name(const ckpt_value *v)
 {
     static const char *const names[] = {"latin1", "latin-1", "latin_1", "iso-8859-1",
                                         "iso8859-1", "iso_8859_1", "l1"};
-    if (!v || v->kind != CKPT_STR)
+    if (!v || v->kind != CKPT_KIND_STR)
         return false;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (ascii_ieq(v->u.s.ptr, v->u.s.len, names[i]))
@@ -608,18 +608,18 @@ static ckpt_status encode_latin1(vm *m, const call *c, const ckpt_value *s, ckpt
         buf[o++] = (uint8_t)cp;
     }
     buf[o] = 0;
-    return ckpt__vm_wrap(m, CKPT_BYTES, (char *)buf, o, out);
+    return ckpt__vm_wrap(m, CKPT_KIND_BYTES, (char *)buf, o, out);
 }
 
 /* _codecs.encode(str, 'latin1'[, 'strict']) */
 static ckpt_status call_codecs_encode(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 2, 3));
-    if (c->args[0]->kind != CKPT_STR)
+    if (c->args[0]->kind != CKPT_KIND_STR)
         return bad_arg(m, c, 0, "obj", "a str");
     if (!is_latin1_name(c->args[1])) {
         char nb[64];
-        if (c->args[1]->kind != CKPT_STR)
+        if (c->args[1]->kind != CKPT_KIND_STR)
             return bad_arg(m, c, 1, "encoding", "a str");
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
                              "%s: encoding '%s' is not supported (only latin-1)",
@@ -635,13 +635,13 @@ static ckpt_status call_codecs_encode(vm *m, const call *c, ckpt_value **out)
 static ckpt_status call_bytes(vm *m, const call *c, ckpt_value **out)
 {
     if (c->is_new && c->fn->global_id == CKPT__G_BYTEARRAY) /* filled by __init__ */
-        return ckpt__vm_str(m, CKPT_BYTES, "", 0, out);
+        return ckpt__vm_str(m, CKPT_KIND_BYTES, "", 0, out);
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 0, 3));
     if (c->nargs == 0)
-        return ckpt__vm_str(m, CKPT_BYTES, "", 0, out);
+        return ckpt__vm_str(m, CKPT_KIND_BYTES, "", 0, out);
     const ckpt_value *src = c->args[0];
     if (c->nargs >= 2) {
-        if (src->kind != CKPT_STR)
+        if (src->kind != CKPT_KIND_STR)
             return bad_arg(m, c, 0, "source", "a str when an encoding is given");
         call enc = *c;
         enc.nargs = 2;
@@ -650,11 +650,11 @@ static ckpt_status call_bytes(vm *m, const call *c, ckpt_value **out)
         CKPT_RETURN_IF_ERROR(call_codecs_encode(m, &enc, out));
         return CKPT_OK;
     }
-    if (src->kind == CKPT_BYTES) {
+    if (src->kind == CKPT_KIND_BYTES) {
         CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.s.len));
-        return ckpt__vm_str(m, CKPT_BYTES, src->u.s.ptr, src->u.s.len, out);
+        return ckpt__vm_str(m, CKPT_KIND_BYTES, src->u.s.ptr, src->u.s.len, out);
     }
-    if (src->kind == CKPT_LIST || src->kind == CKPT_TUPLE) {
+    if (src->kind == CKPT_KIND_LIST || src->kind == CKPT_KIND_TUPLE) {
         size_t n = src->u.seq.len;
         CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, n));
         uint8_t *buf;
@@ -668,7 +668,7 @@ static ckpt_status call_bytes(vm *m, const call *c, ckpt_value **out)
             buf[i] = (uint8_t)int_of(x);
         }
         buf[n] = 0;
-        return ckpt__vm_wrap(m, CKPT_BYTES, (char *)buf, n, out);
+        return ckpt__vm_wrap(m, CKPT_KIND_BYTES, (char *)buf, n, out);
     }
     return bad_arg(m, c, 0, "source", "bytes or a list of ints");
 }
@@ -680,15 +680,15 @@ static ckpt_status call_set(vm *m, const call *c, ckpt_value **out)
 {
     bool frozen = c->fn->global_id == CKPT__G_FROZENSET;
     if (c->is_new && !frozen) /* filled by __init__ */
-        return ckpt__vm_seq(m, CKPT_SET, NULL, 0, out);
+        return ckpt__vm_seq(m, CKPT_KIND_SET, NULL, 0, out);
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 0, 1));
     const ckpt_value *src = c->nargs ? c->args[0] : NULL;
     if (c->nargs &&
-        (!src || (src->kind != CKPT_LIST && src->kind != CKPT_TUPLE && src->kind != CKPT_SET)))
+        (!src || (src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_TUPLE && src->kind != CKPT_KIND_SET)))
         return bad_arg(m, c, 0, "iterable", "a list, tuple or set");
     if (src)
         CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
-    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_SET, src ? src->u.seq.items : NULL,
+    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_SET, src ? src->u.seq.items : NULL,
                                       src ? src->u.seq.len : 0, out));
     if (frozen)
         (*out)->flags |= CKPT__VF_FROZEN;
@@ -700,10 +700,10 @@ static bool as_complex(const ckpt_value *v, double *re, double *im)
     if (!v)
         return false;
     switch (v->kind) {
-    case CKPT_BOOLEAN:
-    case CKPT_INT: *re = (double)int_of(v); *im = 0.0; return true;
-    case CKPT_FLOAT: *re = v->u.f; *im = 0.0; return true;
-    case CKPT_COMPLEX: *re = v->u.c.re; *im = v->u.c.im; return true;
+    case CKPT_KIND_BOOL:
+    case CKPT_KIND_INT: *re = (double)int_of(v); *im = 0.0; return true;
+    case CKPT_KIND_FLOAT: *re = v->u.f; *im = 0.0; return true;
+    case CKPT_KIND_COMPLEX: *re = v->u.c.re; *im = v->u.c.im; return true;
     default: return false;
     }
 }
@@ -717,12 +717,12 @@ static ckpt_status call_complex(vm *m, const call *c, ckpt_value **out)
         return bad_arg(m, c, 0, "real", "a number");
     if (c->nargs == 2 && !as_complex(c->args[1], &re2, &im2))
         return bad_arg(m, c, 1, "imag", "a number");
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_COMPLEX, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_COMPLEX, out));
     /* complex(a, b) is a + b*1j, also when a and b are complex; as in
      * CPython, parts that are not complex are taken as they are, so the
      * sign of a zero survives (complex(1.0, -0.0) is (1-0j)) */
-    bool a_complex = c->nargs >= 1 && c->args[0]->kind == CKPT_COMPLEX;
-    bool b_complex = c->nargs == 2 && c->args[1]->kind == CKPT_COMPLEX;
+    bool a_complex = c->nargs >= 1 && c->args[0]->kind == CKPT_KIND_COMPLEX;
+    bool b_complex = c->nargs == 2 && c->args[1]->kind == CKPT_KIND_COMPLEX;
     (*out)->u.c.re = b_complex ? re - im2 : re;
     (*out)->u.c.im = a_complex && c->nargs == 2 ? im + re2 : (c->nargs == 2 ? re2 : im);
     return CKPT_OK;
@@ -733,19 +733,19 @@ static ckpt_status call_size(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 0, 1));
     if (c->nargs == 0)
-        return ckpt__vm_seq(m, CKPT_SIZE, NULL, 0, out);
+        return ckpt__vm_seq(m, CKPT_KIND_SIZE, NULL, 0, out);
     const ckpt_value *src = c->args[0];
-    if (!src || (src->kind != CKPT_TUPLE && src->kind != CKPT_LIST && src->kind != CKPT_SIZE))
+    if (!src || (src->kind != CKPT_KIND_TUPLE && src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_SIZE))
         return bad_arg(m, c, 0, "sizes", "a tuple of ints");
     CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
-    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_SIZE, src->u.seq.items, src->u.seq.len, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_SIZE, src->u.seq.items, src->u.seq.len, out));
     ckpt_value *v = *out;
     for (size_t i = 0; i < v->u.seq.len; i++) {
         ckpt_value *x = v->u.seq.items[i];
         if (!is_intlike(x))
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: item %zu must be an int, not %s", c->name,
                                  i, kind_desc(x));
-        if (x->kind == CKPT_BOOLEAN) /* a Size holds ints */
+        if (x->kind == CKPT_KIND_BOOL) /* a Size holds ints */
             CKPT_RETURN_IF_ERROR(ckpt__vm_int(m, int_of(x), &v->u.seq.items[i]));
     }
     return CKPT_OK;
@@ -770,7 +770,7 @@ static ckpt_status call_device(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 1, 2));
     const ckpt_value *type = c->args[0];
-    if (type->kind != CKPT_STR)
+    if (type->kind != CKPT_KIND_STR)
         return bad_arg(m, c, 0, "type", "a str");
     const char *s = type->u.s.ptr;
     size_t n = type->u.s.len;
@@ -791,15 +791,15 @@ static ckpt_status call_device(vm *m, const call *c, ckpt_value **out)
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: invalid device string", c->name);
         index = (int64_t)idx;
     }
-    if (c->nargs == 2 && c->args[1]->kind != CKPT_NONE) {
-        if (c->args[1]->kind != CKPT_INT || c->args[1]->u.i < 0 || c->args[1]->u.i > INT32_MAX)
+    if (c->nargs == 2 && c->args[1]->kind != CKPT_KIND_NONE) {
+        if (c->args[1]->kind != CKPT_KIND_INT || c->args[1]->u.i < 0 || c->args[1]->u.i > INT32_MAX)
             return bad_arg(m, c, 1, "index", "a non-negative int");
         index = c->args[1]->u.i;
     }
     char buf[64];
     int len = index >= 0 ? snprintf(buf, sizeof(buf), "%.*s:%lld", (int)tlen, s, (long long)index)
                          : snprintf(buf, sizeof(buf), "%.*s", (int)tlen, s);
-    return ckpt__vm_str(m, CKPT_DEVICE, buf, (size_t)len, out);
+    return ckpt__vm_str(m, CKPT_KIND_DEVICE, buf, (size_t)len, out);
 }
 
 /* torch.serialization._get_layout('torch.strided') */
@@ -807,12 +807,12 @@ static ckpt_status call_get_layout(vm *m, const call *c, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 1, 1));
     const ckpt_value *name = c->args[0];
-    if (name->kind != CKPT_STR)
+    if (name->kind != CKPT_KIND_STR)
         return bad_arg(m, c, 0, "name", "a str");
     for (uint32_t id = CKPT__G_STRIDED; id <= CKPT__G_MKLDNN; id++) {
         const global_def *g = find_global_by_id(id);
         if (g && str_is(name, g->full)) {
-            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_GLOBAL, out));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_GLOBAL, out));
             (*out)->global_id = id;
             (*out)->u.s.ptr = g->full;
             (*out)->u.s.len = strlen(g->full);
@@ -893,12 +893,12 @@ ckpt_status ckpt__vm_report_use(vm *m, const ckpt_value *v, unsigned use)
 {
     if (!m->ctx->on_use || !v)
         return CKPT_OK;
-    for (int i = 0; i < 64 && v && v->kind == CKPT_OBJECT; i++) {
+    for (int i = 0; i < 64 && v && v->kind == CKPT_KIND_OBJECT; i++) {
         v = v->u.obj.cls;
         if (use != CKPT_SCAN_USE_BUILD && use != CKPT_SCAN_USE_ITEMS)
             use = CKPT_SCAN_USE_RESULT_CALLED;
     }
-    if (!v || v->kind != CKPT_GLOBAL)
+    if (!v || v->kind != CKPT_KIND_GLOBAL)
         return CKPT_OK;
     return m->ctx->on_use(m->ctx->user, v, use, m->op_pos);
 }
@@ -910,13 +910,13 @@ static ckpt_status make_object(vm *m, const ckpt_value *fn, ckpt_value *args_val
                                ckpt_value **out)
 {
     ckpt_value *o;
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_OBJECT, &o));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_OBJECT, &o));
     o->u.obj.cls = (ckpt_value *)(uintptr_t)fn;
-    if (args_value && args_value->kind == CKPT_TUPLE) {
+    if (args_value && args_value->kind == CKPT_KIND_TUPLE) {
         o->u.obj.args = args_value;
     } else {
         CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, nargs));
-        CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_TUPLE, args, nargs, &o->u.obj.args));
+        CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_TUPLE, args, nargs, &o->u.obj.args));
     }
     if (kwargs && is_dict(kwargs) && kwargs->u.dict.len)
         o->u.obj.kwargs = kwargs;
@@ -926,7 +926,7 @@ static ckpt_status make_object(vm *m, const ckpt_value *fn, ckpt_value *args_val
 
 static bool is_listed_global(const ckpt_value *v)
 {
-    return v && v->kind == CKPT_GLOBAL && v->global_id != CKPT__G_UNKNOWN;
+    return v && v->kind == CKPT_KIND_GLOBAL && v->global_id != CKPT__G_UNKNOWN;
 }
 
 /* Applies a stack value to arguments. Only allowed globals are evaluated,
@@ -956,10 +956,10 @@ ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *args_value,
             return st;
         return make_object(m, fn, args_value, args, nargs, kwargs, out);
     }
-    bool inert_callee = fn && (fn->kind == CKPT_GLOBAL || fn->kind == CKPT_OBJECT);
+    bool inert_callee = fn && (fn->kind == CKPT_KIND_GLOBAL || fn->kind == CKPT_KIND_OBJECT);
     if ((inert_callee && (flags & CKPT__PICKLE_INERT)) || (flags & CKPT__PICKLE_NO_FAIL))
         return make_object(m, fn, args_value, args, nargs, kwargs, out);
-    if (fn && fn->kind == CKPT_DTYPE)
+    if (fn && fn->kind == CKPT_KIND_DTYPE)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "torch.%s is not callable",
                              ckpt_dtype_name(fn->u.dtype));
     if (has_kwargs)
@@ -982,15 +982,15 @@ static ckpt_status merge_state(vm *m, const char *what, ckpt_value *old, ckpt_va
     *out = old;
     if (is_dict(state)) {
         parts[0] = state;
-    } else if (state->kind == CKPT_TUPLE && state->u.seq.len == 2) {
+    } else if (state->kind == CKPT_KIND_TUPLE && state->u.seq.len == 2) {
         for (int i = 0; i < 2; i++) {
             ckpt_value *p = state->u.seq.items[i];
-            if (p && p->kind != CKPT_NONE && !is_dict(p))
+            if (p && p->kind != CKPT_KIND_NONE && !is_dict(p))
                 return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the state of a %s must be a dict",
                                      what);
-            parts[i] = p && p->kind != CKPT_NONE ? p : NULL;
+            parts[i] = p && p->kind != CKPT_KIND_NONE ? p : NULL;
         }
-    } else if (state->kind != CKPT_NONE) {
+    } else if (state->kind != CKPT_KIND_NONE) {
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the state of a %s must be a dict, not a %s",
                              what, kind_desc(state));
     }
@@ -1003,7 +1003,7 @@ static ckpt_status merge_state(vm *m, const char *what, ckpt_value *old, ckpt_va
     /* Python copies the attributes in (inst.__dict__.update): the state dict
      * itself may still change through the memo, so merge into a copy. */
     ckpt_value *merged;
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DICT, &merged));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_DICT, &merged));
     if (old && is_dict(old)) {
         for (size_t i = 0; i < old->u.dict.len; i++)
             CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, merged, old->u.dict.keys[i],
@@ -1024,16 +1024,16 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
 {
     unsigned flags = m->ctx->flags;
     CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, inst, CKPT_SCAN_USE_BUILD));
-    if (inst->kind == CKPT_TENSOR) {
-        if (state->kind != CKPT_NONE)
+    if (inst->kind == CKPT_KIND_TENSOR) {
+        if (state->kind != CKPT_KIND_NONE)
             inst->u.tensor.state = state;
         return CKPT_OK;
     }
-    if (inst->kind == CKPT_OBJECT) {
+    if (inst->kind == CKPT_KIND_OBJECT) {
         /* __setstate__ may take anything: a dict (or (dict, slots)) is
          * merged as Python's default does, anything else kept as given */
         ckpt_value *old = inst->u.obj.state;
-        if (is_dict(state) || (state->kind == CKPT_TUPLE && state->u.seq.len == 2)) {
+        if (is_dict(state) || (state->kind == CKPT_KIND_TUPLE && state->u.seq.len == 2)) {
             ckpt_value *merged;
             ckpt_status st = merge_state(m, "object", old, state, &merged);
             if (st == CKPT_OK) {
@@ -1043,14 +1043,14 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
             if (st == CKPT_ERR_LIMIT || st == CKPT_ERR_NOMEM)
                 return st;
         }
-        if (state->kind != CKPT_NONE)
+        if (state->kind != CKPT_KIND_NONE)
             inst->u.obj.state = state;
         return CKPT_OK;
     }
-    if (inst->kind != CKPT_ORDERED_DICT) {
+    if (inst->kind != CKPT_KIND_ORDERED_DICT) {
         /* torch builds only tensors, Parameters and OrderedDicts: state set
          * on a plain dict would be lost by every writer, so refuse it too */
-        bool inert_class = inst->kind == CKPT_GLOBAL && inst->global_id == CKPT__G_UNKNOWN &&
+        bool inert_class = inst->kind == CKPT_KIND_GLOBAL && inst->global_id == CKPT__G_UNKNOWN &&
                            (flags & CKPT__PICKLE_INERT);
         if (inert_class || (flags & CKPT__PICKLE_NO_FAIL))
             return CKPT_OK; /* nothing is ever set on a class or module */

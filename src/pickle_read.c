@@ -463,12 +463,12 @@ static ckpt_status cached(vm *m, ckpt_value **slot, int kind, ckpt_value **out)
 
 static ckpt_status new_none(vm *m, ckpt_value **out)
 {
-    return cached(m, &m->none, CKPT_NONE, out);
+    return cached(m, &m->none, CKPT_KIND_NONE, out);
 }
 
 static ckpt_status new_bool(vm *m, bool b, ckpt_value **out)
 {
-    CKPT_RETURN_IF_ERROR(cached(m, b ? &m->yes : &m->no, CKPT_BOOLEAN, out));
+    CKPT_RETURN_IF_ERROR(cached(m, b ? &m->yes : &m->no, CKPT_KIND_BOOL, out));
     (*out)->u.b = b;
     return CKPT_OK;
 }
@@ -476,18 +476,18 @@ static ckpt_status new_bool(vm *m, bool b, ckpt_value **out)
 ckpt_status ckpt__vm_int(vm *m, int64_t i, ckpt_value **out)
 {
     if (i >= SMALL_INT_MIN && i <= SMALL_INT_MAX) {
-        CKPT_RETURN_IF_ERROR(cached(m, &m->small_ints[i - SMALL_INT_MIN], CKPT_INT, out));
+        CKPT_RETURN_IF_ERROR(cached(m, &m->small_ints[i - SMALL_INT_MIN], CKPT_KIND_INT, out));
         (*out)->u.i = i;
         return CKPT_OK;
     }
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_INT, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_INT, out));
     (*out)->u.i = i;
     return CKPT_OK;
 }
 
 static ckpt_status new_float(vm *m, double f, ckpt_value **out)
 {
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_FLOAT, out));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_FLOAT, out));
     (*out)->u.f = f;
     return CKPT_OK;
 }
@@ -506,7 +506,7 @@ static ckpt_status check_len(vm *m, uint64_t n)
 ckpt_status ckpt__vm_seq(vm *m, int kind, ckpt_value *const *items, size_t n, ckpt_value **out)
 {
     CKPT_RETURN_IF_ERROR(check_len(m, n));
-    if (kind == CKPT_TUPLE && n == 0 && m->empty_tuple) {
+    if (kind == CKPT_KIND_TUPLE && n == 0 && m->empty_tuple) {
         *out = m->empty_tuple;
         return CKPT_OK;
     }
@@ -521,7 +521,7 @@ ckpt_status ckpt__vm_seq(vm *m, int kind, ckpt_value *const *items, size_t n, ck
         v->u.seq.items = arr;
         v->u.seq.len = v->u.seq.cap = n;
     }
-    if (kind == CKPT_TUPLE && n == 0)
+    if (kind == CKPT_KIND_TUPLE && n == 0)
         m->empty_tuple = v;
     *out = v;
     return CKPT_OK;
@@ -584,7 +584,7 @@ static size_t put_utf8(uint8_t *o, uint32_t cp)
 static ckpt_status py2_str(vm *m, const uint8_t *s, size_t n, ckpt_value **out)
 {
     if (utf8_check(s, n, false) == n)
-        return ckpt__vm_str(m, CKPT_STR, s, n, out);
+        return ckpt__vm_str(m, CKPT_KIND_STR, s, n, out);
     if (n > (SIZE_MAX - 1) / 2)
         return ckpt__vm_oom(m, UINT64_MAX);
     uint8_t *buf;
@@ -593,7 +593,7 @@ static ckpt_status py2_str(vm *m, const uint8_t *s, size_t n, ckpt_value **out)
     for (size_t i = 0; i < n; i++)
         o += put_utf8(buf + o, s[i]);
     buf[o] = 0;
-    return ckpt__vm_wrap(m, CKPT_STR, (char *)buf, o, out);
+    return ckpt__vm_wrap(m, CKPT_KIND_STR, (char *)buf, o, out);
 }
 
 static int hex_value(uint8_t c)
@@ -645,7 +645,7 @@ static ckpt_status decode_raw_unicode_escape(vm *m, const uint8_t *s, size_t n, 
         o += put_utf8(buf + o, cp);
     }
     buf[o] = 0;
-    return ckpt__vm_wrap(m, CKPT_STR, (char *)buf, o, out);
+    return ckpt__vm_wrap(m, CKPT_KIND_STR, (char *)buf, o, out);
 }
 
 /* STRING: a Python-quoted literal with backslash escapes (as
@@ -721,7 +721,7 @@ static ckpt_status make_long(vm *m, const uint8_t *b, size_t n, ckpt_value **out
             u = (u << 8) | b[i];
         return ckpt__vm_int(m, (int64_t)u, out);
     }
-    return ckpt__vm_str(m, CKPT_BIGINT, b, n, out);
+    return ckpt__vm_str(m, CKPT_KIND_BIGINT, b, n, out);
 }
 
 /* INT/LONG text: [spaces] [sign] digits [L] [spaces], decimal. Python reads
@@ -926,7 +926,7 @@ static ckpt_status collect_tuple(vm *m, size_t n)
 {
     ckpt_value *v;
     CKPT_RETURN_IF_ERROR(need_items(m, n));
-    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_TUPLE, m->stack + m->sp - n, n, &v));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_TUPLE, m->stack + m->sp - n, n, &v));
     m->sp -= n;
     return push(m, v);
 }
@@ -938,7 +938,7 @@ static ckpt_status op_dict(vm *m)
     CKPT_RETURN_IF_ERROR(pop_mark(m, &mark));
     if ((m->sp - mark) % 2)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "odd number of items (%zu)", m->sp - mark);
-    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DICT, &d));
+    CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_DICT, &d));
     for (size_t i = mark; i < m->sp; i += 2)
         CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, m->stack[i], m->stack[i + 1]));
     m->sp = mark;
@@ -954,17 +954,17 @@ static ckpt_status item_target(vm *m, ckpt_value *c, int kind, const char *op, c
 {
     *target = NULL;
     /* a frozenset has no add(): Python's ADDITEMS fails on it */
-    bool frozen = c->kind == CKPT_SET && (c->flags & CKPT__VF_FROZEN);
-    if (kind == CKPT_DICT ? is_dict(c) : c->kind == kind && !frozen) {
+    bool frozen = c->kind == CKPT_KIND_SET && (c->flags & CKPT__VF_FROZEN);
+    if (kind == CKPT_KIND_DICT ? is_dict(c) : c->kind == kind && !frozen) {
         *target = c;
         return CKPT_OK;
     }
-    if (c->kind == CKPT_OBJECT && (m->ctx->flags & CKPT__PICKLE_INERT)) {
+    if (c->kind == CKPT_KIND_OBJECT && (m->ctx->flags & CKPT__PICKLE_INERT)) {
         CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, c, CKPT_SCAN_USE_ITEMS));
-        ckpt_value **slot = kind == CKPT_DICT ? &c->u.obj.dict : &c->u.obj.items;
+        ckpt_value **slot = kind == CKPT_KIND_DICT ? &c->u.obj.dict : &c->u.obj.items;
         if (!*slot)
             CKPT_RETURN_IF_ERROR(
-                ckpt__vm_value(m, kind == CKPT_DICT ? CKPT_DICT : CKPT_LIST, slot));
+                ckpt__vm_value(m, kind == CKPT_KIND_DICT ? CKPT_KIND_DICT : CKPT_KIND_LIST, slot));
         *target = *slot;
         return CKPT_OK;
     }
@@ -996,7 +996,7 @@ static ckpt_status op_setitems(vm *m)
     size_t mark = 0;
     ckpt_value *d;
     CKPT_RETURN_IF_ERROR(pop_mark_with_target(m, &mark, &d));
-    CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_DICT, "SETITEMS", "dicts", &d));
+    CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_KIND_DICT, "SETITEMS", "dicts", &d));
     if ((m->sp - mark) % 2)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "odd number of items (%zu)", m->sp - mark);
     for (size_t i = mark; d && i < m->sp; i += 2)
@@ -1010,7 +1010,7 @@ static ckpt_status op_stack_global(vm *m)
     CKPT_RETURN_IF_ERROR(need_items(m, 2));
     ckpt_value *name = pop(m);
     ckpt_value *module = pop(m);
-    if (module->kind != CKPT_STR || name->kind != CKPT_STR)
+    if (module->kind != CKPT_KIND_STR || name->kind != CKPT_KIND_STR)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "module and name must be str, not %s and %s",
                              kind_desc(module), kind_desc(name));
     ckpt_value *v;
@@ -1049,7 +1049,7 @@ static ckpt_status op_reduce(vm *m)
 {
     CKPT_RETURN_IF_ERROR(need_items(m, 2));
     ckpt_value *args = m->stack[m->sp - 1], *fn = m->stack[m->sp - 2], *v;
-    if (args->kind != CKPT_TUPLE)
+    if (args->kind != CKPT_KIND_TUPLE)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the arguments must be a tuple, not a %s",
                              kind_desc(args));
     CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, fn, args, args->u.seq.items, args->u.seq.len, NULL,
@@ -1063,7 +1063,7 @@ static ckpt_status op_newobj(vm *m, bool ex)
     CKPT_RETURN_IF_ERROR(need_items(m, ex ? 3 : 2));
     ckpt_value *kwargs = ex ? pop(m) : NULL;
     ckpt_value *args = pop(m), *cls = pop(m), *v;
-    if (args->kind != CKPT_TUPLE)
+    if (args->kind != CKPT_KIND_TUPLE)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "the arguments must be a tuple, not a %s",
                              kind_desc(args));
     if (kwargs && !is_dict(kwargs))
@@ -1322,7 +1322,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
             if (bad != (size_t)u64)
                 return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "invalid UTF-8 at byte %zu of the text",
                                      bad);
-            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_STR, p, (size_t)u64, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_KIND_STR, p, (size_t)u64, &v));
             CKPT_RETURN_IF_ERROR(push(m, v));
             break;
         }
@@ -1340,21 +1340,21 @@ static ckpt_status run(vm *m, ckpt_value **result)
                 CKPT_RETURN_IF_ERROR(read_u64(m, &u64));
             }
             CKPT_RETURN_IF_ERROR(read_payload(m, u64, &p));
-            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_BYTES, p, (size_t)u64, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_KIND_BYTES, p, (size_t)u64, &v));
             CKPT_RETURN_IF_ERROR(push(m, v));
             break;
 
         /* ---- containers ---- */
         case OP_EMPTY_LIST:
-            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_LIST, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_LIST, &v));
             CKPT_RETURN_IF_ERROR(push(m, v));
             break;
         case OP_EMPTY_DICT:
-            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_DICT, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_DICT, &v));
             CKPT_RETURN_IF_ERROR(push(m, v));
             break;
         case OP_EMPTY_SET:
-            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_SET, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_value(m, CKPT_KIND_SET, &v));
             CKPT_RETURN_IF_ERROR(push(m, v));
             break;
         case OP_EMPTY_TUPLE:
@@ -1366,13 +1366,13 @@ static ckpt_status run(vm *m, ckpt_value **result)
             CKPT_RETURN_IF_ERROR(collect_tuple(m, (size_t)(m->op - OP_TUPLE1 + 1)));
             break;
         case OP_TUPLE:
-            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_TUPLE));
+            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_KIND_TUPLE));
             break;
         case OP_LIST:
-            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_LIST));
+            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_KIND_LIST));
             break;
         case OP_FROZENSET:
-            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_SET));
+            CKPT_RETURN_IF_ERROR(collect_marked(m, CKPT_KIND_SET));
             m->stack[m->sp - 1]->flags |= CKPT__VF_FROZEN;
             break;
         case OP_DICT:
@@ -1381,18 +1381,18 @@ static ckpt_status run(vm *m, ckpt_value **result)
         case OP_APPEND: {
             CKPT_RETURN_IF_ERROR(need_items(m, 2));
             ckpt_value *item = pop(m), *list = m->stack[m->sp - 1];
-            CKPT_RETURN_IF_ERROR(item_target(m, list, CKPT_LIST, "APPEND", "lists", &list));
+            CKPT_RETURN_IF_ERROR(item_target(m, list, CKPT_KIND_LIST, "APPEND", "lists", &list));
             if (list)
                 CKPT_RETURN_IF_ERROR(seq_add(m, list, item));
             break;
         }
         case OP_APPENDS:
-            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_LIST, "APPENDS", "lists"));
+            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_KIND_LIST, "APPENDS", "lists"));
             break;
         case OP_SETITEM: {
             CKPT_RETURN_IF_ERROR(need_items(m, 3));
             ckpt_value *val = pop(m), *key = pop(m), *d = m->stack[m->sp - 1];
-            CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_DICT, "SETITEM", "dicts", &d));
+            CKPT_RETURN_IF_ERROR(item_target(m, d, CKPT_KIND_DICT, "SETITEM", "dicts", &d));
             if (d)
                 CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, key, val));
             break;
@@ -1401,7 +1401,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
             CKPT_RETURN_IF_ERROR(op_setitems(m));
             break;
         case OP_ADDITEMS:
-            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_SET, "ADDITEMS", "sets"));
+            CKPT_RETURN_IF_ERROR(op_extend(m, CKPT_KIND_SET, "ADDITEMS", "sets"));
             break;
 
         /* ---- memo ---- */
@@ -1476,7 +1476,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
                 if ((unsigned char)line[i] >= 0x80)
                     return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "persistent id is not ASCII");
             }
-            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_STR, line, len, &v));
+            CKPT_RETURN_IF_ERROR(ckpt__vm_str(m, CKPT_KIND_STR, line, len, &v));
             CKPT_RETURN_IF_ERROR(persistent(m, v));
             break;
         case OP_BINPERSID:

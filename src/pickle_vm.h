@@ -66,7 +66,7 @@ ckpt_status ckpt__vm_dict_put(vm *m, ckpt_value *d, ckpt_value *k, ckpt_value *v
 /* ---- pickle_call.c ---------------------------------------------------- */
 
 /* GLOBAL/STACK_GLOBAL/INST: the allow-list entry for module.name as a value
- * (CKPT_GLOBAL or CKPT_DTYPE), or CKPT_ERR_UNSAFE naming it. */
+ * (CKPT_KIND_GLOBAL or CKPT_KIND_DTYPE), or CKPT_ERR_UNSAFE naming it. */
 ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, const char *name,
                                     size_t nlen, ckpt_value **out);
 /* REDUCE/NEWOBJ(_EX)/INST/OBJ: fn(*args) by its data meaning. use is the
@@ -122,23 +122,23 @@ static inline const char *printable(char *buf, size_t cap, const char *s, size_t
 
 static inline bool is_dict(const ckpt_value *v)
 {
-    return v && (v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT);
+    return v && (v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT);
 }
 
 static inline bool is_intlike(const ckpt_value *v)
 {
-    return v && (v->kind == CKPT_INT || v->kind == CKPT_BOOLEAN);
+    return v && (v->kind == CKPT_KIND_INT || v->kind == CKPT_KIND_BOOL);
 }
 
 static inline int64_t int_of(const ckpt_value *v)
 {
-    return v->kind == CKPT_BOOLEAN ? (v->u.b ? 1 : 0) : v->u.i;
+    return v->kind == CKPT_KIND_BOOL ? (v->u.b ? 1 : 0) : v->u.i;
 }
 
 static inline bool str_is(const ckpt_value *v, const char *s)
 {
     size_t n = strlen(s);
-    return v && v->kind == CKPT_STR && v->u.s.len == n && memcmp(v->u.s.ptr, s, n) == 0;
+    return v && v->kind == CKPT_KIND_STR && v->u.s.len == n && memcmp(v->u.s.ptr, s, n) == 0;
 }
 
 /* Offset of the first invalid byte, or n. allow_surrogates mirrors

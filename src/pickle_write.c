@@ -249,16 +249,16 @@ static void path_text(const pickler *w, char *buf, size_t cap)
             snprintf(part, sizeof(part), "(tensor)");
         } else if (f->index == SIZE_MAX) {
             snprintf(part, sizeof(part), "(state)");
-        } else if (c->kind == CKPT_DICT || c->kind == CKPT_ORDERED_DICT) {
+        } else if (c->kind == CKPT_KIND_DICT || c->kind == CKPT_KIND_ORDERED_DICT) {
             const ckpt_value *k = c->u.dict.keys[f->index];
-            if (k && k->kind == CKPT_STR)
+            if (k && k->kind == CKPT_KIND_STR)
                 snprintf(part, sizeof(part), "%.*s", (int)(k->u.s.len < 80 ? k->u.s.len : 80),
                          k->u.s.ptr);
-            else if (k && k->kind == CKPT_INT)
+            else if (k && k->kind == CKPT_KIND_INT)
                 snprintf(part, sizeof(part), "%lld", (long long)k->u.i);
             else
                 snprintf(part, sizeof(part), "(key %zu)", f->index);
-        } else if (c->kind == CKPT_TENSOR) {
+        } else if (c->kind == CKPT_KIND_TENSOR) {
             snprintf(part, sizeof(part), "(part %zu)", f->index);
         } else {
             snprintf(part, sizeof(part), "%zu", f->index);
@@ -524,23 +524,23 @@ static ckpt_status save_size_dims(pickler *w, uint32_t n, const int64_t *d)
 const char *ckpt__torch_storage_class(ckpt_dtype dtype)
 {
     switch (dtype) {
-    case CKPT_FLOAT64: return "DoubleStorage";
-    case CKPT_FLOAT32: return "FloatStorage";
-    case CKPT_FLOAT16: return "HalfStorage";
-    case CKPT_BFLOAT16: return "BFloat16Storage";
-    case CKPT_INT64: return "LongStorage";
-    case CKPT_INT32: return "IntStorage";
-    case CKPT_INT16: return "ShortStorage";
-    case CKPT_INT8: return "CharStorage";
-    case CKPT_UINT8: return "ByteStorage";
-    case CKPT_BOOL: return "BoolStorage";
-    case CKPT_COMPLEX128: return "ComplexDoubleStorage";
-    case CKPT_COMPLEX64: return "ComplexFloatStorage";
-    case CKPT_QINT8: return "QInt8Storage";
-    case CKPT_QUINT8: return "QUInt8Storage";
-    case CKPT_QINT32: return "QInt32Storage";
-    case CKPT_QUINT4X2: return "QUInt4x2Storage";
-    case CKPT_QUINT2X4: return "QUInt2x4Storage";
+    case CKPT_DTYPE_FLOAT64: return "DoubleStorage";
+    case CKPT_DTYPE_FLOAT32: return "FloatStorage";
+    case CKPT_DTYPE_FLOAT16: return "HalfStorage";
+    case CKPT_DTYPE_BFLOAT16: return "BFloat16Storage";
+    case CKPT_DTYPE_INT64: return "LongStorage";
+    case CKPT_DTYPE_INT32: return "IntStorage";
+    case CKPT_DTYPE_INT16: return "ShortStorage";
+    case CKPT_DTYPE_INT8: return "CharStorage";
+    case CKPT_DTYPE_UINT8: return "ByteStorage";
+    case CKPT_DTYPE_BOOL: return "BoolStorage";
+    case CKPT_DTYPE_COMPLEX128: return "ComplexDoubleStorage";
+    case CKPT_DTYPE_COMPLEX64: return "ComplexFloatStorage";
+    case CKPT_DTYPE_QINT8: return "QInt8Storage";
+    case CKPT_DTYPE_QUINT8: return "QUInt8Storage";
+    case CKPT_DTYPE_QINT32: return "QInt32Storage";
+    case CKPT_DTYPE_QUINT4X2: return "QUInt4x2Storage";
+    case CKPT_DTYPE_QUINT2X4: return "QUInt2x4Storage";
     default: return NULL;
     }
 }
@@ -549,8 +549,8 @@ const char *ckpt__torch_storage_class(ckpt_dtype dtype)
  * sub-byte floats torch has no dtype for. */
 static const char *torch_dtype_name(ckpt_dtype d)
 {
-    if (ckpt_dtype_bits(d) == 0 || d == CKPT_FLOAT4_E2M1 || d == CKPT_FLOAT6_E2M3 ||
-        d == CKPT_FLOAT6_E3M2)
+    if (ckpt_dtype_bits(d) == 0 || d == CKPT_DTYPE_FLOAT4_E2M1 || d == CKPT_DTYPE_FLOAT6_E2M3 ||
+        d == CKPT_DTYPE_FLOAT6_E3M2)
         return NULL;
     return ckpt_dtype_name(d);
 }
@@ -635,9 +635,9 @@ static bool key_has_frozenset(const ckpt_value *k, unsigned *budget)
     if (!k || *budget == 0)
         return false;
     (*budget)--;
-    if (k->kind == CKPT_SET)
+    if (k->kind == CKPT_KIND_SET)
         return (k->flags & CKPT__VF_FROZEN) != 0;
-    if (k->kind != CKPT_TUPLE)
+    if (k->kind != CKPT_KIND_TUPLE)
         return false;
     for (size_t i = 0; i < k->u.seq.len; i++) {
         if (key_has_frozenset(k->u.seq.items[i], budget))
@@ -895,10 +895,10 @@ static ckpt_status rebuild_func(pickler *w, const ckpt_tensor *t, const ckpt_val
         return CKPT_OK;
     }
     if (ckpt__dtype_is_quantized(t->dtype)) {
-        const ckpt_value *q0 = qparams && qparams->kind == CKPT_TUPLE && qparams->u.seq.len >= 3
+        const ckpt_value *q0 = qparams && qparams->kind == CKPT_KIND_TUPLE && qparams->u.seq.len >= 3
                                    ? qparams->u.seq.items[0]
                                    : NULL;
-        if (!q0 || q0->kind != CKPT_GLOBAL || q0->u.s.len < 10 ||
+        if (!q0 || q0->kind != CKPT_KIND_GLOBAL || q0->u.s.len < 10 ||
             memcmp(q0->u.s.ptr, "torch.per_", 10) != 0)
             return fail(w, CKPT_ERR_INVALID_ARG,
                         "a %s tensor needs its quantizer parameters (qscheme, ...) as its state",
@@ -987,11 +987,11 @@ static ckpt_status save_tensor(pickler *w, const ckpt_value *holder, const ckpt_
         qparams = state;
     else
         attrs = state;
-    if (attrs && (attrs->kind == CKPT_NONE ||
-                  ((attrs->kind == CKPT_DICT || attrs->kind == CKPT_ORDERED_DICT) &&
+    if (attrs && (attrs->kind == CKPT_KIND_NONE ||
+                  ((attrs->kind == CKPT_KIND_DICT || attrs->kind == CKPT_KIND_ORDERED_DICT) &&
                    attrs->u.dict.len == 0)))
         attrs = NULL;
-    if (attrs && attrs->kind != CKPT_DICT && attrs->kind != CKPT_ORDERED_DICT)
+    if (attrs && attrs->kind != CKPT_KIND_DICT && attrs->kind != CKPT_KIND_ORDERED_DICT)
         return fail(w, CKPT_ERR_UNSUPPORTED,
                     "a tensor's state must be a dict of attributes to be saved, not a %s",
                     ckpt_kind_name(ckpt_value_kind(attrs)));
@@ -1048,24 +1048,24 @@ static ckpt_status save_tensor(pickler *w, const ckpt_value *holder, const ckpt_
 static ckpt_status save_object(pickler *w, const ckpt_value *v)
 {
     switch (v->kind) {
-    case CKPT_STR:
+    case CKPT_KIND_STR:
         CKPT_RETURN_IF_ERROR(save_unicode(w, v->u.s.ptr, v->u.s.len));
         return put_ptr(w, v);
-    case CKPT_BYTES:
+    case CKPT_KIND_BYTES:
         return save_bytes(w, v);
-    case CKPT_COMPLEX:
+    case CKPT_KIND_COMPLEX:
         CKPT_RETURN_IF_ERROR(save_global(w, "__builtin__", "complex"));
         save_float(w, v->u.c.re);
         save_float(w, v->u.c.im);
         CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE2));
         return put_ptr(w, v);
-    case CKPT_LIST:
+    case CKPT_KIND_LIST:
         op(w, OP_EMPTY_LIST);
         CKPT_RETURN_IF_ERROR(put_ptr(w, v));
         return save_list_items(w, v);
-    case CKPT_TUPLE:
+    case CKPT_KIND_TUPLE:
         return save_tuple(w, v);
-    case CKPT_SET:
+    case CKPT_KIND_SET:
         /* frozensets too: builtins.frozenset is not on the weights-only
          * allow-list (keys that hold one are refused: save_entry) */
         CKPT_RETURN_IF_ERROR(save_global(w, "__builtin__", "set"));
@@ -1074,11 +1074,11 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         CKPT_RETURN_IF_ERROR(save_list_items(w, v));
         CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
         return put_ptr(w, v);
-    case CKPT_DICT:
+    case CKPT_KIND_DICT:
         op(w, OP_EMPTY_DICT);
         CKPT_RETURN_IF_ERROR(put_ptr(w, v));
         return save_dict_items_exact(w, v);
-    case CKPT_ORDERED_DICT: {
+    case CKPT_KIND_ORDERED_DICT: {
         CKPT_RETURN_IF_ERROR(save_global(w, "collections", "OrderedDict"));
         op(w, OP_EMPTY_TUPLE);
         op(w, OP_REDUCE);
@@ -1087,7 +1087,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         const ckpt_value *state = v->u.dict.state;
         if (!state)
             return CKPT_OK;
-        if (state->kind != CKPT_DICT && state->kind != CKPT_ORDERED_DICT)
+        if (state->kind != CKPT_KIND_DICT && state->kind != CKPT_KIND_ORDERED_DICT)
             return fail(w, CKPT_ERR_INVALID_ARG,
                         "an OrderedDict's state must be a dict of attributes, not a %s",
                         ckpt_kind_name(ckpt_value_kind(state)));
@@ -1095,7 +1095,7 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         op(w, OP_BUILD);
         return CKPT_OK;
     }
-    case CKPT_SIZE: {
+    case CKPT_KIND_SIZE: {
         CKPT_RETURN_IF_ERROR(save_global(w, "torch", "Size"));
         size_t n = v->u.seq.len;
         if (n == 0) {
@@ -1111,9 +1111,9 @@ static ckpt_status save_object(pickler *w, const ckpt_value *v)
         CKPT_RETURN_IF_ERROR(reduce_with(w, OP_TUPLE1));
         return put_ptr(w, v);
     }
-    case CKPT_DEVICE:
+    case CKPT_KIND_DEVICE:
         return save_device(w, v);
-    case CKPT_TENSOR:
+    case CKPT_KIND_TENSOR:
         CKPT_RETURN_IF_ERROR(save_tensor(w, v, v->u.tensor.t, v->u.tensor.state));
         return put_ptr(w, v);
     default:
@@ -1128,31 +1128,31 @@ static ckpt_status save(pickler *w, const ckpt_value *v)
     if (!v)
         return fail(w, CKPT_ERR_INVALID_ARG, "a missing (NULL) value");
     switch (v->kind) {
-    case CKPT_NONE:
+    case CKPT_KIND_NONE:
         op(w, OP_NONE);
         return CKPT_OK;
-    case CKPT_BOOLEAN:
+    case CKPT_KIND_BOOL:
         save_bool(w, v->u.b);
         return CKPT_OK;
-    case CKPT_INT:
+    case CKPT_KIND_INT:
         save_int(w, v->u.i);
         return CKPT_OK;
-    case CKPT_BIGINT:
+    case CKPT_KIND_BIGINT:
         if (v->u.s.len > UINT32_MAX)
             return fail(w, CKPT_ERR_LIMIT, "an int of %zu bytes", v->u.s.len);
         save_long_bytes(w, (const uint8_t *)v->u.s.ptr, v->u.s.len);
         return CKPT_OK;
-    case CKPT_FLOAT:
+    case CKPT_KIND_FLOAT:
         save_float(w, v->u.f);
         return CKPT_OK;
-    case CKPT_DTYPE: {
+    case CKPT_KIND_DTYPE: {
         const char *name = torch_dtype_name(v->u.dtype);
         if (!name)
             return fail(w, CKPT_ERR_UNSUPPORTED, "dtype %s has no torch name",
                         ckpt_dtype_name(v->u.dtype));
         return save_global(w, "torch", name);
     }
-    case CKPT_GLOBAL:
+    case CKPT_KIND_GLOBAL:
         /* only names of the weights-only allow-list: a file this writes
          * never makes torch.load import anything else */
         if (v->global_id == CKPT__G_UNKNOWN)
@@ -1160,7 +1160,7 @@ static ckpt_status save(pickler *w, const ckpt_value *v)
                         "global '%.*s' is outside the weights-only allow-list: not written",
                         (int)(v->u.s.len < 120 ? v->u.s.len : 120), v->u.s.ptr);
         return save_global_value(w, v);
-    case CKPT_OBJECT: {
+    case CKPT_KIND_OBJECT: {
         size_t n;
         const char *cls = ckpt_value_str(v, &n);
         return fail(w, CKPT_ERR_UNSAFE,

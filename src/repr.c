@@ -664,12 +664,12 @@ static const struct {
     uint16_t kind;
     const char *open, *close, *empty;
 } CONTAINERS[] = {
-    {CKPT_LIST, "[", "]", NULL},
-    {CKPT_TUPLE, "(", ")", NULL},
-    {CKPT_SET, "{", "}", "set()"},
-    {CKPT_DICT, "{", "}", NULL},
-    {CKPT_ORDERED_DICT, "OrderedDict([", "])", "OrderedDict()"},
-    {CKPT_SIZE, "torch.Size([", "])", NULL},
+    {CKPT_KIND_LIST, "[", "]", NULL},
+    {CKPT_KIND_TUPLE, "(", ")", NULL},
+    {CKPT_KIND_SET, "{", "}", "set()"},
+    {CKPT_KIND_DICT, "{", "}", NULL},
+    {CKPT_KIND_ORDERED_DICT, "OrderedDict([", "])", "OrderedDict()"},
+    {CKPT_KIND_SIZE, "torch.Size([", "])", NULL},
 };
 
 /* A container's repr; one it is already inside of (a cycle), or one past
@@ -685,10 +685,10 @@ static void put_container(repr_ctx *c, const ckpt_value *v, size_t depth)
         put_str(o, "<?>");
         return;
     }
-    bool dict = v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    bool dict = v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT;
     size_t len = dict ? v->u.dict.len : v->u.seq.len;
     /* frozenset({1, 2}), frozenset(); a set is {1, 2}, set() */
-    bool frozen = v->kind == CKPT_SET && (v->flags & CKPT__VF_FROZEN);
+    bool frozen = v->kind == CKPT_KIND_SET && (v->flags & CKPT__VF_FROZEN);
     if (len == 0 && frozen) {
         put_str(o, "frozenset()");
         return;
@@ -700,7 +700,7 @@ static void put_container(repr_ctx *c, const ckpt_value *v, size_t depth)
     bool elide = depth >= REPR_MAX_DEPTH;
     for (size_t i = 0; i < depth && !elide; i++)
         elide = c->path[i] == v;
-    if (elide && v->kind == CKPT_ORDERED_DICT) {
+    if (elide && v->kind == CKPT_KIND_ORDERED_DICT) {
         put_str(o, "...");
         return;
     }
@@ -712,10 +712,10 @@ static void put_container(repr_ctx *c, const ckpt_value *v, size_t depth)
     } else {
         c->path[depth] = v;
         if (dict)
-            put_entries(c, v, depth, v->kind == CKPT_ORDERED_DICT);
+            put_entries(c, v, depth, v->kind == CKPT_KIND_ORDERED_DICT);
         else
             put_items(c, v, depth);
-        if (v->kind == CKPT_TUPLE && len == 1)
+        if (v->kind == CKPT_KIND_TUPLE && len == 1)
             put_chr(o, ',');
     }
     put_str(o, CONTAINERS[k].close);
@@ -733,12 +733,12 @@ static void put_repr(repr_ctx *c, const ckpt_value *v, size_t depth)
         return;
     }
     switch (v->kind) {
-    case CKPT_NONE: put_str(o, "None"); return;
-    case CKPT_BOOLEAN: put_str(o, v->u.b ? "True" : "False"); return;
-    case CKPT_INT: put_int(o, v->u.i); return;
-    case CKPT_BIGINT: put_bigint(o, (const uint8_t *)v->u.s.ptr, v->u.s.len); return;
-    case CKPT_FLOAT: put_float(o, v->u.f, 0); return;
-    case CKPT_COMPLEX:
+    case CKPT_KIND_NONE: put_str(o, "None"); return;
+    case CKPT_KIND_BOOL: put_str(o, v->u.b ? "True" : "False"); return;
+    case CKPT_KIND_INT: put_int(o, v->u.i); return;
+    case CKPT_KIND_BIGINT: put_bigint(o, (const uint8_t *)v->u.s.ptr, v->u.s.len); return;
+    case CKPT_KIND_FLOAT: put_float(o, v->u.f, 0); return;
+    case CKPT_KIND_COMPLEX:
         /* (1+2j); a real part of +0 is left out: 2j */
         if (v->u.c.re == 0 && !signbit(v->u.c.re)) {
             put_float(o, v->u.c.im, CKPT__FLOAT_NO_DOT0);
@@ -750,15 +750,15 @@ static void put_repr(repr_ctx *c, const ckpt_value *v, size_t depth)
         put_float(o, v->u.c.im, CKPT__FLOAT_NO_DOT0 | CKPT__FLOAT_SIGN);
         put_str(o, "j)");
         return;
-    case CKPT_STR: put_quoted(o, v->u.s.ptr, v->u.s.len, false); return;
-    case CKPT_BYTES: put_quoted(o, v->u.s.ptr, v->u.s.len, true); return;
-    case CKPT_DEVICE: put_device(o, v->u.s.ptr, v->u.s.len); return;
-    case CKPT_DTYPE:
+    case CKPT_KIND_STR: put_quoted(o, v->u.s.ptr, v->u.s.len, false); return;
+    case CKPT_KIND_BYTES: put_quoted(o, v->u.s.ptr, v->u.s.len, true); return;
+    case CKPT_KIND_DEVICE: put_device(o, v->u.s.ptr, v->u.s.len); return;
+    case CKPT_KIND_DTYPE:
         put_str(o, "torch.");
         put_str(o, ckpt_dtype_name(v->u.dtype));
         return;
-    case CKPT_GLOBAL: put(o, v->u.s.ptr, v->u.s.len); return;
-    case CKPT_OBJECT: {
+    case CKPT_KIND_GLOBAL: put(o, v->u.s.ptr, v->u.s.len); return;
+    case CKPT_KIND_OBJECT: {
         size_t len;
         const char *cls = ckpt_value_str(v, &len);
         put_chr(o, '<');
@@ -769,7 +769,7 @@ static void put_repr(repr_ctx *c, const ckpt_value *v, size_t depth)
         put_str(o, "object>");
         return;
     }
-    case CKPT_TENSOR: put_tensor(o, v->u.tensor.t); return;
+    case CKPT_KIND_TENSOR: put_tensor(o, v->u.tensor.t); return;
     case CKPT__KIND_STORAGE: put_str(o, "<storage>"); return;
     default: put_container(c, v, depth); return;
     }
@@ -791,10 +791,10 @@ size_t ckpt__key_text(const ckpt_value *k, char *buf, size_t cap)
     out o = {.buf = buf, .cap = buf ? cap : 0, .limit = KEY_MAX_LEN};
     /* str() differs from repr() for text (no quotes) and devices ("cuda:0");
      * a global shows its name */
-    switch (k ? k->kind : CKPT_NONE) {
-    case CKPT_STR:
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
+    switch (k ? k->kind : CKPT_KIND_NONE) {
+    case CKPT_KIND_STR:
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL:
         put(&o, k->u.s.ptr, k->u.s.len);
         break;
     default: {

@@ -457,7 +457,7 @@ static int on_value(hdr_parser *p, enum value_type type, int64_t iv, const unsig
         if (lv->field == F_METADATA) {
             if (type == V_OBJECT) {
                 *opens = LV_META;
-                p->meta = ckpt__value_new(&p->f->arena, CKPT_DICT);
+                p->meta = ckpt__value_new(&p->f->arena, CKPT_KIND_DICT);
                 if (!p->meta)
                     return nomem(p, sizeof(ckpt_value));
             } else {
@@ -477,7 +477,7 @@ static int on_value(hdr_parser *p, enum value_type type, int64_t iv, const unsig
             return 1;
         }
         {
-            ckpt_value *vv = ckpt__value_str(&p->f->arena, CKPT_STR, (const char *)s, n);
+            ckpt_value *vv = ckpt__value_str(&p->f->arena, CKPT_KIND_STR, (const char *)s, n);
             if (!vv || !ckpt__dict_set(&p->f->arena, p->meta, p->meta_key, vv))
                 return nomem(p, n + 1);
         }
@@ -615,7 +615,7 @@ static int entry_done(hdr_parser *p)
     ckpt__storage *s = ckpt__arena_alloc(a, sizeof(*s));
     ckpt_tensor *t = ckpt__arena_alloc(a, sizeof(*t));
     int64_t *shape = ckpt__arena_alloc(a, 2 * dims_bytes); /* then the strides */
-    ckpt_value *tv = ckpt__value_new(a, CKPT_TENSOR);
+    ckpt_value *tv = ckpt__value_new(a, CKPT_KIND_TENSOR);
     if (!s || !t || !shape || !tv)
         return nomem(p, sizeof(*s) + sizeof(*t) + 2 * dims_bytes + sizeof(*tv));
     int64_t *stride = shape + dims_bytes / sizeof(int64_t);
@@ -772,7 +772,7 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t n)
             lv->field = F_METADATA;
         } else {
             lv->field = F_TENSOR;
-            p->e.key = ckpt__value_str(&p->f->arena, CKPT_STR, (const char *)s, n);
+            p->e.key = ckpt__value_str(&p->f->arena, CKPT_KIND_STR, (const char *)s, n);
             if (!p->e.key)
                 return nomem(p, sizeof(ckpt_value) + n + 1);
             p->e.name = p->e.key->u.s.ptr;
@@ -780,7 +780,7 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t n)
         }
         break;
     case LV_META:
-        p->meta_key = ckpt__value_str(&p->f->arena, CKPT_STR, (const char *)s, n);
+        p->meta_key = ckpt__value_str(&p->f->arena, CKPT_KIND_STR, (const char *)s, n);
         if (!p->meta_key)
             return nomem(p, n + 1);
         break;
@@ -927,7 +927,7 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err)
         goto out;
     }
 
-    f->root = ckpt__value_new(&f->arena, CKPT_DICT);
+    f->root = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
     if (!f->root) {
         st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         goto out;

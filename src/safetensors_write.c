@@ -182,7 +182,7 @@ typedef struct json_walk {
 
 static bool is_seq(ckpt_kind k)
 {
-    return k == CKPT_LIST || k == CKPT_TUPLE || k == CKPT_SET || k == CKPT_SIZE;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_SIZE;
 }
 
 /* A dict key as json.dumps converts it. */
@@ -191,13 +191,13 @@ static void sb_json_key(sbuf *b, const ckpt_value *k)
     size_t len;
     const char *s;
     switch (ckpt_value_kind(k)) {
-    case CKPT_STR:
+    case CKPT_KIND_STR:
         s = ckpt_value_str(k, &len);
         sb_json_ascii(b, s, len);
         return;
-    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(k) ? "\"true\"" : "\"false\""); return;
-    case CKPT_NONE: sb_str(b, "\"null\""); return;
-    case CKPT_FLOAT:
+    case CKPT_KIND_BOOL: sb_str(b, ckpt_value_bool(k) ? "\"true\"" : "\"false\""); return;
+    case CKPT_KIND_NONE: sb_str(b, "\"null\""); return;
+    case CKPT_KIND_FLOAT:
         sb_chr(b, '"');
         sb_py_float(b, ckpt_value_float(k));
         sb_chr(b, '"');
@@ -226,17 +226,17 @@ static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t d
     size_t len;
     const char *s;
     switch (k) {
-    case CKPT_NONE: sb_str(b, "null"); return;
-    case CKPT_BOOLEAN: sb_str(b, ckpt_value_bool(v) ? "true" : "false"); return;
-    case CKPT_INT: {
+    case CKPT_KIND_NONE: sb_str(b, "null"); return;
+    case CKPT_KIND_BOOL: sb_str(b, ckpt_value_bool(v) ? "true" : "false"); return;
+    case CKPT_KIND_INT: {
         char tmp[24];
         snprintf(tmp, sizeof(tmp), "%lld", (long long)ckpt_value_int(v));
         sb_str(b, tmp);
         return;
     }
-    case CKPT_BIGINT: sb_bigint(b, v); return;
-    case CKPT_FLOAT: sb_py_float(b, ckpt_value_float(v)); return;
-    case CKPT_COMPLEX: {
+    case CKPT_KIND_BIGINT: sb_bigint(b, v); return;
+    case CKPT_KIND_FLOAT: sb_py_float(b, ckpt_value_float(v)); return;
+    case CKPT_KIND_COMPLEX: {
         double re, im;
         ckpt_value_complex(v, &re, &im);
         sb_chr(b, '[');
@@ -246,28 +246,28 @@ static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t d
         sb_chr(b, ']');
         return;
     }
-    case CKPT_STR:
+    case CKPT_KIND_STR:
         s = ckpt_value_str(v, &len);
         sb_json_ascii(b, s, len);
         return;
-    case CKPT_BYTES:
+    case CKPT_KIND_BYTES:
         s = ckpt_value_str(v, &len);
         sb_chr(b, '"');
         sb_hex(b, s, len);
         sb_chr(b, '"');
         return;
-    case CKPT_DTYPE:
+    case CKPT_KIND_DTYPE:
         sb_str(b, "\"torch.");
         sb_str(b, ckpt_dtype_name(ckpt_value_dtype(v)));
         sb_chr(b, '"');
         return;
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL:
-    case CKPT_OBJECT: /* an inert object: its class's name */
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL:
+    case CKPT_KIND_OBJECT: /* an inert object: its class's name */
         s = ckpt_value_str(v, &len);
         sb_json_ascii(b, s, len);
         return;
-    case CKPT_TENSOR:
+    case CKPT_KIND_TENSOR:
         /* the walk hands over subtrees without tensors, so this is a
          * cycle back to a container above */
         w->st = ckpt__fail(w->err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
@@ -277,7 +277,7 @@ static void sb_json_value(sbuf *b, json_walk *w, const ckpt_value *v, uint64_t d
     default:
         break;
     }
-    if (!is_seq(k) && k != CKPT_DICT && k != CKPT_ORDERED_DICT) {
+    if (!is_seq(k) && k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT) {
         sb_str(b, "null");
         return;
     }
@@ -481,7 +481,7 @@ static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ck
 {
     st_ctx *c = user;
     ckpt_kind k = ckpt_value_kind(v);
-    if (name[0] || (k != CKPT_DICT && k != CKPT_ORDERED_DICT))
+    if (name[0] || (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT))
         return add_leaf(c, name, strlen(name), v, err);
     /* a root dict without tensors: an entry per key, as when it has some */
     for (size_t i = 0; i < ckpt_value_len(v); i++) {
@@ -502,7 +502,7 @@ static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ck
 static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error *err)
 {
     ckpt_kind k = ckpt_value_kind(md);
-    if (k != CKPT_DICT && k != CKPT_ORDERED_DICT)
+    if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                           "options' metadata must be a dict of text to text, not %s",
                           ckpt_kind_name(k));
@@ -510,7 +510,7 @@ static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error
         const ckpt_value *kv = ckpt_value_key(md, i), *vv = ckpt_value_dict_value(md, i);
         size_t klen, vlen;
         const char *ks = ckpt_value_str(kv, &klen), *vs = ckpt_value_str(vv, &vlen);
-        if (ckpt_value_kind(kv) != CKPT_STR || ckpt_value_kind(vv) != CKPT_STR)
+        if (ckpt_value_kind(kv) != CKPT_KIND_STR || ckpt_value_kind(vv) != CKPT_KIND_STR)
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                               "options' metadata entry %zu is not text -> text", i);
         if (!ckpt__utf8_valid(ks, klen, false) || !ckpt__utf8_valid(vs, vlen, false))

@@ -33,28 +33,28 @@
 
 const char *ckpt_scan_verdict_name(ckpt_scan_verdict verdict)
 {
-    return verdict == CKPT_SCAN_SAFE ? "safe" : "unsafe";
+    return verdict == CKPT_SCAN_VERDICT_SAFE ? "safe" : "unsafe";
 }
 
 const char *ckpt_scan_kind_name(ckpt_scan_kind kind)
 {
     switch (kind) {
-    case CKPT_SCAN_GLOBAL: return "global";
-    case CKPT_SCAN_BROKEN_PICKLE: return "broken_pickle";
-    case CKPT_SCAN_EXTRA_PICKLE: return "extra_pickle";
-    case CKPT_SCAN_TRAILING_DATA: return "trailing_data";
-    case CKPT_SCAN_TORCHSCRIPT: return "torchscript";
-    case CKPT_SCAN_DUPLICATE_NAME: return "duplicate_name";
-    case CKPT_SCAN_NAME_MISMATCH: return "name_mismatch";
-    case CKPT_SCAN_ZIP_FLAGS: return "zip_flags";
-    case CKPT_SCAN_CRC_MISMATCH: return "crc_mismatch";
-    case CKPT_SCAN_EXTRA_BYTES: return "extra_bytes";
-    case CKPT_SCAN_ZIP_STRUCTURE: return "zip_structure";
-    case CKPT_SCAN_UNSAFE_NAME: return "unsafe_name";
-    case CKPT_SCAN_NESTED_ARCHIVE: return "nested_archive";
-    case CKPT_SCAN_STORAGE: return "storage";
-    case CKPT_SCAN_FORMAT: return "format";
-    case CKPT_SCAN_LIMIT: return "limit";
+    case CKPT_SCAN_KIND_GLOBAL: return "global";
+    case CKPT_SCAN_KIND_BROKEN_PICKLE: return "broken_pickle";
+    case CKPT_SCAN_KIND_EXTRA_PICKLE: return "extra_pickle";
+    case CKPT_SCAN_KIND_TRAILING_DATA: return "trailing_data";
+    case CKPT_SCAN_KIND_TORCHSCRIPT: return "torchscript";
+    case CKPT_SCAN_KIND_DUPLICATE_NAME: return "duplicate_name";
+    case CKPT_SCAN_KIND_NAME_MISMATCH: return "name_mismatch";
+    case CKPT_SCAN_KIND_ZIP_FLAGS: return "zip_flags";
+    case CKPT_SCAN_KIND_CRC_MISMATCH: return "crc_mismatch";
+    case CKPT_SCAN_KIND_EXTRA_BYTES: return "extra_bytes";
+    case CKPT_SCAN_KIND_ZIP_STRUCTURE: return "zip_structure";
+    case CKPT_SCAN_KIND_UNSAFE_NAME: return "unsafe_name";
+    case CKPT_SCAN_KIND_NESTED_ARCHIVE: return "nested_archive";
+    case CKPT_SCAN_KIND_STORAGE: return "storage";
+    case CKPT_SCAN_KIND_FORMAT: return "format";
+    case CKPT_SCAN_KIND_LIMIT: return "limit";
     }
     return "unknown";
 }
@@ -426,7 +426,7 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
     snprintf(full, sizeof(full), "%s.%s", ckpt__scan_quote(mq, sizeof(mq), module, mlen),
              ckpt__scan_quote(nq, sizeof(nq), name, nlen));
     bool code = runs_code(mod, ml, name, nlen);
-    bool known = !(v && v->kind == CKPT_GLOBAL && v->global_id == CKPT__G_UNKNOWN);
+    bool known = !(v && v->kind == CKPT_KIND_GLOBAL && v->global_id == CKPT__G_UNKNOWN);
     if (blocked)
         snprintf(msg, sizeof(msg),
                  "'%s' runs code when unpickled; torch refuses module '%.*s' even when asked to "
@@ -443,7 +443,7 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
                  "'%s' is outside the weights-only allow-list: unpickling it imports and calls "
                  "arbitrary Python", full);
     ckpt_status st;
-    ckpt_scan_finding *f = new_finding(s, CKPT_SCAN_GLOBAL, u->record, offset,
+    ckpt_scan_finding *f = new_finding(s, CKPT_SCAN_KIND_GLOBAL, u->record, offset,
                                        ckpt__scan_at(u->file_base, offset), msg, &st);
     if (!f)
         return st;
@@ -522,7 +522,7 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     forget_uses(s);
     if (st != CKPT_ERR_NOMEM && u.framing.status != CKPT_OK) {
         uint64_t off = u.framing.offset;
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_BROKEN_PICKLE, record, off,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_BROKEN_PICKLE, record, off,
                                             ckpt__scan_at(file_base, off),
                                             "the pickle's framing breaks here (%s); ckpt reads on "
                                             "as if there were no frame",
@@ -530,7 +530,7 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     }
     if (st == CKPT_OK && res->next > res->consumed) {
         uint64_t stop = res->consumed - 1;
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, record, stop, ckpt__scan_at(file_base, stop),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, record, stop, ckpt__scan_at(file_base, stop),
                               "the frame runs %zu byte%s past STOP (to byte %zu): Python's "
                               "unpickler reading from a file continues after the frame, not "
                               "after STOP",
@@ -547,9 +547,9 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     res->broke = true;
     uint64_t off = perr.offset;
     if (st == CKPT_ERR_LIMIT)
-        return ckpt__scan_add(s, CKPT_SCAN_LIMIT, record, off, ckpt__scan_at(file_base, off),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, record, off, ckpt__scan_at(file_base, off),
                               "the pickle is not checked past this point: %s", perr.message);
-    return ckpt__scan_add(s, CKPT_SCAN_BROKEN_PICKLE, record, off, ckpt__scan_at(file_base, off),
+    return ckpt__scan_add(s, CKPT_SCAN_KIND_BROKEN_PICKLE, record, off, ckpt__scan_at(file_base, off),
                           "the pickle breaks here (%s); what came before it was read and reported",
                           perr.message);
 }
@@ -633,7 +633,7 @@ static ckpt_status next_in_stream(scan_ctx *s, const uint8_t *data, uint64_t pos
         char rec[300];
         snprintf(rec, sizeof(rec), "%s: pickle %u after STOP, inside the frame", record, k);
         if (k == 1)
-            CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_EXTRA_PICKLE, rec, 0,
+            CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_EXTRA_PICKLE, rec, 0,
                                                 ckpt__scan_at(file_base, at),
                                                 "pickles between STOP and the end of its frame "
                                                 "(from byte %llu to %llu): torch reading the file "
@@ -665,12 +665,12 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
         const uint8_t *p = data + pos;
         size_t left = (size_t)(size - pos);
         if (k > SCAN_MAX_PICKLES)
-            return ckpt__scan_add(s, CKPT_SCAN_LIMIT, where_record(where, "", rec, sizeof(rec)),
+            return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, where_record(where, "", rec, sizeof(rec)),
                                   pos, ckpt__scan_at(file_base, pos),
                                   "more than %d pickles back to back: the rest is not checked",
                                   SCAN_MAX_PICKLES);
         if (!ckpt__scan_is_pickle(s, p, left))
-            return ckpt__scan_add(s, CKPT_SCAN_TRAILING_DATA,
+            return ckpt__scan_add(s, CKPT_SCAN_KIND_TRAILING_DATA,
                                   where_record(where, "", rec, sizeof(rec)), pos,
                                   ckpt__scan_at(file_base, pos),
                                   "%llu bytes after %s: readers that stop there never see them",
@@ -679,7 +679,7 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
         snprintf(name, sizeof(name), "pickle %u", k);
         where_record(where, name, rec, sizeof(rec));
         CKPT_RETURN_IF_ERROR(
-            ckpt__scan_add(s, CKPT_SCAN_EXTRA_PICKLE, rec, 0, ckpt__scan_at(file_base, pos),
+            ckpt__scan_add(s, CKPT_SCAN_KIND_EXTRA_PICKLE, rec, 0, ckpt__scan_at(file_base, pos),
                            "another pickle starts at byte %llu, after %s: "
                            "pickle.load and torch.load stop before it, other readers "
                            "run it",
@@ -740,16 +740,16 @@ static ckpt_status legacy_persistent(void *user, ckpt__pickle_ctx *ctx, const ck
 {
     legacy_scan *L = user;
     *out = (ckpt_value *)(uintptr_t)pid;
-    const ckpt_value *kind = pid && pid->kind == CKPT_TUPLE && pid->u.seq.len >= 2
+    const ckpt_value *kind = pid && pid->kind == CKPT_KIND_TUPLE && pid->u.seq.len >= 2
                                  ? pid->u.seq.items[0] : NULL;
-    if (kind && kind->kind == CKPT_STR && strcmp(kind->u.s.ptr, "module") == 0) {
+    if (kind && kind->kind == CKPT_KIND_STR && strcmp(kind->u.s.ptr, "module") == 0) {
         *out = pid->u.seq.items[1];
         return CKPT_OK;
     }
     ckpt__storage_pid p;
     ckpt_error why;
     if (ckpt__storage_pid_parse(pid, 6, ctx->record, offset, &p, &why) != CKPT_OK)
-        return ckpt__scan_add(L->s, CKPT_SCAN_STORAGE, ctx->record, offset,
+        return ckpt__scan_add(L->s, CKPT_SCAN_KIND_STORAGE, ctx->record, offset,
                               ckpt__scan_at(L->file_base, offset),
                               "a persistent id torch's loader does not read as a storage "
                               "(%s): torch.load fails on it", why.message);
@@ -802,7 +802,7 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
     for (int i = 0; i < 4; i++) {
         where_record(where, names[i], rec, sizeof(rec));
         if (pos >= size) {
-            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "the file ends before this pickle: torch.load fails on it");
             goto out;
         }
@@ -819,8 +819,8 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         if (st != CKPT_OK)
             goto out;
         const ckpt_value *v = res.value;
-        if (i == 0 && (!v || v->kind != CKPT_INT || v->u.i != 1001)) {
-            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
+        if (i == 0 && (!v || v->kind != CKPT_KIND_INT || v->u.i != 1001)) {
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, CKPT_NO_OFFSET,
                                 "protocol version is not 1001: torch.load refuses it");
             if (st != CKPT_OK)
                 goto out;
@@ -828,8 +828,8 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         /* torch never reads sys_info: the storages' bytes are loaded as
          * saved, little-endian, whatever it says */
         const ckpt_value *le = i == 1 ? ckpt_value_get(v, "little_endian") : NULL;
-        if (le && ((le->kind == CKPT_BOOLEAN && !le->u.b) || (le->kind == CKPT_INT && !le->u.i))) {
-            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
+        if (le && ((le->kind == CKPT_KIND_BOOL && !le->u.b) || (le->kind == CKPT_KIND_INT && !le->u.i))) {
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
                                 "sys_info says the storages were saved big-endian "
                                 "(little_endian=False), but torch never reads sys_info and "
                                 "loads their bytes as little-endian: the weights torch (and "
@@ -841,16 +841,16 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             keys = res.value;
     }
     where_record(where, "legacy storage keys", rec, sizeof(rec));
-    if (!keys || keys->kind != CKPT_LIST) {
-        st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
+    if (!keys || keys->kind != CKPT_KIND_LIST) {
+        st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, CKPT_NO_OFFSET,
                             "the storage keys are not a list: torch.load fails on it");
         goto out;
     }
     for (size_t i = 0; i < keys->u.seq.len; i++) {
         const ckpt_value *k = keys->u.seq.items[i];
-        legacy_root *r = k && k->kind == CKPT_STR ? legacy_find(&L, k->u.s.ptr) : NULL;
+        legacy_root *r = k && k->kind == CKPT_KIND_STR ? legacy_find(&L, k->u.s.ptr) : NULL;
         if (!r || r->listed) {
-            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, CKPT_NO_OFFSET,
                                 "storage key %zu is %s: torch.load fails on it", i,
                                 r ? "listed twice" : "not a storage of the object");
             goto out;
@@ -859,14 +859,14 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         char srec[300];
         snprintf(srec, sizeof(srec), "%sstorage %s", where ? where : "", r->key);
         if (size - pos < 8) {
-            st = ckpt__scan_add(s, CKPT_SCAN_STORAGE, srec, 0, ckpt__scan_at(file_base, pos),
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, 0, ckpt__scan_at(file_base, pos),
                                 "the file ends before the storage's element count");
             goto out;
         }
         uint64_t numel = ckpt__le64(data + pos), nbytes;
         if (!ckpt__mul_u64(numel, r->elem_size, &nbytes) || nbytes != r->nbytes) {
             st =
-                ckpt__scan_add(s, CKPT_SCAN_STORAGE, srec, 0, ckpt__scan_at(file_base, pos),
+                ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, 0, ckpt__scan_at(file_base, pos),
                                "the file holds %llu elements for this storage, the object declares "
                                "%llu: torch reads past the storage",
                                (unsigned long long)numel,
@@ -874,7 +874,7 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             goto out;
         }
         if (size - pos - 8 < nbytes) {
-            st = ckpt__scan_add(s, CKPT_SCAN_STORAGE, srec, 8, ckpt__scan_at(file_base, pos + 8),
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, 8, ckpt__scan_at(file_base, pos + 8),
                                 "the storage's %llu bytes run past the end of the file",
                                 (unsigned long long)nbytes);
             goto out;
@@ -885,7 +885,7 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         if (!L.roots[i].listed) {
             char srec[300];
             snprintf(srec, sizeof(srec), "%sstorage %s", where ? where : "", L.roots[i].key);
-            st = ckpt__scan_add(s, CKPT_SCAN_STORAGE, srec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "the storage has no bytes in the file: torch.load fails on it");
             goto out;
         }
@@ -946,7 +946,7 @@ static ckpt_status scan_safetensors(scan_ctx *s, const uint8_t *data, uint64_t s
     char rec[256], msg[768];
     where_record(where, err.record, rec, sizeof(rec));
     ckpt_error_format(&err, msg, sizeof(msg));
-    return ckpt__scan_add(s, st == CKPT_ERR_LIMIT ? CKPT_SCAN_LIMIT : CKPT_SCAN_FORMAT, rec,
+    return ckpt__scan_add(s, st == CKPT_ERR_LIMIT ? CKPT_SCAN_KIND_LIMIT : CKPT_SCAN_KIND_FORMAT, rec,
                           err.offset, err.file_offset,
                           "the safetensors header breaks the format's rules: %s", err.message);
 }
@@ -968,11 +968,11 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
         hlen = ckpt__le32(data + 8);
         start = 12;
     } else {
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                               "a truncated numpy array file: not a checkpoint");
     }
     if (hlen > size - start)
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                               "the numpy header runs past the end: not a checkpoint");
     const char *h = (const char *)data + start, *end = h + hlen;
     const char *p = NULL;
@@ -1015,9 +1015,9 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     if (!object)
         return quiet
                    ? CKPT_OK
-                   : ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+                   : ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                                     "a numpy array file (.npy), not a checkpoint torch.load reads");
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                                         "a numpy object array: its data is a pickle that "
                                         "np.load(allow_pickle=True) runs"));
     uint64_t pos = start + hlen;
@@ -1044,13 +1044,13 @@ static ckpt_status scan_pickle_at_zero(scan_ctx *s, const uint8_t *data, uint64_
     where_record(where, "pickle from byte 0", rec, sizeof(rec));
     if (b.magic)
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-            s, CKPT_SCAN_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
+            s, CKPT_SCAN_KIND_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
             "torch.load reads this file as a legacy torch file from byte 0 (%s): its first "
             "pickle is the legacy magic number, and the file is scanned that way too",
             when));
     else
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-            s, CKPT_SCAN_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
+            s, CKPT_SCAN_KIND_FORMAT, rec, b.offset, ckpt__scan_at(file_base, b.offset),
             "torch.load reads this file as a pickle from byte 0 (%s): that pickle names '%s'",
             when, b.global));
     return scan_pickle_stream(s, data, size, where, file_base, false);
@@ -1186,7 +1186,7 @@ static ckpt_status tar_next_pickle(tar_read *t, const char *what, ckpt__persiste
     memset(res, 0, sizeof(*res));
     if (t->pos >= t->len) {
         t->stop = true;
-        return ckpt__scan_add(t->s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+        return ckpt__scan_add(t->s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET,
                               ckpt__scan_at(t->base, t->pos),
                               "the member ends before this pickle: torch.load fails here");
     }
@@ -1218,7 +1218,7 @@ static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, con
     snprintf(rec, sizeof(rec), "%s%s %s", t->where ? t->where : "", t->name, what);
     t->stop = true;
     t->rest = rest;
-    return ckpt__scan_add(t->s, CKPT_SCAN_STORAGE, rec, CKPT_NO_OFFSET,
+    return ckpt__scan_add(t->s, CKPT_SCAN_KIND_STORAGE, rec, CKPT_NO_OFFSET,
                           ckpt__scan_at(t->base, t->pos), "%s", msg);
 }
 
@@ -1226,12 +1226,12 @@ static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, con
  * ckpt cannot tell (not an int: torch fails; an inert call's result). */
 static bool tar_count(const ckpt_value *v, uint64_t *count)
 {
-    if (v && (v->kind == CKPT_INT || v->kind == CKPT_BOOLEAN)) {
-        int64_t i = v->kind == CKPT_INT ? v->u.i : (int64_t)v->u.b;
+    if (v && (v->kind == CKPT_KIND_INT || v->kind == CKPT_KIND_BOOL)) {
+        int64_t i = v->kind == CKPT_KIND_INT ? v->u.i : (int64_t)v->u.b;
         *count = i < 0 ? 0 : (uint64_t)i;
         return true;
     }
-    if (v && v->kind == CKPT_BIGINT && v->u.s.len) {
+    if (v && v->kind == CKPT_KIND_BIGINT && v->u.s.len) {
         bool neg = (uint8_t)v->u.s.ptr[v->u.s.len - 1] & 0x80;
         *count = neg ? 0 : UINT64_MAX;
         return true;
@@ -1251,7 +1251,7 @@ static ckpt_status tar_count_pickle(tar_read *t, uint64_t *count)
         snprintf(rec, sizeof(rec), "%s%s count", t->where ? t->where : "", t->name);
         t->greedy = true;
         *count = UINT64_MAX;
-        return ckpt__scan_add(t->s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+        return ckpt__scan_add(t->s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET,
                               ckpt__scan_at(t->base, t->pos),
                               "the count is not an int ckpt can tell (not a number, or what a "
                               "call returns): the records are read while they fit, what follows "
@@ -1285,7 +1285,7 @@ static ckpt_status tar_storages(tar_read *t)
             break;
         const ckpt_value *v = res.value;
         bool untyped = false;
-        ckpt_dtype dt = v && v->kind == CKPT_TUPLE && v->u.seq.len == 3
+        ckpt_dtype dt = v && v->kind == CKPT_KIND_TUPLE && v->u.seq.len == 3
                             ? ckpt__storage_type_dtype(v->u.seq.items[2], &untyped)
                             : CKPT_DTYPE_INVALID;
         if (t->greedy && (dt == CKPT_DTYPE_INVALID || untyped ||
@@ -1367,7 +1367,7 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
     if (e->type >= '1' && e->type <= '6') {
         static const char *const kinds[] = {"a hard link", "a symbolic link", "a character device",
                                             "a block device", "a directory", "a FIFO"};
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET,
                               ckpt__scan_at(file_base, e->header_offset),
                               "%s: tarfile extracts it as such, and torch.load reading a member "
                               "by this name reads what it points to, outside the archive's bytes "
@@ -1378,7 +1378,7 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
     t.len = e->size < avail ? e->size : avail;
     if (e->size_big || e->size > avail)
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-            s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET, ckpt__scan_at(file_base, e->header_offset),
+            s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET, ckpt__scan_at(file_base, e->header_offset),
             "the member's data runs past the end of the file: when torch extracts it tarfile "
             "fails and torch.load reads the file as a pickle from byte 0"));
     bool storages = tar_name_is(e, "storages"), tensors = tar_name_is(e, "tensors");
@@ -1439,7 +1439,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
         s->report->format = "tar";
     where_record(where, "tar", rec, sizeof(rec));
     CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-        s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+        s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
         "torch.load reads this file as a pre-0.4 tar archive (its first 512 bytes are a valid tar "
         "header): torch >= 2.x refuses it under weights_only=True, older torch and "
         "weights_only=False unpickle its members"));
@@ -1467,7 +1467,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
             char q[200], r[320];
             ckpt__scan_quote(q, sizeof(q), b->name, b->name_len);
             snprintf(r, sizeof(r), "%s%s", where ? where : "", q);
-            st = ckpt__scan_add(s, CKPT_SCAN_DUPLICATE_NAME, r, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_DUPLICATE_NAME, r, CKPT_NO_OFFSET,
                                 ckpt__scan_at(file_base, b->header_offset),
                                 "another member of this name comes before it (header at byte "
                                 "%llu): tarfile and torch take the last copy, other readers the "
@@ -1486,21 +1486,21 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     case CKPT__TAR_END:
         break;
     case CKPT__TAR_FALLBACK:
-        st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, end.offset,
+        st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, end.offset,
                             ckpt__scan_at(file_base, end.offset),
                             "tarfile fails here (%s): torch.load then reads the file as a pickle "
                             "from byte 0, before it unpickles any member",
                             end.why);
         break;
     case CKPT__TAR_UNFOLLOWED:
-        st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, end.offset,
+        st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, end.offset,
                             ckpt__scan_at(file_base, end.offset),
                             "%s: ckpt does not follow the archive past here, the members after "
                             "it are not checked",
                             end.why);
         break;
     case CKPT__TAR_LIMIT:
-        st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, rec, end.offset,
+        st = ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, rec, end.offset,
                             ckpt__scan_at(file_base, end.offset),
                             "%s (limit max_zip_entries): the rest is not checked", end.why);
         break;
@@ -1529,7 +1529,7 @@ static ckpt_status scan_7z(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     char rec[256];
     if (top)
         s->report->format = "7z";
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_NESTED_ARCHIVE,
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_NESTED_ARCHIVE,
                                         where_record(where, "7z", rec, sizeof(rec)), 0,
                                         ckpt__scan_at(file_base, 0),
                                         "a 7z archive: neither torch.load nor ckpt reads it, its "
@@ -1639,17 +1639,17 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         s->report->format = "sharded";
     if (!s->dir)
         return ckpt__scan_add(
-            s, CKPT_SCAN_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            s, CKPT_SCAN_KIND_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
             "a sharded index: its shard files are not checked when scanning memory");
     if (size > s->limits.max_header_bytes)
-        return ckpt__scan_add(s, CKPT_SCAN_LIMIT, "index", 0, 0,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, "index", 0, 0,
                               "the index is larger than max_header_bytes");
     json_error_t jerr;
     json_t *root = json_loadb((const char *)data, (size_t)size, JSON_REJECT_DUPLICATES, &jerr);
     const json_t *map = root ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(map)) {
         json_decref(root);
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "the index is not JSON with a weight_map object");
     }
     ckpt_status st = CKPT_OK;
@@ -1661,7 +1661,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
     json_object_foreach((json_t *)map, key, val) {
         const char *shard = json_string_value(val);
         if (!shard) {
-            st = ckpt__scan_add(s, CKPT_SCAN_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "weight_map names a shard that is not text");
             break;
         }
@@ -1674,13 +1674,13 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         if (dup)
             continue;
         if (nshards++ >= 10000) {
-            st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "more than 10000 shards: the rest are not checked");
             break;
         }
         char q[200];
         if (!plain_shard_name(shard)) {
-            st = ckpt__scan_add(s, CKPT_SCAN_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "shard '%s' is not a plain file name beside the index",
                                 ckpt__scan_quote(q, sizeof(q), shard, strlen(shard)));
             if (st != CKPT_OK)
@@ -1715,7 +1715,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     if (size == 0) {
         if (top)
             s->report->format = "empty";
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "an empty file: not a checkpoint");
     }
     if (size >= 4 && (ckpt__le32(data) == 0x04034b50u ||
@@ -1731,7 +1731,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     case CKPT__TAR_BLOCK_ZERO:
         if (top)
             s->report->format = "tar";
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, where_record(where, "tar", rec, sizeof(rec)),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, where_record(where, "tar", rec, sizeof(rec)),
                               0, ckpt__scan_at(file_base, 0),
                               "torch.load reads this file as an empty tar archive (its first 512 "
                               "bytes are zero) and fails: not a checkpoint");
@@ -1745,7 +1745,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     if (size >= 8 && memcmp(data, "PYTORCH1", 8) == 0) {
         if (top)
             s->report->format = "unknown";
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0,
                                             ckpt__scan_at(file_base, 0),
                                             "the PyTorch 1.0-preview format (PYTORCH1): current "
                                             "torch.load does not read it"));
@@ -1778,7 +1778,7 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
         snprintf(hex + 3 * i, sizeof(hex) - 3 * i, "%02x ", data[i]);
     if (*hex)
         hex[strlen(hex) - 1] = '\0';
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                                         "not a checkpoint: unknown format (starts with %s); its "
                                         "content is not checked",
                                         hex));
@@ -1819,7 +1819,7 @@ void ckpt_scan_free(ckpt_scan *scan)
 
 ckpt_scan_verdict ckpt_scan_get_verdict(const ckpt_scan *scan)
 {
-    return scan && scan->count == 0 && scan->dropped == 0 ? CKPT_SCAN_SAFE : CKPT_SCAN_UNSAFE;
+    return scan && scan->count == 0 && scan->dropped == 0 ? CKPT_SCAN_VERDICT_SAFE : CKPT_SCAN_VERDICT_UNSAFE;
 }
 
 const char *ckpt_scan_format(const ckpt_scan *scan)
@@ -1864,7 +1864,7 @@ static ckpt_status finish(scan_ctx *s)
         r->dropped = 0;
         r->count--; /* make room: the last listed finding gives way to the count */
         dropped++;
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_LIMIT, "", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, "", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                             "%zu more findings are not listed", dropped));
     }
     return CKPT_OK;
@@ -1924,7 +1924,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
             close(fd);
         if (top)
             return ckpt__fail(s->err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "%s", why);
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "the shard file %s", why);
     }
     if (top) {
@@ -1932,7 +1932,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
         s->file_ino = (uint64_t)sb.st_ino;
     } else if ((uint64_t)sb.st_dev == s->file_dev && (uint64_t)sb.st_ino == s->file_ino) {
         close(fd);
-        return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                               "a shard that is the index itself (a shard must be a checkpoint "
                               "file)");
     } else if (s->shards_seen) {
@@ -1957,7 +1957,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
             if (top)
                 return ckpt__fail(s->err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot map: %s",
                                   strerror(e));
-            return ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET,
+            return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, shard_rec, CKPT_NO_OFFSET,
                                   CKPT_NO_OFFSET, "the shard file cannot be mapped: %s",
                                   strerror(e));
         }
@@ -1968,13 +1968,13 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
     if (top) {
         st = ckpt__scan_bytes(s, map, size, "", 0, true);
     } else if (s->depth >= SCAN_MAX_DEPTH) {
-        st = ckpt__scan_add(s, CKPT_SCAN_LIMIT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        st = ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, shard_rec, CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                             "nested too deep: not checked");
     } else {
         s->depth++;
         /* a shard's own format does not change the report's */
         st = reads_as_index(map, size)
-                 ? ckpt__scan_add(s, CKPT_SCAN_FORMAT, shard_rec, CKPT_NO_OFFSET,
+                 ? ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, shard_rec, CKPT_NO_OFFSET,
                                   CKPT_NO_OFFSET, "a shard that is itself a sharded index (a "
                                   "shard must be a checkpoint file)")
                  : ckpt__scan_bytes(s, map, size, where, CKPT_NO_OFFSET, false);

@@ -158,7 +158,7 @@ static ckpt_status read_end(zscan *z, zdir *d, bool *ok)
     *ok = false;
     uint64_t comment_end = z->eocd_pos + EOCD_SIZE + ckpt__le16(e + 20);
     if (comment_end > z->size) {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, z->eocd_pos + 20,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, z->eocd_pos + 20,
                                   "the end record's comment runs %llu bytes past the end of the "
                                   "file", ull(comment_end - z->size)));
         comment_end = z->size;
@@ -169,7 +169,7 @@ static ckpt_status read_end(zscan *z, zdir *d, bool *ok)
     d->cd_offset = ckpt__le32(e + 16);
     d->cd_end = z->eocd_pos;
     if (ckpt__le16(e + 4) != 0 && ckpt__le16(e + 4) != 0xFFFF)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, z->eocd_pos + 4,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, z->eocd_pos + 4,
                                   "a multi-disk archive: torch.load refuses it"));
     if (z->eocd_pos >= 20 && ckpt__le32(z->data + z->eocd_pos - 20) == SIG_ZIP64_LOC) {
         uint64_t loc = z->eocd_pos - 20;
@@ -179,7 +179,7 @@ static ckpt_status read_end(zscan *z, zdir *d, bool *ok)
             if (loc >= 56 && ckpt__le32(z->data + loc - 56) == SIG_ZIP64_EOCD) {
                 rp = loc - 56;
             } else {
-                CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, loc,
+                CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, loc,
                                           "the ZIP64 locator points to no ZIP64 end record"));
                 *ok = d->count != 0xFFFF && d->cd_size != 0xFFFFFFFFu &&
                       d->cd_offset != 0xFFFFFFFFu;
@@ -259,18 +259,18 @@ static ckpt_status read_central(zscan *z, const zdir *d, int64_t shift)
     uint64_t pos = z->cd_start, stop = z->cd_start + z->cd_size;
     while (pos < stop) {
         if (z->n >= z->s->limits.max_zip_entries)
-            return zadd(z, CKPT_SCAN_LIMIT, rec, pos,
+            return zadd(z, CKPT_SCAN_KIND_LIMIT, rec, pos,
                         "more entries than max_zip_entries (%llu): the rest are not checked",
                         ull(z->s->limits.max_zip_entries));
         if (stop - pos < CENTRAL_SIZE || ckpt__le32(z->data + pos) != SIG_CENTRAL)
-            return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, pos,
+            return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, pos,
                         "central directory record %zu is not where the directory says: "
                         "readers that trust the count read something else", z->n);
         const uint8_t *p = z->data + pos;
         uint16_t nlen = ckpt__le16(p + 28), xlen = ckpt__le16(p + 30), clen = ckpt__le16(p + 32);
         uint64_t rlen = (uint64_t)CENTRAL_SIZE + nlen + xlen + clen;
         if (rlen > stop - pos)
-            return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, pos,
+            return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, pos,
                         "central directory record %zu runs past the directory", z->n);
         zentry *e;
         CKPT_RETURN_IF_ERROR(add_entry(z, &cap, &e));
@@ -290,7 +290,7 @@ static ckpt_status read_central(zscan *z, const zdir *d, int64_t shift)
         pos += rlen;
     }
     if (z->n != d->count)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, z->eocd_pos,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, z->eocd_pos,
                                   "the end record counts %llu entries, the central directory "
                                   "holds %zu", ull(d->count), z->n));
     return CKPT_OK;
@@ -325,7 +325,7 @@ static ckpt_status check_local(zscan *z, zentry *e)
     erec(z, e, rec, sizeof(rec));
     uint64_t at = e->header_offset;
     if (!range_ok(at, LOCAL_SIZE, z->size) || ckpt__le32(z->data + at) != SIG_LOCAL)
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->central_at,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->central_at,
                     "no local header at %llu where the central directory points: readers "
                     "disagree on where this entry is", ull(at));
     const uint8_t *p = z->data + at;
@@ -333,12 +333,12 @@ static ckpt_status check_local(zscan *z, zentry *e)
     uint32_t crc = ckpt__le32(p + 14), comp32 = ckpt__le32(p + 18), size32 = ckpt__le32(p + 22);
     uint16_t nlen = ckpt__le16(p + 26), xlen = ckpt__le16(p + 28);
     if (!range_ok(at + LOCAL_SIZE, (uint64_t)nlen + xlen, z->size))
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, at,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, at,
                     "the local header's name and extra field run past the end of the file");
     const uint8_t *lname = p + LOCAL_SIZE;
     if (nlen != e->name_len || memcmp(lname, e->name, nlen) != 0) {
         char lq[200], cq[200];
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_NAME_MISMATCH, rec, at + LOCAL_SIZE,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_NAME_MISMATCH, rec, at + LOCAL_SIZE,
                                   "the local header names the entry '%s', the central directory "
                                   "'%s': readers that walk local headers see another file than "
                                   "torch",
@@ -347,14 +347,14 @@ static ckpt_status check_local(zscan *z, zentry *e)
     }
     unsigned bad = (flags | e->flags) & (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG);
     if (bad)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_FLAGS, rec, at + 6,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_FLAGS, rec, at + 6,
                                   "flag bits 0x%x (%s%s%s) set: Python's zipfile refuses the "
                                   "entry, torch reads its bytes as they are", bad,
                                   bad & FLAG_ENCRYPTED ? "encrypted " : "",
                                   bad & FLAG_PATCHED ? "patched " : "",
                                   bad & FLAG_STRONG ? "strong encryption" : ""));
     if (method != e->method)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, at + 8,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, at + 8,
                                   "the local header says compression method %u, the central "
                                   "directory %u", (unsigned)method, (unsigned)e->method));
     if (!(flags & FLAG_DESCRIPTOR)) {
@@ -362,7 +362,7 @@ static ckpt_status check_local(zscan *z, zentry *e)
         zip64_extra(lname + nlen, xlen, size32 == 0xFFFFFFFFu, comp32 == 0xFFFFFFFFu, false,
                     &lsize, &lcomp, &unused);
         if (crc != e->crc || lsize != e->size || lcomp != e->comp_size)
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, at + 14,
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, at + 14,
                                       "the local header (CRC 0x%08x, %llu/%llu bytes) disagrees "
                                       "with the central directory (CRC 0x%08x, %llu/%llu bytes): "
                                       "readers that trust either read different bytes",
@@ -371,10 +371,10 @@ static ckpt_status check_local(zscan *z, zentry *e)
     }
     e->data_offset = at + LOCAL_SIZE + nlen + xlen;
     if (!range_ok(e->data_offset, e->comp_size, z->size))
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->data_offset,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->data_offset,
                     "the entry's %llu bytes run past the end of the file", ull(e->comp_size));
     if (e->method == 0 && e->size != e->comp_size && !(e->flags & FLAG_ENCRYPTED))
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->central_at,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->central_at,
                                   "a stored entry of %llu bytes declares a size of %llu",
                                   ull(e->comp_size), ull(e->size)));
     e->local_ok = true;
@@ -392,7 +392,7 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
     size_t cap = 0;
     while (range_ok(pos, LOCAL_SIZE, z->size) && ckpt__le32(z->data + pos) == SIG_LOCAL) {
         if (z->n >= z->s->limits.max_zip_entries)
-            return zadd(z, CKPT_SCAN_LIMIT, rec, pos,
+            return zadd(z, CKPT_SCAN_KIND_LIMIT, rec, pos,
                         "more entries than max_zip_entries: the rest are not checked");
         const uint8_t *p = z->data + pos;
         uint16_t flags = ckpt__le16(p + 6), nlen = ckpt__le16(p + 26), xlen = ckpt__le16(p + 28);
@@ -428,7 +428,7 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
         } else {
             if (!range_ok(e->data_offset, e->comp_size, z->size)) {
                 e->comp_size = z->size - e->data_offset;
-                CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, pos,
+                CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, pos,
                                           "a local header's data runs past the end of the file"));
             }
             e->end = e->data_offset + e->comp_size;
@@ -436,7 +436,7 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
         e->local_ok = true;
         if ((flags & (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG)) != 0) {
             char r2[256];
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_FLAGS, erec(z, e, r2, sizeof(r2)), pos + 6,
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_FLAGS, erec(z, e, r2, sizeof(r2)), pos + 6,
                                       "flag bits 0x%x set: Python's zipfile refuses the entry",
                                       (unsigned)(flags & (FLAG_ENCRYPTED | FLAG_PATCHED |
                                                           FLAG_STRONG))));
@@ -557,7 +557,7 @@ static ckpt_status check_names(zscan *z)
     for (size_t i = 0; i < z->n; i++) {
         const zentry *e = &z->e[i];
         if (unsafe_name(e->name, e->name_len))
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_UNSAFE_NAME, erec(z, e, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_UNSAFE_NAME, erec(z, e, rec, sizeof(rec)),
                                       e->central_at,
                                       "the entry name is an absolute path, climbs with '..', or "
                                       "holds a backslash or control character: extracting the "
@@ -569,7 +569,7 @@ static ckpt_status check_names(zscan *z)
         if (name_cmp(a, b) != 0)
             continue;
         if (a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0) {
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
                                       b->central_at,
                                       "a second entry with this name (at %llu, the first at "
                                       "%llu): torch reads one copy, Python's zipfile the last; "
@@ -577,7 +577,7 @@ static ckpt_status check_names(zscan *z)
                                       ull(a->header_offset)));
         } else {
             char q[200];
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
                                       b->central_at,
                                       "the name differs from '%s' only in case: torch's zip "
                                       "reader ignores case and reads either, Python's zipfile "
@@ -600,10 +600,10 @@ static ckpt_status gap(zscan *z, uint64_t from, uint64_t to, const char *where_t
     zrec(z, rec, sizeof(rec));
     if (++z->gaps > MAX_GAPS)
         return z->gaps == MAX_GAPS + 1
-                   ? zadd(z, CKPT_SCAN_LIMIT, rec, from,
+                   ? zadd(z, CKPT_SCAN_KIND_LIMIT, rec, from,
                           "more than %d stray byte ranges: the rest are not listed", MAX_GAPS)
                    : CKPT_OK;
-    CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_BYTES, rec, from,
+    CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_EXTRA_BYTES, rec, from,
                               "%llu bytes %s (at %llu): readers disagree on what they are",
                               ull(to - from), where_text, ull(from)));
     return scan_hidden(z, from, to);
@@ -627,7 +627,7 @@ static ckpt_status coverage(zscan *z)
         const zentry *e = &z->e[idx[i]];
         if (e->header_offset < pos && prev) {
             char q[200];
-            st = zadd(z, CKPT_SCAN_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)), e->header_offset,
+            st = zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)), e->header_offset,
                       "the entry overlaps '%s': two names for the same bytes",
                       ckpt__scan_quote(q, sizeof(q), prev->name, prev->name_len));
         } else {
@@ -646,7 +646,7 @@ static ckpt_status coverage(zscan *z)
         CKPT_RETURN_IF_ERROR(
             gap(z, pos, z->cd_start, "between the entries and the central directory"));
     else
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, zrec(z, rec, sizeof(rec)),
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, zrec(z, rec, sizeof(rec)),
                                   z->cd_start, "entries run into the central directory"));
     return gap(z, z->cd_start + z->cd_size, z->cd_end,
                "between the central directory and the end records");
@@ -716,7 +716,7 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     }
     erec(z, e, rec, sizeof(rec));
     if (e->method != 8)
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->central_at,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->central_at,
                     "compression method %u: ckpt does not read it, its content is not checked",
                     (unsigned)e->method);
     const ckpt_limits *lim = &z->s->limits;
@@ -724,14 +724,14 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     if (e->size > lim->max_inflated_bytes || e->size > SIZE_MAX - 1 ||
         (ckpt__mul_u64(e->comp_size, lim->max_inflate_ratio, &allowed) &&
          ckpt__add_u64(allowed, 4096, &allowed) && e->size > allowed))
-        return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
+        return zadd(z, CKPT_SCAN_KIND_LIMIT, rec, e->data_offset,
                     "the entry inflates to %llu bytes from %llu, past max_inflated_bytes or "
                     "max_inflate_ratio: not checked", ull(e->size), ull(e->comp_size));
     /* what is held at once, archives inside archives included */
     uint64_t held;
     if (e->size > hold_max || !ckpt__add_u64(z->s->inflated_held, e->size, &held) ||
         held > lim->max_pickle_bytes)
-        return zadd(z, CKPT_SCAN_LIMIT, rec, e->data_offset,
+        return zadd(z, CKPT_SCAN_KIND_LIMIT, rec, e->data_offset,
                     "the entry inflates to %llu bytes, more than a scan holds to read it "
                     "(%llu, and max_pickle_bytes for every record held at once): not checked",
                     ull(e->size), ull(hold_max));
@@ -748,7 +748,7 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     libdeflate_free_decompressor(d);
     if (r != LIBDEFLATE_SUCCESS) {
         free(buf);
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->data_offset,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->data_offset,
                     "the deflate data does not inflate to the %llu bytes the central directory "
                     "declares: readers disagree on its content", ull(e->size));
     }
@@ -777,7 +777,7 @@ static ckpt_status check_crc(zscan *z, const zentry *e, const uint8_t *p)
     if (crc == e->crc)
         return CKPT_OK;
     char rec[256];
-    return zadd(z, CKPT_SCAN_CRC_MISMATCH, erec(z, e, rec, sizeof(rec)), e->data_offset,
+    return zadd(z, CKPT_SCAN_KIND_CRC_MISMATCH, erec(z, e, rec, sizeof(rec)), e->data_offset,
                 "CRC32 0x%08x, the archive says 0x%08x: Python's zipfile refuses to read the "
                 "entry (scanners built on it skip it), torch reads it", (unsigned)crc,
                 (unsigned)e->crc);
@@ -804,7 +804,7 @@ static ckpt_status zip_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_
     ckpt__storage_pid p;
     ckpt_error why;
     if (ckpt__storage_pid_parse(pid, 5, ctx->record, offset, &p, &why) != CKPT_OK)
-        return ckpt__scan_add(z->s, CKPT_SCAN_STORAGE, P->record, offset,
+        return ckpt__scan_add(z->s, CKPT_SCAN_KIND_STORAGE, P->record, offset,
                               ckpt__scan_at(P->file_base, offset),
                               "a persistent id torch's loader does not read as a storage "
                               "(%s): torch.load fails on it", why.message);
@@ -815,7 +815,7 @@ static ckpt_status zip_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_
                            z->prefix ? z->prefix : "", z->prefix ? "/" : "", p.key);
         long at = len > 0 && (size_t)len < sizeof(name) ? find_name(z, name, (size_t)len) : -1;
         if (at < 0) {
-            CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_STORAGE, P->record, offset,
+            CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_STORAGE, P->record, offset,
                                                 ckpt__scan_at(P->file_base, offset),
                                                 "storage '%s' has no record '%s': torch.load fails "
                                                 "on it",
@@ -831,7 +831,7 @@ static ckpt_status zip_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_
                     continue;
                 said = true;
                 CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-                    z->s, CKPT_SCAN_STORAGE, P->record, offset, ckpt__scan_at(P->file_base, offset),
+                    z->s, CKPT_SCAN_KIND_STORAGE, P->record, offset, ckpt__scan_at(P->file_base, offset),
                     "record '%s' holds %llu bytes but its storage declares %llu: torch before "
                     "2.10 reads or writes past the record (CVE-2026-24747)",
                     name, ull(copy->size), ull(p.nbytes)));
@@ -888,7 +888,7 @@ static ckpt_status scan_if_pickle(zscan *z, zentry *e, const uint8_t *p, uint64_
     if (!e->len || !ckpt__scan_is_pickle(z->s, p, (size_t)e->len))
         return CKPT_OK;
     char rec[256];
-    CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_PICKLE, erec(z, e, rec, sizeof(rec)),
+    CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_EXTRA_PICKLE, erec(z, e, rec, sizeof(rec)),
                               e->data_offset,
                               "%s reads as a pickle: torch.load does not unpickle it, other "
                               "loaders of this archive may", what));
@@ -1020,7 +1020,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
         !name_ends(e, ".pkl") && !name_ends(e, ".debug_pkl"))
         return CKPT_OK; /* TorchScript's Python source: the archive is reported as code */
     if (e->method != 0 && e->method != 8)
-        return zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, e->central_at,
+        return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, e->central_at,
                     "compression method %u: ckpt does not read it, its content is not checked",
                     (unsigned)e->method);
     const uint8_t *head = z->data + e->data_offset;
@@ -1064,7 +1064,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
     snprintf(where, sizeof(where), "%s!", rec);
     uint64_t n = e->len;
     if (n >= 4 && (ckpt__le32(p) == SIG_LOCAL || ckpt__le32(p) == SIG_EOCD)) {
-        st = zadd(z, CKPT_SCAN_NESTED_ARCHIVE, rec, e->data_offset,
+        st = zadd(z, CKPT_SCAN_KIND_NESTED_ARCHIVE, rec, e->data_offset,
                   "a zip archive inside the archive: loaders that unpack it read what scanners "
                   "of the outer archive miss; scanned as '%s...'", where);
         if (st == CKPT_OK)
@@ -1076,7 +1076,7 @@ static ckpt_status scan_other(zscan *z, zentry *e)
         st = ckpt__scan_npy(z->s, p, n, where, base, false, true);
     } else if (n && ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
         if (!z->torchscript)
-            st = zadd(z, CKPT_SCAN_EXTRA_PICKLE, rec, e->data_offset,
+            st = zadd(z, CKPT_SCAN_KIND_EXTRA_PICKLE, rec, e->data_offset,
                       "a pickle torch.load does not read: other loaders of this archive run it");
         if (st == CKPT_OK)
             st = scan_entry_pickle(z, e, p, base, z->torchscript);
@@ -1101,7 +1101,7 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
         char q[200];
         snprintf(rec, sizeof(rec), "%s%s (local header only)", z->where ? z->where : "",
                  ckpt__scan_quote(q, sizeof(q), p + LOCAL_SIZE, nlen));
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_ZIP_STRUCTURE, rec, 0,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, 0,
                                             ckpt__scan_at(z->base, at),
                                             "a local header the central directory does not list: "
                                             "readers that walk local headers see this entry, torch "
@@ -1113,7 +1113,7 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
             len = comp;
         if (method != 0 || len == 0 || !ckpt__scan_is_pickle(z->s, p + data, (size_t)len))
             return CKPT_OK;
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_EXTRA_PICKLE, rec, data,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_EXTRA_PICKLE, rec, data,
                                             ckpt__scan_at(z->base, at + data),
                                             "the hidden entry is a pickle"));
         scan_pickle_result res;
@@ -1122,7 +1122,7 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
     }
     if (n >= 2 && p[0] == 0x80 && p[1] <= 5 && ckpt__scan_is_pickle(z->s, p, (size_t)n)) {
         snprintf(rec, sizeof(rec), "%sbytes at %llu", z->where ? z->where : "", ull(at));
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_EXTRA_PICKLE, rec, 0,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_EXTRA_PICKLE, rec, 0,
                                             ckpt__scan_at(z->base, at),
                                             "the stray bytes are a pickle"));
         scan_pickle_result res;
@@ -1138,7 +1138,7 @@ static ckpt_status torch_pass(zscan *z)
     if (z->n == 0) {
         if (z->top)
             z->s->report->format = "zip";
-        return zadd(z, CKPT_SCAN_FORMAT, zrec(z, rec, sizeof(rec)), 0,
+        return zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                     "an empty archive: not a checkpoint");
     }
     const zentry *first = &z->e[0];
@@ -1147,7 +1147,7 @@ static ckpt_status torch_pass(zscan *z)
         z->prefix = first->name;
         z->plen = (size_t)(slash - first->name);
     } else {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, erec(z, first, rec, sizeof(rec)),
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, erec(z, first, rec, sizeof(rec)),
                                   first->central_at,
                                   "records at the archive's root: torch.load refuses an archive "
                                   "whose first record is not in a '<prefix>/' directory"));
@@ -1175,7 +1175,7 @@ static ckpt_status torch_pass(zscan *z)
     }
     if (outside) {
         char q[200];
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, erec(z, first_out, rec, sizeof(rec)),
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, erec(z, first_out, rec, sizeof(rec)),
                                   first_out->central_at,
                                   "%zu record%s outside the archive prefix '%s/' (the first: "
                                   "'%s'): torch.load refuses such an archive", outside,
@@ -1183,7 +1183,7 @@ static ckpt_status torch_pass(zscan *z)
                                   ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen), rec));
     }
     if (z->torchscript)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_TORCHSCRIPT, zrec(z, rec, sizeof(rec)), 0,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_TORCHSCRIPT, zrec(z, rec, sizeof(rec)), 0,
                                   "a TorchScript archive (code/, constants.pkl): it holds code "
                                   "that torch.jit.load runs (and torch.load did, before 2.6, "
                                   "even with weights_only=True: CVE-2025-32434)"));
@@ -1191,14 +1191,14 @@ static ckpt_status torch_pass(zscan *z)
         z->s->report->format = z->torchscript ? "torchscript" : mains ? "torch-zip" : "zip";
     if (!mains && !z->torchscript) {
         char q[200];
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, zrec(z, rec, sizeof(rec)), 0,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                                   "no '%s%sdata.pkl' record: not a torch.save checkpoint, "
                                   "torch.load refuses it",
                                   z->prefix ? ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen)
                                             : "",
                                   z->prefix ? "/" : ""));
     } else if (mains && z->prefix && !has_version && !z->torchscript) {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, zrec(z, rec, sizeof(rec)), 0,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                                   "no 'version' record: torch.load refuses the archive"));
     }
 
@@ -1221,7 +1221,7 @@ static ckpt_status torch_pass(zscan *z)
         ckpt_status st = check_crc(z, e, p);
         if (st == CKPT_OK) {
             if (e->len == 0)
-                st = zadd(z, CKPT_SCAN_BROKEN_PICKLE, erec(z, e, rec, sizeof(rec)),
+                st = zadd(z, CKPT_SCAN_KIND_BROKEN_PICKLE, erec(z, e, rec, sizeof(rec)),
                           e->data_offset, "an empty pickle: torch.load fails on it");
             else
                 st = scan_entry_pickle(z, e, p, base, true);
@@ -1243,7 +1243,7 @@ static ckpt_status torch_pass(zscan *z)
         bool ok;
         if (e->size > 4096) {
             /* scanned below like any other record */
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_FORMAT, erec(z, e, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, erec(z, e, rec, sizeof(rec)),
                                       e->central_at, "a record of %llu bytes where torch expects "
                                       "a short text", ull(e->size)));
             continue;
@@ -1258,7 +1258,7 @@ static ckpt_status torch_pass(zscan *z)
             while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' '))
                 n--;
             if (!((n == 6 && memcmp(p, "little", 6) == 0) || (n == 3 && memcmp(p, "big", 3) == 0)))
-                st = zadd(z, CKPT_SCAN_FORMAT, erec(z, e, rec, sizeof(rec)), e->data_offset,
+                st = zadd(z, CKPT_SCAN_KIND_FORMAT, erec(z, e, rec, sizeof(rec)), e->data_offset,
                           "byteorder is neither 'little' nor 'big': torch.load refuses it");
         }
         if (st == CKPT_OK)
@@ -1307,7 +1307,7 @@ static ckpt_status locate(zscan *z)
     char rec[256];
     zrec(z, rec, sizeof(rec));
     if (!find_eocd(z->data, z->size, &z->eocd_pos)) {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, 0,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, 0,
                                   "no end of central directory record: a truncated or "
                                   "hand-made archive; torch.load refuses it (its entries are "
                                   "found by walking local headers)"));
@@ -1322,7 +1322,7 @@ static ckpt_status locate(zscan *z)
         ckpt__scan_is_pickle(z->s, z->data + comment, (size_t)(z->eocd_end - comment))) {
         char crec[300];
         snprintf(crec, sizeof(crec), "%szip comment", z->where ? z->where : "");
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_PICKLE, crec, comment,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_EXTRA_PICKLE, crec, comment,
                                   "the archive's comment is a pickle"));
         scan_pickle_result res;
         ckpt_status st = ckpt__scan_pickle_alone(z->s, z->data + comment,
@@ -1331,12 +1331,12 @@ static ckpt_status locate(zscan *z)
         CKPT_RETURN_IF_ERROR(st);
     }
     if (z->eocd_end < z->size)
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_BYTES, rec, z->eocd_end,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_EXTRA_BYTES, rec, z->eocd_end,
                                   "%llu bytes after the end of the archive: readers that look "
                                   "for the archive from the start and from the end see "
                                   "different files", ull(z->size - z->eocd_end)));
     if (!ok) {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, z->eocd_pos,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, z->eocd_pos,
                                   "unusable ZIP64 end records: entries found by walking local "
                                   "headers"));
         return walk_locals(z, 0);
@@ -1352,13 +1352,13 @@ static ckpt_status locate(zscan *z)
         /* prepended bytes: offsets are off by the same amount */
         z->cd_start = d.cd_end - d.cd_size;
         shift = (int64_t)(z->cd_start - d.cd_offset);
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_EXTRA_BYTES, rec, 0,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_EXTRA_BYTES, rec, 0,
                                   "the central directory is at %llu, the end record says %llu: "
                                   "%lld bytes were put before the archive; torch.load does not "
                                   "find its entries, Python's zipfile does",
                                   ull(z->cd_start), ull(d.cd_offset), (long long)shift));
     } else {
-        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_ZIP_STRUCTURE, rec, z->eocd_pos,
+        CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, z->eocd_pos,
                                   "no central directory where the end record says (%llu): "
                                   "entries found by walking local headers", ull(d.cd_offset)));
         return walk_locals(z, 0);
@@ -1380,7 +1380,7 @@ ckpt_status ckpt__scan_zip(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     zscan z = {.s = s, .data = data, .size = size, .where = where, .base = file_base, .top = top};
     char rec[256];
     if (s->depth >= SCAN_MAX_DEPTH)
-        return zadd(&z, CKPT_SCAN_LIMIT, zrec(&z, rec, sizeof(rec)), 0,
+        return zadd(&z, CKPT_SCAN_KIND_LIMIT, zrec(&z, rec, sizeof(rec)), 0,
                     "archives nested more than %d deep: not checked", SCAN_MAX_DEPTH);
     if (top)
         s->report->format = "zip";

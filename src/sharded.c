@@ -52,22 +52,22 @@ static ckpt_status metadata_value(ckpt_file *f, const json_t *v, ckpt_value **ou
 {
     ckpt__arena *a = &f->arena;
     if (json_is_string(v))
-        *out = ckpt__value_str(a, CKPT_STR, json_string_value(v), json_string_length(v));
+        *out = ckpt__value_str(a, CKPT_KIND_STR, json_string_value(v), json_string_length(v));
     else if (json_is_integer(v)) {
-        *out = ckpt__value_new(a, CKPT_INT);
+        *out = ckpt__value_new(a, CKPT_KIND_INT);
         if (*out)
             (*out)->u.i = json_integer_value(v);
     } else if (json_is_real(v)) {
-        *out = ckpt__value_new(a, CKPT_FLOAT);
+        *out = ckpt__value_new(a, CKPT_KIND_FLOAT);
         if (*out)
             (*out)->u.f = json_real_value(v);
     } else if (json_is_boolean(v)) {
-        *out = ckpt__value_new(a, CKPT_BOOLEAN);
+        *out = ckpt__value_new(a, CKPT_KIND_BOOL);
         if (*out)
             (*out)->u.b = json_is_true(v);
     } else {
         char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        *out = text ? ckpt__value_str(a, CKPT_STR, text, strlen(text)) : NULL;
+        *out = text ? ckpt__value_str(a, CKPT_KIND_STR, text, strlen(text)) : NULL;
         free(text);
     }
     return *out ? CKPT_OK : CKPT_ERR_NOMEM;
@@ -236,11 +236,11 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
         goto out;
     }
     if (meta && json_is_object(meta)) {
-        f->metadata = ckpt__value_new(&f->arena, CKPT_DICT);
+        f->metadata = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
         const char *k;
         json_t *v;
         json_object_foreach((json_t *)meta, k, v) {
-            ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_STR, k, strlen(k)), *vv = NULL;
+            ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_KIND_STR, k, strlen(k)), *vv = NULL;
             if (!f->metadata || !kv || metadata_value(f, v, &vv) != CKPT_OK ||
                 !ckpt__dict_set(&f->arena, f->metadata, kv, vv)) {
                 st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
@@ -255,7 +255,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
     size_t n = json_object_size(map);
     f->shards = calloc(n ? n : 1, sizeof(*f->shards));
     f->records = calloc(n ? n : 1, sizeof(*f->records));
-    f->root = ckpt__value_new(&f->arena, CKPT_DICT);
+    f->root = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
     if (!f->shards || !f->records || !f->root) {
         st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
         goto out;
@@ -292,8 +292,8 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
                             "tensor '%s' is not in its shard '%s'", name, sname);
             goto out;
         }
-        ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_STR, name, strlen(name));
-        ckpt_value *tv = ckpt__value_new(&f->arena, CKPT_TENSOR);
+        ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_KIND_STR, name, strlen(name));
+        ckpt_value *tv = ckpt__value_new(&f->arena, CKPT_KIND_TENSOR);
         if (!kv || !tv) {
             st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
             goto out;

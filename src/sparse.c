@@ -28,7 +28,7 @@ const ckpt_tensor *ckpt_tensor_sparse_part(const ckpt_tensor *t, unsigned i)
     return t->parts[i];
 }
 
-static bool is_index_dtype(ckpt_dtype d) { return d == CKPT_INT64 || d == CKPT_INT32; }
+static bool is_index_dtype(ckpt_dtype d) { return d == CKPT_DTYPE_INT64 || d == CKPT_DTYPE_INT32; }
 
 static bool compressed(const ckpt_tensor *t) { return t->layout != CKPT_LAYOUT_SPARSE_COO; }
 
@@ -58,7 +58,7 @@ ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t o
     }
     if (!compressed(t)) {
         const ckpt_tensor *idx = t->parts[0];
-        if (idx->dtype != CKPT_INT64 || idx->ndim != 2 || (uint64_t)idx->shape[1] != nnz)
+        if (idx->dtype != CKPT_DTYPE_INT64 || idx->ndim != 2 || (uint64_t)idx->shape[1] != nnz)
             return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
                               "sparse_coo tensor: indices must be int64 [sparse_dim, nnz=%llu]",
                               (unsigned long long)nnz);
@@ -133,7 +133,7 @@ static ckpt_status index_copy(ckpt_file *f, const ckpt_tensor *p, int64_t **out,
 {
     void *raw;
     CKPT_RETURN_IF_ERROR(part_copy(f, p, &raw, err));
-    if (p->dtype == CKPT_INT64) {
+    if (p->dtype == CKPT_DTYPE_INT64) {
         *out = raw;
         return CKPT_OK;
     }
@@ -403,16 +403,16 @@ static bool add_into(uint8_t *dst, const uint8_t *src, ckpt_dtype d)
         memcpy(dst, &a_, sizeof(T));                                 \
     } while (0)
     switch (d) {
-    case CKPT_FLOAT32: ADD(float); return true;
-    case CKPT_FLOAT64: ADD(double); return true;
-    case CKPT_COMPLEX64: ADD(float); dst += 4; src += 4; ADD(float); return true;
-    case CKPT_COMPLEX128: ADD(double); dst += 8; src += 8; ADD(double); return true;
-    case CKPT_INT64: ADD(int64_t); return true;
-    case CKPT_INT32: ADD(int32_t); return true;
-    case CKPT_INT16: ADD(int16_t); return true;
-    case CKPT_INT8: ADD(int8_t); return true;
-    case CKPT_UINT8: ADD(uint8_t); return true;
-    case CKPT_BOOL: *dst = (uint8_t)(*dst || *src); return true;
+    case CKPT_DTYPE_FLOAT32: ADD(float); return true;
+    case CKPT_DTYPE_FLOAT64: ADD(double); return true;
+    case CKPT_DTYPE_COMPLEX64: ADD(float); dst += 4; src += 4; ADD(float); return true;
+    case CKPT_DTYPE_COMPLEX128: ADD(double); dst += 8; src += 8; ADD(double); return true;
+    case CKPT_DTYPE_INT64: ADD(int64_t); return true;
+    case CKPT_DTYPE_INT32: ADD(int32_t); return true;
+    case CKPT_DTYPE_INT16: ADD(int16_t); return true;
+    case CKPT_DTYPE_INT8: ADD(int8_t); return true;
+    case CKPT_DTYPE_UINT8: ADD(uint8_t); return true;
+    case CKPT_DTYPE_BOOL: *dst = (uint8_t)(*dst || *src); return true;
     default: return false;
     }
 #undef ADD

@@ -8,17 +8,17 @@
 
 #include <stdlib.h>
 
-static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
+static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_KIND_STR; }
 
 ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const char *record,
                                     uint64_t offset, ckpt__storage_pid *out, ckpt_error *err)
 {
     memset(out, 0, sizeof(*out));
-    if (pid && pid->kind == CKPT_STR)
+    if (pid && pid->kind == CKPT_KIND_STR)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, record, offset,
                           "persistent id is text (PERSID of pickle protocol 0): torch.load "
                           "cannot read such a file either");
-    if (!pid || pid->kind != CKPT_TUPLE || pid->u.seq.len < 1)
+    if (!pid || pid->kind != CKPT_KIND_TUPLE || pid->u.seq.len < 1)
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "persistent id is not a tuple");
     ckpt_value **it = pid->u.seq.items;
     if (!is_str(it[0]) || strcmp(it[0]->u.s.ptr, "storage") != 0)
@@ -41,7 +41,7 @@ ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const c
                           "storage key is not a plain name of 1 to 64 bytes");
     if (!is_str(it[3]))
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset, "storage location is not a string");
-    if (it[4]->kind != CKPT_INT || it[4]->u.i < 0)
+    if (it[4]->kind != CKPT_KIND_INT || it[4]->u.i < 0)
         return ckpt__fail(err, CKPT_ERR_FORMAT, record, offset,
                           "storage size is not a non-negative integer");
     out->numel = (uint64_t)it[4]->u.i;

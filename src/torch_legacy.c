@@ -24,7 +24,7 @@ static ckpt__storage *find_root(legacy_load *L, const char *key)
     return ckpt__storage_table_find(&L->table, key, strlen(key));
 }
 
-static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_STR; }
+static bool is_str(const ckpt_value *v) { return v && v->kind == CKPT_KIND_STR; }
 
 static ckpt_status add_root(legacy_load *L, ckpt__storage *s, ckpt_error *err)
 {
@@ -49,13 +49,13 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     legacy_load *L = user;
     ckpt_file *f = L->f;
     const char *rec = ctx->record;
-    if (pid && pid->kind == CKPT_TUPLE && pid->u.seq.len >= 1 && is_str(pid->u.seq.items[0]) &&
+    if (pid && pid->kind == CKPT_KIND_TUPLE && pid->u.seq.len >= 1 && is_str(pid->u.seq.items[0]) &&
         strcmp(pid->u.seq.items[0]->u.s.ptr, "module") == 0) {
         /* ('module', cls, source_file, source): a module class saved with
          * its source. Permissive reads keep the class (inert) and drop the
          * source; the source is never looked at. */
         if ((f->opts.flags & CKPT_OPEN_PERMISSIVE) && pid->u.seq.len >= 2 &&
-            pid->u.seq.items[1] && pid->u.seq.items[1]->kind == CKPT_GLOBAL) {
+            pid->u.seq.items[1] && pid->u.seq.items[1]->kind == CKPT_KIND_GLOBAL) {
             *out = pid->u.seq.items[1];
             return CKPT_OK;
         }
@@ -94,10 +94,10 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     }
     ckpt__storage *result = root;
     const ckpt_value *view = p.view;
-    if (view->kind != CKPT_NONE) {
+    if (view->kind != CKPT_KIND_NONE) {
         /* (view_key, offset, view_size), in elements */
-        if (view->kind != CKPT_TUPLE || view->u.seq.len != 3 || !is_str(view->u.seq.items[0]) ||
-            view->u.seq.items[1]->kind != CKPT_INT || view->u.seq.items[2]->kind != CKPT_INT ||
+        if (view->kind != CKPT_KIND_TUPLE || view->u.seq.len != 3 || !is_str(view->u.seq.items[0]) ||
+            view->u.seq.items[1]->kind != CKPT_KIND_INT || view->u.seq.items[2]->kind != CKPT_KIND_INT ||
             view->u.seq.items[1]->u.i < 0 || view->u.seq.items[2]->u.i < 0)
             return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
                               "storage view metadata is not (key, offset, size)");
@@ -181,7 +181,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     f->format = CKPT_FORMAT_TORCH_LEGACY;
     if ((st = next_pickle(f, &pos, "legacy protocol version", NULL, NULL, &proto, NULL, err)))
         goto out;
-    if (proto->kind != CKPT_INT) {
+    if (proto->kind != CKPT_KIND_INT) {
         st = ckpt__fail(err, CKPT_ERR_FORMAT, "legacy protocol version", CKPT_NO_OFFSET,
                         "protocol version is not an integer");
         goto out;
@@ -194,7 +194,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     }
     if ((st = next_pickle(f, &pos, "legacy sys_info", NULL, NULL, &sys_info, NULL, err)))
         goto out;
-    if (sys_info->kind != CKPT_DICT) {
+    if (sys_info->kind != CKPT_KIND_DICT) {
         st = ckpt__fail(err, CKPT_ERR_FORMAT, "legacy sys_info", CKPT_NO_OFFSET, "sys_info is not a dict");
         goto out;
     }
@@ -207,7 +207,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
         goto out;
     if ((st = next_pickle(f, &pos, "legacy storage keys", NULL, NULL, &keys, NULL, err)))
         goto out;
-    if (keys->kind != CKPT_LIST) {
+    if (keys->kind != CKPT_KIND_LIST) {
         st = ckpt__fail(err, CKPT_ERR_FORMAT, "legacy storage keys", CKPT_NO_OFFSET,
                         "storage key list is not a list");
         goto out;

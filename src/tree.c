@@ -68,16 +68,16 @@ static ckpt_value *make(ckpt_tree *tree, int kind)
     return v ? v : nomem(tree);
 }
 
-ckpt_value *ckpt_new_none(ckpt_tree *tree) { return make(tree, CKPT_NONE); }
-ckpt_value *ckpt_new_list(ckpt_tree *tree) { return make(tree, CKPT_LIST); }
-ckpt_value *ckpt_new_tuple(ckpt_tree *tree) { return make(tree, CKPT_TUPLE); }
-ckpt_value *ckpt_new_set(ckpt_tree *tree) { return make(tree, CKPT_SET); }
-ckpt_value *ckpt_new_dict(ckpt_tree *tree) { return make(tree, CKPT_DICT); }
-ckpt_value *ckpt_new_ordered_dict(ckpt_tree *tree) { return make(tree, CKPT_ORDERED_DICT); }
+ckpt_value *ckpt_new_none(ckpt_tree *tree) { return make(tree, CKPT_KIND_NONE); }
+ckpt_value *ckpt_new_list(ckpt_tree *tree) { return make(tree, CKPT_KIND_LIST); }
+ckpt_value *ckpt_new_tuple(ckpt_tree *tree) { return make(tree, CKPT_KIND_TUPLE); }
+ckpt_value *ckpt_new_set(ckpt_tree *tree) { return make(tree, CKPT_KIND_SET); }
+ckpt_value *ckpt_new_dict(ckpt_tree *tree) { return make(tree, CKPT_KIND_DICT); }
+ckpt_value *ckpt_new_ordered_dict(ckpt_tree *tree) { return make(tree, CKPT_KIND_ORDERED_DICT); }
 
 ckpt_value *ckpt_new_bool(ckpt_tree *tree, bool b)
 {
-    ckpt_value *v = make(tree, CKPT_BOOLEAN);
+    ckpt_value *v = make(tree, CKPT_KIND_BOOL);
     if (v)
         v->u.b = b;
     return v;
@@ -85,7 +85,7 @@ ckpt_value *ckpt_new_bool(ckpt_tree *tree, bool b)
 
 ckpt_value *ckpt_new_int(ckpt_tree *tree, int64_t i)
 {
-    ckpt_value *v = make(tree, CKPT_INT);
+    ckpt_value *v = make(tree, CKPT_KIND_INT);
     if (v)
         v->u.i = i;
     return v;
@@ -93,7 +93,7 @@ ckpt_value *ckpt_new_int(ckpt_tree *tree, int64_t i)
 
 ckpt_value *ckpt_new_float(ckpt_tree *tree, double d)
 {
-    ckpt_value *v = make(tree, CKPT_FLOAT);
+    ckpt_value *v = make(tree, CKPT_KIND_FLOAT);
     if (v)
         v->u.f = d;
     return v;
@@ -101,7 +101,7 @@ ckpt_value *ckpt_new_float(ckpt_tree *tree, double d)
 
 ckpt_value *ckpt_new_complex(ckpt_tree *tree, double re, double im)
 {
-    ckpt_value *v = make(tree, CKPT_COMPLEX);
+    ckpt_value *v = make(tree, CKPT_KIND_COMPLEX);
     if (v) {
         v->u.c.re = re;
         v->u.c.im = im;
@@ -131,12 +131,12 @@ ckpt_value *ckpt_new_str(ckpt_tree *tree, const char *s, size_t len)
         tree_fail(tree, CKPT_ERR_INVALID_ARG, "text is not valid UTF-8%s", NULL);
         return NULL;
     }
-    return make_text(tree, CKPT_STR, s, len);
+    return make_text(tree, CKPT_KIND_STR, s, len);
 }
 
 ckpt_value *ckpt_new_bytes(ckpt_tree *tree, const void *p, size_t len)
 {
-    return make_text(tree, CKPT_BYTES, p, len);
+    return make_text(tree, CKPT_KIND_BYTES, p, len);
 }
 
 ckpt_value *ckpt_new_device(ckpt_tree *tree, const char *device)
@@ -153,7 +153,7 @@ ckpt_value *ckpt_new_device(ckpt_tree *tree, const char *device)
             return NULL;
         }
     }
-    return make_text(tree, CKPT_DEVICE, device, strlen(device));
+    return make_text(tree, CKPT_KIND_DEVICE, device, strlen(device));
 }
 
 ckpt_value *ckpt_new_dtype(ckpt_tree *tree, ckpt_dtype dtype)
@@ -164,7 +164,7 @@ ckpt_value *ckpt_new_dtype(ckpt_tree *tree, ckpt_dtype dtype)
         tree_fail(tree, CKPT_ERR_INVALID_ARG, "invalid dtype%s", NULL);
         return NULL;
     }
-    ckpt_value *v = make(tree, CKPT_DTYPE);
+    ckpt_value *v = make(tree, CKPT_KIND_DTYPE);
     if (v)
         v->u.dtype = dtype;
     return v;
@@ -172,7 +172,7 @@ ckpt_value *ckpt_new_dtype(ckpt_tree *tree, ckpt_dtype dtype)
 
 ckpt_value *ckpt_new_size(ckpt_tree *tree, uint32_t ndim, const int64_t *dims)
 {
-    ckpt_value *v = make(tree, CKPT_SIZE);
+    ckpt_value *v = make(tree, CKPT_KIND_SIZE);
     if (!v)
         return NULL;
     if (ndim && !dims) {
@@ -205,7 +205,7 @@ ckpt_status ckpt_append(ckpt_tree *tree, ckpt_value *seq, const ckpt_value *item
     if (!tree)
         return CKPT_ERR_INVALID_ARG;
     CKPT_RETURN_IF_ERROR(check_item(tree, item));
-    if (!seq || (seq->kind != CKPT_LIST && seq->kind != CKPT_TUPLE && seq->kind != CKPT_SET))
+    if (!seq || (seq->kind != CKPT_KIND_LIST && seq->kind != CKPT_KIND_TUPLE && seq->kind != CKPT_KIND_SET))
         return tree_fail(tree, CKPT_ERR_TYPE, "append needs a list, tuple or set%s", NULL);
     if (!ckpt__seq_append(&tree->arena, seq, (ckpt_value *)(uintptr_t)item)) {
         nomem(tree);
@@ -221,7 +221,7 @@ ckpt_status ckpt_dict_put(ckpt_tree *tree, ckpt_value *dict, const ckpt_value *k
         return CKPT_ERR_INVALID_ARG;
     CKPT_RETURN_IF_ERROR(check_item(tree, key));
     CKPT_RETURN_IF_ERROR(check_item(tree, val));
-    if (!dict || (dict->kind != CKPT_DICT && dict->kind != CKPT_ORDERED_DICT))
+    if (!dict || (dict->kind != CKPT_KIND_DICT && dict->kind != CKPT_KIND_ORDERED_DICT))
         return tree_fail(tree, CKPT_ERR_TYPE, "put needs a dict%s", NULL);
     if (!ckpt__dict_set(&tree->arena, dict, (ckpt_value *)(uintptr_t)key,
                         (ckpt_value *)(uintptr_t)val)) {
@@ -247,11 +247,11 @@ ckpt_status ckpt_set_state(ckpt_tree *tree, ckpt_value *v, const ckpt_value *sta
     if (!tree)
         return CKPT_ERR_INVALID_ARG;
     ckpt_value *s = (ckpt_value *)(uintptr_t)state;
-    if (v && v->kind == CKPT_ORDERED_DICT) {
+    if (v && v->kind == CKPT_KIND_ORDERED_DICT) {
         v->u.dict.state = s;
         return CKPT_OK;
     }
-    if (v && v->kind == CKPT_TENSOR) {
+    if (v && v->kind == CKPT_KIND_TENSOR) {
         v->u.tensor.state = s;
         return CKPT_OK;
     }
@@ -266,7 +266,7 @@ void ckpt_tensor_desc_init(ckpt_tensor_desc *desc)
         return;
     memset(desc, 0, sizeof(*desc));
     desc->struct_size = sizeof(*desc);
-    desc->dtype = CKPT_FLOAT32;
+    desc->dtype = CKPT_DTYPE_FLOAT32;
 }
 
 /* Takes the caller's description into *d: an older caller's shorter one
@@ -319,7 +319,7 @@ static ckpt_tensor *tensor_from_desc(ckpt_tree *tree, const ckpt_tensor_desc *d,
 
 static ckpt_value *tensor_value(ckpt_tree *tree, ckpt_tensor *t)
 {
-    ckpt_value *v = make(tree, CKPT_TENSOR);
+    ckpt_value *v = make(tree, CKPT_KIND_TENSOR);
     if (v)
         v->u.tensor.t = t;
     return v;
@@ -388,7 +388,7 @@ ckpt_value *ckpt_new_tensor(ckpt_tree *tree, const ckpt_tensor_desc *caller_desc
 
 static const ckpt_tensor *strided_tensor_of(ckpt_tree *tree, const ckpt_value *v, const char *what)
 {
-    if (!v || v->kind != CKPT_TENSOR) {
+    if (!v || v->kind != CKPT_KIND_TENSOR) {
         tree_fail(tree, CKPT_ERR_TYPE, "%s needs a tensor", what);
         return NULL;
     }

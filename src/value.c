@@ -325,10 +325,10 @@ static bool as_num(const ckpt_value *v, num *n)
     n->i = 0;
     n->im = 0.0;
     switch (v->kind) {
-    case CKPT_BOOLEAN: n->is_int = true; n->i = v->u.b ? 1 : 0; n->re = (double)n->i; return true;
-    case CKPT_INT: n->is_int = true; n->i = v->u.i; n->re = (double)v->u.i; return true;
-    case CKPT_FLOAT: n->re = v->u.f; return true;
-    case CKPT_COMPLEX: n->re = v->u.c.re; n->im = v->u.c.im; return true;
+    case CKPT_KIND_BOOL: n->is_int = true; n->i = v->u.b ? 1 : 0; n->re = (double)n->i; return true;
+    case CKPT_KIND_INT: n->is_int = true; n->i = v->u.i; n->re = (double)v->u.i; return true;
+    case CKPT_KIND_FLOAT: n->re = v->u.f; return true;
+    case CKPT_KIND_COMPLEX: n->re = v->u.c.re; n->im = v->u.c.im; return true;
     default: return false;
     }
 }
@@ -390,7 +390,7 @@ static uint64_t hash_num(hash_key k, const ckpt_value *v, const num *n)
 
 static bool is_tuple_like(const ckpt_value *v)
 {
-    return v->kind == CKPT_TUPLE || v->kind == CKPT_SIZE;
+    return v->kind == CKPT_KIND_TUPLE || v->kind == CKPT_KIND_SIZE;
 }
 
 static uint64_t value_hash(hash_key k, const ckpt_value *v, unsigned *nodes)
@@ -400,14 +400,14 @@ static uint64_t value_hash(hash_key k, const ckpt_value *v, unsigned *nodes)
     if (as_num(v, &n))
         return hash_num(k, v, &n);
     switch (v->kind) {
-    case CKPT_STR: return hash_bytes(k, TAG_STR, v->u.s.ptr, v->u.s.len);
-    case CKPT_BYTES: return hash_bytes(k, TAG_BYTES, v->u.s.ptr, v->u.s.len);
-    case CKPT_BIGINT: return hash_bytes(k, TAG_BIGINT, v->u.s.ptr, v->u.s.len);
-    case CKPT_DEVICE: return hash_bytes(k, TAG_DEVICE, v->u.s.ptr, v->u.s.len);
-    case CKPT_GLOBAL: return hash_bytes(k, TAG_GLOBAL, v->u.s.ptr, v->u.s.len);
-    case CKPT_DTYPE: return hash_u64(k, TAG_DTYPE, (uint64_t)v->u.dtype);
-    case CKPT_TUPLE:
-    case CKPT_SIZE: {
+    case CKPT_KIND_STR: return hash_bytes(k, TAG_STR, v->u.s.ptr, v->u.s.len);
+    case CKPT_KIND_BYTES: return hash_bytes(k, TAG_BYTES, v->u.s.ptr, v->u.s.len);
+    case CKPT_KIND_BIGINT: return hash_bytes(k, TAG_BIGINT, v->u.s.ptr, v->u.s.len);
+    case CKPT_KIND_DEVICE: return hash_bytes(k, TAG_DEVICE, v->u.s.ptr, v->u.s.len);
+    case CKPT_KIND_GLOBAL: return hash_bytes(k, TAG_GLOBAL, v->u.s.ptr, v->u.s.len);
+    case CKPT_KIND_DTYPE: return hash_u64(k, TAG_DTYPE, (uint64_t)v->u.dtype);
+    case CKPT_KIND_TUPLE:
+    case CKPT_KIND_SIZE: {
         uint64_t h = hash_u64(k, TAG_TUPLE, (uint64_t)v->u.seq.len);
         for (size_t i = 0; i < v->u.seq.len && *nodes < KEY_NODE_BUDGET; i++) {
             const ckpt_value *item = v->u.seq.items[i];
@@ -416,7 +416,7 @@ static uint64_t value_hash(hash_key k, const ckpt_value *v, unsigned *nodes)
         }
         return h;
     }
-    case CKPT_SET: {
+    case CKPT_KIND_SET: {
         if (!(v->flags & CKPT__VF_FROZEN))
             return hash_identity(k, v);
         /* a sum of the items' hashes: the same in any order */
@@ -476,16 +476,16 @@ static bool value_equal(const ckpt_value *x, const ckpt_value *y, unsigned *node
     }
     if (x->kind != y->kind)
         return false;
-    if (x->kind == CKPT_SET && (x->flags & y->flags & CKPT__VF_FROZEN))
+    if (x->kind == CKPT_KIND_SET && (x->flags & y->flags & CKPT__VF_FROZEN))
         return frozensets_equal(x, y, nodes);
     switch (x->kind) {
-    case CKPT_NONE: return true;
-    case CKPT_STR:
-    case CKPT_BYTES:
-    case CKPT_BIGINT: /* normalised: minimal two's complement bytes */
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL: return same_bytes(x, y);
-    case CKPT_DTYPE: return x->u.dtype == y->u.dtype; /* dtypes are singletons */
+    case CKPT_KIND_NONE: return true;
+    case CKPT_KIND_STR:
+    case CKPT_KIND_BYTES:
+    case CKPT_KIND_BIGINT: /* normalised: minimal two's complement bytes */
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL: return same_bytes(x, y);
+    case CKPT_KIND_DTYPE: return x->u.dtype == y->u.dtype; /* dtypes are singletons */
     default: return false; /* containers, tensors, storages: identity */
     }
 }
@@ -513,14 +513,14 @@ static uint64_t key_cost(const ckpt_value *v, unsigned *nodes)
 {
     (*nodes)++;
     switch (v->kind) {
-    case CKPT_STR:
-    case CKPT_BYTES:
-    case CKPT_BIGINT:
-    case CKPT_DEVICE:
-    case CKPT_GLOBAL: return 16 + (uint64_t)v->u.s.len;
-    case CKPT_TUPLE:
-    case CKPT_SIZE:
-    case CKPT_SET: {
+    case CKPT_KIND_STR:
+    case CKPT_KIND_BYTES:
+    case CKPT_KIND_BIGINT:
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL: return 16 + (uint64_t)v->u.s.len;
+    case CKPT_KIND_TUPLE:
+    case CKPT_KIND_SIZE:
+    case CKPT_KIND_SET: {
         uint64_t c = 16;
         for (size_t i = 0; i < v->u.seq.len && *nodes < KEY_NODE_BUDGET; i++) {
             if (v->u.seq.items[i])
@@ -548,7 +548,7 @@ uint64_t ckpt__key_cost(const ckpt_value *key)
 
 static bool is_dict(const ckpt_value *v)
 {
-    return v && (v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT);
+    return v && (v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT);
 }
 
 /* Entry index of key, or SIZE_MAX; *slot gets the empty index slot where the
@@ -663,28 +663,28 @@ ckpt_value *ckpt__dict_lookup(const ckpt_value *dict, const ckpt_value *key)
 ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped)
 {
     static const ckpt_dtype dtypes[] = {
-        [CKPT__G_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT64,
-        [CKPT__G_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT32,
-        [CKPT__G_HALF_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_FLOAT16,
-        [CKPT__G_BFLOAT16_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_BFLOAT16,
-        [CKPT__G_LONG_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT64,
-        [CKPT__G_INT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT32,
-        [CKPT__G_SHORT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT16,
-        [CKPT__G_CHAR_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_INT8,
-        [CKPT__G_BYTE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_UINT8,
-        [CKPT__G_BOOL_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_BOOL,
-        [CKPT__G_COMPLEX_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_COMPLEX128,
-        [CKPT__G_COMPLEX_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_COMPLEX64,
-        [CKPT__G_QINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QINT8,
-        [CKPT__G_QINT32_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QINT32,
-        [CKPT__G_QUINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT8,
-        [CKPT__G_QUINT4X2_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT4X2,
-        [CKPT__G_QUINT2X4_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_QUINT2X4,
-        [CKPT__G_UNTYPED_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_UINT8,
+        [CKPT__G_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_FLOAT64,
+        [CKPT__G_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_FLOAT32,
+        [CKPT__G_HALF_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_FLOAT16,
+        [CKPT__G_BFLOAT16_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_BFLOAT16,
+        [CKPT__G_LONG_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_INT64,
+        [CKPT__G_INT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_INT32,
+        [CKPT__G_SHORT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_INT16,
+        [CKPT__G_CHAR_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_INT8,
+        [CKPT__G_BYTE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_UINT8,
+        [CKPT__G_BOOL_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_BOOL,
+        [CKPT__G_COMPLEX_DOUBLE_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_COMPLEX128,
+        [CKPT__G_COMPLEX_FLOAT_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_COMPLEX64,
+        [CKPT__G_QINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_QINT8,
+        [CKPT__G_QINT32_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_QINT32,
+        [CKPT__G_QUINT8_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_QUINT8,
+        [CKPT__G_QUINT4X2_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_QUINT4X2,
+        [CKPT__G_QUINT2X4_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_QUINT2X4,
+        [CKPT__G_UNTYPED_STORAGE - CKPT__G_STORAGE_FIRST_] = CKPT_DTYPE_UINT8,
     };
     if (untyped)
         *untyped = false;
-    if (!global || global->kind != CKPT_GLOBAL || global->global_id < CKPT__G_STORAGE_FIRST_ ||
+    if (!global || global->kind != CKPT_KIND_GLOBAL || global->global_id < CKPT__G_STORAGE_FIRST_ ||
         global->global_id > CKPT__G_STORAGE_LAST_)
         return CKPT_DTYPE_INVALID;
     if (untyped)
@@ -699,33 +699,33 @@ ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped)
 const char *ckpt_kind_name(ckpt_kind kind)
 {
     switch (kind) {
-    case CKPT_NONE: return "none";
-    case CKPT_BOOLEAN: return "bool";
-    case CKPT_INT: return "int";
-    case CKPT_BIGINT: return "bigint";
-    case CKPT_FLOAT: return "float";
-    case CKPT_COMPLEX: return "complex";
-    case CKPT_STR: return "str";
-    case CKPT_BYTES: return "bytes";
-    case CKPT_LIST: return "list";
-    case CKPT_TUPLE: return "tuple";
-    case CKPT_SET: return "set";
-    case CKPT_DICT: return "dict";
-    case CKPT_ORDERED_DICT: return "ordered_dict";
-    case CKPT_SIZE: return "size";
-    case CKPT_DEVICE: return "device";
-    case CKPT_DTYPE: return "dtype";
-    case CKPT_TENSOR: return "tensor";
-    case CKPT_GLOBAL: return "global";
-    case CKPT_OBJECT: return "object";
+    case CKPT_KIND_NONE: return "none";
+    case CKPT_KIND_BOOL: return "bool";
+    case CKPT_KIND_INT: return "int";
+    case CKPT_KIND_BIGINT: return "bigint";
+    case CKPT_KIND_FLOAT: return "float";
+    case CKPT_KIND_COMPLEX: return "complex";
+    case CKPT_KIND_STR: return "str";
+    case CKPT_KIND_BYTES: return "bytes";
+    case CKPT_KIND_LIST: return "list";
+    case CKPT_KIND_TUPLE: return "tuple";
+    case CKPT_KIND_SET: return "set";
+    case CKPT_KIND_DICT: return "dict";
+    case CKPT_KIND_ORDERED_DICT: return "ordered_dict";
+    case CKPT_KIND_SIZE: return "size";
+    case CKPT_KIND_DEVICE: return "device";
+    case CKPT_KIND_DTYPE: return "dtype";
+    case CKPT_KIND_TENSOR: return "tensor";
+    case CKPT_KIND_GLOBAL: return "global";
+    case CKPT_KIND_OBJECT: return "object";
     }
     return "unknown";
 }
 
 ckpt_kind ckpt_value_kind(const ckpt_value *v)
 {
-    if (!v || v->kind > CKPT_OBJECT)
-        return CKPT_NONE; /* internal kinds (storages) never leak */
+    if (!v || v->kind > CKPT_KIND_OBJECT)
+        return CKPT_KIND_NONE; /* internal kinds (storages) never leak */
     return (ckpt_kind)v->kind;
 }
 
@@ -733,9 +733,9 @@ bool ckpt_value_bool(const ckpt_value *v)
 {
     if (!v)
         return false;
-    if (v->kind == CKPT_BOOLEAN)
+    if (v->kind == CKPT_KIND_BOOL)
         return v->u.b;
-    if (v->kind == CKPT_INT)
+    if (v->kind == CKPT_KIND_INT)
         return v->u.i != 0;
     return false;
 }
@@ -744,9 +744,9 @@ int64_t ckpt_value_int(const ckpt_value *v)
 {
     if (!v)
         return 0;
-    if (v->kind == CKPT_INT)
+    if (v->kind == CKPT_KIND_INT)
         return v->u.i;
-    if (v->kind == CKPT_BOOLEAN)
+    if (v->kind == CKPT_KIND_BOOL)
         return v->u.b ? 1 : 0;
     return 0;
 }
@@ -756,9 +756,9 @@ double ckpt_value_float(const ckpt_value *v)
     if (!v)
         return 0.0;
     switch (v->kind) {
-    case CKPT_FLOAT: return v->u.f;
-    case CKPT_INT: return (double)v->u.i;
-    case CKPT_BOOLEAN: return v->u.b ? 1.0 : 0.0;
+    case CKPT_KIND_FLOAT: return v->u.f;
+    case CKPT_KIND_INT: return (double)v->u.i;
+    case CKPT_KIND_BOOL: return v->u.b ? 1.0 : 0.0;
     default: return 0.0;
     }
 }
@@ -766,7 +766,7 @@ double ckpt_value_float(const ckpt_value *v)
 void ckpt_value_complex(const ckpt_value *v, double *re, double *im)
 {
     double r = 0.0, i = 0.0;
-    if (v && v->kind == CKPT_COMPLEX) {
+    if (v && v->kind == CKPT_KIND_COMPLEX) {
         r = v->u.c.re;
         i = v->u.c.im;
     } else {
@@ -784,24 +784,24 @@ const char *ckpt_value_str(const ckpt_value *v, size_t *len)
     size_t n = 0;
     if (v) {
         switch (v->kind) {
-        case CKPT_STR:
-        case CKPT_BYTES:
-        case CKPT_BIGINT:
-        case CKPT_DEVICE:
-        case CKPT_GLOBAL:
+        case CKPT_KIND_STR:
+        case CKPT_KIND_BYTES:
+        case CKPT_KIND_BIGINT:
+        case CKPT_KIND_DEVICE:
+        case CKPT_KIND_GLOBAL:
             s = v->u.s.ptr;
             n = v->u.s.len;
             break;
-        case CKPT_DTYPE:
+        case CKPT_KIND_DTYPE:
             s = ckpt_dtype_name(v->u.dtype);
             n = s ? strlen(s) : 0;
             break;
-        case CKPT_OBJECT: {
+        case CKPT_KIND_OBJECT: {
             /* the class it was made from; a called result names its origin */
             const ckpt_value *c = v->u.obj.cls;
-            for (int i = 0; i < 64 && c && c->kind == CKPT_OBJECT; i++)
+            for (int i = 0; i < 64 && c && c->kind == CKPT_KIND_OBJECT; i++)
                 c = c->u.obj.cls;
-            if (c && c->kind == CKPT_GLOBAL) {
+            if (c && c->kind == CKPT_KIND_GLOBAL) {
                 s = c->u.s.ptr;
                 n = c->u.s.len;
             }
@@ -818,13 +818,13 @@ const char *ckpt_value_str(const ckpt_value *v, size_t *len)
 
 ckpt_dtype ckpt_value_dtype(const ckpt_value *v)
 {
-    return v && v->kind == CKPT_DTYPE ? v->u.dtype : CKPT_DTYPE_INVALID;
+    return v && v->kind == CKPT_KIND_DTYPE ? v->u.dtype : CKPT_DTYPE_INVALID;
 }
 
 static bool is_seq(const ckpt_value *v)
 {
-    return v && (v->kind == CKPT_LIST || v->kind == CKPT_TUPLE || v->kind == CKPT_SET ||
-                 v->kind == CKPT_SIZE);
+    return v && (v->kind == CKPT_KIND_LIST || v->kind == CKPT_KIND_TUPLE || v->kind == CKPT_KIND_SET ||
+                 v->kind == CKPT_KIND_SIZE);
 }
 
 size_t ckpt_value_len(const ckpt_value *v)
@@ -861,7 +861,7 @@ const ckpt_value *ckpt_value_get(const ckpt_value *v, const char *key)
         return NULL;
     ckpt_value k;
     memset(&k, 0, sizeof(k));
-    k.kind = CKPT_STR;
+    k.kind = CKPT_KIND_STR;
     k.u.s.ptr = key;
     k.u.s.len = strlen(key);
     return ckpt__dict_lookup(v, &k);
@@ -871,16 +871,16 @@ const ckpt_value *ckpt_value_state(const ckpt_value *v)
 {
     if (is_dict(v))
         return v->u.dict.state;
-    if (v && v->kind == CKPT_TENSOR)
+    if (v && v->kind == CKPT_KIND_TENSOR)
         return v->u.tensor.state;
-    if (v && v->kind == CKPT_OBJECT)
+    if (v && v->kind == CKPT_KIND_OBJECT)
         return v->u.obj.state;
     return NULL;
 }
 
 static const ckpt_value *object_part(const ckpt_value *v, size_t which)
 {
-    if (!v || v->kind != CKPT_OBJECT)
+    if (!v || v->kind != CKPT_KIND_OBJECT)
         return NULL;
     switch (which) {
     case 0: return v->u.obj.cls;
@@ -899,5 +899,5 @@ const ckpt_value *ckpt_value_object_items(const ckpt_value *v) { return object_p
 
 const ckpt_tensor *ckpt_value_tensor(const ckpt_value *v)
 {
-    return v && v->kind == CKPT_TENSOR ? v->u.tensor.t : NULL;
+    return v && v->kind == CKPT_KIND_TENSOR ? v->u.tensor.t : NULL;
 }

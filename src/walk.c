@@ -63,9 +63,9 @@ static bool nb_append(name_buf *b, const char *s, size_t n)
 /* Text of a dict key in a tensor name, written in place. */
 static bool nb_append_key(name_buf *b, const ckpt_value *k)
 {
-    if (k->kind == CKPT_STR && !memchr(k->u.s.ptr, 0, k->u.s.len))
+    if (k->kind == CKPT_KIND_STR && !memchr(k->u.s.ptr, 0, k->u.s.len))
         return nb_append(b, k->u.s.ptr, k->u.s.len);
-    if (k->kind == CKPT_STR) {
+    if (k->kind == CKPT_KIND_STR) {
         /* Names are C strings: a NUL in a key would cut the name short and
          * make two keys one. Write it as Python's repr does, \x00. */
         size_t nuls = 0;
@@ -111,11 +111,11 @@ typedef struct walk_ctx {
 static bool is_container(const ckpt_value *v)
 {
     switch (v->kind) {
-    case CKPT_LIST:
-    case CKPT_TUPLE:
-    case CKPT_SET:
-    case CKPT_DICT:
-    case CKPT_ORDERED_DICT:
+    case CKPT_KIND_LIST:
+    case CKPT_KIND_TUPLE:
+    case CKPT_KIND_SET:
+    case CKPT_KIND_DICT:
+    case CKPT_KIND_ORDERED_DICT:
         return true;
     default:
         return false;
@@ -124,12 +124,12 @@ static bool is_container(const ckpt_value *v)
 
 static bool is_tensor_like(const ckpt_value *v)
 {
-    return v->kind == CKPT_TENSOR || v->kind == CKPT__KIND_STORAGE;
+    return v->kind == CKPT_KIND_TENSOR || v->kind == CKPT__KIND_STORAGE;
 }
 
 static bool is_dict(const ckpt_value *v)
 {
-    return v->kind == CKPT_DICT || v->kind == CKPT_ORDERED_DICT;
+    return v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT;
 }
 
 static size_t child_count(const ckpt_value *v)
@@ -170,7 +170,7 @@ static bool may_hold(const ckpt_value *v)
         return false;
     if (is_tensor_like(v))
         return true;
-    if (!is_container(v) && v->kind != CKPT_OBJECT)
+    if (!is_container(v) && v->kind != CKPT_KIND_OBJECT)
         return false;
     return (v->flags & (CKPT__VF_KNOWN | CKPT__VF_HOLDS)) != CKPT__VF_KNOWN;
 }
@@ -201,7 +201,7 @@ static int search_tensor(walk_ctx *c, ckpt_value *v, uint64_t depth)
         return SEARCH_NONE;
     if (is_tensor_like(v))
         return SEARCH_FOUND;
-    bool object = v->kind == CKPT_OBJECT;
+    bool object = v->kind == CKPT_KIND_OBJECT;
     if (!is_container(v) && !object)
         return SEARCH_NONE;
     if (v->flags & CKPT__VF_KNOWN)
@@ -350,7 +350,7 @@ static bool is_module(const ckpt_value *v)
 /* true when the set (a SET of names) holds the text key. */
 static bool set_has(const ckpt_value *set, const ckpt_value *key)
 {
-    if (!set || set->kind != CKPT_SET)
+    if (!set || set->kind != CKPT_KIND_SET)
         return false;
     for (size_t i = 0; i < set->u.seq.len; i++) {
         if (ckpt__value_equal(set->u.seq.items[i], key))
@@ -370,7 +370,7 @@ static ckpt_status walk_module(walk_ctx *c, ckpt_value *v, uint64_t depth)
     const ckpt_value *buffers = state_entry(state, "_buffers");
     const ckpt_value *modules = state_entry(state, "_modules");
     const ckpt_value *transient = ckpt_value_get(state, "_non_persistent_buffers_set");
-    size_t transient_len = transient && transient->kind == CKPT_SET ? transient->u.seq.len : 0;
+    size_t transient_len = transient && transient->kind == CKPT_KIND_SET ? transient->u.seq.len : 0;
     if (!charge(c, params->u.dict.len) || !charge(c, buffers->u.dict.len) ||
         !charge(c, modules->u.dict.len))
         return too_many_paths(c);
@@ -393,7 +393,7 @@ static ckpt_status walk_module(walk_ctx *c, ckpt_value *v, uint64_t depth)
     for (size_t i = 0; i < modules->u.dict.len && st == CKPT_OK; i++) {
         ckpt_value *sub = modules->u.dict.vals[i];
         bool has = false;
-        if (sub && (sub->kind == CKPT_OBJECT || is_container(sub)))
+        if (sub && (sub->kind == CKPT_KIND_OBJECT || is_container(sub)))
             st = holds_tensor(c, sub, depth + 1, &has);
         if (st == CKPT_OK && has)
             st = walk_child(c, modules->u.dict.keys[i], 0, sub, depth + 1);
@@ -433,7 +433,7 @@ static ckpt_status walk(walk_ctx *c, ckpt_value *v, uint64_t depth)
     const char *name = c->nb.p ? c->nb.p : "";
     if (is_tensor_like(v))
         return c->tensor_fn(c->user, name, v, c->err);
-    bool object = v->kind == CKPT_OBJECT;
+    bool object = v->kind == CKPT_KIND_OBJECT;
     if ((!object && !is_container(v)) || (v->flags & CKPT__VF_VISITING))
         return c->leaf_fn ? c->leaf_fn(c->user, name, v, c->err) : CKPT_OK;
     bool has;

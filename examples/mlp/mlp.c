@@ -165,7 +165,7 @@ static ckpt_status net_new(net *n, ckpt_error *err)
     if (!n->model)
         return set_error(err, CKPT_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
-        ckpt_status st = ckpt_model_add(n->model, params[i].name, CKPT_FLOAT32, params[i].ndim,
+        ckpt_status st = ckpt_model_add(n->model, params[i].name, CKPT_DTYPE_FLOAT32, params[i].ndim,
                                         params[i].shape, NULL, 0, NULL, err);
         if (st != CKPT_OK)
             return st;
@@ -325,7 +325,7 @@ static ckpt_status restore(net *n, ckpt_adamw *opt, ckpt_file *f, int64_t *next_
     const ckpt_value *root = ckpt_file_root(f);
     const ckpt_value *state = ckpt_value_get(root, "optimizer");
     const ckpt_value *epoch = ckpt_value_get(root, "epoch");
-    if (!state || !epoch || ckpt_value_kind(epoch) != CKPT_INT)
+    if (!state || !epoch || ckpt_value_kind(epoch) != CKPT_KIND_INT)
         return set_error(err, CKPT_ERR_NOT_FOUND,
                          "no \"optimizer\" state or no int \"epoch\" to resume from");
     if (ckpt_value_int(epoch) < 0 || ckpt_value_int(epoch) >= INT32_MAX)

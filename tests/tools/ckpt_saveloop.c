@@ -114,7 +114,7 @@ static ckpt_value *build_checkpoint(ckpt_tree *t, int64_t step, float *w, int64_
     ckpt_dict_put_str(t, metrics, "val_loss", ckpt_new_float(t, val_loss(step)));
 
     ckpt_tensor_desc_init(&d);
-    d.dtype = CKPT_UINT8, d.ndim = 1, d.shape = rshape, d.data = rng;
+    d.dtype = CKPT_DTYPE_UINT8, d.ndim = 1, d.shape = rshape, d.data = rng;
 
     ckpt_value *root = ckpt_new_dict(t);
     ckpt_dict_put_str(t, root, "model", model);
@@ -211,7 +211,7 @@ int main(int argc, char **argv)
             return fail(&err);
         } else {
             const ckpt_value *sv = ckpt_value_get(ckpt_file_root(f), "step");
-            int64_t step = ckpt_value_kind(sv) == CKPT_INT ? ckpt_value_int(sv) : info.step;
+            int64_t step = ckpt_value_kind(sv) == CKPT_KIND_INT ? ckpt_value_int(sv) : info.step;
             printf("resumed %" PRId64 "\n", step);
             start = step + 1;
             ckpt_close(f);

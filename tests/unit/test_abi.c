@@ -250,7 +250,7 @@ static void test_tensor_info(void **state)
     ckpt_tensor_get_info(t, (ckpt_tensor_info *)&b.s);
     canary_check(b.canary);
     assert_int_equal(b.s.struct_size, sizeof(b.s));
-    assert_int_equal(b.s.dtype, CKPT_FLOAT32);
+    assert_int_equal(b.s.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(b.s.ndim, 2);
     assert_int_equal(b.s.numel, 6);
     assert_int_equal(b.s.layout, CKPT_LAYOUT_STRIDED);
@@ -321,7 +321,7 @@ static void test_model_structs(void **state)
     ckpt_model *m = ckpt_model_new("Net");
     assert_non_null(m);
     ckpt_error err;
-    assert_int_equal(ckpt_model_add(m, "w", CKPT_FLOAT32, 2, g_shape, NULL, 0, NULL, &err),
+    assert_int_equal(ckpt_model_add(m, "w", CKPT_DTYPE_FLOAT32, 2, g_shape, NULL, 0, NULL, &err),
                      CKPT_OK);
 
     ckpt_load_options lo;
@@ -433,7 +433,7 @@ static void test_tensor_desc(void **state)
     (void)state;
     ckpt_tree *t = ckpt_tree_new();
     assert_non_null(t);
-    old_tensor_desc d = {.struct_size = sizeof(d), .dtype = CKPT_FLOAT32, .ndim = 2,
+    old_tensor_desc d = {.struct_size = sizeof(d), .dtype = CKPT_DTYPE_FLOAT32, .ndim = 2,
                          .shape = g_shape, .data = g_values, .requires_grad = true};
     ckpt_value *v = ckpt_new_tensor(t, (const ckpt_tensor_desc *)&d);
     assert_non_null(v);

@@ -57,19 +57,19 @@ static void test_dtypes(void **state)
         if (st)
             assert_int_equal(ckpt_dtype_from_name(st), d);
     }
-    assert_int_equal(ckpt_dtype_size(CKPT_FLOAT32), 4);
-    assert_int_equal(ckpt_dtype_size(CKPT_COMPLEX128), 16);
-    assert_int_equal(ckpt_dtype_size(CKPT_FLOAT4_E2M1), 0);
-    assert_int_equal(ckpt_dtype_bits(CKPT_QUINT4X2), 4);
-    assert_int_equal(ckpt_dtype_from_name("half"), CKPT_FLOAT16);
-    assert_int_equal(ckpt_dtype_from_name("long"), CKPT_INT64);
-    assert_int_equal(ckpt_dtype_from_name("BF16"), CKPT_BFLOAT16);
+    assert_int_equal(ckpt_dtype_size(CKPT_DTYPE_FLOAT32), 4);
+    assert_int_equal(ckpt_dtype_size(CKPT_DTYPE_COMPLEX128), 16);
+    assert_int_equal(ckpt_dtype_size(CKPT_DTYPE_FLOAT4_E2M1), 0);
+    assert_int_equal(ckpt_dtype_bits(CKPT_DTYPE_QUINT4X2), 4);
+    assert_int_equal(ckpt_dtype_from_name("half"), CKPT_DTYPE_FLOAT16);
+    assert_int_equal(ckpt_dtype_from_name("long"), CKPT_DTYPE_INT64);
+    assert_int_equal(ckpt_dtype_from_name("BF16"), CKPT_DTYPE_BFLOAT16);
     assert_int_equal(ckpt_dtype_from_name("nope"), CKPT_DTYPE_INVALID);
     assert_int_equal(ckpt_dtype_from_name(NULL), CKPT_DTYPE_INVALID);
     assert_string_equal(ckpt_dtype_name((ckpt_dtype)999), "invalid");
-    assert_true(ckpt_dtype_is_floating(CKPT_BFLOAT16));
-    assert_false(ckpt_dtype_is_floating(CKPT_COMPLEX64));
-    assert_false(ckpt_dtype_is_floating(CKPT_INT8));
+    assert_true(ckpt_dtype_is_floating(CKPT_DTYPE_BFLOAT16));
+    assert_false(ckpt_dtype_is_floating(CKPT_DTYPE_COMPLEX64));
+    assert_false(ckpt_dtype_is_floating(CKPT_DTYPE_INT8));
 }
 
 static void test_errors_and_names(void **state)
@@ -78,7 +78,7 @@ static void test_errors_and_names(void **state)
     assert_string_equal(ckpt_status_name(CKPT_OK), "CKPT_OK");
     assert_string_equal(ckpt_status_name(CKPT_ERR_UNSAFE), "CKPT_ERR_UNSAFE");
     assert_string_equal(ckpt_format_name(CKPT_FORMAT_TORCH_LEGACY), "torch-legacy");
-    assert_string_equal(ckpt_kind_name(CKPT_ORDERED_DICT), "ordered_dict");
+    assert_string_equal(ckpt_kind_name(CKPT_KIND_ORDERED_DICT), "ordered_dict");
     assert_string_equal(ckpt_version(), CKPT_VERSION_STRING);
     ckpt_error err = {.status = CKPT_ERR_FORMAT, .offset = 12};
     snprintf(err.record, sizeof(err.record), "archive/data.pkl");
@@ -93,7 +93,7 @@ static void test_errors_and_names(void **state)
 static void test_null_safety(void **state)
 {
     (void)state;
-    assert_int_equal(ckpt_value_kind(NULL), CKPT_NONE);
+    assert_int_equal(ckpt_value_kind(NULL), CKPT_KIND_NONE);
     assert_int_equal(ckpt_value_len(NULL), 0);
     assert_null(ckpt_value_item(NULL, 0));
     assert_null(ckpt_value_get(NULL, "x"));
@@ -121,7 +121,7 @@ static void test_values_and_tensors(void **state)
     ckpt_error err;
     assert_int_equal(ckpt_open(path, NULL, &f, &err), CKPT_OK);
     const ckpt_value *root = ckpt_file_root(f);
-    assert_int_equal(ckpt_value_kind(root), CKPT_DICT);
+    assert_int_equal(ckpt_value_kind(root), CKPT_KIND_DICT);
     assert_int_equal(ckpt_value_int(ckpt_value_get(root, "epoch")), 42);
     assert_true(ckpt_value_float(ckpt_value_get(root, "loss")) == 0.123);
     const ckpt_value *sd = ckpt_value_get(root, "model_state_dict");
@@ -138,7 +138,7 @@ static void test_values_and_tensors(void **state)
 
     ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
-    assert_int_equal(ti.dtype, CKPT_FLOAT32);
+    assert_int_equal(ti.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(ti.ndim, 2);
     assert_int_equal(ti.shape[0], 10);
     assert_int_equal(ti.shape[1], 5);

@@ -266,9 +266,9 @@ static void test_legacy_twins_are_clean(void **state)
             print_error("pickle %d framed: %s\n", i, err.message);
         assert_int_equal(st, CKPT_OK);
         ckpt_scan *sc = scan(&L.file);
-        if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE)
+        if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_VERDICT_SAFE)
             dump(sc);
-        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
         assert_string_equal(ckpt_scan_format(sc), "torch-legacy");
         ckpt_scan_free(sc);
         b_free(&L.file);
@@ -292,8 +292,8 @@ static void test_legacy_frame_past_stop(void **state)
 
         /* the scan: the frame, and what torch reads after it */
         ckpt_scan *sc = scan(&L.file);
-        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "past STOP");
         if (!f)
             dump(sc);
         assert_non_null(f);
@@ -306,7 +306,7 @@ static void test_legacy_frame_past_stop(void **state)
         assert_non_null(strstr(f->message, to));
         if (i < 4) {
             /* torch unpickles the payload as its next pickle */
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
             if (!g)
                 dump(sc);
             assert_non_null(g);
@@ -318,7 +318,7 @@ static void test_legacy_frame_past_stop(void **state)
         }
         if (i < 4) {
             /* the decoy's pickles between STOP and the frame's end */
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP");
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "between STOP");
             assert_non_null(x);
             assert_int_equal(x->file_offset, L.stop + 1);
         }
@@ -346,13 +346,13 @@ static void test_legacy_payload_before_frame_end(void **state)
     assert_int_equal(open_status(&f, &err), CKPT_ERR_FORMAT);
     assert_non_null(strstr(err.message, "past STOP"));
     ckpt_scan *sc = scan(&f);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, hidden + PAYLOAD_GLOBAL_AT);
     assert_non_null(strstr(g->record, "after STOP, inside the frame"));
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "past STOP"));
     ckpt_scan_free(sc);
     b_free(&f);
     b_free(&magic);
@@ -429,13 +429,13 @@ static void test_legacy_frame_breaks(void **state)
         assert_int_equal(err.file_offset, op);
         assert_int_equal(err.offset, op - obj_at);
         ckpt_scan *sc = scan(&f);
-        const ckpt_scan_finding *b = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, cases[c].message);
+        const ckpt_scan_finding *b = find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL, cases[c].message);
         if (!b)
             dump(sc);
         assert_non_null(b);
         assert_string_equal(b->record, "legacy object pickle");
         assert_int_equal(b->file_offset, op);
-        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
         ckpt_scan_free(sc);
         b_free(&f);
     }
@@ -465,7 +465,7 @@ static void test_plain_pickle(void **state)
     ckpt_error err;
     assert_int_equal(open_status(&ok, &err), CKPT_OK);
     ckpt_scan *sc = scan(&ok);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     ckpt_scan_free(sc);
     b_free(&ok);
 
@@ -480,19 +480,19 @@ static void test_plain_pickle(void **state)
     assert_non_null(strstr(err.message, "the frame runs 4 bytes past STOP (to byte 20)"));
     sc = scan(&p);
     assert_string_equal(ckpt_scan_format(sc), "pickle");
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_int_equal(f->offset, 15);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_int_equal(g->file_offset, frame_end + PAYLOAD_GLOBAL_AT);
     assert_string_equal(g->record, "pickle 2");
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame");
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "after the pickle's frame");
     assert_non_null(x);
     assert_int_equal(x->file_offset, frame_end);
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&p);
 
@@ -500,7 +500,7 @@ static void test_plain_pickle(void **state)
     p = plain_framed(PAYLOAD_LEN, PAYLOAD, PAYLOAD_LEN);
     assert_int_equal(open_status(&p, &err), CKPT_ERR_FORMAT);
     sc = scan(&p);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_int_equal(g->file_offset, 16 + PAYLOAD_GLOBAL_AT);
     ckpt_scan_free(sc);
@@ -517,8 +517,8 @@ static void test_plain_pickle(void **state)
     assert_int_equal(err.offset, 2);
     assert_non_null(strstr(err.message, "the frame of 1000 bytes runs past the end of the data"));
     sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "runs past the end of the data");
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL));
+    f = find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL, "runs past the end of the data");
     assert_non_null(f);
     assert_int_equal(f->offset, 2);
     ckpt_scan_free(sc);
@@ -532,8 +532,8 @@ static void test_plain_pickle(void **state)
     assert_int_equal(err.offset, 11);
     assert_non_null(strstr(err.message, "GLOBAL: the text argument has no newline in the 4 bytes"));
     sc = scan(&q);
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    assert_non_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL, "GLOBAL: the text argument"));
     ckpt_scan_free(sc);
     b_free(&q);
 }
@@ -612,7 +612,7 @@ static void test_zip_data_pkl(void **state)
     ckpt_error err;
     assert_int_equal(open_status(&z, &err), CKPT_OK);
     ckpt_scan *sc = scan(&z);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&ok);
@@ -624,12 +624,12 @@ static void test_zip_data_pkl(void **state)
     assert_int_equal(err.offset, 15);
     assert_non_null(strstr(err.message, "past STOP"));
     sc = scan(&z);
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "past STOP");
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "past STOP");
     assert_non_null(f);
     assert_string_equal(f->record, "archive/data.pkl");
     assert_int_equal(f->offset, 15);
     /* the payload between STOP and the frame's end */
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -644,13 +644,13 @@ static void test_zip_data_pkl(void **state)
     b_put(&p, PAYLOAD, PAYLOAD_LEN);
     z = torch_zip(&p);
     sc = scan(&z);
-    g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     if (!g)
         dump(sc);
     assert_non_null(g);
     assert_string_equal(g->record, "archive/data.pkl: pickle 2");
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "after the pickle's frame"));
-    assert_non_null(find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL, "between STOP and the end"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "after the pickle's frame"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "between STOP and the end"));
     ckpt_scan_free(sc);
     b_free(&z);
     b_free(&p);
@@ -665,7 +665,7 @@ static void test_zip_data_pkl(void **state)
     assert_string_equal(err.record, "archive/data.pkl");
     assert_int_equal(err.offset, 11);
     sc = scan(&z);
-    f = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
+    f = find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL, "BININT2: the argument of 2 bytes");
     assert_non_null(f);
     assert_int_equal(f->offset, 11);
     ckpt_scan_free(sc);
@@ -712,10 +712,10 @@ static void test_legacy_sys_info_byte_order(void **state)
 
         ckpt_scan *sc = scan(&f);
         if (little) {
-            assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+            assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
         } else {
             assert_int_equal(ckpt_scan_finding_count(sc), 1);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_FORMAT, NULL, "little_endian=False");
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "little_endian=False");
             assert_non_null(x);
             assert_string_equal(x->record, "legacy sys_info");
             assert_int_equal(x->file_offset, sys_info_at);

@@ -1468,7 +1468,7 @@ static void test_expanding_views(void **state)
     ckpt_tree *tree = ckpt_tree_new();
     ckpt_value *root = ckpt_new_dict(tree);
     ckpt_dict_put_str(tree, root, "t",
-                      ckpt_new_cast(tree, ckpt_file_tensor_value(f, 0), CKPT_FLOAT64));
+                      ckpt_new_cast(tree, ckpt_file_tensor_value(f, 0), CKPT_DTYPE_FLOAT64));
     assert_int_equal(ckpt_tree_status(tree, &err), CKPT_OK);
     memset(&err, 0, sizeof(err));
     expect_output_limit(ckpt_save_torch(cast_path, root, &so, &err), &err, "t",

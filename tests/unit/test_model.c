@@ -226,18 +226,18 @@ static void test_strict_caller_memory(void **state)
 
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "net.0.weight", tensor_of(t, CKPT_FLOAT32, 2, s34, fw));
-    put(t, sd, "net.0.bias", tensor_of(t, CKPT_FLOAT32, 1, s3, fb));
-    put(t, sd, "bn.running_mean", tensor_of(t, CKPT_FLOAT32, 1, s3, frm));
-    put(t, sd, "bn.num_batches_tracked", tensor_of(t, CKPT_INT64, 0, NULL, &fnbt));
+    put(t, sd, "net.0.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, s34, fw));
+    put(t, sd, "net.0.bias", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s3, fb));
+    put(t, sd, "bn.running_mean", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s3, frm));
+    put(t, sd, "bn.num_batches_tracked", tensor_of(t, CKPT_DTYPE_INT64, 0, NULL, &fnbt));
     ckpt_file *f = save_open(t, sd, "strict.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Net");
-    assert_int_equal(add(m, "net.0.weight", CKPT_FLOAT32, 2, s34, w, 0), 0);
-    assert_int_equal(add(m, "net.0.bias", CKPT_FLOAT32, 1, s3, b, 0), 1);
-    assert_int_equal(add(m, "bn.running_mean", CKPT_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER), 2);
-    assert_int_equal(add(m, "bn.num_batches_tracked", CKPT_INT64, 0, NULL, &nbt,
+    assert_int_equal(add(m, "net.0.weight", CKPT_DTYPE_FLOAT32, 2, s34, w, 0), 0);
+    assert_int_equal(add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, b, 0), 1);
+    assert_int_equal(add(m, "bn.running_mean", CKPT_DTYPE_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER), 2);
+    assert_int_equal(add(m, "bn.num_batches_tracked", CKPT_DTYPE_INT64, 0, NULL, &nbt,
                          CKPT_PARAM_BUFFER), 3);
     assert_int_equal(ckpt_model_count(m), 4);
 
@@ -246,7 +246,7 @@ static void test_strict_caller_memory(void **state)
     assert_false(info.loaded);
     assert_string_equal(info.location, "cpu");
     assert_ptr_equal(info.data, w);
-    assert_int_equal(info.dtype, CKPT_FLOAT32);
+    assert_int_equal(info.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(info.ndim, 2);
     assert_int_equal(info.shape[0], 3);
     assert_int_equal(info.shape[1], 4);
@@ -307,14 +307,14 @@ static void test_model_allocated_memory(void **state)
     fill_seq(fb, 3, 100.0f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 2, s57, fa));
-    put(t, sd, "b", tensor_of(t, CKPT_FLOAT32, 1, s3, fb));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, s57, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s3, fb));
     ckpt_file *f = save_open(t, sd, "alloc.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model(NULL);
-    add(m, "a", CKPT_FLOAT32, 2, s57, NULL, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s3, NULL, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 2, s57, NULL, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s3, NULL, 0);
     for (size_t i = 0; i < 2; i++) {
         ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(m, i, &info));
@@ -348,9 +348,9 @@ static void test_zero_copy(void **state)
         fc[i] = bf16_bits((float)i - 4.5f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s16, fa));
-    put(t, sd, "b", tensor_of(t, CKPT_FLOAT32, 1, s16, fb));
-    put(t, sd, "c", tensor_of(t, CKPT_BFLOAT16, 1, s16, fc));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s16, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s16, fb));
+    put(t, sd, "c", tensor_of(t, CKPT_DTYPE_BFLOAT16, 1, s16, fc));
     ckpt_file *f = save_open(t, sd, "zc.pth");
     ckpt_tree_free(t);
 
@@ -365,9 +365,9 @@ static void test_zero_copy(void **state)
     float b_mem[16];
     fill_sentinel(b_mem, 16);
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s16, NULL, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s16, b_mem, 0);
-    add(m, "c", CKPT_FLOAT32, 1, s16, NULL, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s16, NULL, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s16, b_mem, 0);
+    add(m, "c", CKPT_DTYPE_FLOAT32, 1, s16, NULL, 0);
     void *a_own = ckpt_model_data(m, 0);
     void *c_own = ckpt_model_data(m, 2);
 
@@ -437,9 +437,9 @@ static void test_strict_failures(void **state)
     static float fw[5 * 64], fok[2] = {1.0f, 2.0f}, fx[1] = {9.0f};
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "ok", tensor_of(t, CKPT_FLOAT32, 1, s2, fok));
-    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 2, s5x64, fw));
-    put(t, sd, "x", tensor_of(t, CKPT_FLOAT32, 1, s1, fx));
+    put(t, sd, "ok", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fok));
+    put(t, sd, "w", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, s5x64, fw));
+    put(t, sd, "x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, fx));
     ckpt_file *f = save_open(t, sd, "fail.pth");
     ckpt_tree_free(t);
 
@@ -449,10 +449,10 @@ static void test_strict_failures(void **state)
     fill_sentinel(w, 640);
     fill_sentinel(ok, 2);
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s3, b, 0);
-    add(m, "w", CKPT_FLOAT32, 2, s10x64, w, 0);
-    add(m, "ok", CKPT_FLOAT32, 1, s2, ok, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s3, b, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 2, s10x64, w, 0);
+    add(m, "ok", CKPT_DTYPE_FLOAT32, 1, s2, ok, 0);
 
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
@@ -490,8 +490,8 @@ static void test_strict_failures(void **state)
     /* a model without a class name is "Model" */
     ckpt_model *anon = new_model(NULL);
     float z[3];
-    add(anon, "z", CKPT_FLOAT32, 1, s3, z, 0);
-    add(anon, "ok", CKPT_FLOAT32, 1, s2, ok, 0);
+    add(anon, "z", CKPT_DTYPE_FLOAT32, 1, s3, z, 0);
+    add(anon, "ok", CKPT_DTYPE_FLOAT32, 1, s2, ok, 0);
     assert_int_equal(ckpt_model_load(anon, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_string_equal(rep.message, "Error(s) in loading state_dict for Model:\n"
                                      "\tMissing key(s) in state_dict: \"z\". \n"
@@ -500,9 +500,9 @@ static void test_strict_failures(void **state)
 
     /* only a size mismatch, strict: the model stays unchanged too */
     ckpt_model *m2 = new_model("Net");
-    add(m2, "ok", CKPT_FLOAT32, 1, s2, ok, 0);
-    add(m2, "w", CKPT_FLOAT32, 2, s10x64, w, 0);
-    add(m2, "x", CKPT_FLOAT32, 1, s1, a, 0);
+    add(m2, "ok", CKPT_DTYPE_FLOAT32, 1, s2, ok, 0);
+    add(m2, "w", CKPT_DTYPE_FLOAT32, 2, s10x64, w, 0);
+    add(m2, "x", CKPT_DTYPE_FLOAT32, 1, s1, a, 0);
     fill_sentinel(a, 2);
     assert_int_equal(ckpt_model_load(m2, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.missing_count, 0);
@@ -521,8 +521,8 @@ static void test_non_strict(void **state)
     static float fa[2] = {1.5f, -1.5f}, fx[1] = {9.0f}, fw[5 * 64];
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "x", tensor_of(t, CKPT_FLOAT32, 1, s1, fx));
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s2, fa));
+    put(t, sd, "x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, fx));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fa));
     ckpt_file *f = save_open(t, sd, "nonstrict.pth");
     ckpt_tree_free(t);
 
@@ -531,9 +531,9 @@ static void test_non_strict(void **state)
     fill_sentinel(b, 3);
     fill_sentinel(w, 640);
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s3, b, 0);
-    add(m, "w", CKPT_FLOAT32, 2, s10x64, w, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s3, b, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 2, s10x64, w, 0);
 
     /* strict first: refused, nothing written */
     ckpt_load_options strict = load_options(0);
@@ -563,9 +563,9 @@ static void test_non_strict(void **state)
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
     static float fa2[2] = {7.0f, 8.0f};
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s2, fa2));
-    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 2, s5x64, fw));
-    put(t, sd, "x", tensor_of(t, CKPT_FLOAT32, 1, s1, fx));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fa2));
+    put(t, sd, "w", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, s5x64, fw));
+    put(t, sd, "x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, fx));
     f = save_open(t, sd, "nonstrict2.pth");
     ckpt_tree_free(t);
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
@@ -593,11 +593,11 @@ static void test_module_walk_semantics(void **state)
     static const float one[1] = {1.0f}, six[6] = {1, 2, 3, 4, 5, 6};
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "net.5.w", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
-    put(t, sd, "zzz", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
-    put(t, sd, "net.0.weight", tensor_of(t, CKPT_FLOAT32, 2, s32, six));
-    put(t, sd, "net.0.weight.extra", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
-    put(t, sd, "scale", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+    put(t, sd, "net.5.w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
+    put(t, sd, "zzz", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
+    put(t, sd, "net.0.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, s32, six));
+    put(t, sd, "net.0.weight.extra", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
+    put(t, sd, "scale", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
     ckpt_file *f = save_open(t, sd, "walk.pth");
     ckpt_tree_free(t);
 
@@ -606,9 +606,9 @@ static void test_module_walk_semantics(void **state)
     fill_sentinel(scale, 1);
     fill_sentinel(w, 6);
     fill_sentinel(b, 3);
-    add(m, "scale", CKPT_FLOAT32, 1, s1, scale, 0);
-    add(m, "net.0.weight", CKPT_FLOAT32, 2, s32, w, 0);
-    add(m, "net.0.bias", CKPT_FLOAT32, 1, s3, b, 0);
+    add(m, "scale", CKPT_DTYPE_FLOAT32, 1, s1, scale, 0);
+    add(m, "net.0.weight", CKPT_DTYPE_FLOAT32, 2, s32, w, 0);
+    add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, b, 0);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
@@ -637,21 +637,21 @@ static void test_key_remap(void **state)
     static float v1[2] = {1, 2}, v2[2] = {3, 4}, v3[2] = {5, 6}, v4[2] = {7, 8}, v5[2] = {9, 10};
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "module.net.w", tensor_of(t, CKPT_FLOAT32, 1, s2, v1));
-    put(t, sd, "module.module.x", tensor_of(t, CKPT_FLOAT32, 1, s2, v2));
-    put(t, sd, "module.backbone.y", tensor_of(t, CKPT_FLOAT32, 1, s2, v3));
-    put(t, sd, "backbone.backbone.z", tensor_of(t, CKPT_FLOAT32, 1, s2, v4));
-    put(t, sd, "model.module.q", tensor_of(t, CKPT_FLOAT32, 1, s2, v5));
+    put(t, sd, "module.net.w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v1));
+    put(t, sd, "module.module.x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v2));
+    put(t, sd, "module.backbone.y", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v3));
+    put(t, sd, "backbone.backbone.z", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v4));
+    put(t, sd, "model.module.q", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v5));
     ckpt_file *f = save_open(t, sd, "remap.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Net");
     float w[2], x[2], y[2], z[2], q[2];
-    add(m, "net.w", CKPT_FLOAT32, 1, s2, w, 0);
-    add(m, "module.x", CKPT_FLOAT32, 1, s2, x, 0);
-    add(m, "encoder.y", CKPT_FLOAT32, 1, s2, y, 0);
-    add(m, "encoder.backbone.z", CKPT_FLOAT32, 1, s2, z, 0);
-    add(m, "module.q", CKPT_FLOAT32, 1, s2, q, 0);
+    add(m, "net.w", CKPT_DTYPE_FLOAT32, 1, s2, w, 0);
+    add(m, "module.x", CKPT_DTYPE_FLOAT32, 1, s2, x, 0);
+    add(m, "encoder.y", CKPT_DTYPE_FLOAT32, 1, s2, y, 0);
+    add(m, "encoder.backbone.z", CKPT_DTYPE_FLOAT32, 1, s2, z, 0);
+    add(m, "module.q", CKPT_DTYPE_FLOAT32, 1, s2, q, 0);
 
     /* without remapping: nothing matches */
     ckpt_load_options o = load_options(0);
@@ -680,14 +680,14 @@ static void test_key_remap(void **state)
     /* two keys becoming one name: refused, nothing written */
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "module.a", tensor_of(t, CKPT_FLOAT32, 1, s2, v1));
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s2, v2));
+    put(t, sd, "module.a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v1));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v2));
     f = save_open(t, sd, "collide.pth");
     ckpt_tree_free(t);
     m = new_model("Net");
     float a[2];
     fill_sentinel(a, 2);
-    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
     o = load_options(0);
     o.strip_prefixes = strip;
     o.strip_prefix_count = 1;
@@ -716,7 +716,7 @@ static ckpt_value *one_weight(ckpt_tree *t, const float *v)
 {
     static const int64_t s2[1] = {2};
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 1, s2, v));
+    put(t, sd, "w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, v));
     return sd;
 }
 
@@ -726,7 +726,7 @@ static ckpt_status load_w(ckpt_file *f, const char *key, float out[2])
     static const int64_t s2[1] = {2};
     ckpt_model *m = new_model("Net");
     fill_sentinel(out, 2);
-    add(m, "w", CKPT_FLOAT32, 1, s2, out, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s2, out, 0);
     ckpt_load_options o = load_options(0);
     o.key = key;
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
@@ -845,20 +845,20 @@ static void test_dtype_conversion(void **state)
 
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "from_bf16", tensor_of(t, CKPT_BFLOAT16, 1, s8, bf));
-    put(t, sd, "from_f16", tensor_of(t, CKPT_FLOAT16, 1, s6, hf));
-    put(t, sd, "to_bf16", tensor_of(t, CKPT_FLOAT32, 1, s6, fv));
-    put(t, sd, "from_f64", tensor_of(t, CKPT_FLOAT64, 1, s3, dv));
+    put(t, sd, "from_bf16", tensor_of(t, CKPT_DTYPE_BFLOAT16, 1, s8, bf));
+    put(t, sd, "from_f16", tensor_of(t, CKPT_DTYPE_FLOAT16, 1, s6, hf));
+    put(t, sd, "to_bf16", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s6, fv));
+    put(t, sd, "from_f64", tensor_of(t, CKPT_DTYPE_FLOAT64, 1, s3, dv));
     ckpt_file *f = save_open(t, sd, "dtypes.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Net");
     float a[8], b[6], d[3];
     uint16_t c[6];
-    add(m, "from_bf16", CKPT_FLOAT32, 1, s8, a, 0);
-    add(m, "from_f16", CKPT_FLOAT32, 1, s6, b, 0);
-    add(m, "to_bf16", CKPT_BFLOAT16, 1, s6, c, 0);
-    add(m, "from_f64", CKPT_FLOAT32, 1, s3, d, 0);
+    add(m, "from_bf16", CKPT_DTYPE_FLOAT32, 1, s8, a, 0);
+    add(m, "from_f16", CKPT_DTYPE_FLOAT32, 1, s6, b, 0);
+    add(m, "to_bf16", CKPT_DTYPE_BFLOAT16, 1, s6, c, 0);
+    add(m, "from_f64", CKPT_DTYPE_FLOAT32, 1, s3, d, 0);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
@@ -875,7 +875,7 @@ static void test_dtype_conversion(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(c[i], bwant_fixed[i]);
     uint16_t ref[6];
-    assert_int_equal(ckpt_convert_dtype(CKPT_BFLOAT16, ref, CKPT_FLOAT32, fv, 6), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, ref, CKPT_DTYPE_FLOAT32, fv, 6), CKPT_OK);
     assert_memory_equal(c, ref, sizeof(ref));
     assert_int_equal(ref[4], 0xc049); /* -3.14159 -> -3.140625 */
     assert_true(d[0] == 0.1f && d[1] == -2.5f && isinf(d[2]));
@@ -886,12 +886,12 @@ static void test_dtype_conversion(void **state)
      * int64 is refused, and then nothing at all is written */
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "ints", tensor_of(t, CKPT_INT64, 1, s3, iv));
+    put(t, sd, "ints", tensor_of(t, CKPT_DTYPE_INT64, 1, s3, iv));
     static const float f3[3] = {1, 2, 3};
-    put(t, sd, "to_int", tensor_of(t, CKPT_FLOAT32, 1, s3, f3));
+    put(t, sd, "to_int", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s3, f3));
     static const uint8_t bytes3[3] = {0, 7, 255};
-    put(t, sd, "mask", tensor_of(t, CKPT_UINT8, 1, s3, bytes3));
-    put(t, sd, "wide", tensor_of(t, CKPT_INT64, 1, s3, iv));
+    put(t, sd, "mask", tensor_of(t, CKPT_DTYPE_UINT8, 1, s3, bytes3));
+    put(t, sd, "wide", tensor_of(t, CKPT_DTYPE_INT64, 1, s3, iv));
     f = save_open(t, sd, "int.pth");
     ckpt_tree_free(t);
     m = new_model("Net");
@@ -900,10 +900,10 @@ static void test_dtype_conversion(void **state)
     bool mask[3];
     int32_t narrow[3];
     fill_sentinel(fi, 3);
-    add(m, "ints", CKPT_FLOAT32, 1, s3, fi, 0);
-    add(m, "to_int", CKPT_INT64, 1, s3, ig, 0);
-    add(m, "mask", CKPT_BOOL, 1, s3, mask, CKPT_PARAM_BUFFER);
-    add(m, "wide", CKPT_INT32, 1, s3, narrow, CKPT_PARAM_BUFFER);
+    add(m, "ints", CKPT_DTYPE_FLOAT32, 1, s3, fi, 0);
+    add(m, "to_int", CKPT_DTYPE_INT64, 1, s3, ig, 0);
+    add(m, "mask", CKPT_DTYPE_BOOL, 1, s3, mask, CKPT_PARAM_BUFFER);
+    add(m, "wide", CKPT_DTYPE_INT32, 1, s3, narrow, CKPT_PARAM_BUFFER);
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.error_count, 1);
@@ -917,15 +917,15 @@ static void test_dtype_conversion(void **state)
     /* without the float32 -> int64 one, the integer conversions load */
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "ints", tensor_of(t, CKPT_INT64, 1, s3, iv));
-    put(t, sd, "mask", tensor_of(t, CKPT_UINT8, 1, s3, bytes3));
-    put(t, sd, "wide", tensor_of(t, CKPT_INT64, 1, s3, iv));
+    put(t, sd, "ints", tensor_of(t, CKPT_DTYPE_INT64, 1, s3, iv));
+    put(t, sd, "mask", tensor_of(t, CKPT_DTYPE_UINT8, 1, s3, bytes3));
+    put(t, sd, "wide", tensor_of(t, CKPT_DTYPE_INT64, 1, s3, iv));
     f = save_open(t, sd, "int2.pth");
     ckpt_tree_free(t);
     m = new_model("Net");
-    add(m, "ints", CKPT_FLOAT32, 1, s3, fi, 0);
-    add(m, "mask", CKPT_BOOL, 1, s3, mask, CKPT_PARAM_BUFFER);
-    add(m, "wide", CKPT_INT32, 1, s3, narrow, CKPT_PARAM_BUFFER);
+    add(m, "ints", CKPT_DTYPE_FLOAT32, 1, s3, fi, 0);
+    add(m, "mask", CKPT_DTYPE_BOOL, 1, s3, mask, CKPT_PARAM_BUFFER);
+    add(m, "wide", CKPT_DTYPE_INT32, 1, s3, narrow, CKPT_PARAM_BUFFER);
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_OK);
     assert_int_equal(rep.converted, 3);
     for (int k = 0; k < 3; k++) {
@@ -944,15 +944,15 @@ static void test_scalar_param(void **state)
     static const float one[1] = {3.5f}, zero_d = 4.5f;
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "scale", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
-    put(t, sd, "vec", tensor_of(t, CKPT_FLOAT32, 0, NULL, &zero_d));
+    put(t, sd, "scale", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
+    put(t, sd, "vec", tensor_of(t, CKPT_DTYPE_FLOAT32, 0, NULL, &zero_d));
     ckpt_file *f = save_open(t, sd, "scalar.pth");
     ckpt_tree_free(t);
 
     /* 0-d param from a [1] tensor: accepted */
     ckpt_model *m = new_model("Net");
     float scale = 0.0f, vec[1] = {-777.0f};
-    add(m, "scale", CKPT_FLOAT32, 0, NULL, &scale, 0);
+    add(m, "scale", CKPT_DTYPE_FLOAT32, 0, NULL, &scale, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
@@ -961,7 +961,7 @@ static void test_scalar_param(void **state)
 
     /* the other way round ([1] param from a 0-d tensor) is a size mismatch, as in PyTorch */
     m = new_model("Net");
-    add(m, "vec", CKPT_FLOAT32, 1, s1, vec, 0);
+    add(m, "vec", CKPT_DTYPE_FLOAT32, 1, s1, vec, 0);
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.error_count, 1);
@@ -998,7 +998,7 @@ static ckpt_status place_cb(void *user, ckpt_placement *p, ckpt_error *err)
         l->dtypes[k] = p->dtype;
         l->nbytes[k] = p->nbytes;
         l->index[k] = p->index;
-        if (p->dtype == CKPT_FLOAT32 && p->nbytes >= 4)
+        if (p->dtype == CKPT_DTYPE_FLOAT32 && p->nbytes >= 4)
             memcpy(&l->first[k], p->data, 4);
     }
     if (l->fail_at == k + 1) {
@@ -1040,9 +1040,9 @@ static void test_locations_and_placement(void **state)
         fb[i] = bf16_bits(-(float)i - 0.5f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_at(t, CKPT_FLOAT32, 1, s4, fa, "cpu"));
-    put(t, sd, "b", tensor_at(t, CKPT_BFLOAT16, 1, s4, fb, "cuda:1"));
-    put(t, sd, "c", tensor_at(t, CKPT_FLOAT32, 1, s4, fc, "cuda:0"));
+    put(t, sd, "a", tensor_at(t, CKPT_DTYPE_FLOAT32, 1, s4, fa, "cpu"));
+    put(t, sd, "b", tensor_at(t, CKPT_DTYPE_BFLOAT16, 1, s4, fb, "cuda:1"));
+    put(t, sd, "c", tensor_at(t, CKPT_DTYPE_FLOAT32, 1, s4, fc, "cuda:0"));
     ckpt_file *f = save_open(t, sd, "loc.pth");
     ckpt_tree_free(t);
     ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
@@ -1051,9 +1051,9 @@ static void test_locations_and_placement(void **state)
 
     float a[4], b[4], c[4];
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s4, a, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s4, b, 0);
-    add(m, "c", CKPT_FLOAT32, 1, s4, c, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s4, a, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s4, b, 0);
+    add(m, "c", CKPT_DTYPE_FLOAT32, 1, s4, c, 0);
 
     /* tags as saved: the load never fails on a host without CUDA */
     place_log log;
@@ -1071,7 +1071,7 @@ static void test_locations_and_placement(void **state)
     assert_string_equal(info_of(m, "c").location, "cuda:0");
     assert_int_equal(rep.placed, 0);
     for (int k = 0; k < 3; k++) {
-        assert_int_equal(log.dtypes[k], CKPT_FLOAT32); /* the model's dtype, converted */
+        assert_int_equal(log.dtypes[k], CKPT_DTYPE_FLOAT32); /* the model's dtype, converted */
         assert_int_equal(log.nbytes[k], 16);
         size_t idx;
         assert_true(ckpt_model_find(m, log.names[k], &idx));
@@ -1115,9 +1115,9 @@ static void test_locations_and_placement(void **state)
     fill_sentinel(b, 4);
     fill_sentinel(c, 4);
     m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s4, a, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s4, b, 0);
-    add(m, "c", CKPT_FLOAT32, 1, s4, c, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s4, a, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s4, b, 0);
+    add(m, "c", CKPT_DTYPE_FLOAT32, 1, s4, c, 0);
     memset(&log, 0, sizeof(log));
     log.take = "b";
     o = load_options(0);
@@ -1164,10 +1164,10 @@ static void test_non_tensor_value(void **state)
     static const float fw[2] = {1, 2};
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "net.w", tensor_of(t, CKPT_FLOAT32, 1, s2, fw));
+    put(t, sd, "net.w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fw));
     put(t, sd, "net.scale", ckpt_new_int(t, 3));
     ckpt_value *inner = ckpt_new_dict(t);
-    put(t, inner, "x", tensor_of(t, CKPT_FLOAT32, 1, s2, fw));
+    put(t, inner, "x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fw));
     put(t, sd, "net.sub", inner);
     ckpt_file *f = save_open(t, sd, "nontensor.pth");
     ckpt_tree_free(t);
@@ -1177,9 +1177,9 @@ static void test_non_tensor_value(void **state)
     fill_sentinel(scale, 2);
     fill_sentinel(sub, 2);
     ckpt_model *m = new_model("Net");
-    add(m, "net.w", CKPT_FLOAT32, 1, s2, w, 0);
-    add(m, "net.scale", CKPT_FLOAT32, 1, s2, scale, 0);
-    add(m, "net.sub", CKPT_FLOAT32, 1, s2, sub, 0);
+    add(m, "net.w", CKPT_DTYPE_FLOAT32, 1, s2, w, 0);
+    add(m, "net.scale", CKPT_DTYPE_FLOAT32, 1, s2, scale, 0);
+    add(m, "net.sub", CKPT_DTYPE_FLOAT32, 1, s2, sub, 0);
     for (unsigned flags = 0; flags <= CKPT_LOAD_NON_STRICT; flags++) {
         ckpt_load_options o = load_options(flags);
         ckpt_load_report rep = {.struct_size = sizeof(rep)};
@@ -1211,22 +1211,22 @@ static void test_state_dict_round_trip(void **state)
     fill_seq(b, 3, -9.0f);
     fill_seq(rm, 3, 0.0f);
     ckpt_model *m = new_model("Net");
-    add(m, "net.2.weight", CKPT_FLOAT32, 2, s23, w, 0);
-    add(m, "bn.running_mean", CKPT_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER);
-    add(m, "net.0.bias", CKPT_FLOAT32, 1, s3, NULL, 0);
-    add(m, "bn.num_batches_tracked", CKPT_INT64, 0, NULL, &nbt, CKPT_PARAM_BUFFER);
+    add(m, "net.2.weight", CKPT_DTYPE_FLOAT32, 2, s23, w, 0);
+    add(m, "bn.running_mean", CKPT_DTYPE_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER);
+    add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, NULL, 0);
+    add(m, "bn.num_batches_tracked", CKPT_DTYPE_INT64, 0, NULL, &nbt, CKPT_PARAM_BUFFER);
     memcpy(ckpt_model_data(m, 2), b, sizeof(b));
 
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_model_state_dict(m, t);
     assert_non_null(sd);
-    assert_int_equal(ckpt_value_kind(sd), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(sd), CKPT_KIND_ORDERED_DICT);
     assert_int_equal(ckpt_value_len(sd), 4);
     ckpt_file *f = save_open(t, sd, "model_sd.pth");
     ckpt_tree_free(t);
 
     const ckpt_value *root = ckpt_file_root(f);
-    assert_int_equal(ckpt_value_kind(root), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(root), CKPT_KIND_ORDERED_DICT);
     assert_int_equal(ckpt_value_len(root), 4);
     static const char *const order[4] = {"net.2.weight", "bn.running_mean", "net.0.bias",
                                          "bn.num_batches_tracked"};
@@ -1253,10 +1253,10 @@ static void test_state_dict_round_trip(void **state)
 
     /* and back into a fresh model, strictly */
     ckpt_model *m2 = new_model("Net");
-    add(m2, "net.2.weight", CKPT_FLOAT32, 2, s23, NULL, 0);
-    add(m2, "bn.running_mean", CKPT_FLOAT32, 1, s3, NULL, CKPT_PARAM_BUFFER);
-    add(m2, "net.0.bias", CKPT_FLOAT32, 1, s3, NULL, 0);
-    add(m2, "bn.num_batches_tracked", CKPT_INT64, 0, NULL, NULL, CKPT_PARAM_BUFFER);
+    add(m2, "net.2.weight", CKPT_DTYPE_FLOAT32, 2, s23, NULL, 0);
+    add(m2, "bn.running_mean", CKPT_DTYPE_FLOAT32, 1, s3, NULL, CKPT_PARAM_BUFFER);
+    add(m2, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, NULL, 0);
+    add(m2, "bn.num_batches_tracked", CKPT_DTYPE_INT64, 0, NULL, NULL, CKPT_PARAM_BUFFER);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m2, f, &o, &rep);
@@ -1297,10 +1297,10 @@ static void tiny_init(tiny *x)
     x->v[0] = -1.25f;
     x->v[1] = 2.0f;
     x->m = new_model("Tiny");
-    add(x->m, "w", CKPT_FLOAT32, 2, W_SHAPE, x->w, 0);
-    add(x->m, "rm", CKPT_FLOAT32, 1, B_SHAPE, x->rm, CKPT_PARAM_BUFFER);
-    add(x->m, "b", CKPT_FLOAT32, 1, B_SHAPE, x->b, 0);
-    add(x->m, "v", CKPT_FLOAT32, 1, V_SHAPE, x->v, 0);
+    add(x->m, "w", CKPT_DTYPE_FLOAT32, 2, W_SHAPE, x->w, 0);
+    add(x->m, "rm", CKPT_DTYPE_FLOAT32, 1, B_SHAPE, x->rm, CKPT_PARAM_BUFFER);
+    add(x->m, "b", CKPT_DTYPE_FLOAT32, 1, B_SHAPE, x->b, 0);
+    add(x->m, "v", CKPT_DTYPE_FLOAT32, 1, V_SHAPE, x->v, 0);
 }
 
 static float *tiny_param(tiny *x, int k)
@@ -1447,7 +1447,7 @@ static double float_entry(const ckpt_value *d, const char *key)
 {
     const ckpt_value *v = ckpt_value_get(d, key);
     assert_non_null(v);
-    assert_int_equal(ckpt_value_kind(v), CKPT_FLOAT);
+    assert_int_equal(ckpt_value_kind(v), CKPT_KIND_FLOAT);
     return ckpt_value_float(v);
 }
 
@@ -1458,7 +1458,7 @@ static const ckpt_value *state_entry(const ckpt_value *sd, int64_t k)
     assert_non_null(st);
     for (size_t i = 0; i < ckpt_value_len(st); i++) {
         const ckpt_value *key = ckpt_value_key(st, i);
-        assert_int_equal(ckpt_value_kind(key), CKPT_INT);
+        assert_int_equal(ckpt_value_kind(key), CKPT_KIND_INT);
         if (ckpt_value_int(key) == k)
             return ckpt_value_dict_value(st, i);
     }
@@ -1472,7 +1472,7 @@ static void tensor_floats(ckpt_file *f, const ckpt_value *v, float *out, size_t 
     assert_non_null(t);
     ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
-    assert_int_equal(ti.dtype, CKPT_FLOAT32);
+    assert_int_equal(ti.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(ti.ndim, ndim);
     for (uint32_t d = 0; d < ndim; d++)
         assert_int_equal(ti.shape[d], shape[d]);
@@ -1531,21 +1531,21 @@ static void test_adamw_state_dict(void **state)
         assert_true(fabs(eas[i] - 0.001 * g[0][i] * g[0][i]) <= 1e-9);
     }
     const ckpt_value *groups = ckpt_value_get(sd, "param_groups");
-    assert_int_equal(ckpt_value_kind(groups), CKPT_LIST);
+    assert_int_equal(ckpt_value_kind(groups), CKPT_KIND_LIST);
     assert_int_equal(ckpt_value_len(groups), 1);
     const ckpt_value *g0 = ckpt_value_item(groups, 0);
     assert_true(float_entry(g0, "lr") == 0.01);
     assert_true(float_entry(g0, "eps") == 1e-8);
     assert_true(float_entry(g0, "weight_decay") == 0.1);
     const ckpt_value *betas = ckpt_value_get(g0, "betas");
-    assert_int_equal(ckpt_value_kind(betas), CKPT_TUPLE);
+    assert_int_equal(ckpt_value_kind(betas), CKPT_KIND_TUPLE);
     assert_int_equal(ckpt_value_len(betas), 2);
     assert_true(ckpt_value_float(ckpt_value_item(betas, 0)) == 0.9);
     assert_true(ckpt_value_float(ckpt_value_item(betas, 1)) == 0.999);
-    assert_int_equal(ckpt_value_kind(ckpt_value_get(g0, "amsgrad")), CKPT_BOOLEAN);
+    assert_int_equal(ckpt_value_kind(ckpt_value_get(g0, "amsgrad")), CKPT_KIND_BOOL);
     assert_false(ckpt_value_bool(ckpt_value_get(g0, "amsgrad")));
     const ckpt_value *params = ckpt_value_get(g0, "params");
-    assert_int_equal(ckpt_value_kind(params), CKPT_LIST);
+    assert_int_equal(ckpt_value_kind(params), CKPT_KIND_LIST);
     assert_int_equal(ckpt_value_len(params), NP);
     for (size_t k = 0; k < NP; k++)
         assert_int_equal(ckpt_value_int(ckpt_value_item(params, k)), (int64_t)k);
@@ -1615,7 +1615,7 @@ static ckpt_file *opt_file(const opt_spec *s, const char *name)
     ckpt_value *state = ckpt_new_dict(t);
     ckpt_value *e0 = ckpt_new_dict(t);
     put(t, e0, "step", s->step_number ? ckpt_new_float(t, 5.0)
-                                      : tensor_of(t, CKPT_FLOAT32, 0, NULL, &five));
+                                      : tensor_of(t, CKPT_DTYPE_FLOAT32, 0, NULL, &five));
     ckpt_tensor_desc d;
     ckpt_tensor_desc_init(&d);
     static const int64_t zero_strides[2] = {0, 0};
@@ -1625,7 +1625,7 @@ static ckpt_file *opt_file(const opt_spec *s, const char *name)
     d.data = ea;
     put(t, e0, "exp_avg", s->ea_not_tensor ? ckpt_new_str(t, "no", SIZE_MAX)
                                            : ckpt_new_tensor(t, &d));
-    put(t, e0, "exp_avg_sq", tensor_of(t, CKPT_FLOAT32, 2, W_SHAPE, eas));
+    put(t, e0, "exp_avg_sq", tensor_of(t, CKPT_DTYPE_FLOAT32, 2, W_SHAPE, eas));
     if (s->state_not_dict)
         e0 = ckpt_new_int(t, 7);
     assert_int_equal(ckpt_dict_put(t, state, ckpt_new_int(t, s->state_key), e0), CKPT_OK);
@@ -1836,8 +1836,8 @@ static void test_adamw_refuses_non_float32(void **state)
     float fl[2] = {0, 0};
     int64_t counter = 0;
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 1, s2, fl, 0);
-    add(m, "h", CKPT_BFLOAT16, 1, s2, h, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s2, fl, 0);
+    add(m, "h", CKPT_DTYPE_BFLOAT16, 1, s2, h, 0);
     ckpt_adamw_options hp;
     ckpt_adamw_options_default(&hp);
     ckpt_adamw *o = (ckpt_adamw *)(uintptr_t)1;
@@ -1851,8 +1851,8 @@ static void test_adamw_refuses_non_float32(void **state)
 
     /* a non-float buffer is no parameter: fine */
     m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 1, s2, fl, 0);
-    add(m, "count", CKPT_INT64, 0, NULL, &counter, CKPT_PARAM_BUFFER);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s2, fl, 0);
+    add(m, "count", CKPT_DTYPE_INT64, 0, NULL, &counter, CKPT_PARAM_BUFFER);
     o = adamw(m, &hp);
     float g[2] = {1.0f, -1.0f};
     const float *gp[1] = {g};
@@ -1873,19 +1873,19 @@ static void test_model_add_refusals(void **state)
                                                                     (int64_t)1 << 62};
     float a[2];
     ckpt_error err;
-    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
-    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "", CKPT_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "n", CKPT_FLOAT32, 2, neg, NULL, 0, NULL, &err),
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
+    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "n", CKPT_DTYPE_FLOAT32, 2, neg, NULL, 0, NULL, &err),
                          CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "o", CKPT_FLOAT32, 2, over, NULL, 0, NULL, &err),
+    assert_int_not_equal(ckpt_model_add(m, "o", CKPT_DTYPE_FLOAT32, 2, over, NULL, 0, NULL, &err),
                          CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "d", CKPT_DTYPE_INVALID, 1, s2, a, 0, NULL, &err),
                          CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "e", (ckpt_dtype)999, 1, s2, a, 0, NULL, &err),
                          CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "s", CKPT_FLOAT32, 1, NULL, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "s", CKPT_DTYPE_FLOAT32, 1, NULL, a, 0, NULL, &err), CKPT_OK);
     assert_int_equal(ckpt_model_count(m), 1);
     size_t idx;
     assert_false(ckpt_model_find(m, "n", &idx) || ckpt_model_find(m, "o", &idx));
@@ -2073,7 +2073,7 @@ static void test_hostile_views(void **state)
         ckpt_file *f;
         assert_int_equal(ckpt_open_memory(z.p, z.len, NULL, &f, &err), CKPT_OK);
         ckpt_model *m = new_model("Net");
-        add(m, "w", CKPT_FLOAT32, 2, s43, NULL, 0);
+        add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, NULL, 0);
         ckpt_load_options plain = load_options(0);
         load_ok(m, f, &plain, &rep);
         assert_memory_equal(ckpt_model_data(m, 0), st, 48);
@@ -2088,7 +2088,7 @@ static void test_hostile_views(void **state)
         ckpt_file *f;
         assert_int_equal(ckpt_open_memory(z.p, z.len, NULL, &f, &err), CKPT_OK);
         ckpt_model *m = new_model("Net");
-        add(m, "w", CKPT_FLOAT32, 2, s43, NULL, 0);
+        add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, NULL, 0);
         load_ok(m, f, &o, &rep);
         assert_int_equal(rep.zero_copy, 0);
         assert_false(info_of(m, "w").borrowed);
@@ -2107,7 +2107,7 @@ static void test_hostile_views(void **state)
         ckpt_file *f;
         assert_int_equal(ckpt_open_memory(z.p, z.len, NULL, &f, &err), CKPT_OK);
         ckpt_model *m = new_model("Net");
-        add(m, "w", CKPT_FLOAT32, 2, s43, NULL, 0);
+        add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, NULL, 0);
         load_ok(m, f, &o, &rep);
         assert_false(info_of(m, "w").borrowed);
         const float *w = ckpt_model_data(m, 0);
@@ -2128,7 +2128,7 @@ static void test_hostile_views(void **state)
             ckpt_model *m = new_model("Net");
             float w[12];
             fill_sentinel(w, 12);
-            add(m, "w", CKPT_FLOAT32, 2, s43, w, 0);
+            add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, w, 0);
             assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
             assert_int_equal(rep.error_count, 1);
             assert_string_equal(rep.errors[0],
@@ -2153,7 +2153,7 @@ static void test_hostile_views(void **state)
         ckpt_model *m = new_model("Net");
         float w[12];
         fill_sentinel(w, 12);
-        add(m, "w", CKPT_FLOAT32, 2, s43, w, 0);
+        add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, w, 0);
         assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
         assert_true(all_sentinel(w, 12));
         ckpt_model_free(m);
@@ -2183,7 +2183,7 @@ static void test_hostile_views(void **state)
                 ckpt_model *m = new_model("Net");
                 float w[12];
                 fill_sentinel(w, 12);
-                add(m, "w", CKPT_FLOAT32, 2, s43, w, 0);
+                add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, w, 0);
                 ckpt_status st2 = ckpt_model_load(m, f, &o, &rep, &err);
                 if (st2 == CKPT_OK)
                     fail_msg("hostile view %d loaded", k);
@@ -2211,19 +2211,19 @@ static void test_hostile_keys(void **state)
     longkey[5000] = '\0';
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, longkey, tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+    put(t, sd, longkey, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
     char name[32];
     for (int i = 0; i < 300; i++) {
         snprintf(name, sizeof(name), "extra.%d", i);
-        put(t, sd, name, tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+        put(t, sd, name, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
     }
-    put(t, sd, "a\"b", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+    put(t, sd, "a\"b", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
     ckpt_file *f = save_open(t, sd, "keys.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Net");
     float w[1] = {-777.0f};
-    add(m, "w", CKPT_FLOAT32, 1, s1, w, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
@@ -2275,8 +2275,8 @@ static void test_safetensors_source(void **state)
     assert_int_equal(ckpt_open_memory(b.p, b.len, NULL, &f, &err), CKPT_OK);
     static const int64_t s22[2] = {2, 2}, s2[1] = {2};
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 2, s22, NULL, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s2, NULL, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 2, s22, NULL, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s2, NULL, 0);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
@@ -2304,19 +2304,19 @@ static void test_later_load_flags(void **state)
     fill_seq(fa2, 4, -5.0f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s4, fa));
-    put(t, sd, "b", tensor_of(t, CKPT_FLOAT32, 1, s4, fb));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s4, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s4, fb));
     ckpt_file *f1 = save_open(t, sd, "flags1.pth");
     ckpt_tree_free(t);
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s4, fa2));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s4, fa2));
     ckpt_file *f2 = save_open(t, sd, "flags2.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s4, NULL, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s4, NULL, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s4, NULL, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s4, NULL, 0);
     void *a_own = ckpt_model_data(m, 0), *b_own = ckpt_model_data(m, 1);
     ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
@@ -2359,13 +2359,13 @@ static void test_nul_in_key(void **state)
     ckpt_value *sd = ckpt_new_ordered_dict(t);
     ckpt_value *key = ckpt_new_str(t, "w\0junk", 6);
     assert_non_null(key);
-    assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_FLOAT32, 1, s1, one)), CKPT_OK);
+    assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one)), CKPT_OK);
     ckpt_file *f = save_open(t, sd, "nulkey.pth");
     ckpt_tree_free(t);
 
     float w[1] = {-777.0f};
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 1, s1, w, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
@@ -2399,7 +2399,7 @@ static void test_long_non_string_keys(void **state)
     char *expect[2];
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 1, s1, one));
+    put(t, sd, "w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one));
     for (int k = 0; k < 2; k++) {
         /* the key (1, 'kkk...ka') and (1, 'kkk...kb') */
         text[k] = malloc(LONG + 1);
@@ -2413,7 +2413,7 @@ static void test_long_non_string_keys(void **state)
         assert_non_null(key);
         assert_int_equal(ckpt_append(t, key, ckpt_new_int(t, 1)), CKPT_OK);
         assert_int_equal(ckpt_append(t, key, ckpt_new_str(t, text[k], SIZE_MAX)), CKPT_OK);
-        assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_FLOAT32, 1, s1, one)),
+        assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one)),
                          CKPT_OK);
     }
     ckpt_file *f = save_open(t, sd, "longkeys.pth");
@@ -2422,7 +2422,7 @@ static void test_long_non_string_keys(void **state)
 
     float w[1] = {-777.0f};
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 1, s1, w, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
@@ -2470,9 +2470,9 @@ static void test_check_only(void **state)
         fb[i] = bf16_bits((float)i + 0.5f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "a", tensor_of(t, CKPT_FLOAT32, 1, s2, fa));
-    put(t, sd, "b", tensor_of(t, CKPT_BFLOAT16, 1, s3, fb));
-    put(t, sd, "x", tensor_of(t, CKPT_FLOAT32, 1, s1, fx));
+    put(t, sd, "a", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fa));
+    put(t, sd, "b", tensor_of(t, CKPT_DTYPE_BFLOAT16, 1, s3, fb));
+    put(t, sd, "x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, fx));
     ckpt_file *f = save_open(t, sd, "check.pth");
     ckpt_tree_free(t);
     ckpt_error err;
@@ -2480,9 +2480,9 @@ static void test_check_only(void **state)
 
     /* a description only: no memory */
     ckpt_model *d = new_model("Net");
-    add(d, "a", CKPT_FLOAT32, 1, s2, NULL, CKPT_PARAM_NO_DATA);
-    add(d, "b", CKPT_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
-    add(d, "c", CKPT_FLOAT32, 1, s4, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "a", CKPT_DTYPE_FLOAT32, 1, s2, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "b", CKPT_DTYPE_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "c", CKPT_DTYPE_FLOAT32, 1, s4, NULL, CKPT_PARAM_NO_DATA);
     for (size_t i = 0; i < 3; i++) {
         ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(d, i, &info));
@@ -2542,8 +2542,8 @@ static void test_check_only(void **state)
 
     /* a size mismatch is found without the bytes */
     d = new_model("Net");
-    add(d, "a", CKPT_FLOAT32, 1, s5, NULL, CKPT_PARAM_NO_DATA);
-    add(d, "b", CKPT_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "a", CKPT_DTYPE_FLOAT32, 1, s5, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "b", CKPT_DTYPE_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
     o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT);
     assert_int_equal(ckpt_model_load(d, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.error_count, 1);
@@ -2558,10 +2558,10 @@ static void test_check_only(void **state)
     fill_sentinel(b, 3);
     fill_sentinel(c, 4);
     ckpt_model *m = new_model("Net");
-    add(m, "a", CKPT_FLOAT32, 1, s2, a, 0);
-    add(m, "b", CKPT_FLOAT32, 1, s3, b, 0);
-    add(m, "c", CKPT_FLOAT32, 1, s4, c, 0);
-    add(m, "own", CKPT_FLOAT32, 1, s1, NULL, 0);
+    add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
+    add(m, "b", CKPT_DTYPE_FLOAT32, 1, s3, b, 0);
+    add(m, "c", CKPT_DTYPE_FLOAT32, 1, s4, c, 0);
+    add(m, "own", CKPT_DTYPE_FLOAT32, 1, s1, NULL, 0);
     int calls = 0;
     o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT | CKPT_LOAD_ZERO_COPY);
     o.place = never_place;
@@ -2622,7 +2622,7 @@ static void test_check_only_reads_nothing(void **state)
     float w[12];
     fill_sentinel(w, 12);
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 2, s43, w, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, w, 0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_load_options o = load_options(CKPT_LOAD_CHECK_ONLY);
     load_ok(m, f, &o, &rep);
@@ -2635,7 +2635,7 @@ static void test_check_only_reads_nothing(void **state)
     ckpt_model_free(m);
 
     ckpt_model *d = new_model("Net");
-    add(d, "w", CKPT_FLOAT32, 2, s43, NULL, CKPT_PARAM_NO_DATA);
+    add(d, "w", CKPT_DTYPE_FLOAT32, 2, s43, NULL, CKPT_PARAM_NO_DATA);
     o = load_options(CKPT_LOAD_CHECK_ONLY);
     load_ok(d, f, &o, &rep);
     assert_int_equal(rep.loaded, 1);
@@ -2707,7 +2707,7 @@ static void test_many_modules(void **state)
     for (int i = 0; i < N; i++) {
         vals[i] = (float)i;
         snprintf(name, sizeof(name), "m%d.w", i);
-        put(t, sd, name, tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[i]));
+        put(t, sd, name, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, &vals[i]));
     }
     ckpt_file *f = save_open(t, sd, "many.pth");
     ckpt_tree_free(t);
@@ -2717,17 +2717,17 @@ static void test_many_modules(void **state)
         if (i == 7)
             continue;
         snprintf(name, sizeof(name), "m%d.w", i);
-        put(t, sd, name, tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[i]));
+        put(t, sd, name, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, &vals[i]));
     }
-    put(t, sd, "m5.x", tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[0]));
-    put(t, sd, "zz", tensor_of(t, CKPT_FLOAT32, 1, s1, &vals[0]));
+    put(t, sd, "m5.x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, &vals[0]));
+    put(t, sd, "zz", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, &vals[0]));
     ckpt_file *f2 = save_open(t, sd, "many2.pth");
     ckpt_tree_free(t);
 
     ckpt_model *m = new_model("Big");
     for (int i = 0; i < N; i++) {
         snprintf(name, sizeof(name), "m%d.w", i);
-        add(m, name, CKPT_FLOAT32, 1, s1, NULL, 0);
+        add(m, name, CKPT_DTYPE_FLOAT32, 1, s1, NULL, 0);
     }
     ckpt_load_options o = load_options(0);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
@@ -2765,16 +2765,16 @@ static void test_extra_state_parameter(void **state)
     static const float fe[2] = {4.0f, 5.0f}, fw[2] = {6.0f, 7.0f};
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "_extra_state", tensor_of(t, CKPT_FLOAT32, 1, s2, fe));
-    put(t, sd, "net._extra_state", tensor_of(t, CKPT_FLOAT32, 1, s2, fw));
+    put(t, sd, "_extra_state", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fe));
+    put(t, sd, "net._extra_state", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fw));
     ckpt_file *f = save_open(t, sd, "extra_param.pth");
     ckpt_tree_free(t);
     float e[2], w[2];
     fill_sentinel(e, 2);
     fill_sentinel(w, 2);
     ckpt_model *m = new_model("Net");
-    add(m, "_extra_state", CKPT_FLOAT32, 1, s2, e, 0);
-    add(m, "net._extra_state", CKPT_FLOAT32, 1, s2, w, 0);
+    add(m, "_extra_state", CKPT_DTYPE_FLOAT32, 1, s2, e, 0);
+    add(m, "net._extra_state", CKPT_DTYPE_FLOAT32, 1, s2, w, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
     ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
@@ -2806,11 +2806,11 @@ static void test_modules_extra_state_and_values(void **state)
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *root = ckpt_new_dict(t);
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "0.weight", tensor_of(t, CKPT_FLOAT32, 1, s2, a));
-    put(t, sd, "1.x", tensor_of(t, CKPT_FLOAT32, 1, s2, b));       /* under the ReLU */
-    put(t, sd, "0.y", tensor_of(t, CKPT_FLOAT32, 1, s2, b));
-    put(t, sd, "1", tensor_of(t, CKPT_FLOAT32, 1, s2, b));         /* names the ReLU */
-    put(t, sd, "2.weight", tensor_of(t, CKPT_FLOAT32, 1, s2, b));
+    put(t, sd, "0.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, a));
+    put(t, sd, "1.x", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, b));       /* under the ReLU */
+    put(t, sd, "0.y", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, b));
+    put(t, sd, "1", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, b));         /* names the ReLU */
+    put(t, sd, "2.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, b));
     put(t, sd, "2._extra_state", ckpt_new_str(t, "anything", 8)); /* any value */
     ckpt_value *list = ckpt_new_list(t);
     ckpt_append(t, list, sd);
@@ -2820,11 +2820,11 @@ static void test_modules_extra_state_and_values(void **state)
 
     float w0[2], w2[2];
     ckpt_model *m = new_model("Sequential");
-    add(m, "0.weight", CKPT_FLOAT32, 1, s2, w0, 0);
+    add(m, "0.weight", CKPT_DTYPE_FLOAT32, 1, s2, w0, 0);
     ckpt_error err;
     assert_int_equal(ckpt_model_add_module(m, "1", &err), CKPT_OK);
-    add(m, "2.weight", CKPT_FLOAT32, 1, s2, w2, 0);
-    size_t xi = add(m, "2._extra_state", CKPT_FLOAT32, 0, NULL, NULL, CKPT_PARAM_EXTRA_STATE);
+    add(m, "2.weight", CKPT_DTYPE_FLOAT32, 1, s2, w2, 0);
+    size_t xi = add(m, "2._extra_state", CKPT_DTYPE_FLOAT32, 0, NULL, NULL, CKPT_PARAM_EXTRA_STATE);
     /* the state dict as a value the caller found (a list item: no key path) */
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
     o.state_dict = ckpt_value_item(ckpt_value_get(ckpt_file_root(f), "models"), 0);
@@ -2850,8 +2850,8 @@ static void test_modules_extra_state_and_values(void **state)
     ckpt_tree_free(t);
     /* without the ReLU declared, "1" and "1.x" are unexpected at the root */
     ckpt_model *m2 = new_model("Sequential");
-    add(m2, "0.weight", CKPT_FLOAT32, 1, s2, NULL, 0);
-    add(m2, "2.weight", CKPT_FLOAT32, 1, s2, NULL, 0);
+    add(m2, "0.weight", CKPT_DTYPE_FLOAT32, 1, s2, NULL, 0);
+    add(m2, "2.weight", CKPT_DTYPE_FLOAT32, 1, s2, NULL, 0);
     load_ok(m2, f, &o, &rep);
     assert_int_equal(rep.unexpected_count, 4);
     assert_string_equal(rep.unexpected[0], "1.x");
@@ -2860,15 +2860,15 @@ static void test_modules_extra_state_and_values(void **state)
     /* extra state missing: reported, as PyTorch reports it */
     t = ckpt_tree_new();
     sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "0.weight", tensor_of(t, CKPT_FLOAT32, 1, s2, a));
-    put(t, sd, "2.weight", tensor_of(t, CKPT_FLOAT32, 1, s2, b));
+    put(t, sd, "0.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, a));
+    put(t, sd, "2.weight", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, b));
     ckpt_file *g = save_open(t, sd, "no_extra.pth");
     ckpt_tree_free(t);
     assert_int_equal(ckpt_model_load(m, g, NULL, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.missing_count, 1);
     assert_string_equal(rep.missing[0], "2._extra_state");
     /* a bad extra-state name */
-    assert_int_equal(ckpt_model_add(m, "2.state", CKPT_FLOAT32, 0, NULL, NULL,
+    assert_int_equal(ckpt_model_add(m, "2.state", CKPT_DTYPE_FLOAT32, 0, NULL, NULL,
                                     CKPT_PARAM_EXTRA_STATE, NULL, &err),
                      CKPT_ERR_INVALID_ARG);
     ckpt_close(g);
@@ -2885,14 +2885,14 @@ static void test_adamw_after_model_grows(void **state)
     (void)state;
     static const int64_t s23[2] = {2, 3}, s4[1] = {4}, s1[1] = {1};
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 2, s23, NULL, 0);
-    add(m, "v", CKPT_FLOAT32, 1, s4, NULL, 0);
+    add(m, "w", CKPT_DTYPE_FLOAT32, 2, s23, NULL, 0);
+    add(m, "v", CKPT_DTYPE_FLOAT32, 1, s4, NULL, 0);
     ckpt_adamw_options hp = test_hp();
     ckpt_adamw *o = adamw(m, &hp);
     char name[32];
     for (int i = 0; i < 50; i++) {
         snprintf(name, sizeof(name), "late.%d.weight", i);
-        add(m, name, CKPT_FLOAT32, 1, s1, NULL, 0);
+        add(m, name, CKPT_DTYPE_FLOAT32, 1, s1, NULL, 0);
     }
     float gw[6], gv[4];
     fill_seq(gw, 6, 0.5f);
@@ -2938,15 +2938,15 @@ static void test_adamw_refused_step_no_state(void **state)
     fill_seq(fv, 2, 3.0f);
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *sd = ckpt_new_ordered_dict(t);
-    put(t, sd, "w", tensor_of(t, CKPT_FLOAT32, 1, s4, fw));
-    put(t, sd, "v", tensor_of(t, CKPT_FLOAT32, 1, s2, fv));
+    put(t, sd, "w", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s4, fw));
+    put(t, sd, "v", tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s2, fv));
     ckpt_file *f = save_open(t, sd, "refused.pth");
     ckpt_tree_free(t);
 
     float w[4];
     ckpt_model *m = new_model("Net");
-    add(m, "w", CKPT_FLOAT32, 1, s4, w, 0);  /* the caller's memory: copied */
-    add(m, "v", CKPT_FLOAT32, 1, s2, NULL, 0); /* the model's: borrowed */
+    add(m, "w", CKPT_DTYPE_FLOAT32, 1, s4, w, 0);  /* the caller's memory: copied */
+    add(m, "v", CKPT_DTYPE_FLOAT32, 1, s2, NULL, 0); /* the model's: borrowed */
     ckpt_adamw_options hp = test_hp();
     ckpt_adamw *o = adamw(m, &hp);
     ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);

@@ -68,18 +68,18 @@ static ckpt_status fake_load(void *user, ckpt__pickle_ctx *ctx, const ckpt_value
     (void)user;
     g_pl_calls++;
     g_last_pid = pid;
-    ckpt_dtype dtype = CKPT_FLOAT32;
+    ckpt_dtype dtype = CKPT_DTYPE_FLOAT32;
     uint64_t numel = 6;
     bool untyped = false;
     const char *key = "0";
-    if (pid->kind == CKPT_TUPLE && pid->u.seq.len >= 5) {
+    if (pid->kind == CKPT_KIND_TUPLE && pid->u.seq.len >= 5) {
         ckpt_dtype d = ckpt__storage_type_dtype(pid->u.seq.items[1], &untyped);
         if (d == CKPT_DTYPE_INVALID)
             return ckpt__fail(err, CKPT_ERR_FORMAT, ctx->record, offset, "not a storage class");
         dtype = d;
-        if (pid->u.seq.items[2]->kind == CKPT_STR)
+        if (pid->u.seq.items[2]->kind == CKPT_KIND_STR)
             key = pid->u.seq.items[2]->u.s.ptr;
-        if (pid->u.seq.items[4]->kind == CKPT_INT && pid->u.seq.items[4]->u.i >= 0)
+        if (pid->u.seq.items[4]->kind == CKPT_KIND_INT && pid->u.seq.items[4]->u.i >= 0)
             numel = (uint64_t)pid->u.seq.items[4]->u.i;
     }
     ckpt__storage *s = ckpt__arena_alloc(ctx->arena, sizeof(*s));
@@ -229,34 +229,34 @@ static void repr_at(sbuf *b, const ckpt_value *v, const ckpt_value **path, int d
     assert_true(depth < 64);
     path[depth] = v;
     switch (v->kind) {
-    case CKPT_NONE: sb_printf(b, "None"); break;
-    case CKPT_BOOLEAN: sb_printf(b, "%s", v->u.b ? "True" : "False"); break;
-    case CKPT_INT: sb_printf(b, "%lld", (long long)v->u.i); break;
-    case CKPT_BIGINT:
+    case CKPT_KIND_NONE: sb_printf(b, "None"); break;
+    case CKPT_KIND_BOOL: sb_printf(b, "%s", v->u.b ? "True" : "False"); break;
+    case CKPT_KIND_INT: sb_printf(b, "%lld", (long long)v->u.i); break;
+    case CKPT_KIND_BIGINT:
         sb_printf(b, "big(");
         for (size_t i = 0; i < v->u.s.len; i++)
             sb_printf(b, "%02x", (unsigned char)v->u.s.ptr[i]);
         sb_printf(b, ")");
         break;
-    case CKPT_FLOAT: sb_printf(b, "%.17g", v->u.f); break;
-    case CKPT_COMPLEX: sb_printf(b, "c(%.17g,%.17g)", v->u.c.re, v->u.c.im); break;
-    case CKPT_STR:
+    case CKPT_KIND_FLOAT: sb_printf(b, "%.17g", v->u.f); break;
+    case CKPT_KIND_COMPLEX: sb_printf(b, "c(%.17g,%.17g)", v->u.c.re, v->u.c.im); break;
+    case CKPT_KIND_STR:
         sb_put(b, "'", 1);
         sb_escaped(b, v->u.s.ptr, v->u.s.len);
         sb_put(b, "'", 1);
         break;
-    case CKPT_BYTES:
+    case CKPT_KIND_BYTES:
         sb_put(b, "b'", 2);
         sb_escaped(b, v->u.s.ptr, v->u.s.len);
         sb_put(b, "'", 1);
         break;
-    case CKPT_LIST: repr_items(b, v, path, depth, "[", "]"); break;
-    case CKPT_TUPLE: repr_items(b, v, path, depth, "(", ")"); break;
-    case CKPT_SET: repr_items(b, v, path, depth, "set{", "}"); break;
-    case CKPT_SIZE: repr_items(b, v, path, depth, "Size(", ")"); break;
-    case CKPT_DICT:
-    case CKPT_ORDERED_DICT:
-        sb_printf(b, "%s{", v->kind == CKPT_ORDERED_DICT ? "odict" : "");
+    case CKPT_KIND_LIST: repr_items(b, v, path, depth, "[", "]"); break;
+    case CKPT_KIND_TUPLE: repr_items(b, v, path, depth, "(", ")"); break;
+    case CKPT_KIND_SET: repr_items(b, v, path, depth, "set{", "}"); break;
+    case CKPT_KIND_SIZE: repr_items(b, v, path, depth, "Size(", ")"); break;
+    case CKPT_KIND_DICT:
+    case CKPT_KIND_ORDERED_DICT:
+        sb_printf(b, "%s{", v->kind == CKPT_KIND_ORDERED_DICT ? "odict" : "");
         for (size_t i = 0; i < v->u.dict.len; i++) {
             if (i)
                 sb_put(b, ", ", 2);
@@ -270,10 +270,10 @@ static void repr_at(sbuf *b, const ckpt_value *v, const ckpt_value **path, int d
             repr_at(b, v->u.dict.state, path, depth + 1);
         }
         break;
-    case CKPT_DEVICE: sb_printf(b, "device(%s)", v->u.s.ptr); break;
-    case CKPT_DTYPE: sb_printf(b, "dtype(%s)", ckpt_dtype_name(v->u.dtype)); break;
-    case CKPT_GLOBAL: sb_printf(b, "global(%s)", v->u.s.ptr); break;
-    case CKPT_TENSOR: {
+    case CKPT_KIND_DEVICE: sb_printf(b, "device(%s)", v->u.s.ptr); break;
+    case CKPT_KIND_DTYPE: sb_printf(b, "dtype(%s)", ckpt_dtype_name(v->u.dtype)); break;
+    case CKPT_KIND_GLOBAL: sb_printf(b, "global(%s)", v->u.s.ptr); break;
+    case CKPT_KIND_TENSOR: {
         const ckpt_tensor *t = v->u.tensor.t;
         sb_printf(b, "tensor(%s, [", ckpt_dtype_name(t->dtype));
         for (uint32_t i = 0; i < t->ndim; i++)
@@ -409,7 +409,7 @@ static void check_values_tree(const ckpt_value *root)
     const ckpt_value *shared = get(root, "shared");
     assert_ptr_equal(ckpt_value_item(shared, 0), ckpt_value_item(shared, 1));
     const ckpt_value *rec = get(root, "recursive");
-    assert_int_equal(ckpt_value_kind(rec), CKPT_LIST);
+    assert_int_equal(ckpt_value_kind(rec), CKPT_KIND_LIST);
     assert_ptr_equal(ckpt_value_item(rec, 1), rec);
 
     /* accessors */
@@ -417,7 +417,7 @@ static void check_values_tree(const ckpt_value *root)
     assert_int_equal(ckpt_value_len(ints), 19);
     assert_int_equal(ckpt_value_int(ckpt_value_item(ints, 11)), INT64_MAX);
     assert_int_equal(ckpt_value_int(ckpt_value_item(ints, 12)), INT64_MIN);
-    assert_int_equal(ckpt_value_kind(ckpt_value_item(ints, 13)), CKPT_BIGINT);
+    assert_int_equal(ckpt_value_kind(ckpt_value_item(ints, 13)), CKPT_KIND_BIGINT);
     size_t len;
     const char *big = ckpt_value_str(ckpt_value_item(ints, 13), &len);
     assert_int_equal(len, 9);
@@ -429,7 +429,7 @@ static void check_values_tree(const ckpt_value *root)
     assert_true(ckpt_value_float(ckpt_value_item(floats, 6)) == 5e-324);
 
     const ckpt_value *odict = get(root, "odict");
-    assert_int_equal(ckpt_value_kind(odict), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(odict), CKPT_KIND_ORDERED_DICT);
     const ckpt_value *meta = get(ckpt_value_state(odict), "_metadata");
     assert_int_equal(ckpt_value_int(get(get(meta, "fc"), "version")), 2);
 
@@ -539,7 +539,7 @@ static void test_protocol0_text(void **state)
     big[4301] = '\n';
     big[4302] = '.';
     ckpt_value *b = ok_ex(big, 4303, NULL);
-    assert_int_equal(b->kind, CKPT_BIGINT);
+    assert_int_equal(b->kind, CKPT_KIND_BIGINT);
     assert_true(b->u.s.len > 1700 && b->u.s.len < 1800);
 }
 
@@ -556,7 +556,7 @@ static void test_ints(void **state)
                    "big(000000000000008000), -9223372036854775808, 197121, 0]");
     /* the legacy torch magic number: a 10-byte LONG1 */
     v = OK("\x80\x02\x8a\x0al\xfc\x9c" "F\xf9 j\xa8P\x19.");
-    assert_int_equal(ckpt_value_kind(v), CKPT_BIGINT);
+    assert_int_equal(ckpt_value_kind(v), CKPT_KIND_BIGINT);
     assert_repr(v, "big(6cfc9c46f9206aa85019)");
     FAILS("\x80\x02\x8b\xff\xff\xff\xff.", CKPT_ERR_FORMAT, 2, "LONG4: negative byte count");
     FAILS("\x80\x02\x8a\x05\x01\x02.", CKPT_ERR_FORMAT, 2, "LONG1: length 5 runs past the end");
@@ -571,7 +571,7 @@ static void test_floats(void **state)
                        "G\x7f\xf0\x00\x00\x00\x00\x00\x00"
                        "G\x00\x00\x00\x00\x00\x00\x00\x01" "l.");
     assert_repr(v, "[1.5, -0, inf, 4.9406564584124654e-324]");
-    assert_int_equal(ckpt_value_kind(ckpt_value_item(v, 0)), CKPT_FLOAT);
+    assert_int_equal(ckpt_value_kind(ckpt_value_item(v, 0)), CKPT_KIND_FLOAT);
 }
 
 static void test_strings_and_bytes(void **state)
@@ -585,7 +585,7 @@ static void test_strings_and_bytes(void **state)
                        "\x96\x01\x00\x00\x00\x00\x00\x00\x00" "q" "l.");
     assert_repr(v, "['abc', '\\xed\\xa0\\x80', '\\xc3\\xa9', '\\xc3\\xa9', '\\xc3\\xa9', 'z', "
                    "b'\\x00\\xff', b'b', b'', b'q']");
-    assert_int_equal(ckpt_value_kind(ckpt_value_item(v, 9)), CKPT_BYTES);
+    assert_int_equal(ckpt_value_kind(ckpt_value_item(v, 9)), CKPT_KIND_BYTES);
     FAILS("\x80\x04\x8c\x02\xc3(.", CKPT_ERR_FORMAT, 2,
           "SHORT_BINUNICODE: invalid UTF-8 at byte 0");
     FAILS("\x80\x04\x8c\x02\xc0\x80.", CKPT_ERR_FORMAT, 2, "invalid UTF-8"); /* overlong */
@@ -794,7 +794,7 @@ static void test_persistent_ids(void **state)
     FAILS("\x80\x02K\x01Q.", CKPT_ERR_FORMAT, 4, "BINPERSID: persistent id in a plain pickle");
     ckpt_value *v = OKP("Pabc\n.");
     assert_int_equal(v->kind, CKPT__KIND_STORAGE);
-    assert_int_equal(ckpt_value_kind(v), CKPT_NONE); /* internal kinds never leak */
+    assert_int_equal(ckpt_value_kind(v), CKPT_KIND_NONE); /* internal kinds never leak */
     assert_repr(g_last_pid, "'abc'");
     FAILSP("P\xe9\n.", CKPT_ERR_FORMAT, 0, "not ASCII");
     /* the callback's own error comes through */
@@ -817,43 +817,43 @@ static void test_globals(void **state)
 {
     (void)state;
     static const struct { const char *name; ckpt_dtype dtype; } dtypes[] = {
-        {"float64", CKPT_FLOAT64}, {"double", CKPT_FLOAT64}, {"float32", CKPT_FLOAT32},
-        {"float", CKPT_FLOAT32}, {"float16", CKPT_FLOAT16}, {"half", CKPT_FLOAT16},
-        {"bfloat16", CKPT_BFLOAT16}, {"complex128", CKPT_COMPLEX128}, {"cdouble", CKPT_COMPLEX128},
-        {"complex64", CKPT_COMPLEX64}, {"cfloat", CKPT_COMPLEX64}, {"complex32", CKPT_COMPLEX32},
-        {"chalf", CKPT_COMPLEX32}, {"int64", CKPT_INT64}, {"long", CKPT_INT64},
-        {"int32", CKPT_INT32}, {"int", CKPT_INT32}, {"int16", CKPT_INT16}, {"short", CKPT_INT16},
-        {"int8", CKPT_INT8}, {"uint8", CKPT_UINT8}, {"uint16", CKPT_UINT16},
-        {"uint32", CKPT_UINT32}, {"uint64", CKPT_UINT64}, {"bool", CKPT_BOOL},
-        {"float8_e5m2", CKPT_FLOAT8_E5M2}, {"float8_e4m3fn", CKPT_FLOAT8_E4M3FN},
-        {"float8_e5m2fnuz", CKPT_FLOAT8_E5M2FNUZ}, {"float8_e4m3fnuz", CKPT_FLOAT8_E4M3FNUZ},
-        {"float8_e8m0fnu", CKPT_FLOAT8_E8M0FNU}, {"qint8", CKPT_QINT8}, {"quint8", CKPT_QUINT8},
-        {"qint32", CKPT_QINT32}, {"quint4x2", CKPT_QUINT4X2}, {"quint2x4", CKPT_QUINT2X4},
-        {"bits8", CKPT_BITS8}, {"bits16", CKPT_BITS16}, {"bits1x8", CKPT_BITS1X8},
-        {"bits2x4", CKPT_BITS2X4}, {"bits4x2", CKPT_BITS4X2},
-        {"float4_e2m1fn_x2", CKPT_FLOAT4_E2M1FN_X2},
+        {"float64", CKPT_DTYPE_FLOAT64}, {"double", CKPT_DTYPE_FLOAT64}, {"float32", CKPT_DTYPE_FLOAT32},
+        {"float", CKPT_DTYPE_FLOAT32}, {"float16", CKPT_DTYPE_FLOAT16}, {"half", CKPT_DTYPE_FLOAT16},
+        {"bfloat16", CKPT_DTYPE_BFLOAT16}, {"complex128", CKPT_DTYPE_COMPLEX128}, {"cdouble", CKPT_DTYPE_COMPLEX128},
+        {"complex64", CKPT_DTYPE_COMPLEX64}, {"cfloat", CKPT_DTYPE_COMPLEX64}, {"complex32", CKPT_DTYPE_COMPLEX32},
+        {"chalf", CKPT_DTYPE_COMPLEX32}, {"int64", CKPT_DTYPE_INT64}, {"long", CKPT_DTYPE_INT64},
+        {"int32", CKPT_DTYPE_INT32}, {"int", CKPT_DTYPE_INT32}, {"int16", CKPT_DTYPE_INT16}, {"short", CKPT_DTYPE_INT16},
+        {"int8", CKPT_DTYPE_INT8}, {"uint8", CKPT_DTYPE_UINT8}, {"uint16", CKPT_DTYPE_UINT16},
+        {"uint32", CKPT_DTYPE_UINT32}, {"uint64", CKPT_DTYPE_UINT64}, {"bool", CKPT_DTYPE_BOOL},
+        {"float8_e5m2", CKPT_DTYPE_FLOAT8_E5M2}, {"float8_e4m3fn", CKPT_DTYPE_FLOAT8_E4M3FN},
+        {"float8_e5m2fnuz", CKPT_DTYPE_FLOAT8_E5M2FNUZ}, {"float8_e4m3fnuz", CKPT_DTYPE_FLOAT8_E4M3FNUZ},
+        {"float8_e8m0fnu", CKPT_DTYPE_FLOAT8_E8M0FNU}, {"qint8", CKPT_DTYPE_QINT8}, {"quint8", CKPT_DTYPE_QUINT8},
+        {"qint32", CKPT_DTYPE_QINT32}, {"quint4x2", CKPT_DTYPE_QUINT4X2}, {"quint2x4", CKPT_DTYPE_QUINT2X4},
+        {"bits8", CKPT_DTYPE_BITS8}, {"bits16", CKPT_DTYPE_BITS16}, {"bits1x8", CKPT_DTYPE_BITS1X8},
+        {"bits2x4", CKPT_DTYPE_BITS2X4}, {"bits4x2", CKPT_DTYPE_BITS4X2},
+        {"float4_e2m1fn_x2", CKPT_DTYPE_FLOAT4_E2M1FN_X2},
     };
     for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++) {
         ckpt_value *v = global("torch", dtypes[i].name);
-        assert_int_equal(ckpt_value_kind(v), CKPT_DTYPE);
+        assert_int_equal(ckpt_value_kind(v), CKPT_KIND_DTYPE);
         assert_int_equal(ckpt_value_dtype(v), dtypes[i].dtype);
         assert_string_equal(ckpt_value_str(v, NULL), ckpt_dtype_name(dtypes[i].dtype));
     }
     static const struct { const char *name; ckpt_dtype dtype; } storages[] = {
-        {"DoubleStorage", CKPT_FLOAT64}, {"FloatStorage", CKPT_FLOAT32},
-        {"HalfStorage", CKPT_FLOAT16}, {"BFloat16Storage", CKPT_BFLOAT16},
-        {"LongStorage", CKPT_INT64}, {"IntStorage", CKPT_INT32}, {"ShortStorage", CKPT_INT16},
-        {"CharStorage", CKPT_INT8}, {"ByteStorage", CKPT_UINT8}, {"BoolStorage", CKPT_BOOL},
-        {"ComplexDoubleStorage", CKPT_COMPLEX128}, {"ComplexFloatStorage", CKPT_COMPLEX64},
-        {"QInt8Storage", CKPT_QINT8}, {"QInt32Storage", CKPT_QINT32},
-        {"QUInt8Storage", CKPT_QUINT8}, {"QUInt4x2Storage", CKPT_QUINT4X2},
-        {"QUInt2x4Storage", CKPT_QUINT2X4},
+        {"DoubleStorage", CKPT_DTYPE_FLOAT64}, {"FloatStorage", CKPT_DTYPE_FLOAT32},
+        {"HalfStorage", CKPT_DTYPE_FLOAT16}, {"BFloat16Storage", CKPT_DTYPE_BFLOAT16},
+        {"LongStorage", CKPT_DTYPE_INT64}, {"IntStorage", CKPT_DTYPE_INT32}, {"ShortStorage", CKPT_DTYPE_INT16},
+        {"CharStorage", CKPT_DTYPE_INT8}, {"ByteStorage", CKPT_DTYPE_UINT8}, {"BoolStorage", CKPT_DTYPE_BOOL},
+        {"ComplexDoubleStorage", CKPT_DTYPE_COMPLEX128}, {"ComplexFloatStorage", CKPT_DTYPE_COMPLEX64},
+        {"QInt8Storage", CKPT_DTYPE_QINT8}, {"QInt32Storage", CKPT_DTYPE_QINT32},
+        {"QUInt8Storage", CKPT_DTYPE_QUINT8}, {"QUInt4x2Storage", CKPT_DTYPE_QUINT4X2},
+        {"QUInt2x4Storage", CKPT_DTYPE_QUINT2X4},
     };
     for (size_t i = 0; i < sizeof(storages) / sizeof(storages[0]); i++) {
         for (int cuda = 0; cuda < 2; cuda++) {
             ckpt_value *v = global(cuda ? "torch.cuda" : "torch", storages[i].name);
             bool untyped = true;
-            assert_int_equal(ckpt_value_kind(v), CKPT_GLOBAL);
+            assert_int_equal(ckpt_value_kind(v), CKPT_KIND_GLOBAL);
             assert_int_equal(ckpt__storage_type_dtype(v, &untyped), storages[i].dtype);
             assert_false(untyped);
             char full[64];
@@ -863,11 +863,11 @@ static void test_globals(void **state)
     }
     bool untyped = false;
     assert_int_equal(ckpt__storage_type_dtype(global("torch", "UntypedStorage"), &untyped),
-                     CKPT_UINT8);
+                     CKPT_DTYPE_UINT8);
     assert_true(untyped);
     untyped = false;
     assert_int_equal(ckpt__storage_type_dtype(global("torch.storage", "UntypedStorage"), &untyped),
-                     CKPT_UINT8);
+                     CKPT_DTYPE_UINT8);
     assert_true(untyped);
     assert_int_equal(ckpt__storage_type_dtype(global("torch", "Size"), &untyped),
                      CKPT_DTYPE_INVALID);
@@ -890,7 +890,7 @@ static void test_globals(void **state)
         "_rebuild_device_tensor_from_cpu_tensor", "_rebuild_nested_tensor",
     };
     for (size_t i = 0; i < sizeof(utils) / sizeof(utils[0]); i++)
-        assert_int_equal(ckpt_value_kind(global("torch._utils", utils[i])), CKPT_GLOBAL);
+        assert_int_equal(ckpt_value_kind(global("torch._utils", utils[i])), CKPT_KIND_GLOBAL);
     assert_repr(global("torch._tensor", "_rebuild_from_type_v2"),
                 "global(torch._tensor._rebuild_from_type_v2)");
     assert_repr(global("collections", "OrderedDict"), "global(collections.OrderedDict)");
@@ -902,7 +902,7 @@ static void test_globals(void **state)
     assert_repr(global("__builtin__", "set"), "global(builtins.set)");
     static const char *const builtins[] = {"bytearray", "bytes", "set", "frozenset", "complex"};
     for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
-        assert_int_equal(ckpt_value_kind(global("builtins", builtins[i])), CKPT_GLOBAL);
+        assert_int_equal(ckpt_value_kind(global("builtins", builtins[i])), CKPT_KIND_GLOBAL);
     /* STACK_GLOBAL resolves the same table */
     assert_repr(OK("\x80\x04\x8c\x05torch\x8c\x07" "float16\x93."), "dtype(float16)");
 }
@@ -1161,13 +1161,13 @@ static void test_tensors(void **state)
         /* torch.__version__ is a str subclass: its text */
         ckpt_value *ver = OK("\x80\x02" "ctorch.torch_version\nTorchVersion\n"
                              "X\x04\x00\x00\x00" "1.13" "\x85\x81.");
-        assert_int_equal(ver->kind, CKPT_STR);
+        assert_int_equal(ver->kind, CKPT_KIND_STR);
         assert_string_equal(ver->u.s.ptr, "1.13");
     }
     {
         /* legacy tensor types are allowed names, but never called */
         ckpt_value *tt = OK("\x80\x02" "ctorch.cuda\nFloatTensor\n.");
-        assert_int_equal(tt->kind, CKPT_GLOBAL);
+        assert_int_equal(tt->kind, CKPT_KIND_GLOBAL);
         assert_string_equal(tt->u.s.ptr, "torch.cuda.FloatTensor");
     }
     FAILSP("\x80\x02" "ctorch\nLongTensor\n)R.", CKPT_ERR_UNSUPPORTED, ANY,
@@ -1326,7 +1326,7 @@ static void test_configured_limits(void **state)
     uint8_t *big = realloc(p, n + 0x8000 + 1);
     memset(big + n, 'x', 0x8000);
     big[n + 0x8000] = '.';
-    assert_int_equal(ckpt_value_kind(ok_ex(big, n + 0x8001, NULL)), CKPT_BYTES);
+    assert_int_equal(ckpt_value_kind(ok_ex(big, n + 0x8001, NULL)), CKPT_KIND_BYTES);
     /* 32 KiB more does not fit: a limit, not out of memory */
     ckpt_value *out = NULL;
     assert_int_equal(run_ex(big, n + 0x8001, NULL, NULL, &out), CKPT_ERR_LIMIT);
@@ -1655,7 +1655,7 @@ static void test_speed(void **state)
             best = ms;
     }
     print_message("10,000-tensor state dict (%zu bytes): %.2f ms\n", b.n, best);
-    assert_int_equal(ckpt_value_kind(root), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(root), CKPT_KIND_ORDERED_DICT);
     assert_int_equal(ckpt_value_len(root), 10000);
     const ckpt_value *t = get(root, "encoder.layers.9999.attention.weight");
     assert_repr(t, "tensor(float32, [2, 3], [3, 1], off=0)");
@@ -1665,12 +1665,12 @@ static void test_speed(void **state)
     /* 100,000 entries straight into a dict */
     ckpt__arena_free(&g_arena);
     double t0 = now_ms();
-    ckpt_value *d = ckpt__value_new(&g_arena, CKPT_DICT);
+    ckpt_value *d = ckpt__value_new(&g_arena, CKPT_KIND_DICT);
     char key[32];
     for (int i = 0; i < 100000; i++) {
         int n = snprintf(key, sizeof(key), "model.layer.%d.weight", i);
-        ckpt_value *k = ckpt__value_str(&g_arena, CKPT_STR, key, (size_t)n);
-        ckpt_value *v = ckpt__value_new(&g_arena, CKPT_INT);
+        ckpt_value *k = ckpt__value_str(&g_arena, CKPT_KIND_STR, key, (size_t)n);
+        ckpt_value *v = ckpt__value_new(&g_arena, CKPT_KIND_INT);
         assert_non_null(k);
         assert_non_null(v);
         v->u.i = i;
@@ -1714,7 +1714,7 @@ static void test_arena(void **state)
 
     /* lists grow inside the arena */
     ckpt__arena_init(&a, 0);
-    ckpt_value *list = ckpt__value_new(&a, CKPT_LIST);
+    ckpt_value *list = ckpt__value_new(&a, CKPT_KIND_LIST);
     for (int i = 0; i < 100000; i++)
         assert_true(ckpt__seq_append(&a, list, list));
     assert_int_equal(ckpt_value_len(list), 100000);
@@ -1726,11 +1726,11 @@ static void test_arena(void **state)
 static ckpt_value *num(int kind, double x)
 {
     ckpt_value *v = ckpt__value_new(&g_arena, kind);
-    if (kind == CKPT_INT)
+    if (kind == CKPT_KIND_INT)
         v->u.i = (int64_t)x;
-    else if (kind == CKPT_BOOLEAN)
+    else if (kind == CKPT_KIND_BOOL)
         v->u.b = x != 0;
-    else if (kind == CKPT_FLOAT)
+    else if (kind == CKPT_KIND_FLOAT)
         v->u.f = x;
     else
         v->u.c.re = x;
@@ -1744,7 +1744,7 @@ static ckpt_value *str(int kind, const char *s)
 
 static ckpt_value *tuple2(ckpt_value *a, ckpt_value *b)
 {
-    ckpt_value *t = ckpt__value_new(&g_arena, CKPT_TUPLE);
+    ckpt_value *t = ckpt__value_new(&g_arena, CKPT_KIND_TUPLE);
     ckpt__seq_append(&g_arena, t, a);
     ckpt__seq_append(&g_arena, t, b);
     return t;
@@ -1753,50 +1753,50 @@ static ckpt_value *tuple2(ckpt_value *a, ckpt_value *b)
 static void test_value_equality(void **state)
 {
     (void)state;
-    assert_true(ckpt__value_equal(num(CKPT_INT, 1), num(CKPT_FLOAT, 1.0)));
-    assert_true(ckpt__value_equal(num(CKPT_BOOLEAN, 1), num(CKPT_INT, 1)));
-    assert_true(ckpt__value_equal(num(CKPT_COMPLEX, 2), num(CKPT_INT, 2)));
-    assert_true(ckpt__value_equal(num(CKPT_FLOAT, -0.0), num(CKPT_INT, 0)));
-    assert_false(ckpt__value_equal(num(CKPT_FLOAT, 1.5), num(CKPT_INT, 1)));
-    ckpt_value *nan = num(CKPT_FLOAT, NAN);
+    assert_true(ckpt__value_equal(num(CKPT_KIND_INT, 1), num(CKPT_KIND_FLOAT, 1.0)));
+    assert_true(ckpt__value_equal(num(CKPT_KIND_BOOL, 1), num(CKPT_KIND_INT, 1)));
+    assert_true(ckpt__value_equal(num(CKPT_KIND_COMPLEX, 2), num(CKPT_KIND_INT, 2)));
+    assert_true(ckpt__value_equal(num(CKPT_KIND_FLOAT, -0.0), num(CKPT_KIND_INT, 0)));
+    assert_false(ckpt__value_equal(num(CKPT_KIND_FLOAT, 1.5), num(CKPT_KIND_INT, 1)));
+    ckpt_value *nan = num(CKPT_KIND_FLOAT, NAN);
     assert_true(ckpt__value_equal(nan, nan)); /* identity, as Python's containers */
-    assert_false(ckpt__value_equal(nan, num(CKPT_FLOAT, NAN)));
-    ckpt_value *big = num(CKPT_INT, 0);
-    big->kind = CKPT_INT;
+    assert_false(ckpt__value_equal(nan, num(CKPT_KIND_FLOAT, NAN)));
+    ckpt_value *big = num(CKPT_KIND_INT, 0);
+    big->kind = CKPT_KIND_INT;
     big->u.i = INT64_MAX;
-    assert_false(ckpt__value_equal(big, num(CKPT_FLOAT, 9223372036854775807.0))); /* 2^63 */
-    assert_true(ckpt__value_equal(str(CKPT_STR, "a"), str(CKPT_STR, "a")));
-    assert_false(ckpt__value_equal(str(CKPT_STR, "a"), str(CKPT_BYTES, "a")));
-    assert_true(ckpt__value_equal(tuple2(num(CKPT_INT, 1), str(CKPT_STR, "x")),
-                                  tuple2(num(CKPT_FLOAT, 1.0), str(CKPT_STR, "x"))));
-    ckpt_value *l1 = ckpt__value_new(&g_arena, CKPT_LIST);
-    ckpt_value *l2 = ckpt__value_new(&g_arena, CKPT_LIST);
+    assert_false(ckpt__value_equal(big, num(CKPT_KIND_FLOAT, 9223372036854775807.0))); /* 2^63 */
+    assert_true(ckpt__value_equal(str(CKPT_KIND_STR, "a"), str(CKPT_KIND_STR, "a")));
+    assert_false(ckpt__value_equal(str(CKPT_KIND_STR, "a"), str(CKPT_KIND_BYTES, "a")));
+    assert_true(ckpt__value_equal(tuple2(num(CKPT_KIND_INT, 1), str(CKPT_KIND_STR, "x")),
+                                  tuple2(num(CKPT_KIND_FLOAT, 1.0), str(CKPT_KIND_STR, "x"))));
+    ckpt_value *l1 = ckpt__value_new(&g_arena, CKPT_KIND_LIST);
+    ckpt_value *l2 = ckpt__value_new(&g_arena, CKPT_KIND_LIST);
     assert_false(ckpt__value_equal(l1, l2));
     assert_true(ckpt__value_equal(l1, l1));
     assert_false(ckpt__value_equal(NULL, l1));
 
     /* dict keys: Python semantics, with and without the index */
     for (int size = 4; size <= 64; size *= 4) {
-        ckpt_value *d = ckpt__value_new(&g_arena, CKPT_DICT);
+        ckpt_value *d = ckpt__value_new(&g_arena, CKPT_KIND_DICT);
         for (int i = 0; i < size; i++)
-            assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_INT, i), num(CKPT_INT, i)));
-        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_FLOAT, 2.0), str(CKPT_STR, "two")));
-        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_BOOLEAN, 1), str(CKPT_STR, "one")));
-        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_INT, 1), num(CKPT_INT, 2)),
-                                   str(CKPT_STR, "t")));
-        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_FLOAT, 1), num(CKPT_BOOLEAN, 0)),
-                                   str(CKPT_STR, "u")));
-        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_STR, "k"), str(CKPT_STR, "s")));
-        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_BYTES, "k"), str(CKPT_STR, "b")));
+            assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_INT, i), num(CKPT_KIND_INT, i)));
+        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_FLOAT, 2.0), str(CKPT_KIND_STR, "two")));
+        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_BOOL, 1), str(CKPT_KIND_STR, "one")));
+        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 2)),
+                                   str(CKPT_KIND_STR, "t")));
+        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_BOOL, 0)),
+                                   str(CKPT_KIND_STR, "u")));
+        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_KIND_STR, "k"), str(CKPT_KIND_STR, "s")));
+        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_KIND_BYTES, "k"), str(CKPT_KIND_STR, "b")));
         assert_int_equal(ckpt_value_len(d), (size_t)size + 4);
         assert_repr(ckpt_value_key(d, 2), "2"); /* the first key stays */
         assert_repr(ckpt_value_dict_value(d, 2), "'two'");
         assert_repr(ckpt_value_dict_value(d, 1), "'one'");
-        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_FLOAT, 1), num(CKPT_FLOAT, 2))), "'t'");
-        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_INT, 1), num(CKPT_INT, 0))), "'u'");
+        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_FLOAT, 2))), "'t'");
+        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 0))), "'u'");
         assert_repr(ckpt_value_get(d, "k"), "'s'");
-        assert_repr(ckpt__dict_lookup(d, str(CKPT_BYTES, "k")), "'b'");
-        assert_null(ckpt__dict_lookup(d, num(CKPT_INT, size + 1)));
+        assert_repr(ckpt__dict_lookup(d, str(CKPT_KIND_BYTES, "k")), "'b'");
+        assert_null(ckpt__dict_lookup(d, num(CKPT_KIND_INT, size + 1)));
         assert_int_equal(d->u.dict.index_cap > 0, size + 4 > 8);
     }
 }
@@ -1805,7 +1805,7 @@ static void test_value_accessors(void **state)
 {
     (void)state;
     /* NULL everywhere */
-    assert_int_equal(ckpt_value_kind(NULL), CKPT_NONE);
+    assert_int_equal(ckpt_value_kind(NULL), CKPT_KIND_NONE);
     assert_false(ckpt_value_bool(NULL));
     assert_int_equal(ckpt_value_int(NULL), 0);
     assert_true(ckpt_value_float(NULL) == 0.0);
@@ -1829,33 +1829,33 @@ static void test_value_accessors(void **state)
                                         "str", "bytes", "list", "tuple", "set", "dict",
                                         "ordered_dict", "size", "device", "dtype", "tensor",
                                         "global"};
-    for (int k = 0; k <= CKPT_GLOBAL; k++)
+    for (int k = 0; k <= CKPT_KIND_GLOBAL; k++)
         assert_string_equal(ckpt_kind_name((ckpt_kind)k), names[k]);
     assert_string_equal(ckpt_kind_name((ckpt_kind)100), "unknown");
 
     ckpt_value *storage = ckpt__value_new(&g_arena, CKPT__KIND_STORAGE);
-    assert_int_equal(ckpt_value_kind(storage), CKPT_NONE);
+    assert_int_equal(ckpt_value_kind(storage), CKPT_KIND_NONE);
     assert_null(ckpt_value_str(storage, NULL));
-    ckpt_value *dt = ckpt__value_new(&g_arena, CKPT_DTYPE);
-    dt->u.dtype = CKPT_BFLOAT16;
+    ckpt_value *dt = ckpt__value_new(&g_arena, CKPT_KIND_DTYPE);
+    dt->u.dtype = CKPT_DTYPE_BFLOAT16;
     assert_string_equal(ckpt_value_str(dt, &len), "bfloat16");
     assert_int_equal(len, 8);
-    assert_int_equal(ckpt_value_dtype(dt), CKPT_BFLOAT16);
-    ckpt_value *i = num(CKPT_INT, -3);
+    assert_int_equal(ckpt_value_dtype(dt), CKPT_DTYPE_BFLOAT16);
+    ckpt_value *i = num(CKPT_KIND_INT, -3);
     assert_true(ckpt_value_bool(i));
     assert_true(ckpt_value_float(i) == -3.0);
     ckpt_value_complex(i, &re, &im);
     assert_true(re == -3.0 && im == 0.0);
-    assert_int_equal(ckpt_value_int(num(CKPT_BOOLEAN, 1)), 1);
-    assert_int_equal(ckpt_value_int(num(CKPT_FLOAT, 2.5)), 0); /* not an int */
+    assert_int_equal(ckpt_value_int(num(CKPT_KIND_BOOL, 1)), 1);
+    assert_int_equal(ckpt_value_int(num(CKPT_KIND_FLOAT, 2.5)), 0); /* not an int */
     assert_null(ckpt_value_str(i, NULL));
-    ckpt_value *d = ckpt__value_new(&g_arena, CKPT_ORDERED_DICT);
-    ckpt__dict_set(&g_arena, d, str(CKPT_STR, "a"), i);
+    ckpt_value *d = ckpt__value_new(&g_arena, CKPT_KIND_ORDERED_DICT);
+    ckpt__dict_set(&g_arena, d, str(CKPT_KIND_STR, "a"), i);
     assert_ptr_equal(ckpt_value_item(d, 0), ckpt_value_key(d, 0));
     assert_null(ckpt_value_key(d, 1));
     assert_null(ckpt_value_get(d, "b"));
     assert_null(ckpt_value_get(i, "a"));
-    assert_int_equal(ckpt_value_len(str(CKPT_STR, "abc")), 0);
+    assert_int_equal(ckpt_value_len(str(CKPT_KIND_STR, "abc")), 0);
 }
 
 int main(void)

@@ -559,8 +559,8 @@ static void test_scan_tar_before_pickle(void **state)
     tar_before_pickle(&b, CK_SIGNED, P("\x80\x02" PAYLOAD), P("0}."));
     ckpt_scan *sc = scan_buf(&b);
     assert_string_equal(ckpt_scan_format(sc), "tar");
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "pre-0.4 tar archive"));
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "pre-0.4 tar archive"));
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_string_equal(g->record, "pickle");
     assert_int_equal(g->file_offset, 1024 + 2);
@@ -590,14 +590,14 @@ static void test_scan_storages_as_torch_reads_them(void **state)
     ckpt_scan *sc = scan_buf(&b);
     /* the raw bytes are skipped (element size 8 from DoubleStorage), the
      * views pickle is read */
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_string_equal(g->record, "storages views");
     assert_int_equal(g->file_offset, 512 + m.len - (sizeof(PAYLOAD) - 1));
-    assert_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL, NULL));
+    assert_null(find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL, NULL));
     size_t globals = 0;
     for (size_t i = 0; i < ckpt_scan_finding_count(sc); i++)
-        globals += ckpt_scan_finding_at(sc, i)->kind == CKPT_SCAN_GLOBAL;
+        globals += ckpt_scan_finding_at(sc, i)->kind == CKPT_SCAN_KIND_GLOBAL;
     assert_int_equal(globals, 1);
     ckpt_scan_free(sc);
     b_free(&b);
@@ -605,7 +605,7 @@ static void test_scan_storages_as_torch_reads_them(void **state)
     /* a count too large for the member: torch fails where it ends */
     member(&b, "storages", "\x80\x02K\x05.", 5, '0');
     sc = scan_buf(&b);
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "member ends before this pickle"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "member ends before this pickle"));
     ckpt_scan_free(sc);
     b_free(&b);
 }
@@ -624,9 +624,9 @@ static void test_scan_tar_findings(void **state)
     with_checksum_text(h, "%06lo", sum_unsigned(h));
     b_put(&b, h, 512);
     ckpt_scan *sc = scan_buf(&b);
-    assert_non_null(find(sc, CKPT_SCAN_DUPLICATE_NAME, NULL, "pickle"));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "a symbolic link"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_DUPLICATE_NAME, NULL, "pickle"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "a symbolic link"));
     ckpt_scan_free(sc);
     b_free(&b);
     /* tarfile gives up (data past the end): torch reads the pickle from
@@ -639,9 +639,9 @@ static void test_scan_tar_findings(void **state)
     b_put(&b, h, 512);
     b_put(&b, P("0" PAYLOAD));
     sc = scan_buf(&b);
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "tarfile fails here"));
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "pickle from byte 0"));
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "tarfile fails here"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "pickle from byte 0"));
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_int_equal(g->file_offset, 513);
     ckpt_scan_free(sc);
@@ -655,10 +655,10 @@ static void test_scan_safetensors_pickle(void **state)
     uint64_t at = safetensors_pickle(&b, P(PAYLOAD));
     ckpt_scan *sc = scan_buf(&b);
     assert_string_equal(ckpt_scan_format(sc), "safetensors");
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_FORMAT, NULL, "pickle from byte 0");
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "pickle from byte 0");
     assert_non_null(f);
     assert_int_equal(f->file_offset, at);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
     assert_non_null(g);
     assert_int_equal(g->file_offset, at);
     assert_true(g->use & CKPT_SCAN_USE_REDUCE);
@@ -667,13 +667,13 @@ static void test_scan_safetensors_pickle(void **state)
     /* the legacy magic number: reported, and read on as a legacy file */
     safetensors_pickle(&b, P("\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19."));
     sc = scan_buf(&b);
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "legacy torch file from byte 0"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "legacy torch file from byte 0"));
     ckpt_scan_free(sc);
     b_free(&b);
     /* None: nothing runs, the file is a clean safetensors file */
     safetensors_pickle(&b, P("N."));
     sc = scan_buf(&b);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     ckpt_scan_free(sc);
     b_free(&b);
     /* the same reading for other formats: a numpy file's magic is no
@@ -681,8 +681,8 @@ static void test_scan_safetensors_pickle(void **state)
     buf c = {0};
     b_put(&c, P("B\x03\x00\x00\x00xyz0" PAYLOAD));
     sc = scan_buf(&c);
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL, "unknown format"));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "posix.system", NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "unknown format"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL));
     ckpt_scan_free(sc);
     b_free(&c);
 }

@@ -179,8 +179,8 @@ static void test_torch_values(void **state)
     assert_repr(ckpt_new_size(t, 0, NULL), "torch.Size([])");
     assert_repr(ckpt_new_device(t, "cuda:0"), "device(type='cuda', index=0)");
     assert_repr(ckpt_new_device(t, "cpu"), "device(type='cpu')");
-    assert_repr(ckpt_new_dtype(t, CKPT_FLOAT32), "torch.float32");
-    assert_repr(ckpt_new_dtype(t, CKPT_BFLOAT16), "torch.bfloat16");
+    assert_repr(ckpt_new_dtype(t, CKPT_DTYPE_FLOAT32), "torch.float32");
+    assert_repr(ckpt_new_dtype(t, CKPT_DTYPE_BFLOAT16), "torch.bfloat16");
     float data[6] = {0};
     ckpt_tensor_desc desc;
     ckpt_tensor_desc_init(&desc);

@@ -54,7 +54,7 @@ static void test_safe_pickle(void **state)
     ckpt_scan *sc = scan(P("\x80\x02}q\x00(X\x01\x00\x00\x00" "aq\x01" "ccollections\nOrderedDict\nq\x02"
                            ")Rq\x03X\x01\x00\x00\x00" "bq\x04]q\x05(K\x01G@\x04\x00\x00\x00\x00\x00\x00"
                            "eu."));
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     assert_int_equal(ckpt_scan_finding_count(sc), 0);
     assert_string_equal(ckpt_scan_format(sc), "pickle");
     ckpt_scan_free(sc);
@@ -64,8 +64,8 @@ static void test_reduce_payload(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02" "cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."));
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system");
     assert_non_null(f);
     assert_int_equal(f->offset, 2);
     assert_int_equal(f->file_offset, 2);
@@ -88,25 +88,25 @@ static void test_uses(void **state)
                            "0cfoo\nref\n"                                    /* referenced */
                            "0cbuiltins\ngetattr\n(S'a'\nS'b'\ntR)R"          /* result called */
                            "."));
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "builtins.exec");
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_GLOBAL, "builtins.exec");
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_INST);
-    f = find(sc, CKPT_SCAN_GLOBAL, "builtins.eval");
+    f = find(sc, CKPT_SCAN_KIND_GLOBAL, "builtins.eval");
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_OBJ);
-    f = find(sc, CKPT_SCAN_GLOBAL, "foo.Bar");
+    f = find(sc, CKPT_SCAN_KIND_GLOBAL, "foo.Bar");
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_NEWOBJ | CKPT_SCAN_USE_BUILD);
     assert_false(f->runs_code);
-    f = find(sc, CKPT_SCAN_GLOBAL, "foo.ref");
+    f = find(sc, CKPT_SCAN_KIND_GLOBAL, "foo.ref");
     assert_non_null(f);
     assert_int_equal(f->use, 0);
     char buf[64];
     assert_string_equal(ckpt_scan_use_text(0, buf, sizeof(buf)), "referenced");
-    f = find(sc, CKPT_SCAN_GLOBAL, "builtins.getattr");
+    f = find(sc, CKPT_SCAN_KIND_GLOBAL, "builtins.getattr");
     assert_non_null(f);
     assert_int_equal(f->use, CKPT_SCAN_USE_REDUCE | CKPT_SCAN_USE_RESULT_CALLED);
-    assert_null(find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL));
+    assert_null(find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL));
     ckpt_scan_free(sc);
 }
 
@@ -116,7 +116,7 @@ static void test_stack_global_from_memo(void **state)
     /* os and system stored in the memo, dropped, fetched back for STACK_GLOBAL */
     ckpt_scan *sc = scan(P("\x80\x04\x8c\x02os\x94\x8c\x06system\x94" "00h\x00h\x01\x93"
                            "\x8c\x04true\x85R."));
-    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, "os.system");
+    const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_GLOBAL, "os.system");
     assert_non_null(f);
     assert_int_equal(f->offset, 22);
     assert_true(f->use & CKPT_SCAN_USE_REDUCE);
@@ -127,8 +127,8 @@ static void test_break_after_payload(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R\xff."));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "os.system"));
-    const ckpt_scan_finding *b = find(sc, CKPT_SCAN_BROKEN_PICKLE, NULL);
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "os.system"));
+    const ckpt_scan_finding *b = find(sc, CKPT_SCAN_KIND_BROKEN_PICKLE, NULL);
     assert_non_null(b);
     assert_int_equal(b->offset, 22);
     assert_non_null(strstr(b->message, "unknown opcode 0xff"));
@@ -139,10 +139,10 @@ static void test_back_to_back(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan(P("\x80\x02]q\x00.\x80\x02" "cbuiltins\neval\nX\x01\x00\x00\x00" "1\x85R."));
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL);
     assert_non_null(x);
     assert_int_equal(x->file_offset, 6);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "builtins.eval");
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "builtins.eval");
     assert_non_null(g);
     assert_string_equal(g->record, "pickle 2");
     assert_int_equal(g->offset, 2);
@@ -150,7 +150,7 @@ static void test_back_to_back(void **state)
     ckpt_scan_free(sc);
 
     sc = scan(P("\x80\x02]q\x00.\n\n\t\t"));
-    assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_TRAILING_DATA, NULL));
     ckpt_scan_free(sc);
 }
 
@@ -168,7 +168,7 @@ static void test_allow_list_edges(void **state)
     };
     for (size_t i = 0; i < sizeof(extras) / sizeof(extras[0]); i++) {
         ckpt_scan *sc = scan((const uint8_t *)extras[i], strlen(extras[i]));
-        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_GLOBAL, NULL);
+        const ckpt_scan_finding *f = find(sc, CKPT_SCAN_KIND_GLOBAL, NULL);
         assert_non_null(f);
         assert_false(f->runs_code);
         assert_non_null(strstr(f->message, "torch's weights-only allow-list"));
@@ -184,7 +184,7 @@ static void test_allow_list_edges(void **state)
     };
     for (size_t i = 0; i < sizeof(torch_only) / sizeof(torch_only[0]); i++) {
         ckpt_scan *sc = scan((const uint8_t *)torch_only[i], strlen(torch_only[i]));
-        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
         ckpt_scan_free(sc);
     }
 }
@@ -196,19 +196,19 @@ static void test_allow_option(void **state)
                                 "X\x04\x00\x00\x00" "2.6a\x85\x81s.";
     static const char *const allow[] = {"torch.torch_version.TorchVersion"};
     ckpt_scan *sc = scan(tv, sizeof(tv) - 1);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
     ckpt_scan_free(sc);
     sc = scan_with(tv, sizeof(tv) - 1, allow, 1);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     ckpt_scan_free(sc);
     /* modules torch blocks stay refused */
     static const char *const allow_os[] = {"os.system", "posix.system"};
     sc = scan_with(P("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R."), allow_os, 2);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
     ckpt_scan_free(sc);
     static const char *const allow_sub[] = {"subprocess.call"};
     sc = scan_with(P("\x80\x02" "csubprocess\ncall\nX\x02\x00\x00\x00id\x85R."), allow_sub, 1);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     ckpt_scan_free(sc);
 }
 
@@ -216,17 +216,17 @@ static void test_formats_and_errors(void **state)
 {
     (void)state;
     ckpt_scan *sc = scan((const uint8_t *)"", 0);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
     assert_string_equal(ckpt_scan_format(sc), "empty");
     ckpt_scan_free(sc);
     sc = scan(P("\x89PNG\r\n\x1a\n"));
     assert_string_equal(ckpt_scan_format(sc), "unknown");
-    assert_non_null(find(sc, CKPT_SCAN_FORMAT, NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_FORMAT, NULL));
     ckpt_scan_free(sc);
     sc = scan(P("7z\xbc\xaf\x27\x1c\x00\x04\x80\x02" "cbuiltins\neval\nX\x01\x00\x00\x00" "1\x85R."));
     assert_string_equal(ckpt_scan_format(sc), "7z");
-    assert_non_null(find(sc, CKPT_SCAN_NESTED_ARCHIVE, NULL));
-    assert_non_null(find(sc, CKPT_SCAN_GLOBAL, "builtins.eval"));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_NESTED_ARCHIVE, NULL));
+    assert_non_null(find(sc, CKPT_SCAN_KIND_GLOBAL, "builtins.eval"));
     ckpt_scan_free(sc);
 
     ckpt_error err;
@@ -237,11 +237,11 @@ static void test_formats_and_errors(void **state)
     assert_int_equal(ckpt_scan_memory(NULL, 4, NULL, &out, &err), CKPT_ERR_INVALID_ARG);
     assert_int_equal(ckpt_scan_memory("x", 1, NULL, NULL, &err), CKPT_ERR_INVALID_ARG);
     ckpt_scan_free(NULL);
-    assert_int_equal(ckpt_scan_get_verdict(NULL), CKPT_SCAN_UNSAFE);
+    assert_int_equal(ckpt_scan_get_verdict(NULL), CKPT_SCAN_VERDICT_UNSAFE);
     assert_int_equal(ckpt_scan_finding_count(NULL), 0);
     assert_null(ckpt_scan_finding_at(NULL, 0));
     assert_string_equal(ckpt_scan_kind_name((ckpt_scan_kind)99), "unknown");
-    assert_string_equal(ckpt_scan_verdict_name(CKPT_SCAN_SAFE), "safe");
+    assert_string_equal(ckpt_scan_verdict_name(CKPT_SCAN_VERDICT_SAFE), "safe");
 }
 
 static void test_many_findings_are_capped(void **state)
@@ -263,7 +263,7 @@ static void test_many_findings_are_capped(void **state)
     size_t count = ckpt_scan_finding_count(sc);
     assert_true(count <= 1000);
     const ckpt_scan_finding *last = ckpt_scan_finding_at(sc, count - 1);
-    assert_int_equal(last->kind, CKPT_SCAN_LIMIT);
+    assert_int_equal(last->kind, CKPT_SCAN_KIND_LIMIT);
     assert_non_null(strstr(last->message, "more findings"));
     ckpt_scan_free(sc);
     free(buf);
@@ -279,8 +279,8 @@ static void test_limits_are_findings(void **state)
     ckpt_error err;
     static const uint8_t deep[] = "\x80\x02]]]]]]]]]]]]]]]].";
     assert_int_equal(ckpt_scan_memory(deep, sizeof(deep) - 1, &o, &sc, &err), CKPT_OK);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    assert_non_null(find(sc, CKPT_SCAN_LIMIT, NULL));
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+    assert_non_null(find(sc, CKPT_SCAN_KIND_LIMIT, NULL));
     ckpt_scan_free(sc);
 }
 
@@ -302,12 +302,12 @@ static void test_permissive_objects(void **state)
     o.flags |= CKPT_OPEN_PERMISSIVE;
     assert_int_equal(ckpt_open_memory(pkl, sizeof(pkl) - 1, &o, &f, &err), CKPT_OK);
     const ckpt_value *root = ckpt_file_root(f);
-    assert_int_equal(ckpt_value_kind(root), CKPT_OBJECT);
-    assert_string_equal(ckpt_kind_name(CKPT_OBJECT), "object");
+    assert_int_equal(ckpt_value_kind(root), CKPT_KIND_OBJECT);
+    assert_string_equal(ckpt_kind_name(CKPT_KIND_OBJECT), "object");
     assert_string_equal(ckpt_value_str(root, NULL), "foo.Bar");
     assert_string_equal(ckpt_value_str(ckpt_value_object_class(root), NULL), "foo.Bar");
     const ckpt_value *args = ckpt_value_object_args(root);
-    assert_int_equal(ckpt_value_kind(args), CKPT_TUPLE);
+    assert_int_equal(ckpt_value_kind(args), CKPT_KIND_TUPLE);
     assert_int_equal(ckpt_value_int(ckpt_value_item(args, 0)), 1);
     assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_value_object_kwargs(root), "x")), 2);
     assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_value_state(root), "a")), 3);
@@ -332,8 +332,8 @@ static void test_permissive_keeps_allowed_meanings(void **state)
     ckpt_error err;
     assert_int_equal(ckpt_open_memory(pkl, sizeof(pkl) - 1, &o, &f, &err), CKPT_OK);
     const ckpt_value *root = ckpt_file_root(f);
-    assert_int_equal(ckpt_value_kind(root), CKPT_ORDERED_DICT);
-    assert_int_equal(ckpt_value_kind(ckpt_value_get(root, "m")), CKPT_OBJECT);
+    assert_int_equal(ckpt_value_kind(root), CKPT_KIND_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(ckpt_value_get(root, "m")), CKPT_KIND_OBJECT);
     ckpt_close(f);
 }
 
@@ -369,7 +369,7 @@ static void test_permissive_shared_submodules(void **state)
     ckpt_error err;
     assert_int_equal(ckpt_open_memory(pkl, n, &o, &f, &err), CKPT_OK);
     assert_int_equal(ckpt_file_tensor_count(f), 0);
-    assert_int_equal(ckpt_value_kind(ckpt_file_root(f)), CKPT_OBJECT);
+    assert_int_equal(ckpt_value_kind(ckpt_file_root(f)), CKPT_KIND_OBJECT);
     ckpt_close(f);
 }
 

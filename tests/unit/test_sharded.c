@@ -189,7 +189,7 @@ static void expect_refused(const char *index, const char *shard, const char *why
                  r.err.message, shard, why_text);
     if (r.scan_status != CKPT_OK)
         fail_msg("%s: the scan failed: %s", index, ckpt_status_name(r.scan_status));
-    if (r.verdict != CKPT_SCAN_UNSAFE || r.findings != 1 || !strstr(r.finding, shard) ||
+    if (r.verdict != CKPT_SCAN_VERDICT_UNSAFE || r.findings != 1 || !strstr(r.finding, shard) ||
         !strstr(r.finding, why_text))
         fail_msg("%s: scan %s with %zu findings (%s); expected one naming '%s' with '%s'", index,
                  ckpt_scan_verdict_name(r.verdict), r.findings, r.finding, shard, why_text);
@@ -208,7 +208,7 @@ static void test_index_as_shard(void **state)
     assert_int_equal(r.open_status, CKPT_OK);
     assert_int_equal(r.shards, 1);
     assert_int_equal(r.tensors, 2);
-    assert_int_equal(r.verdict, CKPT_SCAN_SAFE);
+    assert_int_equal(r.verdict, CKPT_SCAN_VERDICT_SAFE);
 
     write_text("self.index.json", "{\"weight_map\":{\"w\":\"self.index.json\"}}");
     expect_refused("self.index.json", "self.index.json", "the index itself");
@@ -218,7 +218,7 @@ static void test_index_as_shard(void **state)
     assert_int_equal(d.open_status, CKPT_ERR_FORMAT);
     assert_non_null(strstr(d.err.message, "the index itself"));
     /* the scan takes no shard name with a directory in it */
-    assert_int_equal(d.verdict, CKPT_SCAN_UNSAFE);
+    assert_int_equal(d.verdict, CKPT_SCAN_VERDICT_UNSAFE);
 
     /* a link to the index, a hard link to it */
     write_text("link.index.json", "{\"weight_map\":{\"w\":\"link.safetensors\"}}");
@@ -264,7 +264,7 @@ static void test_shard_named_like_an_index(void **state)
     if (r.open_status != CKPT_OK)
         fail_msg("open: %s: %s", r.err.record, r.err.message);
     assert_int_equal(r.tensors, 1);
-    if (r.verdict != CKPT_SCAN_SAFE)
+    if (r.verdict != CKPT_SCAN_VERDICT_SAFE)
         fail_msg("scan: %s (%s)", ckpt_scan_verdict_name(r.verdict), r.finding);
 }
 

@@ -372,7 +372,7 @@ static void walk(report *r, const char *what, const ckpt_value *v, int depth, ui
     (void)ckpt_value_float(v);
     (void)ckpt_value_dtype(v);
     ckpt_kind k = ckpt_value_kind(v);
-    bool dict = k == CKPT_DICT || k == CKPT_ORDERED_DICT;
+    bool dict = k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
     size_t n = ckpt_value_len(v);
     for (size_t i = 0; i < n && *budget; i++) {
         if (dict) {

@@ -30,14 +30,14 @@ static float f32_of(uint32_t b)
 static uint16_t to_f16(float f)
 {
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, &h, CKPT_FLOAT32, &f, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1), CKPT_OK);
     return h;
 }
 
 static uint16_t to_bf16(float f)
 {
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_BFLOAT16, &h, CKPT_FLOAT32, &f, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1), CKPT_OK);
     return h;
 }
 
@@ -47,13 +47,13 @@ static void test_half_round_trip_exhaustive(void **state)
 {
     (void)state;
     for (int kind = 0; kind < 2; kind++) {
-        ckpt_dtype d = kind ? CKPT_BFLOAT16 : CKPT_FLOAT16;
+        ckpt_dtype d = kind ? CKPT_DTYPE_BFLOAT16 : CKPT_DTYPE_FLOAT16;
         for (uint32_t i = 0; i < 65536; i++) {
             uint16_t h = (uint16_t)i, back;
             float f;
             double g;
-            assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT32, &f, d, &h, 1), CKPT_OK);
-            assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16 + kind, &back, CKPT_FLOAT32, &f, 1),
+            assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, d, &h, 1), CKPT_OK);
+            assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16 + kind, &back, CKPT_DTYPE_FLOAT32, &f, 1),
                              CKPT_OK);
             if (isnan(f)) {
                 uint16_t exp_mask = kind ? 0x7f80 : 0x7c00;
@@ -62,9 +62,9 @@ static void test_half_round_trip_exhaustive(void **state)
             }
             assert_int_equal(back, h);
             /* through float64 too */
-            assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT64, &g, d, &h, 1), CKPT_OK);
+            assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT64, &g, d, &h, 1), CKPT_OK);
             assert_true(g == (double)f);
-            assert_int_equal(ckpt_convert_dtype(d, &back, CKPT_FLOAT64, &g, 1), CKPT_OK);
+            assert_int_equal(ckpt_convert_dtype(d, &back, CKPT_DTYPE_FLOAT64, &g, 1), CKPT_OK);
             assert_int_equal(back, h);
         }
     }
@@ -100,22 +100,22 @@ static void test_half_rounding(void **state)
      * just above a float16 tie becomes the tie, which goes to even. */
     double d = 1.0 + 0x1p-11 + 0x1p-40;
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
     assert_int_equal(h, 0x3c00);
     d = 1.0 + 0x1p-8 + 0x1p-40; /* bfloat16 tie + a little */
-    assert_int_equal(ckpt_convert_dtype(CKPT_BFLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
     assert_int_equal(h, 0x3f80);
     d = 1e300;
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, &h, CKPT_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
     assert_int_equal(h, 0x7c00);
     float f;
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT32, &f, CKPT_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
     assert_true(isinf(f));
 
     int32_t i32 = 1;
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT32, &f, CKPT_INT32, &i32, 1), CKPT_ERR_TYPE);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_INT32, &i32, 1), CKPT_ERR_TYPE);
     int32_t o32;
-    assert_int_equal(ckpt_convert_dtype(CKPT_INT32, &o32, CKPT_INT32, &i32, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_INT32, &o32, CKPT_DTYPE_INT32, &i32, 1), CKPT_OK);
     assert_int_equal(o32, 1);
 }
 
@@ -139,7 +139,7 @@ static void test_tree_values(void **state)
     assert_int_equal(ckpt_value_len(d), 4);
     assert_int_equal(ckpt_value_int(ckpt_value_get(d, "epoch")), 4); /* replaced in place */
     assert_string_equal(ckpt_value_str(ckpt_value_key(d, 0), NULL), "epoch");
-    assert_int_equal(ckpt_value_kind(ckpt_value_get(d, "size")), CKPT_SIZE);
+    assert_int_equal(ckpt_value_kind(ckpt_value_get(d, "size")), CKPT_KIND_SIZE);
     assert_int_equal(ckpt_value_int(ckpt_value_item(ckpt_value_get(d, "size"), 1)), 3);
     assert_int_equal(ckpt_tree_status(t, NULL), CKPT_OK);
 
@@ -204,10 +204,10 @@ static void test_tree_tensors(void **state)
                                            NULL), CKPT_OK);
 
     /* a cast of the view: contiguous bfloat16, produced on read */
-    ckpt_value *c = ckpt_new_cast(t, tr, CKPT_BFLOAT16);
+    ckpt_value *c = ckpt_new_cast(t, tr, CKPT_DTYPE_BFLOAT16);
     assert_non_null(c);
     ckpt_tensor_get_info(ckpt_value_tensor(c), &ti);
-    assert_int_equal(ti.dtype, CKPT_BFLOAT16);
+    assert_int_equal(ti.dtype, CKPT_DTYPE_BFLOAT16);
     assert_true(ti.is_contiguous);
     assert_int_equal(ti.shape[0], 4);
     uint16_t hb[12];
@@ -218,7 +218,7 @@ static void test_tree_tensors(void **state)
         for (int k = 0; k < 3; k++)
             assert_int_equal(hb[r * 3 + k], to_bf16(data[k * 4 + r]));
     int32_t ints[2] = {1, 2};
-    desc.dtype = CKPT_INT32;
+    desc.dtype = CKPT_DTYPE_INT32;
     desc.ndim = 1;
     desc.shape = shape;
     shape[0] = 2;
@@ -226,12 +226,12 @@ static void test_tree_tensors(void **state)
     desc.data = ints;
     ckpt_value *iv = ckpt_new_tensor(t, &desc);
     assert_non_null(iv);
-    assert_null(ckpt_new_cast(t, iv, CKPT_FLOAT16));
+    assert_null(ckpt_new_cast(t, iv, CKPT_DTYPE_FLOAT16));
     ckpt_tree_free(t);
 
     /* views outside their storage are refused */
     t = ckpt_tree_new();
-    desc.dtype = CKPT_FLOAT32;
+    desc.dtype = CKPT_DTYPE_FLOAT32;
     desc.data = data;
     desc.ndim = 2;
     shape[0] = 3;

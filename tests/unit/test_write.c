@@ -147,7 +147,7 @@ static void test_pickle_matches_cpython(void **state)
     int64_t dims[2] = {2, 3};
     ckpt_dict_put_str(t, od, "s", ckpt_new_size(t, 2, dims));
     ckpt_dict_put_str(t, od, "d", ckpt_new_device(t, "cuda:1"));
-    ckpt_dict_put_str(t, od, "t", ckpt_new_dtype(t, CKPT_FLOAT32));
+    ckpt_dict_put_str(t, od, "t", ckpt_new_dtype(t, CKPT_DTYPE_FLOAT32));
     ckpt_dict_put_str(t, od, "e", ckpt_new_bytes(t, "", 0));
     ckpt_value *n = ckpt_new_list(t);
     const int64_t ints[] = {-1, 65536, INT64_C(1) << 31, -(INT64_C(1) << 31) - 1,
@@ -301,14 +301,14 @@ static ckpt_fixture make_checkpoint(void)
     ckpt_value *sd = ckpt_new_ordered_dict(t);
     static const int64_t s34[2] = {3, 4}, s43[2] = {4, 3}, st[2] = {1, 4}, s4[1] = {4},
                          s5[1] = {5}, s2[1] = {2};
-    f.w = tensor(t, CKPT_FLOAT32, 2, s34, g_w, NULL, false);
+    f.w = tensor(t, CKPT_DTYPE_FLOAT32, 2, s34, g_w, NULL, false);
     ckpt_dict_put_str(t, sd, "w", f.w);
     ckpt_dict_put_str(t, sd, "w_t", view(t, f.w, 2, s43, st, 0));
     ckpt_dict_put_str(t, sd, "w_row", view(t, f.w, 1, s4, NULL, 4));
     ckpt_dict_put_str(t, sd, "tied", f.w);
-    ckpt_dict_put_str(t, sd, "idx", tensor(t, CKPT_INT64, 1, s5, g_idx, NULL, false));
-    ckpt_dict_put_str(t, sd, "half", ckpt_new_cast(t, f.w, CKPT_FLOAT16));
-    ckpt_dict_put_str(t, sd, "p", tensor(t, CKPT_FLOAT32, 1, s2, g_p, "cuda:1", true));
+    ckpt_dict_put_str(t, sd, "idx", tensor(t, CKPT_DTYPE_INT64, 1, s5, g_idx, NULL, false));
+    ckpt_dict_put_str(t, sd, "half", ckpt_new_cast(t, f.w, CKPT_DTYPE_FLOAT16));
+    ckpt_dict_put_str(t, sd, "p", tensor(t, CKPT_DTYPE_FLOAT32, 1, s2, g_p, "cuda:1", true));
     ckpt_value *meta = ckpt_new_ordered_dict(t), *v1 = ckpt_new_dict(t), *st8 = ckpt_new_dict(t);
     ckpt_dict_put_str(t, v1, "version", ckpt_new_int(t, 1));
     ckpt_dict_put_str(t, meta, "", v1);
@@ -402,9 +402,9 @@ static void test_round_trip(void **state)
     assert_true(ckpt_value_float(ckpt_value_get(root, "lr")) == 0.001);
     assert_string_equal(ckpt_value_str(ckpt_value_get(root, "name"), NULL), "run");
     const ckpt_value *sd = ckpt_value_get(root, "model");
-    assert_int_equal(ckpt_value_kind(sd), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(sd), CKPT_KIND_ORDERED_DICT);
     const ckpt_value *meta = ckpt_value_get(ckpt_value_state(sd), "_metadata");
-    assert_int_equal(ckpt_value_kind(meta), CKPT_ORDERED_DICT);
+    assert_int_equal(ckpt_value_kind(meta), CKPT_KIND_ORDERED_DICT);
     assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_value_get(meta, ""), "version")), 1);
     /* tied weights are one tensor object */
     assert_ptr_equal(ckpt_value_get(sd, "w"), ckpt_value_get(sd, "tied"));
@@ -418,7 +418,7 @@ static void test_round_trip(void **state)
             wt[i * 3 + j] = g_w[j * 4 + i];
     check_tensor_bytes(f, "model.w_t", wt, sizeof(wt));
     uint16_t half[12];
-    assert_int_equal(ckpt_convert_dtype(CKPT_FLOAT16, half, CKPT_FLOAT32, g_w, 12), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, half, CKPT_DTYPE_FLOAT32, g_w, 12), CKPT_OK);
     check_tensor_bytes(f, "model.half", half, sizeof(half));
     check_tensor_bytes(f, "model.p", g_p, sizeof(g_p));
 
@@ -433,7 +433,7 @@ static void test_round_trip(void **state)
     assert_int_equal(a.storage_index, b.storage_index);
     assert_int_equal(b.storage_offset, 4);
     ckpt_tensor_get_info(ckpt_file_find_tensor(f, "model.half"), &b);
-    assert_int_equal(b.dtype, CKPT_FLOAT16);
+    assert_int_equal(b.dtype, CKPT_DTYPE_FLOAT16);
     ckpt_tensor_get_info(ckpt_file_find_tensor(f, "model.p"), &p);
     assert_true(p.is_parameter && p.requires_grad);
     assert_string_equal(p.location, "cuda:1");
@@ -624,7 +624,7 @@ static void test_zip64_lowered(void **state)
     for (int i = 0; i < 64; i++)
         big[i] = (float)i;
     static const int64_t s64[1] = {64};
-    ckpt_dict_put_str(fx.tree, fx.root, "big", tensor(fx.tree, CKPT_FLOAT32, 1, s64, big, NULL,
+    ckpt_dict_put_str(fx.tree, fx.root, "big", tensor(fx.tree, CKPT_DTYPE_FLOAT32, 1, s64, big, NULL,
                                                       false));
     ckpt_save_options o = quick();
     ckpt_error err;
@@ -788,16 +788,16 @@ static void test_failures_leave_old_file(void **state)
         ckpt_value_get(ckpt_value_get(fx.root, "model"), "idx"));
     ckpt__storage *own = idx->storage;
     idx->storage = t->storage;
-    idx->dtype = CKPT_INT32;
+    idx->dtype = CKPT_DTYPE_INT32;
     assert_int_equal(ckpt_save_torch(p, fx.root, &o, &err), CKPT_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.message, "float32"));
     idx->storage = own;
-    idx->dtype = CKPT_INT64;
+    idx->dtype = CKPT_DTYPE_INT64;
 
     /* a dtype torch has no name for */
-    t->dtype = CKPT_FLOAT6_E2M3;
+    t->dtype = CKPT_DTYPE_FLOAT6_E2M3;
     assert_int_equal(ckpt_save_torch(p, fx.root, &o, &err), CKPT_ERR_UNSUPPORTED);
-    t->dtype = CKPT_FLOAT32;
+    t->dtype = CKPT_DTYPE_FLOAT32;
 
     /* into a directory that does not exist */
     assert_int_equal(ckpt_save_torch(tmp_path("no/such/dir.pt"), fx.root, &o, &err),
@@ -828,9 +828,9 @@ static void test_zip64_real(void **state)
     ckpt_tree *t = ckpt_tree_new();
     ckpt_value *root = ckpt_new_dict(t);
     int64_t shape[1] = {(int64_t)nbytes};
-    ckpt_dict_put_str(t, root, "big", tensor(t, CKPT_UINT8, 1, shape, zeros, NULL, false));
+    ckpt_dict_put_str(t, root, "big", tensor(t, CKPT_DTYPE_UINT8, 1, shape, zeros, NULL, false));
     int64_t s2[1] = {2};
-    ckpt_dict_put_str(t, root, "after", tensor(t, CKPT_FLOAT32, 1, s2, g_p, NULL, false));
+    ckpt_dict_put_str(t, root, "after", tensor(t, CKPT_DTYPE_FLOAT32, 1, s2, g_p, NULL, false));
     ckpt_save_options o = quick();
     ckpt_error err;
     const char *p = tmp_path("huge.pt");

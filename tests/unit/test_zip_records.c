@@ -198,11 +198,11 @@ static void dump(const ckpt_scan *sc)
 static void expect_safe(const buf *b, const char *what)
 {
     ckpt_scan *sc = scan(b);
-    if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_SAFE) {
+    if (ckpt_scan_get_verdict(sc) != CKPT_SCAN_VERDICT_SAFE) {
         print_error("%s: not safe\n", what);
         dump(sc);
     }
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_SAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
     assert_string_equal(ckpt_scan_format(sc), "torch-zip");
     ckpt_scan_free(sc);
     /* the reader opens it too */
@@ -221,9 +221,9 @@ static void expect_payload(const char *name, const char *payload, size_t len, bo
     buf b = torch_zip(name, (const uint8_t *)payload, len, deflate, &at);
     print_message("  %s%s\n", name, deflate ? " (deflated)" : "");
     ckpt_scan *sc = scan(&b);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_UNSAFE);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system");
     if (!x || !g)
         dump(sc);
     assert_non_null(x);
@@ -269,7 +269,7 @@ static void test_pickles_in_text_records(void **state)
     uint64_t at = 0;
     buf b = torch_zip("archive/.data/serialization_id", big.p, big.len, false, &at);
     ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system");
     if (!g)
         dump(sc);
     assert_non_null(g);
@@ -301,8 +301,8 @@ static void test_pickles_in_storage_records(void **state)
             uint64_t where[3];
             buf b = zip_build(recs, 3, where);
             ckpt_scan *sc = scan(&b);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL);
+            const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system");
             if (!x || !g)
                 dump(sc);
             assert_non_null(x);
@@ -314,7 +314,7 @@ static void test_pickles_in_storage_records(void **state)
             assert_int_equal(g->offset, off);
             assert_int_equal(g->file_offset, deflate ? CKPT_NO_OFFSET : where[1] + off);
             /* the bytes after STOP are the tensor's: reported as such */
-            assert_non_null(find(sc, CKPT_SCAN_TRAILING_DATA, NULL));
+            assert_non_null(find(sc, CKPT_SCAN_KIND_TRAILING_DATA, NULL));
             ckpt_scan_free(sc);
             /* the reader reads it as the tensor it is */
             ckpt_file *f = NULL;
@@ -354,8 +354,8 @@ static void test_pickle_after_data_pkl(void **state)
     b_put(&pkl, PAYLOAD, PAYLOAD_LEN);
     buf b = torch_zip("archive/data.pkl", pkl.p, pkl.len, false, NULL);
     ckpt_scan *sc = scan(&b);
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_EXTRA_PICKLE, NULL);
-    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_GLOBAL, "posix.system");
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL);
+    const ckpt_scan_finding *g = find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system");
     if (!x || !g)
         dump(sc);
     assert_non_null(x);
