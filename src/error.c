@@ -27,8 +27,8 @@ const char *ckpt_status_name(ckpt_status status)
     return "CKPT_ERR_UNKNOWN";
 }
 
-ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
-                       uint64_t offset, const char *fmt, ...)
+ckpt_status ckpt__vfail(ckpt_error *err, ckpt_status status, const char *record,
+                        uint64_t offset, const char *fmt, va_list ap)
 {
     if (!err)
         return status;
@@ -36,9 +36,16 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
     err->offset = offset;
     err->file_offset = CKPT_NO_OFFSET;
     snprintf(err->record, sizeof(err->record), "%s", record ? record : "");
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    return status;
+}
+
+ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
+                       uint64_t offset, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    ckpt__vfail(err, status, record, offset, fmt, ap);
     va_end(ap);
     return status;
 }

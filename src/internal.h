@@ -25,6 +25,9 @@
 /* Fills err (may be NULL) and returns status. offset is inside record. */
 ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
                        uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/* The same with a va_list, for functions that take a format of their own. */
+ckpt_status ckpt__vfail(ckpt_error *err, ckpt_status status, const char *record,
+                        uint64_t offset, const char *fmt, va_list ap) CKPT_PRINTF(5, 0);
 /*
  * Structs that cross the public boundary start with a caller-set
  * struct_size (libdeflate's sizeof_options): the library reads and writes

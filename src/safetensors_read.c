@@ -312,13 +312,9 @@ static void CKPT_PRINTF(4, 5) broken(hdr_parser *p, ckpt_status status, uint64_t
     if (p->pending)
         return;
     p->pending = status;
-    p->perr.status = status;
-    p->perr.offset = offset;
-    p->perr.file_offset = CKPT_NO_OFFSET;
-    snprintf(p->perr.record, sizeof(p->perr.record), "%s", HEADER_RECORD);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->perr.message, sizeof(p->perr.message), fmt, ap);
+    ckpt__vfail(&p->perr, status, HEADER_RECORD, offset, fmt, ap);
     va_end(ap);
 }
 

@@ -169,16 +169,23 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
     return f;
 }
 
+ckpt_status ckpt__scan_vadd(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st;
+    new_finding(s, kind, record, offset, file_offset, msg, &st);
+    return st;
+}
+
 ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                            uint64_t file_offset, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__scan_vadd(s, kind, record, offset, file_offset, fmt, ap);
     va_end(ap);
-    ckpt_status st;
-    new_finding(s, kind, record, offset, file_offset, msg, &st);
     return st;
 }
 
@@ -1210,16 +1217,16 @@ static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, con
 static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, const char *fmt,
                                    ...)
 {
-    char rec[320], msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
+    char rec[320];
     snprintf(rec, sizeof(rec), "%s%s %s", t->where ? t->where : "", t->name, what);
     t->stop = true;
     t->rest = rest;
-    return ckpt__scan_add(t->s, CKPT_SCAN_KIND_STORAGE, rec, CKPT_NO_OFFSET,
-                          ckpt__scan_at(t->base, t->pos), "%s", msg);
+    va_list ap;
+    va_start(ap, fmt);
+    ckpt_status st = ckpt__scan_vadd(t->s, CKPT_SCAN_KIND_STORAGE, rec, CKPT_NO_OFFSET,
+                                     ckpt__scan_at(t->base, t->pos), fmt, ap);
+    va_end(ap);
+    return st;
 }
 
 /* range(count) as torch runs it over the count pickle's value: false when

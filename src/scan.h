@@ -46,6 +46,8 @@ typedef struct scan_ctx {
  * may be NULL (""), offset/file_offset CKPT_NO_OFFSET. */
 ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                            uint64_t file_offset, const char *fmt, ...) CKPT_PRINTF(6, 7);
+ckpt_status ckpt__scan_vadd(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, va_list ap) CKPT_PRINTF(6, 0);
 
 /* base + off, or CKPT_NO_OFFSET when either is unknown. */
 static inline uint64_t ckpt__scan_at(uint64_t base, uint64_t off)

@@ -114,12 +114,11 @@ static ckpt_status zadd(zscan *z, ckpt_scan_kind kind, const char *record, uint6
 static ckpt_status zadd(zscan *z, ckpt_scan_kind kind, const char *record, uint64_t off,
                         const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__scan_vadd(z->s, kind, record, off, ckpt__scan_at(z->base, off), fmt, ap);
     va_end(ap);
-    return ckpt__scan_add(z->s, kind, record, off, ckpt__scan_at(z->base, off), "%s", msg);
+    return st;
 }
 
 static ckpt_status znomem(zscan *z)

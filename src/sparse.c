@@ -198,13 +198,11 @@ static ckpt_status index_fail(ckpt_error *err, const ckpt_tensor *p, uint64_t i0
     if (p->ndim > 1)
         elem += i1 * (uint64_t)p->stride[1];
     uint64_t offset = s ? s->base_offset + elem * ckpt_dtype_size(p->dtype) : CKPT_NO_OFFSET;
-    char msg[sizeof(err->message)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__vfail(err, CKPT_ERR_FORMAT, root && root->record ? root->record : "",
+                                 offset, fmt, ap);
     va_end(ap);
-    ckpt_status st = ckpt__fail(err, CKPT_ERR_FORMAT, root && root->record ? root->record : "",
-                                offset, "%s", msg);
     if (root)
         ckpt__error_set_file_base(err, root->file_offset);
     return st;
