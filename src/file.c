@@ -165,7 +165,7 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
                              ckpt_file **out, ckpt_error *err)
 {
     if (!out || (!data && size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     ckpt_file *f = calloc(1, sizeof(*f));
     if (!f)
@@ -242,7 +242,7 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
                       ckpt_error *err)
 {
     if (!out || !path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -456,7 +456,7 @@ ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *er
 ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     for (size_t i = 0; i < f->storage_count; i++)
         CKPT_RETURN_IF_ERROR(ckpt__storage_resolve(f, f->storages[i], err));
     return CKPT_OK;
@@ -596,7 +596,7 @@ static void storage_release(ckpt_file *f, ckpt__storage *s)
 ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_status st = CKPT_OK, tensor_st = CKPT_OK;
     ckpt_error tensor_err;
     ckpt__ptr_set seen = {0};

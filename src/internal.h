@@ -54,6 +54,10 @@ void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
  * or "prefix" when the record is empty. */
 void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
 
+/* The caller passed something wrong: CKPT_ERR_INVALID_ARG, about no record. */
+#define CKPT_INVALID_ARG(err, ...) \
+    ckpt__fail((err), CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, __VA_ARGS__)
+
 #define CKPT_RETURN_IF_ERROR(expr)                                   \
     do {                                                             \
         ckpt_status ckpt__st = (expr);                               \

@@ -119,8 +119,7 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "%s is not a regular file", path);
+        return CKPT_INVALID_ARG(err, "%s is not a regular file", path);
     }
     uint64_t left = (uint64_t)sb.st_size;
     size_t cap = (size_t)1 << 20;
@@ -176,8 +175,7 @@ static ckpt_status make_dirs(const char *dir, ckpt_error *err)
     free(p);
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "%s is not a directory",
-                          dir);
+        return CKPT_INVALID_ARG(err, "%s is not a directory", dir);
     return CKPT_OK;
 }
 
@@ -191,10 +189,10 @@ static ckpt_status take_lock(ckpt_manager *m, ckpt_error *err)
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1) {
         ckpt_status st = fd < 0 ? io_fail(err, "cannot open the lock file", path, errno)
-                                : ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                             "lock file %s is not a plain file of its own "
-                                             "(a link, or not a regular file)",
-                                             path);
+                                : CKPT_INVALID_ARG(err,
+                                                   "lock file %s is not a plain file of its own "
+                                                   "(a link, or not a regular file)",
+                                                   path);
         if (fd >= 0)
             close(fd);
         free(path);
@@ -659,19 +657,17 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                               ckpt_manager **out, ckpt_error *err)
 {
     if (!out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     if (!dir || !*dir)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty directory name");
+        return CKPT_INVALID_ARG(err, "empty directory name");
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
     ckpt__struct_in(&o, sizeof(o), opts);
     if (o.mode != CKPT_MODE_MIN && o.mode != CKPT_MODE_MAX)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
+        return CKPT_INVALID_ARG(err, "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
     if (o.monitor && (!*o.monitor || !ckpt__utf8_valid(o.monitor, strlen(o.monitor), false)))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "monitor must be a metric name (UTF-8 text)");
+        return CKPT_INVALID_ARG(err, "monitor must be a metric name (UTF-8 text)");
     if (!o.weights_key || !*o.weights_key)
         o.weights_key = "model";
     char *user = NULL;
@@ -680,9 +676,9 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         json_t *j = json_loads(o.user_metadata, JSON_REJECT_DUPLICATES, &je);
         if (!json_is_object(j)) {
             json_decref(j);
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "user_metadata must be a JSON object%s%s", j ? "" : ": ",
-                              j ? "" : je.text);
+            return CKPT_INVALID_ARG(err,
+                                    "user_metadata must be a JSON object%s%s", j ? "" : ": ",
+                                    j ? "" : je.text);
         }
         user = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(j);
@@ -691,8 +687,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     }
     if (o.torch_version && !ckpt__utf8_valid(o.torch_version, strlen(o.torch_version), false)) {
         free(user);
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "torch_version must be UTF-8 text");
+        return CKPT_INVALID_ARG(err, "torch_version must be UTF-8 text");
     }
 
     ckpt_manager *m = calloc(1, sizeof(*m));
@@ -726,8 +721,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
             goto fail;
         }
         if (!S_ISDIR(sb.st_mode)) {
-            st = ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                            "%s is not a directory", m->dir);
+            st = CKPT_INVALID_ARG(err, "%s is not a directory", m->dir);
             goto fail;
         }
     } else if ((st = make_dirs(m->dir, err)) != CKPT_OK || (st = take_lock(m, err)) != CKPT_OK) {
@@ -855,7 +849,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
                                 ckpt_checkpoint_info *info, ckpt_error *err)
 {
     if (!m || !out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     ckpt_open_options o;
     ckpt_open_options_default(&o);
@@ -944,10 +938,10 @@ static ckpt_status weights_of(const ckpt_manager *m, const ckpt_value *root,
             return CKPT_OK;
         }
     }
-    return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                      "the checkpoint has no \"%s\" entry to save as best.pth's weights "
-                      "(set weights_key, or CKPT_MANAGER_BEST_FULL)",
-                      m->weights_key);
+    return CKPT_INVALID_ARG(err,
+                            "the checkpoint has no \"%s\" entry to save as best.pth's weights "
+                            "(set weights_key, or CKPT_MANAGER_BEST_FULL)",
+                            m->weights_key);
 }
 
 /* A temporary name beside target for a hard link, made with O_EXCL
@@ -1117,22 +1111,19 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     if (saved)
         *saved = 0;
     if (!m || !checkpoint || (metric_count && !metrics))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     if (m->flags & CKPT_MANAGER_READ_ONLY)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "the manager of %s is read-only", m->dir);
+        return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     if (step < 0)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "step must be >= 0 (got %" PRId64 ")", step);
+        return CKPT_INVALID_ARG(err, "step must be >= 0 (got %" PRId64 ")", step);
     for (size_t i = 0; i < metric_count; i++) {
         const char *n = metrics[i].name;
         if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "metric %zu has no name (or one that is not UTF-8 text)", i);
+            return CKPT_INVALID_ARG(err,
+                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
         for (size_t j = 0; j < i; j++)
             if (strcmp(metrics[j].name, n) == 0)
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "metric %s is given twice", n);
+                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
     }
     /* best.pth: does this save improve the monitored metric? */
     bool improved = false;
@@ -1143,9 +1134,9 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
             if (strcmp(metrics[i].name, monitor) == 0)
                 v = &metrics[i];
         if (!v)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "the monitored metric %s is not among this save's metrics",
-                              monitor);
+            return CKPT_INVALID_ARG(err,
+                                    "the monitored metric %s is not among this save's metrics",
+                                    monitor);
         const ckpt__mentry *b = ckpt__mlist_find(&m->mf.committed, CKPT__BEST_NAME);
         double bv;
         improved = !isnan(v->value) &&
@@ -1161,7 +1152,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     char numbered_name[64];
     if (m->keep_last || m->keep_best) {
         if (!ckpt__numbered_name(step, numbered_name, sizeof(numbered_name)))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "step too large");
+            return CKPT_INVALID_ARG(err, "step too large");
         size_t n;
         cand *c = candidates(m, step, metrics, metric_count, &n);
         if (!c)
@@ -1298,7 +1289,7 @@ ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
                                     unsigned keep_best, bool *keep, ckpt_error *err)
 {
     if (!m || (!keep && m->mf.committed.count))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     size_t n;
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c || !retain(c, n, keep_last, keep_best, m->mf.mode)) {
@@ -1318,10 +1309,9 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
     if (removed)
         *removed = 0;
     if (!m)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     if (m->flags & CKPT_MANAGER_READ_ONLY)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "the manager of %s is read-only", m->dir);
+        return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     size_t n, count = 0;
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c)

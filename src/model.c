@@ -218,39 +218,35 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
                            ckpt_error *err)
 {
     if (!m || !name || !*name)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a parameter needs a model and a name");
+        return CKPT_INVALID_ARG(err, "a parameter needs a model and a name");
     if (flags & CKPT_PARAM_EXTRA_STATE) {
         const char *last = strrchr(name, '.');
         if (strcmp(last ? last + 1 : name, "_extra_state") != 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "extra state \"%s\": the name must end in _extra_state", name);
+            return CKPT_INVALID_ARG(err,
+                                    "extra state \"%s\": the name must end in _extra_state", name);
         flags |= CKPT_PARAM_NO_DATA;
         dtype = CKPT_DTYPE_UINT8;
         ndim = 0;
     }
     size_t dummy;
     if (index_find(m, name, strlen(name), &dummy))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\" is already in the model", name);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\" is already in the model", name);
     size_t esize = ckpt_dtype_size(dtype);
     if (dtype <= CKPT_DTYPE_INVALID || dtype >= CKPT_DTYPE_COUNT_ || esize == 0 ||
         ckpt_dtype_bits(dtype) != esize * 8)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": dtype %d is not a whole-byte dtype", name, (int)dtype);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\": dtype %d is not a whole-byte dtype",
+                                name, (int)dtype);
     if (ndim > CKPT_MODEL_MAX_NDIM || (ndim && !shape))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": %u dimensions (at most %d)", name, ndim,
-                          CKPT_MODEL_MAX_NDIM);
+        return CKPT_INVALID_ARG(err,
+                                "parameter \"%s\": %u dimensions (at most %d)", name, ndim,
+                                CKPT_MODEL_MAX_NDIM);
     uint64_t numel = 1, nbytes;
     for (uint32_t i = 0; i < ndim; i++) {
         if (shape[i] < 0 || !ckpt__mul_u64(numel, (uint64_t)shape[i], &numel))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "parameter \"%s\": bad shape", name);
+            return CKPT_INVALID_ARG(err, "parameter \"%s\": bad shape", name);
     }
     if (!ckpt__mul_u64(numel, esize, &nbytes) || nbytes > SIZE_MAX - MODEL_ALIGN)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": too large", name);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\": too large", name);
     if (m->count == m->cap) {
         void *p = ckpt__array_grow(m->params, &m->cap, sizeof(model_param));
         if (!p)
@@ -304,8 +300,7 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
 ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *err)
 {
     if (!m || !name)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a module needs a model and a name");
+        return CKPT_INVALID_ARG(err, "a module needs a model and a name");
     if (!*name)
         return CKPT_OK; /* the root is always there */
     size_t cap = m->modules.cap;
@@ -381,8 +376,8 @@ ckpt_value *ckpt_model_state_dict(const ckpt_model *m, ckpt_tree *tree)
             continue; /* the caller's to save */
         if (p->no_data) {
             ckpt_error err;
-            ckpt__fail(&err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                       "parameter \"%s\" is a description only (CKPT_PARAM_NO_DATA)", p->name);
+            CKPT_INVALID_ARG(&err, "parameter \"%s\" is a description only (CKPT_PARAM_NO_DATA)",
+                             p->name);
             ckpt__tree_fail(tree, &err);
             return NULL;
         }
@@ -1359,8 +1354,7 @@ static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_optio
 {
     memset(r, 0, sizeof(*r));
     if (!m || !f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_model_load needs a model and a file");
+        return CKPT_INVALID_ARG(err, "ckpt_model_load needs a model and a file");
     load_ctx c;
     memset(&c, 0, sizeof(c));
     c.m = m;
@@ -1371,15 +1365,14 @@ static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_optio
     if ((c.o.strip_prefix_count && !c.o.strip_prefixes) ||
         (c.o.prefix_map_count && !c.o.prefix_map) ||
         (c.o.location_map_count && !c.o.location_map))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a remapping count without its array");
+        return CKPT_INVALID_ARG(err, "a remapping count without its array");
     if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
         for (size_t i = 0; i < m->count; i++)
             if (m->params[i].no_data && !m->params[i].extra_state)
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "parameter \"%s\" is a description only "
-                                  "(CKPT_PARAM_NO_DATA): the model can only be checked",
-                                  m->params[i].name);
+                return CKPT_INVALID_ARG(err,
+                                        "parameter \"%s\" is a description only "
+                                        "(CKPT_PARAM_NO_DATA): the model can only be checked",
+                                        m->params[i].name);
     report_clear(m);
     /* this load's problem lines, kept by the model for the report */
     str_list *errors = &m->errors;
@@ -1454,8 +1447,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
                             ckpt_load_report *report, ckpt_error *err)
 {
     if (report && report->struct_size < sizeof(size_t))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_model_load: report.struct_size not set");
+        return CKPT_INVALID_ARG(err, "ckpt_model_load: report.struct_size not set");
     ckpt_load_report r = {.struct_size = sizeof(r)};
     ckpt_status st = model_load(m, f, opts, &r, err);
     if (report)

@@ -72,10 +72,10 @@ static ckpt_status check_options(const ckpt_adamw_options *o, ckpt_error *err)
     if (!(o->lr >= 0) || !(o->eps >= 0) || !(o->weight_decay >= 0) || !(o->beta1 >= 0) ||
         !(o->beta1 < 1) || !(o->beta2 >= 0) || !(o->beta2 < 1) || !isfinite(o->lr) ||
         !isfinite(o->eps) || !isfinite(o->weight_decay))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "AdamW: invalid hyperparameters (lr %g, betas (%g, %g), eps %g, "
-                          "weight_decay %g)",
-                          o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+        return CKPT_INVALID_ARG(err,
+                                "AdamW: invalid hyperparameters (lr %g, betas (%g, %g), eps %g, "
+                                "weight_decay %g)",
+                                o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
     return CKPT_OK;
 }
 
@@ -85,8 +85,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
     if (out)
         *out = NULL;
     if (!m || !out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_new needs a model and an output");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_new needs a model and an output");
     ckpt_adamw_options o;
     ckpt_adamw_options_default(&o);
     ckpt__struct_in(&o, sizeof(o), opts);
@@ -149,17 +148,16 @@ static float *zeros(uint64_t numel)
 ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error *err)
 {
     if (!o || !grads)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_step needs an optimizer and gradients");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_step needs an optimizer and gradients");
     for (size_t i = 0; i < o->count; i++) {
         ckpt_param_info info = {.struct_size = sizeof(info)};
         ckpt_model_param(o->model, o->params[i].model_index, &info);
         if (grads[i] && (info.borrowed || info.placed || !info.data))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "AdamW: parameter \"%s\" is not in its host memory (%s)", info.name,
-                              info.borrowed ? "borrowed from a file"
-                              : info.placed ? "placed by the caller"
-                                            : "a description only");
+            return CKPT_INVALID_ARG(err, "AdamW: parameter \"%s\" is not in its host memory (%s)",
+                                    info.name,
+                                    info.borrowed ? "borrowed from a file"
+                                    : info.placed ? "placed by the caller"
+                                                  : "a description only");
     }
     /* state for first steps, all or nothing, so that running out of memory
      * changes nothing */
@@ -414,8 +412,7 @@ static int id_cmp(const void *a, const void *b)
 ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, ckpt_error *err)
 {
     if (!o || !f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_load needs an optimizer and a file");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_load needs an optimizer and a file");
     if (!is_dict(sd))
         return load_fail(err, "the optimizer state dict is %s, not a dict",
                          sd ? ckpt_kind_name(ckpt_value_kind(sd)) : "missing");

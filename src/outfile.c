@@ -46,15 +46,13 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     memset(o, 0, sizeof(*o));
     o->fd = -1;
     if (!path || !*path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty output path");
+        return CKPT_INVALID_ARG(err, "empty output path");
     size_t len = strlen(path);
     if (path[len - 1] == '/')
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "output path %s names a directory", path);
+        return CKPT_INVALID_ARG(err, "output path %s names a directory", path);
     struct stat st;
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "output path %s exists and is not a regular file", path);
+        return CKPT_INVALID_ARG(err, "output path %s exists and is not a regular file", path);
     o->path = strdup(path);
     /* ".NAME.tmp-PID-N" beside the target: hidden, and recognisable by
      * whoever cleans up after a crash. */

@@ -361,8 +361,7 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
     if (v == c->root && name[0] == 0)
         name = "tensor";
     if (!t)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "tensor '%s' has no tensor data", name);
+        return CKPT_INVALID_ARG(err, "tensor '%s' has no tensor data", name);
     if (t->layout != CKPT_LAYOUT_STRIDED)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "tensor '%s' is %s: safetensors holds only dense tensors", name,
@@ -503,19 +502,18 @@ static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error
 {
     ckpt_kind k = ckpt_value_kind(md);
     if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "options' metadata must be a dict of text to text, not %s",
-                          ckpt_kind_name(k));
+        return CKPT_INVALID_ARG(err,
+                                "options' metadata must be a dict of text to text, not %s",
+                                ckpt_kind_name(k));
     for (size_t i = 0; i < ckpt_value_len(md); i++) {
         const ckpt_value *kv = ckpt_value_key(md, i), *vv = ckpt_value_dict_value(md, i);
         size_t klen, vlen;
         const char *ks = ckpt_value_str(kv, &klen), *vs = ckpt_value_str(vv, &vlen);
         if (ckpt_value_kind(kv) != CKPT_KIND_STR || ckpt_value_kind(vv) != CKPT_KIND_STR)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "options' metadata entry %zu is not text -> text", i);
+            return CKPT_INVALID_ARG(err, "options' metadata entry %zu is not text -> text", i);
         if (!ckpt__utf8_valid(ks, klen, false) || !ckpt__utf8_valid(vs, vlen, false))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
+            return CKPT_INVALID_ARG(
+                err, "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
         char *val = malloc(vlen + 1);
         if (!val)
             return nomem(err);
@@ -676,7 +674,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                   const ckpt_save_options *opts, ckpt_error *err)
 {
     if (!path || !root)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_save_options o;
     ckpt__save_options_apply(&o, opts);
     ckpt_limits lim;

@@ -1883,7 +1883,7 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
     if (out)
         *out = NULL;
     if (!out || (!data && size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
@@ -1998,7 +1998,7 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
     if (out)
         *out = NULL;
     if (!out || !path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
         return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");

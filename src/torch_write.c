@@ -107,9 +107,9 @@ static ckpt_status on_storage(void *user, ckpt__storage *s, ckpt_dtype dtype, bo
                               "no torch storage class holds %s", ckpt_dtype_name(dtype));
         size_t elem = untyped ? 1 : ckpt__storage_elem_size(dtype);
         if (s->nbytes % elem != 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "a storage of %llu bytes does not hold whole %s elements",
-                              (unsigned long long)s->nbytes, ckpt_dtype_name(dtype));
+            return CKPT_INVALID_ARG(err,
+                                    "a storage of %llu bytes does not hold whole %s elements",
+                                    (unsigned long long)s->nbytes, ckpt_dtype_name(dtype));
         const char *loc = sv->opts->location ? sv->opts->location
                           : s->location      ? s->location
                                              : "cpu";
@@ -160,8 +160,8 @@ static ckpt_status archive_prefix(const char *path, const ckpt_save_options *o, 
     if (p) {
         n = strlen(p);
         if (n == 0 || n > 1024 || strchr(p, '/') || strcmp(p, ".") == 0 || strcmp(p, "..") == 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "archive prefix '%s' is not a plain name of 1 to 1024 bytes", p);
+            return CKPT_INVALID_ARG(
+                err, "archive prefix '%s' is not a plain name of 1 to 1024 bytes", p);
     } else {
         /* as PyTorchStreamWriter's basename(): after the last '/' or '\' */
         const char *base = path;
@@ -242,12 +242,12 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 ckpt__staged *stage, ckpt_error *err)
 {
     if (!path || !root)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_save_options o;
     ckpt__save_options_apply(&o, opts);
     if (o.location && (!*o.location || strlen(o.location) > 64))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "location must be a tag of 1 to 64 bytes (\"cpu\", \"cuda:0\", ...)");
+        return CKPT_INVALID_ARG(
+            err, "location must be a tag of 1 to 64 bytes (\"cpu\", \"cuda:0\", ...)");
     ckpt_limits lim;
     ckpt_limits_default(&lim);
 

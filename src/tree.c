@@ -33,7 +33,7 @@ void ckpt_tree_free(ckpt_tree *tree)
 ckpt_status ckpt_tree_status(const ckpt_tree *tree, ckpt_error *err)
 {
     if (!tree)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL tree");
+        return CKPT_INVALID_ARG(err, "NULL tree");
     if (err)
         *err = tree->err;
     return tree->err.status;
