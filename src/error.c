@@ -50,6 +50,11 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
     return status;
 }
 
+ckpt_status ckpt__nomem(ckpt_error *err)
+{
+    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+}
+
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base)
 {
     if (!err || err->offset == CKPT_NO_OFFSET || base == CKPT_NO_OFFSET)

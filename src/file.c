@@ -169,7 +169,7 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
     *out = NULL;
     ckpt_file *f = calloc(1, sizeof(*f));
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     f->map = data;
     f->map_size = size;
     ckpt_status st = open_common(f, opts, err);
@@ -199,7 +199,7 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
     }
     f = calloc(1, sizeof(*f));
     if (!f) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     f->path = path;
@@ -380,7 +380,7 @@ ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *e
         size_t cap = f->storage_cap ? f->storage_cap * 2 : 16;
         ckpt__storage **p = realloc(f->storages, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         f->storages = p;
         f->storage_cap = cap;
     }
@@ -530,7 +530,7 @@ static ckpt_status verify_plan_sparse(ckpt_file *f, const ckpt_tensor *t, const 
         if (*count == *cap) {
             verify_part *p = ckpt__array_grow(*parts, cap, sizeof(**parts));
             if (!p)
-                return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+                return ckpt__nomem(err);
             *parts = p;
         }
         verify_part *vp = &(*parts)[(*count)++];
@@ -613,7 +613,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         ckpt_tensor *t = f->tensors[i].tensor;
         int added = ckpt__ptr_set_add(&seen, t);
         if (added < 0) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         if (!added)
@@ -641,7 +641,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         /* the parts each record feeds, in record order */
         order = malloc((nparts ? nparts : 1) * sizeof(*order));
         if (!order) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         size_t streamed = 0;
@@ -684,7 +684,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
     /* sparse indices, tensor by tensor */
     was_resolved = malloc((f->storage_count ? f->storage_count : 1) * sizeof(*was_resolved));
     if (!was_resolved) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < f->storage_count; i++)
@@ -750,7 +750,7 @@ static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v
         size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
         ckpt__tensor_ref *p = realloc(f->tensors, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         f->tensors = p;
         f->tensor_cap = cap;
     }
@@ -776,7 +776,7 @@ static ckpt_status storage_to_tensor(ckpt_file *f, ckpt_value *v, ckpt_error *er
     ckpt_tensor *t = ckpt__arena_alloc(a, sizeof(*t));
     int64_t *dims = ckpt__arena_alloc(a, 2 * sizeof(int64_t));
     if (!t || !dims)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     t->dtype = s->dtype;
     t->ndim = 1;
     t->shape = dims;
@@ -824,7 +824,7 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
         cap *= 2;
     f->name_index = calloc(cap, sizeof(uint32_t));
     if (!f->name_index)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     f->name_index_cap = cap;
     for (size_t i = 0; i < f->tensor_count; i++) {
         size_t slot = hash_name(f, f->tensors[i].name) & (cap - 1);

@@ -54,6 +54,8 @@ void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
  * or "prefix" when the record is empty. */
 void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
 
+/* CKPT_ERR_NOMEM, "out of memory", about no record. */
+ckpt_status ckpt__nomem(ckpt_error *err);
 /* The caller passed something wrong: CKPT_ERR_INVALID_ARG, about no record. */
 #define CKPT_INVALID_ARG(err, ...) \
     ckpt__fail((err), CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, __VA_ARGS__)

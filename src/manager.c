@@ -71,11 +71,6 @@ void ckpt_manager_options_default(ckpt_manager_options *opts)
     opts->max_manifest_bytes = CKPT__MANIFEST_MAX_BYTES;
 }
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 static ckpt_status io_fail(ckpt_error *err, const char *what, const char *path, int e)
 {
     return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "%s %s: %s", what, path,
@@ -126,7 +121,7 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
     uint8_t *buf = malloc(cap);
     if (!buf) {
         close(fd);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     uint64_t n = 0;
     uint32_t c = 0;
@@ -157,7 +152,7 @@ static ckpt_status make_dirs(const char *dir, ckpt_error *err)
 {
     char *p = strdup(dir);
     if (!p)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (char *s = p + 1;; s++) {
         bool end = *s == 0;
         if (*s == '/' || end) {
@@ -183,7 +178,7 @@ static ckpt_status take_lock(ckpt_manager *m, ckpt_error *err)
 {
     char *path = join(m->dir, CKPT__LOCK_NAME);
     if (!path)
-        return nomem(err);
+        return ckpt__nomem(err);
     /* never through a link: the pid note would overwrite its target */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
     struct stat sb;
@@ -370,13 +365,13 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     size_t n = m->mf.committed.count;
     bool *flags = calloc(2 * (n ? n : 1), sizeof(bool));
     if (!flags)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < n; i++)
         marks(m, &m->mf.committed.items[i], &flags[i], &flags[n + i]);
     char *text = ckpt__manifest_text(&m->mf, flags, flags + n);
     free(flags);
     if (!text)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t len = strlen(text);
     if (len > m->max_manifest_bytes) {
         free(text);
@@ -388,7 +383,7 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     char *path = join(m->dir, CKPT__MANIFEST_NAME);
     if (!path) {
         free(text);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     ckpt__out o;
     ckpt_status st = ckpt__out_open(&o, path, m->save_flags & CKPT_SAVE_NO_FSYNC, err);
@@ -409,7 +404,7 @@ static ckpt_status sync_dir(ckpt_manager *m, ckpt_error *err)
         return CKPT_OK;
     char *any = join(m->dir, CKPT__MANIFEST_NAME);
     if (!any)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt_status st = ckpt__sync_dir_of(any, err);
     free(any);
     return st;
@@ -422,7 +417,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
 {
     char *path = join(m->dir, name);
     if (!path)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt__mentry e;
     memset(&e, 0, sizeof(e));
     e.step = ckpt__numbered_step(name);
@@ -435,7 +430,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
         e.time = (int64_t)sb.st_mtime;
     free(path);
     if (st == CKPT_ERR_NOMEM)
-        return nomem(err);
+        return ckpt__nomem(err);
     if (st != CKPT_OK) {
         char text[512];
         warnf(m, "skipping %s/%s: %s", m->dir, name, ckpt_error_format(&ferr, text, sizeof(text)));
@@ -443,7 +438,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
     }
     if (!(e.file = strdup(name)) || !ckpt__mlist_push(&m->mf.committed, &e)) {
         ckpt__mentry_free(&e);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     warnf(m, "%s/%s is not in the manifest: recorded with unknown step and metrics", m->dir,
           name);
@@ -485,7 +480,7 @@ static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
         ckpt__mentry *p = &mf->pending.items[i];
         char *path = join(m->dir, p->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         struct stat sb;
@@ -504,7 +499,7 @@ static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
         ckpt__mentry e = *p;
         memset(p, 0, sizeof(*p));
         if (!ckpt__mlist_push(&mf->committed, &e))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     }
     ckpt__mlist_free(&mf->pending);
     sort_entries(&mf->committed);
@@ -540,14 +535,14 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
      * are adopted again afterwards */
     char **readopt = calloc(mf->committed.count + 1, sizeof(*readopt));
     if (!readopt)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t nre = 0, w = 0;
     ckpt_status st = CKPT_OK;
     for (size_t i = 0; i < mf->committed.count; i++) {
         ckpt__mentry *e = &mf->committed.items[i];
         char *path = join(m->dir, e->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             mf->committed.items[w++] = *e; /* kept as it is */
             continue;
         }
@@ -587,7 +582,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
     const char **known = name_index(&mf->committed);
     size_t nknown = mf->committed.count;
     if (!known)
-        return nomem(err);
+        return ckpt__nomem(err);
     /* removals a crash interrupted (a reader takes them as done) */
     if (mf->removing_count) {
         *changed = true;
@@ -599,7 +594,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         char *path = join(m->dir, mf->removing[i]);
         if (!path) {
             free(known);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         if (unlink(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
@@ -683,7 +678,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         user = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(j);
         if (!user)
-            return nomem(err);
+            return ckpt__nomem(err);
     }
     if (o.torch_version && !ckpt__utf8_valid(o.torch_version, strlen(o.torch_version), false)) {
         free(user);
@@ -693,7 +688,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     ckpt_manager *m = calloc(1, sizeof(*m));
     if (!m) {
         free(user);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     m->lock_fd = -1;
     m->user_json = user;
@@ -710,7 +705,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     ckpt_status st = CKPT_OK;
     if (!(m->dir = strndup(dir, dl)) || !copy_opt(&m->weights_key, o.weights_key) ||
         !copy_opt(&m->torch_version, o.torch_version)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto fail;
     }
     bool ro = o.flags & CKPT_MANAGER_READ_ONLY;
@@ -730,7 +725,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
 
     char *mpath = join(m->dir, CKPT__MANIFEST_NAME);
     if (!mpath) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto fail;
     }
     ckpt_error merr;
@@ -769,7 +764,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                       m->mf.mode != o.mode)) {
         free(m->mf.monitor);
         if (!(m->mf.monitor = strdup(o.monitor))) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             goto fail;
         }
         m->mf.mode = o.mode;
@@ -859,7 +854,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
     size_t count = m->mf.committed.count;
     size_t *order = malloc((count ? count : 1) * sizeof(*order));
     if (!order)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t k = 0;
     for (size_t i = 0; i < count; i++)
         if (strcmp(m->mf.committed.items[i].file, CKPT__LAST_NAME) == 0)
@@ -877,7 +872,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         const ckpt__mentry *e = &m->mf.committed.items[order[j]];
         char *path = join(m->dir, e->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         ckpt_error oerr;
@@ -905,7 +900,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         warnf(m, "skipping %s: %s", path, ckpt_error_format(&oerr, text, sizeof(text)));
         free(path);
         if (s == CKPT_ERR_NOMEM) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
     }
@@ -958,7 +953,7 @@ static ckpt_status link_stage(const ckpt__staged *src, const char *target, ckpt_
     if (!tmp || !path) {
         free(tmp);
         free(path);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     int e = 0;
     for (unsigned attempt = 0; attempt < 100; attempt++) {
@@ -1027,7 +1022,7 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
     size_t j = mf->removing_count;
     char **names = realloc(mf->removing, (j + drop) * sizeof(*names));
     if (!names)
-        return nomem(err);
+        return ckpt__nomem(err);
     mf->removing = names;
     k = 0;
     size_t w = 0; /* one compacting pass */
@@ -1054,7 +1049,7 @@ static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
         return CKPT_OK;
     const char **known = name_index(&m->mf.committed);
     if (!known)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < m->mf.removing_count; i++) {
         if (find_name(known, m->mf.committed.count, m->mf.removing[i]))
             continue; /* listed by a manifest write that failed, saved again since */
@@ -1156,10 +1151,10 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         size_t n;
         cand *c = candidates(m, step, metrics, metric_count, &n);
         if (!c)
-            return nomem(err);
+            return ckpt__nomem(err);
         if (!retain(c, n, m->keep_last, m->keep_best, m->mf.mode)) {
             free(c);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         numbered = c[n - 1].keep;
         free(c);
@@ -1179,7 +1174,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
             continue;
         free(path);
         if (!(path = join(m->dir, names[i]))) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         /* numbered and full best files have last's bytes: a second name for
@@ -1204,7 +1199,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         if (fill_entry(m, &e, names[i], step, metrics, metric_count, &stage[i],
                        i == STAGE_BEST && !best_full, now) != CKPT_OK ||
             !ckpt__mlist_push(&m->mf.pending, &e))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     }
     if (st == CKPT_OK)
         st = write_manifest(m, err);
@@ -1252,7 +1247,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         ckpt__mlist_remove(&mf->pending, 0);
         if (!ckpt__mlist_push(&mf->committed, &e)) {
             ckpt__mlist_free(&mf->pending);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
     }
     ckpt__mlist_free(&mf->pending);
@@ -1264,9 +1259,9 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         size_t n;
         cand *c = candidates(m, -1, NULL, 0, &n);
         if (!c)
-            return nomem(err);
+            return ckpt__nomem(err);
         if (!retain(c, n, m->keep_last, m->keep_best, mf->mode)) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
         } else {
             keep_adopted(c, n);
             st = drop_unkept(m, c, &removed, err);
@@ -1294,7 +1289,7 @@ ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c || !retain(c, n, keep_last, keep_best, m->mf.mode)) {
         free(c);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     size_t k = 0;
     for (size_t i = 0; i < m->mf.committed.count; i++)
@@ -1315,10 +1310,10 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
     size_t n, count = 0;
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt_status st = retain(c, n, keep_last, keep_best, m->mf.mode)
                          ? drop_unkept(m, c, &count, err)
-                         : nomem(err);
+                         : ckpt__nomem(err);
     free(c);
     if (st != CKPT_OK)
         return st;

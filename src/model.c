@@ -250,16 +250,16 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
     if (m->count == m->cap) {
         void *p = ckpt__array_grow(m->params, &m->cap, sizeof(model_param));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         m->params = p;
     }
     if (!index_rebuild(m, m->count + 1))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     model_param *p = &m->params[m->count];
     memset(p, 0, sizeof(*p));
     p->name = dup_n(name, strlen(name));
     if (!p->name)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     if (flags & CKPT_PARAM_NO_DATA) {
         data = NULL;
     } else if (!data) {
@@ -306,12 +306,12 @@ ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *e
     size_t cap = m->modules.cap;
     char *dotted = str_printf("%s.", name);
     if (!str_list_push(&m->modules, dotted))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     if (m->modules.cap != cap) {
         size_t *at = realloc(m->module_at, m->modules.cap * sizeof(size_t));
         if (!at) {
             free(m->modules.items[--m->modules.len]);
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         }
         m->module_at = at;
     }
@@ -439,11 +439,6 @@ typedef struct load_ctx {
     ckpt_error *err;
 } load_ctx;
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* The dict the options name. */
 static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
                                    const ckpt_value **out, ckpt_error *err)
@@ -475,7 +470,7 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
         size_t plen = strlen(key);
         char *part = malloc(plen + 1);
         if (!part)
-            return nomem(err);
+            return ckpt__nomem(err);
         while (*p) {
             size_t rest = strlen(p), len = rest;
             const ckpt_value *hit = NULL;
@@ -567,7 +562,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
     c->lookup = calloc(cap, sizeof(size_t));
     c->lookup_cap = cap;
     if (!c->entries || !c->lookup)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     for (size_t i = 0; i < n; i++) {
         const ckpt_value *k = ckpt_value_key(sd, i);
         char *text;
@@ -583,7 +578,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
                 nuls++;
             text = malloc(len + 3 * nuls + 1);
             if (!text)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             size_t at = 0;
             for (size_t j = 0; j < len; j++) {
                 if (raw[j])
@@ -598,14 +593,14 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
             len = ckpt__key_text(k, NULL, 0);
             text = malloc(len + 1);
             if (!text)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             len = ckpt__key_text(k, text, len + 1);
         }
         text[len] = '\0';
         char *key = remap_key(&c->o, text, len);
         free(text);
         if (!key)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         sd_entry *e = &c->entries[c->n_entries];
         e->key = key;
         e->value = ckpt_value_dict_value(sd, i);
@@ -622,7 +617,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
                                                        key));
             free(key);
             if (!ok)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             e->key = NULL;
             continue;
         }
@@ -754,7 +749,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                               "torch.Tensor or Tensor-like object from checkpoint "
                                               "but received %s",
                                               p->name, python_type(e->value))))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     const ckpt_tensor *t = ckpt_value_tensor(e->value);
@@ -773,14 +768,14 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                                    p->name, a, b));
         free(a);
         free(b);
-        return ok ? CKPT_OK : nomem(c->err);
+        return ok ? CKPT_OK : ckpt__nomem(c->err);
     }
     if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage) {
         if (!str_list_push(errors, str_printf("While copying the parameter named \"%s\": a %s "
                                               "tensor%s cannot be loaded into a dense parameter",
                                               p->name, ckpt_layout_name(ti.layout),
                                               ti.has_storage ? "" : " without data (meta)")))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     if (!can_convert(p->dtype, ti.dtype)) {
@@ -789,7 +784,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                               "model is torch.%s.",
                                               p->name, ckpt_dtype_name(ti.dtype),
                                               ckpt_dtype_name(p->dtype))))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     load_plan *pl = &c->plan[pi];
@@ -1026,7 +1021,7 @@ static ckpt_status meta_build(load_ctx *c)
     size_t n = ckpt_value_len(meta);
     c->meta = calloc(n ? n : 1, sizeof(meta_module));
     if (!c->meta)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const ckpt_value *k = ckpt_value_key(meta, i);
@@ -1036,14 +1031,14 @@ static ckpt_status meta_build(load_ctx *c)
         /* "net.1" names the module whose prefix is "net.1."; "" the root */
         char *dotted = malloc(len + 2);
         if (!dotted)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         memcpy(dotted, name, len);
         if (len)
             dotted[len++] = '.';
         char *mapped = remap_key(&c->o, dotted, len);
         free(dotted);
         if (!mapped)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
         c->meta[c->n_meta].prefix = mapped;
         c->meta[c->n_meta++].version =
@@ -1069,7 +1064,7 @@ static ckpt_status old_batchnorm_key(load_ctx *c, const model_param *p, const mo
         CKPT_RETURN_IF_ERROR(meta_build(c));
     char *prefix = dup_n(nd->prefix, nd->prefix_len);
     if (!prefix)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     meta_module want = {prefix, 0};
     const meta_module *hit = bsearch(&want, c->meta, c->n_meta, sizeof(meta_module), meta_cmp);
     free(prefix);
@@ -1112,7 +1107,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 bool old;
                 st = old_batchnorm_key(c, &m->params[i], nd, &old);
                 if (st == CKPT_OK && !old && !str_list_push(&m->missing, dup_n(name, strlen(name))))
-                    st = nomem(c->err);
+                    st = ckpt__nomem(c->err);
                 continue;
             }
             c->entries[e].param = i;
@@ -1151,7 +1146,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 if (n_recs == cap) {
                     void *p = ckpt__array_grow(recs, &cap, sizeof(unexpected_rec));
                     if (!p) {
-                        st = nomem(c->err);
+                        st = ckpt__nomem(c->err);
                         break;
                     }
                     recs = p;
@@ -1171,7 +1166,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
         for (size_t r = 0; r < n_recs && st == CKPT_OK; r++) {
             const char *key = c->entries[recs[r].entry].key;
             if (!str_list_push(&m->unexpected, dup_n(key, strlen(key))))
-                st = nomem(c->err);
+                st = ckpt__nomem(c->err);
         }
     }
     free(recs);
@@ -1201,25 +1196,25 @@ static ckpt_status build_message(ckpt_model *m, bool strict, str_list *errors, c
     if (strict && m->missing.len) {
         char *q = quoted_list(&m->missing);
         if (!q || !str_list_push(&lines, str_printf("Missing key(s) in state_dict: %s. ", q)))
-            st = nomem(err);
+            st = ckpt__nomem(err);
         free(q);
     }
     if (st == CKPT_OK && strict && m->unexpected.len) {
         char *q = quoted_list(&m->unexpected);
         if (!q || !str_list_push(&lines, str_printf("Unexpected key(s) in state_dict: %s. ", q)))
-            st = nomem(err);
+            st = ckpt__nomem(err);
         free(q);
     }
     for (size_t i = 0; st == CKPT_OK && i < errors->len; i++)
         if (!str_list_push(&lines, dup_n(errors->items[i], strlen(errors->items[i]))))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     if (st == CKPT_OK && lines.len) {
         size_t n = strlen(m->class_name) + 64;
         for (size_t i = 0; i < lines.len; i++)
             n += strlen(lines.items[i]) + 2;
         m->message = malloc(n);
         if (!m->message) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
         } else {
             size_t at = (size_t)sprintf(m->message, "Error(s) in loading state_dict for %s:",
                                         m->class_name);
@@ -1262,7 +1257,7 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
             if (*scratch_cap < p->nbytes) {
                 void *s = realloc(*scratch, (size_t)p->nbytes);
                 if (!s)
-                    return nomem(c->err);
+                    return ckpt__nomem(c->err);
                 *scratch = s;
                 *scratch_cap = (size_t)p->nbytes;
             }
@@ -1273,10 +1268,10 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
         if (!pl->contiguous) {
             uint64_t nb;
             if (!ckpt__mul_u64(p->numel, from_size, &nb) || nb > SIZE_MAX)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             tmp = convert ? malloc((size_t)nb) : dst;
             if (!tmp)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             ckpt_status st = ckpt__tensor_copy(c->f, pl->t, tmp, (size_t)nb, c->err);
             if (st != CKPT_OK) {
                 if (tmp != dst)
@@ -1392,7 +1387,7 @@ static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_optio
         goto out;
     c.plan = calloc(m->count ? m->count : 1, sizeof(load_plan));
     if (!c.plan || !module_tree_build(&mt, m)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto out;
     }
     c.sd = sd;

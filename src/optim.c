@@ -94,7 +94,7 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
     size_t n = ckpt_model_count(m);
     if (!a || !(a->params = calloc(n ? n : 1, sizeof(adamw_param)))) {
         free(a);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     a->model = m;
     a->o = o;
@@ -176,7 +176,7 @@ ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error
                     free_state(&o->params[j]);
                     o->params[j].fresh = false;
                 }
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         }
     }
     for (size_t i = 0; i < o->count; i++)
@@ -330,13 +330,13 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
                           ckpt_dtype_name(ti.dtype));
     float *dst = zeros(p->numel);
     if (!dst)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = CKPT_OK;
     if (p->numel) {
         size_t es = ckpt_dtype_size(ti.dtype);
         void *tmp = ti.dtype == CKPT_DTYPE_FLOAT32 ? (void *)dst : malloc((size_t)p->numel * es);
         if (!tmp)
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
         else
             st = ckpt__tensor_copy(f, t, tmp, (size_t)p->numel * es, err);
         if (st == CKPT_OK && tmp != dst)
@@ -461,7 +461,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     id_slot *file_ids = calloc(n ? n : 1, sizeof(id_slot));
     ckpt_status st = CKPT_OK;
     if (!next || !file_ids) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {

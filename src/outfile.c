@@ -62,7 +62,7 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     o->tmp_path = malloc(cap);
     if (!o->path || !o->tmp_path) {
         ckpt__out_abort(o);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     unsigned long salt = (unsigned long)time(NULL) ^ ((unsigned long)(uintptr_t)o << 7);
     for (int attempt = 0; attempt < 100; attempt++) {
@@ -173,7 +173,7 @@ ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err)
 {
     char *dir = dir_of(path);
     if (!dir)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     ckpt_status st = CKPT_OK;
     if (fd < 0) {

@@ -131,7 +131,7 @@ ckpt_status ckpt__output_check(ckpt__output_budget *b, ckpt_error *err)
 {
     ckpt_status st = CKPT_OK;
     if (b->failed) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
     } else if (b->made > sat_add(b->allowed, CKPT__OUTPUT_SLACK)) {
         /* name the largest piece: a tensor by its name in the file (a
          * cast's source's), else its storage's record */

@@ -349,11 +349,6 @@ typedef struct st_ctx {
     uint64_t max_depth;
 } st_ctx;
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, ckpt_error *err)
 {
     st_ctx *c = user;
@@ -404,14 +399,14 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
     if (c->ntensors == c->tensors_cap) {
         st_tensor *p = ckpt__array_grow(c->tensors, &c->tensors_cap, sizeof(*p));
         if (!p)
-            return nomem(err);
+            return ckpt__nomem(err);
         c->tensors = p;
     }
     st_tensor *e = &c->tensors[c->ntensors];
     memset(e, 0, sizeof(*e));
     e->name = malloc(nlen + 1);
     if (!e->name)
-        return nomem(err);
+        return ckpt__nomem(err);
     memcpy(e->name, name, nlen + 1);
     e->t = t;
     e->st_dtype = st_dtype;
@@ -435,14 +430,14 @@ static ckpt_status add_meta(st_ctx *c, const char *key, size_t klen, char *val, 
         st_meta *p = ckpt__array_grow(c->meta, &c->meta_cap, sizeof(*p));
         if (!p) {
             free(val);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         c->meta = p;
     }
     char *k = malloc(klen + 1);
     if (!k) {
         free(val);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     memcpy(k, key, klen);
     k[klen] = 0;
@@ -471,7 +466,7 @@ static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt
             return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
                               "metadata '%s' exceeds the %u bytes a safetensors header may hold",
                               name, ST_MAX_HEADER);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     return add_meta(c, name, nlen, (char *)b.b.p, b.b.len, false, err);
 }
@@ -489,7 +484,7 @@ static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ck
         size_t klen = ckpt__key_text(key, NULL, 0);
         char *kname = malloc(klen + 1);
         if (!kname)
-            return nomem(err);
+            return ckpt__nomem(err);
         ckpt__key_text(key, kname, klen + 1);
         ckpt_status st = add_leaf(c, kname, klen, ckpt_value_dict_value(v, i), err);
         free(kname);
@@ -516,7 +511,7 @@ static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error
                 err, "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
         char *val = malloc(vlen + 1);
         if (!val)
-            return nomem(err);
+            return ckpt__nomem(err);
         memcpy(val, vs, vlen);
         val[vlen] = 0;
         CKPT_RETURN_IF_ERROR(add_meta(c, ks, klen, val, vlen, true, err));
@@ -540,7 +535,7 @@ static ckpt_status settle_metadata(st_ctx *c, ckpt_error *err)
         return CKPT_OK;
     st_meta **by_key = malloc(c->nmeta * sizeof(*by_key));
     if (!by_key)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < c->nmeta; i++)
         by_key[i] = &c->meta[i];
     qsort(by_key, c->nmeta, sizeof(*by_key), cmp_meta_key);
@@ -688,7 +683,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     bool out_open = false;
     c.path = malloc((size_t)c.max_depth * sizeof(*c.path));
     if (!c.path) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     if ((st = ckpt__walk_named(root, lim.max_nesting, on_tensor, on_leaf, &c, err)) != CKPT_OK)
@@ -732,7 +727,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
 
     build_header(&c, &h);
     if (h.b.failed) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     if (h.too_big) {
@@ -746,7 +741,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     if (max_tensor) {
         buf = malloc(max_tensor < ST_CHUNK ? (size_t)max_tensor : ST_CHUNK);
         if (!buf) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             goto done;
         }
     }

@@ -121,11 +121,6 @@ const char *ckpt__scan_quote(char *buf, size_t cap, const void *p, size_t n)
  * The report
  * ====================================================================== */
 
-static ckpt_status nomem(scan_ctx *s)
-{
-    return ckpt__fail(s->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 static const char *text_copy(ckpt_scan *r, const char *t)
 {
     return ckpt__arena_strdup(&r->text, t ? t : "", t ? strlen(t) : 0);
@@ -147,7 +142,7 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
         size_t cap = r->cap ? r->cap * 2 : 16;
         ckpt_scan_finding *p = realloc(r->findings, cap * sizeof(*p));
         if (!p) {
-            *st = nomem(s);
+            *st = ckpt__nomem(s->err);
             return NULL;
         }
         r->findings = p;
@@ -162,7 +157,7 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
     f->offset = offset;
     f->file_offset = file_offset;
     if (!f->record || !f->message) {
-        *st = nomem(s);
+        *st = ckpt__nomem(s->err);
         return NULL;
     }
     r->count++;
@@ -375,7 +370,7 @@ static ckpt_status remember_use(scan_ctx *s, const void *v, size_t finding)
         s->uses = calloc(cap, sizeof(*s->uses));
         if (!s->uses) {
             s->uses = old;
-            return nomem(s);
+            return ckpt__nomem(s->err);
         }
         s->uses_cap = cap;
         for (size_t i = 0; i < old_cap; i++) {
@@ -456,7 +451,7 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
         return st;
     f->global = text_copy(s->report, full);
     if (!f->global)
-        return nomem(s);
+        return ckpt__nomem(s->err);
     f->runs_code = code;
     return remember_use(s, v, (size_t)(f - s->report->findings));
 }
@@ -1106,14 +1101,14 @@ static ckpt_status tar_collect(void *user, const ckpt__tar_member *m)
     if (L->count == L->cap) {
         tar_entry *p = ckpt__array_grow(L->items, &L->cap, sizeof(*p));
         if (!p)
-            return nomem(L->s);
+            return ckpt__nomem(L->s->err);
         L->items = p;
     }
     const char *name = (const char *)m->name;
     if (m->name_joined) {
         name = ckpt__arena_strdup(&L->names, name, m->name_len); /* the walk's buffer */
         if (!name)
-            return nomem(L->s);
+            return ckpt__nomem(L->s->err);
     }
     tar_entry *e = &L->items[L->count];
     memset(e, 0, sizeof(*e));
@@ -1461,7 +1456,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     if (L.count > 1) {
         sorted = malloc(L.count * sizeof(*sorted));
         if (!sorted) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             goto out;
         }
         for (size_t i = 0; i < L.count; i++)
@@ -1675,7 +1670,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         bool dup;
         seen_slot k = {.name = shard};
         if (!seen_add(&seen, &k, &dup)) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             break;
         }
         if (dup)
@@ -1697,7 +1692,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         size_t plen = strlen(s->dir) + 1 + strlen(shard) + 1;
         char *path = malloc(plen), where[256];
         if (!path) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             break;
         }
         snprintf(path, plen, "%s/%s", s->dir, shard);
@@ -1886,7 +1881,7 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
         return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     scan_ctx s;
     ctx_init(&s, r, opts, err);
     ckpt_status st = ckpt__scan_bytes(&s, data ? data : (const uint8_t *)"", size, "", 0, true);
@@ -1947,7 +1942,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
         seen_slot k = {.dev = (uint64_t)sb.st_dev, .ino = (uint64_t)sb.st_ino};
         if (!seen_add(s->shards_seen, &k, &dup)) {
             close(fd);
-            return nomem(s);
+            return ckpt__nomem(s->err);
         }
         if (dup) {
             close(fd); /* another name of a shard file already scanned */
@@ -2001,7 +1996,7 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
         return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     scan_ctx s;
     ctx_init(&s, r, opts, err);
     size_t plen = strlen(path);
@@ -2010,7 +2005,7 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
         memcpy(dir, path, plen + 1);
     if (!dir) {
         ckpt_scan_free(r);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     char *slash = strrchr(dir, '/');
     if (!slash)

@@ -121,11 +121,6 @@ static ckpt_status zadd(zscan *z, ckpt_scan_kind kind, const char *record, uint6
     return st;
 }
 
-static ckpt_status znomem(zscan *z)
-{
-    return ckpt__fail(z->s->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* ---- the end record and the central directory ------------------------- */
 
 /* The last end record in the final 64 KiB, as miniz finds it. */
@@ -230,7 +225,7 @@ static ckpt_status add_entry(zscan *z, size_t *cap, zentry **out)
         size_t c = *cap ? *cap * 2 : 16;
         zentry *p = realloc(z->e, c * sizeof(*p));
         if (!p)
-            return znomem(z);
+            return ckpt__nomem(z->s->err);
         z->e = p;
         *cap = c;
     }
@@ -243,7 +238,7 @@ static ckpt_status copy_name(zscan *z, zentry *e, const uint8_t *name, size_t le
 {
     char *p = ckpt__arena_strdup(&z->names, (const char *)name, len);
     if (!p)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     e->name = p;
     e->name_len = len;
     return CKPT_OK;
@@ -484,7 +479,7 @@ static ckpt_status sort_entries(zscan *z, uint32_t *idx, size_t n,
 {
     uint32_t *tmp = malloc((n ? n : 1) * sizeof(*tmp));
     if (!tmp)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     uint32_t *src = idx, *dst = tmp;
     for (size_t w = 1; w < n; w *= 2) {
         for (size_t lo = 0; lo < n; lo += 2 * w) {
@@ -514,7 +509,7 @@ static ckpt_status sort_names(zscan *z)
         return CKPT_OK;
     z->by_name = malloc(z->n * sizeof(*z->by_name));
     if (!z->by_name)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     for (size_t i = 0; i < z->n; i++)
         z->by_name[i] = (uint32_t)i;
     return sort_entries(z, z->by_name, z->n, name_cmp);
@@ -614,7 +609,7 @@ static ckpt_status coverage(zscan *z)
     size_t m = 0;
     uint32_t *idx = malloc((z->n ? z->n : 1) * sizeof(*idx));
     if (!idx)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     for (size_t i = 0; i < z->n; i++) {
         if (z->e[i].local_ok)
             idx[m++] = (uint32_t)i;
@@ -739,7 +734,7 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     if (!buf || !d) {
         free(buf);
         libdeflate_free_decompressor(d);
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     }
     size_t used = 0;
     enum libdeflate_result r = libdeflate_deflate_decompress_ex(
@@ -950,7 +945,7 @@ static ckpt_status probe_storage(zscan *z, zentry *e)
     if (!buf || !d) {
         free(buf);
         libdeflate_free_decompressor(d);
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     }
     size_t used = 0;
     enum libdeflate_result r = libdeflate_deflate_decompress_ex(

@@ -42,7 +42,7 @@ static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, u
     enum { PIECE = 16384 }; /* elements per conversion step */
     uint8_t *scratch = malloc(PIECE * ssz);
     if (!scratch)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = CKPT_OK;
     for (uint64_t done = 0; done < count && st == CKPT_OK;) {
         size_t n = count - done < PIECE ? (size_t)(count - done) : PIECE;

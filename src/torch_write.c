@@ -76,11 +76,6 @@ static bool reindex(saver *sv, size_t cap)
     return true;
 }
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* The name of a use of a storage, for messages. */
 static const char *use_name(ckpt_dtype dtype, bool untyped)
 {
@@ -116,20 +111,20 @@ static ckpt_status on_storage(void *user, ckpt__storage *s, ckpt_dtype dtype, bo
         if (sv->count == sv->cap) {
             saved_storage *l = ckpt__array_grow(sv->list, &sv->cap, sizeof(*l));
             if (!l)
-                return nomem(err);
+                return ckpt__nomem(err);
             sv->list = l;
         }
         char key[24];
         int klen = snprintf(key, sizeof(key), "%zu", sv->count);
         const char *k = ckpt__arena_strdup(&sv->arena, key, (size_t)klen);
         if (!k)
-            return nomem(err);
+            return ckpt__nomem(err);
         e = &sv->list[sv->count++];
         *e = (saved_storage){.s = s, .key = k, .type_name = type_name, .dtype = dtype,
                              .untyped = untyped, .location = loc, .numel = s->nbytes / elem};
         if (sv->count * 2 > sv->index_cap) {
             if (!reindex(sv, sv->index_cap ? sv->index_cap * 2 : 128))
-                return nomem(err);
+                return ckpt__nomem(err);
         } else {
             size_t i = ptr_hash(s) & (sv->index_cap - 1);
             while (sv->index[i])
@@ -181,7 +176,7 @@ static ckpt_status archive_prefix(const char *path, const ckpt_save_options *o, 
     }
     *out = malloc(n + 1);
     if (!*out)
-        return nomem(err);
+        return ckpt__nomem(err);
     memcpy(*out, p, n);
     (*out)[n] = 0;
     return CKPT_OK;
@@ -290,7 +285,7 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     if (casts)
         buf = malloc(CHUNK);
     if (!order || !name || (casts && !buf)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     for (size_t i = 0; i < sv.count; i++) {
