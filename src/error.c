@@ -50,6 +50,33 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
     return status;
 }
 
+const char *ckpt__quote(char *buf, size_t cap, const void *p, size_t n, bool apos)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = p;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        bool plain = c >= 0x20 && c < 0x7f && c != '\\' && !(apos && c == '\'');
+        size_t need = plain ? 1 : 4;
+        if (o + need + 4 > cap) { /* keep room for "..." and the NUL */
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (plain) {
+            buf[o++] = (char)c;
+        } else {
+            buf[o++] = '\\';
+            buf[o++] = 'x';
+            buf[o++] = hex[c >> 4];
+            buf[o++] = hex[c & 15];
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 ckpt_status ckpt__nomem(ckpt_error *err)
 {
     return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");

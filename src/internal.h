@@ -54,6 +54,11 @@ void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
  * or "prefix" when the record is empty. */
 void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
 
+/* Bytes from a file as text for a message: printable ASCII kept, any other
+ * byte, '\\' and (apos) '\'' as \xNN (names from hostile files may hold
+ * escapes or invalid UTF-8), cut with "..." where the rest would not fit
+ * cap (at least 8). Returns buf. */
+const char *ckpt__quote(char *buf, size_t cap, const void *p, size_t n, bool apos);
 /* CKPT_ERR_NOMEM, "out of memory", about no record. */
 ckpt_status ckpt__nomem(ckpt_error *err);
 /* The caller passed something wrong: CKPT_ERR_INVALID_ARG, about no record. */

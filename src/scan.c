@@ -91,32 +91,6 @@ const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size)
     return buf;
 }
 
-const char *ckpt__scan_quote(char *buf, size_t cap, const void *p, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = p;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        size_t need = (c >= 0x20 && c < 0x7f && c != '\\') ? 1 : 4;
-        if (o + need + 4 > cap) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (need == 1) {
-            buf[o++] = (char)c;
-        } else {
-            buf[o++] = '\\';
-            buf[o++] = 'x';
-            buf[o++] = hex[c >> 4];
-            buf[o++] = hex[c & 15];
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
 /* ======================================================================
  * The report
  * ====================================================================== */
@@ -425,8 +399,8 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
         return CKPT_OK;
 
     char mq[160], nq[160], full[330], msg[1100];
-    snprintf(full, sizeof(full), "%s.%s", ckpt__scan_quote(mq, sizeof(mq), module, mlen),
-             ckpt__scan_quote(nq, sizeof(nq), name, nlen));
+    snprintf(full, sizeof(full), "%s.%s", ckpt__quote(mq, sizeof(mq), module, mlen, false),
+             ckpt__quote(nq, sizeof(nq), name, nlen, false));
     bool code = runs_code(mod, ml, name, nlen);
     bool known = !(v && v->kind == CKPT_KIND_GLOBAL && v->global_id == CKPT__G_UNKNOWN);
     if (blocked)
@@ -1363,7 +1337,7 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
                                    const tar_entry *e, const char *where, uint64_t file_base)
 {
     tar_read t = {.s = s, .where = where, .base = ckpt__scan_at(file_base, e->data_offset)};
-    ckpt__scan_quote(t.name, sizeof(t.name), e->name, e->name_len);
+    ckpt__quote(t.name, sizeof(t.name), e->name, e->name_len, false);
     char rec[320];
     snprintf(rec, sizeof(rec), "%s%s", where ? where : "", t.name);
     if (e->type >= '1' && e->type <= '6') {
@@ -1467,7 +1441,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
             if (tar_name_cmp(a, b) != 0)
                 continue;
             char q[200], r[320];
-            ckpt__scan_quote(q, sizeof(q), b->name, b->name_len);
+            ckpt__quote(q, sizeof(q), b->name, b->name_len, false);
             snprintf(r, sizeof(r), "%s%s", where ? where : "", q);
             st = ckpt__scan_add(s, CKPT_SCAN_KIND_DUPLICATE_NAME, r, CKPT_NO_OFFSET,
                                 ckpt__scan_at(file_base, b->header_offset),
@@ -1684,7 +1658,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         if (!plain_shard_name(shard)) {
             st = ckpt__scan_add(s, CKPT_SCAN_KIND_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "shard '%s' is not a plain file name beside the index",
-                                ckpt__scan_quote(q, sizeof(q), shard, strlen(shard)));
+                                ckpt__quote(q, sizeof(q), shard, strlen(shard), false));
             if (st != CKPT_OK)
                 break;
             continue;
@@ -1697,7 +1671,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         }
         snprintf(path, plen, "%s/%s", s->dir, shard);
         snprintf(where, sizeof(where), "%s: ",
-                 ckpt__scan_quote(q, sizeof(q), shard, strlen(shard)));
+                 ckpt__quote(q, sizeof(q), shard, strlen(shard), false));
         st = scan_path(s, path, where);
         free(path);
         if (st != CKPT_OK)

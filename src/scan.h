@@ -114,8 +114,5 @@ ckpt_status ckpt__scan_zip(scan_ctx *s, const uint8_t *data, uint64_t size, cons
  * names a central directory that exists: a zip behind other bytes. */
 bool ckpt__scan_zip_at_end(const uint8_t *data, uint64_t size);
 
-/* Text of a name from a file for a message: printable ASCII kept, anything
- * else \xNN, cut with "..." past cap. Returns buf. */
-const char *ckpt__scan_quote(char *buf, size_t cap, const void *s, size_t n);
 
 #endif /* CKPT_SCAN_H */

@@ -92,7 +92,8 @@ static bool range_ok(uint64_t off, uint64_t len, uint64_t limit)
 static const char *rec_of(const zscan *z, const char *name, size_t len, char *buf, size_t cap)
 {
     char q[200];
-    snprintf(buf, cap, "%s%s", z->where ? z->where : "", ckpt__scan_quote(q, sizeof(q), name, len));
+    snprintf(buf, cap, "%s%s", z->where ? z->where : "",
+             ckpt__quote(q, sizeof(q), name, len, false));
     return buf;
 }
 
@@ -336,8 +337,8 @@ static ckpt_status check_local(zscan *z, zentry *e)
                                   "the local header names the entry '%s', the central directory "
                                   "'%s': readers that walk local headers see another file than "
                                   "torch",
-                                  ckpt__scan_quote(lq, sizeof(lq), lname, nlen),
-                                  ckpt__scan_quote(cq, sizeof(cq), e->name, e->name_len)));
+                                  ckpt__quote(lq, sizeof(lq), lname, nlen, false),
+                                  ckpt__quote(cq, sizeof(cq), e->name, e->name_len, false)));
     }
     unsigned bad = (flags | e->flags) & (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG);
     if (bad)
@@ -576,7 +577,7 @@ static ckpt_status check_names(zscan *z)
                                       "the name differs from '%s' only in case: torch's zip "
                                       "reader ignores case and reads either, Python's zipfile "
                                       "tells them apart; every copy is scanned",
-                                      ckpt__scan_quote(q, sizeof(q), a->name, a->name_len)));
+                                      ckpt__quote(q, sizeof(q), a->name, a->name_len, false)));
         }
     }
     return CKPT_OK;
@@ -623,7 +624,7 @@ static ckpt_status coverage(zscan *z)
             char q[200];
             st = zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)), e->header_offset,
                       "the entry overlaps '%s': two names for the same bytes",
-                      ckpt__scan_quote(q, sizeof(q), prev->name, prev->name_len));
+                      ckpt__quote(q, sizeof(q), prev->name, prev->name_len, false));
         } else {
             st = gap(z, pos, e->header_offset,
                      prev ? "between entries" : "before the first entry");
@@ -1094,7 +1095,7 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
             return CKPT_OK;
         char q[200];
         snprintf(rec, sizeof(rec), "%s%s (local header only)", z->where ? z->where : "",
-                 ckpt__scan_quote(q, sizeof(q), p + LOCAL_SIZE, nlen));
+                 ckpt__quote(q, sizeof(q), p + LOCAL_SIZE, nlen, false));
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, 0,
                                             ckpt__scan_at(z->base, at),
                                             "a local header the central directory does not list: "
@@ -1174,7 +1175,7 @@ static ckpt_status torch_pass(zscan *z)
                                   "%zu record%s outside the archive prefix '%s/' (the first: "
                                   "'%s'): torch.load refuses such an archive", outside,
                                   outside == 1 ? "" : "s",
-                                  ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen), rec));
+                                  ckpt__quote(q, sizeof(q), z->prefix, z->plen, false), rec));
     }
     if (z->torchscript)
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_TORCHSCRIPT, zrec(z, rec, sizeof(rec)), 0,
@@ -1188,7 +1189,7 @@ static ckpt_status torch_pass(zscan *z)
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                                   "no '%s%sdata.pkl' record: not a torch.save checkpoint, "
                                   "torch.load refuses it",
-                                  z->prefix ? ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen)
+                                  z->prefix ? ckpt__quote(q, sizeof(q), z->prefix, z->plen, false)
                                             : "",
                                   z->prefix ? "/" : ""));
     } else if (mains && z->prefix && !has_version && !z->torchscript) {
