@@ -181,7 +181,9 @@ static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
                                        const ckpt_value *state)
 {
     const ckpt_value *meta = ckpt_value_get(state, "_metadata");
-    if (!meta || (ckpt_value_kind(meta) != CKPT_KIND_ORDERED_DICT && ckpt_value_kind(meta) != CKPT_KIND_DICT))
+    if (!meta ||
+        (ckpt_value_kind(meta) != CKPT_KIND_ORDERED_DICT &&
+         ckpt_value_kind(meta) != CKPT_KIND_DICT))
         return state;
     ckpt_value *new_meta = ckpt_value_kind(meta) == CKPT_KIND_ORDERED_DICT
                                ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
@@ -214,7 +216,8 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
                                          const ckpt_value *root, size_t *dropped)
 {
     ckpt_kind kind = ckpt_value_kind(root);
-    ckpt_value *out = kind == CKPT_KIND_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
+    ckpt_value *out =
+        kind == CKPT_KIND_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
     *dropped = 0;
     for (size_t i = 0; i < ckpt_value_len(root); i++) {
         const ckpt_value *key = ckpt_value_key(root, i);
@@ -309,7 +312,8 @@ static bool memo_set(cast_memo *m, const ckpt_value *v, const ckpt_value *to)
 
 static bool castable(ckpt_dtype d)
 {
-    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 || d == CKPT_DTYPE_BFLOAT16;
+    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 ||
+           d == CKPT_DTYPE_BFLOAT16;
 }
 
 /* The tree with every strided floating tensor cast to `to`; containers that

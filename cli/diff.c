@@ -322,8 +322,8 @@ static bool path_push(plain_walk *w, const ckpt_value *v, size_t i, bool is_dict
 
 static bool is_container(ckpt_kind k)
 {
-    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_DICT ||
-           k == CKPT_KIND_ORDERED_DICT;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET ||
+           k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
 static void plain_walk_value(plain_walk *w, const ckpt_value *v, int depth)

@@ -621,8 +621,8 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
 
 static bool is_container(ckpt_kind k)
 {
-    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET || k == CKPT_KIND_DICT ||
-           k == CKPT_KIND_ORDERED_DICT;
+    return k == CKPT_KIND_LIST || k == CKPT_KIND_TUPLE || k == CKPT_KIND_SET ||
+           k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
 static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
@@ -640,8 +640,9 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
         putchar('\n');
         return;
     }
-    const char *names[] = {[CKPT_KIND_LIST] = "list", [CKPT_KIND_TUPLE] = "tuple", [CKPT_KIND_SET] = "set",
-                           [CKPT_KIND_DICT] = "dict", [CKPT_KIND_ORDERED_DICT] = "OrderedDict"};
+    const char *names[] = {[CKPT_KIND_LIST] = "list", [CKPT_KIND_TUPLE] = "tuple",
+                           [CKPT_KIND_SET] = "set", [CKPT_KIND_DICT] = "dict",
+                           [CKPT_KIND_ORDERED_DICT] = "OrderedDict"};
     size_t n = ckpt_value_len(v);
     const ckpt_value *meta = ckpt_value_get(ckpt_value_state(v), "_metadata");
     if (meta)
@@ -676,7 +677,8 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
             char text[256];
             if (ckpt_value_kind(key) != CKPT_KIND_STR)
                 ckpt_value_key_text(key, text, sizeof(text));
-            printf("%s: ", ckpt_value_kind(key) == CKPT_KIND_STR ? ckpt_value_str(key, NULL) : text);
+            printf("%s: ",
+                   ckpt_value_kind(key) == CKPT_KIND_STR ? ckpt_value_str(key, NULL) : text);
             print_tree(c, ckpt_value_dict_value(v, i), depth + 1);
         } else {
             printf("[%zu] ", i);

@@ -68,7 +68,8 @@ static void report_json(scan_run *r, const char *path, const ckpt_scan *sc, cons
         json_object_set_new(j, "offset", offset_json(f->offset));
         json_object_set_new(j, "file_offset", offset_json(f->file_offset));
         ckpt_scan_use_text(f->use, use, sizeof(use));
-        json_object_set_new(j, "use", f->kind == CKPT_SCAN_KIND_GLOBAL ? json_string(use) : json_null());
+        json_object_set_new(j, "use",
+                            f->kind == CKPT_SCAN_KIND_GLOBAL ? json_string(use) : json_null());
         json_object_set_new(j, "runs_code", json_boolean(f->runs_code));
         json_object_set_new(j, "message", json_string(f->message));
         json_array_append_new(fs, j);

@@ -30,7 +30,8 @@ int main(int argc, char **argv)
         ckpt_tensor_get_info(w, &ti);
         const void *data; /* borrowed from the map until ckpt_close */
         bool zero_copy;
-        if (ckpt_tensor_data(f, w, &data, &zero_copy, &err) == CKPT_OK && ti.dtype == CKPT_DTYPE_FLOAT32 &&
+        if (ckpt_tensor_data(f, w, &data, &zero_copy, &err) == CKPT_OK &&
+            ti.dtype == CKPT_DTYPE_FLOAT32 &&
             ti.numel > 0)
             printf("%s: %s %s, first %g, zero-copy %d\n", name, ckpt_dtype_name(ti.dtype),
                    ti.is_contiguous ? "contiguous" : "strided", ((const float *)data)[0], zero_copy);

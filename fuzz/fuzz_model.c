@@ -75,7 +75,8 @@ static void own_model(ckpt_file *f)
         const ckpt_value *v = ckpt_value_dict_value(sd, i);
         size_t klen;
         const char *key = ckpt_value_str(k, &klen);
-        if (ckpt_value_kind(k) != CKPT_KIND_STR || ckpt_value_kind(v) != CKPT_KIND_TENSOR || !klen ||
+        if (ckpt_value_kind(k) != CKPT_KIND_STR || ckpt_value_kind(v) != CKPT_KIND_TENSOR ||
+            !klen ||
             memchr(key, '\0', klen))
             goto skip_model; /* keys the model cannot name: nothing to compare */
         const ckpt_tensor *t = ckpt_value_tensor(v);
@@ -87,8 +88,10 @@ static void own_model(ckpt_file *f)
             ckpt_dtype_size(ti.dtype) == 0)
             goto skip_model;
         ckpt_dtype want = ckpt_dtype_is_floating(ti.dtype) &&
-                                  (ti.dtype == CKPT_DTYPE_FLOAT64 || ti.dtype == CKPT_DTYPE_FLOAT16 ||
-                                   ti.dtype == CKPT_DTYPE_BFLOAT16 || ti.dtype == CKPT_DTYPE_FLOAT32)
+                                  (ti.dtype == CKPT_DTYPE_FLOAT64 ||
+                                   ti.dtype == CKPT_DTYPE_FLOAT16 ||
+                                   ti.dtype == CKPT_DTYPE_BFLOAT16 ||
+                                   ti.dtype == CKPT_DTYPE_FLOAT32)
                               ? CKPT_DTYPE_FLOAT32
                               : ti.dtype;
         if (ckpt_model_add(m, key, want, ti.ndim, ti.shape, NULL, 0, NULL, &err) != CKPT_OK)

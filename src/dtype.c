@@ -83,7 +83,8 @@ ckpt_dtype ckpt_dtype_from_name(const char *name)
     }
     static const struct { const char *alias; ckpt_dtype d; } ALIASES[] = {
         {"double", CKPT_DTYPE_FLOAT64}, {"float", CKPT_DTYPE_FLOAT32}, {"half", CKPT_DTYPE_FLOAT16},
-        {"cdouble", CKPT_DTYPE_COMPLEX128}, {"cfloat", CKPT_DTYPE_COMPLEX64}, {"chalf", CKPT_DTYPE_COMPLEX32},
+        {"cdouble", CKPT_DTYPE_COMPLEX128}, {"cfloat", CKPT_DTYPE_COMPLEX64},
+        {"chalf", CKPT_DTYPE_COMPLEX32},
         {"long", CKPT_DTYPE_INT64}, {"int", CKPT_DTYPE_INT32}, {"short", CKPT_DTYPE_INT16},
     };
     for (size_t i = 0; i < sizeof(ALIASES) / sizeof(ALIASES[0]); i++) {

@@ -243,14 +243,15 @@ static inline size_t ckpt__storage_elem_size(ckpt_dtype d)
 /* qint8, quint8, qint32, quint4x2, quint2x4: tensors with a quantizer. */
 static inline bool ckpt__dtype_is_quantized(ckpt_dtype d)
 {
-    return d == CKPT_DTYPE_QINT8 || d == CKPT_DTYPE_QUINT8 || d == CKPT_DTYPE_QINT32 || d == CKPT_DTYPE_QUINT4X2 ||
-           d == CKPT_DTYPE_QUINT2X4;
+    return d == CKPT_DTYPE_QINT8 || d == CKPT_DTYPE_QUINT8 || d == CKPT_DTYPE_QINT32 ||
+           d == CKPT_DTYPE_QUINT4X2 || d == CKPT_DTYPE_QUINT2X4;
 }
 
 /* The dtypes ckpt_convert_dtype converts between. */
 static inline bool ckpt__dtype_castable(ckpt_dtype d)
 {
-    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 || d == CKPT_DTYPE_BFLOAT16;
+    return d == CKPT_DTYPE_FLOAT64 || d == CKPT_DTYPE_FLOAT32 || d == CKPT_DTYPE_FLOAT16 ||
+           d == CKPT_DTYPE_BFLOAT16;
 }
 
 /* A parsed persistent id ('storage', storage_type, key, location, numel[, view]). */

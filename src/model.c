@@ -711,8 +711,16 @@ static void convert_integral(ckpt_dtype to, void *dst, ckpt_dtype from, const vo
         bool is_unsigned;
         int64_t i = load_int(from, s, &u, &is_unsigned);
         switch (to) {
-        case CKPT_DTYPE_FLOAT64: { double v = is_unsigned ? (double)u : (double)i; memcpy(d, &v, 8); break; }
-        case CKPT_DTYPE_FLOAT32: { float v = is_unsigned ? (float)u : (float)i; memcpy(d, &v, 4); break; }
+        case CKPT_DTYPE_FLOAT64: {
+            double v = is_unsigned ? (double)u : (double)i;
+            memcpy(d, &v, 8);
+            break;
+        }
+        case CKPT_DTYPE_FLOAT32: {
+            float v = is_unsigned ? (float)u : (float)i;
+            memcpy(d, &v, 4);
+            break;
+        }
         case CKPT_DTYPE_FLOAT16:
         case CKPT_DTYPE_BFLOAT16: {
             /* through float32, as torch computes it */
@@ -723,8 +731,16 @@ static void convert_integral(ckpt_dtype to, void *dst, ckpt_dtype from, const vo
         case CKPT_DTYPE_BOOL: d[0] = u != 0; break;
         /* the low bits, as a C++ static_cast wraps */
         case CKPT_DTYPE_INT64: case CKPT_DTYPE_UINT64: memcpy(d, &u, 8); break;
-        case CKPT_DTYPE_INT32: case CKPT_DTYPE_UINT32: { uint32_t v = (uint32_t)u; memcpy(d, &v, 4); break; }
-        case CKPT_DTYPE_INT16: case CKPT_DTYPE_UINT16: { uint16_t v = (uint16_t)u; memcpy(d, &v, 2); break; }
+        case CKPT_DTYPE_INT32: case CKPT_DTYPE_UINT32: {
+            uint32_t v = (uint32_t)u;
+            memcpy(d, &v, 4);
+            break;
+        }
+        case CKPT_DTYPE_INT16: case CKPT_DTYPE_UINT16: {
+            uint16_t v = (uint16_t)u;
+            memcpy(d, &v, 2);
+            break;
+        }
         default: d[0] = (uint8_t)u; break;
         }
     }

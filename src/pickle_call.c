@@ -82,7 +82,8 @@ static const global_def GLOBALS[] = {
     D("uint32", CKPT_DTYPE_UINT32), D("uint64", CKPT_DTYPE_UINT64),
     D("bool", CKPT_DTYPE_BOOL),
     D("float8_e5m2", CKPT_DTYPE_FLOAT8_E5M2), D("float8_e4m3fn", CKPT_DTYPE_FLOAT8_E4M3FN),
-    D("float8_e5m2fnuz", CKPT_DTYPE_FLOAT8_E5M2FNUZ), D("float8_e4m3fnuz", CKPT_DTYPE_FLOAT8_E4M3FNUZ),
+    D("float8_e5m2fnuz", CKPT_DTYPE_FLOAT8_E5M2FNUZ),
+    D("float8_e4m3fnuz", CKPT_DTYPE_FLOAT8_E4M3FNUZ),
     D("float8_e8m0fnu", CKPT_DTYPE_FLOAT8_E8M0FNU),
     D("qint8", CKPT_DTYPE_QINT8), D("quint8", CKPT_DTYPE_QUINT8), D("qint32", CKPT_DTYPE_QINT32),
     D("quint4x2", CKPT_DTYPE_QUINT4X2), D("quint2x4", CKPT_DTYPE_QUINT2X4),
@@ -278,7 +279,8 @@ static ckpt_status arg_dims(vm *m, const call *c, size_t i, const char *what, ui
                             int64_t **dims)
 {
     const ckpt_value *v = c->args[i];
-    if (!v || (v->kind != CKPT_KIND_TUPLE && v->kind != CKPT_KIND_SIZE && v->kind != CKPT_KIND_LIST))
+    if (!v ||
+        (v->kind != CKPT_KIND_TUPLE && v->kind != CKPT_KIND_SIZE && v->kind != CKPT_KIND_LIST))
         return bad_arg(m, c, i, what, "a tuple of ints");
     if (v->u.seq.len > m->limits->max_ndim)
         return ckpt__vm_fail(m, CKPT_ERR_LIMIT, "%s: %s has %zu dimensions (max_ndim is %llu)",
@@ -448,14 +450,16 @@ static ckpt_status call_rebuild_qtensor(vm *m, const call *c, ckpt_value **out)
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 7, 7));
     const ckpt_value *q = c->args[4];
     if (!q || q->kind != CKPT_KIND_TUPLE || q->u.seq.len < 3 || !q->u.seq.items[0] ||
-        q->u.seq.items[0]->kind != CKPT_KIND_GLOBAL || !is_constant_id(q->u.seq.items[0]->global_id) ||
+        q->u.seq.items[0]->kind != CKPT_KIND_GLOBAL ||
+        !is_constant_id(q->u.seq.items[0]->global_id) ||
         q->u.seq.items[0]->global_id > CKPT__G_PER_CHANNEL_AFFINE_FLOAT_QPARAMS)
         return bad_arg(m, c, 4, "quantizer_params", "a (qscheme, ...) tuple");
     const ckpt_value *sv = c->args[0];
     if (!sv || sv->kind != CKPT__KIND_STORAGE || !sv->u.storage)
         return bad_arg(m, c, 0, "storage", "a storage");
     ckpt_dtype d = sv->u.storage->dtype;
-    if (d != CKPT_DTYPE_QINT8 && d != CKPT_DTYPE_QUINT8 && d != CKPT_DTYPE_QINT32 && d != CKPT_DTYPE_QUINT4X2 &&
+    if (d != CKPT_DTYPE_QINT8 && d != CKPT_DTYPE_QUINT8 && d != CKPT_DTYPE_QINT32 &&
+        d != CKPT_DTYPE_QUINT4X2 &&
         d != CKPT_DTYPE_QUINT2X4)
         return bad_arg(m, c, 0, "storage", "a quantized storage");
     /* the tensor part is _rebuild_tensor_v2's */
@@ -463,7 +467,8 @@ static ckpt_status call_rebuild_qtensor(vm *m, const call *c, ckpt_value **out)
     call v2 = *c;
     v2.args = args6;
     v2.nargs = 6;
-    static const ckpt_value v2_fn = {.kind = CKPT_KIND_GLOBAL, .global_id = CKPT__G_REBUILD_TENSOR_V2};
+    static const ckpt_value v2_fn = {.kind = CKPT_KIND_GLOBAL,
+                                     .global_id = CKPT__G_REBUILD_TENSOR_V2};
     v2.fn = &v2_fn;
     CKPT_RETURN_IF_ERROR(call_rebuild_tensor(m, &v2, out));
     (*out)->u.tensor.state = c->args[4];
@@ -562,12 +567,13 @@ static ckpt_status call_dict(vm *m, const call *c, ckpt_value **out)
         if (counter) {
             ckpt_value *old = ckpt__dict_lookup(d, item), *n;
             CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, ckpt__key_cost(item)));
-            CKPT_RETURN_IF_ERROR(ckpt__vm_int(m, old && old->kind == CKPT_KIND_INT ? old->u.i + 1 : 1,
-                                              &n));
+            CKPT_RETURN_IF_ERROR(
+                ckpt__vm_int(m, old && old->kind == CKPT_KIND_INT ? old->u.i + 1 : 1, &n));
             CKPT_RETURN_IF_ERROR(ckpt__vm_dict_put(m, d, item, n));
             continue;
         }
-        if (!item || (item->kind != CKPT_KIND_LIST && item->kind != CKPT_KIND_TUPLE) || item->u.seq.len != 2)
+        if (!item || (item->kind != CKPT_KIND_LIST && item->kind != CKPT_KIND_TUPLE) ||
+            item->u.seq.len != 2)
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
                                  "%s: item %zu is a %s, not a (key, value) pair",
                                  c->name, i, kind_desc(item));
@@ -684,7 +690,9 @@ static ckpt_status call_set(vm *m, const call *c, ckpt_value **out)
     CKPT_RETURN_IF_ERROR(check_nargs(m, c, 0, 1));
     const ckpt_value *src = c->nargs ? c->args[0] : NULL;
     if (c->nargs &&
-        (!src || (src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_TUPLE && src->kind != CKPT_KIND_SET)))
+        (!src ||
+         (src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_TUPLE &&
+          src->kind != CKPT_KIND_SET)))
         return bad_arg(m, c, 0, "iterable", "a list, tuple or set");
     if (src)
         CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
@@ -735,7 +743,9 @@ static ckpt_status call_size(vm *m, const call *c, ckpt_value **out)
     if (c->nargs == 0)
         return ckpt__vm_seq(m, CKPT_KIND_SIZE, NULL, 0, out);
     const ckpt_value *src = c->args[0];
-    if (!src || (src->kind != CKPT_KIND_TUPLE && src->kind != CKPT_KIND_LIST && src->kind != CKPT_KIND_SIZE))
+    if (!src ||
+        (src->kind != CKPT_KIND_TUPLE && src->kind != CKPT_KIND_LIST &&
+         src->kind != CKPT_KIND_SIZE))
         return bad_arg(m, c, 0, "sizes", "a tuple of ints");
     CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, src->u.seq.len));
     CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_SIZE, src->u.seq.items, src->u.seq.len, out));

@@ -894,9 +894,10 @@ static ckpt_status rebuild_func(pickler *w, const ckpt_tensor *t, const ckpt_val
         return CKPT_OK;
     }
     if (ckpt__dtype_is_quantized(t->dtype)) {
-        const ckpt_value *q0 = qparams && qparams->kind == CKPT_KIND_TUPLE && qparams->u.seq.len >= 3
-                                   ? qparams->u.seq.items[0]
-                                   : NULL;
+        const ckpt_value *q0 =
+            qparams && qparams->kind == CKPT_KIND_TUPLE && qparams->u.seq.len >= 3
+                ? qparams->u.seq.items[0]
+                : NULL;
         if (!q0 || q0->kind != CKPT_KIND_GLOBAL || q0->u.s.len < 10 ||
             memcmp(q0->u.s.ptr, "torch.per_", 10) != 0)
             return fail(w, CKPT_ERR_INVALID_ARG,

@@ -506,7 +506,8 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     }
     if (st == CKPT_OK && res->next > res->consumed) {
         uint64_t stop = res->consumed - 1;
-        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, record, stop, ckpt__scan_at(file_base, stop),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, record, stop,
+                              ckpt__scan_at(file_base, stop),
                               "the frame runs %zu byte%s past STOP (to byte %zu): Python's "
                               "unpickler reading from a file continues after the frame, not "
                               "after STOP",
@@ -525,7 +526,8 @@ ckpt_status ckpt__scan_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
     if (st == CKPT_ERR_LIMIT)
         return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, record, off, ckpt__scan_at(file_base, off),
                               "the pickle is not checked past this point: %s", perr.message);
-    return ckpt__scan_add(s, CKPT_SCAN_KIND_BROKEN_PICKLE, record, off, ckpt__scan_at(file_base, off),
+    return ckpt__scan_add(s, CKPT_SCAN_KIND_BROKEN_PICKLE, record, off,
+                          ckpt__scan_at(file_base, off),
                           "the pickle breaks here (%s); what came before it was read and reported",
                           perr.message);
 }
@@ -641,7 +643,8 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
         const uint8_t *p = data + pos;
         size_t left = (size_t)(size - pos);
         if (k > SCAN_MAX_PICKLES)
-            return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, where_record(where, "", rec, sizeof(rec)),
+            return ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT,
+                                  where_record(where, "", rec, sizeof(rec)),
                                   pos, ckpt__scan_at(file_base, pos),
                                   "more than %d pickles back to back: the rest is not checked",
                                   SCAN_MAX_PICKLES);
@@ -804,7 +807,8 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         /* torch never reads sys_info: the storages' bytes are loaded as
          * saved, little-endian, whatever it says */
         const ckpt_value *le = i == 1 ? ckpt_value_get(v, "little_endian") : NULL;
-        if (le && ((le->kind == CKPT_KIND_BOOL && !le->u.b) || (le->kind == CKPT_KIND_INT && !le->u.i))) {
+        if (le &&
+            ((le->kind == CKPT_KIND_BOOL && !le->u.b) || (le->kind == CKPT_KIND_INT && !le->u.i))) {
             st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
                                 "sys_info says the storages were saved big-endian "
                                 "(little_endian=False), but torch never reads sys_info and "
@@ -850,7 +854,8 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
             goto out;
         }
         if (size - pos - 8 < nbytes) {
-            st = ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, 8, ckpt__scan_at(file_base, pos + 8),
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_STORAGE, srec, 8,
+                                ckpt__scan_at(file_base, pos + 8),
                                 "the storage's %llu bytes run past the end of the file",
                                 (unsigned long long)nbytes);
             goto out;
@@ -922,7 +927,8 @@ static ckpt_status scan_safetensors(scan_ctx *s, const uint8_t *data, uint64_t s
     char rec[256], msg[768];
     where_record(where, err.record, rec, sizeof(rec));
     ckpt_error_format(&err, msg, sizeof(msg));
-    return ckpt__scan_add(s, st == CKPT_ERR_LIMIT ? CKPT_SCAN_KIND_LIMIT : CKPT_SCAN_KIND_FORMAT, rec,
+    return ckpt__scan_add(s, st == CKPT_ERR_LIMIT ? CKPT_SCAN_KIND_LIMIT : CKPT_SCAN_KIND_FORMAT,
+                          rec,
                           err.offset, err.file_offset,
                           "the safetensors header breaks the format's rules: %s", err.message);
 }
@@ -993,7 +999,8 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
                    ? CKPT_OK
                    : ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                                     "a numpy array file (.npy), not a checkpoint torch.load reads");
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0,
+                                        ckpt__scan_at(file_base, 0),
                                         "a numpy object array: its data is a pickle that "
                                         "np.load(allow_pickle=True) runs"));
     uint64_t pos = start + hlen;
@@ -1354,7 +1361,8 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
     t.len = e->size < avail ? e->size : avail;
     if (e->size_big || e->size > avail)
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-            s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET, ckpt__scan_at(file_base, e->header_offset),
+            s, CKPT_SCAN_KIND_FORMAT, rec, CKPT_NO_OFFSET,
+            ckpt__scan_at(file_base, e->header_offset),
             "the member's data runs past the end of the file: when torch extracts it tarfile "
             "fails and torch.load reads the file as a pickle from byte 0"));
     bool storages = tar_name_is(e, "storages"), tensors = tar_name_is(e, "tensors");
@@ -1656,7 +1664,8 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         }
         char q[200];
         if (!plain_shard_name(shard)) {
-            st = ckpt__scan_add(s, CKPT_SCAN_KIND_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+            st = ckpt__scan_add(s, CKPT_SCAN_KIND_UNSAFE_NAME, "index", CKPT_NO_OFFSET,
+                                CKPT_NO_OFFSET,
                                 "shard '%s' is not a plain file name beside the index",
                                 ckpt__quote(q, sizeof(q), shard, strlen(shard), false));
             if (st != CKPT_OK)
@@ -1707,7 +1716,8 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
     case CKPT__TAR_BLOCK_ZERO:
         if (top)
             s->report->format = "tar";
-        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, where_record(where, "tar", rec, sizeof(rec)),
+        return ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT,
+                              where_record(where, "tar", rec, sizeof(rec)),
                               0, ckpt__scan_at(file_base, 0),
                               "torch.load reads this file as an empty tar archive (its first 512 "
                               "bytes are zero) and fails: not a checkpoint");
@@ -1754,7 +1764,8 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
         snprintf(hex + 3 * i, sizeof(hex) - 3 * i, "%02x ", data[i]);
     if (*hex)
         hex[strlen(hex) - 1] = '\0';
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+    CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0,
+                                        ckpt__scan_at(file_base, 0),
                                         "not a checkpoint: unknown format (starts with %s); its "
                                         "content is not checked",
                                         hex));
@@ -1795,7 +1806,8 @@ void ckpt_scan_free(ckpt_scan *scan)
 
 ckpt_scan_verdict ckpt_scan_get_verdict(const ckpt_scan *scan)
 {
-    return scan && scan->count == 0 && scan->dropped == 0 ? CKPT_SCAN_VERDICT_SAFE : CKPT_SCAN_VERDICT_UNSAFE;
+    return scan && scan->count == 0 && scan->dropped == 0 ? CKPT_SCAN_VERDICT_SAFE
+                                                          : CKPT_SCAN_VERDICT_UNSAFE;
 }
 
 const char *ckpt_scan_format(const ckpt_scan *scan)
@@ -1840,7 +1852,8 @@ static ckpt_status finish(scan_ctx *s)
         r->dropped = 0;
         r->count--; /* make room: the last listed finding gives way to the count */
         dropped++;
-        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, "", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
+        CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_LIMIT, "", CKPT_NO_OFFSET,
+                                            CKPT_NO_OFFSET,
                                             "%zu more findings are not listed", dropped));
     }
     return CKPT_OK;

@@ -431,7 +431,8 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
         e->local_ok = true;
         if ((flags & (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG)) != 0) {
             char r2[256];
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_FLAGS, erec(z, e, r2, sizeof(r2)), pos + 6,
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_ZIP_FLAGS, erec(z, e, r2, sizeof(r2)),
+                                      pos + 6,
                                       "flag bits 0x%x set: Python's zipfile refuses the entry",
                                       (unsigned)(flags & (FLAG_ENCRYPTED | FLAG_PATCHED |
                                                           FLAG_STRONG))));
@@ -564,7 +565,8 @@ static ckpt_status check_names(zscan *z)
         if (name_cmp(a, b) != 0)
             continue;
         if (a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0) {
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME,
+                                      erec(z, b, rec, sizeof(rec)),
                                       b->central_at,
                                       "a second entry with this name (at %llu, the first at "
                                       "%llu): torch reads one copy, Python's zipfile the last; "
@@ -572,7 +574,8 @@ static ckpt_status check_names(zscan *z)
                                       ull(a->header_offset)));
         } else {
             char q[200];
-            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME, erec(z, b, rec, sizeof(rec)),
+            CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_DUPLICATE_NAME,
+                                      erec(z, b, rec, sizeof(rec)),
                                       b->central_at,
                                       "the name differs from '%s' only in case: torch's zip "
                                       "reader ignores case and reads either, Python's zipfile "
@@ -622,7 +625,8 @@ static ckpt_status coverage(zscan *z)
         const zentry *e = &z->e[idx[i]];
         if (e->header_offset < pos && prev) {
             char q[200];
-            st = zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)), e->header_offset,
+            st = zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)),
+                      e->header_offset,
                       "the entry overlaps '%s': two names for the same bytes",
                       ckpt__quote(q, sizeof(q), prev->name, prev->name_len, false));
         } else {
@@ -826,7 +830,8 @@ static ckpt_status zip_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_
                     continue;
                 said = true;
                 CKPT_RETURN_IF_ERROR(ckpt__scan_add(
-                    z->s, CKPT_SCAN_KIND_STORAGE, P->record, offset, ckpt__scan_at(P->file_base, offset),
+                    z->s, CKPT_SCAN_KIND_STORAGE, P->record, offset,
+                    ckpt__scan_at(P->file_base, offset),
                     "record '%s' holds %llu bytes but its storage declares %llu: torch before "
                     "2.10 reads or writes past the record (CVE-2026-24747)",
                     name, ull(copy->size), ull(p.nbytes)));

@@ -90,7 +90,8 @@ uint64_t ckpt__tensor_nbytes(const ckpt_tensor *t)
 void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype)
 {
     size_t size = ckpt_dtype_size(dtype);
-    if (dtype == CKPT_DTYPE_COMPLEX128 || dtype == CKPT_DTYPE_COMPLEX64 || dtype == CKPT_DTYPE_COMPLEX32) {
+    if (dtype == CKPT_DTYPE_COMPLEX128 || dtype == CKPT_DTYPE_COMPLEX64 ||
+        dtype == CKPT_DTYPE_COMPLEX32) {
         size /= 2;
         n *= 2;
     }

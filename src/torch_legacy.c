@@ -96,8 +96,10 @@ static ckpt_status legacy_persistent_load(void *user, ckpt__pickle_ctx *ctx, con
     const ckpt_value *view = p.view;
     if (view->kind != CKPT_KIND_NONE) {
         /* (view_key, offset, view_size), in elements */
-        if (view->kind != CKPT_KIND_TUPLE || view->u.seq.len != 3 || !is_str(view->u.seq.items[0]) ||
-            view->u.seq.items[1]->kind != CKPT_KIND_INT || view->u.seq.items[2]->kind != CKPT_KIND_INT ||
+        if (view->kind != CKPT_KIND_TUPLE || view->u.seq.len != 3 ||
+            !is_str(view->u.seq.items[0]) ||
+            view->u.seq.items[1]->kind != CKPT_KIND_INT ||
+            view->u.seq.items[2]->kind != CKPT_KIND_INT ||
             view->u.seq.items[1]->u.i < 0 || view->u.seq.items[2]->u.i < 0)
             return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset,
                               "storage view metadata is not (key, offset, size)");

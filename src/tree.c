@@ -205,7 +205,8 @@ ckpt_status ckpt_append(ckpt_tree *tree, ckpt_value *seq, const ckpt_value *item
     if (!tree)
         return CKPT_ERR_INVALID_ARG;
     CKPT_RETURN_IF_ERROR(check_item(tree, item));
-    if (!seq || (seq->kind != CKPT_KIND_LIST && seq->kind != CKPT_KIND_TUPLE && seq->kind != CKPT_KIND_SET))
+    if (!seq ||
+        (seq->kind != CKPT_KIND_LIST && seq->kind != CKPT_KIND_TUPLE && seq->kind != CKPT_KIND_SET))
         return tree_fail(tree, CKPT_ERR_TYPE, "append needs a list, tuple or set%s", NULL);
     if (!ckpt__seq_append(&tree->arena, seq, (ckpt_value *)(uintptr_t)item)) {
         nomem(tree);

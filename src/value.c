@@ -823,7 +823,8 @@ ckpt_dtype ckpt_value_dtype(const ckpt_value *v)
 
 static bool is_seq(const ckpt_value *v)
 {
-    return v && (v->kind == CKPT_KIND_LIST || v->kind == CKPT_KIND_TUPLE || v->kind == CKPT_KIND_SET ||
+    return v && (v->kind == CKPT_KIND_LIST || v->kind == CKPT_KIND_TUPLE ||
+                 v->kind == CKPT_KIND_SET ||
                  v->kind == CKPT_KIND_SIZE);
 }
 

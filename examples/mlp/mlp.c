@@ -165,7 +165,8 @@ static ckpt_status net_new(net *n, ckpt_error *err)
     if (!n->model)
         return set_error(err, CKPT_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
-        ckpt_status st = ckpt_model_add(n->model, params[i].name, CKPT_DTYPE_FLOAT32, params[i].ndim,
+        ckpt_status st = ckpt_model_add(n->model, params[i].name, CKPT_DTYPE_FLOAT32,
+                                        params[i].ndim,
                                         params[i].shape, NULL, 0, NULL, err);
         if (st != CKPT_OK)
             return st;

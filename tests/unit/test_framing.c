@@ -318,7 +318,8 @@ static void test_legacy_frame_past_stop(void **state)
         }
         if (i < 4) {
             /* the decoy's pickles between STOP and the frame's end */
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "between STOP");
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL,
+                                              "between STOP");
             assert_non_null(x);
             assert_int_equal(x->file_offset, L.stop + 1);
         }
@@ -489,7 +490,8 @@ static void test_plain_pickle(void **state)
     assert_non_null(g);
     assert_int_equal(g->file_offset, frame_end + PAYLOAD_GLOBAL_AT);
     assert_string_equal(g->record, "pickle 2");
-    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "after the pickle's frame");
+    const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL,
+                                      "after the pickle's frame");
     assert_non_null(x);
     assert_int_equal(x->file_offset, frame_end);
     assert_non_null(find(sc, CKPT_SCAN_KIND_EXTRA_PICKLE, NULL, "between STOP and the end"));
@@ -715,7 +717,8 @@ static void test_legacy_sys_info_byte_order(void **state)
             assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
         } else {
             assert_int_equal(ckpt_scan_finding_count(sc), 1);
-            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_FORMAT, NULL, "little_endian=False");
+            const ckpt_scan_finding *x = find(sc, CKPT_SCAN_KIND_FORMAT, NULL,
+                                              "little_endian=False");
             assert_non_null(x);
             assert_string_equal(x->record, "legacy sys_info");
             assert_int_equal(x->file_offset, sys_info_at);

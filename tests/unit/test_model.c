@@ -236,7 +236,8 @@ static void test_strict_caller_memory(void **state)
     ckpt_model *m = new_model("Net");
     assert_int_equal(add(m, "net.0.weight", CKPT_DTYPE_FLOAT32, 2, s34, w, 0), 0);
     assert_int_equal(add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, b, 0), 1);
-    assert_int_equal(add(m, "bn.running_mean", CKPT_DTYPE_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER), 2);
+    assert_int_equal(add(m, "bn.running_mean", CKPT_DTYPE_FLOAT32, 1, s3, rm, CKPT_PARAM_BUFFER),
+                     2);
     assert_int_equal(add(m, "bn.num_batches_tracked", CKPT_DTYPE_INT64, 0, NULL, &nbt,
                          CKPT_PARAM_BUFFER), 3);
     assert_int_equal(ckpt_model_count(m), 4);
@@ -875,7 +876,8 @@ static void test_dtype_conversion(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(c[i], bwant_fixed[i]);
     uint16_t ref[6];
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, ref, CKPT_DTYPE_FLOAT32, fv, 6), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, ref, CKPT_DTYPE_FLOAT32, fv, 6),
+                     CKPT_OK);
     assert_memory_equal(c, ref, sizeof(ref));
     assert_int_equal(ref[4], 0xc049); /* -3.14159 -> -3.140625 */
     assert_true(d[0] == 0.1f && d[1] == -2.5f && isinf(d[2]));
@@ -1874,9 +1876,12 @@ static void test_model_add_refusals(void **state)
     float a[2];
     ckpt_error err;
     add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
-    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "n", CKPT_DTYPE_FLOAT32, 2, neg, NULL, 0, NULL, &err),
                          CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "o", CKPT_DTYPE_FLOAT32, 2, over, NULL, 0, NULL, &err),
@@ -1885,7 +1890,8 @@ static void test_model_add_refusals(void **state)
                          CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "e", (ckpt_dtype)999, 1, s2, a, 0, NULL, &err),
                          CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "s", CKPT_DTYPE_FLOAT32, 1, NULL, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "s", CKPT_DTYPE_FLOAT32, 1, NULL, a, 0, NULL, &err),
+                         CKPT_OK);
     assert_int_equal(ckpt_model_count(m), 1);
     size_t idx;
     assert_false(ckpt_model_find(m, "n", &idx) || ckpt_model_find(m, "o", &idx));
@@ -2359,7 +2365,8 @@ static void test_nul_in_key(void **state)
     ckpt_value *sd = ckpt_new_ordered_dict(t);
     ckpt_value *key = ckpt_new_str(t, "w\0junk", 6);
     assert_non_null(key);
-    assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one)), CKPT_OK);
+    assert_int_equal(ckpt_dict_put(t, sd, key, tensor_of(t, CKPT_DTYPE_FLOAT32, 1, s1, one)),
+                     CKPT_OK);
     ckpt_file *f = save_open(t, sd, "nulkey.pth");
     ckpt_tree_free(t);
 

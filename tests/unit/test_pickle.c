@@ -1780,20 +1780,26 @@ static void test_value_equality(void **state)
         ckpt_value *d = ckpt__value_new(&g_arena, CKPT_KIND_DICT);
         for (int i = 0; i < size; i++)
             assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_INT, i), num(CKPT_KIND_INT, i)));
-        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_FLOAT, 2.0), str(CKPT_KIND_STR, "two")));
+        assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_FLOAT, 2.0),
+                                   str(CKPT_KIND_STR, "two")));
         assert_true(ckpt__dict_set(&g_arena, d, num(CKPT_KIND_BOOL, 1), str(CKPT_KIND_STR, "one")));
-        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 2)),
+        assert_true(ckpt__dict_set(&g_arena, d,
+                                   tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 2)),
                                    str(CKPT_KIND_STR, "t")));
-        assert_true(ckpt__dict_set(&g_arena, d, tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_BOOL, 0)),
+        assert_true(ckpt__dict_set(&g_arena, d,
+                                   tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_BOOL, 0)),
                                    str(CKPT_KIND_STR, "u")));
         assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_KIND_STR, "k"), str(CKPT_KIND_STR, "s")));
-        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_KIND_BYTES, "k"), str(CKPT_KIND_STR, "b")));
+        assert_true(ckpt__dict_set(&g_arena, d, str(CKPT_KIND_BYTES, "k"),
+                                   str(CKPT_KIND_STR, "b")));
         assert_int_equal(ckpt_value_len(d), (size_t)size + 4);
         assert_repr(ckpt_value_key(d, 2), "2"); /* the first key stays */
         assert_repr(ckpt_value_dict_value(d, 2), "'two'");
         assert_repr(ckpt_value_dict_value(d, 1), "'one'");
-        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_FLOAT, 2))), "'t'");
-        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 0))), "'u'");
+        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_FLOAT, 1), num(CKPT_KIND_FLOAT, 2))),
+                    "'t'");
+        assert_repr(ckpt__dict_lookup(d, tuple2(num(CKPT_KIND_INT, 1), num(CKPT_KIND_INT, 0))),
+                    "'u'");
         assert_repr(ckpt_value_get(d, "k"), "'s'");
         assert_repr(ckpt__dict_lookup(d, str(CKPT_KIND_BYTES, "k")), "'b'");
         assert_null(ckpt__dict_lookup(d, num(CKPT_KIND_INT, size + 1)));

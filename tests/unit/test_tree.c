@@ -30,14 +30,16 @@ static float f32_of(uint32_t b)
 static uint16_t to_f16(float f)
 {
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1),
+                     CKPT_OK);
     return h;
 }
 
 static uint16_t to_bf16(float f)
 {
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT32, &f, 1),
+                     CKPT_OK);
     return h;
 }
 
@@ -53,7 +55,8 @@ static void test_half_round_trip_exhaustive(void **state)
             float f;
             double g;
             assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, d, &h, 1), CKPT_OK);
-            assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16 + kind, &back, CKPT_DTYPE_FLOAT32, &f, 1),
+            assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16 + kind, &back,
+                                                CKPT_DTYPE_FLOAT32, &f, 1),
                              CKPT_OK);
             if (isnan(f)) {
                 uint16_t exp_mask = kind ? 0x7f80 : 0x7c00;
@@ -100,22 +103,28 @@ static void test_half_rounding(void **state)
      * just above a float16 tie becomes the tie, which goes to even. */
     double d = 1.0 + 0x1p-11 + 0x1p-40;
     uint16_t h;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1),
+                     CKPT_OK);
     assert_int_equal(h, 0x3c00);
     d = 1.0 + 0x1p-8 + 0x1p-40; /* bfloat16 tie + a little */
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_BFLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1),
+                     CKPT_OK);
     assert_int_equal(h, 0x3f80);
     d = 1e300;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, &h, CKPT_DTYPE_FLOAT64, &d, 1),
+                     CKPT_OK);
     assert_int_equal(h, 0x7c00);
     float f;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_FLOAT64, &d, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_FLOAT64, &d, 1),
+                     CKPT_OK);
     assert_true(isinf(f));
 
     int32_t i32 = 1;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_INT32, &i32, 1), CKPT_ERR_TYPE);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT32, &f, CKPT_DTYPE_INT32, &i32, 1),
+                     CKPT_ERR_TYPE);
     int32_t o32;
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_INT32, &o32, CKPT_DTYPE_INT32, &i32, 1), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_INT32, &o32, CKPT_DTYPE_INT32, &i32, 1),
+                     CKPT_OK);
     assert_int_equal(o32, 1);
 }
 

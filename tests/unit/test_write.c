@@ -418,7 +418,8 @@ static void test_round_trip(void **state)
             wt[i * 3 + j] = g_w[j * 4 + i];
     check_tensor_bytes(f, "model.w_t", wt, sizeof(wt));
     uint16_t half[12];
-    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, half, CKPT_DTYPE_FLOAT32, g_w, 12), CKPT_OK);
+    assert_int_equal(ckpt_convert_dtype(CKPT_DTYPE_FLOAT16, half, CKPT_DTYPE_FLOAT32, g_w, 12),
+                     CKPT_OK);
     check_tensor_bytes(f, "model.half", half, sizeof(half));
     check_tensor_bytes(f, "model.p", g_p, sizeof(g_p));
 
@@ -624,7 +625,8 @@ static void test_zip64_lowered(void **state)
     for (int i = 0; i < 64; i++)
         big[i] = (float)i;
     static const int64_t s64[1] = {64};
-    ckpt_dict_put_str(fx.tree, fx.root, "big", tensor(fx.tree, CKPT_DTYPE_FLOAT32, 1, s64, big, NULL,
+    ckpt_dict_put_str(fx.tree, fx.root, "big",
+                      tensor(fx.tree, CKPT_DTYPE_FLOAT32, 1, s64, big, NULL,
                                                       false));
     ckpt_save_options o = quick();
     ckpt_error err;
