@@ -91,7 +91,7 @@ static bench_tensor *list_tensors(ckpt_file *f, size_t *count, uint64_t *total)
         die("calloc", NULL);
     *total = 0;
     for (size_t i = 0; i < n; i++) {
-        ckpt_tensor_info info;
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
         v[i].t = ckpt_file_tensor(f, i, &v[i].name);
         ckpt_tensor_get_info(v[i].t, &info);
         v[i].nbytes = info.nbytes;
@@ -138,7 +138,7 @@ static int cmd_materialise(const char *path)
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++) {
         const ckpt_tensor *t = ckpt_file_tensor(f, i, NULL);
-        ckpt_tensor_info info;
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
         ckpt_tensor_get_info(t, &info);
         mem[i] = fresh(info.nbytes);
         if (ckpt_tensor_copy(f, t, mem[i], (size_t)info.nbytes, &err) != CKPT_OK)
@@ -220,7 +220,7 @@ static int cmd_save(const char *path, const char *out, bool fsync_it, bool safet
         die("ckpt_tree_new", NULL);
     ckpt_value *root = ckpt_new_ordered_dict(tree);
     for (size_t i = 0; i < n; i++) {
-        ckpt_tensor_info info;
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
         ckpt_tensor_get_info(v[i].t, &info);
         v[i].mem = fresh(v[i].nbytes);
         if (ckpt_tensor_copy(f, v[i].t, v[i].mem, (size_t)v[i].nbytes, &err) != CKPT_OK)
@@ -333,7 +333,7 @@ static int cmd_load(const char *path, const char *mode)
     if (!m)
         die("ckpt_model_new", NULL);
     for (size_t i = 0; i < n; i++) {
-        ckpt_tensor_info info;
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
         ckpt_tensor_get_info(v[i].t, &info);
         if (ckpt_model_add(m, v[i].name, to_f32 ? CKPT_DTYPE_FLOAT32 : info.dtype, info.ndim,
                            info.shape, NULL, 0, NULL, &err) != CKPT_OK)
@@ -346,7 +346,7 @@ static int cmd_load(const char *path, const char *mode)
     ckpt_load_options_default(&o);
     if (zero_copy)
         o.flags |= CKPT_LOAD_ZERO_COPY;
-    ckpt_load_report r;
+    ckpt_load_report r = {.struct_size = sizeof(r)};
     double t0 = now();
     f = open_file(path);
     if (ckpt_model_load(m, f, &o, &r, &err) != CKPT_OK)

@@ -463,7 +463,7 @@ bool cli_plain_collect(ckpt_file *f, const char *path, cli_texts *tx, cli_plain 
     w->tx = tx;
     w->visits_left = PLAIN_MAX_VISITS;
     w->repeats_left = PLAIN_MAX_REPEATS;
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     if (fi.format == CKPT_FORMAT_SAFETENSORS) {
         if (fi.metadata && path_put(w, "__metadata__", 12))

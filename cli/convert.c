@@ -330,7 +330,7 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
     if (seen)
         return seen == IN_PROGRESS ? v : seen;
     if (kind == CKPT_KIND_TENSOR) {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
         if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage || !castable(ti.dtype) ||
             ti.dtype == to)
@@ -581,7 +581,7 @@ int ckpt_cli_convert(int argc, char **argv)
         fprintf(stderr, "ckpt convert: out of memory\n");
         goto done_file;
     }
-    ckpt_file_info info;
+    ckpt_file_info info = {.struct_size = sizeof(info)};
     ckpt_file_get_info(f, &info);
 
     const ckpt_value *root = ckpt_file_root(f);

@@ -133,6 +133,7 @@ static bool tsrc_open(tsrc *s, ckpt_file *f, const ckpt_tensor *t, const char *f
                       const char *tname)
 {
     memset(s, 0, sizeof(*s));
+    s->ti.struct_size = sizeof(s->ti);
     ckpt_tensor_get_info(t, &s->ti);
     s->esize = ckpt_dtype_size(s->ti.dtype);
     s->count = s->ti.numel;
@@ -445,7 +446,7 @@ static bool diff_tensors(ckpt_file *fa, ckpt_file *fb, const char *path_a, const
             continue;
         }
         r->tensors_compared++;
-        ckpt_tensor_info ia, ib;
+        ckpt_tensor_info ia = {.struct_size = sizeof(ia)}, ib = {.struct_size = sizeof(ib)};
         ckpt_tensor_get_info(ta, &ia);
         ckpt_tensor_get_info(tb, &ib);
         tensor_pair pair = {name, ta, tb};
@@ -552,7 +553,7 @@ static bool diff_plain(const cli_plain *pa, const cli_plain *pb, diff_result *r)
 
 static void print_shape(const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     putchar('[');
     for (uint32_t i = 0; i < ti.ndim; i++)
@@ -562,7 +563,7 @@ static void print_shape(const ckpt_tensor *x)
 
 static const char *dtype_of(const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     return ckpt_dtype_name(ti.dtype);
 }
@@ -658,7 +659,7 @@ static void jstr(cli_jw *jw, const char *s)
 
 static void jshape(cli_jw *jw, const ckpt_tensor *x)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(x, &ti);
     cli_jw_begin_array(jw);
     for (uint32_t i = 0; i < ti.ndim; i++)
@@ -887,7 +888,7 @@ int ckpt_cli_diff(int argc, char **argv)
     }
     if (!diff_tensors(f[0], f[1], paths[0], paths[1], &tl, &r))
         goto out;
-    ckpt_file_info ia, ib;
+    ckpt_file_info ia = {.struct_size = sizeof(ia)}, ib = {.struct_size = sizeof(ib)};
     ckpt_file_get_info(f[0], &ia);
     ckpt_file_get_info(f[1], &ib);
     r.plain_skipped = (ia.format == CKPT_FORMAT_SAFETENSORS) != (ib.format == CKPT_FORMAT_SAFETENSORS);

@@ -109,7 +109,7 @@ static void tagged_true(cli_jw *jw, const char *tag)
 
 static void tensor_summary_json(cli_jw *jw, const ckpt_tensor *t)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     cli_jw_begin_object(jw);
     cli_jw_key(jw, "$tensor");
@@ -359,7 +359,7 @@ static void key_bool(cli_jw *jw, const char *key, bool b)
  * through the memo is listed once per path). */
 static int inspect_json(const char *path, ckpt_file *f)
 {
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     tree_walk *w = calloc(1, sizeof(*w));
     cli_jw *jw = malloc(sizeof(*jw));
@@ -401,7 +401,7 @@ static int inspect_json(const char *path, ckpt_file *f)
     cli_jw_key(jw, "records");
     cli_jw_begin_array(jw);
     for (size_t i = 0; i < fi.record_count; i++) {
-        ckpt_record_info ri;
+        ckpt_record_info ri = {.struct_size = sizeof(ri)};
         if (ckpt_file_record(f, i, &ri) != CKPT_OK)
             continue;
         cli_jw_begin_object(jw);
@@ -426,7 +426,7 @@ static int inspect_json(const char *path, ckpt_file *f)
     for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
         const char *name;
         const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         cli_jw_begin_object(jw);
         key_string(jw, "name", name);
@@ -602,7 +602,7 @@ static void print_scalar(tree_ctx *c, const ckpt_value *v)
                len > TREE_MAX_TEXT ? "..." : "");
         break;
     case CKPT_KIND_TENSOR: {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
         char shape[256];
         shape_text(&ti, shape, sizeof(shape));
@@ -681,7 +681,7 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
 
 static int inspect_human(const char *path, ckpt_file *f, bool full)
 {
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     char b1[64];
     cli_human_bytes(fi.file_size, b1, sizeof(b1));
@@ -736,7 +736,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     size_t wname = 4, wkey = 7; /* "STORAGE" */
     for (size_t i = 0; i < nt; i++) {
         const char *name;
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_file_tensor(f, i, &name), &ti);
         size_t l = strlen(name), k = ti.storage_key ? strlen(ti.storage_key) : 1;
         if (l > wname)
@@ -751,7 +751,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     for (size_t i = 0; i < nt; i++) {
         const char *name;
         const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         char shape[256];
         shape_text(&ti, shape, sizeof(shape));
@@ -844,11 +844,11 @@ static int verify_one(const char *path, bool quiet)
     if (st == CKPT_OK) {
         st = ckpt_file_verify(f, &err);
         if (st == CKPT_OK && !quiet) {
-            ckpt_file_info fi;
+            ckpt_file_info fi = {.struct_size = sizeof(fi)};
             ckpt_file_get_info(f, &fi);
             uint64_t bytes = 0;
             for (size_t i = 0; i < fi.record_count; i++) {
-                ckpt_record_info ri;
+                ckpt_record_info ri = {.struct_size = sizeof(ri)};
                 if (ckpt_file_record(f, i, &ri) == CKPT_OK)
                     bytes += ri.size;
             }

@@ -166,6 +166,7 @@ static bool load_listing(const ckpt_manager *m, listing *l)
     }
     size_t n = 0;
     for (size_t i = 0; i < l->count; i++) {
+        l->items[n].struct_size = sizeof(l->items[n]);
         if (ckpt_manager_get(m, i, &l->items[n]))
             n++;
     }
@@ -486,7 +487,7 @@ static int prune_dry_run(const char *dir, unsigned keep_last, unsigned keep_best
         cli_print_error(dir, &err);
     } else {
         for (size_t i = 0; i < n; i++) {
-            ckpt_checkpoint_info info;
+            ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
             if (!keep[i] && ckpt_manager_get(m, i, &info))
                 printf("would remove %s\n", info.file);
         }

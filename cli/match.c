@@ -154,8 +154,7 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
         const ckpt_tensor *t = ckpt_value_tensor(v);
         if (!t && !extra)
             continue;
-        ckpt_tensor_info ti;
-        memset(&ti, 0, sizeof(ti));
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         if (t)
             ckpt_tensor_get_info(t, &ti);
         /* a description: the check reads no tensor byte of either file */
@@ -418,8 +417,7 @@ int ckpt_cli_match(int argc, char **argv)
     lo.prefix_map = o.rename;
     lo.prefix_map_count = o.n_rename;
     lo.map_location = o.location;
-    ckpt_load_report r;
-    memset(&r, 0, sizeof(r));
+    ckpt_load_report r = {.struct_size = sizeof(r)};
     ckpt_status st = ckpt_model_load(m, f, &lo, &r, &err);
     if (st == CKPT_OK) {
         rc = o.json ? print_json(&o, &r, true) : print_ok(&o, &r);

@@ -26,7 +26,7 @@ int main(int argc, char **argv)
     const char *name = argc > 2 ? argv[2] : "model.net.0.weight";
     const ckpt_tensor *w = ckpt_file_find_tensor(f, name);
     if (w) {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(w, &ti);
         const void *data; /* borrowed from the map until ckpt_close */
         bool zero_copy;

@@ -32,7 +32,7 @@ static uint64_t fuzz_walk(const ckpt_value *v, int depth, uint64_t *budget)
     h += (uint64_t)(re == re) + (uint64_t)ckpt_value_dtype(v);
     const ckpt_tensor *t = ckpt_value_tensor(v);
     if (t) {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         h += ti.numel + ti.ndim;
     }
@@ -65,10 +65,10 @@ static void fuzz_exercise(const uint8_t *data, size_t size)
         ckpt_error_format(&err, msg, sizeof(msg));
         return;
     }
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     for (size_t i = 0; i < ckpt_file_record_count(f); i++) {
-        ckpt_record_info ri;
+        ckpt_record_info ri = {.struct_size = sizeof(ri)};
         (void)ckpt_file_record(f, i, &ri);
     }
     if (ckpt_file_verify(f, &err) != CKPT_OK)
@@ -84,7 +84,7 @@ static void fuzz_exercise(const uint8_t *data, size_t size)
             continue;
         if (name && ckpt_file_find_tensor(f, name) == NULL)
             abort(); /* every listed name must be found */
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         const void *p = NULL;
         bool zc = false;

@@ -79,7 +79,7 @@ static void own_model(ckpt_file *f)
             memchr(key, '\0', klen))
             goto skip_model; /* keys the model cannot name: nothing to compare */
         const ckpt_tensor *t = ckpt_value_tensor(v);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         if (count == MAX_PARAMS || ti.numel > MAX_NUMEL || ti.ndim > CKPT_MODEL_MAX_NDIM ||
             ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage ||
@@ -95,7 +95,7 @@ static void own_model(ckpt_file *f)
             goto skip_model; /* a repeated key, ... */
         src[count++] = t;
     }
-    ckpt_load_report r;
+    ckpt_load_report r = {.struct_size = sizeof(r)};
     ckpt_status st = ckpt_model_load(m, f, NULL, &r, &err);
     /* PyTorch's one exception: a key ending in _extra_state is unexpected
      * even when a parameter has that name */
@@ -113,9 +113,9 @@ static void own_model(ckpt_file *f)
         abort();
     }
     for (size_t i = 0; st == CKPT_OK && i < count; i++) {
-        ckpt_param_info pi;
+        ckpt_param_info pi = {.struct_size = sizeof(pi)};
         ckpt_model_param(m, i, &pi);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(src[i], &ti);
         size_t es = ckpt_dtype_size(ti.dtype);
         void *raw = malloc(ti.numel * es + 1);
@@ -155,7 +155,7 @@ static void seed_net(ckpt_file *f)
     o.location_map = locs;
     o.location_map_count = 1;
     o.place = place;
-    ckpt_load_report r;
+    ckpt_load_report r = {.struct_size = sizeof(r)};
     o.flags |= CKPT_LOAD_CHECK_ONLY;
     ckpt_model_load(m, f, &o, &r, &err);
     o.flags &= ~CKPT_LOAD_CHECK_ONLY;

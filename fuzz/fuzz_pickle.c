@@ -70,7 +70,7 @@ static uint64_t walk(const ckpt_value *v, int depth, uint64_t *budget)
     }
     const ckpt_tensor *t = ckpt_value_tensor(v);
     if (t) {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         for (uint32_t i = 0; i < ti.ndim; i++)
             h += (uint64_t)ti.shape[i] + (uint64_t)ti.stride[i];

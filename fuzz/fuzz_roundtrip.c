@@ -127,7 +127,7 @@ static bool same_value(const ckpt_value *a, const ckpt_value *b, const char *pat
     if ((ta == NULL) != (tb == NULL))
         return differ(path, "tensor", a, b);
     if (ta) {
-        ckpt_tensor_info x, y;
+        ckpt_tensor_info x = {.struct_size = sizeof(x)}, y = {.struct_size = sizeof(y)};
         ckpt_tensor_get_info(ta, &x);
         ckpt_tensor_get_info(tb, &y);
         if (x.dtype != y.dtype || x.ndim != y.ndim || x.layout != y.layout ||
@@ -170,7 +170,7 @@ static bool same_value(const ckpt_value *a, const ckpt_value *b, const char *pat
 /* A contiguous copy of t, or NULL (too big, or unreadable: *st says). */
 static uint8_t *copy_of(ckpt_file *f, const ckpt_tensor *t, uint64_t *nbytes, ckpt_status *st)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     *nbytes = ti.nbytes;
     *st = CKPT_OK;
@@ -193,7 +193,7 @@ static void compare_tensor(const char *what, const char *name, ckpt_file *fa,
                            const ckpt_tensor *a, ckpt_file *fb, const ckpt_tensor *b,
                            bool flags)
 {
-    ckpt_tensor_info x, y;
+    ckpt_tensor_info x = {.struct_size = sizeof(x)}, y = {.struct_size = sizeof(y)};
     ckpt_tensor_get_info(a, &x);
     ckpt_tensor_get_info(b, &y);
     if (x.dtype != y.dtype)
@@ -250,7 +250,7 @@ static void roundtrip_torch(ckpt_file *f, bool verified)
         return;
     }
     ckpt_file *g = reopen(what, torch_path, verified);
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(g, &fi);
     if (fi.format != CKPT_FORMAT_TORCH_ZIP)
         mismatch(what, "the saved file reads as %s", ckpt_format_name(fi.format));
@@ -327,7 +327,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = ckpt_file_tensor_count(f);
     for (size_t i = 0; i < n; i++) {
         const ckpt_tensor *t = ckpt_file_tensor(f, i, NULL);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         if (__builtin_add_overflow(storage_bytes, ti.storage_nbytes, &storage_bytes))
             storage_bytes = UINT64_MAX;

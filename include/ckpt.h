@@ -15,6 +15,46 @@
  *   A handle is not thread-safe while tensor data is being resolved; after
  *   ckpt_file_resolve_all() every read-only accessor may be used from any
  *   number of threads.
+ *
+ * ABI:
+ *   The soname is libckpt.so.0 until 1.0; before 1.0 a minor release may
+ *   still break the ABI, and says so. From 1.0 on, within one soname:
+ *   - may change: fields appended at the end of a struct that starts with
+ *     struct_size, new enum values, new flag bits, new functions;
+ *   - never changes: the order, type and meaning of existing fields, the
+ *     numeric value of every enum constant, flag and status, the
+ *     signature and meaning of existing functions.
+ *   Every struct that crosses the boundary and may grow starts with
+ *   size_t struct_size (libdeflate's sizeof_options):
+ *   - structs the library fills (ckpt_tensor_info, ckpt_file_info,
+ *     ckpt_record_info, ckpt_checkpoint_info, ckpt_param_info,
+ *     ckpt_load_report, and ckpt_adamw_options for ckpt_adamw_get_options):
+ *     the caller sets struct_size to the size it was built with,
+ *       ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
+ *     and the library writes only min(struct_size, its own sizeof) bytes,
+ *     then sets struct_size to the bytes it wrote, so a caller built
+ *     against a newer header sees which fields were filled; the rest of a
+ *     longer struct is left as it was. A struct_size too small to hold
+ *     struct_size (0) gets nothing written: functions that return a status
+ *     return CKPT_ERR_INVALID_ARG, the others (bool) return false or (void)
+ *     do nothing.
+ *   - structs the library reads (the *_options structs, ckpt_limits,
+ *     ckpt_tensor_desc): the *_default / _init functions set struct_size.
+ *     The library reads only min(struct_size, its own sizeof) bytes: fields
+ *     an older caller lacks take their defaults, fields a newer caller has
+ *     that this library does not know are not read. ckpt_tensor_desc must
+ *     hold at least dtype, ndim and shape.
+ *   - structs the library owns and hands out (ckpt_scan_finding, and the
+ *     ckpt_placement a placement callback gets): struct_size is the
+ *     library's sizeof; read a field only when struct_size covers it.
+ *   Fixed structs never grow: ckpt_error (its text buffers are its room),
+ *   and the pairs passed in arrays, ckpt_metric and ckpt_key_map (an array
+ *   has no room to grow; new data comes in new structs).
+ *   Enum constants carry their type's name as prefix: CKPT_DTYPE_*,
+ *   CKPT_KIND_* (ckpt_kind), CKPT_LAYOUT_*, CKPT_FORMAT_*,
+ *   CKPT_SCAN_VERDICT_*, CKPT_SCAN_KIND_*, CKPT_MODE_* (ckpt_metric_mode),
+ *   and CKPT_OK / CKPT_ERR_* (ckpt_status); flags theirs: CKPT_OPEN_*,
+ *   CKPT_SAVE_*, CKPT_LOAD_*, CKPT_PARAM_*, CKPT_SCAN_USE_*, ...
  */
 #ifndef CKPT_H
 #define CKPT_H
@@ -293,6 +333,7 @@ typedef enum ckpt_layout {
 CKPT_API const char *ckpt_layout_name(ckpt_layout layout);
 
 typedef struct ckpt_tensor_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_tensor_info) (see the top) */
     ckpt_dtype dtype;
     uint32_t ndim;
     const int64_t *shape;      /* ndim sizes */
@@ -398,6 +439,7 @@ CKPT_API void ckpt_close(ckpt_file *f);
 
 /* Details of the file's format, for display. Strings are NULL when absent. */
 typedef struct ckpt_file_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_file_info) (see the top) */
     ckpt_format format;
     uint64_t file_size;
     const char *prefix;             /* torch zip: archive prefix, e.g. "archive" */
@@ -444,6 +486,7 @@ CKPT_API const ckpt_value *ckpt_file_tensor_value(const ckpt_file *f, size_t i);
 /* Raw records of the file (zip entries; one per tensor for safetensors;
  * one per storage for legacy; one per shard file for a sharded index). */
 typedef struct ckpt_record_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_record_info) (see the top) */
     const char *name;
     uint64_t header_offset;   /* zip: local header offset; else = data_offset */
     uint64_t data_offset;     /* where the record's bytes start in the file */
@@ -717,6 +760,7 @@ CKPT_API void ckpt_manager_options_default(ckpt_manager_options *opts);
 /* What the manifest says of one kept file. Pointers stay valid until the
  * next call that changes the manager. */
 typedef struct ckpt_checkpoint_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_checkpoint_info) (see the top) */
     const char *file;           /* name in the directory: "last.pth", ... */
     int64_t step;               /* -1: unknown (a file the manager did not write) */
     const ckpt_metric *metrics;
@@ -857,6 +901,7 @@ CKPT_API ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype 
 CKPT_API ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *err);
 
 typedef struct ckpt_param_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_param_info) (see the top) */
     const char *name;
     ckpt_dtype dtype;
     uint32_t ndim;
@@ -909,6 +954,7 @@ typedef struct ckpt_key_map {
 
 /* What a placement callback receives for each tensor it may place. */
 typedef struct ckpt_placement {
+    size_t struct_size;       /* set by the library: sizeof(ckpt_placement) in its build */
     const char *name;         /* the model's name for it */
     size_t index;             /* its index in the model */
     const char *location;     /* the file's tag after map_location/location_map */
@@ -965,6 +1011,7 @@ CKPT_API void ckpt_load_options_default(ckpt_load_options *opts);
 /* What a load found, in PyTorch's terms. Owned by the model: valid until its
  * next load or ckpt_model_free. */
 typedef struct ckpt_load_report {
+    size_t struct_size;        /* caller: sizeof(ckpt_load_report) (see the top) */
     const char *const *missing;     /* model keys the state dict lacks */
     size_t missing_count;
     const char *const *unexpected;  /* state dict keys the model lacks */
@@ -1041,7 +1088,8 @@ CKPT_API void ckpt_adamw_options_default(ckpt_adamw_options *opts);
 CKPT_API ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts,
                                     ckpt_adamw **out, ckpt_error *err);
 CKPT_API void ckpt_adamw_free(ckpt_adamw *o);
-/* The hyperparameters now in use (a load replaces them with the file's). */
+/* The hyperparameters now in use (a load replaces them with the file's);
+ * opts->struct_size set by the caller (see the ABI note at the top). */
 CKPT_API void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts);
 /* Sets the learning rate (a scheduler's job); CKPT_ERR_INVALID_ARG for a
  * negative or non-finite one. */
@@ -1123,6 +1171,7 @@ typedef enum ckpt_scan_kind {
 #define CKPT_SCAN_USE_RESULT_CALLED 0x80u /* what calling it returned is called in turn */
 
 typedef struct ckpt_scan_finding {
+    size_t struct_size;       /* set by the library: sizeof(ckpt_scan_finding) in its build */
     ckpt_scan_kind kind;
     const char *global;       /* GLOBAL: "module.name" as the pickle writes it; else NULL */
     const char *record;       /* where: a zip record, "pickle", "legacy object pickle",

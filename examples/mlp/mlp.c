@@ -402,10 +402,10 @@ static int cmd_train(const char *dir, int64_t epochs)
 
     int64_t first = 0;
     ckpt_file *f;
-    ckpt_checkpoint_info info;
+    ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
     ckpt_status st = ckpt_manager_resume(m, NULL, &f, &info, &err);
     if (st == CKPT_OK) {
-        ckpt_load_report report;
+        ckpt_load_report report = {.struct_size = sizeof(report)};
         snprintf(resumed, sizeof resumed, "%s/%s", dir, info.file);
         where = resumed;
         st = restore(&n, opt, f, &first, &report, &err);
@@ -472,7 +472,7 @@ static int cmd_predict(const char *path)
     ckpt_load_options lo;
     ckpt_load_options_default(&lo); /* key NULL: the file's state dict */
     lo.flags = CKPT_LOAD_ZERO_COPY;  /* inference: borrow the file's bytes */
-    ckpt_load_report report;
+    ckpt_load_report report = {.struct_size = sizeof(report)};
     ckpt_status st = ckpt_model_load(n.model, f, &lo, &report, &err);
     if (st == CKPT_ERR_MISMATCH && report.message) {
         fprintf(stderr, "%s\n", report.message);

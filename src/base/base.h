@@ -27,6 +27,23 @@
 /* Fills err (may be NULL) and returns status. offset is inside record. */
 ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
                        uint64_t offset, const char *fmt, ...) CKPT_PRINTF(5, 6);
+/* The same with a va_list, for functions that take a format of their own. */
+ckpt_status ckpt__vfail(ckpt_error *err, ckpt_status status, const char *record,
+                        uint64_t offset, const char *fmt, va_list ap) CKPT_PRINTF(5, 0);
+/*
+ * Structs that cross the public boundary start with a caller-set
+ * struct_size (libdeflate's sizeof_options): the library reads and writes
+ * only min(struct_size, sizeof) bytes of them.
+ *
+ * ckpt__struct_in copies a caller's struct (src may be NULL) over dst, which
+ * holds the defaults, and sets dst's struct_size to size; returns src's
+ * struct_size (0 for NULL), for callers that need some fields set.
+ * ckpt__struct_out copies the library's src (size bytes) into the caller's
+ * dst and sets dst's struct_size to the bytes written; false, writing
+ * nothing, when dst is NULL or its struct_size cannot hold struct_size.
+ */
+size_t ckpt__struct_in(void *dst, size_t size, const void *src);
+bool ckpt__struct_out(void *dst, const void *src, size_t size);
 /* Copies the limits a caller set (src->struct_size bytes of them) over the
  * defaults in dst. */
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src);
@@ -38,6 +55,17 @@ void ckpt__error_set_file_base(ckpt_error *err, uint64_t base);
 /* Makes err->record "prefix: record" (e.g. the shard file of a sharded index),
  * or "prefix" when the record is empty. */
 void ckpt__error_prefix_record(ckpt_error *err, const char *prefix);
+
+/* Bytes from a file as text for a message: printable ASCII kept, any other
+ * byte, '\\' and (apos) '\'' as \xNN (names from hostile files may hold
+ * escapes or invalid UTF-8), cut with "..." where the rest would not fit
+ * cap (at least 8). Returns buf. */
+const char *ckpt__quote(char *buf, size_t cap, const void *p, size_t n, bool apos);
+/* CKPT_ERR_NOMEM, "out of memory", about no record. */
+ckpt_status ckpt__nomem(ckpt_error *err);
+/* The caller passed something wrong: CKPT_ERR_INVALID_ARG, about no record. */
+#define CKPT_INVALID_ARG(err, ...) \
+    ckpt__fail((err), CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, __VA_ARGS__)
 
 #define CKPT_RETURN_IF_ERROR(expr)                                   \
     do {                                                             \

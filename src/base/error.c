@@ -27,8 +27,8 @@ const char *ckpt_status_name(ckpt_status status)
     return "CKPT_ERR_UNKNOWN";
 }
 
-ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
-                       uint64_t offset, const char *fmt, ...)
+ckpt_status ckpt__vfail(ckpt_error *err, ckpt_status status, const char *record,
+                        uint64_t offset, const char *fmt, va_list ap)
 {
     if (!err)
         return status;
@@ -36,11 +36,50 @@ ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
     err->offset = offset;
     err->file_offset = CKPT_NO_OFFSET;
     snprintf(err->record, sizeof(err->record), "%s", record ? record : "");
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    return status;
+}
+
+ckpt_status ckpt__fail(ckpt_error *err, ckpt_status status, const char *record,
+                       uint64_t offset, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    ckpt__vfail(err, status, record, offset, fmt, ap);
     va_end(ap);
     return status;
+}
+
+const char *ckpt__quote(char *buf, size_t cap, const void *p, size_t n, bool apos)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = p;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        bool plain = c >= 0x20 && c < 0x7f && c != '\\' && !(apos && c == '\'');
+        size_t need = plain ? 1 : 4;
+        if (o + need + 4 > cap) { /* keep room for "..." and the NUL */
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (plain) {
+            buf[o++] = (char)c;
+        } else {
+            buf[o++] = '\\';
+            buf[o++] = 'x';
+            buf[o++] = hex[c >> 4];
+            buf[o++] = hex[c & 15];
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+ckpt_status ckpt__nomem(ckpt_error *err)
+{
+    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
 }
 
 void ckpt__error_set_file_base(ckpt_error *err, uint64_t base)
@@ -131,28 +170,46 @@ void ckpt_save_options_default(ckpt_save_options *opts)
     opts->struct_size = sizeof(*opts);
 }
 
+/* ---- extensible structs --------------------------------------------- */
+
+size_t ckpt__struct_in(void *dst, size_t size, const void *src)
+{
+    /* dst holds the defaults. An older caller's struct is shorter: the
+     * fields it does not know keep them. A newer caller's is longer: the
+     * fields this library does not know are not read. */
+    size_t n = 0;
+    if (src)
+        memcpy(&n, src, sizeof(n));
+    size_t take = n < size ? n : size;
+    if (take > sizeof(size_t))
+        memcpy(dst, src, take);
+    memcpy(dst, &size, sizeof(size));
+    return n;
+}
+
+bool ckpt__struct_out(void *dst, const void *src, size_t size)
+{
+    size_t n;
+    if (!dst)
+        return false;
+    memcpy(&n, dst, sizeof(n));
+    if (n < sizeof(size_t))
+        return false;
+    if (n > size)
+        n = size;
+    memcpy(dst, src, n);
+    memcpy(dst, &n, sizeof(n));
+    return true;
+}
+
 void ckpt__save_options_apply(ckpt_save_options *dst, const ckpt_save_options *src)
 {
-    /* as ckpt__limits_apply: fields an older caller does not know keep
-     * their defaults */
     ckpt_save_options_default(dst);
-    size_t n = src ? src->struct_size : 0;
-    if (n > sizeof(*dst))
-        n = sizeof(*dst);
-    if (n)
-        memcpy(dst, src, n);
-    dst->struct_size = sizeof(*dst);
+    ckpt__struct_in(dst, sizeof(*dst), src);
 }
 
 void ckpt__limits_apply(ckpt_limits *dst, const ckpt_limits *src)
 {
-    /* A caller built against an older header sets fewer limits: the fields
-     * it does not know keep their defaults. struct_size 0: all defaults. */
-    size_t n = src ? src->struct_size : 0;
-    if (n > sizeof(ckpt_limits))
-        n = sizeof(ckpt_limits);
-    if (n == 0)
-        return;
-    memcpy(dst, src, n);
-    dst->struct_size = sizeof(ckpt_limits);
+    /* struct_size 0: all defaults */
+    ckpt__struct_in(dst, sizeof(*dst), src);
 }

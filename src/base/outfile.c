@@ -46,15 +46,13 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     memset(o, 0, sizeof(*o));
     o->fd = -1;
     if (!path || !*path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty output path");
+        return CKPT_INVALID_ARG(err, "empty output path");
     size_t len = strlen(path);
     if (path[len - 1] == '/')
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "output path %s names a directory", path);
+        return CKPT_INVALID_ARG(err, "output path %s names a directory", path);
     struct stat st;
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "output path %s exists and is not a regular file", path);
+        return CKPT_INVALID_ARG(err, "output path %s exists and is not a regular file", path);
     o->path = strdup(path);
     /* ".NAME.tmp-PID-N" beside the target: hidden, and recognisable by
      * whoever cleans up after a crash. */
@@ -64,7 +62,7 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     o->tmp_path = malloc(cap);
     if (!o->path || !o->tmp_path) {
         ckpt__out_abort(o);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     unsigned long salt = (unsigned long)time(NULL) ^ ((unsigned long)(uintptr_t)o << 7);
     for (int attempt = 0; attempt < 100; attempt++) {
@@ -175,7 +173,7 @@ ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err)
 {
     char *dir = dir_of(path);
     if (!dir)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     ckpt_status st = CKPT_OK;
     if (fd < 0) {

@@ -46,10 +46,8 @@ static uint64_t pow2_alignment(uint64_t off)
     return a;
 }
 
-void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
+static void file_info(const ckpt_file *f, ckpt_file_info *info)
 {
-    if (!info)
-        return;
     memset(info, 0, sizeof(*info));
     info->pickle_protocol = -1;
     if (!f)
@@ -80,6 +78,13 @@ void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
             align = a;
     }
     info->data_alignment = align;
+}
+
+void ckpt_file_get_info(const ckpt_file *f, ckpt_file_info *info)
+{
+    ckpt_file_info full = {.struct_size = sizeof(full)};
+    file_info(f, &full);
+    ckpt__struct_out(info, &full, sizeof(full));
 }
 
 const ckpt_value *ckpt_file_root(const ckpt_file *f) { return f ? f->root : NULL; }
@@ -127,21 +132,22 @@ ckpt_status ckpt_file_record(const ckpt_file *f, size_t i, ckpt_record_info *inf
 {
     if (!f || !info || i >= ckpt_file_record_count(f))
         return CKPT_ERR_INVALID_ARG;
+    ckpt_record_info r = {.struct_size = sizeof(r)};
     if (!f->has_zip) {
-        *info = f->records[i];
-        return CKPT_OK;
+        r = f->records[i];
+    } else {
+        const ckpt__zip_entry *e = &f->zip.entries[i];
+        memset(&r, 0, sizeof(r));
+        r.name = e->name;
+        r.header_offset = e->header_offset;
+        r.data_offset = e->data_offset;
+        r.stored_size = e->comp_size;
+        r.size = e->size;
+        r.crc32 = e->crc32;
+        r.compressed = e->method != 0;
+        r.has_crc = true;
     }
-    const ckpt__zip_entry *e = &f->zip.entries[i];
-    memset(info, 0, sizeof(*info));
-    info->name = e->name;
-    info->header_offset = e->header_offset;
-    info->data_offset = e->data_offset;
-    info->stored_size = e->comp_size;
-    info->size = e->size;
-    info->crc32 = e->crc32;
-    info->compressed = e->method != 0;
-    info->has_crc = true;
-    return CKPT_OK;
+    return ckpt__struct_out(info, &r, sizeof(r)) ? CKPT_OK : CKPT_ERR_INVALID_ARG;
 }
 
 /* ---- storages ------------------------------------------------------------ */
@@ -152,7 +158,7 @@ ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *e
         size_t cap = f->storage_cap ? f->storage_cap * 2 : 16;
         ckpt__storage **p = realloc(f->storages, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         f->storages = p;
         f->storage_cap = cap;
     }
@@ -165,7 +171,7 @@ ckpt_status ckpt__file_add_storage(ckpt_file *f, ckpt__storage *s, ckpt_error *e
 ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     for (size_t i = 0; i < f->storage_count; i++)
         CKPT_RETURN_IF_ERROR(ckpt__storage_resolve(f, f->storages[i], err));
     return CKPT_OK;
@@ -239,7 +245,7 @@ static ckpt_status verify_plan_sparse(ckpt_file *f, const ckpt_tensor *t, const 
         if (*count == *cap) {
             verify_part *p = ckpt__array_grow(*parts, cap, sizeof(**parts));
             if (!p)
-                return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+                return ckpt__nomem(err);
             *parts = p;
         }
         verify_part *vp = &(*parts)[(*count)++];
@@ -305,7 +311,7 @@ static void storage_release(ckpt_file *f, ckpt__storage *s)
 ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_status st = CKPT_OK, tensor_st = CKPT_OK;
     ckpt_error tensor_err;
     ckpt__ptr_set seen = {0};
@@ -322,7 +328,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         ckpt_tensor *t = f->tensors[i].tensor;
         int added = ckpt__ptr_set_add(&seen, t);
         if (added < 0) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         if (!added)
@@ -350,7 +356,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
         /* the parts each record feeds, in record order */
         order = malloc((nparts ? nparts : 1) * sizeof(*order));
         if (!order) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         size_t streamed = 0;
@@ -393,7 +399,7 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
     /* sparse indices, tensor by tensor */
     was_resolved = malloc((f->storage_count ? f->storage_count : 1) * sizeof(*was_resolved));
     if (!was_resolved) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < f->storage_count; i++)
@@ -459,7 +465,7 @@ static ckpt_status add_tensor(ckpt_file *f, const char *name_text, ckpt_value *v
         size_t cap = f->tensor_cap ? f->tensor_cap * 2 : 64;
         ckpt__tensor_ref *p = realloc(f->tensors, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         f->tensors = p;
         f->tensor_cap = cap;
     }
@@ -485,7 +491,7 @@ static ckpt_status storage_to_tensor(ckpt_file *f, ckpt_value *v, ckpt_error *er
     ckpt_tensor *t = ckpt__arena_alloc(a, sizeof(*t));
     int64_t *dims = ckpt__arena_alloc(a, 2 * sizeof(int64_t));
     if (!t || !dims)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     t->dtype = s->dtype;
     t->ndim = 1;
     t->shape = dims;
@@ -533,7 +539,7 @@ ckpt_status ckpt__file_collect_tensors(ckpt_file *f, ckpt_error *err)
         cap *= 2;
     f->name_index = calloc(cap, sizeof(uint32_t));
     if (!f->name_index)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     f->name_index_cap = cap;
     for (size_t i = 0; i < f->tensor_count; i++) {
         size_t slot = hash_name(f, f->tensors[i].name) & (cap - 1);

@@ -74,7 +74,7 @@ ckpt_status ckpt_file_check_output(const ckpt_file *f, uint64_t bytes, const cha
                                    ckpt_error *err)
 {
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     if (bytes <= sat_add(file_allowed(f), CKPT__OUTPUT_SLACK))
         return CKPT_OK;
     return output_fail(err, what, bytes, f->content_bytes, f->opts.limits.max_output_ratio, bytes);
@@ -131,7 +131,7 @@ ckpt_status ckpt__output_check(ckpt__output_budget *b, ckpt_error *err)
 {
     ckpt_status st = CKPT_OK;
     if (b->failed) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
     } else if (b->made > sat_add(b->allowed, CKPT__OUTPUT_SLACK)) {
         /* name the largest piece: a tensor by its name in the file (a
          * cast's source's), else its storage's record */

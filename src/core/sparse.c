@@ -109,7 +109,7 @@ ckpt_status ckpt__sparse_validate(ckpt_tensor *t, const char *record, uint64_t o
 /* A part as a contiguous array (a malloc'd copy). */
 static ckpt_status part_copy(ckpt_file *f, const ckpt_tensor *p, void **out, ckpt_error *err)
 {
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(p, &ti);
     /* the limits first (a part may repeat its storage; its storage may be
      * a deflated record), then the copy is allocated */
@@ -119,7 +119,7 @@ static ckpt_status part_copy(ckpt_file *f, const ckpt_tensor *p, void **out, ckp
     CKPT_RETURN_IF_ERROR(ckpt_tensor_data(f, p, &data, NULL, err));
     *out = malloc(ti.nbytes ? (size_t)ti.nbytes : 1);
     if (!*out)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = ckpt_tensor_copy(f, p, *out, (size_t)ti.nbytes, err);
     if (st != CKPT_OK) {
         free(*out);
@@ -140,7 +140,7 @@ static ckpt_status index_copy(ckpt_file *f, const ckpt_tensor *p, int64_t **out,
     int64_t *wide = malloc(p->numel ? (size_t)p->numel * sizeof(int64_t) : 1);
     if (!wide) {
         free(raw);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     for (uint64_t i = 0; i < p->numel; i++)
         wide[i] = ((const int32_t *)raw)[i];
@@ -198,13 +198,11 @@ static ckpt_status index_fail(ckpt_error *err, const ckpt_tensor *p, uint64_t i0
     if (p->ndim > 1)
         elem += i1 * (uint64_t)p->stride[1];
     uint64_t offset = s ? s->base_offset + elem * ckpt_dtype_size(p->dtype) : CKPT_NO_OFFSET;
-    char msg[sizeof(err->message)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__vfail(err, CKPT_ERR_FORMAT, root && root->record ? root->record : "",
+                                 offset, fmt, ap);
     va_end(ap);
-    ckpt_status st = ckpt__fail(err, CKPT_ERR_FORMAT, root && root->record ? root->record : "",
-                                offset, "%s", msg);
     if (root)
         ckpt__error_set_file_base(err, root->file_offset);
     return st;
@@ -366,7 +364,7 @@ ckpt_status ckpt__index_check_part(ckpt__index_check *c, ckpt_error *err)
     enum { PIECE = 65536 }; /* a multiple of every index size */
     uint8_t *buf = malloc(PIECE);
     if (!buf)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = CKPT_OK;
     for (uint64_t off = 0; off < nbytes && st == CKPT_OK;) {
         size_t len = nbytes - off < PIECE ? (size_t)(nbytes - off) : PIECE;
@@ -449,7 +447,7 @@ ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *d
     memset(dst, 0, (size_t)(cells * block_bytes));
     seen = calloc((size_t)(cells / 8 + 1), 1);
     if (!seen) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     uint64_t row = 0;

@@ -16,9 +16,9 @@ static ckpt_status range_check(uint64_t off, size_t len, uint64_t size, const ch
 {
     uint64_t end;
     if (!ckpt__add_u64(off, len, &end) || end > size)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "bytes [%llu, +%zu) are outside the %s's %llu bytes",
-                          (unsigned long long)off, len, what, (unsigned long long)size);
+        return CKPT_INVALID_ARG(err,
+                                "bytes [%llu, +%zu) are outside the %s's %llu bytes",
+                                (unsigned long long)off, len, what, (unsigned long long)size);
     return CKPT_OK;
 }
 
@@ -31,8 +31,7 @@ static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, u
     const ckpt_tensor *src = s->cast_src;
     size_t dsz = ckpt_dtype_size(s->dtype), ssz = ckpt_dtype_size(src->dtype);
     if (dsz == 0 || ssz == 0 || off % dsz || len % dsz)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "cast reads must cover whole elements");
+        return CKPT_INVALID_ARG(err, "cast reads must cover whole elements");
     uint64_t first = off / dsz, count = len / dsz;
     if (ckpt__tensor_is_contiguous(src) && !src->storage->cast_src) {
         const uint8_t *p;
@@ -43,7 +42,7 @@ static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, u
     enum { PIECE = 16384 }; /* elements per conversion step */
     uint8_t *scratch = malloc(PIECE * ssz);
     if (!scratch)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = CKPT_OK;
     for (uint64_t done = 0; done < count && st == CKPT_OK;) {
         size_t n = count - done < PIECE ? (size_t)(count - done) : PIECE;
@@ -129,8 +128,7 @@ ckpt_status ckpt__tensor_read(const ckpt_tensor *t, uint64_t off, size_t len, ui
     /* Strided: gather whole elements in row-major order. */
     size_t esz = ckpt_dtype_size(t->dtype);
     if (esz == 0 || off % esz || len % esz)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "strided reads must cover whole elements");
+        return CKPT_INVALID_ARG(err, "strided reads must cover whole elements");
     if (t->storage->cast_src)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "a strided view of a cast has no bytes");

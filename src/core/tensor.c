@@ -105,10 +105,8 @@ void ckpt__byteswap(uint8_t *p, uint64_t n, ckpt_dtype dtype)
     }
 }
 
-void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
+static void tensor_info(const ckpt_tensor *t, ckpt_tensor_info *info)
 {
-    if (!info)
-        return;
     memset(info, 0, sizeof(*info));
     info->storage_file_offset = CKPT_NO_OFFSET;
     if (!t)
@@ -148,6 +146,13 @@ void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
     }
 }
 
+void ckpt_tensor_get_info(const ckpt_tensor *t, ckpt_tensor_info *info)
+{
+    ckpt_tensor_info full = {.struct_size = sizeof(full)};
+    tensor_info(t, &full);
+    ckpt__struct_out(info, &full, sizeof(full));
+}
+
 static bool is_sparse(const ckpt_tensor *t) { return t->layout != CKPT_LAYOUT_STRIDED; }
 
 ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t, const void **data,
@@ -156,7 +161,7 @@ ckpt_status ckpt_tensor_data(ckpt_file *f, const ckpt_tensor *t, const void **da
     if (zero_copy)
         *zero_copy = false;
     if (!f || !t || !data)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *data = NULL;
     if (is_sparse(t))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
@@ -178,7 +183,7 @@ ckpt_status ckpt_tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, size
                              ckpt_error *err)
 {
     if (!f || !t || (!dst && dst_size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     uint64_t nbytes = ckpt__tensor_nbytes(t);
     if (nbytes > CKPT__OUTPUT_SLACK &&
         ckpt_file_check_output(f, nbytes, NULL, err) != CKPT_OK) {
@@ -193,19 +198,18 @@ ckpt_status ckpt__tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, siz
                               ckpt_error *err)
 {
     if (!f || !t || (!dst && dst_size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     uint64_t nbytes = ckpt__tensor_nbytes(t);
     if (dst_size < nbytes)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "destination holds %zu bytes, tensor needs %llu", dst_size,
-                          (unsigned long long)nbytes);
+        return CKPT_INVALID_ARG(err,
+                                "destination holds %zu bytes, tensor needs %llu", dst_size,
+                                (unsigned long long)nbytes);
     if (nbytes == 0)
         return CKPT_OK;
     if (is_sparse(t))
         return ckpt__sparse_to_dense(f, t, dst, err);
     if (!t->storage)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "meta tensor has no data");
+        return CKPT_INVALID_ARG(err, "meta tensor has no data");
     const void *src_v;
     CKPT_RETURN_IF_ERROR(ckpt_tensor_data(f, t, &src_v, NULL, err));
     const uint8_t *src = src_v;

@@ -33,7 +33,7 @@ void ckpt_tree_free(ckpt_tree *tree)
 ckpt_status ckpt_tree_status(const ckpt_tree *tree, ckpt_error *err)
 {
     if (!tree)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL tree");
+        return CKPT_INVALID_ARG(err, "NULL tree");
     if (err)
         *err = tree->err;
     return tree->err.status;
@@ -273,9 +273,13 @@ void ckpt_tensor_desc_init(ckpt_tensor_desc *desc)
     desc->dtype = CKPT_DTYPE_FLOAT32;
 }
 
-static ckpt_status desc_check(ckpt_tree *tree, const ckpt_tensor_desc *d)
+/* Takes the caller's description into *d: an older caller's shorter one
+ * gets ckpt_tensor_desc_init's values for the fields it lacks; dtype, ndim
+ * and shape it must have. */
+static ckpt_status desc_check(ckpt_tree *tree, const ckpt_tensor_desc *desc, ckpt_tensor_desc *d)
 {
-    if (!d || d->struct_size < sizeof(ckpt_tensor_desc))
+    ckpt_tensor_desc_init(d);
+    if (!desc || ckpt__struct_in(d, sizeof(*d), desc) < offsetof(ckpt_tensor_desc, stride))
         return tree_fail(tree, CKPT_ERR_INVALID_ARG,
                          "tensor description missing or not set up with ckpt_tensor_desc_init%s",
                          NULL);
@@ -336,9 +340,10 @@ static ckpt_status validate(ckpt_tree *tree, ckpt_tensor *t)
     return st;
 }
 
-ckpt_value *ckpt_new_tensor(ckpt_tree *tree, const ckpt_tensor_desc *desc)
+ckpt_value *ckpt_new_tensor(ckpt_tree *tree, const ckpt_tensor_desc *caller_desc)
 {
-    if (!tree || desc_check(tree, desc) != CKPT_OK)
+    ckpt_tensor_desc d, *desc = &d;
+    if (!tree || desc_check(tree, caller_desc, &d) != CKPT_OK)
         return NULL;
     if (ckpt_dtype_bits(desc->dtype) == 0) {
         tree_fail(tree, CKPT_ERR_INVALID_ARG, "invalid dtype%s", NULL);
@@ -399,9 +404,11 @@ static const ckpt_tensor *strided_tensor_of(ckpt_tree *tree, const ckpt_value *v
     return t;
 }
 
-ckpt_value *ckpt_new_view(ckpt_tree *tree, const ckpt_value *base, const ckpt_tensor_desc *desc)
+ckpt_value *ckpt_new_view(ckpt_tree *tree, const ckpt_value *base,
+                          const ckpt_tensor_desc *caller_desc)
 {
-    if (!tree || desc_check(tree, desc) != CKPT_OK)
+    ckpt_tensor_desc d, *desc = &d;
+    if (!tree || desc_check(tree, caller_desc, &d) != CKPT_OK)
         return NULL;
     const ckpt_tensor *b = strided_tensor_of(tree, base, "a view");
     if (!b)

@@ -258,11 +258,6 @@ static ckpt_status too_deep(walk_ctx *c)
                       (unsigned long long)c->max_nesting, c->nb.p ? c->nb.p : "");
 }
 
-static ckpt_status nomem(walk_ctx *c)
-{
-    return ckpt__fail(c->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* *found: a tensor is reachable from v. Values nested past max_nesting are
  * refused here as the walk refuses them: a subtree the walk passes over is
  * still bounded. */
@@ -274,7 +269,7 @@ static ckpt_status holds_tensor(walk_ctx *c, ckpt_value *v, uint64_t depth, bool
     if (r == SEARCH_BUDGET)
         return too_many_paths(c);
     if (r == SEARCH_NOMEM)
-        return nomem(c);
+        return ckpt__nomem(c->err);
     if (c->too_deep)
         return too_deep(c);
     return CKPT_OK;
@@ -283,7 +278,7 @@ static ckpt_status holds_tensor(walk_ctx *c, ckpt_value *v, uint64_t depth, bool
 static ckpt_status name_failed(walk_ctx *c)
 {
     if (!c->nb.too_long)
-        return nomem(c);
+        return ckpt__nomem(c->err);
     return ckpt__fail(c->err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
                       "a tensor name would take more than %llu bytes with its NUL "
                       "(limit max_tensor_name_bytes) under '%.200s'",

@@ -119,8 +119,11 @@ static ckpt_status open_common(ckpt_file *f, const ckpt_open_options *opts, ckpt
 {
     ckpt_open_options_default(&f->opts);
     if (opts) {
-        f->opts.flags = opts->flags;
-        ckpt__limits_apply(&f->opts.limits, &opts->limits);
+        ckpt_open_options o;
+        ckpt_open_options_default(&o);
+        ckpt__struct_in(&o, sizeof(o), opts);
+        f->opts.flags = o.flags;
+        ckpt__limits_apply(&f->opts.limits, &o.limits);
     }
     f->pickle_protocol = -1;
     ckpt__arena_init(&f->arena, f->opts.limits.max_value_bytes);
@@ -136,11 +139,11 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
                              ckpt_file **out, ckpt_error *err)
 {
     if (!out || (!data && size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     ckpt_file *f = calloc(1, sizeof(*f));
     if (!f)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     f->map = data;
     f->map_size = size;
     ckpt_status st = open_common(f, opts, err);
@@ -170,7 +173,7 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
     }
     f = calloc(1, sizeof(*f));
     if (!f) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     f->path = path;
@@ -213,7 +216,7 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
                       ckpt_error *err)
 {
     if (!out || !path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     /* O_NONBLOCK: a FIFO named by a (sharded) index must not hang the open */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);

@@ -300,7 +300,7 @@ static int nomem(hdr_parser *p, size_t more)
         return FAIL(p, CKPT_ERR_LIMIT, CKPT_NO_OFFSET,
                     "the header's values pass max_value_bytes (%llu)",
                     (unsigned long long)p->f->opts.limits.max_value_bytes);
-    p->fatal = ckpt__fail(&p->ferr, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    p->fatal = ckpt__nomem(&p->ferr);
     return 0;
 }
 
@@ -312,13 +312,9 @@ static void CKPT_PRINTF(4, 5) broken(hdr_parser *p, ckpt_status status, uint64_t
     if (p->pending)
         return;
     p->pending = status;
-    p->perr.status = status;
-    p->perr.offset = offset;
-    p->perr.file_offset = CKPT_NO_OFFSET;
-    snprintf(p->perr.record, sizeof(p->perr.record), "%s", HEADER_RECORD);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->perr.message, sizeof(p->perr.message), fmt, ap);
+    ckpt__vfail(&p->perr, status, HEADER_RECORD, offset, fmt, ap);
     va_end(ap);
 }
 
@@ -836,7 +832,7 @@ static ckpt_status parse_header(hdr_parser *p, ckpt_error *err)
     CKPT_RETURN_IF_ERROR(check_text(p->text, p->len, err));
     p->y = yajl_alloc(&CALLBACKS, NULL, p);
     if (!p->y)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     /* check_text checked the UTF-8 (more strictly than yajl would) */
     yajl_config(p->y, yajl_dont_validate_strings, 1);
     yajl_status ys = yajl_parse(p->y, p->text, (size_t)p->len);
@@ -898,7 +894,7 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err)
     size_t ne = p.ne;
     f->records = calloc(ne ? ne : 1, sizeof(*f->records));
     if (!f->records) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     size_t sorted = 1;
@@ -929,7 +925,7 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err)
 
     f->root = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
     if (!f->root) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < ne; i++) {
@@ -940,7 +936,7 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err)
         if ((st = ckpt__tensor_validate(t, &f->opts.limits, HEADER_RECORD, CKPT_NO_OFFSET, err)))
             goto out;
         if (!ckpt__dict_set(&f->arena, f->root, entries[i].key, entries[i].value)) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         ckpt_record_info *r = &f->records[f->record_count++];

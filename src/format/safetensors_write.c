@@ -349,11 +349,6 @@ typedef struct st_ctx {
     uint64_t max_depth;
 } st_ctx;
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, ckpt_error *err)
 {
     st_ctx *c = user;
@@ -361,8 +356,7 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
     if (v == c->root && name[0] == 0)
         name = "tensor";
     if (!t)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "tensor '%s' has no tensor data", name);
+        return CKPT_INVALID_ARG(err, "tensor '%s' has no tensor data", name);
     if (t->layout != CKPT_LAYOUT_STRIDED)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
                           "tensor '%s' is %s: safetensors holds only dense tensors", name,
@@ -405,14 +399,14 @@ static ckpt_status on_tensor(void *user, const char *name, const ckpt_value *v, 
     if (c->ntensors == c->tensors_cap) {
         st_tensor *p = ckpt__array_grow(c->tensors, &c->tensors_cap, sizeof(*p));
         if (!p)
-            return nomem(err);
+            return ckpt__nomem(err);
         c->tensors = p;
     }
     st_tensor *e = &c->tensors[c->ntensors];
     memset(e, 0, sizeof(*e));
     e->name = malloc(nlen + 1);
     if (!e->name)
-        return nomem(err);
+        return ckpt__nomem(err);
     memcpy(e->name, name, nlen + 1);
     e->t = t;
     e->st_dtype = st_dtype;
@@ -436,14 +430,14 @@ static ckpt_status add_meta(st_ctx *c, const char *key, size_t klen, char *val, 
         st_meta *p = ckpt__array_grow(c->meta, &c->meta_cap, sizeof(*p));
         if (!p) {
             free(val);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         c->meta = p;
     }
     char *k = malloc(klen + 1);
     if (!k) {
         free(val);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     memcpy(k, key, klen);
     k[klen] = 0;
@@ -472,7 +466,7 @@ static ckpt_status add_leaf(st_ctx *c, const char *name, size_t nlen, const ckpt
             return ckpt__fail(err, CKPT_ERR_LIMIT, "", CKPT_NO_OFFSET,
                               "metadata '%s' exceeds the %u bytes a safetensors header may hold",
                               name, ST_MAX_HEADER);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     return add_meta(c, name, nlen, (char *)b.b.p, b.b.len, false, err);
 }
@@ -490,7 +484,7 @@ static ckpt_status on_leaf(void *user, const char *name, const ckpt_value *v, ck
         size_t klen = ckpt__key_text(key, NULL, 0);
         char *kname = malloc(klen + 1);
         if (!kname)
-            return nomem(err);
+            return ckpt__nomem(err);
         ckpt__key_text(key, kname, klen + 1);
         ckpt_status st = add_leaf(c, kname, klen, ckpt_value_dict_value(v, i), err);
         free(kname);
@@ -503,22 +497,21 @@ static ckpt_status add_opts_metadata(st_ctx *c, const ckpt_value *md, ckpt_error
 {
     ckpt_kind k = ckpt_value_kind(md);
     if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "options' metadata must be a dict of text to text, not %s",
-                          ckpt_kind_name(k));
+        return CKPT_INVALID_ARG(err,
+                                "options' metadata must be a dict of text to text, not %s",
+                                ckpt_kind_name(k));
     for (size_t i = 0; i < ckpt_value_len(md); i++) {
         const ckpt_value *kv = ckpt_value_key(md, i), *vv = ckpt_value_dict_value(md, i);
         size_t klen, vlen;
         const char *ks = ckpt_value_str(kv, &klen), *vs = ckpt_value_str(vv, &vlen);
         if (ckpt_value_kind(kv) != CKPT_KIND_STR || ckpt_value_kind(vv) != CKPT_KIND_STR)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "options' metadata entry %zu is not text -> text", i);
+            return CKPT_INVALID_ARG(err, "options' metadata entry %zu is not text -> text", i);
         if (!ckpt__utf8_valid(ks, klen, false) || !ckpt__utf8_valid(vs, vlen, false))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
+            return CKPT_INVALID_ARG(
+                err, "options' metadata entry '%s' is not valid UTF-8 without NUL", ks);
         char *val = malloc(vlen + 1);
         if (!val)
-            return nomem(err);
+            return ckpt__nomem(err);
         memcpy(val, vs, vlen);
         val[vlen] = 0;
         CKPT_RETURN_IF_ERROR(add_meta(c, ks, klen, val, vlen, true, err));
@@ -542,7 +535,7 @@ static ckpt_status settle_metadata(st_ctx *c, ckpt_error *err)
         return CKPT_OK;
     st_meta **by_key = malloc(c->nmeta * sizeof(*by_key));
     if (!by_key)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < c->nmeta; i++)
         by_key[i] = &c->meta[i];
     qsort(by_key, c->nmeta, sizeof(*by_key), cmp_meta_key);
@@ -676,7 +669,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                   const ckpt_save_options *opts, ckpt_error *err)
 {
     if (!path || !root)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_save_options o;
     ckpt__save_options_apply(&o, opts);
     ckpt_limits lim;
@@ -690,7 +683,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     bool out_open = false;
     c.path = malloc((size_t)c.max_depth * sizeof(*c.path));
     if (!c.path) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     if ((st = ckpt__walk_named(root, lim.max_nesting, on_tensor, on_leaf, &c, err)) != CKPT_OK)
@@ -734,7 +727,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
 
     build_header(&c, &h);
     if (h.b.failed) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     if (h.too_big) {
@@ -748,7 +741,7 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     if (max_tensor) {
         buf = malloc(max_tensor < ST_CHUNK ? (size_t)max_tensor : ST_CHUNK);
         if (!buf) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             goto done;
         }
     }

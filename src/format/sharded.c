@@ -194,17 +194,17 @@ static ckpt_status shard_open(ckpt_file *f, const char *path, const char *sname,
         r->name = ckpt__arena_strdup(&f->arena, sname, strlen(sname));
         if (!r->name) {
             ckpt_close(sf);
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         }
         r->stored_size = r->size = sf->map_size;
         f->shards[f->shard_count] = sf;
         *si = f->shard_count++;
         f->record_count++;
         if (!table_add(f, by_id, false, NULL, dev, ino, *si))
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
     }
     if (!table_add(f, by_name, true, sname, 0, 0, *si))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     return CKPT_OK;
 }
 
@@ -243,7 +243,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
             ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_KIND_STR, k, strlen(k)), *vv = NULL;
             if (!f->metadata || !kv || metadata_value(f, v, &vv) != CKPT_OK ||
                 !ckpt__dict_set(&f->arena, f->metadata, kv, vv)) {
-                st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+                st = ckpt__nomem(err);
                 goto out;
             }
         }
@@ -257,7 +257,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
     f->records = calloc(n ? n : 1, sizeof(*f->records));
     f->root = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
     if (!f->shards || !f->records || !f->root) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     const char *name;
@@ -274,7 +274,7 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
         if (need > path_cap) {
             char *p = realloc(path, need);
             if (!p) {
-                st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+                st = ckpt__nomem(err);
                 goto out;
             }
             path = p;
@@ -295,12 +295,12 @@ ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err)
         ckpt_value *kv = ckpt__value_str(&f->arena, CKPT_KIND_STR, name, strlen(name));
         ckpt_value *tv = ckpt__value_new(&f->arena, CKPT_KIND_TENSOR);
         if (!kv || !tv) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
         tv->u.tensor.t = (ckpt_tensor *)(uintptr_t)t;
         if (!ckpt__dict_set(&f->arena, f->root, kv, tv)) {
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
             goto out;
         }
     }

@@ -31,13 +31,13 @@ static ckpt_status add_root(legacy_load *L, ckpt__storage *s, ckpt_error *err)
         size_t cap = L->cap ? L->cap * 2 : 16;
         ckpt__storage **p = realloc(L->roots, cap * sizeof(*p));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         L->roots = p;
         L->cap = cap;
     }
     L->roots[L->count++] = s;
     if (!ckpt__storage_table_add(&L->table, s))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     return ckpt__file_add_storage(L->f, s, err);
 }
 
@@ -213,7 +213,7 @@ ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err)
     }
     f->records = calloc(keys->u.seq.len ? keys->u.seq.len : 1, sizeof(*f->records));
     if (!f->records) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < keys->u.seq.len; i++) {

@@ -76,11 +76,6 @@ static bool reindex(saver *sv, size_t cap)
     return true;
 }
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* The name of a use of a storage, for messages. */
 static const char *use_name(ckpt_dtype dtype, bool untyped)
 {
@@ -107,29 +102,29 @@ static ckpt_status on_storage(void *user, ckpt__storage *s, ckpt_dtype dtype, bo
                               "no torch storage class holds %s", ckpt_dtype_name(dtype));
         size_t elem = untyped ? 1 : ckpt__storage_elem_size(dtype);
         if (s->nbytes % elem != 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "a storage of %llu bytes does not hold whole %s elements",
-                              (unsigned long long)s->nbytes, ckpt_dtype_name(dtype));
+            return CKPT_INVALID_ARG(err,
+                                    "a storage of %llu bytes does not hold whole %s elements",
+                                    (unsigned long long)s->nbytes, ckpt_dtype_name(dtype));
         const char *loc = sv->opts->location ? sv->opts->location
                           : s->location      ? s->location
                                              : "cpu";
         if (sv->count == sv->cap) {
             saved_storage *l = ckpt__array_grow(sv->list, &sv->cap, sizeof(*l));
             if (!l)
-                return nomem(err);
+                return ckpt__nomem(err);
             sv->list = l;
         }
         char key[24];
         int klen = snprintf(key, sizeof(key), "%zu", sv->count);
         const char *k = ckpt__arena_strdup(&sv->arena, key, (size_t)klen);
         if (!k)
-            return nomem(err);
+            return ckpt__nomem(err);
         e = &sv->list[sv->count++];
         *e = (saved_storage){.s = s, .key = k, .type_name = type_name, .dtype = dtype,
                              .untyped = untyped, .location = loc, .numel = s->nbytes / elem};
         if (sv->count * 2 > sv->index_cap) {
             if (!reindex(sv, sv->index_cap ? sv->index_cap * 2 : 128))
-                return nomem(err);
+                return ckpt__nomem(err);
         } else {
             size_t i = ptr_hash(s) & (sv->index_cap - 1);
             while (sv->index[i])
@@ -160,8 +155,8 @@ static ckpt_status archive_prefix(const char *path, const ckpt_save_options *o, 
     if (p) {
         n = strlen(p);
         if (n == 0 || n > 1024 || strchr(p, '/') || strcmp(p, ".") == 0 || strcmp(p, "..") == 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "archive prefix '%s' is not a plain name of 1 to 1024 bytes", p);
+            return CKPT_INVALID_ARG(
+                err, "archive prefix '%s' is not a plain name of 1 to 1024 bytes", p);
     } else {
         /* as PyTorchStreamWriter's basename(): after the last '/' or '\' */
         const char *base = path;
@@ -181,7 +176,7 @@ static ckpt_status archive_prefix(const char *path, const ckpt_save_options *o, 
     }
     *out = malloc(n + 1);
     if (!*out)
-        return nomem(err);
+        return ckpt__nomem(err);
     memcpy(*out, p, n);
     (*out)[n] = 0;
     return CKPT_OK;
@@ -242,12 +237,12 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 ckpt__staged *stage, ckpt_error *err)
 {
     if (!path || !root)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_save_options o;
     ckpt__save_options_apply(&o, opts);
     if (o.location && (!*o.location || strlen(o.location) > 64))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "location must be a tag of 1 to 64 bytes (\"cpu\", \"cuda:0\", ...)");
+        return CKPT_INVALID_ARG(
+            err, "location must be a tag of 1 to 64 bytes (\"cpu\", \"cuda:0\", ...)");
     ckpt_limits lim;
     ckpt_limits_default(&lim);
 
@@ -290,7 +285,7 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     if (casts)
         buf = malloc(CHUNK);
     if (!order || !name || (casts && !buf)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto done;
     }
     for (size_t i = 0; i < sv.count; i++) {

@@ -51,7 +51,7 @@ static ckpt_status read_text_record(zip_load *L, const char *name, const char **
     *out = NULL;
     const char *full = join_record(L, name);
     if (!full)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     long idx = ckpt__zip_find(&L->f->zip, full);
     if (idx < 0)
         return CKPT_OK;
@@ -70,7 +70,7 @@ static ckpt_status read_text_record(zip_load *L, const char *name, const char **
     *out = ckpt__arena_strdup(&L->f->arena, (const char *)data, n);
     free(owned);
     if (!*out)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     if (memchr(*out, 0, n))
         return ckpt__fail(err, CKPT_ERR_FORMAT, e->name, 0, "record holds a NUL byte");
     return CKPT_OK;
@@ -162,7 +162,7 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
                           "record is not in a subdirectory (torch requires '<prefix>/<name>')");
     f->prefix = ckpt__arena_strdup(&f->arena, first, (size_t)(slash - first));
     if (!f->prefix)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     size_t plen = (size_t)(slash - first) + 1;
     bool torchscript = false, model_json = false;
     for (size_t i = 0; i < f->zip.count; i++) {

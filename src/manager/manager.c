@@ -70,11 +70,6 @@ void ckpt_manager_options_default(ckpt_manager_options *opts)
     opts->max_manifest_bytes = CKPT__MANIFEST_MAX_BYTES;
 }
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 static ckpt_status io_fail(ckpt_error *err, const char *what, const char *path, int e)
 {
     return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "%s %s: %s", what, path,
@@ -92,15 +87,6 @@ static void warnf(ckpt_manager *m, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     m->warn(m->warn_user, msg);
-}
-
-/* Copies the options a caller set (the first struct_size bytes of src, NULL
- * for none) over the defaults in dst: fields an older caller does not know
- * keep their defaults. */
-static void apply_options(void *dst, size_t dst_size, const void *src, size_t src_size)
-{
-    if (src && src_size)
-        memcpy(dst, src, src_size < dst_size ? src_size : dst_size);
 }
 
 static char *join(const char *dir, const char *name)
@@ -127,15 +113,14 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "%s is not a regular file", path);
+        return CKPT_INVALID_ARG(err, "%s is not a regular file", path);
     }
     uint64_t left = (uint64_t)sb.st_size;
     size_t cap = (size_t)1 << 20;
     uint8_t *buf = malloc(cap);
     if (!buf) {
         close(fd);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     uint64_t n = 0;
     uint32_t c = 0;
@@ -166,7 +151,7 @@ static ckpt_status make_dirs(const char *dir, ckpt_error *err)
 {
     char *p = strdup(dir);
     if (!p)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (char *s = p + 1;; s++) {
         bool end = *s == 0;
         if (*s == '/' || end) {
@@ -184,8 +169,7 @@ static ckpt_status make_dirs(const char *dir, ckpt_error *err)
     free(p);
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "%s is not a directory",
-                          dir);
+        return CKPT_INVALID_ARG(err, "%s is not a directory", dir);
     return CKPT_OK;
 }
 
@@ -193,16 +177,16 @@ static ckpt_status take_lock(ckpt_manager *m, ckpt_error *err)
 {
     char *path = join(m->dir, CKPT__LOCK_NAME);
     if (!path)
-        return nomem(err);
+        return ckpt__nomem(err);
     /* never through a link: the pid note would overwrite its target */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1) {
         ckpt_status st = fd < 0 ? io_fail(err, "cannot open the lock file", path, errno)
-                                : ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                             "lock file %s is not a plain file of its own "
-                                             "(a link, or not a regular file)",
-                                             path);
+                                : CKPT_INVALID_ARG(err,
+                                                   "lock file %s is not a plain file of its own "
+                                                   "(a link, or not a regular file)",
+                                                   path);
         if (fd >= 0)
             close(fd);
         free(path);
@@ -380,13 +364,13 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     size_t n = m->mf.committed.count;
     bool *flags = calloc(2 * (n ? n : 1), sizeof(bool));
     if (!flags)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < n; i++)
         marks(m, &m->mf.committed.items[i], &flags[i], &flags[n + i]);
     char *text = ckpt__manifest_text(&m->mf, flags, flags + n);
     free(flags);
     if (!text)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t len = strlen(text);
     if (len > m->max_manifest_bytes) {
         free(text);
@@ -398,7 +382,7 @@ static ckpt_status write_manifest(ckpt_manager *m, ckpt_error *err)
     char *path = join(m->dir, CKPT__MANIFEST_NAME);
     if (!path) {
         free(text);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     ckpt__out o;
     ckpt_status st = ckpt__out_open(&o, path, m->save_flags & CKPT_SAVE_NO_FSYNC, err);
@@ -419,7 +403,7 @@ static ckpt_status sync_dir(ckpt_manager *m, ckpt_error *err)
         return CKPT_OK;
     char *any = join(m->dir, CKPT__MANIFEST_NAME);
     if (!any)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt_status st = ckpt__sync_dir_of(any, err);
     free(any);
     return st;
@@ -432,7 +416,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
 {
     char *path = join(m->dir, name);
     if (!path)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt__mentry e;
     memset(&e, 0, sizeof(e));
     e.step = ckpt__numbered_step(name);
@@ -445,7 +429,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
         e.time = (int64_t)sb.st_mtime;
     free(path);
     if (st == CKPT_ERR_NOMEM)
-        return nomem(err);
+        return ckpt__nomem(err);
     if (st != CKPT_OK) {
         char text[512];
         warnf(m, "skipping %s/%s: %s", m->dir, name, ckpt_error_format(&ferr, text, sizeof(text)));
@@ -453,7 +437,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
     }
     if (!(e.file = strdup(name)) || !ckpt__mlist_push(&m->mf.committed, &e)) {
         ckpt__mentry_free(&e);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     warnf(m, "%s/%s is not in the manifest: recorded with unknown step and metrics", m->dir,
           name);
@@ -495,7 +479,7 @@ static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
         ckpt__mentry *p = &mf->pending.items[i];
         char *path = join(m->dir, p->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         struct stat sb;
@@ -514,7 +498,7 @@ static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
         ckpt__mentry e = *p;
         memset(p, 0, sizeof(*p));
         if (!ckpt__mlist_push(&mf->committed, &e))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     }
     ckpt__mlist_free(&mf->pending);
     sort_entries(&mf->committed);
@@ -550,14 +534,14 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
      * are adopted again afterwards */
     char **readopt = calloc(mf->committed.count + 1, sizeof(*readopt));
     if (!readopt)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t nre = 0, w = 0;
     ckpt_status st = CKPT_OK;
     for (size_t i = 0; i < mf->committed.count; i++) {
         ckpt__mentry *e = &mf->committed.items[i];
         char *path = join(m->dir, e->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             mf->committed.items[w++] = *e; /* kept as it is */
             continue;
         }
@@ -597,7 +581,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
     const char **known = name_index(&mf->committed);
     size_t nknown = mf->committed.count;
     if (!known)
-        return nomem(err);
+        return ckpt__nomem(err);
     /* removals a crash interrupted (a reader takes them as done) */
     if (mf->removing_count) {
         *changed = true;
@@ -609,7 +593,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         char *path = join(m->dir, mf->removing[i]);
         if (!path) {
             free(known);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         if (unlink(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
@@ -667,19 +651,17 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                               ckpt_manager **out, ckpt_error *err)
 {
     if (!out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     if (!dir || !*dir)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "empty directory name");
+        return CKPT_INVALID_ARG(err, "empty directory name");
     ckpt_manager_options o;
     ckpt_manager_options_default(&o);
-    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
+    ckpt__struct_in(&o, sizeof(o), opts);
     if (o.mode != CKPT_MODE_MIN && o.mode != CKPT_MODE_MAX)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
+        return CKPT_INVALID_ARG(err, "mode must be CKPT_MODE_MIN or CKPT_MODE_MAX");
     if (o.monitor && (!*o.monitor || !ckpt__utf8_valid(o.monitor, strlen(o.monitor), false)))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "monitor must be a metric name (UTF-8 text)");
+        return CKPT_INVALID_ARG(err, "monitor must be a metric name (UTF-8 text)");
     if (!o.weights_key || !*o.weights_key)
         o.weights_key = "model";
     char *user = NULL;
@@ -688,25 +670,24 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         json_t *j = json_loads(o.user_metadata, JSON_REJECT_DUPLICATES, &je);
         if (!json_is_object(j)) {
             json_decref(j);
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "user_metadata must be a JSON object%s%s", j ? "" : ": ",
-                              j ? "" : je.text);
+            return CKPT_INVALID_ARG(err,
+                                    "user_metadata must be a JSON object%s%s", j ? "" : ": ",
+                                    j ? "" : je.text);
         }
         user = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(j);
         if (!user)
-            return nomem(err);
+            return ckpt__nomem(err);
     }
     if (o.torch_version && !ckpt__utf8_valid(o.torch_version, strlen(o.torch_version), false)) {
         free(user);
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "torch_version must be UTF-8 text");
+        return CKPT_INVALID_ARG(err, "torch_version must be UTF-8 text");
     }
 
     ckpt_manager *m = calloc(1, sizeof(*m));
     if (!m) {
         free(user);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     m->lock_fd = -1;
     m->user_json = user;
@@ -723,7 +704,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     ckpt_status st = CKPT_OK;
     if (!(m->dir = strndup(dir, dl)) || !copy_opt(&m->weights_key, o.weights_key) ||
         !copy_opt(&m->torch_version, o.torch_version)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto fail;
     }
     bool ro = o.flags & CKPT_MANAGER_READ_ONLY;
@@ -734,8 +715,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
             goto fail;
         }
         if (!S_ISDIR(sb.st_mode)) {
-            st = ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                            "%s is not a directory", m->dir);
+            st = CKPT_INVALID_ARG(err, "%s is not a directory", m->dir);
             goto fail;
         }
     } else if ((st = make_dirs(m->dir, err)) != CKPT_OK || (st = take_lock(m, err)) != CKPT_OK) {
@@ -744,7 +724,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
 
     char *mpath = join(m->dir, CKPT__MANIFEST_NAME);
     if (!mpath) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto fail;
     }
     ckpt_error merr;
@@ -783,7 +763,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                       m->mf.mode != o.mode)) {
         free(m->mf.monitor);
         if (!(m->mf.monitor = strdup(o.monitor))) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             goto fail;
         }
         m->mf.mode = o.mode;
@@ -825,11 +805,12 @@ void ckpt_manager_close(ckpt_manager *m)
 
 size_t ckpt_manager_count(const ckpt_manager *m) { return m ? m->mf.committed.count : 0; }
 
-bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *info)
+bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *out)
 {
-    if (!m || !info || i >= m->mf.committed.count)
+    if (!m || !out || i >= m->mf.committed.count)
         return false;
     const ckpt__mentry *e = &m->mf.committed.items[i];
+    ckpt_checkpoint_info full, *info = &full;
     memset(info, 0, sizeof(*info));
     info->file = e->file;
     info->step = e->step;
@@ -844,7 +825,7 @@ bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *inf
     info->user_metadata = e->user_json;
     info->weights_only = e->weights_only;
     marks(m, e, &info->last, &info->best);
-    return true;
+    return ckpt__struct_out(out, &full, sizeof(full));
 }
 
 const char *ckpt_manager_monitor(const ckpt_manager *m, ckpt_metric_mode *mode)
@@ -862,18 +843,17 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
                                 ckpt_checkpoint_info *info, ckpt_error *err)
 {
     if (!m || !out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     *out = NULL;
     ckpt_open_options o;
     ckpt_open_options_default(&o);
-    apply_options(&o, sizeof(o), opts, opts ? opts->struct_size : 0);
-    o.struct_size = sizeof(o);
+    ckpt__struct_in(&o, sizeof(o), opts);
     o.flags |= CKPT_OPEN_VERIFY_CRC;
     /* last.pth first, numbered files from the newest, a full best.pth last */
     size_t count = m->mf.committed.count;
     size_t *order = malloc((count ? count : 1) * sizeof(*order));
     if (!order)
-        return nomem(err);
+        return ckpt__nomem(err);
     size_t k = 0;
     for (size_t i = 0; i < count; i++)
         if (strcmp(m->mf.committed.items[i].file, CKPT__LAST_NAME) == 0)
@@ -891,7 +871,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         const ckpt__mentry *e = &m->mf.committed.items[order[j]];
         char *path = join(m->dir, e->file);
         if (!path) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         ckpt_error oerr;
@@ -919,7 +899,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         warnf(m, "skipping %s: %s", path, ckpt_error_format(&oerr, text, sizeof(text)));
         free(path);
         if (s == CKPT_ERR_NOMEM) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
     }
@@ -952,10 +932,10 @@ static ckpt_status weights_of(const ckpt_manager *m, const ckpt_value *root,
             return CKPT_OK;
         }
     }
-    return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                      "the checkpoint has no \"%s\" entry to save as best.pth's weights "
-                      "(set weights_key, or CKPT_MANAGER_BEST_FULL)",
-                      m->weights_key);
+    return CKPT_INVALID_ARG(err,
+                            "the checkpoint has no \"%s\" entry to save as best.pth's weights "
+                            "(set weights_key, or CKPT_MANAGER_BEST_FULL)",
+                            m->weights_key);
 }
 
 /* A temporary name beside target for a hard link, made with O_EXCL
@@ -972,7 +952,7 @@ static ckpt_status link_stage(const ckpt__staged *src, const char *target, ckpt_
     if (!tmp || !path) {
         free(tmp);
         free(path);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     int e = 0;
     for (unsigned attempt = 0; attempt < 100; attempt++) {
@@ -1041,7 +1021,7 @@ static ckpt_status drop_unkept(ckpt_manager *m, const cand *c, size_t *removed, 
     size_t j = mf->removing_count;
     char **names = realloc(mf->removing, (j + drop) * sizeof(*names));
     if (!names)
-        return nomem(err);
+        return ckpt__nomem(err);
     mf->removing = names;
     k = 0;
     size_t w = 0; /* one compacting pass */
@@ -1068,7 +1048,7 @@ static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
         return CKPT_OK;
     const char **known = name_index(&m->mf.committed);
     if (!known)
-        return nomem(err);
+        return ckpt__nomem(err);
     for (size_t i = 0; i < m->mf.removing_count; i++) {
         if (find_name(known, m->mf.committed.count, m->mf.removing[i]))
             continue; /* listed by a manifest write that failed, saved again since */
@@ -1125,22 +1105,19 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     if (saved)
         *saved = 0;
     if (!m || !checkpoint || (metric_count && !metrics))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     if (m->flags & CKPT_MANAGER_READ_ONLY)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "the manager of %s is read-only", m->dir);
+        return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     if (step < 0)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "step must be >= 0 (got %" PRId64 ")", step);
+        return CKPT_INVALID_ARG(err, "step must be >= 0 (got %" PRId64 ")", step);
     for (size_t i = 0; i < metric_count; i++) {
         const char *n = metrics[i].name;
         if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "metric %zu has no name (or one that is not UTF-8 text)", i);
+            return CKPT_INVALID_ARG(err,
+                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
         for (size_t j = 0; j < i; j++)
             if (strcmp(metrics[j].name, n) == 0)
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "metric %s is given twice", n);
+                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
     }
     /* best.pth: does this save improve the monitored metric? */
     bool improved = false;
@@ -1151,9 +1128,9 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
             if (strcmp(metrics[i].name, monitor) == 0)
                 v = &metrics[i];
         if (!v)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "the monitored metric %s is not among this save's metrics",
-                              monitor);
+            return CKPT_INVALID_ARG(err,
+                                    "the monitored metric %s is not among this save's metrics",
+                                    monitor);
         const ckpt__mentry *b = ckpt__mlist_find(&m->mf.committed, CKPT__BEST_NAME);
         double bv;
         improved = !isnan(v->value) &&
@@ -1169,14 +1146,14 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
     char numbered_name[64];
     if (m->keep_last || m->keep_best) {
         if (!ckpt__numbered_name(step, numbered_name, sizeof(numbered_name)))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "step too large");
+            return CKPT_INVALID_ARG(err, "step too large");
         size_t n;
         cand *c = candidates(m, step, metrics, metric_count, &n);
         if (!c)
-            return nomem(err);
+            return ckpt__nomem(err);
         if (!retain(c, n, m->keep_last, m->keep_best, m->mf.mode)) {
             free(c);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
         numbered = c[n - 1].keep;
         free(c);
@@ -1196,7 +1173,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
             continue;
         free(path);
         if (!(path = join(m->dir, names[i]))) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
             break;
         }
         /* numbered and full best files have last's bytes: a second name for
@@ -1221,7 +1198,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         if (fill_entry(m, &e, names[i], step, metrics, metric_count, &stage[i],
                        i == STAGE_BEST && !best_full, now) != CKPT_OK ||
             !ckpt__mlist_push(&m->mf.pending, &e))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     }
     if (st == CKPT_OK)
         st = write_manifest(m, err);
@@ -1269,7 +1246,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         ckpt__mlist_remove(&mf->pending, 0);
         if (!ckpt__mlist_push(&mf->committed, &e)) {
             ckpt__mlist_free(&mf->pending);
-            return nomem(err);
+            return ckpt__nomem(err);
         }
     }
     ckpt__mlist_free(&mf->pending);
@@ -1281,9 +1258,9 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         size_t n;
         cand *c = candidates(m, -1, NULL, 0, &n);
         if (!c)
-            return nomem(err);
+            return ckpt__nomem(err);
         if (!retain(c, n, m->keep_last, m->keep_best, mf->mode)) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
         } else {
             keep_adopted(c, n);
             st = drop_unkept(m, c, &removed, err);
@@ -1306,12 +1283,12 @@ ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
                                     unsigned keep_best, bool *keep, ckpt_error *err)
 {
     if (!m || (!keep && m->mf.committed.count))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     size_t n;
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c || !retain(c, n, keep_last, keep_best, m->mf.mode)) {
         free(c);
-        return nomem(err);
+        return ckpt__nomem(err);
     }
     size_t k = 0;
     for (size_t i = 0; i < m->mf.committed.count; i++)
@@ -1326,17 +1303,16 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
     if (removed)
         *removed = 0;
     if (!m)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     if (m->flags & CKPT_MANAGER_READ_ONLY)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "the manager of %s is read-only", m->dir);
+        return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     size_t n, count = 0;
     cand *c = candidates(m, -1, NULL, 0, &n);
     if (!c)
-        return nomem(err);
+        return ckpt__nomem(err);
     ckpt_status st = retain(c, n, keep_last, keep_best, m->mf.mode)
                          ? drop_unkept(m, c, &count, err)
-                         : nomem(err);
+                         : ckpt__nomem(err);
     free(c);
     if (st != CKPT_OK)
         return st;

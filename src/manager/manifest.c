@@ -305,7 +305,7 @@ static ckpt_status read_entry(json_t *o, ckpt__mentry *e, ckpt_error *err)
     }
     return CKPT_OK;
 nomem:
-    st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    st = ckpt__nomem(err);
 fail:
     ckpt__mentry_free(e);
     return st;
@@ -333,11 +333,11 @@ static ckpt_status read_list(json_t *a, ckpt__mlist *l, size_t max, const char *
         ckpt__mentry e;
         CKPT_RETURN_IF_ERROR(read_entry(v, &e, err));
         if (!ckpt__mlist_push(l, &e))
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
     }
     const char **names = malloc((l->count ? l->count : 1) * sizeof(*names));
     if (!names)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     for (i = 0; i < l->count; i++)
         names[i] = l->items[i].file;
     qsort(names, l->count, sizeof(*names), cmp_name_ptr);
@@ -369,7 +369,7 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
         if (!s || !*s)
             return bad(err, "\"monitor\" is not a metric name%s", "");
         if (!(mf->monitor = strdup(s)))
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
     }
     const char *mode = json_string_value(json_object_get(doc, "mode"));
     mf->mode = mode && strcmp(mode, "max") == 0 ? CKPT_MODE_MAX : CKPT_MODE_MIN;
@@ -386,13 +386,13 @@ static ckpt_status read_doc(json_t *doc, ckpt__manifest *mf, ckpt_error *err)
             return bad(err, "\"removing\" is not a list%s", "");
         size_t n = json_array_size(rm);
         if (n && !(mf->removing = calloc(n, sizeof(*mf->removing))))
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         for (size_t i = 0; i < n; i++) {
             const char *s = json_string_value(json_array_get(rm, i));
             if (!s || !name_ok(s))
                 return bad(err, "\"removing\" names something that is not a checkpoint%s", "");
             if (!(mf->removing[mf->removing_count] = strdup(s)))
-                return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+                return ckpt__nomem(err);
             mf->removing_count++;
         }
     }
@@ -448,7 +448,7 @@ ckpt_status ckpt__manifest_read(const char *path, uint64_t max_bytes, ckpt__mani
     char *buf = malloc(size ? size : 1);
     if (!buf) {
         close(fd);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     while (got < size) {
         ssize_t r = read(fd, buf + got, size - got);

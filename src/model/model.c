@@ -218,52 +218,48 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
                            ckpt_error *err)
 {
     if (!m || !name || !*name)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a parameter needs a model and a name");
+        return CKPT_INVALID_ARG(err, "a parameter needs a model and a name");
     if (flags & CKPT_PARAM_EXTRA_STATE) {
         const char *last = strrchr(name, '.');
         if (strcmp(last ? last + 1 : name, "_extra_state") != 0)
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "extra state \"%s\": the name must end in _extra_state", name);
+            return CKPT_INVALID_ARG(err,
+                                    "extra state \"%s\": the name must end in _extra_state", name);
         flags |= CKPT_PARAM_NO_DATA;
         dtype = CKPT_DTYPE_UINT8;
         ndim = 0;
     }
     size_t dummy;
     if (index_find(m, name, strlen(name), &dummy))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\" is already in the model", name);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\" is already in the model", name);
     size_t esize = ckpt_dtype_size(dtype);
     if (dtype <= CKPT_DTYPE_INVALID || dtype >= CKPT_DTYPE_COUNT_ || esize == 0 ||
         ckpt_dtype_bits(dtype) != esize * 8)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": dtype %d is not a whole-byte dtype", name, (int)dtype);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\": dtype %d is not a whole-byte dtype",
+                                name, (int)dtype);
     if (ndim > CKPT_MODEL_MAX_NDIM || (ndim && !shape))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": %u dimensions (at most %d)", name, ndim,
-                          CKPT_MODEL_MAX_NDIM);
+        return CKPT_INVALID_ARG(err,
+                                "parameter \"%s\": %u dimensions (at most %d)", name, ndim,
+                                CKPT_MODEL_MAX_NDIM);
     uint64_t numel = 1, nbytes;
     for (uint32_t i = 0; i < ndim; i++) {
         if (shape[i] < 0 || !ckpt__mul_u64(numel, (uint64_t)shape[i], &numel))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "parameter \"%s\": bad shape", name);
+            return CKPT_INVALID_ARG(err, "parameter \"%s\": bad shape", name);
     }
     if (!ckpt__mul_u64(numel, esize, &nbytes) || nbytes > SIZE_MAX - MODEL_ALIGN)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "parameter \"%s\": too large", name);
+        return CKPT_INVALID_ARG(err, "parameter \"%s\": too large", name);
     if (m->count == m->cap) {
         void *p = ckpt__array_grow(m->params, &m->cap, sizeof(model_param));
         if (!p)
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         m->params = p;
     }
     if (!index_rebuild(m, m->count + 1))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     model_param *p = &m->params[m->count];
     memset(p, 0, sizeof(*p));
     p->name = dup_n(name, strlen(name));
     if (!p->name)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     if (flags & CKPT_PARAM_NO_DATA) {
         data = NULL;
     } else if (!data) {
@@ -304,19 +300,18 @@ ckpt_status ckpt_model_add(ckpt_model *m, const char *name, ckpt_dtype dtype, ui
 ckpt_status ckpt_model_add_module(ckpt_model *m, const char *name, ckpt_error *err)
 {
     if (!m || !name)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a module needs a model and a name");
+        return CKPT_INVALID_ARG(err, "a module needs a model and a name");
     if (!*name)
         return CKPT_OK; /* the root is always there */
     size_t cap = m->modules.cap;
     char *dotted = str_printf("%s.", name);
     if (!str_list_push(&m->modules, dotted))
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     if (m->modules.cap != cap) {
         size_t *at = realloc(m->module_at, m->modules.cap * sizeof(size_t));
         if (!at) {
             free(m->modules.items[--m->modules.len]);
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         }
         m->module_at = at;
     }
@@ -329,11 +324,12 @@ size_t ckpt_model_count(const ckpt_model *m)
     return m ? m->count : 0;
 }
 
-bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info)
+bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *out)
 {
-    if (!m || i >= m->count || !info)
+    if (!m || i >= m->count || !out)
         return false;
     const model_param *p = &m->params[i];
+    ckpt_param_info full, *info = &full;
     memset(info, 0, sizeof(*info));
     info->name = p->name;
     info->dtype = p->dtype;
@@ -349,7 +345,7 @@ bool ckpt_model_param(const ckpt_model *m, size_t i, ckpt_param_info *info)
     info->loaded = p->loaded;
     info->borrowed = p->borrowed;
     info->placed = p->placed;
-    return true;
+    return ckpt__struct_out(out, &full, sizeof(full));
 }
 
 bool ckpt_model_find(const ckpt_model *m, const char *name, size_t *index)
@@ -380,8 +376,8 @@ ckpt_value *ckpt_model_state_dict(const ckpt_model *m, ckpt_tree *tree)
             continue; /* the caller's to save */
         if (p->no_data) {
             ckpt_error err;
-            ckpt__fail(&err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                       "parameter \"%s\" is a description only (CKPT_PARAM_NO_DATA)", p->name);
+            CKPT_INVALID_ARG(&err, "parameter \"%s\" is a description only (CKPT_PARAM_NO_DATA)",
+                             p->name);
             ckpt__tree_fail(tree, &err);
             return NULL;
         }
@@ -443,11 +439,6 @@ typedef struct load_ctx {
     ckpt_error *err;
 } load_ctx;
 
-static ckpt_status nomem(ckpt_error *err)
-{
-    return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
-
 /* The dict the options name. */
 static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
                                    const ckpt_value **out, ckpt_error *err)
@@ -479,7 +470,7 @@ static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
         size_t plen = strlen(key);
         char *part = malloc(plen + 1);
         if (!part)
-            return nomem(err);
+            return ckpt__nomem(err);
         while (*p) {
             size_t rest = strlen(p), len = rest;
             const ckpt_value *hit = NULL;
@@ -571,7 +562,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
     c->lookup = calloc(cap, sizeof(size_t));
     c->lookup_cap = cap;
     if (!c->entries || !c->lookup)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     for (size_t i = 0; i < n; i++) {
         const ckpt_value *k = ckpt_value_key(sd, i);
         char *text;
@@ -587,7 +578,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
                 nuls++;
             text = malloc(len + 3 * nuls + 1);
             if (!text)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             size_t at = 0;
             for (size_t j = 0; j < len; j++) {
                 if (raw[j])
@@ -602,14 +593,14 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
             len = ckpt__key_text(k, NULL, 0);
             text = malloc(len + 1);
             if (!text)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             len = ckpt__key_text(k, text, len + 1);
         }
         text[len] = '\0';
         char *key = remap_key(&c->o, text, len);
         free(text);
         if (!key)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         sd_entry *e = &c->entries[c->n_entries];
         e->key = key;
         e->value = ckpt_value_dict_value(sd, i);
@@ -626,7 +617,7 @@ static ckpt_status collect_entries(load_ctx *c, const ckpt_value *sd, str_list *
                                                        key));
             free(key);
             if (!ok)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             e->key = NULL;
             continue;
         }
@@ -720,8 +711,16 @@ static void convert_integral(ckpt_dtype to, void *dst, ckpt_dtype from, const vo
         bool is_unsigned;
         int64_t i = load_int(from, s, &u, &is_unsigned);
         switch (to) {
-        case CKPT_DTYPE_FLOAT64: { double v = is_unsigned ? (double)u : (double)i; memcpy(d, &v, 8); break; }
-        case CKPT_DTYPE_FLOAT32: { float v = is_unsigned ? (float)u : (float)i; memcpy(d, &v, 4); break; }
+        case CKPT_DTYPE_FLOAT64: {
+            double v = is_unsigned ? (double)u : (double)i;
+            memcpy(d, &v, 8);
+            break;
+        }
+        case CKPT_DTYPE_FLOAT32: {
+            float v = is_unsigned ? (float)u : (float)i;
+            memcpy(d, &v, 4);
+            break;
+        }
         case CKPT_DTYPE_FLOAT16:
         case CKPT_DTYPE_BFLOAT16: {
             /* through float32, as torch computes it */
@@ -758,11 +757,11 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                               "torch.Tensor or Tensor-like object from checkpoint "
                                               "but received %s",
                                               p->name, python_type(e->value))))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     const ckpt_tensor *t = ckpt_value_tensor(e->value);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     bool scalar_from_1d = p->ndim == 0 && ti.ndim == 1;
     bool same = scalar_from_1d ? ti.shape[0] >= 1 : ti.ndim == p->ndim;
@@ -777,14 +776,14 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                                    p->name, a, b));
         free(a);
         free(b);
-        return ok ? CKPT_OK : nomem(c->err);
+        return ok ? CKPT_OK : ckpt__nomem(c->err);
     }
     if (ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage) {
         if (!str_list_push(errors, str_printf("While copying the parameter named \"%s\": a %s "
                                               "tensor%s cannot be loaded into a dense parameter",
                                               p->name, ckpt_layout_name(ti.layout),
                                               ti.has_storage ? "" : " without data (meta)")))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     if (!can_convert(p->dtype, ti.dtype)) {
@@ -793,7 +792,7 @@ static ckpt_status check_param(load_ctx *c, size_t pi, const sd_entry *e, str_li
                                               "model is torch.%s.",
                                               p->name, ckpt_dtype_name(ti.dtype),
                                               ckpt_dtype_name(p->dtype))))
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         return CKPT_OK;
     }
     load_plan *pl = &c->plan[pi];
@@ -1030,7 +1029,7 @@ static ckpt_status meta_build(load_ctx *c)
     size_t n = ckpt_value_len(meta);
     c->meta = calloc(n ? n : 1, sizeof(meta_module));
     if (!c->meta)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const ckpt_value *k = ckpt_value_key(meta, i);
@@ -1040,14 +1039,14 @@ static ckpt_status meta_build(load_ctx *c)
         /* "net.1" names the module whose prefix is "net.1."; "" the root */
         char *dotted = malloc(len + 2);
         if (!dotted)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         memcpy(dotted, name, len);
         if (len)
             dotted[len++] = '.';
         char *mapped = remap_key(&c->o, dotted, len);
         free(dotted);
         if (!mapped)
-            return nomem(c->err);
+            return ckpt__nomem(c->err);
         const ckpt_value *version = ckpt_value_get(ckpt_value_dict_value(meta, i), "version");
         c->meta[c->n_meta].prefix = mapped;
         c->meta[c->n_meta++].version =
@@ -1073,7 +1072,7 @@ static ckpt_status old_batchnorm_key(load_ctx *c, const model_param *p, const mo
         CKPT_RETURN_IF_ERROR(meta_build(c));
     char *prefix = dup_n(nd->prefix, nd->prefix_len);
     if (!prefix)
-        return nomem(c->err);
+        return ckpt__nomem(c->err);
     meta_module want = {prefix, 0};
     const meta_module *hit = bsearch(&want, c->meta, c->n_meta, sizeof(meta_module), meta_cmp);
     free(prefix);
@@ -1116,7 +1115,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 bool old;
                 st = old_batchnorm_key(c, &m->params[i], nd, &old);
                 if (st == CKPT_OK && !old && !str_list_push(&m->missing, dup_n(name, strlen(name))))
-                    st = nomem(c->err);
+                    st = ckpt__nomem(c->err);
                 continue;
             }
             c->entries[e].param = i;
@@ -1155,7 +1154,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
                 if (n_recs == cap) {
                     void *p = ckpt__array_grow(recs, &cap, sizeof(unexpected_rec));
                     if (!p) {
-                        st = nomem(c->err);
+                        st = ckpt__nomem(c->err);
                         break;
                     }
                     recs = p;
@@ -1175,7 +1174,7 @@ static ckpt_status walk_modules(load_ctx *c, const module_tree *mt, str_list *er
         for (size_t r = 0; r < n_recs && st == CKPT_OK; r++) {
             const char *key = c->entries[recs[r].entry].key;
             if (!str_list_push(&m->unexpected, dup_n(key, strlen(key))))
-                st = nomem(c->err);
+                st = ckpt__nomem(c->err);
         }
     }
     free(recs);
@@ -1205,25 +1204,25 @@ static ckpt_status build_message(ckpt_model *m, bool strict, str_list *errors, c
     if (strict && m->missing.len) {
         char *q = quoted_list(&m->missing);
         if (!q || !str_list_push(&lines, str_printf("Missing key(s) in state_dict: %s. ", q)))
-            st = nomem(err);
+            st = ckpt__nomem(err);
         free(q);
     }
     if (st == CKPT_OK && strict && m->unexpected.len) {
         char *q = quoted_list(&m->unexpected);
         if (!q || !str_list_push(&lines, str_printf("Unexpected key(s) in state_dict: %s. ", q)))
-            st = nomem(err);
+            st = ckpt__nomem(err);
         free(q);
     }
     for (size_t i = 0; st == CKPT_OK && i < errors->len; i++)
         if (!str_list_push(&lines, dup_n(errors->items[i], strlen(errors->items[i]))))
-            st = nomem(err);
+            st = ckpt__nomem(err);
     if (st == CKPT_OK && lines.len) {
         size_t n = strlen(m->class_name) + 64;
         for (size_t i = 0; i < lines.len; i++)
             n += strlen(lines.items[i]) + 2;
         m->message = malloc(n);
         if (!m->message) {
-            st = nomem(err);
+            st = ckpt__nomem(err);
         } else {
             size_t at = (size_t)sprintf(m->message, "Error(s) in loading state_dict for %s:",
                                         m->class_name);
@@ -1266,7 +1265,7 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
             if (*scratch_cap < p->nbytes) {
                 void *s = realloc(*scratch, (size_t)p->nbytes);
                 if (!s)
-                    return nomem(c->err);
+                    return ckpt__nomem(c->err);
                 *scratch = s;
                 *scratch_cap = (size_t)p->nbytes;
             }
@@ -1277,10 +1276,10 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
         if (!pl->contiguous) {
             uint64_t nb;
             if (!ckpt__mul_u64(p->numel, from_size, &nb) || nb > SIZE_MAX)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             tmp = convert ? malloc((size_t)nb) : dst;
             if (!tmp)
-                return nomem(c->err);
+                return ckpt__nomem(c->err);
             ckpt_status st = ckpt__tensor_copy(c->f, pl->t, tmp, (size_t)nb, c->err);
             if (st != CKPT_OK) {
                 if (tmp != dst)
@@ -1308,6 +1307,7 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
     if (c->o.place) {
         ckpt_placement pc;
         memset(&pc, 0, sizeof(pc));
+        pc.struct_size = sizeof(pc);
         pc.name = p->name;
         pc.index = pi;
         pc.location = pl->location;
@@ -1352,38 +1352,30 @@ static void fill_report(const ckpt_model *m, ckpt_load_report *r, const str_list
     r->message = m->message;
 }
 
-ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
-                            ckpt_load_report *report, ckpt_error *err)
+static ckpt_status model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
+                              ckpt_load_report *r, ckpt_error *err)
 {
-    ckpt_load_report scratch_report;
-    ckpt_load_report *r = report ? report : &scratch_report;
     memset(r, 0, sizeof(*r));
     if (!m || !f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_model_load needs a model and a file");
+        return CKPT_INVALID_ARG(err, "ckpt_model_load needs a model and a file");
     load_ctx c;
     memset(&c, 0, sizeof(c));
     c.m = m;
     c.f = f;
     c.err = err;
     ckpt_load_options_default(&c.o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(c.o) ? opts->struct_size : sizeof(c.o);
-        memcpy(&c.o, opts, n);
-        c.o.struct_size = sizeof(c.o);
-    }
+    ckpt__struct_in(&c.o, sizeof(c.o), opts);
     if ((c.o.strip_prefix_count && !c.o.strip_prefixes) ||
         (c.o.prefix_map_count && !c.o.prefix_map) ||
         (c.o.location_map_count && !c.o.location_map))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "a remapping count without its array");
+        return CKPT_INVALID_ARG(err, "a remapping count without its array");
     if (!(c.o.flags & CKPT_LOAD_CHECK_ONLY))
         for (size_t i = 0; i < m->count; i++)
             if (m->params[i].no_data && !m->params[i].extra_state)
-                return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                                  "parameter \"%s\" is a description only "
-                                  "(CKPT_PARAM_NO_DATA): the model can only be checked",
-                                  m->params[i].name);
+                return CKPT_INVALID_ARG(err,
+                                        "parameter \"%s\" is a description only "
+                                        "(CKPT_PARAM_NO_DATA): the model can only be checked",
+                                        m->params[i].name);
     report_clear(m);
     /* this load's problem lines, kept by the model for the report */
     str_list *errors = &m->errors;
@@ -1403,7 +1395,7 @@ ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options
         goto out;
     c.plan = calloc(m->count ? m->count : 1, sizeof(load_plan));
     if (!c.plan || !module_tree_build(&mt, m)) {
-        st = nomem(err);
+        st = ckpt__nomem(err);
         goto out;
     }
     c.sd = sd;
@@ -1451,5 +1443,17 @@ out:
     free(c.plan);
     free(scratch);
     module_tree_free(&mt);
+    return st;
+}
+
+ckpt_status ckpt_model_load(ckpt_model *m, ckpt_file *f, const ckpt_load_options *opts,
+                            ckpt_load_report *report, ckpt_error *err)
+{
+    if (report && report->struct_size < sizeof(size_t))
+        return CKPT_INVALID_ARG(err, "ckpt_model_load: report.struct_size not set");
+    ckpt_load_report r = {.struct_size = sizeof(r)};
+    ckpt_status st = model_load(m, f, opts, &r, err);
+    if (report)
+        ckpt__struct_out(report, &r, sizeof(r));
     return st;
 }

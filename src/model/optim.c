@@ -72,10 +72,10 @@ static ckpt_status check_options(const ckpt_adamw_options *o, ckpt_error *err)
     if (!(o->lr >= 0) || !(o->eps >= 0) || !(o->weight_decay >= 0) || !(o->beta1 >= 0) ||
         !(o->beta1 < 1) || !(o->beta2 >= 0) || !(o->beta2 < 1) || !isfinite(o->lr) ||
         !isfinite(o->eps) || !isfinite(o->weight_decay))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "AdamW: invalid hyperparameters (lr %g, betas (%g, %g), eps %g, "
-                          "weight_decay %g)",
-                          o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+        return CKPT_INVALID_ARG(err,
+                                "AdamW: invalid hyperparameters (lr %g, betas (%g, %g), eps %g, "
+                                "weight_decay %g)",
+                                o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
     return CKPT_OK;
 }
 
@@ -85,26 +85,21 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
     if (out)
         *out = NULL;
     if (!m || !out)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_new needs a model and an output");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_new needs a model and an output");
     ckpt_adamw_options o;
     ckpt_adamw_options_default(&o);
-    if (opts) {
-        size_t n = opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o);
-        memcpy(&o, opts, n);
-        o.struct_size = sizeof(o);
-    }
+    ckpt__struct_in(&o, sizeof(o), opts);
     CKPT_RETURN_IF_ERROR(check_options(&o, err));
     ckpt_adamw *a = calloc(1, sizeof(*a));
     size_t n = ckpt_model_count(m);
     if (!a || !(a->params = calloc(n ? n : 1, sizeof(adamw_param)))) {
         free(a);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     a->model = m;
     a->o = o;
     for (size_t i = 0; i < n; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         ckpt_model_param(m, i, &info);
         if (info.is_buffer || info.is_extra_state)
             continue;
@@ -126,7 +121,8 @@ ckpt_status ckpt_adamw_new(ckpt_model *m, const ckpt_adamw_options *opts, ckpt_a
 
 void ckpt_adamw_get_options(const ckpt_adamw *o, ckpt_adamw_options *opts)
 {
-    *opts = o->o;
+    if (o)
+        ckpt__struct_out(opts, &o->o, sizeof(o->o));
 }
 
 ckpt_status ckpt_adamw_set_lr(ckpt_adamw *o, double lr)
@@ -152,17 +148,16 @@ static float *zeros(uint64_t numel)
 ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error *err)
 {
     if (!o || !grads)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_step needs an optimizer and gradients");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_step needs an optimizer and gradients");
     for (size_t i = 0; i < o->count; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         ckpt_model_param(o->model, o->params[i].model_index, &info);
         if (grads[i] && (info.borrowed || info.placed || !info.data))
-            return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                              "AdamW: parameter \"%s\" is not in its host memory (%s)", info.name,
-                              info.borrowed ? "borrowed from a file"
-                              : info.placed ? "placed by the caller"
-                                            : "a description only");
+            return CKPT_INVALID_ARG(err, "AdamW: parameter \"%s\" is not in its host memory (%s)",
+                                    info.name,
+                                    info.borrowed ? "borrowed from a file"
+                                    : info.placed ? "placed by the caller"
+                                                  : "a description only");
     }
     /* state for first steps, all or nothing, so that running out of memory
      * changes nothing */
@@ -181,7 +176,7 @@ ckpt_status ckpt_adamw_step(ckpt_adamw *o, const float *const *grads, ckpt_error
                     free_state(&o->params[j]);
                     o->params[j].fresh = false;
                 }
-            return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            return ckpt__nomem(err);
         }
     }
     for (size_t i = 0; i < o->count; i++)
@@ -317,7 +312,7 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
         return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
                           "optimizer state %zu: \"%s\" is missing or not a tensor", i, name);
     const ckpt_tensor *t = ckpt_value_tensor(v);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     bool same = ti.ndim == p->ndim && ti.layout == CKPT_LAYOUT_STRIDED && ti.has_storage;
     for (uint32_t d = 0; same && d < p->ndim; d++)
@@ -332,13 +327,13 @@ static ckpt_status read_state_tensor(ckpt_file *f, const ckpt_value *v, const ad
                           ckpt_dtype_name(ti.dtype));
     float *dst = zeros(p->numel);
     if (!dst)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     ckpt_status st = CKPT_OK;
     if (p->numel) {
         size_t es = ckpt_dtype_size(ti.dtype);
         void *tmp = ti.dtype == CKPT_DTYPE_FLOAT32 ? (void *)dst : malloc((size_t)p->numel * es);
         if (!tmp)
-            st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+            st = ckpt__nomem(err);
         else
             st = ckpt__tensor_copy(f, t, tmp, (size_t)p->numel * es, err);
         if (st == CKPT_OK && tmp != dst)
@@ -360,7 +355,7 @@ static ckpt_status read_step(ckpt_file *f, const ckpt_value *v, size_t i, int64_
     double d;
     if (ckpt_value_kind(v) == CKPT_KIND_TENSOR) {
         const ckpt_tensor *t = ckpt_value_tensor(v);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         if (ti.numel != 1 || ti.layout != CKPT_LAYOUT_STRIDED || !ti.has_storage)
             return ckpt__fail(err, CKPT_ERR_MISMATCH, "", CKPT_NO_OFFSET,
@@ -414,8 +409,7 @@ static int id_cmp(const void *a, const void *b)
 ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, ckpt_error *err)
 {
     if (!o || !f)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
-                          "ckpt_adamw_load needs an optimizer and a file");
+        return CKPT_INVALID_ARG(err, "ckpt_adamw_load needs an optimizer and a file");
     if (!is_dict(sd))
         return load_fail(err, "the optimizer state dict is %s, not a dict",
                          sd ? ckpt_kind_name(ckpt_value_kind(sd)) : "missing");
@@ -464,7 +458,7 @@ ckpt_status ckpt_adamw_load(ckpt_adamw *o, ckpt_file *f, const ckpt_value *sd, c
     id_slot *file_ids = calloc(n ? n : 1, sizeof(id_slot));
     ckpt_status st = CKPT_OK;
     if (!next || !file_ids) {
-        st = ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        st = ckpt__nomem(err);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {

@@ -211,8 +211,8 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
             return ckpt__vm_fail(m, CKPT_ERR_UNSAFE,
                                  "global '%s.%s' is not allowed (not in the weights-only "
                                  "allow-list)",
-                                 printable(mb, sizeof(mb), module, mlen),
-                                 printable(nb, sizeof(nb), name, nlen));
+                                 ckpt__quote(mb, sizeof(mb), module, mlen, true),
+                                 ckpt__quote(nb, sizeof(nb), name, nlen, true));
         }
         CKPT_RETURN_IF_ERROR(inert_global(m, module, mlen, name, nlen, &v));
     } else if (g->dtype != CKPT_DTYPE_INVALID) {
@@ -623,8 +623,8 @@ static ckpt_status call_codecs_encode(vm *m, const call *c, ckpt_value **out)
             return bad_arg(m, c, 1, "encoding", "a str");
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
                              "%s: encoding '%s' is not supported (only latin-1)",
-                             c->name, printable(nb, sizeof(nb), c->args[1]->u.s.ptr,
-                                                c->args[1]->u.s.len));
+                             c->name, ckpt__quote(nb, sizeof(nb), c->args[1]->u.s.ptr,
+                                                  c->args[1]->u.s.len, true));
     }
     if (c->nargs == 3 && !str_is(c->args[2], "strict"))
         return bad_arg(m, c, 2, "errors", "'strict'");
@@ -821,7 +821,7 @@ static ckpt_status call_get_layout(vm *m, const call *c, ckpt_value **out)
     }
     char nb[64];
     return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: unknown layout '%s'", c->name,
-                         printable(nb, sizeof(nb), name->u.s.ptr, name->u.s.len));
+                         ckpt__quote(nb, sizeof(nb), name->u.s.ptr, name->u.s.len, true));
 }
 
 static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)

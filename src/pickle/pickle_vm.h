@@ -93,32 +93,6 @@ static inline const char *kind_desc(const ckpt_value *v)
     return ckpt_kind_name((ckpt_kind)v->kind);
 }
 
-/* Copies text from the file into buf for a message: printable ASCII as is,
- * anything else as \xNN, cut with "..." when too long. */
-static inline const char *printable(char *buf, size_t cap, const char *s, size_t n)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (o + 8 >= cap) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
-            buf[o++] = (char)c;
-        } else {
-            static const char hex[] = "0123456789abcdef";
-            buf[o++] = '\\';
-            buf[o++] = 'x';
-            buf[o++] = hex[c >> 4];
-            buf[o++] = hex[c & 15];
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
 static inline bool is_dict(const ckpt_value *v)
 {
     return v && (v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT);

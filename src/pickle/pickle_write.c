@@ -274,14 +274,13 @@ static ckpt_status fail(pickler *w, ckpt_status st, const char *fmt, ...) CKPT_P
 
 static ckpt_status fail(pickler *w, ckpt_status st, const char *fmt, ...)
 {
-    char msg[sizeof(((ckpt_error *)0)->message)];
     char where[sizeof(((ckpt_error *)0)->record)];
+    path_text(w, where, sizeof(where));
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt__vfail(w->err, st, where, CKPT_NO_OFFSET, fmt, ap);
     va_end(ap);
-    path_text(w, where, sizeof(where));
-    return ckpt__fail(w->err, st, where, CKPT_NO_OFFSET, "%s", msg);
+    return st;
 }
 
 static ckpt_status nomem(pickler *w)

@@ -90,40 +90,9 @@ const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size)
     return buf;
 }
 
-const char *ckpt__scan_quote(char *buf, size_t cap, const void *p, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = p;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        size_t need = (c >= 0x20 && c < 0x7f && c != '\\') ? 1 : 4;
-        if (o + need + 4 > cap) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (need == 1) {
-            buf[o++] = (char)c;
-        } else {
-            buf[o++] = '\\';
-            buf[o++] = 'x';
-            buf[o++] = hex[c >> 4];
-            buf[o++] = hex[c & 15];
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
 /* ======================================================================
  * The report
  * ====================================================================== */
-
-static ckpt_status nomem(scan_ctx *s)
-{
-    return ckpt__fail(s->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
-}
 
 static const char *text_copy(ckpt_scan *r, const char *t)
 {
@@ -146,7 +115,7 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
         size_t cap = r->cap ? r->cap * 2 : 16;
         ckpt_scan_finding *p = realloc(r->findings, cap * sizeof(*p));
         if (!p) {
-            *st = nomem(s);
+            *st = ckpt__nomem(s->err);
             return NULL;
         }
         r->findings = p;
@@ -154,29 +123,37 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
     }
     ckpt_scan_finding *f = &r->findings[r->count];
     memset(f, 0, sizeof(*f));
+    f->struct_size = sizeof(*f);
     f->kind = kind;
     f->record = text_copy(r, record);
     f->message = text_copy(r, message);
     f->offset = offset;
     f->file_offset = file_offset;
     if (!f->record || !f->message) {
-        *st = nomem(s);
+        *st = ckpt__nomem(s->err);
         return NULL;
     }
     r->count++;
     return f;
 }
 
+ckpt_status ckpt__scan_vadd(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st;
+    new_finding(s, kind, record, offset, file_offset, msg, &st);
+    return st;
+}
+
 ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                            uint64_t file_offset, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__scan_vadd(s, kind, record, offset, file_offset, fmt, ap);
     va_end(ap);
-    ckpt_status st;
-    new_finding(s, kind, record, offset, file_offset, msg, &st);
     return st;
 }
 
@@ -366,7 +343,7 @@ static ckpt_status remember_use(scan_ctx *s, const void *v, size_t finding)
         s->uses = calloc(cap, sizeof(*s->uses));
         if (!s->uses) {
             s->uses = old;
-            return nomem(s);
+            return ckpt__nomem(s->err);
         }
         s->uses_cap = cap;
         for (size_t i = 0; i < old_cap; i++) {
@@ -421,8 +398,8 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
         return CKPT_OK;
 
     char mq[160], nq[160], full[330], msg[1100];
-    snprintf(full, sizeof(full), "%s.%s", ckpt__scan_quote(mq, sizeof(mq), module, mlen),
-             ckpt__scan_quote(nq, sizeof(nq), name, nlen));
+    snprintf(full, sizeof(full), "%s.%s", ckpt__quote(mq, sizeof(mq), module, mlen, false),
+             ckpt__quote(nq, sizeof(nq), name, nlen, false));
     bool code = runs_code(mod, ml, name, nlen);
     bool known = !(v && v->kind == CKPT_KIND_GLOBAL && v->global_id == CKPT__G_UNKNOWN);
     if (blocked)
@@ -447,7 +424,7 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
         return st;
     f->global = text_copy(s->report, full);
     if (!f->global)
-        return nomem(s);
+        return ckpt__nomem(s->err);
     f->runs_code = code;
     return remember_use(s, v, (size_t)(f - s->report->findings));
 }
@@ -1090,14 +1067,14 @@ static ckpt_status tar_collect(void *user, const ckpt__tar_member *m)
     if (L->count == L->cap) {
         tar_entry *p = ckpt__array_grow(L->items, &L->cap, sizeof(*p));
         if (!p)
-            return nomem(L->s);
+            return ckpt__nomem(L->s->err);
         L->items = p;
     }
     const char *name = (const char *)m->name;
     if (m->name_joined) {
         name = ckpt__arena_strdup(&L->names, name, m->name_len); /* the walk's buffer */
         if (!name)
-            return nomem(L->s);
+            return ckpt__nomem(L->s->err);
     }
     tar_entry *e = &L->items[L->count];
     memset(e, 0, sizeof(*e));
@@ -1201,16 +1178,16 @@ static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, con
 static ckpt_status tar_raw_problem(tar_read *t, const char *what, bool rest, const char *fmt,
                                    ...)
 {
-    char rec[320], msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
+    char rec[320];
     snprintf(rec, sizeof(rec), "%s%s %s", t->where ? t->where : "", t->name, what);
     t->stop = true;
     t->rest = rest;
-    return ckpt__scan_add(t->s, CKPT_SCAN_KIND_STORAGE, rec, CKPT_NO_OFFSET,
-                          ckpt__scan_at(t->base, t->pos), "%s", msg);
+    va_list ap;
+    va_start(ap, fmt);
+    ckpt_status st = ckpt__scan_vadd(t->s, CKPT_SCAN_KIND_STORAGE, rec, CKPT_NO_OFFSET,
+                                     ckpt__scan_at(t->base, t->pos), fmt, ap);
+    va_end(ap);
+    return st;
 }
 
 /* range(count) as torch runs it over the count pickle's value: false when
@@ -1352,7 +1329,7 @@ static ckpt_status scan_tar_member(scan_ctx *s, const uint8_t *data, uint64_t si
                                    const tar_entry *e, const char *where, uint64_t file_base)
 {
     tar_read t = {.s = s, .where = where, .base = ckpt__scan_at(file_base, e->data_offset)};
-    ckpt__scan_quote(t.name, sizeof(t.name), e->name, e->name_len);
+    ckpt__quote(t.name, sizeof(t.name), e->name, e->name_len, false);
     char rec[320];
     snprintf(rec, sizeof(rec), "%s%s", where ? where : "", t.name);
     if (e->type >= '1' && e->type <= '6') {
@@ -1445,7 +1422,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     if (L.count > 1) {
         sorted = malloc(L.count * sizeof(*sorted));
         if (!sorted) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             goto out;
         }
         for (size_t i = 0; i < L.count; i++)
@@ -1456,7 +1433,7 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
             if (tar_name_cmp(a, b) != 0)
                 continue;
             char q[200], r[320];
-            ckpt__scan_quote(q, sizeof(q), b->name, b->name_len);
+            ckpt__quote(q, sizeof(q), b->name, b->name_len, false);
             snprintf(r, sizeof(r), "%s%s", where ? where : "", q);
             st = ckpt__scan_add(s, CKPT_SCAN_KIND_DUPLICATE_NAME, r, CKPT_NO_OFFSET,
                                 ckpt__scan_at(file_base, b->header_offset),
@@ -1654,7 +1631,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         bool dup;
         seen_slot k = {.name = shard};
         if (!seen_add(&seen, &k, &dup)) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             break;
         }
         if (dup)
@@ -1668,7 +1645,7 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         if (!plain_shard_name(shard)) {
             st = ckpt__scan_add(s, CKPT_SCAN_KIND_UNSAFE_NAME, "index", CKPT_NO_OFFSET, CKPT_NO_OFFSET,
                                 "shard '%s' is not a plain file name beside the index",
-                                ckpt__scan_quote(q, sizeof(q), shard, strlen(shard)));
+                                ckpt__quote(q, sizeof(q), shard, strlen(shard), false));
             if (st != CKPT_OK)
                 break;
             continue;
@@ -1676,12 +1653,12 @@ static ckpt_status scan_sharded(scan_ctx *s, const uint8_t *data, uint64_t size,
         size_t plen = strlen(s->dir) + 1 + strlen(shard) + 1;
         char *path = malloc(plen), where[256];
         if (!path) {
-            st = nomem(s);
+            st = ckpt__nomem(s->err);
             break;
         }
         snprintf(path, plen, "%s/%s", s->dir, shard);
         snprintf(where, sizeof(where), "%s: ",
-                 ckpt__scan_quote(q, sizeof(q), shard, strlen(shard)));
+                 ckpt__quote(q, sizeof(q), shard, strlen(shard), false));
         st = scan_path(s, path, where);
         free(path);
         if (st != CKPT_OK)
@@ -1829,9 +1806,12 @@ static void ctx_init(scan_ctx *s, ckpt_scan *r, const ckpt_scan_options *opts, c
     s->err = err;
     ckpt_limits_default(&s->limits);
     if (opts) {
-        ckpt__limits_apply(&s->limits, &opts->limits);
-        s->allow = opts->allow;
-        s->allow_count = opts->allow ? opts->allow_count : 0;
+        ckpt_scan_options o;
+        ckpt_scan_options_default(&o);
+        ckpt__struct_in(&o, sizeof(o), opts);
+        ckpt__limits_apply(&s->limits, &o.limits);
+        s->allow = o.allow;
+        s->allow_count = o.allow ? o.allow_count : 0;
     }
 }
 
@@ -1858,10 +1838,10 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
     if (out)
         *out = NULL;
     if (!out || (!data && size))
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     scan_ctx s;
     ctx_init(&s, r, opts, err);
     ckpt_status st = ckpt__scan_bytes(&s, data ? data : (const uint8_t *)"", size, "", 0, true);
@@ -1922,7 +1902,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
         seen_slot k = {.dev = (uint64_t)sb.st_dev, .ino = (uint64_t)sb.st_ino};
         if (!seen_add(s->shards_seen, &k, &dup)) {
             close(fd);
-            return nomem(s);
+            return ckpt__nomem(s->err);
         }
         if (dup) {
             close(fd); /* another name of a shard file already scanned */
@@ -1973,10 +1953,10 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
     if (out)
         *out = NULL;
     if (!out || !path)
-        return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET, "NULL argument");
+        return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_scan *r = report_new();
     if (!r)
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     scan_ctx s;
     ctx_init(&s, r, opts, err);
     size_t plen = strlen(path);
@@ -1985,7 +1965,7 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
         memcpy(dir, path, plen + 1);
     if (!dir) {
         ckpt_scan_free(r);
-        return ckpt__fail(err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+        return ckpt__nomem(err);
     }
     char *slash = strrchr(dir, '/');
     if (!slash)

@@ -46,6 +46,8 @@ typedef struct scan_ctx {
  * may be NULL (""), offset/file_offset CKPT_NO_OFFSET. */
 ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                            uint64_t file_offset, const char *fmt, ...) CKPT_PRINTF(6, 7);
+ckpt_status ckpt__scan_vadd(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, va_list ap) CKPT_PRINTF(6, 0);
 
 /* base + off, or CKPT_NO_OFFSET when either is unknown. */
 static inline uint64_t ckpt__scan_at(uint64_t base, uint64_t off)
@@ -112,8 +114,5 @@ ckpt_status ckpt__scan_zip(scan_ctx *s, const uint8_t *data, uint64_t size, cons
  * names a central directory that exists: a zip behind other bytes. */
 bool ckpt__scan_zip_at_end(const uint8_t *data, uint64_t size);
 
-/* Text of a name from a file for a message: printable ASCII kept, anything
- * else \xNN, cut with "..." past cap. Returns buf. */
-const char *ckpt__scan_quote(char *buf, size_t cap, const void *s, size_t n);
 
 #endif /* CKPT_SCAN_H */

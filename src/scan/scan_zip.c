@@ -91,7 +91,8 @@ static bool range_ok(uint64_t off, uint64_t len, uint64_t limit)
 static const char *rec_of(const zscan *z, const char *name, size_t len, char *buf, size_t cap)
 {
     char q[200];
-    snprintf(buf, cap, "%s%s", z->where ? z->where : "", ckpt__scan_quote(q, sizeof(q), name, len));
+    snprintf(buf, cap, "%s%s", z->where ? z->where : "",
+             ckpt__quote(q, sizeof(q), name, len, false));
     return buf;
 }
 
@@ -113,17 +114,11 @@ static ckpt_status zadd(zscan *z, ckpt_scan_kind kind, const char *record, uint6
 static ckpt_status zadd(zscan *z, ckpt_scan_kind kind, const char *record, uint64_t off,
                         const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    ckpt_status st = ckpt__scan_vadd(z->s, kind, record, off, ckpt__scan_at(z->base, off), fmt, ap);
     va_end(ap);
-    return ckpt__scan_add(z->s, kind, record, off, ckpt__scan_at(z->base, off), "%s", msg);
-}
-
-static ckpt_status znomem(zscan *z)
-{
-    return ckpt__fail(z->s->err, CKPT_ERR_NOMEM, "", CKPT_NO_OFFSET, "out of memory");
+    return st;
 }
 
 /* ---- the end record and the central directory ------------------------- */
@@ -230,7 +225,7 @@ static ckpt_status add_entry(zscan *z, size_t *cap, zentry **out)
         size_t c = *cap ? *cap * 2 : 16;
         zentry *p = realloc(z->e, c * sizeof(*p));
         if (!p)
-            return znomem(z);
+            return ckpt__nomem(z->s->err);
         z->e = p;
         *cap = c;
     }
@@ -243,7 +238,7 @@ static ckpt_status copy_name(zscan *z, zentry *e, const uint8_t *name, size_t le
 {
     char *p = ckpt__arena_strdup(&z->names, (const char *)name, len);
     if (!p)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     e->name = p;
     e->name_len = len;
     return CKPT_OK;
@@ -341,8 +336,8 @@ static ckpt_status check_local(zscan *z, zentry *e)
                                   "the local header names the entry '%s', the central directory "
                                   "'%s': readers that walk local headers see another file than "
                                   "torch",
-                                  ckpt__scan_quote(lq, sizeof(lq), lname, nlen),
-                                  ckpt__scan_quote(cq, sizeof(cq), e->name, e->name_len)));
+                                  ckpt__quote(lq, sizeof(lq), lname, nlen, false),
+                                  ckpt__quote(cq, sizeof(cq), e->name, e->name_len, false)));
     }
     unsigned bad = (flags | e->flags) & (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG);
     if (bad)
@@ -484,7 +479,7 @@ static ckpt_status sort_entries(zscan *z, uint32_t *idx, size_t n,
 {
     uint32_t *tmp = malloc((n ? n : 1) * sizeof(*tmp));
     if (!tmp)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     uint32_t *src = idx, *dst = tmp;
     for (size_t w = 1; w < n; w *= 2) {
         for (size_t lo = 0; lo < n; lo += 2 * w) {
@@ -514,7 +509,7 @@ static ckpt_status sort_names(zscan *z)
         return CKPT_OK;
     z->by_name = malloc(z->n * sizeof(*z->by_name));
     if (!z->by_name)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     for (size_t i = 0; i < z->n; i++)
         z->by_name[i] = (uint32_t)i;
     return sort_entries(z, z->by_name, z->n, name_cmp);
@@ -581,7 +576,7 @@ static ckpt_status check_names(zscan *z)
                                       "the name differs from '%s' only in case: torch's zip "
                                       "reader ignores case and reads either, Python's zipfile "
                                       "tells them apart; every copy is scanned",
-                                      ckpt__scan_quote(q, sizeof(q), a->name, a->name_len)));
+                                      ckpt__quote(q, sizeof(q), a->name, a->name_len, false)));
         }
     }
     return CKPT_OK;
@@ -614,7 +609,7 @@ static ckpt_status coverage(zscan *z)
     size_t m = 0;
     uint32_t *idx = malloc((z->n ? z->n : 1) * sizeof(*idx));
     if (!idx)
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     for (size_t i = 0; i < z->n; i++) {
         if (z->e[i].local_ok)
             idx[m++] = (uint32_t)i;
@@ -628,7 +623,7 @@ static ckpt_status coverage(zscan *z)
             char q[200];
             st = zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, erec(z, e, rec, sizeof(rec)), e->header_offset,
                       "the entry overlaps '%s': two names for the same bytes",
-                      ckpt__scan_quote(q, sizeof(q), prev->name, prev->name_len));
+                      ckpt__quote(q, sizeof(q), prev->name, prev->name_len, false));
         } else {
             st = gap(z, pos, e->header_offset,
                      prev ? "between entries" : "before the first entry");
@@ -730,7 +725,7 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     if (!buf || !d) {
         free(buf);
         libdeflate_free_decompressor(d);
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     }
     size_t used = 0;
     enum libdeflate_result r = libdeflate_deflate_decompress_ex(
@@ -941,7 +936,7 @@ static ckpt_status probe_storage(zscan *z, zentry *e)
     if (!buf || !d) {
         free(buf);
         libdeflate_free_decompressor(d);
-        return znomem(z);
+        return ckpt__nomem(z->s->err);
     }
     size_t used = 0;
     enum libdeflate_result r = libdeflate_deflate_decompress_ex(
@@ -1089,7 +1084,7 @@ static ckpt_status scan_hidden(zscan *z, uint64_t at, uint64_t end)
             return CKPT_OK;
         char q[200];
         snprintf(rec, sizeof(rec), "%s%s (local header only)", z->where ? z->where : "",
-                 ckpt__scan_quote(q, sizeof(q), p + LOCAL_SIZE, nlen));
+                 ckpt__quote(q, sizeof(q), p + LOCAL_SIZE, nlen, false));
         CKPT_RETURN_IF_ERROR(ckpt__scan_add(z->s, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, 0,
                                             ckpt__scan_at(z->base, at),
                                             "a local header the central directory does not list: "
@@ -1169,7 +1164,7 @@ static ckpt_status torch_pass(zscan *z)
                                   "%zu record%s outside the archive prefix '%s/' (the first: "
                                   "'%s'): torch.load refuses such an archive", outside,
                                   outside == 1 ? "" : "s",
-                                  ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen), rec));
+                                  ckpt__quote(q, sizeof(q), z->prefix, z->plen, false), rec));
     }
     if (z->torchscript)
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_TORCHSCRIPT, zrec(z, rec, sizeof(rec)), 0,
@@ -1183,7 +1178,7 @@ static ckpt_status torch_pass(zscan *z)
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                                   "no '%s%sdata.pkl' record: not a torch.save checkpoint, "
                                   "torch.load refuses it",
-                                  z->prefix ? ckpt__scan_quote(q, sizeof(q), z->prefix, z->plen)
+                                  z->prefix ? ckpt__quote(q, sizeof(q), z->prefix, z->plen, false)
                                             : "",
                                   z->prefix ? "/" : ""));
     } else if (mains && z->prefix && !has_version && !z->torchscript) {

@@ -88,36 +88,6 @@ static bool zip_range_ok(uint64_t offset, uint64_t len, uint64_t limit)
     return ckpt__add_u64(offset, len, &end) && end <= limit;
 }
 
-/*
- * Quotes a name for a message: printable ASCII stays, any other byte becomes
- * \xNN (names from hostile files may hold escapes or invalid UTF-8), and long
- * names are cut with "...". buf must hold at least 16 bytes.
- */
-static const char *zip_quote(char *buf, size_t cap, const uint8_t *name, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t out = 0;
-    for (size_t i = 0; i < len; i++) {
-        uint8_t c = name[i];
-        size_t need = (c >= 0x20 && c < 0x7f && c != '\\') ? 1 : 4;
-        if (out + need + 4 > cap) { /* keep room for "..." and the NUL */
-            memcpy(buf + out, "...", 3);
-            out += 3;
-            break;
-        }
-        if (need == 1) {
-            buf[out++] = (char)c;
-        } else {
-            buf[out++] = '\\';
-            buf[out++] = 'x';
-            buf[out++] = hex[c >> 4];
-            buf[out++] = hex[c & 15];
-        }
-    }
-    buf[out] = '\0';
-    return buf;
-}
-
 /* ---- extra fields ------------------------------------------------------ */
 
 /*
@@ -414,7 +384,7 @@ static ckpt_status zip_parse_central(const uint8_t *data, uint64_t *pos, uint64_
         char q[128];
         return ZIP_FAIL(err, CKPT_ERR_FORMAT, "zip", at + ZIP_CENTRAL_SIZE,
                         "entry name '%s' contains a NUL byte (names must be plain text)",
-                        zip_quote(q, sizeof q, name, name_len));
+                        ckpt__quote(q, sizeof q, name, name_len, false));
     }
     memcpy(*names, name, name_len);
     (*names)[name_len] = '\0';
@@ -543,8 +513,8 @@ static ckpt_status zip_check_local(const uint8_t *data, uint64_t cd_offset, uint
         return ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, name_at,
                         "local header names the entry '%s' but the central directory names it '%s' "
                         "(the names must be identical)",
-                        zip_quote(lq, sizeof lq, data + name_at, name_len),
-                        zip_quote(cq, sizeof cq, (const uint8_t *)e->name, e->name_len));
+                        ckpt__quote(lq, sizeof lq, data + name_at, name_len, false),
+                        ckpt__quote(cq, sizeof cq, e->name, e->name_len, false));
     }
     CKPT_RETURN_IF_ERROR(zip_check_flags(flags, e->name, at + 6, "local", err));
     if (method != e->method)
@@ -811,7 +781,7 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
             st = ZIP_FAIL(err, CKPT_ERR_FORMAT, next->name, next->header_offset,
                           "entry starting at %llu overlaps '%s' (bytes %llu..%llu); entries must not "
                           "share bytes", ull(next->header_offset),
-                          zip_quote(q, sizeof q, (const uint8_t *)prev->name, prev->name_len),
+                          ckpt__quote(q, sizeof q, prev->name, prev->name_len, false),
                           ull(prev->header_offset), ull(prev_end));
             goto cleanup;
         }
@@ -834,7 +804,7 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
                           same ? "duplicate entry name '%s' (ambiguous archive)"
                                : "entry name '%s' differs from another only in case, which "
                                  "torch's zip reader ignores (ambiguous archive)",
-                          zip_quote(q, sizeof q, (const uint8_t *)dup->name, dup->name_len));
+                          ckpt__quote(q, sizeof q, dup->name, dup->name_len, false));
             goto cleanup;
         }
     }

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
         const char *name;
         const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         const void *data;
         bool zc = false;

@@ -202,7 +202,7 @@ int main(int argc, char **argv)
 
     if (resume) {
         ckpt_file *f = NULL;
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         ckpt_status st = ckpt_manager_resume(m, NULL, &f, &info, &err);
         if (st == CKPT_ERR_NOT_FOUND) {
             printf("fresh\n");

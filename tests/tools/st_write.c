@@ -65,7 +65,7 @@ int main(int argc, char **argv)
         ckpt_tree_free(tree);
         return 2;
     }
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     ckpt_value *all = ckpt_new_dict(tree);
     size_t nall = 0;

@@ -130,7 +130,7 @@ static void test_values_and_tensors(void **state)
     assert_ptr_equal(ckpt_value_tensor(ckpt_value_dict_value(sd, 0)), t);
     assert_null(ckpt_file_find_tensor(f, "model_state_dict.nope"));
 
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(ti.ndim, 2);
@@ -152,14 +152,14 @@ static void test_values_and_tensors(void **state)
     assert_memory_equal(copy, data, sizeof(copy));
     assert_int_equal(ckpt_tensor_copy(f, t, copy, sizeof(copy) - 1, &err), CKPT_ERR_INVALID_ARG);
 
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     assert_int_equal(fi.format, CKPT_FORMAT_TORCH_ZIP);
     assert_string_equal(fi.prefix, "checkpoint");
     assert_string_equal(fi.byteorder, "little");
     assert_int_equal(fi.data_alignment, 64);
     assert_int_equal(ckpt_file_record_count(f), fi.record_count);
-    ckpt_record_info ri;
+    ckpt_record_info ri = {.struct_size = sizeof(ri)};
     assert_int_equal(ckpt_file_record(f, 0, &ri), CKPT_OK);
     assert_string_equal(ri.name, "checkpoint/data.pkl");
     assert_int_equal(ckpt_file_record(f, fi.record_count, &ri), CKPT_ERR_INVALID_ARG);
@@ -179,7 +179,7 @@ static void test_strided_copy(void **state)
     assert_int_equal(ckpt_open(path, NULL, &f, &err), CKPT_OK);
     const ckpt_tensor *t = ckpt_file_find_tensor(f, "weight1");
     assert_non_null(t);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.storage_offset, 137);
     assert_int_equal(ti.stride[0], 48);
@@ -223,7 +223,7 @@ static void test_options_and_limits(void **state)
     opts.flags = CKPT_OPEN_VERIFY_CRC;
     assert_int_equal(ckpt_open_memory(raw, size, &opts, &f, &err), CKPT_OK);
     const ckpt_tensor *t = ckpt_file_tensor(f, 0, NULL);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     uint64_t at = ti.storage_file_offset;
     ckpt_close(f);
@@ -274,7 +274,7 @@ static void test_safetensors_memory(void **state)
     assert_false(zc);
     assert_int_equal((uintptr_t)data % 4, 0);
     assert_memory_equal(data, vals, sizeof(vals));
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     assert_string_equal(ckpt_value_str(ckpt_value_get(fi.metadata, "k"), NULL), "v");
     ckpt_close(f);

@@ -585,13 +585,13 @@ static void test_legacy_sys_info_byte_order(void **state)
         ckpt_file *cf = NULL;
         ckpt_error err;
         assert_int_equal(ckpt_open_memory(f.p, f.len, NULL, &cf, &err), CKPT_OK);
-        ckpt_file_info fi;
+        ckpt_file_info fi = {.struct_size = sizeof(fi)};
         ckpt_file_get_info(cf, &fi);
         assert_false(fi.big_endian);
         const char *name = NULL;
         const ckpt_tensor *t = ckpt_file_tensor(cf, 0, &name);
         assert_non_null(t);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         assert_false(ti.big_endian);
         float v[2] = {0, 0};

@@ -93,7 +93,7 @@ static void exercise(const void *data, size_t size, const ckpt_open_options *opt
             const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
             assert_non_null(t);
             assert_non_null(name);
-            ckpt_tensor_info ti;
+            ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
             ckpt_tensor_get_info(t, &ti);
             const void *p;
             bool zc;
@@ -368,7 +368,7 @@ static void test_torch_zip_control(void **state)
     float out[6];
     assert_int_equal(ckpt_tensor_copy(f, t, out, sizeof(out), &err), CKPT_OK);
     assert_memory_equal(out, FLOATS, sizeof(out));
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.storage_file_offset, z.data_offset[1]);
     ckpt_close(f);
@@ -1163,7 +1163,7 @@ static void test_expanding_views(void **state)
     ckpt_file *f = open_ratio(&z.file, 0);
     const ckpt_tensor *t = ckpt_file_find_tensor(f, "t");
     assert_non_null(t);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.nbytes, nbytes);
     ckpt_error err;
@@ -1324,7 +1324,7 @@ static void test_sparse_dense_copy(void **state)
     ckpt_file *f = open_ratio(&z.file, 0);
     const ckpt_tensor *t = ckpt_file_find_tensor(f, "t");
     assert_non_null(t);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.layout, CKPT_LAYOUT_SPARSE_COO);
     uint8_t *dst = malloc(ti.nbytes);

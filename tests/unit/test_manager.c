@@ -242,7 +242,7 @@ static void test_best_last_retention(void **state)
     const bool lasts[5] = {true, false, false, false, true};
     const bool bests[5] = {false, true, false, true, false};
     for (size_t i = 0; i < 5; i++) {
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_manager_get(m, i, &info));
         assert_string_equal(info.file, files[i]);
         assert_int_equal(info.step, steps[i]);
@@ -294,7 +294,7 @@ static void test_mode_max_and_nan(void **state)
     ckpt_manager_close(m);
     /* the NaN metric survives the manifest */
     m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
-    ckpt_checkpoint_info info;
+    ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
     assert_true(ckpt_manager_get(m, 0, &info));
     assert_string_equal(info.file, "last.pth");
     assert_true(isnan(info.metrics[0].value));
@@ -385,7 +385,7 @@ static void crash_at_every_point(unsigned keep_last)
         size_t count = ckpt_manager_count(m);
         assert_true(count <= 8);
         for (size_t i = 0; i < count; i++) {
-            ckpt_checkpoint_info ci;
+            ckpt_checkpoint_info ci = {.struct_size = sizeof(ci)};
             ckpt_manager_get(m, i, &ci);
             names[i + 1] = ci.file;
         }
@@ -403,12 +403,12 @@ static void crash_at_every_point(unsigned keep_last)
         assert_true(best >= last);
         /* the manifest says what the files hold */
         for (size_t i = 0; i < ckpt_manager_count(m); i++) {
-            ckpt_checkpoint_info info;
+            ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
             ckpt_manager_get(m, i, &info);
             assert_int_equal(info.step, step_in(info.file));
         }
         ckpt_file *f = NULL;
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         assert_int_equal(ckpt_manager_resume(m, NULL, &f, &info, NULL), CKPT_OK);
         assert_string_equal(info.file, "last.pth");
         assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_file_root(f), "step")), last);
@@ -471,7 +471,7 @@ static void test_resume_skips_torn(void **state)
     g_warnings[0] = 0;
     m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
     assert_non_null(strstr(g_warnings, "last.pth changed"));
-    ckpt_checkpoint_info info;
+    ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
     assert_int_equal(ckpt_manager_resume(m, NULL, &f, &info, &err), CKPT_OK);
     assert_string_equal(info.file, "step-00000001.pth");
     assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_file_root(f), "step")), 1);
@@ -542,7 +542,7 @@ static void test_manifest_rebuilt(void **state)
         assert_non_null(strstr(g_warnings, "kept as manifest.json.bad-"));
         /* adopted from the files: numbered steps from their names */
         assert_int_equal(ckpt_manager_count(m), 4);
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_manager_get(m, 0, &info));
         assert_string_equal(info.file, "last.pth");
         assert_int_equal(info.step, -1);
@@ -636,7 +636,7 @@ static void test_settle_by_hand(void **state)
     m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
     assert_string_equal(listing(), ".other.tmp-1-abc best.pth last.pth manifest.json "
                                    "step-00000007.pth");
-    ckpt_checkpoint_info info;
+    ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
     assert_true(ckpt_manager_get(m, 0, &info));
     assert_string_equal(info.file, "last.pth");
     assert_int_equal(info.step, 0);
@@ -745,7 +745,7 @@ static void test_failed_rename_midway(void **state)
     assert_null(strstr(listing(), ".tmp-"));
     check_manifest_matches_files();
     for (size_t i = 0; i < ckpt_manager_count(m); i++) {
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         ckpt_manager_get(m, i, &info);
         assert_int_equal(info.step, step_in(info.file));
     }
@@ -755,7 +755,7 @@ static void test_failed_rename_midway(void **state)
     check_manifest_matches_files();
     m = open_dir(NULL, CKPT_MODE_MIN, 3, 0, 0);
     assert_int_equal(ckpt_manager_count(m), 4);
-    ckpt_checkpoint_info info;
+    ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
     ckpt_manager_get(m, 1, &info);
     assert_string_equal(info.file, "best.pth");
     assert_int_equal(info.step, 1);
@@ -832,7 +832,7 @@ static void test_hostile_directory(void **state)
     g_warnings[0] = 0;
     m = open_dir(NULL, CKPT_MODE_MIN, 0, 0, CKPT_MANAGER_READ_ONLY);
     for (size_t i = 0; i < ckpt_manager_count(m); i++) {
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         ckpt_manager_get(m, i, &info);
         assert_string_not_equal(info.file, "step-00000009.pth");
     }
@@ -914,7 +914,7 @@ static void test_resave_after_failed_manifest(void **state)
     m = open_dir(NULL, CKPT_MODE_MIN, 5, 0, 0);
     bool listed = false;
     for (size_t i = 0; i < ckpt_manager_count(m); i++) {
-        ckpt_checkpoint_info info;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
         ckpt_manager_get(m, i, &info);
         listed |= strcmp(info.file, "step-00000001.pth") == 0;
     }

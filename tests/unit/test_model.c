@@ -114,8 +114,7 @@ static ckpt_param_info info_of(const ckpt_model *m, const char *name)
 {
     size_t i;
     assert_true(ckpt_model_find(m, name, &i));
-    ckpt_param_info info;
-    memset(&info, 0, sizeof(info));
+    ckpt_param_info info = {.struct_size = sizeof(info)};
     assert_true(ckpt_model_param(m, i, &info));
     assert_string_equal(info.name, name);
     return info;
@@ -230,8 +229,9 @@ static void test_strict_caller_memory(void **state)
     assert_false(ckpt_model_find(m, "nope", &idx));
 
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     memset(&rep, 0xab, sizeof(rep));
+    rep.struct_size = sizeof(rep);
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 4);
     assert_int_equal(rep.converted, 0);
@@ -285,7 +285,7 @@ static void test_model_allocated_memory(void **state)
     add(m, "a", CKPT_DTYPE_FLOAT32, 2, s57, NULL, 0);
     add(m, "b", CKPT_DTYPE_FLOAT32, 1, s3, NULL, 0);
     for (size_t i = 0; i < 2; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(m, i, &info));
         assert_non_null(info.data);
         assert_int_equal((uintptr_t)info.data % 64, 0);
@@ -295,7 +295,7 @@ static void test_model_allocated_memory(void **state)
     }
     void *a_mem = ckpt_model_data(m, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 2);
     ckpt_close(f); /* copied: the model's memory holds the values */
@@ -341,7 +341,7 @@ static void test_zero_copy(void **state)
     void *c_own = ckpt_model_data(m, 2);
 
     ckpt_load_options o = load_options(CKPT_LOAD_ZERO_COPY);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 3);
     assert_int_equal(rep.zero_copy, 1);
@@ -424,7 +424,7 @@ static void test_strict_failures(void **state)
     add(m, "ok", CKPT_DTYPE_FLOAT32, 1, s2, ok, 0);
 
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     memset(&err, 0, sizeof(err));
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
@@ -446,7 +446,7 @@ static void test_strict_failures(void **state)
     assert_true(all_sentinel(a, 2) && all_sentinel(b, 3) && all_sentinel(w, 640) &&
                 all_sentinel(ok, 2));
     for (size_t i = 0; i < 4; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(m, i, &info));
         assert_false(info.loaded);
     }
@@ -506,7 +506,7 @@ static void test_non_strict(void **state)
 
     /* strict first: refused, nothing written */
     ckpt_load_options strict = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &strict, &rep, &err), CKPT_ERR_MISMATCH);
     assert_true(all_sentinel(a, 2));
@@ -579,7 +579,7 @@ static void test_module_walk_semantics(void **state)
     add(m, "net.0.weight", CKPT_DTYPE_FLOAT32, 2, s32, w, 0);
     add(m, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, b, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_string_equal(rep.message,
@@ -624,7 +624,7 @@ static void test_key_remap(void **state)
 
     /* without remapping: nothing matches */
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.missing_count, 5);
@@ -698,7 +698,7 @@ static ckpt_status load_w(ckpt_file *f, const char *key, float out[2])
     add(m, "w", CKPT_DTYPE_FLOAT32, 1, s2, out, 0);
     ckpt_load_options o = load_options(0);
     o.key = key;
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     ckpt_status st = ckpt_model_load(m, f, &o, &rep, &err);
     if (st != CKPT_OK)
@@ -829,7 +829,7 @@ static void test_dtype_conversion(void **state)
     add(m, "to_bf16", CKPT_DTYPE_BFLOAT16, 1, s6, c, 0);
     add(m, "from_f64", CKPT_DTYPE_FLOAT32, 1, s3, d, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 4);
     assert_int_equal(rep.converted, 4);
@@ -923,7 +923,7 @@ static void test_scalar_param(void **state)
     float scale = 0.0f, vec[1] = {-777.0f};
     add(m, "scale", CKPT_DTYPE_FLOAT32, 0, NULL, &scale, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_true(scale == 3.5f);
     ckpt_model_free(m);
@@ -1014,7 +1014,7 @@ static void test_locations_and_placement(void **state)
     put(t, sd, "c", tensor_at(t, CKPT_DTYPE_FLOAT32, 1, s4, fc, "cuda:0"));
     ckpt_file *f = save_open(t, sd, "loc.pth");
     ckpt_tree_free(t);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(ckpt_file_find_tensor(f, "b"), &ti);
     assert_string_equal(ti.location, "cuda:1"); /* the file really says so */
 
@@ -1030,7 +1030,7 @@ static void test_locations_and_placement(void **state)
     ckpt_load_options o = load_options(0);
     o.place = place_cb;
     o.place_user = &log;
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(log.calls, 3);
     assert_string_equal(seen_location(&log, "a"), "cpu");
@@ -1151,7 +1151,7 @@ static void test_non_tensor_value(void **state)
     add(m, "net.sub", CKPT_DTYPE_FLOAT32, 1, s2, sub, 0);
     for (unsigned flags = 0; flags <= CKPT_LOAD_NON_STRICT; flags++) {
         ckpt_load_options o = load_options(flags);
-        ckpt_load_report rep;
+        ckpt_load_report rep = {.struct_size = sizeof(rep)};
         ckpt_error err;
         assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
         assert_int_equal(rep.error_count, 2);
@@ -1203,9 +1203,9 @@ static void test_state_dict_round_trip(void **state)
         assert_string_equal(ckpt_value_str(ckpt_value_key(root, i), NULL), order[i]);
         const ckpt_tensor *ft = ckpt_value_tensor(ckpt_value_dict_value(root, i));
         assert_non_null(ft);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ft, &ti);
-        ckpt_param_info pi;
+        ckpt_param_info pi = {.struct_size = sizeof(pi)};
         assert_true(ckpt_model_param(m, i, &pi));
         assert_int_equal(ti.dtype, pi.dtype);
         assert_int_equal(ti.ndim, pi.ndim);
@@ -1227,11 +1227,11 @@ static void test_state_dict_round_trip(void **state)
     add(m2, "net.0.bias", CKPT_DTYPE_FLOAT32, 1, s3, NULL, 0);
     add(m2, "bn.num_batches_tracked", CKPT_DTYPE_INT64, 0, NULL, NULL, CKPT_PARAM_BUFFER);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m2, f, &o, &rep);
     assert_int_equal(rep.loaded, 4);
     for (size_t i = 0; i < 4; i++) {
-        ckpt_param_info p1, p2;
+        ckpt_param_info p1 = {.struct_size = sizeof(p1)}, p2 = {.struct_size = sizeof(p2)};
         assert_true(ckpt_model_param(m, i, &p1));
         assert_true(ckpt_model_param(m2, i, &p2));
         assert_memory_equal(p1.data, p2.data, p1.nbytes);
@@ -1351,7 +1351,7 @@ static void test_adamw_reference(void **state)
     tiny_init(&x);
     ckpt_adamw_options hp = test_hp();
     ckpt_adamw *o = adamw(x.m, &hp);
-    ckpt_adamw_options got;
+    ckpt_adamw_options got = {.struct_size = sizeof(got)};
     ckpt_adamw_get_options(o, &got);
     assert_true(got.lr == 0.01 && got.weight_decay == 0.1 && got.beta1 == 0.9 &&
                 got.beta2 == 0.999 && got.eps == 1e-8 && !got.amsgrad && !got.maximize);
@@ -1439,7 +1439,7 @@ static void tensor_floats(ckpt_file *f, const ckpt_value *v, float *out, size_t 
 {
     const ckpt_tensor *t = ckpt_value_tensor(v);
     assert_non_null(t);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(t, &ti);
     assert_int_equal(ti.dtype, CKPT_DTYPE_FLOAT32);
     assert_int_equal(ti.ndim, ndim);
@@ -1528,7 +1528,7 @@ static void test_adamw_state_dict(void **state)
     tiny_init(&y);
     ckpt_load_options lo = load_options(0);
     lo.key = "model";
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(y.m, f, &lo, &rep);
     ckpt_adamw_options defaults;
     ckpt_adamw_options_default(&defaults);
@@ -1539,7 +1539,7 @@ static void test_adamw_state_dict(void **state)
         print_err("adamw_load", &err);
     assert_int_equal(lst, CKPT_OK);
     ckpt_close(f); /* the optimizer's state is its own */
-    ckpt_adamw_options got;
+    ckpt_adamw_options got = {.struct_size = sizeof(got)};
     ckpt_adamw_get_options(o2, &got);
     assert_true(got.lr == 0.01 && got.weight_decay == 0.1); /* the file's */
     assert_int_equal(ckpt_adamw_param_step(o2, 0), 4);
@@ -1712,7 +1712,7 @@ static void test_adamw_load_refusals(void **state)
         assert_int_equal(err.status, st);
         ckpt_close(f);
         /* nothing changed */
-        ckpt_adamw_options got;
+        ckpt_adamw_options got = {.struct_size = sizeof(got)};
         ckpt_adamw_get_options(o, &got);
         assert_true(got.lr == 0.01 && got.beta1 == 0.9 && got.eps == 1e-8);
         for (size_t k = 0; k < NP; k++)
@@ -1734,7 +1734,7 @@ static void test_adamw_load_refusals(void **state)
             print_err("good optimizer state dict", &err);
         assert_int_equal(st, CKPT_OK);
         ckpt_close(f);
-        ckpt_adamw_options got;
+        ckpt_adamw_options got = {.struct_size = sizeof(got)};
         ckpt_adamw_get_options(o, &got);
         assert_true(got.lr == 0.25 && got.beta1 == 0.8 && got.beta2 == 0.99 && got.eps == 1e-6 &&
                     got.weight_decay == 0.05);
@@ -1770,7 +1770,7 @@ static void test_adamw_load_refusals(void **state)
     }
     /* the loaded state takes part in the next step: w's moments are the file's */
     {
-        ckpt_adamw_options fhp;
+        ckpt_adamw_options fhp = {.struct_size = sizeof(fhp)};
         ckpt_adamw_get_options(o, &fhp);
         ref_param r;
         memset(&r, 0, sizeof(r));
@@ -1843,9 +1843,12 @@ static void test_model_add_refusals(void **state)
     float a[2];
     ckpt_error err;
     add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0);
-    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, "", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
-    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "a", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, "", CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
+    assert_int_not_equal(ckpt_model_add(m, NULL, CKPT_DTYPE_FLOAT32, 1, s2, a, 0, NULL, &err),
+                         CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "n", CKPT_DTYPE_FLOAT32, 2, neg, NULL, 0, NULL, &err),
                          CKPT_OK);
     assert_int_not_equal(ckpt_model_add(m, "o", CKPT_DTYPE_FLOAT32, 2, over, NULL, 0, NULL, &err),
@@ -1903,7 +1906,7 @@ static void test_hostile_views(void **state)
     for (int i = 0; i < 12; i++)
         st[i] = (float)i + 0.5f;
     ckpt_error err;
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_load_options o = load_options(CKPT_LOAD_ZERO_COPY);
     static const int64_t s43[2] = {4, 3}, s34[2] = {3, 4};
 
@@ -2066,7 +2069,7 @@ static void test_hostile_keys(void **state)
     float w[1] = {-777.0f};
     add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.unexpected_count, 302);
@@ -2119,7 +2122,7 @@ static void test_safetensors_source(void **state)
     add(m, "a", CKPT_DTYPE_FLOAT32, 2, s22, NULL, 0);
     add(m, "b", CKPT_DTYPE_FLOAT32, 1, s2, NULL, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.converted, 1);
     assert_memory_equal(ckpt_model_data(m, 0), fv, 16);
@@ -2160,7 +2163,7 @@ static void test_later_load_flags(void **state)
     add(m, "b", CKPT_DTYPE_FLOAT32, 1, s4, NULL, 0);
     void *a_own = ckpt_model_data(m, 0), *b_own = ckpt_model_data(m, 1);
     ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f1, &zc, &rep);
     assert_int_equal(rep.zero_copy, 2);
     ckpt_param_info ia = info_of(m, "a"), ib = info_of(m, "b");
@@ -2208,7 +2211,7 @@ static void test_nul_in_key(void **state)
     ckpt_model *m = new_model("Net");
     add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_error err;
     assert_int_equal(ckpt_model_load(m, f, &o, &rep, &err), CKPT_ERR_MISMATCH);
     assert_int_equal(rep.missing_count, 1);
@@ -2265,7 +2268,7 @@ static void test_long_non_string_keys(void **state)
     ckpt_model *m = new_model("Net");
     add(m, "w", CKPT_DTYPE_FLOAT32, 1, s1, w, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 1);
     assert_int_equal(rep.error_count, 0);
@@ -2317,7 +2320,7 @@ static void test_check_only(void **state)
     ckpt_file *f = save_open(t, sd, "check.pth");
     ckpt_tree_free(t);
     ckpt_error err;
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
 
     /* a description only: no memory */
     ckpt_model *d = new_model("Net");
@@ -2325,7 +2328,7 @@ static void test_check_only(void **state)
     add(d, "b", CKPT_DTYPE_FLOAT32, 1, s3, NULL, CKPT_PARAM_NO_DATA);
     add(d, "c", CKPT_DTYPE_FLOAT32, 1, s4, NULL, CKPT_PARAM_NO_DATA);
     for (size_t i = 0; i < 3; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(d, i, &info));
         assert_null(info.data);
         assert_null(ckpt_model_data(d, i));
@@ -2337,6 +2340,7 @@ static void test_check_only(void **state)
     /* checked, non-strict: what a load would do */
     ckpt_load_options o = load_options(CKPT_LOAD_CHECK_ONLY | CKPT_LOAD_NON_STRICT);
     memset(&rep, 0xab, sizeof(rep));
+    rep.struct_size = sizeof(rep);
     load_ok(d, f, &o, &rep);
     assert_int_equal(rep.loaded, 2);
     assert_int_equal(rep.converted, 1);
@@ -2349,7 +2353,7 @@ static void test_check_only(void **state)
     assert_int_equal(rep.error_count, 0);
     assert_null(rep.message);
     for (size_t i = 0; i < 3; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(d, i, &info));
         assert_null(info.data);
         assert_false(info.loaded || info.borrowed || info.placed);
@@ -2416,7 +2420,7 @@ static void test_check_only(void **state)
     assert_true(all_sentinel(a, 2) && all_sentinel(b, 3) && all_sentinel(c, 4));
     assert_ptr_equal(ckpt_model_data(m, 0), a);
     for (size_t i = 0; i < 4; i++) {
-        ckpt_param_info info;
+        ckpt_param_info info = {.struct_size = sizeof(info)};
         assert_true(ckpt_model_param(m, i, &info));
         assert_false(info.loaded || info.borrowed || info.placed);
         assert_ptr_equal(info.data, info.host);
@@ -2463,7 +2467,7 @@ static void test_check_only_reads_nothing(void **state)
     fill_sentinel(w, 12);
     ckpt_model *m = new_model("Net");
     add(m, "w", CKPT_DTYPE_FLOAT32, 2, s43, w, 0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     ckpt_load_options o = load_options(CKPT_LOAD_CHECK_ONLY);
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 1);
@@ -2570,7 +2574,7 @@ static void test_many_modules(void **state)
         add(m, name, CKPT_DTYPE_FLOAT32, 1, s1, NULL, 0);
     }
     ckpt_load_options o = load_options(0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, N);
     assert_int_equal(rep.missing_count + rep.unexpected_count + rep.error_count, 0);
@@ -2616,7 +2620,7 @@ static void test_extra_state_parameter(void **state)
     add(m, "_extra_state", CKPT_DTYPE_FLOAT32, 1, s2, e, 0);
     add(m, "net._extra_state", CKPT_DTYPE_FLOAT32, 1, s2, w, 0);
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     assert_int_equal(rep.loaded, 2);
     assert_int_equal(rep.missing_count, 0);
@@ -2668,7 +2672,7 @@ static void test_modules_extra_state_and_values(void **state)
     /* the state dict as a value the caller found (a list item: no key path) */
     ckpt_load_options o = load_options(CKPT_LOAD_NON_STRICT);
     o.state_dict = ckpt_value_item(ckpt_value_get(ckpt_file_root(f), "models"), 0);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &o, &rep);
     /* PyTorch's order: module 0 ("0.y"), then module 1 ("1.x"); "1" names
      * the ReLU, and the extra state is accepted */
@@ -2679,7 +2683,7 @@ static void test_modules_extra_state_and_values(void **state)
     assert_int_equal(rep.loaded, 2);
     assert_memory_equal(w0, a, sizeof(a));
     assert_memory_equal(w2, b, sizeof(b));
-    ckpt_param_info info;
+    ckpt_param_info info = {.struct_size = sizeof(info)};
     assert_true(ckpt_model_param(m, xi, &info));
     assert_true(info.is_extra_state && !info.loaded);
     /* the state dict to save leaves the extra state to the caller */
@@ -2790,7 +2794,7 @@ static void test_adamw_refused_step_no_state(void **state)
     ckpt_adamw_options hp = test_hp();
     ckpt_adamw *o = adamw(m, &hp);
     ckpt_load_options zc = load_options(CKPT_LOAD_ZERO_COPY);
-    ckpt_load_report rep;
+    ckpt_load_report rep = {.struct_size = sizeof(rep)};
     load_ok(m, f, &zc, &rep);
     assert_false(info_of(m, "w").borrowed);
     assert_true(info_of(m, "v").borrowed);
@@ -2838,7 +2842,7 @@ static void test_adamw_set_lr_refusals(void **state)
     tiny_init(&x);
     ckpt_adamw_options hp = test_hp();
     ckpt_adamw *o = adamw(x.m, &hp);
-    ckpt_adamw_options got;
+    ckpt_adamw_options got = {.struct_size = sizeof(got)};
     const double bad[5] = {-1.0, NAN, INFINITY, -INFINITY, -1e-300};
     for (int k = 0; k < 5; k++) {
         assert_int_equal(ckpt_adamw_set_lr(o, bad[k]), CKPT_ERR_INVALID_ARG);

@@ -68,7 +68,7 @@ static void run_child(const char *index, result *r)
     ckpt_file *f = NULL;
     r->open_status = ckpt_open(index, NULL, &f, &r->err);
     if (r->open_status == CKPT_OK) {
-        ckpt_file_info fi;
+        ckpt_file_info fi = {.struct_size = sizeof(fi)};
         ckpt_file_get_info(f, &fi);
         r->shards = fi.shard_count;
         r->tensors = ckpt_file_tensor_count(f);

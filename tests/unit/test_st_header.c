@@ -213,7 +213,7 @@ static void test_strings(void **state)
                      "\"\xc3\xa9\":\"\\n\\t\\/\"}}";
     assert_int_equal(open_st(ok, strlen(ok), 1, &keep, &f, &err), CKPT_OK);
     assert_non_null(ckpt_file_find_tensor(f, "\xc3\xa9\xf0\x9f\x98\x80\\\""));
-    ckpt_file_info fi;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
     assert_string_equal(ckpt_value_str(ckpt_value_get(fi.metadata, "\xc3\xa9"), NULL), "\n\t/");
     ckpt_close(f);

@@ -317,7 +317,7 @@ static ckpt_status read_tensors(report *r, const char *what, ckpt_file *f, size_
         }
         if (!ckpt_file_find_tensor(f, name))
             failf(r, "%s: tensor '%s' is listed but not found by name", what, name);
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(t, &ti);
         if (ti.ndim > 64)
             failf(r, "%s: tensor '%s' has %u dimensions", what, name, ti.ndim);
@@ -399,10 +399,10 @@ static void run_case(report *r, const void *data, size_t size, const ckpt_open_o
         check_status(r, what, "open", st, e->open, &err);
         if (e->tensors >= 0 && ckpt_file_tensor_count(f) != (size_t)e->tensors)
             failf(r, "%s: %zu tensors, expected %ld", what, ckpt_file_tensor_count(f), e->tensors);
-        ckpt_file_info fi;
+        ckpt_file_info fi = {.struct_size = sizeof(fi)};
         ckpt_file_get_info(f, &fi);
         for (size_t i = 0; i < ckpt_file_record_count(f); i++) {
-            ckpt_record_info ri;
+            ckpt_record_info ri = {.struct_size = sizeof(ri)};
             if (ckpt_file_record(f, i, &ri) != CKPT_OK || !ri.name)
                 failf(r, "%s: record %zu has no info", what, i);
         }

@@ -169,7 +169,7 @@ static void test_tree_tensors(void **state)
     desc.data = data;
     ckpt_value *a = ckpt_new_tensor(t, &desc);
     assert_non_null(a);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(ckpt_value_tensor(a), &ti);
     assert_int_equal(ti.numel, 12);
     assert_int_equal(ti.stride[0], 4);

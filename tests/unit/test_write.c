@@ -352,7 +352,7 @@ static void test_round_trip(void **state)
     oo.flags = CKPT_OPEN_VERIFY_CRC;
     ckpt_file *f;
     assert_int_equal(ckpt_open(path, &oo, &f, &err), CKPT_OK);
-    ckpt_file_info info;
+    ckpt_file_info info = {.struct_size = sizeof(info)};
     ckpt_file_get_info(f, &info);
     assert_int_equal(info.format, CKPT_FORMAT_TORCH_ZIP);
     assert_string_equal(info.prefix, "model.v2");
@@ -367,7 +367,7 @@ static void test_round_trip(void **state)
                                         "data/2", "data/3", "version"};
     assert_int_equal(ckpt_file_record_count(f), 7);
     for (size_t i = 0; i < 7; i++) {
-        ckpt_record_info ri;
+        ckpt_record_info ri = {.struct_size = sizeof(ri)};
         assert_int_equal(ckpt_file_record(f, i, &ri), CKPT_OK);
         char want[64];
         snprintf(want, sizeof(want), "model.v2/%s", names[i]);
@@ -401,7 +401,8 @@ static void test_round_trip(void **state)
     check_tensor_bytes(f, "model.half", half, sizeof(half));
     check_tensor_bytes(f, "model.p", g_p, sizeof(g_p));
 
-    ckpt_tensor_info a, b, p;
+    ckpt_tensor_info a = {.struct_size = sizeof(a)}, b = {.struct_size = sizeof(b)},
+                     p = {.struct_size = sizeof(p)};
     ckpt_tensor_get_info(ckpt_file_find_tensor(f, "model.w"), &a);
     ckpt_tensor_get_info(ckpt_file_find_tensor(f, "model.w_t"), &b);
     assert_int_equal(a.storage_index, b.storage_index);
@@ -635,7 +636,7 @@ static void test_options(void **state)
     ckpt_save_options o = quick();
     ckpt_error err;
     ckpt_file *f;
-    ckpt_file_info info;
+    ckpt_file_info info = {.struct_size = sizeof(info)};
 
     /* every storage takes the location asked for, as map_location does */
     o.location = "cpu";
@@ -645,7 +646,7 @@ static void test_options(void **state)
     ckpt_file_get_info(f, &info);
     assert_string_equal(info.prefix, "archive"); /* no base name left */
     for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
-        ckpt_tensor_info ti;
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
         ckpt_tensor_get_info(ckpt_file_tensor(f, i, NULL), &ti);
         assert_string_equal(ti.location, "cpu");
     }
@@ -714,7 +715,7 @@ static void test_tensor_attributes(void **state)
     assert_string_equal(ckpt_value_str(ckpt_value_get(ckpt_value_state(rp), "note"), NULL),
                         "frozen later");
     assert_int_equal(ckpt_value_int(ckpt_value_get(ckpt_value_state(ri), "origin")), 7);
-    ckpt_tensor_info ti;
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
     ckpt_tensor_get_info(ckpt_value_tensor(rp), &ti);
     assert_true(ti.is_parameter && ti.requires_grad);
     check_tensor_bytes(f, "model.idx", g_idx, sizeof(g_idx));
@@ -816,7 +817,7 @@ static void test_zip64_real(void **state)
     ckpt_file *f;
     assert_int_equal(ckpt_open(p, NULL, &f, &err), CKPT_OK);
     check_tensor_bytes(f, "after", g_p, sizeof(g_p));
-    ckpt_file_info info;
+    ckpt_file_info info = {.struct_size = sizeof(info)};
     ckpt_file_get_info(f, &info);
     assert_true(info.file_size > nbytes);
     ckpt_close(f);
