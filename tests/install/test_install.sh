@@ -40,6 +40,14 @@ $CC $CFLAGS -o "$tmp/consumer_pc" "$SRC/tests/install/consumer.c" $(pkg-config -
 "$tmp/consumer_pc" "$tmp/pc.pth" | tee "$tmp/out"
 grep -q "^libckpt $version (header $version): epoch 7, w read back$" "$tmp/out" || fail "pkg-config build"
 
+echo "== libckpt.a with its dependencies from pkg-config"
+# shellcheck disable=SC2046
+$CC $CFLAGS -o "$tmp/consumer_a" "$SRC/tests/install/consumer.c" $(pkg-config --cflags ckpt) \
+    "$(pkg-config --variable=libdir ckpt)/libckpt.a" $(pkg-config --libs libdeflate zlib jansson yajl) \
+    -pthread -lm
+! ldd "$tmp/consumer_a" | grep -q libckpt || fail "consumer_a links libckpt.so"
+"$tmp/consumer_a" "$tmp/a.pth" | grep -q "epoch 7, w read back$" || fail "static build"
+
 echo "== find_package(ckpt), target_link_libraries(consumer ckpt::ckpt)"
 cp "$SRC/tests/install/CMakeLists.txt" "$SRC/tests/install/consumer.c" "$tmp/"
 mkdir "$tmp/src" && mv "$tmp/CMakeLists.txt" "$tmp/consumer.c" "$tmp/src/"
