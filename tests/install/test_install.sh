@@ -4,18 +4,19 @@
 # consumer.c against it with pkg-config and with find_package(ckpt), and run
 # both; check the man page and the bash completion.
 set -eu
-BUILD=$1 SRC=$2 CC=$3 CFLAGS=${4:-}
+BUILD=$1 SRC=$2 CC=$3 CFLAGS=${4:-} CMAKE=${CMAKE:-cmake}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ckpt-install.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 echo "== DESTDIR=$tmp/stage cmake --install --prefix /opt/ckpt"
-DESTDIR=$tmp/stage cmake --install "$BUILD" --prefix /opt/ckpt >/dev/null
+DESTDIR=$tmp/stage $CMAKE --install "$BUILD" --prefix /opt/ckpt >/dev/null
 [ -x "$tmp/stage/opt/ckpt/bin/ckpt" ] || fail "DESTDIR: no bin/ckpt under $tmp/stage/opt/ckpt"
+grep -qx "prefix=/opt/ckpt" "$(find "$tmp/stage" -name ckpt.pc)" || fail "DESTDIR: ckpt.pc's prefix"
 
 P=$tmp/prefix
 echo "== cmake --install --prefix $P"
-cmake --install "$BUILD" --prefix "$P" >/dev/null
+$CMAKE --install "$BUILD" --prefix "$P" >/dev/null
 pc=$(find "$P" -name ckpt.pc)
 [ -n "$pc" ] || fail "no ckpt.pc"
 libdir=$(dirname "$(dirname "$pc")")
@@ -51,9 +52,9 @@ $CC $CFLAGS -o "$tmp/consumer_a" "$SRC/tests/install/consumer.c" $(pkg-config --
 echo "== find_package(ckpt), target_link_libraries(consumer ckpt::ckpt)"
 cp "$SRC/tests/install/CMakeLists.txt" "$SRC/tests/install/consumer.c" "$tmp/"
 mkdir "$tmp/src" && mv "$tmp/CMakeLists.txt" "$tmp/consumer.c" "$tmp/src/"
-CC=$CC cmake -S "$tmp/src" -B "$tmp/cm" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_C_FLAGS="$CFLAGS" \
+CC=$CC $CMAKE -S "$tmp/src" -B "$tmp/cm" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_C_FLAGS="$CFLAGS" \
     -DCMAKE_EXE_LINKER_FLAGS="$CFLAGS" >/dev/null
-cmake --build "$tmp/cm" >/dev/null
+$CMAKE --build "$tmp/cm" >/dev/null
 "$tmp/cm/consumer" "$tmp/cm.pth" | tee "$tmp/out"
 grep -q "^libckpt $version (header $version): epoch 7, w read back$" "$tmp/out" || fail "find_package build"
 
