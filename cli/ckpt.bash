@@ -25,7 +25,7 @@ _ckpt()
     if ((cword == 1)); then
         local cmds
         cmds=$(_ckpt_help "$tool" | sed -n '/^commands:/,/^$/s/^  \([a-z][a-z]*\) .*/\1/p')
-        COMPREPLY=($(compgen -W "$cmds --help --version" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$cmds --help --version" -- "$cur")
         return
     fi
     local cmd=${words[1]}
@@ -44,21 +44,21 @@ _ckpt()
         prev=
     fi
     case $prev in
-    --to) COMPREPLY=($(compgen -W "pth safetensors" -- "$cur")); return ;;
-    --dtype) COMPREPLY=($(compgen -W "float32 float16 bfloat16 float64" -- "$cur")); return ;;
-    --map-location) COMPREPLY=($(compgen -W "cpu cuda cuda:0 mps meta" -- "$cur")); return ;;
-    --fail-on) COMPREPLY=($(compgen -W "warning unsafe" -- "$cur")); return ;;
-    --model) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --to) mapfile -t COMPREPLY < <(compgen -W "pth safetensors" -- "$cur"); return ;;
+    --dtype) mapfile -t COMPREPLY < <(compgen -W "float32 float16 bfloat16 float64" -- "$cur"); return ;;
+    --map-location) mapfile -t COMPREPLY < <(compgen -W "cpu cuda cuda:0 mps meta" -- "$cur"); return ;;
+    --fail-on) mapfile -t COMPREPLY < <(compgen -W "warning unsafe" -- "$cur"); return ;;
+    --model) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
     --*) return ;; # a key, a number, a name: nothing to offer
     esac
 
     if [[ $cur == -* ]]; then
         local opts
         opts=$(grep -oE -- '--[a-z][a-z-]*' <<<"$help" | sort -u)
-        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
         return
     fi
     compopt -o filenames 2>/dev/null
-    COMPREPLY=($(compgen -f -- "$cur"))
+    mapfile -t COMPREPLY < <(compgen -f -- "$cur")
 } &&
     complete -F _ckpt ckpt

@@ -35,14 +35,14 @@ echo "== pkg-config --cflags --libs ckpt"
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 [ "$(pkg-config --modversion ckpt)" = "$version" ] || fail "pkg-config --modversion"
 pkg-config --print-requires-private ckpt | grep -q libdeflate || fail "Requires.private"
-# shellcheck disable=SC2046 # the flags are words
+# shellcheck disable=SC2046,SC2086 # the flags are words
 $CC $CFLAGS -o "$tmp/consumer_pc" "$SRC/tests/install/consumer.c" $(pkg-config --cflags --libs ckpt) \
     -Wl,-rpath,"$libdir"
 "$tmp/consumer_pc" "$tmp/pc.pth" | tee "$tmp/out"
 grep -q "^libckpt $version (header $version): epoch 7, w read back$" "$tmp/out" || fail "pkg-config build"
 
 echo "== libckpt.a with its dependencies from pkg-config"
-# shellcheck disable=SC2046
+# shellcheck disable=SC2046,SC2086
 $CC $CFLAGS -o "$tmp/consumer_a" "$SRC/tests/install/consumer.c" $(pkg-config --cflags ckpt) \
     "$(pkg-config --variable=libdir ckpt)/libckpt.a" $(pkg-config --libs libdeflate zlib jansson yajl) \
     -pthread -lm
@@ -67,8 +67,8 @@ done
 grep -qx ".SH EXIT STATUS" "$man" || fail "man page lacks EXIT STATUS"
 sh "$SRC/scripts/gen-man.sh" "$P/bin/ckpt" | cmp -s - "$man" || fail "man page differs from --help"
 if command -v groff >/dev/null; then
-    groff -man -Tutf8 -ww -z "$man" 2>"$tmp/groff" && [ ! -s "$tmp/groff" ] ||
-        { cat "$tmp/groff" >&2; fail "groff warns about the man page"; }
+    groff -man -Tutf8 -ww -z "$man" 2>"$tmp/groff" || fail "groff fails on the man page"
+    if [ -s "$tmp/groff" ]; then cat "$tmp/groff" >&2; fail "groff warns about the man page"; fi
 fi
 
 echo "== bash completion"
