@@ -7,6 +7,10 @@
 #                 dictionary (fuzz_file.dict for targets without their own);
 #                 new inputs go to build-fuzz/corpus/<target>, crashes to
 #                 build-fuzz/artifacts
+#   make install  build and install under PREFIX (/usr/local), staged under
+#                 DESTDIR when set: bin/ckpt, lib/libckpt.so.0 and libckpt.a,
+#                 include/ckpt.h, lib/pkgconfig/ckpt.pc, lib/cmake/ckpt/,
+#                 share/man/man1/ckpt.1, share/bash-completion/completions/ckpt
 #   make deps     install the Debian packages ckpt needs (idempotent)
 #   make bench    build Release (build-bench) and measure ckpt against torch,
 #                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
@@ -19,8 +23,10 @@ MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?=
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all build deps test test-release test-asan demo fuzz bench budget clean
+.PHONY: all build install deps test test-release test-asan demo fuzz bench budget clean
 
 all: build
 
@@ -30,6 +36,11 @@ deps:
 build:
 	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build -j$(JOBS)
+
+install:
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX="$(PREFIX)" $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build -j$(JOBS)
+	DESTDIR="$(DESTDIR)" cmake --install build
 
 test: deps test-release test-asan
 

@@ -4,11 +4,14 @@
 #include "cli.h"
 
 #include <jansson.h>
+#include <libdeflate.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <yajl/yajl_version.h>
+#include <zlib.h>
 
 static const char *PROG = "ckpt";
 
@@ -36,7 +39,8 @@ static void usage(FILE *out)
             "  prune DIR --keep N [--keep-best N] [--dry-run] [-q]\n"
             "                                   remove numbered checkpoints beyond the newest N\n"
             "                                   and the N best (last.pth and best.pth stay)\n"
-            "  version                          print the version\n"
+            "  version                          print the version and the versions of the\n"
+            "                                   libraries it was built with\n"
             "\n"
             "options: '--opt VALUE' or '--opt=VALUE', before or after the files; '--' ends\n"
             "the options (for a file whose name starts with '-').\n"
@@ -938,7 +942,11 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        /* the headers it was compiled against, as zstd -V and curl -V say */
         printf("ckpt %s\n", ckpt_version());
+        printf("built with libdeflate %s, zlib %s, jansson %s, yajl %d.%d.%d\n",
+               LIBDEFLATE_VERSION_STRING, ZLIB_VERSION, JANSSON_VERSION, YAJL_MAJOR, YAJL_MINOR,
+               YAJL_MICRO);
         return CLI_EXIT_OK;
     }
     if (strcmp(cmd, "inspect") == 0)

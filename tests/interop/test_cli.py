@@ -66,7 +66,10 @@ def test_version(tool, source_dir):
     for flag in ("--version", "version"):
         res = tool.run(flag)
         assert res.returncode == 0
-        assert res.stdout == f"ckpt {version}\n"
+        first, deps = res.stdout.splitlines()
+        assert first == f"ckpt {version}"
+        assert re.fullmatch(r"built with libdeflate [0-9.]+, zlib [0-9.]+(-[a-z0-9.]+)?, "
+                            r"jansson [0-9.]+, yajl [0-9]+\.[0-9]+\.[0-9]+", deps), deps
 
 
 def test_usage_errors(tool, files):
