@@ -40,9 +40,11 @@ static void usage(FILE *out)
             "\n"
             "options: '--opt VALUE' or '--opt=VALUE', before or after the files; '--' ends\n"
             "the options (for a file whose name starts with '-').\n"
-            "exit status: 0 success, 1 a problem found (verify), a difference (diff), an\n"
-            "unsafe file (scan) or a checkpoint that does not load (match), 2 error (a file\n"
-            "cannot be read or written, an unknown option, a missing or bad value)\n"
+            "exit status, the same in every command: 0 done, the answer is yes; 1 done, the\n"
+            "answer is no: corrupt (verify), different (diff), unsafe (scan), does not load\n"
+            "(match); 2 it could not be done: a file cannot be read or written, unsupported,\n"
+            "refused (unsafe, over a limit, prune without a manifest), a bad option\n"
+            "results go to stdout; warnings and errors to stderr, starting 'ckpt: '\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
@@ -836,6 +838,10 @@ static int cmd_inspect(int argc, char **argv)
 
 /* ---- verify ------------------------------------------------------------ */
 
+/* The result on stdout: "FILE: ok: ..." or "FILE: corrupt: ..." (the answer
+ * is no, exit 1); a file that could not be checked at all (unreadable,
+ * unsupported, refused as unsafe, over a limit) is an error on stderr,
+ * exit 2, as in every command. */
 static int verify_one(const char *path, bool quiet)
 {
     ckpt_file *f;
@@ -852,25 +858,28 @@ static int verify_one(const char *path, bool quiet)
                 if (ckpt_file_record(f, i, &ri) == CKPT_OK)
                     bytes += ri.size;
             }
-            printf("ok: %s: %s, %zu records, %zu tensors, %llu bytes checked%s\n", path,
-                   ckpt_format_name(fi.format), fi.record_count, fi.tensor_count,
-                   (unsigned long long)bytes,
-                   fi.format == CKPT_FORMAT_TORCH_ZIP ? " (CRC32 of every record)" : "");
+            const char *name = ckpt_format_name(fi.format);
+            printf("%s: ok: %s, %zu records, %zu tensors, ", path, name, fi.record_count,
+                   fi.tensor_count);
+            if (fi.format == CKPT_FORMAT_TORCH_ZIP)
+                printf("%llu bytes checked (CRC32 of every record)\n",
+                       (unsigned long long)bytes);
+            else if (fi.format == CKPT_FORMAT_SHARDED)
+                printf("%llu bytes checked\n", (unsigned long long)bytes);
+            else
+                printf("structure checked; %s has no checksum of the data\n", name);
         }
         ckpt_close(f);
     }
     if (st == CKPT_OK)
         return CLI_EXIT_OK;
-    cli_print_error(path, &err);
-    switch (st) {
-    case CKPT_ERR_FORMAT:
-    case CKPT_ERR_CORRUPT:
-    case CKPT_ERR_LIMIT:
-    case CKPT_ERR_UNSAFE:
+    if (st == CKPT_ERR_FORMAT || st == CKPT_ERR_CORRUPT) {
+        char msg[768];
+        printf("%s: corrupt: %s\n", path, ckpt_error_format(&err, msg, sizeof(msg)));
         return CLI_EXIT_FAIL;
-    default:
-        return CLI_EXIT_ERROR;
     }
+    cli_print_error(path, &err);
+    return CLI_EXIT_ERROR;
 }
 
 static const struct option verify_options[] = {
@@ -904,8 +913,10 @@ static int cmd_verify(int argc, char **argv)
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
                    "  -q, --quiet  print nothing for the good files\n"
-                   "  exit 0 all good; 1 a file is corrupt (the first problem is named with its\n"
-                   "  record and byte offset); 2 a file cannot be read at all.\n",
+                   "  Prints 'FILE: ok: ...' or 'FILE: corrupt: ...' (the first problem, with\n"
+                   "  its record and byte offset) on stdout; errors go to stderr.\n"
+                   "  exit 0 all good; 1 a file is corrupt; 2 a file cannot be checked at all\n"
+                   "  (unreadable, unsupported, refused as unsafe, over a limit).\n",
                    verify_command.synopsis);
             free(paths);
             return CLI_EXIT_OK;
