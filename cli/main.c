@@ -937,6 +937,57 @@ static int cmd_verify(int argc, char **argv)
     return worst;
 }
 
+/* Edits (insert, delete, substitute, swap two neighbours) from a to b,
+ * both short: a command's name. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    enum { MAX = 32 };
+    size_t n = strlen(a), m = strlen(b);
+    if (n >= MAX || m >= MAX)
+        return MAX;
+    size_t d[MAX + 1][MAX + 1];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= n; i++) {
+        for (size_t j = 1; j <= m; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[n][m];
+}
+
+/* An unknown command: the nearest one, as git does, not the whole usage. */
+static int unknown_command(const char *cmd)
+{
+    static const char *const names[] = {"inspect", "scan", "verify", "convert", "diff",
+                                        "match",   "ls",   "prune",  "version", "help"};
+    const char *nearest = NULL;
+    size_t best = 3; /* more edits than 2 is another word */
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t d = edit_distance(cmd, names[i]);
+        if (d < best && d < strlen(names[i])) {
+            best = d;
+            nearest = names[i];
+        }
+    }
+    if (nearest)
+        fprintf(stderr, "%s: unknown command '%s'; did you mean '%s'?\n", PROG, cmd, nearest);
+    else
+        fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
+    fprintf(stderr, "run 'ckpt --help' for the commands\n");
+    return CLI_EXIT_ERROR;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -968,7 +1019,5 @@ int main(int argc, char **argv)
         return ckpt_cli_ls(argc - 1, argv + 1);
     if (strcmp(cmd, "prune") == 0)
         return ckpt_cli_prune(argc - 1, argv + 1);
-    fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
-    usage(stderr);
-    return CLI_EXIT_ERROR;
+    return unknown_command(cmd);
 }

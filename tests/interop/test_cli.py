@@ -262,3 +262,32 @@ def test_verify_safetensors_claims_no_checksum(tool, gen_dir):
     assert line.startswith(f"{p}: ok: safetensors, "), line
     assert line.endswith("structure checked; safetensors has no checksum of the data"), line
     assert "bytes checked" not in line
+
+
+def test_mistyped_command_suggests(tool):
+    """A near miss names the nearest command, not the whole usage."""
+    for typo, meant in (("verfy", "verify"), ("inspetc", "inspect"), ("prun", "prune"),
+                        ("lss", "ls"), ("convret", "convert"), ("scna", "scan")):
+        res = tool.run(typo)
+        assert res.returncode == 2 and res.stdout == "", res.describe()
+        lines = res.stderr.rstrip("\n").split("\n")
+        assert lines[0] == f"ckpt: unknown command '{typo}'; did you mean '{meant}'?", lines
+        assert len(lines) == 2 and "commands:" not in res.stderr, res.describe()
+    res = tool.run("frobnicate")
+    assert "did you mean" not in res.stderr and "commands:" not in res.stderr, res.describe()
+
+
+def test_one_error_prefix(tool, files, gen_dir, tmp_path):
+    """Every command's errors start 'ckpt: ' (never 'ckpt convert:'), on stderr,
+    with nothing on stdout."""
+    missing = gen_dir / "cli" / "missing.pt"
+    runs = [("inspect", missing), ("verify", missing), ("diff", missing, files["zip"]),
+            ("convert", missing, tmp_path / "o.pth"), ("match", missing, "--model", missing),
+            ("ls", missing), ("prune", missing, "--keep", "1"),
+            ("convert", files["zip"], tmp_path / "o.pth", "--key", "nothing.here")]
+    for args in runs:
+        res = tool.run(*args)
+        assert res.returncode == 2, res.describe()
+        assert res.stdout == "", res.describe()
+        lines = res.stderr.rstrip("\n").split("\n")
+        assert lines and all(ln.startswith("ckpt: ") for ln in lines), res.describe()
