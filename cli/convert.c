@@ -578,7 +578,7 @@ int ckpt_cli_convert(int argc, char **argv)
     }
     ckpt_tree *tree = ckpt_tree_new();
     if (!tree) {
-        fprintf(stderr, "ckpt convert: out of memory\n");
+        fprintf(stderr, "ckpt: convert: out of memory\n");
         goto done_file;
     }
     ckpt_file_info info = {.struct_size = sizeof(info)};
@@ -588,7 +588,7 @@ int ckpt_cli_convert(int argc, char **argv)
     if (o.key) {
         root = cli_find_path(root, o.key);
         if (!root) {
-            fprintf(stderr, "ckpt convert: %s: no value at --key %s\n", o.in, o.key);
+            fprintf(stderr, "ckpt: convert: %s: no value at --key %s\n", o.in, o.key);
             goto done_tree;
         }
     }
@@ -597,21 +597,21 @@ int ckpt_cli_convert(int argc, char **argv)
          * cannot be written back: write what state_dict() would give. */
         root = object_state_dict(tree, f, o.key);
         if (!root) {
-            fprintf(stderr, "ckpt convert: out of memory\n");
+            fprintf(stderr, "ckpt: convert: out of memory\n");
             goto done_tree;
         }
     }
     if (key_edits(&o)) {
         ckpt_kind k = ckpt_value_kind(root);
         if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT) {
-            fprintf(stderr, "ckpt convert: key edits and filters need a dict (the state dict); "
+            fprintf(stderr, "ckpt: convert: key edits and filters need a dict (the state dict); "
                             "%s holds a %s there: use --key\n", o.in, ckpt_kind_name(k));
             goto done_tree;
         }
         size_t dropped;
         root = apply_key_edits(tree, &o, root, &dropped);
         if (!root) {
-            fprintf(stderr, "ckpt convert: out of memory\n");
+            fprintf(stderr, "ckpt: convert: out of memory\n");
             goto done_tree;
         }
     }
@@ -622,7 +622,7 @@ int ckpt_cli_convert(int argc, char **argv)
         free(memo.from);
         free(memo.to);
         if (!root) {
-            fprintf(stderr, "ckpt convert: out of memory\n");
+            fprintf(stderr, "ckpt: convert: out of memory\n");
             goto done_tree;
         }
     }
@@ -659,17 +659,17 @@ int ckpt_cli_convert(int argc, char **argv)
         if (meta_len == 1 && ckpt_value_get(info.metadata, "format"))
             meta_len = 0;
         if (!o.quiet && info.format == CKPT_FORMAT_SAFETENSORS && meta_len)
-            fprintf(stderr, "ckpt convert: note: %s's __metadata__ is not kept in a torch file\n",
+            fprintf(stderr, "ckpt: convert: note: %s's __metadata__ is not kept in a torch file\n",
                     o.in);
         st = ckpt_save_torch(o.out, root, &so, &err);
     }
     if (st != CKPT_OK) {
         cli_print_error(o.out, &err);
         if (st == CKPT_ERR_LIMIT && strstr(err.message, "max_output_ratio"))
-            fprintf(stderr, "ckpt convert: --max-output-ratio N writes more (%s is untouched)\n",
+            fprintf(stderr, "ckpt: convert: --max-output-ratio N writes more (%s is untouched)\n",
                     o.out);
         if (st == CKPT_ERR_UNSAFE && o.permissive)
-            fprintf(stderr, "ckpt convert: hint: --key PATH to a pickled module writes its state "
+            fprintf(stderr, "ckpt: convert: hint: --key PATH to a pickled module writes its state "
                             "dict; a .safetensors output takes every tensor\n");
         goto done_tree;
     }

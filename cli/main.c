@@ -44,9 +44,11 @@ static void usage(FILE *out)
             "\n"
             "options: '--opt VALUE' or '--opt=VALUE', before or after the files; '--' ends\n"
             "the options (for a file whose name starts with '-').\n"
-            "exit status: 0 success, 1 a problem found (verify), a difference (diff), an\n"
-            "unsafe file (scan) or a checkpoint that does not load (match), 2 error (a file\n"
-            "cannot be read or written, an unknown option, a missing or bad value)\n"
+            "exit status, the same in every command: 0 done, the answer is yes; 1 done, the\n"
+            "answer is no: corrupt (verify), different (diff), unsafe (scan), does not load\n"
+            "(match); 2 it could not be done: a file cannot be read or written, unsupported,\n"
+            "refused (unsafe, over a limit, prune without a manifest), a bad option\n"
+            "results go to stdout; warnings and errors to stderr, starting 'ckpt: '\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
@@ -840,6 +842,10 @@ static int cmd_inspect(int argc, char **argv)
 
 /* ---- verify ------------------------------------------------------------ */
 
+/* The result on stdout: "FILE: ok: ..." or "FILE: corrupt: ..." (the answer
+ * is no, exit 1); a file that could not be checked at all (unreadable,
+ * unsupported, refused as unsafe, over a limit) is an error on stderr,
+ * exit 2, as in every command. */
 static int verify_one(const char *path, bool quiet)
 {
     ckpt_file *f;
@@ -856,25 +862,28 @@ static int verify_one(const char *path, bool quiet)
                 if (ckpt_file_record(f, i, &ri) == CKPT_OK)
                     bytes += ri.size;
             }
-            printf("ok: %s: %s, %zu records, %zu tensors, %llu bytes checked%s\n", path,
-                   ckpt_format_name(fi.format), fi.record_count, fi.tensor_count,
-                   (unsigned long long)bytes,
-                   fi.format == CKPT_FORMAT_TORCH_ZIP ? " (CRC32 of every record)" : "");
+            const char *name = ckpt_format_name(fi.format);
+            printf("%s: ok: %s, %zu records, %zu tensors, ", path, name, fi.record_count,
+                   fi.tensor_count);
+            if (fi.format == CKPT_FORMAT_TORCH_ZIP)
+                printf("%llu bytes checked (CRC32 of every record)\n",
+                       (unsigned long long)bytes);
+            else if (fi.format == CKPT_FORMAT_SHARDED)
+                printf("%llu bytes checked\n", (unsigned long long)bytes);
+            else
+                printf("structure checked; %s has no checksum of the data\n", name);
         }
         ckpt_close(f);
     }
     if (st == CKPT_OK)
         return CLI_EXIT_OK;
-    cli_print_error(path, &err);
-    switch (st) {
-    case CKPT_ERR_FORMAT:
-    case CKPT_ERR_CORRUPT:
-    case CKPT_ERR_LIMIT:
-    case CKPT_ERR_UNSAFE:
+    if (st == CKPT_ERR_FORMAT || st == CKPT_ERR_CORRUPT) {
+        char msg[768];
+        printf("%s: corrupt: %s\n", path, ckpt_error_format(&err, msg, sizeof(msg)));
         return CLI_EXIT_FAIL;
-    default:
-        return CLI_EXIT_ERROR;
     }
+    cli_print_error(path, &err);
+    return CLI_EXIT_ERROR;
 }
 
 static const struct option verify_options[] = {
@@ -908,8 +917,10 @@ static int cmd_verify(int argc, char **argv)
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
                    "  -q, --quiet  print nothing for the good files\n"
-                   "  exit 0 all good; 1 a file is corrupt (the first problem is named with its\n"
-                   "  record and byte offset); 2 a file cannot be read at all.\n",
+                   "  Prints 'FILE: ok: ...' or 'FILE: corrupt: ...' (the first problem, with\n"
+                   "  its record and byte offset) on stdout; errors go to stderr.\n"
+                   "  exit 0 all good; 1 a file is corrupt; 2 a file cannot be checked at all\n"
+                   "  (unreadable, unsupported, refused as unsafe, over a limit).\n",
                    verify_command.synopsis);
             free(paths);
             return CLI_EXIT_OK;
@@ -928,6 +939,57 @@ static int cmd_verify(int argc, char **argv)
         return CLI_EXIT_ERROR;
     }
     return worst;
+}
+
+/* Edits (insert, delete, substitute, swap two neighbours) from a to b,
+ * both short: a command's name. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    enum { MAX = 32 };
+    size_t n = strlen(a), m = strlen(b);
+    if (n >= MAX || m >= MAX)
+        return MAX;
+    size_t d[MAX + 1][MAX + 1];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= n; i++) {
+        for (size_t j = 1; j <= m; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[n][m];
+}
+
+/* An unknown command: the nearest one, as git does, not the whole usage. */
+static int unknown_command(const char *cmd)
+{
+    static const char *const names[] = {"inspect", "scan", "verify", "convert", "diff",
+                                        "match",   "ls",   "prune",  "version", "help"};
+    const char *nearest = NULL;
+    size_t best = 3; /* more edits than 2 is another word */
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t d = edit_distance(cmd, names[i]);
+        if (d < best && d < strlen(names[i])) {
+            best = d;
+            nearest = names[i];
+        }
+    }
+    if (nearest)
+        fprintf(stderr, "%s: unknown command '%s'; did you mean '%s'?\n", PROG, cmd, nearest);
+    else
+        fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
+    fprintf(stderr, "run 'ckpt --help' for the commands\n");
+    return CLI_EXIT_ERROR;
 }
 
 int main(int argc, char **argv)
@@ -965,7 +1027,5 @@ int main(int argc, char **argv)
         return ckpt_cli_ls(argc - 1, argv + 1);
     if (strcmp(cmd, "prune") == 0)
         return ckpt_cli_prune(argc - 1, argv + 1);
-    fprintf(stderr, "%s: unknown command '%s'\n", PROG, cmd);
-    usage(stderr);
-    return CLI_EXIT_ERROR;
+    return unknown_command(cmd);
 }

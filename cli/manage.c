@@ -10,6 +10,7 @@
  */
 #include "cli.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -53,7 +54,8 @@ static void ls_usage(FILE *out)
             "usage: %s\n"
             "  Lists a checkpoint directory kept by the checkpoint manager: each file with\n"
             "  its step, size, metrics, time and whether it is last.pth (the newest save),\n"
-            "  best.pth (the best by the monitored metric) or holds only weights. Read-only:\n"
+            "  best.pth (the best by the monitored metric) or holds only weights, then the\n"
+            "  checkpoint files the manager did not write (step -, flag foreign). Read-only:\n"
             "  takes no lock and changes nothing, so it may run beside a training run.\n"
             "  --json   one JSON object: directory, monitor, mode, checkpoints (file, step,\n"
             "           metrics, best, last, size, crc32, time, versions, user, content)\n"
@@ -74,15 +76,49 @@ static void prune_usage(FILE *out)
             "  --keep-best N  also keep the N best by the monitored metric (default 0)\n"
             "  --dry-run      print 'would remove FILE' lines and change nothing\n"
             "  -q, --quiet    do not print how many files went\n"
-            "  exit 0 done, 2 error (the directory cannot be read, another process\n"
-            "  manages it, a bad option)\n",
+            "  A directory without a readable manifest.json is refused, left as it is.\n"
+            "  exit 0 done, 2 error (the directory cannot be read, has no readable\n"
+            "  manifest, another process manages it, a bad option)\n",
             prune_command.synopsis);
 }
 
-static void warn_stderr(void *user, const char *message)
+/* The manager's warnings, gathered during the open and printed sorted:
+ * the order the directory is read in is no order. */
+typedef struct warnings {
+    cli_vec lines;              /* char * */
+    bool nomem;
+} warnings;
+
+static void warn_collect(void *user, const char *message)
 {
-    (void)user;
-    fprintf(stderr, "%s: warning: %s\n", PROG, message);
+    warnings *w = user;
+    char **slot = cli_vec_push(&w->lines);
+    if (!slot || !(*slot = strdup(message))) {
+        if (slot)
+            w->lines.len--;
+        /* said as it comes rather than not at all */
+        fprintf(stderr, "%s: warning: %s\n", PROG, message);
+        w->nomem = true;
+    }
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void warnings_flush(warnings *w)
+{
+    char **v = w->lines.p;
+    if (w->lines.len)
+        qsort(v, w->lines.len, sizeof(*v), cmp_str_ptr);
+    for (size_t i = 0; i < w->lines.len; i++) {
+        fprintf(stderr, "%s: warning: %s\n", PROG, v[i]);
+        free(v[i]);
+    }
+    free(v);
+    memset(w, 0, sizeof(*w));
+    w->lines.esize = sizeof(char *);
 }
 
 /* The manager creates a missing directory unless it is read-only: a typo
@@ -102,19 +138,28 @@ static bool check_dir(const char *dir)
     return true;
 }
 
-static ckpt_manager *open_manager(const char *dir, unsigned flags)
+static ckpt_manager *open_manager(const char *cmd, const char *dir, unsigned flags)
 {
+    warnings w = {.lines = {.esize = sizeof(char *)}};
     ckpt_manager_options mo;
     ckpt_manager_options_default(&mo);
     mo.flags |= flags;
-    mo.warn = warn_stderr;
+    mo.warn = warn_collect;
+    mo.warn_user = &w;
     ckpt_manager *m = NULL;
     ckpt_error err;
     memset(&err, 0, sizeof(err));
     ckpt_status st = ckpt_manager_open(dir, &mo, &m, &err);
+    warnings_flush(&w);
     if (st == CKPT_OK)
         return m;
-    if (st == CKPT_ERR_BUSY) {
+    if ((flags & CKPT_MANAGER_EXISTING) &&
+        (st == CKPT_ERR_NOT_FOUND || st == CKPT_ERR_FORMAT || st == CKPT_ERR_UNSUPPORTED)) {
+        /* nothing was created or changed: say so, and why */
+        char msg[768];
+        fprintf(stderr, "%s: %s: %s; refusing to %s it (nothing changed)\n", PROG, cmd,
+                ckpt_error_format(&err, msg, sizeof(msg)), cmd);
+    } else if (st == CKPT_ERR_BUSY) {
         char msg[768];
         fprintf(stderr, "%s: %s: busy: %s\n", PROG, dir,
                 ckpt_error_format(&err, msg, sizeof(msg)));
@@ -154,7 +199,127 @@ static bool time_text(int64_t t, bool iso, char *buf, size_t size)
 typedef struct listing {
     ckpt_checkpoint_info *items;
     size_t count;
+    size_t managed;             /* items before it are the manager's */
+    const char **formats;       /* of each foreign item (index - managed) */
+    char **names;               /* their names, owned */
 } listing;
+
+static void free_listing(listing *l)
+{
+    for (size_t i = l->managed; i < l->count; i++)
+        free(l->names[i - l->managed]);
+    free(l->items);
+    free(l->formats);
+    free(l->names);
+    memset(l, 0, sizeof(*l));
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool listed(const listing *l, const char *name)
+{
+    for (size_t i = 0; i < l->managed; i++)
+        if (strcmp(l->items[i].file, name) == 0)
+            return true;
+    return false;
+}
+
+/* A file of DIR the manager does not list that holds a checkpoint (by its
+ * content, opened as inspect --permissive opens it: nothing runs): its
+ * format's name, or NULL. */
+static const char *foreign_format(const char *path)
+{
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    oo.flags |= CKPT_OPEN_PERMISSIVE;
+    ckpt_file *f;
+    ckpt_error err;
+    if (ckpt_open(path, &oo, &f, &err) != CKPT_OK)
+        return NULL;
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
+    ckpt_file_get_info(f, &fi);
+    ckpt_close(f);
+    return ckpt_format_name(fi.format);
+}
+
+/* Appends, sorted by name, the checkpoint files of DIR the manager did not
+ * write (Lightning's epoch=3-step=100.ckpt, a Hugging Face model, an
+ * extra.pth): listed read-only with unknown step. Hidden files and the
+ * manifest are left out. */
+static bool load_foreign(const char *dir, listing *l)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        fprintf(stderr, "%s: %s: %s\n", PROG, dir, strerror(errno));
+        return false;
+    }
+    cli_vec names = {.esize = sizeof(char *)};
+    bool ok = true;
+    struct dirent *de;
+    while (ok && (de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        if (n[0] == '.' || strncmp(n, "manifest.json", 13) == 0 || listed(l, n))
+            continue;
+        char **slot = cli_vec_push(&names);
+        if (!slot || !(*slot = strdup(n))) {
+            if (slot)
+                names.len--;
+            ok = false;
+        }
+    }
+    closedir(d);
+    char **v = names.p;
+    if (ok && names.len) {
+        qsort(v, names.len, sizeof(*v), cmp_name);
+        ckpt_checkpoint_info *items = realloc(l->items, (l->count + names.len) * sizeof(*items));
+        const char **formats = calloc(names.len, sizeof(*formats));
+        char **owned = calloc(names.len, sizeof(*owned));
+        if (items)
+            l->items = items;
+        if (!items || !formats || !owned) {
+            free(formats);
+            free(owned);
+            ok = false;
+        } else {
+            l->formats = formats;
+            l->names = owned;
+        }
+    }
+    for (size_t i = 0; i < names.len; i++) {
+        char *path = NULL;
+        struct stat sb;
+        const char *format = NULL;
+        if (ok && (path = malloc(strlen(dir) + strlen(v[i]) + 2)) != NULL) {
+            sprintf(path, "%s/%s", dir, v[i]);
+            if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode))
+                format = foreign_format(path);
+        } else {
+            ok = false;
+        }
+        free(path);
+        if (!format) {
+            free(v[i]);
+            continue;
+        }
+        ckpt_checkpoint_info *ci = &l->items[l->count];
+        memset(ci, 0, sizeof(*ci));
+        ci->struct_size = sizeof(*ci);
+        ci->file = v[i];
+        ci->step = -1;
+        ci->size = (uint64_t)sb.st_size;
+        ci->time = (int64_t)sb.st_mtime;
+        l->formats[l->count - l->managed] = format;
+        l->names[l->count - l->managed] = v[i];
+        l->count++;
+    }
+    free(v);
+    if (!ok)
+        fprintf(stderr, "%s: out of memory\n", PROG);
+    return ok;
+}
 
 static bool load_listing(const ckpt_manager *m, listing *l)
 {
@@ -170,7 +335,7 @@ static bool load_listing(const ckpt_manager *m, listing *l)
         if (ckpt_manager_get(m, i, &l->items[n]))
             n++;
     }
-    l->count = n;
+    l->count = l->managed = n;
     return true;
 }
 
@@ -284,8 +449,8 @@ static void flags_text(const ckpt_checkpoint_info *ci, char *buf, size_t size)
 /* Table columns: FILE, STEP, SIZE, one per metric, TIME, FLAGS. */
 enum { COL_FILE, COL_STEP, COL_SIZE, COL_METRICS };
 
-static void cell_text(const ckpt_checkpoint_info *ci, const name_set *ns, size_t col, char *buf,
-                      size_t size)
+static void cell_text(const ckpt_checkpoint_info *ci, bool foreign, const name_set *ns,
+                      size_t col, char *buf, size_t size)
 {
     double v;
     if (col == COL_FILE) {
@@ -305,6 +470,8 @@ static void cell_text(const ckpt_checkpoint_info *ci, const name_set *ns, size_t
     } else if (col == COL_METRICS + ns->count) {
         if (!time_text(ci->time, false, buf, size))
             snprintf(buf, size, "-");
+    } else if (foreign) {
+        snprintf(buf, size, "foreign");
     } else {
         flags_text(ci, buf, size);
     }
@@ -320,11 +487,15 @@ static const char *header_text(const name_set *ns, size_t col)
     return col == COL_METRICS + ns->count ? "TIME" : "FLAGS";
 }
 
-static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, const name_set *ns)
+static int ls_text(const char *dir, bool has_manifest, const ckpt_manager *m, const listing *l,
+                   const name_set *ns)
 {
     ckpt_metric_mode mode = CKPT_MODE_MIN;
     const char *monitor = ckpt_manager_monitor(m, &mode);
-    if (monitor)
+    if (!has_manifest)
+        printf("checkpoints in %s (no manifest.json: not kept by the checkpoint manager)\n",
+               dir);
+    else if (monitor)
         printf("checkpoints in %s (best by %s, %s)\n", dir, monitor,
                mode == CKPT_MODE_MAX ? "max" : "min");
     else
@@ -343,7 +514,7 @@ static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, con
     for (size_t c = 0; c < ncols; c++) {
         width[c] = strlen(header_text(ns, c));
         for (size_t i = 0; i < l->count; i++) {
-            cell_text(&l->items[i], ns, c, cell, sizeof(cell));
+            cell_text(&l->items[i], i >= l->managed, ns, c, cell, sizeof(cell));
             size_t w = strlen(cell);
             if (w > width[c])
                 width[c] = w;
@@ -356,7 +527,7 @@ static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, con
             if (i == 0)
                 text = header_text(ns, c);
             else
-                cell_text(&l->items[i - 1], ns, c, cell, sizeof(cell));
+                cell_text(&l->items[i - 1], i - 1 >= l->managed, ns, c, cell, sizeof(cell));
             bool right = c == COL_STEP || c == COL_SIZE || (c >= COL_METRICS && c < ncols - 2);
             if (c + 1 == ncols)
                 printf("%s\n", text);
@@ -372,7 +543,7 @@ static int ls_text(const char *dir, const ckpt_manager *m, const listing *l, con
     return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
-static json_t *entry_json(const ckpt_checkpoint_info *ci)
+static json_t *entry_json(const ckpt_checkpoint_info *ci, const char *foreign_format)
 {
     json_t *o = json_object();
     char buf[64];
@@ -388,7 +559,7 @@ static json_t *entry_json(const ckpt_checkpoint_info *ci)
     json_object_set_new(o, "last", json_boolean(ci->last));
     json_object_set_new(o, "size", json_integer((json_int_t)ci->size));
     snprintf(buf, sizeof(buf), "%08x", (unsigned)ci->crc32);
-    json_object_set_new(o, "crc32", json_string(buf));
+    json_object_set_new(o, "crc32", foreign_format ? json_null() : json_string(buf));
     bool has_time = time_text(ci->time, true, buf, sizeof(buf));
     json_object_set_new(o, "time", has_time ? json_string(buf) : json_null());
     json_object_set_new(o, "ckpt_version", str_or_null(ci->ckpt_version));
@@ -407,7 +578,11 @@ static json_t *entry_json(const ckpt_checkpoint_info *ci)
                     ci->file);
     }
     json_object_set_new(o, "user", user ? user : json_null());
-    json_object_set_new(o, "content", json_string(ci->weights_only ? "weights" : "checkpoint"));
+    json_object_set_new(o, "content", json_string(foreign_format ? "foreign"
+                                                  : ci->weights_only ? "weights"
+                                                                     : "checkpoint"));
+    if (foreign_format)
+        json_object_set_new(o, "format", json_string(foreign_format));
     return o;
 }
 
@@ -422,7 +597,8 @@ static int ls_json(const char *dir, const ckpt_manager *m, const listing *l)
                                            : json_null());
     json_t *a = json_array();
     for (size_t i = 0; i < l->count; i++)
-        json_array_append_new(a, entry_json(&l->items[i]));
+        json_array_append_new(
+            a, entry_json(&l->items[i], i >= l->managed ? l->formats[i - l->managed] : NULL));
     json_object_set_new(o, "checkpoints", a);
     return cli_print_json(o, 2, dir) ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
@@ -453,16 +629,20 @@ int ckpt_cli_ls(int argc, char **argv)
     }
     if (!check_dir(dir))
         return CLI_EXIT_ERROR;
-    ckpt_manager *m = open_manager(dir, CKPT_MANAGER_READ_ONLY);
+    ckpt_manager *m = open_manager("ls", dir, CKPT_MANAGER_READ_ONLY);
     if (!m)
         return CLI_EXIT_ERROR;
     int rc = CLI_EXIT_ERROR;
     listing l = {0};
     name_set ns = {0};
-    if (load_listing(m, &l) && collect_metric_names(&l, &ns))
-        rc = json ? ls_json(dir, m, &l) : ls_text(dir, m, &l, &ns);
+    char *mpath = malloc(strlen(dir) + sizeof("/manifest.json"));
+    struct stat sb;
+    bool has_manifest = mpath && (sprintf(mpath, "%s/manifest.json", dir), stat(mpath, &sb) == 0);
+    free(mpath);
+    if (load_listing(m, &l) && load_foreign(dir, &l) && collect_metric_names(&l, &ns))
+        rc = json ? ls_json(dir, m, &l) : ls_text(dir, has_manifest, m, &l, &ns);
     free(ns.names);
-    free(l.items);
+    free_listing(&l);
     ckpt_manager_close(m);
     return rc;
 }
@@ -473,7 +653,7 @@ int ckpt_cli_ls(int argc, char **argv)
  * order. */
 static int prune_dry_run(const char *dir, unsigned keep_last, unsigned keep_best)
 {
-    ckpt_manager *m = open_manager(dir, CKPT_MANAGER_READ_ONLY);
+    ckpt_manager *m = open_manager("prune", dir, CKPT_MANAGER_READ_ONLY | CKPT_MANAGER_EXISTING);
     if (!m)
         return CLI_EXIT_ERROR;
     int rc = CLI_EXIT_ERROR;
@@ -558,7 +738,7 @@ int ckpt_cli_prune(int argc, char **argv)
         return CLI_EXIT_ERROR;
     if (dry_run)
         return prune_dry_run(dir, keep_last, keep_best);
-    ckpt_manager *m = open_manager(dir, 0);
+    ckpt_manager *m = open_manager("prune", dir, CKPT_MANAGER_EXISTING);
     if (!m)
         return CLI_EXIT_ERROR;
     size_t removed = 0;

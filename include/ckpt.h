@@ -721,6 +721,10 @@ typedef struct ckpt_metric {
 /* Flags for ckpt_manager_options.flags. */
 #define CKPT_MANAGER_READ_ONLY 0x1u /* list only: no lock, no clean-up, no saves */
 #define CKPT_MANAGER_BEST_FULL 0x2u /* best.pth holds the whole checkpoint */
+/* Open only a directory the manager keeps, as it is: no manifest.json
+ * fails with CKPT_ERR_NOT_FOUND and a malformed one with CKPT_ERR_FORMAT
+ * (instead of a rebuild), before anything is created, locked or changed. */
+#define CKPT_MANAGER_EXISTING 0x4u
 
 typedef struct ckpt_manager_options {
     size_t struct_size;         /* sizeof(ckpt_manager_options) */
@@ -782,7 +786,8 @@ typedef struct ckpt_checkpoint_info {
  * settles a crashed save (pending manifest entries, unfinished removals)
  * and removes its temporaries, and reads the manifest. Files the manifest
  * does not know (a last.pth written by PyTorch) are recorded with unknown
- * step; a missing or malformed manifest is rebuilt from the files. Saves
+ * step; a missing or malformed manifest is rebuilt from the files (unless
+ * CKPT_MANAGER_EXISTING asks to fail instead). Saves
  * never remove a numbered file whose metric is unknown; only a prune does.
  */
 CKPT_API ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,

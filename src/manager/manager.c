@@ -435,12 +435,17 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
         warnf(m, "skipping %s/%s: %s", m->dir, name, ckpt_error_format(&ferr, text, sizeof(text)));
         return CKPT_OK;
     }
+    int64_t step = e.step;
     if (!(e.file = strdup(name)) || !ckpt__mlist_push(&m->mf.committed, &e)) {
         ckpt__mentry_free(&e);
         return ckpt__nomem(err);
     }
-    warnf(m, "%s/%s is not in the manifest: recorded with unknown step and metrics", m->dir,
-          name);
+    if (step >= 0)
+        warnf(m, "%s/%s is not in the manifest: recorded with step %lld (from its name) and no "
+              "metrics", m->dir, name, (long long)step);
+    else
+        warnf(m, "%s/%s is not in the manifest: recorded with unknown step and no metrics",
+              m->dir, name);
     return CKPT_OK;
 }
 
@@ -647,6 +652,39 @@ static bool copy_opt(char **dst, const char *src)
     return !src || (*dst = strdup(src)) != NULL;
 }
 
+/* CKPT_MANAGER_EXISTING: the directory and its manifest must be there and
+ * readable before anything is created or locked. */
+static ckpt_status check_existing(ckpt_manager *m, ckpt_error *err)
+{
+    struct stat sb;
+    if (stat(m->dir, &sb) != 0)
+        return io_fail(err, "cannot open checkpoint directory", m->dir, errno);
+    if (!S_ISDIR(sb.st_mode))
+        return CKPT_INVALID_ARG(err, "%s is not a directory", m->dir);
+    char *mpath = join(m->dir, CKPT__MANIFEST_NAME);
+    if (!mpath)
+        return ckpt__nomem(err);
+    ckpt__manifest mf;
+    memset(&mf, 0, sizeof(mf));
+    ckpt_error merr;
+    memset(&merr, 0, sizeof(merr));
+    ckpt_status st = ckpt__manifest_read(mpath, m->max_manifest_bytes, &mf, &merr);
+    ckpt__manifest_free(&mf);
+    if (st == CKPT_ERR_NOT_FOUND) {
+        st = ckpt__fail(err, CKPT_ERR_NOT_FOUND, "", CKPT_NO_OFFSET,
+                        "%s has no %s: not a directory kept by the checkpoint manager", m->dir,
+                        CKPT__MANIFEST_NAME);
+    } else if (st == CKPT_ERR_FORMAT) {
+        char text[512];
+        st = ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET, "%s is unreadable: %s", mpath,
+                        ckpt_error_format(&merr, text, sizeof(text)));
+    } else if (st != CKPT_OK && err) {
+        *err = merr;
+    }
+    free(mpath);
+    return st;
+}
+
 ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
                               ckpt_manager **out, ckpt_error *err)
 {
@@ -708,7 +746,10 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
         goto fail;
     }
     bool ro = o.flags & CKPT_MANAGER_READ_ONLY;
+    bool existing = o.flags & CKPT_MANAGER_EXISTING;
     struct stat sb;
+    if (existing && (st = check_existing(m, err)) != CKPT_OK)
+        goto fail;
     if (ro) {
         if (stat(m->dir, &sb) != 0) {
             st = io_fail(err, "cannot open checkpoint directory", m->dir, errno);
@@ -731,6 +772,13 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     ckpt_status ms = ckpt__manifest_read(mpath, m->max_manifest_bytes, &m->mf, &merr);
     free(mpath);
     bool changed = false;
+    if (existing && ms != CKPT_OK) {
+        /* changed since check_existing */
+        if (err)
+            *err = merr;
+        st = ms;
+        goto fail;
+    }
     if (ms != CKPT_OK && ms != CKPT_ERR_NOT_FOUND && ms != CKPT_ERR_FORMAT) {
         /* unreadable now (I/O, a limit, memory) is no reason to replace it */
         if (err)

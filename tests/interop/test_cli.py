@@ -113,7 +113,7 @@ def test_verify_good_files(tool, files, corpus_dir):
         assert res.returncode == 0, res.describe()
         assert res.stderr == ""
         line = one_line(res.stdout)
-        assert line.startswith(f"ok: {p}: {fmt}"), line
+        assert line.startswith(f"{p}: ok: {fmt}"), line
     res = tool.run("verify", files["zip"], files["legacy"], st)
     assert res.returncode == 0
     assert len(res.stdout.strip().split("\n")) == 3
@@ -126,8 +126,9 @@ def test_verify_flipped_byte(tool, files, gen_dir):
     flip_byte_in_record(files["zip"], bad, "small/data/0")
     res = tool.run("verify", bad)
     assert res.returncode == 1, res.describe()
-    line = one_line(res.stderr)
-    assert str(bad) in line
+    assert res.stderr == "", res.describe()
+    line = one_line(res.stdout)
+    assert line.startswith(f"{bad}: corrupt: "), line
     assert "small/data/0" in line
     assert "CRC" in line
     # torch never checks CRCs: the file still opens, with the changed value
@@ -136,7 +137,7 @@ def test_verify_flipped_byte(tool, files, gen_dir):
     # one bad file among good ones: the worst exit code wins, every file reported
     res = tool.run("verify", files["zip"], bad, files["legacy"])
     assert res.returncode == 1
-    assert res.stdout.count("ok: ") == 2
+    assert res.stdout.count(": ok: ") == 2 and res.stdout.count(": corrupt: ") == 1
 
 
 def test_verify_missing_file(tool, files, gen_dir):
@@ -146,7 +147,7 @@ def test_verify_missing_file(tool, files, gen_dir):
     assert str(missing) in one_line(res.stderr)
     res = tool.run("verify", files["zip"], missing)
     assert res.returncode == 2
-    assert res.stdout.startswith("ok: ")
+    assert res.stdout.startswith(f"{files['zip']}: ok: ")
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
@@ -160,9 +161,12 @@ def test_truncated_file(tool, files, gen_dir, kind):
             res = tool.run(cmd, bad)
             assert res.returncode != 0, res.describe()
             assert res.returncode in (1, 2), res.describe()
-            line = one_line(res.stderr)
-            assert line.startswith(f"ckpt: {bad}: "), line
-            detail = line[len(f"ckpt: {bad}: "):]
+            # verify's answer (corrupt) is its result, on stdout
+            answer = cmd == "verify" and res.returncode == 1
+            prefix = f"{bad}: corrupt: " if answer else f"ckpt: {bad}: "
+            line = one_line(res.stdout if answer else res.stderr)
+            assert line.startswith(prefix), line
+            detail = line[len(prefix):]
             # "RECORD at byte N: MESSAGE": where the file ends too early
             assert re.match(r"(\S.* )?at byte \d+: \S", detail), line
 
@@ -228,3 +232,65 @@ def test_inspect_safetensors_human(tool, corpus_dir):
     assert "Format:   safetensors" in res.stdout
     assert re.search(r"float32_357\s+float32\s+\[3, 5, 7\]\s+420\b", res.stdout), res.stdout
     assert re.search(r"^Metadata:\n  format: '?pt'?$", res.stdout, re.M), res.stdout
+
+
+def test_exit_codes_agree(tool, gen_dir):
+    """A whole pickled module cannot be checked without --permissive: verify
+    says so as inspect does, exit 2 (could not do it), not 1 (corrupt)."""
+    p = gen_dir / "cli" / "module.pt"
+    p.parent.mkdir(exist_ok=True)
+    torch.save(torch.nn.Linear(2, 2), p)
+    res = tool.run("inspect", p)
+    assert res.returncode == 2, res.describe()
+    res = tool.run("verify", p)
+    assert res.returncode == 2, res.describe()
+    assert res.stdout == "" and one_line(res.stderr).startswith(f"ckpt: {p}: "), res.describe()
+    for cmd in ("verify", "inspect"):
+        res = tool.run(cmd, gen_dir / "cli" / "missing.pt")
+        assert res.returncode == 2, res.describe()
+
+
+def test_verify_safetensors_claims_no_checksum(tool, gen_dir):
+    """safetensors has no checksum: overwritten tensor bytes pass verify, and
+    its line says only the structure was checked."""
+    p = gen_dir / "cli" / "over.safetensors"
+    p.parent.mkdir(exist_ok=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    header += b" " * (-len(header) % 8)
+    data = struct.pack("<Q", len(header)) + header + struct.pack("<4f", 1, 2, 3, 4)
+    p.write_bytes(data[:-4] + b"\xff\xff\xff\xff")  # the last float overwritten
+    res = tool.run("verify", p)
+    assert res.returncode == 0, res.describe()
+    line = one_line(res.stdout)
+    assert line.startswith(f"{p}: ok: safetensors, "), line
+    assert line.endswith("structure checked; safetensors has no checksum of the data"), line
+    assert "bytes checked" not in line
+
+
+def test_mistyped_command_suggests(tool):
+    """A near miss names the nearest command, not the whole usage."""
+    for typo, meant in (("verfy", "verify"), ("inspetc", "inspect"), ("prun", "prune"),
+                        ("lss", "ls"), ("convret", "convert"), ("scna", "scan")):
+        res = tool.run(typo)
+        assert res.returncode == 2 and res.stdout == "", res.describe()
+        lines = res.stderr.rstrip("\n").split("\n")
+        assert lines[0] == f"ckpt: unknown command '{typo}'; did you mean '{meant}'?", lines
+        assert len(lines) == 2 and "commands:" not in res.stderr, res.describe()
+    res = tool.run("frobnicate")
+    assert "did you mean" not in res.stderr and "commands:" not in res.stderr, res.describe()
+
+
+def test_one_error_prefix(tool, files, gen_dir, tmp_path):
+    """Every command's errors start 'ckpt: ' (never 'ckpt convert:'), on stderr,
+    with nothing on stdout."""
+    missing = gen_dir / "cli" / "missing.pt"
+    runs = [("inspect", missing), ("verify", missing), ("diff", missing, files["zip"]),
+            ("convert", missing, tmp_path / "o.pth"), ("match", missing, "--model", missing),
+            ("ls", missing), ("prune", missing, "--keep", "1"),
+            ("convert", files["zip"], tmp_path / "o.pth", "--key", "nothing.here")]
+    for args in runs:
+        res = tool.run(*args)
+        assert res.returncode == 2, res.describe()
+        assert res.stdout == "", res.describe()
+        lines = res.stderr.rstrip("\n").split("\n")
+        assert lines and all(ln.startswith("ckpt: ") for ln in lines), res.describe()

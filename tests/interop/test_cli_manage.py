@@ -368,3 +368,87 @@ def test_ls_empty_dir(tool, tmp_path):
     res = tool.run("ls", tmp_path)
     assert res.returncode == 0 and res.stdout.startswith(f"checkpoints in {tmp_path} ")
     assert os.listdir(tmp_path) == []
+
+
+# ---- directories the manager did not write, and broken ones -------------------
+
+
+def lightning_dir(d):
+    """What Lightning's ModelCheckpoint leaves: no manifest, its own names."""
+    d.mkdir()
+    torch.save(checkpoint(1, 100), d / "epoch=3-step=100.ckpt")
+    torch.save(checkpoint(2, 200), d / "last.ckpt")
+    (d / "hparams.yaml").write_text("lr: 0.1\n")
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def test_ls_foreign_dir(tool, tmp_path):
+    """Checkpoint files the manager did not write are listed, read-only, step -."""
+    d = lightning_dir(tmp_path / "lightning")
+    before = snapshot(d)
+    res = tool.run("ls", d)
+    assert res.returncode == 0, res.describe()
+    assert "no manifest.json" in res.stdout.split("\n")[0], res.stdout
+    assert re.search(r"^epoch=3-step=100\.ckpt\s+-\s.*foreign$", res.stdout, re.M), res.stdout
+    assert re.search(r"^last\.ckpt\s+-\s.*foreign$", res.stdout, re.M), res.stdout
+    assert "hparams.yaml" not in res.stdout and "config.json" not in res.stdout
+    out = ls_json(tool, d)
+    assert [(c["file"], c["step"], c["content"], c["format"]) for c in out["checkpoints"]] == [
+        ("epoch=3-step=100.ckpt", None, "foreign", "torch-zip"),
+        ("last.ckpt", None, "foreign", "torch-zip")]
+    assert snapshot(d) == before and sorted(os.listdir(d)) == sorted(before)
+
+
+def test_ls_extra_and_numbered_file(tool, run_dir):
+    """extra.pth beside the manager's files is listed (step -); a numbered file
+    the manifest lacks keeps the step of its name, and the warning says so."""
+    torch.save(weights(5), run_dir / "extra.pth")
+    torch.save(checkpoint(9, 99), run_dir / numbered(99))
+    res = tool.run("ls", run_dir, "--json")
+    assert res.returncode == 0, res.describe()
+    entries = {c["file"]: c for c in json.loads(res.stdout)["checkpoints"]}
+    assert entries["extra.pth"]["step"] is None and entries["extra.pth"]["content"] == "foreign"
+    assert entries[numbered(99)]["step"] == 99
+    line = one_line(res.stderr)
+    assert numbered(99) in line and "step 99" in line and "unknown step" not in line, line
+    res = tool.run("ls", run_dir)
+    assert re.search(r"^extra\.pth\s+-\s", res.stdout, re.M), res.stdout
+
+
+def test_ls_warnings_sorted(tool, run_dir):
+    """Warnings come in name order, whatever order the directory is read in."""
+    for step in range(40, 60):
+        torch.save(weights(step), run_dir / numbered(step))
+    res = tool.run("ls", run_dir)
+    assert res.returncode == 0, res.describe()
+    lines = res.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 20 and lines == sorted(lines), res.stderr
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_prune_foreign_dir_refused(tool, tmp_path, dry_run):
+    """prune on a directory without a manifest: exit 2, nothing created."""
+    d = lightning_dir(tmp_path / "lightning")
+    before = snapshot(d)
+    res = tool.run("prune", d, "--keep", "1", *(["--dry-run"] if dry_run else []))
+    assert res.returncode == 2, res.describe()
+    assert res.stdout == ""
+    line = one_line(res.stderr)
+    assert line.startswith("ckpt: prune: ") and "no manifest.json" in line, line
+    assert "nothing changed" in line, line
+    assert sorted(os.listdir(d)) == sorted(before) and snapshot(d) == before
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_prune_garbage_manifest_refused(tool, run_dir, dry_run):
+    """A manifest that cannot be read is not rebuilt by a command that removes files."""
+    (run_dir / "manifest.json").write_text("garbage")
+    before = snapshot(run_dir)
+    res = tool.run("prune", run_dir, "--keep", "1", "--keep-best", "1",
+                   *(["--dry-run"] if dry_run else []))
+    assert res.returncode == 2, res.describe()
+    assert res.stdout == ""
+    line = one_line(res.stderr)
+    assert line.startswith("ckpt: prune: ") and "manifest.json" in line, line
+    assert sorted(os.listdir(run_dir)) == sorted(before) and snapshot(run_dir) == before

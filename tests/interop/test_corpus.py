@@ -347,8 +347,10 @@ def test_malicious(rel, tool):
         if rel in MALICIOUS_MAY_OPEN:
             continue
         assert res.returncode != 0, f"{cmd} accepted a malicious file\n" + res.describe()
-        lines = res.stderr.strip("\n").split("\n")
-        assert len(lines) == 1 and lines[0].startswith(f"ckpt: {path}: "), res.describe()
+        answer = cmd == "verify" and res.returncode == 1  # corrupt: verify's result
+        lines = (res.stdout if answer else res.stderr).strip("\n").split("\n")
+        prefix = f"{path}: corrupt: " if answer else f"ckpt: {path}: "
+        assert len(lines) == 1 and lines[0].startswith(prefix), res.describe()
 
 
 def _plain_pickles_with_bad_first_global():

@@ -136,7 +136,7 @@ def test_sparse_index_out_of_bounds(gen_dir, tool):
     assert tool.inspect_json(p)["tensors"][0]["layout"] == "sparse_coo"
     res = tool.run("verify", p)
     assert res.returncode == 1
-    assert "index 7 of element 1 is out of bounds" in res.stderr, res.describe()
+    assert "index 7 of element 1 is out of bounds" in res.stdout, res.describe()
     out = gen_dir / "sparse_oob_dump"
     out.mkdir(exist_ok=True)
     import subprocess

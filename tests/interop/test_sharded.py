@@ -101,7 +101,7 @@ def test_corrupt_shard_named_by_verify(shard_dir, tool):
     shard.write_bytes(bytes(raw))
     res = tool.run("verify", d / "model.index.json")
     assert res.returncode == 1, res.describe()
-    assert "model-00002-of-00002.bin" in res.stderr and "CRC32" in res.stderr, res.describe()
+    assert "model-00002-of-00002.bin" in res.stdout and "CRC32" in res.stdout, res.describe()
 
 
 def test_many_big_shards_hold_no_descriptor_each(tmp_path, tool):
@@ -176,7 +176,7 @@ def test_index_as_shard_is_refused(index_loops, tool, index, shard, why):
     assert shard in res.stderr and why in res.stderr, res.describe()
     res = tool.run("verify", d / index, timeout=60)
     assert res.returncode == 1, res.describe()  # 1: the file is broken
-    assert shard in res.stderr and why in res.stderr, res.describe()
+    assert shard in res.stdout and why in res.stdout, res.describe()
     res = tool.run("scan", d / index, "--json", timeout=60)
     assert res.returncode == 1, res.describe()  # 1: unsafe
     rep = json.loads(res.stdout)["files"][0]

@@ -516,6 +516,53 @@ static void spit_path(const char *path, const char *text)
 
 static void spit(const char *name, const char *text) { spit_path(tmp_path(name), text); }
 
+/* CKPT_MANAGER_EXISTING: a directory without a readable manifest is
+ * refused before anything in it is created, locked or set aside. */
+static void test_open_existing_only(void **state)
+{
+    (void)state;
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    o.flags = CKPT_MANAGER_EXISTING;
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    /* files the manager did not write, no manifest */
+    spit("epoch=3-step=100.ckpt", "x");
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_ERR_NOT_FOUND);
+    assert_null(m);
+    assert_non_null(strstr(err.message, "not a directory kept by the checkpoint manager"));
+    assert_false(exists(CKPT__LOCK_NAME));
+    assert_false(exists(CKPT__MANIFEST_NAME));
+    o.flags |= CKPT_MANAGER_READ_ONLY;
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_ERR_NOT_FOUND);
+    o.flags = CKPT_MANAGER_EXISTING;
+
+    /* a malformed manifest is neither rebuilt nor set aside */
+    m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0);
+    save(m, 4, 0.5);
+    ckpt_manager_close(m);
+    spit(CKPT__MANIFEST_NAME, "garbage");
+    m = NULL;
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_ERR_FORMAT);
+    assert_null(m);
+    assert_non_null(strstr(err.message, "unreadable"));
+    DIR *d = opendir(tmp_dir());
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        assert_null(strstr(de->d_name, ".bad-"));
+    closedir(d);
+    assert_true(exists("step-00000004.pth"));
+
+    /* a good one opens as without the flag */
+    m = open_dir("val_loss", CKPT_MODE_MIN, 2, 0, 0); /* rebuilds it */
+    ckpt_manager_close(m);
+    m = NULL;
+    assert_int_equal(ckpt_manager_open(tmp_dir(), &o, &m, &err), CKPT_OK);
+    assert_int_equal(ckpt_manager_count(m), 3);
+    ckpt_manager_close(m);
+}
+
 static void test_manifest_rebuilt(void **state)
 {
     (void)state;
@@ -972,6 +1019,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_skips_torn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_rebuilt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_existing_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_settle_by_hand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_text_round_trip, setup, teardown),
         cmocka_unit_test(test_numbered_names),
