@@ -44,11 +44,11 @@ static void usage(FILE *out)
             "\n"
             "options: '--opt VALUE' or '--opt=VALUE', before or after the files; '--' ends\n"
             "the options (for a file whose name starts with '-').\n"
-            "exit status, the same in every command: 0 done, the answer is yes; 1 done, the\n"
+            "results go to stdout; warnings and errors to stderr, starting 'ckpt: '.\n"
+            "exit status: the same in every command: 0 done, the answer is yes; 1 done, the\n"
             "answer is no: corrupt (verify), different (diff), unsafe (scan), does not load\n"
             "(match); 2 it could not be done: a file cannot be read or written, unsupported,\n"
             "refused (unsafe, over a limit, prune without a manifest), a bad option\n"
-            "results go to stdout; warnings and errors to stderr, starting 'ckpt: '\n"
             "run 'ckpt <command> --help' for a command's options.\n");
 }
 
