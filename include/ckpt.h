@@ -1128,7 +1128,11 @@ CKPT_API int64_t ckpt_adamw_param_step(const ckpt_adamw *o, size_t i);
  * A scan says whether a file is safe to load: "safe" means that PyTorch's
  * torch.load(weights_only=True) (2.6 and later) would load it without
  * running any code, and that the file is unambiguous (every reader sees the
- * same records). Everything else is "unsafe", with findings that say why.
+ * same records). "warning" means that nothing in it runs code and it is
+ * unambiguous, but torch's default weights-only reader refuses it (a
+ * torch.torch_version.TorchVersion, numpy arrays, a .npy file, a pre-0.4
+ * tar archive, ...): each such finding says how to load it. Everything
+ * else is "unsafe", with findings that say why.
  * A scan never calls anything and reads only pickles, headers and small
  * records: tensor bytes are never touched. It does not depend on the
  * reader accepting the file: a lenient walk of the archive finds and
@@ -1137,7 +1141,8 @@ CKPT_API int64_t ckpt_adamw_param_step(const ckpt_adamw *o, size_t i);
 
 typedef enum ckpt_scan_verdict {
     CKPT_SCAN_VERDICT_SAFE = 0,
-    CKPT_SCAN_VERDICT_UNSAFE = 1
+    CKPT_SCAN_VERDICT_UNSAFE = 1,
+    CKPT_SCAN_VERDICT_WARNING = 2   /* runs nothing, but torch's default reader refuses it */
 } ckpt_scan_verdict;
 
 /* What a finding is about. Values are stable; names (ckpt_scan_kind_name)
@@ -1193,6 +1198,11 @@ typedef struct ckpt_scan_finding {
                                  for the message: any global outside the allow-list
                                  makes the file unsafe */
     const char *message;      /* one line */
+    ckpt_scan_verdict severity; /* CKPT_SCAN_VERDICT_WARNING or _UNSAFE: the file's verdict
+                                 is the worst of its findings' */
+    const char *call;         /* GLOBAL: the first call of it as Python reads it, with its
+                                 arguments ("posix.system('id')", long ones cut with
+                                 "..."), or NULL when it is not called directly */
 } ckpt_scan_finding;
 
 typedef struct ckpt_scan ckpt_scan;
@@ -1237,7 +1247,7 @@ CKPT_API const char *ckpt_scan_format(const ckpt_scan *scan);
 CKPT_API size_t ckpt_scan_finding_count(const ckpt_scan *scan);
 CKPT_API const ckpt_scan_finding *ckpt_scan_finding_at(const ckpt_scan *scan, size_t i);
 
-/* "safe", "unsafe". */
+/* "safe", "unsafe", "warning". */
 CKPT_API const char *ckpt_scan_verdict_name(ckpt_scan_verdict verdict);
 /* "global", "broken_pickle", ...; "unknown" for other values. */
 CKPT_API const char *ckpt_scan_kind_name(ckpt_scan_kind kind);

@@ -40,6 +40,11 @@ typedef ckpt_status (*ckpt__global_seen_fn)(void *user, const char *module, size
  * offset of the opcode. */
 typedef ckpt_status (*ckpt__global_use_fn)(void *user, const ckpt_value *global, unsigned use,
                                            uint64_t offset);
+/* Scanning: a global (a GLOBAL value) called with these arguments by
+ * REDUCE, NEWOBJ(_EX), INST or OBJ; kwargs may be NULL. */
+typedef ckpt_status (*ckpt__global_call_fn)(void *user, const ckpt_value *global,
+                                            ckpt_value *const *args, size_t nargs,
+                                            const ckpt_value *kwargs);
 
 struct ckpt__pickle_ctx {
     const ckpt_limits *limits;
@@ -51,6 +56,7 @@ struct ckpt__pickle_ctx {
     unsigned flags;                     /* CKPT__PICKLE_* */
     ckpt__global_seen_fn on_global;     /* may be NULL */
     ckpt__global_use_fn on_use;         /* may be NULL */
+    ckpt__global_call_fn on_call;       /* may be NULL */
     size_t stop_frame_end;              /* out, with CKPT__PICKLE_NO_FAIL: where the frame
                                            that holds STOP ends when it runs on past STOP
                                            (an error otherwise: see FRAME in

@@ -939,6 +939,8 @@ ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *args_value,
     unsigned flags = m->ctx->flags;
     bool is_new = (use & (CKPT_SCAN_USE_NEWOBJ | CKPT_SCAN_USE_NEWOBJ_EX)) != 0;
     CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, fn, use));
+    if (m->ctx->on_call && fn && fn->kind == CKPT_KIND_GLOBAL)
+        CKPT_RETURN_IF_ERROR(m->ctx->on_call(m->ctx->user, fn, args, nargs, kwargs));
     bool has_kwargs = kwargs && is_dict(kwargs) && kwargs->u.dict.len;
     if (is_listed_global(fn)) {
         ckpt_status st;

@@ -32,7 +32,11 @@
 
 const char *ckpt_scan_verdict_name(ckpt_scan_verdict verdict)
 {
-    return verdict == CKPT_SCAN_VERDICT_SAFE ? "safe" : "unsafe";
+    switch (verdict) {
+    case CKPT_SCAN_VERDICT_SAFE: return "safe";
+    case CKPT_SCAN_VERDICT_WARNING: return "warning";
+    default: return "unsafe";
+    }
 }
 
 const char *ckpt_scan_kind_name(ckpt_scan_kind kind)
@@ -125,6 +129,7 @@ static ckpt_scan_finding *new_finding(scan_ctx *s, ckpt_scan_kind kind, const ch
     memset(f, 0, sizeof(*f));
     f->struct_size = sizeof(*f);
     f->kind = kind;
+    f->severity = CKPT_SCAN_VERDICT_UNSAFE;
     f->record = text_copy(r, record);
     f->message = text_copy(r, message);
     f->offset = offset;
@@ -154,6 +159,19 @@ ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record,
     va_start(ap, fmt);
     ckpt_status st = ckpt__scan_vadd(s, kind, record, offset, file_offset, fmt, ap);
     va_end(ap);
+    return st;
+}
+
+ckpt_status ckpt__scan_warn(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, ...)
+{
+    va_list ap;
+    size_t before = s->report->count;
+    va_start(ap, fmt);
+    ckpt_status st = ckpt__scan_vadd(s, kind, record, offset, file_offset, fmt, ap);
+    va_end(ap);
+    if (st == CKPT_OK && s->report->count > before)
+        s->report->findings[before].severity = CKPT_SCAN_VERDICT_WARNING;
     return st;
 }
 
@@ -234,6 +252,17 @@ static const char *const TORCH_ALLOWED[] = {
     "torch._tensor._rebuild_from_type_v2",
 };
 
+/* Globals that run no code: they only build data (a str subclass, numpy
+ * arrays and dtypes), but torch's default weights-only reader refuses them.
+ * Named (and called as a pickle calls them) they make a warning, not an
+ * unsafe file; anything that calls what they return is unsafe. */
+static const char *const WARNING_GLOBALS[] = {
+    "torch.torch_version.TorchVersion",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.ndarray", "numpy.dtype",
+};
+
 /* Modules torch refuses whatever the caller allows. */
 static const char *const BLOCKED_MODULES[] = {"sys", "os", "posix", "nt"};
 
@@ -292,6 +321,13 @@ static bool in_list(const char *const *list, size_t n, const char *module, size_
 }
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* numpy.dtypes.Float32DType and the like (numpy >= 1.25 pickles dtypes so) */
+static bool is_numpy_dtype_class(const char *module, size_t mlen, const char *name, size_t nlen)
+{
+    return module_is(module, mlen, "numpy.dtypes") && nlen > 5 &&
+           memcmp(name + nlen - 5, "DType", 5) == 0;
+}
 
 static bool is_blocked_module(const char *module, size_t mlen)
 {
@@ -397,12 +433,28 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
                      in_list(s->allow, s->allow_count, module, mlen, name, nlen)))
         return CKPT_OK;
 
-    char mq[160], nq[160], full[330], msg[1100];
+    char mq[160], nq[160], full[330], msg[1600];
     snprintf(full, sizeof(full), "%s.%s", ckpt__quote(mq, sizeof(mq), module, mlen, false),
              ckpt__quote(nq, sizeof(nq), name, nlen, false));
     bool code = runs_code(mod, ml, name, nlen);
     bool known = !(v && v->kind == CKPT_KIND_GLOBAL && v->global_id == CKPT__G_UNKNOWN);
-    if (blocked)
+    bool torch_version = full_name_is(mod, ml, name, nlen, "torch.torch_version.TorchVersion");
+    bool warning = !blocked && (in_list(WARNING_GLOBALS, COUNT(WARNING_GLOBALS), mod, ml, name,
+                                        nlen) ||
+                                is_numpy_dtype_class(mod, ml, name, nlen));
+    if (warning && torch_version)
+        snprintf(msg, sizeof(msg),
+                 "'%s' runs no code (a str subclass, what torch.__version__ is), but "
+                 "torch.load(weights_only=True) refuses it from torch 2.6 on: load it after "
+                 "torch.serialization.add_safe_globals([torch.torch_version.TorchVersion]), or "
+                 "with ckpt (--allow %s makes this scan safe)", full, full);
+    else if (warning)
+        snprintf(msg, sizeof(msg),
+                 "'%s' only builds a numpy array, but torch.load(weights_only=True) refuses "
+                 "it: load it after torch.serialization.add_safe_globals([%s]) (and the other "
+                 "numpy names listed), or with ckpt (--allow %s makes this scan safe)",
+                 full, full, full);
+    else if (blocked)
         snprintf(msg, sizeof(msg),
                  "'%s' runs code when unpickled; torch refuses module '%.*s' even when asked to "
                  "allow it", full, (int)(ml > 40 ? 40 : ml), mod);
@@ -426,6 +478,8 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
     if (!f->global)
         return ckpt__nomem(s->err);
     f->runs_code = code;
+    if (warning)
+        f->severity = CKPT_SCAN_VERDICT_WARNING;
     return remember_use(s, v, (size_t)(f - s->report->findings));
 }
 
@@ -439,12 +493,77 @@ static ckpt_status on_use(void *user, const ckpt_value *global, unsigned use, ui
     size_t k = use_slot(s, global);
     while (s->uses[k].value) {
         if (s->uses[k].value == global) {
-            s->report->findings[s->uses[k].finding].use |= use;
+            ckpt_scan_finding *f = &s->report->findings[s->uses[k].finding];
+            f->use |= use;
+            if (use & CKPT_SCAN_USE_RESULT_CALLED)
+                f->severity = CKPT_SCAN_VERDICT_UNSAFE; /* what it built is called */
             return CKPT_OK;
         }
         k = (k + 1) & (s->uses_cap - 1);
     }
     return CKPT_OK;
+}
+
+/* Appends text to buf (len used of cap), cut with "..." past max bytes. */
+static void call_put(char *buf, size_t cap, size_t *len, const char *t, size_t tlen, size_t max)
+{
+    bool cut = tlen > max;
+    if (cut)
+        tlen = max;
+    if (*len + tlen + 4 >= cap)
+        return;
+    memcpy(buf + *len, t, tlen);
+    *len += tlen;
+    if (cut) {
+        memcpy(buf + *len, "...", 3);
+        *len += 3;
+    }
+    buf[*len] = 0;
+}
+
+/* The first direct call of a reported global, as Python reads it:
+ * "posix.system('id')", each argument cut at 80 bytes. */
+static ckpt_status on_call(void *user, const ckpt_value *global, ckpt_value *const *args,
+                           size_t nargs, const ckpt_value *kwargs)
+{
+    pickle_user *u = user;
+    scan_ctx *s = u->s;
+    if (!u->report || !s->uses_cap)
+        return CKPT_OK;
+    size_t k = use_slot(s, global);
+    while (s->uses[k].value && s->uses[k].value != global)
+        k = (k + 1) & (s->uses_cap - 1);
+    if (!s->uses[k].value)
+        return CKPT_OK;
+    ckpt_scan_finding *f = &s->report->findings[s->uses[k].finding];
+    if (f->call || !f->global)
+        return CKPT_OK;
+    char text[1024], arg[128];
+    size_t len = 0;
+    text[0] = 0;
+    call_put(text, sizeof(text), &len, f->global, strlen(f->global), 200);
+    call_put(text, sizeof(text), &len, "(", 1, 1);
+    for (size_t i = 0; i < nargs; i++) {
+        if (i)
+            call_put(text, sizeof(text), &len, ", ", 2, 2);
+        size_t n = ckpt_value_repr(args[i], arg, sizeof(arg));
+        call_put(text, sizeof(text), &len, arg, n < sizeof(arg) ? n : sizeof(arg) - 1, 80);
+    }
+    if (kwargs && kwargs->kind == CKPT_KIND_DICT) {
+        for (size_t i = 0; i < kwargs->u.dict.len; i++) {
+            const ckpt_value *key = kwargs->u.dict.keys[i];
+            if (i || nargs)
+                call_put(text, sizeof(text), &len, ", ", 2, 2);
+            if (key && key->kind == CKPT_KIND_STR)
+                call_put(text, sizeof(text), &len, key->u.s.ptr, key->u.s.len, 40);
+            call_put(text, sizeof(text), &len, "=", 1, 1);
+            size_t n = ckpt_value_repr(kwargs->u.dict.vals[i], arg, sizeof(arg));
+            call_put(text, sizeof(text), &len, arg, n < sizeof(arg) ? n : sizeof(arg) - 1, 80);
+        }
+    }
+    call_put(text, sizeof(text), &len, ")", 1, 1);
+    f->call = text_copy(s->report, text);
+    return f->call ? CKPT_OK : ckpt__nomem(s->err);
 }
 
 static ckpt_status on_persistent(void *user, ckpt__pickle_ctx *ctx, const ckpt_value *pid,
@@ -474,6 +593,7 @@ static ckpt_status run_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
         .flags = CKPT__PICKLE_INERT | CKPT__PICKLE_NO_FAIL,
         .on_global = on_global,
         .on_use = on_use,
+        .on_call = on_call,
         .framing = &u->framing,
     };
     memset(&u->framing, 0, sizeof(u->framing));
@@ -797,11 +917,12 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
          * saved, little-endian, whatever it says */
         const ckpt_value *le = i == 1 ? ckpt_value_get(v, "little_endian") : NULL;
         if (le && ((le->kind == CKPT_KIND_BOOL && !le->u.b) || (le->kind == CKPT_KIND_INT && !le->u.i))) {
-            st = ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
-                                "sys_info says the storages were saved big-endian "
-                                "(little_endian=False), but torch never reads sys_info and "
-                                "loads their bytes as little-endian: the weights torch (and "
-                                "ckpt) load are not the ones that were saved");
+            st = ckpt__scan_warn(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, start),
+                                 "sys_info says the storages were saved big-endian "
+                                 "(little_endian=False), but torch never reads sys_info and "
+                                 "loads their bytes as little-endian: the weights torch (and "
+                                 "ckpt) load are not the ones that were saved; nothing runs, "
+                                 "but check the weights before use");
             if (st != CKPT_OK)
                 goto out;
         }
@@ -983,8 +1104,10 @@ ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, cons
     if (!object)
         return quiet
                    ? CKPT_OK
-                   : ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
-                                    "a numpy array file (.npy), not a checkpoint torch.load reads");
+                   : ckpt__scan_warn(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
+                                     "a numpy array file (.npy), not a checkpoint torch.load "
+                                     "reads; it holds no objects: load it with "
+                                     "numpy.load(allow_pickle=False)");
     CKPT_RETURN_IF_ERROR(ckpt__scan_add(s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
                                         "a numpy object array: its data is a pickle that "
                                         "np.load(allow_pickle=True) runs"));
@@ -1406,11 +1529,11 @@ static ckpt_status scan_tar(scan_ctx *s, const uint8_t *data, uint64_t size, con
     if (top)
         s->report->format = "tar";
     where_record(where, "tar", rec, sizeof(rec));
-    CKPT_RETURN_IF_ERROR(ckpt__scan_add(
+    CKPT_RETURN_IF_ERROR(ckpt__scan_warn(
         s, CKPT_SCAN_KIND_FORMAT, rec, 0, ckpt__scan_at(file_base, 0),
         "torch.load reads this file as a pre-0.4 tar archive (its first 512 bytes are a valid tar "
         "header): torch >= 2.x refuses it under weights_only=True, older torch and "
-        "weights_only=False unpickle its members"));
+        "weights_only=False unpickle its members; convert it with ckpt"));
     tar_list L = {.s = s};
     ckpt__arena_init(&L.names, 0);
     ckpt__tar_end end;
@@ -1781,7 +1904,15 @@ void ckpt_scan_free(ckpt_scan *scan)
 
 ckpt_scan_verdict ckpt_scan_get_verdict(const ckpt_scan *scan)
 {
-    return scan && scan->count == 0 && scan->dropped == 0 ? CKPT_SCAN_VERDICT_SAFE : CKPT_SCAN_VERDICT_UNSAFE;
+    if (!scan || scan->dropped)
+        return CKPT_SCAN_VERDICT_UNSAFE;
+    ckpt_scan_verdict v = CKPT_SCAN_VERDICT_SAFE;
+    for (size_t i = 0; i < scan->count; i++) {
+        if (scan->findings[i].severity != CKPT_SCAN_VERDICT_WARNING)
+            return CKPT_SCAN_VERDICT_UNSAFE;
+        v = CKPT_SCAN_VERDICT_WARNING;
+    }
+    return v;
 }
 
 const char *ckpt_scan_format(const ckpt_scan *scan)

@@ -46,6 +46,10 @@ typedef struct scan_ctx {
  * may be NULL (""), offset/file_offset CKPT_NO_OFFSET. */
 ckpt_status ckpt__scan_add(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                            uint64_t file_offset, const char *fmt, ...) CKPT_PRINTF(6, 7);
+/* The same, for a finding of severity warning (runs nothing, but torch's
+ * default reader refuses it). */
+ckpt_status ckpt__scan_warn(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
+                            uint64_t file_offset, const char *fmt, ...) CKPT_PRINTF(6, 7);
 ckpt_status ckpt__scan_vadd(scan_ctx *s, ckpt_scan_kind kind, const char *record, uint64_t offset,
                             uint64_t file_offset, const char *fmt, va_list ap) CKPT_PRINTF(6, 0);
 

