@@ -672,7 +672,10 @@ CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
  * ckpt_file_tensor names them, each contiguous; data in the reference order
  * (dtype alignment descending, then name), starting at a multiple of 64.
  * Subtrees without tensors (epoch, metrics, versions) go into __metadata__
- * as JSON text under their path, with opts->metadata's entries. Sparse and
+ * as JSON text under their path, with opts->metadata's entries. Tensors
+ * that are the same view of one storage (tied weights) are written once, as
+ * safetensors' save_model does: under the first name in byte order, each
+ * other name in __metadata__ with the kept name as its value. Sparse and
  * quantized tensors, and two tensors under one name, are refused.
  */
 CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
