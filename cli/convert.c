@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <fnmatch.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ static void convert_usage(FILE *out)
             "and --exclude on the keys as stored, then --strip-prefix, --rename,\n"
             "--add-prefix. A state dict's _metadata (module versions) follows the edits,\n"
             "as torch's consume_prefix_in_state_dict_if_present does.\n"
+            "On SIGINT or SIGTERM the temporary file is removed and OUT is untouched.\n"
             "exit status: 0 written, 2 error (OUT untouched)\n");
 }
 
@@ -396,6 +398,32 @@ static const ckpt_value *object_state_dict(ckpt_tree *tree, const ckpt_file *f, 
     return sd;
 }
 
+/* ---- signals --------------------------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    ckpt_remove_temporaries();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* SIGINT and SIGTERM remove the temporary being written, then end the
+ * process as the signal would. */
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        struct sigaction old;
+        /* a signal ignored on entry (nohup, a shell's background job) stays so */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(sigs[i], &sa, NULL);
+    }
+}
+
 /* ---- progress -------------------------------------------------------------- */
 
 static void progress_bar(void *user, uint64_t done, uint64_t total)
@@ -641,6 +669,7 @@ int ckpt_cli_convert(int argc, char **argv)
         so.progress = progress_bar;
         so.progress_user = &last_pct;
     }
+    catch_signals();
     ckpt_status st;
     if (fmt == 2) {
         /* Keep a safetensors input's metadata; mark torch-made content as

@@ -681,6 +681,16 @@ CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
 CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                            const ckpt_save_options *opts, ckpt_error *err);
 
+/*
+ * Saves write to a temporary file beside the target and rename it over the
+ * target when complete. This removes the temporaries of the saves in
+ * progress in this process; it is async-signal-safe, for a SIGINT or
+ * SIGTERM handler that then re-raises the signal. A process killed outright
+ * (SIGKILL) leaves its temporary; the next save into that directory removes
+ * the temporaries of processes that no longer exist.
+ */
+CKPT_API void ckpt_remove_temporaries(void);
+
 /* ========================================================================
  * Checkpoint manager
  *

@@ -1,5 +1,5 @@
-"""`ckpt convert` where a first use goes wrong: tied weights written to
-safetensors."""
+"""`ckpt convert` where a first use goes wrong: signals, symbolic links and
+modes, tied weights written to safetensors."""
 import json
 import os
 import signal
@@ -30,6 +30,113 @@ def header_of(path):
 
 def temporaries(d):
     return sorted(p.name for p in d.iterdir() if ".tmp-" in p.name)
+
+
+# ---- signals ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory):
+    """A small file that converts into 2 GiB: one element repeated by a
+    stride-0 view (the output takes --max-output-ratio)."""
+    path = tmp_path_factory.mktemp("big") / "big.pth"
+    torch.save({"w": torch.ones(1).expand(1 << 29)}, path)
+    return path
+
+
+def start_convert(ckpt_bin, src, out, *extra):
+    return subprocess.Popen([ckpt_bin, "convert", str(src), str(out), "--no-fsync",
+                             "--max-output-ratio", "1000000000", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_temporary(proc, d, min_bytes=1 << 20):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for name in temporaries(d):
+            try:
+                if (d / name).stat().st_size >= min_bytes:
+                    return name
+            except FileNotFoundError:
+                pass
+        assert proc.poll() is None, "convert ended before the test could signal it"
+        time.sleep(0.002)
+    pytest.fail("no temporary file appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_removes_the_temporary(ckpt_bin, big_input, tmp_path, sig):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"the previous file")
+    proc = start_convert(ckpt_bin, big_input, out)
+    wait_for_temporary(proc, tmp_path)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -sig  # ended by the signal, as without a handler
+    assert temporaries(tmp_path) == []
+    assert out.read_bytes() == b"the previous file"
+
+
+def test_sigkill_leaves_a_temporary_the_next_write_removes(ckpt_bin, big_input, tmp_path):
+    out = tmp_path / "out.safetensors"
+    proc = start_convert(ckpt_bin, big_input, out)
+    left = wait_for_temporary(proc, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert temporaries(tmp_path) == [left] and not out.exists()
+    # a temporary of a live process, and names that are not ckpt's, stay
+    live = f".other.pth.tmp-{os.getpid()}-1a2b"
+    foreign = [".notes.tmp-123-xyz", "plain.tmp-1-1"]
+    for name in [live, *foreign]:
+        (tmp_path / name).write_bytes(b"x")
+    src = tmp_path / "small.pth"
+    small_state_dict(src)
+    res = subprocess.run([ckpt_bin, "convert", str(src), str(tmp_path / "next.pth")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert temporaries(tmp_path) == sorted([live, *foreign])
+    assert torch.load(tmp_path / "next.pth")["module.bn.weight"].tolist() == [1, 1, 1]
+
+
+# ---- symbolic links and modes ------------------------------------------------------
+
+def test_writes_through_a_symlink(tool, tmp_path):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    real = tmp_path / "store"
+    real.mkdir()
+    target = real / "model.pth"
+    target.write_bytes(b"old")
+    link = tmp_path / "model.pth"
+    link.symlink_to("store/model.pth")  # relative, as ln -s makes it
+    res = tool.run("convert", src, link)
+    assert res.returncode == 0, res.describe()
+    assert link.is_symlink() and os.readlink(link) == "store/model.pth"
+    assert torch.load(target)["module.bn.weight"].tolist() == [1, 1, 1]
+    assert temporaries(tmp_path) == [] and temporaries(real) == []
+    # a link to a file not there yet makes the file, as cp does
+    link2 = tmp_path / "new.pth"
+    link2.symlink_to(real / "new.pth")
+    assert tool.run("convert", src, link2).returncode == 0
+    assert link2.is_symlink() and torch.load(real / "new.pth")["module.bn.bias"].tolist() == [0] * 3
+
+
+def test_keeps_the_mode_of_the_file_it_replaces(tool, tmp_path):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o640)
+    res = tool.run("convert", src, out)
+    assert res.returncode == 0, res.describe()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert "module.fc.weight" in header_of(out)
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.pth"
+        assert tool.run("convert", src, fresh).returncode == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
 
 
 # ---- tied weights ------------------------------------------------------------------
