@@ -1,5 +1,6 @@
-"""`ckpt convert` where a first use goes wrong: signals, symbolic links and
-modes, tied weights written to safetensors."""
+"""`ckpt convert` where a first use goes wrong: signals, location tags, --to
+against the extension, filters and edits that do nothing, symbolic links
+and modes, tied weights written to safetensors."""
 import json
 import os
 import signal
@@ -95,6 +96,130 @@ def test_sigkill_leaves_a_temporary_the_next_write_removes(ckpt_bin, big_input, 
     assert res.returncode == 0, res.stderr
     assert temporaries(tmp_path) == sorted([live, *foreign])
     assert torch.load(tmp_path / "next.pth")["module.bn.weight"].tolist() == [1, 1, 1]
+
+
+# ---- --map-location --------------------------------------------------------------
+
+@pytest.mark.parametrize("tag", ["cpu", "cuda", "cuda:1", "mps", "meta", "xpu:0", "hpu"])
+def test_map_location_tags_torch_restores(tool, tmp_path, tag):
+    src = tmp_path / "in.pth"
+    sd = small_state_dict(src)
+    out = tmp_path / "out.pth"
+    res = tool.run("convert", src, out, "--map-location", tag)
+    assert res.returncode == 0, res.describe()
+    seen = set()
+
+    def restore(storage, location):
+        seen.add(location)
+        return storage
+
+    got = torch.load(out, map_location=restore)
+    assert seen == {tag}
+    assert all(torch.equal(got[k], v) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("tag", ["gpu", "GPU", "CPU", "cuda0", "cuda:", "cuda:x", "cuda:-1",
+                                 "cpu:0", "mps:0", "", "tpu"])
+def test_map_location_refuses_other_tags(tool, tmp_path, tag):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.pth"
+    res = tool.run("convert", src, out, "--map-location", tag)
+    assert res.returncode == 2, res.describe()
+    assert "--map-location" in res.stderr and "cuda:N" in res.stderr, res.describe()
+    assert not out.exists() and temporaries(tmp_path) == []
+
+
+def test_torch_cannot_restore_an_unknown_tag(tool, tmp_path):
+    """Why: torch.load gives up on a tag it does not know."""
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.pth"
+    assert tool.run("convert", src, out, "--map-location", "cuda:1").returncode == 0
+    raw = out.read_bytes().replace(b"cuda:1", b"gpu:01")  # same length: the zip stays valid
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(raw)
+    with pytest.raises(RuntimeError, match="gpu:01"):
+        torch.load(bad)
+
+
+# ---- --to against the extension ----------------------------------------------------
+
+@pytest.mark.parametrize("name,to", [("out.safetensors", "pth"), ("out.pth", "safetensors"),
+                                     ("out.pt", "safetensors"), ("out.bin", "safetensors")])
+def test_to_contradicting_the_extension_is_refused(tool, tmp_path, name, to):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / name
+    res = tool.run("convert", src, out, "--to", to)
+    assert res.returncode == 2, res.describe()
+    assert "contradicts" in res.stderr and "--force" in res.stderr, res.describe()
+    assert not out.exists()
+    res = tool.run("convert", src, out, "--to", to, "--force")
+    assert res.returncode == 0, res.describe()
+    if to == "pth":
+        assert torch.load(out)["module.bn.weight"].tolist() == [1, 1, 1]
+    else:
+        assert "module.bn.weight" in header_of(out)
+
+
+@pytest.mark.parametrize("name,to", [("out.weights", "pth"), ("out", "safetensors"),
+                                     ("out.safetensors", "safetensors"), ("out.pt", "torch")])
+def test_to_agreeing_or_unknown_extension(tool, tmp_path, name, to):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    res = tool.run("convert", src, tmp_path / name, "--to", to)
+    assert res.returncode == 0 and res.stderr == "", res.describe()
+
+
+# ---- filters and edits that do nothing ---------------------------------------------
+
+def warnings_of(res):
+    return [line for line in res.stderr.splitlines() if "warning" in line]
+
+
+def test_include_matching_nothing_is_refused(tool, tmp_path):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.pth"
+    res = tool.run("convert", src, out, "--include", "nothing*")
+    assert res.returncode == 2, res.describe()
+    assert warnings_of(res) == ["ckpt convert: warning: --include 'nothing*' matches no key"]
+    assert "--force" in res.stderr and not out.exists()
+    res = tool.run("convert", src, out, "--include", "nothing*", "--force")
+    assert res.returncode == 0, res.describe()
+    assert len(warnings_of(res)) == 1
+    assert torch.load(out) == {}
+
+
+def test_each_idle_filter_and_edit_warns_once(tool, tmp_path):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.pth"
+    res = tool.run("convert", src, out, "--include", "module.*", "--include", "nothing*",
+                   "--exclude", "zzz*", "--strip-prefix", "modulee.", "--rename", "fc.=head.")
+    assert res.returncode == 0, res.describe()
+    assert warnings_of(res) == [
+        "ckpt convert: warning: --include 'nothing*' matches no key",
+        "ckpt convert: warning: --exclude 'zzz*' matches no key",
+        "ckpt convert: warning: --strip-prefix 'modulee.' matches no key",
+        "ckpt convert: warning: --rename 'fc.=' matches no key",
+    ]
+    assert sorted(torch.load(out)) == ["module.bn.bias", "module.bn.weight", "module.fc.weight"]
+
+
+def test_strip_prefix_cutting_mid_name_warns(tool, tmp_path):
+    src = tmp_path / "in.pth"
+    small_state_dict(src)
+    out = tmp_path / "out.pth"
+    res = tool.run("convert", src, out, "--strip-prefix", "module")
+    assert res.returncode == 0, res.describe()
+    (w,) = warnings_of(res)
+    assert "--strip-prefix 'module' does not end at a '.'" in w and "'module.'" in w
+    assert sorted(torch.load(out)) == [".bn.bias", ".bn.weight", ".fc.weight"]
+    res = tool.run("convert", src, out, "--strip-prefix", "module.")
+    assert res.returncode == 0 and res.stderr == "", res.describe()
+    assert sorted(torch.load(out)) == ["bn.bias", "bn.weight", "fc.weight"]
 
 
 # ---- symbolic links and modes ------------------------------------------------------
