@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <fnmatch.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,9 +26,16 @@ typedef struct convert_opts {
     const char *add_prefix;
     const char *include[MAX_EDITS], *exclude[MAX_EDITS];
     size_t n_include, n_exclude;
-    bool no_fsync, permissive, quiet;
+    bool no_fsync, permissive, quiet, force;
     uint64_t max_output_ratio;  /* 0: the default */
 } convert_opts;
+
+/* How often each filter and edit took effect, for the warnings about those
+ * that did nothing. */
+typedef struct edit_stats {
+    size_t include[MAX_EDITS], exclude[MAX_EDITS], strip[MAX_EDITS], rename[MAX_EDITS];
+    char *strip_partial[MAX_EDITS]; /* a key whose prefix was cut mid-name */
+} edit_stats;
 
 static void convert_usage(FILE *out)
 {
@@ -52,7 +60,9 @@ static void convert_usage(FILE *out)
             "  --dtype float32|float16|bfloat16|float64\n"
             "                         convert floating tensors (round to nearest even);\n"
             "                         others are left alone\n"
-            "  --map-location cpu     write every tensor with this location tag\n"
+            "  --map-location TAG     write every tensor with this location tag, one that\n"
+            "                         torch.load restores: cpu, cuda, cuda:N, mps, meta,\n"
+            "                         xpu, xpu:N, hpu, hpu:N\n"
             "  --max-output-ratio N   write at most N times the bytes IN holds, plus 64 MiB\n"
             "                         (default 64): views that repeat their storage (a stride\n"
             "                         of 0) are written whole, and so are --dtype's copies\n"
@@ -60,13 +70,23 @@ static void convert_usage(FILE *out)
             "                         values (nothing runs); a pickled nn.Module gives its\n"
             "                         state_dict() tensors\n"
             "  --no-fsync             skip the fsyncs (faster, not crash-safe)\n"
+            "  --force                write even when --to contradicts OUT's extension, or\n"
+            "                         when the filters leave nothing\n"
             "  -q, --quiet            no progress bar, no notes\n"
             "\n"
             "Key edits and filters apply to the keys of the converted dict (the state dict:\n"
             "use --key to reach it inside a training checkpoint), in this order: --include\n"
             "and --exclude on the keys as stored, then --strip-prefix, --rename,\n"
             "--add-prefix. A state dict's _metadata (module versions) follows the edits,\n"
-            "as torch's consume_prefix_in_state_dict_if_present does.\n"
+            "as torch's consume_prefix_in_state_dict_if_present does. A filter or edit\n"
+            "that matches no key, and a --strip-prefix that cuts keys mid-name (module\n"
+            "instead of module.), get a warning; a dict the filters leave empty is an\n"
+            "error unless --force.\n"
+            "To safetensors, tensors that are the same view of one storage (tied weights)\n"
+            "are written once, under the first of their names in byte order, and each\n"
+            "other name goes into __metadata__ with the name kept as its value, as\n"
+            "safetensors' save_model does.\n"
+            "On SIGINT or SIGTERM the temporary file is removed and OUT is untouched.\n"
             "exit status: 0 written, 2 error (OUT untouched)\n");
 }
 
@@ -76,6 +96,18 @@ static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* The format OUT's extension names: 1 torch, 2 safetensors, 0 unknown. */
+static int format_of_name(const char *out)
+{
+    if (ends_with(out, ".safetensors"))
+        return 2;
+    static const char *torch_ext[] = {".pth", ".pt", ".bin", ".ckpt", ".tar"};
+    for (size_t i = 0; i < sizeof(torch_ext) / sizeof(torch_ext[0]); i++)
+        if (ends_with(out, torch_ext[i]))
+            return 1;
+    return 0;
 }
 
 /* 1 torch, 2 safetensors, 0 unknown */
@@ -88,13 +120,32 @@ static int format_of(const convert_opts *o)
             return 2;
         return 0;
     }
-    if (ends_with(o->out, ".safetensors"))
-        return 2;
-    static const char *torch_ext[] = {".pth", ".pt", ".bin", ".ckpt", ".tar"};
-    for (size_t i = 0; i < sizeof(torch_ext) / sizeof(torch_ext[0]); i++)
-        if (ends_with(o->out, torch_ext[i]))
-            return 1;
-    return 0;
+    return format_of_name(o->out);
+}
+
+/* Whether tag is a location torch.load restores: its default_restore_location
+ * takes "cpu", "mps" and "meta" as they are, and "cuda", "xpu" and "hpu"
+ * with an optional ":N" device index. */
+static bool location_valid(const char *tag)
+{
+    if (strcmp(tag, "cpu") == 0 || strcmp(tag, "mps") == 0 || strcmp(tag, "meta") == 0)
+        return true;
+    static const char *indexed[] = {"cuda", "xpu", "hpu"};
+    for (size_t i = 0; i < sizeof(indexed) / sizeof(indexed[0]); i++) {
+        size_t n = strlen(indexed[i]);
+        if (strncmp(tag, indexed[i], n) != 0)
+            continue;
+        const char *p = tag + n;
+        if (!*p)
+            return true;
+        if (*p++ != ':' || !*p || strlen(p) > 9)
+            return false;
+        for (; *p; p++)
+            if (*p < '0' || *p > '9')
+                return false;
+        return true;
+    }
+    return false;
 }
 
 /* ---- --key ------------------------------------------------------------------ */
@@ -106,24 +157,32 @@ static bool key_edits(const convert_opts *o)
     return o->n_strip || o->n_rename || o->add_prefix || o->n_include || o->n_exclude;
 }
 
-static bool keep_key(const convert_opts *o, const char *key)
+static bool keep_key(const convert_opts *o, const char *key, edit_stats *stats)
 {
+    bool keep = true;
     if (o->n_include) {
         bool any = false;
-        for (size_t i = 0; i < o->n_include && !any; i++)
-            any = fnmatch(o->include[i], key, 0) == 0;
-        if (!any)
-            return false;
+        for (size_t i = 0; i < o->n_include; i++) {
+            if (fnmatch(o->include[i], key, 0) == 0) {
+                any = true;
+                stats->include[i]++;
+            }
+        }
+        keep = any;
     }
-    for (size_t i = 0; i < o->n_exclude; i++)
-        if (fnmatch(o->exclude[i], key, 0) == 0)
-            return false;
-    return true;
+    for (size_t i = 0; i < o->n_exclude; i++) {
+        if (fnmatch(o->exclude[i], key, 0) == 0) {
+            stats->exclude[i]++;
+            keep = false;
+        }
+    }
+    return keep;
 }
 
 /* The edited key, malloc'd. as_module: a _metadata key, a module prefix
- * without the trailing dot ("" is the root module). */
-static char *edit_key(const convert_opts *o, const char *key, bool as_module)
+ * without the trailing dot ("" is the root module). stats (may be NULL)
+ * counts the edits made. */
+static char *edit_key(const convert_opts *o, const char *key, bool as_module, edit_stats *stats)
 {
     /* Module names compare with a dot added, so "module" matches "module.". */
     size_t klen = strlen(key);
@@ -137,12 +196,20 @@ static char *edit_key(const convert_opts *o, const char *key, bool as_module)
     }
     for (size_t i = 0; i < o->n_strip; i++) {
         size_t pl = strlen(o->strip[i]);
-        if (strncmp(k, o->strip[i], pl) == 0)
+        if (strncmp(k, o->strip[i], pl) == 0) {
+            if (stats) {
+                stats->strip[i]++;
+                if (pl && o->strip[i][pl - 1] != '.' && k[pl] && !stats->strip_partial[i])
+                    stats->strip_partial[i] = strdup(k + pl);
+            }
             memmove(k, k + pl, strlen(k + pl) + 1);
+        }
     }
     for (size_t i = 0; i < o->n_rename; i++) {
         size_t fl = strlen(o->rename[i].from);
         if (strncmp(k, o->rename[i].from, fl) == 0) {
+            if (stats)
+                stats->rename[i]++;
             size_t tl = strlen(o->rename[i].to), rest = strlen(k + fl);
             char *n = malloc(tl + rest + 1);
             if (!n) {
@@ -192,7 +259,7 @@ static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
             ckpt_dict_put(tree, new_meta, key, val);
             continue;
         }
-        char *k = edit_key(o, ckpt_value_str(key, NULL), true);
+        char *k = edit_key(o, ckpt_value_str(key, NULL), true, NULL);
         if (!k)
             return NULL;
         ckpt_dict_put_str(tree, new_meta, k, val);
@@ -211,7 +278,8 @@ static const ckpt_value *edit_metadata(ckpt_tree *tree, const convert_opts *o,
 
 /* A new dict of the root's kind with the kept entries under their edited keys. */
 static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
-                                         const ckpt_value *root, size_t *dropped)
+                                         const ckpt_value *root, size_t *dropped,
+                                         edit_stats *stats)
 {
     ckpt_kind kind = ckpt_value_kind(root);
     ckpt_value *out = kind == CKPT_KIND_ORDERED_DICT ? ckpt_new_ordered_dict(tree) : ckpt_new_dict(tree);
@@ -220,7 +288,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
         const ckpt_value *key = ckpt_value_key(root, i);
         char text[1024];
         ckpt_value_key_text(key, text, sizeof(text));
-        if (!keep_key(o, text)) {
+        if (!keep_key(o, text, stats)) {
             (*dropped)++;
             continue;
         }
@@ -228,7 +296,7 @@ static const ckpt_value *apply_key_edits(ckpt_tree *tree, const convert_opts *o,
             ckpt_dict_put(tree, out, key, ckpt_value_dict_value(root, i));
             continue;
         }
-        char *k = edit_key(o, ckpt_value_str(key, NULL), false);
+        char *k = edit_key(o, ckpt_value_str(key, NULL), false, stats);
         if (!k)
             return NULL;
         ckpt_dict_put_str(tree, out, k, ckpt_value_dict_value(root, i));
@@ -396,6 +464,59 @@ static const ckpt_value *object_state_dict(ckpt_tree *tree, const ckpt_file *f, 
     return sd;
 }
 
+/* One warning line for each filter or edit that did nothing, and for each
+ * --strip-prefix that cut keys mid-name. */
+static void warn_idle_edits(const convert_opts *o, const edit_stats *stats)
+{
+    for (size_t i = 0; i < o->n_include; i++)
+        if (!stats->include[i])
+            fprintf(stderr, "ckpt convert: warning: --include '%s' matches no key\n",
+                    o->include[i]);
+    for (size_t i = 0; i < o->n_exclude; i++)
+        if (!stats->exclude[i])
+            fprintf(stderr, "ckpt convert: warning: --exclude '%s' matches no key\n",
+                    o->exclude[i]);
+    for (size_t i = 0; i < o->n_strip; i++) {
+        if (!stats->strip[i])
+            fprintf(stderr, "ckpt convert: warning: --strip-prefix '%s' matches no key\n",
+                    o->strip[i]);
+        else if (stats->strip_partial[i])
+            fprintf(stderr, "ckpt convert: warning: --strip-prefix '%s' does not end at a '.': "
+                            "it leaves keys such as '%s' (did you mean '%s.'?)\n",
+                    o->strip[i], stats->strip_partial[i], o->strip[i]);
+    }
+    for (size_t i = 0; i < o->n_rename; i++)
+        if (!stats->rename[i])
+            fprintf(stderr, "ckpt convert: warning: --rename '%s=' matches no key\n",
+                    o->rename[i].from);
+}
+
+/* ---- signals --------------------------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    ckpt_remove_temporaries();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* SIGINT and SIGTERM remove the temporary being written, then end the
+ * process as the signal would. */
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        struct sigaction old;
+        /* a signal ignored on entry (nohup, a shell's background job) stays so */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(sigs[i], &sa, NULL);
+    }
+}
+
 /* ---- progress -------------------------------------------------------------- */
 
 static void progress_bar(void *user, uint64_t done, uint64_t total)
@@ -424,6 +545,7 @@ static void progress_bar(void *user, uint64_t done, uint64_t total)
 enum {
     OPT_TO = CLI_OPT_LONG, OPT_KEY, OPT_STRIP_PREFIX, OPT_ADD_PREFIX, OPT_RENAME, OPT_INCLUDE,
     OPT_EXCLUDE, OPT_DTYPE, OPT_MAP_LOCATION, OPT_MAX_OUTPUT_RATIO, OPT_NO_FSYNC, OPT_PERMISSIVE,
+    OPT_FORCE,
 };
 
 static const struct option convert_options[] = {
@@ -439,6 +561,7 @@ static const struct option convert_options[] = {
     {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
     {"no-fsync", no_argument, NULL, OPT_NO_FSYNC},
     {"permissive", no_argument, NULL, OPT_PERMISSIVE},
+    {"force", no_argument, NULL, OPT_FORCE},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -515,6 +638,7 @@ static int parse_args(int argc, char **argv, convert_opts *o)
             break;
         case OPT_NO_FSYNC: o->no_fsync = true; break;
         case OPT_PERMISSIVE: o->permissive = true; break;
+        case OPT_FORCE: o->force = true; break;
         case 'q': o->quiet = true; break;
         case CLI_OPT_ARG:
             if (npos == 2) {
@@ -554,6 +678,19 @@ int ckpt_cli_convert(int argc, char **argv)
                                               "pth or --to safetensors", o.out);
         goto done_args;
     }
+    int named = format_of_name(o.out);
+    if (o.to && named && named != fmt && !o.force) {
+        cli_usage_error(&convert_command, "--to %s contradicts the extension of %s (a %s "
+                                          "file): rename OUT, or --force",
+                        o.to, o.out, named == 2 ? "safetensors" : "torch");
+        goto done_args;
+    }
+    if (o.location && !location_valid(o.location)) {
+        cli_usage_error(&convert_command, "--map-location '%s' is not a location torch.load "
+                                          "restores: cpu, cuda, cuda:N, mps, meta, xpu, xpu:N, "
+                                          "hpu, hpu:N", o.location);
+        goto done_args;
+    }
     ckpt_dtype to_dtype = CKPT_DTYPE_INVALID;
     if (o.dtype_name) {
         to_dtype = ckpt_dtype_from_name(o.dtype_name);
@@ -576,6 +713,8 @@ int ckpt_cli_convert(int argc, char **argv)
         cli_print_error(o.in, &err);
         goto done_args;
     }
+    edit_stats stats;
+    memset(&stats, 0, sizeof(stats));
     ckpt_tree *tree = ckpt_tree_new();
     if (!tree) {
         fprintf(stderr, "ckpt: convert: out of memory\n");
@@ -608,10 +747,17 @@ int ckpt_cli_convert(int argc, char **argv)
                             "%s holds a %s there: use --key\n", o.in, ckpt_kind_name(k));
             goto done_tree;
         }
-        size_t dropped;
-        root = apply_key_edits(tree, &o, root, &dropped);
+        size_t dropped, before = ckpt_value_len(root);
+        root = apply_key_edits(tree, &o, root, &dropped, &stats);
         if (!root) {
             fprintf(stderr, "ckpt: convert: out of memory\n");
+            goto done_tree;
+        }
+        warn_idle_edits(&o, &stats);
+        if (before && !ckpt_value_len(root) && !o.force) {
+            fprintf(stderr, "ckpt convert: the filters leave none of the %zu keys of %s: "
+                            "nothing written (--force writes an empty dict)\n",
+                    before, o.in);
             goto done_tree;
         }
     }
@@ -641,6 +787,7 @@ int ckpt_cli_convert(int argc, char **argv)
         so.progress = progress_bar;
         so.progress_user = &last_pct;
     }
+    catch_signals();
     ckpt_status st;
     if (fmt == 2) {
         /* Keep a safetensors input's metadata; mark torch-made content as
@@ -675,6 +822,8 @@ int ckpt_cli_convert(int argc, char **argv)
     }
     rc = CLI_EXIT_OK;
 done_tree:
+    for (size_t i = 0; i < MAX_EDITS; i++)
+        free(stats.strip_partial[i]);
     ckpt_tree_free(tree);
 done_file:
     ckpt_close(f);

@@ -672,11 +672,24 @@ CKPT_API ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,
  * ckpt_file_tensor names them, each contiguous; data in the reference order
  * (dtype alignment descending, then name), starting at a multiple of 64.
  * Subtrees without tensors (epoch, metrics, versions) go into __metadata__
- * as JSON text under their path, with opts->metadata's entries. Sparse and
+ * as JSON text under their path, with opts->metadata's entries. Tensors
+ * that are the same view of one storage (tied weights) are written once, as
+ * safetensors' save_model does: under the first name in byte order, each
+ * other name in __metadata__ with the kept name as its value. Sparse and
  * quantized tensors, and two tensors under one name, are refused.
  */
 CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
                                            const ckpt_save_options *opts, ckpt_error *err);
+
+/*
+ * Saves write to a temporary file beside the target and rename it over the
+ * target when complete. This removes the temporaries of the saves in
+ * progress in this process; it is async-signal-safe, for a SIGINT or
+ * SIGTERM handler that then re-raises the signal. A process killed outright
+ * (SIGKILL) leaves its temporary; the next save into that directory removes
+ * the temporaries of processes that no longer exist.
+ */
+CKPT_API void ckpt_remove_temporaries(void);
 
 /* ========================================================================
  * Checkpoint manager

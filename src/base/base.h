@@ -207,7 +207,9 @@ typedef struct ckpt__staged {
     uint32_t crc;               /* CRC32 of the whole file */
 } ckpt__staged;
 
-/* Creates a temporary file in path's directory (O_EXCL, mode 0666 & ~umask). */
+/* Creates a temporary file beside path, or beside the file a symbolic link
+ * at path names (O_EXCL; the mode of the file it replaces, else 0666 &
+ * ~umask), first removing the temporaries there of processes gone. */
 ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err);
 /* Writes everything (retrying short writes and EINTR); errors name the
  * target. Every byte of the file passes here (size and CRC are kept). */

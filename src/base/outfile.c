@@ -6,12 +6,24 @@
  * target; then the directory is fsync'ed so the rename itself is durable.
  * Until the rename, the target is untouched: a crash, a full disk or any
  * error leaves the previous file as it was, and the temporary is removed.
+ *
+ * A target that is a symbolic link is written through it, as cp does: the
+ * temporary goes beside the file the link names, which is replaced. An
+ * existing target keeps its permission bits.
+ *
+ * Temporaries in progress are listed where ckpt_remove_temporaries (a
+ * signal handler's call) finds them. A process killed outright (SIGKILL,
+ * a crash) leaves its temporary behind; the next output opened in that
+ * directory removes the temporaries of processes that no longer exist.
  */
 #include "base.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <libdeflate.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -41,6 +53,127 @@ static char *dir_of(const char *path)
     return d;
 }
 
+/* ---- temporaries in progress ---------------------------------------------- */
+
+/* Slots a signal handler reads without a lock: a path is complete before
+ * its slot points at it, and a slot is emptied before its path is freed. */
+#define LIVE_SLOTS 64
+static char *volatile live_tmp[LIVE_SLOTS];
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void live_add(char *tmp_path)
+{
+    pthread_mutex_lock(&live_lock);
+    for (int i = 0; i < LIVE_SLOTS; i++) {
+        if (!live_tmp[i]) {
+            live_tmp[i] = tmp_path;
+            break;
+        }
+    } /* all taken: the next open in the directory cleans up after a kill */
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(const char *tmp_path)
+{
+    if (!tmp_path)
+        return;
+    pthread_mutex_lock(&live_lock);
+    for (int i = 0; i < LIVE_SLOTS; i++)
+        if (live_tmp[i] == tmp_path)
+            live_tmp[i] = NULL;
+    pthread_mutex_unlock(&live_lock);
+}
+
+void ckpt_remove_temporaries(void)
+{
+    int e = errno;
+    for (int i = 0; i < LIVE_SLOTS; i++) {
+        char *p = live_tmp[i];
+        if (p)
+            unlink(p);
+    }
+    errno = e;
+}
+
+/* Whether name is ".NAME.tmp-PID-HEX" (the temporaries made below); *pid
+ * gets PID. */
+static bool tmp_name_pid(const char *name, long *pid)
+{
+    if (name[0] != '.')
+        return false;
+    const char *t = NULL;
+    for (const char *p = strstr(name, ".tmp-"); p; p = strstr(p + 1, ".tmp-"))
+        t = p;
+    if (!t || t == name)
+        return false;
+    const char *p = t + 5;
+    long v = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++)
+        v = v * 10 + (*p - '0');
+    if (!digits || *p++ != '-')
+        return false;
+    int hex = 0;
+    for (; (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'); p++)
+        hex++;
+    if (*p || hex < 1 || hex > 7 || v <= 0)
+        return false;
+    *pid = v;
+    return true;
+}
+
+/* Removes the temporaries in dir whose process is gone (best effort). */
+static void remove_stale_temporaries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    long self = (long)getpid();
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long pid;
+        if (!tmp_name_pid(e->d_name, &pid) || pid == self || (long)(pid_t)pid != pid)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* alive, or not ours to ask about */
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
+/* The file path names after following symbolic links (as many as the
+ * system follows), malloc'd; a dangling link gives the path it points at. */
+static char *resolve_links(const char *path)
+{
+    char *cur = strdup(path);
+    for (int hops = 0; cur && hops < 40; hops++) {
+        struct stat st;
+        if (lstat(cur, &st) != 0 || !S_ISLNK(st.st_mode))
+            return cur;
+        char target[4096];
+        ssize_t n = readlink(cur, target, sizeof(target) - 1);
+        if (n <= 0)
+            return cur;
+        target[n] = 0;
+        char *next;
+        if (target[0] == '/' || !strchr(cur, '/')) {
+            next = strdup(target);
+        } else {
+            size_t dl = (size_t)(strrchr(cur, '/') - cur) + 1;
+            next = malloc(dl + (size_t)n + 1);
+            if (next) {
+                memcpy(next, cur, dl);
+                memcpy(next + dl, target, (size_t)n + 1);
+            }
+        }
+        free(cur);
+        cur = next;
+    }
+    return cur;
+}
+
 ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_error *err)
 {
     memset(o, 0, sizeof(*o));
@@ -51,9 +184,18 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
     if (path[len - 1] == '/')
         return CKPT_INVALID_ARG(err, "output path %s names a directory", path);
     struct stat st;
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    bool exists = stat(path, &st) == 0;
+    if (exists && !S_ISREG(st.st_mode))
         return CKPT_INVALID_ARG(err, "output path %s exists and is not a regular file", path);
-    o->path = strdup(path);
+    o->path = resolve_links(path);
+    if (!o->path)
+        return ckpt__nomem(err);
+    path = o->path;
+    len = strlen(path);
+    char *dir = dir_of(path);
+    if (dir)
+        remove_stale_temporaries(dir);
+    free(dir);
     /* ".NAME.tmp-PID-N" beside the target: hidden, and recognisable by
      * whoever cleans up after a crash. */
     const char *slash = strrchr(path, '/');
@@ -76,8 +218,16 @@ ckpt_status ckpt__out_open(ckpt__out *o, const char *path, unsigned flags, ckpt_
         int e = errno;
         free(o->tmp_path);
         o->tmp_path = NULL; /* nothing to remove */
+        ckpt_status fail = io_fail(err, "cannot create a temporary file beside", path, e);
         ckpt__out_abort(o);
-        return io_fail(err, "cannot create a temporary file beside", path, e);
+        return fail;
+    }
+    live_add(o->tmp_path);
+    if (exists && fchmod(o->fd, st.st_mode & 07777) != 0) {
+        ckpt_status fail = io_fail(err, "cannot set the mode of the temporary file beside", path,
+                                   errno);
+        ckpt__out_abort(o);
+        return fail;
     }
     o->flags = flags;
     return CKPT_OK;
@@ -211,6 +361,7 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
         ckpt__out_abort(o);
         return st;
     }
+    live_remove(o->tmp_path);
     free(o->tmp_path);
     o->tmp_path = NULL;
     if (sync)
@@ -231,6 +382,7 @@ void ckpt__out_abort(ckpt__out *o)
     o->copy_buf = NULL;
     if (o->tmp_path)
         unlink(o->tmp_path);
+    live_remove(o->tmp_path);
     free(o->tmp_path);
     free(o->path);
     o->tmp_path = NULL;
@@ -254,6 +406,7 @@ ckpt_status ckpt__staged_publish(ckpt__staged *stage, ckpt_error *err)
         ckpt__staged_discard(stage);
         return st;
     }
+    live_remove(stage->tmp_path);
     free(stage->tmp_path);
     stage->tmp_path = NULL;
     return CKPT_OK;
@@ -265,6 +418,7 @@ void ckpt__staged_discard(ckpt__staged *stage)
         return;
     if (stage->tmp_path)
         unlink(stage->tmp_path);
+    live_remove(stage->tmp_path);
     free(stage->tmp_path);
     free(stage->path);
     stage->tmp_path = stage->path = NULL;

@@ -10,8 +10,11 @@
  *
  * Choices where the format has no answer:
  *  - a root that is itself a tensor is saved under the name "tensor";
- *  - a tensor object reached by two paths is written twice, once under each
- *    name (safetensors has no sharing; the reference save_file refuses);
+ *  - tensors that are the same view of one storage (tied weights, or one
+ *    tensor reached by two paths) are written once, as the reference
+ *    save_model does: under the first of their names in byte order, and
+ *    each other name goes into __metadata__ with the kept name as its value
+ *    (a reader re-ties them by loading the model non-strictly);
  *  - subtrees without tensors go into __metadata__ under their path (a
  *    root dict without tensors: each entry under its key) as the text
  *    Python's json.dumps would give (ensure_ascii, ", " and ": " separators,
@@ -327,6 +330,7 @@ typedef struct st_tensor {
     size_t align;              /* element size (1 for sub-byte dtypes) */
     uint64_t nbytes;
     uint64_t begin;
+    const char *tied_to;       /* the same view as this tensor, kept under that name */
 } st_tensor;
 
 typedef struct st_meta {
@@ -566,6 +570,80 @@ static int cmp_name(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* Orders tensors so that those that are the same view of one storage are
+ * side by side (0: the same view). */
+static int view_order(const ckpt_tensor *s, const ckpt_tensor *t)
+{
+    if (s == t)
+        return 0;
+    if (s->storage != t->storage)
+        return (uintptr_t)s->storage < (uintptr_t)t->storage ? -1 : 1;
+    if (s->dtype != t->dtype)
+        return s->dtype < t->dtype ? -1 : 1;
+    if (s->storage_offset != t->storage_offset)
+        return s->storage_offset < t->storage_offset ? -1 : 1;
+    if (s->ndim != t->ndim)
+        return s->ndim < t->ndim ? -1 : 1;
+    for (uint32_t d = 0; d < s->ndim; d++) {
+        if (s->shape[d] != t->shape[d])
+            return s->shape[d] < t->shape[d] ? -1 : 1;
+        if (s->stride[d] != t->stride[d])
+            return s->stride[d] < t->stride[d] ? -1 : 1;
+    }
+    return 0;
+}
+
+/* Groups of the same view, each in name order. */
+static int cmp_view(const void *a, const void *b)
+{
+    const st_tensor *x = a, *y = b;
+    int r = view_order(x->t, y->t);
+    return r ? r : strcmp(x->name, y->name);
+}
+
+/* Keeps one name of each group of tensors that are the same view: the first
+ * in byte order; the others go into the metadata (in name order, after the
+ * leaves) with the kept name as their value, as save_model records them.
+ * Leaves c->tensors in name order. */
+static ckpt_status drop_tied(st_ctx *c, ckpt_error *err)
+{
+    if (c->ntensors < 2)
+        return CKPT_OK;
+    qsort(c->tensors, c->ntensors, sizeof(*c->tensors), cmp_view);
+    size_t first = 0, ndup = 0;
+    for (size_t i = 1; i < c->ntensors; i++) {
+        if (view_order(c->tensors[first].t, c->tensors[i].t) == 0) {
+            c->tensors[i].tied_to = c->tensors[first].name;
+            ndup++;
+        } else {
+            first = i;
+        }
+    }
+    qsort(c->tensors, c->ntensors, sizeof(*c->tensors), cmp_name);
+    if (!ndup)
+        return CKPT_OK;
+    for (size_t i = 0; i < c->ntensors; i++) {
+        const st_tensor *e = &c->tensors[i];
+        if (!e->tied_to)
+            continue;
+        size_t klen = strlen(e->tied_to);
+        char *val = malloc(klen + 1);
+        if (!val)
+            return ckpt__nomem(err);
+        memcpy(val, e->tied_to, klen + 1);
+        CKPT_RETURN_IF_ERROR(add_meta(c, e->name, strlen(e->name), val, klen, false, err));
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < c->ntensors; i++) {
+        if (c->tensors[i].tied_to)
+            free(c->tensors[i].name); /* the names kept outlive this loop */
+        else
+            c->tensors[kept++] = c->tensors[i];
+    }
+    c->ntensors = kept;
+    return CKPT_OK;
+}
+
 static int cmp_data_order(const void *a, const void *b)
 {
     const st_tensor *x = a, *y = b;
@@ -688,11 +766,6 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
     }
     if ((st = ckpt__walk_named(root, lim.max_nesting, on_tensor, on_leaf, &c, err)) != CKPT_OK)
         goto done;
-    if (o.metadata && (st = add_opts_metadata(&c, o.metadata, err)) != CKPT_OK)
-        goto done;
-    if ((st = settle_metadata(&c, err)) != CKPT_OK)
-        goto done;
-
     if (c.ntensors > 1)
         qsort(c.tensors, c.ntensors, sizeof(*c.tensors), cmp_name);
     for (size_t i = 0; i + 1 < c.ntensors; i++) {
@@ -704,6 +777,12 @@ ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *root,
             goto done;
         }
     }
+    if ((st = drop_tied(&c, err)) != CKPT_OK)
+        goto done;
+    if (o.metadata && (st = add_opts_metadata(&c, o.metadata, err)) != CKPT_OK)
+        goto done;
+    if ((st = settle_metadata(&c, err)) != CKPT_OK)
+        goto done;
     if (c.ntensors > 1)
         qsort(c.tensors, c.ntensors, sizeof(*c.tensors), cmp_data_order);
     uint64_t data_bytes = 0, max_tensor = 0;

@@ -123,3 +123,23 @@ def check(data, strict=True):
 def tensors_of(header):
     """The tensor entries of a header, without __metadata__."""
     return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def tied(tensors):
+    """{name: kept name} for the tensors ckpt writes once (as save_model does):
+    those that are the same view of one storage as a tensor whose name comes
+    first in byte order. tensors: [(name, torch tensor)]."""
+    groups = {}
+    for name, t in sorted(tensors, key=lambda p: p[0].encode("utf-8", "surrogatepass")):
+        try:
+            s = t.storage()
+        except (NotImplementedError, RuntimeError):
+            continue
+        s = getattr(s, "_storage", s)  # torch >= 1.13: a typed wrapper
+        key = (s._cdata, t.dtype, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        groups.setdefault(key, []).append(name)
+    out = {}
+    for names in groups.values():
+        for n in names[1:]:
+            out[n] = names[0]
+    return out

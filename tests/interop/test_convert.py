@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import ckptgen
+import safetensors_rules
 
 
 def load(path):
@@ -360,6 +361,11 @@ def test_pth_safetensors_pth_round_trip(tool, torch_files, tmp_path, case):
     got = torch.load(back)
     assert type(got) is dict
     expect = {("tensor" if n == "" else n): t for n, t in want}
+    tied = safetensors_rules.tied(list(expect.items()))  # written once
+    meta, _ = read_safetensors(st)
+    for n, kept in tied.items():
+        assert meta[n] == kept
+        del expect[n]
     assert set(got) == set(expect)
     for n, t in expect.items():
         assert same_tensor(got[n], t.contiguous()), n

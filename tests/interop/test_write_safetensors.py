@@ -173,6 +173,8 @@ def check_against(raw, header, obj, tool=None, path=None):
     """Everything the file must hold for obj: names, order, dtypes, shapes, bytes,
     values decoded independently, metadata, and the same through ckpt's reader."""
     tensors, leaves = split(obj)
+    tied = safetensors_rules.tied(tensors)  # written once, the others named in the metadata
+    tensors = [(name, t) for name, t in tensors if name not in tied]
     entries = safetensors_rules.tensors_of(header)
     assert sorted(entries) == sorted(name for name, _ in tensors)
     assert list(entries) == data_order(entries)  # header order is data order
@@ -192,9 +194,11 @@ def check_against(raw, header, obj, tool=None, path=None):
         kind = want.dtype.kind
         assert np.array_equal(got, want, equal_nan=kind in "fc"), name
     meta = header.get("__metadata__", {})
-    assert list(meta) == list(leaves)
+    assert list(meta) == list(leaves) + sorted(tied, key=lambda n: n.encode())
     for p, v in leaves.items():
         check_leaf(meta[p], v, p)
+    for name, kept in tied.items():
+        assert meta[name] == kept, name
     if tool is not None:
         index, blobs = tool.dump(path)
         got = {e["name"]: (e, blob) for e, blob in zip(index, blobs)}
@@ -359,16 +363,11 @@ def test_training_checkpoint_metadata(st_write_bin, tool, tmp_path):
                    "sizes": [3, 4], "seed_bytes": "00fe", "z": [1.0, 2.0],
                    "unicode": "λ-train ✓ 🚀", "quote": 'say "hi"\n'}
     assert json.loads(meta["versions"]) == {"torch": str(torch.__version__), "ckpt": "0.1.0"}
-    # tied weights: written under both names, same bytes
+    # tied weights: written once, under the first name in byte order, as
+    # safetensors' save_model does; the other name is in the metadata
     entries = safetensors_rules.tensors_of(header)
-    (n,) = struct.unpack("<Q", raw[:8])
-
-    def blob(name):
-        b, e = entries[name]["data_offsets"]
-        return raw[8 + n + b:8 + n + e]
-
-    assert blob("tied") == blob("model.0.weight")
-    assert entries["tied"]["data_offsets"] != entries["model.0.weight"]["data_offsets"]
+    assert "model.0.weight" in entries and "tied" not in entries
+    assert meta["tied"] == "model.0.weight"
     assert "optimizer.state.0.exp_avg" in entries and "ema.shadow.2.bias" in entries
 
 
