@@ -87,8 +87,17 @@ int cli_next_arg(cli_args *a, const char **value);
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr. */
+/* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr; an unsafe global adds
+ * a hint line (ckpt scan, --permissive). */
 void cli_print_error(const char *path, const ckpt_error *err);
+/* The state dict a command takes when none is named, by the rule of
+ * ckpt_load_options.key; *name (may be NULL) is "state_dict" or "model"
+ * when it is that entry of the root, else NULL. */
+const ckpt_value *cli_default_state_dict(const ckpt_value *root, const char **name);
+/* After "no value at --key KEY" (said by the caller): the keys of the
+ * deepest dict KEY reaches in root, and a hint (--key model) when the
+ * root has a model's entry. On stderr. */
+void cli_key_missing(const char *path, const ckpt_value *root, const char *key);
 /* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
 char *cli_repr(const ckpt_value *v);
 /* Follows a dotted path (--key): at a dict the longest key that is the
@@ -103,6 +112,23 @@ bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uin
 bool cli_is_container(ckpt_kind k);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
+
+/* What inspect's totals count: tensors by name, of them the distinct ones
+ * (a view saved under several names, tied weights, counts once), and the
+ * elements and bytes of the distinct ones. */
+typedef struct cli_total {
+    size_t tensors, distinct;
+    uint64_t elements, bytes;
+} cli_total;
+
+typedef struct cli_totals {
+    cli_total all;
+    const char *model_key;  /* "model", "state_dict": the state dict's entry, or NULL */
+    cli_total model;        /* the tensors under model_key */
+} cli_totals;
+
+/* f's totals; false when out of memory. */
+bool cli_count_totals(ckpt_file *f, cli_totals *out);
 
 /* Prints o (which it frees) on stdout as one JSON document and a newline,
  * keys in insertion order, floats exact, indented by indent; on failure

@@ -976,10 +976,11 @@ typedef struct ckpt_load_options {
     unsigned flags;           /* CKPT_LOAD_* */
     /* The state dict inside the checkpoint: a dotted path of dict keys
      * ("model", "state_dict", "model.encoder"; at each level the longest
-     * key the path starts with, so keys may hold dots); "" the root. NULL: the root
-     * when it holds tensors directly, else the first of its "state_dict"
-     * and "model" entries that is a dict (Lightning's and the seed's
-     * layouts), else the root. Keys that are not text (3, (1, 'a')) never
+     * key the path starts with, so keys may hold dots); "" the root. NULL: the
+     * first of the root's "state_dict" and "model" entries that is a dict
+     * (Lightning's and the seed's layouts) and, when the root itself holds
+     * tensors (an RNG state beside the model), holds tensors too; else the
+     * root (a plain state dict). Keys that are not text (3, (1, 'a')) never
      * name a parameter: they are unexpected. */
     const char *key;
     /* The state dict as a value of the file (a dict), found by the caller;
