@@ -130,6 +130,29 @@ typedef struct cli_totals {
 /* f's totals; false when out of memory. */
 bool cli_count_totals(ckpt_file *f, cli_totals *out);
 
+/* ---- progress (common.c) ---- */
+
+/* A progress bar on stderr with rate and ETA: "[####....]  42%  120.0 / 300.0
+ * MiB  85.3 MiB/s  ETA 0:02". Shown only when on (not --json, not -q) and
+ * stderr is a terminal, and only for work of min_total bytes or more. */
+typedef struct cli_progress {
+    bool on;
+    bool drawn;           /* a line is on the terminal, not ended */
+    uint64_t min_total;
+    double start, last;   /* seconds (monotonic) */
+    int last_pct;
+} cli_progress;
+
+/* Small files are done before a bar helps. */
+#define CLI_PROGRESS_MIN ((uint64_t)64 << 20)
+
+void cli_progress_init(cli_progress *p, bool on);
+/* The callback the library takes (ckpt_save_options.progress,
+ * ckpt_verify_options.progress); user is the cli_progress. */
+void cli_progress_update(void *user, uint64_t done, uint64_t total);
+/* Ends a bar left open (the work stopped early) with a newline. */
+void cli_progress_end(cli_progress *p);
+
 /* Prints o (which it frees) on stdout as one JSON document and a newline,
  * keys in insertion order, floats exact, indented by indent; on failure
  * says so on stderr, naming what (a command or a path), and returns false. */

@@ -5,6 +5,8 @@
 #include "cli.h"
 
 #include <stdarg.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -733,5 +735,69 @@ bool cli_count_totals(ckpt_file *f, cli_totals *out)
     }
     free(items);
     return true;
+}
+
+/* ---- progress ------------------------------------------------------------------ */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cli_progress_init(cli_progress *p, bool on)
+{
+    memset(p, 0, sizeof(*p));
+    p->on = on && isatty(STDERR_FILENO);
+    p->min_total = CLI_PROGRESS_MIN;
+    p->last_pct = -1;
+    p->start = p->last = now_seconds();
+}
+
+void cli_progress_update(void *user, uint64_t done, uint64_t total)
+{
+    cli_progress *p = user;
+    if (!p->on || total < p->min_total || !total)
+        return;
+    if (done > total)
+        done = total;
+    int pct = (int)(done * 100 / total);
+    double t = now_seconds(), elapsed = t - p->start;
+    /* at each percent, at most ten times a second, and at the end */
+    if (done < total && (pct == p->last_pct || t - p->last < 0.1))
+        return;
+    p->last_pct = pct;
+    p->last = t;
+    char bar[31];
+    int fill = pct * 30 / 100;
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    double rate = elapsed > 0 ? (double)done / elapsed : 0;
+    char eta[32] = "ETA -:--";
+    if (done >= total) {
+        long s = (long)(elapsed + 0.5);
+        snprintf(eta, sizeof(eta), "in %ld:%02ld", s / 60, s % 60);
+    } else if (rate > 0) {
+        double left = (double)(total - done) / rate;
+        long s = left < 359999 ? (long)(left + 0.5) : 359999;
+        snprintf(eta, sizeof(eta), "ETA %ld:%02ld", s / 60, s % 60);
+    }
+    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB  %.1f MiB/s  %s   ", bar, pct,
+            (double)done / 1048576.0, (double)total / 1048576.0, rate / 1048576.0, eta);
+    p->drawn = done < total;
+    if (done >= total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p)
+{
+    if (p->drawn) {
+        fputc('\n', stderr);
+        fflush(stderr);
+    }
+    p->drawn = false;
 }
 

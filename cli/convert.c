@@ -396,29 +396,6 @@ static const ckpt_value *object_state_dict(ckpt_tree *tree, const ckpt_file *f, 
     return sd;
 }
 
-/* ---- progress -------------------------------------------------------------- */
-
-static void progress_bar(void *user, uint64_t done, uint64_t total)
-{
-    int *last = user;
-    if (total < ((uint64_t)64 << 20)) /* small files are done before a bar helps */
-        return;
-    int pct = (int)(done * 100 / total);
-    if (pct == *last)
-        return;
-    *last = pct;
-    char bar[41];
-    int fill = pct * 40 / 100;
-    for (int i = 0; i < 40; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[40] = 0;
-    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB", bar, pct, (double)done / 1048576.0,
-            (double)total / 1048576.0);
-    if (done >= total)
-        fputc('\n', stderr);
-    fflush(stderr);
-}
-
 /* ---- the command ----------------------------------------------------------- */
 
 enum {
@@ -637,11 +614,10 @@ int ckpt_cli_convert(int argc, char **argv)
     if (o.no_fsync)
         so.flags |= CKPT_SAVE_NO_FSYNC;
     so.location = o.location;
-    int last_pct = -1;
-    if (!o.quiet && isatty(STDERR_FILENO)) {
-        so.progress = progress_bar;
-        so.progress_user = &last_pct;
-    }
+    cli_progress prog;
+    cli_progress_init(&prog, !o.quiet);
+    so.progress = cli_progress_update;
+    so.progress_user = &prog;
     ckpt_status st;
     if (fmt == 2) {
         /* Keep a safetensors input's metadata; mark torch-made content as
@@ -664,6 +640,7 @@ int ckpt_cli_convert(int argc, char **argv)
                     o.in);
         st = ckpt_save_torch(o.out, root, &so, &err);
     }
+    cli_progress_end(&prog);
     if (st != CKPT_OK) {
         cli_print_error(o.out, &err);
         if (st == CKPT_ERR_LIMIT && strstr(err.message, "max_output_ratio"))

@@ -877,7 +877,14 @@ static int verify_one(const char *path, bool quiet)
     ckpt_error err;
     ckpt_status st = ckpt_open(path, NULL, &f, &err);
     if (st == CKPT_OK) {
-        st = ckpt_file_verify(f, &err);
+        cli_progress prog;
+        cli_progress_init(&prog, !quiet);
+        ckpt_verify_options vo;
+        ckpt_verify_options_default(&vo);
+        vo.progress = cli_progress_update;
+        vo.progress_user = &prog;
+        st = ckpt_file_verify_with(f, &vo, &err);
+        cli_progress_end(&prog);
         if (st == CKPT_OK && !quiet) {
             ckpt_file_info fi = {.struct_size = sizeof(fi)};
             ckpt_file_get_info(f, &fi);
@@ -938,7 +945,7 @@ static int cmd_verify(int argc, char **argv)
             printf("usage: %s\n"
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
-                   "  -q, --quiet  print nothing for the good files\n"
+                   "  -q, --quiet  print nothing for the good files, no progress bar\n"
                    "  exit 0 all good; 1 a file is corrupt (the first problem is named with its\n"
                    "  record and byte offset); 2 a file cannot be read at all.\n",
                    verify_command.synopsis);

@@ -516,6 +516,23 @@ CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
  */
 CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
 
+/* Options of ckpt_file_verify_with; ckpt_verify_options_default sets
+ * struct_size and leaves the rest zero. */
+typedef struct ckpt_verify_options {
+    size_t struct_size;      /* sizeof(ckpt_verify_options) */
+    /* Called after each record of a torch zip is checked, with the bytes
+     * checked so far and the bytes of all its records (a sharded file's
+     * shards included); NULL: none. Files without records (safetensors,
+     * legacy) make no call. */
+    void (*progress)(void *user, uint64_t done, uint64_t total);
+    void *progress_user;
+} ckpt_verify_options;
+
+CKPT_API void ckpt_verify_options_default(ckpt_verify_options *opts);
+/* ckpt_file_verify with options (NULL: the defaults). */
+CKPT_API ckpt_status ckpt_file_verify_with(ckpt_file *f, const ckpt_verify_options *opts,
+                                           ckpt_error *err);
+
 /*
  * Whether making `bytes` bytes out of f's tensors stays within its
  * max_output_ratio: at most that many times the bytes f holds (its size,
