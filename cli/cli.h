@@ -94,10 +94,11 @@ void cli_print_error(const char *path, const ckpt_error *err);
  * ckpt_load_options.key; *name (may be NULL) is "state_dict" or "model"
  * when it is that entry of the root, else NULL. */
 const ckpt_value *cli_default_state_dict(const ckpt_value *root, const char **name);
-/* After "no value at --key KEY" (said by the caller): the keys of the
- * deepest dict KEY reaches in root, and a hint (--key model) when the
- * root has a model's entry. On stderr. */
-void cli_key_missing(const char *path, const ckpt_value *root, const char *key);
+/* After "no value at OPT KEY" (said by the caller): the keys of the
+ * deepest dict KEY reaches in root, and a hint (OPT model) when the root
+ * has a model's entry. On stderr. */
+void cli_key_missing(const char *path, const ckpt_value *root, const char *opt,
+                     const char *key);
 /* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
 char *cli_repr(const ckpt_value *v);
 /* Follows a dotted path (--key): at a dict the longest key that is the

@@ -16,7 +16,8 @@ void cli_print_error(const char *path, const ckpt_error *err)
     char buf[768];
     ckpt_error_format(err, buf, sizeof(buf));
     fprintf(stderr, "ckpt: %s: %s\n", path, buf);
-    if (err->status == CKPT_ERR_UNSAFE)
+    /* a file refused on reading (not an object refused on writing) */
+    if (err->status == CKPT_ERR_UNSAFE && strstr(err->message, "is not allowed"))
         fprintf(stderr, "ckpt: hint: 'ckpt scan %s' shows what the file holds; inspect and "
                         "convert read such objects as inert values with --permissive\n",
                 path);
@@ -57,7 +58,7 @@ const ckpt_value *cli_default_state_dict(const ckpt_value *root, const char **na
     return root;
 }
 
-void cli_key_missing(const char *path, const ckpt_value *root, const char *key)
+void cli_key_missing(const char *path, const ckpt_value *root, const char *opt, const char *key)
 {
     /* the deepest dict the path reaches: its keys are the choices */
     const ckpt_value *at = root;
@@ -100,7 +101,7 @@ void cli_key_missing(const char *path, const ckpt_value *root, const char *key)
     else if (is_dict(ckpt_value_get(at, "state_dict")))
         best = "state_dict";
     if (best)
-        fprintf(stderr, "ckpt: hint: --key %s\n", best);
+        fprintf(stderr, "ckpt: hint: %s %s\n", opt, best);
 }
 
 char *cli_repr(const ckpt_value *v)

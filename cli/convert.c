@@ -566,7 +566,7 @@ int ckpt_cli_convert(int argc, char **argv)
         root = cli_find_path(root, o.key);
         if (!root) {
             fprintf(stderr, "ckpt convert: %s: no value at --key %s\n", o.in, o.key);
-            cli_key_missing(o.in, ckpt_file_root(f), o.key);
+            cli_key_missing(o.in, ckpt_file_root(f), "--key", o.key);
             goto done_tree;
         }
     }

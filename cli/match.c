@@ -95,7 +95,7 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
     const ckpt_value *sd = reference_state_dict(ckpt_file_root(ref), o->model_key);
     if (!sd) {
         fprintf(stderr, "%s: %s: no value at --model-key %s\n", PROG, o->reference, o->model_key);
-        cli_key_missing(o->reference, ckpt_file_root(ref), o->model_key);
+        cli_key_missing(o->reference, ckpt_file_root(ref), "--model-key", o->model_key);
         return NULL;
     }
     if (!is_dict(sd)) {
@@ -392,7 +392,7 @@ int ckpt_cli_match(int argc, char **argv)
         lo.state_dict = cli_find_path(ckpt_file_root(f), o.key);
         if (!lo.state_dict) {
             fprintf(stderr, "%s: %s: no value at --key %s\n", PROG, o.checkpoint, o.key);
-            cli_key_missing(o.checkpoint, ckpt_file_root(f), o.key);
+            cli_key_missing(o.checkpoint, ckpt_file_root(f), "--key", o.key);
             goto out;
         }
     }
