@@ -355,8 +355,6 @@ static void key_bool(cli_jw *jw, const char *key, bool b)
     cli_jw_bool(jw, b);
 }
 
-/* Written as it goes: a file's tensor list can be long (a tensor shared
- * through the memo is listed once per path). */
 /* Totals as inspect --json writes them; the object is left open. */
 static void json_totals(cli_jw *jw, const cli_total *t)
 {
@@ -367,13 +365,16 @@ static void json_totals(cli_jw *jw, const cli_total *t)
     key_int(jw, "bytes", (long long)t->bytes);
 }
 
+/* Written as it goes: a file's tensor list can be long (a tensor shared
+ * through the memo is listed once per path). */
 static int inspect_json(const char *path, ckpt_file *f)
 {
     ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
+    cli_totals tot;
     tree_walk *w = calloc(1, sizeof(*w));
     cli_jw *jw = malloc(sizeof(*jw));
-    if (!w || !jw) {
+    if (!w || !jw || !cli_count_totals(f, &tot)) {
         free(w);
         free(jw);
         fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
@@ -476,11 +477,6 @@ static int inspect_json(const char *path, ckpt_file *f)
         cli_jw_end_object(jw);
     }
     cli_jw_end_array(jw);
-    cli_totals tot;
-    if (!cli_count_totals(f, &tot)) {
-        fprintf(stderr, "ckpt: inspect: out of memory\n");
-        return CLI_EXIT_ERROR;
-    }
     cli_jw_key(jw, "totals");
     json_totals(jw, &tot.all);
     cli_jw_end_object(jw);
@@ -791,7 +787,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     }
     cli_totals tot;
     if (!cli_count_totals(f, &tot)) {
-        fprintf(stderr, "ckpt: inspect: out of memory\n");
+        fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
         return CLI_EXIT_ERROR;
     }
     printf("\n");
