@@ -87,8 +87,18 @@ int cli_next_arg(cli_args *a, const char **value);
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr. */
+/* "ckpt: PATH: RECORD at byte N: MESSAGE" on stderr; an unsafe global adds
+ * a hint line (ckpt scan, --permissive). */
 void cli_print_error(const char *path, const ckpt_error *err);
+/* The state dict a command takes when none is named, by the rule of
+ * ckpt_load_options.key; *name (may be NULL) is "state_dict" or "model"
+ * when it is that entry of the root, else NULL. */
+const ckpt_value *cli_default_state_dict(const ckpt_value *root, const char **name);
+/* After "no value at OPT KEY" (said by the caller): the keys of the
+ * deepest dict KEY reaches in root, and a hint (OPT model) when the root
+ * has a model's entry. On stderr. */
+void cli_key_missing(const char *path, const ckpt_value *root, const char *opt,
+                     const char *key);
 /* A value's Python repr (ckpt_value_repr), malloc'd; NULL when out of memory. */
 char *cli_repr(const ckpt_value *v);
 /* Follows a dotted path (--key): at a dict the longest key that is the
@@ -103,6 +113,46 @@ bool cli_parse_ratio(const cli_command *cmd, const char *opt, const char *s, uin
 bool cli_is_container(ckpt_kind k);
 /* A byte count for people: "512 B", "1.5 KiB", "3.2 GiB". */
 void cli_human_bytes(uint64_t b, char *buf, size_t size);
+
+/* What inspect's totals count: tensors by name, of them the distinct ones
+ * (a view saved under several names, tied weights, counts once), and the
+ * elements and bytes of the distinct ones. */
+typedef struct cli_total {
+    size_t tensors, distinct;
+    uint64_t elements, bytes;
+} cli_total;
+
+typedef struct cli_totals {
+    cli_total all;
+    const char *model_key;  /* "model", "state_dict": the state dict's entry, or NULL */
+    cli_total model;        /* the tensors under model_key */
+} cli_totals;
+
+/* f's totals; false when out of memory. */
+bool cli_count_totals(ckpt_file *f, cli_totals *out);
+
+/* ---- progress (common.c) ---- */
+
+/* A progress bar on stderr with rate and ETA: "[####....]  42%  120.0 / 300.0
+ * MiB  85.3 MiB/s  ETA 0:02". Shown only when on (not --json, not -q) and
+ * stderr is a terminal, and only for work of min_total bytes or more. */
+typedef struct cli_progress {
+    bool on;
+    bool drawn;           /* a line is on the terminal, not ended */
+    uint64_t min_total;
+    double start, last;   /* seconds (monotonic) */
+    int last_pct;
+} cli_progress;
+
+/* Small files are done before a bar helps. */
+#define CLI_PROGRESS_MIN ((uint64_t)64 << 20)
+
+void cli_progress_init(cli_progress *p, bool on);
+/* The callback the library takes (ckpt_save_options.progress,
+ * ckpt_verify_options.progress); user is the cli_progress. */
+void cli_progress_update(void *user, uint64_t done, uint64_t total);
+/* Ends a bar left open (the work stopped early) with a newline. */
+void cli_progress_end(cli_progress *p);
 
 /* Prints o (which it frees) on stdout as one JSON document and a newline,
  * keys in insertion order, floats exact, indented by indent; on failure

@@ -5,6 +5,8 @@
 #include "cli.h"
 
 #include <stdarg.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,92 @@ void cli_print_error(const char *path, const ckpt_error *err)
     char buf[768];
     ckpt_error_format(err, buf, sizeof(buf));
     fprintf(stderr, "ckpt: %s: %s\n", path, buf);
+    /* a file refused on reading (not an object refused on writing) */
+    if (err->status == CKPT_ERR_UNSAFE && strstr(err->message, "is not allowed"))
+        fprintf(stderr, "ckpt: hint: 'ckpt scan %s' shows what the file holds; inspect and "
+                        "convert read such objects as inert values with --permissive\n",
+                path);
+}
+
+static bool is_dict(const ckpt_value *v)
+{
+    ckpt_kind k = ckpt_value_kind(v);
+    return k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
+}
+
+static bool holds_tensors(const ckpt_value *v)
+{
+    if (!is_dict(v))
+        return false;
+    for (size_t i = 0; i < ckpt_value_len(v); i++)
+        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_KIND_TENSOR)
+            return true;
+    return false;
+}
+
+const ckpt_value *cli_default_state_dict(const ckpt_value *root, const char **name)
+{
+    static const char *const entries[] = {"state_dict", "model"};
+    if (name)
+        *name = NULL;
+    if (!is_dict(root))
+        return root;
+    bool stray = holds_tensors(root);
+    for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+        const ckpt_value *v = ckpt_value_get(root, entries[i]);
+        if (is_dict(v) && (!stray || holds_tensors(v))) {
+            if (name)
+                *name = entries[i];
+            return v;
+        }
+    }
+    return root;
+}
+
+void cli_key_missing(const char *path, const ckpt_value *root, const char *opt, const char *key)
+{
+    /* the deepest dict the path reaches: its keys are the choices */
+    const ckpt_value *at = root;
+    char *prefix = strdup(key);
+    size_t reached = 0;
+    for (char *dot = prefix ? strchr(prefix, '.') : NULL; dot; dot = strchr(dot + 1, '.')) {
+        *dot = '\0';
+        const ckpt_value *v = cli_find_path(root, prefix);
+        if (v && cli_is_container(ckpt_value_kind(v))) {
+            at = v;
+            reached = (size_t)(dot - prefix);
+        }
+        *dot = '.';
+    }
+    if (!is_dict(at)) {
+        free(prefix);
+        return;
+    }
+    size_t n = ckpt_value_len(at), shown = n > 20 ? 20 : n;
+    if (reached)
+        fprintf(stderr, "ckpt: %s: the keys at '%.*s':", path, (int)reached, prefix);
+    else
+        fprintf(stderr, "ckpt: %s: the keys at the top:", path);
+    free(prefix);
+    for (size_t i = 0; i < shown; i++) {
+        char text[128];
+        ckpt_value_key_text(ckpt_value_key(at, i), text, sizeof(text));
+        fprintf(stderr, "%s '%s'", i ? "," : "", text);
+    }
+    if (n > shown)
+        fprintf(stderr, ", ... (%zu more)", n - shown);
+    if (!n)
+        fprintf(stderr, " (none)");
+    fputc('\n', stderr);
+    if (reached)
+        return;
+    const char *best = NULL;
+    if (is_dict(ckpt_value_get(at, "model")))
+        best = "model";
+    else if (is_dict(ckpt_value_get(at, "state_dict")))
+        best = "state_dict";
+    if (best)
+        fprintf(stderr, "ckpt: hint: %s %s\n", opt, best);
 }
 
 char *cli_repr(const ckpt_value *v)
@@ -571,3 +659,146 @@ int cli_next_arg(cli_args *a, const char **value)
     }
     return CLI_OPT_END;
 }
+
+/* ---- totals ------------------------------------------------------------------- */
+
+typedef struct total_item {
+    ckpt_tensor_info ti;
+    bool in_model;
+} total_item;
+
+/* Orders the views so that tensors over the same bytes (tied weights,
+ * one storage saved under two names) are neighbours. */
+static int total_cmp(const void *pa, const void *pb)
+{
+    const ckpt_tensor_info *a = &((const total_item *)pa)->ti, *b = &((const total_item *)pb)->ti;
+    if (a->has_storage != b->has_storage)
+        return a->has_storage ? 1 : -1;
+    if (a->storage_index != b->storage_index)
+        return a->storage_index < b->storage_index ? -1 : 1;
+    if (a->storage_offset != b->storage_offset)
+        return a->storage_offset < b->storage_offset ? -1 : 1;
+    if (a->dtype != b->dtype)
+        return a->dtype < b->dtype ? -1 : 1;
+    if (a->layout != b->layout)
+        return a->layout < b->layout ? -1 : 1;
+    if (a->ndim != b->ndim)
+        return a->ndim < b->ndim ? -1 : 1;
+    for (uint32_t k = 0; k < a->ndim; k++) {
+        if (a->shape[k] != b->shape[k])
+            return a->shape[k] < b->shape[k] ? -1 : 1;
+        if (a->stride[k] != b->stride[k])
+            return a->stride[k] < b->stride[k] ? -1 : 1;
+    }
+    return 0;
+}
+
+/* One distinct tensor, named `names` times. */
+static void total_add(cli_total *t, const ckpt_tensor_info *ti, size_t names)
+{
+    t->tensors += names;
+    t->distinct++;
+    t->elements += ti->numel;
+    t->bytes += ti->nbytes;
+}
+
+bool cli_count_totals(ckpt_file *f, cli_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t n = ckpt_file_tensor_count(f);
+    total_item *items = calloc(n ? n : 1, sizeof(*items));
+    if (!items)
+        return false;
+    cli_default_state_dict(ckpt_file_root(f), &out->model_key);
+    size_t klen = out->model_key ? strlen(out->model_key) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        items[i].ti.struct_size = sizeof(items[i].ti);
+        ckpt_tensor_get_info(ckpt_file_tensor(f, i, &name), &items[i].ti);
+        items[i].in_model = klen && strncmp(name, out->model_key, klen) == 0 &&
+                            name[klen] == '.';
+    }
+    ckpt_file_info fi = {.struct_size = sizeof(fi)};
+    ckpt_file_get_info(f, &fi);
+    /* the shards of a sharded file number their storages each on its own */
+    bool dedup = fi.format != CKPT_FORMAT_SHARDED;
+    if (dedup && n > 1)
+        qsort(items, n, sizeof(*items), total_cmp);
+    for (size_t i = 0, j; i < n; i = j) {
+        size_t in_model = items[i].in_model;
+        for (j = i + 1; dedup && items[i].ti.has_storage && j < n &&
+                        total_cmp(&items[i], &items[j]) == 0;
+             j++)
+            in_model += items[j].in_model;
+        total_add(&out->all, &items[i].ti, j - i);
+        if (in_model)
+            total_add(&out->model, &items[i].ti, in_model);
+    }
+    free(items);
+    return true;
+}
+
+/* ---- progress ------------------------------------------------------------------ */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cli_progress_init(cli_progress *p, bool on)
+{
+    memset(p, 0, sizeof(*p));
+    p->on = on && isatty(STDERR_FILENO);
+    p->min_total = CLI_PROGRESS_MIN;
+    p->last_pct = -1;
+    p->start = p->last = now_seconds();
+}
+
+void cli_progress_update(void *user, uint64_t done, uint64_t total)
+{
+    cli_progress *p = user;
+    if (!p->on || total < p->min_total || !total)
+        return;
+    if (done > total)
+        done = total;
+    int pct = (int)(done * 100 / total);
+    double t = now_seconds(), elapsed = t - p->start;
+    /* at each percent, at most ten times a second, and at the end */
+    if (done < total && (pct == p->last_pct || t - p->last < 0.1))
+        return;
+    p->last_pct = pct;
+    p->last = t;
+    char bar[31];
+    int fill = pct * 30 / 100;
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    double rate = elapsed > 0 ? (double)done / elapsed : 0;
+    char eta[32] = "ETA -:--";
+    if (done >= total) {
+        long s = (long)(elapsed + 0.5);
+        snprintf(eta, sizeof(eta), "in %ld:%02ld", s / 60, s % 60);
+    } else if (rate > 0) {
+        double left = (double)(total - done) / rate;
+        long s = left < 359999 ? (long)(left + 0.5) : 359999;
+        snprintf(eta, sizeof(eta), "ETA %ld:%02ld", s / 60, s % 60);
+    }
+    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB  %.1f MiB/s  %s   ", bar, pct,
+            (double)done / 1048576.0, (double)total / 1048576.0, rate / 1048576.0, eta);
+    p->drawn = done < total;
+    if (done >= total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p)
+{
+    if (p->drawn) {
+        fputc('\n', stderr);
+        fflush(stderr);
+    }
+    p->drawn = false;
+}
+

@@ -470,24 +470,24 @@ static void warn_idle_edits(const convert_opts *o, const edit_stats *stats)
 {
     for (size_t i = 0; i < o->n_include; i++)
         if (!stats->include[i])
-            fprintf(stderr, "ckpt convert: warning: --include '%s' matches no key\n",
+            fprintf(stderr, "ckpt: warning: --include '%s' matches no key\n",
                     o->include[i]);
     for (size_t i = 0; i < o->n_exclude; i++)
         if (!stats->exclude[i])
-            fprintf(stderr, "ckpt convert: warning: --exclude '%s' matches no key\n",
+            fprintf(stderr, "ckpt: warning: --exclude '%s' matches no key\n",
                     o->exclude[i]);
     for (size_t i = 0; i < o->n_strip; i++) {
         if (!stats->strip[i])
-            fprintf(stderr, "ckpt convert: warning: --strip-prefix '%s' matches no key\n",
+            fprintf(stderr, "ckpt: warning: --strip-prefix '%s' matches no key\n",
                     o->strip[i]);
         else if (stats->strip_partial[i])
-            fprintf(stderr, "ckpt convert: warning: --strip-prefix '%s' does not end at a '.': "
+            fprintf(stderr, "ckpt: warning: --strip-prefix '%s' does not end at a '.': "
                             "it leaves keys such as '%s' (did you mean '%s.'?)\n",
                     o->strip[i], stats->strip_partial[i], o->strip[i]);
     }
     for (size_t i = 0; i < o->n_rename; i++)
         if (!stats->rename[i])
-            fprintf(stderr, "ckpt convert: warning: --rename '%s=' matches no key\n",
+            fprintf(stderr, "ckpt: warning: --rename '%s=' matches no key\n",
                     o->rename[i].from);
 }
 
@@ -515,29 +515,6 @@ static void catch_signals(void)
         if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
             sigaction(sigs[i], &sa, NULL);
     }
-}
-
-/* ---- progress -------------------------------------------------------------- */
-
-static void progress_bar(void *user, uint64_t done, uint64_t total)
-{
-    int *last = user;
-    if (total < ((uint64_t)64 << 20)) /* small files are done before a bar helps */
-        return;
-    int pct = (int)(done * 100 / total);
-    if (pct == *last)
-        return;
-    *last = pct;
-    char bar[41];
-    int fill = pct * 40 / 100;
-    for (int i = 0; i < 40; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[40] = 0;
-    fprintf(stderr, "\r[%s] %3d%%  %.1f / %.1f MiB", bar, pct, (double)done / 1048576.0,
-            (double)total / 1048576.0);
-    if (done >= total)
-        fputc('\n', stderr);
-    fflush(stderr);
 }
 
 /* ---- the command ----------------------------------------------------------- */
@@ -728,6 +705,7 @@ int ckpt_cli_convert(int argc, char **argv)
         root = cli_find_path(root, o.key);
         if (!root) {
             fprintf(stderr, "ckpt: convert: %s: no value at --key %s\n", o.in, o.key);
+            cli_key_missing(o.in, ckpt_file_root(f), "--key", o.key);
             goto done_tree;
         }
     }
@@ -755,7 +733,7 @@ int ckpt_cli_convert(int argc, char **argv)
         }
         warn_idle_edits(&o, &stats);
         if (before && !ckpt_value_len(root) && !o.force) {
-            fprintf(stderr, "ckpt convert: the filters leave none of the %zu keys of %s: "
+            fprintf(stderr, "ckpt: convert: the filters leave none of the %zu keys of %s: "
                             "nothing written (--force writes an empty dict)\n",
                     before, o.in);
             goto done_tree;
@@ -782,11 +760,10 @@ int ckpt_cli_convert(int argc, char **argv)
     if (o.no_fsync)
         so.flags |= CKPT_SAVE_NO_FSYNC;
     so.location = o.location;
-    int last_pct = -1;
-    if (!o.quiet && isatty(STDERR_FILENO)) {
-        so.progress = progress_bar;
-        so.progress_user = &last_pct;
-    }
+    cli_progress prog;
+    cli_progress_init(&prog, !o.quiet);
+    so.progress = cli_progress_update;
+    so.progress_user = &prog;
     catch_signals();
     ckpt_status st;
     if (fmt == 2) {
@@ -810,6 +787,7 @@ int ckpt_cli_convert(int argc, char **argv)
                     o.in);
         st = ckpt_save_torch(o.out, root, &so, &err);
     }
+    cli_progress_end(&prog);
     if (st != CKPT_OK) {
         cli_print_error(o.out, &err);
         if (st == CKPT_ERR_LIMIT && strstr(err.message, "max_output_ratio"))

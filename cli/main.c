@@ -361,15 +361,26 @@ static void key_bool(cli_jw *jw, const char *key, bool b)
     cli_jw_bool(jw, b);
 }
 
+/* Totals as inspect --json writes them; the object is left open. */
+static void json_totals(cli_jw *jw, const cli_total *t)
+{
+    cli_jw_begin_object(jw);
+    key_int(jw, "tensors", (long long)t->tensors);
+    key_int(jw, "distinct", (long long)t->distinct);
+    key_int(jw, "elements", (long long)t->elements);
+    key_int(jw, "bytes", (long long)t->bytes);
+}
+
 /* Written as it goes: a file's tensor list can be long (a tensor shared
  * through the memo is listed once per path). */
 static int inspect_json(const char *path, ckpt_file *f)
 {
     ckpt_file_info fi = {.struct_size = sizeof(fi)};
     ckpt_file_get_info(f, &fi);
+    cli_totals tot;
     tree_walk *w = calloc(1, sizeof(*w));
     cli_jw *jw = malloc(sizeof(*jw));
-    if (!w || !jw) {
+    if (!w || !jw || !cli_count_totals(f, &tot)) {
         free(w);
         free(jw);
         fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
@@ -428,7 +439,6 @@ static int inspect_json(const char *path, ckpt_file *f)
 
     cli_jw_key(jw, "tensors");
     cli_jw_begin_array(jw);
-    uint64_t total_bytes = 0, total_params = 0;
     for (size_t i = 0; i < ckpt_file_tensor_count(f); i++) {
         const char *name;
         const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
@@ -471,16 +481,20 @@ static int inspect_json(const char *path, ckpt_file *f)
         if (ti.layout != CKPT_LAYOUT_STRIDED)
             key_int(jw, "nnz", (long long)ti.nnz);
         cli_jw_end_object(jw);
-        total_bytes += ti.nbytes;
-        total_params += ti.numel;
     }
     cli_jw_end_array(jw);
     cli_jw_key(jw, "totals");
-    cli_jw_begin_object(jw);
-    key_int(jw, "tensors", (long long)ckpt_file_tensor_count(f));
-    key_int(jw, "parameters", (long long)total_params);
-    key_int(jw, "bytes", (long long)total_bytes);
+    json_totals(jw, &tot.all);
     cli_jw_end_object(jw);
+    cli_jw_key(jw, "model");
+    if (tot.model_key) {
+        json_totals(jw, &tot.model);
+        cli_jw_key(jw, "key");
+        cli_jw_string(jw, tot.model_key);
+        cli_jw_end_object(jw);
+    } else {
+        cli_jw_null(jw);
+    }
     w->nodes_left = TREE_MAX_NODES;
     w->text_left = TREE_MAX_TEXT_BYTES;
     if (fi.metadata) {
@@ -685,6 +699,18 @@ static void print_tree(tree_ctx *c, const ckpt_value *v, int depth)
         printf("%*s... %zu more (use --full)\n", (depth + 1) * 2, "", n - shown);
 }
 
+/* "N tensors (M distinct: shared data counted once), E elements, B bytes (h)" */
+static void print_totals(const char *lead, const cli_total *t)
+{
+    char h[32];
+    cli_human_bytes(t->bytes, h, sizeof(h));
+    printf("%s%zu tensor%s", lead, t->tensors, t->tensors == 1 ? "" : "s");
+    if (t->distinct != t->tensors)
+        printf(" (%zu distinct: shared data counted once)", t->distinct);
+    printf(", %llu elements, %llu bytes (%s)\n", (unsigned long long)t->elements,
+           (unsigned long long)t->bytes, h);
+}
+
 static int inspect_human(const char *path, ckpt_file *f, bool full)
 {
     ckpt_file_info fi = {.struct_size = sizeof(fi)};
@@ -738,7 +764,6 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     free(tc);
 
     size_t nt = ckpt_file_tensor_count(f);
-    uint64_t total_bytes = 0, total_params = 0;
     size_t wname = 4, wkey = 7; /* "STORAGE" */
     for (size_t i = 0; i < nt; i++) {
         const char *name;
@@ -765,12 +790,18 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
                ckpt_dtype_name(ti.dtype), shape, (unsigned long long)ti.nbytes, (int)wkey,
                ti.storage_key ? ti.storage_key : "-", ti.location ? ti.location : "-",
                ti.layout != CKPT_LAYOUT_STRIDED ? " (sparse)" : ti.is_contiguous ? "" : " (view)");
-        total_bytes += ti.nbytes;
-        total_params += ti.numel;
     }
-    cli_human_bytes(total_bytes, b1, sizeof(b1));
-    printf("\nTotals:   %zu tensors, %llu parameters, %llu bytes (%s)\n", nt,
-           (unsigned long long)total_params, (unsigned long long)total_bytes, b1);
+    cli_totals tot;
+    if (!cli_count_totals(f, &tot)) {
+        fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
+        return CLI_EXIT_ERROR;
+    }
+    printf("\n");
+    print_totals("Totals:   ", &tot.all);
+    if (tot.model_key) {
+        printf("Model:    '%s', its parameters and buffers: ", tot.model_key);
+        print_totals("", &tot.model);
+    }
     return CLI_EXIT_OK;
 }
 
@@ -852,7 +883,14 @@ static int verify_one(const char *path, bool quiet)
     ckpt_error err;
     ckpt_status st = ckpt_open(path, NULL, &f, &err);
     if (st == CKPT_OK) {
-        st = ckpt_file_verify(f, &err);
+        cli_progress prog;
+        cli_progress_init(&prog, !quiet);
+        ckpt_verify_options vo;
+        ckpt_verify_options_default(&vo);
+        vo.progress = cli_progress_update;
+        vo.progress_user = &prog;
+        st = ckpt_file_verify_with(f, &vo, &err);
+        cli_progress_end(&prog);
         if (st == CKPT_OK && !quiet) {
             ckpt_file_info fi = {.struct_size = sizeof(fi)};
             ckpt_file_get_info(f, &fi);
@@ -916,7 +954,7 @@ static int cmd_verify(int argc, char **argv)
             printf("usage: %s\n"
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
-                   "  -q, --quiet  print nothing for the good files\n"
+                   "  -q, --quiet  print nothing for the good files, no progress bar\n"
                    "  Prints 'FILE: ok: ...' or 'FILE: corrupt: ...' (the first problem, with\n"
                    "  its record and byte offset) on stdout; errors go to stderr.\n"
                    "  exit 0 all good; 1 a file is corrupt; 2 a file cannot be checked at all\n"

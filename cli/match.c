@@ -56,8 +56,8 @@ static void usage(FILE *out)
             "  from model.state_dict(), a safetensors file, a training checkpoint): each of\n"
             "  its tensors is a parameter with that name, dtype and shape.\n"
             "  --model REFERENCE    the file describing the model (required)\n"
-            "  --model-key PATH     the state dict inside REFERENCE (default: the root when\n"
-            "                       it holds tensors, else its 'state_dict' or 'model' entry)\n"
+            "  --model-key PATH     the state dict inside REFERENCE (default: its\n"
+            "                       'state_dict' or 'model' dict when it has one, else the root)\n"
             "  --name NAME          the model's class name in messages (default Model)\n"
             "  --key PATH           the state dict inside CHECKPOINT (same default)\n"
             "  --strip-prefix P     remove P from the start of each key, once (repeatable;\n"
@@ -82,28 +82,10 @@ static bool is_dict(const ckpt_value *v)
     return k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT;
 }
 
-static bool holds_tensors(const ckpt_value *v)
-{
-    for (size_t i = 0; i < ckpt_value_len(v); i++)
-        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_KIND_TENSOR)
-            return true;
-    return false;
-}
-
 /* The reference's state dict, by the rule ckpt_load_options.key documents. */
 static const ckpt_value *reference_state_dict(const ckpt_value *root, const char *key)
 {
-    if (key)
-        return cli_find_path(root, key);
-    if (!is_dict(root) || holds_tensors(root))
-        return root;
-    const char *entries[] = {"state_dict", "model"};
-    for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
-        const ckpt_value *v = ckpt_value_get(root, entries[i]);
-        if (is_dict(v))
-            return v;
-    }
-    return root;
+    return key ? cli_find_path(root, key) : cli_default_state_dict(root, NULL);
 }
 
 /* A model with a parameter for each tensor of the reference's state dict,
@@ -113,6 +95,7 @@ static ckpt_model *build_model(const match_opts *o, const ckpt_file *ref)
     const ckpt_value *sd = reference_state_dict(ckpt_file_root(ref), o->model_key);
     if (!sd) {
         fprintf(stderr, "%s: %s: no value at --model-key %s\n", PROG, o->reference, o->model_key);
+        cli_key_missing(o->reference, ckpt_file_root(ref), "--model-key", o->model_key);
         return NULL;
     }
     if (!is_dict(sd)) {
@@ -409,6 +392,7 @@ int ckpt_cli_match(int argc, char **argv)
         lo.state_dict = cli_find_path(ckpt_file_root(f), o.key);
         if (!lo.state_dict) {
             fprintf(stderr, "%s: %s: no value at --key %s\n", PROG, o.checkpoint, o.key);
+            cli_key_missing(o.checkpoint, ckpt_file_root(f), "--key", o.key);
             goto out;
         }
     }

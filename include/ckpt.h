@@ -516,6 +516,23 @@ CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
  */
 CKPT_API ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err);
 
+/* Options of ckpt_file_verify_with; ckpt_verify_options_default sets
+ * struct_size and leaves the rest zero. */
+typedef struct ckpt_verify_options {
+    size_t struct_size;      /* sizeof(ckpt_verify_options) */
+    /* Called after each record of a torch zip is checked, with the bytes
+     * checked so far and the bytes of all its records (a sharded file's
+     * shards included); NULL: none. Files without records (safetensors,
+     * legacy) make no call. */
+    void (*progress)(void *user, uint64_t done, uint64_t total);
+    void *progress_user;
+} ckpt_verify_options;
+
+CKPT_API void ckpt_verify_options_default(ckpt_verify_options *opts);
+/* ckpt_file_verify with options (NULL: the defaults). */
+CKPT_API ckpt_status ckpt_file_verify_with(ckpt_file *f, const ckpt_verify_options *opts,
+                                           ckpt_error *err);
+
 /*
  * Whether making `bytes` bytes out of f's tensors stays within its
  * max_output_ratio: at most that many times the bytes f holds (its size,
@@ -994,10 +1011,11 @@ typedef struct ckpt_load_options {
     unsigned flags;           /* CKPT_LOAD_* */
     /* The state dict inside the checkpoint: a dotted path of dict keys
      * ("model", "state_dict", "model.encoder"; at each level the longest
-     * key the path starts with, so keys may hold dots); "" the root. NULL: the root
-     * when it holds tensors directly, else the first of its "state_dict"
-     * and "model" entries that is a dict (Lightning's and the seed's
-     * layouts), else the root. Keys that are not text (3, (1, 'a')) never
+     * key the path starts with, so keys may hold dots); "" the root. NULL: the
+     * first of the root's "state_dict" and "model" entries that is a dict
+     * (Lightning's and the seed's layouts) and, when the root itself holds
+     * tensors (an RNG state beside the model), holds tensors too; else the
+     * root (a plain state dict). Keys that are not text (3, (1, 'a')) never
      * name a parameter: they are unexpected. */
     const char *key;
     /* The state dict as a value of the file (a dict), found by the caller;

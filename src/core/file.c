@@ -308,10 +308,59 @@ static void storage_release(ckpt_file *f, ckpt__storage *s)
  * verification had to read in place (a sparse part that is not contiguous)
  * is released again.
  */
+/* Progress over the records of a file and its shards. */
+typedef struct verify_progress {
+    void (*fn)(void *user, uint64_t done, uint64_t total);
+    void *user;
+    uint64_t done, total;
+} verify_progress;
+
+/* The bytes verification streams: every record, the shards' too. */
+static uint64_t verify_total(const ckpt_file *f)
+{
+    uint64_t t = 0;
+    if (f->has_zip)
+        for (size_t i = 0; i < f->zip.count; i++)
+            t += f->zip.entries[i].size;
+    for (size_t i = 0; i < f->shard_count; i++)
+        t += verify_total(f->shards[i]);
+    return t;
+}
+
+static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *err);
+
 ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
 {
     if (!f)
         return CKPT_INVALID_ARG(err, "NULL argument");
+    return verify_file(f, NULL, err);
+}
+
+void ckpt_verify_options_default(ckpt_verify_options *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->struct_size = sizeof(*opts);
+}
+
+ckpt_status ckpt_file_verify_with(ckpt_file *f, const ckpt_verify_options *opts,
+                                  ckpt_error *err)
+{
+    if (!f)
+        return CKPT_INVALID_ARG(err, "NULL argument");
+    ckpt_verify_options o;
+    ckpt_verify_options_default(&o);
+    ckpt__struct_in(&o, sizeof(o), opts);
+    if (!o.progress)
+        return verify_file(f, NULL, err);
+    verify_progress vp = {o.progress, o.progress_user, 0, verify_total(f)};
+    ckpt_status st = verify_file(f, &vp, err);
+    return st;
+}
+
+static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *err)
+{
     ckpt_status st = CKPT_OK, tensor_st = CKPT_OK;
     ckpt_error tensor_err;
     ckpt__ptr_set seen = {0};
@@ -380,10 +429,14 @@ ckpt_status ckpt_file_verify(ckpt_file *f, ckpt_error *err)
                     vp->st = ckpt__index_check_end(&vp->c, &vp->err);
             }
             at += vs.count;
+            if (prog) {
+                prog->done += f->zip.entries[i].size;
+                prog->fn(prog->user, prog->done, prog->total);
+            }
         }
     }
     for (size_t i = 0; i < f->shard_count; i++) {
-        st = ckpt_file_verify(f->shards[i], err);
+        st = verify_file(f->shards[i], prog, err);
         if (st != CKPT_OK) {
             ckpt__error_prefix_record(err, f->records[i].name);
             goto out;

@@ -439,26 +439,36 @@ typedef struct load_ctx {
     ckpt_error *err;
 } load_ctx;
 
+/* Whether a dict has a tensor among its values. */
+static bool dict_holds_tensors(const ckpt_value *v)
+{
+    ckpt_kind k = ckpt_value_kind(v);
+    if (k != CKPT_KIND_DICT && k != CKPT_KIND_ORDERED_DICT)
+        return false;
+    for (size_t i = 0; i < ckpt_value_len(v); i++)
+        if (ckpt_value_kind(ckpt_value_dict_value(v, i)) == CKPT_KIND_TENSOR)
+            return true;
+    return false;
+}
+
 /* The dict the options name. */
 static ckpt_status find_state_dict(const ckpt_value *root, const char *key,
                                    const ckpt_value **out, ckpt_error *err)
 {
     if (!key) {
+        /* the root, unless it has a "state_dict" or "model" dict: a training
+         * checkpoint keeps stray tensors (an RNG state) beside the model's */
         const ckpt_value *sd = root;
-        bool has_tensor = false;
-        size_t n = ckpt_value_len(root);
+        bool has_tensor = dict_holds_tensors(root);
         ckpt_kind k = ckpt_value_kind(root);
         if (k == CKPT_KIND_DICT || k == CKPT_KIND_ORDERED_DICT) {
-            for (size_t i = 0; i < n && !has_tensor; i++)
-                has_tensor = ckpt_value_kind(ckpt_value_dict_value(root, i)) == CKPT_KIND_TENSOR;
-            if (!has_tensor) {
-                static const char *const names[] = {"state_dict", "model"};
-                for (size_t j = 0; j < 2 && sd == root; j++) {
-                    const ckpt_value *v = ckpt_value_get(root, names[j]);
-                    ckpt_kind vk = ckpt_value_kind(v);
-                    if (v && (vk == CKPT_KIND_DICT || vk == CKPT_KIND_ORDERED_DICT))
-                        sd = v;
-                }
+            static const char *const names[] = {"state_dict", "model"};
+            for (size_t j = 0; j < 2 && sd == root; j++) {
+                const ckpt_value *v = ckpt_value_get(root, names[j]);
+                ckpt_kind vk = ckpt_value_kind(v);
+                if (v && (vk == CKPT_KIND_DICT || vk == CKPT_KIND_ORDERED_DICT) &&
+                    (!has_tensor || dict_holds_tensors(v)))
+                    sd = v;
             }
         }
         *out = sd;

@@ -199,7 +199,7 @@ def test_inspect_human(tool, files):
     assert re.search(r"weight\s+float32\s+\[2, 3\]\s+24\s+\S+\s+cpu", rows["weight"])
     assert re.search(r"bias\s+float64\s+\[2\]\s+16\s+\S+\s+cpu", rows["bias"])
     assert re.search(r"steps\s+int64\s+\[\]\s+8\s+\S+\s+cpu", rows["steps"])
-    assert re.search(r"^Totals:\s+3 tensors, 9 parameters, 48 bytes \(48 B\)$", out, re.M), out
+    assert re.search(r"^Totals:\s+3 tensors, 9 elements, 48 bytes \(48 B\)$", out, re.M), out
     # containers longer than 20 items are cut short unless --full
     assert "10 more (use --full)" in out
     full = tool.run("inspect", files["zip"], "--full").stdout
@@ -212,14 +212,15 @@ def test_inspect_human_legacy(tool, files):
     assert res.returncode == 0, res.describe()
     assert "Format:   torch-legacy" in res.stdout
     assert "Legacy protocol: 1001" in res.stdout
-    assert re.search(r"^Totals:\s+3 tensors, 9 parameters, 48 bytes", res.stdout, re.M)
+    assert re.search(r"^Totals:\s+3 tensors, 9 elements, 48 bytes", res.stdout, re.M)
 
 
 def test_inspect_json_shape(tool, files):
     js = tool.inspect_json(files["zip"])
     assert set(js) >= {"format", "details", "records", "tensors", "totals", "tree"}
     assert js["file"] == str(files["zip"])
-    assert js["totals"] == {"tensors": 3, "parameters": 9, "bytes": 48}
+    assert js["totals"] == {"tensors": 3, "distinct": 3, "elements": 9, "bytes": 48}
+    assert js["model"] is None  # a plain dict: no model entry to tell apart
     assert js["tree"]["items"] == list(range(30))
     # the JSON is plain JSON (no NaN literals etc.)
     json.dumps(js, allow_nan=False)
@@ -244,7 +245,9 @@ def test_exit_codes_agree(tool, gen_dir):
     assert res.returncode == 2, res.describe()
     res = tool.run("verify", p)
     assert res.returncode == 2, res.describe()
-    assert res.stdout == "" and one_line(res.stderr).startswith(f"ckpt: {p}: "), res.describe()
+    lines = res.stderr.strip("\n").split("\n")
+    assert res.stdout == "" and len(lines) == 2, res.describe()
+    assert lines[0].startswith(f"ckpt: {p}: ") and lines[1].startswith("ckpt: hint: "), lines
     for cmd in ("verify", "inspect"):
         res = tool.run(cmd, gen_dir / "cli" / "missing.pt")
         assert res.returncode == 2, res.describe()

@@ -184,7 +184,7 @@ def test_include_matching_nothing_is_refused(tool, tmp_path):
     out = tmp_path / "out.pth"
     res = tool.run("convert", src, out, "--include", "nothing*")
     assert res.returncode == 2, res.describe()
-    assert warnings_of(res) == ["ckpt convert: warning: --include 'nothing*' matches no key"]
+    assert warnings_of(res) == ["ckpt: warning: --include 'nothing*' matches no key"]
     assert "--force" in res.stderr and not out.exists()
     res = tool.run("convert", src, out, "--include", "nothing*", "--force")
     assert res.returncode == 0, res.describe()
@@ -200,10 +200,10 @@ def test_each_idle_filter_and_edit_warns_once(tool, tmp_path):
                    "--exclude", "zzz*", "--strip-prefix", "modulee.", "--rename", "fc.=head.")
     assert res.returncode == 0, res.describe()
     assert warnings_of(res) == [
-        "ckpt convert: warning: --include 'nothing*' matches no key",
-        "ckpt convert: warning: --exclude 'zzz*' matches no key",
-        "ckpt convert: warning: --strip-prefix 'modulee.' matches no key",
-        "ckpt convert: warning: --rename 'fc.=' matches no key",
+        "ckpt: warning: --include 'nothing*' matches no key",
+        "ckpt: warning: --exclude 'zzz*' matches no key",
+        "ckpt: warning: --strip-prefix 'modulee.' matches no key",
+        "ckpt: warning: --rename 'fc.=' matches no key",
     ]
     assert sorted(torch.load(out)) == ["module.bn.bias", "module.bn.weight", "module.fc.weight"]
 

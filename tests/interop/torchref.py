@@ -242,6 +242,7 @@ def check_file(tool, path, expected, *, fmt, prefix=None, location="cpu", protoc
 
     key_to_ptr, ptr_to_key, key_to_index = {}, {}, {}
     total_numel = total_bytes = 0
+    views = set()  # tensors over the same bytes (tied weights) count once
     for (name, t), jt, ie, blob in zip(exp, js["tensors"], index, blobs):
         where = f"tensor {name!r}"
         dt = dtype_name(t.dtype)
@@ -262,8 +263,12 @@ def check_file(tool, path, expected, *, fmt, prefix=None, location="cpu", protoc
         assert jt["location"] == location, where
         assert ie["location"] == location, where
         assert blob == tensor_bytes(t), f"{where}: bytes differ"
-        total_numel += t.numel()
-        total_bytes += t.numel() * t.element_size()
+        view = (jt["storage"], t.storage_offset(), tuple(t.shape), tuple(t.stride()), dt,
+                jt["layout"])
+        if view not in views:
+            views.add(view)
+            total_numel += t.numel()
+            total_bytes += t.numel() * t.element_size()
 
         key = jt["storage"]
         assert key is not None, where
@@ -296,7 +301,8 @@ def check_file(tool, path, expected, *, fmt, prefix=None, location="cpu", protoc
             assert ie["zero_copy"] is zero_copy, where
 
     assert det["storages"] == len(key_to_index)
-    assert js["totals"] == {"tensors": len(exp), "parameters": total_numel, "bytes": total_bytes}
+    assert js["totals"] == {"tensors": len(exp), "distinct": len(views), "elements": total_numel,
+                            "bytes": total_bytes}
     if check_tree:
         assert_same_tree(js["tree"], tagged(expected))
     return js, index, blobs

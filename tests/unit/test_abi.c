@@ -461,6 +461,54 @@ static void test_tensor_desc(void **state)
     }
 }
 
+/* ---- verify's options: progress, and an older caller without it ----------- */
+
+typedef struct seen_progress {
+    int calls;
+    uint64_t done, total;
+} seen_progress;
+
+static void record_progress(void *user, uint64_t done, uint64_t total)
+{
+    seen_progress *p = user;
+    assert_true(done >= p->done && done <= total);
+    p->calls++;
+    p->done = done;
+    p->total = total;
+}
+
+static void test_verify_options(void **state)
+{
+    (void)state;
+    ckpt_file *f = open_fixture();
+    ckpt_error err;
+    uint64_t records = 0;
+    for (size_t i = 0; i < ckpt_file_record_count(f); i++) {
+        ckpt_record_info ri = {.struct_size = sizeof(ri)};
+        assert_int_equal(ckpt_file_record(f, i, &ri), CKPT_OK);
+        records += ri.size;
+    }
+    seen_progress seen = {0};
+    ckpt_verify_options o;
+    ckpt_verify_options_default(&o);
+    assert_int_equal(o.struct_size, sizeof(o));
+    assert_null(o.progress);
+    o.progress = record_progress;
+    o.progress_user = &seen;
+    assert_int_equal(ckpt_file_verify_with(f, &o, &err), CKPT_OK);
+    assert_int_equal(seen.calls, (int)ckpt_file_record_count(f));
+    assert_int_equal(seen.done, records);
+    assert_int_equal(seen.total, records);
+    /* a caller whose struct ends before progress: no call */
+    seen.calls = 0;
+    o.struct_size = offsetof(ckpt_verify_options, progress);
+    assert_int_equal(ckpt_file_verify_with(f, &o, &err), CKPT_OK);
+    assert_int_equal(seen.calls, 0);
+    assert_int_equal(ckpt_file_verify_with(f, NULL, &err), CKPT_OK);
+    assert_int_equal(ckpt_file_verify_with(NULL, NULL, &err), CKPT_ERR_INVALID_ARG);
+    ckpt_close(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -470,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_info),
         cmocka_unit_test(test_scan_finding),
         cmocka_unit_test(test_tensor_desc),
+        cmocka_unit_test(test_verify_options),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
