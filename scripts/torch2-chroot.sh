@@ -14,8 +14,8 @@
 # Both commands need root: debootstrap and chroot do.
 #
 # `python` runs in a private mount namespace (unshare -m): /proc, /dev, /tmp,
-# $TMPDIR and the current directory's repository are mounted there at the
-# same paths as outside, so the test's files are where it says they are, and
+# $TMPDIR, this repository, the current directory's repository and
+# $CKPT_TORCH2_BINDS are mounted there at the same paths as outside, so the test's files are where it says they are, and
 # the kernel drops every mount when the command ends, however it ends.
 set -eu
 
@@ -73,9 +73,11 @@ run_in() {
     dir=$1
     shift
     [ "$(id -u)" -eq 0 ] || die "running in the chroot needs root (chroot)"
-    binds="/tmp ${TMPDIR:-}"
+    # the temporary directories, this repository, the current directory's
+    # repository and CKPT_TORCH2_BINDS (more directories, space-separated)
+    here=$(cd "$(dirname "$0")/.." && pwd -P)
     top=$(git rev-parse --show-toplevel 2>/dev/null || true)
-    [ -n "$top" ] && binds="$binds $top"
+    binds="/tmp ${TMPDIR:-} $here $top ${CKPT_TORCH2_BINDS:-}"
     exec unshare --mount --propagation private -- sh -eu -c '
         dir=$1; binds=$2; cwd=$3; shift 3
         mount -t proc proc "$dir/proc"

@@ -24,11 +24,6 @@ import torch
 T2 = os.environ.get("CKPT_TORCH2_PYTHON")
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent
 
-# CKPT_TORCH2=1 (make test, .ci/run) requires the interpreter: each test then fails.
-pytestmark = pytest.mark.skipif(
-    not T2 and os.environ.get("CKPT_TORCH2") != "1", reason="no torch 2.x interpreter: scripts/torch2-chroot.sh build, or CKPT_TORCH2=1 "
-                   "make test, makes one")
-
 # Every dtype torch 2.x adds over 1.13 that it writes to a checkpoint, and a
 # few old ones beside them (the same file must hold both).
 NEW_DTYPES = ["uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2",
@@ -110,6 +105,11 @@ def rewrite_bin():
 
 @pytest.fixture(scope="module")
 def t2_info():
+    """What the torch 2.x interpreter has; every test that needs it takes this:
+    skipped without one, failed when CKPT_TORCH2=1 (make test, .ci/run) asks."""
+    if not T2 and os.environ.get("CKPT_TORCH2") != "1":
+        pytest.skip("no torch 2.x interpreter: scripts/torch2-chroot.sh build, or "
+                    "CKPT_TORCH2=1 make test, makes one")
     return json.loads(t2(r'''
 import safetensors, numpy
 print(json.dumps({"torch": torch.__version__, "safetensors": safetensors.__version__,
@@ -300,9 +300,10 @@ print(json.dumps({"meta": meta, "tensors": flat(dict(load_file(sys.argv[1])))}))
     assert got["tensors"] == expect
 
 
-def test_convert_warns_of_dtypes_older_readers_refuse(t2_info, ckpt_bin, tmp_path):
+def test_convert_warns_of_dtypes_older_readers_refuse(ckpt_bin, tmp_path):
     """complex64 (C64) is in the format, but the package in Debian 13 refuses
-    it: convert writes it and says so in one warning line."""
+    it: convert writes it and says so in one warning line. Runs without torch
+    2.x too; with it, the package's refusal is checked as well."""
     src, dst = tmp_path / "c64.pth", tmp_path / "c64.safetensors"
     torch.save({"z": torch.arange(6, dtype=torch.float32).view(torch.complex64),
                 "w": torch.ones(3)}, src)
@@ -310,8 +311,10 @@ def test_convert_warns_of_dtypes_older_readers_refuse(t2_info, ckpt_bin, tmp_pat
                          stderr=subprocess.PIPE, timeout=120)
     assert res.returncode == 0, res.stderr.decode()
     lines = res.stderr.decode().splitlines()
-    warned = [ln for ln in lines if "warning" in ln]
-    assert len(warned) == 1 and "C64" in warned[0], lines
+    assert len(lines) == 1 and "warning" in lines[0] and "C64" in lines[0], lines
+    assert "older readers refuse" in lines[0]
+    if not T2:
+        return
     out = t2(r'''
 from safetensors.torch import load_file
 try:
@@ -320,7 +323,105 @@ try:
 except Exception as e:
     print("refused", type(e).__name__)
 ''', dst)
-    if not out.startswith("loaded"):   # the premise of the warning
+    if not out.startswith("loaded"):   # the premise of the warning (0.4.5)
         assert out.startswith("refused"), out
     else:
         assert "complex64" in out
+
+
+def test_convert_warns_of_float8_e8m0(t2_info, ckpt_bin, tmp_path):
+    """torch 2.6's float8_e8m0fnu (F8_E8M0) and complex64 in one file: one
+    warning line names both; the tensors the package knows convert silently."""
+    if "float8_e8m0fnu" not in t2_info["dtypes"]:
+        pytest.skip(f"torch {t2_info['torch']} has no float8_e8m0fnu")
+    src, dst = tmp_path / "late.pt", tmp_path / "late.safetensors"
+    t2(WRITE_DTYPES, src, "float8_e8m0fnu,complex64,float32")
+    res = subprocess.run([ckpt_bin, "convert", str(src), str(dst)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    lines = res.stderr.decode().splitlines()
+    assert len(lines) == 1 and "C64, F8_E8M0" in lines[0], lines
+
+
+# ---- ckpt scan against what torch 2.6's weights_only reader accepts ---------
+
+WEIGHTS_ONLY = r'''
+import pickle
+done = set(json.load(open(sys.argv[2]))) if len(sys.argv) > 2 else set()
+with open(sys.argv[1]) as f, open(sys.argv[1] + ".out", "a") as out:
+    for path in f.read().split("\n"):
+        if not path or path in done:
+            continue
+        out.write(json.dumps({"path": path, "start": True}) + "\n"); out.flush()
+        try:
+            torch.load(path, weights_only=True, map_location="cpu")
+            ok, why = True, ""
+        except Exception as e:
+            ok, why = False, f"{type(e).__name__}: {str(e)[-400:]}"
+        out.write(json.dumps({"path": path, "loads": ok, "why": why}) + "\n"); out.flush()
+'''
+
+
+def weights_only_loads(paths, workdir):
+    """path -> (torch 2.x's torch.load(weights_only=True) succeeded, why not);
+    a file that kills the interpreter counts as not loaded."""
+    lst = workdir / "paths.txt"
+    lst.write_text("\n".join(map(str, paths)))
+    results = {}
+    for _ in range(len(paths) + 1):
+        done = workdir / "done.json"
+        done.write_text(json.dumps(sorted(results)))
+        argv = [*shlex.split(T2), "-c", PRELUDE + WEIGHTS_ONLY, str(lst), str(done)]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+        started = None
+        for line in pathlib.Path(str(lst) + ".out").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("start"):
+                started = r["path"]
+            else:
+                results[r["path"]] = (r["loads"], r["why"])
+                started = None
+        if proc.returncode == 0:
+            break
+        assert started, proc.stderr.decode()[-3000:]
+        results[started] = (False, f"crashed ({proc.returncode})")
+    return results
+
+
+def test_scan_safe_means_torch2_weights_only_loads(t2_info, ckpt_bin, torch_files, tmp_path):
+    """Every file `ckpt scan` calls safe, torch 2.6 loads with weights_only=True
+    (torch-made files and the differential's hostile and benign variants);
+    where scan states torch_weights_only_loads, it is what torch 2.6 does."""
+    import diffgen
+
+    paths = []
+    for i, v in enumerate(diffgen.variants()):
+        p = tmp_path / f"v{i:03d}"
+        p.write_bytes(v.data)
+        paths.append(p)
+    paths += [c.path for c in torch_files.values()]
+    versioned = tmp_path / "versioned.pth"
+    torch.save(training_checkpoint(), versioned)
+    paths.append(versioned)
+    res = subprocess.run([ckpt_bin, "scan", "--json", *map(str, paths)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=600)
+    assert res.returncode in (0, 1), res.stderr.decode()
+    scanned = {f["file"]: f for f in json.loads(res.stdout)["files"]}
+    torch_formats = ("torch-zip", "torch-legacy")
+    loads = weights_only_loads(paths, tmp_path)
+    wrong = []
+    for p in map(str, paths):
+        f = scanned[p]
+        ok, why = loads[p]
+        if "torch_weights_only_loads" in f and f["torch_weights_only_loads"] != ok:
+            wrong.append(f"{p}: scan says torch_weights_only_loads="
+                         f"{f['torch_weights_only_loads']}, torch 2.6: {ok} {why}")
+        # A scan without severities (no torch_weights_only_loads) calls files
+        # with opcodes torch's reader lacks (FRAME: "Unsupported operand 149")
+        # safe; a scan with them says warning.
+        gap = "torch_weights_only_loads" not in f and "Unsupported operand" in why
+        if f.get("verdict") == "safe" and f.get("format") in torch_formats and not ok and not gap:
+            wrong.append(f"{p} ({f.get('format')}): scan says safe, torch 2.6 refuses: {why}")
+    assert not wrong, "\n".join(wrong)
+    assert not loads[str(versioned)][0]     # TorchVersion: torch 2.6 refuses it
+    assert scanned[str(versioned)]["verdict"] != "safe"
