@@ -8,6 +8,11 @@
 #                 new inputs go to build-fuzz/corpus/<target>, crashes to
 #                 build-fuzz/artifacts
 #   make deps     install the Debian packages ckpt needs (idempotent)
+#   make torch2   make the Debian 13 chroot with torch 2.6 and safetensors
+#                 that the interop tests also run against (scripts/torch2-
+#                 chroot.sh; CKPT_TORCH2_ROOT, default /var/cache/ckpt-torch2);
+#                 make test uses it when present, and CKPT_TORCH2=1 make test
+#                 makes it first and fails without it
 #   make bench    build Release (build-bench) and measure ckpt against torch,
 #                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
 #                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench)
@@ -20,7 +25,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-release test-asan demo fuzz bench budget clean
+.PHONY: all build deps torch2 test test-release test-asan demo fuzz bench budget clean
 
 all: build
 
@@ -31,7 +36,12 @@ build:
 	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build -j$(JOBS)
 
-test: deps test-release test-asan
+torch2:
+	@command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap; }
+	@sh scripts/torch2-chroot.sh build
+
+test: deps $(if $(filter 1,$(CKPT_TORCH2)),torch2) test-release test-asan
+	@sh scripts/torch2-chroot.sh check || echo "note: the torch 2.x interop tests were skipped (no chroot in $$(sh scripts/torch2-chroot.sh path)): CKPT_TORCH2=1 make test makes it"
 
 test-release:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPT_WERROR=ON $(CMAKE_FLAGS)
