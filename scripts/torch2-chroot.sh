@@ -52,17 +52,22 @@ build() {
     flock 9
     ready && return 0
     tmp="$ROOT.tmp"
+    # debootstrap mounts /proc, /sys (and may bind /dev) in its target: it
+    # runs in a private mount namespace, so none of them outlives it, and a
+    # leftover target is removed only when nothing is mounted in it.
+    ! grep -q " $tmp/" /proc/mounts || die "$tmp has mounts in it: unmount them first"
     rm -rf "$tmp"
     m=$(mirror)
     start=$(date +%s)
     echo "torch2-chroot: debootstrap $SUITE from $m into $tmp" >&2
-    debootstrap --variant=minbase --include="$(echo "$PKGS" | tr ' ' ,)" \
-        "$SUITE" "$tmp" "$m" >&2 ||
+    unshare --mount --propagation private -- debootstrap --variant=minbase \
+        --include="$(echo "$PKGS" | tr ' ' ,)" "$SUITE" "$tmp" "$m" >&2 ||
         die "debootstrap failed (log: $tmp/debootstrap/debootstrap.log)"
     rm -rf "$tmp/var/cache/apt/archives/"*.deb
     (run_in "$tmp" python3 -c 'import torch, safetensors, numpy; print("torch", torch.__version__)') >&2 ||
         die "torch does not start in $tmp"
     touch "$tmp/$STAMP"
+    ! grep -q " $ROOT/" /proc/mounts || die "$ROOT has mounts in it: unmount them first"
     rm -rf "$ROOT"
     mv "$tmp" "$ROOT"
     echo "torch2-chroot: ready in $ROOT ($(($(date +%s) - start)) s)" >&2

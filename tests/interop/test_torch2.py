@@ -10,7 +10,11 @@ this machine's temporary directory, which the chroot sees at the same path:
   torch.__version__, AdamW/StepLR/GradScaler state) loaded by torch 2.6's
   default torch.load, which is weights_only=True;
 - safetensors files written by the package read by ckpt, and the other way;
-- `ckpt scan` never calls safe what torch 2.6's weights_only reader refuses.
+- `convert` warns in one line when a safetensors output holds dtypes that
+  older readers (this package among them, for C64) refuse;
+- `ckpt scan` never calls safe what torch 2.6's weights_only reader refuses
+  (a scan that has no torch_weights_only_loads yet calls files with FRAME
+  opcodes safe, which torch refuses: that one gap is let through there).
 """
 import json
 import os
