@@ -442,6 +442,57 @@ static const ckpt_value *cast_tree(ckpt_tree *tree, const ckpt_value *v, ckpt_dt
     return result;
 }
 
+/* ---- dtypes that older safetensors readers refuse ------------------------- */
+
+/* Sets bit d of *seen for each tensor dtype under v; `budget` bounds the walk
+ * (a shared or cyclic container is walked again, never forever). */
+static void dtypes_under(const ckpt_value *v, uint64_t *seen, int depth, size_t *budget)
+{
+    if (!v || depth > 1000 || *budget == 0)
+        return;
+    (*budget)--;
+    ckpt_kind kind = ckpt_value_kind(v);
+    bool is_dict = kind == CKPT_KIND_DICT || kind == CKPT_KIND_ORDERED_DICT;
+    if (kind == CKPT_KIND_TENSOR) {
+        ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
+        ckpt_tensor_get_info(ckpt_value_tensor(v), &ti);
+        if ((unsigned)ti.dtype < 64)
+            *seen |= UINT64_C(1) << ti.dtype;
+        return;
+    }
+    if (!is_dict && kind != CKPT_KIND_LIST && kind != CKPT_KIND_TUPLE)
+        return;
+    for (size_t i = 0, n = ckpt_value_len(v); i < n; i++)
+        dtypes_under(is_dict ? ckpt_value_dict_value(v, i) : ckpt_value_item(v, i), seen,
+                     depth + 1, budget);
+}
+
+/* The safetensors format took these dtypes in late: readers older than the
+ * change (the safetensors package of Debian 13 among them, for C64) refuse the
+ * whole file. One warning line names those written. */
+static void warn_late_dtypes(const char *out, const ckpt_value *root)
+{
+    static const ckpt_dtype late[] = {CKPT_DTYPE_COMPLEX64, CKPT_DTYPE_FLOAT8_E8M0FNU,
+                                      CKPT_DTYPE_FLOAT4_E2M1, CKPT_DTYPE_FLOAT6_E2M3,
+                                      CKPT_DTYPE_FLOAT6_E3M2};
+    uint64_t seen = 0;
+    size_t budget = (size_t)1 << 20;
+    dtypes_under(root, &seen, 0, &budget);
+    char names[128] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof(late) / sizeof(late[0]); i++) {
+        if (!(seen & (UINT64_C(1) << late[i])))
+            continue;
+        int w = snprintf(names + len, sizeof(names) - len, "%s%s", len ? ", " : "",
+                         ckpt_dtype_safetensors_name(late[i]));
+        if (w > 0 && (size_t)w < sizeof(names) - len)
+            len += (size_t)w;
+    }
+    if (len)
+        fprintf(stderr, "ckpt convert: warning: %s holds %s: added to the safetensors format "
+                        "late, older readers refuse the file\n", out, names);
+}
+
 /* ---- pickled modules --------------------------------------------------------- */
 
 /* An OrderedDict of the tensors under `key` (all tensors when NULL), named
@@ -798,6 +849,8 @@ int ckpt_cli_convert(int argc, char **argv)
                             "dict; a .safetensors output takes every tensor\n");
         goto done_tree;
     }
+    if (fmt == 2)
+        warn_late_dtypes(o.out, root);
     rc = CLI_EXIT_OK;
 done_tree:
     for (size_t i = 0; i < MAX_EDITS; i++)

@@ -7,11 +7,32 @@ the corpus to ../shared/corpus next to the source tree.
 """
 import os
 import pathlib
+import shlex
+import subprocess
 
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE_DIR = pathlib.Path(os.environ.get("CKPT_SOURCE_DIR", HERE.parent.parent)).resolve()
+
+
+# A torch 2.x interpreter for test_torch2.py and test_differential.py: the
+# chroot of scripts/torch2-chroot.sh when it is built and usable here, unless
+# CKPT_TORCH2_PYTHON names one. CKPT_TORCH2=1 requires it (make test builds it
+# first then); without it, those tests are skipped with one line saying so.
+TORCH2_SCRIPT = SOURCE_DIR / "scripts" / "torch2-chroot.sh"
+if not os.environ.get("CKPT_TORCH2_PYTHON") and subprocess.run(
+        ["sh", str(TORCH2_SCRIPT), "check"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL).returncode == 0:
+    os.environ["CKPT_TORCH2_PYTHON"] = f"sh {shlex.quote(str(TORCH2_SCRIPT))} python"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not os.environ.get("CKPT_TORCH2_PYTHON") and os.environ.get("CKPT_TORCH2") != "1":
+        terminalreporter.write_line(
+            "skipped the torch 2.x interop tests: no chroot at "
+            f"{os.environ.get('CKPT_TORCH2_ROOT', '/var/cache/ckpt-torch2')} "
+            "(CKPT_TORCH2=1 make test builds it)")
 
 
 def _path_from_env(var, fallback):
