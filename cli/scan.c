@@ -102,10 +102,17 @@ static void report_json(scan_run *r, const char *path, const ckpt_scan *sc, cons
     ckpt_scan_verdict verdict = ckpt_scan_get_verdict(sc);
     json_object_set_new(o, "verdict", json_string(ckpt_scan_verdict_name(verdict)));
     json_object_set_new(o, "format", json_string(ckpt_scan_format(sc)));
+    /* true only where torch.load(weights_only=True) loads the file: a
+     * torch.save file (zip or legacy) with nothing to warn about */
+    const char *format = ckpt_scan_format(sc);
+    bool torch_format = strcmp(format, "torch-zip") == 0 || strcmp(format, "torch-legacy") == 0;
     json_object_set_new(o, "torch_weights_only_loads",
-                        json_boolean(verdict == CKPT_SCAN_VERDICT_SAFE));
-    const char *reason = "every global is on torch's weights-only allow-list and every reader "
-                         "sees the same content";
+                        json_boolean(verdict == CKPT_SCAN_VERDICT_SAFE && torch_format));
+    const char *reason = torch_format
+                             ? "every global is on torch's weights-only allow-list, every opcode "
+                               "is one its reader runs, and every reader sees the same content"
+                             : "not a file torch.load reads (it reads torch.save's zip and legacy "
+                               "formats)";
     for (size_t i = 0; verdict != CKPT_SCAN_VERDICT_SAFE && i < ckpt_scan_finding_count(sc); i++) {
         const ckpt_scan_finding *f = ckpt_scan_finding_at(sc, i);
         if (finding_severity(f) == verdict) {

@@ -1195,7 +1195,8 @@ typedef enum ckpt_scan_kind {
     CKPT_SCAN_KIND_NESTED_ARCHIVE = 13, /* an archive inside the file (zip, 7z) */
     CKPT_SCAN_KIND_STORAGE = 14,        /* a storage record missing or of the wrong size */
     CKPT_SCAN_KIND_FORMAT = 15,         /* not a checkpoint torch.load reads, or one it refuses */
-    CKPT_SCAN_KIND_LIMIT = 16           /* a limit stopped the scan: the rest is unchecked */
+    CKPT_SCAN_KIND_LIMIT = 16,          /* a limit stopped the scan: the rest is unchecked */
+    CKPT_SCAN_KIND_OPCODE = 17          /* an opcode torch's weights-only reader lacks (a warning) */
 } ckpt_scan_kind;
 
 /* How a pickle uses a global (ckpt_scan_finding.use); 0 means it is only

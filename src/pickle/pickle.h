@@ -57,6 +57,7 @@ struct ckpt__pickle_ctx {
     ckpt__global_seen_fn on_global;     /* may be NULL */
     ckpt__global_use_fn on_use;         /* may be NULL */
     ckpt__global_call_fn on_call;       /* may be NULL */
+    uint64_t *ops_seen;                 /* may be NULL: 256 bits, one per opcode run */
     size_t stop_frame_end;              /* out, with CKPT__PICKLE_NO_FAIL: where the frame
                                            that holds STOP ends when it runs on past STOP
                                            (an error otherwise: see FRAME in
@@ -74,6 +75,9 @@ struct ckpt__pickle_ctx {
  * their data-only meaning; any other global is CKPT_ERR_UNSAFE naming
  * module.name and its offset, or, with CKPT__PICKLE_INERT, an inert value.
  */
+/* The opcode's name as pickletools names it ("FRAME"), or "unknown". */
+const char *ckpt__pickle_opcode_name(uint8_t op);
+
 ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t size,
                            size_t *consumed, ckpt_value **out, ckpt_error *err);
 

@@ -128,6 +128,11 @@ static const char *op_name(uint8_t op)
     return "unknown opcode";
 }
 
+const char *ckpt__pickle_opcode_name(uint8_t op)
+{
+    return op_name(op);
+}
+
 /* ======================================================================
  * The machine
  * ====================================================================== */
@@ -1142,6 +1147,8 @@ static ckpt_status run(vm *m, ckpt_value **result)
         }
         m->op_pos = m->pos;
         m->op = m->data[m->pos++];
+        if (m->ctx->ops_seen)
+            m->ctx->ops_seen[m->op >> 6] |= (uint64_t)1 << (m->op & 63);
         switch (m->op) {
         /* ---- framing and control ---- */
         case OP_PROTO:

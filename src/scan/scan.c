@@ -58,6 +58,7 @@ const char *ckpt_scan_kind_name(ckpt_scan_kind kind)
     case CKPT_SCAN_KIND_STORAGE: return "storage";
     case CKPT_SCAN_KIND_FORMAT: return "format";
     case CKPT_SCAN_KIND_LIMIT: return "limit";
+    case CKPT_SCAN_KIND_OPCODE: return "opcode";
     }
     return "unknown";
 }
@@ -594,6 +595,7 @@ static ckpt_status run_pickle(scan_ctx *s, ckpt__arena *arena, const uint8_t *da
         .on_global = on_global,
         .on_use = on_use,
         .on_call = on_call,
+        .ops_seen = s->torch_ops,
         .framing = &u->framing,
     };
     memset(&u->framing, 0, sizeof(u->framing));
@@ -786,6 +788,30 @@ static ckpt_status scan_trailing(scan_ctx *s, const uint8_t *data, uint64_t size
     return CKPT_OK;
 }
 
+/* The opcodes torch's weights-only reader runs (torch 2.6,
+ * torch/_weights_only_unpickler.py): protocol 2 as torch.save writes it.
+ * Any other opcode makes torch.load(weights_only=True) refuse the file with
+ * "Unsupported operand N" (FRAME and SHORT_BINUNICODE of protocol 4,
+ * MEMOIZE, STACK_GLOBAL, BINBYTES, the text opcodes of protocol 0, ...). */
+static const char TORCH_OPCODES[] = "c\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fJKMGXUQhjqr\x8a\x80.";
+
+ckpt_status ckpt__scan_torch_opcodes(scan_ctx *s, const uint64_t ops[4], const char *record,
+                                     uint64_t file_offset)
+{
+    for (unsigned op = 0; op < 256; op++) {
+        if (!(ops[op >> 6] & ((uint64_t)1 << (op & 63))) ||
+            memchr(TORCH_OPCODES, (int)op, sizeof(TORCH_OPCODES) - 1))
+            continue;
+        CKPT_RETURN_IF_ERROR(ckpt__scan_warn(
+            s, CKPT_SCAN_KIND_OPCODE, record, CKPT_NO_OFFSET, file_offset,
+            "opcode %s (0x%02x), which torch's weights-only reader lacks: "
+            "torch.load(weights_only=True) refuses the file (\"Unsupported operand %u\"); "
+            "ckpt reads it, and re-saving it with ckpt convert writes what torch reads",
+            ckpt__pickle_opcode_name((uint8_t)op), op, op));
+    }
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
                                     const scan_pickle_result *res, const char *record,
                                     const char *where, uint64_t file_base)
@@ -877,7 +903,7 @@ static ckpt_status legacy_persistent(void *user, ckpt__pickle_ctx *ctx, const ck
  * the object, the storage keys, then each storage's count and bytes (the
  * counts are read, the bytes skipped). */
 static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, uint64_t pos,
-                               const char *where, uint64_t file_base)
+                               const char *where, uint64_t file_base, uint64_t ops[4])
 {
     static const char *const names[] = {"legacy protocol version", "legacy sys_info",
                                         "legacy object pickle", "legacy storage keys"};
@@ -897,9 +923,11 @@ static ckpt_status scan_legacy(scan_ctx *s, const uint8_t *data, uint64_t size, 
         scan_pickle_result res;
         uint64_t start = pos;
         L.file_base = ckpt__scan_at(file_base, pos);
+        s->torch_ops = ops; /* torch's weights-only reader runs each of these */
         st = ckpt__scan_pickle(s, &arena, data + pos, (size_t)(size - pos), rec,
                                ckpt__scan_at(file_base, pos), i == 2 ? legacy_persistent : NULL,
                                i == 2 ? &L : NULL, &res);
+        s->torch_ops = NULL;
         if (st != CKPT_OK || res.broke)
             goto out;
         /* torch reads the next pickle where its reader of the file is */
@@ -995,7 +1023,10 @@ static ckpt_status scan_pickle_stream(scan_ctx *s, const uint8_t *data, uint64_t
     ckpt__arena_init(&arena, s->limits.max_value_bytes);
     scan_pickle_result res;
     size_t n = size > SIZE_MAX ? SIZE_MAX : (size_t)size;
+    uint64_t ops[4] = {0};
+    s->torch_ops = ops;
     ckpt_status st = ckpt__scan_pickle(s, &arena, data, n, rec, file_base, NULL, NULL, &res);
+    s->torch_ops = NULL;
     bool legacy = st == CKPT_OK && !res.broke && ckpt__is_legacy_magic(res.value);
     ckpt__arena_free(&arena);
     CKPT_RETURN_IF_ERROR(st);
@@ -1007,7 +1038,9 @@ static ckpt_status scan_pickle_stream(scan_ctx *s, const uint8_t *data, uint64_t
         return ckpt__scan_after_pickle(s, data, size, &res, rec, where, file_base);
     uint64_t next;
     CKPT_RETURN_IF_ERROR(next_in_stream(s, data, 0, &res, rec, file_base, &next));
-    return scan_legacy(s, data, size, next, where, file_base);
+    CKPT_RETURN_IF_ERROR(scan_legacy(s, data, size, next, where, file_base, ops));
+    return ckpt__scan_torch_opcodes(s, ops, where_record(where, "legacy pickles", rec, sizeof(rec)),
+                                    ckpt__scan_at(file_base, 0));
 }
 
 /* ======================================================================

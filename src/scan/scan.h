@@ -38,6 +38,8 @@ typedef struct scan_ctx {
     size_t uses_cap, uses_count;
     uint64_t file_dev, file_ino; /* the file ckpt_scan_file scans */
     struct scan_seen *shards_seen; /* a sharded index: shard files scanned (scan.c) */
+    uint64_t *torch_ops;         /* while scanning a pickle torch.load unpickles (data.pkl,
+                                    the legacy pickles): the opcodes run (scan.c) */
     uint64_t inflated_held;      /* deflated records held inflated now, nested archives
                                     included: at most max_pickle_bytes (scan_zip.c) */
 } scan_ctx;
@@ -92,6 +94,10 @@ ckpt_status ckpt__scan_pickle_alone(scan_ctx *s, const uint8_t *data, size_t siz
  * end of a frame that runs past it, then, from where Python's unpickler
  * reading a file goes on, more pickles (each an extra one, scanned) or
  * trailing bytes. where prefixes the records of those pickles. */
+/* Reports each opcode in ops (256 bits) that torch's weights-only reader
+ * lacks: a warning, torch.load(weights_only=True) refuses the file. */
+ckpt_status ckpt__scan_torch_opcodes(scan_ctx *s, const uint64_t ops[4], const char *record,
+                                     uint64_t file_offset);
 ckpt_status ckpt__scan_after_pickle(scan_ctx *s, const uint8_t *data, uint64_t size,
                                     const scan_pickle_result *res, const char *record,
                                     const char *where, uint64_t file_base);

@@ -850,12 +850,17 @@ static ckpt_status scan_entry_pickle(zscan *z, zentry *e, const uint8_t *p, uint
     ckpt__arena_init(&arena, z->s->limits.max_value_bytes);
     zip_pl P = {.z = z, .record = rec, .file_base = file_base};
     scan_pickle_result res;
+    uint64_t ops[4] = {0};
+    z->s->torch_ops = storages ? ops : NULL; /* the pickle torch's reader runs */
     ckpt_status st =
         ckpt__scan_pickle(z->s, &arena, p, (size_t)e->len, rec, file_base,
                           storages ? zip_persistent : NULL, storages ? &P : NULL, &res);
+    z->s->torch_ops = NULL;
     ckpt__storage_table_free(&P.table);
     ckpt__arena_free(&arena);
     CKPT_RETURN_IF_ERROR(st);
+    if (storages)
+        CKPT_RETURN_IF_ERROR(ckpt__scan_torch_opcodes(z->s, ops, rec, file_base));
     if (res.broke || res.consumed >= e->len)
         return CKPT_OK;
     /* torch stops at STOP; pickle.load again on the record reads on */

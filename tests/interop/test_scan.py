@@ -280,6 +280,7 @@ def test_malicious_details(tool, corpus_dir):
 TORCHSCRIPT = "a TorchScript archive: it holds code torch.jit.load runs"
 NUMPY_GLOBALS = "pickles numpy/scipy objects: globals outside the allow-list"
 NOT_A_CHECKPOINT = "not a checkpoint torch.load reads"
+OPCODES = "pickle protocol 1, 4 or 5: opcodes torch's weights-only reader lacks"
 BENIGN_UNSAFE = {
     **{f"TorchSharp/{n}": TORCHSCRIPT for n in (
         "exported.method.dat", "func.script.dat", "l1000_100_10.script.dat",
@@ -310,9 +311,11 @@ BENIGN_UNSAFE = {
     "picklescan/data2/int_array.npy": NOT_A_CHECKPOINT,
     "picklescan/data2/int_arrays.npz": NOT_A_CHECKPOINT,
     "picklescan/data2/int_arrays_compressed.npz": NOT_A_CHECKPOINT,
+    **{f"gopickle/tensor_{t}_proto{p}{z}.pt": OPCODES for t in ("bool", "float32")
+       for p in (1, 4, 5) for z in ("", "_zip")},
 }
 EXPECTED_KIND = {TORCHSCRIPT: "torchscript", NUMPY_GLOBALS: "global",
-                 NOT_A_CHECKPOINT: "format"}
+                 NOT_A_CHECKPOINT: "format", OPCODES: "opcode"}
 # of those, the ones in which nothing runs code: torch's default reader refuses
 # them (numpy arrays, a .npy of numbers), so they are a warning, not unsafe
 BENIGN_WARNING = {
@@ -322,6 +325,7 @@ BENIGN_WARNING = {
         "noncontiguous_numpy_array.legacy.pt", "noncontiguous_numpy_array.zip.pt",
         "numpy_arrays.legacy.pt", "numpy_arrays.zip.pt")),
     "picklescan/data2/int_array.npy",
+    *(rel for rel, why in BENIGN_UNSAFE.items() if why == OPCODES),
 }
 
 
@@ -346,7 +350,7 @@ def test_benign_files_are_safe_but_the_documented(tool, corpus_dir, source_dir):
     for rel, why in BENIGN_UNSAFE.items():
         if why in EXPECTED_KIND:
             assert EXPECTED_KIND[why] in kinds(unsafe[rel]), rel
-    assert js["safe"] >= 150
+    assert js["safe"] >= 140
     doc = (source_dir / "docs" / "CORPUS.md").read_text()
     assert "## Scan verdicts" in doc
     for rel in BENIGN_UNSAFE:

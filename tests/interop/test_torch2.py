@@ -417,14 +417,14 @@ def test_scan_safe_means_torch2_weights_only_loads(t2_info, ckpt_bin, torch_file
     for p in map(str, paths):
         f = scanned[p]
         ok, why = loads[p]
-        if "torch_weights_only_loads" in f and f["torch_weights_only_loads"] != ok:
-            wrong.append(f"{p}: scan says torch_weights_only_loads="
-                         f"{f['torch_weights_only_loads']}, torch 2.6: {ok} {why}")
-        # A scan without severities (no torch_weights_only_loads) calls files
-        # with opcodes torch's reader lacks (FRAME: "Unsupported operand 149")
-        # safe; a scan with them says warning.
-        gap = "torch_weights_only_loads" not in f and "Unsupported operand" in why
-        if f.get("verdict") == "safe" and f.get("format") in torch_formats and not ok and not gap:
+        # true promises that torch loads it; false also stands for "unsafe,
+        # whatever torch does" (an ambiguous archive torch may well load)
+        if f["torch_weights_only_loads"] and not ok:
+            wrong.append(f"{p}: scan says torch_weights_only_loads=true, torch 2.6: {why}")
+        if not f["torch_weights_only_loads"] and ok and f["verdict"] != "unsafe":
+            wrong.append(f"{p}: scan says {f['verdict']} and torch_weights_only_loads=false, "
+                         f"torch 2.6 loads it")
+        if f.get("verdict") == "safe" and f.get("format") in torch_formats and not ok:
             wrong.append(f"{p} ({f.get('format')}): scan says safe, torch 2.6 refuses: {why}")
     assert not wrong, "\n".join(wrong)
     assert not loads[str(versioned)][0]     # TorchVersion: torch 2.6 refuses it
