@@ -1130,9 +1130,26 @@ static ckpt_status torch_pass(zscan *z)
         return zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                     "an empty archive: not a checkpoint");
     }
+    /* numpy's .npz: arrays at the root, each NAME.npy. Nothing in it runs
+     * unless an array holds objects (scanned with the records below, each
+     * an unsafe finding then); torch.load refuses it, numpy.load reads it:
+     * a warning, as a .npy of numbers is. */
+    bool npz = true;
+    for (size_t i = 0; i < z->n && npz; i++) {
+        const zentry *e = &z->e[i];
+        npz = e->name_len > 4 && !memchr(e->name, '/', e->name_len) &&
+              memcmp(e->name + e->name_len - 4, ".npy", 4) == 0;
+    }
+    if (npz)
+        CKPT_RETURN_IF_ERROR(ckpt__scan_warn(
+            z->s, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0, ckpt__scan_at(z->base, 0),
+            "a numpy .npz archive of %zu array%s, not a checkpoint torch.load reads: "
+            "numpy.load(allow_pickle=False) reads it", z->n, z->n == 1 ? "" : "s"));
     const zentry *first = &z->e[0];
     const char *slash = memchr(first->name, '/', first->name_len);
-    if (slash) {
+    if (npz) {
+        /* the records below are scanned as a zip's records are */
+    } else if (slash) {
         z->prefix = first->name;
         z->plen = (size_t)(slash - first->name);
     } else {
@@ -1162,7 +1179,7 @@ static ckpt_status torch_pass(zscan *z)
         if (rest_is(rest, len, "version") || rest_is(rest, len, ".data/version"))
             has_version = true;
     }
-    if (outside) {
+    if (outside && !npz) {
         char q[200];
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, erec(z, first_out, rec, sizeof(rec)),
                                   first_out->central_at,
@@ -1177,8 +1194,13 @@ static ckpt_status torch_pass(zscan *z)
                                   "that torch.jit.load runs (and torch.load did, before 2.6, "
                                   "even with weights_only=True: CVE-2025-32434)"));
     if (z->top)
-        z->s->report->format = z->torchscript ? "torchscript" : mains ? "torch-zip" : "zip";
-    if (!mains && !z->torchscript) {
+        z->s->report->format = npz              ? "numpy"
+                               : z->torchscript ? "torchscript"
+                               : mains          ? "torch-zip"
+                                                : "zip";
+    if (npz) {
+        /* no torch records to look for */
+    } else if (!mains && !z->torchscript) {
         char q[200];
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_FORMAT, zrec(z, rec, sizeof(rec)), 0,
                                   "no '%s%sdata.pkl' record: not a torch.save checkpoint, "

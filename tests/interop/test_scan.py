@@ -325,6 +325,8 @@ BENIGN_WARNING = {
         "noncontiguous_numpy_array.legacy.pt", "noncontiguous_numpy_array.zip.pt",
         "numpy_arrays.legacy.pt", "numpy_arrays.zip.pt")),
     "picklescan/data2/int_array.npy",
+    "candle/test.npz", "picklescan/data2/int_arrays.npz",
+    "picklescan/data2/int_arrays_compressed.npz",
     *(rel for rel, why in BENIGN_UNSAFE.items() if why == OPCODES),
 }
 
@@ -533,6 +535,41 @@ def test_numpy_arrays_are_a_warning(tool, tmp_path):
     (tmp_path / "called.pkl").write_bytes(called)
     rep = scan_one(tool, tmp_path / "called.pkl")
     assert rep["verdict"] == "unsafe" and finding(rep, "global", "numpy.dtype")["severity"] == "unsafe"
+
+
+def test_npz_of_numbers_is_a_warning_of_objects_unsafe(tool, tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "n.npz", a=np.arange(3.0), b=np.ones((2, 2), np.int32))
+    np.savez_compressed(tmp_path / "z.npz", a=np.arange(5))
+    for name in ("n.npz", "z.npz"):
+        rep = scan_one(tool, tmp_path / name)
+        assert rep["verdict"] == "warning" and rep["format"] == "numpy", rep
+        assert rep["torch_weights_only_loads"] is False
+        assert [f["severity"] for f in rep["findings"]] == ["warning"], rep
+    # an object array's pickle runs under np.load(allow_pickle=True)
+    np.savez(tmp_path / "o.npz", a=np.array([{"k": 1}, None], dtype=object))
+    rep = scan_one(tool, tmp_path / "o.npz")
+    assert rep["verdict"] == "unsafe", rep
+    # a zip of other records stays unsafe: not an .npz
+    with zipfile.ZipFile(tmp_path / "x.zip", "w") as z:
+        z.writestr("a.npy", b"\x93NUMPY")
+        z.writestr("notes.txt", b"hi")
+    assert scan_one(tool, tmp_path / "x.zip")["verdict"] == "unsafe"
+
+
+def test_opcodes_torch_lacks_are_a_warning(tool, tmp_path):
+    """torch 2.6's weights-only reader runs protocol 2's binary opcodes only:
+    a protocol 4 pickle in a torch zip is a warning, the same file at
+    protocol 2 is safe."""
+    for proto, verdict in ((2, "safe"), (4, "warning")):
+        p = tmp_path / f"p{proto}.pt"
+        torch.save({"w": torch.ones(2)}, p, pickle_protocol=proto)
+        rep = scan_one(tool, p)
+        assert rep["verdict"] == verdict, rep
+        assert rep["torch_weights_only_loads"] is (verdict == "safe")
+        if verdict == "warning":
+            assert {f["kind"] for f in rep["findings"]} == {"opcode"}, rep
+            assert any("FRAME" in f["message"] for f in rep["findings"]), rep
 
 
 def test_calls_are_shown_as_python_reads_them(tool, tmp_path):
