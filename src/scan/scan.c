@@ -1392,6 +1392,21 @@ static ckpt_status tar_greedy_end(tar_read *t)
     return CKPT_OK;
 }
 
+/* The record pickle that starts row i of a member ("storage 3"): *more
+ * false when the rows stop before it (the member ends where the count was
+ * a guess, or torch fails on the pickle). */
+static ckpt_status tar_row(tar_read *t, const char *kind, uint64_t i, char *what, size_t cap,
+                           scan_pickle_result *res, bool *more)
+{
+    snprintf(what, cap, "%s %llu", kind, (unsigned long long)i);
+    *more = false;
+    if (t->greedy && t->pos >= t->len)
+        return tar_greedy_end(t);
+    CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, res));
+    *more = !t->stop;
+    return CKPT_OK;
+}
+
 /* "storages": a count, per storage (key, location, storage_type), an int64
  * element count and the bytes, then the views. */
 static ckpt_status tar_storages(tar_read *t)
@@ -1400,12 +1415,10 @@ static ckpt_status tar_storages(tar_read *t)
     CKPT_RETURN_IF_ERROR(tar_count_pickle(t, &count));
     for (uint64_t i = 0; i < count && !t->stop; i++) {
         char what[48];
-        snprintf(what, sizeof(what), "storage %llu", (unsigned long long)i);
-        if (t->greedy && t->pos >= t->len)
-            return tar_greedy_end(t);
         scan_pickle_result res;
-        CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
-        if (t->stop)
+        bool more;
+        CKPT_RETURN_IF_ERROR(tar_row(t, "storage", i, what, sizeof(what), &res, &more));
+        if (!more)
             break;
         const ckpt_value *v = res.value;
         bool untyped = false;
@@ -1449,12 +1462,10 @@ static ckpt_status tar_tensors(tar_read *t)
     CKPT_RETURN_IF_ERROR(tar_count_pickle(t, &count));
     for (uint64_t i = 0; i < count && !t->stop; i++) {
         char what[48];
-        snprintf(what, sizeof(what), "tensor %llu", (unsigned long long)i);
-        if (t->greedy && t->pos >= t->len)
-            return tar_greedy_end(t);
         scan_pickle_result res;
-        CKPT_RETURN_IF_ERROR(tar_next_pickle(t, what, NULL, &res));
-        if (t->stop)
+        bool more;
+        CKPT_RETURN_IF_ERROR(tar_row(t, "tensor", i, what, sizeof(what), &res, &more));
+        if (!more)
             break;
         if (t->greedy && (t->len - t->pos < 8 || (int32_t)ckpt__le32(t->p + t->pos) < 0 ||
                           16 + 16 * (uint64_t)(int32_t)ckpt__le32(t->p + t->pos) >
