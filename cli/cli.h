@@ -19,6 +19,12 @@
                            * unsafe (scan), does not load (match) */
 #define CLI_EXIT_ERROR 2  /* error: a file cannot be read or written, a bad option */
 
+/* The help line of --torchscript-weights, the same in every command. */
+#define CLI_TORCHSCRIPT_WEIGHTS_HELP                                                      \
+    "  --torchscript-weights  read a TorchScript archive (torch.jit.save) as data: its\n" \
+    "           weights as torch.jit.load(f).state_dict() names them; nothing in it\n"     \
+    "           is run (only each class's __parameters__/__buffers__ lists are read)\n"
+
 /* The commands that live in their own files. Each takes the arguments from
  * its name on: argv[0] is the command's name ("diff"), as main's argv[0] is
  * the program's, and returns its exit status. */

@@ -26,7 +26,7 @@ typedef struct convert_opts {
     const char *add_prefix;
     const char *include[MAX_EDITS], *exclude[MAX_EDITS];
     size_t n_include, n_exclude;
-    bool no_fsync, permissive, quiet, force;
+    bool no_fsync, permissive, torchscript_weights, quiet, force;
     uint64_t max_output_ratio;  /* 0: the default */
 } convert_opts;
 
@@ -69,6 +69,9 @@ static void convert_usage(FILE *out)
             "  --permissive           open files holding non-allow-listed objects as inert\n"
             "                         values (nothing runs); a pickled nn.Module gives its\n"
             "                         state_dict() tensors\n"
+            "  --torchscript-weights  read a TorchScript archive (torch.jit.save) as data:\n"
+            "                         its weights as torch.jit.load(f).state_dict() names\n"
+            "                         them; nothing in it runs\n"
             "  --no-fsync             skip the fsyncs (faster, not crash-safe)\n"
             "  --force                write even when --to contradicts OUT's extension, or\n"
             "                         when the filters leave nothing\n"
@@ -573,7 +576,7 @@ static void catch_signals(void)
 enum {
     OPT_TO = CLI_OPT_LONG, OPT_KEY, OPT_STRIP_PREFIX, OPT_ADD_PREFIX, OPT_RENAME, OPT_INCLUDE,
     OPT_EXCLUDE, OPT_DTYPE, OPT_MAP_LOCATION, OPT_MAX_OUTPUT_RATIO, OPT_NO_FSYNC, OPT_PERMISSIVE,
-    OPT_FORCE,
+    OPT_FORCE, OPT_TORCHSCRIPT_WEIGHTS,
 };
 
 static const struct option convert_options[] = {
@@ -589,6 +592,7 @@ static const struct option convert_options[] = {
     {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
     {"no-fsync", no_argument, NULL, OPT_NO_FSYNC},
     {"permissive", no_argument, NULL, OPT_PERMISSIVE},
+    {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"force", no_argument, NULL, OPT_FORCE},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -666,6 +670,7 @@ static int parse_args(int argc, char **argv, convert_opts *o)
             break;
         case OPT_NO_FSYNC: o->no_fsync = true; break;
         case OPT_PERMISSIVE: o->permissive = true; break;
+        case OPT_TORCHSCRIPT_WEIGHTS: o->torchscript_weights = true; break;
         case OPT_FORCE: o->force = true; break;
         case 'q': o->quiet = true; break;
         case CLI_OPT_ARG:
@@ -733,6 +738,8 @@ int ckpt_cli_convert(int argc, char **argv)
     ckpt_open_options_default(&oo);
     if (o.permissive)
         oo.flags |= CKPT_OPEN_PERMISSIVE;
+    if (o.torchscript_weights)
+        oo.flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS;
     if (o.max_output_ratio)
         oo.limits.max_output_ratio = o.max_output_ratio;
     ckpt_error err;

@@ -774,19 +774,22 @@ static int print_json(const diff_result *r)
 
 /* ---- the command -------------------------------------------------------------- */
 
-enum { OPT_ATOL = CLI_OPT_LONG, OPT_RTOL, OPT_JSON, OPT_MAX_OUTPUT_RATIO };
+enum { OPT_ATOL = CLI_OPT_LONG, OPT_RTOL, OPT_JSON, OPT_MAX_OUTPUT_RATIO, OPT_TORCHSCRIPT_WEIGHTS };
 
 static const struct option diff_options[] = {
     {"atol", required_argument, NULL, OPT_ATOL},
     {"rtol", required_argument, NULL, OPT_RTOL},
     {"json", no_argument, NULL, OPT_JSON},
     {"max-output-ratio", required_argument, NULL, OPT_MAX_OUTPUT_RATIO},
+    {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
 
 static const cli_command diff_command = {
-    "diff", "ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N]", "h",
+    "diff",
+    "ckpt diff A B [--atol X] [--rtol Y] [--json] [--max-output-ratio N] [--torchscript-weights]",
+    "h",
     diff_options,
 };
 
@@ -807,6 +810,7 @@ static void usage(FILE *out)
             "  --max-output-ratio N  go through at most N times the bytes each file holds,\n"
             "             plus 64 MiB (default 64): a view with stride 0 shows more\n"
             "             elements than its file stores\n"
+            CLI_TORCHSCRIPT_WEIGHTS_HELP
             "  exit 0 same, 1 different, 2 error (a file cannot be read, a bad option)\n",
             diff_command.synopsis);
 }
@@ -828,6 +832,7 @@ int ckpt_cli_diff(int argc, char **argv)
     tol tl = {0, 0};
     bool json = false;
     uint64_t ratio = 0;
+    unsigned open_flags = 0;
     const char *paths[2] = {NULL, NULL};
     int npaths = 0;
     cli_args args;
@@ -838,6 +843,7 @@ int ckpt_cli_diff(int argc, char **argv)
         switch (c) {
         case 'h': usage(stdout); return CLI_EXIT_OK;
         case OPT_JSON: json = true; break;
+        case OPT_TORCHSCRIPT_WEIGHTS: open_flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS; break;
         case OPT_MAX_OUTPUT_RATIO:
             if (!cli_parse_ratio(&diff_command, "--max-output-ratio", arg, &ratio))
                 return CLI_EXIT_ERROR;
@@ -863,6 +869,7 @@ int ckpt_cli_diff(int argc, char **argv)
     ckpt_file *f[2] = {NULL, NULL};
     ckpt_open_options oo;
     ckpt_open_options_default(&oo);
+    oo.flags |= open_flags;
     if (ratio)
         oo.limits.max_output_ratio = ratio;
     for (int k = 0; k < 2; k++) {

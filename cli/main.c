@@ -23,7 +23,8 @@ static void usage(FILE *out)
             "Read, write and convert PyTorch checkpoints safely: no Python, no pickle code\n"
             "ever runs.\n"
             "Formats: torch.save zip (1.6+), legacy torch.save (< 1.6), safetensors, sharded\n"
-            "indexes (*.index.json), plain pickle.\n"
+            "indexes (*.index.json), plain pickle; the weights of TorchScript archives\n"
+            "(torch.jit.save) with --torchscript-weights, read as data, never run.\n"
             "\n"
             "commands:\n"
             "  inspect FILE [--json] [--full] [--permissive]\n"
@@ -805,23 +806,25 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     return CLI_EXIT_OK;
 }
 
-enum { OPT_JSON = CLI_OPT_LONG, OPT_FULL, OPT_PERMISSIVE };
+enum { OPT_JSON = CLI_OPT_LONG, OPT_FULL, OPT_PERMISSIVE, OPT_TORCHSCRIPT_WEIGHTS };
 
 static const struct option inspect_options[] = {
     {"json", no_argument, NULL, OPT_JSON},
     {"full", no_argument, NULL, OPT_FULL},
     {"permissive", no_argument, NULL, OPT_PERMISSIVE},
+    {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
 
 static const cli_command inspect_command = {
-    "inspect", "ckpt inspect FILE [--json] [--full] [--permissive]", "h", inspect_options,
+    "inspect", "ckpt inspect FILE [--json] [--full] [--permissive] [--torchscript-weights]", "h",
+    inspect_options,
 };
 
 static int cmd_inspect(int argc, char **argv)
 {
-    bool json = false, full = false, permissive = false;
+    bool json = false, full = false, permissive = false, torchscript = false;
     const char *path = NULL;
     cli_args args;
     cli_args_init(&args, &inspect_command, argc, argv);
@@ -832,6 +835,7 @@ static int cmd_inspect(int argc, char **argv)
         case OPT_JSON: json = true; break;
         case OPT_FULL: full = true; break;
         case OPT_PERMISSIVE: permissive = true; break;
+        case OPT_TORCHSCRIPT_WEIGHTS: torchscript = true; break;
         case 'h':
             printf("usage: %s\n"
                    "  Shows the format and its details, the value tree (tensors summarized),\n"
@@ -840,7 +844,8 @@ static int cmd_inspect(int argc, char **argv)
                    "  --full   show every item of large containers in the tree\n"
                    "  --permissive  open files holding objects outside the allow-list: each\n"
                    "           becomes an inert value (class, arguments, state), never run; a\n"
-                   "           pickled nn.Module lists its tensors as its state_dict() does\n",
+                   "           pickled nn.Module lists its tensors as its state_dict() does\n"
+                   CLI_TORCHSCRIPT_WEIGHTS_HELP,
                    inspect_command.synopsis);
             return CLI_EXIT_OK;
         case CLI_OPT_ARG:
@@ -862,6 +867,8 @@ static int cmd_inspect(int argc, char **argv)
     ckpt_open_options_default(&oo);
     if (permissive)
         oo.flags |= CKPT_OPEN_PERMISSIVE;
+    if (torchscript)
+        oo.flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS;
     if (ckpt_open(path, &oo, &f, &err) != CKPT_OK) {
         cli_print_error(path, &err);
         return CLI_EXIT_ERROR;
@@ -877,11 +884,14 @@ static int cmd_inspect(int argc, char **argv)
  * is no, exit 1); a file that could not be checked at all (unreadable,
  * unsupported, refused as unsafe, over a limit) is an error on stderr,
  * exit 2, as in every command. */
-static int verify_one(const char *path, bool quiet)
+static int verify_one(const char *path, bool quiet, unsigned open_flags)
 {
     ckpt_file *f;
     ckpt_error err;
-    ckpt_status st = ckpt_open(path, NULL, &f, &err);
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    oo.flags |= open_flags;
+    ckpt_status st = ckpt_open(path, &oo, &f, &err);
     if (st == CKPT_OK) {
         cli_progress prog;
         cli_progress_init(&prog, !quiet);
@@ -926,16 +936,18 @@ static int verify_one(const char *path, bool quiet)
 
 static const struct option verify_options[] = {
     {"quiet", no_argument, NULL, 'q'},
+    {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
 
-static const cli_command verify_command = {"verify", "ckpt verify FILE... [-q]", "hq",
-                                           verify_options};
+static const cli_command verify_command = {"verify", "ckpt verify FILE... [-q] [--torchscript-weights]",
+                                           "hq", verify_options};
 
 static int cmd_verify(int argc, char **argv)
 {
     bool quiet = false;
+    unsigned open_flags = 0;
     int files = 0, worst = CLI_EXIT_OK;
     /* every option is read before the first file is checked */
     const char **paths = calloc((size_t)argc + 1, sizeof(*paths));
@@ -950,11 +962,13 @@ static int cmd_verify(int argc, char **argv)
     while ((c = cli_next_arg(&args, &arg)) != CLI_OPT_END) {
         switch (c) {
         case 'q': quiet = true; break;
+        case OPT_TORCHSCRIPT_WEIGHTS: open_flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS; break;
         case 'h':
             printf("usage: %s\n"
                    "  Checks the structure, every record's CRC32, every record inside the file,\n"
                    "  every storage's size and every tensor's bytes inside its storage.\n"
                    "  -q, --quiet  print nothing for the good files, no progress bar\n"
+                   CLI_TORCHSCRIPT_WEIGHTS_HELP
                    "  Prints 'FILE: ok: ...' or 'FILE: corrupt: ...' (the first problem, with\n"
                    "  its record and byte offset) on stdout; errors go to stderr.\n"
                    "  exit 0 all good; 1 a file is corrupt; 2 a file cannot be checked at all\n"
@@ -967,7 +981,7 @@ static int cmd_verify(int argc, char **argv)
         }
     }
     for (int i = 0; i < files; i++) {
-        int rc = verify_one(paths[i], quiet);
+        int rc = verify_one(paths[i], quiet, open_flags);
         if (rc > worst)
             worst = rc;
     }

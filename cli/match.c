@@ -22,11 +22,12 @@ typedef struct match_opts {
     ckpt_key_map *rename;
     size_t n_rename;
     bool non_strict, json;
+    unsigned open_flags;       /* CKPT_OPEN_*, both files */
 } match_opts;
 
 enum {
     OPT_MODEL = CLI_OPT_LONG, OPT_MODEL_KEY, OPT_NAME, OPT_KEY, OPT_STRIP_PREFIX,
-    OPT_RENAME_PREFIX, OPT_NON_STRICT, OPT_MAP_LOCATION, OPT_JSON,
+    OPT_RENAME_PREFIX, OPT_NON_STRICT, OPT_MAP_LOCATION, OPT_JSON, OPT_TORCHSCRIPT_WEIGHTS,
 };
 
 static const struct option match_options[] = {
@@ -39,6 +40,7 @@ static const struct option match_options[] = {
     {"non-strict", no_argument, NULL, OPT_NON_STRICT},
     {"map-location", required_argument, NULL, OPT_MAP_LOCATION},
     {"json", no_argument, NULL, OPT_JSON},
+    {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -70,6 +72,8 @@ static void usage(FILE *out)
             "  --map-location TAG   take every tensor as if saved on TAG ('cpu')\n"
             "  --json               one JSON object: ok, strict, missing, unexpected, errors,\n"
             "                       message, loaded, converted\n"
+            CLI_TORCHSCRIPT_WEIGHTS_HELP
+            "           (either file: REFERENCE can be the TorchScript export of the model)\n"
             "  On a mismatch, prints PyTorch's message (\"Error(s) in loading state_dict for\n"
             "  NAME: ...\"). exit 0 it loads, 1 it does not, 2 error (a file cannot be read,\n"
             "  a bad option)\n",
@@ -325,6 +329,7 @@ static int parse_args(int argc, char **argv, match_opts *o)
             o->location = val;
             break;
         case OPT_JSON: o->json = true; break;
+        case OPT_TORCHSCRIPT_WEIGHTS: o->open_flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS; break;
         case CLI_OPT_ARG:
             if (o->checkpoint) {
                 cli_usage_error(&match_command, "one checkpoint at a time");
@@ -368,7 +373,10 @@ int ckpt_cli_match(int argc, char **argv)
 
     ckpt_error err;
     memset(&err, 0, sizeof(err));
-    if (ckpt_open(o.reference, NULL, &ref, &err) != CKPT_OK) {
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    oo.flags |= o.open_flags;
+    if (ckpt_open(o.reference, &oo, &ref, &err) != CKPT_OK) {
         cli_print_error(o.reference, &err);
         goto out;
     }
@@ -378,7 +386,7 @@ int ckpt_cli_match(int argc, char **argv)
     ckpt_close(ref);
     ref = NULL;
 
-    if (ckpt_open(o.checkpoint, NULL, &f, &err) != CKPT_OK) {
+    if (ckpt_open(o.checkpoint, &oo, &f, &err) != CKPT_OK) {
         cli_print_error(o.checkpoint, &err);
         goto out;
     }

@@ -410,6 +410,13 @@ CKPT_API const char *ckpt_format_name(ckpt_format format);
  * (nothing is ever called); a pickled nn.Module names its tensors as its
  * state_dict() does. */
 #define CKPT_OPEN_PERMISSIVE 0x2u
+/* A TorchScript archive (constants.pkl, code/), refused by default, is read
+ * as data: its data.pkl's module objects give the state dict that
+ * torch.jit.load(f).state_dict() gives (same names, order, dtypes, shapes,
+ * bytes). Nothing in code/ runs; only each class's __parameters__ and
+ * __buffers__ lists are read. Classes with a __setstate__ (quantized packed
+ * params, torchbind) are refused by name. */
+#define CKPT_OPEN_TORCHSCRIPT_WEIGHTS 0x4u
 
 typedef struct ckpt_open_options {
     size_t struct_size;    /* sizeof(ckpt_open_options) */

@@ -15,6 +15,11 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err);
 /* Legacy files, and plain pickles (format PICKLE) when the magic is absent. */
 ckpt_status ckpt__open_torch_legacy(ckpt_file *f, ckpt_error *err);
 ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err);
+/* The state dict of a TorchScript archive (torchscript.c): root is its
+ * data.pkl read with CKPT__PICKLE_TORCHSCRIPT; *out gets the tensors that
+ * torch.jit.load(f).state_dict() lists, by the same names, in its order. */
+ckpt_status ckpt__torchscript_state_dict(ckpt_file *f, const ckpt_value *root, ckpt_value **out,
+                                         ckpt_error *err);
 /*
  * What a file is: one test per format, the same for the reader
  * (format/open.c) and the scanner. torch.load's order is zip

@@ -15,6 +15,8 @@ typedef struct zip_load {
     uint64_t pkl_base;          /* file offset of data.pkl bytes, or NO_OFFSET */
     char *name_buf;             /* scratch for record names */
     size_t name_cap;
+    const char *storage_dir;    /* "data/", or "constants/" for constants.pkl */
+    bool keep_storages;         /* added to the file (constants.pkl's are not) */
 } zip_load;
 
 /* "PREFIX/" dir name[0..len) in the scratch buffer (once per storage: no
@@ -94,7 +96,7 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
                               ckpt_dtype_name(p.dtype), (unsigned long long)p.nbytes);
         return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
     }
-    const char *full = join_record_n(L, "data/", p.key, p.key_len);
+    const char *full = join_record_n(L, L->storage_dir, p.key, p.key_len);
     if (!full)
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
     long idx = ckpt__zip_find(&f->zip, full);
@@ -121,7 +123,8 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
     s->record_index = (int32_t)idx;
     s->file_offset = e->method == 0 ? e->data_offset : CKPT_NO_OFFSET;
     s->big_endian = f->big_endian;
-    CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, s, err));
+    if (L->keep_storages)
+        CKPT_RETURN_IF_ERROR(ckpt__file_add_storage(f, s, err));
     if (!ckpt__storage_table_add(&L->table, s))
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
     return ckpt__storage_value(&f->arena, s, rec, offset, out, err);
@@ -135,9 +138,52 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
 
 static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
+/* Reads the pickle record PREFIX/name (data.pkl, or a TorchScript archive's
+ * constants.pkl) into *out, its storages in dir ("data/", "constants/"). */
+static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, bool keep,
+                               ckpt_value **out, ckpt_error *err)
+{
+    ckpt_file *f = L->f;
+    const char *pkl_name = join_record(L, name);
+    long idx = pkl_name ? ckpt__zip_find(&f->zip, pkl_name) : -1;
+    if (idx < 0)
+        return ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
+                          "no '%s/%s' record: not a torch.save checkpoint", f->prefix, name);
+    const ckpt__zip_entry *pe = &f->zip.entries[idx];
+    if (pe->size > f->opts.limits.max_pickle_bytes)
+        return ckpt__fail(err, CKPT_ERR_LIMIT, pe->name, 0, "pickle is %llu bytes (limit %llu)",
+                          (unsigned long long)pe->size,
+                          (unsigned long long)f->opts.limits.max_pickle_bytes);
+    const uint8_t *pkl;
+    uint8_t *owned = NULL;
+    CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err));
+    unsigned flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u;
+    if (f->opts.flags & CKPT_OPEN_TORCHSCRIPT_WEIGHTS)
+        flags |= CKPT__PICKLE_TORCHSCRIPT;
+    L->storage_dir = dir;
+    L->keep_storages = keep;
+    ckpt__pickle_ctx ctx = {
+        .limits = &f->opts.limits,
+        .arena = &f->arena,
+        .record = pe->name,
+        .persistent_load = zip_persistent_load,
+        .user = L,
+        .protocol = -1,
+        .flags = flags,
+    };
+    ckpt_status st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, out, err);
+    free(owned);
+    if (keep)
+        f->pickle_protocol = ctx.protocol;
+    if (st != CKPT_OK && pe->method == 0)
+        ckpt__error_set_file_base(err, pe->data_offset);
+    return st;
+}
+
 ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
 {
     zip_load L = {.f = f};
+    ckpt_value *constants = NULL;
     ckpt_status st = ckpt__zip_open(&f->zip, f->map, f->map_size, &f->opts.limits, err);
     if (st != CKPT_OK)
         return st;
@@ -176,11 +222,16 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         if (strcmp(rest, "model.json") == 0)
             model_json = true;
     }
-    if (torchscript || model_json)
+    if (model_json)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
-                          "TorchScript archive (%s): it holds code that torch.jit.load runs; "
-                          "ckpt reads plain torch.save checkpoints only",
-                          model_json ? "model.json" : "constants.pkl, code/");
+                          "TorchScript archive in the pre-1.3 layout (model.json, "
+                          "attributes.pkl): its tensors are described by model.json, which "
+                          "ckpt does not read; re-save it with torch.jit.save of torch >= 1.3");
+    if (torchscript && !(f->opts.flags & CKPT_OPEN_TORCHSCRIPT_WEIGHTS))
+        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", CKPT_NO_OFFSET,
+                          "TorchScript archive (constants.pkl, code/): it holds code that "
+                          "torch.jit.load runs; its weights can be read as data with "
+                          "--torchscript-weights (CKPT_OPEN_TORCHSCRIPT_WEIGHTS)");
 
     if ((st = read_text_record(&L, "version", &f->version, err)) != CKPT_OK)
         goto out;
@@ -201,38 +252,17 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         }
     }
 
-    const char *pkl_name = join_record(&L, "data.pkl");
-    long idx = pkl_name ? ckpt__zip_find(&f->zip, pkl_name) : -1;
-    if (idx < 0) {
-        st = ckpt__fail(err, CKPT_ERR_FORMAT, "", CKPT_NO_OFFSET,
-                        "no '%s/data.pkl' record: not a torch.save checkpoint", f->prefix);
-        goto out;
+    const char *constants_name = torchscript ? join_record(&L, "constants.pkl") : NULL;
+    if (constants_name && ckpt__zip_find(&f->zip, constants_name) >= 0) {
+        /* read as data, checked, but not part of the state dict */
+        st = read_pickle(&L, "constants.pkl", "constants/", false, &constants, err);
+        if (st == CKPT_OK)
+            ckpt__storage_table_free(&L.table);
     }
-    const ckpt__zip_entry *pe = &f->zip.entries[idx];
-    if (pe->size > f->opts.limits.max_pickle_bytes) {
-        st = ckpt__fail(err, CKPT_ERR_LIMIT, pe->name, 0, "pickle is %llu bytes (limit %llu)",
-                        (unsigned long long)pe->size,
-                        (unsigned long long)f->opts.limits.max_pickle_bytes);
-        goto out;
-    }
-    const uint8_t *pkl;
-    uint8_t *owned = NULL;
-    if ((st = ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err)) != CKPT_OK)
-        goto out;
-    ckpt__pickle_ctx ctx = {
-        .limits = &f->opts.limits,
-        .arena = &f->arena,
-        .record = pe->name,
-        .persistent_load = zip_persistent_load,
-        .user = &L,
-        .protocol = -1,
-        .flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u,
-    };
-    st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, &f->root, err);
-    free(owned);
-    f->pickle_protocol = ctx.protocol;
-    if (st != CKPT_OK && pe->method == 0)
-        ckpt__error_set_file_base(err, pe->data_offset);
+    if (st == CKPT_OK)
+        st = read_pickle(&L, "data.pkl", "data/", true, &f->root, err);
+    if (st == CKPT_OK && torchscript)
+        st = ckpt__torchscript_state_dict(f, f->root, &f->root, err);
 out:
     ckpt__storage_table_free(&L.table);
     free(L.name_buf);

@@ -31,6 +31,16 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                       framing; limits and broken streams still stop the
                                       pickle */
 
+#define CKPT__PICKLE_TORCHSCRIPT 0x4u /* the pickles of a TorchScript archive read as
+                                      data: a class of module __torch__(.*) becomes
+                                      an inert GLOBAL that NEWOBJ with no arguments
+                                      makes into an OBJECT whose BUILD state must be
+                                      a dict of attributes (any other state is a
+                                      __setstate__, refused naming the class); the
+                                      torch.jit._pickle helpers are their values;
+                                      torchbind classes (__torch__.torch.classes.*)
+                                      are refused by name */
+
 /* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
  * module and name as written and the value it became. */
 typedef ckpt_status (*ckpt__global_seen_fn)(void *user, const char *module, size_t mlen,
@@ -163,6 +173,13 @@ enum ckpt__global_id {
     CKPT__G_SPARSE_BSR,
     CKPT__G_SPARSE_BSC,
     CKPT__G_MKLDNN,
+
+    /* torch.jit._pickle helpers (CKPT__PICKLE_TORCHSCRIPT only) */
+    CKPT__G_JIT_BUILD_INTLIST,
+    CKPT__G_JIT_BUILD_DOUBLELIST,
+    CKPT__G_JIT_BUILD_BOOLLIST,
+    CKPT__G_JIT_BUILD_TENSORLIST,
+    CKPT__G_JIT_RESTORE_TYPE_TAG,
 
     CKPT__G_COUNT_
 };

@@ -135,19 +135,48 @@ static const global_def GLOBALS[] = {
     G("torch", "_mkldnn", CKPT__G_MKLDNN),
 };
 
+/* The helpers a TorchScript pickle names (CKPT__PICKLE_TORCHSCRIPT only:
+ * torch.load's allow-list has none of them). Each returns its first
+ * argument; build_tensor_from_id needs a table the archive does not hold. */
+static const global_def JIT_GLOBALS[] = {
+    G("torch.jit._pickle", "build_intlist", CKPT__G_JIT_BUILD_INTLIST),
+    G("torch.jit._pickle", "build_doublelist", CKPT__G_JIT_BUILD_DOUBLELIST),
+    G("torch.jit._pickle", "build_boollist", CKPT__G_JIT_BUILD_BOOLLIST),
+    G("torch.jit._pickle", "build_tensorlist", CKPT__G_JIT_BUILD_TENSORLIST),
+    G("torch.jit._pickle", "restore_type_tag", CKPT__G_JIT_RESTORE_TYPE_TAG),
+};
+
 #undef G
 #undef D
 #undef S
 
-static const global_def *find_global(const char *module, size_t mlen, const char *name, size_t nlen)
+static const global_def *find_in(const global_def *table, size_t count, const char *module,
+                                 size_t mlen, const char *name, size_t nlen)
 {
-    for (size_t i = 0; i < sizeof(GLOBALS) / sizeof(GLOBALS[0]); i++) {
-        const global_def *g = &GLOBALS[i];
+    for (size_t i = 0; i < count; i++) {
+        const global_def *g = &table[i];
         if (g->module_len == mlen && g->name_len == nlen && memcmp(g->module, module, mlen) == 0 &&
             memcmp(g->name, name, nlen) == 0)
             return g;
     }
     return NULL;
+}
+
+static const global_def *find_global(const char *module, size_t mlen, const char *name, size_t nlen)
+{
+    return find_in(GLOBALS, sizeof(GLOBALS) / sizeof(GLOBALS[0]), module, mlen, name, nlen);
+}
+
+/* A TorchScript class: module __torch__ or __torch__.<...>. */
+static bool is_torchscript_module(const char *module, size_t mlen)
+{
+    return (mlen == 9 || (mlen > 10 && module[9] == '.')) && memcmp(module, "__torch__", 9) == 0;
+}
+
+static bool has_text_prefix(const char *s, size_t n, const char *p)
+{
+    size_t pn = strlen(p);
+    return n >= pn && memcmp(s, p, pn) == 0;
 }
 
 static const global_def *find_global_by_id(uint32_t id)
@@ -162,7 +191,8 @@ static const global_def *find_global_by_id(uint32_t id)
 static bool is_function_id(uint32_t id)
 {
     return id == CKPT__G_GET_LAYOUT || id == CKPT__G_CODECS_ENCODE ||
-           (id >= CKPT__G_REBUILD_TENSOR && id <= CKPT__G_REBUILD_FROM_TYPE_V2);
+           (id >= CKPT__G_REBUILD_TENSOR && id <= CKPT__G_REBUILD_FROM_TYPE_V2) ||
+           (id >= CKPT__G_JIT_BUILD_INTLIST && id <= CKPT__G_JIT_RESTORE_TYPE_TAG);
 }
 
 static bool is_constant_id(uint32_t id)
@@ -202,8 +232,22 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
         mlen = 8;
     }
     const global_def *g = find_global(module, mlen, name, nlen);
+    bool torchscript = (m->ctx->flags & CKPT__PICKLE_TORCHSCRIPT) != 0;
+    if (!g && torchscript)
+        g = find_in(JIT_GLOBALS, sizeof(JIT_GLOBALS) / sizeof(JIT_GLOBALS[0]), module, mlen, name,
+                    nlen);
     ckpt_value *v;
-    if (!g) {
+    if (!g && torchscript && is_torchscript_module(module, mlen)) {
+        char mb[128], nb[128];
+        /* torchbind objects are made by their C++ __setstate__ */
+        if (has_text_prefix(module, mlen, "__torch__.torch.classes"))
+            return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED,
+                                 "class '%s.%s' is a torchbind class: torch.jit.load builds it "
+                                 "by running its __setstate__, so it is not data",
+                                 ckpt__quote(mb, sizeof(mb), module, mlen, true),
+                                 ckpt__quote(nb, sizeof(nb), name, nlen, true));
+        CKPT_RETURN_IF_ERROR(inert_global(m, module, mlen, name, nlen, &v));
+    } else if (!g) {
         if (!(m->ctx->flags & CKPT__PICKLE_INERT)) {
             char mb[128], nb[128];
             /* sys, os, posix and nt are never in the table: they are refused
@@ -824,6 +868,37 @@ static ckpt_status call_get_layout(vm *m, const call *c, ckpt_value **out)
                          ckpt__quote(nb, sizeof(nb), name->u.s.ptr, name->u.s.len, true));
 }
 
+/* torch.jit._pickle.build_intlist(list) and its kin: the list itself, its
+ * items checked; restore_type_tag(value, type_text): the value. */
+static ckpt_status call_jit_helper(vm *m, const call *c, ckpt_value **out)
+{
+    uint32_t id = c->fn->global_id;
+    if (id == CKPT__G_JIT_RESTORE_TYPE_TAG) {
+        CKPT_RETURN_IF_ERROR(check_nargs(m, c, 2, 2));
+        if (c->args[1]->kind != CKPT_KIND_STR)
+            return bad_arg(m, c, 1, "type", "a str");
+        *out = c->args[0];
+        return CKPT_OK;
+    }
+    CKPT_RETURN_IF_ERROR(check_nargs(m, c, 1, 1));
+    ckpt_value *list = c->args[0];
+    if (list->kind != CKPT_KIND_LIST)
+        return bad_arg(m, c, 0, "items", "a list");
+    int want = id == CKPT__G_JIT_BUILD_INTLIST      ? CKPT_KIND_INT
+               : id == CKPT__G_JIT_BUILD_DOUBLELIST ? CKPT_KIND_FLOAT
+               : id == CKPT__G_JIT_BUILD_BOOLLIST   ? CKPT_KIND_BOOL
+                                                    : CKPT_KIND_TENSOR;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_charge(m, list->u.seq.len));
+    for (size_t i = 0; i < list->u.seq.len; i++) {
+        const ckpt_value *x = list->u.seq.items[i];
+        if (!x || x->kind != want)
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: item %zu must be a %s, not %s",
+                                 c->name, i, ckpt_kind_name((ckpt_kind)want), kind_desc(x));
+    }
+    *out = list;
+    return CKPT_OK;
+}
+
 static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
 {
     uint32_t id = c->fn->global_id;
@@ -870,6 +945,11 @@ static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
     case CKPT__G_REBUILD_NESTED_TENSOR:
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "nested tensors are not supported (%s)",
                              c->name);
+    case CKPT__G_JIT_BUILD_INTLIST:
+    case CKPT__G_JIT_BUILD_DOUBLELIST:
+    case CKPT__G_JIT_BUILD_BOOLLIST:
+    case CKPT__G_JIT_BUILD_TENSORLIST:
+    case CKPT__G_JIT_RESTORE_TYPE_TAG: return call_jit_helper(m, c, out);
     case CKPT__G_TENSOR:
     case CKPT__G_TENSOR_TYPE:
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "constructing %s directly is not supported",
@@ -929,6 +1009,14 @@ static bool is_listed_global(const ckpt_value *v)
     return v && v->kind == CKPT_KIND_GLOBAL && v->global_id != CKPT__G_UNKNOWN;
 }
 
+/* A class a TorchScript pickle names (CKPT__PICKLE_TORCHSCRIPT): an inert
+ * GLOBAL "__torch__...". */
+static bool is_torchscript_class(const vm *m, const ckpt_value *v)
+{
+    return (m->ctx->flags & CKPT__PICKLE_TORCHSCRIPT) && v && v->kind == CKPT_KIND_GLOBAL &&
+           v->global_id == CKPT__G_UNKNOWN && has_text_prefix(v->u.s.ptr, v->u.s.len, "__torch__.");
+}
+
 /* Applies a stack value to arguments. Only allowed globals are evaluated,
  * by their data meaning; anything else was refused when it was named, is
  * plain data, or (INERT) becomes an object that only remembers the call. */
@@ -942,6 +1030,15 @@ ckpt_status ckpt__vm_apply(vm *m, const ckpt_value *fn, ckpt_value *args_value,
     if (m->ctx->on_call && fn && fn->kind == CKPT_KIND_GLOBAL)
         CKPT_RETURN_IF_ERROR(m->ctx->on_call(m->ctx->user, fn, args, nargs, kwargs));
     bool has_kwargs = kwargs && is_dict(kwargs) && kwargs->u.dict.len;
+    if (is_torchscript_class(m, fn) && !(flags & CKPT__PICKLE_NO_FAIL)) {
+        /* the pickler writes cls.__new__(cls); BUILD gives the attributes */
+        if (use != CKPT_SCAN_USE_NEWOBJ || nargs != 0 || has_kwargs)
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                                 "TorchScript class '%s' is called with arguments or not by "
+                                 "NEWOBJ: TorchScript makes its objects by NEWOBJ with no "
+                                 "arguments", fn->u.s.ptr);
+        return make_object(m, fn, args_value, args, nargs, kwargs, out);
+    }
     if (is_listed_global(fn)) {
         ckpt_status st;
         if (has_kwargs) {
@@ -1030,6 +1127,26 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
         if (state->kind != CKPT_KIND_NONE)
             inst->u.tensor.state = state;
         return CKPT_OK;
+    }
+    if (inst->kind == CKPT_KIND_OBJECT && is_torchscript_class(m, inst->u.obj.cls) &&
+        !(flags & CKPT__PICKLE_NO_FAIL)) {
+        /* TorchScript writes an object's attributes as a dict of names; any
+         * other state is what its __getstate__ returned, for a __setstate__
+         * that torch.jit.load runs */
+        if (state->kind != CKPT_KIND_DICT || inst->u.obj.state)
+            return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED,
+                                 "class '%s' has a __setstate__ (its state is a %s, not a dict "
+                                 "of attributes): torch.jit.load runs it, so it is not data",
+                                 inst->u.obj.cls->u.s.ptr, kind_desc(state));
+        for (size_t i = 0; i < state->u.dict.len; i++) {
+            if (state->u.dict.keys[i]->kind != CKPT_KIND_STR)
+                return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                                     "class '%s': attribute name %zu is a %s, not a str",
+                                     inst->u.obj.cls->u.s.ptr, i,
+                                     kind_desc(state->u.dict.keys[i]));
+        }
+        /* copied, as torch sets each attribute: the dict may change later */
+        return merge_state(m, "object", NULL, state, &inst->u.obj.state);
     }
     if (inst->kind == CKPT_KIND_OBJECT) {
         /* __setstate__ may take anything: a dict (or (dict, slots)) is

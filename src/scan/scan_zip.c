@@ -1192,7 +1192,9 @@ static ckpt_status torch_pass(zscan *z)
         CKPT_RETURN_IF_ERROR(zadd(z, CKPT_SCAN_KIND_TORCHSCRIPT, zrec(z, rec, sizeof(rec)), 0,
                                   "a TorchScript archive (code/, constants.pkl): it holds code "
                                   "that torch.jit.load runs (and torch.load did, before 2.6, "
-                                  "even with weights_only=True: CVE-2025-32434)"));
+                                  "even with weights_only=True: CVE-2025-32434); its weights "
+                                  "can be extracted as data, nothing run, with 'ckpt convert "
+                                  "--torchscript-weights'"));
     if (z->top)
         z->s->report->format = npz              ? "numpy"
                                : z->torchscript ? "torchscript"

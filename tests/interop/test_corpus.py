@@ -43,7 +43,7 @@ MALICIOUS = _files("malicious")
 
 # Benign files ckpt may refuse, and the reason its one-line message must give.
 # (glob on the path under the corpus, regex the message must match, why)
-TORCHSCRIPT = r"TorchScript archive \((constants\.pkl, code/|model\.json)\)"
+TORCHSCRIPT = r"TorchScript archive \(constants\.pkl, code/\).*--torchscript-weights"
 NOT_ALLOWED = r"global '{}[\w.]*' is not allowed"
 DOCUMENTED_FAILURES = [
     ("benign/TorchSharp/*", TORCHSCRIPT,
@@ -53,7 +53,7 @@ DOCUMENTED_FAILURES = [
     ("benign/tch-rs/foo*.pt", TORCHSCRIPT, "TorchScript archives"),
     ("benign/tch-rs/2019-12/foo4.pt", TORCHSCRIPT, "TorchScript archive (torch 1.3 layout)"),
     ("benign/tch-rs/2024-11/foo9.pt", TORCHSCRIPT, "TorchScript archive"),
-    ("benign/tch-rs/2019-05/*.pt", TORCHSCRIPT,
+    ("benign/tch-rs/2019-05/*.pt", r"TorchScript archive in the pre-1\.3 layout \(model\.json",
      "pre-1.3 TorchScript (model.json + attributes.pkl, code/)"),
     ("benign/Pickle.jl/csr_mat.pkl", NOT_ALLOWED.format(r"scipy\.sparse\."),
      "non-allow-listed scipy global (csr_matrix)"),

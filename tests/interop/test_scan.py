@@ -494,6 +494,7 @@ def test_torchscript(tool, made):
     rep = scan_one(tool, made["scripted.pt"])
     assert rep["verdict"] == "unsafe" and rep["format"] == "torchscript"
     assert "code" in finding(rep, "torchscript")["message"]
+    assert "--torchscript-weights" in finding(rep, "torchscript")["message"]
 
 
 def test_torch_version_is_a_warning(tool, made):
