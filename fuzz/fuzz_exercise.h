@@ -56,12 +56,13 @@ static uint64_t fuzz_walk(const ckpt_value *v, int depth, uint64_t *budget)
     return h;
 }
 
-static void fuzz_exercise(const uint8_t *data, size_t size)
+/* fuzz_exercise with these open options (NULL: the defaults). */
+static void fuzz_exercise_opts(const uint8_t *data, size_t size, const ckpt_open_options *opts)
 {
     ckpt_file *f = NULL;
     ckpt_error err;
     char msg[768];
-    if (ckpt_open_memory(data, size, NULL, &f, &err) != CKPT_OK) {
+    if (ckpt_open_memory(data, size, opts, &f, &err) != CKPT_OK) {
         ckpt_error_format(&err, msg, sizeof(msg));
         return;
     }
@@ -99,6 +100,11 @@ static void fuzz_exercise(const uint8_t *data, size_t size)
     }
     (void)sink;
     ckpt_close(f);
+}
+
+static inline void fuzz_exercise(const uint8_t *data, size_t size)
+{
+    fuzz_exercise_opts(data, size, NULL);
 }
 
 #endif /* CKPT_FUZZ_EXERCISE_H */

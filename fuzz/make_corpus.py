@@ -3,7 +3,7 @@
 fuzz_file, fuzz_safetensors, fuzz_zip (archives), fuzz_pickle (pickle streams,
 the data.pkl of torch zips among them), fuzz_roundtrip (valid files of every
 format the writers must reproduce) and the framing and record seeds of
-fuzz_scan. Seeds that libFuzzer found (named by
+fuzz_scan, and fuzz_torchscript (TorchScript archives). Seeds that libFuzzer found (named by
 their SHA-1) are left alone.
 
 Seeds are small (<= 8 KiB): files copied byte for byte from the shared
@@ -300,6 +300,96 @@ def torch_seeds():
     return out
 
 
+def torchscript_seeds():
+    """fuzz_torchscript: archives torch.jit.save writes (scripted, traced, a
+    shared parameter, a buffer of each of a few dtypes, classes with a
+    __setstate__, quantized packed params) and the hand-made ones of
+    tests/interop/tsgen.py."""
+    from typing import Dict, Tuple
+
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "interop"))
+    import tsgen
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.heads = nn.ModuleList([nn.Linear(2, 1, bias=False)])
+            self.named = nn.ModuleDict({"x": nn.Identity()})
+            self.register_buffer("steps", torch.tensor(3))
+            self.register_buffer("h", torch.ones(2, dtype=torch.float16))
+            self.tied = self.lin.weight
+
+        def forward(self, x):
+            return self.heads[0](self.lin(x)) + self.steps
+
+    class Dtypes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i, dt in enumerate((torch.bfloat16, torch.int8, torch.bool, torch.complex64)):
+                self.register_buffer(f"b{i}", torch.zeros(2, dtype=dt))
+
+        def forward(self, x):
+            return x
+
+    class TupleState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[torch.Tensor, bool]):
+            self.w = state[0]
+            self.training = state[1]
+
+        def forward(self, x):
+            return x * self.w
+
+    class DictState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        @torch.jit.export
+        def __getstate__(self) -> Dict[str, torch.Tensor]:
+            return {"w": self.w}
+
+        @torch.jit.export
+        def __setstate__(self, state: Dict[str, torch.Tensor]):
+            self.w = state["w"]
+
+        def forward(self, x):
+            return x * self.w
+
+    out = {}
+
+    def save(module, name):
+        buf = io.BytesIO()
+        torch.jit.save(module, buf)
+        out[name] = buf.getvalue()
+
+    torch.manual_seed(0)
+    save(torch.jit.script(Small()), "ts_scripted.pt")
+    save(torch.jit.trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), torch.ones(1, 2)),
+         "ts_traced.pt")
+    save(torch.jit.script(Dtypes()), "ts_dtypes.pt")
+    save(torch.jit.script(TupleState()), "ts_tuple_state.pt")
+    save(torch.jit.script(DictState()), "ts_dict_state.pt")
+    q = torch.quantization.quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear},
+                                            dtype=torch.qint8)
+    save(torch.jit.script(q), "ts_quantized_dynamic.pt")
+    for name in tsgen.CASES:
+        out[f"ts_hand_{name}.pt"] = tsgen.build(name)[0]
+    return out
+
+
 def roundtrip_seeds(torch_files):
     """Valid files of every kind the writers must reproduce."""
     import collections
@@ -583,6 +673,8 @@ def main():
     write("fuzz_zip", {k: v for k, v in streams.items() if k != "expand_stride0.pt"})
     write("fuzz_scan", streams)
     write("fuzz_roundtrip", {k: v for k, v in streams.items() if k == "expand_stride0.pt"})
+
+    write("fuzz_torchscript", torchscript_seeds())
 
 
 if __name__ == "__main__":

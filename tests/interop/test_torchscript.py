@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+import tsgen
 from torchref import dtype_name, tensor_bytes
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
@@ -384,3 +385,22 @@ def test_corpus_archive(tool, corpus_dir, rel, tmp_path):
     for (name, dtype, shape, raw), t in zip(rows, got.values()):
         assert (dtype_name(t.dtype), list(t.shape)) == (dtype, shape), name
         assert tensor_bytes(t).hex() == raw, name
+
+
+# ---- hand-made archives (tsgen.py): what only a hand makes ----------------
+
+@pytest.mark.parametrize("case", sorted(tsgen.CASES))
+def test_hand_made(tool, case, tmp_path):
+    data, expected = tsgen.build(case)
+    path = tmp_path / f"{case}.pt"
+    path.write_bytes(data)
+    res = ckpt_run(tool, "inspect", "--json", "--torchscript-weights", path)
+    if isinstance(expected, list):
+        assert res.returncode == 0, res.describe()
+        assert [t["name"] for t in json.loads(res.stdout)["tensors"]] == expected
+    else:
+        assert res.returncode == 2, res.describe()
+        assert expected in res.stderr, res.describe()
+    # without the flag, every one is refused as code
+    res = ckpt_run(tool, "inspect", path)
+    assert res.returncode == 2 and "--torchscript-weights" in res.stderr, res.describe()
