@@ -139,9 +139,10 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
 static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
 /* Reads the pickle record PREFIX/name (data.pkl, or a TorchScript archive's
- * constants.pkl) into *out, its storages in dir ("data/", "constants/"). */
+ * constants.pkl) into *out, its storages in dir ("data/", "constants/");
+ * torchscript: the archive is one, read as data (its classes as objects). */
 static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, bool keep,
-                               ckpt_value **out, ckpt_error *err)
+                               bool torchscript, ckpt_value **out, ckpt_error *err)
 {
     ckpt_file *f = L->f;
     const char *pkl_name = join_record(L, name);
@@ -158,7 +159,7 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
     uint8_t *owned = NULL;
     CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err));
     unsigned flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u;
-    if (f->opts.flags & CKPT_OPEN_TORCHSCRIPT_WEIGHTS)
+    if (torchscript)
         flags |= CKPT__PICKLE_TORCHSCRIPT;
     L->storage_dir = dir;
     L->keep_storages = keep;
@@ -255,12 +256,12 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
     const char *constants_name = torchscript ? join_record(&L, "constants.pkl") : NULL;
     if (constants_name && ckpt__zip_find(&f->zip, constants_name) >= 0) {
         /* read as data, checked, but not part of the state dict */
-        st = read_pickle(&L, "constants.pkl", "constants/", false, &constants, err);
+        st = read_pickle(&L, "constants.pkl", "constants/", false, true, &constants, err);
         if (st == CKPT_OK)
             ckpt__storage_table_free(&L.table);
     }
     if (st == CKPT_OK)
-        st = read_pickle(&L, "data.pkl", "data/", true, &f->root, err);
+        st = read_pickle(&L, "data.pkl", "data/", true, torchscript, &f->root, err);
     if (st == CKPT_OK && torchscript)
         st = ckpt__torchscript_state_dict(f, f->root, &f->root, err);
 out:
