@@ -157,6 +157,8 @@ enum ckpt__global_id {
     CKPT__G_QUINT8_STORAGE,
     CKPT__G_QUINT4X2_STORAGE,
     CKPT__G_QUINT2X4_STORAGE,
+    CKPT__G_COMPLEX_HALF_STORAGE,   /* TorchScript archives only: torch.save cannot
+                                       write complex32 */
     CKPT__G_UNTYPED_STORAGE,        /* torch.UntypedStorage, torch.storage.UntypedStorage */
     CKPT__G_STORAGE_LAST_ = CKPT__G_UNTYPED_STORAGE,
 

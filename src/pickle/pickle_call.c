@@ -144,6 +144,8 @@ static const global_def JIT_GLOBALS[] = {
     G("torch.jit._pickle", "build_boollist", CKPT__G_JIT_BUILD_BOOLLIST),
     G("torch.jit._pickle", "build_tensorlist", CKPT__G_JIT_BUILD_TENSORLIST),
     G("torch.jit._pickle", "restore_type_tag", CKPT__G_JIT_RESTORE_TYPE_TAG),
+    /* the storage of complex32 tensors, which only TorchScript writes */
+    S("ComplexHalfStorage", CKPT__G_COMPLEX_HALF_STORAGE),
 };
 
 #undef G

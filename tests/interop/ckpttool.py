@@ -46,11 +46,12 @@ class Tool:
         assert res.stderr == "", res.describe()
         return json.loads(res.stdout)
 
-    def dump(self, path):
-        """Returns (index, blobs): index.json entries and each tensor's bytes."""
+    def dump(self, path, *flags):
+        """Returns (index, blobs): index.json entries and each tensor's bytes.
+        flags: "--torchscript-weights" or nothing."""
         out = self.scratch / f"d{next(self._n)}"
         out.mkdir()
-        argv = [self.dump_bin, str(path), str(out)]
+        argv = [self.dump_bin, str(path), str(out), *flags]
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               timeout=300)
         res = Result(argv, proc)

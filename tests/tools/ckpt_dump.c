@@ -1,8 +1,8 @@
 /*
- * ckpt_dump FILE OUTDIR - test tool: writes every tensor of FILE as a
- * contiguous native-endian array OUTDIR/<i>.bin, and OUTDIR/index.json
- * listing {name, dtype, shape, file, zero_copy} in order. Exit 2 with the
- * error on stderr when the file cannot be opened.
+ * ckpt_dump FILE OUTDIR [--torchscript-weights] - test tool: writes every
+ * tensor of FILE as a contiguous native-endian array OUTDIR/<i>.bin, and
+ * OUTDIR/index.json listing {name, dtype, shape, file, zero_copy} in order.
+ * Exit 2 with the error on stderr when the file cannot be opened.
  */
 #include <ckpt.h>
 
@@ -27,14 +27,18 @@ static void json_str(FILE *out, const char *s)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: ckpt_dump FILE OUTDIR\n");
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "--torchscript-weights") == 0)) {
+        fprintf(stderr, "usage: ckpt_dump FILE OUTDIR [--torchscript-weights]\n");
         return 2;
     }
     ckpt_file *f;
     ckpt_error err;
     char msg[768];
-    if (ckpt_open(argv[1], NULL, &f, &err) != CKPT_OK) {
+    ckpt_open_options oo;
+    ckpt_open_options_default(&oo);
+    if (argc == 4)
+        oo.flags |= CKPT_OPEN_TORCHSCRIPT_WEIGHTS;
+    if (ckpt_open(argv[1], &oo, &f, &err) != CKPT_OK) {
         fprintf(stderr, "ckpt_dump: %s: %s\n", argv[1], ckpt_error_format(&err, msg, sizeof(msg)));
         return 2;
     }
