@@ -372,6 +372,25 @@ static void json_totals(cli_jw *jw, const cli_total *t)
     key_int(jw, "bytes", (long long)t->bytes);
 }
 
+/* A TorchScript archive (opened with --torchscript-weights): a torch zip
+ * holding PREFIX/constants.pkl or PREFIX/code/. */
+static bool is_torchscript(const ckpt_file *f, const ckpt_file_info *fi)
+{
+    if (fi->format != CKPT_FORMAT_TORCH_ZIP || !fi->prefix)
+        return false;
+    size_t pn = strlen(fi->prefix);
+    for (size_t i = 0; i < ckpt_file_record_count(f); i++) {
+        ckpt_record_info ri = {.struct_size = sizeof(ri)};
+        if (ckpt_file_record(f, i, &ri) != CKPT_OK || !ri.name ||
+            strncmp(ri.name, fi->prefix, pn) != 0 || ri.name[pn] != '/')
+            continue;
+        const char *rest = ri.name + pn + 1;
+        if (strcmp(rest, "constants.pkl") == 0 || strncmp(rest, "code/", 5) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Written as it goes: a file's tensor list can be long (a tensor shared
  * through the memo is listed once per path). */
 static int inspect_json(const char *path, ckpt_file *f)
@@ -395,6 +414,8 @@ static int inspect_json(const char *path, ckpt_file *f)
     cli_jw_key(jw, "details");
     cli_jw_begin_object(jw);
     key_int(jw, "file_size", (long long)fi.file_size);
+    cli_jw_key(jw, "torchscript");
+    cli_jw_bool(jw, is_torchscript(f, &fi));
     key_string(jw, "prefix", fi.prefix);
     key_string(jw, "version", fi.version);
     key_string(jw, "byteorder", fi.byteorder);
@@ -720,6 +741,9 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     cli_human_bytes(fi.file_size, b1, sizeof(b1));
     printf("File:     %s (%s)\n", path, b1);
     printf("Format:   %s\n", ckpt_format_name(fi.format));
+    if (is_torchscript(f, &fi))
+        printf("TorchScript: its weights, as torch.jit.load(f).state_dict() lists them; "
+               "nothing run\n");
     if (fi.prefix)
         printf("Prefix:   %s\n", fi.prefix);
     if (fi.version)

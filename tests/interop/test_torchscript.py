@@ -144,6 +144,7 @@ def test_state_dict_as_torch_jit_load(tool, archives, name, tmp_path):
     path, _ = archives[name]
     want = torch.jit.load(str(path)).state_dict()
     js = inspect_ts(tool, path)
+    assert js["format"] == "torch-zip" and js["details"]["torchscript"] is True
     assert [t["name"] for t in js["tensors"]] == list(want)
     assert [t["dtype"] for t in js["tensors"]] == [dtype_name(t.dtype) for t in want.values()]
     assert [t["shape"] for t in js["tensors"]] == [list(t.shape) for t in want.values()]
