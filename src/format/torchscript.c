@@ -36,7 +36,7 @@ typedef struct ts_walk {
     ckpt__arena *arena;
     ckpt_value *class_index;   /* DICT "module.Name" -> INT index in classes */
     ckpt_value *records_read;  /* DICT record name -> NONE */
-    ts_class *classes;
+    ts_class **classes;        /* in the arena: pointers stay valid as it grows */
     size_t nclasses, classes_cap;
     ckpt_value *out;           /* ORDERED_DICT name -> tensor */
     char *name;                /* the current path, "a.b." */
@@ -145,19 +145,22 @@ static ckpt_status add_class(ts_walk *w, const char *module, size_t mlen, const 
         return CKPT_OK; /* defined twice: the first one counts */
     if (w->nclasses == w->classes_cap) {
         size_t cap = w->classes_cap ? w->classes_cap * 2 : 16;
-        ts_class *c = realloc(w->classes, cap * sizeof(*c));
-        if (!c)
+        ts_class **grown = realloc(w->classes, cap * sizeof(*grown));
+        if (!grown)
             return ts_nomem(w);
-        w->classes = c;
+        w->classes = grown;
         w->classes_cap = cap;
     }
+    ts_class *c = ckpt__arena_alloc(w->arena, sizeof(*c));
+    if (!c)
+        return ts_nomem(w);
     ckpt_value *index = ckpt__value_new(w->arena, CKPT_KIND_INT);
     if (!index)
         return ts_nomem(w);
     index->u.i = (int64_t)w->nclasses;
     if (!ckpt__dict_set(w->arena, w->class_index, key, index))
         return ts_nomem(w);
-    ts_class *c = &w->classes[w->nclasses++];
+    w->classes[w->nclasses++] = c;
     memset(c, 0, sizeof(*c));
     c->name = full;
     c->record = rec;
@@ -265,7 +268,7 @@ static ckpt_status class_of(ts_walk *w, const ckpt_value *obj, const ts_class **
                           "TorchScript class '%s' has no definition in the archive's code/ "
                           "(which attributes are parameters and buffers is written only there)",
                           text);
-    const ts_class *c = &w->classes[idx->u.i];
+    const ts_class *c = w->classes[idx->u.i];
     if (c->setstate)
         return ckpt__fail(w->err, CKPT_ERR_UNSUPPORTED, c->record, CKPT_NO_OFFSET,
                           "class '%s' has a __setstate__: torch.jit.load runs it, so its "
