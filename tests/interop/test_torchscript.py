@@ -122,6 +122,9 @@ def archives(gen_dir):
     dt = AllDtypes()
     torch.jit.save(torch.jit.script(dt), str(d / "dtypes.pt"))
     out["dtypes.pt"] = (d / "dtypes.pt", dt)
+    # the mobile (lite interpreter) archive: bytecode.pkl beside data.pkl and code/
+    torch.jit.script(net)._save_for_lite_interpreter(str(d / "lite.ptl"))
+    out["lite.ptl"] = (d / "lite.ptl", net)
     return out
 
 
@@ -139,7 +142,8 @@ def same_state_dict(got, want):
         assert tensor_bytes(g) == tensor_bytes(w), k
 
 
-@pytest.mark.parametrize("name", ["scripted.pt", "traced.pt", "shared.pt", "dtypes.pt"])
+@pytest.mark.parametrize("name", ["scripted.pt", "traced.pt", "shared.pt", "dtypes.pt",
+                                  "lite.ptl"])
 def test_state_dict_as_torch_jit_load(tool, archives, name, tmp_path):
     path, _ = archives[name]
     want = torch.jit.load(str(path)).state_dict()
