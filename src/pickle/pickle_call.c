@@ -1135,7 +1135,11 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
         /* TorchScript writes an object's attributes as a dict of names; any
          * other state is what its __getstate__ returned, for a __setstate__
          * that torch.jit.load runs */
-        if (state->kind != CKPT_KIND_DICT || inst->u.obj.state)
+        if (inst->u.obj.state)
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                                 "TorchScript object of class '%s' is built twice",
+                                 inst->u.obj.cls->u.s.ptr);
+        if (state->kind != CKPT_KIND_DICT)
             return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED,
                                  "class '%s' has a __setstate__ (its state is a %s, not a dict "
                                  "of attributes): torch.jit.load runs it, so it is not data",

@@ -120,6 +120,11 @@ def _tuple_state():
     return archive(new() + b"(K\x01tb", code=EMPTY_CODE)
 
 
+def _built_twice():
+    return archive(new() + attrs([("training", b"\x88")]) + b"b" + attrs([("x", b"N")]) + b"b",
+                   code=EMPTY_CODE)
+
+
 def _no_code():
     return archive(new("__torch__.lib", "M") + attrs([]) + b"b", code=EMPTY_CODE)
 
@@ -170,6 +175,7 @@ CASES = {
     "torchbind": (_torchbind, "LinearPackedParamsBase' is a torchbind class"),
     "reduce_call": (_reduce_call, "NEWOBJ with no arguments"),
     "tuple_state": (_tuple_state, "class '__torch__.M' has a __setstate__"),
+    "built_twice": (_built_twice, "is built twice"),
     "no_code": (_no_code, "'__torch__.lib.M' has no definition"),
     "missing_param": (_missing_param, "lists the parameter 'w'"),
     "param_not_tensor": (_param_not_tensor, "is a int, not a tensor"),
