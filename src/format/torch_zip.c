@@ -154,6 +154,12 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         (void)madvise((void *)(uintptr_t)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
 #endif
 
+    /* numpy's .npz: every member NAME.npy (no data.pkl: torch.load refuses it) */
+    if (ckpt__npz_detect(&f->zip)) {
+        f->format = CKPT_FORMAT_NUMPY_NPZ;
+        return ckpt__open_npz(f, err);
+    }
+
     /* The prefix comes from the first central-directory entry; every entry must share it. */
     const char *first = f->zip.entries[0].name;
     const char *slash = strchr(first, '/');
@@ -226,7 +232,9 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         .persistent_load = zip_persistent_load,
         .user = &L,
         .protocol = -1,
-        .flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u,
+        .flags = CKPT__PICKLE_NUMPY |
+                 ((f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u),
+        .file = f,
     };
     st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, &f->root, err);
     free(owned);
