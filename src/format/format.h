@@ -42,6 +42,9 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
                           const ckpt_open_options *opts, bool shard, ckpt_file **out,
                           ckpt_error *err);
 
+/* The pre-0.4 tar format (torch_tar.c), as torch's _legacy_load reads it. */
+ckpt_status ckpt__open_torch_tar(ckpt_file *f, ckpt_error *err);
+
 /* ---- numpy files (numpy.c) -------------------------------------------- */
 
 typedef struct ckpt__npy_info {

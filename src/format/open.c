@@ -25,6 +25,7 @@ const char *ckpt_format_name(ckpt_format format)
     case CKPT_FORMAT_SHARDED: return "sharded";
     case CKPT_FORMAT_NUMPY_NPY: return "numpy-npy";
     case CKPT_FORMAT_NUMPY_NPZ: return "numpy-npz";
+    case CKPT_FORMAT_TORCH_TAR: return "torch-tar";
     case CKPT_FORMAT_UNKNOWN: break;
     }
     return "unknown";
@@ -71,9 +72,8 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
     }
     switch (ckpt__tar_detect(p, n)) {
     case CKPT__TAR_BLOCK_HEADER:
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
-                          "torch.load reads this file as a pre-0.4 tar archive (its first 512 "
-                          "bytes are a valid tar header); reading that format is not supported");
+        f->format = CKPT_FORMAT_TORCH_TAR;
+        return ckpt__open_torch_tar(f, err);
     case CKPT__TAR_BLOCK_ZERO:
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                           "torch.load reads this file as an empty pre-0.4 tar archive (its first "
