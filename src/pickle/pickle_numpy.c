@@ -336,13 +336,96 @@ ckpt_status ckpt__numpy_call_frombuffer(vm *m, ckpt_value *const *args, size_t n
     return new_tensor(m, t, out);
 }
 
-/* scalar(dtype, bytes): a number. */
+/* A numpy.str_ ('U': UCS-4 code points) or numpy.bytes_ ('S') scalar as
+ * the str or bytes .item() gives: trailing NULs dropped. *done is false
+ * when the dtype is neither. */
+static ckpt_status text_scalar(vm *m, const ckpt_value *dt, const ckpt_value *b, bool *done,
+                               ckpt_value **out)
+{
+    *done = false;
+    if (!dt || dt->kind != CKPT_KIND_OBJECT || !is_global(dt->u.obj.cls, CKPT__G_NUMPY_DTYPE))
+        return CKPT_OK;
+    const ckpt_value *s = dt->u.obj.args->u.seq.items[0];
+    const char *p = s->u.s.ptr;
+    size_t n = s->u.s.len;
+    char order = '|';
+    if (n && strchr("<>|=", p[0])) {
+        order = p[0];
+        p++;
+        n--;
+    }
+    if (n == 0 || (p[0] != 'U' && p[0] != 'S'))
+        return CKPT_OK;
+    const ckpt_value *st = dt->u.obj.state;
+    if (st && st->kind == CKPT_KIND_TUPLE && st->u.seq.len >= 2 && st->u.seq.items[1] &&
+        st->u.seq.items[1]->kind == CKPT_KIND_STR && st->u.seq.items[1]->u.s.len == 1)
+        order = st->u.seq.items[1]->u.s.ptr[0];
+    *done = true;
+    if (!b || b->kind != CKPT_KIND_BYTES)
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "numpy scalar: the value must be bytes, not %s",
+                             kind_desc(b));
+    const uint8_t *q = (const uint8_t *)b->u.s.ptr;
+    size_t len = b->u.s.len;
+    if (p[0] == 'S') {
+        while (len && q[len - 1] == 0)
+            len--;
+        return ckpt__vm_str(m, CKPT_KIND_BYTES, q, len, out);
+    }
+    if (len % 4 != 0)
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                             "numpy scalar: %zu bytes are not whole UCS-4 characters", len);
+    size_t chars = len / 4;
+    uint32_t *cp;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, (chars ? chars : 1) * sizeof(uint32_t), (void **)&cp));
+    for (size_t i = 0; i < chars; i++) {
+        const uint8_t *c = q + 4 * i;
+        cp[i] = order == '>' ? ((uint32_t)c[0] << 24) | ((uint32_t)c[1] << 16) |
+                                   ((uint32_t)c[2] << 8) | c[3]
+                             : ((uint32_t)c[3] << 24) | ((uint32_t)c[2] << 16) |
+                                   ((uint32_t)c[1] << 8) | c[0];
+    }
+    while (chars && cp[chars - 1] == 0)
+        chars--;
+    char *utf8;
+    CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, chars * 4 + 1, (void **)&utf8));
+    size_t k = 0;
+    for (size_t i = 0; i < chars; i++) {
+        uint32_t c = cp[i];
+        if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
+                                 "numpy scalar: character %zu (U+%X) is not a Unicode scalar", i,
+                                 (unsigned)c);
+        if (c < 0x80) {
+            utf8[k++] = (char)c;
+        } else if (c < 0x800) {
+            utf8[k++] = (char)(0xc0 | (c >> 6));
+            utf8[k++] = (char)(0x80 | (c & 0x3f));
+        } else if (c < 0x10000) {
+            utf8[k++] = (char)(0xe0 | (c >> 12));
+            utf8[k++] = (char)(0x80 | ((c >> 6) & 0x3f));
+            utf8[k++] = (char)(0x80 | (c & 0x3f));
+        } else {
+            utf8[k++] = (char)(0xf0 | (c >> 18));
+            utf8[k++] = (char)(0x80 | ((c >> 12) & 0x3f));
+            utf8[k++] = (char)(0x80 | ((c >> 6) & 0x3f));
+            utf8[k++] = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    utf8[k] = '\0';
+    return ckpt__vm_wrap(m, CKPT_KIND_STR, utf8, k, out);
+}
+
+/* scalar(dtype, bytes): a number (a str or bytes for numpy's text types). */
 ckpt_status ckpt__numpy_call_scalar(vm *m, ckpt_value *const *args, size_t nargs,
                                     ckpt_value **out)
 {
     const char *what = "numpy scalar";
     if (nargs != 2)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s takes 2 arguments, %zu given", what, nargs);
+    bool done;
+    CKPT_RETURN_IF_ERROR(text_scalar(m, args[0], args[1], &done, out));
+    if (done)
+        return CKPT_OK;
     ckpt_dtype dtype;
     bool big_endian;
     CKPT_RETURN_IF_ERROR(dtype_of(m, what, args[0], &dtype, &big_endian));

@@ -97,3 +97,29 @@ def plain(obj):
     if isinstance(obj, tuple):
         return tuple(plain(v) for v in obj)
     return obj
+
+
+
+def tagged(o):
+    """torchref.tagged for trees holding numpy arrays (any shared dtype) and
+    numpy scalars."""
+    import torchref
+    if isinstance(o, np.ndarray):
+        return {"$tensor": {"dtype": NP_DTYPES[native(o).dtype.name], "shape": list(o.shape)}}
+    if isinstance(o, np.generic):
+        return torchref.tagged(o.item())
+    if isinstance(o, tuple):
+        return {"$tuple": [tagged(x) for x in o]}
+    if isinstance(o, list):
+        return [tagged(x) for x in o]
+    if isinstance(o, collections.OrderedDict):
+        return {"$odict": _dict_tagged(o)}
+    if isinstance(o, dict):
+        return _dict_tagged(o)
+    return torchref.tagged(o)
+
+
+def _dict_tagged(d):
+    if all(isinstance(k, str) and "\0" not in k for k in d):
+        return {k: tagged(v) for k, v in d.items()}
+    return {"$dict": [[tagged(k), tagged(v)] for k, v in d.items()]}

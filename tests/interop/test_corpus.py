@@ -60,8 +60,8 @@ DOCUMENTED_FAILURES = [
      "pre-1.3 TorchScript (model.json + attributes.pkl, code/)"),
     ("benign/Pickle.jl/csr_mat.pkl", NOT_ALLOWED.format(r"scipy\.sparse\."),
      "non-allow-listed scipy global (csr_matrix)"),
-    ("benign/Pickle.jl/test-np-s[ct]*.pkl", r"numpy dtype 'U\d+' has no torch dtype",
-     "numpy str arrays and scalars: no torch dtype holds text"),
+    ("benign/Pickle.jl/test-np-string.pkl", r"numpy dtype 'U\d+' has no torch dtype",
+     "numpy str arrays: no torch dtype holds text"),
     ("benign/zml/simple.pt", NOT_ALLOWED.format(r"torch\.nn\.modules\."),
      "whole nn.Module pickled: its class is not allow-listed"),
     ("benign/burn/src/pytorch/tests/reader/test_data/tar_*.tar",
@@ -295,6 +295,7 @@ def compare_numpy_pickle(tool, path, js):
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", pickle_module=_NumpyTorchPickleModule)
     numpyref.assert_same(tool, path, numpyref.flatten(obj))
+    assert_same_tree(js["tree"], numpyref.tagged(obj))
 
 
 def error_lines(res, path):

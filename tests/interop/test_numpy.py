@@ -221,3 +221,21 @@ def test_hostile_array_states(tool, tmp_path, state, message):
     res = tool.run("inspect", path)
     assert res.returncode == 2, res.describe()
     assert message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickled_scalars_and_tree(tool, tmp_path, protocol):
+    """numpy scalars (numbers, str, bytes) as .item() gives them, in the tree."""
+    from numpyref import tagged
+    from torchref import assert_same_tree
+    obj = {"f": np.float64(0.1), "h": np.float16(-2.5), "u8": np.uint8(255),
+           "i": np.int32(-7), "b": np.bool_(False), "c": np.complex128(3 + 4j),
+           "s": np.str_("abc\u03b1\U0001F600"), "be": np.array("xy", dtype=">U3")[()],
+           "y": np.bytes_(b"ab\0"), "arr": sample("uint32", (2, 2), "F", ">")}
+    path = tmp_path / "s.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    js = tool.inspect_json(path)
+    ref = load_pickle(path.read_bytes())
+    assert_same_tree(js["tree"], tagged(ref))
+    assert js["tree"]["s"] == "abc\u03b1\U0001F600" and js["tree"]["be"] == "xy"
+    assert_same(tool, path, flatten(ref))
