@@ -239,3 +239,15 @@ def test_pickled_scalars_and_tree(tool, tmp_path, protocol):
     assert_same_tree(js["tree"], tagged(ref))
     assert js["tree"]["s"] == "abc\u03b1\U0001F600" and js["tree"]["be"] == "xy"
     assert_same(tool, path, flatten(ref))
+
+
+def test_npz_verify_checks_crc(tool, tmp_path):
+    path = tmp_path / "v.npz"
+    np.savez(path, a=np.arange(8, dtype=np.int32))
+    res = tool.run("verify", path)
+    assert res.returncode == 0 and "CRC32 of every record" in res.stdout, res.describe()
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(b"\x93NUMPY") + 128 + 4] ^= 0xFF  # an element of 'a'
+    path.write_bytes(bytes(raw))
+    res = tool.run("verify", path)
+    assert res.returncode == 1 and "CRC32 mismatch" in res.stdout + res.stderr, res.describe()
