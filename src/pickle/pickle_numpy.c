@@ -95,6 +95,16 @@ static bool is_global(const ckpt_value *v, uint32_t id)
     return v && v->kind == CKPT_KIND_GLOBAL && v->global_id == id;
 }
 
+/* A numpy.dtype OBJECT (made by ckpt__numpy_call_dtype): its type string. */
+static const ckpt_value *dtype_text(const ckpt_value *v)
+{
+    if (!v || v->kind != CKPT_KIND_OBJECT || !is_global(v->u.obj.cls, CKPT__G_NUMPY_DTYPE) ||
+        !v->u.obj.args || v->u.obj.args->kind != CKPT_KIND_TUPLE || v->u.obj.args->u.seq.len < 1 ||
+        !v->u.obj.args->u.seq.items[0] || v->u.obj.args->u.seq.items[0]->kind != CKPT_KIND_STR)
+        return NULL;
+    return v->u.obj.args->u.seq.items[0];
+}
+
 /* numpy.dtype(obj, align, copy): an OBJECT keeping its arguments, whose
  * BUILD (an object's) keeps the state; read by dtype_of. */
 ckpt_status ckpt__numpy_call_dtype(vm *m, const ckpt_value *fn, ckpt_value *const *args,
@@ -112,10 +122,10 @@ ckpt_status ckpt__numpy_call_dtype(vm *m, const ckpt_value *fn, ckpt_value *cons
 static ckpt_status dtype_of(vm *m, const char *what, const ckpt_value *v, ckpt_dtype *dtype,
                             bool *big_endian)
 {
-    if (!v || v->kind != CKPT_KIND_OBJECT || !is_global(v->u.obj.cls, CKPT__G_NUMPY_DTYPE))
+    const ckpt_value *s = dtype_text(v);
+    if (!s)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: the dtype must be a numpy.dtype, not %s",
                              what, kind_desc(v));
-    const ckpt_value *s = v->u.obj.args->u.seq.items[0];
     char order = '|';
     const ckpt_value *st = v->u.obj.state;
     if (st) {
@@ -343,9 +353,9 @@ static ckpt_status text_scalar(vm *m, const ckpt_value *dt, const ckpt_value *b,
                                ckpt_value **out)
 {
     *done = false;
-    if (!dt || dt->kind != CKPT_KIND_OBJECT || !is_global(dt->u.obj.cls, CKPT__G_NUMPY_DTYPE))
+    const ckpt_value *s = dtype_text(dt);
+    if (!s)
         return CKPT_OK;
-    const ckpt_value *s = dt->u.obj.args->u.seq.items[0];
     const char *p = s->u.s.ptr;
     size_t n = s->u.s.len;
     char order = '|';
