@@ -250,7 +250,7 @@ ckpt_status ckpt__npy_header(const uint8_t *data, uint64_t size, const ckpt_limi
 
 /* ---- tensors ------------------------------------------------------------- */
 
-/* Strides (in elements) of a C or Fortran ordered array. */
+/* A tensor over s: strides (in elements) of a C or Fortran ordered array. */
 static ckpt_status array_tensor(ckpt_file *f, const ckpt__npy_info *info, ckpt__storage *s,
                                 ckpt_tensor **out, ckpt_error *err)
 {
@@ -258,12 +258,14 @@ static ckpt_status array_tensor(ckpt_file *f, const ckpt__npy_info *info, ckpt__
     int64_t *stride = ckpt__arena_alloc(&f->arena, (info->ndim ? info->ndim : 1) * sizeof(int64_t));
     if (!t || !stride)
         return ckpt__nomem(err);
-    int64_t step = 1;
+    uint64_t step = 1;
     for (uint32_t i = 0; i < info->ndim; i++) {
         uint32_t k = info->fortran ? i : info->ndim - 1 - i;
-        stride[k] = step;
-        if (info->shape[k] > 1)
-            step *= info->shape[k]; /* cannot overflow: the element count fits */
+        stride[k] = (int64_t)step;
+        if (info->shape[k] > 1 && (!ckpt__mul_u64(step, (uint64_t)info->shape[k], &step) ||
+                                   step > (uint64_t)INT64_MAX))
+            return ckpt__fail(err, CKPT_ERR_FORMAT, s->record, CKPT_NO_OFFSET,
+                              "numpy header: the shape's strides overflow");
     }
     t->dtype = info->dtype;
     t->ndim = info->ndim;

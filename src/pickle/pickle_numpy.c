@@ -198,14 +198,6 @@ static ckpt_status make_array(vm *m, const char *what, ckpt_tensor *t, const ckp
             return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: the shape's element count overflows",
                                  what);
     }
-    /* strides in elements; numpy's for an empty array do not matter */
-    int64_t step = 1;
-    for (size_t i = 0; i < nd; i++) {
-        size_t k = fortran ? i : nd - 1 - i;
-        strides[k] = step;
-        if (dims[k] > 1)
-            step *= dims[k]; /* cannot overflow: numel fits */
-    }
     uint64_t nbytes;
     if (!ckpt__mul_u64(numel, ckpt_dtype_size(dtype), &nbytes) || nbytes != data->u.s.len)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT,
@@ -213,6 +205,15 @@ static ckpt_status make_array(vm *m, const char *what, ckpt_tensor *t, const ckp
                              "the size mismatch)",
                              what, data->u.s.len, (unsigned long long)numel,
                              ckpt_dtype_name(dtype));
+    /* strides in elements, numpy's (dimensions of 0 count as 1) */
+    uint64_t step = 1;
+    for (size_t i = 0; i < nd; i++) {
+        size_t k = fortran ? i : nd - 1 - i;
+        strides[k] = (int64_t)step;
+        if (dims[k] > 1 && (!ckpt__mul_u64(step, (uint64_t)dims[k], &step) ||
+                            step > (uint64_t)INT64_MAX))
+            return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "%s: the shape's strides overflow", what);
+    }
     ckpt__storage *s;
     CKPT_RETURN_IF_ERROR(ckpt__vm_alloc(m, sizeof(*s), (void **)&s));
     const uint8_t *bytes = (const uint8_t *)data->u.s.ptr;
