@@ -34,7 +34,8 @@ static size_t npy(uint8_t *out, int version, const char *header, const void *dat
     memcpy(out + pre, header, hl);
     memset(out + pre + hl, ' ', total_h - hl - 1);
     out[pre + total_h - 1] = '\n';
-    memcpy(out + pre + total_h, data, n);
+    if (n)
+        memcpy(out + pre + total_h, data, n);
     return pre + total_h + n;
 }
 
