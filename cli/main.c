@@ -937,7 +937,7 @@ static int verify_one(const char *path, bool quiet, unsigned open_flags)
             const char *name = ckpt_format_name(fi.format);
             printf("%s: ok: %s, %zu records, %zu tensors, ", path, name, fi.record_count,
                    fi.tensor_count);
-            if (fi.format == CKPT_FORMAT_TORCH_ZIP)
+            if (fi.format == CKPT_FORMAT_TORCH_ZIP || fi.format == CKPT_FORMAT_NUMPY_NPZ)
                 printf("%llu bytes checked (CRC32 of every record)\n",
                        (unsigned long long)bytes);
             else if (fi.format == CKPT_FORMAT_SHARDED)

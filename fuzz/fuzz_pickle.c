@@ -131,11 +131,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         pos += used;
     }
     (void)sink;
-    /* The first pickle again, now with tensors allowed. */
+    /* The first pickle again, now with tensors and numpy arrays allowed. */
     if (size) {
         ckpt__pickle_ctx ctx = {
             .limits = &limits, .arena = &arena, .record = "fuzz.pkl",
             .persistent_load = fuzz_persistent_load, .user = NULL,
+            .flags = CKPT__PICKLE_NUMPY,
         };
         ckpt_error err;
         ckpt_value *root = NULL;

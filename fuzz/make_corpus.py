@@ -612,6 +612,95 @@ def pickles_in(files):
     return out
 
 
+def numpy_seeds():
+    """.npy files (versions 1-3, every dtype, Fortran, big-endian, 0-d, empty,
+    object and broken headers), .npz archives (stored, deflated), pickles of
+    numpy arrays (protocols 2-5, torch.save with arrays) and pre-0.4 tar
+    files built member by member (tests/interop/test_tar.py's layout)."""
+    import numpy as np
+    import pickle
+    import tarfile
+    out, pickles, npys = {}, {}, {}
+    dtypes = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+              "uint64", "float16", "float32", "float64", "complex64", "complex128"]
+    for d in dtypes:
+        a = np.arange(6).astype(d).reshape(2, 3)
+        for tag, arr in (("c", a), ("f", np.asfortranarray(a)),
+                         ("be", a.astype(a.dtype.newbyteorder(">")))):
+            b = io.BytesIO()
+            np.save(b, arr)
+            npys[f"npy_{d}_{tag}.npy"] = b.getvalue()
+    for v in ((1, 0), (2, 0), (3, 0)):
+        b = io.BytesIO()
+        np.lib.format.write_array(b, np.ones((2, 2), np.float32), version=v)
+        npys[f"npy_v{v[0]}.npy"] = b.getvalue()
+    for name, arr in (("scalar", np.array(1.5)), ("empty", np.zeros((0, 3), np.int16))):
+        b = io.BytesIO()
+        np.save(b, arr)
+        npys[f"npy_{name}.npy"] = b.getvalue()
+    b = io.BytesIO()
+    np.save(b, np.array([1, "x"], dtype=object), allow_pickle=True)
+    npys["npy_object.npy"] = b.getvalue()
+
+    def header(text, version=1, data=b"\0" * 16):
+        h = text.encode("latin1") + b"\n"
+        ln = struct.pack("<H", len(h)) if version == 1 else struct.pack("<I", len(h))
+        return b"\x93NUMPY" + bytes([version, 0]) + ln + h + data
+    npys["npy_eval.npy"] = header("{'descr': __import__('os'), 'fortran_order': False, "
+                                  "'shape': (1,), }")
+    npys["npy_dup_key.npy"] = header("{'descr': '<f4', 'descr': '<i4', 'fortran_order': "
+                                     "False, 'shape': (2,)}")
+    npys["npy_huge_shape.npy"] = header("{'descr': '<f8', 'fortran_order': True, 'shape': "
+                                        "(4294967296, 4294967296, 16), }")
+    npys["npy_record.npy"] = header("{'descr': [('a', '<f4')], 'fortran_order': False, "
+                                    "'shape': (1,), }")
+    npys["npy_len_past_end.npy"] = b"\x93NUMPY\x02\x00\xff\xff\xff\x7f{"
+    out.update(npys)
+    arrays = {"a": np.arange(5, dtype=np.float32),
+              "b": np.asfortranarray(np.ones((2, 3), ">f8"))}
+    for tag, fn in (("stored", np.savez), ("deflated", np.savez_compressed)):
+        b = io.BytesIO()
+        fn(b, **arrays)
+        out[f"npz_{tag}.npz"] = b.getvalue()
+    obj = {"w": np.arange(4, dtype=np.int32).reshape(2, 2),
+           "f": np.asfortranarray(np.ones((2, 3), ">f4")), "s": [np.float16(2.0), np.int64(-1)],
+           "e": np.zeros((0,), np.uint8)}
+    for p in (2, 3, 4, 5):
+        pickles[f"numpy_p{p}.pkl"] = pickle.dumps(obj, protocol=p)
+    import torch
+    b = io.BytesIO()
+    torch.save({"np": obj["w"], "t": torch.ones(2)}, b)
+    out["numpy_in_torch_zip.pt"] = b.getvalue()
+    out.update(pickles)
+
+    def tar(members):
+        b = io.BytesIO()
+        with tarfile.open(fileobj=b, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            for name, data in members:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+            end = t.offset
+        return b.getvalue()[:end + 1024]  # the two end blocks, not tarfile's record padding
+    floats = struct.pack("<6f", 1, 2, 3, 4, 5, 6)
+    storages = (pickle.dumps(1, protocol=2) + pickle.dumps((7, "cpu", torch.FloatStorage), protocol=2)
+                + struct.pack("<q", 6) + floats + pickle.dumps([(8, 7, 2, 4)], protocol=2))
+    tensors = pickle.dumps(2, protocol=2)
+    for key, skey, shape, stride in ((1, 7, (2, 3), (3, 1)), (2, 8, (4,), (1,))):
+        tensors += pickle.dumps((key, skey, torch.FloatTensor), protocol=2)
+        tensors += struct.pack("<ii", len(shape), 0) + struct.pack(f"<{len(shape)}q", *shape)
+        tensors += struct.pack(f"<{len(shape)}q", *stride) + struct.pack("<q", 0)
+    obj_pickle = b"\x80\x02}(X\x01\x00\x00\x00aP1\nX\x01\x00\x00\x00bP2\nX\x01\x00\x00\x00sP7\nu."
+    good = [("sys_info", pickle.dumps({"little_endian": True}, protocol=2)),
+            ("pickle", obj_pickle), ("tensors", tensors), ("storages", storages)]
+    out["tar_torch.tar"] = tar(good)
+    out["tar_no_tensors.tar"] = tar([m for m in good if m[0] != "tensors"])
+    out["tar_dup_pickle.tar"] = tar(good + [("pickle", b"\x80\x02P999\n.")])
+    out["tar_bad_view.tar"] = tar(good[:3] + [("storages", storages.replace(
+        pickle.dumps([(8, 7, 2, 4)], protocol=2), pickle.dumps([(8, 7, 5, 4)], protocol=2)))])
+    return out, pickles, npys
+
+
 FORCE = False
 
 
@@ -667,6 +756,12 @@ def main():
     rt["all_dtypes.safetensors"] = st["all_dtypes.safetensors"]
     rt["unaligned.safetensors"] = st["unaligned.safetensors"]
     write("fuzz_roundtrip", rt)
+
+    numpy_files, numpy_pickles, npys = numpy_seeds()
+    write("fuzz_file", numpy_files)
+    write("fuzz_scan", numpy_files)
+    write("fuzz_pickle", numpy_pickles)
+    write("fuzz_npy", npys)
 
     streams = stream_seeds()
     write("fuzz_file", streams)

@@ -397,11 +397,17 @@ typedef enum ckpt_format {
     CKPT_FORMAT_TORCH_LEGACY = 2,  /* torch.save before 1.6 / _use_new_zipfile_serialization=False */
     CKPT_FORMAT_SAFETENSORS = 3,
     CKPT_FORMAT_PICKLE = 4,        /* a plain pickle stream (no tensors) */
-    CKPT_FORMAT_SHARDED = 5        /* an index (model.safetensors.index.json,
+    CKPT_FORMAT_SHARDED = 5,       /* an index (model.safetensors.index.json,
                                       pytorch_model.bin.index.json) over shard files */
+    CKPT_FORMAT_NUMPY_NPY = 6,     /* numpy.save: one array, named "tensor" */
+    CKPT_FORMAT_NUMPY_NPZ = 7,     /* numpy.savez(_compressed): one array per member, named
+                                      by its key */
+    CKPT_FORMAT_TORCH_TAR = 8      /* torch.save before 0.4: a tar archive (storages,
+                                      tensors, pickle members) */
 } ckpt_format;
 
-/* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "unknown". */
+/* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "numpy-npy",
+ * "numpy-npz", "torch-tar", "unknown". */
 CKPT_API const char *ckpt_format_name(ckpt_format format);
 
 /* Flags for ckpt_open_options.flags. */

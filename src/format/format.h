@@ -47,6 +47,34 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
                           const ckpt_open_options *opts, bool shard, ckpt_file **out,
                           ckpt_error *err);
 
+/* The pre-0.4 tar format (torch_tar.c), as torch's _legacy_load reads it. */
+ckpt_status ckpt__open_torch_tar(ckpt_file *f, ckpt_error *err);
+
+/* ---- numpy files (numpy.c) -------------------------------------------- */
+
+typedef struct ckpt__npy_info {
+    ckpt_dtype dtype;
+    bool big_endian;
+    bool fortran;
+    uint32_t ndim;
+    int64_t *shape;            /* in the arena given */
+    uint64_t data_offset;      /* of the elements, from the magic */
+    uint64_t nbytes;           /* of the elements; data_offset + nbytes <= size */
+} ckpt__npy_info;
+
+/* Parses an .npy header at data[0..size) (strictly: the dict literal numpy
+ * writes, never evaluated). Object arrays, structured and string dtypes are
+ * CKPT_ERR_UNSUPPORTED naming the dtype. record names the place in errors. */
+ckpt_status ckpt__npy_header(const uint8_t *data, uint64_t size, const ckpt_limits *limits,
+                             ckpt__arena *arena, const char *record, ckpt__npy_info *out,
+                             ckpt_error *err);
+/* An .npy file: one tensor named "tensor". */
+ckpt_status ckpt__open_npy(ckpt_file *f, ckpt_error *err);
+/* A zip whose every member is NAME.npy: numpy's .npz. */
+bool ckpt__npz_detect(const ckpt__zip *z);
+/* An .npz (f->zip open): one tensor per member named by its key. */
+ckpt_status ckpt__open_npz(ckpt_file *f, ckpt_error *err);
+
 /* ---- what torch.load takes a file for (tar.c, detect.c) ---------------
  * torch.load's order: a zip by its first four bytes (PK\3\4), else a tar
  * archive as Python's tarfile takes it, else a pickle from byte 0 (the

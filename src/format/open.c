@@ -23,6 +23,9 @@ const char *ckpt_format_name(ckpt_format format)
     case CKPT_FORMAT_SAFETENSORS: return "safetensors";
     case CKPT_FORMAT_PICKLE: return "pickle";
     case CKPT_FORMAT_SHARDED: return "sharded";
+    case CKPT_FORMAT_NUMPY_NPY: return "numpy-npy";
+    case CKPT_FORMAT_NUMPY_NPZ: return "numpy-npz";
+    case CKPT_FORMAT_TORCH_TAR: return "torch-tar";
     case CKPT_FORMAT_UNKNOWN: break;
     }
     return "unknown";
@@ -69,9 +72,8 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
     }
     switch (ckpt__tar_detect(p, n)) {
     case CKPT__TAR_BLOCK_HEADER:
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
-                          "torch.load reads this file as a pre-0.4 tar archive (its first 512 "
-                          "bytes are a valid tar header); reading that format is not supported");
+        f->format = CKPT_FORMAT_TORCH_TAR;
+        return ckpt__open_torch_tar(f, err);
     case CKPT__TAR_BLOCK_ZERO:
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
                           "torch.load reads this file as an empty pre-0.4 tar archive (its first "
@@ -99,10 +101,14 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
                               "checkpoint file)");
         return ckpt__open_sharded(f, err);
     }
-    /* their magics start with an opcode: told apart before the pickle */
-    if (ckpt__npy_detect(p, n))
-        return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0,
-                          "not a checkpoint: unknown format (a numpy array file, .npy)");
+    /* their magics start with an opcode: told apart before the pickle.
+     * \x93 is STACK_GLOBAL, which fails on the empty stack at byte 0: torch
+     * reads nothing from an .npy (checked all the same). */
+    if (ckpt__npy_detect(p, n)) {
+        CKPT_RETURN_IF_ERROR(pickle_at_zero_too(f, "a numpy array file", err));
+        f->format = CKPT_FORMAT_NUMPY_NPY;
+        return ckpt__open_npy(f, err);
+    }
     if (ckpt__png_detect(p, n))
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "not a checkpoint: a PNG image");
     if (ckpt__pickle_detect(p, n)) {

@@ -140,7 +140,9 @@ static ckpt_status next_pickle(ckpt_file *f, uint64_t *pos, const char *record,
     ckpt__pickle_ctx ctx = {
         .limits = &f->opts.limits, .arena = &f->arena, .record = record,
         .persistent_load = pl, .user = user, .protocol = -1,
-        .flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u,
+        .flags = CKPT__PICKLE_NUMPY |
+                 ((f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u),
+        .file = f,
     };
     size_t used = 0;
     ckpt_status st = ckpt__unpickle(&ctx, f->map + *pos, (size_t)avail, &used, out, err);

@@ -159,8 +159,7 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
     uint8_t *owned = NULL;
     CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err));
     unsigned flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u;
-    if (torchscript)
-        flags |= CKPT__PICKLE_TORCHSCRIPT;
+    flags |= torchscript ? CKPT__PICKLE_TORCHSCRIPT : CKPT__PICKLE_NUMPY;
     L->storage_dir = dir;
     L->keep_storages = keep;
     ckpt__pickle_ctx ctx = {
@@ -171,6 +170,7 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
         .user = L,
         .protocol = -1,
         .flags = flags,
+        .file = f,
     };
     ckpt_status st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, out, err);
     free(owned);
@@ -200,6 +200,12 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         f->map_size / f->zip.count <= DENSE_RECORD_BYTES)
         (void)madvise((void *)(uintptr_t)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
 #endif
+
+    /* numpy's .npz: every member NAME.npy (no data.pkl: torch.load refuses it) */
+    if (ckpt__npz_detect(&f->zip)) {
+        f->format = CKPT_FORMAT_NUMPY_NPZ;
+        return ckpt__open_npz(f, err);
+    }
 
     /* The prefix comes from the first central-directory entry; every entry must share it. */
     const char *first = f->zip.entries[0].name;

@@ -30,8 +30,11 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                       readers disagree on is told in stop_frame_end and
                                       framing; limits and broken streams still stop the
                                       pickle */
+#define CKPT__PICKLE_NUMPY 0x4u    /* numpy arrays, dtypes and scalars (pickle_numpy.c) are
+                                      read as tensors and numbers; without it their names
+                                      are outside the allow-list like any other */
 
-#define CKPT__PICKLE_TORCHSCRIPT 0x4u /* the pickles of a TorchScript archive read as
+#define CKPT__PICKLE_TORCHSCRIPT 0x8u /* the pickles of a TorchScript archive read as
                                       data: a class of module __torch__(.*) becomes
                                       an inert GLOBAL that NEWOBJ with no arguments
                                       makes into an OBJECT whose BUILD state must be
@@ -76,6 +79,8 @@ struct ckpt__pickle_ctx {
                                            first break of the other framing rules (status
                                            CKPT_OK when none), and the pickle reads on as
                                            contiguous bytes instead of stopping there */
+    ckpt_file *file;                    /* with CKPT__PICKLE_NUMPY, may be NULL: gets the
+                                           storages of the numpy arrays made */
 };
 
 /*
@@ -183,6 +188,13 @@ enum ckpt__global_id {
     CKPT__G_JIT_BUILD_TENSORLIST,
     CKPT__G_JIT_RESTORE_TYPE_TAG,
 
+    /* numpy (CKPT__PICKLE_NUMPY only) */
+    CKPT__G_NUMPY_RECONSTRUCT,      /* numpy(._)core.multiarray._reconstruct */
+    CKPT__G_NUMPY_NDARRAY,          /* numpy.ndarray */
+    CKPT__G_NUMPY_DTYPE,            /* numpy.dtype */
+    CKPT__G_NUMPY_SCALAR,           /* numpy(._)core.multiarray.scalar */
+    CKPT__G_NUMPY_FROMBUFFER,       /* numpy(._)core.numeric._frombuffer */
+
     CKPT__G_COUNT_
 };
 
@@ -208,6 +220,21 @@ ckpt_status ckpt__storage_pid_parse(const ckpt_value *pid, size_t items, const c
  * UntypedStorage gives CKPT_DTYPE_UINT8 with *untyped (may be NULL) = true.
  */
 ckpt_dtype ckpt__storage_type_dtype(const ckpt_value *global, bool *untyped);
+
+/* ---- numpy type strings (pickle_numpy.c) ---------------------------- */
+
+typedef enum ckpt__numpy_type {
+    CKPT__NUMPY_OK,            /* a dtype torch shares */
+    CKPT__NUMPY_OBJECT,        /* 'O': items are pickled Python objects */
+    CKPT__NUMPY_UNSUPPORTED,   /* a real numpy type torch lacks (strings, dates, ...) */
+    CKPT__NUMPY_BAD,           /* not a numpy type string */
+} ckpt__numpy_type;
+
+/* A numpy type string ('<f4', 'f8', '|b1', 'c16') as a ckpt dtype; order
+ * ('<', '>', '|', '=') applies when s has no byte order of its own. '|'
+ * is only valid for one-byte types. */
+ckpt__numpy_type ckpt__numpy_descr(const char *s, size_t n, char order, ckpt_dtype *dtype,
+                                   bool *big_endian);
 
 /* ---- pickler (pickle_write.c) ------------------------------------------ */
 

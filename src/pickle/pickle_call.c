@@ -133,6 +133,16 @@ static const global_def GLOBALS[] = {
     G("torch", "sparse_bsr", CKPT__G_SPARSE_BSR),
     G("torch", "sparse_bsc", CKPT__G_SPARSE_BSC),
     G("torch", "_mkldnn", CKPT__G_MKLDNN),
+
+    /* numpy: read only with CKPT__PICKLE_NUMPY (pickle_numpy.c) */
+    G("numpy.core.multiarray", "_reconstruct", CKPT__G_NUMPY_RECONSTRUCT),
+    G("numpy._core.multiarray", "_reconstruct", CKPT__G_NUMPY_RECONSTRUCT),
+    G("numpy", "ndarray", CKPT__G_NUMPY_NDARRAY),
+    G("numpy", "dtype", CKPT__G_NUMPY_DTYPE),
+    G("numpy.core.multiarray", "scalar", CKPT__G_NUMPY_SCALAR),
+    G("numpy._core.multiarray", "scalar", CKPT__G_NUMPY_SCALAR),
+    G("numpy.core.numeric", "_frombuffer", CKPT__G_NUMPY_FROMBUFFER),
+    G("numpy._core.numeric", "_frombuffer", CKPT__G_NUMPY_FROMBUFFER),
 };
 
 /* The helpers a TorchScript pickle names (CKPT__PICKLE_TORCHSCRIPT only:
@@ -238,6 +248,9 @@ ckpt_status ckpt__vm_resolve_global(vm *m, const char *module, size_t mlen, cons
     if (!g && torchscript)
         g = find_in(JIT_GLOBALS, sizeof(JIT_GLOBALS) / sizeof(JIT_GLOBALS[0]), module, mlen, name,
                     nlen);
+    if (g && g->id >= CKPT__G_NUMPY_RECONSTRUCT && g->id <= CKPT__G_NUMPY_FROMBUFFER &&
+        !(m->ctx->flags & CKPT__PICKLE_NUMPY))
+        g = NULL;
     ckpt_value *v;
     if (!g && torchscript && is_torchscript_module(module, mlen)) {
         char mb[128], nb[128];
@@ -952,8 +965,13 @@ static ckpt_status eval_call(vm *m, const call *c, ckpt_value **out)
     case CKPT__G_JIT_BUILD_BOOLLIST:
     case CKPT__G_JIT_BUILD_TENSORLIST:
     case CKPT__G_JIT_RESTORE_TYPE_TAG: return call_jit_helper(m, c, out);
+    case CKPT__G_NUMPY_RECONSTRUCT: return ckpt__numpy_call_reconstruct(m, c->args, c->nargs, out);
+    case CKPT__G_NUMPY_DTYPE: return ckpt__numpy_call_dtype(m, c->fn, c->args, c->nargs, out);
+    case CKPT__G_NUMPY_SCALAR: return ckpt__numpy_call_scalar(m, c->args, c->nargs, out);
+    case CKPT__G_NUMPY_FROMBUFFER: return ckpt__numpy_call_frombuffer(m, c->args, c->nargs, out);
     case CKPT__G_TENSOR:
     case CKPT__G_TENSOR_TYPE:
+    case CKPT__G_NUMPY_NDARRAY:
         return ckpt__vm_fail(m, CKPT_ERR_UNSUPPORTED, "constructing %s directly is not supported",
                              c->name);
     default:
@@ -1125,6 +1143,10 @@ ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state)
 {
     unsigned flags = m->ctx->flags;
     CKPT_RETURN_IF_ERROR(ckpt__vm_report_use(m, inst, CKPT_SCAN_USE_BUILD));
+    if (ckpt__numpy_unbuilt(inst))
+        return ckpt__numpy_build(m, inst, state);
+    if (ckpt__numpy_built(inst))
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "BUILD on a numpy array that is built already");
     if (inst->kind == CKPT_KIND_TENSOR) {
         if (state->kind != CKPT_KIND_NONE)
             inst->u.tensor.state = state;

@@ -81,6 +81,22 @@ ckpt_status ckpt__vm_report_use(vm *m, const ckpt_value *v, unsigned use);
 /* BUILD: gives inst its state (dicts, tensors and inert objects take one). */
 ckpt_status ckpt__vm_build(vm *m, ckpt_value *inst, ckpt_value *state);
 
+/* ---- pickle_numpy.c (CKPT__PICKLE_NUMPY) -------------------------------- */
+
+ckpt_status ckpt__numpy_call_dtype(vm *m, const ckpt_value *fn, ckpt_value *const *args,
+                                   size_t nargs, ckpt_value **out);
+/* An empty int8 array that a BUILD (ckpt__numpy_build) fills. */
+ckpt_status ckpt__numpy_call_reconstruct(vm *m, ckpt_value *const *args, size_t nargs,
+                                         ckpt_value **out);
+ckpt_status ckpt__numpy_call_frombuffer(vm *m, ckpt_value *const *args, size_t nargs,
+                                        ckpt_value **out);
+ckpt_status ckpt__numpy_call_scalar(vm *m, ckpt_value *const *args, size_t nargs,
+                                    ckpt_value **out);
+/* Whether v is an array made by _reconstruct and not yet built / built. */
+bool ckpt__numpy_unbuilt(const ckpt_value *v);
+bool ckpt__numpy_built(const ckpt_value *v);
+ckpt_status ckpt__numpy_build(vm *m, ckpt_value *inst, const ckpt_value *state);
+
 /* ---- small helpers ---------------------------------------------------- */
 
 /* A kind for messages; internal kinds included. */

@@ -261,6 +261,7 @@ static const char *const WARNING_GLOBALS[] = {
     "torch.torch_version.TorchVersion",
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer", /* protocol 5 */
     "numpy.ndarray", "numpy.dtype",
 };
 

@@ -295,8 +295,15 @@ def test_scan_unsafe_and_inspect_refuses(tool, attacks, torch_results, name):
     res = tool.run("inspect", path)
     assert res.returncode == 2, res.describe()
     assert res.stdout == "", res.describe()
-    if name.startswith(("v7", "tar")):
+    if name == "tar_fallback_to_pickle":
         assert "torch.load reads this file as a pre-0.4 tar archive" in res.stderr, res.stderr
+    elif name.startswith(("v7", "tar")):
+        # read as torch reads the archive: refused at the payload, in the
+        # member torch unpickles it from
+        want = {"tar_payload_in_views_after_a_called_count": "global 'builtins.int' is not allowed",
+                "tar_payload_in_storages_frame": "storages at byte 13: STOP: the frame runs"}
+        assert want.get(name, "GLOBAL: global 'posix.system' is not allowed") in res.stderr, \
+            res.stderr
     else:
         assert "ambiguous file: ckpt reads it as safetensors" in res.stderr, res.stderr
         assert "'posix.system'" in res.stderr, res.stderr
@@ -360,7 +367,8 @@ def test_corpus_tar_files_are_tar_for_both(tool, corpus_dir):
         assert rep["format"] == "tar" and code == 1, rep
         assert not [x for x in rep["findings"] if x["kind"] == "global"], rep
         res = tool.run("inspect", f)
-        assert res.returncode == 2 and "pre-0.4 tar archive" in res.stderr, res.describe()
+        # synthetic: no views pickle after the storages, as torch finds too
+        assert res.returncode == 2 and "torch fails with EOFError" in res.stderr, res.describe()
 
 
 def test_corpus_safetensors_still_read_and_safe(tool, corpus_dir):
