@@ -124,7 +124,11 @@ class Source:
                                ctypes.byref(err))
             _err.check(st, err, self.name)
             return
-        buf = self._map(f, path)
+        try:
+            buf = self._map(f, path)
+        except OSError as e:
+            raise _err.IOError(f"{self.name}: cannot open: {e.strerror or e}", path=self.name,
+                               detail=f"cannot open: {e.strerror or e}") from None
         size = len(buf)
         if size:
             self._cview = (ctypes.c_char * size).from_buffer(buf)
@@ -293,6 +297,8 @@ class Converter:
             return _lib.value_bytes(v).decode("utf-8", "surrogatepass")
         if kind == _lib.KIND_BYTES:
             out = _lib.value_bytes(v)
+            if _repr(v).startswith("bytearray"):
+                out = bytearray(out)
         elif kind == _lib.KIND_BIGINT:
             out = int.from_bytes(_lib.value_bytes(v), "little", signed=True)
         elif kind == _lib.KIND_COMPLEX:
