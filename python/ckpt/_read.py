@@ -448,6 +448,11 @@ class Converter:
                                     f"dtype {name} ({lib.ckpt_dtype_bits(ti.dtype)} bits per "
                                     "element) has no numpy view", self.src.name)
         else:
+            if name.startswith(("qint", "quint")):
+                raise _err.make(_err.UnsupportedError,
+                                f"a quantized tensor ({name}): libckpt's API does not give its "
+                                "scale and zero point; read its integer values with "
+                                "framework=\"np\"", self.src.name)
             tdt = self.torch_dtype(name)
             if elsize == 0:
                 raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
