@@ -207,6 +207,16 @@ def _display_name(f: Any) -> str:
     return str(getattr(f, "name", "<file object>"))
 
 
+_tensor_data = lib.ckpt_tensor_data
+_value_kind = lib.ckpt_value_kind
+_value_key = lib.ckpt_value_key
+_value_dict_value = lib.ckpt_value_dict_value
+_value_tensor = lib.ckpt_value_tensor
+# ckpt_value_str as a char * result: the text up to its first NUL, in one call
+_value_cstr = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p,
+                               ctypes.POINTER(ctypes.c_size_t))(("ckpt_value_str", lib))
+
+
 def tensor_info(t: int) -> "_lib.TensorInfo":
     ti = _lib.TensorInfo()
     ti.struct_size = ctypes.sizeof(ti)
@@ -237,6 +247,17 @@ class Converter:
         self.typed: Dict[Tuple[int, int, int], Any] = {}  # + dtype -> typed base
         self.devices: Dict[Tuple[int, int], Any] = {}
         self.tensor_paths: Optional[Dict[int, str]] = None
+        self.infos: Dict[int, Any] = {}
+        self.dtypes: Dict[int, tuple] = {}
+        self.locations: Dict[Optional[bytes], str] = {}
+        self._ptr = ctypes.c_void_p()
+        self._zc = ctypes.c_bool(False)
+        self._err = _lib.Error_()
+        self._ptr_ref = ctypes.byref(self._ptr)
+        self._len = ctypes.c_size_t(0)
+        self._len_ref = ctypes.byref(self._len)
+        self._zc_ref = ctypes.byref(self._zc)
+        self._err_ref = ctypes.byref(self._err)
 
     # -- devices ---------------------------------------------------------
 
@@ -269,7 +290,8 @@ class Converter:
         seen = set()
         for t in tensors:
             ti = tensor_info(t)
-            loc = _lib.cstr(ti.location) or "cpu"
+            self.infos[t] = ti
+            loc = self._location(ti.location)
             dev = self.target(loc)
             if dev is None or dev in seen:
                 continue
@@ -294,7 +316,7 @@ class Converter:
         if kind == _lib.KIND_FLOAT:
             return float(lib.ckpt_value_float(v))
         if kind == _lib.KIND_STR:
-            return _lib.value_bytes(v).decode("utf-8", "surrogatepass")
+            return self._text(v)
         if kind == _lib.KIND_BYTES:
             out = _lib.value_bytes(v)
             if _repr(v).startswith("bytearray"):
@@ -325,11 +347,20 @@ class Converter:
             out = collections.OrderedDict() if kind == _lib.KIND_ORDERED_DICT else {}
             self.memo[v] = out
             n = lib.ckpt_value_len(v)
-            for i in range(n):
-                kv = lib.ckpt_value_key(v, i)
-                key = self.value(kv)
-                sub = self._sub(path, _key_text(kv)) if self.tensor_paths is not None else ""
-                out[key] = self.value(lib.ckpt_value_dict_value(v, i), sub)
+            memo = self.memo
+            paths = self.tensor_paths is not None
+            for i in range(n):  # the hot loop of a state dict: text keys, tensor values
+                kv = _value_key(v, i)
+                key = self._text(kv) if _value_kind(kv) == _lib.KIND_STR else self.value(kv)
+                vv = _value_dict_value(v, i)
+                item = memo.get(vv)
+                if item is None:
+                    if not paths and _value_kind(vv) == _lib.KIND_TENSOR:
+                        item = self.tensor(_value_tensor(vv))
+                        memo[vv] = item
+                    else:
+                        item = self.value(vv, self._sub(path, _key_text(kv)) if paths else "")
+                out[key] = item
             if kind == _lib.KIND_ORDERED_DICT:
                 state = lib.ckpt_value_state(v)
                 if state:
@@ -361,6 +392,13 @@ class Converter:
                             "by this version of the package", self.src.name)
         self.memo[v] = out
         return out
+
+    def _text(self, v: int) -> str:
+        """A STR value's text."""
+        b = _value_cstr(v, self._len_ref)
+        if b is None or len(b) != self._len.value:  # NULs inside
+            b = _lib.value_bytes(v)
+        return b.decode("utf-8", "surrogatepass")
 
     def _sub(self, path: str, part: str) -> str:
         if self.tensor_paths is None:
@@ -410,12 +448,13 @@ class Converter:
         hit = self.memo.get(t)
         if hit is not None:
             return hit
-        ti = tensor_info(t)
-        name = dtype_name(ti.dtype)
+        ti = self.infos.pop(t, None)
+        if ti is None:
+            ti = tensor_info(t)
         if ti.layout != _lib.LAYOUT_STRIDED:
             out = self.sparse(t, ti)
         else:
-            out = self.strided(t, ti, name)
+            out = self.strided(t, ti)
         if not self.np:
             if ti.is_parameter:
                 out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
@@ -425,27 +464,27 @@ class Converter:
         return out
 
     def _data(self, t: int) -> Tuple[int, bool]:
-        data = ctypes.c_void_p()
-        zc = ctypes.c_bool(False)
-        err = _lib.Error_()
-        st = lib.ckpt_tensor_data(self.src.handle, t, ctypes.byref(data), ctypes.byref(zc),
-                                  ctypes.byref(err))
-        _err.check(st, err, self.src.name)
-        return data.value or 0, bool(zc.value)
+        st = _tensor_data(self.src.handle, t, self._ptr_ref, self._zc_ref, self._err_ref)
+        if st != _lib.OK:
+            _err.check(st, self._err, self.src.name)
+        return self._ptr.value or 0, self._zc.value
 
-    def strided(self, t: int, ti: "_lib.TensorInfo", name: str) -> Any:
-        shape = tuple(ti.shape[i] for i in range(ti.ndim))
-        stride = tuple(ti.stride[i] for i in range(ti.ndim))
-        loc = _lib.cstr(ti.location) or "cpu"
-        elsize = lib.ckpt_dtype_size(ti.dtype)
+    def _dtype(self, d: int) -> tuple:
+        """(name, element size, torch dtype or numpy type, raw) of a ckpt dtype."""
+        hit = self.dtypes.get(d)
+        if hit is not None:
+            return hit
+        name = dtype_name(d)
+        elsize = lib.ckpt_dtype_size(d)
+        raw = False
         if self.np:
-            npt = _NP_TYPES.get(name)
-            raw = npt is None
+            typ = _NP_TYPES.get(name)
+            raw = typ is None
             if raw:
-                npt = _RAW_BY_SIZE.get(elsize)
-                if npt is None:
+                typ = _RAW_BY_SIZE.get(elsize)
+                if typ is None:
                     raise _err.make(_err.UnsupportedError,
-                                    f"dtype {name} ({lib.ckpt_dtype_bits(ti.dtype)} bits per "
+                                    f"dtype {name} ({lib.ckpt_dtype_bits(d)} bits per "
                                     "element) has no numpy view", self.src.name)
         else:
             if name.startswith(("qint", "quint")):
@@ -453,49 +492,78 @@ class Converter:
                                 f"a quantized tensor ({name}): libckpt's API does not give its "
                                 "scale and zero point; read its integer values with "
                                 "framework=\"np\"", self.src.name)
-            tdt = self.torch_dtype(name)
+            typ = self.torch_dtype(name)
             if elsize == 0:
                 raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
                                 self.src.name)
+        out = (name, elsize, typ, raw)
+        self.dtypes[d] = out
+        return out
+
+    def _location(self, raw: Optional[bytes]) -> str:
+        loc = self.locations.get(raw)
+        if loc is None:
+            loc = raw.decode("utf-8", "replace") if raw else "cpu"
+            self.locations[raw] = loc
+        return loc
+
+    def strided(self, t: int, ti: "_lib.TensorInfo") -> Any:
+        name, elsize, typ, raw = self._dtype(ti.dtype)
+        nd = ti.ndim
+        shape = tuple(ti.shape[:nd])
+        stride = tuple(ti.stride[:nd])
+        loc = self._location(ti.location)
         if not ti.has_storage:
             if self.np:
                 raise _err.make(_err.UnsupportedError,
                                 "a meta tensor (no storage) has no numpy array", self.src.name)
-            return torch.empty_strided(shape, stride, dtype=tdt, device="meta")
-        ptr, zc = self._data(t) if ti.storage_nbytes else (0, False)
+            return torch.empty_strided(shape, stride, dtype=typ, device="meta")
+        nbytes = ti.storage_nbytes
+        ptr, zc = self._data(t) if nbytes else (0, False)
         if not ptr:
             if self.np:
-                return np.empty(shape, dtype=npt)
-            return self._place(torch.empty_strided(shape, stride, dtype=tdt), loc)
-        start = ptr - ti.storage_offset * elsize
-        nbytes = int(ti.storage_nbytes)
+                return np.empty(shape, dtype=typ)
+            return self._place(torch.empty_strided(shape, stride, dtype=typ), loc)
+        offset = ti.storage_offset
+        start = ptr - offset * elsize
         if nbytes % elsize:
             raise _err.make(_err.FormatError,
                             f"storage {_lib.cstr(ti.storage_key)} of {nbytes} bytes does not "
                             f"hold whole {name} elements", self.src.name)
-        key = (start, nbytes)
         tkey = (start, nbytes, ti.dtype)
         typed = self.typed.get(tkey)
         if typed is None:
-            base = self.storages.get(key)
-            if base is None:
-                base = self._storage(start, nbytes, zc, loc)
-                self.storages[key] = base
-            if self.np:
-                typed = base.view(npt)
-            else:
-                typed = base.view(tdt)
+            typed = self._typed(start, nbytes, zc, loc, typ, elsize)
             self.typed[tkey] = typed
         if self.np:
-            itemsize = np.dtype(npt).itemsize
+            itemsize = typed.itemsize
             arr = np.lib.stride_tricks.as_strided(
-                typed[ti.storage_offset:], shape=shape,
-                strides=tuple(s * itemsize for s in stride))
+                typed[offset:], shape=shape, strides=tuple(s * itemsize for s in stride))
             if raw:
                 arr = arr.view(RawArray)
                 arr.ckpt_dtype = name
             return arr
-        return typed.as_strided(shape, stride, ti.storage_offset)
+        return typed.as_strided(shape, stride, offset)
+
+    def _typed(self, start: int, nbytes: int, zc: bool, loc: str, typ: Any,
+               elsize: int) -> Any:
+        """A storage as a 1-D array of typ: one storage per (start, size),
+        shared by every dtype that views it."""
+        key = (start, nbytes)
+        other = self.storages.get(key)
+        if other is not None:
+            u8 = other.view(np.uint8 if self.np else torch.uint8)
+            return u8.view(typ)
+        src = self.src
+        in_map = (zc and not self.copy and src.base <= start
+                  and start + nbytes <= src.base + src.size)
+        if (in_map and not self.np and self.target(loc) == "cpu"):
+            typed = torch.frombuffer(src.buf, dtype=typ, count=nbytes // elsize,
+                                     offset=start - src.base)
+        else:
+            typed = self._storage(start, nbytes, zc, loc).view(typ)
+        self.storages[key] = typed
+        return typed
 
     def _storage(self, start: int, nbytes: int, zc: bool, loc: str) -> Any:
         """A 1-D uint8 array of a storage's bytes: a view of the map when
