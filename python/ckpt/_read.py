@@ -112,6 +112,7 @@ class Source:
         self.base = 0
         self.size = 0
         self._cview: Any = None
+        self.fd: Optional[int] = None
         self.name = _display_name(f)
         opts = _open_options(permissive, verify)
         err = _lib.Error_()
@@ -123,6 +124,14 @@ class Source:
             st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
                                ctypes.byref(err))
             _err.check(st, err, self.name)
+            fi = _lib.FileInfo()
+            fi.struct_size = ctypes.sizeof(fi)
+            lib.ckpt_file_get_info(self.handle, ctypes.byref(fi))
+            if fi.format != _lib.FORMAT_SHARDED:
+                try:  # plainly stored storages are read straight into their memory
+                    self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError:
+                    self.fd = None
             return
         try:
             buf = self._map(f, path)
@@ -143,6 +152,18 @@ class Source:
         self.buf = buf if mmap else None
         self.base = addr or 0
         self.size = size
+
+    @classmethod
+    def from_handle(cls, handle: "ctypes.c_void_p", name: str) -> "Source":
+        """A Source over a ckpt_file opened elsewhere (its tensors are copied)."""
+        self = cls.__new__(cls)
+        self.handle = handle
+        self.buf = None
+        self.base = self.size = 0
+        self._cview = None
+        self.fd = None
+        self.name = name
+        return self
 
     @staticmethod
     def _map(f: Any, path: Optional[str]) -> Any:
@@ -173,12 +194,49 @@ class Source:
             lib.ckpt_close(self.handle)
             self.handle = ctypes.c_void_p()
         self._cview = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+_HUGE = 2 << 20
+
+
+def _fresh(nbytes: int, as_numpy: bool) -> Tuple[Any, memoryview]:
+    """Fresh memory for a storage read with mmap=False, and a memoryview to
+    read into. Storages of a megabyte or more get a private anonymous map
+    aligned to 2 MiB, so that transparent huge pages back them: a read into
+    4 KiB pages spends most of its time in page faults."""
+    if nbytes >= (1 << 20):
+        try:
+            mm = _mmap.mmap(-1, nbytes + _HUGE, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
+        except (OSError, ValueError):
+            mm = None
+        if mm is not None:
+            if hasattr(mm, "madvise") and hasattr(_mmap, "MADV_HUGEPAGE"):
+                try:
+                    mm.madvise(_mmap.MADV_HUGEPAGE)
+                except OSError:
+                    pass
+            probe = ctypes.c_char.from_buffer(mm)
+            off = -ctypes.addressof(probe) % _HUGE
+            del probe
+            if as_numpy:
+                u8 = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=off)
+                return u8, memoryview(u8)
+            u8 = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=off)
+            return u8, memoryview(mm)[off:off + nbytes]
+    if as_numpy:
+        u8 = np.empty(nbytes, dtype=np.uint8)
+        return u8, memoryview(u8)
+    u8 = torch.empty(nbytes, dtype=torch.uint8)
+    return u8, memoryview(u8.numpy())
 
 
 def _map_fd(fd: int) -> Any:
@@ -519,6 +577,11 @@ class Converter:
                                 "a meta tensor (no storage) has no numpy array", self.src.name)
             return torch.empty_strided(shape, stride, dtype=typ, device="meta")
         nbytes = ti.storage_nbytes
+        foff = ti.storage_file_offset
+        if (self.src.fd is not None and nbytes and foff != _lib.NO_OFFSET
+                and not ti.big_endian and self.copy):
+            return self._pread_view(ti, foff, nbytes, shape, stride, typ, elsize, name, raw,
+                                    loc)
         ptr, zc = self._data(t) if nbytes else (0, False)
         if not ptr:
             if self.np:
@@ -535,6 +598,48 @@ class Converter:
         if typed is None:
             typed = self._typed(start, nbytes, zc, loc, typ, elsize)
             self.typed[tkey] = typed
+        if self.np:
+            itemsize = typed.itemsize
+            arr = np.lib.stride_tricks.as_strided(
+                typed[offset:], shape=shape, strides=tuple(s * itemsize for s in stride))
+            if raw:
+                arr = arr.view(RawArray)
+                arr.ckpt_dtype = name
+            return arr
+        return typed.as_strided(shape, stride, offset)
+
+    def _pread_view(self, ti, foff: int, nbytes: int, shape, stride, typ, elsize: int,
+                    name: str, raw: bool, loc: str) -> Any:
+        """mmap=False: a plainly stored storage read with pread into fresh
+        memory (no map, no second copy), shared by its views."""
+        if nbytes % elsize:
+            raise _err.make(_err.FormatError,
+                            f"storage {_lib.cstr(ti.storage_key)} of {nbytes} bytes does not "
+                            f"hold whole {name} elements", self.src.name)
+        key = ("file", foff, nbytes)
+        tkey = ("file", foff, nbytes, ti.dtype)
+        typed = self.typed.get(tkey)
+        if typed is None:
+            other = self.storages.get(key)
+            if other is not None:
+                typed = other.view(np.uint8 if self.np else torch.uint8).view(typ)
+            else:
+                u8, mv = _fresh(nbytes, self.np)
+                done = 0
+                while done < nbytes:
+                    n = os.preadv(self.src.fd, [mv[done:]], foff + done)
+                    if n <= 0:
+                        raise _err.make(_err.IOError,
+                                        f"{_lib.cstr(ti.record)}: the file ends inside the "
+                                        f"storage ({done} of {nbytes} bytes at {foff})",
+                                        self.src.name)
+                    done += n
+                if not self.np:
+                    u8 = self._place(u8, loc)
+                typed = u8.view(typ)
+                self.storages[key] = typed
+            self.typed[tkey] = typed
+        offset = ti.storage_offset
         if self.np:
             itemsize = typed.itemsize
             arr = np.lib.stride_tricks.as_strided(
@@ -575,14 +680,14 @@ class Converter:
             if in_map:
                 return np.frombuffer(src.buf, dtype=np.uint8, count=nbytes,
                                      offset=start - src.base)
-            out = np.empty(nbytes, dtype=np.uint8)
+            out, _ = _fresh(nbytes, True)
             ctypes.memmove(out.ctypes.data, start, nbytes)
             return out
         if in_map:
             base = torch.frombuffer(src.buf, dtype=torch.uint8, count=nbytes,
                                     offset=start - src.base)
         else:
-            base = torch.empty(nbytes, dtype=torch.uint8)
+            base, _ = _fresh(nbytes, False)
             ctypes.memmove(base.data_ptr(), start, nbytes)
         return self._place(base, loc)
 

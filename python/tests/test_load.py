@@ -214,3 +214,25 @@ def test_permissive_reads_a_pickled_module(tmp_path):
     assert list(sd) == list(ref)
     for k in ref:
         assert torch.equal(sd[k], ref[k])
+
+
+def test_big_storages_copied_and_mapped(tmp_path):
+    """Storages of a megabyte and more, read into their own memory (mmap=False)
+    and through libckpt's copy (deflated records)."""
+    import zipfile
+    sd = {"big": torch.randn(600, 1000), "view": None, "small": torch.arange(10)}
+    sd["view"] = sd["big"][100:200, 3:]
+    path = tmp_path / "big.pt"
+    torch.save(sd, path)
+    ref = torch.load(path)
+    for mm in (True, False):
+        d = ckpt.load(path, mmap=mm)
+        assert_same(d, ref)
+        d["big"].add_(1)
+        gc.collect()
+        assert torch.equal(d["view"], ref["view"] + 1)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(deflated, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    assert_same(ckpt.load(deflated), ref)
