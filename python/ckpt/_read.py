@@ -18,7 +18,7 @@ import ctypes
 import mmap as _mmap
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -857,11 +857,9 @@ def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: 
         if old < 20000:
             sys.setrecursionlimit(20000)
         try:
-            return conv.value(root)
+            return conv.value(root, key or "")
         finally:
             sys.setrecursionlimit(old)
     finally:
         src.close()
 
-
-Loader = Callable[..., Any]
