@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import gc
 import mmap as _mmap
 import os
 import sys
@@ -856,9 +857,15 @@ def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: 
         old = sys.getrecursionlimit()
         if old < 20000:
             sys.setrecursionlimit(20000)
+        # the tree makes no cycles the collector must find while it is built;
+        # pausing it spares a tenth of the time of a many-tensor load
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             return conv.value(root, key or "")
         finally:
+            if collecting:
+                gc.enable()
             sys.setrecursionlimit(old)
     finally:
         src.close()
