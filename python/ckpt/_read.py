@@ -120,23 +120,22 @@ class Source:
         path = os.fspath(f) if isinstance(f, (str, bytes, os.PathLike)) else None
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        if path is not None and (not mmap or _is_index(path)):
-            # libckpt's own read-only map; tensors are copied out of it
+        if path is not None and _is_index(path):
+            # a sharded index: libckpt opens its shards; tensors are copied
             st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
                                ctypes.byref(err))
             _err.check(st, err, self.name)
-            fi = _lib.FileInfo()
-            fi.struct_size = ctypes.sizeof(fi)
-            lib.ckpt_file_get_info(self.handle, ctypes.byref(fi))
-            if fi.format != _lib.FORMAT_SHARDED:
-                try:  # plainly stored storages are read straight into their memory
-                    self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                except OSError:
-                    self.fd = None
             return
+        fd = None
         try:
-            buf = self._map(f, path)
+            if path is not None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                buf = _map_fd(fd) or bytearray()
+            else:
+                buf = self._map(f)
         except OSError as e:
+            if fd is not None:
+                os.close(fd)
             raise _err.IOError(f"{self.name}: cannot open: {e.strerror or e}", path=self.name,
                                detail=f"cannot open: {e.strerror or e}") from None
         size = len(buf)
@@ -149,8 +148,17 @@ class Source:
                                   ctypes.byref(err))
         if st != _lib.OK:
             self._cview = None
+            if fd is not None:
+                os.close(fd)
             _err.check(st, err, self.name)
-        self.buf = buf if mmap else None
+        if mmap:
+            self.buf = buf
+            if fd is not None:
+                os.close(fd)
+        else:
+            # mmap=False: plainly stored storages are read with pread from the
+            # file the map shows (the same inode), the rest copied from the map
+            self.fd = fd
         self.base = addr or 0
         self.size = size
 
@@ -167,10 +175,7 @@ class Source:
         return self
 
     @staticmethod
-    def _map(f: Any, path: Optional[str]) -> Any:
-        if path is not None:
-            with open(path, "rb") as fh:
-                return _map_fd(fh.fileno()) or bytearray()
+    def _map(f: Any) -> Any:
         fileno = getattr(f, "fileno", None)
         if fileno is not None:
             try:
