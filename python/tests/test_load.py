@@ -235,3 +235,18 @@ def test_big_storages_copied_and_mapped(tmp_path):
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
     assert_same(ckpt.load(deflated), ref)
+
+
+def test_sparse_tensors(tmp_path):
+    i = torch.tensor([[0, 1, 1], [2, 0, 2]])
+    obj = {"coo": torch.sparse_coo_tensor(i, torch.tensor([3., 4., 5.]), (2, 3)),
+           "csr": torch.eye(3).to_sparse_csr(), "dense": torch.ones(2)}
+    path = tmp_path / "sparse.pt"
+    torch.save(obj, path)
+    ref = torch.load(path)
+    d = ckpt.load(path)
+    assert d["coo"].layout == torch.sparse_coo and d["csr"].layout == torch.sparse_csr
+    for k in obj:
+        assert torch.equal(d[k].to_dense(), ref[k].to_dense()), k
+    with pytest.raises(ckpt.UnsupportedError):
+        ckpt.load(path, framework="np")
