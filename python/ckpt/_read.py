@@ -1,0 +1,683 @@
+"""Reading: files into Python values, tensors over a copy-on-write map.
+
+A file read with mmap=True is mapped privately (mmap.ACCESS_COPY): libckpt
+reads it through ckpt_open_memory over that map, and every tensor whose
+bytes are stored plainly, aligned and little-endian is a view of the map
+(torch.frombuffer / numpy.frombuffer), so writing to a tensor changes only
+the process's private copy of the page, never the file. The map is owned
+by the buffer object the tensors hold: it lives as long as any tensor on it,
+whatever happens to the handle. Tensors libckpt had to copy (deflated
+records, big-endian or misaligned data, shards of a sharded index) are
+copied once per storage into ordinary memory before the handle closes.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import mmap as _mmap
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _lib
+from . import errors as _err
+from ._lib import lib
+
+try:  # torch is optional: framework="np" works without it
+    import torch
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    torch = None  # type: ignore[assignment]
+
+# numpy types of ckpt dtypes; the raw ones (no numpy dtype) are read as the
+# unsigned integers of their width, named in RawArray.ckpt_dtype.
+_NP_TYPES = {
+    "float64": np.float64, "float32": np.float32, "float16": np.float16,
+    "complex128": np.complex128, "complex64": np.complex64, "int64": np.int64,
+    "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint64": np.uint64,
+    "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_,
+}
+_RAW_BY_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+class RawArray(np.ndarray):
+    """A numpy array holding a dtype numpy lacks (bfloat16, float8, ...) as
+    raw unsigned integers of the same width; ``ckpt_dtype`` names the dtype
+    ("bfloat16")."""
+
+    ckpt_dtype: str = ""
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.ckpt_dtype = getattr(obj, "ckpt_dtype", "")
+
+
+class Global(str):
+    """A reference to a class or constant the pickle names ("module.name")
+    that has no Python value here; nothing was imported."""
+
+    def __repr__(self) -> str:
+        return f"ckpt.Global({str.__repr__(self)})"
+
+
+class InertObject:
+    """An object of a class outside the allow-list, read with
+    ``permissive=True``: never built, nothing called. ``cls`` is its class's
+    "module.name"; ``args``, ``kwargs``, ``state``, ``dict_items`` and
+    ``list_items`` are what the pickle gave to build it."""
+
+    __slots__ = ("cls", "args", "kwargs", "state", "dict_items", "list_items")
+
+    def __init__(self, cls: str, args: Any, kwargs: Any, state: Any, dict_items: Any,
+                 list_items: Any) -> None:
+        self.cls = cls
+        self.args = args
+        self.kwargs = kwargs
+        self.state = state
+        self.dict_items = dict_items
+        self.list_items = list_items
+
+    def __repr__(self) -> str:
+        return f"<inert {self.cls} object>"
+
+
+class DeviceError(_err.Error, RuntimeError):
+    """A tensor's device (as saved, or as map_location maps it) is not
+    available here; raised before any tensor is built, as torch does."""
+
+
+def _need_torch(what: str) -> None:
+    if torch is None:
+        raise ImportError(f"ckpt: {what} needs torch, which is not installed; "
+                          "use framework=\"np\" for numpy arrays")
+
+
+def _open_options(permissive: bool, verify: bool = False) -> "_lib.OpenOptions":
+    flags = (_lib.OPEN_PERMISSIVE if permissive else 0) | (_lib.OPEN_VERIFY_CRC if verify else 0)
+    return _lib.open_options(flags)
+
+
+class Source:
+    """An open ckpt_file and the buffer its tensors may borrow from.
+
+    ``buf`` is the private map (or bytearray) the file was opened over, or
+    None when libckpt opened the path itself (then every tensor is copied).
+    """
+
+    def __init__(self, f: Any, *, mmap: bool = True, permissive: bool = False,
+                 verify: bool = False) -> None:
+        self.handle = ctypes.c_void_p()
+        self.buf: Any = None
+        self.base = 0
+        self.size = 0
+        self._cview: Any = None
+        self.name = _display_name(f)
+        opts = _open_options(permissive, verify)
+        err = _lib.Error_()
+        path = os.fspath(f) if isinstance(f, (str, bytes, os.PathLike)) else None
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if path is not None and (not mmap or _is_index(path)):
+            # libckpt's own read-only map; tensors are copied out of it
+            st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
+                               ctypes.byref(err))
+            _err.check(st, err, self.name)
+            return
+        buf = self._map(f, path)
+        size = len(buf)
+        if size:
+            self._cview = (ctypes.c_char * size).from_buffer(buf)
+            addr = ctypes.addressof(self._cview)
+        else:
+            addr = None
+        st = lib.ckpt_open_memory(addr, size, ctypes.byref(opts), ctypes.byref(self.handle),
+                                  ctypes.byref(err))
+        if st != _lib.OK:
+            self._cview = None
+            _err.check(st, err, self.name)
+        self.buf = buf if mmap else None
+        self.base = addr or 0
+        self.size = size
+
+    @staticmethod
+    def _map(f: Any, path: Optional[str]) -> Any:
+        if path is not None:
+            with open(path, "rb") as fh:
+                return _map_fd(fh.fileno()) or bytearray()
+        fileno = getattr(f, "fileno", None)
+        if fileno is not None:
+            try:
+                fd = fileno()
+            except (OSError, ValueError, AttributeError):
+                fd = None
+            if fd is not None:
+                m = _map_fd(fd)
+                if m is not None:
+                    return m
+        read = getattr(f, "read", None)
+        if read is None:
+            raise TypeError(f"ckpt: expected a path or a file object, got {type(f).__name__}")
+        data = read()
+        if isinstance(data, str):
+            raise TypeError("ckpt: the file object must be opened in binary mode")
+        return bytearray(data)
+
+    def close(self) -> None:
+        """Closes the ckpt_file; tensors already made stay valid."""
+        if self.handle:
+            lib.ckpt_close(self.handle)
+            self.handle = ctypes.c_void_p()
+        self._cview = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _map_fd(fd: int) -> Any:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    try:
+        return _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_index(path: str) -> bool:
+    """A sharded index (JSON) is opened by path: its shards are files."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def _display_name(f: Any) -> str:
+    if isinstance(f, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(f))
+    return str(getattr(f, "name", "<file object>"))
+
+
+def tensor_info(t: int) -> "_lib.TensorInfo":
+    ti = _lib.TensorInfo()
+    ti.struct_size = ctypes.sizeof(ti)
+    lib.ckpt_tensor_get_info(t, ctypes.byref(ti))
+    return ti
+
+
+def dtype_name(d: int) -> str:
+    return _lib.cstr(lib.ckpt_dtype_name(d)) or "invalid"
+
+
+class Converter:
+    """Turns a file's values into Python objects (framework "pt" or "np")."""
+
+    def __init__(self, src: Source, framework: str = "pt", map_location: Any = None,
+                 permissive: bool = False, copy: bool = False) -> None:
+        if framework not in ("pt", "np"):
+            raise ValueError(f"ckpt: framework must be \"pt\" or \"np\", not {framework!r}")
+        if framework == "pt":
+            _need_torch("framework=\"pt\"")
+        self.src = src
+        self.np = framework == "np"
+        self.map_location = map_location
+        self.permissive = permissive
+        self.copy = copy or src.buf is None
+        self.memo: Dict[int, Any] = {}
+        self.storages: Dict[Tuple[int, int], Any] = {}   # (start, nbytes) -> uint8 base
+        self.typed: Dict[Tuple[int, int, int], Any] = {}  # + dtype -> typed base
+        self.devices: Dict[Tuple[int, int], Any] = {}
+        self.tensor_paths: Optional[Dict[int, str]] = None
+
+    # -- devices ---------------------------------------------------------
+
+    def target(self, location: str) -> Optional[str]:
+        """The device a tensor saved at location goes to (None: decided by a
+        callable map_location on the storage)."""
+        ml = self.map_location
+        if self.np:
+            return "cpu"
+        if ml is None:
+            return location
+        if isinstance(ml, str):
+            return ml
+        if torch is not None and isinstance(ml, torch.device):
+            return str(ml)
+        if isinstance(ml, dict):
+            return str(ml.get(location, location))
+        if callable(ml):
+            return None
+        raise TypeError("ckpt: map_location must be a str, a torch.device, a dict of str to "
+                        f"str or a callable, not {type(ml).__name__}")
+
+    def check_devices(self, tensors) -> None:
+        """Refuses absent devices before any tensor is built."""
+        if self.np:
+            if self.map_location not in (None, "cpu"):
+                raise ValueError("ckpt: framework=\"np\" reads onto the host only "
+                                 f"(map_location={self.map_location!r})")
+            return
+        seen = set()
+        for t in tensors:
+            ti = tensor_info(t)
+            loc = _lib.cstr(ti.location) or "cpu"
+            dev = self.target(loc)
+            if dev is None or dev in seen:
+                continue
+            seen.add(dev)
+            check_device(dev, loc, self.src.name)
+
+    # -- values ----------------------------------------------------------
+
+    def value(self, v: int, path: str = "") -> Any:
+        if not v:
+            return None
+        hit = self.memo.get(v)
+        if hit is not None or v in self.memo:
+            return hit
+        kind = lib.ckpt_value_kind(v)
+        if kind == _lib.KIND_NONE:
+            return None
+        if kind == _lib.KIND_BOOL:
+            return bool(lib.ckpt_value_bool(v))
+        if kind == _lib.KIND_INT:
+            return int(lib.ckpt_value_int(v))
+        if kind == _lib.KIND_FLOAT:
+            return float(lib.ckpt_value_float(v))
+        if kind == _lib.KIND_STR:
+            return _lib.value_bytes(v).decode("utf-8", "surrogatepass")
+        if kind == _lib.KIND_BYTES:
+            out = _lib.value_bytes(v)
+        elif kind == _lib.KIND_BIGINT:
+            out = int.from_bytes(_lib.value_bytes(v), "little", signed=True)
+        elif kind == _lib.KIND_COMPLEX:
+            re_, im = ctypes.c_double(), ctypes.c_double()
+            lib.ckpt_value_complex(v, ctypes.byref(re_), ctypes.byref(im))
+            out = complex(re_.value, im.value)
+        elif kind == _lib.KIND_LIST:
+            out = []
+            self.memo[v] = out
+            n = lib.ckpt_value_len(v)
+            for i in range(n):
+                out.append(self.value(lib.ckpt_value_item(v, i), self._sub(path, str(i))))
+            return out
+        elif kind == _lib.KIND_TUPLE:
+            n = lib.ckpt_value_len(v)
+            out = tuple(self.value(lib.ckpt_value_item(v, i), self._sub(path, str(i)))
+                        for i in range(n))
+        elif kind == _lib.KIND_SET:
+            n = lib.ckpt_value_len(v)
+            items = [self.value(lib.ckpt_value_item(v, i), self._sub(path, str(i)))
+                     for i in range(n)]
+            out = frozenset(items) if _repr(v).startswith("frozenset") else set(items)
+        elif kind in (_lib.KIND_DICT, _lib.KIND_ORDERED_DICT):
+            out = collections.OrderedDict() if kind == _lib.KIND_ORDERED_DICT else {}
+            self.memo[v] = out
+            n = lib.ckpt_value_len(v)
+            for i in range(n):
+                kv = lib.ckpt_value_key(v, i)
+                key = self.value(kv)
+                sub = self._sub(path, _key_text(kv)) if self.tensor_paths is not None else ""
+                out[key] = self.value(lib.ckpt_value_dict_value(v, i), sub)
+            if kind == _lib.KIND_ORDERED_DICT:
+                state = lib.ckpt_value_state(v)
+                if state:
+                    st = self.value(state)
+                    if isinstance(st, dict):
+                        for k, a in st.items():
+                            if isinstance(k, str):
+                                setattr(out, k, a)
+            return out
+        elif kind == _lib.KIND_SIZE:
+            n = lib.ckpt_value_len(v)
+            dims = tuple(int(lib.ckpt_value_int(lib.ckpt_value_item(v, i))) for i in range(n))
+            out = dims if self.np else torch.Size(dims)
+        elif kind == _lib.KIND_DEVICE:
+            text = _lib.value_bytes(v).decode()
+            out = text if self.np else torch.device(text)
+        elif kind == _lib.KIND_DTYPE:
+            name = dtype_name(lib.ckpt_value_dtype(v))
+            out = name if self.np else self.torch_dtype(name)
+        elif kind == _lib.KIND_TENSOR:
+            out = self.tensor(lib.ckpt_value_tensor(v))
+        elif kind == _lib.KIND_GLOBAL:
+            out = self.global_(_lib.value_bytes(v).decode("utf-8", "replace"))
+        elif kind == _lib.KIND_OBJECT:
+            out = self.object_(v, path)
+        else:  # pragma: no cover - a newer library's kind
+            raise _err.make(_err.UnsupportedError,
+                            f"value kind {_lib.cstr(lib.ckpt_kind_name(kind))} is not read "
+                            "by this version of the package", self.src.name)
+        self.memo[v] = out
+        return out
+
+    def _sub(self, path: str, part: str) -> str:
+        if self.tensor_paths is None:
+            return ""
+        return f"{path}.{part}" if path else part
+
+    def global_(self, name: str) -> Any:
+        if not self.np and name.startswith("torch."):
+            obj: Any = torch
+            for part in name.split(".")[1:]:
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    break
+            if obj is not None and not callable(obj):
+                return obj
+        return Global(name)
+
+    def object_(self, v: int, path: str) -> Any:
+        """An inert object (permissive): a pickled module becomes its state
+        dict, as its tensors' names give it; anything else an InertObject."""
+        cls = _lib.value_bytes(v).decode("utf-8", "replace")
+        if self.tensor_paths is not None:
+            prefix = path + "." if path else ""
+            sd = collections.OrderedDict()
+            for t, name in self.tensor_paths.items():
+                if name.startswith(prefix):
+                    sd[name[len(prefix):]] = self.tensor(t)
+            if sd:
+                return sd
+        return InertObject(cls, self.value(lib.ckpt_value_object_args(v)),
+                           self.value(lib.ckpt_value_object_kwargs(v)),
+                           self.value(lib.ckpt_value_state(v)),
+                           self.value(lib.ckpt_value_object_dict(v)),
+                           self.value(lib.ckpt_value_object_items(v)))
+
+    def torch_dtype(self, name: str) -> Any:
+        dt = getattr(torch, name, None)
+        if not isinstance(dt, torch.dtype):
+            raise _err.make(_err.UnsupportedError,
+                            f"dtype {name} has no torch.dtype in torch {torch.__version__}; "
+                            "read it with framework=\"np\" (raw bytes)", self.src.name)
+        return dt
+
+    # -- tensors ---------------------------------------------------------
+
+    def tensor(self, t: int) -> Any:
+        hit = self.memo.get(t)
+        if hit is not None:
+            return hit
+        ti = tensor_info(t)
+        name = dtype_name(ti.dtype)
+        if ti.layout != _lib.LAYOUT_STRIDED:
+            out = self.sparse(t, ti)
+        else:
+            out = self.strided(t, ti, name)
+        if not self.np:
+            if ti.is_parameter:
+                out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
+            elif ti.requires_grad and (out.is_floating_point() or out.is_complex()):
+                out.requires_grad_(True)
+        self.memo[t] = out
+        return out
+
+    def _data(self, t: int) -> Tuple[int, bool]:
+        data = ctypes.c_void_p()
+        zc = ctypes.c_bool(False)
+        err = _lib.Error_()
+        st = lib.ckpt_tensor_data(self.src.handle, t, ctypes.byref(data), ctypes.byref(zc),
+                                  ctypes.byref(err))
+        _err.check(st, err, self.src.name)
+        return data.value or 0, bool(zc.value)
+
+    def strided(self, t: int, ti: "_lib.TensorInfo", name: str) -> Any:
+        shape = tuple(ti.shape[i] for i in range(ti.ndim))
+        stride = tuple(ti.stride[i] for i in range(ti.ndim))
+        loc = _lib.cstr(ti.location) or "cpu"
+        elsize = lib.ckpt_dtype_size(ti.dtype)
+        if self.np:
+            npt = _NP_TYPES.get(name)
+            raw = npt is None
+            if raw:
+                npt = _RAW_BY_SIZE.get(elsize)
+                if npt is None:
+                    raise _err.make(_err.UnsupportedError,
+                                    f"dtype {name} ({lib.ckpt_dtype_bits(ti.dtype)} bits per "
+                                    "element) has no numpy view", self.src.name)
+        else:
+            tdt = self.torch_dtype(name)
+            if elsize == 0:
+                raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
+                                self.src.name)
+        if not ti.has_storage:
+            if self.np:
+                raise _err.make(_err.UnsupportedError,
+                                "a meta tensor (no storage) has no numpy array", self.src.name)
+            return torch.empty_strided(shape, stride, dtype=tdt, device="meta")
+        ptr, zc = self._data(t) if ti.storage_nbytes else (0, False)
+        if not ptr:
+            if self.np:
+                return np.empty(shape, dtype=npt)
+            return self._place(torch.empty_strided(shape, stride, dtype=tdt), loc)
+        start = ptr - ti.storage_offset * elsize
+        nbytes = int(ti.storage_nbytes)
+        if nbytes % elsize:
+            raise _err.make(_err.FormatError,
+                            f"storage {_lib.cstr(ti.storage_key)} of {nbytes} bytes does not "
+                            f"hold whole {name} elements", self.src.name)
+        key = (start, nbytes)
+        tkey = (start, nbytes, ti.dtype)
+        typed = self.typed.get(tkey)
+        if typed is None:
+            base = self.storages.get(key)
+            if base is None:
+                base = self._storage(start, nbytes, zc, loc)
+                self.storages[key] = base
+            if self.np:
+                typed = base.view(npt)
+            else:
+                typed = base.view(tdt)
+            self.typed[tkey] = typed
+        if self.np:
+            itemsize = np.dtype(npt).itemsize
+            arr = np.lib.stride_tricks.as_strided(
+                typed[ti.storage_offset:], shape=shape,
+                strides=tuple(s * itemsize for s in stride))
+            if raw:
+                arr = arr.view(RawArray)
+                arr.ckpt_dtype = name
+            return arr
+        return typed.as_strided(shape, stride, ti.storage_offset)
+
+    def _storage(self, start: int, nbytes: int, zc: bool, loc: str) -> Any:
+        """A 1-D uint8 array of a storage's bytes: a view of the map when
+        the bytes are there, else a copy."""
+        src = self.src
+        in_map = (zc and not self.copy and src.base <= start
+                  and start + nbytes <= src.base + src.size)
+        if self.np:
+            if in_map:
+                return np.frombuffer(src.buf, dtype=np.uint8, count=nbytes,
+                                     offset=start - src.base)
+            out = np.empty(nbytes, dtype=np.uint8)
+            ctypes.memmove(out.ctypes.data, start, nbytes)
+            return out
+        if in_map:
+            base = torch.frombuffer(src.buf, dtype=torch.uint8, count=nbytes,
+                                    offset=start - src.base)
+        else:
+            base = torch.empty(nbytes, dtype=torch.uint8)
+            ctypes.memmove(base.data_ptr(), start, nbytes)
+        return self._place(base, loc)
+
+    def _place(self, base: Any, loc: str) -> Any:
+        dev = self.target(loc)
+        if dev is None:  # a callable map_location decides from the storage
+            res = self.map_location(_storage_of(base), loc)
+            dev = loc if res is None else str(getattr(res, "device", "cpu"))
+            check_device(dev, loc, self.src.name)
+        if dev != "cpu":
+            base = base.to(torch.device(dev))
+        return base
+
+    def sparse(self, t: int, ti: "_lib.TensorInfo") -> Any:
+        if self.np:
+            raise _err.make(_err.UnsupportedError,
+                            "sparse tensors have no numpy form; use framework=\"pt\"",
+                            self.src.name)
+        parts = []
+        i = 0
+        while True:
+            p = lib.ckpt_tensor_sparse_part(t, i)
+            if not p:
+                break
+            parts.append(self.tensor(p))
+            i += 1
+        shape = tuple(ti.shape[i] for i in range(ti.ndim))
+        layout = ti.layout
+        if layout == _lib.LAYOUT_SPARSE_COO:
+            return torch.sparse_coo_tensor(parts[0], parts[1], shape)
+        ctor = {_lib.LAYOUT_SPARSE_CSR: "sparse_csr_tensor",
+                _lib.LAYOUT_SPARSE_CSC: "sparse_csc_tensor",
+                _lib.LAYOUT_SPARSE_BSR: "sparse_bsr_tensor",
+                _lib.LAYOUT_SPARSE_BSC: "sparse_bsc_tensor"}.get(layout)
+        fn = getattr(torch, ctor, None) if ctor else None
+        if fn is None or len(parts) != 3:
+            raise _err.make(_err.UnsupportedError,
+                            f"layout {_lib.cstr(lib.ckpt_layout_name(layout))} is not read "
+                            f"with torch {torch.__version__}", self.src.name)
+        return fn(parts[0], parts[1], parts[2], shape)
+
+
+def _storage_of(base: Any) -> Any:
+    st = getattr(base, "untyped_storage", None)
+    return st() if st is not None else base.storage()
+
+
+def check_device(dev: str, saved: str, name: str) -> None:
+    """Raises DeviceError when dev is not available here."""
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{name}: map_location: {e}", path=name) from None
+    if d.type in ("cpu", "meta"):
+        return
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"{name}: a tensor saved on {saved} would be restored on {dev}, but "
+                "torch.cuda.is_available() is False; pass map_location=\"cpu\" (or "
+                "torch.device(\"cpu\")) to load it onto the host", path=name)
+        idx = d.index or 0
+        if idx >= torch.cuda.device_count():
+            raise DeviceError(
+                f"{name}: a tensor saved on {saved} would be restored on {dev}, but there are "
+                f"{torch.cuda.device_count()} CUDA devices; map it with map_location "
+                f"({{\"{dev}\": \"cuda:0\"}})", path=name)
+        return
+    mod = getattr(torch, d.type, None)
+    avail = getattr(mod, "is_available", None)
+    if avail is None or not avail():
+        raise DeviceError(f"{name}: device {dev} (saved as {saved}) is not available here; "
+                          "pass map_location=\"cpu\"", path=name)
+
+
+def _repr(v: int) -> str:
+    buf = ctypes.create_string_buffer(16)
+    lib.ckpt_value_repr(v, buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+def _key_text(kv: int) -> str:
+    if lib.ckpt_value_kind(kv) == _lib.KIND_STR:
+        return _lib.value_bytes(kv).decode("utf-8", "surrogatepass")
+    buf = ctypes.create_string_buffer(4096)
+    lib.ckpt_value_key_text(kv, buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+def find_key(root: int, key: str, name: str) -> int:
+    """The value at a dotted path of dict keys (the longest key the rest of
+    the path starts with, at each level, so keys may hold dots)."""
+    v = root
+    rest = key
+    while rest:
+        kind = lib.ckpt_value_kind(v)
+        if kind not in (_lib.KIND_DICT, _lib.KIND_ORDERED_DICT):
+            raise _err.make(_err.NotFoundError, f"key {key!r}: {rest!r} is inside a "
+                            f"{_lib.cstr(lib.ckpt_kind_name(kind))}, not a dict", name)
+        best = None
+        blen = -1
+        for i in range(lib.ckpt_value_len(v)):
+            kv = lib.ckpt_value_key(v, i)
+            if lib.ckpt_value_kind(kv) != _lib.KIND_STR:
+                continue
+            k = _lib.value_bytes(kv).decode("utf-8", "surrogatepass")
+            if (rest == k or rest.startswith(k + ".")) and len(k) > blen:
+                best, blen = i, len(k)
+        if best is None:
+            raise _err.make(_err.NotFoundError, f"key {key!r}: no entry {rest!r}", name)
+        v = lib.ckpt_value_dict_value(v, best)
+        rest = rest[blen + 1:]
+    return v
+
+
+def tensors_under(src: Source, v: int) -> list:
+    """Every ckpt_tensor reachable from v (for the device check)."""
+    out = []
+    seen = set()
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if not x or x in seen:
+            continue
+        seen.add(x)
+        kind = lib.ckpt_value_kind(x)
+        if kind == _lib.KIND_TENSOR:
+            out.append(lib.ckpt_value_tensor(x))
+        elif kind in (_lib.KIND_LIST, _lib.KIND_TUPLE, _lib.KIND_SET):
+            stack.extend(lib.ckpt_value_item(x, i) for i in range(lib.ckpt_value_len(x)))
+        elif kind in (_lib.KIND_DICT, _lib.KIND_ORDERED_DICT):
+            stack.extend(lib.ckpt_value_dict_value(x, i) for i in range(lib.ckpt_value_len(x)))
+        elif kind == _lib.KIND_OBJECT:
+            stack.extend((lib.ckpt_value_object_args(x), lib.ckpt_value_object_kwargs(x),
+                          lib.ckpt_value_state(x), lib.ckpt_value_object_dict(x),
+                          lib.ckpt_value_object_items(x)))
+    return out
+
+
+def all_tensors(src: Source) -> list:
+    n = lib.ckpt_file_tensor_count(src.handle)
+    return [lib.ckpt_file_tensor(src.handle, i, None) for i in range(n)]
+
+
+def tensor_names(src: Source) -> list:
+    """(name, ckpt_tensor) of every tensor, in file order."""
+    out = []
+    name = ctypes.c_char_p()
+    for i in range(lib.ckpt_file_tensor_count(src.handle)):
+        t = lib.ckpt_file_tensor(src.handle, i, ctypes.byref(name))
+        out.append((name.value.decode("utf-8", "surrogateescape"), t))
+    return out
+
+
+def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: bool,
+         framework: str) -> Any:
+    src = Source(f, mmap=mmap, permissive=permissive)
+    try:
+        conv = Converter(src, framework, map_location, permissive, copy=not mmap)
+        root = lib.ckpt_file_root(src.handle)
+        if key:
+            root = find_key(root, key, src.name)
+        if permissive:
+            conv.tensor_paths = {t: n for n, t in tensor_names(src)}
+        conv.check_devices(tensors_under(src, root) if key else all_tensors(src))
+        old = sys.getrecursionlimit()
+        if old < 20000:
+            sys.setrecursionlimit(20000)
+        try:
+            return conv.value(root)
+        finally:
+            sys.setrecursionlimit(old)
+    finally:
+        src.close()
+
+
+Loader = Callable[..., Any]

@@ -1,0 +1,224 @@
+"""Scanning and inspecting: what a file holds, without loading it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from . import _lib
+from . import _read
+from . import errors as _err
+from ._lib import lib
+
+_TORCH_FORMATS = ("torch-zip", "torch-legacy")
+
+
+@dataclass
+class Finding:
+    """One finding of a scan, with the fields of ``ckpt scan --json``.
+
+    ``global_`` is the finding's "global" (a Python keyword as an attribute
+    name); :meth:`as_dict` gives the JSON keys.
+    """
+
+    kind: str
+    severity: str
+    global_: Optional[str]
+    call: Optional[str]
+    record: str
+    offset: Optional[int]
+    file_offset: Optional[int]
+    use: Optional[str]
+    runs_code: bool
+    message: str
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The finding as ``ckpt scan --json`` writes it."""
+        return {"kind": self.kind, "severity": self.severity, "global": self.global_,
+                "call": self.call, "record": self.record, "offset": self.offset,
+                "file_offset": self.file_offset, "use": self.use, "runs_code": self.runs_code,
+                "message": self.message}
+
+
+@dataclass
+class ScanResult:
+    """What ``ckpt.scan`` found: ``verdict`` is "safe", "warning" or "unsafe"."""
+
+    file: str
+    verdict: str
+    format: str
+    torch_weights_only_loads: bool
+    reason: str
+    findings: List[Finding] = field(default_factory=list)
+
+    @property
+    def safe(self) -> bool:
+        """True when the verdict is "safe"."""
+        return self.verdict == "safe"
+
+    def __bool__(self) -> bool:
+        return self.safe
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The file's entry as ``ckpt scan --json`` writes it."""
+        return {"file": self.file, "verdict": self.verdict, "format": self.format,
+                "torch_weights_only_loads": self.torch_weights_only_loads,
+                "reason": self.reason, "findings": [f.as_dict() for f in self.findings]}
+
+
+def _off(v: int) -> Optional[int]:
+    return None if v == _lib.NO_OFFSET else int(v)
+
+
+def scan(f: Any, *, allow: Optional[List[str]] = None) -> ScanResult:
+    """Scans a checkpoint without loading it, as ``ckpt scan`` does.
+
+    Nothing is called, imported or loaded; tensor bytes are not read. A file
+    that is malformed or not a checkpoint is an "unsafe" verdict with
+    findings, not an exception.
+
+    Args:
+        f: a path, or a binary file object (read into memory).
+        allow: extra allowed globals ("module.name"), as
+            torch.serialization.add_safe_globals adds them.
+
+    Raises:
+        ckpt.IOError: the file cannot be read at all.
+    """
+    opts = _lib.ScanOptions()
+    lib.ckpt_scan_options_default(ctypes.byref(opts))
+    keep = [a.encode() for a in (allow or [])]
+    if keep:
+        arr = (ctypes.c_char_p * len(keep))(*keep)
+        opts.allow = arr
+        opts.allow_count = len(keep)
+    err = _lib.Error_()
+    sc = ctypes.c_void_p()
+    if isinstance(f, (str, bytes, os.PathLike)):
+        name = os.fsdecode(os.fspath(f))
+        st = lib.ckpt_scan_file(name.encode(), ctypes.byref(opts), ctypes.byref(sc),
+                                ctypes.byref(err))
+    else:
+        name = str(getattr(f, "name", "<file object>"))
+        data = f.read()
+        buf = ctypes.create_string_buffer(data, len(data)) if data else None
+        st = lib.ckpt_scan_memory(buf, len(data), ctypes.byref(opts), ctypes.byref(sc),
+                                  ctypes.byref(err))
+    _err.check(st, err, name)
+    try:
+        verdict = _lib.cstr(lib.ckpt_scan_verdict_name(lib.ckpt_scan_get_verdict(sc)))
+        fmt = _lib.cstr(lib.ckpt_scan_format(sc)) or "unknown"
+        findings = []
+        use = ctypes.create_string_buffer(256)
+        for i in range(lib.ckpt_scan_finding_count(sc)):
+            p = lib.ckpt_scan_finding_at(sc, i).contents
+            size = p.struct_size
+            sev = p.severity if size >= _lib.ScanFinding.severity.offset + 4 else 1
+            call = p.call if size >= _lib.ScanFinding.call.offset + 8 else None
+            kind = _lib.cstr(lib.ckpt_scan_kind_name(p.kind))
+            if p.kind == 1:
+                lib.ckpt_scan_use_text(p.use, use, len(use))
+                use_text = use.value.decode()
+            else:
+                use_text = None
+            findings.append(Finding(
+                kind=kind, severity=_lib.cstr(lib.ckpt_scan_verdict_name(sev)),
+                global_=_lib.cstr(p.global_), call=_lib.cstr(call),
+                record=_lib.cstr(p.record) or "", offset=_off(p.offset),
+                file_offset=_off(p.file_offset), use=use_text, runs_code=bool(p.runs_code),
+                message=_lib.cstr(p.message) or ""))
+    finally:
+        lib.ckpt_scan_free(sc)
+    torch_fmt = fmt in _TORCH_FORMATS
+    reason = ("every global is on torch's weights-only allow-list, every opcode is one its "
+              "reader runs, and every reader sees the same content" if torch_fmt else
+              "not a file torch.load reads (it reads torch.save's zip and legacy formats)")
+    for fd in findings:
+        if verdict != "safe" and fd.severity == verdict:
+            reason = fd.message
+            break
+    return ScanResult(file=name, verdict=verdict, format=fmt,
+                      torch_weights_only_loads=verdict == "safe" and torch_fmt, reason=reason,
+                      findings=findings)
+
+
+def _s(p: Any) -> Optional[str]:
+    return _lib.cstr(p)
+
+
+def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
+    """What ``ckpt inspect --json`` shows of a file, as a dict: "file",
+    "format", "details", "records", "tensors" (name, dtype, shape, stride,
+    storage, location, data_offset, ...), "totals" and "metadata". Opens the
+    file lazily: no tensor bytes are read.
+    """
+    src = _read.Source(f, permissive=permissive)
+    try:
+        h = src.handle
+        fi = _lib.FileInfo()
+        fi.struct_size = ctypes.sizeof(fi)
+        lib.ckpt_file_get_info(h, ctypes.byref(fi))
+        fmt = _s(lib.ckpt_format_name(fi.format))
+        details: Dict[str, Any] = {
+            "file_size": int(fi.file_size), "prefix": _s(fi.prefix), "version": _s(fi.version),
+            "byteorder": _s(fi.byteorder), "serialization_id": _s(fi.serialization_id),
+            "format_version": _s(fi.format_version),
+            "storage_alignment": _s(fi.storage_alignment),
+            "pickle_protocol": fi.pickle_protocol if fi.pickle_protocol >= 0 else None}
+        if fmt == "torch-legacy":
+            details["legacy_protocol_version"] = int(fi.legacy_protocol_version)
+        details.update({"data_alignment": int(fi.data_alignment),
+                        "big_endian": bool(fi.big_endian), "records": int(fi.record_count),
+                        "storages": int(fi.storage_count)})
+        if fmt == "sharded":
+            details["shards"] = int(fi.shard_count)
+        records = []
+        for i in range(fi.record_count):
+            ri = _lib.RecordInfo()
+            ri.struct_size = ctypes.sizeof(ri)
+            if lib.ckpt_file_record(h, i, ctypes.byref(ri)) != _lib.OK:
+                continue
+            r: Dict[str, Any] = {"name": _s(ri.name), "data_offset": int(ri.data_offset),
+                                 "size": int(ri.size)}
+            if ri.compressed:
+                r["stored_size"] = int(ri.stored_size)
+            if ri.has_crc:
+                r["crc32"] = f"{ri.crc32:08x}"
+            r["compressed"] = bool(ri.compressed)
+            records.append(r)
+        tensors = []
+        distinct = set()
+        elements = nbytes = 0
+        for name, t in _read.tensor_names(src):
+            ti = _read.tensor_info(t)
+            e = {"name": name, "dtype": _read.dtype_name(ti.dtype),
+                 "shape": [ti.shape[k] for k in range(ti.ndim)],
+                 "stride": [ti.stride[k] for k in range(ti.ndim)],
+                 "storage_offset": int(ti.storage_offset), "numel": int(ti.numel),
+                 "nbytes": int(ti.nbytes), "requires_grad": bool(ti.requires_grad),
+                 "parameter": bool(ti.is_parameter), "contiguous": bool(ti.is_contiguous),
+                 "storage": _s(ti.storage_key),
+                 "storage_index": int(ti.storage_index) if ti.has_storage else None,
+                 "storage_nbytes": int(ti.storage_nbytes), "location": _s(ti.location),
+                 "record": _s(ti.record),
+                 "data_offset": _off(ti.storage_file_offset),
+                 "layout": _s(lib.ckpt_layout_name(ti.layout))}
+            if ti.layout != _lib.LAYOUT_STRIDED:
+                e["nnz"] = int(ti.nnz)
+            tensors.append(e)
+            if t not in distinct:
+                distinct.add(t)
+                elements += int(ti.numel)
+                nbytes += int(ti.nbytes)
+        out: Dict[str, Any] = {
+            "file": src.name, "format": fmt, "details": details, "records": records,
+            "tensors": tensors,
+            "totals": {"tensors": len(tensors), "distinct": len(distinct),
+                       "elements": elements, "bytes": nbytes}}
+        if fi.metadata:
+            out["metadata"] = _read.Converter(src, "np").value(fi.metadata)
+        return out
+    finally:
+        src.close()
