@@ -81,15 +81,20 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     scaler = torch.cuda.amp.GradScaler(enabled=False)
+    # last.pth every epoch, best.pth (state["model"]) when val_loss improves,
+    # and the two best epochs as numbered files; the directory is locked
+    # while the manager is open
+    with ckpt.Manager(a.outdir, monitor="val_loss", mode="min", save_top_k=2,
+                      save_last=True) as manager:
+        train(a, manager, model, opt, sched, scaler)
+        print(f"last: {manager.last_path}\nbest: {manager.best_path}")
+
+
+def train(a, manager, model, opt, sched, scaler):
     xt, yt = data(256, 1)
     xv, yv = data(64, 2)
-
-    # last.pth every epoch, best.pth (state["model"]) when val_loss improves,
-    # and the two best epochs as numbered files
-    manager = ckpt.Manager(a.outdir, monitor="val_loss", mode="min", save_top_k=2,
-                           save_last=True)
     first = 0
-    state = manager.resume()  # the newest checkpoint whose CRCs verify, or None
+    state = manager.resume()  # the newest checkpoint whose CRCs all verify, or None
     if state is not None:
         model.load_state_dict(state["model"], strict=True)
         opt.load_state_dict(state["optimizer"])
@@ -131,13 +136,11 @@ def main():
         print(f"epoch {epoch}: train_loss {train_loss:.6f} val_loss {val_loss:.6f}"
               f"{' (best)' if improved else ''}", flush=True)
 
-    print(f"last: {manager.last_path}\nbest: {manager.best_path}")
-
 
 def _is_best(manager, epoch):
     """Whether the save of this epoch became best.pth (the manager's listing says
     which step each file holds)."""
-    return any(c["best"] and c["step"] == epoch for c in manager.checkpoints)
+    return any(c.best and c.step == epoch for c in manager.checkpoints)
 
 
 if __name__ == "__main__":
