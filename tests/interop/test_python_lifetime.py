@@ -1,14 +1,15 @@
 """10,000 open/close cycles of the Python package leak nothing.
 
 A child process (the package of this tree, ckptpy.py) loads a torch.save file
-and a safetensors file over and over: ckpt.load with and without mmap, and
-ckpt.safe_open (keys, get_tensor, get_slice, metadata), keeping some tensors
+and a safetensors file over and over: ckpt.load with and without mmap, of a
+path, a file object and a BytesIO, and ckpt.safe_open (keys, get_tensor,
+get_slice, metadata), keeping some tensors
 past the close and dropping them later, as a training loop or a server does.
 After a warm-up it takes the process's resident memory, its open descriptors
 (/proc/self/fd) and its maps of the two files (/proc/self/maps); after 10,000
 more cycles and gc.collect() the descriptors and maps must be back where they
 were and the resident memory within a bound far below what one leaked map,
-handle or tensor per cycle would add (each cycle builds 80 KiB of tensors).
+handle or tensor per cycle would add (each cycle builds tens of KiB of tensors).
 """
 import pytest
 
@@ -21,7 +22,7 @@ WARMUP = 300
 RSS_BOUND_MIB = 8
 
 CHILD = r"""
-import gc, json, os, sys
+import gc, io, json, os, sys
 import torch
 import ckpt
 
@@ -47,8 +48,8 @@ kept = []
 
 
 def cycle(i):
-    # the four kinds of cycle in turn
-    k = i % 4
+    # the six kinds of cycle in turn
+    k = i % 6
     if k == 0:
         sd = ckpt.load(pth)                      # zero-copy
         assert float(sd["layers"][3]["weight"][1, 2]) == 3 * 1000 + 1 * 64 + 2
@@ -67,9 +68,17 @@ def cycle(i):
             u = f.get_tensor("layers.1.weight")
         assert torch.equal(t, u)
         sd = {"t": t, "u": u}
-    else:
+    elif k == 3:
         sd = ckpt.load(st)
         assert float(sd["w.2"][0, 0]) == 2000
+    elif k == 4:
+        with open(pth, "rb") as fh:              # a file object: mapped by its fileno
+            sd = ckpt.load(fh)
+        assert float(sd["layers"][4]["weight"][0, 1]) == 4001
+    else:
+        with open(st, "rb") as fh:               # no fileno: read into memory
+            sd = ckpt.load(io.BytesIO(fh.read()))
+        assert float(sd["w.3"][2, 0]) == 3128
     # a tensor kept past the close, dropped 16 cycles later
     kept.append(sd[next(iter(sd))] if k != 0 else sd["layers"][0]["weight"])
     if len(kept) > 16:
