@@ -212,12 +212,7 @@ class Manager:
         if st == _lib.ERR_NOT_FOUND:
             return None
         _err.check(st, err, self.dirpath)
-        src = _read.Source.__new__(_read.Source)
-        src.handle = h
-        src.buf = None
-        src.base = src.size = 0
-        src._cview = None
-        src.name = os.path.join(self.dirpath, _lib.cstr(info.file) or "")
+        src = _read.Source.from_handle(h, os.path.join(self.dirpath, _lib.cstr(info.file) or ""))
         try:
             conv = _read.Converter(src, framework, map_location, copy=True)
             conv.check_devices(_read.all_tensors(src))

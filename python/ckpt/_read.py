@@ -112,6 +112,7 @@ class Source:
         self.base = 0
         self.size = 0
         self._cview: Any = None
+        self.fd: Optional[int] = None
         self.name = _display_name(f)
         opts = _open_options(permissive, verify)
         err = _lib.Error_()
@@ -123,8 +124,20 @@ class Source:
             st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
                                ctypes.byref(err))
             _err.check(st, err, self.name)
+            fi = _lib.FileInfo()
+            fi.struct_size = ctypes.sizeof(fi)
+            lib.ckpt_file_get_info(self.handle, ctypes.byref(fi))
+            if fi.format != _lib.FORMAT_SHARDED:
+                try:  # plainly stored storages are read straight into their memory
+                    self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError:
+                    self.fd = None
             return
-        buf = self._map(f, path)
+        try:
+            buf = self._map(f, path)
+        except OSError as e:
+            raise _err.IOError(f"{self.name}: cannot open: {e.strerror or e}", path=self.name,
+                               detail=f"cannot open: {e.strerror or e}") from None
         size = len(buf)
         if size:
             self._cview = (ctypes.c_char * size).from_buffer(buf)
@@ -139,6 +152,18 @@ class Source:
         self.buf = buf if mmap else None
         self.base = addr or 0
         self.size = size
+
+    @classmethod
+    def from_handle(cls, handle: "ctypes.c_void_p", name: str) -> "Source":
+        """A Source over a ckpt_file opened elsewhere (its tensors are copied)."""
+        self = cls.__new__(cls)
+        self.handle = handle
+        self.buf = None
+        self.base = self.size = 0
+        self._cview = None
+        self.fd = None
+        self.name = name
+        return self
 
     @staticmethod
     def _map(f: Any, path: Optional[str]) -> Any:
@@ -169,12 +194,49 @@ class Source:
             lib.ckpt_close(self.handle)
             self.handle = ctypes.c_void_p()
         self._cview = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+_HUGE = 2 << 20
+
+
+def _fresh(nbytes: int, as_numpy: bool) -> Tuple[Any, memoryview]:
+    """Fresh memory for a storage read with mmap=False, and a memoryview to
+    read into. Storages of a megabyte or more get a private anonymous map
+    aligned to 2 MiB, so that transparent huge pages back them: a read into
+    4 KiB pages spends most of its time in page faults."""
+    if nbytes >= (1 << 20):
+        try:
+            mm = _mmap.mmap(-1, nbytes + _HUGE, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
+        except (OSError, ValueError):
+            mm = None
+        if mm is not None:
+            if hasattr(mm, "madvise") and hasattr(_mmap, "MADV_HUGEPAGE"):
+                try:
+                    mm.madvise(_mmap.MADV_HUGEPAGE)
+                except OSError:
+                    pass
+            probe = ctypes.c_char.from_buffer(mm)
+            off = -ctypes.addressof(probe) % _HUGE
+            del probe
+            if as_numpy:
+                u8 = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=off)
+                return u8, memoryview(u8)
+            u8 = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=off)
+            return u8, memoryview(mm)[off:off + nbytes]
+    if as_numpy:
+        u8 = np.empty(nbytes, dtype=np.uint8)
+        return u8, memoryview(u8)
+    u8 = torch.empty(nbytes, dtype=torch.uint8)
+    return u8, memoryview(u8.numpy())
 
 
 def _map_fd(fd: int) -> Any:
@@ -201,6 +263,16 @@ def _display_name(f: Any) -> str:
     if isinstance(f, (str, bytes, os.PathLike)):
         return os.fsdecode(os.fspath(f))
     return str(getattr(f, "name", "<file object>"))
+
+
+_tensor_data = lib.ckpt_tensor_data
+_value_kind = lib.ckpt_value_kind
+_value_key = lib.ckpt_value_key
+_value_dict_value = lib.ckpt_value_dict_value
+_value_tensor = lib.ckpt_value_tensor
+# ckpt_value_str as a char * result: the text up to its first NUL, in one call
+_value_cstr = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p,
+                               ctypes.POINTER(ctypes.c_size_t))(("ckpt_value_str", lib))
 
 
 def tensor_info(t: int) -> "_lib.TensorInfo":
@@ -233,6 +305,17 @@ class Converter:
         self.typed: Dict[Tuple[int, int, int], Any] = {}  # + dtype -> typed base
         self.devices: Dict[Tuple[int, int], Any] = {}
         self.tensor_paths: Optional[Dict[int, str]] = None
+        self.infos: Dict[int, Any] = {}
+        self.dtypes: Dict[int, tuple] = {}
+        self.locations: Dict[Optional[bytes], str] = {}
+        self._ptr = ctypes.c_void_p()
+        self._zc = ctypes.c_bool(False)
+        self._err = _lib.Error_()
+        self._ptr_ref = ctypes.byref(self._ptr)
+        self._len = ctypes.c_size_t(0)
+        self._len_ref = ctypes.byref(self._len)
+        self._zc_ref = ctypes.byref(self._zc)
+        self._err_ref = ctypes.byref(self._err)
 
     # -- devices ---------------------------------------------------------
 
@@ -265,7 +348,8 @@ class Converter:
         seen = set()
         for t in tensors:
             ti = tensor_info(t)
-            loc = _lib.cstr(ti.location) or "cpu"
+            self.infos[t] = ti
+            loc = self._location(ti.location)
             dev = self.target(loc)
             if dev is None or dev in seen:
                 continue
@@ -290,9 +374,11 @@ class Converter:
         if kind == _lib.KIND_FLOAT:
             return float(lib.ckpt_value_float(v))
         if kind == _lib.KIND_STR:
-            return _lib.value_bytes(v).decode("utf-8", "surrogatepass")
+            return self._text(v)
         if kind == _lib.KIND_BYTES:
             out = _lib.value_bytes(v)
+            if _repr(v).startswith("bytearray"):
+                out = bytearray(out)
         elif kind == _lib.KIND_BIGINT:
             out = int.from_bytes(_lib.value_bytes(v), "little", signed=True)
         elif kind == _lib.KIND_COMPLEX:
@@ -319,11 +405,20 @@ class Converter:
             out = collections.OrderedDict() if kind == _lib.KIND_ORDERED_DICT else {}
             self.memo[v] = out
             n = lib.ckpt_value_len(v)
-            for i in range(n):
-                kv = lib.ckpt_value_key(v, i)
-                key = self.value(kv)
-                sub = self._sub(path, _key_text(kv)) if self.tensor_paths is not None else ""
-                out[key] = self.value(lib.ckpt_value_dict_value(v, i), sub)
+            memo = self.memo
+            paths = self.tensor_paths is not None
+            for i in range(n):  # the hot loop of a state dict: text keys, tensor values
+                kv = _value_key(v, i)
+                key = self._text(kv) if _value_kind(kv) == _lib.KIND_STR else self.value(kv)
+                vv = _value_dict_value(v, i)
+                item = memo.get(vv)
+                if item is None:
+                    if not paths and _value_kind(vv) == _lib.KIND_TENSOR:
+                        item = self.tensor(_value_tensor(vv))
+                        memo[vv] = item
+                    else:
+                        item = self.value(vv, self._sub(path, _key_text(kv)) if paths else "")
+                out[key] = item
             if kind == _lib.KIND_ORDERED_DICT:
                 state = lib.ckpt_value_state(v)
                 if state:
@@ -355,6 +450,13 @@ class Converter:
                             "by this version of the package", self.src.name)
         self.memo[v] = out
         return out
+
+    def _text(self, v: int) -> str:
+        """A STR value's text."""
+        b = _value_cstr(v, self._len_ref)
+        if b is None or len(b) != self._len.value:  # NULs inside
+            b = _lib.value_bytes(v)
+        return b.decode("utf-8", "surrogatepass")
 
     def _sub(self, path: str, part: str) -> str:
         if self.tensor_paths is None:
@@ -404,12 +506,13 @@ class Converter:
         hit = self.memo.get(t)
         if hit is not None:
             return hit
-        ti = tensor_info(t)
-        name = dtype_name(ti.dtype)
+        ti = self.infos.pop(t, None)
+        if ti is None:
+            ti = tensor_info(t)
         if ti.layout != _lib.LAYOUT_STRIDED:
             out = self.sparse(t, ti)
         else:
-            out = self.strided(t, ti, name)
+            out = self.strided(t, ti)
         if not self.np:
             if ti.is_parameter:
                 out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
@@ -419,72 +522,153 @@ class Converter:
         return out
 
     def _data(self, t: int) -> Tuple[int, bool]:
-        data = ctypes.c_void_p()
-        zc = ctypes.c_bool(False)
-        err = _lib.Error_()
-        st = lib.ckpt_tensor_data(self.src.handle, t, ctypes.byref(data), ctypes.byref(zc),
-                                  ctypes.byref(err))
-        _err.check(st, err, self.src.name)
-        return data.value or 0, bool(zc.value)
+        st = _tensor_data(self.src.handle, t, self._ptr_ref, self._zc_ref, self._err_ref)
+        if st != _lib.OK:
+            _err.check(st, self._err, self.src.name)
+        return self._ptr.value or 0, self._zc.value
 
-    def strided(self, t: int, ti: "_lib.TensorInfo", name: str) -> Any:
-        shape = tuple(ti.shape[i] for i in range(ti.ndim))
-        stride = tuple(ti.stride[i] for i in range(ti.ndim))
-        loc = _lib.cstr(ti.location) or "cpu"
-        elsize = lib.ckpt_dtype_size(ti.dtype)
+    def _dtype(self, d: int) -> tuple:
+        """(name, element size, torch dtype or numpy type, raw) of a ckpt dtype."""
+        hit = self.dtypes.get(d)
+        if hit is not None:
+            return hit
+        name = dtype_name(d)
+        elsize = lib.ckpt_dtype_size(d)
+        raw = False
         if self.np:
-            npt = _NP_TYPES.get(name)
-            raw = npt is None
+            typ = _NP_TYPES.get(name)
+            raw = typ is None
             if raw:
-                npt = _RAW_BY_SIZE.get(elsize)
-                if npt is None:
+                typ = _RAW_BY_SIZE.get(elsize)
+                if typ is None:
                     raise _err.make(_err.UnsupportedError,
-                                    f"dtype {name} ({lib.ckpt_dtype_bits(ti.dtype)} bits per "
+                                    f"dtype {name} ({lib.ckpt_dtype_bits(d)} bits per "
                                     "element) has no numpy view", self.src.name)
         else:
-            tdt = self.torch_dtype(name)
+            if name.startswith(("qint", "quint")):
+                raise _err.make(_err.UnsupportedError,
+                                f"a quantized tensor ({name}): libckpt's API does not give its "
+                                "scale and zero point; read its integer values with "
+                                "framework=\"np\"", self.src.name)
+            typ = self.torch_dtype(name)
             if elsize == 0:
                 raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
                                 self.src.name)
+        out = (name, elsize, typ, raw)
+        self.dtypes[d] = out
+        return out
+
+    def _location(self, raw: Optional[bytes]) -> str:
+        loc = self.locations.get(raw)
+        if loc is None:
+            loc = raw.decode("utf-8", "replace") if raw else "cpu"
+            self.locations[raw] = loc
+        return loc
+
+    def strided(self, t: int, ti: "_lib.TensorInfo") -> Any:
+        name, elsize, typ, raw = self._dtype(ti.dtype)
+        nd = ti.ndim
+        shape = tuple(ti.shape[:nd])
+        stride = tuple(ti.stride[:nd])
+        loc = self._location(ti.location)
         if not ti.has_storage:
             if self.np:
                 raise _err.make(_err.UnsupportedError,
                                 "a meta tensor (no storage) has no numpy array", self.src.name)
-            return torch.empty_strided(shape, stride, dtype=tdt, device="meta")
-        ptr, zc = self._data(t) if ti.storage_nbytes else (0, False)
+            return torch.empty_strided(shape, stride, dtype=typ, device="meta")
+        nbytes = ti.storage_nbytes
+        foff = ti.storage_file_offset
+        if (self.src.fd is not None and nbytes and foff != _lib.NO_OFFSET
+                and not ti.big_endian and self.copy):
+            return self._pread_view(ti, foff, nbytes, shape, stride, typ, elsize, name, raw,
+                                    loc)
+        ptr, zc = self._data(t) if nbytes else (0, False)
         if not ptr:
             if self.np:
-                return np.empty(shape, dtype=npt)
-            return self._place(torch.empty_strided(shape, stride, dtype=tdt), loc)
-        start = ptr - ti.storage_offset * elsize
-        nbytes = int(ti.storage_nbytes)
+                return np.empty(shape, dtype=typ)
+            return self._place(torch.empty_strided(shape, stride, dtype=typ), loc)
+        offset = ti.storage_offset
+        start = ptr - offset * elsize
         if nbytes % elsize:
             raise _err.make(_err.FormatError,
                             f"storage {_lib.cstr(ti.storage_key)} of {nbytes} bytes does not "
                             f"hold whole {name} elements", self.src.name)
-        key = (start, nbytes)
         tkey = (start, nbytes, ti.dtype)
         typed = self.typed.get(tkey)
         if typed is None:
-            base = self.storages.get(key)
-            if base is None:
-                base = self._storage(start, nbytes, zc, loc)
-                self.storages[key] = base
-            if self.np:
-                typed = base.view(npt)
-            else:
-                typed = base.view(tdt)
+            typed = self._typed(start, nbytes, zc, loc, typ, elsize)
             self.typed[tkey] = typed
         if self.np:
-            itemsize = np.dtype(npt).itemsize
+            itemsize = typed.itemsize
             arr = np.lib.stride_tricks.as_strided(
-                typed[ti.storage_offset:], shape=shape,
-                strides=tuple(s * itemsize for s in stride))
+                typed[offset:], shape=shape, strides=tuple(s * itemsize for s in stride))
             if raw:
                 arr = arr.view(RawArray)
                 arr.ckpt_dtype = name
             return arr
-        return typed.as_strided(shape, stride, ti.storage_offset)
+        return typed.as_strided(shape, stride, offset)
+
+    def _pread_view(self, ti, foff: int, nbytes: int, shape, stride, typ, elsize: int,
+                    name: str, raw: bool, loc: str) -> Any:
+        """mmap=False: a plainly stored storage read with pread into fresh
+        memory (no map, no second copy), shared by its views."""
+        if nbytes % elsize:
+            raise _err.make(_err.FormatError,
+                            f"storage {_lib.cstr(ti.storage_key)} of {nbytes} bytes does not "
+                            f"hold whole {name} elements", self.src.name)
+        key = ("file", foff, nbytes)
+        tkey = ("file", foff, nbytes, ti.dtype)
+        typed = self.typed.get(tkey)
+        if typed is None:
+            other = self.storages.get(key)
+            if other is not None:
+                typed = other.view(np.uint8 if self.np else torch.uint8).view(typ)
+            else:
+                u8, mv = _fresh(nbytes, self.np)
+                done = 0
+                while done < nbytes:
+                    n = os.preadv(self.src.fd, [mv[done:]], foff + done)
+                    if n <= 0:
+                        raise _err.make(_err.IOError,
+                                        f"{_lib.cstr(ti.record)}: the file ends inside the "
+                                        f"storage ({done} of {nbytes} bytes at {foff})",
+                                        self.src.name)
+                    done += n
+                if not self.np:
+                    u8 = self._place(u8, loc)
+                typed = u8.view(typ)
+                self.storages[key] = typed
+            self.typed[tkey] = typed
+        offset = ti.storage_offset
+        if self.np:
+            itemsize = typed.itemsize
+            arr = np.lib.stride_tricks.as_strided(
+                typed[offset:], shape=shape, strides=tuple(s * itemsize for s in stride))
+            if raw:
+                arr = arr.view(RawArray)
+                arr.ckpt_dtype = name
+            return arr
+        return typed.as_strided(shape, stride, offset)
+
+    def _typed(self, start: int, nbytes: int, zc: bool, loc: str, typ: Any,
+               elsize: int) -> Any:
+        """A storage as a 1-D array of typ: one storage per (start, size),
+        shared by every dtype that views it."""
+        key = (start, nbytes)
+        other = self.storages.get(key)
+        if other is not None:
+            u8 = other.view(np.uint8 if self.np else torch.uint8)
+            return u8.view(typ)
+        src = self.src
+        in_map = (zc and not self.copy and src.base <= start
+                  and start + nbytes <= src.base + src.size)
+        if (in_map and not self.np and self.target(loc) == "cpu"):
+            typed = torch.frombuffer(src.buf, dtype=typ, count=nbytes // elsize,
+                                     offset=start - src.base)
+        else:
+            typed = self._storage(start, nbytes, zc, loc).view(typ)
+        self.storages[key] = typed
+        return typed
 
     def _storage(self, start: int, nbytes: int, zc: bool, loc: str) -> Any:
         """A 1-D uint8 array of a storage's bytes: a view of the map when
@@ -496,14 +680,14 @@ class Converter:
             if in_map:
                 return np.frombuffer(src.buf, dtype=np.uint8, count=nbytes,
                                      offset=start - src.base)
-            out = np.empty(nbytes, dtype=np.uint8)
+            out, _ = _fresh(nbytes, True)
             ctypes.memmove(out.ctypes.data, start, nbytes)
             return out
         if in_map:
             base = torch.frombuffer(src.buf, dtype=torch.uint8, count=nbytes,
                                     offset=start - src.base)
         else:
-            base = torch.empty(nbytes, dtype=torch.uint8)
+            base, _ = _fresh(nbytes, False)
             ctypes.memmove(base.data_ptr(), start, nbytes)
         return self._place(base, loc)
 

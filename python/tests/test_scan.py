@@ -1,0 +1,54 @@
+"""ckpt.scan and ckpt.inspect give what `ckpt scan --json` and `ckpt inspect --json` give."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import ckpt
+
+
+def _cli():
+    b = os.environ.get("CKPT_BIN") or shutil.which("ckpt")
+    if not b:
+        pytest.skip("no ckpt tool to compare with")
+    return b
+
+
+def _evil(path):
+    path.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01cposix\nsystem\nq\x02X\x02\x00"
+                     b"\x00\x00idq\x03\x85q\x04Rq\x05s.")
+
+
+def test_scan_matches_cli(generated, tmp_path):
+    _evil(tmp_path / "evil.pkl")
+    for path in (generated["training"].path, tmp_path / "evil.pkl",
+                 generated["state_dict_legacy"].path):
+        ours = ckpt.scan(path)
+        res = subprocess.run([_cli(), "scan", "--json", str(path)], capture_output=True,
+                             text=True)
+        cli = json.loads(res.stdout)["files"][0]
+        assert ours.as_dict() == cli
+    bad = ckpt.scan(tmp_path / "evil.pkl")
+    assert bad.verdict == "unsafe" and not bad
+    g = [f for f in bad.findings if f.kind == "global"][0]
+    assert g.global_ == "posix.system" and g.runs_code and g.call == "posix.system('id')"
+    with open(tmp_path / "evil.pkl", "rb") as fh:
+        assert ckpt.scan(fh).verdict == "unsafe"
+    assert ckpt.scan(generated["training"].path).safe
+    with pytest.raises(ckpt.IOError):
+        ckpt.scan(tmp_path / "missing")
+
+
+def test_inspect_matches_cli(generated):
+    for name in ("training", "views_legacy", "deflated"):
+        path = generated[name].path
+        ours = ckpt.inspect(path)
+        res = subprocess.run([_cli(), "inspect", "--json", str(path)], capture_output=True,
+                             text=True)
+        cli = json.loads(res.stdout)
+        for k in ("file", "format", "details", "records", "tensors"):
+            assert ours[k] == cli[k], k
+        assert ours["totals"] == {k: cli["totals"][k] for k in ours["totals"]}
