@@ -2,7 +2,6 @@
 import collections
 import gc
 import io
-import mmap
 import os
 
 import pytest

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 import ckpt
 

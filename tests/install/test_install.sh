@@ -86,15 +86,15 @@ done
 [ "$(echo "$out" | sed -n 3p)" = "pth safetensors" ] || fail "completion of --to"
 [ "$(echo "$out" | sed -n 4p)" = model.pth ] || fail "completion of files"
 echo "== the Python package beside libckpt, importable by python3"
-pkg=$P/lib/python3/dist-packages/ckpt
+pkg=$(dirname "$(find "$P/lib" -path '*-packages/ckpt/__init__.py' | head -n 1)")
+[ "$pkg" != . ] || fail "no Python package under $P/lib"
 for f in "$pkg/__init__.py" "$pkg/_lib.py" "$pkg/libckpt.so.0"; do
     [ -e "$f" ] || fail "not installed: ${f#"$P"/}"
 done
-[ -e "$tmp/stage/opt/ckpt/lib/python3/dist-packages/ckpt/libckpt.so.0" ] ||
-    fail "DESTDIR: the Python package"
+[ -e "$tmp/stage/opt/ckpt/${pkg#"$P"/}/libckpt.so.0" ] || fail "DESTDIR: the Python package"
 # an instrumented libckpt cannot load into an uninstrumented python3
 if [ -x /usr/bin/python3 ] && ! nm -D "$pkg/libckpt.so.0" | grep -q __asan_init; then
-    (cd "$tmp" && env -u CKPT_LIBRARY PYTHONPATH="$P/lib/python3/dist-packages" /usr/bin/python3 -c '
+    (cd "$tmp" && env -u CKPT_LIBRARY PYTHONPATH="$(dirname "$pkg")" /usr/bin/python3 -c '
 import sys, ckpt, ckpt._lib as l
 assert l.library_path == sys.argv[1] + "/libckpt.so.0", l.library_path
 print("python3: ckpt", ckpt.library_version())' "$pkg") || fail "python3 -c 'import ckpt'"
