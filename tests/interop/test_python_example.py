@@ -2,8 +2,9 @@
 its checkpoints kept by ckpt.Manager, killed half way and resumed.
 
   (a) a run killed with SIGKILL in epoch 3 and rerun prints "Resuming at epoch 3",
-      trains epochs 3 and 4, and ends with the files of a run never interrupted,
-      bit for bit (last.pth's model, optimizer, scheduler; best.pth);
+      trains epochs 3 and 4, and ends with the checkpoints of a run never
+      interrupted, their tensors bit for bit (last.pth's model, optimizer, scheduler;
+      best.pth), and the same files kept with the same metrics;
   (b) ckpt.load(best.pth) into a fresh Net (load_state_dict(strict=True)) predicts
       exactly what the model that was saved predicted in the training process,
       and what the Net loaded with torch.load(weights_only=True) predicts;
@@ -134,3 +135,29 @@ def test_weights_are_the_seeds(runs):
     ckptpy.run([SEED, seed_dir, EPOCHS])
     r = ckptpy.run_code(SEED_BEST, runs / "whole" / "best.pth", seed_dir / "best.pth")
     assert r["equal"]
+
+
+def test_manager_listing(runs, ckpt_bin):
+    """ckpt ls --json of both directories: last.pth and best.pth at the last epoch (every
+    epoch improves here), and save_top_k=2 numbered files, the two best epochs."""
+    import json
+    import subprocess
+
+    listings = []
+    for d in (runs / "whole", runs / "killed"):
+        proc = subprocess.run([ckpt_bin, "ls", "--json", str(d)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        ls = json.loads(proc.stdout)
+        assert (ls["monitor"], ls["mode"]) == ("val_loss", "min")
+        rows = {c["file"]: c for c in ls["checkpoints"]}
+        assert sorted(rows) == ["best.pth", "last.pth", f"step-{EPOCHS - 2:08d}.pth",
+                                f"step-{EPOCHS - 1:08d}.pth"], rows
+        assert rows["last.pth"]["step"] == rows["best.pth"]["step"] == EPOCHS - 1
+        assert rows["last.pth"]["content"] == "checkpoint"
+        assert rows["best.pth"]["content"] == "weights" and rows["best.pth"]["best"]
+        listings.append({f: (c["step"], c["metrics"]) for f, c in rows.items()})
+    # the same saves with the same metrics (not the same sizes: the resumed run's
+    # state dicts hold keys read back from a file, equal strings that are not one
+    # object, which the pickle then does not share)
+    assert listings[0] == listings[1]
