@@ -179,6 +179,7 @@ _PROTOS = {
     "ckpt_value_key_text": (c_size_t, [V, c_char_p, c_size_t]),
     "ckpt_value_repr": (c_size_t, [V, c_char_p, c_size_t]),
     "ckpt_value_state": (V, [V]),
+    "ckpt_value_get": (V, [V, c_char_p]),
     "ckpt_value_tensor": (V, [V]),
     "ckpt_value_object_class": (V, [V]),
     "ckpt_value_object_args": (V, [V]),

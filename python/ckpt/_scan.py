@@ -148,10 +148,36 @@ def _s(p: Any) -> Optional[str]:
     return _lib.cstr(p)
 
 
+def _is_dict(v: int) -> bool:
+    return lib.ckpt_value_kind(v) in (_lib.KIND_DICT, _lib.KIND_ORDERED_DICT)
+
+
+def _holds_tensors(v: int) -> bool:
+    return _is_dict(v) and any(
+        lib.ckpt_value_kind(lib.ckpt_value_dict_value(v, i)) == _lib.KIND_TENSOR
+        for i in range(lib.ckpt_value_len(v)))
+
+
+def _default_state_dict(root: int) -> Optional[str]:
+    """The entry holding the model's weights, as the tool chooses it: the
+    first of "state_dict" and "model" that is a dict (holding tensors when
+    the root holds some too); None for the root itself."""
+    if not _is_dict(root):
+        return None
+    stray = _holds_tensors(root)
+    for name in ("state_dict", "model"):
+        v = lib.ckpt_value_get(root, name.encode())
+        if v and _is_dict(v) and (not stray or _holds_tensors(v)):
+            return name
+    return None
+
+
 def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
     """What ``ckpt inspect --json`` shows of a file, as a dict: "file",
     "format", "details", "records", "tensors" (name, dtype, shape, stride,
-    storage, location, data_offset, ...), "totals" and "metadata". Opens the
+    storage, location, data_offset, ...), "totals", "model" (the totals of
+    the model's state dict and its "key") and "metadata"; the tool's "tree"
+    is left out (:func:`ckpt.load` gives the values themselves). Opens the
     file lazily: no tensor bytes are read.
     """
     src = _read.Source(f, permissive=permissive)
@@ -189,13 +215,15 @@ def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
             r["compressed"] = bool(ri.compressed)
             records.append(r)
         tensors = []
-        distinct = set()
-        elements = nbytes = 0
+        model_key = _default_state_dict(lib.ckpt_file_root(h))
+        dedup = fmt != "sharded"  # a sharded file's shards number storages each
+        views: Dict[Any, List[Any]] = {}
         for name, t in _read.tensor_names(src):
             ti = _read.tensor_info(t)
-            e = {"name": name, "dtype": _read.dtype_name(ti.dtype),
-                 "shape": [ti.shape[k] for k in range(ti.ndim)],
-                 "stride": [ti.stride[k] for k in range(ti.ndim)],
+            shape = [ti.shape[k] for k in range(ti.ndim)]
+            stride = [ti.stride[k] for k in range(ti.ndim)]
+            e = {"name": name, "dtype": _read.dtype_name(ti.dtype), "shape": shape,
+                 "stride": stride,
                  "storage_offset": int(ti.storage_offset), "numel": int(ti.numel),
                  "nbytes": int(ti.nbytes), "requires_grad": bool(ti.requires_grad),
                  "parameter": bool(ti.is_parameter), "contiguous": bool(ti.is_contiguous),
@@ -208,15 +236,27 @@ def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
             if ti.layout != _lib.LAYOUT_STRIDED:
                 e["nnz"] = int(ti.nnz)
             tensors.append(e)
-            if t not in distinct:
-                distinct.add(t)
-                elements += int(ti.numel)
-                nbytes += int(ti.nbytes)
+            # views over the same bytes (tied weights) count once, as the tool counts
+            key: Any = (int(ti.storage_index), e["storage_offset"], int(ti.dtype),
+                        int(ti.layout), tuple(shape), tuple(stride)) \
+                if dedup and ti.has_storage else ("unique", len(tensors))
+            in_model = bool(model_key) and name.startswith(model_key + ".")
+            views.setdefault(key, []).append((e, in_model))
+        totals = {"tensors": 0, "distinct": 0, "elements": 0, "bytes": 0}
+        model = {"tensors": 0, "distinct": 0, "elements": 0, "bytes": 0}
+        for group in views.values():
+            e = group[0][0]
+            names_in_model = sum(1 for _, m in group if m)
+            for tot, names in ((totals, len(group)), (model, names_in_model)):
+                if names:
+                    tot["tensors"] += names
+                    tot["distinct"] += 1
+                    tot["elements"] += e["numel"]
+                    tot["bytes"] += e["nbytes"]
         out: Dict[str, Any] = {
             "file": src.name, "format": fmt, "details": details, "records": records,
-            "tensors": tensors,
-            "totals": {"tensors": len(tensors), "distinct": len(distinct),
-                       "elements": elements, "bytes": nbytes}}
+            "tensors": tensors, "totals": totals,
+            "model": dict(model, key=model_key) if model_key else None}
         if fi.metadata:
             out["metadata"] = _read.Converter(src, "np").value(fi.metadata)
         return out

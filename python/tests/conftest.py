@@ -19,6 +19,16 @@ CORPUS = pathlib.Path(os.environ.get("CKPT_CORPUS", SOURCE_DIR.parent / "shared"
 sys.path.insert(0, str(SOURCE_DIR / "tests" / "interop"))  # ckptgen, the torch generators
 
 
+def tool_env():
+    """The environment for running the ckpt tool: without the LD_PRELOAD of
+    an ASan runtime that a sanitizer build's python runs under (the tool
+    links its own)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+SANITIZED = "asan" in os.environ.get("LD_PRELOAD", "")
+
+
 @pytest.fixture(scope="session")
 def corpus():
     if not (CORPUS / "benign").is_dir():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ckpt
+from conftest import tool_env
 from helpers import assert_same
 
 
@@ -57,7 +58,8 @@ def test_busy_and_listing_match_cli(tmp_path):
     ckpt_bin = os.environ.get("CKPT_BIN") or shutil.which("ckpt")
     if not ckpt_bin:
         pytest.skip("no ckpt tool to compare with")
-    res = subprocess.run([ckpt_bin, "ls", "--json", str(d)], capture_output=True, text=True)
+    res = subprocess.run([ckpt_bin, "ls", "--json", str(d)], capture_output=True, text=True,
+                             env=tool_env())
     assert res.returncode == 0, res.stderr
     cli = json.loads(res.stdout)["checkpoints"]
     assert [c["file"] for c in cli] == [e["file"] for e in entries]

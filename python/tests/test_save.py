@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ckpt
+from conftest import tool_env
 from helpers import assert_same, storage_ptr
 
 
@@ -103,7 +104,8 @@ def test_save_file_round_trip(tmp_path):
         assert f.get_slice("a").get_shape() == [3, 4]
     ckpt_bin = os.environ.get("CKPT_BIN") or shutil.which("ckpt")
     if ckpt_bin:  # the C tool reads it too
-        res = subprocess.run([ckpt_bin, "verify", str(path)], capture_output=True, text=True)
+        res = subprocess.run([ckpt_bin, "verify", str(path)], capture_output=True, text=True,
+                             env=tool_env())
         assert res.returncode == 0, res.stderr
 
 
@@ -151,5 +153,6 @@ def test_torch2_and_safetensors_read_ours(tmp_path):
         "print('ok')\n")
     (tmp_path / "t.py").write_text(script)
     res = subprocess.run(["sh", TORCH2, "python", str(tmp_path / "t.py"), str(tmp_path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True,
+                             env=tool_env())
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr + res.stdout
