@@ -164,7 +164,12 @@ struct ckpt_value {
                                       reachable from this container is known */
 #define CKPT__VF_HOLDS 0x8u        /* ... and one is */
 
+/* A zeroed value of kind. It holds the header and the union member of its
+ * kind only (ckpt__value_size bytes, 16 for scalars, 32 for text, sequences
+ * and tensors): set only that member, and never change a value's kind to one
+ * of a bigger size (a storage may become a tensor). */
 ckpt_value *ckpt__value_new(ckpt__arena *a, int kind);
+size_t ckpt__value_size(int kind);
 ckpt_value *ckpt__value_str(ckpt__arena *a, int kind, const char *s, size_t len);
 /* Appends to LIST/TUPLE/SET/SIZE; false on out of memory / limit. */
 bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item);

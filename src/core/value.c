@@ -4,6 +4,8 @@
  */
 #include "core.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -11,9 +13,55 @@
  * Values
  * ====================================================================== */
 
+/* The bytes a value of kind needs: its header and the union member its
+ * kind uses. A file of many tensors makes some ten values per tensor, most
+ * of them tuples, ints and strings: 16 or 32 bytes each instead of the 64
+ * of the biggest member (dicts and objects). */
+#define VALUE_SMALL (offsetof(ckpt_value, u) + sizeof(int64_t))
+#define VALUE_MEDIUM (offsetof(ckpt_value, u) + 3 * sizeof(void *))
+
+static_assert(sizeof(((ckpt_value *)0)->u.c) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "complex fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.s) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "text fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.seq) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "a sequence fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.tensor) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "a tensor fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.storage) <= VALUE_SMALL - offsetof(ckpt_value, u) &&
+              sizeof(((ckpt_value *)0)->u.dtype) <= VALUE_SMALL - offsetof(ckpt_value, u),
+              "scalars fit a small value");
+
+size_t ckpt__value_size(int kind)
+{
+    switch (kind) {
+    case CKPT_KIND_NONE:
+    case CKPT_KIND_BOOL:
+    case CKPT_KIND_INT:
+    case CKPT_KIND_FLOAT:
+    case CKPT_KIND_DTYPE:
+        return VALUE_SMALL;
+    case CKPT_KIND_BIGINT:
+    case CKPT_KIND_COMPLEX:
+    case CKPT_KIND_STR:
+    case CKPT_KIND_BYTES:
+    case CKPT_KIND_LIST:
+    case CKPT_KIND_TUPLE:
+    case CKPT_KIND_SET:
+    case CKPT_KIND_SIZE:
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL:
+    case CKPT_KIND_TENSOR:
+    case CKPT__KIND_STORAGE: /* becomes a tensor in place (a bare storage) */
+        return VALUE_MEDIUM;
+    default:
+        return sizeof(ckpt_value); /* dicts, objects */
+    }
+}
+
 ckpt_value *ckpt__value_new(ckpt__arena *a, int kind)
 {
-    ckpt_value *v = ckpt__arena_alloc(a, sizeof(*v));
+    ckpt_value *v = ckpt__arena_alloc(a, ckpt__value_size(kind));
     if (v)
         v->kind = (uint16_t)kind;
     return v;
