@@ -26,7 +26,8 @@ typedef struct ckpt__zip {
     uint64_t size;
     ckpt__zip_entry *entries;  /* central directory order */
     size_t count;
-    uint32_t *sorted;          /* indices sorted by name, for lookup */
+    uint32_t *index;           /* hash of names (ASCII case folded): slot -> entry+1 */
+    size_t index_cap;          /* a power of two, at least twice count */
     char *names;               /* storage for names */
 } ckpt__zip;
 
