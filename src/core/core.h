@@ -93,6 +93,7 @@ ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *d
 typedef struct ckpt__storage_table {
     ckpt__storage **slots;
     size_t cap, count;
+    uintptr_t seed;            /* keys the hash: the address of the first slots */
 } ckpt__storage_table;
 
 ckpt__storage *ckpt__storage_table_find(const ckpt__storage_table *t, const char *key, size_t len);

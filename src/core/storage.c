@@ -26,17 +26,21 @@ static size_t table_slot(const ckpt__storage_table *t, const char *key, size_t l
     }
 }
 
+static uint64_t table_hash(const ckpt__storage_table *t, const char *key, size_t len)
+{
+    return ckpt__hash_keyed((const void *)t->seed, key, len);
+}
+
 ckpt__storage *ckpt__storage_table_find(const ckpt__storage_table *t, const char *key, size_t len)
 {
     if (!t->cap)
         return NULL;
-    return t->slots[table_slot(t, key, len, ckpt__hash_keyed(t->slots, key, len))];
+    return t->slots[table_slot(t, key, len, table_hash(t, key, len))];
 }
 
-static void table_put(ckpt__storage_table *t, ckpt__storage *s)
+/* Puts s, whose key hashes to h, in its empty slot. */
+static void table_put(ckpt__storage_table *t, ckpt__storage *s, size_t len, uint64_t h)
 {
-    size_t len = strlen(s->key);
-    uint64_t h = ckpt__hash_keyed(t->slots, s->key, len);
     size_t i = table_slot(t, s->key, len, h);
     t->slots[i] = s;
     table_hashes(t)[i] = h;
@@ -48,17 +52,29 @@ bool ckpt__storage_table_add(ckpt__storage_table *t, ckpt__storage *s)
         size_t cap = t->cap ? t->cap * 2 : 64;
         if (cap > SIZE_MAX / (sizeof(*t->slots) + sizeof(uint64_t)))
             return false;
-        ckpt__storage_table n = {calloc(cap, sizeof(*n.slots) + sizeof(uint64_t)), cap, t->count};
+        ckpt__storage_table n = {calloc(cap, sizeof(*n.slots) + sizeof(uint64_t)), cap, t->count,
+                                 t->seed};
         if (!n.slots)
             return false;
+        if (!n.seed)
+            n.seed = (uintptr_t)n.slots;
+        /* the seed stays: a rehash moves the hashes kept, reading no key */
+        const uint64_t *old = t->cap ? table_hashes(t) : NULL;
+        uint64_t *hashes = table_hashes(&n);
         for (size_t i = 0; i < t->cap; i++) {
-            if (t->slots[i])
-                table_put(&n, t->slots[i]);
+            if (!t->slots[i])
+                continue;
+            size_t j = old[i] & (cap - 1);
+            while (n.slots[j])
+                j = (j + 1) & (cap - 1);
+            n.slots[j] = t->slots[i];
+            hashes[j] = old[i];
         }
         free(t->slots);
         *t = n;
     }
-    table_put(t, s);
+    size_t len = strlen(s->key);
+    table_put(t, s, len, table_hash(t, s->key, len));
     t->count++;
     return true;
 }

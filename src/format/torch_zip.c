@@ -15,6 +15,8 @@ typedef struct zip_load {
     uint64_t pkl_base;          /* file offset of data.pkl bytes, or NO_OFFSET */
     char *name_buf;             /* scratch for record names */
     size_t name_cap;
+    size_t next_record;         /* the entry after the last storage's: torch.save
+                                   writes storages' records as it pickles them */
 } zip_load;
 
 /* "PREFIX/" dir name[0..len) in the scratch buffer (once per storage: no
@@ -97,10 +99,11 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
     const char *full = join_record_n(L, "data/", p.key, p.key_len);
     if (!full)
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-    long idx = ckpt__zip_find(&f->zip, full);
+    long idx = ckpt__zip_find_near(&f->zip, full, strlen(full), L->next_record);
     if (idx < 0)
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage '%s' has no record '%s'",
                           p.key, full);
+    L->next_record = (size_t)idx + 1;
     const ckpt__zip_entry *e = &f->zip.entries[idx];
     /* torch < 2.10 did not check this: a short record overflowed the heap. */
     if (e->size != p.nbytes)

@@ -894,6 +894,17 @@ long ckpt__zip_find(const ckpt__zip *z, const char *name)
     return e ? (long)e - 1 : -1;
 }
 
+long ckpt__zip_find_near(const ckpt__zip *z, const char *name, size_t len, size_t hint)
+{
+    if (!z || !name || z->count == 0)
+        return -1;
+    if (hint < z->count &&
+        name_cmp(z->entries[hint].name, z->entries[hint].name_len, name, len) == 0)
+        return (long)hint;
+    uint32_t e = z->index[index_slot(z, name, len)];
+    return e ? (long)e - 1 : -1;
+}
+
 /* Refuses an entry whose inflated size passes the limits, before inflating. */
 static ckpt_status zip_inflate_limits(const ckpt__zip_entry *e, const ckpt_limits *limits,
                                       ckpt_error *err)

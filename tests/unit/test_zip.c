@@ -482,7 +482,15 @@ static void test_find(void **state)
             upper[k] = (char)toupper((unsigned char)z.entries[i].name[k]);
         assert_int_equal(ckpt__zip_find(&z, z.entries[i].name), (long)i);
         assert_int_equal(ckpt__zip_find(&z, upper), (long)i);
+        /* near: the hint right, wrong, past the end */
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, i), (long)i);
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, (i + 1) % z.count), (long)i);
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, z.count + 5), (long)i);
+        /* a prefix is not this entry, even with the hint on it */
+        if (n > 1)
+            assert_true(ckpt__zip_find_near(&z, upper, n - 1, i) != (long)i);
     }
+    assert_int_equal(ckpt__zip_find_near(&z, "zzz", 3, 0), -1);
     const uint8_t *data;
     uint8_t *owned;
     assert_int_equal(ckpt__zip_read(&z, z.count, &l, &data, &owned, &err), CKPT_ERR_INVALID_ARG);
