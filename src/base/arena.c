@@ -157,8 +157,7 @@ void ckpt__arena_init(ckpt__arena *a, uint64_t limit)
 {
     if (!a)
         return;
-    a->head = NULL;
-    a->used = 0;
+    memset(a, 0, sizeof(*a));
     a->limit = limit;
 }
 
@@ -174,6 +173,7 @@ void ckpt__arena_free(ckpt__arena *a)
     }
     a->head = NULL;
     a->used = 0;
+    memset(a->released, 0, sizeof(a->released));
 }
 
 /* A limit of 0 means none (an arena that was zero-initialised). */
@@ -184,11 +184,36 @@ bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more)
     return (uint64_t)more > a->limit || a->used > a->limit - (uint64_t)more;
 }
 
+/* Released pieces are kept in lists by size, linked through their first
+ * bytes; under ASan they are poisoned until handed out again. */
+#define ARENA_RELEASED_MAX (4 * (size_t)ARENA_ALIGN)
+
+void ckpt__arena_release(ckpt__arena *a, void *p, size_t size)
+{
+    size_t n;
+    if (!a || !p || !round_align(size ? size : 1, &n) || n > ARENA_RELEASED_MAX)
+        return;
+    void **list = &a->released[n / ARENA_ALIGN - 1];
+    memcpy(p, list, sizeof(void *));
+    *list = p;
+    ARENA_POISON(p, n);
+}
+
 void *ckpt__arena_alloc(ckpt__arena *a, size_t size)
 {
     size_t n;
     if (!a || !round_align(size ? size : 1, &n))
         return NULL;
+    if (n <= ARENA_RELEASED_MAX && a->released[n / ARENA_ALIGN - 1]) {
+        void **list = &a->released[n / ARENA_ALIGN - 1];
+        void *p = *list;
+        ARENA_UNPOISON(p, n);
+        memcpy(list, p, sizeof(void *));
+        memset(p, 0, n);
+        ARENA_POISON(p, n);
+        ARENA_UNPOISON(p, size ? size : 1);
+        return p;
+    }
     if (ckpt__arena_over_limit(a, n))
         return NULL;
     ckpt__arena_block *b = a->head;

@@ -802,6 +802,56 @@ static void test_persistent_ids(void **state)
            CKPT_ERR_FORMAT, 27, "not a storage class");
 }
 
+/* The argument tuples of _rebuild_tensor_v2 are given back to the arena
+ * when no memo key of theirs is ever read; a tuple whose key is read later
+ * stays whole, and memory given back serves later tuples intact. */
+#define REBUILD_ARGS(size_put, stride_put, args_put)                               \
+    "(c" "torch._utils\n_rebuild_tensor_v2\n"                                     \
+    "((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0"      \
+    "X\x03\x00\x00\x00" "cpuK\x06tQK\x00"                                            \
+    "K\x02K\x03\x86q" size_put "K\x03K\x01\x86q" stride_put                      \
+    "\x89" "ccollections\nOrderedDict\n)Rtq" args_put "R"
+
+static void test_rebuild_args_recycled(void **state)
+{
+    (void)state;
+    /* keys 1..3 never read: the three tuples are given back; the tuples
+     * made after them reuse their memory */
+#define AFTER_CALL "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt."
+    uint64_t before = g_arena.used;
+    ckpt_value *v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") AFTER_CALL);
+    uint64_t grew = g_arena.used - before;
+    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
+                   "(11, 12, 13, 14, 15, 16))");
+    /* the keys read (and popped) right after the call: nothing is given
+     * back, the arena grows by the three tuples (32 bytes each) and their
+     * items (16, 16 and 48) more */
+    before = g_arena.used;
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03" "0"
+            AFTER_CALL);
+    assert_int_equal(g_arena.used - before, grew + 3 * 32 + 16 + 16 + 48);
+    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
+                   "(11, 12, 13, 14, 15, 16))");
+#undef AFTER_CALL
+    /* the size tuple's key (1) and the arguments' key (3) are read again
+     * after the call: both stay whole and are the same objects */
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01h\x03"
+            "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt.");
+    assert_int_equal(ckpt_value_len(v), 6);
+    const ckpt_value *size = ckpt_value_item(v, 1), *args = ckpt_value_item(v, 2);
+    assert_repr(size, "(2, 3)");
+    assert_int_equal(ckpt_value_kind(args), CKPT_KIND_TUPLE);
+    assert_int_equal(ckpt_value_len(args), 6);
+    assert_ptr_equal(ckpt_value_item(args, 2), size);
+    assert_repr(ckpt_value_item(args, 3), "(3, 1)");
+    assert_repr(ckpt_value_item(v, 3), "(7, 8)");
+    assert_repr(ckpt_value_item(v, 5), "(11, 12, 13, 14, 15, 16)");
+    /* a read by text (GET) counts as one too */
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "g2\nK\x07K\x08\x86t.");
+    assert_repr(ckpt_value_item(v, 1), "(3, 1)");
+    assert_repr(ckpt_value_item(v, 2), "(7, 8)");
+}
+
 /* ======================================================================
  * Globals: the allow-list
  * ====================================================================== */
@@ -1873,6 +1923,7 @@ int main(void)
         T(test_framing_and_stop),
         T(test_frames),
         T(test_persistent_ids),
+        T(test_rebuild_args_recycled),
         T(test_globals),
         T(test_unsafe_globals),
         T(test_calls),
