@@ -164,7 +164,8 @@ struct ckpt_value {
 #define CKPT__VF_KNOWN 0x4u        /* walk.c, during a walk: whether a tensor is
                                       reachable from this container is known */
 #define CKPT__VF_HOLDS 0x8u        /* ... and one is */
-#define CKPT__VF_FRESH 0x10u       /* pickle: a tuple made from the stack (TUPLE*) */
+#define CKPT__VF_FRESH 0x10u       /* pickle: a tuple made from the stack (TUPLE*) or
+                                      an OrderedDict() made by REDUCE */
 #define CKPT__VF_SHARED 0x20u      /* pickle: put under a memo key that is read, or DUP'd */
 
 /* A zeroed value of kind. It holds the header and the union member of its

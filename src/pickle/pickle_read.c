@@ -1185,14 +1185,25 @@ static ckpt_status op_reduce(vm *m)
     CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, fn, args, args->u.seq.items, args->u.seq.len, NULL,
                                         CKPT_SCAN_USE_REDUCE, &v));
     m->sp -= 2;
-    /* _rebuild_tensor_v2(storage, offset, size, stride, ...) copies what
-     * it needs of its arguments into the tensor */
-    if (v->kind == CKPT_KIND_TENSOR && fn->kind == CKPT_KIND_GLOBAL &&
-        fn->global_id == CKPT__G_REBUILD_TENSOR_V2 && recyclable(m, args)) {
+    if (fn->kind != CKPT_KIND_GLOBAL)
+        return push(m, v);
+    /* OrderedDict(): a new dict, referred to by the stack alone */
+    if (fn->global_id == CKPT__G_ORDERED_DICT && v->kind == CKPT_KIND_ORDERED_DICT)
+        v->flags |= CKPT__VF_FRESH;
+    /* _rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+     * backward_hooks) copies what it needs of its arguments into the
+     * tensor and drops the hooks */
+    if (v->kind == CKPT_KIND_TENSOR && fn->global_id == CKPT__G_REBUILD_TENSOR_V2 &&
+        recyclable(m, args)) {
         for (size_t i = 2; i < 4 && i < args->u.seq.len; i++) {
             if (recyclable(m, args->u.seq.items[i]))
                 release_tuple(m, args->u.seq.items[i]);
         }
+        ckpt_value *hooks = args->u.seq.len > 5 ? args->u.seq.items[5] : NULL;
+        if (m->recycle && hooks && hooks->kind == CKPT_KIND_ORDERED_DICT &&
+            (hooks->flags & (CKPT__VF_FRESH | CKPT__VF_SHARED)) == CKPT__VF_FRESH &&
+            hooks->u.dict.cap == 0 && !hooks->u.dict.state)
+            ckpt__arena_release(m->arena, hooks, ckpt__value_size(CKPT_KIND_ORDERED_DICT));
         release_tuple(m, args);
     }
     return push(m, v);

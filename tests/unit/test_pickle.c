@@ -815,23 +815,34 @@ static void test_persistent_ids(void **state)
 static void test_rebuild_args_recycled(void **state)
 {
     (void)state;
-    /* keys 1..3 never read: the three tuples are given back; the tuples
-     * made after them reuse their memory */
-#define AFTER_CALL "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt."
+    /* what a pickle of OrderedDict() alone makes */
+#define ODICT "\x80\x02" "ccollections\nOrderedDict\n)R."
     uint64_t before = g_arena.used;
-    ckpt_value *v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") AFTER_CALL);
-    uint64_t grew = g_arena.used - before;
-    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
-                   "(11, 12, 13, 14, 15, 16))");
+    assert_int_equal(ckpt_value_kind(OKP(ODICT)), CKPT_KIND_ORDERED_DICT);
+    uint64_t odict = g_arena.used - before;
     /* the keys read (and popped) right after the call: nothing is given
-     * back, the arena grows by the three tuples (32 bytes each) and their
-     * items (16, 16 and 48) more */
+     * back */
+#define AFTER_CALL "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt."
     before = g_arena.used;
-    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03" "0"
-            AFTER_CALL);
-    assert_int_equal(g_arena.used - before, grew + 3 * 32 + 16 + 16 + 48);
+    ckpt_value *v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03"
+                        "0" AFTER_CALL);
+    uint64_t whole = g_arena.used - before;
     assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
                    "(11, 12, 13, 14, 15, 16))");
+    /* keys 1..3 never read: the three tuples and the hooks' OrderedDict are
+     * given back, and the three tuples made after the call take the tuples'
+     * memory (32 bytes each, items of 16, 16 and 48) */
+    before = g_arena.used;
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") AFTER_CALL);
+    assert_int_equal(g_arena.used - before, whole - (3 * 32 + 16 + 16 + 48));
+    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
+                   "(11, 12, 13, 14, 15, 16))");
+    /* ... and the next OrderedDict takes the dict's 64 bytes */
+    before = g_arena.used;
+    v = OKP(ODICT);
+    assert_int_equal(ckpt_value_kind(v), CKPT_KIND_ORDERED_DICT);
+    assert_int_equal(g_arena.used - before, odict - 64);
+#undef ODICT
 #undef AFTER_CALL
     /* the size tuple's key (1) and the arguments' key (3) are read again
      * after the call: both stay whole and are the same objects */
