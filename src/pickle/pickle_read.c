@@ -392,12 +392,45 @@ static ckpt_status pop_mark_with_target(vm *m, size_t *mark, ckpt_value **target
     return CKPT_OK;
 }
 
+static bool memo_bit(const uint8_t *bits, size_t nbits, uint64_t idx)
+{
+    return idx < nbits && ((bits[idx / 8] >> (idx % 8)) & 1);
+}
+
+/* Sets bit idx (< max_memo_entries) of a bitmap grown by doubling. */
+static bool memo_bit_set(uint8_t **bits, size_t *nbits, uint64_t idx)
+{
+    if (idx >= *nbits) {
+        size_t n = *nbits ? *nbits : 1024;
+        while (n <= idx)
+            n *= 2;
+        uint8_t *p = realloc(*bits, n / 8);
+        if (!p)
+            return false;
+        memset(p + *nbits / 8, 0, (n - *nbits) / 8);
+        *bits = p;
+        *nbits = n;
+    }
+    (*bits)[idx / 8] |= (uint8_t)(1u << (idx % 8));
+    return true;
+}
+
 static ckpt_status memo_put(vm *m, uint64_t idx, ckpt_value *v)
 {
     if (idx >= m->limits->max_memo_entries)
         return ckpt__vm_fail(m, CKPT_ERR_LIMIT, "memo index %llu exceeds max_memo_entries (%llu)",
                              (unsigned long long)idx,
                              (unsigned long long)m->limits->max_memo_entries);
+    if (m->recycle && !memo_bit(m->memo_read, m->memo_read_bits, idx)) {
+        /* a key nothing reads: only that it exists counts (MEMOIZE numbers
+         * keys by their count), one bit instead of a slot */
+        if (!memo_bit(m->memo_unread, m->memo_unread_bits, idx)) {
+            if (!memo_bit_set(&m->memo_unread, &m->memo_unread_bits, idx))
+                return ckpt__vm_fail(m, CKPT_ERR_NOMEM, "out of memory");
+            m->memo_count++;
+        }
+        return CKPT_OK;
+    }
     if (idx >= m->memo_cap) {
         uint64_t cap = m->memo_cap ? (uint64_t)m->memo_cap * 2 : 64;
         if (cap < idx + 1)
@@ -416,8 +449,8 @@ static ckpt_status memo_put(vm *m, uint64_t idx, ckpt_value *v)
     if (!m->memo[idx])
         m->memo_count++;
     m->memo[idx] = v;
-    if (m->recycle && idx < m->memo_read_bits && (m->memo_read[idx / 8] >> (idx % 8)) & 1)
-        v->flags |= CKPT__VF_SHARED;
+    if (m->recycle)
+        v->flags |= CKPT__VF_SHARED; /* a key that is read */
     return CKPT_OK;
 }
 
@@ -427,7 +460,7 @@ static ckpt_status memo_get(vm *m, uint64_t idx, ckpt_value **out)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "memo key %llu was never stored",
                              (unsigned long long)idx);
     /* never hand out what may have been recycled: the scan saw every read */
-    if (m->recycle && (idx >= m->memo_read_bits || !((m->memo_read[idx / 8] >> (idx % 8)) & 1)))
+    if (m->recycle && !memo_bit(m->memo_read, m->memo_read_bits, idx))
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "memo key %llu is read where the opcode scan "
                              "saw no read", (unsigned long long)idx);
     *out = m->memo[idx];
@@ -444,19 +477,7 @@ static bool memo_read_mark(vm *m, uint64_t idx)
         return true; /* memo_put refuses such a key: nothing is stored there */
     if (idx >= MEMO_READ_MAX_BITS)
         return false;
-    if (idx >= m->memo_read_bits) {
-        size_t bits = m->memo_read_bits ? m->memo_read_bits : 1024;
-        while (bits <= idx)
-            bits *= 2;
-        uint8_t *p = realloc(m->memo_read, bits / 8);
-        if (!p)
-            return false;
-        memset(p + m->memo_read_bits / 8, 0, (bits - m->memo_read_bits) / 8);
-        m->memo_read = p;
-        m->memo_read_bits = bits;
-    }
-    m->memo_read[idx / 8] |= (uint8_t)(1u << (idx % 8));
-    return true;
+    return memo_bit_set(&m->memo_read, &m->memo_read_bits, idx);
 }
 
 /* Reads the opcodes from the start to the first STOP as run() reads them
@@ -1705,6 +1726,7 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
     free(m.marks);
     free(m.memo);
     free(m.memo_read);
+    free(m.memo_unread);
     return st;
 }
 

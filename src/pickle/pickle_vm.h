@@ -43,6 +43,10 @@ typedef struct vm {
     uint8_t *memo_read;   /* bitmap of keys */
     size_t memo_read_bits;
     bool recycle;
+    /* with recycle, keys that are put but never read are not kept in memo:
+     * this bitmap only tells which exist (for memo_count) */
+    uint8_t *memo_unread;
+    size_t memo_unread_bits;
 
     uint64_t work, work_limit;
 
