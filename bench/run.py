@@ -322,6 +322,16 @@ def meta_only(a, cli):
     else:
         end = text.find("\n## ", start + len(META_TITLE))
         text = text[:start] + "\n".join(section) + (text[end + 1:] if end >= 0 else "")
+    # the notes copied into the file follow bench/NOTES.md
+    notes = os.path.join(HERE, "NOTES.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            body = f.read()
+        head = body.split("\n", 1)[0]
+        start = text.find(head) if head.startswith("## ") else -1
+        end = text.find("\n## Spread", start) if start >= 0 else -1
+        if start >= 0 and end >= 0:
+            text = text[:start] + body + text[end:]
     with open(a.out, "w") as f:
         f.write(text)
     print("\n".join(section[2:]))
