@@ -229,7 +229,9 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
         .persistent_load = zip_persistent_load,
         .user = &L,
         .protocol = -1,
-        .flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u,
+        /* zip_persistent_load keeps the key's text, not the id */
+        .flags = CKPT__PICKLE_PID_DONE |
+                 ((f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u),
     };
     st = ckpt__unpickle(&ctx, pkl, (size_t)pe->size, NULL, &f->root, err);
     free(owned);

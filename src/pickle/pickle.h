@@ -30,6 +30,10 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                       readers disagree on is told in stop_frame_end and
                                       framing; limits and broken streams still stop the
                                       pickle */
+#define CKPT__PICKLE_PID_DONE 0x4u /* persistent_load keeps no reference to the id it
+                                      is given (text it points into may stay): an id
+                                      tuple nothing else holds goes back to the arena
+                                      once a storage came of it */
 
 /* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
  * module and name as written and the value it became. */

@@ -1055,6 +1055,9 @@ static ckpt_status persistent(vm *m, ckpt_value *pid)
         return st;
     if (!v)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "persistent id resolved to nothing");
+    if ((ctx->flags & CKPT__PICKLE_PID_DONE) && v->kind == CKPT__KIND_STORAGE && v != pid &&
+        recyclable(m, pid))
+        release_tuple(m, pid);
     return push(m, v);
 }
 

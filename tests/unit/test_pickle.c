@@ -843,6 +843,26 @@ static void test_rebuild_args_recycled(void **state)
     assert_int_equal(ckpt_value_kind(v), CKPT_KIND_ORDERED_DICT);
     assert_int_equal(g_arena.used - before, odict - 64);
 #undef ODICT
+    /* with CKPT__PICKLE_PID_DONE the persistent id's tuple goes back once
+     * a storage came of it, and the size tuple and the arguments' items
+     * take its 32 and 48 bytes */
+    static const char keep[] = "\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03"
+                       "0t.";
+    size_t keep_len = sizeof(keep) - 1; /* it holds NULs */
+    uint64_t sizes[2];
+    for (int done = 0; done < 2; done++) {
+        ckpt__pickle_ctx ctx = {
+            .limits = &g_limits, .arena = &g_arena, .record = "test.pkl",
+            .persistent_load = fake_load, .protocol = 42,
+            .flags = done ? CKPT__PICKLE_PID_DONE : 0u,
+        };
+        before = g_arena.used;
+        assert_int_equal(ckpt__unpickle(&ctx, (const uint8_t *)keep, keep_len, NULL, &v, &g_err),
+                         CKPT_OK);
+        sizes[done] = g_arena.used - before;
+        assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0))");
+    }
+    assert_int_equal(sizes[0] - sizes[1], 32 + 48);
     /* keys nothing reads are not kept, but still count for MEMOIZE's
      * numbering: the third key is 2, and a key put twice counts once */
     assert_repr(OK("\x80\x04(K\x01\x94K\x02\x94K\x03\x94h\x02t."), "(1, 2, 3, 3)");
