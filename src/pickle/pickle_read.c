@@ -1065,7 +1065,7 @@ static ckpt_status persistent(vm *m, ckpt_value *pid)
 static ckpt_status collect_marked(vm *m, int kind)
 {
     size_t mark = 0;
-    ckpt_value *v;
+    ckpt_value *v = NULL;
     CKPT_RETURN_IF_ERROR(pop_mark(m, &mark));
     CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, kind, m->stack + mark, m->sp - mark, &v));
     if (kind == CKPT_KIND_TUPLE && m->sp > mark)
@@ -1076,7 +1076,7 @@ static ckpt_status collect_marked(vm *m, int kind)
 
 static ckpt_status collect_tuple(vm *m, size_t n)
 {
-    ckpt_value *v;
+    ckpt_value *v = NULL;
     CKPT_RETURN_IF_ERROR(need_items(m, n));
     CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_TUPLE, m->stack + m->sp - n, n, &v));
     if (n)
