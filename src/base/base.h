@@ -143,6 +143,7 @@ typedef struct ckpt__arena {
     ckpt__arena_block *head;
     uint64_t used;      /* bytes handed out, counted against limit */
     uint64_t limit;     /* max_value_bytes */
+    void *released[4];  /* ckpt__arena_release: pieces of 16, 32, 48, 64 bytes */
 } ckpt__arena;
 
 void ckpt__arena_init(ckpt__arena *a, uint64_t limit);
@@ -151,6 +152,10 @@ void ckpt__arena_free(ckpt__arena *a);
  * (ckpt__arena_over_limit tells which). */
 void *ckpt__arena_alloc(ckpt__arena *a, size_t size);
 bool ckpt__arena_over_limit(const ckpt__arena *a, size_t more);
+/* Gives back an allocation of size bytes that nothing refers to any more:
+ * a later allocation of the same rounded size (16 to 64 bytes) reuses it,
+ * zeroed. Other sizes are simply abandoned. */
+void ckpt__arena_release(ckpt__arena *a, void *p, size_t size);
 /* Copies size bytes and appends a NUL. */
 char *ckpt__arena_strdup(ckpt__arena *a, const char *s, size_t size);
 /* Grows an allocation of old_size bytes to new_size bytes: in place when it

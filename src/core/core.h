@@ -93,6 +93,7 @@ ckpt_status ckpt__sparse_to_dense(ckpt_file *f, const ckpt_tensor *t, uint8_t *d
 typedef struct ckpt__storage_table {
     ckpt__storage **slots;
     size_t cap, count;
+    uintptr_t seed;            /* keys the hash: the address of the first slots */
 } ckpt__storage_table;
 
 ckpt__storage *ckpt__storage_table_find(const ckpt__storage_table *t, const char *key, size_t len);
@@ -163,8 +164,16 @@ struct ckpt_value {
 #define CKPT__VF_KNOWN 0x4u        /* walk.c, during a walk: whether a tensor is
                                       reachable from this container is known */
 #define CKPT__VF_HOLDS 0x8u        /* ... and one is */
+#define CKPT__VF_FRESH 0x10u       /* pickle: a tuple made from the stack (TUPLE*) or
+                                      an OrderedDict() made by REDUCE */
+#define CKPT__VF_SHARED 0x20u      /* pickle: put under a memo key that is read, or DUP'd */
 
+/* A zeroed value of kind. It holds the header and the union member of its
+ * kind only (ckpt__value_size bytes, 16 for scalars, 32 for text, sequences
+ * and tensors): set only that member, and never change a value's kind to one
+ * of a bigger size (a storage may become a tensor). */
 ckpt_value *ckpt__value_new(ckpt__arena *a, int kind);
+size_t ckpt__value_size(int kind);
 ckpt_value *ckpt__value_str(ckpt__arena *a, int kind, const char *s, size_t len);
 /* Appends to LIST/TUPLE/SET/SIZE; false on out of memory / limit. */
 bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item);

@@ -8,36 +8,73 @@
 
 #include <stdlib.h>
 
-static ckpt__storage **table_slot(const ckpt__storage_table *t, const char *key, size_t len)
+/* The slots are followed, in the same allocation, by the hash of each
+ * slot's key: a probe compares hashes and only a match reads the storage. */
+static uint64_t *table_hashes(const ckpt__storage_table *t)
+{
+    return (uint64_t *)(void *)(t->slots + t->cap);
+}
+
+static size_t table_slot(const ckpt__storage_table *t, const char *key, size_t len, uint64_t h)
 {
     size_t mask = t->cap - 1;
-    for (size_t i = ckpt__hash_keyed(t->slots, key, len) & mask;; i = (i + 1) & mask) {
-        ckpt__storage *s = t->slots[i];
-        if (!s || (strlen(s->key) == len && memcmp(s->key, key, len) == 0))
-            return &t->slots[i];
+    const uint64_t *hashes = table_hashes(t);
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        const ckpt__storage *s = t->slots[i];
+        if (!s || (hashes[i] == h && strncmp(s->key, key, len) == 0 && s->key[len] == '\0'))
+            return i;
     }
+}
+
+static uint64_t table_hash(const ckpt__storage_table *t, const char *key, size_t len)
+{
+    return ckpt__hash_keyed((const void *)t->seed, key, len);
 }
 
 ckpt__storage *ckpt__storage_table_find(const ckpt__storage_table *t, const char *key, size_t len)
 {
-    return t->cap ? *table_slot(t, key, len) : NULL;
+    if (!t->cap)
+        return NULL;
+    return t->slots[table_slot(t, key, len, table_hash(t, key, len))];
+}
+
+/* Puts s, whose key hashes to h, in its empty slot. */
+static void table_put(ckpt__storage_table *t, ckpt__storage *s, size_t len, uint64_t h)
+{
+    size_t i = table_slot(t, s->key, len, h);
+    t->slots[i] = s;
+    table_hashes(t)[i] = h;
 }
 
 bool ckpt__storage_table_add(ckpt__storage_table *t, ckpt__storage *s)
 {
     if (!t->cap || (t->count + 1) * 2 > t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 64;
-        ckpt__storage_table n = {calloc(cap, sizeof(*n.slots)), cap, t->count};
+        if (cap > SIZE_MAX / (sizeof(*t->slots) + sizeof(uint64_t)))
+            return false;
+        ckpt__storage_table n = {calloc(cap, sizeof(*n.slots) + sizeof(uint64_t)), cap, t->count,
+                                 t->seed};
         if (!n.slots)
             return false;
+        if (!n.seed)
+            n.seed = (uintptr_t)n.slots;
+        /* the seed stays: a rehash moves the hashes kept, reading no key */
+        const uint64_t *old = t->cap ? table_hashes(t) : NULL;
+        uint64_t *hashes = table_hashes(&n);
         for (size_t i = 0; i < t->cap; i++) {
-            if (t->slots[i])
-                *table_slot(&n, t->slots[i]->key, strlen(t->slots[i]->key)) = t->slots[i];
+            if (!t->slots[i])
+                continue;
+            size_t j = old[i] & (cap - 1);
+            while (n.slots[j])
+                j = (j + 1) & (cap - 1);
+            n.slots[j] = t->slots[i];
+            hashes[j] = old[i];
         }
         free(t->slots);
         *t = n;
     }
-    *table_slot(t, s->key, strlen(s->key)) = s;
+    size_t len = strlen(s->key);
+    table_put(t, s, len, table_hash(t, s->key, len));
     t->count++;
     return true;
 }

@@ -4,6 +4,8 @@
  */
 #include "core.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -11,9 +13,55 @@
  * Values
  * ====================================================================== */
 
+/* The bytes a value of kind needs: its header and the union member its
+ * kind uses. A file of many tensors makes some ten values per tensor, most
+ * of them tuples, ints and strings: 16 or 32 bytes each instead of the 64
+ * of the biggest member (dicts and objects). */
+#define VALUE_SMALL (offsetof(ckpt_value, u) + sizeof(int64_t))
+#define VALUE_MEDIUM (offsetof(ckpt_value, u) + 3 * sizeof(void *))
+
+static_assert(sizeof(((ckpt_value *)0)->u.c) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "complex fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.s) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "text fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.seq) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "a sequence fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.tensor) <= VALUE_MEDIUM - offsetof(ckpt_value, u),
+              "a tensor fits a medium value");
+static_assert(sizeof(((ckpt_value *)0)->u.storage) <= VALUE_SMALL - offsetof(ckpt_value, u) &&
+              sizeof(((ckpt_value *)0)->u.dtype) <= VALUE_SMALL - offsetof(ckpt_value, u),
+              "scalars fit a small value");
+
+size_t ckpt__value_size(int kind)
+{
+    switch (kind) {
+    case CKPT_KIND_NONE:
+    case CKPT_KIND_BOOL:
+    case CKPT_KIND_INT:
+    case CKPT_KIND_FLOAT:
+    case CKPT_KIND_DTYPE:
+        return VALUE_SMALL;
+    case CKPT_KIND_BIGINT:
+    case CKPT_KIND_COMPLEX:
+    case CKPT_KIND_STR:
+    case CKPT_KIND_BYTES:
+    case CKPT_KIND_LIST:
+    case CKPT_KIND_TUPLE:
+    case CKPT_KIND_SET:
+    case CKPT_KIND_SIZE:
+    case CKPT_KIND_DEVICE:
+    case CKPT_KIND_GLOBAL:
+    case CKPT_KIND_TENSOR:
+    case CKPT__KIND_STORAGE: /* becomes a tensor in place (a bare storage) */
+        return VALUE_MEDIUM;
+    default:
+        return sizeof(ckpt_value); /* dicts, objects */
+    }
+}
+
 ckpt_value *ckpt__value_new(ckpt__arena *a, int kind)
 {
-    ckpt_value *v = ckpt__arena_alloc(a, sizeof(*v));
+    ckpt_value *v = ckpt__arena_alloc(a, ckpt__value_size(kind));
     if (v)
         v->kind = (uint16_t)kind;
     return v;
@@ -392,9 +440,19 @@ static bool is_dict(const ckpt_value *v)
     return v && (v->kind == CKPT_KIND_DICT || v->kind == CKPT_KIND_ORDERED_DICT);
 }
 
+/* The index holds index_cap slots (entry+1) followed by index_cap tags: the
+ * low 32 bits of each slot's key hash. A probe compares keys only on a
+ * matching tag, and a reindex places entries by their tags without hashing
+ * a key again (a slot is the hash's low bits; index_cap stays below 2^32
+ * as entries do). */
+static uint32_t *dict_tags(const ckpt_value *d)
+{
+    return d->u.dict.index + d->u.dict.index_cap;
+}
+
 /* Entry index of key, or SIZE_MAX; *slot gets the empty index slot where the
- * key would go when the dict has an index. */
-static size_t dict_find(const ckpt_value *d, const ckpt_value *key, size_t *slot)
+ * key would go and *tag its tag when the dict has an index. */
+static size_t dict_find(const ckpt_value *d, const ckpt_value *key, size_t *slot, uint32_t *tag)
 {
     if (d->u.dict.index_cap == 0) {
         for (size_t i = 0; i < d->u.dict.len; i++) {
@@ -404,15 +462,20 @@ static size_t dict_find(const ckpt_value *d, const ckpt_value *key, size_t *slot
         return SIZE_MAX;
     }
     size_t mask = d->u.dict.index_cap - 1;
-    size_t s = (size_t)key_hash(dict_hash_key(d), key) & mask;
+    uint64_t h = key_hash(dict_hash_key(d), key);
+    uint32_t t = (uint32_t)h;
+    const uint32_t *tags = dict_tags(d);
+    size_t s = (size_t)t & mask;
     for (;;) {
         uint32_t e = d->u.dict.index[s];
         if (e == 0) {
             if (slot)
                 *slot = s;
+            if (tag)
+                *tag = t;
             return SIZE_MAX;
         }
-        if (keys_equal(d->u.dict.keys[e - 1], key))
+        if (tags[s] == t && keys_equal(d->u.dict.keys[e - 1], key))
             return e - 1;
         s = (s + 1) & mask;
     }
@@ -420,18 +483,37 @@ static size_t dict_find(const ckpt_value *d, const ckpt_value *key, size_t *slot
 
 static bool dict_reindex(ckpt__arena *a, ckpt_value *d, size_t cap)
 {
-    if (cap > SIZE_MAX / sizeof(uint32_t))
+    if (cap > UINT32_MAX || cap > SIZE_MAX / 2 / sizeof(uint32_t))
         return false;
-    uint32_t *index = ckpt__arena_alloc(a, cap * sizeof(uint32_t));
+    uint32_t *index = ckpt__arena_alloc(a, 2 * cap * sizeof(uint32_t));
     if (!index)
         return false;
-    hash_key k = dict_hash_key(d);
+    uint32_t *tags = index + cap;
     size_t mask = cap - 1;
+    /* the tags of the entries, from the old index or hashed once */
+    size_t old_cap = d->u.dict.index_cap;
+    const uint32_t *old = d->u.dict.index, *old_tags = old ? old + old_cap : NULL;
+    hash_key k = dict_hash_key(d);
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i] == 0)
+            continue;
+        size_t s = old_tags[i] & mask;
+        while (index[s] != 0)
+            s = (s + 1) & mask;
+        index[s] = old[i];
+        tags[s] = old_tags[i];
+    }
+    /* entries not in the old index (all of them when there was none; the
+     * newest one otherwise) */
     for (size_t i = 0; i < d->u.dict.len; i++) {
-        size_t s = (size_t)key_hash(k, d->u.dict.keys[i]) & mask;
+        if (old && i + 1 < d->u.dict.len)
+            continue;
+        uint32_t t = (uint32_t)key_hash(k, d->u.dict.keys[i]);
+        size_t s = t & mask;
         while (index[s] != 0)
             s = (s + 1) & mask;
         index[s] = (uint32_t)(i + 1);
+        tags[s] = t;
     }
     d->u.dict.index = index;
     d->u.dict.index_cap = cap;
@@ -443,7 +525,8 @@ bool ckpt__dict_set(ckpt__arena *a, ckpt_value *dict, ckpt_value *key, ckpt_valu
     if (!is_dict(dict))
         return false;
     size_t slot = 0;
-    size_t found = dict_find(dict, key, &slot);
+    uint32_t tag = 0;
+    size_t found = dict_find(dict, key, &slot, &tag);
     if (found != SIZE_MAX) {
         dict->u.dict.vals[found] = val;
         return true;
@@ -485,6 +568,7 @@ bool ckpt__dict_set(ckpt__arena *a, ckpt_value *dict, ckpt_value *key, ckpt_valu
         return true;
     }
     dict->u.dict.index[slot] = (uint32_t)(len + 1);
+    dict_tags(dict)[slot] = tag;
     return true;
 
 undo:
@@ -497,7 +581,7 @@ ckpt_value *ckpt__dict_lookup(const ckpt_value *dict, const ckpt_value *key)
 {
     if (!is_dict(dict) || !key)
         return NULL;
-    size_t i = dict_find(dict, key, NULL);
+    size_t i = dict_find(dict, key, NULL, NULL);
     return i == SIZE_MAX ? NULL : dict->u.dict.vals[i];
 }
 

@@ -17,6 +17,8 @@ typedef struct zip_load {
     size_t name_cap;
     const char *storage_dir;    /* "data/", or "constants/" for constants.pkl */
     bool keep_storages;         /* added to the file (constants.pkl's are not) */
+    size_t next_record;         /* the entry after the last storage's: torch.save
+                                   writes storages' records as it pickles them */
 } zip_load;
 
 /* "PREFIX/" dir name[0..len) in the scratch buffer (once per storage: no
@@ -99,10 +101,11 @@ static ckpt_status zip_persistent_load(void *user, ckpt__pickle_ctx *ctx, const 
     const char *full = join_record_n(L, L->storage_dir, p.key, p.key_len);
     if (!full)
         return ckpt__fail(err, CKPT_ERR_NOMEM, rec, offset, "out of memory");
-    long idx = ckpt__zip_find(&f->zip, full);
+    long idx = ckpt__zip_find_near(&f->zip, full, strlen(full), L->next_record);
     if (idx < 0)
         return ckpt__fail(err, CKPT_ERR_FORMAT, rec, offset, "storage '%s' has no record '%s'",
                           p.key, full);
+    L->next_record = (size_t)idx + 1;
     const ckpt__zip_entry *e = &f->zip.entries[idx];
     /* torch < 2.10 did not check this: a short record overflowed the heap. */
     if (e->size != p.nbytes)
@@ -160,6 +163,7 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
     CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err));
     unsigned flags = (f->opts.flags & CKPT_OPEN_PERMISSIVE) ? CKPT__PICKLE_INERT : 0u;
     flags |= torchscript ? CKPT__PICKLE_TORCHSCRIPT : CKPT__PICKLE_NUMPY;
+    flags |= CKPT__PICKLE_PID_DONE; /* zip_persistent_load keeps the key's text, not the id */
     L->storage_dir = dir;
     L->keep_storages = keep;
     ckpt__pickle_ctx ctx = {

@@ -43,6 +43,10 @@ typedef ckpt_status (*ckpt__persistent_load_fn)(void *user, ckpt__pickle_ctx *ct
                                       torch.jit._pickle helpers are their values;
                                       torchbind classes (__torch__.torch.classes.*)
                                       are refused by name */
+#define CKPT__PICKLE_PID_DONE 0x10u /* persistent_load keeps no reference to the id it
+                                      is given (text it points into may stay): an id
+                                      tuple nothing else holds goes back to the arena
+                                      once a storage came of it */
 
 /* Scanning: every global the pickle names (GLOBAL, STACK_GLOBAL, INST), with
  * module and name as written and the value it became. */

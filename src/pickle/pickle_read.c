@@ -392,12 +392,45 @@ static ckpt_status pop_mark_with_target(vm *m, size_t *mark, ckpt_value **target
     return CKPT_OK;
 }
 
+static bool memo_bit(const uint8_t *bits, size_t nbits, uint64_t idx)
+{
+    return idx < nbits && ((bits[idx / 8] >> (idx % 8)) & 1);
+}
+
+/* Sets bit idx (< max_memo_entries) of a bitmap grown by doubling. */
+static bool memo_bit_set(uint8_t **bits, size_t *nbits, uint64_t idx)
+{
+    if (idx >= *nbits) {
+        size_t n = *nbits ? *nbits : 1024;
+        while (n <= idx)
+            n *= 2;
+        uint8_t *p = realloc(*bits, n / 8);
+        if (!p)
+            return false;
+        memset(p + *nbits / 8, 0, (n - *nbits) / 8);
+        *bits = p;
+        *nbits = n;
+    }
+    (*bits)[idx / 8] |= (uint8_t)(1u << (idx % 8));
+    return true;
+}
+
 static ckpt_status memo_put(vm *m, uint64_t idx, ckpt_value *v)
 {
     if (idx >= m->limits->max_memo_entries)
         return ckpt__vm_fail(m, CKPT_ERR_LIMIT, "memo index %llu exceeds max_memo_entries (%llu)",
                              (unsigned long long)idx,
                              (unsigned long long)m->limits->max_memo_entries);
+    if (m->recycle && !memo_bit(m->memo_read, m->memo_read_bits, idx)) {
+        /* a key nothing reads: only that it exists counts (MEMOIZE numbers
+         * keys by their count), one bit instead of a slot */
+        if (!memo_bit(m->memo_unread, m->memo_unread_bits, idx)) {
+            if (!memo_bit_set(&m->memo_unread, &m->memo_unread_bits, idx))
+                return ckpt__vm_fail(m, CKPT_ERR_NOMEM, "out of memory");
+            m->memo_count++;
+        }
+        return CKPT_OK;
+    }
     if (idx >= m->memo_cap) {
         uint64_t cap = m->memo_cap ? (uint64_t)m->memo_cap * 2 : 64;
         if (cap < idx + 1)
@@ -416,6 +449,8 @@ static ckpt_status memo_put(vm *m, uint64_t idx, ckpt_value *v)
     if (!m->memo[idx])
         m->memo_count++;
     m->memo[idx] = v;
+    if (m->recycle)
+        v->flags |= CKPT__VF_SHARED; /* a key that is read */
     return CKPT_OK;
 }
 
@@ -424,8 +459,115 @@ static ckpt_status memo_get(vm *m, uint64_t idx, ckpt_value **out)
     if (idx >= m->memo_cap || !m->memo[idx])
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "memo key %llu was never stored",
                              (unsigned long long)idx);
+    /* never hand out what may have been recycled: the scan saw every read */
+    if (m->recycle && !memo_bit(m->memo_read, m->memo_read_bits, idx))
+        return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "memo key %llu is read where the opcode scan "
+                             "saw no read", (unsigned long long)idx);
     *out = m->memo[idx];
     return CKPT_OK;
+}
+
+/* ---- the scan of memo reads ------------------------------------------ */
+
+#define MEMO_READ_MAX_BITS ((uint64_t)1 << 24)
+
+static bool memo_read_mark(vm *m, uint64_t idx)
+{
+    if (idx >= m->limits->max_memo_entries)
+        return true; /* memo_put refuses such a key: nothing is stored there */
+    if (idx >= MEMO_READ_MAX_BITS)
+        return false;
+    return memo_bit_set(&m->memo_read, &m->memo_read_bits, idx);
+}
+
+/* Reads the opcodes from the start to the first STOP as run() reads them
+ * (arguments only: nothing is made) and marks every memo key read. True
+ * when it got to STOP; false on anything it does not know (run() then
+ * recycles nothing and reports what is wrong itself). */
+static bool memo_scan(vm *m)
+{
+    const uint8_t *d = m->data;
+    size_t pos = 0, end = m->end;
+    while (pos < end) {
+        uint8_t op = d[pos++];
+        uint64_t n = 0;
+        size_t w = 0;   /* width of a length prefix */
+        switch (op) {
+        case OP_STOP:
+            return true;
+        case OP_MARK: case OP_POP: case OP_POP_MARK: case OP_DUP: case OP_NONE:
+        case OP_BINPERSID: case OP_REDUCE: case OP_APPEND: case OP_BUILD: case OP_DICT:
+        case OP_EMPTY_DICT: case OP_APPENDS: case OP_LIST: case OP_EMPTY_LIST: case OP_OBJ:
+        case OP_SETITEM: case OP_TUPLE: case OP_EMPTY_TUPLE: case OP_SETITEMS: case OP_NEWOBJ:
+        case OP_TUPLE1: case OP_TUPLE2: case OP_TUPLE3: case OP_NEWTRUE: case OP_NEWFALSE:
+        case OP_EMPTY_SET: case OP_ADDITEMS: case OP_FROZENSET: case OP_NEWOBJ_EX:
+        case OP_STACK_GLOBAL: case OP_MEMOIZE: case OP_NEXT_BUFFER: case OP_READONLY_BUFFER:
+            continue;
+        case OP_BININT1: case OP_BINPUT: case OP_PROTO: case OP_EXT1: n = 1; break;
+        case OP_BININT2: case OP_EXT2: n = 2; break;
+        case OP_BININT: case OP_LONG_BINPUT: case OP_EXT4: n = 4; break;
+        case OP_BINFLOAT: case OP_FRAME: n = 8; break;
+        case OP_BINGET:
+        case OP_LONG_BINGET: {
+            size_t k = op == OP_BINGET ? 1 : 4;
+            if (end - pos < k)
+                return false;
+            uint64_t idx = op == OP_BINGET ? d[pos] : ckpt__le32(d + pos);
+            if (!memo_read_mark(m, idx))
+                return false;
+            pos += k;
+            continue;
+        }
+        case OP_SHORT_BINSTRING: case OP_SHORT_BINUNICODE: case OP_SHORT_BINBYTES:
+        case OP_LONG1: w = 1; break;
+        case OP_BINSTRING: case OP_BINUNICODE: case OP_BINBYTES: case OP_LONG4: w = 4; break;
+        case OP_BINUNICODE8: case OP_BINBYTES8: case OP_BYTEARRAY8: w = 8; break;
+        case OP_INT: case OP_LONG: case OP_FLOAT: case OP_STRING: case OP_UNICODE: case OP_GET:
+        case OP_PUT: case OP_PERSID: case OP_GLOBAL: case OP_INST: {
+            int lines = op == OP_GLOBAL || op == OP_INST ? 2 : 1;
+            size_t start = pos;
+            for (int l = 0; l < lines; l++) {
+                const uint8_t *nl = memchr(d + pos, '\n', end - pos);
+                if (!nl)
+                    return false;
+                if (op == OP_GET) {
+                    uint64_t idx;
+                    if (!parse_index((const char *)d + start, (size_t)(nl - (d + start)), &idx))
+                        return false;
+                    if (!memo_read_mark(m, idx))
+                        return false;
+                }
+                pos = (size_t)(nl - d) + 1;
+            }
+            continue;
+        }
+        default:
+            return false;
+        }
+        if (w) {
+            if (end - pos < w)
+                return false;
+            n = w == 1 ? d[pos] : w == 4 ? ckpt__le32(d + pos) : ckpt__le64(d + pos);
+            pos += w;
+        }
+        if (n > end - pos)
+            return false;
+        pos += (size_t)n;
+    }
+    return false;
+}
+
+static bool recyclable(const vm *m, const ckpt_value *v)
+{
+    return m->recycle && v && v->kind == CKPT_KIND_TUPLE &&
+           (v->flags & (CKPT__VF_FRESH | CKPT__VF_SHARED)) == CKPT__VF_FRESH;
+}
+
+/* Gives a tuple that nothing refers to any more back to the arena. */
+static void release_tuple(vm *m, ckpt_value *v)
+{
+    ckpt__arena_release(m->arena, v->u.seq.items, v->u.seq.cap * sizeof(ckpt_value *));
+    ckpt__arena_release(m->arena, v, ckpt__value_size(CKPT_KIND_TUPLE));
 }
 
 /* ---- values ------------------------------------------------------------ */
@@ -913,6 +1055,9 @@ static ckpt_status persistent(vm *m, ckpt_value *pid)
         return st;
     if (!v)
         return ckpt__vm_fail(m, CKPT_ERR_FORMAT, "persistent id resolved to nothing");
+    if ((ctx->flags & CKPT__PICKLE_PID_DONE) && v->kind == CKPT__KIND_STORAGE && v != pid &&
+        recyclable(m, pid))
+        release_tuple(m, pid);
     return push(m, v);
 }
 
@@ -920,18 +1065,22 @@ static ckpt_status persistent(vm *m, ckpt_value *pid)
 static ckpt_status collect_marked(vm *m, int kind)
 {
     size_t mark = 0;
-    ckpt_value *v;
+    ckpt_value *v = NULL;
     CKPT_RETURN_IF_ERROR(pop_mark(m, &mark));
     CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, kind, m->stack + mark, m->sp - mark, &v));
+    if (kind == CKPT_KIND_TUPLE && m->sp > mark)
+        v->flags |= CKPT__VF_FRESH;
     m->sp = mark;
     return push(m, v);
 }
 
 static ckpt_status collect_tuple(vm *m, size_t n)
 {
-    ckpt_value *v;
+    ckpt_value *v = NULL;
     CKPT_RETURN_IF_ERROR(need_items(m, n));
     CKPT_RETURN_IF_ERROR(ckpt__vm_seq(m, CKPT_KIND_TUPLE, m->stack + m->sp - n, n, &v));
+    if (n)
+        v->flags |= CKPT__VF_FRESH;
     m->sp -= n;
     return push(m, v);
 }
@@ -1060,6 +1209,27 @@ static ckpt_status op_reduce(vm *m)
     CKPT_RETURN_IF_ERROR(ckpt__vm_apply(m, fn, args, args->u.seq.items, args->u.seq.len, NULL,
                                         CKPT_SCAN_USE_REDUCE, &v));
     m->sp -= 2;
+    if (fn->kind != CKPT_KIND_GLOBAL)
+        return push(m, v);
+    /* OrderedDict(): a new dict, referred to by the stack alone */
+    if (fn->global_id == CKPT__G_ORDERED_DICT && v->kind == CKPT_KIND_ORDERED_DICT)
+        v->flags |= CKPT__VF_FRESH;
+    /* _rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+     * backward_hooks) copies what it needs of its arguments into the
+     * tensor and drops the hooks */
+    if (v->kind == CKPT_KIND_TENSOR && fn->global_id == CKPT__G_REBUILD_TENSOR_V2 &&
+        recyclable(m, args)) {
+        for (size_t i = 2; i < 4 && i < args->u.seq.len; i++) {
+            if (recyclable(m, args->u.seq.items[i]))
+                release_tuple(m, args->u.seq.items[i]);
+        }
+        ckpt_value *hooks = args->u.seq.len > 5 ? args->u.seq.items[5] : NULL;
+        if (m->recycle && hooks && hooks->kind == CKPT_KIND_ORDERED_DICT &&
+            (hooks->flags & (CKPT__VF_FRESH | CKPT__VF_SHARED)) == CKPT__VF_FRESH &&
+            hooks->u.dict.cap == 0 && !hooks->u.dict.state)
+            ckpt__arena_release(m->arena, hooks, ckpt__value_size(CKPT_KIND_ORDERED_DICT));
+        release_tuple(m, args);
+    }
     return push(m, v);
 }
 
@@ -1214,6 +1384,7 @@ static ckpt_status run(vm *m, ckpt_value **result)
         }
         case OP_DUP:
             CKPT_RETURN_IF_ERROR(need_items(m, 1));
+            m->stack[m->sp - 1]->flags |= CKPT__VF_SHARED;
             CKPT_RETURN_IF_ERROR(push(m, m->stack[m->sp - 1]));
             break;
 
@@ -1545,8 +1716,10 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
     m.stack = malloc(m.stack_cap * sizeof(*m.stack));
     if (!m.stack)
         st = ckpt__fail(err, CKPT_ERR_NOMEM, ctx->record, 0, "out of memory");
-    else
+    else {
+        m.recycle = memo_scan(&m);
         st = run(&m, &result);
+    }
     if (st == CKPT_OK) {
         *out = result;
         if (consumed)
@@ -1555,6 +1728,8 @@ ckpt_status ckpt__unpickle(ckpt__pickle_ctx *ctx, const uint8_t *data, size_t si
     free(m.stack);
     free(m.marks);
     free(m.memo);
+    free(m.memo_read);
+    free(m.memo_unread);
     return st;
 }
 

@@ -35,6 +35,18 @@ typedef struct vm {
 
     ckpt_value **memo;    /* dense: memo[i] or NULL, i < max_memo_entries */
     size_t memo_cap, memo_count;
+    /* The memo keys the pickle ever reads (GET, BINGET, LONG_BINGET), found
+     * by a scan of its opcodes before it runs: a value put under no such key
+     * and never DUP'd is referred to by one place only, so the argument
+     * tuples that _rebuild_tensor_v2 consumed can be given back to the
+     * arena. recycle is false when the scan could not tell. */
+    uint8_t *memo_read;   /* bitmap of keys */
+    size_t memo_read_bits;
+    bool recycle;
+    /* with recycle, keys that are put but never read are not kept in memo:
+     * this bitmap only tells which exist (for memo_count) */
+    uint8_t *memo_unread;
+    size_t memo_unread_bits;
 
     uint64_t work, work_limit;
 

@@ -26,7 +26,8 @@ typedef struct ckpt__zip {
     uint64_t size;
     ckpt__zip_entry *entries;  /* central directory order */
     size_t count;
-    uint32_t *sorted;          /* indices sorted by name, for lookup */
+    uint32_t *index;           /* hash of names (ASCII case folded): slot -> entry+1 */
+    size_t index_cap;          /* a power of two, at least twice count */
     char *names;               /* storage for names */
 } ckpt__zip;
 
@@ -36,8 +37,13 @@ bool ckpt__zip_detect(const uint8_t *data, uint64_t size);
 ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
                            const ckpt_limits *limits, ckpt_error *err);
 void ckpt__zip_close(ckpt__zip *z);
-/* Index of the entry with this exact name, or -1. */
+/* Index of the entry with this name (ASCII case ignored, as torch's reader
+ * ignores it; an open archive has no two such names), or -1. */
 long ckpt__zip_find(const ckpt__zip *z, const char *name);
+/* The same for name[0..len), looking at entry hint first: readers that
+ * look records up in the order the archive holds them pass the entry after
+ * the last one found, and skip the hash. */
+long ckpt__zip_find_near(const ckpt__zip *z, const char *name, size_t len, size_t hint);
 /* The entry's bytes: stored ones point into the map (*owned = NULL); deflated
  * ones are inflated into a malloc'd buffer returned in *owned too. */
 ckpt_status ckpt__zip_read(const ckpt__zip *z, size_t index, const ckpt_limits *limits,

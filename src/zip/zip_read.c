@@ -599,10 +599,73 @@ static int name_cmp(const char *x, size_t xn, const char *y, size_t yn)
     return (xn > yn) - (xn < yn);
 }
 
-static int zip_compare_names(const ckpt__zip_entry *entries, uint32_t a, uint32_t b)
+/* ---- the name index ---------------------------------------------------
+ * Names come from the file: a fixed hash would let an archive send every
+ * name to one slot and make its open quadratic. SipHash-1-3 keyed from
+ * addresses (which ASLR varies), of the name with ASCII case folded as
+ * name_cmp folds it. */
+
+#define ZIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define ZIP_SIPROUND                                                          \
+    do {                                                                      \
+        v0 += v1; v1 = ZIP_ROTL(v1, 13); v1 ^= v0; v0 = ZIP_ROTL(v0, 32);     \
+        v2 += v3; v3 = ZIP_ROTL(v3, 16); v3 ^= v2;                            \
+        v0 += v3; v3 = ZIP_ROTL(v3, 21); v3 ^= v0;                            \
+        v2 += v1; v1 = ZIP_ROTL(v1, 17); v1 ^= v2; v2 = ZIP_ROTL(v2, 32);     \
+    } while (0)
+
+/* Eight bytes with 'A'..'Z' made lower case. */
+static uint64_t fold8(uint64_t w)
 {
-    const ckpt__zip_entry *x = &entries[a], *y = &entries[b];
-    return name_cmp(x->name, x->name_len, y->name, y->name_len);
+    uint64_t hi = 0x8080808080808080ull;
+    uint64_t low7 = w & ~hi;
+    uint64_t ge_a = low7 + 0x3f3f3f3f3f3f3f3full;     /* bit 7: byte >= 'A' */
+    uint64_t gt_z = low7 + 0x2525252525252525ull;     /* bit 7: byte > 'Z' */
+    uint64_t upper = ge_a & ~gt_z & ~w & hi;          /* 'A'..'Z', high bit clear */
+    return w | (upper >> 2);                          /* + 0x20 */
+}
+
+static uint64_t name_hash(const void *owner, const char *name, size_t n)
+{
+    uint64_t k0 = (uint64_t)(uintptr_t)owner * 0x9e3779b97f4a7c15ull;
+    uint64_t k1 = (uint64_t)(uintptr_t)&name_hash ^ 0x2545f4914f6cdd1dull;
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+    const uint8_t *p = (const uint8_t *)name;
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t m = fold8(ckpt__le64(p + i));
+        v3 ^= m;
+        ZIP_SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t tail = 0;
+    for (size_t j = 0; i + j < n; j++)
+        tail |= (uint64_t)p[i + j] << (8 * j);
+    uint64_t last = ((uint64_t)n << 56) | (fold8(tail) & 0x00ffffffffffffffull);
+    v3 ^= last;
+    ZIP_SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    ZIP_SIPROUND;
+    ZIP_SIPROUND;
+    ZIP_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The slot of name in the index: its entry's, or the empty one where it
+ * would go. */
+static size_t index_slot(const ckpt__zip *z, const char *name, size_t len)
+{
+    size_t mask = z->index_cap - 1;
+    for (size_t s = (size_t)name_hash(z->entries, name, len) & mask;; s = (s + 1) & mask) {
+        uint32_t e = z->index[s];
+        if (e == 0)
+            return s;
+        const ckpt__zip_entry *x = &z->entries[e - 1];
+        if (name_cmp(x->name, x->name_len, name, len) == 0)
+            return s;
+    }
 }
 
 /* Stable bottom-up merge sort; n is bounded by an allocation, so 2 * width
@@ -646,7 +709,7 @@ void ckpt__zip_close(ckpt__zip *z)
     if (!z)
         return;
     free(z->entries);
-    free(z->sorted);
+    free(z->index);
     free(z->names);
     memset(z, 0, sizeof *z);
 }
@@ -722,11 +785,14 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
      * 46 bytes besides its name. */
     z->names = malloc((size_t)dir.cd_size);
     z->entries = calloc(count, sizeof *z->entries);
-    z->sorted = malloc(count * sizeof *z->sorted);
+    z->index_cap = 16;
+    while (z->index_cap < count * 2) /* count fits 32 bits (checked above) */
+        z->index_cap *= 2;
+    z->index = calloc(z->index_cap, sizeof *z->index);
     spans = malloc(count * sizeof *spans);
     order = malloc(count * sizeof *order);
     scratch = malloc(count * sizeof *scratch);
-    if (!z->names || !z->entries || !z->sorted || !spans || !order || !scratch) {
+    if (!z->names || !z->entries || !z->index || !spans || !order || !scratch) {
         st = ZIP_FAIL(err, CKPT_ERR_NOMEM, "zip", dir.cd_offset,
                       "out of memory for a central directory of %zu entries", count);
         goto cleanup;
@@ -763,9 +829,14 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
 
     /* Overlap: in file order, each entry must end before the next begins.
      * Two central records sharing one local header are caught here too. */
+    size_t in_order = 1; /* writers list entries in file order: no sort then */
     for (size_t i = 0; i < count; i++)
         order[i] = (uint32_t)i;
-    zip_sort(order, scratch, count, zip_compare_offsets, z->entries);
+    while (in_order < count &&
+           z->entries[in_order - 1].header_offset < z->entries[in_order].header_offset)
+        in_order++;
+    if (in_order < count)
+        zip_sort(order, scratch, count, zip_compare_offsets, z->entries);
     if (z->entries[order[0]].header_offset != 0) {
         st = ZIP_FAIL(err, CKPT_ERR_FORMAT, "zip", 0,
                       "%llu bytes before the first local header (expected the archive to start "
@@ -787,26 +858,23 @@ ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
         }
     }
 
-    for (size_t i = 0; i < count; i++)
-        z->sorted[i] = (uint32_t)i;
-    zip_sort(z->sorted, scratch, count, zip_compare_names, z->entries);
-    for (size_t i = 1; i < count; i++) {
-        if (zip_compare_names(z->entries, z->sorted[i - 1], z->sorted[i]) == 0) {
+    for (size_t i = 0; i < count; i++) {
+        const ckpt__zip_entry *e = &z->entries[i];
+        size_t slot = index_slot(z, e->name, e->name_len);
+        if (z->index[slot] != 0) {
             /* Name the later record: readers disagree on which copy wins. */
-            uint32_t a = z->sorted[i - 1], b = z->sorted[i];
-            uint32_t later = a > b ? a : b;
-            const ckpt__zip_entry *dup = &z->entries[later];
+            const ckpt__zip_entry *first = &z->entries[z->index[slot] - 1];
             char q[128];
-            const ckpt__zip_entry *first = &z->entries[a > b ? b : a];
-            bool same = first->name_len == dup->name_len &&
-                        memcmp(first->name, dup->name, dup->name_len) == 0;
-            st = ZIP_FAIL(err, CKPT_ERR_FORMAT, dup->name, spans[later].central_offset,
+            bool same = first->name_len == e->name_len &&
+                        memcmp(first->name, e->name, e->name_len) == 0;
+            st = ZIP_FAIL(err, CKPT_ERR_FORMAT, e->name, spans[i].central_offset,
                           same ? "duplicate entry name '%s' (ambiguous archive)"
                                : "entry name '%s' differs from another only in case, which "
                                  "torch's zip reader ignores (ambiguous archive)",
-                          ckpt__quote(q, sizeof q, dup->name, dup->name_len, false));
+                          ckpt__quote(q, sizeof q, e->name, e->name_len, false));
             goto cleanup;
         }
+        z->index[slot] = (uint32_t)(i + 1);
     }
 
 cleanup:
@@ -822,20 +890,19 @@ long ckpt__zip_find(const ckpt__zip *z, const char *name)
 {
     if (!z || !name || z->count == 0)
         return -1;
-    size_t len = strlen(name);
-    size_t lo = 0, hi = z->count;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const ckpt__zip_entry *e = &z->entries[z->sorted[mid]];
-        int c = name_cmp(e->name, e->name_len, name, len);
-        if (c == 0)
-            return (long)z->sorted[mid];
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
+    uint32_t e = z->index[index_slot(z, name, strlen(name))];
+    return e ? (long)e - 1 : -1;
+}
+
+long ckpt__zip_find_near(const ckpt__zip *z, const char *name, size_t len, size_t hint)
+{
+    if (!z || !name || z->count == 0)
+        return -1;
+    if (hint < z->count &&
+        name_cmp(z->entries[hint].name, z->entries[hint].name_len, name, len) == 0)
+        return (long)hint;
+    uint32_t e = z->index[index_slot(z, name, len)];
+    return e ? (long)e - 1 : -1;
 }
 
 /* Refuses an entry whose inflated size passes the limits, before inflating. */

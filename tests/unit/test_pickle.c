@@ -802,6 +802,91 @@ static void test_persistent_ids(void **state)
            CKPT_ERR_FORMAT, 27, "not a storage class");
 }
 
+/* The argument tuples of _rebuild_tensor_v2 are given back to the arena
+ * when no memo key of theirs is ever read; a tuple whose key is read later
+ * stays whole, and memory given back serves later tuples intact. */
+#define REBUILD_ARGS(size_put, stride_put, args_put)                               \
+    "(c" "torch._utils\n_rebuild_tensor_v2\n"                                     \
+    "((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0"      \
+    "X\x03\x00\x00\x00" "cpuK\x06tQK\x00"                                            \
+    "K\x02K\x03\x86q" size_put "K\x03K\x01\x86q" stride_put                      \
+    "\x89" "ccollections\nOrderedDict\n)Rtq" args_put "R"
+
+static void test_rebuild_args_recycled(void **state)
+{
+    (void)state;
+    /* what a pickle of OrderedDict() alone makes */
+#define ODICT "\x80\x02" "ccollections\nOrderedDict\n)R."
+    uint64_t before = g_arena.used;
+    assert_int_equal(ckpt_value_kind(OKP(ODICT)), CKPT_KIND_ORDERED_DICT);
+    uint64_t odict = g_arena.used - before;
+    /* the keys read (and popped) right after the call: nothing is given
+     * back */
+#define AFTER_CALL "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt."
+    before = g_arena.used;
+    ckpt_value *v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03"
+                        "0" AFTER_CALL);
+    uint64_t whole = g_arena.used - before;
+    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
+                   "(11, 12, 13, 14, 15, 16))");
+    /* keys 1..3 never read: the three tuples and the hooks' OrderedDict are
+     * given back, and the three tuples made after the call take the tuples'
+     * memory (32 bytes each, items of 16, 16 and 48) */
+    before = g_arena.used;
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") AFTER_CALL);
+    assert_int_equal(g_arena.used - before, whole - (3 * 32 + 16 + 16 + 48));
+    assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0), (7, 8), (9, 10), "
+                   "(11, 12, 13, 14, 15, 16))");
+    /* ... and the next OrderedDict takes the dict's 64 bytes */
+    before = g_arena.used;
+    v = OKP(ODICT);
+    assert_int_equal(ckpt_value_kind(v), CKPT_KIND_ORDERED_DICT);
+    assert_int_equal(g_arena.used - before, odict - 64);
+#undef ODICT
+    /* with CKPT__PICKLE_PID_DONE the persistent id's tuple goes back once
+     * a storage came of it, and the size tuple and the arguments' items
+     * take its 32 and 48 bytes */
+    static const char keep[] = "\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01" "0h\x02" "0h\x03"
+                       "0t.";
+    size_t keep_len = sizeof(keep) - 1; /* it holds NULs */
+    uint64_t sizes[2];
+    for (int done = 0; done < 2; done++) {
+        ckpt__pickle_ctx ctx = {
+            .limits = &g_limits, .arena = &g_arena, .record = "test.pkl",
+            .persistent_load = fake_load, .protocol = 42,
+            .flags = done ? CKPT__PICKLE_PID_DONE : 0u,
+        };
+        before = g_arena.used;
+        assert_int_equal(ckpt__unpickle(&ctx, (const uint8_t *)keep, keep_len, NULL, &v, &g_err),
+                         CKPT_OK);
+        sizes[done] = g_arena.used - before;
+        assert_repr(v, "(tensor(float32, [2, 3], [3, 1], off=0))");
+    }
+    assert_int_equal(sizes[0] - sizes[1], 32 + 48);
+    /* keys nothing reads are not kept, but still count for MEMOIZE's
+     * numbering: the third key is 2, and a key put twice counts once */
+    assert_repr(OK("\x80\x04(K\x01\x94K\x02\x94K\x03\x94h\x02t."), "(1, 2, 3, 3)");
+    assert_repr(OK("\x80\x04(K\x01q\x00K\x02q\x00K\x03\x94h\x01t."), "(1, 2, 3, 3)");
+#undef AFTER_CALL
+    /* the size tuple's key (1) and the arguments' key (3) are read again
+     * after the call: both stay whole and are the same objects */
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "h\x01h\x03"
+            "K\x07K\x08\x86K\x09K\x0a\x86(K\x0bK\x0cK\x0dK\x0eK\x0fK\x10tt.");
+    assert_int_equal(ckpt_value_len(v), 6);
+    const ckpt_value *size = ckpt_value_item(v, 1), *args = ckpt_value_item(v, 2);
+    assert_repr(size, "(2, 3)");
+    assert_int_equal(ckpt_value_kind(args), CKPT_KIND_TUPLE);
+    assert_int_equal(ckpt_value_len(args), 6);
+    assert_ptr_equal(ckpt_value_item(args, 2), size);
+    assert_repr(ckpt_value_item(args, 3), "(3, 1)");
+    assert_repr(ckpt_value_item(v, 3), "(7, 8)");
+    assert_repr(ckpt_value_item(v, 5), "(11, 12, 13, 14, 15, 16)");
+    /* a read by text (GET) counts as one too */
+    v = OKP("\x80\x02" REBUILD_ARGS("\x01", "\x02", "\x03") "g2\nK\x07K\x08\x86t.");
+    assert_repr(ckpt_value_item(v, 1), "(3, 1)");
+    assert_repr(ckpt_value_item(v, 2), "(7, 8)");
+}
+
 /* ======================================================================
  * Globals: the allow-list
  * ====================================================================== */
@@ -1873,6 +1958,7 @@ int main(void)
         T(test_framing_and_stop),
         T(test_frames),
         T(test_persistent_ids),
+        T(test_rebuild_args_recycled),
         T(test_globals),
         T(test_unsafe_globals),
         T(test_calls),

@@ -16,6 +16,7 @@
 #include "zip.h"
 #include "support.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <libdeflate.h>
 #include <stdio.h>
@@ -364,7 +365,7 @@ static ckpt_error expect_fail(const uint8_t *p, size_t size, const ckpt_limits *
     assert_true(err.offset <= size);
     /* a failed open leaves nothing behind */
     assert_null(z.entries);
-    assert_null(z.sorted);
+    assert_null(z.index);
     assert_null(z.names);
     assert_int_equal(z.count, 0);
     ckpt__zip_close(&z);
@@ -467,9 +468,29 @@ static void test_find(void **state)
     assert_int_equal(ckpt__zip_find(&z, "zzz"), -1);
     assert_int_equal(ckpt__zip_find(&z, "/"), -1);
     assert_int_equal(ckpt__zip_find(&z, NULL), -1);
-    /* sorted really is sorted by name */
-    for (size_t i = 1; i < z.count; i++)
-        assert_true(strcmp(z.entries[z.sorted[i - 1]].name, z.entries[z.sorted[i]].name) < 0);
+    /* every entry is found by its name, in either case, and the index holds
+     * each once */
+    size_t held = 0;
+    for (size_t i = 0; i < z.index_cap; i++)
+        held += z.index[i] != 0;
+    assert_int_equal(held, z.count);
+    for (size_t i = 0; i < z.count; i++) {
+        char upper[256];
+        size_t n = strlen(z.entries[i].name);
+        assert_true(n < sizeof upper);
+        for (size_t k = 0; k <= n; k++)
+            upper[k] = (char)toupper((unsigned char)z.entries[i].name[k]);
+        assert_int_equal(ckpt__zip_find(&z, z.entries[i].name), (long)i);
+        assert_int_equal(ckpt__zip_find(&z, upper), (long)i);
+        /* near: the hint right, wrong, past the end */
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, i), (long)i);
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, (i + 1) % z.count), (long)i);
+        assert_int_equal(ckpt__zip_find_near(&z, upper, n, z.count + 5), (long)i);
+        /* a prefix is not this entry, even with the hint on it */
+        if (n > 1)
+            assert_true(ckpt__zip_find_near(&z, upper, n - 1, i) != (long)i);
+    }
+    assert_int_equal(ckpt__zip_find_near(&z, "zzz", 3, 0), -1);
     const uint8_t *data;
     uint8_t *owned;
     assert_int_equal(ckpt__zip_read(&z, z.count, &l, &data, &owned, &err), CKPT_ERR_INVALID_ARG);
