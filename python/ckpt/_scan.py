@@ -214,6 +214,13 @@ def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
                 r["crc32"] = f"{ri.crc32:08x}"
             r["compressed"] = bool(ri.compressed)
             records.append(r)
+        # a TorchScript archive (read with torchscript_weights): a torch zip
+        # holding PREFIX/constants.pkl or PREFIX/code/, as the CLI tells it
+        prefix = details["prefix"]
+        details["torchscript"] = bool(
+            fmt == "torch-zip" and prefix and any(
+                r["name"] in (prefix + "/constants.pkl",) or
+                r["name"].startswith(prefix + "/code/") for r in records))
         tensors = []
         model_key = _default_state_dict(lib.ckpt_file_root(h))
         dedup = fmt != "sharded"  # a sharded file's shards number storages each
