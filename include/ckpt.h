@@ -709,6 +709,65 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
 CKPT_API void ckpt_remove_temporaries(void);
 
 /* ========================================================================
+ * Writing distributed checkpoints (PyTorch DCP directories)
+ *
+ * ckpt_dcp_save writes a directory that torch.distributed.checkpoint.load
+ * (torch 2.3+) reads with any world size: .metadata (a protocol 4 pickle of
+ * torch 2.x's Metadata, TensorStorageMetadata, ChunkStorageMetadata,
+ * MetadataIndex, _StorageInfo, StorageMeta) and __RANK_0.distcp, one file
+ * per rank that has something to write, each item in it a whole torch.save
+ * archive at its offset. The state dict is flattened as torch does
+ * ("model.0.weight", "lst.1"; planner_data keeps the nesting).
+ *
+ * Every rank calls it with its own tree, the same dir and the same options:
+ * a tensor marked in opts->shards is that rank's chunk of a global tensor;
+ * every other value (unmarked tensors, ints, hyperparameters) is replicated
+ * and written once, from the coordinator's tree. The commit is atomic for
+ * the whole directory: the files go to DIR.tmp-ID beside it, each rank
+ * fsyncs its file, the coordinator gathers the chunk lists (MPI_Gather and
+ * MPI_Gatherv), writes and syncs .metadata, swaps the new directory into
+ * place (renameat2 RENAME_EXCHANGE over an old one), fsyncs the parent and
+ * removes the old directory. A crash of any rank at any point leaves the
+ * previous DIR whole; leftovers (DIR.tmp-*, DIR.old-*) are removed by the
+ * next save. All ranks return the same status.
+ *
+ * MPI is optional at build time (CKPT_MPI, on when mpi.h is found). Without
+ * it, or when MPI is not initialized, the same call writes the directory
+ * from this process alone (rank 0 of 1).
+ * ======================================================================== */
+
+/* A set of tensor chunks: which tensors of a rank's tree are its part of a
+ * global tensor, and where they lie in it. */
+typedef struct ckpt_dcp_shards ckpt_dcp_shards;
+
+CKPT_API ckpt_dcp_shards *ckpt_dcp_shards_new(void);
+CKPT_API void ckpt_dcp_shards_free(ckpt_dcp_shards *shards);
+/* Marks tensor (a value of the tree to be saved; its shape is the chunk's
+ * sizes) as the chunk of a global tensor of ndim dimensions global_shape
+ * starting at offsets. The chunk must lie inside the global tensor. */
+CKPT_API ckpt_status ckpt_dcp_shards_add(ckpt_dcp_shards *shards, const ckpt_value *tensor,
+                                         uint32_t ndim, const int64_t *global_shape,
+                                         const int64_t *offsets, ckpt_error *err);
+
+typedef struct ckpt_dcp_save_options {
+    size_t struct_size;              /* sizeof(ckpt_dcp_save_options) */
+    unsigned flags;                  /* CKPT_SAVE_NO_FSYNC */
+    const ckpt_dcp_shards *shards;   /* NULL: every tensor is whole */
+    /* An MPI_Comm * (CKPT_MPI builds only); NULL: MPI_COMM_WORLD when MPI is
+     * initialized, else this process alone. */
+    const void *comm;
+    int coordinator;                 /* the rank writing .metadata (0) */
+} ckpt_dcp_save_options;
+
+CKPT_API void ckpt_dcp_save_options_default(ckpt_dcp_save_options *opts);
+/* Saves a state dict (root: a DICT or ORDERED_DICT) as the DCP directory
+ * dir; collective over the communicator. */
+CKPT_API ckpt_status ckpt_dcp_save(const char *dir, const ckpt_value *root,
+                                   const ckpt_dcp_save_options *opts, ckpt_error *err);
+/* Whether this build of the library has MPI (CKPT_MPI). */
+CKPT_API bool ckpt_dcp_has_mpi(void);
+
+/* ========================================================================
  * Checkpoint manager
  *
  * A manager keeps a directory of checkpoints for a training run:

@@ -127,4 +127,11 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 const ckpt_save_options *opts, uint64_t zip64_threshold,
                                 ckpt__staged *stage, ckpt_error *err);
 
+/* One whole torch.save archive appended to an output already open (a DCP
+ * .distcp file holds one per item): its zip offsets count from its first
+ * byte, as torch.load of those bytes alone needs; *len gets its size.
+ * opts->prefix NULL gives "archive", as torch.save to a buffer. */
+ckpt_status ckpt__save_torch_append(ckpt__out *out, const ckpt_value *root,
+                                    const ckpt_save_options *opts, uint64_t *len, ckpt_error *err);
+
 #endif /* CKPT_FORMAT_H */
