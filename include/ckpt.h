@@ -699,6 +699,26 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
                                            const ckpt_save_options *opts, ckpt_error *err);
 
 /*
+ * Saves the tensors of a tree as a sharded safetensors set in the directory
+ * dir, as transformers' save_pretrained does: in the tree's order, shards
+ * of at most max_shard_size bytes of tensor data (a tensor larger than that
+ * alone in its shard; tensors sharing a storage in the first one's shard),
+ * named model-0000i-of-0000n.safetensors, with model.safetensors.index.json
+ * ({"metadata": {"total_size": N}, "weight_map": {name: file}}); a single
+ * shard is model.safetensors, without an index. Each shard is written as
+ * ckpt_save_safetensors writes a file (opts->metadata in every shard;
+ * subtrees without tensors in the first shard's __metadata__). The set is
+ * one commit: it is made in DIR.tmp-ID beside dir with hard links to the
+ * other files of dir (config.json stays; stale shards of an earlier set
+ * go), synced, and swapped into place in one rename; a crash leaves dir
+ * old or new, whole. A dir holding subdirectories is refused.
+ */
+CKPT_API ckpt_status ckpt_save_safetensors_sharded(const char *dir, const ckpt_value *root,
+                                                   uint64_t max_shard_size,
+                                                   const ckpt_save_options *opts,
+                                                   ckpt_error *err);
+
+/*
  * Saves write to a temporary file beside the target and rename it over the
  * target when complete. This removes the temporaries of the saves in
  * progress in this process; it is async-signal-safe, for a SIGINT or

@@ -17,9 +17,7 @@
  */
 #include "format.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1082,116 +1080,6 @@ static ckpt_status write_rank_file(const comm *c, const char *tmp_dir, const fla
     return st;
 }
 
-/* ---- directories ------------------------------------------------------------ */
-
-/* Removes a directory of files (one level, as a DCP directory is). */
-static void remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                unlinkat(dirfd(d), e->d_name, 0);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
-/* Removes DIR.tmp-* and DIR.old-* beside dir (saves that crashed). A crash
- * between the two renames of a filesystem without RENAME_EXCHANGE leaves
- * only DIR.old-*: it goes back to DIR. */
-static void remove_leftovers(const char *dir)
-{
-    const char *slash = strrchr(dir, '/');
-    size_t plen = slash ? (size_t)(slash - dir) : 0;
-    char *parent = plen ? strndup(dir, plen) : strdup(slash ? "/" : ".");
-    const char *base = slash ? slash + 1 : dir;
-    size_t blen = strlen(base);
-    if (!parent)
-        return;
-    struct stat sb;
-    bool missing = stat(dir, &sb) != 0;
-    DIR *d = opendir(parent);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strncmp(e->d_name, base, blen) != 0)
-                continue;
-            const char *rest = e->d_name + blen;
-            bool tmp = strncmp(rest, ".tmp-", 5) == 0, old = strncmp(rest, ".old-", 5) == 0;
-            if (!tmp && !old)
-                continue;
-            size_t n = strlen(parent) + strlen(e->d_name) + 2;
-            char *p = malloc(n);
-            if (!p)
-                break;
-            snprintf(p, n, "%s/%s", parent, e->d_name);
-            if (old && missing && rename(p, dir) == 0)
-                missing = false;
-            else
-                remove_dir(p);
-            free(p);
-        }
-        closedir(d);
-    }
-    free(parent);
-}
-
-static int sync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* Puts tmp in place of dir; *old gets where the previous dir went (to be
- * removed), or stays empty. */
-static ckpt_status swap_in(const char *tmp, const char *dir, char *old, size_t old_cap,
-                           ckpt_error *err)
-{
-    old[0] = 0;
-    struct stat sb;
-    if (lstat(dir, &sb) != 0) {
-        if (rename(tmp, dir) != 0)
-            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot rename %s to %s: %s",
-                              tmp, dir, strerror(errno));
-        return CKPT_OK;
-    }
-    if (!S_ISDIR(sb.st_mode))
-        return CKPT_INVALID_ARG(err, "%s exists and is not a directory", dir);
-#ifdef RENAME_EXCHANGE
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
-        snprintf(old, old_cap, "%s", tmp);
-        return CKPT_OK;
-    }
-    if (errno != EINVAL && errno != ENOSYS)
-        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot exchange %s and %s: %s",
-                          tmp, dir, strerror(errno));
-#endif
-    /* no atomic exchange here: two renames, which remove_leftovers undoes
-     * after a crash between them */
-    const char *tag = strstr(tmp + strlen(dir), ".tmp-");
-    snprintf(old, old_cap, "%s.old-%s", dir, tag ? tag + 5 : "x");
-    if (rename(dir, old) != 0) {
-        old[0] = 0;
-        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot rename %s: %s", dir,
-                          strerror(errno));
-    }
-    if (rename(tmp, dir) != 0) {
-        int e = errno;
-        rename(old, dir);
-        old[0] = 0;
-        return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET, "cannot rename %s to %s: %s",
-                          tmp, dir, strerror(e));
-    }
-    return CKPT_OK;
-}
-
 /* ---- the save --------------------------------------------------------------- */
 
 typedef struct outcome {
@@ -1237,7 +1125,7 @@ ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
 
     /* the coordinator names and makes the temporary directory */
     if (coord && local.status == CKPT_OK) {
-        remove_leftovers(dir);
+        ckpt__dir_remove_leftovers(dir);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         snprintf(id, sizeof(id), "%lx%lx-%lx", (unsigned long)ts.tv_sec,
@@ -1314,12 +1202,12 @@ ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
             final.status = check_cover(&m, &final.err);
         if (final.status == CKPT_OK)
             final.status = write_metadata(tmp, dir, &m, id, o.flags, &final.err);
-        if (final.status == CKPT_OK && !(o.flags & CKPT_SAVE_NO_FSYNC) && sync_dir(tmp) != 0)
+        if (final.status == CKPT_OK && !(o.flags & CKPT_SAVE_NO_FSYNC) && ckpt__dir_sync(tmp) != 0)
             final.status = ckpt__fail(&final.err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
                                       "cannot sync %s: %s", tmp, strerror(errno));
         if (final.status == CKPT_OK) {
             kill_point(&c, KILL_METADATA);
-            final.status = swap_in(tmp, dir, old, tlen, &final.err);
+            final.status = ckpt__dir_swap_in(tmp, dir, old, tlen, &final.err);
         }
         if (final.status == CKPT_OK) {
             kill_point(&c, KILL_SWAPPED);
@@ -1328,16 +1216,16 @@ ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
             if (slash)
                 *(slash == parent ? slash + 1 : slash) = 0;
             if (!(o.flags & CKPT_SAVE_NO_FSYNC) && parent &&
-                sync_dir(slash ? parent : ".") != 0)
+                ckpt__dir_sync(slash ? parent : ".") != 0)
                 final.status = ckpt__fail(&final.err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
                                           "cannot sync the directory holding %s: %s", dir,
                                           strerror(errno));
             free(parent);
             kill_point(&c, KILL_COMMITTED);
             if (old[0])
-                remove_dir(old);
+                ckpt__dir_remove(old);
         } else if (id[0]) {
-            remove_dir(tmp); /* the previous directory stays as it was */
+            ckpt__dir_remove(tmp); /* the previous directory stays as it was */
         }
     }
     comm_bcast(&c, &final, sizeof(final));

@@ -1,0 +1,251 @@
+"""ckpt_dcp_save against torch 2.6's torch.distributed.checkpoint.
+
+tests/tools/dcp_save (see its header for the state dict) saves a DCP
+directory from one process and from `mpirun -np 1, 2, 4` ranks, split by
+rows, by columns and unevenly; torch 2.6 (the chroot of
+scripts/torch2-chroot.sh) loads it with dcp.load in one process and in two
+gloo processes and compares every value bit for bit with the whole tensors.
+Replicated values are written once, by the coordinator. A rank that
+SIGKILLs itself at each step of the commit (CKPT_DCP_KILL_AT) leaves the
+previous directory loadable, and the next save clears what the crash left.
+Without MPI in the build or without mpirun the MPI cases skip, naming why.
+"""
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+T2 = os.environ.get("CKPT_TORCH2_PYTHON")
+SOURCE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent
+TOOL = os.environ.get("CKPT_DCP_SAVE", str(SOURCE_DIR / "build" / "tests" / "dcp_save"))
+
+pytestmark = pytest.mark.skipif(
+    not T2 and os.environ.get("CKPT_TORCH2") != "1",
+    reason="no torch 2.x chroot (scripts/torch2-chroot.sh build)")
+
+# Loads each (dir, seed, big) with dcp.load and compares with the values the
+# tool writes; checks the layout of .metadata. argv: JSON list, world size.
+VERIFY = r'''
+import json, os, sys
+import torch, torch.distributed as dist, torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+
+def expected(seed, big):
+    def t(shape, dtype, wrap=0):
+        n = 1
+        for s in shape:
+            n *= s
+        v = torch.arange(n, dtype=torch.int64)
+        if wrap:
+            v = v % wrap
+        v = v + seed * 1000
+        if dtype == torch.bfloat16:
+            return v.to(torch.float32).to(torch.bfloat16).reshape(shape)
+        return v.to(dtype).reshape(shape)
+    return {"model": {"w": t((8, 6), torch.float32), "emb": t((10, 4), torch.int64),
+                      "h": t((5, 7), torch.bfloat16), "b": t((6,), torch.float32),
+                      "big": t((big,), torch.float32, 4096)},
+            "epoch": seed, "lr": 0.001 * seed, "tag": f"seed-{seed}",
+            "lst": [seed, t((3,), torch.float64)]}
+
+def empty_like_sd(e):
+    return {"model": {k: torch.full_like(v, 7) for k, v in e["model"].items()},
+            "epoch": -1, "lr": -1.0, "tag": "", "lst": [-1, torch.full_like(e["lst"][1], 7)]}
+
+def same(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+def check(d, seed, big, rank=0):
+    e = expected(seed, big)
+    sd = empty_like_sd(e)
+    dcp.load(sd, checkpoint_id=d)
+    for k, v in e["model"].items():
+        assert same(sd["model"][k], v), (d, k, sd["model"][k], v)
+    assert same(sd["lst"][1], e["lst"][1]), d
+    assert (sd["epoch"], sd["lr"], sd["tag"], sd["lst"][0]) == (e["epoch"], e["lr"], e["tag"], e["lst"][0]), (d, sd)
+
+def layout(d):
+    md = dcp.FileSystemReader(d).read_metadata()
+    out = {}
+    for key, m in md.state_dict_metadata.items():
+        out[key] = len(m.chunks) if hasattr(m, "chunks") else "bytes"
+    files = {}
+    for idx, info in md.storage_data.items():
+        files.setdefault(idx.fqn, []).append(info.relative_path)
+    return {"chunks": out, "files": files, "planner": {k: list(v) for k, v in md.planner_data.items()}}
+
+def worker(rank, cases, port):
+    import datetime
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}?use_libuv=0", rank=rank,
+                            world_size=2, timeout=datetime.timedelta(seconds=120))
+    for d, seed, big in cases:
+        check(d, seed, big, rank)
+    dist.barrier()
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    import warnings
+    warnings.simplefilter("ignore")
+    cases = json.loads(sys.argv[1])
+    if sys.argv[2] == "1":
+        for d, seed, big in cases:
+            check(d, seed, big)
+    else:
+        import socket
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(worker, args=(cases, port), nprocs=2, join=True)
+    print(json.dumps({d: layout(d) for d, _, _ in cases}))
+'''
+
+
+def t2_verify(tmp_path, cases, world=1):
+    if not T2:
+        pytest.fail("CKPT_TORCH2=1 but no torch 2.x interpreter (scripts/torch2-chroot.sh check)")
+    script = tmp_path / "verify_dcp.py"
+    script.write_text(VERIFY)
+    argv = [*shlex.split(T2), str(script), json.dumps([[str(d), s, b] for d, s, b in cases]),
+            str(world)]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=300 if world > 1 else 600)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-4000:]
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def tool_has_mpi():
+    if not pathlib.Path(TOOL).is_file():
+        pytest.fail(f"dcp_save not found at {TOOL} (set CKPT_DCP_SAVE or build first)")
+    out = subprocess.run([TOOL, "--has-mpi"], stdout=subprocess.PIPE, check=True).stdout
+    return out.strip() == b"mpi"
+
+
+def need_mpi():
+    if not tool_has_mpi():
+        pytest.skip("the library was built without MPI (CKPT_MPI off: no mpi.h)")
+    if not shutil.which("mpirun"):
+        pytest.skip("mpirun not found (openmpi-bin)")
+
+
+def mpi_env(extra=None):
+    env = dict(os.environ)
+    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_rmaps_base_oversubscribe": "1"})
+    # OpenMPI's own allocations are not ckpt's leaks
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    env.update(extra or {})
+    return env
+
+
+def run_save(dirpath, split, seed, ranks=None, big=4096, env=None, expect_ok=True):
+    argv = [TOOL, str(dirpath), split, str(seed), "--elements", str(big)]
+    if ranks:
+        argv = ["mpirun", "-np", str(ranks), "--oversubscribe", *argv]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                          env=mpi_env(env))
+    if expect_ok:
+        assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-3000:]
+        assert proc.stdout.decode().count("saved ") == (ranks or 1)
+    return proc
+
+
+def leftovers(dirpath):
+    return sorted(p.name for p in dirpath.parent.iterdir()
+                  if p.name.startswith(dirpath.name + ".tmp-")
+                  or p.name.startswith(dirpath.name + ".old-"))
+
+
+def test_one_process_loads_in_torch_with_one_and_two_ranks(tmp_path):
+    d = tmp_path / "one"
+    run_save(d, "rows", 3, big=5000)
+    assert sorted(p.name for p in d.iterdir()) == [".metadata", "__0_0.distcp"]
+    layout = t2_verify(tmp_path, [(d, 3, 5000)], world=1)[str(d)]
+    assert layout["chunks"]["model.w"] == 1 and layout["chunks"]["epoch"] == "bytes"
+    assert layout["planner"]["lst.1"] == ["lst", 1]
+    assert layout["planner"]["model.w"] == ["model", "w"]
+    t2_verify(tmp_path, [(d, 3, 5000)], world=2)
+    # a second save replaces it whole
+    run_save(d, "cols", 4, big=5000)
+    t2_verify(tmp_path, [(d, 4, 5000)], world=1)
+    assert leftovers(d) == []
+
+
+def share(size, n, r, split):
+    if split == "uneven":
+        total, before = n * (n + 1) // 2, r * (r + 1) // 2
+        return size * (before + r + 1) // total - size * before // total
+    return size * (r + 1) // n - size * r // n
+
+
+MPI_CASES = [(1, "rows"), (2, "cols"), (2, "uneven"), (4, "rows"), (4, "uneven")]
+
+
+def test_mpi_ranks_load_in_torch_bit_for_bit(tmp_path):
+    need_mpi()
+    cases = []
+    for n, split in MPI_CASES:
+        d = tmp_path / f"np{n}-{split}"
+        run_save(d, split, n * 10 + len(split), ranks=n, big=4099)
+        cases.append((d, n * 10 + len(split), 4099))
+    layouts = t2_verify(tmp_path, cases, world=1)
+    for (n, split), (d, _, _) in zip(MPI_CASES, cases):
+        lay = layouts[str(d)]
+        files = sorted(p.name for p in d.iterdir())
+        assert files == [".metadata"] + [f"__{r}_0.distcp" for r in range(n)], files
+        # replicated values: one chunk, written once, by the coordinator
+        for key in ("model.b", "lst.1", "epoch", "lr", "tag", "lst.0"):
+            assert lay["files"][key] == ["__0_0.distcp"], (split, n, key, lay["files"][key])
+        assert lay["chunks"]["model.b"] == 1 and lay["chunks"]["lst.1"] == 1
+        # sharded tensors: one chunk per rank holding a share (dcp_save's
+        # shares: uneven gives rank r rows in proportion to r + 1)
+        holders = [r for r in range(n) if share(8 if split != "cols" else 6, n, r, split)]
+        assert lay["chunks"]["model.w"] == len(holders), (split, n, lay["chunks"])
+        assert sorted(lay["files"]["model.w"]) == [f"__{r}_0.distcp" for r in holders]
+        if split == "cols":
+            assert lay["chunks"]["model.emb"] == 1
+    # loaded by another world size than the one that wrote them
+    t2_verify(tmp_path, [cases[1], cases[4]], world=2)
+
+
+# (rank, step): a rank's file, the gather, and each step of the coordinator's
+# commit. Steps 1-4 leave the previous save; 5 and 6 come after the swap.
+KILLS = [(1, 1), (0, 1), (1, 2), (0, 2), (1, 3), (0, 4), (0, 5), (0, 6)]
+
+
+def test_rank_killed_at_each_commit_step_leaves_a_whole_checkpoint(tmp_path):
+    need_mpi()
+    cases, after = [], []
+    for rank, step in KILLS:
+        d = tmp_path / f"kill-{rank}-{step}"
+        run_save(d, "uneven", 1, ranks=2)
+        proc = run_save(d, "uneven", 2, ranks=2, expect_ok=False,
+                        env={"CKPT_DCP_KILL_AT": f"{rank}:{step}"})
+        assert proc.returncode != 0, (rank, step)
+        snap = tmp_path / f"snap-{rank}-{step}"
+        shutil.copytree(d, snap)
+        cases.append((snap, 1 if step <= 4 else 2, 4096))
+        # the next save removes what the crash left and commits
+        run_save(d, "rows", 3, ranks=2)
+        assert leftovers(d) == [], (rank, step, leftovers(d))
+        after.append((d, 3, 4096))
+    t2_verify(tmp_path, cases + after, world=1)
+
+
+def test_errors_leave_the_previous_directory(tmp_path):
+    d = tmp_path / "keep"
+    run_save(d, "rows", 5)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    # a path that is a file, not a directory
+    f = tmp_path / "afile"
+    f.write_bytes(b"x")
+    proc = run_save(f, "rows", 6, expect_ok=False)
+    assert proc.returncode == 1 and b"not a directory" in proc.stderr
+    assert f.read_bytes() == b"x"
+    assert leftovers(f) == []
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
