@@ -17,6 +17,9 @@
  * the like stay, stale shards of an earlier save do not), the directory is
  * synced and swapped into place (outdir.c). A crash leaves DIR as it was
  * or as the new set, whole.
+ *
+ * Test hook: CKPT_SHARD_KILL_AT=STEP makes the process SIGKILL itself at a
+ * step of the commit (kill_point below), for the crash tests.
  */
 #include "format.h"
 
@@ -24,11 +27,25 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+enum {
+    KILL_FIRST_SHARD = 1, /* the first shard written, the others not */
+    KILL_WRITTEN = 2,     /* every file written and synced, not swapped in */
+    KILL_SWAPPED = 3,     /* swapped in, the old set not removed */
+};
+
+static void kill_point(int step)
+{
+    const char *at = getenv("CKPT_SHARD_KILL_AT");
+    if (at && atoi(at) == step)
+        raise(SIGKILL);
+}
 
 typedef struct sh_entry {
     char *name;
@@ -330,6 +347,8 @@ ckpt_status ckpt_save_safetensors_sharded(const char *dir_in, const ckpt_value *
         so.progress = NULL; /* progress over the whole set is not known here */
         if ((st = ckpt_save_safetensors(path, d, &so, err)) != CKPT_OK)
             goto done;
+        if (s == 0)
+            kill_point(KILL_FIRST_SHARD);
     }
     if (nshards > 1) {
         snprintf(path, cap, "%s/model.safetensors.index.json", tmp);
@@ -342,9 +361,11 @@ ckpt_status ckpt_save_safetensors_sharded(const char *dir_in, const ckpt_value *
                         strerror(errno));
         goto done;
     }
+    kill_point(KILL_WRITTEN);
     if ((st = ckpt__dir_swap_in(tmp, dir, old, cap, err)) != CKPT_OK)
         goto done;
     made = false;
+    kill_point(KILL_SWAPPED);
     if (sync) {
         const char *slash = strrchr(dir, '/');
         char *parent = slash ? strndup(dir, slash == dir ? 1 : (size_t)(slash - dir)) : strdup(".");
