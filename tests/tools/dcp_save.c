@@ -17,7 +17,8 @@
  * gives rank r a share of rows proportional to r + 1 (w, emb, h, big). b
  * and lst.1 are replicated (every rank passes them whole; the coordinator's
  * copy is written). A rank whose share is empty leaves the tensor out.
- * Prints "saved RANK/N" on success; exit 1 on an error (its text on stderr).
+ * Prints "saved RANK/N SECONDS" on success (the time ckpt_dcp_save took on
+ * this rank); exit 1 on an error (its text on stderr).
  * --has-mpi prints "mpi" or "no-mpi" (the library's build).
  */
 #include <ckpt.h>
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef CKPT_HAVE_MPI
 #include <mpi.h>
@@ -203,9 +205,13 @@ int main(int argc, char **argv)
     ckpt_dcp_save_options_default(&o);
     o.flags = flags;
     o.shards = shards;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (ckpt_dcp_save(dir, root, &o, &err) != CKPT_OK)
         fail("ckpt_dcp_save", &err);
-    printf("saved %d/%d\n", rank, world);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("saved %d/%d %.6f\n", rank, world,
+           (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     ckpt_dcp_shards_free(shards);
     ckpt_tree_free(tree);
     for (size_t i = 0; i < nbufs; i++)
