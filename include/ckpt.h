@@ -938,6 +938,31 @@ CKPT_API ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_option
                                          ckpt_file **out, ckpt_checkpoint_info *info,
                                          ckpt_error *err);
 
+/*
+ * Saves a distributed checkpoint (a state dict sharded over MPI ranks, see
+ * ckpt_dcp_save) taken at step as the directory last.dcp of the managed
+ * directory, with best.dcp when the monitored metric improves and
+ * step-NNNNNNNN.dcp when retention keeps it: each a whole DCP directory
+ * that torch.distributed.checkpoint loads (best.dcp always holds the whole
+ * checkpoint; the numbered and best directories are hard links to last's
+ * files). Collective: every rank calls it with dir (the managed directory,
+ * on a filesystem all ranks share) and the same opts; the coordinator
+ * passes the manager it opened on dir, every other rank NULL (dir NULL on
+ * the coordinator: the manager's). Each directory goes into place whole
+ * (ckpt_dcp_save's commit), the manifest records it pending first, as
+ * ckpt_manager_save does for files: retention, best/last, listing, pruning
+ * and resume treat a .dcp directory as one checkpoint (its size and CRC32
+ * are of its files in name order). Do not mix .pth and .dcp checkpoints in
+ * one directory. saved (may be NULL) gets CKPT_SAVED_* bits on the
+ * coordinator. An error on any rank fails the save on every rank and
+ * leaves every checkpoint as it was.
+ */
+CKPT_API ckpt_status ckpt_manager_save_dcp(ckpt_manager *m, const char *dir, int64_t step,
+                                           const ckpt_value *state_dict,
+                                           const ckpt_dcp_save_options *opts,
+                                           const ckpt_metric *metrics, size_t metric_count,
+                                           unsigned *saved, ckpt_error *err);
+
 /* The kept files: last.pth, best.pth, then numbered ones by step. */
 CKPT_API size_t ckpt_manager_count(const ckpt_manager *m);
 CKPT_API bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *info);

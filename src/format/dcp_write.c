@@ -1087,8 +1087,15 @@ typedef struct outcome {
     ckpt_error err;
 } outcome;
 
-ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
+ckpt_status ckpt_dcp_save(const char *dir, const ckpt_value *root,
                           const ckpt_dcp_save_options *opts, ckpt_error *err)
+{
+    return ckpt__dcp_save_ex(dir, root, opts, NULL, NULL, NULL, err);
+}
+
+ckpt_status ckpt__dcp_save_ex(const char *dir_in, const ckpt_value *root,
+                              const ckpt_dcp_save_options *opts, const ckpt_error *preflight,
+                              ckpt__dcp_before_swap_fn before_swap, void *user, ckpt_error *err)
 {
     ckpt_dcp_save_options o;
     ckpt_dcp_save_options_default(&o);
@@ -1122,6 +1129,8 @@ ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
 
     if (!dir || !tmp || !old)
         local.status = ckpt__nomem(&local.err);
+    else if (preflight && preflight->status != CKPT_OK)
+        local = (outcome){preflight->status, *preflight};
 
     /* the coordinator names and makes the temporary directory */
     if (coord && local.status == CKPT_OK) {
@@ -1207,8 +1216,11 @@ ckpt_status ckpt_dcp_save(const char *dir_in, const ckpt_value *root,
                                       "cannot sync %s: %s", tmp, strerror(errno));
         if (final.status == CKPT_OK) {
             kill_point(&c, KILL_METADATA);
-            final.status = ckpt__dir_swap_in(tmp, dir, old, tlen, &final.err);
+            if (before_swap)
+                final.status = before_swap(user, tmp, &final.err);
         }
+        if (final.status == CKPT_OK)
+            final.status = ckpt__dir_swap_in(tmp, dir, old, tlen, &final.err);
         if (final.status == CKPT_OK) {
             kill_point(&c, KILL_SWAPPED);
             char *parent = strdup(dir);

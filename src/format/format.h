@@ -134,4 +134,14 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
 ckpt_status ckpt__save_torch_append(ckpt__out *out, const ckpt_value *root,
                                     const ckpt_save_options *opts, uint64_t *len, ckpt_error *err);
 
+/* ckpt_dcp_save with two additions for the manager. preflight (may be
+ * NULL): an error this rank found before the save, which fails it on every
+ * rank. before_swap (may be NULL): called on the coordinator when the new
+ * directory tmp_dir is complete and synced, before it replaces dir; its
+ * error fails the save on every rank and leaves dir as it was. */
+typedef ckpt_status (*ckpt__dcp_before_swap_fn)(void *user, const char *tmp_dir, ckpt_error *err);
+ckpt_status ckpt__dcp_save_ex(const char *dir, const ckpt_value *root,
+                              const ckpt_dcp_save_options *opts, const ckpt_error *preflight,
+                              ckpt__dcp_before_swap_fn before_swap, void *user, ckpt_error *err);
+
 #endif /* CKPT_FORMAT_H */
