@@ -292,6 +292,12 @@ struct ckpt_file {
         uint64_t size;
     } *dcp_files;
     size_t dcp_file_count;
+    struct ckpt__dcp_item {       /* every item storage_data names */
+        const char *key;
+        uint32_t file;
+        uint64_t offset, length;
+    } *dcp_items;
+    size_t dcp_item_count;
     ckpt_file **items;
     const char **item_names;      /* "FILE@N (key)", for messages */
     size_t item_count, item_cap;

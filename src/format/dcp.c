@@ -879,6 +879,15 @@ ckpt_status ckpt__open_dcp(ckpt_file *f, ckpt_error *err)
                           sdm->u.dict.len, (unsigned long long)f->opts.limits.max_tensor_paths);
     CKPT_RETURN_IF_ERROR(read_storage_data(f, field(meta, "storage_data"), &e, &ne, err));
     f->open_chunk = open_chunk;
+    f->dcp_items = ckpt__arena_alloc(&f->arena, (ne ? ne : 1) * sizeof(*f->dcp_items));
+    if (!f->dcp_items) {
+        free(e);
+        return ckpt__nomem(err);
+    }
+    for (size_t i = 0; i < ne; i++)
+        f->dcp_items[i] = (struct ckpt__dcp_item){e[i].fqn->u.s.ptr, e[i].file, e[i].offset,
+                                                  e[i].length};
+    f->dcp_item_count = ne;
     used = calloc(ne ? ne : 1, sizeof(*used));
     f->root = ckpt__value_new(&f->arena, CKPT_KIND_DICT);
     if (!used || !f->root) {
