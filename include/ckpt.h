@@ -397,11 +397,14 @@ typedef enum ckpt_format {
     CKPT_FORMAT_TORCH_LEGACY = 2,  /* torch.save before 1.6 / _use_new_zipfile_serialization=False */
     CKPT_FORMAT_SAFETENSORS = 3,
     CKPT_FORMAT_PICKLE = 4,        /* a plain pickle stream (no tensors) */
-    CKPT_FORMAT_SHARDED = 5        /* an index (model.safetensors.index.json,
+    CKPT_FORMAT_SHARDED = 5,       /* an index (model.safetensors.index.json,
                                       pytorch_model.bin.index.json) over shard files */
+    CKPT_FORMAT_DCP = 6            /* a PyTorch Distributed Checkpoint directory
+                                      (.metadata and __R_N.distcp files) */
 } ckpt_format;
 
-/* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "unknown". */
+/* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "dcp",
+ * "unknown". */
 CKPT_API const char *ckpt_format_name(ckpt_format format);
 
 /* Flags for ckpt_open_options.flags. */
@@ -1390,6 +1393,93 @@ CKPT_API const char *ckpt_scan_kind_name(ckpt_scan_kind kind);
 /* Writes how a global is used as text ("called by REDUCE, BUILD target",
  * "referenced" when use is 0) into buf; returns buf. */
 CKPT_API const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size);
+
+/* ========================================================================
+ * Distributed checkpoints (PyTorch DCP) and regions of tensors
+ *
+ * ckpt_open of a DCP directory (or of the .metadata file in it) gives one
+ * logical checkpoint (format CKPT_FORMAT_DCP): every key of the state dict
+ * torch saved, nested as dcp_to_torch_save nests it (planner_data; flat
+ * names where there is none), each tensor with its global shape and dtype.
+ * Non-tensor items (epoch, hyperparameters) are in the tree as values.
+ * A global tensor's bytes lie in chunks, each a torch.save zip inside a
+ * .distcp file: ckpt_tensor_read_region reads any box of it from the chunks
+ * that overlap the box, opening and reading only those; ckpt_tensor_copy
+ * and writers (ckpt_save_torch, ckpt_save_safetensors) stream it chunk by
+ * chunk; ckpt_tensor_data assembles it once into memory the handle owns.
+ *
+ * The .metadata pickle is read as inert data: only DCP's own classes
+ * (torch 1.13's torch.distributed._shard.checkpoint and 2.x's
+ * torch.distributed.checkpoint, with TensorProperties, its memory-format
+ * enum, StorageMeta and pathlib paths), torch.Size, dtypes and layouts may
+ * appear; any other global is CKPT_ERR_UNSAFE naming it. Nothing is ever
+ * called. Items are read with the normal allow-list. Every file named must
+ * be a plain file directly in the directory (no "/", "..", absolute paths
+ * or symbolic links); every chunk must lie inside its file and inside its
+ * tensor, and the chunks of a tensor must cover it exactly once (a gap or
+ * an overlap is CKPT_ERR_FORMAT naming the tensor). Items stored with
+ * transforms (transform_descriptors, torch 2.7+ extensions such as zstd)
+ * are CKPT_ERR_UNSUPPORTED naming the transform. The files named and the
+ * items (chunks and values) each count against limits.max_tensor_paths.
+ * ======================================================================== */
+
+/* Where one chunk of a tensor is: its box in the global tensor and its item.
+ * Filled by ckpt_tensor_chunk (the library fills it: see the top). */
+typedef struct ckpt_chunk_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_chunk_info) (see the top) */
+    uint32_t ndim;
+    const int64_t *offsets;    /* ndim: the chunk's first element in the tensor */
+    const int64_t *sizes;      /* ndim: its extent in each dimension */
+    const char *file;          /* the file holding it, relative to the directory */
+    uint64_t file_offset;      /* where its item (a torch.save zip) starts there */
+    uint64_t length;           /* the item's bytes */
+} ckpt_chunk_info;
+
+/* Chunks of a tensor of a DCP checkpoint, sorted by their offsets (row-major
+ * order of their first elements); 0 for a tensor stored whole. */
+CKPT_API size_t ckpt_tensor_chunk_count(const ckpt_tensor *t);
+/* Chunk i of t; false past the last (nothing written then). Pointers are
+ * borrowed from the handle. */
+CKPT_API bool ckpt_tensor_chunk(const ckpt_tensor *t, size_t i, ckpt_chunk_info *info);
+
+/*
+ * Copies the box [offsets[d], offsets[d] + sizes[d]) of every dimension d of
+ * tensor t (ndim values each; NULL for a 0-d tensor) into dst as a
+ * contiguous row-major array in native byte order (dst_size >= the box's
+ * elements x element size). Works for every strided tensor of any format;
+ * for a DCP tensor only the chunks overlapping the box are opened and read.
+ * A box outside the tensor is CKPT_ERR_INVALID_ARG; sub-byte dtypes are
+ * CKPT_ERR_UNSUPPORTED. The box is bounded by max_output_ratio as
+ * ckpt_tensor_copy is.
+ */
+CKPT_API ckpt_status ckpt_tensor_read_region(ckpt_file *f, const ckpt_tensor *t,
+                                             const int64_t *offsets, const int64_t *sizes,
+                                             void *dst, size_t dst_size, ckpt_error *err);
+
+/* One region a rank asks for: tensor `name` (as ckpt_file_tensor names it),
+ * box offsets/sizes (its ndim values each), written into dst as
+ * ckpt_tensor_read_region writes it. Passed in arrays: never grows. */
+typedef struct ckpt_region {
+    const char *name;
+    const int64_t *offsets;
+    const int64_t *sizes;
+    void *dst;
+    size_t dst_size;
+} ckpt_region;
+
+/*
+ * Resharding load: fills every region of regions[0..count) from the chunks
+ * of f (a DCP checkpoint, or any checkpoint), whatever split and world
+ * size wrote it and whatever split asks (rows, columns, uneven pieces).
+ * Each process (rank) opens the checkpoint and asks for its own regions;
+ * only the chunks that overlap them are opened and read. Finding them is
+ * a binary search over each tensor's chunks sorted by their first offset,
+ * not a comparison of every chunk with every region. The first failing
+ * region stops the load with CKPT_ERR_NOT_FOUND (no such tensor) or the
+ * error of ckpt_tensor_read_region, its name in err's record.
+ */
+CKPT_API ckpt_status ckpt_dcp_load_shard(ckpt_file *f, const ckpt_region *regions,
+                                         size_t count, ckpt_error *err);
 
 #ifdef __cplusplus
 }

@@ -34,6 +34,16 @@ bool ckpt__7z_detect(const uint8_t *data, uint64_t size);
 /* A PNG image (its first byte is an opcode, LONG1: told apart first). */
 bool ckpt__png_detect(const uint8_t *data, uint64_t size);
 ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err);
+/* A DCP checkpoint (dcp.c): f->map is its .metadata, f->dcp_dir its
+ * directory (open while this runs). */
+ckpt_status ckpt__open_dcp(ckpt_file *f, ckpt_error *err);
+/* Runs a .metadata pickle in DCP mode: DCP's classes as inert objects,
+ * anything else outside the allow-list CKPT_ERR_UNSAFE by name. */
+ckpt_status ckpt__dcp_unpickle(const uint8_t *data, size_t size, const ckpt_limits *limits,
+                               ckpt__arena *arena, ckpt_value **root, int *protocol,
+                               ckpt_error *err);
+/* Whether module.name is one of the classes a .metadata may name. */
+bool ckpt__dcp_global_allowed(const char *module, size_t mlen, const char *name, size_t nlen);
 /* ckpt_open of an opened descriptor (taken over: closed here or kept by the
  * file) whose fstat is *sb. shard: the file is a shard of a sharded index,
  * which may not be an index itself. */
