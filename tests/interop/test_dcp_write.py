@@ -18,9 +18,11 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 T2 = os.environ.get("CKPT_TORCH2_PYTHON")
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent
+CKPT_BIN = os.environ.get("CKPT_BIN", str(SOURCE_DIR / "build" / "ckpt"))
 TOOL = os.environ.get("CKPT_DCP_SAVE", str(SOURCE_DIR / "build" / "tests" / "dcp_save"))
 
 pytestmark = pytest.mark.skipif(
@@ -86,7 +88,9 @@ def worker(rank, cases, port):
     for d, seed, big in cases:
         check(d, seed, big, rank)
     dist.barrier()
-    dist.destroy_process_group()
+    # gloo's teardown (destroy_process_group) can hang: both ranks are done
+    sys.stdout.flush()
+    os._exit(0)
 
 if __name__ == "__main__":
     import warnings
@@ -211,6 +215,18 @@ def test_mpi_ranks_load_in_torch_bit_for_bit(tmp_path):
             assert lay["chunks"]["model.emb"] == 1
     # loaded by another world size than the one that wrote them
     t2_verify(tmp_path, [cases[1], cases[4]], world=2)
+    # ckpt's reader: verify, and regions across the ranks' chunks, bit for bit
+    dcp_load = os.environ.get("CKPT_DCP_LOAD", str(SOURCE_DIR / "build" / "tests" / "dcp_load"))
+    for d, seed, big in cases:
+        assert subprocess.run([CKPT_BIN, "verify", str(d)], stdout=subprocess.PIPE).returncode == 0
+        w = (torch.arange(48) + seed * 1000).float().reshape(8, 6)
+        emb = (torch.arange(40) + seed * 1000).reshape(10, 4)
+        bigt = (torch.arange(big) % 4096 + seed * 1000).float()
+        want = (w[2:6, 1:4].contiguous().numpy().tobytes() + emb.numpy().tobytes()
+                + bigt[100:3100].numpy().tobytes())
+        got = subprocess.run([dcp_load, str(d), "model.w@2,1:4,3", "model.emb",
+                              "model.big@100:3000"], stdout=subprocess.PIPE, check=True).stdout
+        assert got == want, d
 
 
 # (rank, step): a rank's file, the gather, and each step of the coordinator's
@@ -249,3 +265,75 @@ def test_errors_leave_the_previous_directory(tmp_path):
     assert f.read_bytes() == b"x"
     assert leftovers(f) == []
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def ckpt_ls(ckpt_bin, d):
+    out = subprocess.run([ckpt_bin, "ls", str(d), "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, check=True).stdout
+    return {c["file"]: c for c in json.loads(out)["checkpoints"]}
+
+
+def _manager_save(d, step, loss, env=None, expect_ok=True):
+    argv = ["mpirun", "-np", "2", "--oversubscribe", TOOL, str(d), "uneven", str(step),
+            "--manager", "2", str(loss)]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                          env=mpi_env(env))
+    if expect_ok:
+        assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-3000:]
+    return proc
+
+
+def resume(d):
+    out = subprocess.run([TOOL, "--resume", str(d)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=mpi_env())
+    assert out.returncode == 0, out.stderr.decode()
+    return out.stdout.decode().split(), out.stderr.decode()
+
+
+def test_manager_keeps_dcp_directories(tmp_path, ckpt_bin):
+    need_mpi()
+    d = tmp_path / "run"
+    for step, loss in [(1, 4.0), (2, 3.0), (3, 5.0), (4, 4.0)]:
+        _manager_save(d, step, loss)
+    ls = ckpt_ls(ckpt_bin, d)
+    assert sorted(ls) == ["best.dcp", "last.dcp", "step-00000003.dcp", "step-00000004.dcp"]
+    assert (ls["last.dcp"]["step"], ls["best.dcp"]["step"]) == (4, 2)
+    assert ls["last.dcp"]["last"] and ls["best.dcp"]["best"]
+    assert ls["best.dcp"]["metrics"] == {"loss": 3.0}
+    assert sorted(p.name for p in d.iterdir()) == [
+        ".ckpt.lock", "best.dcp", "last.dcp", "manifest.json", "step-00000003.dcp",
+        "step-00000004.dcp"]
+    # numbered and last of one save share their files
+    assert (d / "last.dcp" / ".metadata").stat().st_ino == \
+        (d / "step-00000004.dcp" / ".metadata").stat().st_ino
+    words, _ = resume(d)
+    assert words == ["resumed", "last.dcp", "4", "epoch", "4"]
+    t2_verify(tmp_path, [(d / "last.dcp", 4, 4096), (d / "best.dcp", 2, 4096),
+                         (d / "step-00000003.dcp", 3, 4096)], world=1)
+    # ckpt reads them too, and they verify
+    for name in ls:
+        proc = subprocess.run([ckpt_bin, "verify", str(d / name)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("rank,step,resumed", [(1, 2, 4), (0, 4, 4), (0, 5, 5), (0, 6, 5)])
+def test_manager_save_killed_leaves_a_resumable_directory(tmp_path, ckpt_bin, rank, step,
+                                                          resumed):
+    need_mpi()
+    d = tmp_path / "run"
+    for s, loss in [(3, 4.0), (4, 3.0)]:
+        _manager_save(d, s, loss)
+    proc = _manager_save(d, 5, 1.0, env={"CKPT_DCP_KILL_AT": f"{rank}:{step}"}, expect_ok=False)
+    assert proc.returncode != 0
+    words, warnings = resume(d)
+    assert words[2:] == [str(resumed), "epoch", str(resumed)], (words, warnings)
+    ls = ckpt_ls(ckpt_bin, d)
+    assert ls["last.dcp"]["step"] == resumed
+    # nothing left beside the checkpoints once the manager has settled
+    assert not [p.name for p in d.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    _manager_save(d, 6, 0.5)
+    ls = ckpt_ls(ckpt_bin, d)
+    assert (ls["last.dcp"]["step"], ls["best.dcp"]["step"]) == (6, 6)
+    assert sorted(n for n in ls if n.startswith("step-")) == [
+        f"step-{s:08d}.dcp" for s in sorted({resumed, 6})][-2:]

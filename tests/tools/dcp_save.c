@@ -1,5 +1,6 @@
 /*
- * dcp_save DIR SPLIT SEED [--no-fsync] [--elements E]
+ * dcp_save DIR SPLIT SEED [--no-fsync] [--elements E] [--manager KEEP LOSS]
+ * dcp_save --resume DIR
  * dcp_save --has-mpi
  *
  * Test tool: saves a DCP directory with ckpt_dcp_save from every rank of an
@@ -19,6 +20,11 @@
  * copy is written). A rank whose share is empty leaves the tensor out.
  * Prints "saved RANK/N SECONDS" on success (the time ckpt_dcp_save took on
  * this rank); exit 1 on an error (its text on stderr).
+ * --manager: DIR is a directory kept by the checkpoint manager (opened on
+ * the coordinator, keep_last KEEP, monitoring "loss" (min)), the save is
+ * ckpt_manager_save_dcp at step SEED with the metric loss = LOSS; the
+ * coordinator prints "bits B" (CKPT_SAVED_*). --resume opens DIR's manager
+ * and prints "resumed FILE STEP epoch E" from ckpt_manager_resume.
  * --has-mpi prints "mpi" or "no-mpi" (the library's build).
  */
 #include <ckpt.h>
@@ -112,6 +118,21 @@ int main(int argc, char **argv)
         puts(ckpt_dcp_has_mpi() ? "mpi" : "no-mpi");
         return 0;
     }
+    if (argc == 3 && strcmp(argv[1], "--resume") == 0) {
+        ckpt_manager *m = NULL;
+        ckpt_error err;
+        ckpt_file *f = NULL;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
+        if (ckpt_manager_open(argv[2], NULL, &m, &err) != CKPT_OK)
+            fail("ckpt_manager_open", &err);
+        if (ckpt_manager_resume(m, NULL, &f, &info, &err) != CKPT_OK)
+            fail("ckpt_manager_resume", &err);
+        printf("resumed %s %lld epoch %lld\n", info.file, (long long)info.step,
+               (long long)ckpt_value_int(ckpt_value_get(ckpt_file_root(f), "epoch")));
+        ckpt_close(f);
+        ckpt_manager_close(m);
+        return 0;
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: dcp_save DIR rows|cols|uneven SEED [--no-fsync] [--elements E]\n");
         return 2;
@@ -126,9 +147,15 @@ int main(int argc, char **argv)
     const char *dir = argv[1], *split = argv[2];
     int64_t seed = atoll(argv[3]), big = 4096;
     unsigned flags = 0;
+    int keep = -1;
+    double loss = 0;
     for (int i = 4; i < argc; i++) {
         if (strcmp(argv[i], "--no-fsync") == 0)
             flags |= CKPT_SAVE_NO_FSYNC;
+        else if (strcmp(argv[i], "--manager") == 0 && i + 2 < argc) {
+            keep = atoi(argv[++i]);
+            loss = atof(argv[++i]);
+        }
         else if (strcmp(argv[i], "--elements") == 0 && i + 1 < argc)
             big = atoll(argv[++i]);
     }
@@ -207,8 +234,27 @@ int main(int argc, char **argv)
     o.shards = shards;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (ckpt_dcp_save(dir, root, &o, &err) != CKPT_OK)
+    if (keep >= 0) {
+        ckpt_manager *m = NULL;
+        if (rank == 0) {
+            ckpt_manager_options mo;
+            ckpt_manager_options_default(&mo);
+            mo.keep_last = (unsigned)keep;
+            mo.monitor = "loss";
+            mo.save_flags = flags;
+            if (ckpt_manager_open(dir, &mo, &m, &err) != CKPT_OK)
+                fail("ckpt_manager_open", &err);
+        }
+        ckpt_metric metric = {"loss", loss};
+        unsigned bits = 0;
+        if (ckpt_manager_save_dcp(m, dir, seed, root, &o, &metric, 1, &bits, &err) != CKPT_OK)
+            fail("ckpt_manager_save_dcp", &err);
+        if (m)
+            printf("bits %u\n", bits);
+        ckpt_manager_close(m);
+    } else if (ckpt_dcp_save(dir, root, &o, &err) != CKPT_OK) {
         fail("ckpt_dcp_save", &err);
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("saved %d/%d %.6f\n", rank, world,
            (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
