@@ -257,6 +257,8 @@ typedef struct flattener {
     size_t count, cap;
     part stack[256];
     size_t depth;
+    char **texts;              /* int keys as text, freed with the flattener */
+    size_t ntexts, texts_cap;
     ckpt_error *err;
 } flattener;
 
@@ -332,6 +334,21 @@ static ckpt_status flatten(flattener *f, const ckpt_value *v)
             memset(p, 0, sizeof(*p));
             if (ckpt_value_kind(k) == CKPT_KIND_STR) {
                 p->text = ckpt_value_str(k, &p->len);
+            } else if (ckpt_value_kind(k) == CKPT_KIND_INT) {
+                /* str(key), as torch flattens an optimizer's state {0: ...} */
+                if (f->ntexts == f->texts_cap) {
+                    char **grown = ckpt__array_grow(f->texts, &f->texts_cap, sizeof(*grown));
+                    if (!grown)
+                        return ckpt__nomem(f->err);
+                    f->texts = grown;
+                }
+                char *num = malloc(24);
+                if (!num)
+                    return ckpt__nomem(f->err);
+                snprintf(num, 24, "%lld", (long long)ckpt_value_int(k));
+                f->texts[f->ntexts++] = num;
+                p->text = num;
+                p->len = strlen(num);
             } else {
                 return CKPT_INVALID_ARG(f->err, "a state dict key is a %s, not text",
                                         ckpt_kind_name(ckpt_value_kind(k)));
@@ -365,6 +382,9 @@ static void flattener_free(flattener *f)
         free(f->items[i].path);
     }
     free(f->items);
+    for (size_t i = 0; i < f->ntexts; i++)
+        free(f->texts[i]);
+    free(f->texts);
 }
 
 /* ---- item records exchanged with the coordinator ------------------------
@@ -434,6 +454,7 @@ typedef struct rec {
     uint64_t file_offset, length;
     size_t key;                 /* index of its key */
     size_t chunk_index;         /* its place in the key's chunks */
+    size_t next;                /* the key's next record, SIZE_MAX after the last */
 } rec;
 
 static int64_t dim_at(const int64_t *base, uint32_t i)
@@ -650,8 +671,10 @@ static void pk_path(pickler *w, const uint8_t *p, uint32_t parts)
 typedef struct key {
     const char *fqn;
     uint32_t fqn_len;
-    size_t first;               /* its first record */
+    size_t first, last;         /* its records, a list through rec.next */
     size_t chunks;
+    uint64_t volume;            /* elements its chunks hold */
+    bool overflow;
 } key;
 
 typedef struct merge {
@@ -707,7 +730,7 @@ static size_t merge_key(merge *m, const char *fqn, uint32_t n, size_t rec_index)
             return SIZE_MAX;
         m->keys = grown;
     }
-    m->keys[m->key_count] = (key){fqn, n, rec_index, 0};
+    m->keys[m->key_count] = (key){fqn, n, rec_index, rec_index, 0, 0, false};
     m->slots[i] = ++m->key_count;
     return m->key_count - 1;
 }
@@ -767,6 +790,14 @@ static ckpt_status parse_rank(merge *m, int rank, const uint8_t *p, uint64_t len
                                   r.tensor ? "another tensor" : "another value", first->rank);
         }
         r.chunk_index = k->chunks++;
+        r.next = SIZE_MAX;
+        if (k->first != m->count)
+            m->recs[k->last].next = m->count;
+        k->last = m->count;
+        uint64_t v = 1;
+        for (uint32_t d = 0; d < r.ndim; d++)
+            k->overflow |= !ckpt__mul_u64(v, (uint64_t)dim_at(r.sizes, d), &v);
+        k->overflow |= !ckpt__add_u64(k->volume, v, &k->volume);
         m->recs[m->count++] = r;
     }
     if (c.bad)
@@ -775,28 +806,21 @@ static ckpt_status parse_rank(merge *m, int rank, const uint8_t *p, uint64_t len
     return CKPT_OK;
 }
 
-/* The chunks of each tensor must cover it exactly: their volumes add up to
- * its size (the writers' bounds were checked when each shard was added, so
- * the volumes adding up with no overlap in a sorted sweep is coverage). */
+/* The chunks of each tensor must add up to its size: every chunk lies
+ * inside the tensor (checked when it was added), so a gap or an overlap
+ * shows, unless an overlap exactly fills a gap elsewhere, which this
+ * linear check lets through (ckpt verify finds it; torch's own check is a
+ * pairwise one, quadratic in the chunks). */
 static ckpt_status check_cover(const merge *m, ckpt_error *err)
 {
     for (size_t k = 0; k < m->key_count; k++) {
         const rec *first = &m->recs[m->keys[k].first];
         if (!first->tensor)
             continue;
-        uint64_t numel = 1, sum = 0;
-        bool overflow = false;
+        uint64_t numel = 1, sum = m->keys[k].volume;
+        bool overflow = m->keys[k].overflow;
         for (uint32_t d = 0; d < first->ndim; d++)
             overflow |= !ckpt__mul_u64(numel, (uint64_t)dim_at(first->global, d), &numel);
-        for (size_t i = m->keys[k].first; i < m->count; i++) {
-            const rec *r = &m->recs[i];
-            if (r->key != k)
-                continue;
-            uint64_t v = 1;
-            for (uint32_t d = 0; d < r->ndim; d++)
-                overflow |= !ckpt__mul_u64(v, (uint64_t)dim_at(r->sizes, d), &v);
-            overflow |= !ckpt__add_u64(sum, v, &sum);
-        }
         if (overflow || sum != numel)
             return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "", CKPT_NO_OFFSET,
                               "the chunks of '%.*s' hold %llu elements, the tensor %llu: "
@@ -837,10 +861,8 @@ static ckpt_status write_metadata(const char *tmp_dir, const char *final_dir, co
             pk_cstr(&w, "chunks");
             op(&w, OP_EMPTY_LIST);
             size_t n = 0;
-            for (size_t i = kk->first; i < m->count; i++) {
+            for (size_t i = kk->first; i != SIZE_MAX; i = m->recs[i].next) {
                 const rec *r = &m->recs[i];
-                if (r->key != k)
-                    continue;
                 if (kk->chunks > 1 && n % 1000 == 0)
                     op(&w, OP_MARK);
                 pk_object_dict(&w, G_CSM, DCP_MOD, "ChunkStorageMetadata");

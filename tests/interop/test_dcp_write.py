@@ -52,11 +52,15 @@ def expected(seed, big):
                       "h": t((5, 7), torch.bfloat16), "b": t((6,), torch.float32),
                       "big": t((big,), torch.float32, 4096)},
             "epoch": seed, "lr": 0.001 * seed, "tag": f"seed-{seed}",
-            "lst": [seed, t((3,), torch.float64)]}
+            "lst": [seed, t((3,), torch.float64)],
+            "opt": {"state": {0: {"step": seed, "exp_avg": t((6,), torch.float32)}},
+                    "param_groups": [{"lr": 0.1 * seed, "params": [0]}]}}
 
 def empty_like_sd(e):
     return {"model": {k: torch.full_like(v, 7) for k, v in e["model"].items()},
-            "epoch": -1, "lr": -1.0, "tag": "", "lst": [-1, torch.full_like(e["lst"][1], 7)]}
+            "epoch": -1, "lr": -1.0, "tag": "", "lst": [-1, torch.full_like(e["lst"][1], 7)],
+            "opt": {"state": {0: {"step": -1, "exp_avg": torch.zeros(6)}},
+                    "param_groups": [{"lr": -1.0, "params": [7]}]}}
 
 def same(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
@@ -70,6 +74,26 @@ def check(d, seed, big, rank=0):
         assert same(sd["model"][k], v), (d, k, sd["model"][k], v)
     assert same(sd["lst"][1], e["lst"][1]), d
     assert (sd["epoch"], sd["lr"], sd["tag"], sd["lst"][0]) == (e["epoch"], e["lr"], e["tag"], e["lst"][0]), (d, sd)
+    # the optimizer's state as torch loads what torch itself saved (a
+    # non-tensor value under an int key comes back under its text)
+    if not dist.is_initialized():
+        import tempfile
+        ref = empty_like_sd(e)
+        with tempfile.TemporaryDirectory() as t:
+            dcp.save(e, checkpoint_id=t)
+            dcp.load(ref, checkpoint_id=t)
+        assert tree_equal(sd["opt"], ref["opt"]), (sd["opt"], ref["opt"])
+    assert same(sd["opt"]["state"][0]["exp_avg"], e["opt"]["state"][0]["exp_avg"]), d
+    assert sd["opt"]["param_groups"] == e["opt"]["param_groups"], sd["opt"]
+
+def tree_equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and same(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(tree_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(tree_equal, a, b))
+    return type(a) is type(b) and a == b
 
 def layout(d):
     md = dcp.FileSystemReader(d).read_metadata()
@@ -173,6 +197,8 @@ def test_one_process_loads_in_torch_with_one_and_two_ranks(tmp_path):
     assert layout["chunks"]["model.w"] == 1 and layout["chunks"]["epoch"] == "bytes"
     assert layout["planner"]["lst.1"] == ["lst", 1]
     assert layout["planner"]["model.w"] == ["model", "w"]
+    assert layout["planner"]["opt.state.0.exp_avg"] == ["opt", "state", "0", "exp_avg"]
+    assert layout["planner"]["opt.param_groups.0.lr"] == ["opt", "param_groups", 0, "lr"]
     t2_verify(tmp_path, [(d, 3, 5000)], world=2)
     # a second save replaces it whole
     run_save(d, "cols", 4, big=5000)

@@ -10,7 +10,9 @@
  *   {"model": {"w": float32[8, 6], "emb": int64[10, 4], "h": bfloat16[5, 7],
  *              "b": float32[6], "big": float32[E]},
  *    "epoch": s, "lr": 0.001 * s, "tag": "seed-<s>",
- *    "lst": [s, float64[3]]}
+ *    "lst": [s, float64[3]],
+ *    "opt": {"state": {0: {"step": s, "exp_avg": float32[6]}},
+ *            "param_groups": [{"lr": 0.1 * s, "params": [0]}]}}
  *
  * element i (row-major) of every tensor is s * 1000 + i (bfloat16 of it;
  * "big" wraps at 4096). SPLIT says how the ranks hold them: "rows" splits w,
@@ -224,6 +226,25 @@ int main(int argc, char **argv)
     d.data = bufs[nbufs++];
     ckpt_append(tree, lst, ckpt_new_tensor(tree, &d));
     ckpt_dict_put_str(tree, root, "lst", lst);
+    /* an optimizer's state dict: int keys, a list of dicts without tensors */
+    ckpt_value *opt = ckpt_new_dict(tree), *state = ckpt_new_dict(tree), *s0 = ckpt_new_dict(tree);
+    ckpt_value *groups = ckpt_new_list(tree), *g0 = ckpt_new_dict(tree), *params = ckpt_new_list(tree);
+    bufs[nbufs] = fill(CKPT_DTYPE_FLOAT32, seed, 1, 0, 6, 0, 1, 0);
+    ckpt_tensor_desc_init(&d);
+    int64_t six = 6;
+    d.ndim = 1;
+    d.shape = &six;
+    d.data = bufs[nbufs++];
+    ckpt_dict_put_str(tree, s0, "step", ckpt_new_int(tree, seed));
+    ckpt_dict_put_str(tree, s0, "exp_avg", ckpt_new_tensor(tree, &d));
+    ckpt_dict_put(tree, state, ckpt_new_int(tree, 0), s0);
+    ckpt_append(tree, params, ckpt_new_int(tree, 0));
+    ckpt_dict_put_str(tree, g0, "lr", ckpt_new_float(tree, 0.1 * (double)seed));
+    ckpt_dict_put_str(tree, g0, "params", params);
+    ckpt_append(tree, groups, g0);
+    ckpt_dict_put_str(tree, opt, "state", state);
+    ckpt_dict_put_str(tree, opt, "param_groups", groups);
+    ckpt_dict_put_str(tree, root, "opt", opt);
     ckpt_error err;
     if (ckpt_tree_status(tree, &err) != CKPT_OK)
         fail("building the state dict", &err);
