@@ -363,3 +363,83 @@ def test_manager_save_killed_leaves_a_resumable_directory(tmp_path, ckpt_bin, ra
     assert (ls["last.dcp"]["step"], ls["best.dcp"]["step"]) == (6, 6)
     assert sorted(n for n in ls if n.startswith("step-")) == [
         f"step-{s:08d}.dcp" for s in sorted({resumed, 6})][-2:]
+
+
+# ---- mpirun -np N build/mlp train --sharded (ZeRO stage 1) -----------------------
+
+MLP = os.environ.get("CKPT_MLP") or str(SOURCE_DIR / "build" / "mlp")
+
+
+def mlp_run(args, ranks=None):
+    argv = [MLP, *args]
+    if ranks:
+        argv = ["mpirun", "-np", str(ranks), "--oversubscribe", *argv]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                          env=mpi_env())
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-3000:]
+    return proc.stdout.decode()
+
+
+def losses(out):
+    return {int(l.split()[1].rstrip(":")): (float(l.split()[3]), float(l.split()[5]))
+            for l in out.splitlines() if l.startswith("epoch ")}
+
+
+# torch 2.6 loads the model's rows from the DCP directory and runs the Net on
+# mlp predict's fixed batch (x[i] = sin(i), 4 x 32)
+PREDICT = r'''
+import math, sys, torch, torch.distributed.checkpoint as dcp
+import warnings; warnings.simplefilter("ignore")
+sd = {"model": {"net.0.weight": torch.zeros(64, 32), "net.0.bias": torch.zeros(64),
+                "net.2.weight": torch.zeros(10, 64), "net.2.bias": torch.zeros(10)}}
+dcp.load(sd, checkpoint_id=sys.argv[1])
+m = sd["model"]
+x = torch.tensor([math.sin(i) for i in range(4 * 32)], dtype=torch.float32).reshape(4, 32)
+out = torch.relu(x @ m["net.0.weight"].T + m["net.0.bias"]) @ m["net.2.weight"].T + m["net.2.bias"]
+for row in out.tolist():
+    print(" ".join(repr(v) for v in row))
+'''
+
+
+def test_mlp_sharded_trains_saves_dcp_and_resumes_on_other_rank_counts(tmp_path, ckpt_bin):
+    need_mpi()
+    d = tmp_path / "run"
+    first = mlp_run(["train", "--dir", str(d), "--sharded", "--epochs", "2"], ranks=2)
+    assert sorted(losses(first)) == [0, 1]
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == [
+        "best.dcp", "last.dcp", "manifest.json"]
+    # each rank's file holds its rows of every parameter and of AdamW's state
+    md = subprocess.run([ckpt_bin, "inspect", str(d / "last.dcp")], stdout=subprocess.PIPE,
+                        check=True).stdout.decode()
+    assert "[0:32, 0:32]  __0_0.distcp" in md and "[32:64, 0:32]  __1_0.distcp" in md, md
+    second = mlp_run(["train", "--dir", str(d), "--sharded", "--epochs", "4"], ranks=3)
+    assert f"Resuming at epoch 2 from {d}/last.dcp on 3 ranks" in second
+    third = mlp_run(["train", "--dir", str(d), "--sharded", "--epochs", "5"], ranks=1)
+    assert f"Resuming at epoch 4 from {d}/last.dcp on 1 rank" in third
+    sharded = {**losses(first), **losses(second), **losses(third)}
+    # the same training as one process without MPI, up to float sums' order
+    plain = losses(mlp_run(["train", "--dir", str(tmp_path / "plain"), "--epochs", "5"]))
+    assert sorted(sharded) == sorted(plain) == [0, 1, 2, 3, 4]
+    for e in plain:
+        for a, b in zip(sharded[e], plain[e]):
+            assert abs(a - b) <= 1e-5 * abs(b), (e, sharded[e], plain[e])
+    # predict from the DCP directory = predict from its consolidated file
+    from_dir = mlp_run(["predict", "--weights", str(d / "last.dcp")])
+    run([ckpt_bin, "convert", str(d / "last.dcp"), str(tmp_path / "c.pth"), "-q"])
+    assert from_dir == mlp_run(["predict", "--weights", str(tmp_path / "c.pth")])
+    # and torch 2.6, loading the directory with dcp.load, computes the same outputs
+    if T2:
+        proc = subprocess.run([*shlex.split(T2), "-c", PREDICT, str(d / "last.dcp")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        ours = [[float(v) for v in l.split()] for l in from_dir.splitlines()]
+        theirs = [[float(v) for v in l.split()] for l in proc.stdout.decode().splitlines()]
+        assert len(ours) == len(theirs) == 4
+        for a, b in zip(ours, theirs):
+            assert all(abs(x - y) <= 1e-6 for x, y in zip(a, b)), (a, b)
+
+
+def run(argv):
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
