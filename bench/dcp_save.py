@@ -51,7 +51,9 @@ def main():
     shutil.rmtree(d, ignore_errors=True)
     lines = ["## DCP save (ckpt_dcp_save)", "",
              f"{a.mb} MiB of tensors split by rows, {os.cpu_count()} cores, best of {a.reps}, "
-             "warm cache, fsync on; time of the slowest rank's call.", "",
+             "warm cache, fsync on; time of the slowest rank's call. On a shared machine of "
+             "few cores these vary by several times from run to run: compare rows of one run "
+             "only.", "",
              "| writer | seconds | MB/s | vs one process |", "| --- | ---: | ---: | ---: |"]
     for what, t in rows:
         lines.append(f"| {what} | {t:.3f} | {a.mb * 1.048576 / t:.0f} | {base / t:.2f}x |")
