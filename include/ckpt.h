@@ -735,7 +735,7 @@ CKPT_API void ckpt_remove_temporaries(void);
  * Writing distributed checkpoints (PyTorch DCP directories)
  *
  * ckpt_dcp_save writes a directory that torch.distributed.checkpoint.load
- * (torch 2.3+) reads with any world size: .metadata (a protocol 4 pickle of
+ * (torch 2.4+: StorageMeta) reads with any world size: .metadata (a protocol 4 pickle of
  * torch 2.x's Metadata, TensorStorageMetadata, ChunkStorageMetadata,
  * MetadataIndex, _StorageInfo, StorageMeta) and __RANK_0.distcp, one file
  * per rank that has something to write, each item in it a whole torch.save
