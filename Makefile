@@ -86,8 +86,9 @@ fuzz: deps
 
 bench: deps
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
-	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench ckpt_shared
+	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench ckpt_shared dcp_save
 	/usr/bin/python3 bench/run.py --build build-bench
+	/usr/bin/python3 bench/dcp_save.py --build build-bench
 
 budget: deps
 	@[ -x /usr/bin/time ] || apt-get install -y -qq --no-install-recommends time

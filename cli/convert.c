@@ -4,6 +4,7 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <fnmatch.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@ typedef struct convert_opts {
     size_t n_include, n_exclude;
     bool no_fsync, permissive, torchscript_weights, quiet, force;
     uint64_t max_output_ratio;  /* 0: the default */
+    uint64_t max_shard_size;    /* --max-shard-size; 0: none given */
 } convert_opts;
 
 /* How often each filter and edit took effect, for the warnings about those
@@ -75,6 +77,12 @@ static void convert_usage(FILE *out)
             "  --no-fsync             skip the fsyncs (faster, not crash-safe)\n"
             "  --force                write even when --to contradicts OUT's extension, or\n"
             "                         when the filters leave nothing\n"
+            "  --max-shard-size SIZE  OUT is a directory: a sharded safetensors set as\n"
+            "                         save_pretrained writes it (model-0000i-of-0000n\n"
+            "                         .safetensors + model.safetensors.index.json), shards\n"
+            "                         of at most SIZE (5GB, 500MB, 2GiB, bytes); an OUT\n"
+            "                         ending in '/' gets 5GB. Committed as one: the other\n"
+            "                         files in OUT stay, stale shards go\n"
             "  -q, --quiet            no progress bar, no notes\n"
             "\n"
             "Key edits and filters apply to the keys of the converted dict (the state dict:\n"
@@ -111,6 +119,46 @@ static int format_of_name(const char *out)
         if (ends_with(out, torch_ext[i]))
             return 1;
     return 0;
+}
+
+/* ---- sharded safetensors output (--max-shard-size) ------------------------ */
+
+#define DEFAULT_SHARD_SIZE 5000000000ull /* save_pretrained's "5GB" */
+
+/* A size as transformers takes it: a number of bytes, or a number with a
+ * unit, KB MB GB TB (powers of 1000), KiB MiB GiB TiB (of 1024), or Kb Mb
+ * Gb Tb (bits, / 8). */
+static bool parse_shard_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v > 0) || s[0] == '-' || s[0] == '+')
+        return false;
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+        {"Kb", 1e3 / 8}, {"Mb", 1e6 / 8}, {"Gb", 1e9 / 8}, {"Tb", 1e12 / 8},
+    };
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) == 0) {
+            double bytes = v * units[i].scale;
+            if (bytes < 1 || bytes >= 1.8e19)
+                return false;
+            *out = (uint64_t)bytes;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* OUT is a directory for a sharded set: --max-shard-size, or a trailing '/'. */
+static bool sharded_output(const convert_opts *o)
+{
+    return o->max_shard_size || ends_with(o->out, "/");
 }
 
 /* 1 torch, 2 safetensors, 0 unknown */
@@ -576,7 +624,7 @@ static void catch_signals(void)
 enum {
     OPT_TO = CLI_OPT_LONG, OPT_KEY, OPT_STRIP_PREFIX, OPT_ADD_PREFIX, OPT_RENAME, OPT_INCLUDE,
     OPT_EXCLUDE, OPT_DTYPE, OPT_MAP_LOCATION, OPT_MAX_OUTPUT_RATIO, OPT_NO_FSYNC, OPT_PERMISSIVE,
-    OPT_FORCE, OPT_TORCHSCRIPT_WEIGHTS,
+    OPT_FORCE, OPT_TORCHSCRIPT_WEIGHTS, OPT_MAX_SHARD_SIZE,
 };
 
 static const struct option convert_options[] = {
@@ -594,6 +642,7 @@ static const struct option convert_options[] = {
     {"permissive", no_argument, NULL, OPT_PERMISSIVE},
     {"torchscript-weights", no_argument, NULL, OPT_TORCHSCRIPT_WEIGHTS},
     {"force", no_argument, NULL, OPT_FORCE},
+    {"max-shard-size", required_argument, NULL, OPT_MAX_SHARD_SIZE},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -672,6 +721,14 @@ static int parse_args(int argc, char **argv, convert_opts *o)
         case OPT_PERMISSIVE: o->permissive = true; break;
         case OPT_TORCHSCRIPT_WEIGHTS: o->torchscript_weights = true; break;
         case OPT_FORCE: o->force = true; break;
+        case OPT_MAX_SHARD_SIZE:
+            if (!parse_shard_size(val, &o->max_shard_size)) {
+                cli_usage_error(&convert_command, "--max-shard-size takes a size such as 5GB, "
+                                                  "500MB, 2GiB or a number of bytes, not '%s'",
+                                val);
+                return -1;
+            }
+            break;
         case 'q': o->quiet = true; break;
         case CLI_OPT_ARG:
             if (npos == 2) {
@@ -703,6 +760,15 @@ int ckpt_cli_convert(int argc, char **argv)
         goto done_args;
     }
     int fmt = format_of(&o);
+    bool sharded = sharded_output(&o);
+    if (sharded) {
+        if (fmt == 1 && o.to) {
+            cli_usage_error(&convert_command, "a sharded output (--max-shard-size, or OUT "
+                                              "ending in '/') is safetensors, not --to %s", o.to);
+            goto done_args;
+        }
+        fmt = 2;
+    }
     if (fmt == 0) {
         if (o.to)
             cli_usage_error(&convert_command, "--to takes pth or safetensors, not '%s'", o.to);
@@ -711,7 +777,7 @@ int ckpt_cli_convert(int argc, char **argv)
                                               "pth or --to safetensors", o.out);
         goto done_args;
     }
-    int named = format_of_name(o.out);
+    int named = sharded ? 0 : format_of_name(o.out);
     if (o.to && named && named != fmt && !o.force) {
         cli_usage_error(&convert_command, "--to %s contradicts the extension of %s (a %s "
                                           "file): rename OUT, or --force",
@@ -834,7 +900,11 @@ int ckpt_cli_convert(int argc, char **argv)
             meta = m;
         }
         so.metadata = meta;
-        st = ckpt_save_safetensors(o.out, root, &so, &err);
+        if (sharded)
+            st = ckpt_save_safetensors_sharded(
+                o.out, root, o.max_shard_size ? o.max_shard_size : DEFAULT_SHARD_SIZE, &so, &err);
+        else
+            st = ckpt_save_safetensors(o.out, root, &so, &err);
     } else {
         /* "format": "pt" is the reference writer's marker, nothing to lose */
         size_t meta_len = ckpt_value_len(info.metadata);

@@ -733,6 +733,44 @@ static void print_totals(const char *lead, const cli_total *t)
            (unsigned long long)t->bytes, h);
 }
 
+/* A DCP checkpoint's chunk layout: which file (rank) holds which box of
+ * every tensor. */
+static void print_chunks(ckpt_file *f, bool full)
+{
+    enum { SHOWN = 1000 };
+    size_t nt = ckpt_file_tensor_count(f), shown = 0, total = 0;
+    for (size_t i = 0; i < nt; i++)
+        total += ckpt_tensor_chunk_count(ckpt_file_tensor(f, i, NULL));
+    if (!total)
+        return;
+    printf("\nChunks (box in the tensor: file, item offset and bytes):\n");
+    for (size_t i = 0; i < nt; i++) {
+        const char *name;
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, &name);
+        size_t nc = ckpt_tensor_chunk_count(t);
+        if (nc && (full || shown < SHOWN))
+            printf("  %s: %zu chunk%s\n", name, nc, nc == 1 ? "" : "s");
+        for (size_t k = 0; k < nc; k++, shown++) {
+            if (!full && shown >= SHOWN)
+                continue;
+            ckpt_chunk_info ci = {.struct_size = sizeof(ci)};
+            if (!ckpt_tensor_chunk(t, k, &ci))
+                continue;
+            char box[256];
+            size_t n = 0;
+            box[0] = 0;
+            for (uint32_t d = 0; d < ci.ndim && n + 48 < sizeof(box); d++)
+                n += (size_t)snprintf(box + n, sizeof(box) - n, "%s%lld:%lld", d ? ", " : "",
+                                      (long long)ci.offsets[d],
+                                      (long long)(ci.offsets[d] + ci.sizes[d]));
+            printf("    [%s]  %s @ %llu (%llu bytes)\n", box, ci.file ? ci.file : "?",
+                   (unsigned long long)ci.file_offset, (unsigned long long)ci.length);
+        }
+    }
+    if (!full && total > SHOWN)
+        printf("  ... %zu more chunks (--full shows every one)\n", total - SHOWN);
+}
+
 static int inspect_human(const char *path, ckpt_file *f, bool full)
 {
     ckpt_file_info fi = {.struct_size = sizeof(fi)};
@@ -816,6 +854,7 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
                ti.storage_key ? ti.storage_key : "-", ti.location ? ti.location : "-",
                ti.layout != CKPT_LAYOUT_STRIDED ? " (sparse)" : ti.is_contiguous ? "" : " (view)");
     }
+    print_chunks(f, full);
     cli_totals tot;
     if (!cli_count_totals(f, &tot)) {
         fprintf(stderr, "%s: %s: out of memory\n", PROG, path);
@@ -942,6 +981,9 @@ static int verify_one(const char *path, bool quiet, unsigned open_flags)
                        (unsigned long long)bytes);
             else if (fi.format == CKPT_FORMAT_SHARDED)
                 printf("%llu bytes checked\n", (unsigned long long)bytes);
+            else if (fi.format == CKPT_FORMAT_DCP)
+                printf("%llu bytes of .distcp files checked (CRC32 of every item's records; "
+                       "chunks cover every tensor once)\n", (unsigned long long)bytes);
             else
                 printf("structure checked; %s has no checksum of the data\n", name);
         }

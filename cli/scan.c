@@ -308,6 +308,19 @@ static int name_order(const void *a, const void *b)
  * not followed (no loops). */
 static void scan_dir(scan_run *r, const char *dir, int depth)
 {
+    /* a DCP checkpoint is one checkpoint: its .metadata names its items */
+    size_t mlen = strlen(dir) + sizeof("/.metadata");
+    char *meta = malloc(mlen);
+    struct stat msb;
+    if (meta) {
+        snprintf(meta, mlen, "%s/.metadata", dir);
+        bool dcp = lstat(meta, &msb) == 0 && S_ISREG(msb.st_mode);
+        free(meta);
+        if (dcp) {
+            scan_one(r, dir);
+            return;
+        }
+    }
     DIR *d = opendir(dir);
     if (!d || depth > MAX_DIR_DEPTH) {
         if (d)

@@ -402,12 +402,14 @@ typedef enum ckpt_format {
     CKPT_FORMAT_NUMPY_NPY = 6,     /* numpy.save: one array, named "tensor" */
     CKPT_FORMAT_NUMPY_NPZ = 7,     /* numpy.savez(_compressed): one array per member, named
                                       by its key */
-    CKPT_FORMAT_TORCH_TAR = 8      /* torch.save before 0.4: a tar archive (storages,
+    CKPT_FORMAT_TORCH_TAR = 8,     /* torch.save before 0.4: a tar archive (storages,
                                       tensors, pickle members) */
+    CKPT_FORMAT_DCP = 9            /* a PyTorch Distributed Checkpoint directory
+                                      (.metadata and __R_N.distcp files) */
 } ckpt_format;
 
 /* "torch-zip", "torch-legacy", "safetensors", "pickle", "sharded", "numpy-npy",
- * "numpy-npz", "torch-tar", "unknown". */
+ * "numpy-npz", "torch-tar", "dcp", "unknown". */
 CKPT_API const char *ckpt_format_name(ckpt_format format);
 
 /* Flags for ckpt_open_options.flags. */
@@ -712,6 +714,26 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
                                            const ckpt_save_options *opts, ckpt_error *err);
 
 /*
+ * Saves the tensors of a tree as a sharded safetensors set in the directory
+ * dir, as transformers' save_pretrained does: in the tree's order, shards
+ * of at most max_shard_size bytes of tensor data (a tensor larger than that
+ * alone in its shard; tensors sharing a storage in the first one's shard),
+ * named model-0000i-of-0000n.safetensors, with model.safetensors.index.json
+ * ({"metadata": {"total_size": N}, "weight_map": {name: file}}); a single
+ * shard is model.safetensors, without an index. Each shard is written as
+ * ckpt_save_safetensors writes a file (opts->metadata in every shard;
+ * subtrees without tensors in the first shard's __metadata__). The set is
+ * one commit: it is made in DIR.tmp-ID beside dir with hard links to the
+ * other files of dir (config.json stays; stale shards of an earlier set
+ * go), synced, and swapped into place in one rename; a crash leaves dir
+ * old or new, whole. A dir holding subdirectories is refused.
+ */
+CKPT_API ckpt_status ckpt_save_safetensors_sharded(const char *dir, const ckpt_value *root,
+                                                   uint64_t max_shard_size,
+                                                   const ckpt_save_options *opts,
+                                                   ckpt_error *err);
+
+/*
  * Saves write to a temporary file beside the target and rename it over the
  * target when complete. This removes the temporaries of the saves in
  * progress in this process; it is async-signal-safe, for a SIGINT or
@@ -720,6 +742,65 @@ CKPT_API ckpt_status ckpt_save_safetensors(const char *path, const ckpt_value *r
  * the temporaries of processes that no longer exist.
  */
 CKPT_API void ckpt_remove_temporaries(void);
+
+/* ========================================================================
+ * Writing distributed checkpoints (PyTorch DCP directories)
+ *
+ * ckpt_dcp_save writes a directory that torch.distributed.checkpoint.load
+ * (torch 2.4+: StorageMeta) reads with any world size: .metadata (a protocol 4 pickle of
+ * torch 2.x's Metadata, TensorStorageMetadata, ChunkStorageMetadata,
+ * MetadataIndex, _StorageInfo, StorageMeta) and __RANK_0.distcp, one file
+ * per rank that has something to write, each item in it a whole torch.save
+ * archive at its offset. The state dict is flattened as torch does
+ * ("model.0.weight", "lst.1"; planner_data keeps the nesting).
+ *
+ * Every rank calls it with its own tree, the same dir and the same options:
+ * a tensor marked in opts->shards is that rank's chunk of a global tensor;
+ * every other value (unmarked tensors, ints, hyperparameters) is replicated
+ * and written once, from the coordinator's tree. The commit is atomic for
+ * the whole directory: the files go to DIR.tmp-ID beside it, each rank
+ * fsyncs its file, the coordinator gathers the chunk lists (MPI_Gather and
+ * MPI_Gatherv), writes and syncs .metadata, swaps the new directory into
+ * place (renameat2 RENAME_EXCHANGE over an old one), fsyncs the parent and
+ * removes the old directory. A crash of any rank at any point leaves the
+ * previous DIR whole; leftovers (DIR.tmp-*, DIR.old-*) are removed by the
+ * next save. All ranks return the same status.
+ *
+ * MPI is optional at build time (CKPT_MPI, on when mpi.h is found). Without
+ * it, or when MPI is not initialized, the same call writes the directory
+ * from this process alone (rank 0 of 1).
+ * ======================================================================== */
+
+/* A set of tensor chunks: which tensors of a rank's tree are its part of a
+ * global tensor, and where they lie in it. */
+typedef struct ckpt_dcp_shards ckpt_dcp_shards;
+
+CKPT_API ckpt_dcp_shards *ckpt_dcp_shards_new(void);
+CKPT_API void ckpt_dcp_shards_free(ckpt_dcp_shards *shards);
+/* Marks tensor (a value of the tree to be saved; its shape is the chunk's
+ * sizes) as the chunk of a global tensor of ndim dimensions global_shape
+ * starting at offsets. The chunk must lie inside the global tensor. */
+CKPT_API ckpt_status ckpt_dcp_shards_add(ckpt_dcp_shards *shards, const ckpt_value *tensor,
+                                         uint32_t ndim, const int64_t *global_shape,
+                                         const int64_t *offsets, ckpt_error *err);
+
+typedef struct ckpt_dcp_save_options {
+    size_t struct_size;              /* sizeof(ckpt_dcp_save_options) */
+    unsigned flags;                  /* CKPT_SAVE_NO_FSYNC */
+    const ckpt_dcp_shards *shards;   /* NULL: every tensor is whole */
+    /* An MPI_Comm * (CKPT_MPI builds only); NULL: MPI_COMM_WORLD when MPI is
+     * initialized, else this process alone. */
+    const void *comm;
+    int coordinator;                 /* the rank writing .metadata (0) */
+} ckpt_dcp_save_options;
+
+CKPT_API void ckpt_dcp_save_options_default(ckpt_dcp_save_options *opts);
+/* Saves a state dict (root: a DICT or ORDERED_DICT) as the DCP directory
+ * dir; collective over the communicator. */
+CKPT_API ckpt_status ckpt_dcp_save(const char *dir, const ckpt_value *root,
+                                   const ckpt_dcp_save_options *opts, ckpt_error *err);
+/* Whether this build of the library has MPI (CKPT_MPI). */
+CKPT_API bool ckpt_dcp_has_mpi(void);
 
 /* ========================================================================
  * Checkpoint manager
@@ -871,6 +952,31 @@ CKPT_API ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt
 CKPT_API ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts,
                                          ckpt_file **out, ckpt_checkpoint_info *info,
                                          ckpt_error *err);
+
+/*
+ * Saves a distributed checkpoint (a state dict sharded over MPI ranks, see
+ * ckpt_dcp_save) taken at step as the directory last.dcp of the managed
+ * directory, with best.dcp when the monitored metric improves and
+ * step-NNNNNNNN.dcp when retention keeps it: each a whole DCP directory
+ * that torch.distributed.checkpoint loads (best.dcp always holds the whole
+ * checkpoint; the numbered and best directories are hard links to last's
+ * files). Collective: every rank calls it with dir (the managed directory,
+ * on a filesystem all ranks share) and the same opts; the coordinator
+ * passes the manager it opened on dir, every other rank NULL (dir NULL on
+ * the coordinator: the manager's). Each directory goes into place whole
+ * (ckpt_dcp_save's commit), the manifest records it pending first, as
+ * ckpt_manager_save does for files: retention, best/last, listing, pruning
+ * and resume treat a .dcp directory as one checkpoint (its size and CRC32
+ * are of its files in name order). Do not mix .pth and .dcp checkpoints in
+ * one directory. saved (may be NULL) gets CKPT_SAVED_* bits on the
+ * coordinator. An error on any rank fails the save on every rank and
+ * leaves every checkpoint as it was.
+ */
+CKPT_API ckpt_status ckpt_manager_save_dcp(ckpt_manager *m, const char *dir, int64_t step,
+                                           const ckpt_value *state_dict,
+                                           const ckpt_dcp_save_options *opts,
+                                           const ckpt_metric *metrics, size_t metric_count,
+                                           unsigned *saved, ckpt_error *err);
 
 /* The kept files: last.pth, best.pth, then numbered ones by step. */
 CKPT_API size_t ckpt_manager_count(const ckpt_manager *m);
@@ -1299,6 +1405,93 @@ CKPT_API const char *ckpt_scan_kind_name(ckpt_scan_kind kind);
 /* Writes how a global is used as text ("called by REDUCE, BUILD target",
  * "referenced" when use is 0) into buf; returns buf. */
 CKPT_API const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size);
+
+/* ========================================================================
+ * Distributed checkpoints (PyTorch DCP) and regions of tensors
+ *
+ * ckpt_open of a DCP directory (or of the .metadata file in it) gives one
+ * logical checkpoint (format CKPT_FORMAT_DCP): every key of the state dict
+ * torch saved, nested as dcp_to_torch_save nests it (planner_data; flat
+ * names where there is none), each tensor with its global shape and dtype.
+ * Non-tensor items (epoch, hyperparameters) are in the tree as values.
+ * A global tensor's bytes lie in chunks, each a torch.save zip inside a
+ * .distcp file: ckpt_tensor_read_region reads any box of it from the chunks
+ * that overlap the box, opening and reading only those; ckpt_tensor_copy
+ * and writers (ckpt_save_torch, ckpt_save_safetensors) stream it chunk by
+ * chunk; ckpt_tensor_data assembles it once into memory the handle owns.
+ *
+ * The .metadata pickle is read as inert data: only DCP's own classes
+ * (torch 1.13's torch.distributed._shard.checkpoint and 2.x's
+ * torch.distributed.checkpoint, with TensorProperties, its memory-format
+ * enum, StorageMeta and pathlib paths), torch.Size, dtypes and layouts may
+ * appear; any other global is CKPT_ERR_UNSAFE naming it. Nothing is ever
+ * called. Items are read with the normal allow-list. Every file named must
+ * be a plain file directly in the directory (no "/", "..", absolute paths
+ * or symbolic links); every chunk must lie inside its file and inside its
+ * tensor, and the chunks of a tensor must cover it exactly once (a gap or
+ * an overlap is CKPT_ERR_FORMAT naming the tensor). Items stored with
+ * transforms (transform_descriptors, torch 2.7+ extensions such as zstd)
+ * are CKPT_ERR_UNSUPPORTED naming the transform. The files named and the
+ * items (chunks and values) each count against limits.max_tensor_paths.
+ * ======================================================================== */
+
+/* Where one chunk of a tensor is: its box in the global tensor and its item.
+ * Filled by ckpt_tensor_chunk (the library fills it: see the top). */
+typedef struct ckpt_chunk_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_chunk_info) (see the top) */
+    uint32_t ndim;
+    const int64_t *offsets;    /* ndim: the chunk's first element in the tensor */
+    const int64_t *sizes;      /* ndim: its extent in each dimension */
+    const char *file;          /* the file holding it, relative to the directory */
+    uint64_t file_offset;      /* where its item (a torch.save zip) starts there */
+    uint64_t length;           /* the item's bytes */
+} ckpt_chunk_info;
+
+/* Chunks of a tensor of a DCP checkpoint, sorted by their offsets (row-major
+ * order of their first elements); 0 for a tensor stored whole. */
+CKPT_API size_t ckpt_tensor_chunk_count(const ckpt_tensor *t);
+/* Chunk i of t; false past the last (nothing written then). Pointers are
+ * borrowed from the handle. */
+CKPT_API bool ckpt_tensor_chunk(const ckpt_tensor *t, size_t i, ckpt_chunk_info *info);
+
+/*
+ * Copies the box [offsets[d], offsets[d] + sizes[d]) of every dimension d of
+ * tensor t (ndim values each; NULL for a 0-d tensor) into dst as a
+ * contiguous row-major array in native byte order (dst_size >= the box's
+ * elements x element size). Works for every strided tensor of any format;
+ * for a DCP tensor only the chunks overlapping the box are opened and read.
+ * A box outside the tensor is CKPT_ERR_INVALID_ARG; sub-byte dtypes are
+ * CKPT_ERR_UNSUPPORTED. The box is bounded by max_output_ratio as
+ * ckpt_tensor_copy is.
+ */
+CKPT_API ckpt_status ckpt_tensor_read_region(ckpt_file *f, const ckpt_tensor *t,
+                                             const int64_t *offsets, const int64_t *sizes,
+                                             void *dst, size_t dst_size, ckpt_error *err);
+
+/* One region a rank asks for: tensor `name` (as ckpt_file_tensor names it),
+ * box offsets/sizes (its ndim values each), written into dst as
+ * ckpt_tensor_read_region writes it. Passed in arrays: never grows. */
+typedef struct ckpt_region {
+    const char *name;
+    const int64_t *offsets;
+    const int64_t *sizes;
+    void *dst;
+    size_t dst_size;
+} ckpt_region;
+
+/*
+ * Resharding load: fills every region of regions[0..count) from the chunks
+ * of f (a DCP checkpoint, or any checkpoint), whatever split and world
+ * size wrote it and whatever split asks (rows, columns, uneven pieces).
+ * Each process (rank) opens the checkpoint and asks for its own regions;
+ * only the chunks that overlap them are opened and read. Finding them is
+ * a binary search over each tensor's chunks sorted by their first offset,
+ * not a comparison of every chunk with every region. The first failing
+ * region stops the load with CKPT_ERR_NOT_FOUND (no such tensor) or the
+ * error of ckpt_tensor_read_region, its name in err's record.
+ */
+CKPT_API ckpt_status ckpt_dcp_load_shard(ckpt_file *f, const ckpt_region *regions,
+                                         size_t count, ckpt_error *err);
 
 #ifdef __cplusplus
 }

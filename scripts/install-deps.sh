@@ -3,6 +3,8 @@
 # Idempotent: returns at once when everything is present.
 set -eu
 PKGS="build-essential cmake pkg-config clang libclang-rt-dev libdeflate-dev zlib1g-dev libjansson-dev libyajl-dev libcmocka-dev python3 python3-torch python3-numpy python3-pytest"
+# MPI for ckpt_dcp_save from MPI ranks (CKPT_MPI) and its tests under mpirun
+PKGS="$PKGS libopenmpi-dev openmpi-bin"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -7,6 +7,10 @@
  * load_state_dict, the optimizer with AdamW.load_state_dict).
  *
  *   mlp train --dir DIR [--epochs N]   train, resuming from DIR when it holds a checkpoint
+ *   mpirun -np N mlp train --dir DIR --sharded [--epochs N]
+ *                                      the same data-parallel over N MPI ranks, the
+ *                                      AdamW state and update split by rows (ZeRO
+ *                                      stage 1), a DCP checkpoint per epoch
  *   mlp predict --weights FILE         outputs of the weights in FILE for a fixed batch
  *   mlp data --out FILE                the training and validation data, as safetensors
  *
@@ -15,6 +19,9 @@
  */
 #include <ckpt.h>
 #include <errno.h>
+#ifdef CKPT_HAVE_MPI
+#include <mpi.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,6 +459,338 @@ done:
     return code;
 }
 
+#ifdef CKPT_HAVE_MPI
+/* ------------------------------------------------------------------------
+ * mlp train --sharded: data-parallel over MPI ranks, ZeRO stage 1
+ *
+ * Every rank holds the whole model and takes a slice of each batch; the
+ * gradients are summed with MPI_Allreduce. Each parameter's rows are split
+ * over the ranks: a rank keeps the AdamW state of its rows only, updates
+ * them, and MPI_Allgatherv gives every rank the updated rows. The
+ * checkpoint of each epoch is a DCP directory (ckpt_manager_save_dcp:
+ * DIR/last.dcp, best.dcp) in which each rank saves its rows of every
+ * parameter and of its optimizer state; a run resumes from it with any
+ * number of ranks, each reading only its rows (ckpt_dcp_load_shard).
+ * ------------------------------------------------------------------------ */
+
+#define NPARAMS 4
+
+typedef struct zero1 {
+    int rank, size;
+    int64_t rows[NPARAMS], cols[NPARAMS];
+    int64_t r0[NPARAMS], nr[NPARAMS]; /* this rank's rows */
+    float *exp_avg[NPARAMS], *exp_avg_sq[NPARAMS];
+    int64_t step;
+    ckpt_adamw_options ao;
+} zero1;
+
+static void rows_of(int64_t rows, int rank, int size, int64_t *r0, int64_t *nr)
+{
+    *r0 = rows * rank / size;
+    *nr = rows * (rank + 1) / size - *r0;
+}
+
+/* AdamW (torch.optim.AdamW's arithmetic) on this rank's rows of each
+ * parameter, then every rank gets every rank's rows. */
+static void zero1_step(zero1 *z, net *n, const grads *g)
+{
+    float *params[NPARAMS] = {n->w1, n->b1, n->w2, n->b2};
+    const float *gs[NPARAMS] = {g->w1, g->b1, g->w2, g->b2};
+    const ckpt_adamw_options *o = &z->ao;
+    z->step++;
+    double bc1 = 1.0 - pow(o->beta1, (double)z->step), bc2 = 1.0 - pow(o->beta2, (double)z->step);
+    float step_size = (float)(o->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    for (int p = 0; p < NPARAMS; p++) {
+        int64_t first = z->r0[p] * z->cols[p], count = z->nr[p] * z->cols[p];
+        for (int64_t i = 0; i < count; i++) {
+            float *w = &params[p][first + i], grad = gs[p][first + i];
+            float *m = &z->exp_avg[p][i], *v = &z->exp_avg_sq[p][i];
+            *w *= (float)(1.0 - o->lr * o->weight_decay);
+            *m += (grad - *m) * (float)(1.0 - o->beta1);
+            *v = *v * (float)o->beta2 + (float)(1.0 - o->beta2) * grad * grad;
+            *w -= step_size * (*m / (sqrtf(*v) / bc2_sqrt + (float)o->eps));
+        }
+        int counts[64], displs[64];
+        for (int r = 0; r < z->size; r++) {
+            int64_t r0, nr;
+            rows_of(z->rows[p], r, z->size, &r0, &nr);
+            counts[r] = (int)(nr * z->cols[p]);
+            displs[r] = (int)(r0 * z->cols[p]);
+        }
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params[p], counts, displs, MPI_FLOAT,
+                       MPI_COMM_WORLD);
+    }
+}
+
+static const char *const PARAM_NAMES[NPARAMS] = {"net.0.weight", "net.0.bias", "net.2.weight",
+                                                 "net.2.bias"};
+
+/* A tensor over rows [r0, r0 + nr) of a [rows, cols] parameter (cols 1: a
+ * bias), marked as this rank's chunk of it. */
+static ckpt_value *chunk(ckpt_tree *t, ckpt_dcp_shards *shards, const float *base,
+                         const zero1 *z, int p, ckpt_error *err)
+{
+    bool matrix = z->cols[p] > 1;
+    int64_t shape[2] = {z->nr[p], z->cols[p]}, global[2] = {z->rows[p], z->cols[p]},
+            offsets[2] = {z->r0[p], 0};
+    ckpt_tensor_desc d;
+    ckpt_tensor_desc_init(&d);
+    d.ndim = matrix ? 2 : 1;
+    d.shape = shape;
+    d.data = base;
+    ckpt_value *v = ckpt_new_tensor(t, &d);
+    if (v && ckpt_dcp_shards_add(shards, v, d.ndim, global, offsets, err) != CKPT_OK)
+        return NULL;
+    return v;
+}
+
+static ckpt_status save_sharded(ckpt_manager *m, const char *dir, const net *n, const zero1 *z,
+                                int64_t epoch, double train_loss, double val_loss,
+                                unsigned *saved, ckpt_error *err)
+{
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_dcp_shards *shards = ckpt_dcp_shards_new();
+    if (!t || !shards) {
+        ckpt_tree_free(t);
+        ckpt_dcp_shards_free(shards);
+        return set_error(err, CKPT_ERR_NOMEM, "out of memory");
+    }
+    const float *params[NPARAMS] = {n->w1, n->b1, n->w2, n->b2};
+    ckpt_value *root = ckpt_new_dict(t), *model = ckpt_new_dict(t), *optim = ckpt_new_dict(t);
+    ckpt_value *state = ckpt_new_dict(t), *groups = ckpt_new_list(t), *group = ckpt_new_dict(t);
+    ckpt_value *ids = ckpt_new_list(t), *metrics = ckpt_new_dict(t);
+    ckpt_status st = CKPT_OK;
+    for (int p = 0; p < NPARAMS && st == CKPT_OK; p++) {
+        ckpt_append(t, ids, ckpt_new_int(t, p));
+        if (z->nr[p] == 0)
+            continue; /* more ranks than rows: nothing of it here */
+        ckpt_value *w = chunk(t, shards, params[p] + z->r0[p] * z->cols[p], z, p, err);
+        ckpt_value *ea = chunk(t, shards, z->exp_avg[p], z, p, err);
+        ckpt_value *es = chunk(t, shards, z->exp_avg_sq[p], z, p, err);
+        if (!w || !ea || !es) {
+            st = err->status ? err->status : ckpt_tree_status(t, err);
+            break;
+        }
+        ckpt_value *ps = ckpt_new_dict(t);
+        ckpt_dict_put_str(t, ps, "step", ckpt_new_int(t, z->step));
+        ckpt_dict_put_str(t, ps, "exp_avg", ea);
+        ckpt_dict_put_str(t, ps, "exp_avg_sq", es);
+        ckpt_dict_put(t, state, ckpt_new_int(t, p), ps);
+        ckpt_dict_put_str(t, model, PARAM_NAMES[p], w);
+    }
+    ckpt_dict_put_str(t, group, "lr", ckpt_new_float(t, z->ao.lr));
+    ckpt_dict_put_str(t, group, "eps", ckpt_new_float(t, z->ao.eps));
+    ckpt_dict_put_str(t, group, "weight_decay", ckpt_new_float(t, z->ao.weight_decay));
+    ckpt_dict_put_str(t, group, "params", ids);
+    ckpt_append(t, groups, group);
+    ckpt_dict_put_str(t, optim, "state", state);
+    ckpt_dict_put_str(t, optim, "param_groups", groups);
+    ckpt_dict_put_str(t, root, "model", model);
+    ckpt_dict_put_str(t, root, "optimizer", optim);
+    ckpt_dict_put_str(t, root, "epoch", ckpt_new_int(t, epoch));
+    ckpt_dict_put_str(t, metrics, "val_loss", ckpt_new_float(t, val_loss));
+    ckpt_dict_put_str(t, metrics, "train_loss", ckpt_new_float(t, train_loss));
+    ckpt_dict_put_str(t, root, "metrics", metrics);
+    if (st == CKPT_OK)
+        st = ckpt_tree_status(t, err);
+    ckpt_dcp_save_options o;
+    ckpt_dcp_save_options_default(&o);
+    o.shards = shards;
+    ckpt_metric metric = {"val_loss", val_loss};
+    /* every rank takes part even after an error of its own: the save then
+     * fails everywhere */
+    ckpt_error mine = *err;
+    ckpt_status st2 = ckpt_manager_save_dcp(m, dir, epoch, st == CKPT_OK ? root : model, &o,
+                                           &metric, 1, saved, err);
+    if (st != CKPT_OK) {
+        *err = mine;
+        st2 = st;
+    }
+    ckpt_dcp_shards_free(shards);
+    ckpt_tree_free(t);
+    return st2;
+}
+
+/* Every rank reads the whole model and its rows of the optimizer state
+ * from the DCP directory path; *next_epoch gets the epoch to train next. */
+static ckpt_status restore_sharded(net *n, zero1 *z, const char *path, int64_t *next_epoch,
+                                   ckpt_error *err)
+{
+    ckpt_file *f = NULL;
+    ckpt_status st = ckpt_open(path, NULL, &f, err);
+    if (st != CKPT_OK)
+        return st;
+    float *params[NPARAMS] = {n->w1, n->b1, n->w2, n->b2};
+    char names[3 * NPARAMS][64];
+    int64_t zero[2] = {0, 0}, whole[NPARAMS][2], off[NPARAMS][2], mine[NPARAMS][2];
+    ckpt_region regions[3 * NPARAMS];
+    size_t count = 0;
+    for (int p = 0; p < NPARAMS; p++) {
+        whole[p][0] = z->rows[p];
+        whole[p][1] = z->cols[p];
+        off[p][0] = z->r0[p];
+        off[p][1] = 0;
+        mine[p][0] = z->nr[p];
+        mine[p][1] = z->cols[p];
+        size_t all = (size_t)(z->rows[p] * z->cols[p]) * sizeof(float);
+        size_t part = (size_t)(z->nr[p] * z->cols[p]) * sizeof(float);
+        snprintf(names[count], 64, "model.%s", PARAM_NAMES[p]);
+        regions[count] = (ckpt_region){names[count], zero, whole[p], params[p], all};
+        count++;
+        if (z->nr[p] == 0)
+            continue;
+        snprintf(names[count], 64, "optimizer.state.%d.exp_avg", p);
+        regions[count] = (ckpt_region){names[count], off[p], mine[p], z->exp_avg[p], part};
+        count++;
+        snprintf(names[count], 64, "optimizer.state.%d.exp_avg_sq", p);
+        regions[count] = (ckpt_region){names[count], off[p], mine[p], z->exp_avg_sq[p], part};
+        count++;
+    }
+    st = ckpt_dcp_load_shard(f, regions, count, err);
+    const ckpt_value *root = ckpt_file_root(f);
+    const ckpt_value *epoch = ckpt_value_get(root, "epoch");
+    const ckpt_value *s0 = ckpt_value_get(ckpt_value_get(ckpt_value_get(root, "optimizer"),
+                                                         "state"), "0");
+    const ckpt_value *step = ckpt_value_get(s0, "step");
+    if (st == CKPT_OK && (!epoch || ckpt_value_kind(epoch) != CKPT_KIND_INT || !step ||
+                          ckpt_value_kind(step) != CKPT_KIND_INT))
+        st = set_error(err, CKPT_ERR_NOT_FOUND, "no int \"epoch\" or optimizer step to resume from");
+    if (st == CKPT_OK) {
+        *next_epoch = ckpt_value_int(epoch) + 1;
+        z->step = ckpt_value_int(step);
+    }
+    ckpt_close(f);
+    return st;
+}
+
+static int cmd_train_sharded(const char *dir, int64_t epochs)
+{
+    MPI_Init(NULL, NULL);
+    static dataset d;
+    static grads g;
+    make_data(&d);
+    zero1 z;
+    memset(&z, 0, sizeof z);
+    MPI_Comm_rank(MPI_COMM_WORLD, &z.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &z.size);
+    int code = EXIT_ERROR;
+    net n;
+    ckpt_manager *m = NULL;
+    ckpt_error err;
+    memset(&err, 0, sizeof err);
+    char resumed[4096] = "";
+    if (z.size > 10) {
+        if (z.rank == 0)
+            fprintf(stderr, "mlp: --sharded takes at most 10 ranks (net.2.bias has 10 rows)\n");
+        MPI_Finalize();
+        return EXIT_ERROR;
+    }
+    if (net_new(&n, &err) != CKPT_OK)
+        goto failed;
+    net_init(&n);
+    ckpt_adamw_options_default(&z.ao);
+    const int64_t rows[NPARAMS] = {HIDDEN, HIDDEN, OUT, OUT}, cols[NPARAMS] = {IN, 1, HIDDEN, 1};
+    for (int p = 0; p < NPARAMS; p++) {
+        z.rows[p] = rows[p];
+        z.cols[p] = cols[p];
+        rows_of(rows[p], z.rank, z.size, &z.r0[p], &z.nr[p]);
+        z.exp_avg[p] = calloc((size_t)(z.nr[p] * cols[p]) + 1, sizeof(float));
+        z.exp_avg_sq[p] = calloc((size_t)(z.nr[p] * cols[p]) + 1, sizeof(float));
+        if (!z.exp_avg[p] || !z.exp_avg_sq[p]) {
+            set_error(&err, CKPT_ERR_NOMEM, "out of memory");
+            goto failed;
+        }
+    }
+
+    /* the coordinator keeps the directory and finds what to resume from */
+    int found = 0;
+    if (z.rank == 0) {
+        ckpt_manager_options mo;
+        ckpt_manager_options_default(&mo);
+        mo.monitor = "val_loss";
+        mo.mode = CKPT_MODE_MIN;
+        mo.warn = print_warning;
+        ckpt_status st = ckpt_manager_open(dir, &mo, &m, &err);
+        ckpt_file *f = NULL;
+        ckpt_checkpoint_info info = {.struct_size = sizeof(info)};
+        if (st == CKPT_OK)
+            st = ckpt_manager_resume(m, NULL, &f, &info, &err);
+        if (st == CKPT_OK) {
+            snprintf(resumed, sizeof resumed, "%s/%s", dir, info.file);
+            found = 1;
+            ckpt_close(f);
+        } else if (st == CKPT_ERR_NOT_FOUND) {
+            found = 0;
+        } else {
+            found = -1;
+        }
+    }
+    MPI_Bcast(&found, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Bcast(resumed, (int)sizeof resumed, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (found < 0)
+        goto failed;
+    int64_t first = 0;
+    if (found) {
+        int ok = restore_sharded(&n, &z, resumed, &first, &err) == CKPT_OK, all = 0;
+        MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        if (!all)
+            goto failed;
+        if (z.rank == 0)
+            printf("Resuming at epoch %lld from %s on %d rank%s\n", (long long)first, resumed,
+                   z.size, z.size == 1 ? "" : "s");
+    }
+    float *gflat = (float *)&g;
+    const int gcount = (int)(sizeof g / sizeof(float));
+    for (int64_t epoch = first; epoch < epochs; epoch++) {
+        double sum = 0;
+        int batches = 0;
+        for (int start = 0; start < TRAIN_ROWS; start += BATCH, batches++) {
+            int64_t l0, ln;
+            rows_of(BATCH, z.rank, z.size, &l0, &ln);
+            float h[BATCH * HIDDEN], out[BATCH * OUT];
+            const float *x = d.train_x + (start + l0) * IN, *y = d.train_y + (start + l0) * OUT;
+            double sq = 0;
+            memset(&g, 0, sizeof g);
+            if (ln > 0) {
+                forward(&n, x, (int)ln, h, out);
+                sq = (double)mse(out, y, (int)ln * OUT) * (double)(ln * OUT);
+                backward(&n, x, h, out, y, (int)ln, &g);
+                /* this slice's share of the whole batch's mean */
+                for (int i = 0; i < gcount; i++)
+                    gflat[i] *= (float)ln / (float)BATCH;
+            }
+            MPI_Allreduce(MPI_IN_PLACE, gflat, gcount, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+            sum += sq / (BATCH * OUT);
+            zero1_step(&z, &n, &g);
+        }
+        double train_loss = sum / batches, val_loss = validate(&n, &d);
+        unsigned saved = 0;
+        if (save_sharded(m, dir, &n, &z, epoch, train_loss, val_loss, &saved, &err) != CKPT_OK)
+            goto failed;
+        if (z.rank == 0) {
+            printf("epoch %lld: train_loss %.6f val_loss %.6f%s\n", (long long)epoch, train_loss,
+                   val_loss, saved & CKPT_SAVED_BEST ? " (best)" : "");
+            fflush(stdout);
+        }
+    }
+    code = 0;
+    goto done;
+failed:
+    code = fail(resumed[0] ? resumed : NULL, &err);
+done:
+    ckpt_manager_close(m);
+    for (int p = 0; p < NPARAMS; p++) {
+        free(z.exp_avg[p]);
+        free(z.exp_avg_sq[p]);
+    }
+    if (n.model)
+        ckpt_model_free(n.model);
+    MPI_Finalize();
+    return code;
+}
+#endif
+
 /* ------------------------------------------------------------------------
  * mlp predict
  * ------------------------------------------------------------------------ */
@@ -548,8 +887,13 @@ static int cmd_data(const char *path)
 static const char usage_text[] =
     "usage: mlp train --dir DIR [--epochs N]  train the seed's Net for epochs 0..N-1 (default 3),\n"
     "                                         resuming from DIR's last checkpoint\n"
-    "       mlp predict --weights FILE        print the outputs of FILE's weights (.pth or\n"
-    "                                         .safetensors) for a fixed 4x32 batch\n"
+    "       mpirun -np N mlp train --dir DIR --sharded [--epochs N]\n"
+    "                                         the same over N MPI ranks (ZeRO stage 1), a DCP\n"
+    "                                         directory per epoch (DIR/last.dcp), resuming\n"
+    "                                         with any N\n"
+    "       mlp predict --weights FILE        print the outputs of FILE's weights (.pth,\n"
+    "                                         .safetensors or a DCP directory) for a fixed\n"
+    "                                         4x32 batch\n"
     "       mlp data --out FILE               write the training and validation data as\n"
     "                                         safetensors (train.x, train.y, val.x, val.y)\n";
 
@@ -605,9 +949,28 @@ int main(int argc, char **argv)
         static const char *const names[] = {"--dir", "--epochs"};
         const char *values[2] = {NULL, "3"};
         int64_t epochs;
-        if (!parse_options(argc - 2, argv + 2, names, values, 2) || !values[0] ||
+        bool sharded = false;
+        char *rest[8];
+        int nrest = 0;
+        for (int i = 2; i < argc; i++) {
+            if (strcmp(argv[i], "--sharded") == 0)
+                sharded = true;
+            else if (nrest < 8)
+                rest[nrest++] = argv[i];
+            else
+                return usage();
+        }
+        if (!parse_options(nrest, rest, names, values, 2) || !values[0] ||
             !parse_epochs(values[1], &epochs))
             return usage();
+        if (sharded) {
+#ifdef CKPT_HAVE_MPI
+            return cmd_train_sharded(values[0], epochs);
+#else
+            fprintf(stderr, "mlp: --sharded needs MPI: this build has none (CKPT_MPI)\n");
+            return EXIT_ERROR;
+#endif
+        }
         return cmd_train(values[0], epochs);
     }
     if (strcmp(cmd, "predict") == 0) {

@@ -253,4 +253,19 @@ void ckpt__staged_discard(ckpt__staged *stage);
 /* fsync of the directory holding path, so renames in it are durable. */
 ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err);
 
+/* ---- crash-safe output directories (outdir.c) ------------------------- */
+
+/* Removes a directory of files (one level). */
+void ckpt__dir_remove(const char *path);
+/* Removes DIR.tmp-* and DIR.old-* beside dir, left by saves that crashed
+ * (a DIR.old-* with no DIR goes back to DIR). */
+void ckpt__dir_remove_leftovers(const char *dir);
+/* fsync of a directory; -1 with errno on failure. */
+int ckpt__dir_sync(const char *path);
+/* Puts the finished directory tmp in place of dir in one step; *old (old_cap
+ * bytes) gets where the previous dir went, to be removed, or "" when there
+ * was none. On failure dir is as it was. */
+ckpt_status ckpt__dir_swap_in(const char *tmp, const char *dir, char *old, size_t old_cap,
+                              ckpt_error *err);
+
 #endif /* CKPT_BASE_H */

@@ -32,7 +32,50 @@ typedef struct ckpt__storage {
      * (data set, resolved true) or the elements of cast_src converted to
      * dtype, produced while writing (data NULL) */
     const struct ckpt_tensor *cast_src;
+    /* a DCP checkpoint's global tensor (owner: the DCP file): its bytes
+     * lie in chunks (region.c reads them), not in one record */
+    struct ckpt__chunked *chunked;
 } ckpt__storage;
+
+/* ---- chunked tensors (region.c) ---------------------------------------
+ * A DCP checkpoint's global tensor is a storage of its own (chunked) over
+ * chunks, each a box of the tensor held whole by one item of a file. */
+
+typedef struct ckpt__chunk {
+    int64_t *offsets, *sizes;  /* ndim each: the chunk's box in the tensor */
+    uint32_t file;             /* index in its DCP file's files (dcp_files) */
+    uint64_t offset, length;   /* its item's bytes in that file */
+    ckpt_file *item;           /* the item once opened, else NULL */
+    const struct ckpt_tensor *src; /* the item's tensor (shape = sizes) */
+} ckpt__chunk;
+
+typedef struct ckpt__chunked {
+    const char *name;          /* the tensor's key, for messages */
+    uint32_t ndim;
+    const int64_t *shape;
+    ckpt_dtype dtype;
+    ckpt__chunk *chunks;       /* sorted by offsets, row-major */
+    size_t count;
+    int64_t max_extent0;       /* the largest sizes[0]: how far back a chunk
+                                  starting before a box may still reach it */
+} ckpt__chunked;
+
+/* Opens chunk c's item and checks its tensor against the chunk (set by the
+ * format layer on a DCP file: ckpt_file.open_chunk). */
+typedef ckpt_status (*ckpt__open_chunk_fn)(ckpt_file *f, const ckpt__chunked *t, ckpt__chunk *c,
+                                           ckpt_error *err);
+
+/* The box [lo, lo + n) of t (ndim values each, checked by the caller) into
+ * dst, row-major with n's shape. t is any strided tensor, chunked or not. */
+ckpt_status ckpt__tensor_region(ckpt_file *f, const struct ckpt_tensor *t, const uint64_t *lo,
+                                const uint64_t *n, uint8_t *dst, ckpt_error *err);
+/* Bytes [off, off + len) of a chunked storage, row-major, into buf. */
+ckpt_status ckpt__chunked_read(ckpt__storage *s, uint64_t off, size_t len, uint8_t *buf,
+                               ckpt_error *err);
+/* A chunked storage assembled whole into memory it owns (resolution). */
+ckpt_status ckpt__chunked_resolve(ckpt__storage *s, ckpt_error *err);
+/* Opens every chunk's item not opened yet (verification reads them all). */
+ckpt_status ckpt__chunks_open_all(ckpt_file *f, ckpt_error *err);
 
 struct ckpt_tensor {
     ckpt_dtype dtype;
@@ -246,6 +289,28 @@ struct ckpt_file {
      * faulting the map in; has_fd is false for memory. */
     int fd;
     bool has_fd;
+
+    /* A DCP checkpoint (format/dcp.c): the files its .metadata names,
+     * mapped, and the items opened from them (values, chunks), closed with
+     * the file and verified with it. */
+    bool is_dcp;
+    int dcp_dir;                  /* its directory, while opening */
+    struct ckpt__dcp_file {
+        const char *name;
+        const uint8_t *map;
+        uint64_t size;
+    } *dcp_files;
+    size_t dcp_file_count;
+    struct ckpt__dcp_item {       /* every item storage_data names */
+        const char *key;
+        uint32_t file;
+        uint64_t offset, length;
+    } *dcp_items;
+    size_t dcp_item_count;
+    ckpt_file **items;
+    const char **item_names;      /* "FILE@N (key)", for messages */
+    size_t item_count, item_cap;
+    ckpt__open_chunk_fn open_chunk;
 };
 
 /* Adds a storage to the file's table (it gets its index). */

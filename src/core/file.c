@@ -23,6 +23,15 @@ void ckpt_close(ckpt_file *f)
     for (size_t i = 0; i < f->shard_count; i++)
         ckpt_close(f->shards[i]);
     free(f->shards);
+    for (size_t i = 0; i < f->item_count; i++)
+        ckpt_close(f->items[i]);
+    free(f->items);
+    free(f->item_names);
+    for (size_t i = 0; i < f->dcp_file_count; i++) {
+        if (f->dcp_files[i].map && f->dcp_files[i].size)
+            munmap((void *)(uintptr_t)f->dcp_files[i].map, f->dcp_files[i].size);
+    }
+    free(f->dcp_files);
     free(f->storages);
     free(f->tensors);
     free(f->name_index);
@@ -272,8 +281,9 @@ static ckpt_status verify_plan_sparse(ckpt_file *f, const ckpt_tensor *t, const 
 /* What resolving a storage checks, without reading or copying its bytes. */
 static ckpt_status verify_storage(ckpt_file *f, const ckpt__storage *s, ckpt_error *err)
 {
-    if (s->base || (s->owner && s->owner != f) || s->record_index >= 0)
-        return CKPT_OK; /* a view of a root checked here; a shard's; a record checked above */
+    if (s->base || (s->owner && s->owner != f) || s->record_index >= 0 || s->chunked)
+        return CKPT_OK; /* a view of a root checked here; a shard's; a record checked above;
+                           chunks, checked as the items they are */
     if (s->file_offset != CKPT_NO_OFFSET) {
         uint64_t end;
         if (!ckpt__add_u64(s->file_offset, s->nbytes, &end) || end > f->map_size)
@@ -324,6 +334,8 @@ static uint64_t verify_total(const ckpt_file *f)
             t += f->zip.entries[i].size;
     for (size_t i = 0; i < f->shard_count; i++)
         t += verify_total(f->shards[i]);
+    for (size_t i = 0; i < f->dcp_file_count; i++)
+        t += f->dcp_files[i].size; /* about what its items inflate to */
     return t;
 }
 
@@ -439,6 +451,16 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
         st = verify_file(f->shards[i], prog, err);
         if (st != CKPT_OK) {
             ckpt__error_prefix_record(err, f->records[i].name);
+            goto out;
+        }
+    }
+    /* a DCP checkpoint: every item, its chunks opened first */
+    if (f->is_dcp && (st = ckpt__chunks_open_all(f, err)) != CKPT_OK)
+        goto out;
+    for (size_t i = 0; i < f->item_count; i++) {
+        st = verify_file(f->items[i], prog, err);
+        if (st != CKPT_OK) {
+            ckpt__error_prefix_record(err, f->item_names[i]);
             goto out;
         }
     }

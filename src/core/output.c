@@ -41,6 +41,8 @@ uint64_t ckpt__file_content(const ckpt_file *f)
     }
     for (size_t i = 0; i < f->shard_count; i++)
         n = sat_add(n, f->shards[i]->content_bytes);
+    for (size_t i = 0; i < f->dcp_file_count; i++)
+        n = sat_add(n, f->dcp_files[i].size);
     return n;
 }
 

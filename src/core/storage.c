@@ -118,6 +118,8 @@ ckpt_status ckpt__storage_resolve(ckpt_file *f, ckpt__storage *s, ckpt_error *er
         f = s->owner; /* a shard's storage */
     if (s->resolved)
         return CKPT_OK;
+    if (s->chunked)
+        return ckpt__chunked_resolve(s, err);
     const uint8_t *src = NULL;
     uint8_t *owned = NULL;
     if (s->record_index >= 0) {

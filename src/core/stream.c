@@ -33,7 +33,7 @@ static ckpt_status cast_read(const ckpt__storage *s, uint64_t off, size_t len, u
     if (dsz == 0 || ssz == 0 || off % dsz || len % dsz)
         return CKPT_INVALID_ARG(err, "cast reads must cover whole elements");
     uint64_t first = off / dsz, count = len / dsz;
-    if (ckpt__tensor_is_contiguous(src) && !src->storage->cast_src) {
+    if (ckpt__tensor_is_contiguous(src) && !src->storage->cast_src && !src->storage->chunked) {
         const uint8_t *p;
         CKPT_RETURN_IF_ERROR(
             ckpt__tensor_read(src, first * ssz, (size_t)count * ssz, NULL, &p, err));
@@ -71,6 +71,11 @@ ckpt_status ckpt__storage_read(ckpt__storage *s, uint64_t off, size_t len, uint8
         return CKPT_OK;
     }
     ckpt__storage *root = s->base ? s->base : s;
+    if (root->chunked && !root->resolved && buf) {
+        CKPT_RETURN_IF_ERROR(ckpt__chunked_read(root, s->base_offset + off, len, buf, err));
+        *out = buf;
+        return CKPT_OK;
+    }
     if (root->owner)
         CKPT_RETURN_IF_ERROR(ckpt__storage_resolve(root->owner, root, err));
     if (!root->data)

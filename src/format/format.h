@@ -39,6 +39,16 @@ bool ckpt__7z_detect(const uint8_t *data, uint64_t size);
 /* A PNG image (its first byte is an opcode, LONG1: told apart first). */
 bool ckpt__png_detect(const uint8_t *data, uint64_t size);
 ckpt_status ckpt__open_sharded(ckpt_file *f, ckpt_error *err);
+/* A DCP checkpoint (dcp.c): f->map is its .metadata, f->dcp_dir its
+ * directory (open while this runs). */
+ckpt_status ckpt__open_dcp(ckpt_file *f, ckpt_error *err);
+/* Runs a .metadata pickle in DCP mode: DCP's classes as inert objects,
+ * anything else outside the allow-list CKPT_ERR_UNSAFE by name. */
+ckpt_status ckpt__dcp_unpickle(const uint8_t *data, size_t size, const ckpt_limits *limits,
+                               ckpt__arena *arena, ckpt_value **root, int *protocol,
+                               ckpt_error *err);
+/* Whether module.name is one of the classes a .metadata may name. */
+bool ckpt__dcp_global_allowed(const char *module, size_t mlen, const char *name, size_t nlen);
 /* ckpt_open of an opened descriptor (taken over: closed here or kept by the
  * file) whose fstat is *sb. shard: the file is a shard of a sharded index,
  * which may not be an index itself. */
@@ -159,5 +169,22 @@ bool ckpt__python_dotted_name(const char *s, size_t n);
 ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
                                 const ckpt_save_options *opts, uint64_t zip64_threshold,
                                 ckpt__staged *stage, ckpt_error *err);
+
+/* One whole torch.save archive appended to an output already open (a DCP
+ * .distcp file holds one per item): its zip offsets count from its first
+ * byte, as torch.load of those bytes alone needs; *len gets its size.
+ * opts->prefix NULL gives "archive", as torch.save to a buffer. */
+ckpt_status ckpt__save_torch_append(ckpt__out *out, const ckpt_value *root,
+                                    const ckpt_save_options *opts, uint64_t *len, ckpt_error *err);
+
+/* ckpt_dcp_save with two additions for the manager. preflight (may be
+ * NULL): an error this rank found before the save, which fails it on every
+ * rank. before_swap (may be NULL): called on the coordinator when the new
+ * directory tmp_dir is complete and synced, before it replaces dir; its
+ * error fails the save on every rank and leaves dir as it was. */
+typedef ckpt_status (*ckpt__dcp_before_swap_fn)(void *user, const char *tmp_dir, ckpt_error *err);
+ckpt_status ckpt__dcp_save_ex(const char *dir, const ckpt_value *root,
+                              const ckpt_dcp_save_options *opts, const ckpt_error *preflight,
+                              ckpt__dcp_before_swap_fn before_swap, void *user, ckpt_error *err);
 
 #endif /* CKPT_FORMAT_H */

@@ -26,6 +26,7 @@ const char *ckpt_format_name(ckpt_format format)
     case CKPT_FORMAT_NUMPY_NPY: return "numpy-npy";
     case CKPT_FORMAT_NUMPY_NPZ: return "numpy-npz";
     case CKPT_FORMAT_TORCH_TAR: return "torch-tar";
+    case CKPT_FORMAT_DCP: return "dcp";
     case CKPT_FORMAT_UNKNOWN: break;
     }
     return "unknown";
@@ -64,6 +65,10 @@ static ckpt_status detect_and_open(ckpt_file *f, ckpt_error *err)
 {
     const uint8_t *p = f->map;
     uint64_t n = f->map_size;
+    if (f->is_dcp) {
+        f->format = CKPT_FORMAT_DCP;
+        return ckpt__open_dcp(f, err);
+    }
     if (n == 0)
         return ckpt__fail(err, CKPT_ERR_UNSUPPORTED, "", 0, "empty file: not a checkpoint");
     if (ckpt__zip_detect(p, n)) {
@@ -161,9 +166,11 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
     return CKPT_OK;
 }
 
-ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
-                          const ckpt_open_options *opts, bool shard, ckpt_file **out,
-                          ckpt_error *err)
+/* ckpt__open_fd; dcp_dir >= 0: fd is the .metadata of the DCP checkpoint in
+ * that directory (used while opening, not kept). */
+static ckpt_status open_fd_in(int fd, const struct stat *sb, const char *path,
+                              const ckpt_open_options *opts, bool shard, int dcp_dir,
+                              ckpt_file **out, ckpt_error *err)
 {
     *out = NULL;
     ckpt_status st = CKPT_OK;
@@ -183,6 +190,8 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
         goto out;
     }
     f->path = path;
+    f->is_dcp = dcp_dir >= 0;
+    f->dcp_dir = dcp_dir;
     f->dev = (uint64_t)sb->st_dev;
     f->ino = (uint64_t)sb->st_ino;
     f->is_shard = shard;
@@ -207,6 +216,7 @@ ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
     }
     st = open_common(f, opts, err);
     f->path = NULL; /* the caller's string: not kept past open */
+    f->dcp_dir = -1;
 out:
     if (fd >= 0)
         close(fd);
@@ -216,6 +226,47 @@ out:
     }
     *out = f;
     return CKPT_OK;
+}
+
+ckpt_status ckpt__open_fd(int fd, const struct stat *sb, const char *path,
+                          const ckpt_open_options *opts, bool shard, ckpt_file **out,
+                          ckpt_error *err)
+{
+    return open_fd_in(fd, sb, path, opts, shard, -1, out, err);
+}
+
+/* A DCP checkpoint: its directory (dir, taken over) and the .metadata in it. */
+static ckpt_status open_dcp(int dir, const char *path, const ckpt_open_options *opts,
+                            ckpt_file **out, ckpt_error *err)
+{
+    int fd = openat(dir, ".metadata", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+        ckpt_status st = errno == ENOENT
+            ? ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                         "is a directory without a .metadata file (not a DCP checkpoint)")
+            : ckpt__fail(err, CKPT_ERR_IO, ".metadata", CKPT_NO_OFFSET, "cannot open: %s",
+                         strerror(errno));
+        close(dir);
+        return st;
+    }
+    struct stat sb;
+    ckpt_status st;
+    if (fstat(fd, &sb) != 0) {
+        st = ckpt__fail(err, CKPT_ERR_IO, ".metadata", CKPT_NO_OFFSET, "cannot stat: %s",
+                        strerror(errno));
+        close(fd);
+    } else {
+        st = open_fd_in(fd, &sb, path, opts, false, dir, out, err);
+    }
+    close(dir);
+    return st;
+}
+
+/* Whether the last component of path is ".metadata". */
+static bool names_dcp_metadata(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return strcmp(slash ? slash + 1 : path, ".metadata") == 0;
 }
 
 ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file **out,
@@ -234,6 +285,33 @@ ckpt_status ckpt_open(const char *path, const ckpt_open_options *opts, ckpt_file
                                     strerror(errno));
         close(fd);
         return st;
+    }
+    if (S_ISDIR(sb.st_mode))
+        return open_dcp(fd, path, opts, out, err);
+    if (S_ISREG(sb.st_mode) && names_dcp_metadata(path)) {
+        /* the .metadata of a DCP checkpoint: the directory around it */
+        size_t n = strlen(path);
+        char *dir = malloc(n + 3);
+        if (!dir) {
+            close(fd);
+            return ckpt__nomem(err);
+        }
+        const char *slash = strrchr(path, '/');
+        if (!slash)
+            strcpy(dir, ".");
+        else if (slash == path)
+            strcpy(dir, "/");
+        else {
+            memcpy(dir, path, (size_t)(slash - path));
+            dir[slash - path] = 0;
+        }
+        int dfd = open(dir, O_RDONLY | O_CLOEXEC | O_DIRECTORY);
+        free(dir);
+        close(fd);
+        if (dfd < 0)
+            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                              "cannot open the directory of .metadata: %s", strerror(errno));
+        return open_dcp(dfd, path, opts, out, err);
     }
     return ckpt__open_fd(fd, &sb, path, opts, false, out, err);
 }

@@ -232,11 +232,13 @@ static bool host_is_little_endian(void)
     return b == 1;
 }
 
-ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
-                                const ckpt_save_options *opts, uint64_t zip64_threshold,
-                                ckpt__staged *stage, ckpt_error *err)
+/* A whole archive into its own crash-safe file at path, or (append_to) at
+ * the end of an output already open, its offsets counted from its start. */
+static ckpt_status save_torch(const char *path, ckpt__out *append_to, const ckpt_value *root,
+                              const ckpt_save_options *opts, uint64_t zip64_threshold,
+                              ckpt__staged *stage, uint64_t *archive_len, ckpt_error *err)
 {
-    if (!path || !root)
+    if ((!path && !append_to) || !root)
         return CKPT_INVALID_ARG(err, "NULL argument");
     ckpt_save_options o;
     ckpt__save_options_apply(&o, opts);
@@ -254,12 +256,13 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     uint8_t *pkl = NULL, *buf = NULL;
     size_t pkl_len = 0;
     saved_storage **order = NULL;
-    ckpt__out out = {.fd = -1};
+    ckpt__out own = {.fd = -1};
+    ckpt__out *out = append_to ? append_to : &own;
     bool out_open = false;
     ckpt__zip_writer zw;
-    ckpt__zip_writer_init(&zw, &out, zip64_threshold);
+    ckpt__zip_writer_init(&zw, out, zip64_threshold);
 
-    ckpt_status st = archive_prefix(path, &o, &prefix, err);
+    ckpt_status st = archive_prefix(path ? path : "", &o, &prefix, err);
     if (st != CKPT_OK)
         goto done;
     st = ckpt__pickle_dump(root, lim.max_nesting, on_storage, &sv, &pkl, &pkl_len, err);
@@ -299,9 +302,11 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     unsigned out_flags = o.flags & ~(CKPT__OUT_CRC | CKPT__OUT_STAGE);
     if (stage)
         out_flags |= CKPT__OUT_CRC | CKPT__OUT_STAGE;
-    if ((st = ckpt__out_open(&out, path, out_flags, err)) != CKPT_OK)
-        goto done;
-    out_open = true;
+    if (!append_to) {
+        if ((st = ckpt__out_open(&own, path, out_flags, err)) != CKPT_OK)
+            goto done;
+        out_open = true;
+    }
     snprintf(name + prefix_len, 64, "data.pkl");
     if ((st = ckpt__zip_add(&zw, name, pkl, pkl_len, err)) != CKPT_OK)
         goto done;
@@ -317,13 +322,17 @@ ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
     if ((st = add_text_record(&zw, name, prefix_len, "version", "3\n", err)) != CKPT_OK ||
         (st = ckpt__zip_finish(&zw, err)) != CKPT_OK)
         goto done;
-    st = ckpt__out_commit(&out, err);
+    if (archive_len)
+        *archive_len = zw.offset;
+    if (append_to)
+        goto done;
+    st = ckpt__out_commit(&own, err);
     if (st == CKPT_OK && stage)
-        ckpt__out_stage(&out, stage);
+        ckpt__out_stage(&own, stage);
 
 done:
     if (out_open && st != CKPT_OK)
-        ckpt__out_abort(&out); /* the target stays as it was */
+        ckpt__out_abort(&own); /* the target stays as it was */
     ckpt__zip_writer_free(&zw);
     free(order);
     free(name);
@@ -334,6 +343,19 @@ done:
     free(sv.index);
     ckpt__arena_free(&sv.arena);
     return st;
+}
+
+ckpt_status ckpt__save_torch_ex(const char *path, const ckpt_value *root,
+                                const ckpt_save_options *opts, uint64_t zip64_threshold,
+                                ckpt__staged *stage, ckpt_error *err)
+{
+    return save_torch(path, NULL, root, opts, zip64_threshold, stage, NULL, err);
+}
+
+ckpt_status ckpt__save_torch_append(ckpt__out *out, const ckpt_value *root,
+                                    const ckpt_save_options *opts, uint64_t *len, ckpt_error *err)
+{
+    return save_torch(NULL, out, root, opts, CKPT__ZIP64_THRESHOLD, NULL, len, err);
 }
 
 ckpt_status ckpt_save_torch(const char *path, const ckpt_value *root,

@@ -104,8 +104,10 @@ static char *join(const char *dir, const char *name)
 /* ---- files ------------------------------------------------------------------ */
 
 /* Size and CRC32 of a regular file, read in pieces up to the size it had
- * when opened (a FIFO or a device is refused, not read forever). */
-static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckpt_error *err)
+ * when opened (a FIFO or a device is refused, not read forever), continuing
+ * *size and *crc. */
+static ckpt_status file_crc_more(const char *path, uint64_t *size, uint32_t *crc,
+                                 ckpt_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
@@ -122,8 +124,8 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
         close(fd);
         return ckpt__nomem(err);
     }
-    uint64_t n = 0;
-    uint32_t c = 0;
+    uint64_t n = *size;
+    uint32_t c = *crc;
     ckpt_status st = CKPT_OK;
     while (left) {
         ssize_t r = read(fd, buf, left < cap ? (size_t)left : cap);
@@ -144,6 +146,110 @@ static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckp
     *size = n;
     *crc = c;
     return st;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A directory checkpoint's size and CRC32: of its regular files' bytes, one
+ * after the other in name order (a subdirectory is refused). */
+static ckpt_status dir_crc(const char *path, uint64_t *size, uint32_t *crc, ckpt_error *err)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return io_fail(err, "cannot open", path, errno);
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    ckpt_status st = CKPT_OK;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (n == cap) {
+            char **grown = ckpt__array_grow(names, &cap, sizeof(*grown));
+            if (!grown) {
+                st = ckpt__nomem(err);
+                break;
+            }
+            names = grown;
+        }
+        if (!(names[n] = strdup(de->d_name))) {
+            st = ckpt__nomem(err);
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(names, n, sizeof(*names), cmp_str);
+    *size = 0;
+    *crc = 0;
+    for (size_t i = 0; i < n && st == CKPT_OK; i++) {
+        char *file = join(path, names[i]);
+        st = file ? file_crc_more(file, size, crc, err) : ckpt__nomem(err);
+        free(file);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return st;
+}
+
+/* A file's or a directory checkpoint's size and CRC32. */
+static ckpt_status file_crc(const char *path, uint64_t *size, uint32_t *crc, ckpt_error *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return dir_crc(path, size, crc, err);
+    *size = 0;
+    *crc = 0;
+    return file_crc_more(path, size, crc, err);
+}
+
+/* Whether path holds a checkpoint of the kind its name says (a regular
+ * file, or a directory for a .dcp name), and its size (a directory's: of
+ * its files). */
+static bool entry_size(const char *path, const char *name, uint64_t *size)
+{
+    struct stat sb;
+    bool dir;
+    ckpt__name_role(name, &dir);
+    if (stat(path, &sb) != 0)
+        return false;
+    if (!dir) {
+        *size = (uint64_t)sb.st_size;
+        return S_ISREG(sb.st_mode);
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return false;
+    DIR *d = opendir(path);
+    if (!d)
+        return false;
+    uint64_t total = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        struct stat fb;
+        if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
+            continue;
+        if (fstatat(dirfd(d), de->d_name, &fb, 0) == 0 && S_ISREG(fb.st_mode))
+            total += (uint64_t)fb.st_size;
+    }
+    closedir(d);
+    *size = total;
+    return true;
+}
+
+/* Removes a checkpoint file or directory; -1 with errno. */
+static int remove_entry(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        ckpt__dir_remove(path);
+        return 0;
+    }
+    return unlink(path);
 }
 
 /* mkdir -p. */
@@ -230,19 +336,32 @@ static bool is_our_temp(const char *name)
         return false;
     memcpy(base, name + 1, n);
     base[n] = 0;
-    return strcmp(base, CKPT__LAST_NAME) == 0 || strcmp(base, CKPT__BEST_NAME) == 0 ||
-           strcmp(base, CKPT__MANIFEST_NAME) == 0 || ckpt__numbered_step(base) >= 0;
+    return strcmp(base, CKPT__MANIFEST_NAME) == 0 || ckpt__name_role(base, NULL) >= 0;
+}
+
+/* "NAME.tmp-..." or "NAME.old-..." for one of our directory names: what a
+ * crashed directory commit left (outdir.c). */
+static bool is_our_dir_temp(const char *name)
+{
+    const char *t = strstr(name, ".tmp-");
+    if (!t)
+        t = strstr(name, ".old-");
+    char base[300];
+    size_t n = t ? (size_t)(t - name) : 0;
+    if (n == 0 || n >= sizeof(base))
+        return false;
+    memcpy(base, name, n);
+    base[n] = 0;
+    bool dir;
+    return ckpt__name_role(base, &dir) >= 0 && dir;
 }
 
 /* ---- order and selection ------------------------------------------------------ */
 
 static int entry_rank(const ckpt__mentry *e)
 {
-    if (strcmp(e->file, CKPT__LAST_NAME) == 0)
-        return 0;
-    if (strcmp(e->file, CKPT__BEST_NAME) == 0)
-        return 1;
-    return 2;
+    int role = ckpt__name_role(e->file, NULL);
+    return role < 0 ? 2 : role;
 }
 
 static int cmp_entries(const void *a, const void *b)
@@ -342,19 +461,20 @@ static bool retain(cand *c, size_t n, unsigned keep_last, unsigned keep_best,
 
 /* ---- the manifest on disk ------------------------------------------------------- */
 
-/* last.pth or best.pth: the list is kept sorted, so they come first. */
-static const ckpt__mentry *head_entry(const ckpt__mlist *l, const char *name)
+/* last or best (role 0 or 1, .pth or .dcp): the list is kept sorted, so
+ * they come first. */
+static const ckpt__mentry *head_entry(const ckpt__mlist *l, int role)
 {
-    for (size_t i = 0; i < l->count && i < 2; i++)
-        if (strcmp(l->items[i].file, name) == 0)
+    for (size_t i = 0; i < l->count && i < 4; i++)
+        if (ckpt__name_role(l->items[i].file, NULL) == role)
             return &l->items[i];
     return NULL;
 }
 
 static void marks(const ckpt_manager *m, const ckpt__mentry *e, bool *last, bool *best)
 {
-    const ckpt__mentry *l = head_entry(&m->mf.committed, CKPT__LAST_NAME);
-    const ckpt__mentry *b = head_entry(&m->mf.committed, CKPT__BEST_NAME);
+    const ckpt__mentry *l = head_entry(&m->mf.committed, 0);
+    const ckpt__mentry *b = head_entry(&m->mf.committed, 1);
     *last = e == l || (is_numbered(e) && l && l->step >= 0 && l->step == e->step);
     *best = e == b || (is_numbered(e) && b && b->step >= 0 && b->step == e->step);
 }
@@ -422,6 +542,7 @@ static ckpt_status adopt(ckpt_manager *m, const char *name, ckpt_error *err)
     e.step = ckpt__numbered_step(name);
     e.time = -1;
     e.weights_only = strcmp(name, CKPT__BEST_NAME) == 0 && !(m->flags & CKPT_MANAGER_BEST_FULL);
+    /* best.dcp always holds the whole checkpoint */
     ckpt_error ferr;
     ckpt_status st = file_crc(path, &e.size, &e.crc, &ferr);
     struct stat sb;
@@ -487,11 +608,9 @@ static ckpt_status settle_pending(ckpt_manager *m, ckpt_error *err)
             st = ckpt__nomem(err);
             break;
         }
-        struct stat sb;
-        uint64_t size = 0;
+        uint64_t size = 0, on_disk = 0;
         uint32_t crc = 0;
-        bool renamed = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) &&
-                       (uint64_t)sb.st_size == p->size &&
+        bool renamed = entry_size(path, p->file, &on_disk) && on_disk == p->size &&
                        file_crc(path, &size, &crc, NULL) == CKPT_OK && size == p->size &&
                        crc == p->crc;
         free(path);
@@ -552,8 +671,10 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         }
         struct stat sb;
         int r = stat(path, &sb);
+        uint64_t on_disk = 0;
+        bool kind_ok = r == 0 && entry_size(path, e->file, &on_disk);
         free(path);
-        if (st == CKPT_OK && r == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == e->size) {
+        if (st == CKPT_OK && kind_ok && on_disk == e->size) {
             mf->committed.items[w++] = *e;
             continue;
         }
@@ -564,8 +685,9 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
         *changed = true;
         if (r != 0) {
             warnf(m, "%s/%s is in the manifest but gone: dropped", m->dir, e->file);
-        } else if (!S_ISREG(sb.st_mode)) {
-            warnf(m, "%s/%s is not a regular file: dropped", m->dir, e->file);
+        } else if (!kind_ok) {
+            warnf(m, "%s/%s is not a regular file (or a .dcp directory): dropped", m->dir,
+                  e->file);
         } else {
             warnf(m, "%s/%s changed since the manifest was written", m->dir, e->file);
             readopt[nre++] = e->file;
@@ -600,7 +722,7 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
             free(known);
             return ckpt__nomem(err);
         }
-        if (unlink(path) != 0 && errno != ENOENT)
+        if (remove_entry(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
         free(path);
     }
@@ -614,6 +736,17 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
     struct dirent *de;
     while (st == CKPT_OK && (de = readdir(d)) != NULL) {
         const char *n = de->d_name;
+        if (is_our_dir_temp(n)) {
+            if (!ro) {
+                char *path = join(m->dir, n);
+                if (path) {
+                    ckpt__dir_remove(path);
+                    warnf(m, "removed %s, left by an interrupted save", path);
+                }
+                free(path);
+            }
+            continue;
+        }
         if (is_our_temp(n)) {
             if (!ro) {
                 char *path = join(m->dir, n);
@@ -623,14 +756,13 @@ static ckpt_status settle(ckpt_manager *m, bool *changed, ckpt_error *err)
             }
             continue;
         }
-        bool ours = strcmp(n, CKPT__LAST_NAME) == 0 || strcmp(n, CKPT__BEST_NAME) == 0 ||
-                    ckpt__numbered_step(n) >= 0;
+        bool ours = ckpt__name_role(n, NULL) >= 0;
         if (!ours || find_name(known, nknown, n) ||
             find_name((const char *const *)mf->removing, mf->removing_count, n))
             continue;
         char *path = join(m->dir, n);
-        struct stat sb;
-        bool regular = path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+        uint64_t ignored;
+        bool regular = path && entry_size(path, n, &ignored);
         free(path);
         if (regular) {
             st = adopt(m, n, err);
@@ -819,7 +951,7 @@ ckpt_status ckpt_manager_open(const char *dir, const ckpt_manager_options *opts,
     }
     if ((st = settle(m, &changed, err)) != CKPT_OK)
         goto fail;
-    const ckpt__mentry *best = head_entry(&m->mf.committed, CKPT__BEST_NAME);
+    const ckpt__mentry *best = head_entry(&m->mf.committed, 1);
     double bv;
     if (best && m->mf.monitor && !monitored(m, best, &bv))
         warnf(m, "%s/%s has no recorded %s: the next save with a %s replaces it", m->dir,
@@ -904,14 +1036,14 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         return ckpt__nomem(err);
     size_t k = 0;
     for (size_t i = 0; i < count; i++)
-        if (strcmp(m->mf.committed.items[i].file, CKPT__LAST_NAME) == 0)
+        if (ckpt__name_role(m->mf.committed.items[i].file, NULL) == 0)
             order[k++] = i;
     for (size_t i = count; i-- > 0;)
         if (is_numbered(&m->mf.committed.items[i]))
             order[k++] = i;
     for (size_t i = 0; i < count; i++) {
         const ckpt__mentry *e = &m->mf.committed.items[i];
-        if (strcmp(e->file, CKPT__BEST_NAME) == 0 && !e->weights_only)
+        if (ckpt__name_role(e->file, NULL) == 1 && !e->weights_only)
             order[k++] = i;
     }
     ckpt_status st = CKPT_ERR_NOT_FOUND;
@@ -924,14 +1056,14 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
         }
         ckpt_error oerr;
         ckpt_file *f = NULL;
-        struct stat sb;
+        uint64_t on_disk = 0;
         ckpt_status s;
-        if (stat(path, &sb) != 0) {
-            s = io_fail(&oerr, "cannot open", path, errno);
-        } else if ((uint64_t)sb.st_size != e->size) {
+        if (!entry_size(path, e->file, &on_disk)) {
+            s = io_fail(&oerr, "cannot open", path, errno ? errno : ENOENT);
+        } else if (on_disk != e->size) {
             s = ckpt__fail(&oerr, CKPT_ERR_CORRUPT, "", CKPT_NO_OFFSET,
                            "its size is %" PRIu64 " bytes, the manifest says %" PRIu64,
-                           (uint64_t)sb.st_size, e->size);
+                           on_disk, e->size);
         } else {
             s = ckpt_open(path, &o, &f, &oerr);
         }
@@ -1101,7 +1233,7 @@ static ckpt_status finish_removals(ckpt_manager *m, ckpt_error *err)
         if (find_name(known, m->mf.committed.count, m->mf.removing[i]))
             continue; /* listed by a manifest write that failed, saved again since */
         char *path = join(m->dir, m->mf.removing[i]);
-        if (path && unlink(path) != 0 && errno != ENOENT)
+        if (path && remove_entry(path) != 0 && errno != ENOENT)
             warnf(m, "cannot remove %s: %s", path, strerror(errno));
         free(path);
     }
@@ -1146,6 +1278,113 @@ static cand *candidates(const ckpt_manager *m, int64_t new_step, const ckpt_metr
     return c;
 }
 
+/* After the renames of a save: its pending entries replace the old ones,
+ * retention drops numbered files, the manifest is committed, then the
+ * dropped files are removed. */
+static ckpt_status finish_save(ckpt_manager *m, bool improved, bool numbered, unsigned *saved,
+                               ckpt_error *err)
+{
+    ckpt_status st = CKPT_OK;
+    /* committed in memory: pending entries replace the old ones */
+    ckpt__manifest *mf = &m->mf;
+    while (mf->pending.count) {
+        ckpt__mentry *p = &mf->pending.items[0];
+        ckpt__mentry *old = ckpt__mlist_find(&mf->committed, p->file);
+        if (old)
+            ckpt__mlist_remove(&mf->committed, (size_t)(old - mf->committed.items));
+        ckpt__mentry e = *p;
+        memset(p, 0, sizeof(*p));
+        ckpt__mlist_remove(&mf->pending, 0);
+        if (!ckpt__mlist_push(&mf->committed, &e)) {
+            ckpt__mlist_free(&mf->pending);
+            return ckpt__nomem(err);
+        }
+    }
+    ckpt__mlist_free(&mf->pending);
+    sort_entries(&mf->committed);
+
+    /* retention, then the manifest; files go only after it is committed */
+    size_t removed = 0;
+    if (m->keep_last || m->keep_best) {
+        size_t n;
+        cand *c = candidates(m, -1, NULL, 0, &n);
+        if (!c)
+            return ckpt__nomem(err);
+        if (!retain(c, n, m->keep_last, m->keep_best, mf->mode)) {
+            st = ckpt__nomem(err);
+        } else {
+            keep_adopted(c, n);
+            st = drop_unkept(m, c, &removed, err);
+        }
+        free(c);
+        if (st != CKPT_OK)
+            return st;
+    }
+    st = write_manifest(m, err);
+    hook("committed");
+    if (st == CKPT_OK)
+        st = finish_removals(m, err);
+    if (st == CKPT_OK && saved)
+        *saved = CKPT_SAVED_LAST | (improved ? CKPT_SAVED_BEST : 0) |
+                 (numbered ? CKPT_SAVED_NUMBERED : 0);
+    return st;
+}
+
+/* What a save of step writes besides last: best when the monitored metric
+ * improves, the numbered file (with extension ext) when retention keeps
+ * it; the metrics are checked. */
+static ckpt_status plan_save(ckpt_manager *m, int64_t step, const ckpt_metric *metrics,
+                             size_t metric_count, const char *ext, bool *improved,
+                             bool *numbered, char *numbered_name, size_t name_cap,
+                             ckpt_error *err)
+{
+    for (size_t i = 0; i < metric_count; i++) {
+        const char *n = metrics[i].name;
+        if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
+            return CKPT_INVALID_ARG(err,
+                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(metrics[j].name, n) == 0)
+                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
+    }
+    /* best.pth: does this save improve the monitored metric? */
+    *improved = false;
+    const char *monitor = m->mf.monitor;
+    if (monitor) {
+        const ckpt_metric *v = NULL;
+        for (size_t i = 0; i < metric_count; i++)
+            if (strcmp(metrics[i].name, monitor) == 0)
+                v = &metrics[i];
+        if (!v)
+            return CKPT_INVALID_ARG(err,
+                                    "the monitored metric %s is not among this save's metrics",
+                                    monitor);
+        const ckpt__mentry *b = head_entry(&m->mf.committed, 1);
+        double bv;
+        *improved = !isnan(v->value) &&
+                   (!b || !monitored(m, b, &bv) || better(m->mf.mode, v->value, bv));
+    }
+
+    /* numbered: written only when retention keeps it */
+    *numbered = false;
+    if (m->keep_last || m->keep_best) {
+        if (!ckpt__numbered_name_ext(step, ext, numbered_name, name_cap))
+            return CKPT_INVALID_ARG(err, "step too large");
+        size_t n;
+        cand *c = candidates(m, step, metrics, metric_count, &n);
+        if (!c)
+            return ckpt__nomem(err);
+        if (!retain(c, n, m->keep_last, m->keep_best, m->mf.mode)) {
+            free(c);
+            return ckpt__nomem(err);
+        }
+        *numbered = c[n - 1].keep;
+        free(c);
+    }
+
+    return CKPT_OK;
+}
+
 ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *checkpoint,
                               const ckpt_metric *metrics, size_t metric_count, unsigned *saved,
                               ckpt_error *err)
@@ -1158,54 +1397,14 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     if (step < 0)
         return CKPT_INVALID_ARG(err, "step must be >= 0 (got %" PRId64 ")", step);
-    for (size_t i = 0; i < metric_count; i++) {
-        const char *n = metrics[i].name;
-        if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
-            return CKPT_INVALID_ARG(err,
-                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(metrics[j].name, n) == 0)
-                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
-    }
-    /* best.pth: does this save improve the monitored metric? */
-    bool improved = false;
-    const char *monitor = m->mf.monitor;
-    if (monitor) {
-        const ckpt_metric *v = NULL;
-        for (size_t i = 0; i < metric_count; i++)
-            if (strcmp(metrics[i].name, monitor) == 0)
-                v = &metrics[i];
-        if (!v)
-            return CKPT_INVALID_ARG(err,
-                                    "the monitored metric %s is not among this save's metrics",
-                                    monitor);
-        const ckpt__mentry *b = ckpt__mlist_find(&m->mf.committed, CKPT__BEST_NAME);
-        double bv;
-        improved = !isnan(v->value) &&
-                   (!b || !monitored(m, b, &bv) || better(m->mf.mode, v->value, bv));
-    }
+    bool improved = false, numbered = false;
+    char numbered_name[64];
+    CKPT_RETURN_IF_ERROR(plan_save(m, step, metrics, metric_count, ".pth", &improved, &numbered,
+                                   numbered_name, sizeof(numbered_name), err));
     const ckpt_value *weights = checkpoint;
     bool best_full = m->flags & CKPT_MANAGER_BEST_FULL;
     if (improved && !best_full)
         CKPT_RETURN_IF_ERROR(weights_of(m, checkpoint, &weights, err));
-
-    /* numbered: written only when retention keeps it */
-    bool numbered = false;
-    char numbered_name[64];
-    if (m->keep_last || m->keep_best) {
-        if (!ckpt__numbered_name(step, numbered_name, sizeof(numbered_name)))
-            return CKPT_INVALID_ARG(err, "step too large");
-        size_t n;
-        cand *c = candidates(m, step, metrics, metric_count, &n);
-        if (!c)
-            return ckpt__nomem(err);
-        if (!retain(c, n, m->keep_last, m->keep_best, m->mf.mode)) {
-            free(c);
-            return ckpt__nomem(err);
-        }
-        numbered = c[n - 1].keep;
-        free(c);
-    }
 
     const char *names[STAGE_COUNT] = {CKPT__LAST_NAME, CKPT__BEST_NAME, numbered_name};
     bool want[STAGE_COUNT] = {true, improved, numbered};
@@ -1282,49 +1481,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         return st;
     }
 
-    /* committed in memory: pending entries replace the old ones */
-    ckpt__manifest *mf = &m->mf;
-    while (mf->pending.count) {
-        ckpt__mentry *p = &mf->pending.items[0];
-        ckpt__mentry *old = ckpt__mlist_find(&mf->committed, p->file);
-        if (old)
-            ckpt__mlist_remove(&mf->committed, (size_t)(old - mf->committed.items));
-        ckpt__mentry e = *p;
-        memset(p, 0, sizeof(*p));
-        ckpt__mlist_remove(&mf->pending, 0);
-        if (!ckpt__mlist_push(&mf->committed, &e)) {
-            ckpt__mlist_free(&mf->pending);
-            return ckpt__nomem(err);
-        }
-    }
-    ckpt__mlist_free(&mf->pending);
-    sort_entries(&mf->committed);
-
-    /* retention, then the manifest; files go only after it is committed */
-    size_t removed = 0;
-    if (m->keep_last || m->keep_best) {
-        size_t n;
-        cand *c = candidates(m, -1, NULL, 0, &n);
-        if (!c)
-            return ckpt__nomem(err);
-        if (!retain(c, n, m->keep_last, m->keep_best, mf->mode)) {
-            st = ckpt__nomem(err);
-        } else {
-            keep_adopted(c, n);
-            st = drop_unkept(m, c, &removed, err);
-        }
-        free(c);
-        if (st != CKPT_OK)
-            return st;
-    }
-    st = write_manifest(m, err);
-    hook("committed");
-    if (st == CKPT_OK)
-        st = finish_removals(m, err);
-    if (st == CKPT_OK && saved)
-        *saved = CKPT_SAVED_LAST | (improved ? CKPT_SAVED_BEST : 0) |
-                 (numbered ? CKPT_SAVED_NUMBERED : 0);
-    return st;
+    return finish_save(m, improved, numbered, saved, err);
 }
 
 ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
@@ -1371,4 +1528,177 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
     if (removed)
         *removed = count;
     return CKPT_OK;
+}
+
+/* ---- directory checkpoints (DCP) ------------------------------------------------ */
+
+typedef struct dcp_commit {
+    ckpt_manager *m;
+    int64_t step;
+    const ckpt_metric *metrics;
+    size_t metric_count;
+    bool improved, numbered;
+    const char *numbered_name;
+} dcp_commit;
+
+/* A directory of hard links to the files of src, beside target, synced;
+ * *out (malloc'd) gets its path. */
+static ckpt_status link_dir(const char *src, const char *target, bool sync, char **out,
+                            ckpt_error *err)
+{
+    size_t cap = strlen(target) + 64;
+    char *tmp = malloc(cap);
+    if (!tmp)
+        return ckpt__nomem(err);
+    snprintf(tmp, cap, "%s.tmp-%ld-l%lx", target, (long)getpid(), (unsigned long)time(NULL));
+    if (mkdir(tmp, 0777) != 0) {
+        ckpt_status st = io_fail(err, "cannot create", tmp, errno);
+        free(tmp);
+        return st;
+    }
+    DIR *d = opendir(src);
+    int tfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ckpt_status st = CKPT_OK;
+    if (!d || tfd < 0)
+        st = io_fail(err, "cannot open", d ? tmp : src, errno);
+    struct dirent *de;
+    while (st == CKPT_OK && (de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (linkat(dirfd(d), de->d_name, tfd, de->d_name, 0) != 0)
+            st = io_fail(err, "cannot link into", tmp, errno);
+    }
+    if (st == CKPT_OK && sync && fsync(tfd) != 0)
+        st = io_fail(err, "cannot sync", tmp, errno);
+    if (d)
+        closedir(d);
+    if (tfd >= 0)
+        close(tfd);
+    if (st != CKPT_OK) {
+        ckpt__dir_remove(tmp);
+        free(tmp);
+        return st;
+    }
+    *out = tmp;
+    return CKPT_OK;
+}
+
+/* Run by ckpt_dcp_save on the coordinator when the new last.dcp is complete
+ * beside its place: best.dcp and the numbered directory become hard-link
+ * copies of it, the manifest names all of them pending, and best and
+ * numbered go into place before last does (as ckpt_manager_save orders its
+ * renames). */
+static ckpt_status dcp_before_swap(void *user, const char *tmp, ckpt_error *err)
+{
+    dcp_commit *c = user;
+    ckpt_manager *m = c->m;
+    bool sync = !(m->save_flags & CKPT_SAVE_NO_FSYNC);
+    ckpt__staged stage;
+    memset(&stage, 0, sizeof(stage));
+    CKPT_RETURN_IF_ERROR(file_crc(tmp, &stage.size, &stage.crc, err));
+    const char *names[STAGE_COUNT] = {CKPT__DCP_LAST_NAME, CKPT__DCP_BEST_NAME, c->numbered_name};
+    bool want[STAGE_COUNT] = {true, c->improved, c->numbered};
+    char *copies[STAGE_COUNT] = {NULL, NULL, NULL};
+    ckpt_status st = CKPT_OK;
+    for (int i = 1; i < STAGE_COUNT && st == CKPT_OK; i++) {
+        if (!want[i])
+            continue;
+        char *target = join(m->dir, names[i]);
+        st = target ? link_dir(tmp, target, sync, &copies[i], err) : ckpt__nomem(err);
+        free(target);
+    }
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < STAGE_COUNT && st == CKPT_OK; i++) {
+        if (!want[i])
+            continue;
+        ckpt__mentry e;
+        if (fill_entry(m, &e, names[i], c->step, c->metrics, c->metric_count, &stage, false,
+                       now) != CKPT_OK ||
+            !ckpt__mlist_push(&m->mf.pending, &e))
+            st = ckpt__nomem(err);
+        else
+            m->mf.pending.items[m->mf.pending.count - 1].format_version = 0;
+    }
+    if (st == CKPT_OK)
+        st = write_manifest(m, err);
+    if (st == CKPT_OK)
+        hook("pending");
+    for (int i = 1; i < STAGE_COUNT; i++) {
+        if (!copies[i])
+            continue;
+        if (st == CKPT_OK) {
+            char *target = join(m->dir, names[i]);
+            size_t cap = target ? strlen(target) + 64 : 0;
+            char *old = target ? malloc(cap) : NULL;
+            st = old ? ckpt__dir_swap_in(copies[i], target, old, cap, err) : ckpt__nomem(err);
+            if (st == CKPT_OK && old[0])
+                ckpt__dir_remove(old);
+            free(old);
+            free(target);
+            if (st == CKPT_OK) {
+                hook("renamed");
+                continue;
+            }
+        }
+        ckpt__dir_remove(copies[i]);
+    }
+    for (int i = 0; i < STAGE_COUNT; i++)
+        free(copies[i]);
+    if (st != CKPT_OK) {
+        /* what is in place is recorded as the next open would */
+        settle_pending(m, NULL);
+        write_manifest(m, NULL);
+    }
+    return st;
+}
+
+ckpt_status ckpt_manager_save_dcp(ckpt_manager *m, const char *dir, int64_t step,
+                                  const ckpt_value *state_dict, const ckpt_dcp_save_options *opts,
+                                  const ckpt_metric *metrics, size_t metric_count,
+                                  unsigned *saved, ckpt_error *err)
+{
+    if (saved)
+        *saved = 0;
+    if (!dir && m)
+        dir = m->dir;
+    if (!dir || !state_dict)
+        return CKPT_INVALID_ARG(err, "ckpt_manager_save_dcp needs the managed directory");
+    /* an error found here still takes part in the collective save, which
+     * then fails on every rank */
+    ckpt_error pre;
+    memset(&pre, 0, sizeof(pre));
+    char numbered_name[64] = "";
+    dcp_commit c = {m, step, metrics, metric_count, false, false, numbered_name};
+    if (m) {
+        if (m->flags & CKPT_MANAGER_READ_ONLY)
+            pre.status = CKPT_INVALID_ARG(&pre, "the manager of %s is read-only", m->dir);
+        else if (step < 0)
+            pre.status = CKPT_INVALID_ARG(&pre, "step must be >= 0 (got %" PRId64 ")", step);
+        else if (metric_count && !metrics)
+            pre.status = CKPT_INVALID_ARG(&pre, "NULL metrics");
+        else
+            pre.status = plan_save(m, step, metrics, metric_count, ".dcp", &c.improved,
+                                   &c.numbered, numbered_name, sizeof(numbered_name), &pre);
+    }
+    char *last = join(dir, CKPT__DCP_LAST_NAME);
+    if (!last)
+        return ckpt__nomem(err);
+    ckpt_status st = ckpt__dcp_save_ex(last, state_dict, opts, &pre, m ? dcp_before_swap : NULL,
+                                       &c, err);
+    free(last);
+    if (!m)
+        return st;
+    if (st != CKPT_OK) {
+        if (m->mf.pending.count) {
+            settle_pending(m, NULL);
+            write_manifest(m, NULL);
+        }
+        return st;
+    }
+    if ((st = sync_dir(m, err)) != CKPT_OK) {
+        settle_pending(m, NULL);
+        write_manifest(m, NULL);
+        return st;
+    }
+    return finish_save(m, c.improved, c.numbered, saved, err);
 }

@@ -11,6 +11,10 @@
 #define CKPT__LOCK_NAME ".ckpt.lock"
 #define CKPT__LAST_NAME "last.pth"
 #define CKPT__BEST_NAME "best.pth"
+/* Directory checkpoints (ckpt_manager_save_dcp): last.dcp, best.dcp,
+ * step-NNNNNNNN.dcp, each a PyTorch DCP directory. */
+#define CKPT__DCP_LAST_NAME "last.dcp"
+#define CKPT__DCP_BEST_NAME "best.dcp"
 /* A manifest is under 400 bytes per kept file: anything this big is not
  * ours (ckpt_manager_options.max_manifest_bytes). */
 #define CKPT__MANIFEST_MAX_BYTES ((uint64_t)16 << 20)
@@ -63,6 +67,11 @@ const ckpt_metric *ckpt__mentry_metric(const ckpt__mentry *e, const char *name);
  * fit. ckpt__numbered_step parses one back (-1 when name is not one). */
 bool ckpt__numbered_name(int64_t step, char *buf, size_t cap);
 int64_t ckpt__numbered_step(const char *name);
+/* The same with the extension ".pth" or ".dcp". */
+bool ckpt__numbered_name_ext(int64_t step, const char *ext, char *buf, size_t cap);
+/* What one of our names is: 0 last, 1 best, 2 numbered, -1 none of ours;
+ * *dir (may be NULL) whether it names a directory checkpoint (.dcp). */
+int ckpt__name_role(const char *name, bool *dir);
 
 /*
  * Reads a manifest file of at most max_bytes. CKPT_ERR_NOT_FOUND when

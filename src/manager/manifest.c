@@ -123,10 +123,33 @@ const ckpt_metric *ckpt__mentry_metric(const ckpt__mentry *e, const char *name)
     return NULL;
 }
 
+bool ckpt__numbered_name_ext(int64_t step, const char *ext, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "step-%08" PRId64 "%s", step, ext);
+    return step >= 0 && n > 0 && (size_t)n < cap;
+}
+
 bool ckpt__numbered_name(int64_t step, char *buf, size_t cap)
 {
-    int n = snprintf(buf, cap, "step-%08" PRId64 ".pth", step);
-    return step >= 0 && n > 0 && (size_t)n < cap;
+    return ckpt__numbered_name_ext(step, ".pth", buf, cap);
+}
+
+int ckpt__name_role(const char *name, bool *dir)
+{
+    bool d = strcmp(name, CKPT__DCP_LAST_NAME) == 0 || strcmp(name, CKPT__DCP_BEST_NAME) == 0;
+    int role = -1;
+    if (strcmp(name, CKPT__LAST_NAME) == 0 || strcmp(name, CKPT__DCP_LAST_NAME) == 0)
+        role = 0;
+    else if (strcmp(name, CKPT__BEST_NAME) == 0 || strcmp(name, CKPT__DCP_BEST_NAME) == 0)
+        role = 1;
+    else if (ckpt__numbered_step(name) >= 0) {
+        role = 2;
+        size_t n = strlen(name);
+        d = n > 4 && strcmp(name + n - 4, ".dcp") == 0;
+    }
+    if (dir)
+        *dir = role >= 0 && d;
+    return role;
 }
 
 int64_t ckpt__numbered_step(const char *name)
@@ -141,11 +164,11 @@ int64_t ckpt__numbered_step(const char *name)
             return -1;
         v = v * 10 + (*p - '0');
     }
-    if (digits < 8 || strcmp(p, ".pth") != 0)
+    if (digits < 8 || (strcmp(p, ".pth") != 0 && strcmp(p, ".dcp") != 0))
         return -1;
     /* only the spelling ckpt__numbered_name gives names a step */
     char canon[64];
-    if (!ckpt__numbered_name(v, canon, sizeof(canon)) || strcmp(canon, name) != 0)
+    if (!ckpt__numbered_name_ext(v, p, canon, sizeof(canon)) || strcmp(canon, name) != 0)
         return -1;
     return v;
 }
@@ -158,9 +181,7 @@ int64_t ckpt__numbered_step(const char *name)
 /* A plain file name of ours: no directory part, no leading dot. */
 static bool name_ok(const char *s)
 {
-    return *s && *s != '.' && !strchr(s, '/') && strlen(s) < 256 &&
-           (strcmp(s, CKPT__LAST_NAME) == 0 || strcmp(s, CKPT__BEST_NAME) == 0 ||
-            ckpt__numbered_step(s) >= 0);
+    return *s && *s != '.' && !strchr(s, '/') && strlen(s) < 256 && ckpt__name_role(s, NULL) >= 0;
 }
 
 static bool parse_time(const char *s, int64_t *out)

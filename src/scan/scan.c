@@ -430,6 +430,8 @@ static ckpt_status on_global(void *user, const char *module, size_t mlen, const 
         ml = 8;
     }
     bool blocked = is_blocked_module(mod, ml);
+    if (s->dcp && ckpt__dcp_global_allowed(module, mlen, name, nlen))
+        return CKPT_OK; /* judged by the DCP reader (scan_dcp.c) */
     if (!blocked && (in_list(TORCH_ALLOWED, COUNT(TORCH_ALLOWED), mod, ml, name, nlen) ||
                      in_list(s->allow, s->allow_count, mod, ml, name, nlen) ||
                      in_list(s->allow, s->allow_count, module, mlen, name, nlen)))
@@ -2151,7 +2153,16 @@ ckpt_status ckpt_scan_file(const char *path, const ckpt_scan_options *opts, ckpt
     else
         *slash = '\0';
     s.dir = dir;
-    ckpt_status st = scan_path(&s, path, NULL);
+    ckpt_status st;
+    struct stat sb;
+    const char *pslash = strrchr(path, '/');
+    const char *base = pslash ? pslash + 1 : path;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        st = ckpt__scan_dcp(&s, path);
+    else if (strcmp(base, ".metadata") == 0)
+        st = ckpt__scan_dcp(&s, dir);
+    else
+        st = scan_path(&s, path, NULL);
     if (st == CKPT_OK)
         st = finish(&s);
     free(s.uses);

@@ -40,6 +40,7 @@ typedef struct scan_ctx {
     struct scan_seen *shards_seen; /* a sharded index: shard files scanned (scan.c) */
     uint64_t *torch_ops;         /* while scanning a pickle torch.load unpickles (data.pkl,
                                     the legacy pickles): the opcodes run (scan.c) */
+    bool dcp;                    /* a DCP .metadata: DCP's classes are known (scan_dcp.c) */
     uint64_t inflated_held;      /* deflated records held inflated now, nested archives
                                     included: at most max_pickle_bytes (scan_zip.c) */
 } scan_ctx;
@@ -117,6 +118,9 @@ ckpt_status ckpt__scan_bytes(scan_ctx *s, const uint8_t *data, uint64_t size, co
 ckpt_status ckpt__scan_npy(scan_ctx *s, const uint8_t *data, uint64_t size, const char *where,
                            uint64_t file_base, bool top, bool quiet);
 
+/* A DCP checkpoint directory (scan_dcp.c): its .metadata, then every item
+ * of its .distcp files. */
+ckpt_status ckpt__scan_dcp(scan_ctx *s, const char *dir);
 /* A zip archive (or bytes with one at their end): scan_zip.c. */
 ckpt_status ckpt__scan_zip(scan_ctx *s, const uint8_t *data, uint64_t size, const char *where,
                            uint64_t file_base, bool top);
