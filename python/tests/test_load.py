@@ -250,3 +250,70 @@ def test_sparse_tensors(tmp_path):
         assert torch.equal(d[k].to_dense(), ref[k].to_dense()), k
     with pytest.raises(ckpt.UnsupportedError):
         ckpt.load(path, framework="np")
+
+
+def _same_sharing(a, b, seen=None):
+    """a and b have the same shape of object identity: an object met twice
+    in a is met twice, at the same places, in b."""
+    seen = {} if seen is None else seen
+    if isinstance(a, (dict, list, tuple, torch.Tensor)):
+        prev = seen.setdefault(id(a), id(b))
+        assert prev == id(b), "object identity differs"
+        if prev is not None and isinstance(a, torch.Tensor):
+            return
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _same_sharing(a[k], b[k], seen)
+    elif isinstance(a, (list, tuple)):
+        for x, y in zip(a, b):
+            _same_sharing(x, y, seen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flat_path_same_as_node_walk(generated, name, monkeypatch):
+    """The one-call path (ckpt_value_flatten) and the node-by-node walk
+    give the same tree: values, tensors, storage sharing, identity."""
+    from ckpt import _read
+    path = generated[name].path
+    fast = ckpt.load(path, map_location="cpu")
+    monkeypatch.setattr(_read, "_HAS_FLAT", False)
+    slow = ckpt.load(path, map_location="cpu")
+    assert_same(fast, slow)
+    _same_sharing(slow, fast)
+    _same_sharing(fast, slow)
+
+
+def test_flat_path_state_dict(tmp_path, monkeypatch):
+    """A state dict of tensors with a storage each is built without a
+    ctypes call per tensor, its tensors over the map, and equals torch's."""
+    from ckpt import _read
+    sd = collections.OrderedDict(
+        (f"layer{i}.{k}", torch.randn(3, i % 4 + 1).to(dt))
+        for i in range(300) for k, dt in (("w", torch.float32), ("h", torch.bfloat16),
+                                           ("n", torch.int64), ("m", torch.bool)))
+    sd["tied"] = sd["layer0.w"]
+    sd._metadata = collections.OrderedDict({"": {"version": 1}})
+    p = tmp_path / "sd.pt"
+    torch.save(sd, p)
+    calls = []
+    real = _read.Converter.tensor
+    monkeypatch.setattr(_read.Converter, "tensor",
+                        lambda self, t: calls.append(t) or real(self, t))
+    ours = ckpt.load(p)
+    ref = torch.load(p)
+    assert_same(ours, ref)
+    assert ours._metadata == ref._metadata
+    assert ours["tied"] is ours["layer0.w"]
+    assert calls == []
+    with open(p, "rb") as fh:
+        raw = fh.read()
+    t = ours["layer5.w"]
+    # inside the map, a storage of its own, and writing to it leaves the file
+    assert storage_ptr(t) == t.data_ptr()
+    t.fill_(7)
+    with open(p, "rb") as fh:
+        assert fh.read() == raw
+    del ours
+    gc.collect()
+    assert torch.equal(t, torch.full_like(t, 7))

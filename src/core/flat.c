@@ -183,7 +183,6 @@ static ckpt_status flatten_dict(flattener *fl, const ckpt_value *v)
         return unsupported(fl, "a dict with state");
     size_t n = v->u.dict.len;
     size_t ops_at = fl->out->ops.len;
-    size_t text_at = fl->out->text.len;
     if (str_tensor_dict(fl, v)) {
         put(fl, CKPT_FLAT_STR_TENSOR_DICT);
         put(fl, ordered);
@@ -205,9 +204,9 @@ static ckpt_status flatten_dict(flattener *fl, const ckpt_value *v)
         }
         if (consecutive)
             return state ? flatten(fl, state) : CKPT_OK;
-        /* a tensor repeated inside: undo the ops and text, keep the rows */
+        /* a tensor repeated inside: undo the ops, keep the rows and the
+         * text (the rows' locations may be in it) */
         fl->out->ops.len = ops_at;
-        fl->out->text.len = text_at;
         fl->next_id--;
     }
     put(fl, ordered ? CKPT_FLAT_ORDERED_DICT : CKPT_FLAT_DICT);

@@ -243,12 +243,52 @@ static void test_refused(void **state)
     assert_int_equal(big.fi.text_bytes, (size_t)0x5a5a5a5a5a5a5a5aull);
 }
 
+/* A dict holding one tensor twice is no STR_TENSOR_DICT: a DICT whose
+ * values name one row, the row's location text intact. */
+static void test_repeated_tensor(void **state)
+{
+    (void)state;
+    ckpt_tree *t = ckpt_tree_new();
+    ckpt_value *root = ckpt_new_dict(t);
+    int64_t sa[2] = {2, 3};
+    ckpt_value *a = tensor(t, CKPT_DTYPE_FLOAT32, 2, sa, A, false);
+    assert_int_equal(ckpt_dict_put_str(t, root, "a", a), CKPT_OK);
+    assert_int_equal(ckpt_dict_put_str(t, root, "b", a), CKPT_OK);
+    ckpt_error err;
+    ckpt_save_options o = quick();
+    const char *path = tmp_path("flat-tied.pt");
+    assert_int_equal(ckpt_save_torch(path, root, &o, &err), CKPT_OK);
+    ckpt_tree_free(t);
+    ckpt_file *f = NULL;
+    assert_int_equal(ckpt_open(path, NULL, &f, &err), CKPT_OK);
+    ckpt_flat *flat = NULL;
+    assert_int_equal(ckpt_value_flatten(f, NULL, &flat, &err), CKPT_OK);
+    ckpt_flat_info fi = {.struct_size = sizeof(fi)};
+    ckpt_flat_get_info(flat, &fi);
+    assert_int_equal(fi.tensor_count, 1);
+    cursor c = {&fi, 0};
+    assert_int_equal(word(&c), CKPT_FLAT_DICT);
+    assert_int_equal(word(&c), 2);
+    assert_int_equal(word(&c), 0);
+    for (int i = 0; i < 2; i++) {
+        expect_str(&c, i ? "b" : "a");
+        assert_int_equal(word(&c), CKPT_FLAT_TENSOR);
+        assert_int_equal(word(&c), 0);
+    }
+    assert_int_equal(c.at, fi.op_count);
+    assert_int_equal(fi.tensors[CKPT_FLAT_T_LOCATION_LEN], 3);
+    assert_memory_equal(fi.text + fi.tensors[CKPT_FLAT_T_LOCATION], "cpu", 3);
+    ckpt_flat_free(flat);
+    ckpt_close(f);
+}
+
 int main(void)
 {
     tmp_dir_make("ckpt_test_flat.");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ops_and_rows),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_repeated_tensor),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     remove_tree(tmp_dir());
