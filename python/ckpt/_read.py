@@ -978,22 +978,36 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
             kinds[d] = kind
     idx = np.flatnonzero(fast)
     if len(idx):
-        from_numpy = torch.from_numpy
         ndarray = np.ndarray
         buf = src.buf
         sel = rows[idx]
         offs = (sel[:, _lib.FLAT_T_DATA] - src.base).tolist()
-        for i, off, d, nd, at in zip(idx.tolist(), offs, sel[:, _lib.FLAT_T_DTYPE].tolist(),
-                                     sel[:, _lib.FLAT_T_NDIM].tolist(),
-                                     sel[:, _lib.FLAT_T_DIMS].tolist()):
-            npdt, view = kinds[d]
-            t = from_numpy(ndarray(tuple(dims[at:at + nd]), npdt, buf, off))
-            out[i] = t if view is None else t.view(view)
-        grad = idx[(sel[:, _lib.FLAT_T_FLAGS] & _lib.FLAT_TF_REQUIRES_GRAD) != 0]
-        for i in grad.tolist():
-            t = out[i]
+        shapes = [tuple(dims[at:at + nd]) for at, nd in
+                  zip(sel[:, _lib.FLAT_T_DIMS].tolist(), sel[:, _lib.FLAT_T_NDIM].tolist())]
+        sel_dts = sel[:, _lib.FLAT_T_DTYPE]
+        npdts = {d: k[0] for d, k in kinds.items()}
+        if len(npdts) == 1:
+            npdt = next(iter(npdts.values()))
+            arrays = [ndarray(shape, npdt, buf, off) for shape, off in zip(shapes, offs)]
+        else:
+            arrays = [ndarray(shape, npdts[d], buf, off)
+                      for shape, d, off in zip(shapes, sel_dts.tolist(), offs)]
+        # one tensor per storage, over the map: the whole cost of a small
+        # tensor is now torch.from_numpy's
+        made = list(map(torch.from_numpy, arrays))
+        for d, (_, view) in kinds.items():
+            if view is not None:
+                for j in np.flatnonzero(sel_dts == d).tolist():
+                    made[j] = made[j].view(view)
+        for j in np.flatnonzero(sel[:, _lib.FLAT_T_FLAGS] & _lib.FLAT_TF_REQUIRES_GRAD).tolist():
+            t = made[j]
             if t.is_floating_point() or t.is_complex():
                 t.requires_grad_(True)
+        if len(idx) == n:
+            out = made
+        else:
+            for i, t in zip(idx.tolist(), made):
+                out[i] = t
     for i in np.flatnonzero(~fast).tolist():
         out[i] = conv.tensor(int(rows[i, _lib.FLAT_T_TENSOR]))
     return out
