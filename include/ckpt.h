@@ -561,6 +561,7 @@ enum {
 #define CKPT_FLAT_TF_STORAGE 0x8       /* has a storage (not meta) */
 #define CKPT_FLAT_TF_CONTIGUOUS 0x10
 #define CKPT_FLAT_TF_STORAGE_VIEW 0x20 /* a view of another storage (legacy files) */
+#define CKPT_FLAT_TF_SHARED 0x40       /* another row has the same STORAGE */
 
 typedef struct ckpt_flat_info {
     size_t struct_size;        /* caller: sizeof(ckpt_flat_info) (see the top) */

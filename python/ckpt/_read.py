@@ -942,7 +942,10 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
     data = rows[:, _lib.FLAT_T_DATA]
     nbytes = rows[:, _lib.FLAT_T_NBYTES]
     need = _lib.FLAT_TF_ZERO_COPY | _lib.FLAT_TF_STORAGE | _lib.FLAT_TF_CONTIGUOUS
-    fast = ((flags & (need | _lib.FLAT_TF_STORAGE_VIEW | _lib.FLAT_TF_PARAMETER)) == need)
+    # a storage shared by several tensors keeps the shared path (one base
+    # tensor, views of it), as torch shares it
+    fast = ((flags & (need | _lib.FLAT_TF_STORAGE_VIEW | _lib.FLAT_TF_PARAMETER |
+                      _lib.FLAT_TF_SHARED)) == need)
     fast &= rows[:, _lib.FLAT_T_STORAGE_OFFSET] == 0
     fast &= nbytes == rows[:, _lib.FLAT_T_STORAGE_NBYTES]
     fast &= nbytes > 0
@@ -950,15 +953,10 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
         fast[:] = False
     else:
         fast &= (data >= src.base) & (data - src.base <= src.size - nbytes)
-    # a storage shared by several tensors keeps the shared path (one base
-    # tensor, views of it), as torch shares it
-    _, inverse, counts = np.unique(rows[:, _lib.FLAT_T_STORAGE], return_inverse=True,
-                                   return_counts=True)
-    fast &= counts[inverse] == 1
     # devices: refused before any tensor is made, as torch does
     locs = rows[:, _lib.FLAT_T_LOCATION]
     seen = set()
-    for off in np.unique(locs).tolist():
+    for off in ([int(locs[0])] if (locs == locs[0]).all() else np.unique(locs).tolist()):
         i = int(np.argmax(locs == off))
         ln = int(rows[i, _lib.FLAT_T_LOCATION_LEN])
         loc = text[off:off + ln].decode("utf-8", "replace")

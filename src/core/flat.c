@@ -322,6 +322,34 @@ static ckpt_status flatten(flattener *fl, const ckpt_value *v)
     return st;
 }
 
+/* Sets CKPT_FLAT_TF_SHARED on rows whose storage another row has. */
+static ckpt_status mark_shared(flattener *fl)
+{
+    ckpt_flat *out = fl->out;
+    if (out->tensors.failed)
+        return ckpt__nomem(fl->err);
+    int64_t *rows = (int64_t *)(void *)out->tensors.p;
+    ptr_map first = {0};   /* storage -> its first row */
+    for (size_t i = 0; i < out->tensor_count; i++) {
+        int64_t *r = rows + i * CKPT_FLAT_T_COUNT;
+        const void *s = (const void *)(uintptr_t)r[CKPT_FLAT_T_STORAGE];
+        if (!s)
+            continue;
+        int64_t j = ptr_map_get(&first, s);
+        if (j < 0) {
+            if (!ptr_map_put(&first, s, (int64_t)i)) {
+                ptr_map_free(&first);
+                return ckpt__nomem(fl->err);
+            }
+            continue;
+        }
+        r[CKPT_FLAT_T_FLAGS] |= CKPT_FLAT_TF_SHARED;
+        rows[(size_t)j * CKPT_FLAT_T_COUNT + CKPT_FLAT_T_FLAGS] |= CKPT_FLAT_TF_SHARED;
+    }
+    ptr_map_free(&first);
+    return CKPT_OK;
+}
+
 ckpt_status ckpt_value_flatten(ckpt_file *f, const ckpt_value *root, ckpt_flat **out,
                                ckpt_error *err)
 {
@@ -335,6 +363,8 @@ ckpt_status ckpt_value_flatten(ckpt_file *f, const ckpt_value *root, ckpt_flat *
         return ckpt__nomem(err);
     flattener fl = {.f = f, .out = flat, .err = err};
     ckpt_status st = flatten(&fl, root);
+    if (st == CKPT_OK)
+        st = mark_shared(&fl);
     if (st == CKPT_OK && (flat->ops.failed || flat->text.failed || flat->tensors.failed ||
                           flat->dims.failed))
         st = ckpt__nomem(err);

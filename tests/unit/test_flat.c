@@ -179,6 +179,7 @@ static void test_ops_and_rows(void **state)
         assert_true(flags & CKPT_FLAT_TF_STORAGE);
         assert_true(flags & CKPT_FLAT_TF_CONTIGUOUS);
         assert_false(flags & CKPT_FLAT_TF_STORAGE_VIEW);
+        assert_false(flags & CKPT_FLAT_TF_SHARED);
         assert_int_equal(r[CKPT_FLAT_T_DTYPE], ti.dtype);
         assert_int_equal(r[CKPT_FLAT_T_NDIM], ti.ndim);
         const int64_t *dims = fi.dims + r[CKPT_FLAT_T_DIMS];
@@ -244,7 +245,8 @@ static void test_refused(void **state)
 }
 
 /* A dict holding one tensor twice is no STR_TENSOR_DICT: a DICT whose
- * values name one row, the row's location text intact. */
+ * values name one row, the row's location text intact; a view of its
+ * storage is another row, both marked shared. */
 static void test_repeated_tensor(void **state)
 {
     (void)state;
@@ -254,6 +256,14 @@ static void test_repeated_tensor(void **state)
     ckpt_value *a = tensor(t, CKPT_DTYPE_FLOAT32, 2, sa, A, false);
     assert_int_equal(ckpt_dict_put_str(t, root, "a", a), CKPT_OK);
     assert_int_equal(ckpt_dict_put_str(t, root, "b", a), CKPT_OK);
+    ckpt_tensor_desc d;
+    ckpt_tensor_desc_init(&d);
+    int64_t sv[1] = {3}, st[1] = {1};
+    d.ndim = 1;
+    d.shape = sv;
+    d.stride = st;
+    d.storage_offset = 3;
+    assert_int_equal(ckpt_dict_put_str(t, root, "v", ckpt_new_view(t, a, &d)), CKPT_OK);
     ckpt_error err;
     ckpt_save_options o = quick();
     const char *path = tmp_path("flat-tied.pt");
@@ -265,17 +275,24 @@ static void test_repeated_tensor(void **state)
     assert_int_equal(ckpt_value_flatten(f, NULL, &flat, &err), CKPT_OK);
     ckpt_flat_info fi = {.struct_size = sizeof(fi)};
     ckpt_flat_get_info(flat, &fi);
-    assert_int_equal(fi.tensor_count, 1);
+    assert_int_equal(fi.tensor_count, 2);
     cursor c = {&fi, 0};
     assert_int_equal(word(&c), CKPT_FLAT_DICT);
-    assert_int_equal(word(&c), 2);
+    assert_int_equal(word(&c), 3);
     assert_int_equal(word(&c), 0);
-    for (int i = 0; i < 2; i++) {
-        expect_str(&c, i ? "b" : "a");
+    for (int i = 0; i < 3; i++) {
+        expect_str(&c, i == 2 ? "v" : i ? "b" : "a");
         assert_int_equal(word(&c), CKPT_FLAT_TENSOR);
-        assert_int_equal(word(&c), 0);
+        assert_int_equal(word(&c), i == 2);
     }
     assert_int_equal(c.at, fi.op_count);
+    const int64_t *v = fi.tensors + fi.tensor_fields;
+    assert_int_equal(v[CKPT_FLAT_T_STORAGE], fi.tensors[CKPT_FLAT_T_STORAGE]);
+    assert_true(v[CKPT_FLAT_T_FLAGS] & CKPT_FLAT_TF_SHARED);
+    assert_true(fi.tensors[CKPT_FLAT_T_FLAGS] & CKPT_FLAT_TF_SHARED);
+    assert_int_equal(v[CKPT_FLAT_T_STORAGE_OFFSET], 3);
+    assert_int_equal(v[CKPT_FLAT_T_NBYTES], 12);
+    assert_true(v[CKPT_FLAT_T_DATA] == fi.tensors[CKPT_FLAT_T_DATA] + 12);
     assert_int_equal(fi.tensors[CKPT_FLAT_T_LOCATION_LEN], 3);
     assert_memory_equal(fi.text + fi.tensors[CKPT_FLAT_T_LOCATION], "cpu", 3);
     ckpt_flat_free(flat);
