@@ -42,6 +42,8 @@ _NP_TYPES = {
     "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_,
 }
 _RAW_BY_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# the integers of quantized dtypes torch reads whole bytes of
+_QUANT_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 
 class RawArray(np.ndarray):
@@ -421,7 +423,7 @@ class Converter:
                 item = memo.get(vv)
                 if item is None:
                     if not paths and _value_kind(vv) == _lib.KIND_TENSOR:
-                        item = self.tensor(_value_tensor(vv))
+                        item = self.tensor(_value_tensor(vv), vv)
                         memo[vv] = item
                     else:
                         item = self.value(vv, self._sub(path, _key_text(kv)) if paths else "")
@@ -446,7 +448,7 @@ class Converter:
             name = dtype_name(lib.ckpt_value_dtype(v))
             out = name if self.np else self.torch_dtype(name)
         elif kind == _lib.KIND_TENSOR:
-            out = self.tensor(lib.ckpt_value_tensor(v))
+            out = self.tensor(lib.ckpt_value_tensor(v), v)
         elif kind == _lib.KIND_GLOBAL:
             out = self.global_(_lib.value_bytes(v).decode("utf-8", "replace"))
         elif kind == _lib.KIND_OBJECT:
@@ -509,7 +511,9 @@ class Converter:
 
     # -- tensors ---------------------------------------------------------
 
-    def tensor(self, t: int) -> Any:
+    def tensor(self, t: int, v: int = 0) -> Any:
+        """The tensor of ckpt_tensor t; v is the tree's value holding it
+        (its state: a quantized tensor's quantizer parameters)."""
         hit = self.memo.get(t)
         if hit is not None:
             return hit
@@ -520,6 +524,8 @@ class Converter:
             out = self.sparse(t, ti)
         else:
             out = self.strided(t, ti)
+            if not self.np and self._dtype(ti.dtype)[0] in _QUANT_INT:
+                out = self.quantized(out, ti, v)
         if not self.np:
             if ti.is_parameter:
                 out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
@@ -552,12 +558,8 @@ class Converter:
                                     f"dtype {name} ({lib.ckpt_dtype_bits(d)} bits per "
                                     "element) has no numpy view", self.src.name)
         else:
-            if name.startswith(("qint", "quint")):
-                raise _err.make(_err.UnsupportedError,
-                                f"a quantized tensor ({name}): libckpt's API does not give its "
-                                "scale and zero point; read its integer values with "
-                                "framework=\"np\"", self.src.name)
-            typ = self.torch_dtype(name)
+            # a quantized tensor's integers, made quantized by Converter.quantized
+            typ = self.torch_dtype(_QUANT_INT.get(name, name))
             if elsize == 0:
                 raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
                                 self.src.name)
@@ -707,6 +709,52 @@ class Converter:
         if dev != "cpu":
             base = base.to(torch.device(dev))
         return base
+
+    def quantized(self, ints: Any, ti: "_lib.TensorInfo", v: int) -> Any:
+        """The quantized tensor over ints' storage (its integers, strides and
+        offset), with the quantizer parameters the file gave as the tensor
+        value's state, as torch's _rebuild_qtensor makes it."""
+        name = self._dtype(ti.dtype)[0]
+        state = lib.ckpt_value_state(v) if v else None
+        params = self.value(state) if state else None
+        if not isinstance(params, tuple) or len(params) < 3:
+            raise _err.make(_err.UnsupportedError,
+                            f"a quantized tensor ({name}) without its quantizer parameters; "
+                            "read its integer values with framework=\"np\"", self.src.name)
+        qdtype = self.torch_dtype(name)
+        qscheme = params[0]
+        size = tuple(ints.shape)
+        try:
+            if qscheme == torch.per_tensor_affine:
+                q = torch._empty_affine_quantized(size, scale=float(params[1]),
+                                                  zero_point=int(params[2]), dtype=qdtype,
+                                                  device=ints.device)
+            elif qscheme in (torch.per_channel_affine,
+                             torch.per_channel_affine_float_qparams) and len(params) == 4:
+                _, scales, zero_points, axis = params
+                if isinstance(scales, list) and isinstance(zero_points, list):
+                    fl = qscheme == torch.per_channel_affine_float_qparams
+                    scales = torch.tensor(scales, dtype=torch.float if fl else torch.double)
+                    zero_points = torch.tensor(zero_points,
+                                               dtype=torch.float if fl else torch.long)
+                q = torch._empty_per_channel_affine_quantized(
+                    size, scales=scales, zero_points=zero_points, axis=int(axis), dtype=qdtype,
+                    device=ints.device)
+            else:
+                raise _err.make(_err.UnsupportedError,
+                                f"a quantized tensor ({name}) with qscheme {qscheme!r}",
+                                self.src.name)
+            if hasattr(ints, "untyped_storage"):
+                storage = ints.untyped_storage()
+            else:  # torch 1.13: a typed storage of the quantized dtype
+                typed = ints.storage()
+                untyped = getattr(typed, "untyped", None) or typed._untyped
+                storage = torch.TypedStorage(wrap_storage=untyped(), dtype=qdtype)
+            q.set_(storage, ints.storage_offset(), size, tuple(ints.stride()))
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise _err.make(_err.FormatError, f"a quantized tensor ({name}): {e}",
+                            self.src.name) from None
+        return q
 
     def sparse(self, t: int, ti: "_lib.TensorInfo") -> Any:
         if self.np:

@@ -317,3 +317,51 @@ def test_flat_path_state_dict(tmp_path, monkeypatch):
     del ours
     gc.collect()
     assert torch.equal(t, torch.full_like(t, 7))
+
+
+def test_quantized_tensors(tmp_path):
+    """Quantized tensors (per tensor and per channel, strided) as torch.load
+    gives them: dtype, qscheme, quantizer parameters, strides, integers,
+    over the file's map; framework="np" gives their integers."""
+    import ckptgen
+    obj = ckptgen.quantized_obj()
+    x = torch.randn(4, 6)
+    obj["t"] = torch.quantize_per_tensor(x, 0.2, 1, torch.qint8).t()
+    obj["c"] = torch.quantize_per_channel(x, torch.rand(6) + 0.1, torch.randint(0, 5, (6,)), 1,
+                                          torch.quint8)
+    obj["c0"] = torch.quantize_per_channel(x, torch.rand(4) + 0.1, torch.zeros(4).long(), 0,
+                                           torch.qint8)
+    obj["w"] = torch.randn(3)
+    path = tmp_path / "q.pt"
+    torch.save(obj, path)
+    ref = torch.load(path)
+    raw = path.read_bytes()
+    for mm in (True, False):
+        ours = ckpt.load(path, mmap=mm)
+        assert list(ours) == list(ref)
+        for k, t in ref.items():
+            o = ours[k]
+            assert o.dtype == t.dtype and o.shape == t.shape, k
+            assert o.stride() == t.stride() and o.storage_offset() == t.storage_offset(), k
+            if not t.is_quantized:
+                assert torch.equal(o, t)
+                continue
+            assert o.qscheme() == t.qscheme(), k
+            assert torch.equal(o.int_repr(), t.int_repr()), k
+            assert torch.equal(o.dequantize(), t.dequantize()), k
+            if t.qscheme() == torch.per_tensor_affine:
+                assert (o.q_scale(), o.q_zero_point()) == (t.q_scale(), t.q_zero_point()), k
+            else:
+                assert torch.equal(o.q_per_channel_scales(), t.q_per_channel_scales()), k
+                assert torch.equal(o.q_per_channel_zero_points(),
+                                   t.q_per_channel_zero_points()), k
+                assert o.q_per_channel_axis() == t.q_per_channel_axis(), k
+            if mm:  # its integers are the file's bytes, in place
+                b = bytes(o.int_repr().contiguous().view(torch.uint8).numpy()) \
+                    if o.is_contiguous() else None
+                if b:
+                    assert raw.find(b) >= 0, k
+    n = ckpt.load(path, framework="np")
+    assert n["qint8"].ckpt_dtype == "qint8"
+    # raw unsigned integers of the width, as for every dtype numpy lacks
+    assert n["qint8"].view("int8").tolist() == ref["qint8"].int_repr().tolist()
