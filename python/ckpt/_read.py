@@ -525,7 +525,7 @@ class Converter:
         else:
             out = self.strided(t, ti)
             if not self.np and self._dtype(ti.dtype)[0] in _QUANT_INT:
-                out = self.quantized(out, ti, v)
+                out = self.quantized(out, ti, t, v)
         if not self.np:
             if ti.is_parameter:
                 out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
@@ -710,11 +710,17 @@ class Converter:
             base = base.to(torch.device(dev))
         return base
 
-    def quantized(self, ints: Any, ti: "_lib.TensorInfo", v: int) -> Any:
+    def quantized(self, ints: Any, ti: "_lib.TensorInfo", t: int, v: int) -> Any:
         """The quantized tensor over ints' storage (its integers, strides and
         offset), with the quantizer parameters the file gave as the tensor
         value's state, as torch's _rebuild_qtensor makes it."""
         name = self._dtype(ti.dtype)[0]
+        if not v:  # reached by name (safe_open): the file's value of it
+            h = self.src.handle
+            for i in range(lib.ckpt_file_tensor_count(h)):
+                if lib.ckpt_file_tensor(h, i, None) == t:
+                    v = lib.ckpt_file_tensor_value(h, i)
+                    break
         state = lib.ckpt_value_state(v) if v else None
         params = self.value(state) if state else None
         if not isinstance(params, tuple) or len(params) < 3:

@@ -361,6 +361,10 @@ def test_quantized_tensors(tmp_path):
                     if o.is_contiguous() else None
                 if b:
                     assert raw.find(b) >= 0, k
+    with ckpt.safe_open(path) as fh:  # by name too
+        o = fh.get_tensor("c")
+        assert o.qscheme() == ref["c"].qscheme() and torch.equal(o.dequantize(),
+                                                                 ref["c"].dequantize())
     n = ckpt.load(path, framework="np")
     assert n["qint8"].ckpt_dtype == "qint8"
     # raw unsigned integers of the width, as for every dtype numpy lacks
