@@ -948,6 +948,7 @@ def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: 
 # ---- the one-call path: ckpt_value_flatten ----------------------------------
 
 _HAS_FLAT = _lib.has("ckpt_value_flatten")
+_SMALL_COPY = 1 << 20
 _SLOW = object()
 _unpack_double = struct.Struct("<d").unpack
 _pack_int64 = struct.Struct("<q").pack
@@ -1003,10 +1004,15 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
     fast &= rows[:, _lib.FLAT_T_STORAGE_OFFSET] == 0
     fast &= nbytes == rows[:, _lib.FLAT_T_STORAGE_NBYTES]
     fast &= nbytes > 0
-    if conv.copy or src.buf is None:
+    # mmap=False: small storages are copied out of the map the file was
+    # parsed from (big ones keep the pread path, into fresh huge pages)
+    mapped = src.buf if not conv.copy else src._cview if src.fd is not None else None
+    if mapped is None:
         fast[:] = False
     else:
         fast &= (data >= src.base) & (data - src.base <= src.size - nbytes)
+        if conv.copy:
+            fast &= nbytes < _SMALL_COPY
     # devices: refused before any tensor is made, as torch does
     locs = rows[:, _lib.FLAT_T_LOCATION]
     seen = set()
@@ -1031,7 +1037,7 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
     idx = np.flatnonzero(fast)
     if len(idx):
         ndarray = np.ndarray
-        buf = src.buf
+        buf = mapped
         sel = rows[idx]
         offs = (sel[:, _lib.FLAT_T_DATA] - src.base).tolist()
         shapes = [tuple(dims[at:at + nd]) for at, nd in
@@ -1046,6 +1052,8 @@ def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
                       for shape, d, off in zip(shapes, sel_dts.tolist(), offs)]
         # one tensor per storage, over the map: the whole cost of a small
         # tensor is now torch.from_numpy's
+        if conv.copy:
+            arrays = [a.copy() for a in arrays]
         made = list(map(torch.from_numpy, arrays))
         for d, (_, view) in kinds.items():
             if view is not None:

@@ -300,12 +300,13 @@ def test_flat_path_state_dict(tmp_path, monkeypatch):
     real = _read.Converter.tensor
     monkeypatch.setattr(_read.Converter, "tensor",
                         lambda self, t: calls.append(t) or real(self, t))
-    ours = ckpt.load(p)
     ref = torch.load(p)
-    assert_same(ours, ref)
-    assert ours._metadata == ref._metadata
-    assert ours["tied"] is ours["layer0.w"]
-    assert calls == []
+    for mm in (False, True):
+        ours = ckpt.load(p, mmap=mm)
+        assert_same(ours, ref)
+        assert ours._metadata == ref._metadata
+        assert ours["tied"] is ours["layer0.w"]
+        assert calls == []
     with open(p, "rb") as fh:
         raw = fh.read()
     t = ours["layer5.w"]
