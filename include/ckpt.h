@@ -520,6 +520,87 @@ CKPT_API ckpt_status ckpt_file_record(const ckpt_file *f, size_t i, ckpt_record_
 CKPT_API ckpt_status ckpt_file_resolve_all(ckpt_file *f, ckpt_error *err);
 
 /*
+ * A value tree as flat arrays, for bindings that build their own objects in
+ * one pass instead of one call per node (the Python package). The tree must
+ * hold only NONE, BOOL, INT, FLOAT, STR, LIST, TUPLE, DICT, ORDERED_DICT,
+ * SIZE, DEVICE, DTYPE and strided TENSOR values without BUILD state, and no
+ * cycle; anything else gives CKPT_ERR_UNSUPPORTED (walk it node by node).
+ *
+ * ops is a prefix program of int64 words, one value after another:
+ *   CKPT_FLAT_NONE | BOOL b | INT v | FLOAT bits (IEEE double) |
+ *   STR off len (text[off..off+len], UTF-8) | DEVICE off len | DTYPE d |
+ *   SIZE n d0..dn-1 |
+ *   LIST n id, n values | TUPLE n id, n values |
+ *   DICT n id, n key/value pairs | ORDERED_DICT n id has_state, n pairs,
+ *     then the state value when has_state |
+ *   STR_TENSOR_DICT kind n id off len row has_state: a DICT or ORDERED_DICT
+ *     (kind) of n text keys, NUL-terminated one after another at
+ *     text[off..off+len], with the tensors of rows row..row+n-1 as values,
+ *     then the state value when has_state |
+ *   TENSOR row | REF id: the container numbered id again (ids count
+ *     containers in the order their ops come, from 0).
+ * tensors holds one row of tensor_fields int64 words per distinct tensor,
+ * indexed by CKPT_FLAT_T_*; a newer library may append fields (rows are
+ * tensor_fields wide). dims holds each row's shape then its strides.
+ */
+typedef struct ckpt_flat ckpt_flat;
+
+enum {
+    CKPT_FLAT_NONE = 0, CKPT_FLAT_BOOL = 1, CKPT_FLAT_INT = 2, CKPT_FLAT_FLOAT = 3,
+    CKPT_FLAT_STR = 4, CKPT_FLAT_LIST = 5, CKPT_FLAT_TUPLE = 6, CKPT_FLAT_DICT = 7,
+    CKPT_FLAT_ORDERED_DICT = 8, CKPT_FLAT_TENSOR = 9, CKPT_FLAT_REF = 10,
+    CKPT_FLAT_STR_TENSOR_DICT = 11, CKPT_FLAT_SIZE = 12, CKPT_FLAT_DEVICE = 13,
+    CKPT_FLAT_DTYPE = 14
+};
+
+/* Fields of a tensor row. */
+enum {
+    CKPT_FLAT_T_TENSOR = 0,        /* the const ckpt_tensor * */
+    CKPT_FLAT_T_DATA = 1,          /* ckpt_tensor_data's pointer, 0 when none */
+    CKPT_FLAT_T_FLAGS = 2,         /* CKPT_FLAT_TF_* */
+    CKPT_FLAT_T_DTYPE = 3,
+    CKPT_FLAT_T_NDIM = 4,
+    CKPT_FLAT_T_DIMS = 5,          /* index of its shape in dims; strides follow */
+    CKPT_FLAT_T_STORAGE_OFFSET = 6,/* in elements */
+    CKPT_FLAT_T_NBYTES = 7,        /* the tensor's bytes */
+    CKPT_FLAT_T_STORAGE = 8,       /* an id of its storage (equal ids: one storage) */
+    CKPT_FLAT_T_STORAGE_NBYTES = 9,
+    CKPT_FLAT_T_LOCATION = 10,     /* its location's text: offset, */
+    CKPT_FLAT_T_LOCATION_LEN = 11, /* and length */
+    CKPT_FLAT_T_COUNT = 12
+};
+
+#define CKPT_FLAT_TF_ZERO_COPY 0x1     /* DATA points into the file's map */
+#define CKPT_FLAT_TF_REQUIRES_GRAD 0x2
+#define CKPT_FLAT_TF_PARAMETER 0x4
+#define CKPT_FLAT_TF_STORAGE 0x8       /* has a storage (not meta) */
+#define CKPT_FLAT_TF_CONTIGUOUS 0x10
+#define CKPT_FLAT_TF_STORAGE_VIEW 0x20 /* a view of another storage (legacy files) */
+#define CKPT_FLAT_TF_SHARED 0x40       /* another row has the same STORAGE */
+
+typedef struct ckpt_flat_info {
+    size_t struct_size;        /* caller: sizeof(ckpt_flat_info) (see the top) */
+    const int64_t *ops;
+    size_t op_count;
+    const char *text;
+    size_t text_bytes;
+    const int64_t *tensors;
+    size_t tensor_count;
+    size_t tensor_fields;      /* int64 words per row (CKPT_FLAT_T_COUNT or more) */
+    const int64_t *dims;
+    size_t dim_count;
+} ckpt_flat_info;
+
+/* Flattens root (a value of f; NULL: f's root) and resolves every tensor's
+ * data as ckpt_tensor_data does. Free *out with ckpt_flat_free; pointers
+ * into f stay valid until ckpt_close(). */
+CKPT_API ckpt_status ckpt_value_flatten(ckpt_file *f, const ckpt_value *root, ckpt_flat **out,
+                                        ckpt_error *err);
+CKPT_API void ckpt_flat_get_info(const ckpt_flat *flat, ckpt_flat_info *info);
+/* NULL is a no-op. */
+CKPT_API void ckpt_flat_free(ckpt_flat *flat);
+
+/*
  * Checks everything: every record's CRC32, every record inside the file,
  * every tensor's bytes inside its storage, every storage's size, every
  * index of sparse tensors. Each record is read once as a stream (deflated

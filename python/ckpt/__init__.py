@@ -89,6 +89,9 @@ def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: b
             torch needed: bfloat16 and float8 come as unsigned views of
             their width, :class:`ckpt.RawArray`, with ``ckpt_dtype`` naming
             the dtype; torch.Size becomes a tuple, dtypes and devices text).
+            Quantized tensors (qint8, quint8, qint32; per tensor or per
+            channel) come as torch makes them with ``"pt"``, their
+            integers over the map; with ``"np"`` their raw integers.
 
     Raises:
         ckpt.UnsafeError: the pickle names something outside the allow-list.

@@ -107,6 +107,29 @@ class TensorDesc(Structure):
                 ("location", c_char_p), ("requires_grad", c_bool), ("is_parameter", c_bool)]
 
 
+class FlatInfo(Structure):
+    _fields_ = [("struct_size", c_size_t), ("ops", c_void_p), ("op_count", c_size_t),
+                ("text", c_void_p), ("text_bytes", c_size_t), ("tensors", c_void_p),
+                ("tensor_count", c_size_t), ("tensor_fields", c_size_t), ("dims", c_void_p),
+                ("dim_count", c_size_t)]
+
+
+# ckpt_value_flatten's ops and tensor row fields (include/ckpt.h)
+FLAT_NONE, FLAT_BOOL, FLAT_INT, FLAT_FLOAT, FLAT_STR, FLAT_LIST, FLAT_TUPLE, FLAT_DICT, \
+    FLAT_ORDERED_DICT, FLAT_TENSOR, FLAT_REF, FLAT_STR_TENSOR_DICT, FLAT_SIZE, FLAT_DEVICE, \
+    FLAT_DTYPE = range(15)
+FLAT_T_TENSOR, FLAT_T_DATA, FLAT_T_FLAGS, FLAT_T_DTYPE, FLAT_T_NDIM, FLAT_T_DIMS, \
+    FLAT_T_STORAGE_OFFSET, FLAT_T_NBYTES, FLAT_T_STORAGE, FLAT_T_STORAGE_NBYTES, \
+    FLAT_T_LOCATION, FLAT_T_LOCATION_LEN, FLAT_T_COUNT = range(13)
+FLAT_TF_ZERO_COPY = 0x1
+FLAT_TF_REQUIRES_GRAD = 0x2
+FLAT_TF_PARAMETER = 0x4
+FLAT_TF_STORAGE = 0x8
+FLAT_TF_CONTIGUOUS = 0x10
+FLAT_TF_STORAGE_VIEW = 0x20
+FLAT_TF_SHARED = 0x40
+
+
 PROGRESS_FN = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, c_uint64)
 WARN_FN = ctypes.CFUNCTYPE(None, c_void_p, c_char_p)
 
@@ -192,6 +215,9 @@ _PROTOS = {
     "ckpt_tensor_sparse_part": (V, [V, c_uint]),
     "ckpt_tensor_copy": (c_int, [V, V, c_void_p, c_size_t, E]),
     "ckpt_format_name": (c_char_p, [c_int]),
+    "ckpt_value_flatten": (c_int, [V, V, POINTER(c_void_p), E]),
+    "ckpt_flat_get_info": (None, [V, POINTER(FlatInfo)]),
+    "ckpt_flat_free": (None, [V]),
     "ckpt_open_options_default": (None, [POINTER(OpenOptions)]),
     "ckpt_open": (c_int, [c_char_p, POINTER(OpenOptions), POINTER(c_void_p), E]),
     "ckpt_open_memory": (c_int, [c_void_p, c_size_t, POINTER(OpenOptions), POINTER(c_void_p), E]),
@@ -259,6 +285,9 @@ _PROTOS = {
 }
 
 
+# newer additions: the package still works over a library without them
+_OPTIONAL = {"ckpt_value_flatten", "ckpt_flat_get_info", "ckpt_flat_free"}
+
 library_path: Optional[str] = None
 
 
@@ -291,7 +320,11 @@ def _load() -> ctypes.CDLL:
         global library_path
         library_path = cand
         for name, (res, args) in _PROTOS.items():
-            fn = getattr(lib, name)
+            fn = getattr(lib, name, None)
+            if fn is None and name in _OPTIONAL:
+                continue
+            if fn is None:
+                fn = getattr(lib, name)
             fn.restype = res
             fn.argtypes = args
         return lib

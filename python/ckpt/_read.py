@@ -18,6 +18,7 @@ import ctypes
 import gc
 import mmap as _mmap
 import os
+import struct
 import sys
 from typing import Any, Dict, Optional, Tuple
 
@@ -41,6 +42,8 @@ _NP_TYPES = {
     "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_,
 }
 _RAW_BY_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# the integers of quantized dtypes torch reads whole bytes of
+_QUANT_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 
 class RawArray(np.ndarray):
@@ -420,7 +423,7 @@ class Converter:
                 item = memo.get(vv)
                 if item is None:
                     if not paths and _value_kind(vv) == _lib.KIND_TENSOR:
-                        item = self.tensor(_value_tensor(vv))
+                        item = self.tensor(_value_tensor(vv), vv)
                         memo[vv] = item
                     else:
                         item = self.value(vv, self._sub(path, _key_text(kv)) if paths else "")
@@ -445,7 +448,7 @@ class Converter:
             name = dtype_name(lib.ckpt_value_dtype(v))
             out = name if self.np else self.torch_dtype(name)
         elif kind == _lib.KIND_TENSOR:
-            out = self.tensor(lib.ckpt_value_tensor(v))
+            out = self.tensor(lib.ckpt_value_tensor(v), v)
         elif kind == _lib.KIND_GLOBAL:
             out = self.global_(_lib.value_bytes(v).decode("utf-8", "replace"))
         elif kind == _lib.KIND_OBJECT:
@@ -508,7 +511,9 @@ class Converter:
 
     # -- tensors ---------------------------------------------------------
 
-    def tensor(self, t: int) -> Any:
+    def tensor(self, t: int, v: int = 0) -> Any:
+        """The tensor of ckpt_tensor t; v is the tree's value holding it
+        (its state: a quantized tensor's quantizer parameters)."""
         hit = self.memo.get(t)
         if hit is not None:
             return hit
@@ -519,6 +524,8 @@ class Converter:
             out = self.sparse(t, ti)
         else:
             out = self.strided(t, ti)
+            if not self.np and self._dtype(ti.dtype)[0] in _QUANT_INT:
+                out = self.quantized(out, ti, t, v)
         if not self.np:
             if ti.is_parameter:
                 out = torch.nn.Parameter(out, requires_grad=bool(ti.requires_grad))
@@ -551,12 +558,8 @@ class Converter:
                                     f"dtype {name} ({lib.ckpt_dtype_bits(d)} bits per "
                                     "element) has no numpy view", self.src.name)
         else:
-            if name.startswith(("qint", "quint")):
-                raise _err.make(_err.UnsupportedError,
-                                f"a quantized tensor ({name}): libckpt's API does not give its "
-                                "scale and zero point; read its integer values with "
-                                "framework=\"np\"", self.src.name)
-            typ = self.torch_dtype(name)
+            # a quantized tensor's integers, made quantized by Converter.quantized
+            typ = self.torch_dtype(_QUANT_INT.get(name, name))
             if elsize == 0:
                 raise _err.make(_err.UnsupportedError, f"sub-byte dtype {name} is not read",
                                 self.src.name)
@@ -706,6 +709,58 @@ class Converter:
         if dev != "cpu":
             base = base.to(torch.device(dev))
         return base
+
+    def quantized(self, ints: Any, ti: "_lib.TensorInfo", t: int, v: int) -> Any:
+        """The quantized tensor over ints' storage (its integers, strides and
+        offset), with the quantizer parameters the file gave as the tensor
+        value's state, as torch's _rebuild_qtensor makes it."""
+        name = self._dtype(ti.dtype)[0]
+        if not v:  # reached by name (safe_open): the file's value of it
+            h = self.src.handle
+            for i in range(lib.ckpt_file_tensor_count(h)):
+                if lib.ckpt_file_tensor(h, i, None) == t:
+                    v = lib.ckpt_file_tensor_value(h, i)
+                    break
+        state = lib.ckpt_value_state(v) if v else None
+        params = self.value(state) if state else None
+        if not isinstance(params, tuple) or len(params) < 3:
+            raise _err.make(_err.UnsupportedError,
+                            f"a quantized tensor ({name}) without its quantizer parameters; "
+                            "read its integer values with framework=\"np\"", self.src.name)
+        qdtype = self.torch_dtype(name)
+        qscheme = params[0]
+        size = tuple(ints.shape)
+        try:
+            if qscheme == torch.per_tensor_affine:
+                q = torch._empty_affine_quantized(size, scale=float(params[1]),
+                                                  zero_point=int(params[2]), dtype=qdtype,
+                                                  device=ints.device)
+            elif qscheme in (torch.per_channel_affine,
+                             torch.per_channel_affine_float_qparams) and len(params) == 4:
+                _, scales, zero_points, axis = params
+                if isinstance(scales, list) and isinstance(zero_points, list):
+                    fl = qscheme == torch.per_channel_affine_float_qparams
+                    scales = torch.tensor(scales, dtype=torch.float if fl else torch.double)
+                    zero_points = torch.tensor(zero_points,
+                                               dtype=torch.float if fl else torch.long)
+                q = torch._empty_per_channel_affine_quantized(
+                    size, scales=scales, zero_points=zero_points, axis=int(axis), dtype=qdtype,
+                    device=ints.device)
+            else:
+                raise _err.make(_err.UnsupportedError,
+                                f"a quantized tensor ({name}) with qscheme {qscheme!r}",
+                                self.src.name)
+            if hasattr(ints, "untyped_storage"):
+                storage = ints.untyped_storage()
+            else:  # torch 1.13: a typed storage of the quantized dtype
+                typed = ints.storage()
+                untyped = getattr(typed, "untyped", None) or typed._untyped
+                storage = torch.TypedStorage(wrap_storage=untyped(), dtype=qdtype)
+            q.set_(storage, ints.storage_offset(), size, tuple(ints.stride()))
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise _err.make(_err.FormatError, f"a quantized tensor ({name}): {e}",
+                            self.src.name) from None
+        return q
 
     def sparse(self, t: int, ti: "_lib.TensorInfo") -> Any:
         if self.np:
@@ -858,6 +913,19 @@ def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: 
             root = find_key(root, key, src.name)
         if permissive:
             conv.tensor_paths = {t: n for n, t in tensor_names(src)}
+        old = sys.getrecursionlimit()
+        if old < 20000:
+            sys.setrecursionlimit(20000)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            out = _flat_load(conv, root) if _HAS_FLAT else _SLOW
+        finally:
+            if collecting:
+                gc.enable()
+            sys.setrecursionlimit(old)
+        if out is not _SLOW:
+            return out
         conv.check_devices(tensors_under(src, root) if key else all_tensors(src))
         old = sys.getrecursionlimit()
         if old < 20000:
@@ -875,3 +943,257 @@ def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: 
     finally:
         src.close()
 
+
+
+# ---- the one-call path: ckpt_value_flatten ----------------------------------
+
+_HAS_FLAT = _lib.has("ckpt_value_flatten")
+_SMALL_COPY = 1 << 20
+_SLOW = object()
+_unpack_double = struct.Struct("<d").unpack
+_pack_int64 = struct.Struct("<q").pack
+
+
+def _words(ptr: int, count: int) -> Any:
+    """count int64 words at ptr, copied into a numpy array."""
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    return np.frombuffer(ctypes.string_at(ptr, count * 8), dtype=np.int64)
+
+
+# ckpt dtype names numpy views directly (torch.from_numpy takes them), and
+# the ones viewed through an integer of their width, then as the torch dtype
+_FAST_NP = {"float64": np.float64, "float32": np.float32, "float16": np.float16,
+            "complex128": np.complex128, "complex64": np.complex64, "int64": np.int64,
+            "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8,
+            "bool": np.bool_}
+_FAST_VIEW = {"bfloat16": np.int16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
+
+
+def _fast_dtype(conv: Converter, d: int) -> Any:
+    """(numpy dtype, torch dtype to view it as or None) of ckpt dtype d, or
+    None when torch.from_numpy cannot make it."""
+    name = dtype_name(d)
+    typ = _FAST_NP.get(name)
+    if typ is not None:
+        return np.dtype(typ), None
+    typ = _FAST_VIEW.get(name)
+    tdt = getattr(torch, name, None)
+    if typ is None or not isinstance(tdt, torch.dtype):
+        return None
+    return np.dtype(typ), tdt
+
+
+def _flat_tensors(conv: Converter, rows: Any, dims: list, text: bytes) -> list:
+    """The tensors of ckpt_value_flatten's rows: a storage that one tensor
+    covers whole, in the map, becomes that tensor's own storage over the
+    map through numpy (one call each); the rest go through Converter.tensor."""
+    src = conv.src
+    n = len(rows)
+    out: list = [None] * n
+    if not n:
+        return out
+    flags = rows[:, _lib.FLAT_T_FLAGS]
+    data = rows[:, _lib.FLAT_T_DATA]
+    nbytes = rows[:, _lib.FLAT_T_NBYTES]
+    need = _lib.FLAT_TF_ZERO_COPY | _lib.FLAT_TF_STORAGE | _lib.FLAT_TF_CONTIGUOUS
+    # a storage shared by several tensors keeps the shared path (one base
+    # tensor, views of it), as torch shares it
+    fast = ((flags & (need | _lib.FLAT_TF_STORAGE_VIEW | _lib.FLAT_TF_PARAMETER |
+                      _lib.FLAT_TF_SHARED)) == need)
+    fast &= rows[:, _lib.FLAT_T_STORAGE_OFFSET] == 0
+    fast &= nbytes == rows[:, _lib.FLAT_T_STORAGE_NBYTES]
+    fast &= nbytes > 0
+    # mmap=False: small storages are copied out of the map the file was
+    # parsed from (big ones keep the pread path, into fresh huge pages)
+    mapped = src.buf if not conv.copy else src._cview if src.fd is not None else None
+    if mapped is None:
+        fast[:] = False
+    else:
+        fast &= (data >= src.base) & (data - src.base <= src.size - nbytes)
+        if conv.copy:
+            fast &= nbytes < _SMALL_COPY
+    # devices: refused before any tensor is made, as torch does
+    locs = rows[:, _lib.FLAT_T_LOCATION]
+    seen = set()
+    for off in ([int(locs[0])] if (locs == locs[0]).all() else np.unique(locs).tolist()):
+        i = int(np.argmax(locs == off))
+        ln = int(rows[i, _lib.FLAT_T_LOCATION_LEN])
+        loc = text[off:off + ln].decode("utf-8", "replace")
+        dev = conv.target(loc)
+        if dev != "cpu":
+            fast &= locs != off
+        if dev is not None and dev not in seen:
+            seen.add(dev)
+            check_device(dev, loc, src.name)
+    dts = rows[:, _lib.FLAT_T_DTYPE]
+    kinds = {}
+    for d in np.unique(dts[fast]).tolist():
+        kind = _fast_dtype(conv, d)
+        if kind is None:
+            fast &= dts != d
+        else:
+            kinds[d] = kind
+    idx = np.flatnonzero(fast)
+    if len(idx):
+        ndarray = np.ndarray
+        buf = mapped
+        sel = rows[idx]
+        offs = (sel[:, _lib.FLAT_T_DATA] - src.base).tolist()
+        shapes = [tuple(dims[at:at + nd]) for at, nd in
+                  zip(sel[:, _lib.FLAT_T_DIMS].tolist(), sel[:, _lib.FLAT_T_NDIM].tolist())]
+        sel_dts = sel[:, _lib.FLAT_T_DTYPE]
+        npdts = {d: k[0] for d, k in kinds.items()}
+        if len(npdts) == 1:
+            npdt = next(iter(npdts.values()))
+            arrays = [ndarray(shape, npdt, buf, off) for shape, off in zip(shapes, offs)]
+        else:
+            arrays = [ndarray(shape, npdts[d], buf, off)
+                      for shape, d, off in zip(shapes, sel_dts.tolist(), offs)]
+        # one tensor per storage, over the map: the whole cost of a small
+        # tensor is now torch.from_numpy's
+        if conv.copy:
+            arrays = [a.copy() for a in arrays]
+        made = list(map(torch.from_numpy, arrays))
+        for d, (_, view) in kinds.items():
+            if view is not None:
+                for j in np.flatnonzero(sel_dts == d).tolist():
+                    made[j] = made[j].view(view)
+        for j in np.flatnonzero(sel[:, _lib.FLAT_T_FLAGS] & _lib.FLAT_TF_REQUIRES_GRAD).tolist():
+            t = made[j]
+            if t.is_floating_point() or t.is_complex():
+                t.requires_grad_(True)
+        if len(idx) == n:
+            out = made
+        else:
+            for i, t in zip(idx.tolist(), made):
+                out[i] = t
+    for i in np.flatnonzero(~fast).tolist():
+        out[i] = conv.tensor(int(rows[i, _lib.FLAT_T_TENSOR]))
+    return out
+
+
+def _flat_load(conv: Converter, root: int) -> Any:
+    """The value at root through one ckpt_value_flatten call, or _SLOW when
+    the tree holds what it does not flatten (or numpy arrays are asked)."""
+    if conv.np or conv.tensor_paths is not None or callable(conv.map_location):
+        return _SLOW
+    src = conv.src
+    flat = ctypes.c_void_p()
+    st = lib.ckpt_value_flatten(src.handle, root, ctypes.byref(flat), conv._err_ref)
+    if st == _lib.ERR_UNSUPPORTED:
+        return _SLOW
+    _err.check(st, conv._err, src.name)
+    try:
+        fi = _lib.FlatInfo()
+        fi.struct_size = ctypes.sizeof(fi)
+        lib.ckpt_flat_get_info(flat, ctypes.byref(fi))
+        ops = _words(fi.ops, fi.op_count).tolist()
+        text = ctypes.string_at(fi.text, fi.text_bytes) if fi.text_bytes else b""
+        width = fi.tensor_fields
+        rows = _words(fi.tensors, fi.tensor_count * width).reshape(fi.tensor_count, width)
+        dims = _words(fi.dims, fi.dim_count).tolist()
+    finally:
+        lib.ckpt_flat_free(flat)
+    tensors = _flat_tensors(conv, rows, dims, text)
+    return _Decoder(conv, ops, text, tensors).value()
+
+
+class _Decoder:
+    """Python values of ckpt_value_flatten's ops."""
+
+    def __init__(self, conv: Converter, ops: list, text: bytes, tensors: list) -> None:
+        self.conv = conv
+        self.ops = ops
+        self.text = text
+        self.tensors = tensors
+        self.pos = 0
+        self.objs: Dict[int, Any] = {}
+
+    def _str(self, off: int, n: int) -> str:
+        return self.text[off:off + n].decode("utf-8", "surrogatepass")
+
+    def _state(self, out: Any) -> None:
+        st = self.value()
+        if isinstance(st, dict):
+            for k, a in st.items():
+                if isinstance(k, str):
+                    setattr(out, k, a)
+
+    def value(self) -> Any:
+        ops = self.ops
+        p = self.pos
+        op = ops[p]
+        if op == _lib.FLAT_TENSOR:
+            self.pos = p + 2
+            return self.tensors[ops[p + 1]]
+        if op == _lib.FLAT_STR:
+            self.pos = p + 3
+            return self._str(ops[p + 1], ops[p + 2])
+        if op == _lib.FLAT_INT:
+            self.pos = p + 2
+            return ops[p + 1]
+        if op == _lib.FLAT_FLOAT:
+            self.pos = p + 2
+            return _unpack_double(_pack_int64(ops[p + 1]))[0]
+        if op == _lib.FLAT_NONE:
+            self.pos = p + 1
+            return None
+        if op == _lib.FLAT_BOOL:
+            self.pos = p + 2
+            return bool(ops[p + 1])
+        if op == _lib.FLAT_STR_TENSOR_DICT:
+            ordered, n, id_, off, ln, row, has_state = ops[p + 1:p + 8]
+            self.pos = p + 8
+            keys = self._str(off, ln - 1).split("\0")
+            vals = self.tensors[row:row + n]
+            out = collections.OrderedDict(zip(keys, vals)) if ordered else dict(zip(keys, vals))
+            self.objs[id_] = out
+            if has_state:
+                self._state(out)
+            return out
+        if op in (_lib.FLAT_DICT, _lib.FLAT_ORDERED_DICT):
+            n, id_ = ops[p + 1], ops[p + 2]
+            ordered = op == _lib.FLAT_ORDERED_DICT
+            has_state = ops[p + 3] if ordered else 0
+            self.pos = p + (4 if ordered else 3)
+            out = collections.OrderedDict() if ordered else {}
+            self.objs[id_] = out
+            value = self.value
+            for _ in range(n):
+                k = value()
+                out[k] = value()
+            if has_state:
+                self._state(out)
+            return out
+        if op == _lib.FLAT_LIST:
+            n, id_ = ops[p + 1], ops[p + 2]
+            self.pos = p + 3
+            out = []
+            self.objs[id_] = out
+            value = self.value
+            for _ in range(n):
+                out.append(value())
+            return out
+        if op == _lib.FLAT_TUPLE:
+            n, id_ = ops[p + 1], ops[p + 2]
+            self.pos = p + 3
+            value = self.value
+            out = tuple([value() for _ in range(n)])
+            self.objs[id_] = out
+            return out
+        if op == _lib.FLAT_REF:
+            self.pos = p + 2
+            return self.objs[ops[p + 1]]
+        if op == _lib.FLAT_SIZE:
+            n = ops[p + 1]
+            self.pos = p + 2 + n
+            return torch.Size(ops[p + 2:p + 2 + n])
+        if op == _lib.FLAT_DEVICE:
+            self.pos = p + 3
+            return torch.device(self._str(ops[p + 1], ops[p + 2]))
+        if op == _lib.FLAT_DTYPE:
+            self.pos = p + 2
+            return self.conv.torch_dtype(dtype_name(ops[p + 1]))
+        raise _err.make(_err.UnsupportedError, f"ckpt_value_flatten op {op} is not read by "
+                        "this version of the package", self.conv.src.name)

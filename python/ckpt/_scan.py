@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -172,13 +173,157 @@ def _default_state_dict(root: int) -> Optional[str]:
     return None
 
 
+# the tool's bounds on its JSON tree (cli/main.c): depth, nodes, text
+_TREE_MAX_DEPTH = 200
+_TREE_MAX_NODES = 2000000
+_TREE_MAX_TEXT_BYTES = 256 << 20
+
+
+class _TreeJSON:
+    """A value tree as ``ckpt inspect --json`` writes it: JSON values, with
+    {"$tuple": [...]}, {"$odict": {...}, "$state": ...}, {"$tensor":
+    {...}}, ... for what JSON lacks, and the tool's bounds ({"$truncated":
+    true}, {"$cycle": true})."""
+
+    def __init__(self) -> None:
+        self.nodes_left = _TREE_MAX_NODES
+        self.text_left = _TREE_MAX_TEXT_BYTES
+        self.path: List[int] = []
+
+    def _text_budget(self, n: int) -> bool:
+        if n > self.text_left:
+            self.text_left = 0
+            return False
+        self.text_left -= n
+        return True
+
+    @staticmethod
+    def _utf8(b: bytes) -> Optional[str]:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @staticmethod
+    def _float(d: float) -> Any:
+        if math.isfinite(d):
+            return d
+        return "nan" if math.isnan(d) else "inf" if d > 0 else "-inf"
+
+    def _seq(self, v: int, depth: int) -> list:
+        return [self.value(lib.ckpt_value_item(v, i), depth + 1)
+                for i in range(lib.ckpt_value_len(v))]
+
+    def _dict(self, v: int, depth: int) -> Any:
+        n = lib.ckpt_value_len(v)
+        keys = []
+        for i in range(n):
+            k = lib.ckpt_value_key(v, i)
+            text = None
+            if lib.ckpt_value_kind(k) == _lib.KIND_STR:
+                b = _lib.value_bytes(k)
+                if b"\0" not in b:
+                    text = self._utf8(b)
+            if text is None:
+                return {"$dict": [[self.value(lib.ckpt_value_key(v, j), depth + 1),
+                                   self.value(lib.ckpt_value_dict_value(v, j), depth + 1)]
+                                  for j in range(n)]}
+            keys.append(text)
+        return {k: self.value(lib.ckpt_value_dict_value(v, i), depth + 1)
+                for i, k in enumerate(keys)}
+
+    def _tensor(self, t: int) -> Dict[str, Any]:
+        ti = _read.tensor_info(t)
+        e: Dict[str, Any] = {"dtype": _read.dtype_name(ti.dtype),
+                             "shape": [ti.shape[k] for k in range(ti.ndim)]}
+        if ti.is_parameter:
+            e["parameter"] = True
+        if ti.layout != _lib.LAYOUT_STRIDED:
+            e["layout"] = _s(lib.ckpt_layout_name(ti.layout))
+        return {"$tensor": e}
+
+    def value(self, v: int, depth: int = 0) -> Any:
+        if depth >= _TREE_MAX_DEPTH or self.nodes_left == 0:
+            return {"$truncated": True}
+        self.nodes_left -= 1
+        if v and v in self.path[:depth]:
+            return {"$cycle": True}
+        del self.path[depth:]
+        self.path.append(v)
+        kind = lib.ckpt_value_kind(v)
+        if kind == _lib.KIND_NONE:
+            return None
+        if kind == _lib.KIND_BOOL:
+            return bool(lib.ckpt_value_bool(v))
+        if kind == _lib.KIND_INT:
+            return int(lib.ckpt_value_int(v))
+        if kind == _lib.KIND_BIGINT:
+            if not self._text_budget(3 * len(_lib.value_bytes(v))):
+                return {"$truncated": True}
+            n = lib.ckpt_value_repr(v, None, 0)
+            buf = ctypes.create_string_buffer(n + 1)
+            lib.ckpt_value_repr(v, buf, n + 1)
+            return {"$int": buf.value.decode("utf-8", "replace")}
+        if kind == _lib.KIND_FLOAT:
+            d = float(lib.ckpt_value_float(v))
+            return d if math.isfinite(d) else {"$float": self._float(d)}
+        if kind == _lib.KIND_COMPLEX:
+            re_, im = ctypes.c_double(), ctypes.c_double()
+            lib.ckpt_value_complex(v, ctypes.byref(re_), ctypes.byref(im))
+            return {"$complex": [self._float(re_.value), self._float(im.value)]}
+        if kind == _lib.KIND_STR:
+            b = _lib.value_bytes(v)
+            if not self._text_budget(len(b)):
+                return {"$truncated": True}
+            text = self._utf8(b)
+            return text if text is not None else {"$str_utf8_hex": b.hex()}
+        if kind == _lib.KIND_BYTES:
+            b = _lib.value_bytes(v)
+            if not self._text_budget(2 * len(b)):
+                return {"$truncated": True}
+            return {"$bytes": b.hex()}
+        if kind == _lib.KIND_LIST:
+            return self._seq(v, depth)
+        if kind in (_lib.KIND_TUPLE, _lib.KIND_SET, _lib.KIND_SIZE):
+            tag = {_lib.KIND_TUPLE: "$tuple", _lib.KIND_SET: "$set", _lib.KIND_SIZE: "$size"}
+            return {tag[kind]: self._seq(v, depth)}
+        if kind == _lib.KIND_DICT:
+            return self._dict(v, depth)
+        if kind == _lib.KIND_ORDERED_DICT:
+            out = {"$odict": self._dict(v, depth)}
+            st = lib.ckpt_value_state(v)
+            if st:
+                out["$state"] = self.value(st, depth + 1)
+            return out
+        if kind in (_lib.KIND_DEVICE, _lib.KIND_GLOBAL):
+            tag = "$device" if kind == _lib.KIND_DEVICE else "$global"
+            return {tag: _lib.cstr(lib.ckpt_value_str(v, None))}
+        if kind == _lib.KIND_DTYPE:
+            return {"$dtype": _read.dtype_name(lib.ckpt_value_dtype(v))}
+        if kind == _lib.KIND_OBJECT:
+            o: Dict[str, Any] = {"class": _lib.cstr(lib.ckpt_value_str(v, None)),
+                                 "args": self.value(lib.ckpt_value_object_args(v), depth + 1)}
+            for key, fn in (("kwargs", lib.ckpt_value_object_kwargs),
+                            ("state", lib.ckpt_value_state),
+                            ("dict", lib.ckpt_value_object_dict),
+                            ("items", lib.ckpt_value_object_items)):
+                x = fn(v)
+                if x:
+                    o[key] = self.value(x, depth + 1)
+            return {"$object": o}
+        if kind == _lib.KIND_TENSOR:
+            return self._tensor(lib.ckpt_value_tensor(v))
+        return None
+
+
 def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
     """What ``ckpt inspect --json`` shows of a file, as a dict: "file",
     "format", "details", "records", "tensors" (name, dtype, shape, stride,
     storage, location, data_offset, ...), "totals", "model" (the totals of
-    the model's state dict and its "key") and "metadata"; the tool's "tree"
-    is left out (:func:`ckpt.load` gives the values themselves). Opens the
-    file lazily: no tensor bytes are read.
+    the model's state dict and its "key"), "metadata" and "tree" (the value
+    tree as the tool writes it in JSON: {"$tuple": [...]}, {"$tensor":
+    {"dtype", "shape"}}, ... for what JSON lacks; :func:`ckpt.load` gives
+    the values themselves). Opens the file lazily: no tensor bytes are read.
     """
     src = _read.Source(f, permissive=permissive)
     try:
@@ -264,8 +409,11 @@ def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
             "file": src.name, "format": fmt, "details": details, "records": records,
             "tensors": tensors, "totals": totals,
             "model": dict(model, key=model_key) if model_key else None}
+        walk = _TreeJSON()
         if fi.metadata:
             out["metadata"] = _read.Converter(src, "np").value(fi.metadata)
+            walk.value(fi.metadata)  # the tool's budget is spent on it first
+        out["tree"] = walk.value(lib.ckpt_file_root(h))
         return out
     finally:
         src.close()

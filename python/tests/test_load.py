@@ -250,3 +250,123 @@ def test_sparse_tensors(tmp_path):
         assert torch.equal(d[k].to_dense(), ref[k].to_dense()), k
     with pytest.raises(ckpt.UnsupportedError):
         ckpt.load(path, framework="np")
+
+
+def _same_sharing(a, b, seen=None):
+    """a and b have the same shape of object identity: an object met twice
+    in a is met twice, at the same places, in b."""
+    seen = {} if seen is None else seen
+    if isinstance(a, (dict, list, tuple, torch.Tensor)):
+        prev = seen.setdefault(id(a), id(b))
+        assert prev == id(b), "object identity differs"
+        if prev is not None and isinstance(a, torch.Tensor):
+            return
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _same_sharing(a[k], b[k], seen)
+    elif isinstance(a, (list, tuple)):
+        for x, y in zip(a, b):
+            _same_sharing(x, y, seen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flat_path_same_as_node_walk(generated, name, monkeypatch):
+    """The one-call path (ckpt_value_flatten) and the node-by-node walk
+    give the same tree: values, tensors, storage sharing, identity."""
+    from ckpt import _read
+    path = generated[name].path
+    fast = ckpt.load(path, map_location="cpu")
+    monkeypatch.setattr(_read, "_HAS_FLAT", False)
+    slow = ckpt.load(path, map_location="cpu")
+    assert_same(fast, slow)
+    _same_sharing(slow, fast)
+    _same_sharing(fast, slow)
+
+
+def test_flat_path_state_dict(tmp_path, monkeypatch):
+    """A state dict of tensors with a storage each is built without a
+    ctypes call per tensor, its tensors over the map, and equals torch's."""
+    from ckpt import _read
+    sd = collections.OrderedDict(
+        (f"layer{i}.{k}", torch.randn(3, i % 4 + 1).to(dt))
+        for i in range(300) for k, dt in (("w", torch.float32), ("h", torch.bfloat16),
+                                           ("n", torch.int64), ("m", torch.bool)))
+    sd["tied"] = sd["layer0.w"]
+    sd._metadata = collections.OrderedDict({"": {"version": 1}})
+    p = tmp_path / "sd.pt"
+    torch.save(sd, p)
+    calls = []
+    real = _read.Converter.tensor
+    monkeypatch.setattr(_read.Converter, "tensor",
+                        lambda self, t: calls.append(t) or real(self, t))
+    ref = torch.load(p)
+    for mm in (False, True):
+        ours = ckpt.load(p, mmap=mm)
+        assert_same(ours, ref)
+        assert ours._metadata == ref._metadata
+        assert ours["tied"] is ours["layer0.w"]
+        assert calls == []
+    with open(p, "rb") as fh:
+        raw = fh.read()
+    t = ours["layer5.w"]
+    # inside the map, a storage of its own, and writing to it leaves the file
+    assert storage_ptr(t) == t.data_ptr()
+    t.fill_(7)
+    with open(p, "rb") as fh:
+        assert fh.read() == raw
+    del ours
+    gc.collect()
+    assert torch.equal(t, torch.full_like(t, 7))
+
+
+def test_quantized_tensors(tmp_path):
+    """Quantized tensors (per tensor and per channel, strided) as torch.load
+    gives them: dtype, qscheme, quantizer parameters, strides, integers,
+    over the file's map; framework="np" gives their integers."""
+    import ckptgen
+    obj = ckptgen.quantized_obj()
+    x = torch.randn(4, 6)
+    obj["t"] = torch.quantize_per_tensor(x, 0.2, 1, torch.qint8).t()
+    obj["c"] = torch.quantize_per_channel(x, torch.rand(6) + 0.1, torch.randint(0, 5, (6,)), 1,
+                                          torch.quint8)
+    obj["c0"] = torch.quantize_per_channel(x, torch.rand(4) + 0.1, torch.zeros(4).long(), 0,
+                                           torch.qint8)
+    obj["w"] = torch.randn(3)
+    path = tmp_path / "q.pt"
+    torch.save(obj, path)
+    ref = torch.load(path)
+    raw = path.read_bytes()
+    for mm in (True, False):
+        ours = ckpt.load(path, mmap=mm)
+        assert list(ours) == list(ref)
+        for k, t in ref.items():
+            o = ours[k]
+            assert o.dtype == t.dtype and o.shape == t.shape, k
+            assert o.stride() == t.stride() and o.storage_offset() == t.storage_offset(), k
+            if not t.is_quantized:
+                assert torch.equal(o, t)
+                continue
+            assert o.qscheme() == t.qscheme(), k
+            assert torch.equal(o.int_repr(), t.int_repr()), k
+            assert torch.equal(o.dequantize(), t.dequantize()), k
+            if t.qscheme() == torch.per_tensor_affine:
+                assert (o.q_scale(), o.q_zero_point()) == (t.q_scale(), t.q_zero_point()), k
+            else:
+                assert torch.equal(o.q_per_channel_scales(), t.q_per_channel_scales()), k
+                assert torch.equal(o.q_per_channel_zero_points(),
+                                   t.q_per_channel_zero_points()), k
+                assert o.q_per_channel_axis() == t.q_per_channel_axis(), k
+            if mm:  # its integers are the file's bytes, in place
+                b = bytes(o.int_repr().contiguous().view(torch.uint8).numpy()) \
+                    if o.is_contiguous() else None
+                if b:
+                    assert raw.find(b) >= 0, k
+    with ckpt.safe_open(path) as fh:  # by name too
+        o = fh.get_tensor("c")
+        assert o.qscheme() == ref["c"].qscheme() and torch.equal(o.dequantize(),
+                                                                 ref["c"].dequantize())
+    n = ckpt.load(path, framework="np")
+    assert n["qint8"].ckpt_dtype == "qint8"
+    # raw unsigned integers of the width, as for every dtype numpy lacks
+    assert n["qint8"].view("int8").tolist() == ref["qint8"].int_repr().tolist()

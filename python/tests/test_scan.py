@@ -49,5 +49,35 @@ def test_inspect_matches_cli(generated):
         res = subprocess.run([_cli(), "inspect", "--json", str(path)], capture_output=True,
                              text=True, env=tool_env())
         cli = json.loads(res.stdout)
-        for k in ("file", "format", "details", "records", "tensors", "totals", "model"):
+        for k in ("file", "format", "details", "records", "tensors", "totals", "model", "tree"):
             assert ours[k] == cli[k], k
+
+
+def test_inspect_tree_matches_cli(tmp_path):
+    """The "tree" key holds what JSON lacks as the tool tags it: tuples,
+    sets, sizes, OrderedDicts with their state, dicts with keys that are
+    not text, bytes, big and special numbers, text that is not UTF-8,
+    dtypes, devices, Parameters, and a container met twice."""
+    import collections
+    import torch
+    sd = collections.OrderedDict(w=torch.nn.Parameter(torch.randn(2, 3)), b=torch.zeros(3))
+    sd._metadata = collections.OrderedDict({"": {"version": 1}})
+    shared = [1, 2]
+    obj = {"sd": sd, "t": (1, "a", None), "s": {3}, "size": torch.Size([2, 3]),
+           "nums": [2 ** 80, -2 ** 70, float("nan"), float("inf"), -float("inf"), 0.1,
+                    complex(1.5, float("nan")), True],
+           "keys": {1: "one", (2, 3): "pair", "x": b"\x00\xff"}, "ba": bytearray(b"ab"),
+           "text": "caf\u00e9 \u0000 end", "bad": "\udc80", "dtype": torch.bfloat16,
+           "dev": torch.device("cuda:1"), "a": shared, "b": shared, "fs": frozenset({4})}
+    path = tmp_path / "tree.pt"
+    torch.save(obj, path)
+    ours = ckpt.inspect(path)
+    res = subprocess.run([_cli(), "inspect", "--json", str(path)], capture_output=True,
+                         text=True, env=tool_env())
+    cli = json.loads(res.stdout)
+    assert ours["tree"] == cli["tree"]
+    t = ours["tree"]
+    assert t["t"] == {"$tuple": [1, "a", None]}
+    assert t["sd"]["$odict"]["w"] == {"$tensor": {"dtype": "float32", "shape": [2, 3],
+                                                  "parameter": True}}
+    assert t["a"] == t["b"] == [1, 2]

@@ -54,6 +54,18 @@ CHILD = textwrap.dedent("""
     assert back["s"] == {1, 2} and back["dev"] == torch.device("cpu")
     n = ckpt.load(d + "/t2.pt", framework="np")
     assert n["model"]["f8"].ckpt_dtype == "float8_e4m3fn"
+    x = torch.randn(4, 6)
+    q = {"t": torch.quantize_per_tensor(x, 0.1, 3, torch.qint8).t(),
+         "c": torch.quantize_per_channel(x, torch.rand(6) + 0.1, torch.randint(0, 5, (6,)), 1,
+                                         torch.quint8)}
+    torch.save(q, d + "/q.pt")
+    ref = torch.load(d + "/q.pt", weights_only=True)
+    ours = ckpt.load(d + "/q.pt")
+    for k, t in ref.items():
+        o = ours[k]
+        assert o.dtype == t.dtype and o.qscheme() == t.qscheme() and o.stride() == t.stride(), k
+        assert torch.equal(o.int_repr(), t.int_repr()), k
+        assert torch.equal(o.dequantize(), t.dequantize()), k
     print("ok", torch.__version__)
 """)
 
