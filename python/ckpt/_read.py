@@ -1,6 +1,7 @@
 """Reading: files into Python values, tensors over a copy-on-write map.
 
-A file read with mmap=True is mapped privately (mmap.ACCESS_COPY): libckpt
+A file read with mmap=True is mapped privately (MAP_PRIVATE, with libc's
+mmap, so that no descriptor stays open while tensors live): libckpt
 reads it through ckpt_open_memory over that map, and every tensor whose
 bytes are stored plainly, aligned and little-endian is a view of the map
 (torch.frombuffer / numpy.frombuffer), so writing to a tensor changes only
@@ -18,7 +19,9 @@ import ctypes
 import gc
 import mmap as _mmap
 import os
+import stat
 import sys
+import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -130,14 +133,18 @@ class Source:
         try:
             if path is not None:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                buf = _map_fd(fd) or bytearray()
+                buf = _map_fd(fd)
+                if buf is None:  # empty, or not a regular file: read, never pread
+                    buf = _read_fd(fd)
+                    os.close(fd)
+                    fd = None
             else:
                 buf = self._map(f)
         except OSError as e:
             if fd is not None:
                 os.close(fd)
-            raise _err.IOError(f"{self.name}: cannot open: {e.strerror or e}", path=self.name,
-                               detail=f"cannot open: {e.strerror or e}") from None
+            what = e.strerror if isinstance(e, _MapError) else f"cannot open: {e.strerror or e}"
+            raise _err.IOError(f"{self.name}: {what}", path=self.name, detail=what) from None
         size = len(buf)
         if size:
             self._cview = (ctypes.c_char * size).from_buffer(buf)
@@ -245,14 +252,49 @@ def _fresh(nbytes: int, as_numpy: bool) -> Tuple[Any, memoryview]:
     return u8, memoryview(u8.numpy())
 
 
-def _map_fd(fd: int) -> Any:
-    size = os.fstat(fd).st_size
-    if size == 0:
+_libc = ctypes.CDLL(None, use_errno=True)
+_c_mmap = getattr(_libc, "mmap64", None) or _libc.mmap
+_c_mmap.restype = ctypes.c_void_p
+_c_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_int64)
+_c_munmap = _libc.munmap
+_c_munmap.restype = ctypes.c_int
+_c_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _MapError(OSError):
+    """A regular file that could not be mapped."""
+
+
+def _map_fd(fd: int, offset: int = 0) -> Any:
+    """A private copy-on-write map of the file open on fd, from byte offset
+    to its end, as a ctypes char array: the map is unmapped when the array
+    goes (the last tensor over it), and holds no descriptor (Python's
+    mmap.mmap keeps a duplicate open for as long as the map lives). None
+    when fd is not a regular file or nothing follows offset; _MapError when
+    the file cannot be mapped."""
+    st = os.fstat(fd)
+    size = st.st_size
+    if not stat.S_ISREG(st.st_mode) or size <= offset:
         return None
-    try:
-        return _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
-    except (OSError, ValueError):
-        return None
+    addr = _c_mmap(None, size, _mmap.PROT_READ | _mmap.PROT_WRITE, _mmap.MAP_PRIVATE, fd, 0)
+    if not addr or addr == _MAP_FAILED:
+        e = ctypes.get_errno()
+        raise _MapError(e, f"cannot map its {size} bytes: {os.strerror(e)}")
+    buf = (ctypes.c_char * (size - offset)).from_address(addr + offset)
+    weakref.finalize(buf, _c_munmap, addr, size).atexit = False  # tensors may outlive atexit
+    return buf
+
+
+def _read_fd(fd: int) -> bytearray:
+    """The rest of a file that is not mapped (a pipe, a character device)."""
+    out = bytearray()
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return out
+        out += chunk
 
 
 def _is_index(path: str) -> bool:

@@ -1,0 +1,81 @@
+"""How files are mapped and read: descriptors, mapping failures, the memory
+mmap=False reads into, file objects and dict keys."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ckpt
+from conftest import SANITIZED
+from helpers import assert_same
+
+
+def _child(code, tmp_path):
+    """Runs code in a fresh python (the package's, with this environment)."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+
+
+def test_kept_tensors_hold_no_descriptor(tmp_path):
+    """A tensor kept from a load (or safe_open) holds the map, not an open
+    file: 200 loads under a limit of 64 descriptors."""
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(4.0), "b": torch.ones(3)}, path)
+    res = _child(f"""
+        import gc, os, resource
+        import torch
+        import ckpt
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        before = len(os.listdir("/proc/self/fd"))
+        kept = []
+        for i in range(200):
+            kept.append(ckpt.load({str(path)!r})["w"])
+            with open({str(path)!r}, "rb") as fh:
+                kept.append(ckpt.load(fh)["b"])
+            with ckpt.safe_open({str(path)!r}) as f:
+                kept.append(f.get_tensor("w"))
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= before, os.listdir("/proc/self/fd")
+        for i in range(0, len(kept), 3):
+            assert torch.equal(kept[i], torch.arange(4.0))
+            assert torch.equal(kept[i + 1], torch.ones(3))
+            assert torch.equal(kept[i + 2], torch.arange(4.0))
+        print("ok", len(kept))
+        """, tmp_path)
+    assert res.returncode == 0 and "ok 600" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's shadow memory needs more address space "
+                    "than the limit leaves")
+def test_mapping_failure_is_an_io_error(tmp_path):
+    """A file that cannot be mapped (here: no address space left for it) is
+    an I/O error naming the file, never read as an empty file."""
+    path = tmp_path / "huge.pt"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 30)  # sparse: no disk
+    res = _child(f"""
+        import resource
+        import ckpt
+        with open("/proc/self/status") as fh:
+            vm = next(int(l.split()[1]) for l in fh if l.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))
+        for how in ("path", "file object"):
+            try:
+                if how == "path":
+                    ckpt.load({str(path)!r})
+                else:
+                    with open({str(path)!r}, "rb") as fh:
+                        ckpt.load(fh)
+            except ckpt.IOError as e:
+                assert {str(path)!r} in str(e), str(e)
+                print(how, "IOError:", e)
+            except BaseException as e:
+                print(how, "wrong error:", type(e).__name__, e)
+        """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("IOError:") == 2, res.stdout + res.stderr
