@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,31 @@ def test_mapping_failure_is_an_io_error(tmp_path):
         """, tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("IOError:") == 2, res.stdout + res.stderr
+
+
+def _vm_flags(addr):
+    """The VmFlags of the process's mapping holding addr (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"{addr:#x} is in no mapping")
+
+
+def test_copies_go_to_ordinary_memory(tmp_path):
+    """mmap=False reads big storages into the memory torch.empty and
+    numpy.empty give, not memory advised for huge pages (whose faults
+    compact memory first, several times slower here)."""
+    path = tmp_path / "big.pt"
+    torch.save({"big": torch.arange(2 << 20, dtype=torch.float32)}, path)
+    t = ckpt.load(path, mmap=False)["big"]
+    assert torch.equal(t, torch.arange(2 << 20, dtype=torch.float32))
+    assert "hg" not in _vm_flags(t.data_ptr())
+    a = ckpt.load(path, mmap=False, framework="np")["big"]
+    assert (a == np.arange(2 << 20, dtype=np.float32)).all()
+    assert "hg" not in _vm_flags(a.ctypes.data)
