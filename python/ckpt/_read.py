@@ -296,6 +296,7 @@ _value_kind = lib.ckpt_value_kind
 _value_key = lib.ckpt_value_key
 _value_dict_value = lib.ckpt_value_dict_value
 _value_tensor = lib.ckpt_value_tensor
+_intern = sys.intern
 # ckpt_value_str as a char * result: the text up to its first NUL, in one call
 _value_cstr = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p,
                                ctypes.POINTER(ctypes.c_size_t))(("ckpt_value_str", lib))
@@ -435,7 +436,9 @@ class Converter:
             paths = self.tensor_paths is not None
             for i in range(n):  # the hot loop of a state dict: text keys, tensor values
                 kv = _value_key(v, i)
-                key = self._text(kv) if _value_kind(kv) == _lib.KIND_STR else self.value(kv)
+                # one interned string per key text, as the pickle's memo gives torch
+                key = (_intern(self._text(kv)) if _value_kind(kv) == _lib.KIND_STR
+                       else self.value(kv))
                 vv = _value_dict_value(v, i)
                 item = memo.get(vv)
                 if item is None:

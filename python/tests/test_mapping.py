@@ -108,3 +108,49 @@ def test_copies_go_to_ordinary_memory(tmp_path):
     a = ckpt.load(path, mmap=False, framework="np")["big"]
     assert (a == np.arange(2 << 20, dtype=np.float32)).all()
     assert "hg" not in _vm_flags(a.ctypes.data)
+
+
+def _key_pairs(ours, ref, out):
+    """(our key, torch's key) of every str dict key, walking both trees."""
+    if isinstance(ref, dict):
+        for (a, x), (b, y) in zip(ours.items(), ref.items()):
+            if isinstance(b, str):
+                out.append((a, b))
+            _key_pairs(x, y, out)
+        if hasattr(ref, "_metadata"):
+            _key_pairs(ours._metadata, ref._metadata, out)
+    elif isinstance(ref, (list, tuple)):
+        for x, y in zip(ours, ref):
+            _key_pairs(x, y, out)
+    return out
+
+
+def test_keys_are_shared_strings(tmp_path):
+    """Equal dict keys are one interned string, as torch.load gives the keys
+    a pickle memoizes (an optimizer's "exp_avg" in every parameter's state),
+    so a resumed state is saved again without writing each key anew."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(3, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / "train.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    ref = torch.load(path)
+    ours = ckpt.load(path)
+    assert_same(ours, ref)
+    pairs = _key_pairs(ours, ref, [])
+    assert len(pairs) > 20
+    by_ref = {}
+    for a, b in pairs:
+        assert a == b
+        assert sys.intern(a) is a, a
+        by_ref.setdefault(id(b), []).append(a)
+    shared = [ks for ks in by_ref.values() if len(ks) > 1]
+    assert shared, "torch's load shares no key"
+    for ks in shared:
+        assert all(k is ks[0] for k in ks), ks[0]
+    again, theirs = tmp_path / "again.pt", tmp_path / "theirs.pt"
+    ckpt.save(ours, again)
+    ckpt.save(ref, theirs)
+    assert os.path.getsize(again) <= os.path.getsize(theirs)
+    assert_same(torch.load(again), ref)
