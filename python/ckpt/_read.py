@@ -190,7 +190,11 @@ class Source:
             except (OSError, ValueError, AttributeError):
                 fd = None
             if fd is not None:
-                m = _map_fd(fd)
+                try:
+                    pos = f.tell()  # read from where f stands, as torch.load does
+                except (OSError, ValueError, AttributeError):
+                    pos = 0
+                m = _map_fd(fd, pos)
                 if m is not None:
                     return m
         read = getattr(f, "read", None)

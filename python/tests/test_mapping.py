@@ -1,5 +1,6 @@
 """How files are mapped and read: descriptors, mapping failures, the memory
 mmap=False reads into, file objects and dict keys."""
+import io
 import os
 import subprocess
 import sys
@@ -154,3 +155,35 @@ def test_keys_are_shared_strings(tmp_path):
     ckpt.save(ref, theirs)
     assert os.path.getsize(again) <= os.path.getsize(theirs)
     assert_same(torch.load(again), ref)
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_file_object_read_from_its_position(tmp_path, zipped):
+    """A file object is read from where it stands, as torch.load reads it:
+    a checkpoint written by torch.save after leading bytes (a header of the
+    caller's), read as torch reads those bytes alone."""
+    obj = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.int64),
+           "meta": {"step": 7, "name": "run"}}
+    obj["v"] = obj["w"][1:]
+    path = tmp_path / "prefixed.bin"
+    for lead in (b"HEADER" * 50 + b"\n", b"\0" * 4096 + b"x" * 9):
+        with open(path, "wb") as fh:
+            fh.write(lead)
+            torch.save(obj, fh, _use_new_zipfile_serialization=zipped)
+        ref = torch.load(io.BytesIO(path.read_bytes()[len(lead):]))
+        if not zipped:  # torch.load reads from where the file stands (1.13 fails to
+            # find a zip's central directory after leading bytes)
+            with open(path, "rb") as fh:
+                fh.seek(len(lead))
+                assert_same(torch.load(fh), ref)
+        for mm in (True, False):
+            with open(path, "rb") as fh:  # mapped by its fileno
+                fh.read(len(lead))
+                assert_same(ckpt.load(fh, mmap=mm), ref)
+        with open(path, "rb") as fh:
+            fh.seek(len(lead))
+            with ckpt.safe_open(fh) as f:
+                assert torch.equal(f.get_tensor("w"), ref["w"])
+        buf = io.BytesIO(path.read_bytes())  # no fileno: read
+        buf.seek(len(lead))
+        assert_same(ckpt.load(buf), ref)
