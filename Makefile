@@ -19,7 +19,8 @@
 #                 makes it first and fails without it
 #   make bench    build Release (build-bench) and measure ckpt against torch,
 #                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
-#                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench)
+#                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench), with the
+#                 Python package's rows (python/ckpt over build-bench's library)
 #   make budget   build Release and run every command on hostile files that
 #                 claim or repeat far more than they hold: time and peak
 #                 memory of each against the budget in SECURITY.md
@@ -85,7 +86,7 @@ fuzz: deps
 
 bench: deps
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
-	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench
+	cmake --build build-bench -j$(JOBS) --target ckpt_cli ckpt_bench ckpt_shared
 	/usr/bin/python3 bench/run.py --build build-bench
 
 budget: deps

@@ -8,6 +8,11 @@ Run by `make bench` (which builds a Release tree first), or by hand:
 
 Environment: BENCH_MB, BENCH_REPS, BENCH_DIR override the defaults.
 
+The Python package (python/ckpt over the --build tree's libckpt.so) gets its
+own rows and section when it imports: ckpt.load with and without mmap and
+ckpt.save against torch.load, torch.save, pread and write(2). --python-only
+measures only those and replaces that section of --out, leaving the rest.
+
 Every measurement is a fresh process (ckpt_bench, the ckpt CLI, cat, or this
 script in --child mode for torch and numpy) that times only the operation
 itself (imports, setup and process start stay outside, except for the CLI
@@ -95,8 +100,76 @@ def child(argv):
         t1 = time.perf_counter()
         del arrays
         done(t1 - t0)
+    elif mode.startswith("py-"):
+        py_child(mode, path, argv[2:], done)
     else:
         raise SystemExit(f"unknown child mode {mode}")
+
+
+# ---- child mode: the Python package (python/ckpt) -------------------------
+
+def py_child(mode, path, rest, done):
+    import gc
+
+    import torch
+
+    import ckpt
+
+    if mode == "py-idle":
+        # the interpreter with torch and ckpt imported: the baseline of the
+        # peak RSS rows
+        done(0.0)
+    elif mode in ("py-load", "py-load-copy"):
+        t0 = time.perf_counter()
+        obj = ckpt.load(path, mmap=(mode == "py-load"))
+        t1 = time.perf_counter()
+        del obj
+        gc.collect()
+        done(t1 - t0)
+    elif mode == "py-rss":
+        # what a load adds to the process, by kind: private memory (RssAnon)
+        # and mapped file pages (RssFile: the page cache, shared, which the
+        # kernel maps a whole large folio at a time around a touched page)
+        def status():
+            out = {}
+            with open("/proc/self/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("VmRSS", "RssAnon", "RssFile"):
+                        out[k] = int(v.split()[0])
+            return out
+        gc.collect()
+        before = status()
+        obj = ckpt.load(path, mmap=True)
+        after = status()
+        print(json.dumps({k: after[k] - before[k] for k in before}))
+        del obj
+    elif mode in ("py-save", "py-save-fsync"):
+        import inspect
+        sd = torch.load(path)  # ordinary memory, as torch.save's row has it
+        kw = {}
+        if "fsync" in inspect.signature(ckpt.save).parameters:
+            kw["fsync"] = mode == "py-save-fsync"
+        elif mode == "py-save":
+            raise SystemExit("ckpt.save has no fsync option")
+        t0 = time.perf_counter()
+        ckpt.save(sd, rest[0], **kw)
+        t1 = time.perf_counter()
+        done(t1 - t0)
+    else:
+        raise SystemExit(f"unknown child mode {mode}")
+
+
+def py_env(build):
+    """The environment of a child that imports the package of this tree over
+    the library of build (python/ is imported from the source tree)."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(ROOT, "python")] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+    e["CKPT_LIBRARY"] = os.path.join(os.path.abspath(build), "libckpt.so")
+    e["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [os.path.abspath(build)] + ([e["LD_LIBRARY_PATH"]] if e.get("LD_LIBRARY_PATH") else []))
+    return e
 
 
 # ---- inputs -----------------------------------------------------------
@@ -142,12 +215,12 @@ def warm(path):
 
 # ---- measuring ------------------------------------------------------------
 
-def run_once(cmd, stdout_path=None, json_out=True):
+def run_once(cmd, stdout_path=None, json_out=True, env=None):
     """Runs cmd, returns (seconds, maxrss_kb): the child's own timing when
     it prints one, else the wall time of the whole process."""
     out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(p.pid, 0)
     t1 = time.perf_counter()
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -240,6 +313,167 @@ def fmt_mb(kb):
     return f"{kb / 1024:.0f} MiB"
 
 
+PY_BEGIN = "<!-- python package: begin (bench/run.py writes this section) -->"
+PY_END = "<!-- python package: end -->"
+
+
+def python_section(a, bench, measure, f32, small, out_pth, out_raw, size_label):
+    """The package's rows (python/ckpt over the library of --build) against
+    torch and raw I/O, each group interleaved. Returns the section's
+    markdown lines and the targets, or None when the package is missing."""
+    env = py_env(a.build)
+    probe = subprocess.run(
+        [PY, "-c", "import inspect, ckpt; print('fsync' in inspect.signature(ckpt.save).parameters)"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if probe.returncode != 0:
+        print(f"skipping the Python package's rows: import ckpt failed: "
+              f"{probe.stderr.strip().splitlines()[-1:] or probe.returncode}", flush=True)
+        return None
+    has_fsync = probe.stdout.strip() == "True"
+    pkw = {"env": env}
+    load_before = os.getloadavg()
+
+    def py(mode, *args):
+        return [PY, os.path.abspath(__file__), "--child", mode, *args]
+
+    print("measuring the Python package ...", flush=True)
+    r = {}
+    r.update(measure(("py.load.f32", py("py-load", f32), (), pkw),
+                     ("py.load.copy.f32", py("py-load-copy", f32), (), pkw),
+                     ("py.pread.f32", [bench, "pread", f32], (), {}),
+                     ("py.torch.load.f32", py("load", f32), (), {}),
+                     ("py.idle", py("py-idle", f32), (), pkw)))
+    r.update(measure(("py.load.small", py("py-load", small), (), pkw),
+                     ("py.load.copy.small", py("py-load-copy", small), (), pkw),
+                     ("py.torch.load.small", py("load", small), (), {})))
+    # ckpt.save without fsync against write(2) into the page cache; a
+    # package whose save always syncs is compared with write + fsync
+    save_mode, wr = ("py-save", [bench, "write", f32, out_raw]) if has_fsync else \
+        ("py-save-fsync", [bench, "write", f32, out_raw, "fsync"])
+    r.update(measure(("py.save.f32", py(save_mode, f32, out_pth), (out_pth,), pkw),
+                     ("py.write.f32", wr, (out_raw,), {}),
+                     ("py.torch.save.f32", py("save" if has_fsync else "save-fsync", f32, out_pth),
+                      (out_pth,), {})))
+    load_after = os.getloadavg()
+    rss_split = json.loads(subprocess.run(py("py-rss", f32), env=env, check=True,
+                                          stdout=subprocess.PIPE, text=True).stdout)
+
+    def rat(x, y, key="s"):
+        return r[x][key] / r[y][key]
+
+    table = []
+
+    def row(what, key, ref_name, ref_key):
+        ck, ref = r[key], r[ref_key]
+        table.append((what, fmt_s(ck["s"]), fmt_mb(ck["maxrss_kb"]), ref_name, fmt_s(ref["s"]),
+                      fmt_mb(ref["maxrss_kb"]), f"{rat(key, ref_key):.3g}x",
+                      f"{rat(key, ref_key, 'min'):.3g}x"))
+
+    sync_note = "" if has_fsync else " + fsync"
+    row(f"ckpt.load {size_label} f32 (mmap=True)", "py.load.f32", "torch.load", "py.torch.load.f32")
+    row(f"ckpt.load {size_label} f32 (mmap=False)", "py.load.copy.f32", "pread floor (fresh memory)",
+        "py.pread.f32")
+    row(f"ckpt.load {size_label} f32 (mmap=False)", "py.load.copy.f32", "torch.load",
+        "py.torch.load.f32")
+    row("ckpt.load 10,000 small tensors (mmap=True)", "py.load.small", "torch.load",
+        "py.torch.load.small")
+    row("ckpt.load 10,000 small tensors (mmap=False)", "py.load.copy.small", "torch.load",
+        "py.torch.load.small")
+    row(f"ckpt.save {size_label} f32 (.pth{sync_note})", "py.save.f32", f"raw write{sync_note}",
+        "py.write.f32")
+    row(f"ckpt.save {size_label} f32 (.pth{sync_note})", "py.save.f32", f"torch.save{sync_note}",
+        "py.torch.save.f32")
+
+    def both(x, y, fmt="{:.3f}x"):
+        return f"{fmt.format(rat(x, y))} ({fmt.format(rat(x, y, 'min'))})"
+
+    extra_rss = r["py.load.f32"]["maxrss_kb"] - r["py.idle"]["maxrss_kb"]
+    anon = rss_split.get("RssAnon", 0)
+    targets = [
+        (f"ckpt.load (mmap) of {size_label} <= 2% of torch.load",
+         f"{rat('py.load.f32', 'py.torch.load.f32') * 100:.3f}% "
+         f"({rat('py.load.f32', 'py.torch.load.f32', 'min') * 100:.3f}%)",
+         rat("py.load.f32", "py.torch.load.f32") <= 0.02),
+        ("ckpt.load(mmap=False) <= 1.1x the pread floor into fresh memory",
+         both("py.load.copy.f32", "py.pread.f32"), rat("py.load.copy.f32", "py.pread.f32") <= 1.1),
+        ("ckpt.load(mmap=False) faster than torch.load", both("py.load.copy.f32", "py.torch.load.f32"),
+         rat("py.load.copy.f32", "py.torch.load.f32") < 1),
+        ("10,000 small tensors: ckpt.load >= 5x faster than torch.load",
+         both("py.torch.load.small", "py.load.small", "{:.1f}x"),
+         rat("py.torch.load.small", "py.load.small") >= 5),
+        (f"ckpt.save <= 1.1x raw write{sync_note}", both("py.save.f32", "py.write.f32"),
+         rat("py.save.f32", "py.write.f32") <= 1.1),
+        (f"ckpt.save faster than torch.save{sync_note}", both("py.save.f32", "py.torch.save.f32"),
+         rat("py.save.f32", "py.torch.save.f32") < 1),
+        ("memory of ckpt.load(mmap=True) O(metadata): private memory it adds (RssAnon; "
+         "< 64 MiB)", f"{fmt_mb(max(0, anon))} (peak RSS beyond the interpreter, mapped file "
+         f"pages included: {fmt_mb(max(0, extra_rss))}; RssFile added: "
+         f"{fmt_mb(max(0, rss_split.get('RssFile', 0)))})", anon < 64 * 1024),
+    ]
+    busy = max(load_before[0], load_after[0]) > 1.0
+    lines = [PY_BEGIN, "## The Python package (python/ckpt)\n"]
+    lines.append(
+        f"Written by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M')}. The package "
+        f"of this tree over the library of `{os.path.relpath(a.build, ROOT)}`, under "
+        f"{PY} (torch {torch_version()}). Each group of rows ran interleaved, {a.reps} rounds, "
+        "each run a fresh process timing the call alone (`ckpt.load(path)`, `torch.load(path)`, "
+        "`ckpt.save(sd, path)` from tensors in ordinary memory); medians, the ratio of the best "
+        "runs beside them. The pread and raw write floors are ckpt_bench's (C). Peak RSS counts "
+        f"the interpreter with torch imported ({fmt_mb(r['py.idle']['maxrss_kb'])} with ckpt "
+        "too, doing nothing).\n")
+    lines.append(f"Load average (1, 5, 15 min) before these rows: "
+                 f"{', '.join(f'{x:.2f}' for x in load_before)}; after: "
+                 f"{', '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} cores"
+                 + (": **taken on a busy machine** (other processes ran beside the benchmark; "
+                    "read the ratio of the best runs)." if busy else ".") + "\n")
+    lines.append("| operation | ckpt | ckpt peak RSS | reference | reference time | "
+                 "reference peak RSS | ratio | ratio of the best runs |")
+    lines.append("|---|---:|---:|---|---:|---:|---:|---:|")
+    for t in table:
+        lines.append("| " + " | ".join(t) + " |")
+    lines.append("")
+    lines.append("| target | measured | |")
+    lines.append("|---|---:|---|")
+    for text, val, ok in targets:
+        lines.append(f"| {text} | {val} | {'met' if ok else '**missed**'} |")
+    lines.append("")
+    notes = os.path.join(HERE, "NOTES-python.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines.append(f.read())
+    lines.append("Spread (min to max of the runs): " + "; ".join(
+        f"{k} {fmt_s(v['min'])} .. {fmt_s(v['max'])}" for k, v in r.items() if k != "py.idle")
+        + "\n")
+    lines.append(PY_END)
+    print()
+    w = [max(len(t[i]) for t in table) for i in range(8)]
+    for t in table:
+        print("  ".join(t[i].ljust(w[i]) for i in range(8)))
+    print()
+    for text_, val, ok in targets:
+        print(f"{'met   ' if ok else 'MISSED'}  {text_}: {val}")
+    return lines
+
+
+def torch_version():
+    return subprocess.run([PY, "-c", "import torch; print(torch.__version__)"],
+                          stdout=subprocess.PIPE, text=True).stdout.strip() or "?"
+
+
+def splice_section(path, section):
+    """Replaces the package's section of an existing results file (or adds it
+    at the end), leaving the rest as it was."""
+    text = open(path).read() if os.path.exists(path) else ""
+    b, e = text.find(PY_BEGIN), text.find(PY_END)
+    new = "\n".join(section) + "\n"
+    if b >= 0 and e > b:
+        text = text[:b] + new + text[e + len(PY_END):].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + new
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
@@ -248,6 +482,9 @@ def main():
     ap.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/tmp/ckpt-bench"))
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--python-only", action="store_true",
+                    help="measure only the Python package's rows and replace their section "
+                         "of --out, leaving the rest")
     a = ap.parse_args()
 
     bench = os.path.join(a.build, "ckpt_bench")
@@ -282,6 +519,23 @@ def main():
 
     gib = a.mb / 1024
     size_label = f"{a.mb} MiB" if a.mb < 1024 else f"{gib:g} GiB"
+    def measure(*specs):
+        return measure_group(list(specs), R, lambda t: print(t, flush=True))
+
+    def clean_inputs():
+        if not a.keep:
+            for p in (f32, f32s, bf16, small, heavy):
+                os.unlink(p)
+
+    if a.python_only:
+        section = python_section(a, bench, measure, f32, small, out_pth, out_raw, size_label)
+        if section is None:
+            raise SystemExit("the Python package could not be imported")
+        splice_section(a.out, section)
+        print(f"\nwrote the Python package's section of {a.out}")
+        clean_inputs()
+        return
+
     print(f"measuring ({R} repetitions each, warm page cache) ...", flush=True)
     cli_kw = {"json_out": False}
     # open
@@ -471,6 +725,9 @@ def main():
     for k, v in results.items():
         lines.append(f"- {k}: {fmt_s(v['min'])} .. {fmt_s(v['max'])}")
     lines.append("")
+    py_lines = python_section(a, bench, measure, f32, small, out_pth, out_raw, size_label)
+    if py_lines:
+        lines += py_lines
     text = "\n".join(lines)
     with open(a.out, "w") as f:
         f.write(text)
@@ -483,9 +740,7 @@ def main():
     for text_, val, ok in targets:
         print(f"{'met   ' if ok else 'MISSED'}  {text_}: {val}")
     print(f"\nwrote {a.out}")
-    if not a.keep:
-        for p in (f32, f32s, bf16, small, heavy):
-            os.unlink(p)
+    clean_inputs()
 
 
 if __name__ == "__main__":

@@ -150,6 +150,47 @@ else
     say "PyTorch is not installed: skipping the steps that load the files with torch"
 fi
 
+# The Python package of this tree over build/'s library (an installed one
+# serves as well: python3 -m venv --system-site-packages v &&
+# v/bin/pip install --no-build-isolation ./python).
+py_ckpt() { PYTHONPATH=python${PYTHONPATH:+:$PYTHONPATH} CKPT_LIBRARY=${CKPT_LIBRARY:-$(dirname "$CKPT")/libckpt.so} /usr/bin/python3 "$@"; }
+if has_torch && [ -d python/ckpt ] && py_ckpt -c 'import ckpt' 2>/dev/null; then
+    PYDIR="$DIR/python"
+    say "examples/python/train.py: the seed's Net in PyTorch, checkpoints kept by ckpt.Manager; killed (SIGKILL) half way through epoch 2"
+    py_ckpt examples/python/train.py "$PYDIR" --epochs 4 --kill-at 2 || echo "(exit $?: killed)"
+
+    say "... rerun: it resumes from the newest checkpoint that verifies"
+    py_ckpt examples/python/train.py "$PYDIR" --epochs 4
+
+    say "ckpt ls of the directory the package's manager keeps"
+    $CKPT ls "$PYDIR"
+
+    say "ckpt.load(best.pth) into a fresh Net, load_state_dict(strict=True), as torch.load would"
+    py_ckpt - "$PYDIR" <<'PY'
+import sys
+
+import torch
+
+import ckpt
+
+sys.path.insert(0, "examples/python")
+from train import Net, probe  # noqa: E402
+
+d = sys.argv[1]
+net, ref = Net(), Net()
+net.load_state_dict(ckpt.load(f"{d}/best.pth"), strict=True)
+ref.load_state_dict(torch.load(f"{d}/best.pth", weights_only=True), strict=True)
+with torch.no_grad():
+    y, y_ref = net(probe()), ref(probe())
+print(f"outputs on a fixed batch: {'the same as' if torch.equal(y, y_ref) else 'NOT the same as'}"
+      " torch.load's")
+state = ckpt.load(f"{d}/last.pth")
+print(f"last.pth: epoch {state['epoch']}, metrics {state['metrics']}, versions {state['versions']}")
+PY
+elif has_torch; then
+    say "the Python package is not importable (python/ckpt over $(dirname "$CKPT")/libckpt.so): skipping examples/python/train.py"
+fi
+
 if [ -f "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetensors" ]; then
     say "safetensors with __metadata__ (aligned tensors are read zero-copy)"
     $CKPT inspect "$CORPUS/benign/SafeTensors.jl/non_sharded/model.with_metadata.safetensors" | head -n 16
