@@ -62,8 +62,9 @@ def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: b
     (``*.index.json``), a plain pickle.
 
     Args:
-        f: a path, or a binary file object (one with ``fileno()`` is mapped,
-            any other is read into memory).
+        f: a path, or a binary file object, read from its current position
+            as torch.load reads it (one with ``fileno()`` is mapped, any other
+            is read into memory).
         map_location: where tensors go, as in torch: a device string, a
             ``torch.device``, a dict of saved tag to tag (``{"cuda:1":
             "cuda:0"}``), or a callable ``fn(storage, location)`` whose

@@ -1,6 +1,7 @@
 """Reading: files into Python values, tensors over a copy-on-write map.
 
-A file read with mmap=True is mapped privately (mmap.ACCESS_COPY): libckpt
+A file read with mmap=True is mapped privately (MAP_PRIVATE, with libc's
+mmap, so that no descriptor stays open while tensors live): libckpt
 reads it through ckpt_open_memory over that map, and every tensor whose
 bytes are stored plainly, aligned and little-endian is a view of the map
 (torch.frombuffer / numpy.frombuffer), so writing to a tensor changes only
@@ -19,7 +20,9 @@ import gc
 import mmap as _mmap
 import os
 import struct
+import stat
 import sys
+import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -133,14 +136,18 @@ class Source:
         try:
             if path is not None:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                buf = _map_fd(fd) or bytearray()
+                buf = _map_fd(fd)
+                if buf is None:  # empty, or not a regular file: read, never pread
+                    buf = _read_fd(fd)
+                    os.close(fd)
+                    fd = None
             else:
                 buf = self._map(f)
         except OSError as e:
             if fd is not None:
                 os.close(fd)
-            raise _err.IOError(f"{self.name}: cannot open: {e.strerror or e}", path=self.name,
-                               detail=f"cannot open: {e.strerror or e}") from None
+            what = e.strerror if isinstance(e, _MapError) else f"cannot open: {e.strerror or e}"
+            raise _err.IOError(f"{self.name}: {what}", path=self.name, detail=what) from None
         size = len(buf)
         if size:
             self._cview = (ctypes.c_char * size).from_buffer(buf)
@@ -186,7 +193,11 @@ class Source:
             except (OSError, ValueError, AttributeError):
                 fd = None
             if fd is not None:
-                m = _map_fd(fd)
+                try:
+                    pos = f.tell()  # read from where f stands, as torch.load does
+                except (OSError, ValueError, AttributeError):
+                    pos = 0
+                m = _map_fd(fd, pos)
                 if m is not None:
                     return m
         read = getattr(f, "read", None)
@@ -214,33 +225,11 @@ class Source:
             pass
 
 
-_HUGE = 2 << 20
-
-
 def _fresh(nbytes: int, as_numpy: bool) -> Tuple[Any, memoryview]:
-    """Fresh memory for a storage read with mmap=False, and a memoryview to
-    read into. Storages of a megabyte or more get a private anonymous map
-    aligned to 2 MiB, so that transparent huge pages back them: a read into
-    4 KiB pages spends most of its time in page faults."""
-    if nbytes >= (1 << 20):
-        try:
-            mm = _mmap.mmap(-1, nbytes + _HUGE, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
-        except (OSError, ValueError):
-            mm = None
-        if mm is not None:
-            if hasattr(mm, "madvise") and hasattr(_mmap, "MADV_HUGEPAGE"):
-                try:
-                    mm.madvise(_mmap.MADV_HUGEPAGE)
-                except OSError:
-                    pass
-            probe = ctypes.c_char.from_buffer(mm)
-            off = -ctypes.addressof(probe) % _HUGE
-            del probe
-            if as_numpy:
-                u8 = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=off)
-                return u8, memoryview(u8)
-            u8 = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=off)
-            return u8, memoryview(mm)[off:off + nbytes]
+    """Fresh memory for a storage read with mmap=False (torch.empty or
+    numpy.empty), and a memoryview to read into. No huge-page advice: when
+    free huge pages are short each fault compacts memory first, which made
+    reads of 8 MiB storages several times slower on a busy machine."""
     if as_numpy:
         u8 = np.empty(nbytes, dtype=np.uint8)
         return u8, memoryview(u8)
@@ -248,14 +237,49 @@ def _fresh(nbytes: int, as_numpy: bool) -> Tuple[Any, memoryview]:
     return u8, memoryview(u8.numpy())
 
 
-def _map_fd(fd: int) -> Any:
-    size = os.fstat(fd).st_size
-    if size == 0:
+_libc = ctypes.CDLL(None, use_errno=True)
+_c_mmap = getattr(_libc, "mmap64", None) or _libc.mmap
+_c_mmap.restype = ctypes.c_void_p
+_c_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_int64)
+_c_munmap = _libc.munmap
+_c_munmap.restype = ctypes.c_int
+_c_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _MapError(OSError):
+    """A regular file that could not be mapped."""
+
+
+def _map_fd(fd: int, offset: int = 0) -> Any:
+    """A private copy-on-write map of the file open on fd, from byte offset
+    to its end, as a ctypes char array: the map is unmapped when the array
+    goes (the last tensor over it), and holds no descriptor (Python's
+    mmap.mmap keeps a duplicate open for as long as the map lives). None
+    when fd is not a regular file or nothing follows offset; _MapError when
+    the file cannot be mapped."""
+    st = os.fstat(fd)
+    size = st.st_size
+    if not stat.S_ISREG(st.st_mode) or size <= offset:
         return None
-    try:
-        return _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
-    except (OSError, ValueError):
-        return None
+    addr = _c_mmap(None, size, _mmap.PROT_READ | _mmap.PROT_WRITE, _mmap.MAP_PRIVATE, fd, 0)
+    if not addr or addr == _MAP_FAILED:
+        e = ctypes.get_errno()
+        raise _MapError(e, f"cannot map its {size} bytes: {os.strerror(e)}")
+    buf = (ctypes.c_char * (size - offset)).from_address(addr + offset)
+    weakref.finalize(buf, _c_munmap, addr, size).atexit = False  # tensors may outlive atexit
+    return buf
+
+
+def _read_fd(fd: int) -> bytearray:
+    """The rest of a file that is not mapped (a pipe, a character device)."""
+    out = bytearray()
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return out
+        out += chunk
 
 
 def _is_index(path: str) -> bool:
@@ -279,6 +303,7 @@ _value_kind = lib.ckpt_value_kind
 _value_key = lib.ckpt_value_key
 _value_dict_value = lib.ckpt_value_dict_value
 _value_tensor = lib.ckpt_value_tensor
+_intern = sys.intern
 # ckpt_value_str as a char * result: the text up to its first NUL, in one call
 _value_cstr = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p,
                                ctypes.POINTER(ctypes.c_size_t))(("ckpt_value_str", lib))
@@ -418,7 +443,9 @@ class Converter:
             paths = self.tensor_paths is not None
             for i in range(n):  # the hot loop of a state dict: text keys, tensor values
                 kv = _value_key(v, i)
-                key = self._text(kv) if _value_kind(kv) == _lib.KIND_STR else self.value(kv)
+                # one interned string per key text, as the pickle's memo gives torch
+                key = (_intern(self._text(kv)) if _value_kind(kv) == _lib.KIND_STR
+                       else self.value(kv))
                 vv = _value_dict_value(v, i)
                 item = memo.get(vv)
                 if item is None:
