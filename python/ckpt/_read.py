@@ -1172,7 +1172,8 @@ class _Decoder:
         if op == _lib.FLAT_STR_TENSOR_DICT:
             ordered, n, id_, off, ln, row, has_state = ops[p + 1:p + 8]
             self.pos = p + 8
-            keys = self._str(off, ln - 1).split("\0")
+            # interned, as the per-node walk and the pickle memo give torch
+            keys = list(map(_intern, self._str(off, ln - 1).split("\0")))
             vals = self.tensors[row:row + n]
             out = collections.OrderedDict(zip(keys, vals)) if ordered else dict(zip(keys, vals))
             self.objs[id_] = out
@@ -1189,6 +1190,8 @@ class _Decoder:
             value = self.value
             for _ in range(n):
                 k = value()
+                if type(k) is str:
+                    k = _intern(k)
                 out[k] = value()
             if has_state:
                 self._state(out)
