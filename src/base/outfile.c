@@ -276,10 +276,34 @@ ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckp
  * page at a time. CRCs are taken from the same cached buffer. */
 #define COPY_BUF_SIZE ((size_t)256 << 10)
 
-ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+/* An input read in order, record after record, from a cold file: the
+ * device reads a window ahead of the pieces (the whole input is what a
+ * converter copies; a read that goes back starts a new window). */
+static void read_ahead(ckpt__out *o, int src_fd, uint64_t off)
+{
+    if (!o->ahead) {
+        o->ahead = calloc(1, sizeof(*o->ahead));
+        if (!o->ahead)
+            return;
+        o->ahead->fd = -1;
+    }
+    ckpt__ahead *a = o->ahead;
+    if (a->fd != src_fd || off + CKPT__AHEAD_WINDOW < a->next || off > a->next) {
+        struct stat sb;
+        if (fstat(src_fd, &sb) != 0 || sb.st_size < 0 || (uint64_t)sb.st_size <= off) {
+            a->fd = -1;
+            return;
+        }
+        ckpt__ahead_init(a, src_fd, NULL, off, (uint64_t)sb.st_size);
+    }
+    ckpt__ahead_at(a, off);
+}
+
+ckpt_status ckpt__out_read_piece(ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
                                  size_t want, size_t *got, ckpt_error *err)
 {
     *got = 0;
+    read_ahead(o, src_fd, off);
     for (;;) {
         ssize_t r = pread(src_fd, buf, want, (off_t)off);
         if (r < 0 && errno == EINTR)
@@ -342,6 +366,8 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
 {
     free(o->copy_buf);
     o->copy_buf = NULL;
+    free(o->ahead);
+    o->ahead = NULL;
     ckpt_status st = CKPT_OK;
     bool sync = !(o->flags & CKPT_SAVE_NO_FSYNC);
     if (sync && fsync(o->fd) != 0)
@@ -380,6 +406,8 @@ void ckpt__out_abort(ckpt__out *o)
     o->fd = -1;
     free(o->copy_buf);
     o->copy_buf = NULL;
+    free(o->ahead);
+    o->ahead = NULL;
     if (o->tmp_path)
         unlink(o->tmp_path);
     live_remove(o->tmp_path);

@@ -651,6 +651,17 @@ void ckpt__zip_close(ckpt__zip *z)
     memset(z, 0, sizeof *z);
 }
 
+bool ckpt__zip_declared(const uint8_t *data, uint64_t size, uint64_t *count,
+                        uint64_t *cd_offset)
+{
+    zip_directory dir = {0, 0, 0, 0};
+    if (!data || zip_read_end(data, size, &dir, NULL) != CKPT_OK)
+        return false;
+    *count = dir.count;
+    *cd_offset = dir.cd_offset;
+    return true;
+}
+
 ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
                            const ckpt_limits *limits, ckpt_error *err)
 {
@@ -1019,6 +1030,13 @@ static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
 ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                              ckpt__zip_sink sink, void *user, ckpt_error *err)
 {
+    return ckpt__zip_stream_ahead(z, index, limits, sink, user, NULL, err);
+}
+
+ckpt_status ckpt__zip_stream_ahead(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                                   ckpt__zip_sink sink, void *user, ckpt__ahead *ahead,
+                                   ckpt_error *err)
+{
     ckpt_limits defaults;
     if (!z || index >= z->count)
         return ckpt__fail(err, CKPT_ERR_INVALID_ARG, "zip", CKPT_NO_OFFSET,
@@ -1031,7 +1049,14 @@ ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits
     const uint8_t *in = z->base + e->data_offset;   /* checked at open */
     zip_stream_state s = {.sink = sink, .user = user, .err = err, .st = CKPT_OK};
     if (e->method == ZIP_METHOD_STORED) {
+        /* a cold file: the device reads a window ahead of the pieces */
+        ckpt__ahead own;
+        if (!ahead) {
+            ckpt__ahead_init(&own, -1, z->base, e->data_offset, e->data_offset + e->size);
+            ahead = &own;
+        }
         for (uint64_t off = 0; off < e->size;) {
+            ckpt__ahead_at(ahead, e->data_offset + off);
             size_t n = e->size - off < ZIP_PIECE ? (size_t)(e->size - off) : ZIP_PIECE;
             if (!zip_stream_piece(&s, in + off, n))
                 return s.st;
