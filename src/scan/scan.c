@@ -2040,7 +2040,7 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
  * them from a cold file: read-around is off while such a file is scanned,
  * and the records a scan reads whole are asked for whole (scan_zip.c).
  * Other layouts are read in order and keep it. */
-#define SCAN_SPARSE_RECORD_BYTES ((uint64_t)1 << 20)
+#define SCAN_SPARSE_RECORD_BYTES ((uint64_t)64 << 10)
 
 static bool scan_advise(const uint8_t *map, uint64_t size)
 {
