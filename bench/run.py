@@ -13,9 +13,13 @@ script in --child mode for torch and numpy) that times only the operation
 itself (imports, setup and process start stay outside, except for the CLI
 rows, which time the whole command, as a user sees it) and reports its peak
 RSS. Each row is the median of the repetitions. The page cache is warm: the
-inputs are read once before measuring, and dropping the cache needs root.
-Outputs are removed and dirty pages synced (sync(2)) before each repetition,
-so that one run's writeback does not slow the next.
+inputs are read once before measuring. The cold rows (run as root) empty the
+page cache before every command (sync; echo 3 > /proc/sys/vm/drop_caches)
+and compare with `cat FILE > /dev/null` in the same run; without root they are
+skipped with a note. The newer peers (torch 2.6 torch.load(mmap=True),
+safetensors) run in the Debian 13 chroot (scripts/torch2-chroot.sh) when it is
+built. Outputs are removed and dirty pages synced (sync(2)) before each
+repetition, so that one run's writeback does not slow the next.
 """
 import argparse
 import json

@@ -2041,15 +2041,23 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
  * and the records a scan reads whole are asked for whole (scan_zip.c).
  * Other layouts are read in order and keep it. */
 #define SCAN_SPARSE_RECORD_BYTES ((uint64_t)64 << 10)
+#define SCAN_ENDS ((uint64_t)64 << 10)
 
 static bool scan_advise(const uint8_t *map, uint64_t size)
 {
-    uint64_t count = 0, cd_offset = 0;
-    if (size == 0 || !ckpt__zip_detect(map, size) ||
-        !ckpt__zip_declared(map, size, &count, &cd_offset) || count == 0 ||
-        cd_offset / count < SCAN_SPARSE_RECORD_BYTES)
+    if (size < SCAN_SPARSE_RECORD_BYTES)
         return false;
+    /* off before the first look: detection touches both ends */
     ckpt__map_advise(map, size, CKPT__ADVISE_RANDOM);
+    uint64_t ends = size < SCAN_ENDS ? size : SCAN_ENDS;
+    ckpt__map_advise(map, ends, CKPT__ADVISE_WILLNEED);
+    ckpt__map_advise(map + size - ends, ends, CKPT__ADVISE_WILLNEED);
+    uint64_t count = 0, cd_offset = 0;
+    if (!ckpt__zip_detect(map, size) || !ckpt__zip_declared(map, size, &count, &cd_offset) ||
+        count == 0 || cd_offset / count < SCAN_SPARSE_RECORD_BYTES) {
+        ckpt__map_advise(map, size, CKPT__ADVISE_NORMAL);
+        return false;
+    }
     return true;
 }
 
