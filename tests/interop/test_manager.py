@@ -143,6 +143,9 @@ def ls_json(ckpt_bin, d):
 # ---- looking at a directory ---------------------------------------------------
 
 def temporaries(d):
+    """Temporaries in d (none when a kill came before the directory was made)."""
+    if not d.exists():
+        return []
     return sorted(n for n in os.listdir(d) if ".tmp-" in n)
 
 
