@@ -418,7 +418,8 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
         /* records go in directory order, file order for torch.save's
          * archives: a cold file is read ahead across them */
         ckpt__ahead ahead;
-        ckpt__ahead_init(&ahead, -1, f->zip.base, 0, f->zip.size);
+        ckpt__ahead_init(&ahead, f->has_fd && f->mapped ? f->fd : -1, f->zip.base, 0,
+                         f->zip.size);
         for (size_t i = 0; i < f->zip.count; i++) {
             verify_stream vs = {.parts = parts, .refs = order + at, .count = 0};
             while (at + vs.count < streamed && order[at + vs.count].record == i)

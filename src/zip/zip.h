@@ -65,7 +65,8 @@ ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits
                              ckpt__zip_sink sink, void *user, ckpt_error *err);
 /* The same, keeping the device reading ahead with the caller's ahead (its
  * offsets those of the archive) when it goes through many entries in file
- * order; NULL reads ahead within the entry. */
+ * order; NULL reads ahead within the entry. When ahead->fd is the
+ * archive's file, stored entries are read from it with pread. */
 ckpt_status ckpt__zip_stream_ahead(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                                    ckpt__zip_sink sink, void *user, ckpt__ahead *ahead,
                                    ckpt_error *err);
