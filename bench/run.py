@@ -274,7 +274,8 @@ def machine_info(d):
 
 
 def versions(build, ckpt_bin):
-    v = subprocess.run([ckpt_bin, "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    v = (subprocess.run([ckpt_bin, "--version"], stdout=subprocess.PIPE, text=True).stdout
+         .strip().splitlines() or ["?"])[0]
     tv = subprocess.run([PY, "-c", "import torch, numpy; print(torch.__version__, numpy.__version__)"],
                         stdout=subprocess.PIPE, text=True).stdout.split()
     cc, build_type = "?", "?"
