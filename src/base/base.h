@@ -190,7 +190,7 @@ typedef struct ckpt__out {
     uint64_t size;              /* bytes written so far */
     uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
     uint8_t *copy_buf;          /* ckpt__out_copy's buffer, made at first use */
-    struct ckpt__ahead *ahead;  /* read-ahead of the input copied from, made at first use */
+    struct ckpt__out_ahead *ahead; /* read-ahead of the input copied from (outfile.c) */
 } ckpt__out;
 
 /* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
