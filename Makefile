@@ -20,7 +20,9 @@
 #   make bench    build Release (build-bench) and measure ckpt against torch,
 #                 numpy and raw I/O; prints a table, writes bench/RESULTS.md
 #                 (BENCH_MB=1024 BENCH_REPS=5 BENCH_DIR=/tmp/ckpt-bench), with the
-#                 Python package's rows (python/ckpt over build-bench's library)
+#                 Python package's rows (python/ckpt over build-bench's library);
+#                 as root also from a cold page cache, and against torch 2.6
+#                 and safetensors when the chroot (make torch2) is built
 #   make budget   build Release and run every command on hostile files that
 #                 claim or repeat far more than they hold: time and peak
 #                 memory of each against the budget in SECURITY.md

@@ -3,6 +3,8 @@
  * is compared with, per process.
  *
  *   ckpt_bench open FILE               ckpt_open (lazy, zero-copy index)
+ *   ckpt_bench tensors FILE            ckpt_open + ckpt_tensor_data of every
+ *                                      tensor: usable, zero-copy, in the map
  *   ckpt_bench materialise FILE        ckpt_open + every tensor copied into
  *                                      fresh malloc'd memory
  *   ckpt_bench pread FILE              the same tensor bytes read with pread
@@ -14,6 +16,17 @@
  *   ckpt_bench save-st FILE OUT [fsync] the same with ckpt_save_safetensors
  *   ckpt_bench write FILE OUT [fsync]  write(2) of the same bytes (+ fsync)
  *   ckpt_bench scan FILE               ckpt_scan_file
+ *   ckpt_bench memcpy FILE             the file's tensors, held in memory, copied
+ *                                      into memory allocated and touched before
+ *                                      (what a snapshot of the state costs)
+ *   ckpt_bench manager FILE DIR blocking|async
+ *                                      the file's tensors, held in memory, saved
+ *                                      by a checkpoint manager on DIR (fsync'ed,
+ *                                      committed) after one untimed save (a
+ *                                      training loop's steady state): "s" is how
+ *                                      long the call blocks the caller, "total"
+ *                                      the time until the save is committed
+ *                                      (ckpt_manager_save_async + wait)
  *   ckpt_bench load FILE copy|zero-copy|f32
  *                                      ckpt_open + ckpt_model_load into a C
  *                                      model of the file's tensors (made
@@ -124,6 +137,30 @@ static int cmd_open(const char *path)
     bench_tensor *v = list_tensors(f, &n, &total);
     report(t1 - t0, total, n);
     free(v);
+    ckpt_close(f);
+    return 0;
+}
+
+static int cmd_tensors(const char *path)
+{
+    ckpt_error err;
+    double t0 = now();
+    ckpt_file *f = open_file(path);
+    size_t n = ckpt_file_tensor_count(f);
+    uint64_t total = 0;
+    uintptr_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ckpt_tensor *t = ckpt_file_tensor(f, i, NULL);
+        const void *p = NULL;
+        if (ckpt_tensor_data(f, t, &p, NULL, &err) != CKPT_OK)
+            die("ckpt_tensor_data", &err);
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
+        ckpt_tensor_get_info(t, &info);
+        total += info.nbytes;
+        sum += (uintptr_t)p;
+    }
+    double t1 = now();
+    report(t1 - t0, total, n + (sum == 1)); /* sum: the pointers are used */
     ckpt_close(f);
     return 0;
 }
@@ -302,6 +339,114 @@ static int cmd_write(const char *path, const char *out, bool fsync_it)
     return 0;
 }
 
+/* The file's tensors in fresh memory, copied from it untimed, and a tree
+ * (an ordered dict by name) over them. */
+static ckpt_tree *tensors_in_memory(const char *path, bench_tensor **out, size_t *count,
+                                    uint64_t *total, ckpt_value **root)
+{
+    ckpt_error err;
+    ckpt_file *f = open_file(path);
+    bench_tensor *v = list_tensors(f, count, total);
+    ckpt_tree *tree = ckpt_tree_new();
+    if (!tree)
+        die("ckpt_tree_new", NULL);
+    *root = ckpt_new_ordered_dict(tree);
+    for (size_t i = 0; i < *count; i++) {
+        ckpt_tensor_info info = {.struct_size = sizeof(info)};
+        ckpt_tensor_get_info(v[i].t, &info);
+        v[i].mem = fresh(v[i].nbytes);
+        if (ckpt_tensor_copy(f, v[i].t, v[i].mem, (size_t)v[i].nbytes, &err) != CKPT_OK)
+            die("ckpt_tensor_copy", &err);
+        ckpt_tensor_desc d;
+        ckpt_tensor_desc_init(&d);
+        d.dtype = info.dtype;
+        d.ndim = info.ndim;
+        d.shape = info.shape;
+        d.data = v[i].mem;
+        d.storage_nbytes = v[i].nbytes;
+        ckpt_dict_put_str(tree, *root, v[i].name, ckpt_new_tensor(tree, &d));
+    }
+    if (ckpt_tree_status(tree, &err) != CKPT_OK)
+        die("building the tree", &err);
+    /* the names now live in the tree: the file may go */
+    for (size_t i = 0; i < *count; i++)
+        v[i].name = NULL, v[i].t = NULL;
+    ckpt_close(f);
+    *out = v;
+    return tree;
+}
+
+static int cmd_memcpy(const char *path)
+{
+    size_t n;
+    uint64_t total;
+    bench_tensor *v;
+    ckpt_value *root;
+    ckpt_tree *tree = tensors_in_memory(path, &v, &n, &total, &root);
+    uint8_t *dst = fresh(total);
+    double t0 = 0, t1 = 0;
+    for (int round = 0; round < 2; round++) { /* the first, untimed, warms dst */
+        t0 = now();
+        uint64_t at = 0;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(dst + at, v[i].mem, (size_t)v[i].nbytes);
+            at += v[i].nbytes;
+        }
+        t1 = now();
+    }
+    report(t1 - t0, total, n);
+    free(dst);
+    ckpt_tree_free(tree);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].mem);
+    free(v);
+    return 0;
+}
+
+static int cmd_manager(const char *path, const char *dir, const char *mode)
+{
+    bool async = strcmp(mode, "async") == 0;
+    if (!async && strcmp(mode, "blocking") != 0) {
+        fprintf(stderr, "ckpt_bench: manager: blocking or async, not %s\n", mode);
+        return 2;
+    }
+    ckpt_error err;
+    size_t n;
+    uint64_t total;
+    bench_tensor *v;
+    ckpt_value *root;
+    ckpt_tree *tree = tensors_in_memory(path, &v, &n, &total, &root);
+    ckpt_manager *m = NULL;
+    if (ckpt_manager_open(dir, NULL, &m, &err) != CKPT_OK)
+        die(dir, &err);
+    double t[3];
+    for (int64_t step = 0; step < 2; step++) {
+        /* step 0 is untimed: the staging memory (async) and the file names
+         * exist from then on, as in a training loop */
+        sync();
+        t[0] = now();
+        ckpt_status st = async ? ckpt_manager_save_async(m, step, root, NULL, 0, 0, &err)
+                               : ckpt_manager_save(m, step, root, NULL, 0, NULL, &err);
+        t[1] = now();
+        if (st == CKPT_OK && async)
+            st = ckpt_manager_wait(m, NULL, &err);
+        t[2] = now();
+        if (st != CKPT_OK)
+            die(dir, &err);
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("{\"s\": %.6f, \"total\": %.6f, \"maxrss_kb\": %ld, \"bytes\": %llu, "
+           "\"tensors\": %zu}\n",
+           t[1] - t[0], t[2] - t[0], ru.ru_maxrss, (unsigned long long)total, n);
+    ckpt_manager_close(m);
+    ckpt_tree_free(tree);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].mem);
+    free(v);
+    return 0;
+}
+
 static int cmd_scan(const char *path)
 {
     ckpt_error err;
@@ -366,8 +511,10 @@ static int cmd_load(const char *path, const char *mode)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: ckpt_bench open|materialise|pread|pread-warm|scan FILE\n"
+            "usage: ckpt_bench open|tensors|materialise|pread|pread-warm|scan FILE\n"
             "       ckpt_bench load FILE copy|zero-copy|f32\n"
+            "       ckpt_bench memcpy FILE\n"
+            "       ckpt_bench manager FILE DIR blocking|async\n"
             "       ckpt_bench save|save-st|write FILE OUT [fsync]\n");
     return 2;
 }
@@ -382,12 +529,18 @@ int main(int argc, char **argv)
         return cmd_open(path);
     if (strcmp(cmd, "materialise") == 0)
         return cmd_materialise(path);
+    if (strcmp(cmd, "tensors") == 0)
+        return cmd_tensors(path);
     if (strcmp(cmd, "pread") == 0)
         return cmd_pread(path, false);
     if (strcmp(cmd, "pread-warm") == 0)
         return cmd_pread(path, true);
     if (strcmp(cmd, "scan") == 0)
         return cmd_scan(path);
+    if (strcmp(cmd, "memcpy") == 0)
+        return cmd_memcpy(path);
+    if (strcmp(cmd, "manager") == 0 && argc > 4)
+        return cmd_manager(path, argv[3], argv[4]);
     if (argc < 4)
         return usage();
     if (strcmp(cmd, "load") == 0)

@@ -18,9 +18,13 @@ script in --child mode for torch and numpy) that times only the operation
 itself (imports, setup and process start stay outside, except for the CLI
 rows, which time the whole command, as a user sees it) and reports its peak
 RSS. Each row is the median of the repetitions. The page cache is warm: the
-inputs are read once before measuring, and dropping the cache needs root.
-Outputs are removed and dirty pages synced (sync(2)) before each repetition,
-so that one run's writeback does not slow the next.
+inputs are read once before measuring. The cold rows (run as root) empty the
+page cache before every command (sync; echo 3 > /proc/sys/vm/drop_caches)
+and compare with `cat FILE > /dev/null` in the same run; without root they are
+skipped with a note. The newer peers (torch 2.6 torch.load(mmap=True),
+safetensors) run in the Debian 13 chroot (scripts/torch2-chroot.sh) when it is
+built. Outputs are removed and dirty pages synced (sync(2)) before each
+repetition, so that one run's writeback does not slow the next.
 """
 import argparse
 import json
@@ -91,6 +95,27 @@ def child(argv):
             for a in arrays:
                 np.save(f, a)
         t1 = time.perf_counter()
+        done(t1 - t0)
+    elif mode in ("t2-load-mmap", "st-load-file", "st-safe-open"):
+        # torch 2 and safetensors (in the Debian 13 chroot): the newer peers
+        if mode == "t2-load-mmap":
+            t0 = time.perf_counter()
+            obj = torch.load(path, mmap=True, weights_only=True)
+            t1 = time.perf_counter()
+        elif mode == "st-load-file":
+            from safetensors.torch import load_file
+            t0 = time.perf_counter()
+            obj = load_file(path)
+            t1 = time.perf_counter()
+        else:
+            from safetensors import safe_open
+            t0 = time.perf_counter()
+            obj = {}
+            with safe_open(path, framework="pt") as f:
+                for k in f.keys():
+                    obj[k] = f.get_tensor(k)
+            t1 = time.perf_counter()
+        del obj
         done(t1 - t0)
     elif mode == "np-load":
         count = int(argv[3])
@@ -217,6 +242,35 @@ torch.save({"epoch": 7, "optimizer": opt, "metrics": {f"m{i}": float(i) for i in
     return names
 
 
+def can_drop_caches():
+    return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def drop_caches():
+    """Empties the page cache (root only): the next read comes from the disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def torch2_cmd():
+    """How to run this script in the Debian 13 chroot (torch 2.6, safetensors), or
+    None when it is not built here."""
+    script = os.path.join(ROOT, "scripts", "torch2-chroot.sh")
+    if not os.path.exists(script) or os.geteuid() != 0:
+        return None
+    ok = subprocess.run(["sh", script, "check"], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode == 0
+    return ["sh", script, "python"] if ok else None
+
+
+def remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
 def warm(path):
     with open(path, "rb") as f:
         while f.read(1 << 24):
@@ -242,35 +296,42 @@ def run_once(cmd, stdout_path=None, json_out=True, env=None):
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {stderr.decode()}")
     if json_out:
         r = json.loads(stdout.decode().strip().splitlines()[-1])
-        return r["s"], r["maxrss_kb"]
-    return t1 - t0, ru.ru_maxrss
+        return r["s"], r["maxrss_kb"], r
+    return t1 - t0, ru.ru_maxrss, {}
 
 
-def measure_group(specs, reps, log):
+def measure_group(specs, reps, log, cold=False):
     """Runs each spec (key, cmd, outputs, kwargs) reps times, round-robin,
     starting each round one place later: a disturbance (another process,
     the host reclaiming memory this guest freed) then falls on every
-    contender alike instead of on whoever runs after the largest free."""
+    contender alike instead of on whoever runs after the largest free.
+    cold=True empties the page cache before each run (root only)."""
     times = {k: [] for k, *_ in specs}
     rss = {k: [] for k, *_ in specs}
+    totals = {k: [] for k, *_ in specs}
     for rep in range(reps):
         for i in range(len(specs)):
             key, cmd, outputs, kw = specs[(i + rep) % len(specs)]
             for o in outputs:
-                if os.path.exists(o):
-                    os.unlink(o)
+                remove(o)
             os.sync()
-            t, m = run_once(cmd, **kw)
+            if cold:
+                drop_caches()
+            t, m, extra = run_once(cmd, **kw)
             times[key].append(t)
             rss[key].append(m)
+            if "total" in extra:
+                totals[key].append(extra["total"])
             for o in outputs:
-                if os.path.exists(o):
-                    os.unlink(o)
+                remove(o)
     out = {}
     for key, *_ in specs:
         v = times[key]
         out[key] = {"s": statistics.median(v), "min": min(v), "max": max(v),
                     "maxrss_kb": max(rss[key])}
+        if totals[key]:
+            out[key]["total"] = statistics.median(totals[key])
+            out[key]["total_min"] = min(totals[key])
         log(f"  {key}: median {fmt_s(out[key]['s'])}, min {fmt_s(out[key]['min'])}")
     return out
 
@@ -433,7 +494,8 @@ def machine_info(d):
 
 
 def versions(build, ckpt_bin):
-    v = subprocess.run([ckpt_bin, "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    v = (subprocess.run([ckpt_bin, "--version"], stdout=subprocess.PIPE, text=True).stdout
+         .strip().splitlines() or ["?"])[0]
     tv = subprocess.run([PY, "-c", "import torch, numpy; print(torch.__version__, numpy.__version__)"],
                         stdout=subprocess.PIPE, text=True).stdout.split()
     cc, build_type = "?", "?"
@@ -651,6 +713,7 @@ def main():
     if free < need:
         raise SystemExit(f"{a.dir} has {free >> 20} MiB free, the run needs about {need >> 20}")
 
+    load_start = os.getloadavg()[0]
     names = generate(a.dir, a.mb)
     f32, f32s, bf16, small, heavy = (os.path.join(a.dir, n) for n in names)
     _, optim = meta_generate(a.dir)
@@ -663,10 +726,10 @@ def main():
     rows = []      # (group, what, ckpt result, reference name, reference result, ratio text)
     results = {}
 
-    def group(*specs):
+    def group(*specs, cold=False):
         full = [(sp[0], sp[1], sp[2] if len(sp) > 2 else (), sp[3] if len(sp) > 3 else {})
                 for sp in specs]
-        results.update(measure_group(full, R, lambda t: print(t, flush=True)))
+        results.update(measure_group(full, R, lambda t: print(t, flush=True), cold=cold))
 
     def torch_child(mode, *args):
         return [PY, os.path.abspath(__file__), "--child", mode, *args]
@@ -676,10 +739,13 @@ def main():
     def measure(*specs):
         return measure_group(list(specs), R, lambda t: print(t, flush=True))
 
+    st_file = os.path.join(a.dir, f"f32-{a.mb}.safetensors")  # the peers' rows
+
     def clean_inputs():
         if not a.keep:
-            for p in (f32, f32s, bf16, small, heavy, optim):
-                os.unlink(p)
+            for p in (f32, f32s, bf16, small, heavy, optim, st_file):
+                if os.path.exists(p):
+                    os.unlink(p)
 
     if a.python_only:
         section = python_section(a, bench, measure, f32, small, out_pth, out_raw, size_label)
@@ -737,9 +803,76 @@ def main():
     run_once(torch_child("np-save", f32, npy))
     group(("np.save.f32", torch_child("np-save", f32, out_raw), [out_raw]),
           ("np.load.f32", torch_child("np-load", npy, "-", "128")))
+
+    # the checkpoint manager: blocking and asynchronous saves, fsync'ed and
+    # committed, after one untimed save (a training loop's steady state)
+    mgr = os.path.join(a.dir, "mgr")
+    print("checkpoint manager saves ...", flush=True)
+    group(("mgr.block.f32", [bench, "manager", f32, mgr, "blocking"], [mgr]),
+          ("mgr.async.f32", [bench, "manager", f32, mgr, "async"], [mgr]),
+          ("memcpy.f32", [bench, "memcpy", f32]))
+    results["mgr.async-total.f32"] = {
+        "s": results["mgr.async.f32"]["total"], "min": results["mgr.async.f32"]["total_min"],
+        "max": results["mgr.async.f32"]["total"],
+        "maxrss_kb": results["mgr.async.f32"]["maxrss_kb"]}
+
+    # a cold page cache: emptied before every command (root only)
+    cold = can_drop_caches()
+    dev_null = {"stdout_path": os.devnull, "json_out": False}
+    if cold:
+        print(f"measuring ({R} repetitions each, page cache emptied before each) ...",
+              flush=True)
+        group(("cold.cat.f32", ["cat", f32], (), dev_null),
+              ("cold.cat-out.f32", ["cat", f32], [out_raw], {"stdout_path": out_raw,
+                                                            "json_out": False}),
+              ("cold.verify.f32", [cli, "verify", "-q", f32], (), cli_kw),
+              ("cold.conv.st.f32", [cli, "convert", "-q", "--no-fsync", f32, out_st], [out_st],
+               cli_kw),
+              ("cold.conv.pth.f32", [cli, "convert", "-q", "--no-fsync", f32, out_pth],
+               [out_pth], cli_kw),
+              ("cold.conv.bf16.f32", [cli, "convert", "-q", "--no-fsync", "--dtype", "bfloat16",
+                                      f32, out_st], [out_st], cli_kw),
+              ("cold.mat.f32", [bench, "materialise", f32]),
+              ("cold.pread.f32", [bench, "pread", f32]),
+              ("cold.load.f32", [bench, "load", f32, "copy"]),
+              ("cold.scan.f32", [cli, "scan", f32], (), cli_kw),
+              ("cold.open.f32", [bench, "open", f32]),
+              ("cold.torch.load.f32", torch_child("load", f32)),
+              ("cold.np.load.f32", torch_child("np-load", npy, "-", "128")),
+              cold=True)
+    else:
+        print("cold rows skipped: emptying the page cache needs root", flush=True)
     os.unlink(npy)
     # metadata-heavy files
     meta_measure(group, torch_child, cli, small, optim)
+
+    # newer peers: torch 2.6 and safetensors in the Debian 13 chroot, on the
+    # same files, warm and cold
+    t2 = torch2_cmd()
+    peers = t2 is not None
+    if peers:
+        print("newer peers (torch 2, safetensors) ...", flush=True)
+        if not os.path.exists(st_file):
+            subprocess.run([cli, "convert", "-q", f32, st_file], check=True)
+
+        def t2_child(mode, path):
+            return [*t2, os.path.abspath(__file__), "--child", mode, path]
+
+        # torch.load(mmap=True) and safetensors (safe_open maps the file:
+        # torch.UntypedStorage.from_file) give tensors over a private map of
+        # the file: ckpt's counterpart is open + ckpt_tensor_data of each
+        peer_specs = [("open.f32", [bench, "tensors", f32]),
+                      ("t2.mmap.f32", t2_child("t2-load-mmap", f32)),
+                      ("mat.st.f32", [bench, "tensors", st_file]),
+                      ("st.load_file.f32", t2_child("st-load-file", st_file)),
+                      ("st.safe_open.f32", t2_child("st-safe-open", st_file))]
+        warm(st_file)
+        group(*[("peer." + k, c) for k, c in peer_specs])
+        if cold:
+            group(*[("peer.cold." + k, c) for k, c in peer_specs], cold=True)
+    else:
+        print("newer peers skipped: the torch 2 chroot (scripts/torch2-chroot.sh) is not "
+              "built here, or this is not root", flush=True)
 
     r = results
     fsize = os.path.getsize(f32)
@@ -798,6 +931,43 @@ def main():
         "reference")
     row(f"numpy load {size_label} (128 np.load)", "np.load.f32", "pread floor", "pread.f32",
         "reference")
+    row(f"manager save {size_label}: the call blocks (async)", "mgr.async.f32",
+        "memcpy into warm memory", "memcpy.f32", "stall")
+    row(f"manager save {size_label}: the call blocks (async)", "mgr.async.f32",
+        "torch.save", "torch.save.f32", "stall")
+    row(f"manager save {size_label}: until committed (async)", "mgr.async-total.f32",
+        "blocking manager save", "mgr.block.f32", "fsync'ed, renamed, manifest")
+    if cold:
+        cold_rows = [("verify", "cold.verify.f32"),
+                     ("convert pth -> safetensors", "cold.conv.st.f32"),
+                     ("convert pth -> pth", "cold.conv.pth.f32"),
+                     ("convert pth -> bf16 safetensors", "cold.conv.bf16.f32"),
+                     ("materialise (ckpt_tensor_copy)", "cold.mat.f32"),
+                     ("load into a C model (open + copy)", "cold.load.f32"),
+                     ("scan", "cold.scan.f32")]
+        for what, key in cold_rows:
+            row(f"cold: {what} {size_label} f32", key, "cat FILE > /dev/null", "cold.cat.f32")
+        for what, key in cold_rows[1:4]:
+            row(f"cold: {what} {size_label} f32", key, "cat FILE > OUT (a copy)",
+                "cold.cat-out.f32")
+        row(f"cold: materialise {size_label} f32", "cold.mat.f32", "pread floor",
+            "cold.pread.f32")
+        row(f"cold: open {size_label} f32 (zero-copy)", "cold.open.f32", "torch.load",
+            "cold.torch.load.f32")
+        row(f"cold: torch.load {size_label} f32", "cold.torch.load.f32", "cat FILE > /dev/null",
+            "cold.cat.f32", "reference")
+        row(f"cold: numpy load {size_label} (128 np.load)", "cold.np.load.f32",
+            "cat FILE > /dev/null", "cold.cat.f32", "reference")
+    if peers:
+        for pre, label in (("peer.", ""), ("peer.cold.", "cold: ")):
+            if pre + "open.f32" not in r:
+                continue
+            row(f"{label}every tensor of {size_label} .pth, mapped", pre + "open.f32",
+                "torch 2.6 torch.load(mmap=True)", pre + "t2.mmap.f32")
+            row(f"{label}every tensor of {size_label} .safetensors, mapped", pre + "mat.st.f32",
+                "safetensors.torch.load_file", pre + "st.load_file.f32")
+            row(f"{label}every tensor of {size_label} .safetensors, mapped", pre + "mat.st.f32",
+                "safe_open().get_tensor, each", pre + "st.safe_open.f32")
 
     # targets: (text, value, limit, met)
     open_r = ratio("open.f32", "torch.load.f32")
@@ -842,23 +1012,59 @@ def main():
 
     meta_lines, meta_targets = meta_section(r, optim, R)
 
+    # the checkpoint manager's asynchronous save
+    stall_r = ratio("mgr.async.f32", "memcpy.f32")
+    torch_stall = ratio("torch.save.f32", "mgr.async.f32")
+    total_r = ratio("mgr.async-total.f32", "mgr.block.f32")
+    extra_kb = r["mgr.async.f32"]["maxrss_kb"] - r["mgr.block.f32"]["maxrss_kb"]
+    targets += [
+        ("async save: the call blocks <= 1.3x a memcpy into warm memory",
+         both("mgr.async.f32", "memcpy.f32"), stall_r <= 1.3),
+        ("async save: the call blocks >= 5x shorter than torch.save",
+         both("torch.save.f32", "mgr.async.f32", "{:.1f}x"), torch_stall >= 5),
+        ("async save: committed within 1.1x the blocking save's time",
+         both("mgr.async-total.f32", "mgr.block.f32"), total_r <= 1.1),
+        ("async save: peak extra memory one staging copy (<= the tensors + 64 MiB)",
+         f"{fmt_mb(max(0, extra_kb))} for {fmt_mb(fsize // 1024)} of tensors",
+         extra_kb <= fsize // 1024 + 64 * 1024),
+    ]
+    if cold:
+        for what, key in cold_rows:
+            targets.append((f"cold: {what} <= 1.2x cat", both(key, "cold.cat.f32"),
+                            ratio(key, "cold.cat.f32") <= 1.2))
+    if peers:
+        for pre, label in (("peer.", "warm"), ("peer.cold.", "cold")):
+            if pre + "open.f32" not in r:
+                continue
+            for ck, ref, name in (("open.f32", "t2.mmap.f32", "torch.load(mmap=True)"),
+                                  ("mat.st.f32", "st.load_file.f32", "load_file"),
+                                  ("mat.st.f32", "st.safe_open.f32", "safe_open")):
+                targets.append((f"{label}: ckpt ahead of {name}",
+                                both(pre + ck, pre + ref), ratio(pre + ck, pre + ref) < 1))
+
     mi = machine_info(a.dir)
     ve = versions(a.build, cli)
     lines = []
     lines.append("# ckpt benchmark results\n")
     lines.append(f"Written by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M')}. "
-                 f"Median of {R} runs, each in a fresh process; warm page cache (inputs read "
-                 "once before; dropping the cache needs root), outputs removed and `sync` "
-                 "before each run. Times are of the operation alone (imports and setup "
-                 "outside), except the convert and cat rows, which time the whole command. "
-                 "RSS is the process's peak (ru_maxrss), which counts the pages of a mapped "
-                 "input that were touched, and for Python the interpreter with torch "
-                 "imported.\n")
+                 f"Median of {R} runs, each in a fresh process, the contenders of a group "
+                 "interleaved round by round; warm page cache (inputs read once before), "
+                 "outputs removed and `sync` before each run, except the rows marked cold, "
+                 "before each of which the page cache was emptied "
+                 f"({'done: run as root' if cold else 'skipped: that needs root'}). Times are "
+                 "of the operation alone (imports and setup outside), except the convert, "
+                 "verify, scan (cold) and cat rows, which time the whole command. RSS is the "
+                 "process's peak (ru_maxrss), which counts the pages of a mapped input that "
+                 "were touched, and for Python the interpreter with torch imported. The "
+                 "newer peers (torch 2.6, safetensors) run in the Debian 13 chroot "
+                 f"({'measured' if peers else 'skipped: not built here'}).\n")
     lines.append("## Machine\n")
     lines.append(f"- CPU: {mi['cpu']}, {mi['cores']} cores")
     lines.append(f"- RAM: {mi['ram']}")
     lines.append(f"- kernel: Linux {mi['kernel']}")
     lines.append(f"- scratch filesystem: {mi['fs']}")
+    lines.append(f"- load average (1 min) at the start and the end: {load_start:.1f}, "
+                 f"{os.getloadavg()[0]:.1f} (2 cores: above 2, other jobs shared the machine)")
     lines.append(f"- {ve['ckpt']}; torch {ve['torch']}; numpy {ve['numpy']}; "
                  f"Python {ve['python']}; {ve['compiler']}\n")
     lines.append("## Results\n")

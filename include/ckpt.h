@@ -102,7 +102,8 @@ typedef enum ckpt_status {
     CKPT_ERR_NOT_FOUND = 8,   /* a name or record does not exist */
     CKPT_ERR_INVALID_ARG = 9, /* the caller passed something wrong */
     CKPT_ERR_TYPE = 10,       /* a value is not of the kind asked for */
-    CKPT_ERR_BUSY = 11,       /* another process holds the checkpoint directory */
+    CKPT_ERR_BUSY = 11,       /* another process holds the checkpoint directory;
+                                 a save is still in flight (CKPT_ASYNC_NO_WAIT) */
     CKPT_ERR_MISMATCH = 12    /* a state dict does not fit the model (keys, shapes) */
 } ckpt_status;
 
@@ -1022,6 +1023,37 @@ CKPT_API void ckpt_manager_close(ckpt_manager *m);
 CKPT_API ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *checkpoint,
                                        const ckpt_metric *metrics, size_t metric_count,
                                        unsigned *saved, ckpt_error *err);
+
+/* Flags for ckpt_manager_save_async. */
+#define CKPT_ASYNC_NO_WAIT 0x1u   /* a save still in flight: CKPT_ERR_BUSY, not a wait */
+
+/*
+ * ckpt_manager_save, returning as soon as the checkpoint is captured: the
+ * bytes of its tensors in caller memory are copied into staging memory the
+ * manager owns (and reuses from save to save: one copy of the tensors is
+ * the memory a save in flight adds) and the tree around them rebuilt; a
+ * background thread then writes, fsyncs and commits exactly as
+ * ckpt_manager_save does (same files, crash safety, retention, manifest).
+ * The caller may change its tensors and free its tree when this returns;
+ * tensors of open files are read from them while the save runs, so those
+ * files must stay open until it is done.
+ *
+ * One save at a time: a save still in flight is waited for first (with
+ * CKPT_ASYNC_NO_WAIT: CKPT_ERR_BUSY, nothing started), and so is every
+ * other call on the manager (ckpt_manager_close too). A failure of the
+ * background save is returned, once, by the next ckpt_manager_save,
+ * ckpt_manager_save_async (which then starts nothing) or ckpt_manager_wait.
+ * Errors of the call itself (arguments, memory for the snapshot, the
+ * monitored metric missing) are returned at once.
+ */
+CKPT_API ckpt_status ckpt_manager_save_async(ckpt_manager *m, int64_t step,
+                                             const ckpt_value *checkpoint,
+                                             const ckpt_metric *metrics, size_t metric_count,
+                                             unsigned flags, ckpt_error *err);
+/* Waits for the save in flight (if any) and returns its status: a failure
+ * not reported yet, else CKPT_OK. saved (may be NULL) gets the CKPT_SAVED_*
+ * bits of the last save that finished (0 after a failure). */
+CKPT_API ckpt_status ckpt_manager_wait(ckpt_manager *m, unsigned *saved, ckpt_error *err);
 
 /*
  * Opens the newest checkpoint that verifies (every CRC): last.pth, then the

@@ -364,9 +364,11 @@ static ckpt_value *checkpoint_value(ckpt_tree *t, const net *n, const ckpt_adamw
     return root;
 }
 
+/* Starts the save of one epoch: the manager snapshots the model and the
+ * optimizer, and writes while the next epoch trains (ckpt_manager_wait
+ * says how it went). */
 static ckpt_status save_epoch(ckpt_manager *m, const net *n, const ckpt_adamw *opt, int64_t epoch,
-                              double train_loss, double val_loss, unsigned *saved,
-                              ckpt_error *err)
+                              double train_loss, double val_loss, ckpt_error *err)
 {
     ckpt_tree *t = ckpt_tree_new();
     if (!t)
@@ -375,9 +377,30 @@ static ckpt_status save_epoch(ckpt_manager *m, const net *n, const ckpt_adamw *o
     ckpt_metric metric = {"val_loss", val_loss};
     ckpt_status st = ckpt_tree_status(t, err);
     if (st == CKPT_OK)
-        st = ckpt_manager_save(m, epoch, root, &metric, 1, saved, err);
+        st = ckpt_manager_save_async(m, epoch, root, &metric, 1, 0, err);
     ckpt_tree_free(t);
     return st;
+}
+
+/* An epoch's line, once its checkpoint is committed. */
+typedef struct epoch_line {
+    int64_t epoch; /* -1: none waiting */
+    double train_loss, val_loss;
+} epoch_line;
+
+static ckpt_status finish_epoch(ckpt_manager *m, epoch_line *l, ckpt_error *err)
+{
+    if (l->epoch < 0)
+        return CKPT_OK;
+    unsigned saved = 0;
+    ckpt_status st = ckpt_manager_wait(m, &saved, err);
+    if (st != CKPT_OK)
+        return st;
+    printf("epoch %lld: train_loss %.6f val_loss %.6f%s\n", (long long)l->epoch, l->train_loss,
+           l->val_loss, saved & CKPT_SAVED_BEST ? " (best)" : "");
+    fflush(stdout);
+    l->epoch = -1;
+    return CKPT_OK;
 }
 
 static int cmd_train(const char *dir, int64_t epochs)
@@ -435,18 +458,21 @@ static int cmd_train(const char *dir, int64_t epochs)
         goto done;
     }
 
+    /* each epoch's checkpoint is written while the next one trains; its
+     * line is printed once it is committed */
+    epoch_line line = {.epoch = -1};
     for (int64_t epoch = first; epoch < epochs; epoch++) {
         double train_loss, val_loss;
-        unsigned saved = 0;
         if (train_epoch(&n, opt, &d, &train_loss, &err) != CKPT_OK)
             goto failed;
         val_loss = validate(&n, &d);
-        if (save_epoch(m, &n, opt, epoch, train_loss, val_loss, &saved, &err) != CKPT_OK)
+        if (finish_epoch(m, &line, &err) != CKPT_OK ||
+            save_epoch(m, &n, opt, epoch, train_loss, val_loss, &err) != CKPT_OK)
             goto failed;
-        printf("epoch %lld: train_loss %.6f val_loss %.6f%s\n", (long long)epoch, train_loss,
-               val_loss, saved & CKPT_SAVED_BEST ? " (best)" : "");
-        fflush(stdout);
+        line = (epoch_line){epoch, train_loss, val_loss};
     }
+    if (finish_epoch(m, &line, &err) != CKPT_OK)
+        goto failed;
     code = 0;
     goto done;
 failed:

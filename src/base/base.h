@@ -195,6 +195,7 @@ typedef struct ckpt__out {
     uint64_t size;              /* bytes written so far */
     uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
     uint8_t *copy_buf;          /* ckpt__out_copy's buffer, made at first use */
+    struct ckpt__out_ahead *ahead; /* read-ahead of the input copied from (outfile.c) */
 } ckpt__out;
 
 /* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
@@ -233,7 +234,7 @@ ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const voi
 /* One pread of up to want bytes at off into buf for a copy to o: *got
  * bytes (0 after a read error: the caller takes the rest from the map);
  * an input that ends early (it shrank) is CKPT_ERR_IO. */
-ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+ckpt_status ckpt__out_read_piece(ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
                                  size_t want, size_t *got, ckpt_error *err);
 /* fsync (unless CKPT_SAVE_NO_FSYNC), close, rename over the target, fsync
  * the directory. On failure the temporary is removed. With CKPT__OUT_STAGE
@@ -267,5 +268,32 @@ int ckpt__dir_sync(const char *path);
  * was none. On failure dir is as it was. */
 ckpt_status ckpt__dir_swap_in(const char *tmp, const char *dir, char *old, size_t old_cap,
                               ckpt_error *err);
+
+/* ---- read-ahead of cold files (readahead.c) ---------------------------- */
+
+/* Advice for the pages of a file map (base, len need no alignment: the
+ * range is widened to whole pages). Failures are ignored: advice only. */
+typedef enum ckpt__advice {
+    CKPT__ADVISE_NORMAL,   /* the kernel's read-around on faults */
+    CKPT__ADVISE_RANDOM,   /* no read-around: a fault reads its page alone */
+    CKPT__ADVISE_WILLNEED, /* start reading the range now, without waiting */
+} ckpt__advice;
+void ckpt__map_advise(const void *base, uint64_t len, ckpt__advice advice);
+
+/* Keeps the kernel reading ahead of a consumer that goes through
+ * [start, end) of a file in order: each ckpt__ahead_at(a, pos) asks for
+ * the pages up to CKPT__AHEAD_WINDOW past pos (posix_fadvise WILLNEED on
+ * fd when fd >= 0, else madvise on map, map + offset being the byte at
+ * offset), so that the device streams while the consumer works, whatever
+ * the system's read-ahead setting. Only bytes of the range are asked for. */
+#define CKPT__AHEAD_WINDOW ((uint64_t)32 << 20)
+typedef struct ckpt__ahead {
+    int fd;
+    const uint8_t *map;
+    uint64_t next;  /* asked for up to here */
+    uint64_t end;
+} ckpt__ahead;
+void ckpt__ahead_init(ckpt__ahead *a, int fd, const void *map, uint64_t start, uint64_t end);
+void ckpt__ahead_at(ckpt__ahead *a, uint64_t pos);
 
 #endif /* CKPT_BASE_H */

@@ -276,10 +276,69 @@ ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckp
  * page at a time. CRCs are taken from the same cached buffer. */
 #define COPY_BUF_SIZE ((size_t)256 << 10)
 
-ckpt_status ckpt__out_read_piece(const ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
+/*
+ * Read-ahead of the input a writer copies from a cold file: the device is
+ * asked for the window of CKPT__AHEAD_WINDOW bytes past each piece, in
+ * chunks of AHEAD_CHUNK, each chunk once (a bit per chunk): a writer that
+ * takes its records out of file order (safetensors writes in name order)
+ * or from two places in turn asks for nothing twice, and advice on pages
+ * already cached, which the kernel still walks, is not repeated.
+ */
+#define AHEAD_CHUNK ((uint64_t)8 << 20)
+
+struct ckpt__out_ahead {
+    int fd;
+    uint64_t size;
+    uint8_t *asked; /* a bit per chunk of the input */
+};
+
+static void read_ahead(ckpt__out *o, int src_fd, uint64_t off)
+{
+    struct ckpt__out_ahead *h = o->ahead;
+    if (!h) {
+        h = o->ahead = calloc(1, sizeof(*h));
+        if (!h)
+            return;
+        h->fd = -1;
+    }
+    if (h->fd != src_fd) {
+        struct stat sb;
+        free(h->asked);
+        h->asked = NULL;
+        h->fd = -1;
+        if (fstat(src_fd, &sb) != 0 || sb.st_size <= 0)
+            return;
+        uint64_t chunks = ((uint64_t)sb.st_size + AHEAD_CHUNK - 1) / AHEAD_CHUNK;
+        if (chunks / 8 + 1 > SIZE_MAX || !(h->asked = calloc((size_t)(chunks / 8 + 1), 1)))
+            return;
+        h->fd = src_fd;
+        h->size = (uint64_t)sb.st_size;
+    }
+    if (off >= h->size)
+        return;
+    uint64_t end = h->size - off > CKPT__AHEAD_WINDOW ? off + CKPT__AHEAD_WINDOW : h->size;
+    for (uint64_t c = off / AHEAD_CHUNK; c * AHEAD_CHUNK < end; c++) {
+        if (h->asked[c / 8] & (1u << (c % 8)))
+            continue;
+        h->asked[c / 8] |= (uint8_t)(1u << (c % 8));
+        (void)posix_fadvise(src_fd, (off_t)(c * AHEAD_CHUNK), (off_t)AHEAD_CHUNK,
+                            POSIX_FADV_WILLNEED);
+    }
+}
+
+static void ahead_free(ckpt__out *o)
+{
+    if (o->ahead)
+        free(o->ahead->asked);
+    free(o->ahead);
+    o->ahead = NULL;
+}
+
+ckpt_status ckpt__out_read_piece(ckpt__out *o, int src_fd, uint64_t off, uint8_t *buf,
                                  size_t want, size_t *got, ckpt_error *err)
 {
     *got = 0;
+    read_ahead(o, src_fd, off);
     for (;;) {
         ssize_t r = pread(src_fd, buf, want, (off_t)off);
         if (r < 0 && errno == EINTR)
@@ -342,6 +401,7 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
 {
     free(o->copy_buf);
     o->copy_buf = NULL;
+    ahead_free(o);
     ckpt_status st = CKPT_OK;
     bool sync = !(o->flags & CKPT_SAVE_NO_FSYNC);
     if (sync && fsync(o->fd) != 0)
@@ -380,6 +440,7 @@ void ckpt__out_abort(ckpt__out *o)
     o->fd = -1;
     free(o->copy_buf);
     o->copy_buf = NULL;
+    ahead_free(o);
     if (o->tmp_path)
         unlink(o->tmp_path);
     live_remove(o->tmp_path);

@@ -427,12 +427,17 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
         }
         qsort(order, streamed, sizeof(*order), cmp_part_ref);
         size_t at = 0;
+        /* records go in directory order, file order for torch.save's
+         * archives: a cold file is read ahead across them */
+        ckpt__ahead ahead;
+        ckpt__ahead_init(&ahead, f->has_fd && f->mapped ? f->fd : -1, f->zip.base, 0,
+                         f->zip.size);
         for (size_t i = 0; i < f->zip.count; i++) {
             verify_stream vs = {.parts = parts, .refs = order + at, .count = 0};
             while (at + vs.count < streamed && order[at + vs.count].record == i)
                 vs.count++;
-            st = ckpt__zip_stream(&f->zip, i, &f->opts.limits, vs.count ? verify_sink : NULL,
-                                  &vs, err);
+            st = ckpt__zip_stream_ahead(&f->zip, i, &f->opts.limits,
+                                        vs.count ? verify_sink : NULL, &vs, &ahead, err);
             if (st != CKPT_OK)
                 goto out;
             for (size_t k = 0; k < vs.count; k++) {

@@ -166,6 +166,35 @@ ckpt_status ckpt_open_memory(const void *data, size_t size, const ckpt_open_opti
     return CKPT_OK;
 }
 
+/*
+ * A file mapped for opening pages in without the kernel's read-around while
+ * its metadata is read: from a cold file, read-around reads megabytes
+ * around every page that detection or a zip's local headers touch, tensor
+ * bytes nobody asked for. The first and last 64 KiB (what detection and a
+ * zip's end records read) are asked for at once; the torch zip and
+ * safetensors openers ask for the pickle, the header or a dense archive
+ * whole. Formats read from front to back (legacy pickles) keep
+ * read-around. Small files are left alone: read-around reads them whole in
+ * a request or two. Returns whether read-around is to be restored.
+ */
+#define QUIET_OPEN_MIN ((uint64_t)16 << 20)
+#define QUIET_ENDS ((uint64_t)64 << 10)
+
+static bool open_advise(const ckpt_file *f)
+{
+    if (!f->mapped || f->map_size < QUIET_OPEN_MIN)
+        return false;
+    ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_RANDOM);
+    ckpt__map_advise(f->map, QUIET_ENDS, CKPT__ADVISE_WILLNEED);
+    ckpt__map_advise(f->map + f->map_size - QUIET_ENDS, QUIET_ENDS, CKPT__ADVISE_WILLNEED);
+    if (!ckpt__zip_detect(f->map, f->map_size) &&
+        !ckpt__safetensors_detect(f->map, f->map_size)) {
+        ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_NORMAL);
+        return false;
+    }
+    return true;
+}
+
 /* ckpt__open_fd; dcp_dir >= 0: fd is the .metadata of the DCP checkpoint in
  * that directory (used while opening, not kept). */
 static ckpt_status open_fd_in(int fd, const struct stat *sb, const char *path,
@@ -214,7 +243,10 @@ static ckpt_status open_fd_in(int fd, const struct stat *sb, const char *path,
         f->has_fd = true;
         fd = -1;
     }
+    bool quiet = open_advise(f);
     st = open_common(f, opts, err);
+    if (quiet) /* tensor bytes read later page in with read-around again */
+        ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_NORMAL);
     f->path = NULL; /* the caller's string: not kept past open */
     f->dcp_dir = -1;
 out:

@@ -879,6 +879,8 @@ ckpt_status ckpt__open_safetensors(ckpt_file *f, ckpt_error *err)
         return ckpt__fail(err, CKPT_ERR_FORMAT, HEADER_RECORD, 0,
                           "header length %llu runs past the end of the file (%llu bytes)",
                           (unsigned long long)n, (unsigned long long)f->map_size);
+    if (f->mapped) /* opened without read-around (open.c): the header, whole */
+        ckpt__map_advise(f->map + 8, n, CKPT__ADVISE_WILLNEED);
     hdr_parser p;
     memset(&p, 0, sizeof(p));
     p.f = f;

@@ -158,6 +158,8 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
         return ckpt__fail(err, CKPT_ERR_LIMIT, pe->name, 0, "pickle is %llu bytes (limit %llu)",
                           (unsigned long long)pe->size,
                           (unsigned long long)f->opts.limits.max_pickle_bytes);
+    if (f->mapped)
+        ckpt__map_advise(f->map + pe->data_offset, pe->comp_size, CKPT__ADVISE_WILLNEED);
     const uint8_t *pkl;
     uint8_t *owned = NULL;
     CKPT_RETURN_IF_ERROR(ckpt__zip_read(&f->zip, (size_t)idx, &f->opts.limits, &pkl, &owned, err));
@@ -185,7 +187,46 @@ static ckpt_status read_pickle(zip_load *L, const char *name, const char *dir, b
     return st;
 }
 
+
+/*
+ * How the map pages in while it opens. A dense archive (small records) has
+ * metadata on most pages: it is read whole, in one request, and mapped in
+ * one call rather than a page fault for each. In a sparse one (big
+ * tensors) the local headers and descriptors lie megabytes apart, and the
+ * kernel's read-around would read megabytes around each of them from a
+ * cold file, the whole file in scattered pieces: read-around is off until
+ * the open is done, and the pickle is asked for whole. Opening then reads
+ * what its metadata needs and no tensor bytes.
+ */
+static bool open_advise(ckpt_file *f)
+{
+    uint64_t count = 0, cd_offset = 0;
+    if (!f->mapped || !ckpt__zip_declared(f->map, f->map_size, &count, &cd_offset) ||
+        count == 0)
+        return false;
+    if (f->map_size <= DENSE_POPULATE_MAX && cd_offset / count <= DENSE_RECORD_BYTES) {
+        ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_WILLNEED);
+#ifdef MADV_POPULATE_READ
+        (void)madvise((void *)(uintptr_t)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
+#endif
+        return false;
+    }
+    ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_RANDOM);
+    return true;
+}
+
+static ckpt_status open_torch_zip(ckpt_file *f, ckpt_error *err);
+
 ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
+{
+    bool random = open_advise(f);
+    ckpt_status st = open_torch_zip(f, err);
+    if (random) /* tensor bytes read later page in with read-around again */
+        ckpt__map_advise(f->map, f->map_size, CKPT__ADVISE_NORMAL);
+    return st;
+}
+
+static ckpt_status open_torch_zip(ckpt_file *f, ckpt_error *err)
 {
     zip_load L = {.f = f};
     ckpt_value *constants = NULL;
@@ -195,15 +236,6 @@ ckpt_status ckpt__open_torch_zip(ckpt_file *f, ckpt_error *err)
     f->has_zip = true;
     if (f->zip.count == 0)
         return ckpt__fail(err, CKPT_ERR_FORMAT, "zip", 0, "empty zip archive: not a checkpoint");
-#ifdef MADV_POPULATE_READ
-    /* Opening checks each storage record's local header and descriptor.
-     * In a dense archive (small records) they lie on most pages: mapping
-     * the file in one call beats a page fault for each. A sparse one (big
-     * tensors) stays lazy, so opening costs what its metadata costs. */
-    if (f->mapped && f->map_size <= DENSE_POPULATE_MAX &&
-        f->map_size / f->zip.count <= DENSE_RECORD_BYTES)
-        (void)madvise((void *)(uintptr_t)f->map, (size_t)f->map_size, MADV_POPULATE_READ);
-#endif
 
     /* numpy's .npz: every member NAME.npy (no data.pkl: torch.load refuses it) */
     if (ckpt__npz_detect(&f->zip)) {

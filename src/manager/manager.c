@@ -18,6 +18,7 @@
  * step 3, so an error up to there leaves every file as it was.
  */
 #include "manager.h"
+#include "async.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -57,7 +58,21 @@ struct ckpt_manager {
     uint64_t max_manifest_bytes;
     ckpt__manifest mf;          /* committed entries: last, best, numbered by step */
     ckpt_checkpoint_info info;  /* ckpt_manager_get's scratch */
+    ckpt__async *async;         /* saves in the background (async.c) */
 };
+
+ckpt__async **ckpt__manager_async(const ckpt_manager *m)
+{
+    return (ckpt__async **)(uintptr_t)&m->async;
+}
+
+/* Every call waits for a save in the background first: one thing at a
+ * time changes the directory and the manager. */
+static void settle_async(const ckpt_manager *m)
+{
+    if (m)
+        (void)ckpt__async_settle(m->async, false, NULL, NULL);
+}
 
 void ckpt_manager_options_default(ckpt_manager_options *opts)
 {
@@ -971,6 +986,7 @@ void ckpt_manager_close(ckpt_manager *m)
 {
     if (!m)
         return;
+    ckpt__async_free(m->async);
     if (m->lock_fd >= 0)
         close(m->lock_fd); /* releases the flock */
     ckpt__manifest_free(&m->mf);
@@ -983,10 +999,15 @@ void ckpt_manager_close(ckpt_manager *m)
 
 /* ---- queries ---------------------------------------------------------------------- */
 
-size_t ckpt_manager_count(const ckpt_manager *m) { return m ? m->mf.committed.count : 0; }
+size_t ckpt_manager_count(const ckpt_manager *m)
+{
+    settle_async(m);
+    return m ? m->mf.committed.count : 0;
+}
 
 bool ckpt_manager_get(const ckpt_manager *m, size_t i, ckpt_checkpoint_info *out)
 {
+    settle_async(m);
     if (!m || !out || i >= m->mf.committed.count)
         return false;
     const ckpt__mentry *e = &m->mf.committed.items[i];
@@ -1024,6 +1045,7 @@ ckpt_status ckpt_manager_resume(ckpt_manager *m, const ckpt_open_options *opts, 
 {
     if (!m || !out)
         return CKPT_INVALID_ARG(err, "NULL argument");
+    settle_async(m);
     *out = NULL;
     ckpt_open_options o;
     ckpt_open_options_default(&o);
@@ -1393,6 +1415,47 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
         *saved = 0;
     if (!m || !checkpoint || (metric_count && !metrics))
         return CKPT_INVALID_ARG(err, "NULL argument");
+    /* a save in the background first, and its failure reported here */
+    CKPT_RETURN_IF_ERROR(ckpt__async_settle(m->async, true, NULL, err));
+    return ckpt__manager_save_now(m, step, checkpoint, metrics, metric_count, saved, err);
+}
+
+ckpt_status ckpt__manager_save_check(const ckpt_manager *m, int64_t step,
+                                     const ckpt_metric *metrics, size_t metric_count,
+                                     ckpt_error *err)
+{
+    if (m->flags & CKPT_MANAGER_READ_ONLY)
+        return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
+    if (step < 0)
+        return CKPT_INVALID_ARG(err, "step must be >= 0 (got %" PRId64 ")", step);
+    for (size_t i = 0; i < metric_count; i++) {
+        const char *n = metrics[i].name;
+        if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
+            return CKPT_INVALID_ARG(err,
+                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(metrics[j].name, n) == 0)
+                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
+    }
+    const char *monitor = m->mf.monitor;
+    if (monitor) {
+        bool found = false;
+        for (size_t i = 0; i < metric_count; i++)
+            found = found || strcmp(metrics[i].name, monitor) == 0;
+        if (!found)
+            return CKPT_INVALID_ARG(err,
+                                    "the monitored metric %s is not among this save's metrics",
+                                    monitor);
+    }
+    return CKPT_OK;
+}
+
+ckpt_status ckpt__manager_save_now(ckpt_manager *m, int64_t step, const ckpt_value *checkpoint,
+                                   const ckpt_metric *metrics, size_t metric_count,
+                                   unsigned *saved, ckpt_error *err)
+{
+    if (saved)
+        *saved = 0;
     if (m->flags & CKPT_MANAGER_READ_ONLY)
         return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     if (step < 0)
@@ -1487,6 +1550,7 @@ ckpt_status ckpt_manager_save(ckpt_manager *m, int64_t step, const ckpt_value *c
 ckpt_status ckpt_manager_plan_prune(const ckpt_manager *m, unsigned keep_last,
                                     unsigned keep_best, bool *keep, ckpt_error *err)
 {
+    settle_async(m);
     if (!m || (!keep && m->mf.committed.count))
         return CKPT_INVALID_ARG(err, "NULL argument");
     size_t n;
@@ -1507,6 +1571,7 @@ ckpt_status ckpt_manager_prune(ckpt_manager *m, unsigned keep_last, unsigned kee
 {
     if (removed)
         *removed = 0;
+    settle_async(m);
     if (!m)
         return CKPT_INVALID_ARG(err, "NULL argument");
     if (m->flags & CKPT_MANAGER_READ_ONLY)

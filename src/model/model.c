@@ -1283,6 +1283,8 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
         }
         const void *from = pl->src;
         void *tmp = NULL;
+        if (pl->contiguous && from) /* a cold file: read while converting */
+            ckpt__map_advise(from, p->numel * from_size, CKPT__ADVISE_WILLNEED);
         if (!pl->contiguous) {
             uint64_t nb;
             if (!ckpt__mul_u64(p->numel, from_size, &nb) || nb > SIZE_MAX)
@@ -1340,8 +1342,15 @@ static ckpt_status load_param(load_ctx *c, size_t pi, ckpt_load_report *r, void 
             return CKPT_OK;
         }
     }
-    if (p->numel && src != p->host)
+    if (p->numel && src == pl->src && pl->contiguous && !convert && !pl->scalar_from_1d) {
+        /* from the file: read into host memory (pread, see ckpt__tensor_copy) */
+        ckpt_status st = ckpt__tensor_copy(c->f, pl->t, p->host, (size_t)p->numel * esize,
+                                           c->err);
+        if (st != CKPT_OK)
+            return st;
+    } else if (p->numel && src != p->host) {
         memcpy(p->host, src, (size_t)p->numel * esize);
+    }
     p->data = p->host;
     p->borrowed = false;
     p->placed = false;

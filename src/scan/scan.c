@@ -2036,6 +2036,34 @@ ckpt_status ckpt_scan_memory(const void *data, size_t size, const ckpt_scan_opti
 
 /* Maps path and scans it. Top level (where NULL): I/O problems are errors;
  * a shard (where set): they are findings. */
+
+/* A scan reads the metadata of a file, never its tensor bytes. In a zip of
+ * big records (torch.save of large tensors) the local headers lie megabytes
+ * apart, and the kernel's read-around would read megabytes around each of
+ * them from a cold file: read-around is off while such a file is scanned,
+ * and the records a scan reads whole are asked for whole (scan_zip.c).
+ * Other layouts are read in order and keep it. */
+#define SCAN_SPARSE_RECORD_BYTES ((uint64_t)64 << 10)
+#define SCAN_ENDS ((uint64_t)64 << 10)
+
+static bool scan_advise(const uint8_t *map, uint64_t size)
+{
+    if (size < SCAN_SPARSE_RECORD_BYTES)
+        return false;
+    /* off before the first look: detection touches both ends */
+    ckpt__map_advise(map, size, CKPT__ADVISE_RANDOM);
+    uint64_t ends = size < SCAN_ENDS ? size : SCAN_ENDS;
+    ckpt__map_advise(map, ends, CKPT__ADVISE_WILLNEED);
+    ckpt__map_advise(map + size - ends, ends, CKPT__ADVISE_WILLNEED);
+    uint64_t count = 0, cd_offset = 0;
+    if (!ckpt__zip_detect(map, size) || !ckpt__zip_declared(map, size, &count, &cd_offset) ||
+        count == 0 || cd_offset / count < SCAN_SPARSE_RECORD_BYTES) {
+        ckpt__map_advise(map, size, CKPT__ADVISE_NORMAL);
+        return false;
+    }
+    return true;
+}
+
 static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
 {
     bool top = where == NULL;
@@ -2105,6 +2133,7 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
         size = (size_t)sb.st_size;
     }
     close(fd);
+    bool random = scan_advise(map, size);
     if (top) {
         st = ckpt__scan_bytes(s, map, size, "", 0, true);
     } else if (s->depth >= SCAN_MAX_DEPTH) {
@@ -2120,6 +2149,8 @@ static ckpt_status scan_path(scan_ctx *s, const char *path, const char *where)
                  : ckpt__scan_bytes(s, map, size, where, CKPT_NO_OFFSET, false);
         s->depth--;
     }
+    if (random)
+        ckpt__map_advise(map, size, CKPT__ADVISE_NORMAL);
     if (size)
         munmap((void *)(uintptr_t)map, size);
     return st;

@@ -692,6 +692,9 @@ static ckpt_status entry_bytes(zscan *z, zentry *e, uint64_t hold_max, const uin
     if (!e->local_ok)
         return CKPT_OK;
     const uint8_t *in = z->data + e->data_offset;
+    /* a file map pages in without read-around while a scan runs (scan.c):
+     * the record is asked for whole */
+    ckpt__map_advise(in, e->comp_size, CKPT__ADVISE_WILLNEED);
     if (e->method == 0) {
         e->len = e->comp_size; /* what is in the file, whatever size says */
         *out = in;

@@ -33,6 +33,11 @@ typedef struct ckpt__zip {
 
 /* true when the bytes look like a zip (local header or empty-archive EOCD). */
 bool ckpt__zip_detect(const uint8_t *data, uint64_t size);
+/* What the end record declares, read without checking the rest (a hint
+ * for how to page the archive in before ckpt__zip_open): false when there
+ * is no readable end record. */
+bool ckpt__zip_declared(const uint8_t *data, uint64_t size, uint64_t *count,
+                        uint64_t *cd_offset);
 /* Parses the central directory and checks every entry strictly (see zip_read.c). */
 ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
                            const ckpt_limits *limits, ckpt_error *err);
@@ -64,6 +69,13 @@ typedef ckpt_status (*ckpt__zip_sink)(void *user, uint64_t offset, const uint8_t
  * end of the deflate stream and the CRC32. sink may be NULL. */
 ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                              ckpt__zip_sink sink, void *user, ckpt_error *err);
+/* The same, keeping the device reading ahead with the caller's ahead (its
+ * offsets those of the archive) when it goes through many entries in file
+ * order; NULL reads ahead within the entry. When ahead->fd is the
+ * archive's file, stored entries are read from it with pread. */
+ckpt_status ckpt__zip_stream_ahead(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                                   ckpt__zip_sink sink, void *user, ckpt__ahead *ahead,
+                                   ckpt_error *err);
 
 /* Raw deflate, inflated a piece at a time (zlib's streaming inflate). */
 typedef enum ckpt__inflate_result {

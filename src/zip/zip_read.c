@@ -22,10 +22,12 @@
  */
 #include "zip.h"
 
+#include <errno.h>
 #include <libdeflate.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 /* ---- zip constants (APPNOTE.TXT) --------------------------------------- */
@@ -714,6 +716,17 @@ void ckpt__zip_close(ckpt__zip *z)
     memset(z, 0, sizeof *z);
 }
 
+bool ckpt__zip_declared(const uint8_t *data, uint64_t size, uint64_t *count,
+                        uint64_t *cd_offset)
+{
+    zip_directory dir = {0, 0, 0, 0};
+    if (!data || zip_read_end(data, size, &dir, NULL) != CKPT_OK)
+        return false;
+    *count = dir.count;
+    *cd_offset = dir.cd_offset;
+    return true;
+}
+
 ckpt_status ckpt__zip_open(ckpt__zip *z, const uint8_t *data, uint64_t size,
                            const ckpt_limits *limits, ckpt_error *err)
 {
@@ -1083,8 +1096,53 @@ static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
     return true;
 }
 
+/* A stored entry read with pread from the archive's file (ahead->fd) into
+ * a buffer that stays in the CPU's caches, rather than faulted in through
+ * the map: first touches of a map cost a fault per few pages. */
+static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e,
+                                    zip_stream_state *s, ckpt__ahead *ahead)
+{
+    uint8_t *buf = malloc(ZIP_PIECE);
+    if (!buf)
+        return ZIP_FAIL(s->err, CKPT_ERR_NOMEM, e->name, e->data_offset,
+                        "out of memory for a read buffer");
+    (void)z;
+    for (uint64_t off = 0; off < e->size;) {
+        ckpt__ahead_at(ahead, e->data_offset + off);
+        size_t n = e->size - off < ZIP_PIECE ? (size_t)(e->size - off) : ZIP_PIECE;
+        size_t got = 0;
+        while (got < n) {
+            ssize_t r = pread(ahead->fd, buf + got, n - got, (off_t)(e->data_offset + off + got));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                int code = r < 0 ? errno : 0;
+                free(buf);
+                return ZIP_FAIL(s->err, CKPT_ERR_IO, e->name, e->data_offset + off + got,
+                                "cannot read the record: %s",
+                                code ? strerror(code) : "the file shrank while being read");
+            }
+            got += (size_t)r;
+        }
+        if (!zip_stream_piece(s, buf, n)) {
+            free(buf);
+            return s->st;
+        }
+        off += n;
+    }
+    free(buf);
+    return CKPT_OK;
+}
+
 ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
                              ckpt__zip_sink sink, void *user, ckpt_error *err)
+{
+    return ckpt__zip_stream_ahead(z, index, limits, sink, user, NULL, err);
+}
+
+ckpt_status ckpt__zip_stream_ahead(const ckpt__zip *z, size_t index, const ckpt_limits *limits,
+                                   ckpt__zip_sink sink, void *user, ckpt__ahead *ahead,
+                                   ckpt_error *err)
 {
     ckpt_limits defaults;
     if (!z || index >= z->count)
@@ -1097,8 +1155,17 @@ ckpt_status ckpt__zip_stream(const ckpt__zip *z, size_t index, const ckpt_limits
     const ckpt__zip_entry *e = &z->entries[index];
     const uint8_t *in = z->base + e->data_offset;   /* checked at open */
     zip_stream_state s = {.sink = sink, .user = user, .err = err, .st = CKPT_OK};
-    if (e->method == ZIP_METHOD_STORED) {
+    if (e->method == ZIP_METHOD_STORED && ahead && ahead->fd >= 0) {
+        CKPT_RETURN_IF_ERROR(zip_stream_pread(z, e, &s, ahead));
+    } else if (e->method == ZIP_METHOD_STORED) {
+        /* a cold file: the device reads a window ahead of the pieces */
+        ckpt__ahead own;
+        if (!ahead) {
+            ckpt__ahead_init(&own, -1, z->base, e->data_offset, e->data_offset + e->size);
+            ahead = &own;
+        }
         for (uint64_t off = 0; off < e->size;) {
+            ckpt__ahead_at(ahead, e->data_offset + off);
             size_t n = e->size - off < ZIP_PIECE ? (size_t)(e->size - off) : ZIP_PIECE;
             if (!zip_stream_piece(&s, in + off, n))
                 return s.st;

@@ -426,3 +426,57 @@ def test_e_files(run4, data):
         assert_tensors_identical(sd, ck["model"], "best")
     torch.testing.assert_close(val_loss_torch(net_from(sd), data),
                                min(e[2] for e in lines), rtol=0, atol=5e-7)
+
+
+# ---- (f) killed at any moment, resumed ----------------------------------------------------------
+
+def test_f_killed_and_resumed_equals_uninterrupted(mlp, run4, tmp_path):
+    """mlp writes each epoch's checkpoint in the background while the next epoch trains
+    (ckpt_manager_save_async), and prints an epoch once its checkpoint is committed. A
+    SIGKILL at any moment leaves a whole last.pth holding every printed epoch (and at
+    most the one in flight besides), and the resumed run ends bit-identical to the
+    uninterrupted one."""
+    import random
+    import signal
+    import time
+    a, lines_a = run4
+    ck_a = load_full(a / "last.pth")
+    rnd = random.Random(19)
+    killed = 0
+    for it in range(12):
+        d = tmp_path / f"run{it}"
+        proc = subprocess.Popen([mlp, "train", "--dir", str(d), "--epochs", "4"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rnd.uniform(0.0, 0.04))
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        for mark in SANITIZER_MARKS:
+            assert mark not in err, err
+        if proc.returncode == 0:
+            continue  # it finished first
+        assert proc.returncode == -signal.SIGKILL, err
+        killed += 1
+        printed = [int(m.group(1)) for m in map(EPOCH_LINE.fullmatch, out.splitlines()) if m]
+        assert printed == list(range(len(printed))), out
+        more = run(mlp, "train", "--dir", d, "--epochs", 4).splitlines()
+        if more and more[0].startswith("Resuming at epoch "):
+            resumed = int(more[0].split()[3])
+            assert len(printed) <= resumed <= len(printed) + 1, (out, more)
+            more = more[1:]
+        else:
+            assert printed == [], (out, more)
+            resumed = 0
+        if resumed == 4:
+            assert more == ["Nothing to do: epochs 0 to 3 are done"], more
+        else:
+            got = [(int(m.group(1)), float(m.group(2)), float(m.group(3)), bool(m.group(4)))
+                   for m in map(EPOCH_LINE.fullmatch, more)]
+            assert [g[:3] for g in got] == [g[:3] for g in lines_a[resumed:]], (out, more)
+        ck = load_full(d / "last.pth")
+        assert ck["epoch"] == 3
+        assert_tensors_identical(ck_a["model"], ck["model"], "model")
+        assert_tensors_identical(ck_a["optimizer"], ck["optimizer"], "optimizer")
+        assert ck_a["metrics"] == ck["metrics"]
+        assert_tensors_identical(load_weights(a / "best.pth"), load_weights(d / "best.pth"),
+                                 "best")
+    assert killed, "every run finished before its kill"

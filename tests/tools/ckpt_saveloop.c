@@ -2,7 +2,7 @@
  * ckpt_saveloop DIR --steps N [--start S] [--elements E] [--keep-last K]
  *               [--keep-best K] [--monitor NAME] [--mode min|max] [--best-full]
  *               [--no-fsync] [--torch-version V] [--user-json JSON] [--resume]
- *               [--trend X]
+ *               [--trend X] [--async]
  *
  * Test tool: a training loop that keeps DIR with the checkpoint manager.
  * For every step in [S, S+N) it saves the checkpoint
@@ -23,6 +23,11 @@
  * resume. --steps 0 only opens and closes the manager (which settles a
  * crashed save and removes temporaries). Warnings go to stderr as
  * "warning: ...". Exit 1 on an error (its text on stderr), 2 on bad usage.
+ *
+ * --async saves with ckpt_manager_save_async: the tree is freed and the
+ * tensors' memory refilled for the next step while a save is written;
+ * "saved STEP BITS" is printed once that save is done (ckpt_manager_wait,
+ * after the next step's tensors are filled, before its save starts).
  */
 #include <ckpt.h>
 
@@ -42,7 +47,7 @@ static void usage(void)
             "usage: ckpt_saveloop DIR --steps N [--start S] [--elements E] [--keep-last K]\n"
             "                     [--keep-best K] [--monitor NAME] [--mode min|max] [--best-full]\n"
             "                     [--no-fsync] [--torch-version V] [--user-json JSON] [--resume]\n"
-            "                     [--trend X]\n");
+            "                     [--trend X] [--async]\n");
 }
 
 static void on_warning(void *user, const char *message)
@@ -130,7 +135,7 @@ int main(int argc, char **argv)
 {
     const char *dir = NULL;
     int64_t steps = -1, start = 0, elements = 4096, keep_last = 0, keep_best = 0;
-    bool resume = false;
+    bool resume = false, async = false;
     ckpt_manager_options opts;
     ckpt_manager_options_default(&opts);
     opts.monitor = "val_loss";
@@ -143,6 +148,8 @@ int main(int argc, char **argv)
         int bad = 0;
         if (strcmp(a, "--resume") == 0) {
             resume = true;
+        } else if (strcmp(a, "--async") == 0) {
+            async = true;
         } else if (strcmp(a, "--best-full") == 0) {
             opts.flags |= CKPT_MANAGER_BEST_FULL;
         } else if (strcmp(a, "--no-fsync") == 0) {
@@ -229,6 +236,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = 0;
+    int64_t in_flight = -1; /* --async: the step being written */
     for (int64_t step = start; step < start + steps; step++) {
         ckpt_tree *t = ckpt_tree_new();
         if (!t) {
@@ -239,15 +247,42 @@ int main(int argc, char **argv)
         ckpt_value *root = build_checkpoint(t, step, w, elements, b, rng, text, sizeof(text));
         ckpt_metric metric = {"val_loss", val_loss(step)};
         unsigned saved = 0;
-        if (ckpt_tree_status(t, &err) != CKPT_OK ||
-            ckpt_manager_save(m, step, root, &metric, 1, &saved, &err) != CKPT_OK) {
-            ckpt_tree_free(t);
+        if (async && in_flight >= 0) {
+            if (ckpt_manager_wait(m, &saved, &err) != CKPT_OK) {
+                ckpt_tree_free(t);
+                rc = fail(&err);
+                in_flight = -1;
+                break;
+            }
+            printf("saved %" PRId64 " %u\n", in_flight, saved);
+            fflush(stdout);
+            in_flight = -1;
+        }
+        ckpt_status st = ckpt_tree_status(t, &err);
+        if (st == CKPT_OK && async)
+            st = ckpt_manager_save_async(m, step, root, &metric, 1, 0, &err);
+        else if (st == CKPT_OK)
+            st = ckpt_manager_save(m, step, root, &metric, 1, &saved, &err);
+        ckpt_tree_free(t);
+        if (st != CKPT_OK) {
             rc = fail(&err);
             break;
         }
-        ckpt_tree_free(t);
+        if (async) {
+            in_flight = step;
+            continue;
+        }
         printf("saved %" PRId64 " %u\n", step, saved);
         fflush(stdout);
+    }
+    if (in_flight >= 0) {
+        unsigned saved = 0;
+        if (ckpt_manager_wait(m, &saved, &err) != CKPT_OK) {
+            rc = fail(&err);
+        } else {
+            printf("saved %" PRId64 " %u\n", in_flight, saved);
+            fflush(stdout);
+        }
     }
     free(w);
     ckpt_manager_close(m);

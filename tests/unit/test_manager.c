@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1009,6 +1010,206 @@ static void test_lock_hard_link(void **state)
     lock_refused_and_target_kept(other, "keep me", "link");
 }
 
+/* ---- saves in the background -------------------------------------------------- */
+
+/* A tree with what snapshots must keep: a storage two views share, a list,
+ * text, bytes, an ordered dict, numbers; over caller memory. */
+static float g_big[64];
+
+static ckpt_tree *rich_checkpoint(int64_t step, ckpt_value **root)
+{
+    ckpt_tree *t = checkpoint(step, root);
+    for (int i = 0; i < 64; i++)
+        g_big[i] = (float)(step * 100 + i);
+    static const int64_t shape[2] = {8, 8}, row[1] = {8}, col_stride[1] = {8};
+    ckpt_tensor_desc d;
+    ckpt_tensor_desc_init(&d);
+    d.ndim = 2;
+    d.shape = shape;
+    d.data = g_big;
+    ckpt_value *big = ckpt_new_tensor(t, &d);
+    ckpt_tensor_desc v;
+    ckpt_tensor_desc_init(&v);
+    v.ndim = 1;
+    v.shape = row;
+    v.stride = col_stride;
+    v.storage_offset = 3;
+    ckpt_value *column = ckpt_new_view(t, big, &v);
+    ckpt_value *list = ckpt_new_list(t);
+    ckpt_append(t, list, big);
+    ckpt_append(t, list, column);
+    ckpt_append(t, list, ckpt_new_str(t, "text", SIZE_MAX));
+    ckpt_append(t, list, ckpt_new_bytes(t, "\0\1\2", 3));
+    ckpt_append(t, list, ckpt_new_float(t, 0.25));
+    ckpt_append(t, list, ckpt_new_none(t));
+    ckpt_dict_put_str(t, *root, "extra", list);
+    ckpt_dict_put_str(t, *root, "again", big); /* the same tensor twice */
+    assert_int_equal(ckpt_tree_status(t, NULL), CKPT_OK);
+    return t;
+}
+
+static uint8_t *file_in(const char *sub, const char *name, size_t *size)
+{
+    char rel[256];
+    snprintf(rel, sizeof(rel), "%s/%s", sub, name);
+    return read_file(tmp_path(rel), size);
+}
+
+static ckpt_manager *open_sub(const char *sub)
+{
+    ckpt_manager_options o;
+    ckpt_manager_options_default(&o);
+    o.monitor = "val_loss";
+    o.keep_last = 2;
+    o.save_flags = CKPT_SAVE_NO_FSYNC;
+    ckpt_manager *m = NULL;
+    assert_int_equal(ckpt_manager_open(tmp_path(sub), &o, &m, NULL), CKPT_OK);
+    return m;
+}
+
+/* An async save writes the bytes a blocking save writes, although the
+ * caller refills its tensors and frees its tree as soon as it returns. */
+static void test_async_same_bytes(void **state)
+{
+    (void)state;
+    ckpt_manager *a = open_sub("blocking"), *b = open_sub("async");
+    ckpt_metric metric = {"val_loss", 0.5};
+    for (int64_t step = 0; step < 3; step++) {
+        ckpt_value *root;
+        ckpt_tree *t = rich_checkpoint(step, &root);
+        unsigned saved_a = 0, saved_b = 0;
+        assert_int_equal(ckpt_manager_save(a, step, root, &metric, 1, &saved_a, NULL), CKPT_OK);
+        ckpt_error err;
+        assert_int_equal(ckpt_manager_save_async(b, step, root, &metric, 1, 0, &err), CKPT_OK);
+        ckpt_tree_free(t);
+        memset(g_big, 0xff, sizeof(g_big));
+        memset(g_w, 0xff, sizeof(g_w));
+        assert_int_equal(ckpt_manager_wait(b, &saved_b, &err), CKPT_OK);
+        assert_int_equal(saved_a, saved_b);
+        metric.value -= 0.1;
+    }
+    static const char *const names[] = {"last.pth", "best.pth", "step-00000001.pth",
+                                        "step-00000002.pth"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t na = 0, nb = 0;
+        uint8_t *fa = file_in("blocking", names[i], &na);
+        uint8_t *fb = file_in("async", names[i], &nb);
+        assert_non_null(fa);
+        assert_non_null(fb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(fa, fb, na);
+        free(fa);
+        free(fb);
+    }
+    assert_null(file_in("async", "step-00000000.pth", &(size_t){0})); /* retention */
+    assert_int_equal(ckpt_manager_count(a), ckpt_manager_count(b));
+    ckpt_manager_close(a);
+    ckpt_manager_close(b);
+}
+
+/* Holds the background save at its first staged file until released. */
+static atomic_int g_gate; /* 1: hold, 0: go */
+static atomic_int g_held;
+
+static void gate_hook(const char *point)
+{
+    if (strcmp(point, "staged") != 0)
+        return;
+    atomic_store(&g_held, 1);
+    while (atomic_load(&g_gate))
+        usleep(1000);
+}
+
+static ckpt_status save_async(ckpt_manager *m, int64_t step, double val_loss, unsigned flags,
+                              ckpt_error *err)
+{
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(step, &root);
+    ckpt_metric metrics[2] = {{"val_loss", val_loss}, {"acc", 1.0 - val_loss}};
+    ckpt_status st = ckpt_manager_save_async(m, step, root, metrics, 2, flags, err);
+    ckpt_tree_free(t);
+    return st;
+}
+
+/* One save in flight: the next fails with CKPT_ERR_BUSY when asked not to
+ * wait, and waits otherwise; a background failure is reported once, by
+ * ckpt_manager_wait or by the next save (which then starts nothing). */
+static void test_async_busy_and_failures(void **state)
+{
+    (void)state;
+    ckpt_manager *m = open_dir("val_loss", CKPT_MODE_MIN, 3, 0, 0);
+    ckpt_error err;
+    atomic_store(&g_gate, 1);
+    atomic_store(&g_held, 0);
+    ckpt__manager_hook = gate_hook;
+    assert_int_equal(save_async(m, 0, 0.5, 0, &err), CKPT_OK);
+    while (!atomic_load(&g_held))
+        usleep(1000);
+    assert_int_equal(save_async(m, 1, 0.4, CKPT_ASYNC_NO_WAIT, &err), CKPT_ERR_BUSY);
+    assert_non_null(strstr(err.message, "step 0 is still being written"));
+    atomic_store(&g_gate, 0);
+    unsigned saved = 0;
+    assert_int_equal(ckpt_manager_wait(m, &saved, &err), CKPT_OK);
+    ckpt__manager_hook = NULL;
+    assert_int_equal(saved, CKPT_SAVED_LAST | CKPT_SAVED_BEST | CKPT_SAVED_NUMBERED);
+    assert_int_equal(step_in("last.pth"), 0);
+    /* a call made with nothing in flight does not wait, and has nothing to report */
+    assert_int_equal(ckpt_manager_wait(m, NULL, &err), CKPT_OK);
+
+    /* a failure in the background (a directory where the numbered file goes) */
+    assert_int_equal(mkdir(tmp_path("step-00000001.pth"), 0700), 0);
+    assert_int_equal(save_async(m, 1, 0.6, 0, &err), CKPT_OK);
+    assert_int_not_equal(ckpt_manager_wait(m, &saved, &err), CKPT_OK);
+    assert_int_equal(saved, 0);
+    assert_non_null(strstr(err.message, "the save of step 1 in the background failed: "));
+    assert_non_null(strstr(err.message, "step-00000001.pth"));
+    assert_int_equal(ckpt_manager_wait(m, NULL, &err), CKPT_OK); /* reported once */
+    assert_int_equal(step_in("last.pth"), 0);
+
+    /* ... reported by the next save, which starts nothing */
+    assert_int_equal(save_async(m, 1, 0.6, 0, &err), CKPT_OK);
+    assert_int_not_equal(save_async(m, 2, 0.6, 0, &err), CKPT_OK);
+    assert_non_null(strstr(err.message, "the save of step 1 in the background failed: "));
+    assert_int_equal(rmdir(tmp_path("step-00000001.pth")), 0);
+    assert_int_equal(ckpt_manager_wait(m, NULL, &err), CKPT_OK);
+    assert_int_equal(step_in("last.pth"), 0);
+    assert_false(exists("step-00000002.pth"));
+    /* and by a blocking save too */
+    assert_int_equal(mkdir(tmp_path("step-00000002.pth"), 0700), 0);
+    assert_int_equal(save_async(m, 2, 0.6, 0, &err), CKPT_OK);
+    {
+        ckpt_value *r3;
+        ckpt_tree *t3 = checkpoint(3, &r3);
+        ckpt_metric m3 = {"val_loss", 0.6};
+        assert_int_not_equal(ckpt_manager_save(m, 3, r3, &m3, 1, NULL, &err), CKPT_OK);
+        assert_non_null(strstr(err.message, "the save of step 2 in the background failed: "));
+        ckpt_tree_free(t3);
+    }
+    assert_int_equal(rmdir(tmp_path("step-00000002.pth")), 0);
+    assert_int_equal(save(m, 3, 0.6), CKPT_SAVED_LAST | CKPT_SAVED_NUMBERED);
+    assert_int_equal(step_in("last.pth"), 3);
+    assert_null(strstr(listing(), ".tmp-"));
+    check_manifest_matches_files();
+
+    /* refusals come at once: the monitored metric missing, a bad step */
+    ckpt_value *root;
+    ckpt_tree *t = checkpoint(4, &root);
+    ckpt_metric other = {"acc", 1.0};
+    assert_int_equal(ckpt_manager_save_async(m, 4, root, &other, 1, 0, &err),
+                     CKPT_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "val_loss"));
+    assert_int_equal(ckpt_manager_save_async(m, -1, root, &other, 1, 0, &err),
+                     CKPT_ERR_INVALID_ARG);
+    ckpt_tree_free(t);
+
+    /* close waits for the save in flight */
+    assert_int_equal(save_async(m, 4, 0.1, 0, &err), CKPT_OK);
+    ckpt_manager_close(m);
+    assert_int_equal(step_in("last.pth"), 4);
+    assert_int_equal(step_in("best.pth"), 4);
+    check_manifest_matches_files();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1029,6 +1230,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resave_after_failed_manifest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_adopted_survive_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_hard_link, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_same_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_busy_and_failures, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
