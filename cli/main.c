@@ -480,6 +480,33 @@ static int inspect_json(const char *path, ckpt_file *f)
         key_string(jw, "layout", ckpt_layout_name(ti.layout));
         if (ti.layout != CKPT_LAYOUT_STRIDED)
             key_int(jw, "nnz", (long long)ti.nnz);
+        size_t nc = ckpt_tensor_chunk_count(t);
+        if (nc) {
+            /* a DCP tensor: where each box of it is */
+            cli_jw_key(jw, "chunks");
+            cli_jw_begin_array(jw);
+            for (size_t k = 0; k < nc; k++) {
+                ckpt_chunk_info ci = {.struct_size = sizeof(ci)};
+                if (!ckpt_tensor_chunk(t, k, &ci))
+                    continue;
+                cli_jw_begin_object(jw);
+                cli_jw_key(jw, "offsets");
+                cli_jw_begin_array(jw);
+                for (uint32_t d = 0; d < ci.ndim; d++)
+                    cli_jw_int(jw, ci.offsets[d]);
+                cli_jw_end_array(jw);
+                cli_jw_key(jw, "sizes");
+                cli_jw_begin_array(jw);
+                for (uint32_t d = 0; d < ci.ndim; d++)
+                    cli_jw_int(jw, ci.sizes[d]);
+                cli_jw_end_array(jw);
+                key_string(jw, "file", ci.file);
+                key_int(jw, "file_offset", (long long)ci.file_offset);
+                key_int(jw, "length", (long long)ci.length);
+                cli_jw_end_object(jw);
+            }
+            cli_jw_end_array(jw);
+        }
         cli_jw_end_object(jw);
     }
     cli_jw_end_array(jw);

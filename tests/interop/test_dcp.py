@@ -455,3 +455,38 @@ def test_getattr_only_for_the_enum(dcp_dirs, ckpt_bin, tmp_path):
         proc.stderr.decode()
     proc = run(ckpt_bin, "scan", bad, check=False)
     assert proc.returncode == 1 and "unsafe" in proc.stdout.decode()
+
+
+def test_inspect_json_chunks(dcp_dirs, ckpt_bin):
+    import json
+    d, _ = dcp_dirs("g26")
+    doc = json.loads(run(ckpt_bin, "inspect", "--json", d).stdout)
+    assert doc["format"] == "dcp"
+    (grid,) = doc["tensors"]
+    assert [(c["offsets"], c["sizes"], c["file"]) for c in grid["chunks"]] == [
+        ([0, 0], [5, 3], "__0_0.distcp"), ([0, 3], [5, 5], "__1_0.distcp"),
+        ([5, 0], [4, 3], "__2_0.distcp"), ([5, 3], [4, 5], "__3_0.distcp")]
+
+
+def test_regions_of_plain_files(dcp_load, tmp_path):
+    """ckpt_tensor_read_region works on any strided tensor: views with
+    strides, offsets and a transpose in a torch.save file."""
+    base = torch.arange(6 * 8 * 5, dtype=torch.float64).reshape(6, 8, 5)
+    sd = {"t": base.transpose(0, 2)[1:4], "s": base[::2, 1:7:3, :], "x": torch.tensor(7)}
+    path = tmp_path / "views.pth"
+    torch.save(sd, path)
+    args, want = [], b""
+    for key, t in sd.items():
+        if t.dim() == 0:
+            args.append(f"{key}@:")
+            want += tensor_bytes(t)
+            continue
+        off = [1 if s > 1 else 0 for s in t.shape]
+        size = [s - o - (1 if s > 2 else 0) for s, o in zip(t.shape, off)]
+        args.append(f"{key}@{','.join(map(str, off))}:{','.join(map(str, size))}")
+        want += tensor_bytes(t[tuple(slice(o, o + n) for o, n in zip(off, size))])
+    assert run(dcp_load, path, *args).stdout == want
+    # a box outside the tensor is refused
+    proc = run(dcp_load, path, "t@0,0,0:4,9,6", check=False)
+    assert proc.returncode == 1
+    assert "outside the tensor" in proc.stderr.decode()
