@@ -803,10 +803,21 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     if (fi.data_alignment)
         printf("Data alignment: %llu bytes%s\n", (unsigned long long)fi.data_alignment,
                fi.data_alignment >= 64 ? " (zero-copy)" : "");
-    if (fi.format == CKPT_FORMAT_SHARDED)
+    if (fi.format == CKPT_FORMAT_SHARDED) {
         printf("Shards:   %zu\n", fi.shard_count);
-    else
+    } else if (fi.format == CKPT_FORMAT_DCP) {
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < fi.record_count; i++) {
+            ckpt_record_info ri = {.struct_size = sizeof(ri)};
+            if (ckpt_file_record(f, i, &ri) == CKPT_OK)
+                bytes += ri.size;
+        }
+        cli_human_bytes(bytes, b1, sizeof(b1));
+        printf("Files:    %zu (%s) beside .metadata   Tensors: %zu\n", fi.record_count, b1,
+               fi.storage_count);
+    } else {
         printf("Records:  %zu   Storages: %zu\n", fi.record_count, fi.storage_count);
+    }
     if (fi.metadata) {
         printf("Metadata:\n");
         for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++) {
