@@ -150,7 +150,10 @@ def worker(rank, world, kind, out):
     dcp_module()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["USE_LIBUV"] = "0"  # Debian's torch 2.6 is built without libuv
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    import datetime
+    # a rank that dies must not leave the others waiting for half an hour
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     full = full_state()
     if kind == "grid":
         full = {"grid": torch.randn(9, 8, generator=torch.Generator().manual_seed(3))}

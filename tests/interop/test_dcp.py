@@ -17,6 +17,7 @@ import pathlib
 import pickle
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -72,9 +73,21 @@ def dcp_dirs(tmp_path_factory):
                 argv = [*shlex.split(T2), GEN, kind, str(out)]
             else:
                 argv = [sys.executable, GEN, kind, str(out)]
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  timeout=600)
-            assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+            # gloo ranks on a loaded machine: one retry, the whole process
+            # group of a try that hangs killed
+            for attempt in range(2):
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        start_new_session=True)
+                try:
+                    _, err = proc.communicate(timeout=300)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    _, err = proc.communicate()
+                    err += b"\n(timed out)"
+                if proc.returncode == 0:
+                    break
+                shutil.rmtree(out, ignore_errors=True)
+            assert proc.returncode == 0, err.decode()[-3000:]
             made[name] = (out, torch.load(str(out) + ".expect.pt"))
         return made[name]
     return get
