@@ -60,6 +60,12 @@ def child(argv):
         t1 = time.perf_counter()
         del obj
         done(t1 - t0)
+    elif mode == "dcp-to-torch":
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+        t0 = time.perf_counter()
+        dcp_to_torch_save(path, out)
+        t1 = time.perf_counter()
+        done(t1 - t0)
     elif mode in ("save", "save-fsync"):
         sd = torch.load(path)
         t0 = time.perf_counter()
@@ -683,6 +689,58 @@ def splice_section(path, section):
         f.write(text)
 
 
+# ---- DCP consolidation ----------------------------------------------------
+
+TORCH2 = ["sh", os.path.join(ROOT, "scripts", "torch2-chroot.sh"), "python"]
+
+
+def torch2_ready():
+    return subprocess.run(["sh", TORCH2[1], "check"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def dcp_bench(a, cli, group, results):
+    """Consolidation of a 4-rank DCP directory (torch 2.6's dcp.save with gloo
+    where the chroot is there, else torch 1.13's save_state_dict) into one
+    .pth: ckpt convert vs dcp_to_torch_save (torch 2.6) vs cat of the files.
+    Returns its table rows."""
+    mb = int(os.environ.get("BENCH_DCP_MB", str(min(a.mb, 256))))
+    d = os.path.join(a.dir, f"dcp-4x-{mb}")
+    t2 = torch2_ready()
+    if not os.path.exists(os.path.join(d, ".metadata")):
+        print(f"generating a 4-rank DCP checkpoint of {mb} MiB in {d} ...", flush=True)
+        gen = os.path.join(ROOT, "tests", "interop", "dcpgen.py")
+        env = dict(os.environ, DCPGEN_MB=str(mb))
+        subprocess.run([*(TORCH2 if t2 else [PY]), gen, "bench", d, "4"], check=True, env=env)
+    files = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".distcp"))
+    for p in files:
+        warm(p)
+    out_pth = os.path.join(a.dir, "dcp-out.pth")
+    out_raw = os.path.join(a.dir, "dcp-out.raw")
+    specs = [("dcp.conv", [cli, "convert", "-q", "--no-fsync", d, out_pth], [out_pth],
+              {"json_out": False}),
+             ("dcp.cat", ["cat", *files], [out_raw], {"stdout_path": out_raw, "json_out": False})]
+    if t2:
+        specs.append(("dcp.torch", [*TORCH2, os.path.abspath(__file__), "--child",
+                                    "dcp-to-torch", d, out_pth], [out_pth]))
+    group(*specs)
+    r = results
+    label = f"consolidate a 4-rank DCP dir ({mb} MiB) -> .pth"
+    rows = []
+    for ref, key in (("cat of the .distcp files", "dcp.cat"),
+                     ("dcp_to_torch_save (torch 2.6)", "dcp.torch")):
+        if key not in r:
+            continue
+        ck, rf = r["dcp.conv"], r[key]
+        rows.append((label, fmt_s(ck["s"]), fmt_mb(ck["maxrss_kb"]), ref, fmt_s(rf["s"]),
+                     fmt_mb(rf["maxrss_kb"]), f"{ck['s'] / rf['s']:.3g}x",
+                     f"{ck['min'] / rf['min']:.3g}x",
+                     "whole commands" if key == "dcp.cat" else "dcp_to_torch_save timed alone"))
+    if not a.keep:
+        shutil.rmtree(d, ignore_errors=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
@@ -697,6 +755,8 @@ def main():
     ap.add_argument("--only", choices=["meta"],
                     help="measure one group of rows alone (meta: metadata-heavy files) and "
                          "rewrite its section of the results file")
+    ap.add_argument("--dcp-only", action="store_true",
+                    help="only the DCP consolidation rows, printed (RESULTS.md untouched)")
     a = ap.parse_args()
 
     bench = os.path.join(a.build, "ckpt_bench")
@@ -714,6 +774,16 @@ def main():
         raise SystemExit(f"{a.dir} has {free >> 20} MiB free, the run needs about {need >> 20}")
 
     load_start = os.getloadavg()[0]
+    if a.dcp_only:
+        res = {}
+
+        def dcp_group(*specs):
+            full = [(sp[0], sp[1], sp[2] if len(sp) > 2 else (), sp[3] if len(sp) > 3 else {})
+                    for sp in specs]
+            res.update(measure_group(full, a.reps, lambda t: print(t, flush=True)))
+        for t in dcp_bench(a, cli, dcp_group, res):
+            print("  ".join(t))
+        return
     names = generate(a.dir, a.mb)
     f32, f32s, bf16, small, heavy = (os.path.join(a.dir, n) for n in names)
     _, optim = meta_generate(a.dir)
@@ -927,6 +997,7 @@ def main():
     row(f"scan {size_label} f32", "scan.f32", "torch.load(weights_only)", "torch.load-wo.f32")
     row("scan pickle-heavy checkpoint", "scan.heavy", "torch.load (1.13 weights_only refuses BINFLOAT)",
         "torch.load.heavy")
+    table.extend(dcp_bench(a, cli, group, results))
     row(f"numpy save {size_label} (128 np.save)", "np.save.f32", "raw write", "write.f32",
         "reference")
     row(f"numpy load {size_label} (128 np.load)", "np.load.f32", "pread floor", "pread.f32",

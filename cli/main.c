@@ -502,6 +502,33 @@ static int inspect_json(const char *path, ckpt_file *f)
         key_string(jw, "layout", ckpt_layout_name(ti.layout));
         if (ti.layout != CKPT_LAYOUT_STRIDED)
             key_int(jw, "nnz", (long long)ti.nnz);
+        size_t nc = ckpt_tensor_chunk_count(t);
+        if (nc) {
+            /* a DCP tensor: where each box of it is */
+            cli_jw_key(jw, "chunks");
+            cli_jw_begin_array(jw);
+            for (size_t k = 0; k < nc; k++) {
+                ckpt_chunk_info ci = {.struct_size = sizeof(ci)};
+                if (!ckpt_tensor_chunk(t, k, &ci))
+                    continue;
+                cli_jw_begin_object(jw);
+                cli_jw_key(jw, "offsets");
+                cli_jw_begin_array(jw);
+                for (uint32_t d = 0; d < ci.ndim; d++)
+                    cli_jw_int(jw, ci.offsets[d]);
+                cli_jw_end_array(jw);
+                cli_jw_key(jw, "sizes");
+                cli_jw_begin_array(jw);
+                for (uint32_t d = 0; d < ci.ndim; d++)
+                    cli_jw_int(jw, ci.sizes[d]);
+                cli_jw_end_array(jw);
+                key_string(jw, "file", ci.file);
+                key_int(jw, "file_offset", (long long)ci.file_offset);
+                key_int(jw, "length", (long long)ci.length);
+                cli_jw_end_object(jw);
+            }
+            cli_jw_end_array(jw);
+        }
         cli_jw_end_object(jw);
     }
     cli_jw_end_array(jw);
@@ -801,10 +828,21 @@ static int inspect_human(const char *path, ckpt_file *f, bool full)
     if (fi.data_alignment)
         printf("Data alignment: %llu bytes%s\n", (unsigned long long)fi.data_alignment,
                fi.data_alignment >= 64 ? " (zero-copy)" : "");
-    if (fi.format == CKPT_FORMAT_SHARDED)
+    if (fi.format == CKPT_FORMAT_SHARDED) {
         printf("Shards:   %zu\n", fi.shard_count);
-    else
+    } else if (fi.format == CKPT_FORMAT_DCP) {
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < fi.record_count; i++) {
+            ckpt_record_info ri = {.struct_size = sizeof(ri)};
+            if (ckpt_file_record(f, i, &ri) == CKPT_OK)
+                bytes += ri.size;
+        }
+        cli_human_bytes(bytes, b1, sizeof(b1));
+        printf("Files:    %zu (%s) beside .metadata   Tensors: %zu\n", fi.record_count, b1,
+               fi.storage_count);
+    } else {
         printf("Records:  %zu   Storages: %zu\n", fi.record_count, fi.storage_count);
+    }
     if (fi.metadata) {
         printf("Metadata:\n");
         for (size_t i = 0; i < ckpt_value_len(fi.metadata); i++) {

@@ -6,12 +6,13 @@
  * u32 LE data length, data }: the first is the .metadata (its name is not
  * used), each later one a file beside it (names outside [A-Za-z0-9_.-] or
  * starting with '.' are skipped). The directory is written to a temporary
- * folder, opened, verified, scanned, and every tensor read whole and in two
- * halves along its first dimension; the halves must equal the whole (a
- * broken invariant aborts). Seeds: real directories torch 1.13 and 2.6
+ * folder, opened, verified, scanned, and every tensor read whole, in two
+ * halves along its first dimension and as row-major byte ranges that start
+ * and end inside rows (what writers ask for); the pieces must equal the
+ * whole (a broken invariant aborts). Seeds: real directories torch 1.13 and 2.6
  * wrote, and hostile variants of them (fuzz/make_dcp_seeds.py).
  */
-#include <ckpt.h>
+#include "core/core.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -134,8 +135,10 @@ static void exercise(void)
             free(parts);
             continue;
         }
-        if (ckpt_tensor_copy(f, t, whole, (size_t)ti.nbytes, &err) == CKPT_OK && ti.ndim > 0 &&
-            ti.ndim <= 64) {
+        int64_t zeros[64] = {0};
+        if (ti.ndim > 0 && ti.ndim <= 64 &&
+            ckpt_tensor_read_region(f, t, zeros, ti.shape, whole, (size_t)ti.nbytes, &err) ==
+                CKPT_OK) {
             int64_t off[64] = {0}, sizes[64];
             for (uint32_t d = 0; d < ti.ndim; d++)
                 sizes[d] = ti.shape[d];
@@ -152,6 +155,27 @@ static void exercise(void)
             if (ckpt_dcp_load_shard(f, r, 2, &err) == CKPT_OK &&
                 memcmp(whole, parts, (size_t)ti.nbytes) != 0)
                 abort(); /* two halves must be the whole */
+            /* byte ranges in row-major order, as writers read them */
+            uint64_t n = ti.numel, steps[] = {1, 3, 7, row / esz + 1};
+            for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+                for (uint64_t e0 = 0; e0 < n && e0 < 4096; e0 += steps[k] + 1) {
+                    uint64_t len = n - e0 < steps[k] ? n - e0 : steps[k];
+                    const uint8_t *p = NULL;
+                    if (ckpt__tensor_read(t, e0 * esz, (size_t)(len * esz), parts, &p, &err) ==
+                            CKPT_OK &&
+                        memcmp(p, whole + e0 * esz, (size_t)(len * esz)) != 0)
+                        abort(); /* a range must be those bytes of the whole */
+                }
+            }
+            /* a whole copy (resolving nothing), then the data pointer (the
+             * tensor assembled once) */
+            const void *data = NULL;
+            if (ckpt_tensor_copy(f, t, parts, (size_t)ti.nbytes, &err) == CKPT_OK &&
+                memcmp(parts, whole, (size_t)ti.nbytes) != 0)
+                abort();
+            if (ckpt_tensor_data(f, t, &data, NULL, &err) == CKPT_OK && data &&
+                memcmp(data, whole, (size_t)ti.nbytes) != 0)
+                abort();
         }
         free(whole);
         free(parts);

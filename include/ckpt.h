@@ -1532,6 +1532,9 @@ CKPT_API const char *ckpt_scan_use_text(unsigned use, char *buf, size_t size);
  * that overlap the box, opening and reading only those; ckpt_tensor_copy
  * and writers (ckpt_save_torch, ckpt_save_safetensors) stream it chunk by
  * chunk; ckpt_tensor_data assembles it once into memory the handle owns.
+ * Chunks are opened on first use, which changes the handle: read regions of
+ * one handle from one thread at a time (or one handle per thread), as with
+ * tensor data before ckpt_file_resolve_all.
  *
  * The .metadata pickle is read as inert data: only DCP's own classes
  * (torch 1.13's torch.distributed._shard.checkpoint and 2.x's

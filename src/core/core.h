@@ -43,6 +43,7 @@ typedef struct ckpt__storage {
 
 typedef struct ckpt__chunk {
     int64_t *offsets, *sizes;  /* ndim each: the chunk's box in the tensor */
+    uint32_t ndim;
     uint32_t file;             /* index in its DCP file's files (dcp_files) */
     uint64_t offset, length;   /* its item's bytes in that file */
     ckpt_file *item;           /* the item once opened, else NULL */

@@ -247,6 +247,8 @@ ckpt_status ckpt__tensor_copy(ckpt_file *f, const ckpt_tensor *t, void *dst, siz
         return ckpt__sparse_to_dense(f, t, dst, err);
     if (!t->storage)
         return CKPT_INVALID_ARG(err, "meta tensor has no data");
+    if (t->storage->chunked && !t->storage->resolved)
+        return ckpt__chunked_read(t->storage, 0, (size_t)nbytes, dst, err); /* straight in */
     const void *src_v;
     CKPT_RETURN_IF_ERROR(ckpt_tensor_data(f, t, &src_v, NULL, err));
     const uint8_t *src = src_v;

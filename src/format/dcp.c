@@ -592,12 +592,10 @@ static ckpt_status open_chunk(ckpt_file *f, const ckpt__chunked *ct, ckpt__chunk
 
 /* ---- chunks ---------------------------------------------------------------- */
 
-static uint32_t g_cmp_ndim; /* qsort has no user pointer: set just before */
-
 static int cmp_chunk(const void *pa, const void *pb)
 {
     const ckpt__chunk *a = pa, *b = pb;
-    for (uint32_t d = 0; d < g_cmp_ndim; d++)
+    for (uint32_t d = 0; d < a->ndim; d++)
         if (a->offsets[d] != b->offsets[d])
             return a->offsets[d] < b->offsets[d] ? -1 : 1;
     return 0;
@@ -754,6 +752,7 @@ static ckpt_status make_tensor(ckpt_file *f, const ckpt_value *key, const ckpt_v
     for (size_t i = 0; i < nc; i++) {
         const ckpt_value *cm = chunks->u.seq.items[i];
         ckpt__chunk *c = &ct->chunks[i];
+        c->ndim = nd;
         if (classify(cm) != DCP_CHUNK_MD || cm->kind != CKPT_KIND_OBJECT)
             return meta_fail(err, "chunk %zu of '%s' is not a ChunkStorageMetadata", i, name);
         const ckpt_value *ov = field(cm, "offsets");
@@ -780,7 +779,6 @@ static ckpt_status make_tensor(ckpt_file *f, const ckpt_value *key, const ckpt_v
         c->offset = se->offset;
         c->length = se->length;
     }
-    g_cmp_ndim = nd;
     qsort(ct->chunks, nc, sizeof(*ct->chunks), cmp_chunk);
     CKPT_RETURN_IF_ERROR(check_cover(ct, t->numel, err));
     ckpt_value *tv = ckpt__value_new(a, CKPT_KIND_TENSOR);

@@ -283,8 +283,9 @@ static ckpt_status save_torch(const char *path, ckpt__out *append_to, const ckpt
     name = malloc(prefix_len + 1 + 64 + 8);
     bool casts = false;
     for (size_t i = 0; i < sv.count; i++)
-        casts |= sv.list[i].s->cast_src != NULL;
-    /* only casts produce bytes; every other storage is read in place */
+        casts |= sv.list[i].s->cast_src != NULL || sv.list[i].s->chunked != NULL;
+    /* only casts and chunked (DCP) tensors produce bytes; every other
+     * storage is read in place */
     if (casts)
         buf = malloc(CHUNK);
     if (!order || !name || (casts && !buf)) {

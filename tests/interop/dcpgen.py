@@ -5,7 +5,11 @@ that runs it, for the DCP interop tests.
 
 KIND: single (one process, no process group), ranks (WORLD gloo processes on
 localhost, tensors split by rows between them with hand-planned chunks,
-plus replicated values), grid (4 ranks, a 2 x 2 split of one matrix).
+plus replicated values), grid (4 ranks, a 2 x 2 split of one matrix),
+dtensor (torch 2.x, 2 ranks: DTensors over a CPU device mesh, rows of one
+matrix and columns of another, replicated ones, and an optimizer-like state
+with lists), bench (WORLD ranks, 16 float32 tensors of $DCPGEN_MB MiB in all split by
+rows: the benchmark's input; no .expect.pt).
 Also writes OUT_DIR.expect.pt: the whole state dict, torch.save'd.
 """
 import os
@@ -97,16 +101,68 @@ def grid_shards(full, rank, world):
     return {"grid": init_from_local_shards([Shard(piece, md)], list(t.shape))}
 
 
+def bench_state():
+    mb = int(os.environ.get("DCPGEN_MB", "64"))
+    rows = max(1, mb * (1 << 20) // 16 // 4 // 1024)
+    g = torch.Generator().manual_seed(5)
+    return {"model": {f"layer{i}.weight": torch.randn(rows, 1024, generator=g)
+                      for i in range(16)}, "epoch": 1}
+
+
+def dtensor_full():
+    g = torch.Generator().manual_seed(11)
+    return {
+        "model": {"rows": torch.randn(7, 4, generator=g),
+                  "cols": torch.randn(3, 9, generator=g).to(torch.float16),
+                  "rep": torch.arange(6, dtype=torch.int64)},
+        "optim": {"state": {"0": {"step": torch.tensor(3.0),
+                                  "exp_avg": torch.randn(7, 4, generator=g)}},
+                  "param_groups": [{"lr": 0.01, "params": ["rows", "cols"]},
+                                   {"lr": 0.1, "weight_decay": 0.0, "params": ["rep"]}]},
+        "step": 12,
+    }
+
+
+def dtensor_state(full, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    try:
+        from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    except ImportError:  # torch < 2.4
+        from torch.distributed._tensor import Replicate, Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (world,))
+    m = full["model"]
+    state = {
+        "model": {"rows": distribute_tensor(m["rows"], mesh, [Shard(0)]),
+                  "cols": distribute_tensor(m["cols"], mesh, [Shard(1)]),
+                  "rep": distribute_tensor(m["rep"], mesh, [Replicate()])},
+        "optim": {"state": {"0": {"step": full["optim"]["state"]["0"]["step"],
+                                  "exp_avg": distribute_tensor(
+                                      full["optim"]["state"]["0"]["exp_avg"], mesh,
+                                      [Shard(0)])}},
+                  "param_groups": full["optim"]["param_groups"]},
+        "step": full["step"],
+    }
+    return state
+
+
 def worker(rank, world, kind, out):
     import torch.distributed as dist
     dcp_module()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["USE_LIBUV"] = "0"  # Debian's torch 2.6 is built without libuv
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    import datetime
+    # a rank that dies must not leave the others waiting for half an hour
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     full = full_state()
     if kind == "grid":
         full = {"grid": torch.randn(9, 8, generator=torch.Generator().manual_seed(3))}
         state = grid_shards(full, rank, world)
+    elif kind == "dtensor":
+        state = dtensor_state(dtensor_full(), world)
+    elif kind == "bench":
+        full = bench_state()
+        state = {"model": row_shards(full, rank, world), "epoch": full["epoch"]}
     else:
         state = dict(full)
         shards = row_shards(full, rank, world)
@@ -138,8 +194,12 @@ def main():
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
         mp.spawn(worker, args=(world, kind, out), nprocs=world,
                  join=True)
+        if kind == "bench":
+            return
         if kind == "grid":
             full = {"grid": torch.randn(9, 8, generator=torch.Generator().manual_seed(3))}
+        elif kind == "dtensor":
+            full = dtensor_full()
         else:
             full = full_state()
             if not TORCH2:
