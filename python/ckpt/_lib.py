@@ -46,6 +46,7 @@ FORMAT_SHARDED = 5
 
 OPEN_VERIFY_CRC = 0x1
 OPEN_PERMISSIVE = 0x2
+ASYNC_NO_WAIT = 0x1
 SAVE_NO_FSYNC = 0x1
 MANAGER_READ_ONLY = 0x1
 MANAGER_BEST_FULL = 0x2
@@ -264,6 +265,8 @@ _PROTOS = {
     "ckpt_manager_close": (None, [V]),
     "ckpt_manager_save": (c_int, [V, c_int64, V, POINTER(Metric), c_size_t, POINTER(c_uint),
                                   E]),
+    "ckpt_manager_save_async": (c_int, [V, c_int64, V, POINTER(Metric), c_size_t, c_uint, E]),
+    "ckpt_manager_wait": (c_int, [V, POINTER(c_uint), E]),
     "ckpt_manager_resume": (c_int, [V, POINTER(OpenOptions), POINTER(c_void_p),
                                     POINTER(CheckpointInfo), E]),
     "ckpt_manager_count": (c_size_t, [V]),

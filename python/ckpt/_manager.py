@@ -157,7 +157,7 @@ class Manager:
             raise _err.make(_err.InvalidArgumentError, "the manager is closed", self.dirpath)
 
     def save(self, state: Any, step: int, metrics: Optional[Dict[str, float]] = None, *,
-             blocking: bool = True) -> List[str]:
+             blocking: bool = True, wait: bool = True) -> List[str]:
         """Saves a checkpoint taken at step; returns the paths written.
 
         ``state`` is what :func:`ckpt.save` accepts (usually a dict with
@@ -165,14 +165,17 @@ class Manager:
         there is one, must be among ``metrics``. On any error (a full disk,
         an I/O error) every file stays as it was.
 
-        ``blocking=False`` (a save that returns before the bytes are
-        written) needs ckpt_manager_save_async in libckpt; with a library
-        without it, it raises NotImplementedError.
+        ``blocking=False`` returns as soon as the state is captured: the
+        bytes of its tensors are copied into staging memory the manager
+        keeps and reuses, and a background thread writes, fsyncs and commits
+        exactly as the blocking save does, while training goes on (the
+        tensors may change at once). It returns ``[]``; :meth:`wait` gives
+        the paths. One save is in flight at a time: the next save (and every
+        other call) waits for it first, or with ``wait=False`` raises
+        :class:`ckpt.BusyError` and starts nothing. A failure of the
+        background save is raised by the next :meth:`save` or :meth:`wait`.
         """
         self._live()
-        if not blocking:
-            raise NotImplementedError("ckpt.Manager.save(blocking=False) needs "
-                                      "ckpt_manager_save_async, which this libckpt lacks")
         metrics = dict(metrics or {})
         names = [str(k).encode() for k in metrics]
         arr = (_lib.Metric * max(len(names), 1))()
@@ -184,16 +187,41 @@ class Manager:
             root = b.build(state)
             saved = ctypes.c_uint(0)
             err = _lib.Error_()
-            st = lib.ckpt_manager_save(self._handle, int(step), root, arr, len(names),
-                                       ctypes.byref(saved), ctypes.byref(err))
+            if blocking:
+                st = lib.ckpt_manager_save(self._handle, int(step), root, arr, len(names),
+                                           ctypes.byref(saved), ctypes.byref(err))
+            else:
+                st = lib.ckpt_manager_save_async(self._handle, int(step), root, arr,
+                                                 len(names), 0 if wait else _lib.ASYNC_NO_WAIT,
+                                                 ctypes.byref(err))
             _err.check(st, err, self.dirpath)
         finally:
             b.free()
+        if not blocking:
+            self._pending_step = int(step)
+            return []
+        return self._paths(int(step), saved.value)
+
+    def wait(self) -> List[str]:
+        """Waits for the save in flight, if any; returns the paths the last
+        finished save wrote (``[]`` when none), or raises the error of a
+        background save that failed."""
+        self._live()
+        saved = ctypes.c_uint(0)
+        err = _lib.Error_()
+        st = lib.ckpt_manager_wait(self._handle, ctypes.byref(saved), ctypes.byref(err))
+        step, self._pending_step = self._pending_step, None
+        _err.check(st, err, self.dirpath)
+        return self._paths(step, saved.value) if step is not None else []
+
+    _pending_step: Optional[int] = None
+
+    def _paths(self, step: int, saved: int) -> List[str]:
         out = [os.path.join(self.dirpath, "last.pth")]
-        if saved.value & _lib.SAVED_BEST:
+        if saved & _lib.SAVED_BEST:
             out.append(os.path.join(self.dirpath, "best.pth"))
-        if saved.value & _lib.SAVED_NUMBERED:
-            out.append(os.path.join(self.dirpath, f"step-{int(step):08d}.pth"))
+        if saved & _lib.SAVED_NUMBERED:
+            out.append(os.path.join(self.dirpath, f"step-{step:08d}.pth"))
         return out
 
     def resume(self, map_location: Any = None, *, framework: str = "pt") -> Any:

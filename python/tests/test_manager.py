@@ -42,8 +42,6 @@ def test_save_best_last_resume(tmp_path):
         got = m.resume()
         assert_same(got, _state(4))
         assert m.resumed_step == 4
-        with pytest.raises(NotImplementedError):
-            m.save(_state(5), step=5, metrics={"val_loss": 0.1}, blocking=False)
     assert_same(ckpt.load(d / "best.pth"), _state(3)["model"])
     assert_same(torch.load(d / "last.pth", weights_only=True), _state(4))
 
@@ -82,3 +80,55 @@ def test_resume_skips_a_torn_last(tmp_path):
         with ckpt.Manager(d, monitor="val_loss") as m:
             got = m.resume()
     assert got is not None and got["epoch"] in (1, 2)
+
+
+def test_background_saves_equal_blocking_ones(tmp_path):
+    """blocking=False captures the state when called: the tensors changed
+    right after do not reach the file, and the files equal a blocking
+    run's byte for byte."""
+    losses = [0.9, 0.5, 0.7, 0.3]
+    runs = {}
+    for mode in ("blocking", "background"):
+        d = tmp_path / mode
+        with ckpt.Manager(d, monitor="val_loss", mode="min", save_top_k=2) as m:
+            for step, loss in enumerate(losses):
+                st = _state(step)
+                if mode == "blocking":
+                    m.save(st, step=step, metrics={"val_loss": loss})
+                else:
+                    assert m.save(st, step=step, metrics={"val_loss": loss},
+                                  blocking=False) == []
+                    st["model"]["w"].fill_(float("nan"))  # training goes on
+                    st["model"]["b"].zero_()
+            if mode == "background":
+                # the last save (loss 0.3) is the best one and kept numbered
+                assert m.wait() == [str(d / "last.pth"), str(d / "best.pth"),
+                                    str(d / "step-00000003.pth")]
+                assert m.wait() == []
+            assert m.last_path == str(d / "last.pth")
+        runs[mode] = d
+    names = sorted(os.listdir(runs["blocking"]))
+    assert sorted(os.listdir(runs["background"])) == names
+    for n in names:
+        if n.endswith(".pth"):
+            assert (runs["blocking"] / n).read_bytes() == (runs["background"] / n).read_bytes(), n
+    assert_same(ckpt.load(runs["background"] / "best.pth"), _state(3)["model"])
+    assert_same(torch.load(runs["background"] / "last.pth", weights_only=True), _state(3))
+
+
+def test_background_save_busy_without_wait(tmp_path):
+    """wait=False refuses a second save while one is in flight (BusyError)
+    and starts nothing; or, when the first was already done, saves."""
+    d = tmp_path / "run"
+    big = {"model": {"w": torch.randn(4096, 1024)}, "epoch": 0}  # 16 MiB: takes a while
+    with ckpt.Manager(d, monitor="val_loss") as m:
+        m.save(big, step=0, metrics={"val_loss": 1.0}, blocking=False)
+        try:
+            m.save(_state(1), step=1, metrics={"val_loss": 0.5}, blocking=False, wait=False)
+            busy = False
+        except ckpt.BusyError:
+            busy = True
+        m.wait()
+        entries = {e.step for e in m.checkpoints if e.last}
+        assert entries == ({0} if busy else {1})
+    assert_same(ckpt.load(d / "last.pth")["epoch"], 0 if busy else 1)
