@@ -51,7 +51,8 @@ def library_version() -> str:
 
 
 def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: bool = True,
-         key: Optional[str] = None, permissive: bool = False, framework: str = "pt") -> Any:
+         key: Optional[str] = None, permissive: bool = False, framework: str = "pt",
+         torchscript_weights: bool = False) -> Any:
     """Loads a checkpoint as ``torch.load(f, weights_only=True)`` does, without pickle.
 
     Returns the same tree: dicts, OrderedDicts (with ``_metadata``), lists,
@@ -59,7 +60,10 @@ def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: b
     devices, tensors and Parameters (with ``requires_grad``), sparse tensors.
     Every format libckpt reads is accepted: torch.save's zip and legacy
     formats, safetensors (a dict of its tensors), a sharded index
-    (``*.index.json``), a plain pickle.
+    (``*.index.json``), a PyTorch Distributed Checkpoint directory (or its
+    ``.metadata``: the state dict ``dcp_to_torch_save`` would write), numpy
+    ``.npy``/``.npz`` files and pickles of arrays, the pre-0.4 tar format, a
+    plain pickle.
 
     Args:
         f: a path, or a binary file object, read from its current position
@@ -93,6 +97,10 @@ def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: b
             Quantized tensors (qint8, quint8, qint32; per tensor or per
             channel) come as torch makes them with ``"pt"``, their
             integers over the map; with ``"np"`` their raw integers.
+        torchscript_weights: read a TorchScript archive (``torch.jit.save``)
+            as data: the state dict ``torch.jit.load(f).state_dict()`` gives,
+            nothing in its code run. Without it such an archive is refused,
+            as torch.load refuses it.
 
     Raises:
         ckpt.UnsafeError: the pickle names something outside the allow-list.
@@ -106,7 +114,7 @@ def load(f: Any, map_location: Any = None, *, mmap: bool = True, weights_only: b
             "file that holds pickled objects (a whole nn.Module, custom classes) as data, use "
             "ckpt.load(f, permissive=True): modules become their state dicts and other "
             "objects inert ckpt.InertObject values, nothing is run")
-    return _read.load(f, map_location, mmap, key, permissive, framework)
+    return _read.load(f, map_location, mmap, key, permissive, framework, torchscript_weights)
 
 
 def save(obj: Any, f: Any, *, fsync: bool = True) -> None:
@@ -178,11 +186,12 @@ class safe_open:
         device: where tensors go (``"cpu"``, ``"cuda:0"``, an int for CUDA).
     """
 
-    def __init__(self, filename: Any, framework: str = "pt", device: Any = "cpu") -> None:
+    def __init__(self, filename: Any, framework: str = "pt", device: Any = "cpu", *,
+                 torchscript_weights: bool = False) -> None:
         fw = {"torch": "pt", "numpy": "np"}.get(framework, framework)
         if isinstance(device, int):
             device = f"cuda:{device}"
-        self._src = _read.Source(filename)
+        self._src = _read.Source(filename, torchscript_weights=torchscript_weights)
         try:
             self._conv = _read.Converter(self._src, fw, None if fw == "np" else str(device))
             self._names = {n: t for n, t in _read.tensor_names(self._src)}

@@ -100,8 +100,11 @@ def _need_torch(what: str) -> None:
                           "use framework=\"np\" for numpy arrays")
 
 
-def _open_options(permissive: bool, verify: bool = False) -> "_lib.OpenOptions":
+def _open_options(permissive: bool, verify: bool = False,
+                  torchscript_weights: bool = False) -> "_lib.OpenOptions":
     flags = (_lib.OPEN_PERMISSIVE if permissive else 0) | (_lib.OPEN_VERIFY_CRC if verify else 0)
+    if torchscript_weights:
+        flags |= _lib.OPEN_TORCHSCRIPT_WEIGHTS
     return _lib.open_options(flags)
 
 
@@ -113,7 +116,7 @@ class Source:
     """
 
     def __init__(self, f: Any, *, mmap: bool = True, permissive: bool = False,
-                 verify: bool = False) -> None:
+                 verify: bool = False, torchscript_weights: bool = False) -> None:
         self.handle = ctypes.c_void_p()
         self.buf: Any = None
         self.base = 0
@@ -121,13 +124,14 @@ class Source:
         self._cview: Any = None
         self.fd: Optional[int] = None
         self.name = _display_name(f)
-        opts = _open_options(permissive, verify)
+        opts = _open_options(permissive, verify, torchscript_weights)
         err = _lib.Error_()
         path = os.fspath(f) if isinstance(f, (str, bytes, os.PathLike)) else None
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        if path is not None and _is_index(path):
-            # a sharded index: libckpt opens its shards; tensors are copied
+        if path is not None and (_is_index(path) or _is_dcp(path)):
+            # a sharded index or a DCP directory: libckpt opens the files it
+            # names (shards, .distcp items); tensors are copied
             st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
                                ctypes.byref(err))
             _err.check(st, err, self.name)
@@ -280,6 +284,11 @@ def _read_fd(fd: int) -> bytearray:
         if not chunk:
             return out
         out += chunk
+
+
+def _is_dcp(path: str) -> bool:
+    """A PyTorch Distributed Checkpoint: its directory, or its .metadata."""
+    return os.path.isdir(path) or os.path.basename(path) == ".metadata"
 
 
 def _is_index(path: str) -> bool:
@@ -931,8 +940,8 @@ def tensor_names(src: Source) -> list:
 
 
 def load(f: Any, map_location: Any, mmap: bool, key: Optional[str], permissive: bool,
-         framework: str) -> Any:
-    src = Source(f, mmap=mmap, permissive=permissive)
+         framework: str, torchscript_weights: bool = False) -> Any:
+    src = Source(f, mmap=mmap, permissive=permissive, torchscript_weights=torchscript_weights)
     try:
         conv = Converter(src, framework, map_location, permissive, copy=not mmap)
         root = lib.ckpt_file_root(src.handle)

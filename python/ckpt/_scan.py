@@ -316,7 +316,8 @@ class _TreeJSON:
         return None
 
 
-def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
+def inspect(f: Any, *, permissive: bool = False,
+            torchscript_weights: bool = False) -> Dict[str, Any]:
     """What ``ckpt inspect --json`` shows of a file, as a dict: "file",
     "format", "details", "records", "tensors" (name, dtype, shape, stride,
     storage, location, data_offset, ...), "totals", "model" (the totals of
@@ -325,7 +326,7 @@ def inspect(f: Any, *, permissive: bool = False) -> Dict[str, Any]:
     {"dtype", "shape"}}, ... for what JSON lacks; :func:`ckpt.load` gives
     the values themselves). Opens the file lazily: no tensor bytes are read.
     """
-    src = _read.Source(f, permissive=permissive)
+    src = _read.Source(f, permissive=permissive, torchscript_weights=torchscript_weights)
     try:
         h = src.handle
         fi = _lib.FileInfo()
