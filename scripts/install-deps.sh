@@ -3,6 +3,8 @@
 # Idempotent: returns at once when everything is present.
 set -eu
 PKGS="build-essential cmake pkg-config clang libclang-rt-dev libdeflate-dev zlib1g-dev libjansson-dev libyajl-dev libcmocka-dev python3 python3-torch python3-numpy python3-pytest"
+# the Python package: a venv, and pip installing it offline with Debian's setuptools
+PKGS="$PKGS python3-venv python3-pip python3-setuptools python3-wheel"
 # MPI for ckpt_dcp_save from MPI ranks (CKPT_MPI) and its tests under mpirun
 PKGS="$PKGS libopenmpi-dev openmpi-bin"
 missing=""
