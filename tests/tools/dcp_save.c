@@ -2,6 +2,7 @@
  * dcp_save DIR SPLIT SEED [--no-fsync] [--elements E] [--manager KEEP LOSS]
  * dcp_save --resume DIR
  * dcp_save --has-mpi
+ * dcp_save --load DIR NAME
  *
  * Test tool: saves a DCP directory with ckpt_dcp_save from every rank of an
  * MPI job (mpirun -np N), or from this process alone when started without
@@ -28,6 +29,10 @@
  * coordinator prints "bits B" (CKPT_SAVED_*). --resume opens DIR's manager
  * and prints "resumed FILE STEP epoch E" from ckpt_manager_resume.
  * --has-mpi prints "mpi" or "no-mpi" (the library's build).
+ * --load is the resharding load of the benchmark: every rank opens DIR and
+ * reads its even share of NAME's rows (NAME at least 1-d) with
+ * ckpt_dcp_load_shard, whatever split wrote it, and prints "loaded RANK/N
+ * SECONDS" (ckpt_open and the load, timed after a barrier).
  */
 #include <ckpt.h>
 
@@ -107,6 +112,70 @@ static void *fill(ckpt_dtype dtype, int64_t seed, int64_t cols, int64_t r0, int6
     return p;
 }
 
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static void finalize(void)
+{
+#ifdef CKPT_HAVE_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited)
+        MPI_Finalize();
+#endif
+}
+
+/* --load: this rank's share of NAME's rows from DIR */
+static int load_rows(const char *dir, const char *name)
+{
+    struct timespec t0;
+#ifdef CKPT_HAVE_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited)
+        MPI_Barrier(MPI_COMM_WORLD);
+#endif
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ckpt_file *f = NULL;
+    ckpt_error err;
+    if (ckpt_open(dir, NULL, &f, &err) != CKPT_OK)
+        fail("ckpt_open", &err);
+    const ckpt_tensor *t = ckpt_file_find_tensor(f, name);
+    ckpt_tensor_info ti = {.struct_size = sizeof(ti)};
+    if (t)
+        ckpt_tensor_get_info(t, &ti);
+    if (!t || ti.ndim < 1 || ti.ndim > 8) {
+        fprintf(stderr, "dcp_save: no tensor '%s' of 1 to 8 dimensions\n", name);
+        ckpt_close(f);
+        finalize();
+        return 1;
+    }
+    int64_t offsets[8] = {0}, sizes[8];
+    size_t row = ckpt_dtype_size(ti.dtype);
+    for (uint32_t d = 0; d < ti.ndim; d++)
+        sizes[d] = ti.shape[d];
+    for (uint32_t d = 1; d < ti.ndim; d++)
+        row *= (size_t)ti.shape[d];
+    share(ti.shape[0], "rows", &offsets[0], &sizes[0]);
+    ckpt_region r = {.name = name, .offsets = offsets, .sizes = sizes,
+                     .dst_size = (size_t)sizes[0] * row};
+    r.dst = malloc(r.dst_size ? r.dst_size : 1);
+    if (!r.dst)
+        fail("out of memory", NULL);
+    if (ckpt_dcp_load_shard(f, &r, 1, &err) != CKPT_OK)
+        fail("ckpt_dcp_load_shard", &err);
+    double s = seconds_since(&t0);
+    printf("loaded %d/%d %.6f\n", rank, world, s);
+    free(r.dst);
+    ckpt_close(f);
+    finalize();
+    return 0;
+}
+
 typedef struct spec {
     const char *name;
     ckpt_dtype dtype;
@@ -136,7 +205,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc < 4) {
-        fprintf(stderr, "usage: dcp_save DIR rows|cols|uneven SEED [--no-fsync] [--elements E]\n");
+        fprintf(stderr, "usage: dcp_save DIR rows|cols|uneven SEED [--no-fsync] [--elements E]\n"
+                        "       dcp_save --load DIR NAME\n");
         return 2;
     }
 #ifdef CKPT_HAVE_MPI
@@ -146,6 +216,8 @@ int main(int argc, char **argv)
         MPI_Comm_size(MPI_COMM_WORLD, &world);
     }
 #endif
+    if (strcmp(argv[1], "--load") == 0)
+        return load_rows(argv[2], argv[3]);
     const char *dir = argv[1], *split = argv[2];
     int64_t seed = atoll(argv[3]), big = 4096;
     unsigned flags = 0;
