@@ -254,6 +254,16 @@ void ckpt__staged_discard(ckpt__staged *stage);
 /* fsync of the directory holding path, so renames in it are durable. */
 ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err);
 
+/* ---- keyed hashing (hash.c) ---------------------------------------------- */
+
+/* SipHash-1-3 of data[0..n) under the key (k0, k1); fold_case: ASCII
+ * 'A'..'Z' hashed as 'a'..'z'. */
+uint64_t ckpt__siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n, bool fold_case);
+/* The key of a table at owner (its address: ASLR varies it from run to run). */
+void ckpt__hash_key(const void *owner, uint64_t *k0, uint64_t *k1);
+/* ckpt__siphash13 of p[0..n) under owner's key. */
+uint64_t ckpt__hash_keyed(const void *owner, const void *p, size_t n);
+
 /* ---- crash-safe output directories (outdir.c) ------------------------- */
 
 /* Removes a directory of files (one level). */

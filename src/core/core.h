@@ -224,9 +224,6 @@ bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item);
 /* dict[key] = val with Python semantics: an existing equal key keeps its
  * place and gets the new value. false on out of memory / limit. */
 bool ckpt__dict_set(ckpt__arena *a, ckpt_value *dict, ckpt_value *key, ckpt_value *val);
-/* SipHash of bytes keyed from owner's address (ASLR varies it): tables
- * indexed by names from a file use it, so a file cannot choose collisions. */
-uint64_t ckpt__hash_keyed(const void *owner, const void *p, size_t n);
 /* Python equality of plain keys (numbers across bool/int/float, text, bytes, tuples). */
 bool ckpt__value_equal(const ckpt_value *x, const ckpt_value *y);
 

@@ -116,41 +116,6 @@ bool ckpt__seq_append(ckpt__arena *a, ckpt_value *seq, ckpt_value *item)
 
 #define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 
-#define SIPROUND                                                              \
-    do {                                                                      \
-        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);         \
-        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                              \
-        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                              \
-        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);         \
-    } while (0)
-
-static uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
-{
-    const uint8_t *p = data;
-    uint64_t v0 = k0 ^ 0x736f6d6570736575ull;
-    uint64_t v1 = k1 ^ 0x646f72616e646f6dull;
-    uint64_t v2 = k0 ^ 0x6c7967656e657261ull;
-    uint64_t v3 = k1 ^ 0x7465646279746573ull;
-    size_t i = 0;
-    for (; n - i >= 8; i += 8) {
-        uint64_t m = ckpt__le64(p + i);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t last = (uint64_t)n << 56;
-    for (size_t j = 0; i + j < n; j++)
-        last |= (uint64_t)p[i + j] << (8 * j);
-    v3 ^= last;
-    SIPROUND;
-    v0 ^= last;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
-
 /* Tags keep equal byte strings of different kinds (str 'a', bytes b'a')
  * apart, as Python does. */
 enum { TAG_STR = 1, TAG_BYTES, TAG_INT, TAG_FLOAT, TAG_COMPLEX, TAG_BIGINT, TAG_TUPLE,
@@ -172,19 +137,13 @@ typedef struct hash_key {
 static hash_key dict_hash_key(const void *dict)
 {
     hash_key k;
-    k.k0 = (uint64_t)(uintptr_t)dict * 0x9e3779b97f4a7c15ull;
-    k.k1 = (uint64_t)(uintptr_t)&dict_hash_key ^ 0x2545f4914f6cdd1dull;
+    ckpt__hash_key(dict, &k.k0, &k.k1);
     return k;
 }
 
 static uint64_t hash_bytes(hash_key k, unsigned tag, const void *p, size_t n)
 {
-    return siphash13(k.k0, k.k1 ^ tag, p, n);
-}
-
-uint64_t ckpt__hash_keyed(const void *owner, const void *p, size_t n)
-{
-    return hash_bytes(dict_hash_key(owner), 0, p, n);
+    return ckpt__siphash13(k.k0, k.k1 ^ tag, p, n, false);
 }
 
 static uint64_t hash_u64(hash_key k, unsigned tag, uint64_t x)

@@ -607,52 +607,11 @@ static int name_cmp(const char *x, size_t xn, const char *y, size_t yn)
  * addresses (which ASLR varies), of the name with ASCII case folded as
  * name_cmp folds it. */
 
-#define ZIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define ZIP_SIPROUND                                                          \
-    do {                                                                      \
-        v0 += v1; v1 = ZIP_ROTL(v1, 13); v1 ^= v0; v0 = ZIP_ROTL(v0, 32);     \
-        v2 += v3; v3 = ZIP_ROTL(v3, 16); v3 ^= v2;                            \
-        v0 += v3; v3 = ZIP_ROTL(v3, 21); v3 ^= v0;                            \
-        v2 += v1; v1 = ZIP_ROTL(v1, 17); v1 ^= v2; v2 = ZIP_ROTL(v2, 32);     \
-    } while (0)
-
-/* Eight bytes with 'A'..'Z' made lower case. */
-static uint64_t fold8(uint64_t w)
-{
-    uint64_t hi = 0x8080808080808080ull;
-    uint64_t low7 = w & ~hi;
-    uint64_t ge_a = low7 + 0x3f3f3f3f3f3f3f3full;     /* bit 7: byte >= 'A' */
-    uint64_t gt_z = low7 + 0x2525252525252525ull;     /* bit 7: byte > 'Z' */
-    uint64_t upper = ge_a & ~gt_z & ~w & hi;          /* 'A'..'Z', high bit clear */
-    return w | (upper >> 2);                          /* + 0x20 */
-}
-
 static uint64_t name_hash(const void *owner, const char *name, size_t n)
 {
-    uint64_t k0 = (uint64_t)(uintptr_t)owner * 0x9e3779b97f4a7c15ull;
-    uint64_t k1 = (uint64_t)(uintptr_t)&name_hash ^ 0x2545f4914f6cdd1dull;
-    uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
-    uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
-    const uint8_t *p = (const uint8_t *)name;
-    size_t i = 0;
-    for (; n - i >= 8; i += 8) {
-        uint64_t m = fold8(ckpt__le64(p + i));
-        v3 ^= m;
-        ZIP_SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t tail = 0;
-    for (size_t j = 0; i + j < n; j++)
-        tail |= (uint64_t)p[i + j] << (8 * j);
-    uint64_t last = ((uint64_t)n << 56) | (fold8(tail) & 0x00ffffffffffffffull);
-    v3 ^= last;
-    ZIP_SIPROUND;
-    v0 ^= last;
-    v2 ^= 0xff;
-    ZIP_SIPROUND;
-    ZIP_SIPROUND;
-    ZIP_SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    uint64_t k0, k1;
+    ckpt__hash_key(owner, &k0, &k1);
+    return ckpt__siphash13(k0, k1, name, n, true);
 }
 
 /* The slot of name in the index: its entry's, or the empty one where it
