@@ -1352,13 +1352,9 @@ static ckpt_status finish_save(ckpt_manager *m, bool improved, bool numbered, un
     return st;
 }
 
-/* What a save of step writes besides last: best when the monitored metric
- * improves, the numbered file (with extension ext) when retention keeps
- * it; the metrics are checked. */
-static ckpt_status plan_save(ckpt_manager *m, int64_t step, const ckpt_metric *metrics,
-                             size_t metric_count, const char *ext, bool *improved,
-                             bool *numbered, char *numbered_name, size_t name_cap,
-                             ckpt_error *err)
+/* Every metric has a UTF-8 name, given once. */
+static ckpt_status check_metric_names(const ckpt_metric *metrics, size_t metric_count,
+                                      ckpt_error *err)
 {
     for (size_t i = 0; i < metric_count; i++) {
         const char *n = metrics[i].name;
@@ -1369,6 +1365,18 @@ static ckpt_status plan_save(ckpt_manager *m, int64_t step, const ckpt_metric *m
             if (strcmp(metrics[j].name, n) == 0)
                 return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
     }
+    return CKPT_OK;
+}
+
+/* What a save of step writes besides last: best when the monitored metric
+ * improves, the numbered file (with extension ext) when retention keeps
+ * it; the metrics are checked. */
+static ckpt_status plan_save(ckpt_manager *m, int64_t step, const ckpt_metric *metrics,
+                             size_t metric_count, const char *ext, bool *improved,
+                             bool *numbered, char *numbered_name, size_t name_cap,
+                             ckpt_error *err)
+{
+    CKPT_RETURN_IF_ERROR(check_metric_names(metrics, metric_count, err));
     /* best.pth: does this save improve the monitored metric? */
     *improved = false;
     const char *monitor = m->mf.monitor;
@@ -1428,15 +1436,7 @@ ckpt_status ckpt__manager_save_check(const ckpt_manager *m, int64_t step,
         return CKPT_INVALID_ARG(err, "the manager of %s is read-only", m->dir);
     if (step < 0)
         return CKPT_INVALID_ARG(err, "step must be >= 0 (got %" PRId64 ")", step);
-    for (size_t i = 0; i < metric_count; i++) {
-        const char *n = metrics[i].name;
-        if (!n || !*n || !ckpt__utf8_valid(n, strlen(n), false))
-            return CKPT_INVALID_ARG(err,
-                                    "metric %zu has no name (or one that is not UTF-8 text)", i);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(metrics[j].name, n) == 0)
-                return CKPT_INVALID_ARG(err, "metric %s is given twice", n);
-    }
+    CKPT_RETURN_IF_ERROR(check_metric_names(metrics, metric_count, err));
     const char *monitor = m->mf.monitor;
     if (monitor) {
         bool found = false;
