@@ -216,7 +216,7 @@ static ckpt_status read_storages(tar_load *L, cursor *c, ckpt_error *err)
 {
     ckpt_file *f = L->f;
     ckpt_value *v;
-    uint64_t n;
+    uint64_t n = 0;
     char kb[128], kb2[128];
     CKPT_RETURN_IF_ERROR(next_pickle(L, c, NULL, &v, err));
     CKPT_RETURN_IF_ERROR(count_of(v, c, "storages", c->size, &n, err));
@@ -234,7 +234,7 @@ static ckpt_status read_storages(tar_load *L, cursor *c, ckpt_error *err)
             return ckpt__fail(err, CKPT_ERR_FORMAT, c->record, at,
                               "storage %llu is not (key, location, storage_type)",
                               (unsigned long long)i);
-        int64_t numel;
+        int64_t numel = 0;
         CKPT_RETURN_IF_ERROR(read_i64(c, &numel, "a storage's size", err));
         size_t esize = ckpt__storage_elem_size(dtype);
         uint64_t nbytes;
@@ -314,7 +314,7 @@ static ckpt_status read_tensors(tar_load *L, cursor *c, ckpt_error *err)
 {
     ckpt_file *f = L->f;
     ckpt_value *v;
-    uint64_t n;
+    uint64_t n = 0;
     CKPT_RETURN_IF_ERROR(next_pickle(L, c, NULL, &v, err));
     CKPT_RETURN_IF_ERROR(count_of(v, c, "tensors", c->size, &n, err));
     char kb[128], kb2[128];

@@ -266,7 +266,7 @@ static ckpt_status read_central(zscan *z, const zdir *d, int64_t shift)
         if (rlen > stop - pos)
             return zadd(z, CKPT_SCAN_KIND_ZIP_STRUCTURE, rec, pos,
                         "central directory record %zu runs past the directory", z->n);
-        zentry *e;
+        zentry *e = NULL;
         CKPT_RETURN_IF_ERROR(add_entry(z, &cap, &e));
         CKPT_RETURN_IF_ERROR(copy_name(z, e, p + CENTRAL_SIZE, nlen));
         e->central_at = pos;
@@ -392,7 +392,7 @@ static ckpt_status walk_locals(zscan *z, uint64_t pos)
         uint16_t flags = ckpt__le16(p + 6), nlen = ckpt__le16(p + 26), xlen = ckpt__le16(p + 28);
         if (!range_ok(pos + LOCAL_SIZE, (uint64_t)nlen + xlen, z->size))
             return CKPT_OK;
-        zentry *e;
+        zentry *e = NULL;
         CKPT_RETURN_IF_ERROR(add_entry(z, &cap, &e));
         CKPT_RETURN_IF_ERROR(copy_name(z, e, p + LOCAL_SIZE, nlen));
         e->central_at = CKPT_NO_OFFSET;
