@@ -1055,13 +1055,15 @@ static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
     return true;
 }
 
+#define ZIP_PREAD_MIN ((uint64_t)256 << 10)
+
 /* A stored entry read with pread from the archive's file (ahead->fd) into
  * a buffer that stays in the CPU's caches, rather than faulted in through
  * the map: first touches of a map cost a fault per few pages. */
 static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e,
                                     zip_stream_state *s, ckpt__ahead *ahead)
 {
-    uint8_t *buf = malloc(ZIP_PIECE);
+    uint8_t *buf = malloc(e->size < ZIP_PIECE ? (size_t)e->size : ZIP_PIECE);
     if (!buf)
         return ZIP_FAIL(s->err, CKPT_ERR_NOMEM, e->name, e->data_offset,
                         "out of memory for a read buffer");
@@ -1114,7 +1116,9 @@ ckpt_status ckpt__zip_stream_ahead(const ckpt__zip *z, size_t index, const ckpt_
     const ckpt__zip_entry *e = &z->entries[index];
     const uint8_t *in = z->base + e->data_offset;   /* checked at open */
     zip_stream_state s = {.sink = sink, .user = user, .err = err, .st = CKPT_OK};
-    if (e->method == ZIP_METHOD_STORED && ahead && ahead->fd >= 0) {
+    /* small records (a dense archive, which the open mapped whole) read from
+     * the map: a pread each would cost more in system calls than it saves */
+    if (e->method == ZIP_METHOD_STORED && ahead && ahead->fd >= 0 && e->size >= ZIP_PREAD_MIN) {
         CKPT_RETURN_IF_ERROR(zip_stream_pread(z, e, &s, ahead));
     } else if (e->method == ZIP_METHOD_STORED) {
         /* a cold file: the device reads a window ahead of the pieces */
