@@ -356,6 +356,15 @@ static void key_int(cli_jw *jw, const char *key, long long v)
     cli_jw_int(jw, v);
 }
 
+static void key_ints(cli_jw *jw, const char *key, const int64_t *v, uint32_t n)
+{
+    cli_jw_key(jw, key);
+    cli_jw_begin_array(jw);
+    for (uint32_t i = 0; i < n; i++)
+        cli_jw_int(jw, v[i]);
+    cli_jw_end_array(jw);
+}
+
 static void key_bool(cli_jw *jw, const char *key, bool b)
 {
     cli_jw_key(jw, key);
@@ -469,16 +478,8 @@ static int inspect_json(const char *path, ckpt_file *f)
         cli_jw_begin_object(jw);
         key_string(jw, "name", name);
         key_string(jw, "dtype", ckpt_dtype_name(ti.dtype));
-        cli_jw_key(jw, "shape");
-        cli_jw_begin_array(jw);
-        for (uint32_t k = 0; k < ti.ndim; k++)
-            cli_jw_int(jw, ti.shape[k]);
-        cli_jw_end_array(jw);
-        cli_jw_key(jw, "stride");
-        cli_jw_begin_array(jw);
-        for (uint32_t k = 0; k < ti.ndim; k++)
-            cli_jw_int(jw, ti.stride[k]);
-        cli_jw_end_array(jw);
+        key_ints(jw, "shape", ti.shape, ti.ndim);
+        key_ints(jw, "stride", ti.stride, ti.ndim);
         key_int(jw, "storage_offset", ti.storage_offset);
         key_int(jw, "numel", (long long)ti.numel);
         key_int(jw, "nbytes", (long long)ti.nbytes);
@@ -512,16 +513,8 @@ static int inspect_json(const char *path, ckpt_file *f)
                 if (!ckpt_tensor_chunk(t, k, &ci))
                     continue;
                 cli_jw_begin_object(jw);
-                cli_jw_key(jw, "offsets");
-                cli_jw_begin_array(jw);
-                for (uint32_t d = 0; d < ci.ndim; d++)
-                    cli_jw_int(jw, ci.offsets[d]);
-                cli_jw_end_array(jw);
-                cli_jw_key(jw, "sizes");
-                cli_jw_begin_array(jw);
-                for (uint32_t d = 0; d < ci.ndim; d++)
-                    cli_jw_int(jw, ci.sizes[d]);
-                cli_jw_end_array(jw);
+                key_ints(jw, "offsets", ci.offsets, ci.ndim);
+                key_ints(jw, "sizes", ci.sizes, ci.ndim);
                 key_string(jw, "file", ci.file);
                 key_int(jw, "file_offset", (long long)ci.file_offset);
                 key_int(jw, "length", (long long)ci.length);

@@ -129,17 +129,16 @@ class Source:
         path = os.fspath(f) if isinstance(f, (str, bytes, os.PathLike)) else None
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        if path is not None and (_is_index(path) or _is_dcp(path)):
-            # a sharded index or a DCP directory: libckpt opens the files it
-            # names (shards, .distcp items); tensors are copied
-            st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
-                               ctypes.byref(err))
-            _err.check(st, err, self.name)
-            return
         fd = None
+        by_path = False
         try:
             if path is not None:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                by_path = _opened_by_path(fd, path)
+            if by_path:
+                os.close(fd)
+                fd = None
+            elif path is not None:
                 buf = _map_fd(fd)
                 if buf is None:  # empty, or not a regular file: read, never pread
                     buf = _read_fd(fd)
@@ -152,6 +151,13 @@ class Source:
                 os.close(fd)
             what = e.strerror if isinstance(e, _MapError) else f"cannot open: {e.strerror or e}"
             raise _err.IOError(f"{self.name}: {what}", path=self.name, detail=what) from None
+        if by_path:
+            # a sharded index or a DCP directory: libckpt opens the files it
+            # names (shards, .distcp items); tensors are copied
+            st = lib.ckpt_open(path.encode(), ctypes.byref(opts), ctypes.byref(self.handle),
+                               ctypes.byref(err))
+            _err.check(st, err, self.name)
+            return
         size = len(buf)
         if size:
             self._cview = (ctypes.c_char * size).from_buffer(buf)
@@ -286,19 +292,17 @@ def _read_fd(fd: int) -> bytearray:
         out += chunk
 
 
-def _is_dcp(path: str) -> bool:
-    """A PyTorch Distributed Checkpoint: its directory, or its .metadata."""
-    return os.path.isdir(path) or os.path.basename(path) == ".metadata"
-
-
-def _is_index(path: str) -> bool:
-    """A sharded index (JSON) is opened by path: its shards are files."""
+def _opened_by_path(fd: int, path: str) -> bool:
+    """A PyTorch Distributed Checkpoint (its directory, or its .metadata) or
+    a sharded index (JSON) is opened by path: the files it names are read
+    too. Told from the descriptor already open, without opening it again."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode) or os.path.basename(path) == ".metadata":
+        return True
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(64).lstrip()
+        head = os.pread(fd, 64, 0)
     except OSError:
         return False
-    return head.startswith(b"{")
+    return head.lstrip().startswith(b"{")
 
 
 def _display_name(f: Any) -> str:
