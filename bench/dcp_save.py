@@ -20,6 +20,7 @@ Its tables go to stdout and into bench/RESULTS.md ("DCP save" section).
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,8 @@ MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CO
 
 def slowest(out, word):
     """The slowest rank's seconds from lines "WORD RANK/N SECONDS"."""
-    times = [float(line.split()[2]) for line in out.splitlines() if line.startswith(word + " ")]
+    # ranks share the pipe: a line may run into another's, so match anywhere
+    times = [float(t) for t in re.findall(word + r" \d+/\d+ (\d+\.\d+)", out)]
     if not times:
         raise RuntimeError(f"no '{word}' line in the output:\n{out}")
     return max(times)

@@ -65,7 +65,9 @@ def worker(rank, world, port, what, d, arg):
         t0 = time.monotonic()
         dcp.load(state, storage_reader=dcp.FileSystemReader(d))
     s = time.monotonic() - t0
-    print(f"{'saved' if what == 'save' else 'loaded'} {rank}/{world} {s:.6f}", flush=True)
+    # one write per line: the ranks share the pipe
+    sys.stdout.write(f"{'saved' if what == 'save' else 'loaded'} {rank}/{world} {s:.6f}\n")
+    sys.stdout.flush()
     dist.barrier()
     # gloo's teardown can hang: every rank is done
     os._exit(0)
