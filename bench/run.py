@@ -875,7 +875,8 @@ def main():
           ("np.load.f32", torch_child("np-load", npy, "-", "128")))
 
     # the checkpoint manager: blocking and asynchronous saves, fsync'ed and
-    # committed, after one untimed save (a training loop's steady state)
+    # committed, five times after one untimed save (a training loop's steady
+    # state; ckpt_bench reports the medians)
     mgr = os.path.join(a.dir, "mgr")
     print("checkpoint manager saves ...", flush=True)
     group(("mgr.block.f32", [bench, "manager", f32, mgr, "blocking"], [mgr]),
