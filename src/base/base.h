@@ -196,6 +196,8 @@ typedef struct ckpt__out {
     uint32_t crc;               /* their CRC32, kept with CKPT__OUT_CRC */
     uint8_t *copy_buf;          /* ckpt__out_copy's buffer, made at first use */
     struct ckpt__out_ahead *ahead; /* read-ahead of the input copied from (outfile.c) */
+    struct ckpt__reader *reader;   /* the input read on a second thread (outfile.c) */
+    bool reader_failed;
 } ckpt__out;
 
 /* Internal flags beside CKPT_SAVE_* in ckpt__out.flags. */
@@ -231,6 +233,16 @@ ckpt_status ckpt__out_write_crc_later(ckpt__out *o, const void *p, size_t n, ckp
  * bytes. */
 ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
                            uint32_t *crc, ckpt_error *err);
+/* Hands [src_off, src_off + n) of src_fd to sink in pieces read on a second
+ * thread (ckpt__reader) while sink works, when n is at least
+ * CKPT__READER_MIN and a thread is to be had. *done: the bytes handed over;
+ * 0 when nothing was read this way (the caller reads for itself), fewer
+ * than n after a read error (the caller takes the rest from the map). A
+ * file that ends early is an error. */
+typedef ckpt_status (*ckpt__out_sink)(void *user, const uint8_t *p, size_t n, ckpt_error *err);
+ckpt_status ckpt__out_read_through(ckpt__out *o, int src_fd, uint64_t src_off, size_t n,
+                                   ckpt__out_sink sink, void *user, size_t *done,
+                                   ckpt_error *err);
 /* One pread of up to want bytes at off into buf for a copy to o: *got
  * bytes (0 after a read error: the caller takes the rest from the map);
  * an input that ends early (it shrank) is CKPT_ERR_IO. */
@@ -302,8 +314,45 @@ typedef struct ckpt__ahead {
     const uint8_t *map;
     uint64_t next;  /* asked for up to here */
     uint64_t end;
+    struct ckpt__reader *reader; /* ckpt__ahead_reader's */
+    bool reader_tried;
 } ckpt__ahead;
 void ckpt__ahead_init(ckpt__ahead *a, int fd, const void *map, uint64_t start, uint64_t end);
 void ckpt__ahead_at(ckpt__ahead *a, uint64_t pos);
+/* A reader of fd (reader.c) that keeps this read-ahead from its own thread,
+ * made at the first call for a range of at least CKPT__READER_MIN bytes;
+ * NULL: read inline. While it reads, only it calls ckpt__ahead_at. */
+struct ckpt__reader *ckpt__ahead_reader(ckpt__ahead *a, size_t piece);
+/* Frees the reader, if any. */
+void ckpt__ahead_end(ckpt__ahead *a);
+
+/* Ranges at least this large are read on a second thread (ckpt__reader):
+ * below it, starting a thread costs more than the overlap gains. */
+#define CKPT__READER_MIN ((uint64_t)16 << 20)
+/* Pieces of the readers. */
+#define CKPT__READER_PIECE ((size_t)1 << 20)
+
+/* ---- a file's ranges read on a thread of their own (reader.c) ---------- */
+
+/* Reads one range of fd at a time, in pieces of `piece` bytes, a few pieces
+ * ahead of the consumer, on a thread of its own: the consumer works on one
+ * piece while the next are read. hook, when given, runs on that thread
+ * before each piece is read, with the piece's offset (read-ahead advice);
+ * the consumer must not use what hook uses while a range is being read.
+ * ckpt__reader_new returns NULL when no thread (or memory) is to be had:
+ * the caller then reads for itself. */
+typedef struct ckpt__reader ckpt__reader;
+typedef void (*ckpt__reader_hook)(void *user, uint64_t off);
+ckpt__reader *ckpt__reader_new(int fd, size_t piece, ckpt__reader_hook hook, void *user);
+int ckpt__reader_fd(const ckpt__reader *r);
+/* Reads [off, off + len) from now on; what was left of the last range is
+ * dropped. */
+void ckpt__reader_start(ckpt__reader *r, uint64_t off, uint64_t len);
+/* The range's next piece, in order: *n bytes at *p, valid until the next
+ * call. Returns 0, or the errno of a failed read (ENODATA: the file ended
+ * first), *n then being the bytes read before it; the range ends there.
+ * Asked for past the range's end: ENODATA. */
+int ckpt__reader_next(ckpt__reader *r, const uint8_t **p, size_t *n);
+void ckpt__reader_free(ckpt__reader *r);
 
 #endif /* CKPT_BASE_H */

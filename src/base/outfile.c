@@ -352,30 +352,89 @@ ckpt_status ckpt__out_read_piece(ckpt__out *o, int src_fd, uint64_t off, uint8_t
     }
 }
 
+/* The reader's read-ahead: on its thread, the only user of o->ahead while
+ * it reads. */
+static void reader_hook(void *user, uint64_t off)
+{
+    ckpt__out *o = user;
+    read_ahead(o, ckpt__reader_fd(o->reader), off);
+}
+
+static void reader_free(ckpt__out *o)
+{
+    ckpt__reader_free(o->reader);
+    o->reader = NULL;
+}
+
+ckpt_status ckpt__out_read_through(ckpt__out *o, int src_fd, uint64_t src_off, size_t n,
+                                   ckpt__out_sink sink, void *user, size_t *done,
+                                   ckpt_error *err)
+{
+    *done = 0;
+    if (src_fd < 0 || n < CKPT__READER_MIN || o->reader_failed)
+        return CKPT_OK;
+    if (o->reader && ckpt__reader_fd(o->reader) != src_fd)
+        reader_free(o);
+    if (!o->reader &&
+        !(o->reader = ckpt__reader_new(src_fd, CKPT__READER_PIECE, reader_hook, o))) {
+        o->reader_failed = true;
+        return CKPT_OK;
+    }
+    ckpt__reader_start(o->reader, src_off, n);
+    while (*done < n) {
+        const uint8_t *p;
+        size_t got;
+        int code = ckpt__reader_next(o->reader, &p, &got);
+        if (got) {
+            CKPT_RETURN_IF_ERROR(sink(user, p, got, err));
+            *done += got;
+        }
+        if (code == ENODATA) /* the map past the new end would fault (SIGBUS) */
+            return ckpt__fail(err, CKPT_ERR_IO, "", CKPT_NO_OFFSET,
+                              "the input file shrank while being copied to %s", o->path);
+        if (code)
+            return CKPT_OK; /* a read error: the rest from the map */
+    }
+    return CKPT_OK;
+}
+
+typedef struct copy_sink {
+    ckpt__out *o;
+    uint32_t *crc;
+} copy_sink;
+
+static ckpt_status copy_piece(void *user, const uint8_t *p, size_t n, ckpt_error *err)
+{
+    copy_sink *c = user;
+    if (c->crc)
+        *c->crc = (uint32_t)libdeflate_crc32(*c->crc, p, n);
+    return ckpt__out_write(c->o, p, n, err);
+}
+
 ckpt_status ckpt__out_copy(ckpt__out *o, int src_fd, uint64_t src_off, const void *p, size_t n,
                            uint32_t *crc, ckpt_error *err)
 {
     const uint8_t *src = p;
+    size_t done = 0;
+    copy_sink cs = {o, crc};
+    CKPT_RETURN_IF_ERROR(ckpt__out_read_through(o, src_fd, src_off, n, copy_piece, &cs, &done,
+                                                err));
+    if (done == n)
+        return CKPT_OK;
+    if (done)
+        src_fd = -1; /* a read failed: the rest from the map */
     if (src_fd >= 0 && !o->copy_buf)
         o->copy_buf = malloc(COPY_BUF_SIZE); /* NULL: write from p below */
-    size_t done = 0;
     while (src_fd >= 0 && o->copy_buf && done < n) {
         size_t want = n - done < COPY_BUF_SIZE ? n - done : COPY_BUF_SIZE, r;
         CKPT_RETURN_IF_ERROR(
             ckpt__out_read_piece(o, src_fd, src_off + done, o->copy_buf, want, &r, err));
         if (r == 0)
             break;
-        if (crc)
-            *crc = (uint32_t)libdeflate_crc32(*crc, o->copy_buf, r);
-        CKPT_RETURN_IF_ERROR(ckpt__out_write(o, o->copy_buf, r, err));
+        CKPT_RETURN_IF_ERROR(copy_piece(&cs, o->copy_buf, r, err));
         done += r;
     }
-    if (done < n) {
-        if (crc)
-            *crc = (uint32_t)libdeflate_crc32(*crc, src + done, n - done);
-        return ckpt__out_write(o, src + done, n - done, err);
-    }
-    return CKPT_OK;
+    return done < n ? copy_piece(&cs, src + done, n - done, err) : CKPT_OK;
 }
 
 ckpt_status ckpt__sync_dir_of(const char *path, ckpt_error *err)
@@ -401,6 +460,7 @@ ckpt_status ckpt__out_commit(ckpt__out *o, ckpt_error *err)
 {
     free(o->copy_buf);
     o->copy_buf = NULL;
+    reader_free(o); /* before the read-ahead its thread uses */
     ahead_free(o);
     ckpt_status st = CKPT_OK;
     bool sync = !(o->flags & CKPT_SAVE_NO_FSYNC);
@@ -440,6 +500,7 @@ void ckpt__out_abort(ckpt__out *o)
     o->fd = -1;
     free(o->copy_buf);
     o->copy_buf = NULL;
+    reader_free(o); /* before the read-ahead its thread uses */
     ahead_free(o);
     if (o->tmp_path)
         unlink(o->tmp_path);

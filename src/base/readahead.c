@@ -49,6 +49,8 @@ void ckpt__ahead_init(ckpt__ahead *a, int fd, const void *map, uint64_t start, u
     a->map = map;
     a->next = start;
     a->end = end < start ? start : end;
+    a->reader = NULL;
+    a->reader_tried = false;
 }
 
 void ckpt__ahead_at(ckpt__ahead *a, uint64_t pos)
@@ -64,4 +66,21 @@ void ckpt__ahead_at(ckpt__ahead *a, uint64_t pos)
             ckpt__map_advise(a->map + a->next, n, CKPT__ADVISE_WILLNEED);
         a->next += n;
     }
+}
+
+static void ahead_hook(void *user, uint64_t off) { ckpt__ahead_at(user, off); }
+
+struct ckpt__reader *ckpt__ahead_reader(ckpt__ahead *a, size_t piece)
+{
+    if (!a->reader_tried && a->fd >= 0 && a->end - a->next >= CKPT__READER_MIN) {
+        a->reader_tried = true;
+        a->reader = ckpt__reader_new(a->fd, piece, ahead_hook, a);
+    }
+    return a->reader;
+}
+
+void ckpt__ahead_end(ckpt__ahead *a)
+{
+    ckpt__reader_free(a->reader);
+    a->reader = NULL;
 }

@@ -381,6 +381,8 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
     uint64_t index_bytes = 0;       /* sparse indices to go through */
     part_ref *order = NULL;
     bool *was_resolved = NULL;
+    ckpt__ahead ahead;
+    ckpt__ahead_init(&ahead, -1, NULL, 0, 0);
 
     /* Every tensor object once: its view against its storage (checked when
      * the tree was built; again here so verify stands on its own), and the
@@ -429,7 +431,6 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
         size_t at = 0;
         /* records go in directory order, file order for torch.save's
          * archives: a cold file is read ahead across them */
-        ckpt__ahead ahead;
         ckpt__ahead_init(&ahead, f->has_fd && f->mapped ? f->fd : -1, f->zip.base, 0,
                          f->zip.size);
         for (size_t i = 0; i < f->zip.count; i++) {
@@ -451,6 +452,7 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
                 prog->fn(prog->user, prog->done, prog->total);
             }
         }
+        ckpt__ahead_end(&ahead);
     }
     for (size_t i = 0; i < f->shard_count; i++) {
         st = verify_file(f->shards[i], prog, err);
@@ -503,6 +505,7 @@ static ckpt_status verify_file(ckpt_file *f, verify_progress *prog, ckpt_error *
     }
 
 out:
+    ckpt__ahead_end(&ahead);
     if (was_resolved) {
         for (size_t i = 0; i < f->storage_count; i++) {
             if (!was_resolved[i] && f->storages[i]->resolved)

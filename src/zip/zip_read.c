@@ -1063,6 +1063,25 @@ static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
 static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e,
                                     zip_stream_state *s, ckpt__ahead *ahead)
 {
+    /* a large file: read on a second thread while the sink works */
+    ckpt__reader *reader = ckpt__ahead_reader(ahead, CKPT__READER_PIECE);
+    if (reader) {
+        ckpt__reader_start(reader, e->data_offset, e->size);
+        for (uint64_t off = 0; off < e->size;) {
+            const uint8_t *p;
+            size_t n;
+            int code = ckpt__reader_next(reader, &p, &n);
+            if (n && !zip_stream_piece(s, p, n))
+                return s->st;
+            off += n;
+            if (code)
+                return ZIP_FAIL(s->err, CKPT_ERR_IO, e->name, e->data_offset + off,
+                                "cannot read the record: %s",
+                                code == ENODATA ? "the file shrank while being read"
+                                                : strerror(code));
+        }
+        return CKPT_OK;
+    }
     uint8_t *buf = malloc(e->size < ZIP_PIECE ? (size_t)e->size : ZIP_PIECE);
     if (!buf)
         return ZIP_FAIL(s->err, CKPT_ERR_NOMEM, e->name, e->data_offset,

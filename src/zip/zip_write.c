@@ -417,6 +417,11 @@ ckpt_status ckpt__zip_record_write(ckpt__zip_writer *w, const void *p, size_t n,
     return write_with_worker(w, p, n, err);
 }
 
+static ckpt_status copy_piece(void *user, const uint8_t *p, size_t n, ckpt_error *err)
+{
+    return write_with_worker(user, p, n, err);
+}
+
 ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_off,
                                   const void *p, size_t n, ckpt_error *err)
 {
@@ -433,8 +438,14 @@ ckpt_status ckpt__zip_record_copy(ckpt__zip_writer *w, int src_fd, uint64_t src_
         return ckpt__out_copy(w->out, src_fd, src_off, p, n, &w->crc, err);
     /* Read in pieces (as ckpt__out_copy does, for the same reason: cheaper
      * than faulting the map in), each written while the second thread takes
-     * its CRCs. */
+     * its CRCs; a large record is read on a third thread meanwhile. */
     size_t done = 0;
+    CKPT_RETURN_IF_ERROR(
+        ckpt__out_read_through(w->out, src_fd, src_off, n, copy_piece, w, &done, err));
+    if (done)
+        return done < n ? ckpt__out_copy(w->out, -1, 0, (const uint8_t *)p + done, n - done,
+                                         &w->crc, err)
+                        : CKPT_OK;
     while (done < n) {
         size_t want = n - done < COPY_PIECE ? n - done : COPY_PIECE, r;
         CKPT_RETURN_IF_ERROR(
