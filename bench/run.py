@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import statistics
@@ -307,17 +308,22 @@ def run_once(cmd, stdout_path=None, json_out=True, env=None):
 
 
 def measure_group(specs, reps, log, cold=False):
-    """Runs each spec (key, cmd, outputs, kwargs) reps times, round-robin,
-    starting each round one place later: a disturbance (another process,
-    the host reclaiming memory this guest freed) then falls on every
-    contender alike instead of on whoever runs after the largest free.
-    cold=True empties the page cache before each run (root only)."""
+    """Runs each spec (key, cmd, outputs, kwargs) reps times, every
+    contender once a round, in an order shuffled afresh each round (seeded:
+    the same from run to run): a disturbance (another process, the host
+    reclaiming memory this guest freed) then falls on every contender alike
+    instead of on whoever runs after the largest free. A rotation would keep
+    each contender behind the same one every round. cold=True empties the
+    page cache before each run (root only)."""
     times = {k: [] for k, *_ in specs}
     rss = {k: [] for k, *_ in specs}
     totals = {k: [] for k, *_ in specs}
+    shuffle = random.Random(len(specs) * 1000 + reps)
     for rep in range(reps):
-        for i in range(len(specs)):
-            key, cmd, outputs, kw = specs[(i + rep) % len(specs)]
+        order = list(range(len(specs)))
+        shuffle.shuffle(order)
+        for i in order:
+            key, cmd, outputs, kw = specs[i]
             for o in outputs:
                 remove(o)
             os.sync()
