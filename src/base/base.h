@@ -334,6 +334,11 @@ void ckpt__ahead_end(ckpt__ahead *a);
 
 /* ---- a file's ranges read on a thread of their own (reader.c) ---------- */
 
+/* Reads n bytes at off of fd into buf, through short reads and EINTR.
+ * Returns 0, or the errno of a failed read (ENODATA: the file ended
+ * first), *got being the bytes read before it. */
+int ckpt__pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got);
+
 /* Reads one range of fd at a time, in pieces of `piece` bytes, a few pieces
  * ahead of the consumer, on a thread of its own: the consumer works on one
  * piece while the next are read. hook, when given, runs on that thread

@@ -43,20 +43,18 @@ struct ckpt__reader {
     bool stop;
 };
 
-static void read_piece(int fd, uint8_t *buf, size_t want, uint64_t off, size_t *got, int *err)
+int ckpt__pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got)
 {
     *got = 0;
-    *err = 0;
-    while (*got < want) {
-        ssize_t r = pread(fd, buf + *got, want - *got, (off_t)(off + *got));
+    while (*got < n) {
+        ssize_t r = pread(fd, (uint8_t *)buf + *got, n - *got, (off_t)(off + *got));
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            *err = r < 0 ? errno : ENODATA;
-            return;
-        }
+        if (r <= 0)
+            return r < 0 ? errno : ENODATA;
         *got += (size_t)r;
     }
+    return 0;
 }
 
 static void *reader_main(void *arg)
@@ -75,8 +73,7 @@ static void *reader_main(void *arg)
         if (r->hook)
             r->hook(r->user, off);
         size_t got;
-        int e;
-        read_piece(r->fd, s->buf, want, off, &got, &e);
+        int e = ckpt__pread_full(r->fd, s->buf, want, off, &got);
         pthread_mutex_lock(&r->mu);
         if (gen != r->gen)
             continue; /* the range was replaced meanwhile */

@@ -4,10 +4,8 @@
  */
 #include "core.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static uint64_t storage_nbytes(const ckpt__storage *s) { return s ? s->nbytes : 0; }
 
@@ -217,17 +215,8 @@ static size_t copy_by_pread(const ckpt__storage *s, const uint8_t *src, uint8_t 
         src < file->map || src > file->map + file->map_size ||
         n > file->map_size - (uint64_t)(src - file->map))
         return 0;
-    uint64_t at = (uint64_t)(src - file->map);
-    size_t done = 0;
-    while (done < n) {
-        size_t want = n - done < ((size_t)1 << 30) ? n - done : ((size_t)1 << 30);
-        ssize_t r = pread(file->fd, dst + done, want, (off_t)(at + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        done += (size_t)r;
-    }
+    size_t done;
+    (void)ckpt__pread_full(file->fd, dst, n, (uint64_t)(src - file->map), &done);
     return done;
 }
 

@@ -1060,6 +1060,16 @@ static bool zip_stream_piece(void *user, const uint8_t *p, size_t n)
 /* A stored entry read with pread from the archive's file (ahead->fd) into
  * a buffer that stays in the CPU's caches, rather than faulted in through
  * the map: first touches of a map cost a fault per few pages. */
+/* A record's read that failed at byte off of its data (code: an errno,
+ * ENODATA when the file ended first). */
+static ckpt_status read_fail(zip_stream_state *s, const ckpt__zip_entry *e, uint64_t off,
+                             int code)
+{
+    return ZIP_FAIL(s->err, CKPT_ERR_IO, e->name, e->data_offset + off,
+                    "cannot read the record: %s",
+                    code == ENODATA ? "the file shrank while being read" : strerror(code));
+}
+
 static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e,
                                     zip_stream_state *s, ckpt__ahead *ahead)
 {
@@ -1075,10 +1085,7 @@ static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e
                 return s->st;
             off += n;
             if (code)
-                return ZIP_FAIL(s->err, CKPT_ERR_IO, e->name, e->data_offset + off,
-                                "cannot read the record: %s",
-                                code == ENODATA ? "the file shrank while being read"
-                                                : strerror(code));
+                return read_fail(s, e, off, code);
         }
         return CKPT_OK;
     }
@@ -1090,19 +1097,11 @@ static ckpt_status zip_stream_pread(const ckpt__zip *z, const ckpt__zip_entry *e
     for (uint64_t off = 0; off < e->size;) {
         ckpt__ahead_at(ahead, e->data_offset + off);
         size_t n = e->size - off < ZIP_PIECE ? (size_t)(e->size - off) : ZIP_PIECE;
-        size_t got = 0;
-        while (got < n) {
-            ssize_t r = pread(ahead->fd, buf + got, n - got, (off_t)(e->data_offset + off + got));
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0) {
-                int code = r < 0 ? errno : 0;
-                free(buf);
-                return ZIP_FAIL(s->err, CKPT_ERR_IO, e->name, e->data_offset + off + got,
-                                "cannot read the record: %s",
-                                code ? strerror(code) : "the file shrank while being read");
-            }
-            got += (size_t)r;
+        size_t got;
+        int code = ckpt__pread_full(ahead->fd, buf, n, e->data_offset + off, &got);
+        if (code) {
+            free(buf);
+            return read_fail(s, e, off + got, code);
         }
         if (!zip_stream_piece(s, buf, n)) {
             free(buf);
